@@ -1,0 +1,1 @@
+//! Shared helpers for Ferry benchmarks and the load generator.

@@ -1,0 +1,1 @@
+//! The Ferry client library (filled by the client issue).

@@ -1,0 +1,1 @@
+//! The Ferry peer node (filled by the p2p issue).

@@ -1,0 +1,566 @@
+//! Key material, the key schedule and the record layer (spec §5).
+//!
+//! Each encrypted body is `IV || AES-256-CBC(PKCS#7(plaintext)) || TAG`, where
+//! `TAG = HMAC-SHA256(mac_key, seq_u64_be || header[12] || IV || ciphertext)`. The tag is checked
+//! in constant time before anything is decrypted, and every failure is one opaque
+//! [`CryptoError::BadRecord`]. Sequence numbers are implicit and per direction, so replayed,
+//! reordered, dropped or reflected records fail the tag.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit};
+use aes::Aes256;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::CryptoError;
+use crate::header::{Header, HEADER_LEN};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Size of the random IV that starts every encrypted body.
+pub const IV_LEN: usize = 16;
+/// Size of the HMAC-SHA256 tag that ends every encrypted body.
+pub const TAG_LEN: usize = 32;
+/// AES block size.
+pub const BLOCK_LEN: usize = 16;
+/// Smallest legal encrypted body: IV, one block of padding, tag.
+pub const MIN_SEALED_LEN: usize = IV_LEN + BLOCK_LEN + TAG_LEN;
+
+/// Wire length of the encrypted body for a plaintext of `len` bytes. PKCS#7 always adds 1..=16.
+pub const fn sealed_len(len: usize) -> usize {
+    IV_LEN + (len / BLOCK_LEN + 1) * BLOCK_LEN + TAG_LEN
+}
+
+/// Largest plaintext whose encrypted body fits in `max_body` wire bytes.
+pub const fn max_plaintext(max_body: usize) -> usize {
+    if max_body < MIN_SEALED_LEN {
+        return 0;
+    }
+    // Ciphertext is whole blocks and always has at least one byte of padding.
+    ((max_body - IV_LEN - TAG_LEN) / BLOCK_LEN) * BLOCK_LEN - 1
+}
+
+/// Problems loading or parsing a pre-shared key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key is not 32 bytes of hex (64 characters) or base64 (43 or 44 characters)")]
+    InvalidEncoding,
+    #[error("key file {path} is readable by others (mode {mode:o}); run: chmod 600 {path}")]
+    Permissions { path: String, mode: u32 },
+    #[error("key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A 256-bit pre-shared key. Never hard-coded; generate one with [`Key::generate`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// 32 bytes from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// URL-safe base64 without padding, 43 characters; what connect lines print.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// A short, non-secret fingerprint for logs: the first 8 bytes of SHA-256(key), in hex.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&Sha256::digest(self.0)[..8])
+    }
+
+    /// Reads a key file: either exactly 32 raw bytes, or hex/base64 text. Refuses files that
+    /// others can read, as ssh does.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Permissions {
+                    path: path.display().to_string(),
+                    mode,
+                });
+            }
+        }
+        if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(Self(raw));
+        }
+        std::str::from_utf8(&bytes)
+            .map_err(|_| KeyError::InvalidEncoding)?
+            .parse()
+    }
+
+    /// Writes the key as hex text to a new file readable only by its owner, creating parent
+    /// directories (mode 0700). Fails if the file exists.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(parent).map_err(io)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        writeln!(file, "{}", self.to_hex()).map_err(io)?;
+        Ok(())
+    }
+}
+
+impl FromStr for Key {
+    type Err = KeyError;
+
+    /// Accepts 64 hex characters, or standard or URL-safe base64 with or without padding.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bytes = if s.len() == 64 {
+            hex::decode(s).map_err(|_| KeyError::InvalidEncoding)?
+        } else {
+            use base64::engine::general_purpose as b64;
+            let unpadded = s.trim_end_matches('=');
+            b64::STANDARD_NO_PAD
+                .decode(unpadded)
+                .or_else(|_| b64::URL_SAFE_NO_PAD.decode(unpadded))
+                .map_err(|_| KeyError::InvalidEncoding)?
+        };
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Self)
+            .map_err(|_| KeyError::InvalidEncoding)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(fingerprint {})", self.fingerprint())
+    }
+}
+
+/// Encryption and MAC key for one direction.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirectionKeys {
+    pub enc: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for DirectionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DirectionKeys(<redacted>)")
+    }
+}
+
+/// Everything the key schedule produces (spec §5.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionKeys {
+    pub client_to_server: DirectionKeys,
+    pub server_to_client: DirectionKeys,
+    /// `HMAC(k_server_finished, TH)`, sent in ServerFinished.
+    pub server_confirm: [u8; 32],
+    /// `HMAC(k_client_finished, TH)`, sent in ClientFinished.
+    pub client_confirm: [u8; 32],
+}
+
+/// Labels for HKDF-Expand; distinct per key and direction (spec §5.2).
+pub mod labels {
+    pub const C2S_ENC: &[u8] = b"ferry v1 c2s enc";
+    pub const C2S_MAC: &[u8] = b"ferry v1 c2s mac";
+    pub const S2C_ENC: &[u8] = b"ferry v1 s2c enc";
+    pub const S2C_MAC: &[u8] = b"ferry v1 s2c mac";
+    pub const SERVER_FINISHED: &[u8] = b"ferry v1 server finished";
+    pub const CLIENT_FINISHED: &[u8] = b"ferry v1 client finished";
+}
+
+/// The key schedule:
+/// `PRK = HKDF-Extract(salt = TH, IKM = PSK || DH)`, each key `HKDF-Expand(PRK, label, 32)`.
+pub fn derive_keys(psk: &Key, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) -> SessionKeys {
+    let mut ikm = [0u8; 64];
+    ikm[..32].copy_from_slice(psk.as_bytes());
+    ikm[32..].copy_from_slice(dh_shared);
+    let hkdf = Hkdf::<Sha256>::new(Some(transcript_hash), &ikm);
+    let expand = |label: &[u8]| {
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so this cannot fail.
+        hkdf.expand(label, &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    };
+    let confirm = |label: &[u8]| hmac_sha256(&expand(label), &[transcript_hash]);
+    SessionKeys {
+        client_to_server: DirectionKeys {
+            enc: expand(labels::C2S_ENC),
+            mac: expand(labels::C2S_MAC),
+        },
+        server_to_client: DirectionKeys {
+            enc: expand(labels::S2C_ENC),
+            mac: expand(labels::S2C_MAC),
+        },
+        server_confirm: confirm(labels::SERVER_FINISHED),
+        client_confirm: confirm(labels::CLIENT_FINISHED),
+    }
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Constant-time comparison of two MACs.
+pub fn mac_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
+/// Sequence numbers stop one short of wrapping; the connection must then be re-established.
+const LAST_SEQUENCE: u64 = u64::MAX - 1;
+
+/// Encrypts outgoing bodies for one direction.
+#[derive(Clone)]
+pub struct SealingKey {
+    cipher: Aes256,
+    mac: HmacSha256,
+    seq: u64,
+}
+
+impl fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealingKey")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl SealingKey {
+    pub fn new(keys: &DirectionKeys) -> Self {
+        Self::with_sequence(keys, 0)
+    }
+
+    /// Starts at sequence number `seq` (tests and vectors).
+    pub fn with_sequence(keys: &DirectionKeys, seq: u64) -> Self {
+        Self {
+            cipher: Aes256::new(&keys.enc.into()),
+            mac: <HmacSha256 as Mac>::new_from_slice(&keys.mac)
+                .expect("HMAC accepts any key length"),
+            seq,
+        }
+    }
+
+    /// The sequence number the next record will use.
+    pub fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    /// Appends header and encrypted body for `plaintext`, with a fresh random IV.
+    /// `header.length` is overwritten with the sealed length.
+    pub fn seal(
+        &mut self,
+        header: Header,
+        plaintext: &[u8],
+        dst: &mut BytesMut,
+    ) -> Result<(), CryptoError> {
+        let mut iv = [0u8; IV_LEN];
+        rand::thread_rng().fill_bytes(&mut iv);
+        self.seal_with_iv(header, plaintext, iv, dst)
+    }
+
+    /// [`SealingKey::seal`] with a caller-chosen IV. Only for test vectors: a predictable IV
+    /// breaks CBC's confidentiality.
+    pub fn dangerous_seal_with_iv(
+        &mut self,
+        header: Header,
+        plaintext: &[u8],
+        iv: [u8; IV_LEN],
+        dst: &mut BytesMut,
+    ) -> Result<(), CryptoError> {
+        self.seal_with_iv(header, plaintext, iv, dst)
+    }
+
+    fn seal_with_iv(
+        &mut self,
+        mut header: Header,
+        plaintext: &[u8],
+        iv: [u8; IV_LEN],
+        dst: &mut BytesMut,
+    ) -> Result<(), CryptoError> {
+        if self.seq > LAST_SEQUENCE {
+            return Err(CryptoError::SequenceExhausted);
+        }
+        let wire_len = sealed_len(plaintext.len());
+        header.length =
+            u32::try_from(wire_len).map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
+        let ct_len = wire_len - IV_LEN - TAG_LEN;
+
+        let start = dst.len();
+        dst.reserve(HEADER_LEN + wire_len);
+        header.encode(dst);
+        dst.put_slice(&iv);
+        let ct_start = dst.len();
+        dst.put_slice(plaintext);
+        dst.put_bytes(0, ct_len - plaintext.len());
+        cbc::Encryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+            .encrypt_padded_mut::<Pkcs7>(&mut dst[ct_start..], plaintext.len())
+            .map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
+
+        let mut mac = self.mac.clone();
+        mac.update(&self.seq.to_be_bytes());
+        mac.update(&dst[start..]);
+        dst.put_slice(&mac.finalize().into_bytes());
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Authenticates and decrypts incoming bodies for one direction.
+#[derive(Clone)]
+pub struct OpeningKey {
+    cipher: Aes256,
+    mac: HmacSha256,
+    seq: u64,
+}
+
+impl fmt::Debug for OpeningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpeningKey")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl OpeningKey {
+    pub fn new(keys: &DirectionKeys) -> Self {
+        Self::with_sequence(keys, 0)
+    }
+
+    /// Starts at sequence number `seq` (tests and vectors).
+    pub fn with_sequence(keys: &DirectionKeys, seq: u64) -> Self {
+        Self {
+            cipher: Aes256::new(&keys.enc.into()),
+            mac: <HmacSha256 as Mac>::new_from_slice(&keys.mac)
+                .expect("HMAC accepts any key length"),
+            seq,
+        }
+    }
+
+    /// Verifies and decrypts one body in place; returns the plaintext.
+    pub fn open(&mut self, header: &Header, mut body: BytesMut) -> Result<Bytes, CryptoError> {
+        let len = body.len();
+        if len < MIN_SEALED_LEN || (len - IV_LEN - TAG_LEN) % BLOCK_LEN != 0 {
+            return Err(CryptoError::BadRecord);
+        }
+        if self.seq > LAST_SEQUENCE {
+            return Err(CryptoError::SequenceExhausted);
+        }
+        let mut mac = self.mac.clone();
+        mac.update(&self.seq.to_be_bytes());
+        mac.update(&header.to_bytes());
+        mac.update(&body[..len - TAG_LEN]);
+        // `verify_slice` compares in constant time.
+        mac.verify_slice(&body[len - TAG_LEN..])
+            .map_err(|_| CryptoError::BadRecord)?;
+
+        body.truncate(len - TAG_LEN);
+        let mut ciphertext = body.split_off(IV_LEN);
+        let iv: [u8; IV_LEN] = body[..].try_into().map_err(|_| CryptoError::BadRecord)?;
+        let plain_len = cbc::Decryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+            .decrypt_padded_mut::<Pkcs7>(&mut ciphertext)
+            .map_err(|_| CryptoError::BadRecord)?
+            .len();
+        ciphertext.truncate(plain_len);
+        self.seq += 1;
+        Ok(ciphertext.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::{FrameType, RequestId, Service};
+
+    fn keys() -> DirectionKeys {
+        DirectionKeys {
+            enc: [0x11; 32],
+            mac: [0x22; 32],
+        }
+    }
+
+    fn header() -> Header {
+        Header::new(FrameType::DATA, Service::FETCH, RequestId(7), 0)
+    }
+
+    fn sealed(plaintext: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        SealingKey::new(&keys())
+            .seal(header(), plaintext, &mut out)
+            .unwrap();
+        out
+    }
+
+    fn open(record: &[u8], seq: u64) -> Result<Bytes, CryptoError> {
+        let header = Header::decode(&record[..HEADER_LEN]).unwrap();
+        OpeningKey::with_sequence(&keys(), seq).open(&header, BytesMut::from(&record[HEADER_LEN..]))
+    }
+
+    #[test]
+    fn seal_open_round_trips_every_length_around_block_edges() {
+        for len in 0..70 {
+            let plaintext: Vec<u8> = (0..len as u8).collect();
+            let record = sealed(&plaintext);
+            assert_eq!(record.len(), HEADER_LEN + sealed_len(len));
+            assert_eq!(open(&record, 0).unwrap(), plaintext);
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_is_rejected() {
+        let record = sealed(b"attack at dawn, bring snacks");
+        for i in 0..record.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = record.to_vec();
+                bad[i] ^= bit;
+                // A flipped magic byte is caught by the header parser, before the MAC.
+                if i == 1 {
+                    continue;
+                }
+                assert_eq!(
+                    open(&bad, 0),
+                    Err(CryptoError::BadRecord),
+                    "byte {i} bit {bit:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn replayed_or_reordered_records_fail() {
+        let record = sealed(b"once");
+        assert!(open(&record, 0).is_ok());
+        assert_eq!(open(&record, 1), Err(CryptoError::BadRecord));
+    }
+
+    #[test]
+    fn reflected_records_fail() {
+        let keys = SessionKeys {
+            client_to_server: keys(),
+            server_to_client: DirectionKeys {
+                enc: [0x33; 32],
+                mac: [0x44; 32],
+            },
+            server_confirm: [0; 32],
+            client_confirm: [0; 32],
+        };
+        let mut record = BytesMut::new();
+        SealingKey::new(&keys.client_to_server)
+            .seal(header(), b"to the server", &mut record)
+            .unwrap();
+        let header = Header::decode(&record[..HEADER_LEN]).unwrap();
+        // The client's own receive key is the server-to-client one.
+        let result = OpeningKey::new(&keys.server_to_client)
+            .open(&header, BytesMut::from(&record[HEADER_LEN..]));
+        assert_eq!(result, Err(CryptoError::BadRecord));
+    }
+
+    #[test]
+    fn bad_lengths_fail_like_bad_tags() {
+        for len in [0, 1, 47, 48, 63, 65] {
+            let header = Header::new(FrameType::DATA, Service::FETCH, RequestId(7), len as u32);
+            let result =
+                OpeningKey::new(&keys()).open(&header, BytesMut::from(&vec![0u8; len][..]));
+            assert_eq!(result, Err(CryptoError::BadRecord), "len {len}");
+        }
+    }
+
+    #[test]
+    fn sequence_exhaustion_closes_before_wrap() {
+        let mut key = SealingKey::with_sequence(&keys(), LAST_SEQUENCE);
+        let mut out = BytesMut::new();
+        key.seal(header(), b"last", &mut out).unwrap();
+        assert_eq!(
+            key.seal(header(), b"wraps", &mut out),
+            Err(CryptoError::SequenceExhausted)
+        );
+    }
+
+    #[test]
+    fn max_plaintext_fits_exactly() {
+        for max_body in [48usize, 64, 65, 1000, 65_536 + 48, 1 << 20] {
+            let p = max_plaintext(max_body);
+            if max_body >= MIN_SEALED_LEN {
+                assert!(sealed_len(p) <= max_body, "{max_body}");
+                assert!(sealed_len(p + 1) > max_body, "{max_body}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_parse_from_hex_and_base64() {
+        let key = Key::from_bytes([0xAB; 32]);
+        assert_eq!(key.to_hex().parse::<Key>().unwrap(), key);
+        assert_eq!(key.to_base64().parse::<Key>().unwrap(), key);
+        let padded = base64::engine::general_purpose::STANDARD.encode(key.as_bytes());
+        assert_eq!(padded.parse::<Key>().unwrap(), key);
+        assert!("abcd".parse::<Key>().is_err());
+        assert!(!format!("{key:?}").contains("abab"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_owner_only_and_loose_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key");
+        let key = Key::generate();
+        key.save_new(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Key::load(&path).unwrap(), key);
+        assert!(key.save_new(&path).is_err(), "must not overwrite");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Key::load(&path),
+            Err(KeyError::Permissions { .. })
+        ));
+    }
+}

@@ -1,0 +1,555 @@
+//! The handshake state machines (spec §4), sans-IO: feed decoded frames in, get bytes to send
+//! and finally a [`Session`].
+//!
+//! ```text
+//! client                                   server
+//!   ClientHello(range, mode, nonce, share) ->
+//!                                          <- ServerHello(version, mode, nonce, share)
+//!                                          <- ServerFinished(HMAC(k_sf, TH))
+//!   ClientFinished(HMAC(k_cf, TH))         ->
+//!   requests ...                           ->   (processed only after ClientFinished verifies)
+//! ```
+//!
+//! `TH = SHA-256(ClientHello frame || ServerHello frame)`, whole frames as sent. Every handshake
+//! frame carries version 1 in its header, whatever is negotiated, so that a peer of any version
+//! can read the hello ([`HANDSHAKE_VERSION`]).
+
+use bytes::BytesMut;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::crypto::{derive_keys, mac_eq, Key, SessionKeys};
+use crate::error::{ErrorCode, HandshakeError};
+use crate::frame::{Frame, FrameDecoder, DEFAULT_MAX_BODY};
+use crate::header::{RequestId, Service, MIN_VERSION, VERSION};
+use crate::message::{ClientHello, ErrorBody, Finished, Message, Mode, ServerHello};
+use crate::session::{Role, Session};
+
+/// The header version of every handshake frame and of errors sent before one is agreed.
+pub const HANDSHAKE_VERSION: u8 = 1;
+
+/// Cap on handshake frame bodies; the largest legitimate one is an error frame.
+pub const HANDSHAKE_MAX_BODY: u32 = 2048;
+
+/// A frame decoder for the handshake phase.
+pub fn handshake_decoder() -> FrameDecoder {
+    let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_BODY);
+    decoder.set_version(HANDSHAKE_VERSION);
+    decoder
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub key: Key,
+    /// Ask for encryption (default) or plaintext.
+    pub mode: Mode,
+    /// Cap on incoming frame bodies once established.
+    pub max_body: u32,
+}
+
+impl ClientConfig {
+    pub fn new(key: Key) -> Self {
+        Self {
+            key,
+            mode: Mode::ENCRYPTED,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+
+    pub fn plaintext(mut self, plaintext: bool) -> Self {
+        self.mode = if plaintext {
+            Mode::PLAINTEXT
+        } else {
+            Mode::ENCRYPTED
+        };
+        self
+    }
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub key: Key,
+    /// Accept clients that ask for plaintext. Off by default.
+    pub allow_plaintext: bool,
+    pub max_body: u32,
+}
+
+impl ServerConfig {
+    pub fn new(key: Key) -> Self {
+        Self {
+            key,
+            allow_plaintext: false,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// Ephemeral randomness of one handshake; fixed only in test vectors.
+#[derive(Clone)]
+pub struct Randomness {
+    pub nonce: [u8; 32],
+    pub secret: [u8; 32],
+}
+
+impl Randomness {
+    pub fn generate() -> Self {
+        let mut nonce = [0u8; 32];
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        Self { nonce, secret }
+    }
+}
+
+impl std::fmt::Debug for Randomness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Randomness(<redacted>)")
+    }
+}
+
+fn frame_bytes(message: &Message) -> Vec<u8> {
+    let mut frame = Frame::from_message(RequestId::CONNECTION, message);
+    frame.header.version = HANDSHAKE_VERSION;
+    let mut out = Vec::with_capacity(frame.encoded_len());
+    frame.encode(&mut out);
+    out
+}
+
+/// The shared secret, refusing low-order points that would make it all zeros (spec §5.1).
+fn agree(secret: &StaticSecret, peer_share: [u8; 32]) -> Result<[u8; 32], HandshakeError> {
+    let shared = secret.diffie_hellman(&PublicKey::from(peer_share));
+    if !shared.was_contributory() {
+        return Err(HandshakeError::AuthenticationFailed);
+    }
+    Ok(shared.to_bytes())
+}
+
+/// A frame's bytes exactly as they crossed the wire (handshake frames are never encrypted).
+fn raw_frame(frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.encoded_len());
+    frame.encode(&mut out);
+    out
+}
+
+fn transcript_hash(client_hello: &[u8], server_hello: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(client_hello);
+    hash.update(server_hello);
+    hash.finalize().into()
+}
+
+/// Appends the plaintext error frame that ends a failed handshake. Every authentication-class
+/// failure sends the same bytes, so a wrong key looks like a malformed handshake.
+pub fn write_error(error: &HandshakeError, dst: &mut BytesMut) {
+    let body = match error {
+        HandshakeError::AuthenticationFailed => {
+            ErrorBody::from_code(ErrorCode::AUTHENTICATION_FAILED)
+        }
+        HandshakeError::PlaintextRefused => ErrorBody::from_code(ErrorCode::PLAINTEXT_REFUSED),
+        other => ErrorBody::new(other.code(), other.to_string()),
+    };
+    dst.extend_from_slice(&frame_bytes(&Message::Error {
+        service: Service::HANDSHAKE,
+        body,
+    }));
+}
+
+/// Maps an error frame received during the handshake to an error.
+fn refused(body: ErrorBody) -> HandshakeError {
+    match body.code {
+        ErrorCode::AUTHENTICATION_FAILED => HandshakeError::AuthenticationFailed,
+        ErrorCode::PLAINTEXT_REFUSED => HandshakeError::PlaintextRefused,
+        _ => HandshakeError::Refused(body),
+    }
+}
+
+fn session_for(role: Role, mode: Mode, version: u8, max_body: u32, keys: &SessionKeys) -> Session {
+    if mode == Mode::PLAINTEXT {
+        Session::plaintext(version, max_body)
+    } else {
+        Session::encrypted(
+            version,
+            max_body,
+            role,
+            &keys.client_to_server,
+            &keys.server_to_client,
+        )
+    }
+}
+
+#[derive(Debug)]
+enum ClientState {
+    AwaitServerHello,
+    AwaitServerFinished { version: u8, keys: Box<SessionKeys> },
+    Done,
+}
+
+/// The client side of the handshake.
+pub struct ClientHandshake {
+    config: ClientConfig,
+    secret: StaticSecret,
+    client_hello: Vec<u8>,
+    state: ClientState,
+}
+
+impl std::fmt::Debug for ClientHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandshake")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientHandshake {
+    /// Starts a handshake and appends the ClientHello frame to `dst`.
+    pub fn start(config: ClientConfig, dst: &mut BytesMut) -> Self {
+        Self::start_with(config, Randomness::generate(), dst)
+    }
+
+    /// [`ClientHandshake::start`] with given randomness (test vectors).
+    pub fn start_with(config: ClientConfig, randomness: Randomness, dst: &mut BytesMut) -> Self {
+        let secret = StaticSecret::from(randomness.secret);
+        let hello = Message::ClientHello(ClientHello {
+            min_version: MIN_VERSION,
+            max_version: VERSION,
+            mode: config.mode,
+            nonce: randomness.nonce,
+            key_share: PublicKey::from(&secret).to_bytes(),
+        });
+        let client_hello = frame_bytes(&hello);
+        dst.extend_from_slice(&client_hello);
+        Self {
+            config,
+            secret,
+            client_hello,
+            state: ClientState::AwaitServerHello,
+        }
+    }
+
+    /// Handles one frame from the server. Returns the session once the server has proven it
+    /// holds the key; the ClientFinished frame has then been appended to `dst`.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Session>, HandshakeError> {
+        let received = raw_frame(&frame);
+        let message = frame
+            .message()
+            .map_err(|_| HandshakeError::AuthenticationFailed)?;
+        if let Message::Error { body, .. } = message {
+            return Err(refused(body));
+        }
+        match (
+            std::mem::replace(&mut self.state, ClientState::Done),
+            message,
+        ) {
+            (ClientState::AwaitServerHello, Message::ServerHello(hello)) => {
+                let in_range = (MIN_VERSION..=VERSION).contains(&hello.version);
+                if !in_range || hello.mode != self.config.mode {
+                    return Err(HandshakeError::AuthenticationFailed);
+                }
+                let th = transcript_hash(&self.client_hello, &received);
+                let shared = agree(&self.secret, hello.key_share)?;
+                let keys = derive_keys(&self.config.key, &shared, &th);
+                self.state = ClientState::AwaitServerFinished {
+                    version: hello.version,
+                    keys: Box::new(keys),
+                };
+                Ok(None)
+            }
+            (ClientState::AwaitServerFinished { version, keys }, Message::ServerFinished(fin)) => {
+                if !mac_eq(&fin.mac, &keys.server_confirm) {
+                    return Err(HandshakeError::AuthenticationFailed);
+                }
+                dst.extend_from_slice(&frame_bytes(&Message::ClientFinished(Finished {
+                    mac: keys.client_confirm,
+                })));
+                Ok(Some(session_for(
+                    Role::Client,
+                    self.config.mode,
+                    version,
+                    self.config.max_body,
+                    &keys,
+                )))
+            }
+            _ => Err(HandshakeError::AuthenticationFailed),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ServerState {
+    AwaitClientHello,
+    AwaitClientFinished {
+        version: u8,
+        mode: Mode,
+        keys: Box<SessionKeys>,
+    },
+    Done,
+}
+
+/// The server side of the handshake.
+#[derive(Debug)]
+pub struct ServerHandshake {
+    config: ServerConfig,
+    randomness: Option<Randomness>,
+    state: ServerState,
+}
+
+impl ServerHandshake {
+    pub fn new(config: ServerConfig) -> Self {
+        Self::with_randomness(config, Randomness::generate())
+    }
+
+    /// [`ServerHandshake::new`] with given randomness (test vectors).
+    pub fn with_randomness(config: ServerConfig, randomness: Randomness) -> Self {
+        Self {
+            config,
+            randomness: Some(randomness),
+            state: ServerState::AwaitClientHello,
+        }
+    }
+
+    /// Handles one frame from the client, appending replies to `dst`. Returns the session once
+    /// the client has proven it holds the key. On error, send [`write_error`] and close.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Session>, HandshakeError> {
+        let received = raw_frame(&frame);
+        // Malformed input is answered exactly like a wrong key (spec §4.4).
+        let message = frame
+            .message()
+            .map_err(|_| HandshakeError::AuthenticationFailed)?;
+        if let Message::Error { body, .. } = message {
+            return Err(refused(body));
+        }
+        match (
+            std::mem::replace(&mut self.state, ServerState::Done),
+            message,
+        ) {
+            (ServerState::AwaitClientHello, Message::ClientHello(hello)) => {
+                let version = hello.max_version.min(VERSION);
+                if version < hello.min_version || version < MIN_VERSION {
+                    return Err(HandshakeError::NoCommonVersion {
+                        ours_min: MIN_VERSION,
+                        ours_max: VERSION,
+                        theirs_min: hello.min_version,
+                        theirs_max: hello.max_version,
+                    });
+                }
+                if hello.mode == Mode::PLAINTEXT && !self.config.allow_plaintext {
+                    return Err(HandshakeError::PlaintextRefused);
+                }
+                let randomness = self
+                    .randomness
+                    .take()
+                    .ok_or(HandshakeError::AuthenticationFailed)?;
+                let secret = StaticSecret::from(randomness.secret);
+                let server_hello = frame_bytes(&Message::ServerHello(ServerHello {
+                    version,
+                    mode: hello.mode,
+                    nonce: randomness.nonce,
+                    key_share: PublicKey::from(&secret).to_bytes(),
+                }));
+                let th = transcript_hash(&received, &server_hello);
+                let shared = agree(&secret, hello.key_share)?;
+                let keys = derive_keys(&self.config.key, &shared, &th);
+                dst.extend_from_slice(&server_hello);
+                dst.extend_from_slice(&frame_bytes(&Message::ServerFinished(Finished {
+                    mac: keys.server_confirm,
+                })));
+                self.state = ServerState::AwaitClientFinished {
+                    version,
+                    mode: hello.mode,
+                    keys: Box::new(keys),
+                };
+                Ok(None)
+            }
+            (
+                ServerState::AwaitClientFinished {
+                    version,
+                    mode,
+                    keys,
+                },
+                Message::ClientFinished(fin),
+            ) => {
+                if !mac_eq(&fin.mac, &keys.client_confirm) {
+                    return Err(HandshakeError::AuthenticationFailed);
+                }
+                Ok(Some(session_for(
+                    Role::Server,
+                    mode,
+                    version,
+                    self.config.max_body,
+                    &keys,
+                )))
+            }
+            _ => Err(HandshakeError::AuthenticationFailed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::FrameType;
+
+    /// Runs both state machines against each other in memory.
+    fn run(
+        client: ClientConfig,
+        server: ServerConfig,
+    ) -> Result<(Session, Session), (HandshakeError, BytesMut)> {
+        let mut c2s = BytesMut::new();
+        let mut s2c = BytesMut::new();
+        let mut client = ClientHandshake::start(client, &mut c2s);
+        let mut server = ServerHandshake::new(server);
+        let (mut cdec, mut sdec) = (handshake_decoder(), handshake_decoder());
+        let mut client_session = None;
+        loop {
+            while let Some(frame) = sdec.decode(&mut c2s).unwrap() {
+                match server.handle_frame(frame, &mut s2c) {
+                    Ok(Some(session)) => {
+                        return Ok((client_session.expect("client done first"), session))
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let mut out = BytesMut::new();
+                        write_error(&e, &mut out);
+                        return Err((e, out));
+                    }
+                }
+            }
+            while let Some(frame) = cdec.decode(&mut s2c).unwrap() {
+                match client.handle_frame(frame, &mut c2s) {
+                    Ok(Some(session)) => client_session = Some(session),
+                    Ok(None) => {}
+                    Err(e) => return Err((e, BytesMut::new())),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matching_keys_agree_and_talk() {
+        let key = Key::generate();
+        let (mut client, mut server) =
+            run(ClientConfig::new(key.clone()), ServerConfig::new(key)).unwrap();
+        assert_eq!(client.mode(), Mode::ENCRYPTED);
+        let mut wire = BytesMut::new();
+        client
+            .write_message(RequestId(1), &Message::Ping("hi".into()), &mut wire)
+            .unwrap();
+        let frame = server.read_frame(&mut wire).unwrap().unwrap();
+        assert_eq!(frame.message().unwrap(), Message::Ping("hi".into()));
+    }
+
+    #[test]
+    fn wrong_key_fails_the_same_way_as_garbage() {
+        let (error, _) = run(
+            ClientConfig::new(Key::generate()),
+            ServerConfig::new(Key::generate()),
+        )
+        .expect_err("must fail");
+        assert_eq!(error, HandshakeError::AuthenticationFailed);
+
+        // What an attacker without the key sees: it completes the exchange with a guessed
+        // ClientFinished, and gets exactly the bytes a garbage ClientHello gets.
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut c2s = BytesMut::new();
+        let _client = ClientHandshake::start(ClientConfig::new(Key::generate()), &mut c2s);
+        let hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
+        server.handle_frame(hello, &mut BytesMut::new()).unwrap();
+        let guess = Frame::from_message(
+            RequestId(0),
+            &Message::ClientFinished(Finished { mac: [0x42; 32] }),
+        );
+        let error = server
+            .handle_frame(guess, &mut BytesMut::new())
+            .unwrap_err();
+        let mut wrong_key_bytes = BytesMut::new();
+        write_error(&error, &mut wrong_key_bytes);
+
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let garbage = Frame {
+            header: crate::Header::new(
+                FrameType::CLIENT_HELLO,
+                Service::HANDSHAKE,
+                RequestId(0),
+                3,
+            ),
+            body: "abc".into(),
+        };
+        let error = server
+            .handle_frame(garbage, &mut BytesMut::new())
+            .unwrap_err();
+        let mut garbage_bytes = BytesMut::new();
+        write_error(&error, &mut garbage_bytes);
+        assert_eq!(garbage_bytes, wrong_key_bytes);
+    }
+
+    #[test]
+    fn plaintext_needs_the_servers_consent() {
+        let key = Key::generate();
+        let client = ClientConfig::new(key.clone()).plaintext(true);
+        let (error, _) = run(client.clone(), ServerConfig::new(key.clone())).expect_err("refused");
+        assert_eq!(error, HandshakeError::PlaintextRefused);
+        let mut server = ServerConfig::new(key);
+        server.allow_plaintext = true;
+        let (c, s) = run(client, server).unwrap();
+        assert_eq!((c.mode(), s.mode()), (Mode::PLAINTEXT, Mode::PLAINTEXT));
+    }
+
+    #[test]
+    fn low_order_key_share_is_refused() {
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let hello = Message::ClientHello(ClientHello {
+            min_version: 1,
+            max_version: 1,
+            mode: Mode::ENCRYPTED,
+            nonce: [0; 32],
+            key_share: [0; 32],
+        });
+        let frame = Frame::from_message(RequestId(0), &hello);
+        assert_eq!(
+            server
+                .handle_frame(frame, &mut BytesMut::new())
+                .unwrap_err(),
+            HandshakeError::AuthenticationFailed
+        );
+    }
+
+    #[test]
+    fn disjoint_versions_are_reported() {
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let hello = Message::ClientHello(ClientHello {
+            min_version: 7,
+            max_version: 9,
+            mode: Mode::ENCRYPTED,
+            nonce: [0; 32],
+            key_share: [9; 32],
+        });
+        let frame = Frame::from_message(RequestId(0), &hello);
+        assert!(matches!(
+            server.handle_frame(frame, &mut BytesMut::new()),
+            Err(HandshakeError::NoCommonVersion { theirs_min: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn requests_before_finished_are_refused() {
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let frame = Frame::from_message(RequestId(1), &Message::Ping("x".into()));
+        assert_eq!(
+            server
+                .handle_frame(frame, &mut BytesMut::new())
+                .unwrap_err(),
+            HandshakeError::AuthenticationFailed
+        );
+    }
+}

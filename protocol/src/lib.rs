@@ -1,0 +1,39 @@
+//! The Ferry wire protocol.
+//!
+//! Every message on every transport is a frame: a fixed 12-byte big-endian header and a body.
+//! After a PSK + X25519 handshake, bodies are protected with AES-256-CBC + HMAC-SHA256
+//! (encrypt-then-MAC, implicit sequence numbers). `spec/PROTOCOL.md` is the normative
+//! description; this crate is its reference implementation.
+//!
+//! The core is sans-IO: it takes bytes and returns frames, takes messages and returns bytes, and
+//! never touches a socket or the clock. The [`tokio`](crate::tokio) module is a thin adapter.
+//!
+//! Modules, bottom up:
+//! - [`header`]: the 12-byte header and the wire-number newtypes (type, service, id).
+//! - [`frame`]: frames and the incremental decoder (magic, version and length checks first).
+//! - [`message`]: typed bodies, one file per message, with `encode`/`decode`/`encoded_len`.
+//! - [`error`]: the stable error-code table and one error enum per layer.
+//! - [`crypto`]: keys, the HKDF key schedule and the record layer.
+//! - [`handshake`]: client and server handshake state machines.
+//! - [`session`]: an established connection's framing and record protection.
+//! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
+//! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
+
+pub mod conn;
+pub mod crypto;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod header;
+pub mod message;
+pub mod session;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+pub use crypto::Key;
+pub use error::{Category, CryptoError, DecodeError, Error, ErrorCode, HandshakeError, Initiator};
+pub use frame::{Frame, FrameDecoder, DEFAULT_MAX_BODY, MAX_BODY_LIMIT};
+pub use handshake::{ClientConfig, ServerConfig};
+pub use header::{FrameType, Header, RequestId, Service, HEADER_LEN, MAGIC, MIN_VERSION, VERSION};
+pub use message::{ErrorBody, Message, Mode};
+pub use session::{RecvHalf, Role, SendHalf, Session};

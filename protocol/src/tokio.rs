@@ -1,0 +1,246 @@
+//! The async adapter: runs the handshake over any `AsyncRead + AsyncWrite` and then exposes the
+//! session as a `tokio_util::codec` codec. It only moves bytes; every decision is in the
+//! sans-IO core.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
+
+use crate::error::Error;
+use crate::frame::Frame;
+use crate::handshake::{
+    handshake_decoder, write_error, ClientConfig, ClientHandshake, ServerConfig, ServerHandshake,
+};
+use crate::header::RequestId;
+use crate::message::Message;
+use crate::session::Session;
+
+/// A session as a tokio-util codec: decodes (and decrypts) frames, encodes (and encrypts)
+/// `(id, message)` pairs.
+#[derive(Debug)]
+pub struct FerryCodec {
+    session: Session,
+}
+
+impl FerryCodec {
+    pub fn new(session: Session) -> Self {
+        Self { session }
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+}
+
+impl Decoder for FerryCodec {
+    type Item = Frame;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        self.session.read_frame(src)
+    }
+}
+
+impl Encoder<(RequestId, Message)> for FerryCodec {
+    type Error = Error;
+
+    fn encode(
+        &mut self,
+        (id, message): (RequestId, Message),
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.session.write_message(id, &message, dst)
+    }
+}
+
+impl Encoder<(RequestId, &Message)> for FerryCodec {
+    type Error = Error;
+
+    fn encode(
+        &mut self,
+        (id, message): (RequestId, &Message),
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.session.write_message(id, message, dst)
+    }
+}
+
+/// Runs the client handshake. Returns the session and any bytes that arrived after the
+/// handshake (they belong to the session). Callers bound it with a timeout.
+pub async fn client_handshake<S>(
+    io: &mut S,
+    config: ClientConfig,
+) -> Result<(Session, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    let mut handshake = ClientHandshake::start(config, &mut out);
+    io.write_all(&out).await?;
+    io.flush().await?;
+    let mut decoder = handshake_decoder();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        while let Some(frame) = decoder
+            .decode(&mut buf)
+            .map_err(|_| crate::HandshakeError::AuthenticationFailed)?
+        {
+            out.clear();
+            let done = match handshake.handle_frame(frame, &mut out) {
+                Ok(done) => done,
+                Err(error) => {
+                    // Tell the server why, unless it was the server that refused us.
+                    if !matches!(
+                        error,
+                        crate::HandshakeError::Refused(_) | crate::HandshakeError::PlaintextRefused
+                    ) {
+                        out.clear();
+                        write_error(&error, &mut out);
+                        let _ = io.write_all(&out).await;
+                        let _ = io.shutdown().await;
+                    }
+                    return Err(error.into());
+                }
+            };
+            io.write_all(&out).await?;
+            io.flush().await?;
+            if let Some(session) = done {
+                return Ok((session, buf));
+            }
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Closed);
+        }
+    }
+}
+
+/// Runs the server handshake. On failure the error frame has been sent (best effort) before
+/// returning; the caller closes the connection. Callers bound it with a timeout.
+pub async fn server_handshake<S>(
+    io: &mut S,
+    config: ServerConfig,
+) -> Result<(Session, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut handshake = ServerHandshake::new(config);
+    let mut decoder = handshake_decoder();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
+    loop {
+        loop {
+            let step = match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    out.clear();
+                    handshake.handle_frame(frame, &mut out)
+                }
+                // A malformed frame is answered exactly like a wrong key.
+                Err(_) => Err(crate::HandshakeError::AuthenticationFailed),
+            };
+            match step {
+                Ok(done) => {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                    if let Some(session) = done {
+                        return Ok((session, buf));
+                    }
+                }
+                Err(error) => {
+                    out.clear();
+                    write_error(&error, &mut out);
+                    // The peer may already be gone; the handshake error is what matters.
+                    let _ = io.write_all(&out).await;
+                    let _ = io.shutdown().await;
+                    return Err(error.into());
+                }
+            }
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(Error::Closed);
+        }
+    }
+}
+
+fn framed<S: AsyncRead + AsyncWrite>(
+    io: S,
+    session: Session,
+    leftover: BytesMut,
+) -> Framed<S, FerryCodec> {
+    let mut parts = FramedParts::new::<(RequestId, Message)>(io, FerryCodec::new(session));
+    parts.read_buf = leftover;
+    Framed::from_parts(parts)
+}
+
+/// Handshakes as a client and returns a framed connection.
+pub async fn connect<S>(mut io: S, config: ClientConfig) -> Result<Framed<S, FerryCodec>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (session, leftover) = client_handshake(&mut io, config).await?;
+    Ok(framed(io, session, leftover))
+}
+
+/// Handshakes as a server and returns a framed connection.
+pub async fn accept<S>(mut io: S, config: ServerConfig) -> Result<Framed<S, FerryCodec>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (session, leftover) = server_handshake(&mut io, config).await?;
+    Ok(framed(io, session, leftover))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key;
+    use futures::{SinkExt, StreamExt};
+
+    #[tokio::test]
+    async fn ping_pong_over_a_duplex_pipe() {
+        let key = Key::generate();
+        let (a, b) = tokio::io::duplex(64);
+        let server_key = key.clone();
+        let server = tokio::spawn(async move {
+            let mut conn = accept(b, ServerConfig::new(server_key)).await.unwrap();
+            while let Some(frame) = conn.next().await {
+                let frame = frame.unwrap();
+                if let Message::Ping(payload) = frame.message().unwrap() {
+                    conn.send((frame.header.id, Message::Pong(payload)))
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        let mut conn = connect(a, ClientConfig::new(key)).await.unwrap();
+        for i in 1..=3u32 {
+            let payload = bytes::Bytes::from(vec![i as u8; 1000 * i as usize]);
+            conn.send((RequestId(i), Message::Ping(payload.clone())))
+                .await
+                .unwrap();
+            let frame = conn.next().await.unwrap().unwrap();
+            assert_eq!(frame.header.id, RequestId(i));
+            assert_eq!(frame.message().unwrap(), Message::Pong(payload));
+        }
+        drop(conn);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_authentication_failed_on_both_sides() {
+        let (a, b) = tokio::io::duplex(4096);
+        let server =
+            tokio::spawn(async move { accept(b, ServerConfig::new(Key::generate())).await.err() });
+        let client = connect(a, ClientConfig::new(Key::generate()))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(client.code(), crate::ErrorCode::AUTHENTICATION_FAILED);
+        let server = server.await.unwrap().unwrap();
+        assert_eq!(server.code(), crate::ErrorCode::AUTHENTICATION_FAILED);
+    }
+}

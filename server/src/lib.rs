@@ -1,0 +1,1 @@
+//! The Ferry server (filled by the server issue).
