@@ -1,1 +1,10 @@
-//! The Ferry peer node (filled by the p2p issue).
+//! Ferry's swarm download: many peers fetch the same files from each other, every message a
+//! Ferry frame (same 12-byte header, same session encryption, same error codes). The
+//! normative description is `spec/P2P.md`.
+//!
+//! Modules:
+//! - [`manifest`]: the canonical manifest, its hostile-input checks, [`manifest::PieceIndex`]
+//!   and [`manifest::RelPath`].
+//! - [`pieces`]: bitfields, the jailed file store, hashing and verification.
+pub mod manifest;
+pub mod pieces;
