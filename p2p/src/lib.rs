@@ -6,5 +6,7 @@
 //! - [`manifest`]: the canonical manifest, its hostile-input checks, [`manifest::PieceIndex`]
 //!   and [`manifest::RelPath`].
 //! - [`pieces`]: bitfields, the jailed file store, hashing and verification.
+//! - [`wire`]: peer-wire messages (service 0x50) and the swarm key.
 pub mod manifest;
 pub mod pieces;
+pub mod wire;
