@@ -23,6 +23,8 @@ pub mod conn;
 pub mod crypto;
 pub mod error;
 pub mod frame;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod handshake;
 pub mod header;
 pub mod message;
