@@ -1,0 +1,284 @@
+//! `ferry://HOST[:PORT][/PATH]` addresses: parsing, display and resolution.
+//!
+//! The host is a DNS name, an IPv4 address or an IPv6 address in brackets (`ferry://[::1]:7000/`).
+//! The port defaults to [`DEFAULT_PORT`]. The path is relative to the served root: leading and
+//! duplicate slashes are dropped and `%XX` escapes are decoded, so `ferry://h/a%20b//c/` names
+//! `a b/c`. A bare `HOST[:PORT][/PATH]` without the scheme is accepted too.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// The port a server listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 6789;
+
+/// A parsed Ferry address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FerryUrl {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+    /// Path relative to the served root, `/`-separated, no leading or trailing slash; `""` is the
+    /// root.
+    pub path: String,
+}
+
+/// Why an address did not parse. Each message is one sentence naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("unsupported scheme {0:?}: addresses look like ferry://HOST[:PORT][/PATH]")]
+    Scheme(String),
+    #[error("address {0:?} has no host: addresses look like ferry://HOST[:PORT][/PATH]")]
+    NoHost(String),
+    #[error("invalid port {0:?}: expected a number from 1 to 65535")]
+    Port(String),
+    #[error("invalid IPv6 address {0:?} in brackets")]
+    Ipv6(String),
+    #[error("invalid host {0:?}")]
+    Host(String),
+    #[error("invalid percent escape in path {0:?}")]
+    Escape(String),
+}
+
+impl FerryUrl {
+    /// An address for `addr` and the root path.
+    pub fn from_socket_addr(addr: SocketAddr) -> Self {
+        Self {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            path: String::new(),
+        }
+    }
+
+    /// The same server with another path (normalised like a parsed path).
+    pub fn with_path(&self, path: &str) -> Self {
+        Self {
+            host: self.host.clone(),
+            port: self.port,
+            path: normalize_path(path),
+        }
+    }
+
+    /// `host:port`, with brackets around IPv6 addresses, for `lookup_host` and messages.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The host as an IP address, if it is one (no resolution needed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl FromStr for FerryUrl {
+    type Err = UrlError;
+
+    fn from_str(input: &str) -> Result<Self, UrlError> {
+        let s = input.trim();
+        let rest = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ferry") => rest,
+            Some((scheme, _)) => return Err(UrlError::Scheme(scheme.to_string())),
+            None => s,
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(UrlError::NoHost(input.to_string()));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| UrlError::Ipv6(authority.to_string()))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(UrlError::Ipv6(host.to_string()));
+            }
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| UrlError::Port(p.to_string()))?,
+                ),
+            };
+            (host, port)
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError::NoHost(input.to_string()));
+        }
+        if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '?' || c == '#') {
+            return Err(UrlError::Host(host.to_string()));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(UrlError::Port(p.to_string())),
+            },
+        };
+        let path = percent_decode(path).ok_or_else(|| UrlError::Escape(path.to_string()))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            path: normalize_path(&path),
+        })
+    }
+}
+
+impl fmt::Display for FerryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ferry://{}/{}", self.authority(), percent_encode(&self.path))
+    }
+}
+
+/// Drops empty and `.` components so `/a//b/./` becomes `a/b`. `..` is kept: the server's jail
+/// decides what it means (and refuses escapes with INVALID_PATH).
+pub fn normalize_path(path: &str) -> String {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Joins a remote directory and a relative or absolute (`/`-prefixed) path, resolving `..`
+/// lexically without ever going above the root. Used by the shell's `cd` and friends.
+pub fn join_remote(cwd: &str, path: &str) -> String {
+    let mut parts: Vec<&str> = if path.starts_with('/') {
+        Vec::new()
+    } else {
+        cwd.split('/').filter(|c| !c.is_empty()).collect()
+    };
+    for component in path.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> FerryUrl {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_host_port_and_path() {
+        let u = url("ferry://example.org:7000/docs/a.txt");
+        assert_eq!(u.host, "example.org");
+        assert_eq!(u.port, 7000);
+        assert_eq!(u.path, "docs/a.txt");
+        assert_eq!(u.to_string(), "ferry://example.org:7000/docs/a.txt");
+    }
+
+    #[test]
+    fn default_port_and_root() {
+        let u = url("ferry://host");
+        assert_eq!((u.port, u.path.as_str()), (DEFAULT_PORT, ""));
+        assert_eq!(u.to_string(), "ferry://host:6789/");
+        assert_eq!(url("ferry://host/"), u);
+        assert_eq!(url("host"), u, "the scheme is optional");
+    }
+
+    #[test]
+    fn ipv6_in_brackets() {
+        let u = url("ferry://[::1]:7000/x");
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.ip(), Some("::1".parse().unwrap()));
+        assert_eq!(u.authority(), "[::1]:7000");
+        assert_eq!(u.to_string(), "ferry://[::1]:7000/x");
+        assert_eq!(url("ferry://[fe80::1]").port, DEFAULT_PORT);
+        assert!(matches!(
+            "ferry://[nope]:1/".parse::<FerryUrl>(),
+            Err(UrlError::Ipv6(_))
+        ));
+        assert!(matches!(
+            "ferry://[::1/".parse::<FerryUrl>(),
+            Err(UrlError::Ipv6(_))
+        ));
+    }
+
+    #[test]
+    fn percent_escapes_and_slashes() {
+        let u = url("ferry://h/a%20b//c/./");
+        assert_eq!(u.path, "a b/c");
+        assert_eq!(u.to_string(), "ferry://h:6789/a%20b/c");
+        assert_eq!(url(&u.to_string()), u, "display round-trips");
+        assert!(matches!(
+            "ferry://h/%zz".parse::<FerryUrl>(),
+            Err(UrlError::Escape(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_one_sentence() {
+        for (input, expect) in [
+            ("http://h/", "unsupported scheme"),
+            ("ferry:///x", "has no host"),
+            ("ferry://h:0/", "invalid port"),
+            ("ferry://h:99999/", "invalid port"),
+            ("ferry://h:x/", "invalid port"),
+            ("ferry://:7/", "has no host"),
+        ] {
+            let err = input.parse::<FerryUrl>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn joins_remote_paths() {
+        assert_eq!(join_remote("a/b", "c"), "a/b/c");
+        assert_eq!(join_remote("a/b", ".."), "a");
+        assert_eq!(join_remote("a/b", "../../.."), "");
+        assert_eq!(join_remote("a/b", "/x/y"), "x/y");
+        assert_eq!(join_remote("", "./x/"), "x");
+    }
+}
