@@ -1,1 +1,122 @@
-//! The Ferry server (filled by the server issue).
+//! The Ferry server: serves one directory tree over the Ferry protocol (list, stat, fetch,
+//! ping), safely under hostile clients.
+//!
+//! Modules:
+//! - [`config`]: [`Config`] and [`Limits`], the library configuration.
+//! - `listener`: binding, the accept loop with its connection semaphore and error back-off.
+//! - `handler`: one connection (handshake, reader, writer, request tasks).
+//! - [`fs`]: request paths, the root jail, sorted bounded-memory listings, byte ranges.
+//! - `shutdown`: stop/kill signals and the drain.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use ferry_server::{Config, Server};
+//! let key = ferry_protocol::Key::generate();
+//! let config = Config::new("/srv/share", key).listen(["127.0.0.1:0".parse().unwrap()]);
+//! let server = Server::bind(config).await?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod config;
+pub mod fs;
+mod handler;
+mod listener;
+mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Limits, DEFAULT_PORT};
+
+use handler::Shared;
+use shutdown::Signals;
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the root and binds every listen address (port 0 picks a free port).
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        if config.listen.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no listen address configured",
+            ));
+        }
+        let root = config.root.clone();
+        let jail = tokio::task::spawn_blocking(move || fs::Jail::open(&root))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for addr in &config.listen {
+            let listener = listener::bind(*addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            listeners.push(listener);
+        }
+        let mut handshake = ferry_protocol::ServerConfig::new(config.key.clone());
+        handshake.allow_plaintext = config.allow_plaintext;
+        handshake.max_body = config.limits.max_body;
+        tracing::info!(
+            addrs = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
+            key = %config.key.fingerprint(),
+            plaintext = config.allow_plaintext,
+            resolver = ?jail.resolver(),
+            "listening"
+        );
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                jail,
+                limits: config.limits,
+                handshake,
+            }),
+        })
+    }
+
+    /// The bound addresses, with the ports actually chosen.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// within the grace period, closes whatever remains and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let signals = Signals::default();
+        let tracker = TaskTracker::new();
+        let connections = Arc::new(Semaphore::new(self.shared.limits.max_connections));
+        for listener in self.listeners {
+            tracker.spawn(listener::accept_loop(
+                listener,
+                self.shared.clone(),
+                connections.clone(),
+                tracker.clone(),
+                signals.clone(),
+            ));
+        }
+        shutdown.await;
+        tracing::info!("shutting down");
+        signals
+            .drain(&tracker, self.shared.limits.shutdown_grace)
+            .await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

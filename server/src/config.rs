@@ -1,0 +1,114 @@
+//! Library configuration: what to serve, where, with which key, and the limits that keep one
+//! client from hurting the others. `Default`-style constructors plus public fields and
+//! chainable setters; the CLI and the TOML file live in `main.rs`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_protocol::{Key, DEFAULT_MAX_BODY};
+
+/// The port used when none is given.
+pub const DEFAULT_PORT: u16 = 6789;
+
+/// Everything [`crate::Server::bind`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory tree to serve. Nothing outside it is ever opened.
+    pub root: PathBuf,
+    /// Addresses to listen on; port 0 picks a free port. Default: `127.0.0.1:6789`.
+    pub listen: Vec<SocketAddr>,
+    /// Pre-shared key clients must hold.
+    pub key: Key,
+    /// Accept clients asking for plaintext sessions. Default: off.
+    pub allow_plaintext: bool,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Serves `root` on `127.0.0.1:6789`, encrypted only, with default limits.
+    pub fn new(root: impl Into<PathBuf>, key: Key) -> Self {
+        Self {
+            root: root.into(),
+            listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))],
+            key,
+            allow_plaintext: false,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the listen addresses.
+    pub fn listen(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.listen = addrs.into_iter().collect();
+        self
+    }
+
+    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+        self.allow_plaintext = allow;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// Resource limits and deadlines. Every field has a sane default (see [`Limits::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Concurrent connections; further ones get a `BUSY` error and are closed. Default 512.
+    pub max_connections: usize,
+    /// Requests in flight on one connection; more get `BUSY` for that id. Default 32.
+    pub max_in_flight_per_connection: usize,
+    /// Time for a new connection to complete the handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A connection with nothing in flight and no frame for this long is closed. Default 5 min.
+    pub idle_timeout: Duration,
+    /// Once a frame has started arriving, the rest must arrive within this (slowloris
+    /// defence). Default 30 s.
+    pub frame_read_timeout: Duration,
+    /// A write to the client that makes no progress for this long closes the connection.
+    /// Default 60 s.
+    pub write_timeout: Duration,
+    /// Largest frame body accepted, in wire bytes. Default 1 MiB ([`DEFAULT_MAX_BODY`]).
+    pub max_body: u32,
+    /// Data bytes per fetch frame. Default 64 KiB; capped to what a frame can carry.
+    pub chunk_size: usize,
+    /// File bytes read per blocking read of a fetch (a multiple of `chunk_size` is best).
+    /// Default 512 KiB.
+    pub read_size: usize,
+    /// After a shutdown request, how long in-flight requests may run before connections are
+    /// cut. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Most components in a request path. Default 64.
+    pub max_path_depth: usize,
+    /// Deepest recursive listing, in levels below the listed directory. Default 32.
+    pub max_list_depth: u16,
+    /// Bytes of names a listing holds in memory per open directory (see `fs::list`).
+    /// Default 1 MiB.
+    pub list_batch_bytes: usize,
+    /// Encoded size of one list page. Default 64 KiB.
+    pub list_page_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_in_flight_per_connection: 32,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            frame_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            max_body: DEFAULT_MAX_BODY,
+            chunk_size: 64 * 1024,
+            read_size: 512 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            max_path_depth: 64,
+            max_list_depth: 32,
+            list_batch_bytes: 1 << 20,
+            list_page_bytes: 64 * 1024,
+        }
+    }
+}

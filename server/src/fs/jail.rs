@@ -1,0 +1,399 @@
+//! The root jail: every open goes through a descriptor of the served root and is resolved
+//! beneath it by the kernel.
+//!
+//! Preferred: `openat2(root, path, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`. The kernel then
+//! refuses any resolution step that would leave the root (`..`, absolute symlinks, symlinks
+//! whose target climbs out, symlinked intermediate directories pointing outside) with `EXDEV`,
+//! atomically, so a concurrent rename cannot race us out. Symlinks that stay inside the root
+//! are followed.
+//!
+//! Fallback when the kernel lacks `openat2` (`ENOSYS`, before Linux 5.6, or a seccomp filter):
+//! walk the components one `openat(O_NOFOLLOW)` at a time. That refuses every symlink, inside
+//! the root or not: safe, less convenient, and logged once at startup.
+//!
+//! All blocking; callers run these on blocking threads.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use ferry_protocol::message::{Entry, EntryKind};
+use ferry_protocol::ErrorCode;
+use rustix::fs::{Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use super::path::{PathError, RelPath};
+
+/// How paths are resolved beneath the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
+    Openat2,
+    /// Per-component `openat(O_NOFOLLOW)`; refuses all symlinks.
+    NoFollow,
+}
+
+/// A file-system request failed. Messages name only the client's relative path.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("not found: {0}")]
+    NotFound(RelPath),
+    #[error("not a directory: {0}")]
+    NotADirectory(RelPath),
+    #[error("not a regular file: {0}")]
+    NotAFile(RelPath),
+    #[error("permission denied: {0}")]
+    PermissionDenied(RelPath),
+    #[error("{0} resolves outside the served root")]
+    Escapes(RelPath),
+    #[error("{0} goes through a symbolic link, which this server does not follow")]
+    Symlink(RelPath),
+    #[error("name too long: {0}")]
+    NameTooLong(RelPath),
+    #[error("range offset {offset} length {length} is invalid for a file of {size} bytes")]
+    Range { offset: u64, length: u64, size: u64 },
+    #[error("{0} changed while being sent")]
+    Changed(RelPath),
+    #[error("i/o error on {path}: {errno}")]
+    Io { path: RelPath, errno: Errno },
+}
+
+impl FsError {
+    /// The one mapping from file-system failures to wire codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Path(e) => e.code(),
+            Self::NotFound(_) => ErrorCode::NOT_FOUND,
+            Self::NotADirectory(_) => ErrorCode::NOT_A_DIRECTORY,
+            Self::NotAFile(_) => ErrorCode::NOT_A_FILE,
+            Self::PermissionDenied(_) => ErrorCode::PERMISSION_DENIED,
+            Self::Escapes(_) | Self::Symlink(_) => ErrorCode::INVALID_PATH,
+            Self::NameTooLong(_) => ErrorCode::NAME_TOO_LONG,
+            Self::Range { .. } => ErrorCode::INVALID_RANGE,
+            Self::Changed(_) => ErrorCode::FILE_CHANGED,
+            Self::Io { .. } => ErrorCode::INTERNAL,
+        }
+    }
+
+    /// Maps an errno from resolving or reading `path`.
+    pub fn from_errno(errno: Errno, path: &RelPath, resolver: Resolver) -> Self {
+        let path = path.clone();
+        match errno {
+            Errno::NOENT => Self::NotFound(path),
+            Errno::NOTDIR => Self::NotADirectory(path),
+            Errno::ACCESS | Errno::PERM => Self::PermissionDenied(path),
+            // openat2 with RESOLVE_BENEATH: a step would leave the root.
+            Errno::XDEV => Self::Escapes(path),
+            Errno::LOOP if resolver == Resolver::NoFollow => Self::Symlink(path),
+            Errno::LOOP => Self::Escapes(path),
+            Errno::NAMETOOLONG => Self::NameTooLong(path),
+            errno => Self::Io { path, errno },
+        }
+    }
+}
+
+/// The metadata the services need, decoded once from `stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+    pub ctime_secs: i64,
+    pub ctime_nanos: u32,
+    /// Permission bits, the low 12 bits of `st_mode`.
+    pub mode: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Meta {
+    // Field widths of `struct stat` differ between architectures, hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn from_stat(st: &Stat) -> Self {
+        let fmt = st.st_mode as u32 & libc::S_IFMT;
+        let kind = match fmt {
+            libc::S_IFREG => EntryKind::FILE,
+            libc::S_IFDIR => EntryKind::DIRECTORY,
+            libc::S_IFLNK => EntryKind::SYMLINK,
+            _ => EntryKind::OTHER,
+        };
+        Self {
+            kind,
+            size: (st.st_size as i64).max(0) as u64,
+            mtime_secs: st.st_mtime as i64,
+            mtime_nanos: (st.st_mtime_nsec as u64).min(999_999_999) as u32,
+            ctime_secs: st.st_ctime as i64,
+            ctime_nanos: (st.st_ctime_nsec as u64).min(999_999_999) as u32,
+            mode: st.st_mode as u32 & 0o7777,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        }
+    }
+
+    pub fn entry(&self, name: String) -> Entry {
+        Entry {
+            name,
+            kind: self.kind,
+            size: self.size,
+            mtime_secs: self.mtime_secs,
+            mtime_nanos: self.mtime_nanos,
+            mode: self.mode,
+        }
+    }
+
+    /// Same file, same size, same modification and change times: the content a reader saw
+    /// between two such observations is what the file held throughout.
+    pub fn unchanged_since(&self, earlier: &Meta) -> bool {
+        self.dev == earlier.dev
+            && self.ino == earlier.ino
+            && self.size == earlier.size
+            && (self.mtime_secs, self.mtime_nanos) == (earlier.mtime_secs, earlier.mtime_nanos)
+            && (self.ctime_secs, self.ctime_nanos) == (earlier.ctime_secs, earlier.ctime_nanos)
+    }
+}
+
+/// The served root, held open.
+#[derive(Debug)]
+pub struct Jail {
+    root: OwnedFd,
+    resolver: Resolver,
+}
+
+/// How many times to retry an `openat2` that reports `EAGAIN` (a concurrent rename or mount
+/// during a `RESOLVE_BENEATH` walk).
+const OPENAT2_RETRIES: usize = 8;
+
+impl Jail {
+    /// Opens `root` (which must be a directory) and picks the resolver the kernel supports.
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let resolver = match rustix::fs::openat2(
+            &fd,
+            ".",
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(_) => Resolver::Openat2,
+            Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                tracing::warn!(
+                    "openat2 is unavailable; falling back to per-component O_NOFOLLOW opens, \
+                     so no symbolic link will be followed"
+                );
+                Resolver::NoFollow
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Self { root: fd, resolver })
+    }
+
+    /// Forces the per-component fallback (tests exercise it on kernels that have `openat2`).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    pub fn resolver(&self) -> Resolver {
+        self.resolver
+    }
+
+    /// Opens `path` beneath the root. `follow_final` decides whether a symlink in the last
+    /// component is followed (still only within the root) or opened itself (with `O_PATH`).
+    pub fn open_at(
+        &self,
+        path: &RelPath,
+        flags: OFlags,
+        follow_final: bool,
+    ) -> Result<OwnedFd, FsError> {
+        // openat2 refuses O_PATH combined with anything but CLOEXEC, DIRECTORY, NOFOLLOW.
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
+        } else {
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY
+        };
+        let result = match self.resolver {
+            Resolver::Openat2 => {
+                let flags = if follow_final {
+                    flags
+                } else {
+                    flags | OFlags::NOFOLLOW
+                };
+                let mut attempt = 0;
+                loop {
+                    match rustix::fs::openat2(
+                        &self.root,
+                        path.as_kernel_path(),
+                        flags,
+                        Mode::empty(),
+                        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                    ) {
+                        Err(Errno::AGAIN) if attempt < OPENAT2_RETRIES => attempt += 1,
+                        other => break other,
+                    }
+                }
+            }
+            Resolver::NoFollow => self.open_no_follow(path, flags),
+        };
+        result.map_err(|errno| FsError::from_errno(errno, path, self.resolver))
+    }
+
+    fn open_no_follow(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let components: Vec<&str> = path.components().collect();
+        let Some((last, parents)) = components.split_last() else {
+            return rustix::fs::openat(&self.root, ".", flags, Mode::empty());
+        };
+        let mut dir: Option<OwnedFd> = None;
+        for name in parents {
+            let at: BorrowedFd<'_> = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            let next = rustix::fs::openat(
+                at,
+                *name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| if e == Errno::NOTDIR { Errno::LOOP } else { e })?;
+            dir = Some(next);
+        }
+        let at: BorrowedFd<'_> = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+        rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW, Mode::empty())
+    }
+
+    /// Metadata of the entry itself (a final symlink is described, not followed).
+    pub fn stat(&self, path: &RelPath) -> Result<Meta, FsError> {
+        let fd = self.open_at(path, OFlags::PATH, false)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
+        Ok(Meta::from_stat(&st))
+    }
+
+    /// Opens a regular file for reading. FIFOs, sockets and devices are refused before they are
+    /// opened for reading: the first open is `O_PATH`, which has no side effects, and the
+    /// second must reach the same inode.
+    pub fn open_file(&self, path: &RelPath) -> Result<(File, Meta), FsError> {
+        let probe = self.open_at(path, OFlags::PATH, true)?;
+        let st =
+            rustix::fs::fstat(&probe).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
+        let meta = Meta::from_stat(&st);
+        match meta.kind {
+            EntryKind::FILE => {}
+            // Only the no-follow resolver hands back a final symlink itself.
+            EntryKind::SYMLINK => return Err(FsError::Symlink(path.clone())),
+            _ => return Err(FsError::NotAFile(path.clone())),
+        }
+        // O_NONBLOCK: should a FIFO be swapped in between the two opens, the open does not
+        // hang; the inode check below then refuses it.
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK, true)?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
+        let opened = Meta::from_stat(&st);
+        if opened.kind != EntryKind::FILE || opened.dev != meta.dev || opened.ino != meta.ino {
+            return Err(FsError::Changed(path.clone()));
+        }
+        // Regular files ignore O_NONBLOCK for reads; clear it anyway so nothing surprises us.
+        let _ = rustix::fs::fcntl_setfl(&fd, OFlags::empty());
+        Ok((File::from(fd), opened))
+    }
+
+    /// Opens a directory for listing.
+    pub fn open_dir(&self, path: &RelPath) -> Result<OwnedFd, FsError> {
+        // O_DIRECTORY makes the kernel refuse anything else before opening it.
+        self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::write(root.join("sub/deeper/file.txt"), b"inside").unwrap();
+        std::fs::write(outer.path().join("canary.txt"), b"CANARY").unwrap();
+        std::fs::create_dir(outer.path().join("outside_dir")).unwrap();
+        std::fs::write(outer.path().join("outside_dir/secret.txt"), b"CANARY").unwrap();
+        symlink("../canary.txt", root.join("escape")).unwrap();
+        symlink(outer.path().join("canary.txt"), root.join("abs_escape")).unwrap();
+        symlink("../outside_dir", root.join("linkdir")).unwrap();
+        symlink("sub/deeper/file.txt", root.join("inner_link")).unwrap();
+        (outer, root)
+    }
+
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s, 64).unwrap()
+    }
+
+    #[test]
+    fn both_resolvers_refuse_escapes() {
+        let (_outer, root) = setup();
+        for resolver in [Resolver::Openat2, Resolver::NoFollow] {
+            let jail = Jail::open(&root).unwrap().with_resolver(resolver);
+            for bad in ["escape", "abs_escape", "linkdir/secret.txt", "linkdir"] {
+                let err = jail.open_file(&p(bad)).unwrap_err();
+                assert_eq!(
+                    err.code(),
+                    ErrorCode::INVALID_PATH,
+                    "{resolver:?} {bad}: {err}"
+                );
+            }
+            assert!(jail.open_dir(&p("linkdir")).is_err());
+            let (file, meta) = jail.open_file(&p("sub/deeper/file.txt")).unwrap();
+            assert_eq!(meta.size, 6);
+            drop(file);
+            // Stat describes the link itself without following it.
+            assert_eq!(jail.stat(&p("escape")).unwrap().kind, EntryKind::SYMLINK);
+        }
+    }
+
+    #[test]
+    fn inner_symlinks_follow_only_with_openat2() {
+        let (_outer, root) = setup();
+        let jail = Jail::open(&root).unwrap();
+        if jail.resolver() == Resolver::Openat2 {
+            assert!(jail.open_file(&p("inner_link")).is_ok());
+        }
+        let jail = jail.with_resolver(Resolver::NoFollow);
+        assert_eq!(
+            jail.open_file(&p("inner_link")).unwrap_err().code(),
+            ErrorCode::INVALID_PATH
+        );
+    }
+
+    #[test]
+    fn kinds_are_checked_before_opening() {
+        let (_outer, root) = setup();
+        let jail = Jail::open(&root).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            jail.open_file(&p("fifo")).unwrap_err().code(),
+            ErrorCode::NOT_A_FILE
+        );
+        assert_eq!(jail.stat(&p("fifo")).unwrap().kind, EntryKind::OTHER);
+        assert_eq!(
+            jail.open_file(&p("sub")).unwrap_err().code(),
+            ErrorCode::NOT_A_FILE
+        );
+        assert_eq!(
+            jail.open_dir(&p("sub/deeper/file.txt")).unwrap_err().code(),
+            ErrorCode::NOT_A_DIRECTORY
+        );
+        assert_eq!(
+            jail.open_file(&p("missing")).unwrap_err().code(),
+            ErrorCode::NOT_FOUND
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Byte ranges and the fetch reader: large positioned reads, hashed as read, with a check
+//! after every read that the file has not changed under us.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::BytesMut;
+use ferry_protocol::message::{FetchEnd, FetchResponse, TO_END};
+use sha2::{Digest, Sha256};
+
+use super::jail::{FsError, Jail, Meta};
+use super::path::RelPath;
+
+/// Resolves a requested `(offset, length)` against a file of `size` bytes.
+///
+/// `offset == size` is a valid, empty range (resuming a complete download). An offset past
+/// the end, a length reaching past the end, and an `offset + length` that overflows `u64` are
+/// refused; [`TO_END`] means "everything from `offset`".
+pub fn resolve(offset: u64, length: u64, size: u64) -> Result<(u64, u64), FsError> {
+    let invalid = || FsError::Range {
+        offset,
+        length,
+        size,
+    };
+    if offset > size {
+        return Err(invalid());
+    }
+    if length == TO_END {
+        return Ok((offset, size - offset));
+    }
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok((offset, length)),
+        _ => Err(invalid()),
+    }
+}
+
+/// One fetch's file, range and running hash. Blocking: call from a blocking thread.
+#[derive(Debug)]
+pub struct FileReader {
+    file: File,
+    path: RelPath,
+    /// Metadata when the fetch started; every later observation must match it.
+    opened: Meta,
+    pos: u64,
+    remaining: u64,
+    sent: u64,
+    hasher: Sha256,
+}
+
+impl FileReader {
+    /// Opens `path` (a regular file) and resolves the range.
+    pub fn open(
+        jail: &Jail,
+        path: RelPath,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Self, FetchResponse), FsError> {
+        let (file, meta) = jail.open_file(&path)?;
+        let (offset, length) = resolve(offset, length, meta.size)?;
+        let response = FetchResponse {
+            size: meta.size,
+            mtime_secs: meta.mtime_secs,
+            mtime_nanos: meta.mtime_nanos,
+            offset,
+            length,
+        };
+        Ok((
+            Self {
+                file,
+                path,
+                opened: meta,
+                pos: offset,
+                remaining: length,
+                sent: 0,
+                hasher: Sha256::new(),
+            },
+            response,
+        ))
+    }
+
+    /// Bytes still to read.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Reads the next `max` bytes at most into `buf` (resized to exactly what was read) and
+    /// hashes them. A short read or changed metadata ends the fetch with [`FsError::Changed`].
+    pub fn read_batch(&mut self, buf: &mut BytesMut, max: usize) -> Result<(), FsError> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(max);
+        // A recycled buffer is already initialised; only growth is zero-filled.
+        buf.resize(want, 0);
+        let mut filled = 0;
+        while filled < want {
+            match self
+                .file
+                .read_at(&mut buf[filled..], self.pos + filled as u64)
+            {
+                Ok(0) => return Err(FsError::Changed(self.path.clone())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(FsError::Io {
+                        path: self.path.clone(),
+                        errno: rustix::io::Errno::from_io_error(&e)
+                            .unwrap_or(rustix::io::Errno::IO),
+                    })
+                }
+            }
+        }
+        self.check_unchanged()?;
+        self.hasher.update(&buf[..]);
+        self.pos += want as u64;
+        self.remaining -= want as u64;
+        self.sent += want as u64;
+        Ok(())
+    }
+
+    fn check_unchanged(&self) -> Result<(), FsError> {
+        let now = rustix::fs::fstat(&self.file).map_err(|errno| FsError::Io {
+            path: self.path.clone(),
+            errno,
+        })?;
+        if Meta::from_stat(&now).unchanged_since(&self.opened) {
+            Ok(())
+        } else {
+            Err(FsError::Changed(self.path.clone()))
+        }
+    }
+
+    /// The end frame, after a last check that the file is still as it was when opened.
+    pub fn finish(self) -> Result<FetchEnd, FsError> {
+        self.check_unchanged()?;
+        Ok(FetchEnd {
+            bytes: self.sent,
+            sha256: self.hasher.finalize().into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_at_the_edges() {
+        assert_eq!(resolve(0, TO_END, 10).unwrap(), (0, 10));
+        assert_eq!(resolve(0, 0, 10).unwrap(), (0, 0));
+        assert_eq!(resolve(10, TO_END, 10).unwrap(), (10, 0));
+        assert_eq!(resolve(10, 0, 10).unwrap(), (10, 0));
+        assert_eq!(resolve(3, 7, 10).unwrap(), (3, 7));
+        assert!(resolve(11, TO_END, 10).is_err());
+        assert!(resolve(10, 1, 10).is_err());
+        assert!(resolve(3, 8, 10).is_err());
+        assert!(resolve(1, u64::MAX - 1, 10).is_err(), "overflowing end");
+        assert!(resolve(u64::MAX, 1, 10).is_err());
+        assert_eq!(resolve(0, TO_END, 0).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn reader_hashes_exactly_the_range_and_detects_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let jail = Jail::open(dir.path()).unwrap();
+        let path = RelPath::parse("f", 8).unwrap();
+        let (mut reader, response) = FileReader::open(&jail, path.clone(), 10, 50_000).unwrap();
+        assert_eq!(
+            (response.offset, response.length, response.size),
+            (10, 50_000, 100_000)
+        );
+        let mut got = Vec::new();
+        let mut buf = BytesMut::new();
+        while reader.remaining() > 0 {
+            reader.read_batch(&mut buf, 16_384).unwrap();
+            got.extend_from_slice(&buf);
+        }
+        assert_eq!(got, &data[10..50_010]);
+        let end = reader.finish().unwrap();
+        assert_eq!(end.bytes, 50_000);
+        assert_eq!(
+            end.sha256,
+            <[u8; 32]>::from(Sha256::digest(&data[10..50_010]))
+        );
+
+        let (mut reader, _) = FileReader::open(&jail, path, 0, TO_END).unwrap();
+        reader.read_batch(&mut buf, 16_384).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("f"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+            .unwrap();
+        let err = reader.read_batch(&mut buf, 16_384).unwrap_err();
+        assert_eq!(err.code(), ferry_protocol::ErrorCode::FILE_CHANGED);
+    }
+}

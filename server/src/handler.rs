@@ -1,0 +1,804 @@
+//! One connection: handshake under a deadline, then a reader (this task), a writer task and one
+//! task per request.
+//!
+//! ```text
+//!             +-------------+   ctrl (pong, refusals; drained first)   +--------+
+//!  socket --> | reader loop | ---------------------------------------> |        |
+//!             |  dispatch   |                                          | writer | --> socket
+//!             +-------------+   spawn    +---------------+   data      |        |
+//!                           \----------> | request tasks | ----------> |        |
+//!                                        +---------------+  (bounded)  +--------+
+//! ```
+//!
+//! Both queues are bounded, so a client that stops reading stalls the writer, the queues fill
+//! and the request tasks wait: backpressure instead of memory growth. Request tasks enqueue
+//! frame by frame and the bounded queue admits waiting senders in FIFO order, so concurrent
+//! fetches interleave chunk by chunk. The writer seals and batches many frames per `write`.
+//!
+//! The reader enforces the per-frame read deadline (a frame that has started must finish
+//! within `frame_read_timeout`), the idle timeout (nothing in flight and nothing received) and
+//! the in-flight limit. Frame, decode and record errors end the connection with an error frame
+//! on id 0; a well-formed but unknown request gets `UNKNOWN_REQUEST` for its id and the
+//! connection continues.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::message::{FetchRequest, ListEnd, ListRequest, StatRequest};
+use ferry_protocol::{
+    DecodeError, ErrorBody, ErrorCode, Frame, Message, RecvHalf, RequestId, SendHalf, ServerConfig,
+    Service,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::Limits;
+use crate::fs::{FileReader, FsError, Jail, Lister, RelPath};
+use crate::shutdown::Signals;
+
+/// State shared by every connection of a server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub jail: Jail,
+    pub limits: Limits,
+    pub handshake: ServerConfig,
+}
+
+/// A frame to send: the request id and the message.
+type Out = (RequestId, Message);
+
+/// Data-queue depth in frames: with 64 KiB chunks, at most 1 MiB waits per connection.
+const DATA_QUEUE: usize = 16;
+/// Control-queue depth: pongs and refusals.
+const CTRL_QUEUE: usize = 32;
+/// The writer stops batching once this much is encoded.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Read-buffer top-up before each socket read.
+const READ_RESERVE: usize = 16 * 1024;
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum Close {
+    /// The client closed its side and nothing is in flight.
+    Eof,
+    /// The client sent a connection-level error.
+    PeerError(ErrorBody),
+    /// Protocol violation, decode or record failure, frame deadline: tell the client why.
+    Fatal(ErrorCode, String),
+    /// Nothing happened for `idle_timeout`.
+    Idle,
+    /// Shutdown requested and nothing left in flight.
+    Shutdown,
+    /// Grace period over.
+    Killed,
+    /// The writer ended (client gone or write deadline).
+    WriterGone,
+    /// Reading from the socket failed.
+    Io(std::io::Error),
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: Signals) {
+    let limits = &shared.limits;
+    let handshake = tokio::select! {
+        biased;
+        _ = signals.kill.cancelled() => return,
+        result = tokio::time::timeout(
+            limits.handshake_timeout,
+            ferry_protocol::tokio::server_handshake(&mut stream, shared.handshake.clone()),
+        ) => result,
+    };
+    let (session, leftover) = match handshake {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => {
+            // Wrong keys and scanners are the peer's problem, not ours.
+            tracing::debug!(%error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                timeout = %humantime::format_duration(limits.handshake_timeout),
+                "handshake timed out"
+            );
+            return;
+        }
+    };
+    tracing::debug!(mode = ?session.mode(), "session established");
+    let (send, recv) = session.into_split();
+    let chunk = limits.chunk_size.min(send.max_payload()).max(1);
+    let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
+    let (rd, wr) = stream.into_split();
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
+    let mut writer = tokio::spawn(
+        write_loop(send, wr, ctrl_rx, data_rx, limits.write_timeout).in_current_span(),
+    );
+    let mut conn = Conn {
+        shared: shared.clone(),
+        ctx: RequestCtx {
+            shared: shared.clone(),
+            data: data_tx,
+            chunk,
+            page_bytes,
+        },
+        ctrl: ctrl_tx,
+        tasks: JoinSet::new(),
+        in_flight: HashMap::new(),
+        next_generation: 0,
+    };
+    let close = conn
+        .read_loop(rd, recv, leftover, &signals, &mut writer)
+        .await;
+    let writer_done = matches!(close, Close::WriterGone);
+    let farewell = match &close {
+        Close::Fatal(code, message) => {
+            tracing::debug!(%code, %message, "closing connection");
+            Some(ErrorBody::new(*code, message.clone()))
+        }
+        Close::Idle => Some(ErrorBody::new(
+            ErrorCode::TIMEOUT,
+            format!(
+                "idle for {}",
+                humantime::format_duration(limits.idle_timeout)
+            ),
+        )),
+        Close::Shutdown => Some(ErrorBody::from_code(ErrorCode::SHUTTING_DOWN)),
+        Close::Killed => Some(ErrorBody::new(
+            ErrorCode::SHUTTING_DOWN,
+            "server shut down before the request finished",
+        )),
+        Close::PeerError(body) => {
+            tracing::debug!(%body, "client closed the connection with an error");
+            None
+        }
+        Close::Io(error) => {
+            tracing::debug!(%error, "read failed");
+            None
+        }
+        Close::Eof | Close::WriterGone => None,
+    };
+    conn.tasks.abort_all();
+    if let Some(body) = farewell {
+        // Best effort: a full queue means the client is not reading anyway.
+        let _ = conn.ctrl.try_send((
+            RequestId::CONNECTION,
+            Message::Error {
+                service: Service::HANDSHAKE,
+                body,
+            },
+        ));
+    }
+    // Dropping every sender lets the writer flush what is queued and shut the socket down.
+    drop(conn);
+    if !writer_done {
+        tokio::select! {
+            biased;
+            _ = signals.kill.cancelled(), if !matches!(close, Close::Killed) => writer.abort(),
+            _ = tokio::time::sleep(limits.write_timeout) => writer.abort(),
+            _ = &mut writer => {}
+        }
+        if matches!(close, Close::Killed) {
+            // Give the farewell a moment, but never wait on a client that does not read.
+            let _ = tokio::time::timeout(Duration::from_millis(100), &mut writer).await;
+            writer.abort();
+        }
+    }
+    tracing::debug!("connection closed");
+}
+
+/// What every request task needs.
+#[derive(Debug, Clone)]
+struct RequestCtx {
+    shared: Arc<Shared>,
+    data: mpsc::Sender<Out>,
+    /// Data bytes per frame.
+    chunk: usize,
+    /// Encoded bytes per list page.
+    page_bytes: usize,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    service: Service,
+    generation: u64,
+    abort: AbortHandle,
+}
+
+/// The reader's state.
+#[derive(Debug)]
+struct Conn {
+    shared: Arc<Shared>,
+    ctx: RequestCtx,
+    ctrl: mpsc::Sender<Out>,
+    /// Request tasks; each returns its id and generation.
+    tasks: JoinSet<(RequestId, u64)>,
+    in_flight: HashMap<RequestId, InFlight>,
+    /// Tells a finished task from a newer request that reused its id after a cancel.
+    next_generation: u64,
+}
+
+impl Conn {
+    async fn read_loop(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut recv: RecvHalf,
+        mut buf: BytesMut,
+        signals: &Signals,
+        writer: &mut tokio::task::JoinHandle<()>,
+    ) -> Close {
+        let limits = self.shared.limits.clone();
+        let far = Duration::from_secs(86_400 * 365);
+        let mut stopping = false;
+        let mut eof = false;
+        let mut last_activity = Instant::now();
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            loop {
+                match recv.read_frame(&mut buf) {
+                    Ok(Some(frame)) => {
+                        last_activity = Instant::now();
+                        frame_started = None;
+                        if let Some(close) = self.handle_frame(frame, stopping).await {
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return Close::Fatal(error.code(), error.to_string()),
+                }
+            }
+            if recv.decoder().is_mid_frame(&buf) {
+                frame_started.get_or_insert_with(Instant::now);
+            } else {
+                frame_started = None;
+            }
+            if self.in_flight.is_empty() {
+                if eof {
+                    return Close::Eof;
+                }
+                if stopping {
+                    return Close::Shutdown;
+                }
+            }
+            let now = Instant::now();
+            let frame_deadline = frame_started.map(|t| t + limits.frame_read_timeout);
+            let idle_armed = self.in_flight.is_empty() && frame_started.is_none();
+            let idle_deadline = last_activity + limits.idle_timeout;
+            if buf.capacity() - buf.len() < READ_RESERVE / 4 {
+                buf.reserve(READ_RESERVE);
+            }
+            tokio::select! {
+                biased;
+                _ = signals.kill.cancelled() => return Close::Killed,
+                _ = signals.stop.cancelled(), if !stopping => stopping = true,
+                result = &mut *writer => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "writer task failed");
+                    }
+                    return Close::WriterGone;
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.finished(joined);
+                    last_activity = Instant::now();
+                }
+                _ = tokio::time::sleep_until(frame_deadline.unwrap_or(now + far)),
+                    if frame_deadline.is_some() => {
+                    return Close::Fatal(
+                        ErrorCode::TIMEOUT,
+                        format!(
+                            "frame not completed within {}",
+                            humantime::format_duration(limits.frame_read_timeout)
+                        ),
+                    );
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if idle_armed => return Close::Idle,
+                read = rd.read_buf(&mut buf), if !eof => match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(error) => return Close::Io(error),
+                },
+            }
+        }
+    }
+
+    fn finished(&mut self, joined: Result<(RequestId, u64), JoinError>) {
+        match joined {
+            Ok((id, generation)) => {
+                if self
+                    .in_flight
+                    .get(&id)
+                    .is_some_and(|f| f.generation == generation)
+                {
+                    self.in_flight.remove(&id);
+                }
+            }
+            // Cancelled tasks were removed when cancelled.
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => {
+                // A panicking request must not take the connection down; find its id.
+                tracing::error!(%error, "request task panicked");
+                let task = error.id();
+                self.in_flight.retain(|_, f| f.abort.id() != task);
+            }
+        }
+    }
+
+    /// Sends a reply that does not belong to a running request's stream.
+    async fn reply(&self, id: RequestId, message: Message) -> Option<Close> {
+        match self.ctrl.send((id, message)).await {
+            Ok(()) => None,
+            Err(_) => Some(Close::WriterGone),
+        }
+    }
+
+    async fn refuse(
+        &self,
+        id: RequestId,
+        service: Service,
+        code: ErrorCode,
+        message: String,
+    ) -> Option<Close> {
+        tracing::debug!(%id, ?service, %code, %message, "request refused");
+        self.reply(
+            id,
+            Message::Error {
+                service,
+                body: ErrorBody::new(code, message),
+            },
+        )
+        .await
+    }
+
+    async fn handle_frame(&mut self, frame: Frame, stopping: bool) -> Option<Close> {
+        let id = frame.header.id;
+        let service = frame.header.service;
+        let message = match frame.message() {
+            Ok(message) => message,
+            Err(error @ DecodeError::UnknownMessage { .. }) => {
+                // The frame was authentic (it passed the record layer), just not understood.
+                if id == RequestId::CONNECTION {
+                    return Some(Close::Fatal(error.code(), error.to_string()));
+                }
+                return self
+                    .refuse(id, service, ErrorCode::UNKNOWN_REQUEST, error.to_string())
+                    .await;
+            }
+            Err(error) => {
+                return Some(Close::Fatal(error.code(), format!("request {id}: {error}")))
+            }
+        };
+        let request = match message {
+            Message::Ping(payload) => return self.reply(id, Message::Pong(payload)).await,
+            // We never ping, but a pong is harmless.
+            Message::Pong(_) => return None,
+            Message::Cancel { service } => return self.cancel(id, service).await,
+            Message::Error { body, .. } if id == RequestId::CONNECTION => {
+                return Some(Close::PeerError(body))
+            }
+            Message::Error { .. } => return None,
+            Message::ListRequest(r) => Request::List(r),
+            Message::StatRequest(r) => Request::Stat(r),
+            Message::FetchRequest(r) => Request::Fetch(r),
+            other => {
+                let text = format!("{:?} is not something a client sends", other.kind().0);
+                if id == RequestId::CONNECTION {
+                    return Some(Close::Fatal(ErrorCode::UNEXPECTED_MESSAGE, text));
+                }
+                return self
+                    .refuse(id, service, ErrorCode::UNEXPECTED_MESSAGE, text)
+                    .await;
+            }
+        };
+        self.start(id, service, request, stopping).await
+    }
+
+    async fn start(
+        &mut self,
+        id: RequestId,
+        service: Service,
+        request: Request,
+        stopping: bool,
+    ) -> Option<Close> {
+        if id == RequestId::CONNECTION {
+            return Some(Close::Fatal(
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "requests must not use id 0".into(),
+            ));
+        }
+        if self.in_flight.contains_key(&id) {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::DUPLICATE_ID,
+                    format!("request id {} is already in flight", id.0),
+                )
+                .await;
+        }
+        if stopping {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::SHUTTING_DOWN,
+                    "server is shutting down".into(),
+                )
+                .await;
+        }
+        let max = self.shared.limits.max_in_flight_per_connection;
+        if self.in_flight.len() >= max {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::BUSY,
+                    format!("{max} requests already in flight on this connection"),
+                )
+                .await;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let abort = self.tasks.spawn(
+            run_request(self.ctx.clone(), id, service, request, generation).in_current_span(),
+        );
+        self.in_flight.insert(
+            id,
+            InFlight {
+                service,
+                generation,
+                abort,
+            },
+        );
+        None
+    }
+
+    async fn cancel(&mut self, id: RequestId, _service: Service) -> Option<Close> {
+        // The id alone names the request; the service byte is informational.
+        let Some(flight) = self.in_flight.remove(&id) else {
+            // Already finished: the client will see its end frame.
+            return None;
+        };
+        flight.abort.abort();
+        tracing::info!(%id, service = service_name(flight.service), outcome = "cancelled", "request");
+        // Through the data queue, so it follows any frame the request already queued.
+        match self
+            .ctx
+            .data
+            .send((
+                id,
+                Message::Error {
+                    service: flight.service,
+                    body: ErrorBody::from_code(ErrorCode::CANCELLED),
+                },
+            ))
+            .await
+        {
+            Ok(()) => None,
+            Err(_) => Some(Close::WriterGone),
+        }
+    }
+}
+
+/// The writer: takes frames from both queues (control first), seals them and writes them in
+/// batches.
+async fn write_loop(
+    mut send: SendHalf,
+    mut io: OwnedWriteHalf,
+    mut ctrl: mpsc::Receiver<Out>,
+    mut data: mpsc::Receiver<Out>,
+    write_timeout: Duration,
+) {
+    let mut out = BytesMut::with_capacity(WRITE_BATCH + 128 * 1024);
+    let (mut ctrl_open, mut data_open) = (true, true);
+    loop {
+        let (id, message) = tokio::select! {
+            biased;
+            m = ctrl.recv(), if ctrl_open => match m {
+                Some(m) => m,
+                None => { ctrl_open = false; continue; }
+            },
+            m = data.recv(), if data_open => match m {
+                Some(m) => m,
+                None => { data_open = false; continue; }
+            },
+            else => break,
+        };
+        if let Err(error) = send.write_message(id, &message, &mut out) {
+            tracing::warn!(%error, "cannot encode a frame; closing");
+            return;
+        }
+        while out.len() < WRITE_BATCH {
+            let next = match ctrl.try_recv() {
+                Ok(next) => next,
+                Err(_) => match data.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            if let Err(error) = send.write_message(next.0, &next.1, &mut out) {
+                tracing::warn!(%error, "cannot encode a frame; closing");
+                return;
+            }
+        }
+        match tokio::time::timeout(write_timeout, io.write_all(&out)).await {
+            Ok(Ok(())) => out.clear(),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    timeout = %humantime::format_duration(write_timeout),
+                    "client stopped reading; closing"
+                );
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, io.shutdown()).await;
+}
+
+/// A decoded request.
+#[derive(Debug)]
+enum Request {
+    List(ListRequest),
+    Stat(StatRequest),
+    Fetch(FetchRequest),
+}
+
+impl Request {
+    fn path(&self) -> &str {
+        match self {
+            Self::List(r) => &r.path,
+            Self::Stat(r) => &r.path,
+            Self::Fetch(r) => &r.path,
+        }
+    }
+}
+
+fn service_name(service: Service) -> &'static str {
+    match service {
+        Service::LIST => "list",
+        Service::STAT => "stat",
+        Service::FETCH => "fetch",
+        Service::ECHO => "echo",
+        _ => "other",
+    }
+}
+
+/// Why a request ended without its normal end frame.
+#[derive(Debug, thiserror::Error)]
+enum ServiceError {
+    /// Answered on the wire with the error's code.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The connection's writer is gone; nothing can be sent.
+    #[error("connection closed")]
+    Closed,
+    /// A bug (a blocking task panicked); the client gets `INTERNAL`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<JoinError> for ServiceError {
+    fn from(error: JoinError) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+impl From<crate::fs::PathError> for ServiceError {
+    fn from(error: crate::fs::PathError) -> Self {
+        Self::Fs(error.into())
+    }
+}
+
+async fn run_request(
+    ctx: RequestCtx,
+    id: RequestId,
+    service: Service,
+    request: Request,
+    generation: u64,
+) -> (RequestId, u64) {
+    let started = Instant::now();
+    let path = request.path().to_owned();
+    let result = match request {
+        Request::List(r) => list(&ctx, id, r).await,
+        Request::Stat(r) => stat(&ctx, id, r).await,
+        Request::Fetch(r) => fetch(&ctx, id, r).await,
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let name = service_name(service);
+    let body = match result {
+        Ok(bytes) => {
+            tracing::info!(%id, service = name, ?path, bytes, elapsed_ms, outcome = "ok", "request");
+            None
+        }
+        Err(ServiceError::Fs(error)) => {
+            let code = error.code();
+            tracing::info!(%id, service = name, ?path, elapsed_ms, outcome = %code, %error, "request");
+            Some(ErrorBody::new(code, error.to_string()))
+        }
+        Err(ServiceError::Closed) => {
+            tracing::debug!(%id, service = name, ?path, elapsed_ms, "connection closed mid-request");
+            None
+        }
+        Err(ServiceError::Internal(error)) => {
+            tracing::error!(%id, service = name, ?path, %error, "request failed");
+            Some(ErrorBody::from_code(ErrorCode::INTERNAL))
+        }
+    };
+    if let Some(body) = body {
+        let _ = ctx.data.send((id, Message::Error { service, body })).await;
+    }
+    (id, generation)
+}
+
+impl RequestCtx {
+    async fn send(&self, id: RequestId, message: Message) -> Result<(), ServiceError> {
+        self.data
+            .send((id, message))
+            .await
+            .map_err(|_| ServiceError::Closed)
+    }
+
+    fn parse(&self, raw: &str) -> Result<RelPath, ServiceError> {
+        Ok(RelPath::parse(raw, self.shared.limits.max_path_depth)?)
+    }
+}
+
+/// Stat: one entry, described without following a final symlink. Returns 0 data bytes.
+async fn stat(ctx: &RequestCtx, id: RequestId, request: StatRequest) -> Result<u64, ServiceError> {
+    let path = ctx.parse(&request.path)?;
+    let shared = ctx.shared.clone();
+    let (path, meta) = tokio::task::spawn_blocking(move || {
+        let meta = shared.jail.stat(&path);
+        (path, meta)
+    })
+    .await?;
+    let entry = meta?.entry(path.file_name().to_owned());
+    ctx.send(id, Message::StatResponse(entry)).await?;
+    Ok(0)
+}
+
+/// List: pages produced on a blocking thread one at a time, so a slow client holds no thread.
+/// Returns the number of entries.
+async fn list(ctx: &RequestCtx, id: RequestId, request: ListRequest) -> Result<u64, ServiceError> {
+    let path = ctx.parse(&request.path)?;
+    let limits = &ctx.shared.limits;
+    let max_depth = if request.recursive {
+        request.max_depth.min(limits.max_list_depth)
+    } else {
+        0
+    };
+    let budget = limits.list_batch_bytes;
+    let shared = ctx.shared.clone();
+    let (path, lister) = tokio::task::spawn_blocking(move || {
+        let lister = shared.jail.open_dir(&path).and_then(|fd| {
+            Lister::new(fd, max_depth > 0, max_depth, budget)
+                .map_err(|e| FsError::from_errno(e, &path, shared.jail.resolver()))
+        });
+        (path, lister)
+    })
+    .await?;
+    let mut lister = lister?;
+    let page_bytes = ctx.page_bytes;
+    loop {
+        let (returned, page) = tokio::task::spawn_blocking(move || {
+            let page = lister.next_page(page_bytes);
+            (lister, page)
+        })
+        .await?;
+        lister = returned;
+        match page {
+            Ok(Some(page)) => ctx.send(id, Message::ListPage(page)).await?,
+            Ok(None) => break,
+            Err(errno) => {
+                return Err(FsError::from_errno(errno, &path, ctx.shared.jail.resolver()).into())
+            }
+        }
+    }
+    if lister.skipped() > 0 {
+        tracing::debug!(
+            skipped = lister.skipped(),
+            "names that are not utf-8 were not listed"
+        );
+    }
+    let entries = lister.total();
+    ctx.send(id, Message::ListEnd(ListEnd { entries })).await?;
+    Ok(entries)
+}
+
+/// Fetch: large reads on a blocking thread, one read ahead of the frames being queued, cut into
+/// chunks without copying. Returns the data bytes sent.
+async fn fetch(
+    ctx: &RequestCtx,
+    id: RequestId,
+    request: FetchRequest,
+) -> Result<u64, ServiceError> {
+    let path = ctx.parse(&request.path)?;
+    let shared = ctx.shared.clone();
+    let (reader, response) = tokio::task::spawn_blocking(move || {
+        FileReader::open(&shared.jail, path, request.offset, request.length)
+    })
+    .await??;
+    ctx.send(id, Message::FetchResponse(response)).await?;
+
+    let chunk = ctx.chunk;
+    let read_size = (ctx.shared.limits.read_size / chunk).max(1) * chunk;
+    let mut reader = Some(reader);
+    let mut reading = None;
+    let mut recycled: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        if reading.is_none() {
+            match reader.take() {
+                Some(r) if r.remaining() > 0 => {
+                    reading = Some(spawn_read(r, reusable(&mut recycled, read_size), read_size));
+                }
+                other => {
+                    reader = other;
+                    break;
+                }
+            }
+        }
+        let Some(handle) = reading.take() else { break };
+        let (r, batch) = handle.await?;
+        let batch = batch?.freeze();
+        // Start the next read before queueing this batch, so disk and socket overlap.
+        if r.remaining() > 0 {
+            reading = Some(spawn_read(r, reusable(&mut recycled, read_size), read_size));
+        } else {
+            reader = Some(r);
+        }
+        let mut at = 0;
+        while at < batch.len() {
+            let end = (at + chunk).min(batch.len());
+            ctx.send(id, Message::Data(batch.slice(at..end))).await?;
+            at = end;
+        }
+        recycled.push_back(batch);
+    }
+    let Some(reader) = reader else {
+        return Err(ServiceError::Internal("fetch lost its reader".into()));
+    };
+    let end = reader.finish()?;
+    ctx.send(id, Message::FetchEnd(end)).await?;
+    Ok(end.bytes)
+}
+
+type ReadResult = (FileReader, Result<BytesMut, FsError>);
+
+fn spawn_read(
+    mut reader: FileReader,
+    mut buf: BytesMut,
+    read_size: usize,
+) -> tokio::task::JoinHandle<ReadResult> {
+    tokio::task::spawn_blocking(move || {
+        let result = reader.read_batch(&mut buf, read_size).map(|()| buf);
+        (reader, result)
+    })
+}
+
+/// A read buffer: a previous batch whose chunks have all been written (so it is unique again
+/// and already initialised), or a new one.
+fn reusable(recycled: &mut VecDeque<Bytes>, size: usize) -> BytesMut {
+    for _ in 0..recycled.len() {
+        let Some(old) = recycled.pop_front() else {
+            break;
+        };
+        match old.try_into_mut() {
+            Ok(buf) => return buf,
+            Err(old) => recycled.push_back(old),
+        }
+    }
+    // Keep at most a few batches alive waiting to be reused.
+    if recycled.len() >= 3 {
+        recycled.pop_front();
+    }
+    BytesMut::with_capacity(size)
+}

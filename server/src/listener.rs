@@ -1,0 +1,129 @@
+//! Binding and the accept loop: a connection semaphore, back-off on accept errors and a
+//! tracked task per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, Service};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::handler::{self, Shared};
+use crate::shutdown::Signals;
+
+/// Pending connections the kernel queues for us.
+const BACKLOG: u32 = 1024;
+/// First and longest pause after an accept error such as `EMFILE`.
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a refused connection gets to receive its `BUSY` frame.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds one address. IPv6 sockets are IPv6-only, so `[::]:P` and `0.0.0.0:P` can both be
+/// listened on.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        let socket = TcpSocket::new_v6()?;
+        rustix::net::sockopt::set_ipv6_v6only(&socket, true)?;
+        socket
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Errors that concern one half-open connection, not the listener: retry at once.
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) || error.raw_os_error() == Some(libc::EPROTO)
+}
+
+/// Accepts until `stop`, spawning one tracked task per connection.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+    signals: Signals,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = signals.stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = BACKOFF_START;
+                accepted
+            }
+            Err(error) if is_transient(&error) => {
+                tracing::debug!(%error, "accept failed for one connection");
+                continue;
+            }
+            Err(error) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the condition persists until connections
+                // close, so pause instead of spinning on it.
+                tracing::warn!(%error, backoff = ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    biased;
+                    _ = signals.stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("conn", %peer);
+        match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                let signals = signals.clone();
+                tracker.spawn(
+                    async move {
+                        handler::serve(stream, shared, signals).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "connection limit reached; refusing");
+                tracker.spawn(refuse_busy(stream).instrument(span));
+            }
+        }
+    }
+    tracing::debug!(addr = ?listener.local_addr().ok(), "listener closed");
+}
+
+/// Tells a client over the connection limit why it is being closed, in a plaintext
+/// connection-level error frame like a failed handshake's.
+async fn refuse_busy(mut stream: TcpStream) {
+    let body = ErrorBody::new(ErrorCode::BUSY, "too many connections; try again later");
+    let frame = Frame::from_message(
+        RequestId::CONNECTION,
+        &Message::Error {
+            service: Service::HANDSHAKE,
+            body,
+        },
+    );
+    let mut out = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut out);
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
