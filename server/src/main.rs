@@ -1,1 +1,462 @@
-fn main() {}
+//! `ferry-server`: the command line. Parses flags and the optional TOML config file, finds or
+//! creates the key, installs logging and signal handling, then hands over to the library.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use ferry_protocol::Key;
+use ferry_server::{Config, Limits, Server, DEFAULT_PORT};
+use serde::Deserialize;
+
+/// Serve one directory tree over the Ferry protocol.
+///
+/// Read-only: clients can list, stat and fetch (whole files or byte ranges); there are no
+/// uploads. Nothing outside ROOT is ever served, symlinks included. Sessions are authenticated
+/// with a pre-shared key and encrypted unless --plaintext allows otherwise.
+///
+/// Key sources, first found wins: --key, --key-file, FERRY_KEY, the default key file
+/// (created with a random key on first start, owner-only). At start the server prints one line
+/// a client can paste to connect.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-server", version, about, long_about)]
+struct Cli {
+    /// Directory to serve. Default: `root` from the config file, else the current directory.
+    root: Option<PathBuf>,
+
+    /// Address to listen on, IPv4 or IPv6; repeat for several. Default 127.0.0.1:6789.
+    /// E.g. --listen 0.0.0.0:6789 --listen [::]:6789
+    #[arg(long, short, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+
+    /// The pre-shared key, 64 hex characters or base64. Visible to other local users in the
+    /// process list; prefer --key-file or FERRY_KEY.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+
+    /// File holding the key (hex, base64 or 32 raw bytes; must not be group/other readable).
+    /// Default: ~/.config/ferry/key, created on first start.
+    #[arg(long, value_name = "FILE", env = "FERRY_KEY_FILE")]
+    key_file: Option<PathBuf>,
+
+    /// Allow clients to choose unencrypted sessions (the handshake is still authenticated).
+    /// Off by default; only for trusted networks or benchmarks.
+    #[arg(long)]
+    plaintext: bool,
+
+    /// Serve read-only. This is the only mode today (there are no uploads); the flag exists so
+    /// scripts can say so explicitly.
+    #[arg(long)]
+    read_only: bool,
+
+    /// TOML config file with the same settings (flags win). E.g. --config /etc/ferry/server.toml
+    #[arg(long, short, value_name = "FILE", env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Most concurrent connections; more are refused with BUSY. Default 512.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Most requests in flight per connection; more get BUSY. Default 32.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<usize>,
+
+    /// Time allowed for a connection's handshake. Default 10s. E.g. 5s
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
+
+    /// Close connections with nothing in flight after this long without a frame. Default 5m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// A frame that has started arriving must complete within this (slowloris defence).
+    /// Default 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    frame_timeout: Option<Duration>,
+
+    /// Close a connection whose client reads nothing for this long. Default 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    write_timeout: Option<Duration>,
+
+    /// Largest frame body accepted, in bytes, up to 16M. Default 1M. E.g. 256K
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_frame: Option<u32>,
+
+    /// On SIGINT/SIGTERM, how long in-flight transfers may finish before connections are cut.
+    /// Default 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    shutdown_grace: Option<Duration>,
+
+    /// More log output (-v info with one line per request, -vv debug, -vvv trace). RUST_LOG
+    /// overrides. Default: warnings only.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Less log output (-q errors only, -qq nothing).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+
+    /// Log line format on stderr. Default text.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file. Every field is optional; flags override it.
+///
+/// ```toml
+/// root = "/srv/share"                 # default: current directory
+/// listen = ["0.0.0.0:6789", "[::]:6789"]  # default: ["127.0.0.1:6789"]
+/// key_file = "/etc/ferry/key"         # default: ~/.config/ferry/key
+/// plaintext = false                   # default: false
+/// log_format = "json"                 # default: "text"
+///
+/// [limits]
+/// max_connections = 512               # default 512
+/// max_in_flight = 32                  # default 32
+/// handshake_timeout = "10s"           # default 10s
+/// idle_timeout = "5m"                 # default 5m
+/// frame_timeout = "30s"               # default 30s
+/// write_timeout = "60s"               # default 60s
+/// max_frame = "1M"                    # default 1M
+/// shutdown_grace = "10s"              # default 10s
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    root: Option<PathBuf>,
+    listen: Option<Vec<SocketAddr>>,
+    key_file: Option<PathBuf>,
+    plaintext: Option<bool>,
+    read_only: Option<bool>,
+    log_format: Option<LogFormat>,
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    frame_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_frame: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 10s, 1m30s, 500ms)"))
+}
+
+/// Bytes with an optional K/M suffix (binary), capped at the protocol's 16 MiB limit.
+fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1u64 << 20),
+        _ => (t, 1),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 256K, 1M)"))?;
+    let bytes = n.saturating_mul(mult);
+    let max = u64::from(ferry_protocol::MAX_BODY_LIMIT);
+    if !(4096..=max).contains(&bytes) {
+        return Err(format!("{bytes} is outside 4096..={max}"));
+    }
+    Ok(bytes as u32)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ferry-server: {error:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let file = match &cli.config {
+        Some(path) => load_file_config(path)?,
+        None => FileConfig::default(),
+    };
+    init_logging(&cli, file.log_format.unwrap_or(LogFormat::Text));
+    if file.read_only == Some(false) {
+        bail!("read_only = false is not supported: this server has no write operations");
+    }
+
+    let root = match cli.root.clone().or(file.root.clone()) {
+        Some(root) => root,
+        None => std::env::current_dir().context("current directory")?,
+    };
+    if !root.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    let listen = if !cli.listen.is_empty() {
+        cli.listen.clone()
+    } else {
+        file.listen
+            .clone()
+            .unwrap_or_else(|| vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))])
+    };
+    let key = resolve_key(&cli, &file)?;
+    let limits = limits(&cli, &file.limits)?;
+    let config = Config::new(root, key.clone())
+        .listen(listen)
+        .allow_plaintext(cli.plaintext || file.plaintext.unwrap_or(false))
+        .limits(limits);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        let addrs = server.local_addrs();
+        if let Some(first) = addrs.first() {
+            println!(
+                "ferry shell --key {} ferry://{}/",
+                key.to_base64(),
+                connect_host(*first)
+            );
+        }
+        let exit = Arc::new(AtomicI32::new(0));
+        let signalled = exit.clone();
+        server
+            .run(async move {
+                let code = wait_for_signal().await;
+                signalled.store(code, Ordering::SeqCst);
+                // A second Ctrl-C skips the grace period.
+                tokio::spawn(async {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(130);
+                    }
+                });
+            })
+            .await?;
+        Ok(exit.load(Ordering::SeqCst))
+    })
+}
+
+fn load_file_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+fn limits(cli: &Cli, file: &FileLimits) -> Result<Limits> {
+    let defaults = Limits::default();
+    let duration =
+        |flag: Option<Duration>, text: &Option<String>, name: &str, default| match (flag, text) {
+            (Some(d), _) => Ok(d),
+            (None, Some(t)) => parse_duration(t).map_err(|e| anyhow::anyhow!("limits.{name}: {e}")),
+            (None, None) => Ok(default),
+        };
+    let max_body = match (cli.max_frame, &file.max_frame) {
+        (Some(n), _) => n,
+        (None, Some(t)) => parse_size(t).map_err(|e| anyhow::anyhow!("limits.max_frame: {e}"))?,
+        (None, None) => defaults.max_body,
+    };
+    let limits = Limits {
+        max_connections: cli
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections),
+        max_in_flight_per_connection: cli
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(defaults.max_in_flight_per_connection),
+        handshake_timeout: duration(
+            cli.handshake_timeout,
+            &file.handshake_timeout,
+            "handshake_timeout",
+            defaults.handshake_timeout,
+        )?,
+        idle_timeout: duration(
+            cli.idle_timeout,
+            &file.idle_timeout,
+            "idle_timeout",
+            defaults.idle_timeout,
+        )?,
+        frame_read_timeout: duration(
+            cli.frame_timeout,
+            &file.frame_timeout,
+            "frame_timeout",
+            defaults.frame_read_timeout,
+        )?,
+        write_timeout: duration(
+            cli.write_timeout,
+            &file.write_timeout,
+            "write_timeout",
+            defaults.write_timeout,
+        )?,
+        shutdown_grace: duration(
+            cli.shutdown_grace,
+            &file.shutdown_grace,
+            "shutdown_grace",
+            defaults.shutdown_grace,
+        )?,
+        max_body,
+        ..defaults
+    };
+    if limits.max_connections == 0 || limits.max_in_flight_per_connection == 0 {
+        bail!("max_connections and max_in_flight must be at least 1");
+    }
+    Ok(limits)
+}
+
+/// --key, --key-file, FERRY_KEY, then the default key file (created if missing).
+fn resolve_key(cli: &Cli, file: &FileConfig) -> Result<Key> {
+    if let Some(text) = &cli.key {
+        return text.parse().context("--key");
+    }
+    if let Some(path) = cli.key_file.as_ref().or(file.key_file.as_ref()) {
+        return Key::load(path).map_err(Into::into);
+    }
+    if let Ok(text) = std::env::var("FERRY_KEY") {
+        return text.parse().context("FERRY_KEY");
+    }
+    let path = dirs::config_dir()
+        .context("no config directory for the default key file; use --key-file")?
+        .join("ferry")
+        .join("key");
+    if path.exists() {
+        return Key::load(&path).map_err(Into::into);
+    }
+    let key = Key::generate();
+    key.save_new(&path)?;
+    eprintln!(
+        "ferry-server: created a new key in {} (fingerprint {})",
+        path.display(),
+        key.fingerprint()
+    );
+    Ok(key)
+}
+
+/// The host a client should dial: the bound address, or for a wildcard bind this machine's
+/// host name.
+fn connect_host(addr: SocketAddr) -> String {
+    let port = addr.port();
+    if addr.ip().is_unspecified() {
+        let name = rustix::system::uname();
+        let host = name.nodename().to_string_lossy().into_owned();
+        if !host.is_empty() {
+            return format!("{host}:{port}");
+        }
+        let ip = match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        return SocketAddr::new(ip, port).to_string();
+    }
+    addr.to_string()
+}
+
+/// Waits for SIGINT or SIGTERM; returns the exit code to use afterwards.
+async fn wait_for_signal() -> i32 {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => Some(term),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM");
+            None
+        }
+    };
+    let terminate = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            if let Err(error) = result {
+                tracing::warn!(%error, "cannot watch SIGINT");
+                std::future::pending::<()>().await;
+            }
+            130
+        }
+        _ = terminate => 0,
+    }
+}
+
+fn init_logging(cli: &Cli, file_format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        (v, _) if v >= 3 => "trace",
+        (_, 1) => "error",
+        _ => "off",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format.unwrap_or(file_format) {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("256k"), Ok(256 << 10));
+        assert_eq!(parse_size("65536"), Ok(65_536));
+        assert!(parse_size("17M").is_err());
+        assert!(parse_size("10").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn config_file_merges_under_flags() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = ["[::1]:7000"]
+            plaintext = true
+            [limits]
+            max_connections = 9
+            idle_timeout = "2m"
+            max_frame = "256K"
+            "#,
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["ferry-server", "--max-connections", "3"]);
+        let limits = limits(&cli, &file.limits).unwrap();
+        assert_eq!(limits.max_connections, 3, "flag wins");
+        assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(limits.max_body, 256 << 10);
+        assert!(toml::from_str::<FileConfig>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
