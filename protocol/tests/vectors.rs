@@ -537,7 +537,6 @@ fn negative_messages() {
         let name = &v.name;
         let code = expect_code(&v);
         assert_eq!(code.category(), Category::PROTOCOL, "{name}");
-        assert!(code.is_connection_fatal(), "{name}");
         let frame = decode_exactly_one(&mut FrameDecoder::default(), &v.hex("frame"), name);
         let err = frame
             .message()

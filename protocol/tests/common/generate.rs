@@ -1145,9 +1145,10 @@ fn negative_messages() -> String {
         &mut w,
         "malformed message bodies",
         "Each vector is a complete frame whose header is fine but whose (type, service, body) is\n\
-         not a legal message. Decoding it must fail with `expect_code`. After the handshake all\n\
-         these codes are connection-fatal (category protocol): the receiver sends an ERROR frame\n\
-         with id 0 and closes.",
+         not a legal message. Decoding it must fail with `expect_code`. What the receiver then\n\
+         does is in PROTOCOL.md section 9: UNKNOWN_REQUEST on a non-zero id is answered on that\n\
+         id and the connection continues; BAD_FRAME and MALFORMED_MESSAGE close the connection\n\
+         (ERROR with id 0). During the handshake every one of them is AUTHENTICATION_FAILED.",
     );
     let entry_ok = {
         let mut b = Vec::new();
