@@ -263,7 +263,8 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let proto = ferry_protocol::ClientConfig::new(config.key.clone()).plaintext(config.plaintext);
+        let proto =
+            ferry_protocol::ClientConfig::new(config.key.clone()).plaintext(config.plaintext);
         let (session, leftover) = ferry_protocol::tokio::client_handshake(&mut io, proto)
             .await
             .map_err(|e| handshake_error(e, peer))?;
@@ -279,11 +280,7 @@ impl Client {
             leftover,
             conn.clone(),
             tx.downgrade(),
-            KeepAlive::new(
-                config.keepalive_interval,
-                config.keepalive_timeout,
-                now(),
-            ),
+            KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
         ));
         tokio::spawn(write_loop(write, send, rx, conn.clone()));
         Ok(Client {
@@ -685,24 +682,28 @@ fn decode(frame: &Frame) -> Result<Message, ClientError> {
 
 fn unexpected(what: &str, message: &Message) -> ClientError {
     let (kind, service) = message.kind();
-    ClientError::Protocol(format!("unexpected {kind:?}/{service:?} frame answering {what}"))
+    ClientError::Protocol(format!(
+        "unexpected {kind:?}/{service:?} frame answering {what}"
+    ))
 }
 
 async fn resolve(url: &FerryUrl) -> Result<Vec<SocketAddr>, ClientError> {
     if let Some(ip) = url.ip() {
         return Ok(vec![SocketAddr::new(ip, url.port)]);
     }
-    let resolved = tokio::net::lookup_host(url.authority()).await.map_err(|e| {
-        let reason = e.to_string();
-        let reason = reason
-            .strip_prefix("failed to lookup address information: ")
-            .unwrap_or(&reason)
-            .to_lowercase();
-        ClientError::Resolve {
-            host: url.host.clone(),
-            reason,
-        }
-    })?;
+    let resolved = tokio::net::lookup_host(url.authority())
+        .await
+        .map_err(|e| {
+            let reason = e.to_string();
+            let reason = reason
+                .strip_prefix("failed to lookup address information: ")
+                .unwrap_or(&reason)
+                .to_lowercase();
+            ClientError::Resolve {
+                host: url.host.clone(),
+                reason,
+            }
+        })?;
     let addrs: Vec<_> = resolved.collect();
     if addrs.is_empty() {
         return Err(ClientError::Resolve {

@@ -69,6 +69,9 @@ pub enum ClientError {
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// The command cannot run as given (no key, bad argument); exit code 2 like a clap error.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl ClientError {
@@ -87,6 +90,7 @@ impl ClientError {
             | Self::Protocol(_) => exit::CONNECTION,
             Self::Integrity(_) => exit::INTEGRITY,
             Self::Interrupted => exit::INTERRUPTED,
+            Self::Usage(_) => exit::USAGE,
         }
     }
 
@@ -151,7 +155,9 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         };
         assert_eq!(refused.exit_code(), exit::CONNECTION);
-        assert!(refused.to_string().starts_with("connection refused by 127.0.0.1:1"));
+        assert!(refused
+            .to_string()
+            .starts_with("connection refused by 127.0.0.1:1"));
         assert_eq!(ClientError::Auth { addr }.exit_code(), exit::CONNECTION);
         assert_eq!(
             ClientError::Integrity("x".into()).exit_code(),

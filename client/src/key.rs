@@ -128,7 +128,11 @@ mod tests {
             env: Some("zz".into()),
             ..Default::default()
         };
-        assert!(sources.resolve().unwrap_err().to_string().contains("FERRY_KEY"));
+        assert!(sources
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("FERRY_KEY"));
     }
 
     #[cfg(unix)]

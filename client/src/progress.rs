@@ -4,6 +4,7 @@
 //! can report the progress of transfers whose bars are not drawn.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,6 +14,21 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, Prog
 pub struct Progress {
     multi: MultiProgress,
     visible: bool,
+    /// Every bar handed out, so totals can be read back (for `jobs`).
+    bars: Arc<Mutex<Vec<ProgressBar>>>,
+}
+
+/// Totals over the bars of a [`Progress`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Bytes on disk, including resumed parts.
+    pub done: u64,
+    /// Bytes of all files known so far.
+    pub total: u64,
+    /// Files not finished yet.
+    pub active: usize,
+    /// Files seen.
+    pub files: usize,
 }
 
 impl Progress {
@@ -27,6 +43,7 @@ impl Progress {
         Self {
             multi: MultiProgress::with_draw_target(target),
             visible,
+            bars: Arc::default(),
         }
     }
 
@@ -48,11 +65,34 @@ impl Progress {
         // Rate and ETA should describe this run, not count the resumed bytes as instant.
         bar.reset_elapsed();
         bar.reset_eta();
-        if self.visible {
+        let bar = if self.visible {
             self.multi.add(bar)
         } else {
             bar
+        };
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.push(bar.clone());
         }
+        bar
+    }
+
+    /// Sums over every bar handed out so far.
+    pub fn totals(&self) -> Totals {
+        let Ok(bars) = self.bars.lock() else {
+            return Totals::default();
+        };
+        let mut totals = Totals {
+            files: bars.len(),
+            ..Totals::default()
+        };
+        for bar in bars.iter() {
+            totals.done += bar.position();
+            totals.total += bar.length().unwrap_or(0);
+            if !bar.is_finished() {
+                totals.active += 1;
+            }
+        }
+        totals
     }
 
     /// Prints a line above the bars (or plainly when they are hidden), to stderr.
@@ -149,5 +189,9 @@ mod tests {
         bar.inc(10);
         assert_eq!(bar.position(), 50);
         assert!(!progress.is_visible());
+        let totals = progress.totals();
+        assert_eq!((totals.done, totals.total, totals.active), (50, 100, 1));
+        bar.finish_and_clear();
+        assert_eq!(progress.totals().active, 0);
     }
 }

@@ -262,12 +262,14 @@ pub async fn download_file(
         )));
     }
     let label = remote_name(remote).unwrap_or(remote);
-    fetch_to(client, remote, &entry, dest, options, progress, label, cancel)
-        .await
-        .map(|mut d| {
-            d.elapsed = started.elapsed();
-            d
-        })
+    fetch_to(
+        client, remote, &entry, dest, options, progress, label, cancel,
+    )
+    .await
+    .map(|mut d| {
+        d.elapsed = started.elapsed();
+        d
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -700,7 +702,10 @@ mod tests {
             PathBuf::from("/tmp/nonexistent-x/b")
         );
         assert!(resolve_dest("", None).is_err());
-        assert_eq!(part_path(Path::new("x/a.txt")), PathBuf::from("x/a.txt.part"));
+        assert_eq!(
+            part_path(Path::new("x/a.txt")),
+            PathBuf::from("x/a.txt.part")
+        );
         assert_eq!(
             meta_path(Path::new("a.txt")),
             PathBuf::from("a.txt.part.meta")

@@ -136,7 +136,12 @@ impl FromStr for FerryUrl {
 
 impl fmt::Display for FerryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ferry://{}/{}", self.authority(), percent_encode(&self.path))
+        write!(
+            f,
+            "ferry://{}/{}",
+            self.authority(),
+            percent_encode(&self.path)
+        )
     }
 }
 

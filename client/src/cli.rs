@@ -1,0 +1,225 @@
+//! The `ferry` command line (clap derive). Every flag says what it does, its default and an
+//! example; `main.rs` parses this and hands it to [`crate::commands::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::url::FerryUrl;
+
+const AFTER_HELP: &str = "\
+Addresses look like ferry://HOST[:PORT][/PATH] (default port 6789, IPv6 in brackets:
+ferry://[::1]:7000/docs). The key comes from --key, --key-file, the FERRY_KEY environment
+variable, or the default key file (~/.config/ferry/key on Linux), in that order.
+
+Try it locally in one command:  ferry demo
+
+Exit codes:
+  0    success
+  1    remote error (not found, permission denied, ...) or a local problem (destination exists)
+  2    usage error
+  3    connection or authentication failure (unknown host, refused, wrong key, connection lost)
+  4    integrity failure (hash mismatch, or the file changed under a resume)
+  130  interrupted by Ctrl-C (partial downloads are kept and resume on the next get)";
+
+/// Browse and fetch files from a Ferry server.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes, anywhere on the line.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The pre-shared key, hex or base64, as printed in the server's connect line. Default: not
+    /// set (falls back to --key-file, FERRY_KEY, then the default key file). E.g. --key 3q2-7w...
+    #[arg(long, global = true, value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// Read the key from this file (hex or base64 text, mode 0600). Default: not set; the
+    /// default key file ~/.config/ferry/key is used last. E.g. --key-file ~/ferry.key
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Ask for a plaintext session: the handshake is still authenticated, but file data travels
+    /// unencrypted (faster; the server must allow it). Default: off (encrypted).
+    #[arg(long, global = true)]
+    pub plaintext: bool,
+
+    /// Do not draw progress bars. Default: bars are drawn when stderr is a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    /// More log output on stderr: -v info, -vv debug, -vvv trace. Default: warnings only
+    /// (RUST_LOG overrides). E.g. -vv
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only results and errors: no summaries, no bars. Default: off.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Give up connecting (TCP connect plus handshake) after this long. Default: 10s.
+    /// E.g. --connect-timeout 3s
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List a directory: names, or details with -l, recursively with -R, JSON with --json.
+    Ls(LsArgs),
+    /// Show one entry's metadata (kind, size, permissions, modification time).
+    Stat(StatArgs),
+    /// Measure round-trip times to a server.
+    Ping(PingArgs),
+    /// Download a file, or a directory tree with -r; resumes interrupted downloads.
+    Get(GetArgs),
+    /// Open an interactive shell (ls, cd, get, mget, ...) on a server, or run a batch file.
+    Shell(ShellArgs),
+    /// Serve a local directory on 127.0.0.1 with a fresh key and open the shell on it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// What to list. E.g. ferry://files.example.org/docs
+    pub url: FerryUrl,
+    /// Long format like `ls -l`: kind and permissions, size, modification time, name.
+    /// Default: names only.
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    /// Recurse into subdirectories (names are relative to URL). Default: off.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// With -R, descend at most this many levels below URL. Default: no limit. E.g. --depth 2
+    #[arg(long, value_name = "N")]
+    pub depth: Option<u16>,
+    /// One JSON array of entries on stdout, for scripts. Default: text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The entry to describe. E.g. ferry://127.0.0.1:6789/docs/a.txt
+    pub url: FerryUrl,
+    /// Print one JSON object instead of text. Default: text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// The server. E.g. ferry://127.0.0.1
+    pub url: FerryUrl,
+    /// Stop after this many pings. Default: 4. E.g. -c 10
+    #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Wait this long between pings. Default: 1s. E.g. -i 200ms
+    #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Payload bytes per ping. Default: 56. E.g. -s 1400
+    #[arg(short = 's', long, default_value_t = 56)]
+    pub size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The file (or, with -r, directory) to download. E.g. ferry://host/docs/report.pdf
+    pub url: FerryUrl,
+    /// Where to write. Default: the remote name in the current directory; an existing
+    /// directory receives the file under its remote name. E.g. ~/Downloads/
+    pub dest: Option<PathBuf>,
+    /// Download a whole directory tree. Default: off (a single file).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Continue from NAME.part if it exists, after checking that the remote file is unchanged
+    /// (size and mtime). This is already the default; the flag is for scripts that want to say
+    /// it. See also --no-resume.
+    #[arg(long, conflicts_with = "no_resume")]
+    pub resume: bool,
+    /// Ignore an existing NAME.part and download from the start. Default: off.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Files in flight at once with -r. Default: 4. E.g. -j 8
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Overwrite an existing destination, and start over when a partial file cannot be resumed.
+    /// Default: off (refuse).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The server, and optionally the directory to start in. E.g. ferry://host/docs
+    pub url: FerryUrl,
+    /// Run the commands in FILE (one per line) instead of reading the terminal, like `sftp -b`:
+    /// stop at the first failing command unless its line starts with `-`. Default: interactive
+    /// when stdin is a terminal, batch from stdin otherwise. E.g. -b fetch.txt
+    #[arg(short = 'b', long, value_name = "FILE")]
+    pub batch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The directory to serve (read-only). Default: the current directory. E.g. ~/Music
+    pub dir: Option<PathBuf>,
+    /// Run shell commands from FILE instead of the interactive shell (as `shell -b`).
+    /// Default: interactive.
+    #[arg(short = 'b', long, value_name = "FILE")]
+    pub batch: Option<PathBuf>,
+}
+
+/// Parses `10s`, `1.5s`, `200ms`, `1m` (humantime) or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    if let Some(secs) = s.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 10s, 250ms, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from(["ferry", "ls", "ferry://h/x", "--key", "k", "-l"]).unwrap();
+        assert_eq!(cli.global.key.as_deref(), Some("k"));
+        let cli =
+            Cli::try_parse_from(["ferry", "--key", "k", "get", "h/x", "-r", "-j", "2"]).unwrap();
+        let Command::Get(get) = cli.command else {
+            panic!("expected get")
+        };
+        assert_eq!((get.recursive, get.jobs), (true, 2));
+        assert_eq!(get.url.path, "x");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! `ferry get URL [DEST] [-r] [--resume | --no-resume] [-j N] [--force]`.
+
+use std::path::PathBuf;
+
+use super::Context;
+use crate::cli::GetArgs;
+use crate::error::ClientError;
+use crate::progress::{self, Progress};
+use crate::transfer::{
+    self, cancel_pair, part_path, remote_name, Cancel, Downloaded, GetOptions, TreeReport,
+};
+
+pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
+    let client = ctx.connect(&args.url).await?;
+    let options = GetOptions {
+        force: args.force,
+        resume: !args.no_resume,
+        jobs: args.jobs.into(),
+    };
+    let progress = ctx.progress();
+    // Ctrl-C asks the transfers to stop; they flush and record their partial files first.
+    let (handle, cancel) = cancel_pair();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            handle.cancel();
+        }
+    });
+    let path = &args.url.path;
+    let result = if args.recursive {
+        let dest = args
+            .dest
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(remote_name(path).unwrap_or(args.url.host.as_str())));
+        transfer::download_tree(&client, path, &dest, &options, &progress, &cancel)
+            .await
+            .and_then(|report| tree_summary(ctx, &progress, report))
+    } else {
+        match transfer::resolve_dest(path, args.dest.as_deref()) {
+            Ok(dest) => fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await,
+            Err(e) => Err(e),
+        }
+    };
+    watcher.abort();
+    result
+}
+
+async fn fetch_one(
+    ctx: &Context,
+    client: &crate::Client,
+    path: &str,
+    dest: &std::path::Path,
+    options: &GetOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+) -> Result<(), ClientError> {
+    match transfer::download_file(client, path, dest, options, progress, cancel).await {
+        Ok(done) => {
+            ctx.note(&file_summary(&done));
+            Ok(())
+        }
+        Err(e) => {
+            let part = part_path(dest);
+            if matches!(e, ClientError::Interrupted) || e.is_connection_error() {
+                if part.exists() {
+                    ctx.note(&format!(
+                        "partial download kept in {}; run the same command again to resume",
+                        part.display()
+                    ));
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `a.txt: 10.00 MiB in 1.2s (8.33 MiB/s), sha256 3a7bd3e2…`.
+pub fn file_summary(done: &Downloaded) -> String {
+    let resumed = if done.resumed_from > 0 {
+        format!(", resumed at {}", indicatif::HumanBytes(done.resumed_from))
+    } else {
+        String::new()
+    };
+    format!(
+        "{}: {}{resumed}, sha256 {}",
+        done.dest.display(),
+        progress::summary(done.fetched, done.elapsed),
+        &hex::encode(done.sha256)[..16]
+    )
+}
+
+/// Prints the per-file failures and one summary line; fails with the most serious error.
+pub fn tree_summary(
+    ctx: &Context,
+    progress: &Progress,
+    report: TreeReport,
+) -> Result<(), ClientError> {
+    let fetched = report.files.iter().filter(|f| !f.skipped).count();
+    let skipped = report.files.len() - fetched;
+    for (path, error) in &report.failed {
+        progress.println(&format!("ferry: {path}: {error}"));
+    }
+    let mut line = format!(
+        "{fetched} files fetched, {}",
+        progress::summary(report.bytes, report.elapsed)
+    );
+    if skipped > 0 {
+        line.push_str(&format!(", {skipped} already up to date"));
+    }
+    if !report.failed.is_empty() {
+        line.push_str(&format!(", {} failed", report.failed.len()));
+    }
+    ctx.note(&line);
+    // Each failure was printed above with its path; the worst one sets the exit code.
+    match report.failed.into_iter().max_by_key(|(_, e)| e.exit_code()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}

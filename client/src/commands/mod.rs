@@ -1,0 +1,109 @@
+//! The one-shot commands, one file each, and what they share: the key, connecting, progress
+//! and output. Each `run` returns a [`ClientError`] that `main` turns into a message and an
+//! exit code.
+
+pub mod demo;
+pub mod get;
+pub mod ls;
+pub mod ping;
+pub mod shell;
+pub mod stat;
+
+use std::io::Write;
+
+use tokio::runtime::Runtime;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::client::{Client, ClientConfig};
+use crate::error::ClientError;
+use crate::key::KeySources;
+use crate::progress::Progress;
+use crate::url::FerryUrl;
+
+/// Settings every command needs, from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub global: GlobalArgs,
+}
+
+impl Context {
+    pub fn new(global: GlobalArgs) -> Self {
+        Self { global }
+    }
+
+    /// The key, from the first source that is present.
+    pub fn key(&self) -> Result<ferry_protocol::Key, ClientError> {
+        KeySources::from_env(self.global.key.clone(), self.global.key_file.clone())
+            .resolve()
+            .map_err(|e| ClientError::Usage(e.to_string()))
+    }
+
+    pub fn client_config(&self) -> Result<ClientConfig, ClientError> {
+        Ok(self.client_config_with_key(self.key()?))
+    }
+
+    /// Client settings from the flags, with a key found elsewhere (`demo` makes its own).
+    pub fn client_config_with_key(&self, key: ferry_protocol::Key) -> ClientConfig {
+        ClientConfig::new(key)
+            .plaintext(self.global.plaintext)
+            .connect_timeout(self.global.connect_timeout)
+    }
+
+    /// Connects to the server named by `url`.
+    pub async fn connect(&self, url: &FerryUrl) -> Result<Client, ClientError> {
+        let config = self.client_config()?;
+        Client::connect(url, config).await
+    }
+
+    /// Progress bars, unless `--no-progress`, `--quiet` or stderr is not a terminal.
+    pub fn progress(&self) -> Progress {
+        Progress::new(!self.global.no_progress && !self.global.quiet)
+    }
+
+    /// A summary line on stderr, unless `--quiet`.
+    pub fn note(&self, line: &str) {
+        if !self.global.quiet {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
+    let ctx = Context::new(cli.global);
+    match cli.command {
+        Command::Ls(args) => runtime.block_on(interruptible(ls::run(&ctx, args))),
+        Command::Stat(args) => runtime.block_on(interruptible(stat::run(&ctx, args))),
+        Command::Ping(args) => runtime.block_on(interruptible(ping::run(&ctx, args))),
+        // `get` handles Ctrl-C itself, to keep the partial file consistent.
+        Command::Get(args) => runtime.block_on(get::run(&ctx, args)),
+        Command::Shell(args) => shell::run(&ctx, args, runtime),
+        Command::Demo(args) => demo::run(&ctx, args, runtime),
+    }
+}
+
+/// Ends `fut` with [`ClientError::Interrupted`] on Ctrl-C.
+pub async fn interruptible<T>(
+    fut: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::select! {
+        result = fut => result,
+        _ = tokio::signal::ctrl_c() => Err(ClientError::Interrupted),
+    }
+}
+
+/// Writes result lines to stdout. A closed pipe (`ferry ls | head`) is not an error.
+pub fn print_lines<I, S>(lines: I)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in lines {
+        if writeln!(out, "{}", line.as_ref()).is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,13 @@
+//! `ferry shell URL [-b FILE]`: connects, then hands over to [`crate::shell::Shell`].
+
+use tokio::runtime::Runtime;
+
+use super::Context;
+use crate::cli::ShellArgs;
+use crate::error::ClientError;
+use crate::shell::Shell;
+
+pub fn run(ctx: &Context, args: ShellArgs, runtime: &Runtime) -> Result<(), ClientError> {
+    let client = runtime.block_on(super::interruptible(ctx.connect(&args.url)))?;
+    Shell::new(ctx.clone(), runtime.handle().clone(), client, &args.url).run(args.batch.as_deref())
+}

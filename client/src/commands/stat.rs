@@ -1,0 +1,19 @@
+//! `ferry stat URL [--json]`.
+
+use super::{print_lines, Context};
+use crate::cli::StatArgs;
+use crate::error::ClientError;
+use crate::format;
+
+pub async fn run(ctx: &Context, args: StatArgs) -> Result<(), ClientError> {
+    let client = ctx.connect(&args.url).await?;
+    let entry = client.stat(&args.url.path).await?;
+    if args.json {
+        let mut json = format::entry_json(&entry);
+        json["path"] = args.url.path.clone().into();
+        print_lines([json.to_string()]);
+    } else {
+        print!("{}", format::stat_text(&args.url.path, &entry));
+    }
+    Ok(())
+}
