@@ -313,17 +313,19 @@ impl Client {
     }
 }
 
-/// Deterministic, non-repeating-ish test content.
+/// Deterministic pseudo-random test content (xorshift64), cheap even in debug builds.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = u32::from(seed) * 2_654_435_761 + 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state >> 24) as u8
-        })
-        .collect()
+    let mut state =
+        0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// Resident set size of this process (test client and in-process server), from /proc.
