@@ -1,0 +1,796 @@
+#!/usr/bin/env python3
+"""Independent check of spec/vectors against spec/PROTOCOL.md.
+
+Written from PROTOCOL.md and spec/vectors/README.md alone, without reading the Rust
+implementation, to show that the specification is complete enough to implement the codec,
+the handshake and the record layer in another language.
+
+Usage:  python3 spec/check/verify_vectors.py [VECTOR_DIR]
+Needs:  pip install cryptography
+Exit status 0 when every vector checks, 1 otherwise.
+"""
+
+import base64
+import hashlib
+import hmac
+import os
+import struct
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives import serialization
+
+# --------------------------------------------------------------------------------------------
+# Vector file format (spec/vectors/README.md)
+
+
+class Vector:
+    def __init__(self, name, line, defaults):
+        self.name = name
+        self.line = line
+        self.fields = []
+        self.defaults = defaults
+
+    def raw(self, key):
+        for k, v in self.fields:
+            if k == key:
+                return v
+        for k, v in self.defaults:
+            if k == key:
+                return v
+        raise KeyError(f"vector {self.name}: no field {key}")
+
+    def has(self, key):
+        try:
+            self.raw(key)
+            return True
+        except KeyError:
+            return False
+
+    def all(self, key):
+        return [v for k, v in self.fields if k == key]
+
+    def hex(self, key):
+        return parse_hex(self.raw(key))
+
+    def int(self, key):
+        return parse_int(self.raw(key))
+
+    def str(self, key):
+        return parse_string(self.raw(key))
+
+
+def parse_hex(value):
+    return bytes.fromhex("".join(value.split()))
+
+
+def parse_int(value):
+    neg = value.startswith("-")
+    digits = value[1:] if neg else value
+    n = int(digits[2:], 16) if digits.startswith("0x") else int(digits, 10)
+    return -n if neg else n
+
+
+def parse_string(value):
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        raise ValueError(f"not a quoted string: {value!r}")
+    return value[1:-1]
+
+
+def parse_file(path):
+    defaults = []
+    vectors = []
+    last_key = False
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            last_key = False
+            continue
+        if line[0] in " \t":
+            if not last_key:
+                raise ValueError(f"{path}:{lineno}: continuation without a field")
+            fields = vectors[-1].fields if vectors else defaults
+            k, v = fields[-1]
+            fields[-1] = (k, v + " " + stripped)
+            continue
+        key, _, value = stripped.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "vector":
+            vectors.append(Vector(value, lineno, list(defaults)))
+        else:
+            (vectors[-1].fields if vectors else defaults).append((key, value))
+        last_key = True
+    return vectors
+
+
+# --------------------------------------------------------------------------------------------
+# Constants from PROTOCOL.md
+
+MAGIC = 0xFE
+HEADER_LEN = 12
+
+T_CLIENT_HELLO, T_SERVER_HELLO, T_SERVER_FINISHED, T_CLIENT_FINISHED = 0x01, 0x02, 0x03, 0x04
+T_REQUEST, T_RESPONSE, T_DATA, T_END, T_ERROR, T_CANCEL = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
+T_PING, T_PONG = 0x20, 0x21
+S_HANDSHAKE, S_LIST, S_STAT, S_FETCH, S_ECHO = 0x00, 0x01, 0x02, 0x03, 0x04
+
+CODES = {
+    "BAD_FRAME": 0x0101,
+    "UNSUPPORTED_VERSION": 0x0102,
+    "UNKNOWN_REQUEST": 0x0103,
+    "MALFORMED_MESSAGE": 0x0104,
+    "DUPLICATE_ID": 0x0105,
+    "UNEXPECTED_MESSAGE": 0x0106,
+    "AUTHENTICATION_FAILED": 0x0201,
+    "PLAINTEXT_REFUSED": 0x0202,
+    "BAD_RECORD": 0x0203,
+    "NOT_FOUND": 0x0301,
+    "NOT_A_FILE": 0x0302,
+    "NOT_A_DIRECTORY": 0x0303,
+    "PERMISSION_DENIED": 0x0304,
+    "INVALID_PATH": 0x0305,
+    "NAME_TOO_LONG": 0x0306,
+    "INVALID_RANGE": 0x0307,
+    "FILE_CHANGED": 0x0308,
+    "CANCELLED": 0x0309,
+    "TOO_LARGE": 0x0401,
+    "BUSY": 0x0402,
+    "TIMEOUT": 0x0403,
+    "INTERNAL": 0x0501,
+    "SHUTTING_DOWN": 0x0502,
+}
+
+DEFAULT_MAX_BODY = 1 << 20
+MAX_BODY_LIMIT = 16 << 20
+HANDSHAKE_MAX_BODY = 2048
+TO_END = 0xFFFFFFFFFFFFFFFF
+
+LABELS = {
+    "c2s_enc": b"ferry v1 c2s enc",
+    "c2s_mac": b"ferry v1 c2s mac",
+    "s2c_enc": b"ferry v1 s2c enc",
+    "s2c_mac": b"ferry v1 s2c mac",
+    "server_finished_key": b"ferry v1 server finished",
+    "client_finished_key": b"ferry v1 client finished",
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code, why):
+        super().__init__(f"{why} (0x{code:04x})")
+        self.code = code
+
+
+def fail(name, why):
+    raise ProtocolError(CODES[name], why)
+
+
+# --------------------------------------------------------------------------------------------
+# Header and framing (§2)
+
+
+def encode_header(kind, version, service, rid, length):
+    return struct.pack(">BBBBII", kind, MAGIC, version, service, rid, length)
+
+
+def decode_header(b):
+    kind, magic, version, service, rid, length = struct.unpack(">BBBBII", b[:12])
+    return dict(type=kind, magic=magic, version=version, service=service, id=rid, length=length)
+
+
+def frame_decode(stream, max_body, versions=(1,)):
+    """§2.4 steps 1-4 for one frame. Returns (header, body, rest) or None if incomplete."""
+    if len(stream) >= 2 and stream[1] != MAGIC:
+        fail("BAD_FRAME", "bad magic")
+    if len(stream) < HEADER_LEN:
+        return None
+    h = decode_header(stream)
+    if h["version"] not in versions:
+        fail("UNSUPPORTED_VERSION", "version")
+    if h["length"] > min(max_body, MAX_BODY_LIMIT):
+        fail("TOO_LARGE", "length over cap")
+    end = HEADER_LEN + h["length"]
+    if len(stream) < end:
+        return None
+    return h, stream[HEADER_LEN:end], stream[end:]
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies (§3, §4.2)
+
+
+class Reader:
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n):
+        if self.pos + n > len(self.data):
+            fail("BAD_FRAME", "truncated body")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u16(self):
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self):
+        return struct.unpack(">I", self.take(4))[0]
+
+    def u64(self):
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def i64(self):
+        return struct.unpack(">q", self.take(8))[0]
+
+    def str(self):
+        raw = self.take(self.u16())
+        try:
+            return raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            fail("MALFORMED_MESSAGE", "bad utf-8")
+
+    def end(self):
+        if self.pos != len(self.data):
+            fail("MALFORMED_MESSAGE", "trailing bytes")
+
+
+def put_str(s):
+    raw = s.encode("utf-8")
+    return struct.pack(">H", len(raw)) + raw
+
+
+def decode_entry(r):
+    e = dict(name=r.str(), kind=r.u8(), size=r.u64(), mtime_secs=r.i64(), mtime_nanos=r.u32())
+    if e["mtime_nanos"] >= 1_000_000_000:
+        fail("MALFORMED_MESSAGE", "mtime_nanos")
+    e["mode"] = r.u32()
+    return e
+
+
+def encode_entry(e):
+    return put_str(e["name"]) + struct.pack(
+        ">BQqII", e["kind"], e["size"], e["mtime_secs"], e["mtime_nanos"], e["mode"]
+    )
+
+
+def check_mode(mode):
+    if mode not in (0, 1):
+        fail("MALFORMED_MESSAGE", "mode")
+    return mode
+
+
+def decode_message(kind, service, body):
+    """Returns (message name, fields) or raises ProtocolError (§3.2 table, §9)."""
+    r = Reader(body)
+    pair = (kind, service)
+    if pair == (T_CLIENT_HELLO, S_HANDSHAKE):
+        lo, hi = r.u8(), r.u8()
+        if lo == 0 or lo > hi:
+            fail("MALFORMED_MESSAGE", "version range")
+        m = dict(min_version=lo, max_version=hi, mode=check_mode(r.u8()),
+                 nonce=r.take(32), key_share=r.take(32))
+        name = "ClientHello"
+    elif pair == (T_SERVER_HELLO, S_HANDSHAKE):
+        m = dict(version=r.u8(), mode=check_mode(r.u8()), nonce=r.take(32), key_share=r.take(32))
+        name = "ServerHello"
+    elif pair == (T_SERVER_FINISHED, S_HANDSHAKE):
+        m, name = dict(mac=r.take(32)), "ServerFinished"
+    elif pair == (T_CLIENT_FINISHED, S_HANDSHAKE):
+        m, name = dict(mac=r.take(32)), "ClientFinished"
+    elif pair == (T_REQUEST, S_LIST):
+        path = r.str()
+        flags = r.u8()
+        if flags & ~0x01:
+            fail("MALFORMED_MESSAGE", "list flags")
+        m = dict(path=path, recursive=flags & 1, max_depth=r.u16())
+        name = "ListRequest"
+    elif pair == (T_REQUEST, S_STAT):
+        m, name = dict(path=r.str()), "StatRequest"
+    elif pair == (T_REQUEST, S_FETCH):
+        m, name = dict(path=r.str(), offset=r.u64(), length=r.u64()), "FetchRequest"
+    elif pair == (T_RESPONSE, S_LIST):
+        count = r.u16()
+        m = dict(entries=[decode_entry(r) for _ in range(count)])
+        name = "ListPage"
+    elif pair == (T_RESPONSE, S_STAT):
+        m, name = dict(entry=decode_entry(r)), "StatResponse"
+    elif pair == (T_RESPONSE, S_FETCH):
+        m = dict(size=r.u64(), mtime_secs=r.i64(), mtime_nanos=r.u32(), offset=r.u64(),
+                 length=r.u64())
+        r.end()
+        if m["offset"] + m["length"] > m["size"]:  # Python ints: overflow counts as too big
+            fail("MALFORMED_MESSAGE", "fetch range")
+        if m["mtime_nanos"] >= 1_000_000_000:
+            fail("MALFORMED_MESSAGE", "mtime_nanos")
+        name = "FetchResponse"
+    elif pair == (T_DATA, S_FETCH):
+        m, name = dict(payload=r.take(len(body))), "Data"
+    elif pair == (T_END, S_LIST):
+        m, name = dict(entries=r.u64()), "ListEnd"
+    elif pair == (T_END, S_FETCH):
+        m, name = dict(bytes=r.u64(), sha256=r.take(32)), "FetchEnd"
+    elif kind == T_ERROR:
+        m = dict(error_service=service, category=r.u8(), code=r.u16(), error_message=r.str())
+        name = "Error"
+    elif kind == T_CANCEL and service in (S_LIST, S_STAT, S_FETCH):
+        m, name = dict(cancel_service=service), "Cancel"
+    elif pair == (T_PING, S_ECHO):
+        m, name = dict(payload=r.take(len(body))), "Ping"
+    elif pair == (T_PONG, S_ECHO):
+        m, name = dict(payload=r.take(len(body))), "Pong"
+    else:
+        fail("UNKNOWN_REQUEST", f"no message ({kind:#x}, {service:#x})")
+    r.end()
+    return name, m
+
+
+def encode_message(name, m):
+    """Returns (type, service, body)."""
+    if name == "ClientHello":
+        return T_CLIENT_HELLO, S_HANDSHAKE, bytes(
+            [m["min_version"], m["max_version"], m["mode"]]) + m["nonce"] + m["key_share"]
+    if name == "ServerHello":
+        return T_SERVER_HELLO, S_HANDSHAKE, bytes([m["version"], m["mode"]]) + m["nonce"] + m["key_share"]
+    if name == "ServerFinished":
+        return T_SERVER_FINISHED, S_HANDSHAKE, m["mac"]
+    if name == "ClientFinished":
+        return T_CLIENT_FINISHED, S_HANDSHAKE, m["mac"]
+    if name == "ListRequest":
+        return T_REQUEST, S_LIST, put_str(m["path"]) + struct.pack(">BH", m["recursive"], m["max_depth"])
+    if name == "StatRequest":
+        return T_REQUEST, S_STAT, put_str(m["path"])
+    if name == "FetchRequest":
+        return T_REQUEST, S_FETCH, put_str(m["path"]) + struct.pack(">QQ", m["offset"], m["length"])
+    if name == "ListPage":
+        return T_RESPONSE, S_LIST, struct.pack(">H", len(m["entries"])) + b"".join(
+            encode_entry(e) for e in m["entries"])
+    if name == "StatResponse":
+        return T_RESPONSE, S_STAT, encode_entry(m["entry"])
+    if name == "FetchResponse":
+        return T_RESPONSE, S_FETCH, struct.pack(
+            ">QqIQQ", m["size"], m["mtime_secs"], m["mtime_nanos"], m["offset"], m["length"])
+    if name == "Data":
+        return T_DATA, S_FETCH, m["payload"]
+    if name == "ListEnd":
+        return T_END, S_LIST, struct.pack(">Q", m["entries"])
+    if name == "FetchEnd":
+        return T_END, S_FETCH, struct.pack(">Q", m["bytes"]) + m["sha256"]
+    if name == "Error":
+        return T_ERROR, m["error_service"], struct.pack(">BH", m["category"], m["code"]) + put_str(
+            m["error_message"])
+    if name == "Cancel":
+        return T_CANCEL, m["cancel_service"], b""
+    if name == "Ping":
+        return T_PING, S_ECHO, m["payload"]
+    if name == "Pong":
+        return T_PONG, S_ECHO, m["payload"]
+    raise ValueError(name)
+
+
+def frame(kind, service, rid, body, version=1):
+    return encode_header(kind, version, service, rid, len(body)) + body
+
+
+def entry_from(v, prefix):
+    return dict(name=v.str(prefix + "name"), kind=v.int(prefix + "kind"), size=v.int(prefix + "size"),
+                mtime_secs=v.int(prefix + "mtime_secs"), mtime_nanos=v.int(prefix + "mtime_nanos"),
+                mode=v.int(prefix + "mode"))
+
+
+def fields_from(v):
+    name = v.raw("message")
+    hexes = {"nonce", "key_share", "mac", "payload", "sha256"}
+    strings = {"path", "error_message"}
+    if name == "ListPage":
+        return name, dict(entries=[entry_from(v, f"entry{i}.") for i in range(v.int("entries"))])
+    if name == "StatResponse":
+        return name, dict(entry=entry_from(v, "entry."))
+    keys = {
+        "ClientHello": ["min_version", "max_version", "mode", "nonce", "key_share"],
+        "ServerHello": ["version", "mode", "nonce", "key_share"],
+        "ServerFinished": ["mac"], "ClientFinished": ["mac"],
+        "ListRequest": ["path", "recursive", "max_depth"],
+        "StatRequest": ["path"],
+        "FetchRequest": ["path", "offset", "length"],
+        "FetchResponse": ["size", "mtime_secs", "mtime_nanos", "offset", "length"],
+        "Data": ["payload"], "Ping": ["payload"], "Pong": ["payload"],
+        "ListEnd": ["entries"], "FetchEnd": ["bytes", "sha256"],
+        "Error": ["error_service", "category", "code", "error_message"],
+        "Cancel": ["cancel_service"],
+    }[name]
+    out = {}
+    for k in keys:
+        out[k] = v.hex(k) if k in hexes else v.str(k) if k in strings else v.int(k)
+    return name, out
+
+
+# --------------------------------------------------------------------------------------------
+# Crypto (§5)
+
+
+def hmac256(key, *parts):
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def x25519_public(secret):
+    sk = X25519PrivateKey.from_private_bytes(secret)
+    return sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def x25519(secret, peer):
+    """DH with the contributory check of §5.1."""
+    try:
+        shared = X25519PrivateKey.from_private_bytes(secret).exchange(
+            X25519PublicKey.from_public_bytes(peer))
+    except ValueError:  # the library refuses an all-zero result itself
+        fail("AUTHENTICATION_FAILED", "low-order share")
+    if shared == bytes(32):
+        fail("AUTHENTICATION_FAILED", "low-order share")
+    return shared
+
+
+def key_schedule(psk, dh, th):
+    prk = hmac256(th, psk + dh)  # HKDF-Extract(salt = TH, IKM = PSK || DH)
+    keys = {name: hmac256(prk, label + b"\x01") for name, label in LABELS.items()}
+    keys["prk"] = prk
+    keys["server_finished_mac"] = hmac256(keys["server_finished_key"], th)
+    keys["client_finished_mac"] = hmac256(keys["client_finished_key"], th)
+    return keys
+
+
+def seal(enc_key, mac_key, seq, kind, version, service, rid, plaintext, iv):
+    padder = sym_padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    enc = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).encryptor()
+    ct = enc.update(padded) + enc.finalize()
+    header = encode_header(kind, version, service, rid, 16 + len(ct) + 32)
+    tag = hmac256(mac_key, struct.pack(">Q", seq), header, iv, ct)
+    return header + iv + ct + tag
+
+
+def open_record(enc_key, mac_key, seq, header, body):
+    """§5.4. Every failure is the same BAD_RECORD."""
+    n = len(body)
+    if n < 64 or (n - 48) % 16 != 0:
+        fail("BAD_RECORD", "length")
+    iv, ct, tag = body[:16], body[16:n - 32], body[n - 32:]
+    expected = hmac256(mac_key, struct.pack(">Q", seq), header, iv, ct)
+    if not hmac.compare_digest(expected, tag):
+        fail("BAD_RECORD", "tag")
+    dec = Cipher(algorithms.AES(enc_key), modes.CBC(iv)).decryptor()
+    padded = dec.update(ct) + dec.finalize()
+    p = padded[-1]
+    if not 1 <= p <= 16 or padded[-p:] != bytes([p]) * p:
+        fail("BAD_RECORD", "padding")
+    return padded[:-p]
+
+
+def error_frame(code_name, message):
+    """§4.4: the plaintext error frame that ends a failed handshake."""
+    code = CODES[code_name]
+    body = struct.pack(">BH", code >> 8, code) + put_str(message)
+    return frame(T_ERROR, S_HANDSHAKE, 0, body)
+
+
+HANDSHAKE_MESSAGES = {
+    "AUTHENTICATION_FAILED": "authentication failed",
+    "PLAINTEXT_REFUSED": "plaintext sessions are not allowed by this server",
+}
+
+VERSIONS = (1, 1)  # [min, max] this checker speaks
+
+
+class Server:
+    """§4.5 server state machine."""
+
+    def __init__(self, psk, nonce, secret, allow_plaintext):
+        self.psk, self.nonce, self.secret = psk, nonce, secret
+        self.allow_plaintext = allow_plaintext
+        self.state = "AWAIT_CLIENT_HELLO"
+
+    def handle(self, raw):
+        h, body, rest = frame_decode(raw, HANDSHAKE_MAX_BODY)
+        assert rest == b""
+        try:
+            name, m = decode_message(h["type"], h["service"], body)
+        except ProtocolError:
+            fail("AUTHENTICATION_FAILED", "malformed")
+        if name == "Error":
+            raise ProtocolError(m["code"], "peer error")
+        if self.state == "AWAIT_CLIENT_HELLO" and name == "ClientHello":
+            v = min(m["max_version"], VERSIONS[1])
+            if v < m["min_version"] or v < VERSIONS[0]:
+                fail("UNSUPPORTED_VERSION", "no common version")
+            if m["mode"] == 1 and not self.allow_plaintext:
+                fail("PLAINTEXT_REFUSED", "plaintext")
+            share = x25519_public(self.secret)
+            sh = frame(T_SERVER_HELLO, S_HANDSHAKE, 0, bytes([v, m["mode"]]) + self.nonce + share)
+            th = hashlib.sha256(raw + sh).digest()
+            dh = x25519(self.secret, m["key_share"])
+            self.keys = key_schedule(self.psk, dh, th)
+            self.state = "AWAIT_CLIENT_FINISHED"
+            return sh + frame(T_SERVER_FINISHED, S_HANDSHAKE, 0, self.keys["server_finished_mac"])
+        if self.state == "AWAIT_CLIENT_FINISHED" and name == "ClientFinished":
+            if not hmac.compare_digest(m["mac"], self.keys["client_finished_mac"]):
+                fail("AUTHENTICATION_FAILED", "client finished")
+            self.state = "ESTABLISHED"
+            return b""
+        fail("AUTHENTICATION_FAILED", "unexpected message")
+
+
+class Client:
+    """§4.5 client state machine."""
+
+    def __init__(self, psk, nonce, secret, mode):
+        self.psk, self.secret, self.mode = psk, secret, mode
+        body = bytes([VERSIONS[0], VERSIONS[1], mode]) + nonce + x25519_public(secret)
+        self.client_hello = frame(T_CLIENT_HELLO, S_HANDSHAKE, 0, body)
+        self.state = "AWAIT_SERVER_HELLO"
+
+    def handle(self, raw):
+        h, body, rest = frame_decode(raw, HANDSHAKE_MAX_BODY)
+        assert rest == b""
+        try:
+            name, m = decode_message(h["type"], h["service"], body)
+        except ProtocolError:
+            fail("AUTHENTICATION_FAILED", "malformed")
+        if name == "Error":
+            raise ProtocolError(m["code"], "peer error")
+        if self.state == "AWAIT_SERVER_HELLO" and name == "ServerHello":
+            if not VERSIONS[0] <= m["version"] <= VERSIONS[1] or m["mode"] != self.mode:
+                fail("AUTHENTICATION_FAILED", "version or mode")
+            th = hashlib.sha256(self.client_hello + raw).digest()
+            dh = x25519(self.secret, m["key_share"])
+            self.keys = key_schedule(self.psk, dh, th)
+            self.state = "AWAIT_SERVER_FINISHED"
+            return b""
+        if self.state == "AWAIT_SERVER_FINISHED" and name == "ServerFinished":
+            if not hmac.compare_digest(m["mac"], self.keys["server_finished_mac"]):
+                fail("AUTHENTICATION_FAILED", "server finished")
+            self.state = "ESTABLISHED"
+            return frame(T_CLIENT_FINISHED, S_HANDSHAKE, 0, self.keys["client_finished_mac"])
+        fail("AUTHENTICATION_FAILED", "unexpected message")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks, one per file
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def check_headers(v):
+    b = v.hex("bytes")
+    h = decode_header(b)
+    check(h["magic"] == MAGIC, "magic")
+    for k in ("type", "version", "service", "id", "length"):
+        check(h[k] == v.int(k), k)
+    check(encode_header(v.int("type"), v.int("version"), v.int("service"), v.int("id"),
+                        v.int("length")) == b, "encode")
+
+
+def check_messages(v):
+    name, fields = fields_from(v)
+    kind, service, body = encode_message(name, fields)
+    check((kind, service) == (v.int("type"), v.int("service")), "type/service")
+    check(body == v.hex("body"), "body encoding")
+    check(frame(kind, service, v.int("id"), body) == v.hex("frame"), "frame encoding")
+    h, got_body, rest = frame_decode(v.hex("frame"), DEFAULT_MAX_BODY)
+    check(rest == b"" and got_body == body and h["id"] == v.int("id"), "frame decoding")
+    got_name, got_fields = decode_message(h["type"], h["service"], got_body)
+    check((got_name, got_fields) == (name, fields), f"decoded {got_name} {got_fields}")
+
+
+def check_handshake(v):
+    psk = v.hex("psk")
+    mode = v.int("mode")
+    client = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), mode)
+    server = Server(psk, v.hex("server_nonce"), v.hex("server_secret"), v.int("allow_plaintext") == 1)
+    check(x25519_public(v.hex("client_secret")) == v.hex("client_public"), "client_public")
+    check(x25519_public(v.hex("server_secret")) == v.hex("server_public"), "server_public")
+    check(client.client_hello == v.hex("client_hello"), "client_hello")
+    flight = server.handle(client.client_hello)
+    check(flight == v.hex("server_hello") + v.hex("server_finished"), "server flight")
+    check(client.handle(v.hex("server_hello")) == b"", "client after ServerHello")
+    cf = client.handle(v.hex("server_finished"))
+    check(cf == v.hex("client_finished"), "client_finished")
+    check(server.handle(cf) == b"" and server.state == "ESTABLISHED", "server established")
+    th = hashlib.sha256(v.hex("client_hello") + v.hex("server_hello")).digest()
+    check(th == v.hex("transcript_hash"), "transcript_hash")
+    dh = x25519(v.hex("client_secret"), v.hex("server_public"))
+    check(dh == v.hex("dh_shared"), "dh_shared")
+    keys = key_schedule(psk, dh, th)
+    for k in ["prk", *LABELS, "server_finished_mac", "client_finished_mac"]:
+        check(keys[k] == v.hex(k), k)
+    check(client.keys == keys and server.keys == keys, "both sides derived the same keys")
+    # The first record each way (sequence number 0).
+    for d in ("c2s", "s2c"):
+        record = v.hex(f"{d}_record")
+        plaintext = v.hex(f"{d}_plaintext")
+        h = decode_header(record)
+        if mode == 0:
+            sealed = seal(keys[f"{d}_enc"], keys[f"{d}_mac"], 0, h["type"], h["version"],
+                          h["service"], h["id"], plaintext, v.hex(f"{d}_iv"))
+            check(sealed == record, f"{d}_record sealing")
+            opened = open_record(keys[f"{d}_enc"], keys[f"{d}_mac"], 0, record[:12], record[12:])
+            check(opened == plaintext, f"{d}_record opening")
+        else:
+            check(record[12:] == plaintext and h["length"] == len(plaintext), f"{d} plaintext")
+        decode_message(h["type"], h["service"], plaintext)
+
+
+def check_records(v):
+    enc, mac, seq = v.hex("enc_key"), v.hex("mac_key"), v.int("seq")
+    header = v.hex("header")
+    h = decode_header(header)
+    record = seal(enc, mac, seq, h["type"], h["version"], h["service"], h["id"], v.hex("plaintext"),
+                  v.hex("iv"))
+    check(record == v.hex("record"), "sealed record")
+    check(record == header + v.hex("iv") + v.hex("ciphertext") + v.hex("tag"), "record parts")
+    hh, body, rest = frame_decode(record, DEFAULT_MAX_BODY)
+    check(open_record(enc, mac, seq, record[:12], body) == v.hex("plaintext"), "opened")
+    check(seq <= 2**64 - 2, "sequence number in range")
+
+
+def parse_key_text(text):
+    """§5.6 text forms."""
+    s = text.strip()
+    if len(s) == 64:
+        try:
+            raw = bytes.fromhex(s)
+        except ValueError:
+            return None
+    else:
+        s = s.rstrip("=")
+        raw = None
+        for alt in (b"+/", b"-_"):
+            try:
+                raw = base64.b64decode(s + "=" * (-len(s) % 4), altchars=alt, validate=True)
+                break
+            except ValueError:
+                continue
+    return raw if raw is not None and len(raw) == 32 else None
+
+
+def check_keys(v):
+    data = v.hex("input")
+    if v.raw("source") == "file" and len(data) == 32:
+        key = data
+    else:
+        try:
+            key = parse_key_text(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            key = None
+    if v.has("invalid"):
+        check(key is None, "must be rejected")
+        return
+    check(key == v.hex("key"), "key")
+    check(key.hex() == v.raw("hex"), "hex form")
+    check(base64.urlsafe_b64encode(key).rstrip(b"=").decode() == v.raw("base64"), "base64 form")
+    check(hashlib.sha256(key).digest()[:8].hex() == v.raw("fingerprint"), "fingerprint")
+
+
+def expect(v, fn):
+    code = v.int("expect_code")
+    check(CODES[v.raw("expect_name")] == code, "expect_name/expect_code")
+    try:
+        fn()
+    except ProtocolError as e:
+        check(e.code == code, f"got 0x{e.code:04x}, expected 0x{code:04x}")
+        return
+    raise AssertionError("was accepted")
+
+
+def check_negative_frames(v):
+    data = v.hex("input")
+    if v.raw("phase") == "session":
+        expect(v, lambda: frame_decode(data, v.int("max_body")))
+    else:
+        # §4.4: any malformed frame in the handshake is AUTHENTICATION_FAILED, one fixed frame.
+        def run():
+            try:
+                frame_decode(data, HANDSHAKE_MAX_BODY)
+            except ProtocolError:
+                fail("AUTHENTICATION_FAILED", "malformed handshake frame")
+        expect(v, run)
+        check(error_frame("AUTHENTICATION_FAILED", HANDSHAKE_MESSAGES["AUTHENTICATION_FAILED"])
+              == v.hex("expect_reply"), "reply frame")
+
+
+def check_negative_messages(v):
+    def run():
+        h, body, rest = frame_decode(v.hex("frame"), DEFAULT_MAX_BODY)
+        decode_message(h["type"], h["service"], body)
+    expect(v, run)
+
+
+def check_negative_records(v):
+    record = v.hex("record")
+
+    def run():
+        h, body, rest = frame_decode(record, DEFAULT_MAX_BODY)
+        open_record(v.hex("enc_key"), v.hex("mac_key"), v.int("seq"), record[:12], body)
+    expect(v, run)
+
+
+def check_negative_handshake(v):
+    plaintext = v.int("plaintext") == 1
+    psk = v.hex("psk")
+    if v.raw("role") == "server":
+        side = Server(v.hex("server_psk") if v.has("server_psk") else psk, v.hex("server_nonce"),
+                      v.hex("server_secret"), plaintext)
+    else:
+        side = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), 1 if plaintext else 0)
+    frames = [parse_hex(x) for x in v.all("recv")]
+    for f in frames[:-1]:
+        side.handle(f)
+    caught = []
+
+    def run():
+        try:
+            side.handle(frames[-1])
+        except ProtocolError as e:
+            caught.append(e)
+            raise
+    expect(v, run)
+    name = next(k for k, c in CODES.items() if c == caught[0].code)
+    if v.has("expect_error_frame") and name in HANDSHAKE_MESSAGES:
+        check(error_frame(name, HANDSHAKE_MESSAGES[name]) == v.hex("expect_error_frame"),
+              "error frame")
+    elif v.has("expect_error_frame"):
+        # UNSUPPORTED_VERSION's text is informational (§4.4): check everything but the text.
+        got = v.hex("expect_error_frame")
+        check(got[:4] == bytes([T_ERROR, MAGIC, 1, S_HANDSHAKE]) and got[4:8] == bytes(4), "header")
+        check(struct.unpack(">BH", got[12:15]) == (caught[0].code >> 8, caught[0].code), "code")
+
+
+CHECKS = {
+    "headers.txt": check_headers,
+    "messages.txt": check_messages,
+    "handshake.txt": check_handshake,
+    "records.txt": check_records,
+    "keys.txt": check_keys,
+    "negative-frames.txt": check_negative_frames,
+    "negative-messages.txt": check_negative_messages,
+    "negative-records.txt": check_negative_records,
+    "negative-handshake.txt": check_negative_handshake,
+}
+
+
+def main():
+    vector_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "vectors"
+    failures = 0
+    total = 0
+    for file_name, fn in CHECKS.items():
+        vectors = parse_file(vector_dir / file_name)
+        ok = 0
+        for v in vectors:
+            total += 1
+            try:
+                fn(v)
+                ok += 1
+            except Exception as e:  # report every vector, keep going
+                failures += 1
+                print(f"FAIL {file_name} / {v.name} (line {v.line}): {type(e).__name__}: {e}")
+        print(f"{file_name:26} {ok}/{len(vectors)} ok")
+    unknown = sorted(set(os.listdir(vector_dir)) - set(CHECKS) - {"README.md"})
+    if unknown:
+        print(f"not checked: {', '.join(unknown)}")
+    print(f"{total - failures}/{total} vectors ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
