@@ -627,6 +627,37 @@ fn negative_handshake() {
     }
 }
 
+/// Every file in `spec/vectors/` has a test above; a new file without one fails here.
+#[test]
+fn every_vector_file_is_checked() {
+    const CHECKED: [&str; 9] = [
+        "headers.txt",
+        "messages.txt",
+        "handshake.txt",
+        "records.txt",
+        "keys.txt",
+        "negative-frames.txt",
+        "negative-messages.txt",
+        "negative-records.txt",
+        "negative-handshake.txt",
+    ];
+    let mut found: Vec<String> = std::fs::read_dir(common::vectors_dir())
+        .expect("spec/vectors exists")
+        .map(|entry| {
+            entry
+                .expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name != "README.md")
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = CHECKED.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
 /// The parser itself: continuation lines, defaults, comments, typed values.
 #[test]
 fn vector_format_parses_as_documented() {
