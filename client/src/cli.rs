@@ -147,8 +147,8 @@ pub struct GetArgs {
     /// Ignore an existing NAME.part and download from the start. Default: off.
     #[arg(long)]
     pub no_resume: bool,
-    /// Files in flight at once with -r. Default: 4. E.g. -j 8
-    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Files in flight at once with -r (1 to 32; a server answers at most 32 requests at a time per connection). Default: 4. E.g. -j 8
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub jobs: u16,
     /// Overwrite an existing destination, and start over when a partial file cannot be resumed.
     /// Default: off (refuse).

@@ -219,7 +219,17 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let addrs = match target.into() {
             Target::Addr(addr) => vec![addr],
-            Target::Url(url) => resolve(&url).await?,
+            Target::Url(url) => {
+                match tokio::time::timeout(config.connect_timeout, resolve(&url)).await {
+                    Ok(addrs) => addrs?,
+                    Err(_) => {
+                        return Err(ClientError::Timeout {
+                            what: format!("resolving {}", url.host),
+                            secs: config.connect_timeout.as_secs(),
+                        })
+                    }
+                }
+            }
         };
         let mut last = None;
         for addr in addrs {

@@ -401,8 +401,8 @@ impl Shell {
                     options.jobs = iter
                         .next()
                         .and_then(|n| n.parse().ok())
-                        .filter(|n| (1..=64).contains(n))
-                        .ok_or_else(|| ClientError::Usage("-j takes 1 to 64".into()))?;
+                        .filter(|n| (1..=32).contains(n))
+                        .ok_or_else(|| ClientError::Usage("-j takes 1 to 32".into()))?;
                 }
                 flag if flag.starts_with('-') && flag.len() > 1 && !flags_done => {
                     return Err(ClientError::Usage(format!(

@@ -1,0 +1,436 @@
+//! The `ferry` binary end to end against a real server started in the test: every one-shot
+//! command, overwrite refusal, resume after the server dies mid-transfer, integrity failure
+//! when the file changed under a resume, error messages and exit codes, and batch mode.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{data, tree, wait_for, Env, Proxy, TestServer};
+use ferry_client::transfer::{meta_path, part_path};
+use ferry_protocol::Key;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    work: PathBuf,
+    server: TestServer,
+    env: Env,
+    key: Key,
+}
+
+fn setup(big: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    tree(&root, big);
+    let key = Key::generate();
+    let server = TestServer::start(&root, &key);
+    Setup {
+        _dir: dir,
+        root,
+        work,
+        server,
+        env: Env::new(),
+        key,
+    }
+}
+
+impl Setup {
+    fn ferry(&self, args: &[&str]) -> common::Run {
+        self.env.ferry(&self.key, &self.work, args)
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[test]
+fn ls_lists_names_details_trees_and_json() {
+    let s = setup(1000);
+    let run = s.ferry(&["ls", &s.server.url("")]);
+    run.ok();
+    assert_eq!(lines(&run.stdout), ["a.txt", "big.bin", "docs/"]);
+
+    let run = s.ferry(&["ls", "-l", &s.server.url("docs")]);
+    run.ok();
+    let out = lines(&run.stdout);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        out[0].starts_with("drwx") && out[0].ends_with(" deep/"),
+        "{out:?}"
+    );
+    assert!(out[1].starts_with("-rw") && out[1].contains("7 B") && out[1].ends_with(" readme.md"));
+
+    let run = s.ferry(&["ls", "-R", &s.server.url("")]);
+    run.ok();
+    assert!(
+        lines(&run.stdout).contains(&"docs/deep/x.bin"),
+        "{}",
+        run.stdout
+    );
+
+    let run = s.ferry(&["ls", "--json", &s.server.url("docs/deep")]);
+    run.ok();
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json[0]["name"], "x.bin");
+    assert_eq!(json[0]["size"], 3000);
+    assert_eq!(json[0]["kind"], "file");
+
+    // A file lists as itself, like ls FILE.
+    let run = s.ferry(&["ls", &s.server.url("a.txt")]);
+    assert_eq!(lines(&run.ok().stdout), ["a.txt"]);
+}
+
+#[test]
+fn stat_describes_one_entry() {
+    let s = setup(1000);
+    let run = s.ferry(&["stat", &s.server.url("a.txt")]);
+    run.ok();
+    assert!(run.stdout.contains("kind: file"), "{}", run.stdout);
+    assert!(run.stdout.contains("size: 6 (6 B)"), "{}", run.stdout);
+    let run = s.ferry(&["stat", "--json", &s.server.url("docs")]);
+    let json: serde_json::Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(json["kind"], "directory");
+    assert_eq!(json["path"], "docs");
+}
+
+#[test]
+fn ping_reports_round_trips() {
+    let s = setup(1000);
+    let run = s.ferry(&["ping", "-c", "3", "-i", "10ms", &s.server.url("")]);
+    run.ok();
+    let pongs = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("pong from"))
+        .count();
+    assert_eq!(pongs, 3, "{}", run.stdout);
+    assert!(run.stdout.contains("3 pings, 3 pongs"), "{}", run.stdout);
+}
+
+#[test]
+fn get_fetches_a_file_and_a_tree() {
+    let s = setup(300_000);
+    let run = s.ferry(&["get", &s.server.url("big.bin")]);
+    run.ok();
+    assert_eq!(
+        std::fs::read(s.work.join("big.bin")).unwrap(),
+        std::fs::read(s.root.join("big.bin")).unwrap()
+    );
+    assert!(
+        run.stderr.contains("big.bin: 292.97 KiB in"),
+        "{}",
+        run.stderr
+    );
+    assert!(!part_path(&s.work.join("big.bin")).exists());
+    assert!(!meta_path(&s.work.join("big.bin")).exists());
+
+    // Into an existing directory, under the remote name.
+    std::fs::create_dir(s.work.join("into")).unwrap();
+    s.ferry(&["get", &s.server.url("docs/readme.md"), "into"])
+        .ok();
+    assert_eq!(
+        std::fs::read(s.work.join("into/readme.md")).unwrap(),
+        b"# docs\n"
+    );
+
+    // A tree, two files at a time.
+    let run = s.ferry(&["get", "-r", "-j", "2", &s.server.url("docs"), "mirror"]);
+    run.ok();
+    assert_eq!(
+        std::fs::read(s.work.join("mirror/readme.md")).unwrap(),
+        b"# docs\n"
+    );
+    assert_eq!(
+        std::fs::read(s.work.join("mirror/deep/x.bin")).unwrap(),
+        data(3000, 7)
+    );
+    assert!(run.stderr.contains("2 files fetched"), "{}", run.stderr);
+    // Again: everything is up to date, nothing is refused.
+    let run = s.ferry(&["get", "-r", &s.server.url("docs"), "mirror"]);
+    assert!(
+        run.ok().stderr.contains("2 already up to date"),
+        "{}",
+        run.stderr
+    );
+
+    // A directory without -r is refused with a hint.
+    let run = s.ferry(&["get", &s.server.url("docs")]);
+    assert!(run.code(1).stderr.contains("use get -r"), "{}", run.stderr);
+}
+
+#[test]
+fn get_refuses_to_overwrite_without_force() {
+    let s = setup(1000);
+    std::fs::write(s.work.join("a.txt"), b"mine").unwrap();
+    let run = s.ferry(&["get", &s.server.url("a.txt")]);
+    run.code(1);
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    assert!(run.stderr.contains("--force"), "{}", run.stderr);
+    assert_eq!(std::fs::read(s.work.join("a.txt")).unwrap(), b"mine");
+    s.ferry(&["get", "--force", &s.server.url("a.txt")]).ok();
+    assert_eq!(std::fs::read(s.work.join("a.txt")).unwrap(), b"alpha\n");
+}
+
+#[test]
+fn get_resumes_after_the_server_dies_mid_transfer() {
+    let size = 4 << 20;
+    let s = setup(size);
+    // Pace the transfer through a proxy so the server can be killed half-way.
+    let proxy = Proxy::start(s.server.addr, 2 << 20, u64::MAX);
+    let dest = s.work.join("big.bin");
+    let part = part_path(&dest);
+    let mut child = s
+        .env
+        .command()
+        .current_dir(&s.work)
+        .args(["--key", &s.key.to_base64(), "get", &proxy.url("big.bin")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(Duration::from_secs(20), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 512 * 1024)
+    });
+    assert!(started, "the transfer never got going");
+    let root = s.server.root.clone();
+    s.server.kill();
+    let out = wait_child(&mut child, Duration::from_secs(20));
+    assert_eq!(out.code, 3, "a lost connection is exit code 3: {out:#?}");
+    assert!(
+        out.stderr.contains("partial download kept"),
+        "{}",
+        out.stderr
+    );
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < size as u64, "kept {kept} bytes");
+    assert!(meta_path(&dest).exists());
+
+    // Restart on the same root (a new port, as after a real restart) and resume.
+    let server = TestServer::start(&root, &s.key);
+    let run = s.env.ferry(
+        &s.key,
+        &s.work,
+        &["get", "--resume", &server.url("big.bin")],
+    );
+    run.ok();
+    assert!(run.stderr.contains("resumed at"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        data(size, 42),
+        "byte-identical"
+    );
+    assert!(!part.exists() && !meta_path(&dest).exists());
+}
+
+#[test]
+fn resume_refuses_a_file_that_changed_on_the_server() {
+    let size = 1 << 20;
+    let s = setup(size);
+    // The proxy cuts the connection after 300 KB: a dropped network, not a dead server.
+    let proxy = Proxy::start(s.server.addr, 64 << 20, 300_000);
+    let run = s.ferry(&["get", &proxy.url("big.bin")]);
+    run.code(3);
+    let dest = s.work.join("big.bin");
+    assert!(part_path(&dest).exists());
+
+    // The file changes: a resume would splice two versions, so it is an integrity failure.
+    std::fs::write(s.root.join("big.bin"), data(size + 10, 99)).unwrap();
+    let run = s.ferry(&["get", &s.server.url("big.bin")]);
+    run.code(4);
+    assert!(
+        run.stderr.contains("changed on the server"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(part_path(&dest).exists(), "the partial file is kept");
+    assert!(!dest.exists());
+
+    // --force starts over and gets the new content.
+    s.ferry(&["get", "--force", &s.server.url("big.bin")]).ok();
+    assert_eq!(std::fs::read(&dest).unwrap(), data(size + 10, 99));
+}
+
+#[test]
+fn errors_are_one_clear_sentence_with_their_exit_code() {
+    let s = setup(1000);
+    let check = |run: &common::Run, code: i32, needle: &str| {
+        run.code(code);
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{needle:?} in {}", run.stderr);
+        assert!(!run.stderr.contains("panicked") && !run.stderr.contains("backtrace"));
+    };
+    // Wrong key.
+    let other = Key::generate();
+    let run = s.env.ferry(&other, &s.work, &["ls", &s.server.url("")]);
+    check(&run, 3, "authentication failed");
+    // Nothing listening.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = s.ferry(&["ls", &format!("ferry://{free}/")]);
+    check(&run, 3, "connection refused");
+    // Unknown host.
+    let run = s.ferry(&[
+        "ls",
+        "--connect-timeout",
+        "5s",
+        "ferry://no-such-host.invalid/",
+    ]);
+    check(&run, 3, "could not resolve host no-such-host.invalid");
+    // Remote refusal.
+    let run = s.ferry(&["stat", &s.server.url("nope.txt")]);
+    check(&run, 1, "not found");
+    // No key at all.
+    let out = s
+        .env
+        .command()
+        .args(["ls", &s.server.url("")])
+        .output()
+        .unwrap();
+    check(&common::Run::from(out), 2, "no key given");
+    // A bad address is a usage error from clap.
+    let run = s.ferry(&["ls", "http://x/"]);
+    run.code(2);
+    assert!(run.stderr.contains("unsupported scheme"), "{}", run.stderr);
+}
+
+#[test]
+fn key_comes_from_env_and_key_file() {
+    let s = setup(1000);
+    let out = s
+        .env
+        .command()
+        .env("FERRY_KEY", s.key.to_hex())
+        .args(["ls", &s.server.url("")])
+        .output()
+        .unwrap();
+    common::Run::from(out).ok();
+    let file = s.work.join("k");
+    s.key.save_new(&file).unwrap();
+    let out = s
+        .env
+        .command()
+        .args([
+            "--key-file",
+            file.to_str().unwrap(),
+            "stat",
+            &s.server.url("a.txt"),
+        ])
+        .output()
+        .unwrap();
+    common::Run::from(out).ok();
+}
+
+#[test]
+fn batch_mode_runs_a_script_and_stops_at_the_first_failure() {
+    let s = setup(1000);
+    std::fs::create_dir(s.work.join("sub")).unwrap();
+    let script = s.work.join("script.txt");
+    std::fs::write(
+        &script,
+        "# comment\nls\ncd docs\nget readme.md\n-get missing.txt\nlcd sub\nget deep/x.bin\npwd\nget missing-too.txt\nls\n",
+    )
+    .unwrap();
+    let run = s.ferry(&["shell", &s.server.url(""), "-b", script.to_str().unwrap()]);
+    run.code(1);
+    assert_eq!(
+        std::fs::read(s.work.join("readme.md")).unwrap(),
+        b"# docs\n"
+    );
+    assert_eq!(
+        std::fs::read(s.work.join("sub/x.bin")).unwrap(),
+        data(3000, 7)
+    );
+    assert!(
+        run.stdout.contains("big.bin") && run.stdout.contains("/docs\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("ferry> -get missing.txt"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("ferry> get missing-too.txt"),
+        "{}",
+        run.stderr
+    );
+    // The last ls came after the failure and did not run.
+    assert_eq!(run.stderr.matches("ferry> ls").count(), 1, "{}", run.stderr);
+
+    // Without a terminal on stdin, the shell reads its batch from stdin.
+    use std::io::Write;
+    let mut child = s
+        .env
+        .command()
+        .current_dir(&s.work)
+        .args(["--key", &s.key.to_base64(), "shell", &s.server.url("docs")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pwd\nls -l\n")
+        .unwrap();
+    let out = common::Run::from(child.wait_with_output().unwrap());
+    out.ok();
+    assert!(out.stdout.starts_with("/docs\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("readme.md"), "{}", out.stdout);
+}
+
+#[test]
+fn demo_serves_a_directory_with_a_fresh_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("served");
+    tree(&root, 5000);
+    let env = Env::new();
+    let script = dir.path().join("s.txt");
+    std::fs::write(&script, "ls\nget big.bin\n").unwrap();
+    let out = env
+        .command()
+        .current_dir(dir.path())
+        .args([
+            "demo",
+            root.to_str().unwrap(),
+            "-b",
+            script.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let run = common::Run::from(out);
+    run.ok();
+    assert!(run.stdout.contains("ferry shell --key "), "{}", run.stdout);
+    assert!(run.stdout.contains("docs/"), "{}", run.stdout);
+    assert_eq!(
+        std::fs::read(dir.path().join("big.bin")).unwrap(),
+        data(5000, 42)
+    );
+}
+
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> common::Run {
+    let ok = wait_for(timeout, || child.try_wait().unwrap().is_some());
+    if !ok {
+        let _ = child.kill();
+    }
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    common::Run {
+        code: child.wait().unwrap().code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr,
+    }
+}
