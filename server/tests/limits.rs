@@ -1,0 +1,346 @@
+//! Limits and faults: huge directories, many clients, connection and in-flight limits,
+//! deadlines, malformed and forged frames, abrupt disconnects.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{pattern, short_limits, Client, TestServer};
+use ferry_protocol::message::{FetchRequest, TO_END};
+use ferry_protocol::{ErrorCode, FrameType, Header, Message, RequestId, Service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn tree(root: &std::path::Path) {
+    std::fs::write(root.join("small.bin"), pattern(70_000, 1)).unwrap();
+    std::fs::write(root.join("large.bin"), pattern(16 << 20, 2)).unwrap();
+}
+
+/// Reads until the server closes the connection; returns the connection-level error code it
+/// sent on the way out, if any.
+async fn closing_code(client: &mut Client) -> Option<ErrorCode> {
+    let mut code = None;
+    for _ in 0..10_000 {
+        match client.try_recv().await {
+            Some(Ok(frame)) => {
+                if let Ok(Message::Error { body, .. }) = frame.message() {
+                    if frame.header.id == RequestId::CONNECTION {
+                        code = Some(body.code);
+                    }
+                }
+            }
+            Some(Err(_)) | None => return code,
+        }
+    }
+    panic!("connection not closed");
+}
+
+#[tokio::test]
+async fn a_directory_of_100k_entries_lists_sorted_in_bounded_batches() {
+    const N: usize = 100_000;
+    let server = TestServer::start_with(
+        |root| {
+            let dir = root.join("huge");
+            std::fs::create_dir(&dir).unwrap();
+            for i in 0..N {
+                // Creation order differs from name order.
+                let n = (i * 7_919) % N;
+                std::fs::File::create(dir.join(format!("entry-{n:06}"))).unwrap();
+            }
+        },
+        // A 256 KiB name budget forces many passes over the directory.
+        |c| {
+            c.limits(ferry_server::Limits {
+                list_batch_bytes: 256 << 10,
+                ..Default::default()
+            })
+        },
+    )
+    .await;
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let entries = client.list("huge", false, 0).await.unwrap();
+    eprintln!(
+        "listed {} entries in {:?}",
+        entries.len(),
+        started.elapsed()
+    );
+    assert_eq!(entries.len(), N);
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.name, format!("entry-{i:06}"));
+    }
+    // The same listing through the recursive path.
+    let recursive = client.list("", true, 2).await.unwrap();
+    assert_eq!(recursive.len(), N + 1);
+    assert_eq!(recursive[0].name, "huge");
+    assert_eq!(recursive[N].name, format!("huge/entry-{:06}", N - 1));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_clients() {
+    let server = TestServer::start(tree).await;
+    let expected = pattern(70_000, 1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let (addr, key, expected) = (server.addr, server.key.clone(), expected.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, key, i % 4 == 0)
+                .await
+                .expect("connect");
+            assert_eq!(
+                client.ping(&i.to_be_bytes()).await.as_ref(),
+                i.to_be_bytes()
+            );
+            assert_eq!(client.stat("small.bin").await.unwrap().size, 70_000);
+            let fetched = client
+                .fetch("small.bin", u64::from(i), TO_END)
+                .await
+                .unwrap();
+            assert_eq!(fetched.data, expected[i as usize..]);
+            assert_eq!(client.list("", false, 0).await.unwrap().len(), 2);
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    eprintln!("200 clients served in {:?}", started.elapsed());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_busy() {
+    let server = TestServer::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            max_connections: 2,
+            ..Default::default()
+        })
+    })
+    .await;
+    let mut first = server.client().await;
+    let _second = server.client().await;
+    let err = Client::connect(server.addr, server.key.clone(), false)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), ErrorCode::BUSY, "{err}");
+    assert_eq!(first.ping(b"still served").await.as_ref(), b"still served");
+    drop(first);
+    // A slot frees up once a connection closes.
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(client) = Client::connect(server.addr, server.key.clone(), false).await {
+            ok = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok.is_some(), "slot freed");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_limit_refuses_with_busy_for_that_id() {
+    let server = TestServer::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            max_in_flight_per_connection: 2,
+            ..Default::default()
+        })
+    })
+    .await;
+    let mut client = server.plaintext_client().await;
+    for id in 1..=3 {
+        client
+            .send(
+                RequestId(id),
+                Message::FetchRequest(FetchRequest::new("large.bin", 0, TO_END).unwrap()),
+            )
+            .await;
+    }
+    let mut busy = false;
+    let mut ends = 0;
+    while ends < 2 {
+        match client.recv().await {
+            (RequestId(3), Message::Error { body, .. }) => {
+                assert_eq!(body.code, ErrorCode::BUSY);
+                busy = true;
+            }
+            (_, Message::FetchEnd(_)) => ends += 1,
+            (_, Message::FetchResponse(_) | Message::Data(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(busy);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let server = TestServer::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            idle_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
+    })
+    .await;
+    let mut client = server.client().await;
+    assert_eq!(client.ping(b"a").await.as_ref(), b"a");
+    let started = Instant::now();
+    assert_eq!(closing_code(&mut client).await, Some(ErrorCode::TIMEOUT));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_forged_and_malformed_frames_close_the_connection() {
+    let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
+
+    // A header declaring more than the frame limit.
+    let mut client = server.client().await;
+    let mut header = BytesMut::new();
+    Header::new(
+        FrameType::REQUEST,
+        Service::FETCH,
+        RequestId(1),
+        (1 << 20) + 1,
+    )
+    .encode(&mut header);
+    client.conn.get_mut().write_all(&header).await.unwrap();
+    assert_eq!(closing_code(&mut client).await, Some(ErrorCode::TOO_LARGE));
+
+    // A forged (bit-flipped) encrypted record.
+    let mut client = server.client().await;
+    let mut frame = seal(
+        &mut client,
+        RequestId(1),
+        &Message::Ping(bytes::Bytes::from_static(b"x")),
+    );
+    let last = frame.len() - 1;
+    frame[last] ^= 1;
+    client.conn.get_mut().write_all(&frame).await.unwrap();
+    assert_eq!(closing_code(&mut client).await, Some(ErrorCode::BAD_RECORD));
+
+    // A well-sealed request whose body does not decode.
+    let mut client = server.client().await;
+    let frame = seal_raw(
+        &mut client,
+        FrameType::REQUEST,
+        Service::STAT,
+        RequestId(1),
+        &[0, 1, b'a', 0xFF],
+    );
+    client.conn.get_mut().write_all(&frame).await.unwrap();
+    assert_eq!(
+        closing_code(&mut client).await,
+        Some(ErrorCode::MALFORMED_MESSAGE)
+    );
+
+    // Bad magic after the handshake.
+    let mut client = server.plaintext_client().await;
+    client
+        .conn
+        .get_mut()
+        .write_all(&[0x10, 0x00, 1, 1])
+        .await
+        .unwrap();
+    assert_eq!(closing_code(&mut client).await, Some(ErrorCode::BAD_FRAME));
+
+    // Garbage instead of a handshake: closed without a session.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink))
+        .await
+        .unwrap()
+        .ok();
+
+    // Silence after connecting: closed by the handshake deadline.
+    let started = Instant::now();
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+        .await
+        .expect("closed by deadline");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    assert!(started.elapsed() >= Duration::from_millis(1_500));
+
+    // The server still serves an honest client.
+    let mut client = server.client().await;
+    assert_eq!(client.ping(b"fine").await.as_ref(), b"fine");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn abrupt_disconnects_mid_stream_leave_nothing_behind() {
+    let server = TestServer::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            shutdown_grace: Duration::from_secs(20),
+            ..Default::default()
+        })
+    })
+    .await;
+    for i in 0..20u32 {
+        let mut client = Client::connect(server.addr, server.key.clone(), i % 2 == 0)
+            .await
+            .unwrap();
+        for id in 1..=3 {
+            client
+                .send(
+                    RequestId(id),
+                    Message::FetchRequest(FetchRequest::new("large.bin", 0, TO_END).unwrap()),
+                )
+                .await;
+        }
+        // Read a little of the interleaved streams, then vanish (RST when i is odd).
+        for _ in 0..(i % 5) * 10 {
+            let _ = client.recv().await;
+        }
+        let stream = client.conn.into_inner();
+        if i % 2 == 1 {
+            #[allow(deprecated)] // blocking on drop is what we want: an immediate RST
+            stream.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(stream);
+    }
+    let mut client = server.client().await;
+    let fetched = client.fetch("small.bin", 0, TO_END).await.unwrap();
+    assert_eq!(fetched.data.len(), 70_000);
+    drop(client);
+    // No connection task is stuck on a dead peer: shutdown finishes long before the grace.
+    let started = Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        started.elapsed()
+    );
+}
+
+fn seal(client: &mut Client, id: RequestId, message: &Message) -> BytesMut {
+    let (kind, service) = message.kind();
+    seal_raw(client, kind, service, id, &message.to_bytes())
+}
+
+/// Seals an arbitrary frame with the client's live session (the codec has no raw-frame API).
+fn seal_raw(
+    client: &mut Client,
+    kind: FrameType,
+    service: Service,
+    id: RequestId,
+    body: &[u8],
+) -> BytesMut {
+    use ferry_protocol::tokio::FerryCodec;
+    let codec = client.conn.codec_mut();
+    let placeholder = FerryCodec::new(ferry_protocol::Session::plaintext(1, 1 << 20));
+    let mut session = std::mem::replace(codec, placeholder).into_session();
+    let mut dst = BytesMut::new();
+    session
+        .write_frame(kind, service, id, body, &mut dst)
+        .unwrap();
+    *codec = FerryCodec::new(session);
+    dst
+}
