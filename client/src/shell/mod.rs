@@ -4,7 +4,7 @@
 //! `dirs::data_dir()/ferry/history`, and a prompt showing the remote directory. A foreground
 //! command runs while the prompt waits; Ctrl-C cancels it (a transfer keeps its `.part`) and the
 //! shell goes on. `get ... &` and `mget` run as background jobs: the prompt stays usable, `jobs`
-//! shows their progress, and a line is printed above the prompt when each ends.
+//! shows their progress, and a line reports each one's end before the next prompt.
 //!
 //! Batch (stdin not a terminal, or `-b FILE`): like `sftp -b`, commands run one after another
 //! with no bars, and the first failure stops the run unless its line starts with `-`.
@@ -25,7 +25,7 @@ use futures::StreamExt;
 use indicatif::HumanBytes;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
-use rustyline::{CompletionType, Config, Editor, ExternalPrinter};
+use rustyline::{CompletionType, Config, Editor};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -45,7 +45,10 @@ pub enum Outcome {
     Exit,
 }
 
-type Printer = Arc<Mutex<Box<dyn ExternalPrinter + Send>>>;
+/// Lines from finished background jobs, printed before the next prompt (as a Unix shell
+/// reports finished jobs). rustyline's `ExternalPrinter` could print them at once, but with it
+/// rustyline 14 stalls on typed-ahead or pasted input, which is worse.
+type Notices = Arc<Mutex<Vec<String>>>;
 
 /// A background transfer.
 struct Job {
@@ -70,7 +73,7 @@ pub struct Shell {
     jobs: Vec<Job>,
     next_job: usize,
     batch: bool,
-    printer: Option<Printer>,
+    notices: Notices,
     /// Set by Ctrl-C in batch mode, where there is no prompt to come back to.
     interrupted: Arc<AtomicBool>,
 }
@@ -103,7 +106,7 @@ impl Shell {
             jobs: Vec::new(),
             next_job: 1,
             batch: false,
-            printer: None,
+            notices: Arc::default(),
             interrupted: Arc::default(),
         }
     }
@@ -150,9 +153,6 @@ impl Shell {
             cwd: self.cwd.clone(),
             cache: self.cache.clone(),
         })));
-        if let Ok(printer) = editor.create_external_printer() {
-            self.printer = Some(Arc::new(Mutex::new(Box::new(printer))));
-        }
         let history = history_file();
         if let Some(path) = &history {
             if let Some(dir) = path.parent() {
@@ -165,6 +165,7 @@ impl Shell {
             self.server.authority()
         );
         loop {
+            self.print_notices();
             let prompt = format!("ferry:/{}> ", self.cwd());
             match editor.readline(&prompt) {
                 Ok(line) => {
@@ -561,7 +562,7 @@ impl Shell {
         let result: Arc<Mutex<Option<Result<String, String>>>> = Arc::default();
         let fut = run(progress.clone(), cancel);
         let slot = result.clone();
-        let printer = self.printer.clone();
+        let notices = self.notices.clone();
         let job_label = label.clone();
         let task = self.handle.spawn(async move {
             let outcome = fut.await.map_err(|e| e.to_string());
@@ -572,7 +573,9 @@ impl Shell {
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(outcome);
             }
-            print_above_prompt(printer.as_ref(), line);
+            if let Ok(mut notices) = notices.lock() {
+                notices.push(line);
+            }
         });
         println!("[{id}] started: {label}");
         self.jobs.push(Job {
@@ -584,6 +587,17 @@ impl Shell {
             task,
             result,
         });
+    }
+
+    /// Reports background jobs that ended since the last prompt.
+    fn print_notices(&self) {
+        let lines = match self.notices.lock() {
+            Ok(mut notices) => std::mem::take(&mut *notices),
+            Err(_) => return,
+        };
+        for line in lines {
+            eprintln!("{line}");
+        }
     }
 
     fn jobs(&mut self) {
@@ -653,16 +667,6 @@ impl Shell {
             }
             watcher.abort();
         });
-    }
-}
-
-/// Prints a line above the prompt when one is being edited, or plainly otherwise.
-fn print_above_prompt(printer: Option<&Printer>, line: String) {
-    match printer.and_then(|p| p.lock().ok()) {
-        Some(mut printer) => {
-            let _ = printer.print(format!("{line}\n"));
-        }
-        None => eprintln!("{line}"),
     }
 }
 
