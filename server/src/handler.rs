@@ -60,6 +60,8 @@ const DATA_QUEUE: usize = 16;
 const CTRL_QUEUE: usize = 32;
 /// The writer stops batching once this much is encoded.
 const WRITE_BATCH: usize = 256 * 1024;
+/// How long the goodbye frame may wait for room in the data queue.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read-buffer top-up before each socket read.
 const READ_RESERVE: usize = 16 * 1024;
 
@@ -165,29 +167,37 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
         Close::Eof | Close::WriterGone => None,
     };
     conn.tasks.abort_all();
+    let kill_now = matches!(close, Close::Killed);
     if let Some(body) = farewell {
-        // Best effort: a full queue means the client is not reading anyway.
-        let _ = conn.ctrl.try_send((
+        // Through the data queue, so it follows every frame already queued (a fetch's end
+        // must not be overtaken by the goodbye). A client that does not read gets no goodbye.
+        let patience = if kill_now {
+            Duration::from_millis(100)
+        } else {
+            FAREWELL_TIMEOUT
+        };
+        let goodbye = (
             RequestId::CONNECTION,
             Message::Error {
                 service: Service::HANDSHAKE,
                 body,
             },
-        ));
+        );
+        let _ = tokio::time::timeout(patience, conn.ctx.data.send(goodbye)).await;
     }
     // Dropping every sender lets the writer flush what is queued and shut the socket down.
     drop(conn);
     if !writer_done {
+        let patience = if kill_now {
+            Duration::from_millis(100)
+        } else {
+            limits.write_timeout
+        };
         tokio::select! {
             biased;
-            _ = signals.kill.cancelled(), if !matches!(close, Close::Killed) => writer.abort(),
-            _ = tokio::time::sleep(limits.write_timeout) => writer.abort(),
+            _ = signals.kill.cancelled(), if !kill_now => writer.abort(),
+            _ = tokio::time::sleep(patience) => writer.abort(),
             _ = &mut writer => {}
-        }
-        if matches!(close, Close::Killed) {
-            // Give the farewell a moment, but never wait on a client that does not read.
-            let _ = tokio::time::timeout(Duration::from_millis(100), &mut writer).await;
-            writer.abort();
         }
     }
     tracing::debug!("connection closed");
