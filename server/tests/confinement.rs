@@ -2,6 +2,8 @@
 //! fetch, in both resolver-relevant shapes (direct and via symlinks). A canary file outside the
 //! root must never appear in any reply, and no reply may name the server's absolute paths.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use common::{Client, TestServer};

@@ -1,6 +1,8 @@
 //! Fetch specifics: ranges at the edges, files that change while being sent, cancellation and
 //! fair interleaving of concurrent fetches on one connection.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use std::time::Duration;

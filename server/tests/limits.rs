@@ -1,6 +1,8 @@
 //! Limits and faults: huge directories, many clients, connection and in-flight limits,
 //! deadlines, malformed and forged frames, abrupt disconnects.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! memory stays flat instead of buffering the file. In its own test binary so that nothing
 //! else moves this process's RSS while it is measured.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! deadlines close every one of them, and an honest client is served meanwhile. In its own
 //! test binary so that nothing else moves this process's RSS while it is measured.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use std::time::{Duration, Instant};

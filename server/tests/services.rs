@@ -1,6 +1,8 @@
 //! Every service end to end through the real codec, encrypted and plaintext; handshake
 //! refusals; per-request errors that leave the connection usable.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! Graceful shutdown: stop accepting, let in-flight transfers finish within the grace period,
 //! then close whatever remains.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
+
 mod common;
 
 use std::time::{Duration, Instant};
