@@ -2,6 +2,9 @@
 //! helper rather than the crates directly: NIST SP 800-38A F.2.5 (AES-256-CBC) and RFC 4231
 //! (HMAC-SHA256).
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 use bytes::BytesMut;
 use ferry_protocol::crypto::{hmac_sha256, DirectionKeys, SealingKey, IV_LEN, TAG_LEN};
 use ferry_protocol::{FrameType, Header, RequestId, Service, HEADER_LEN};
@@ -15,7 +18,9 @@ fn nist_sp800_38a_f25_cbc_aes256_through_the_record_layer() {
     let key: [u8; 32] = unhex("603deb1015ca71be2b73aef0857d7781 1f352c073b6108d72d9810a30914dff4")
         .try_into()
         .unwrap();
-    let iv: [u8; 16] = unhex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+    let iv: [u8; 16] = unhex("000102030405060708090a0b0c0d0e0f")
+        .try_into()
+        .unwrap();
     let plaintext = unhex(
         "6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51
          30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710",
@@ -111,6 +116,11 @@ fn rfc4231_hmac_sha256() {
         // Feed the data in two parts to also exercise the multi-part interface.
         let (a, b) = data.split_at(data.len() / 2);
         let mac = hmac_sha256(key, &[a, b]);
-        assert_eq!(&mac[..expected.len()], &expected[..], "RFC 4231 case {}", i + 1);
+        assert_eq!(
+            &mac[..expected.len()],
+            &expected[..],
+            "RFC 4231 case {}",
+            i + 1
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! byte stream decodes to the same frames, plaintext or encrypted; arbitrary, truncated and
 //! bit-flipped input yields `Err`, never a panic; any tampered byte of a record is rejected.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::crypto::DirectionKeys;
 use ferry_protocol::message::{
@@ -47,15 +50,22 @@ fn arb_service() -> impl Strategy<Value = Service> {
 fn arb_message() -> impl Strategy<Value = Message> {
     let mode = prop_oneof![Just(Mode::ENCRYPTED), Just(Mode::PLAINTEXT)];
     prop_oneof![
-        (1u8..=255, any::<u8>(), mode.clone(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-            |(min, extra, mode, nonce, key_share)| Message::ClientHello(ClientHello {
-                min_version: min,
-                max_version: min.saturating_add(extra),
-                mode,
-                nonce,
-                key_share,
-            })
-        ),
+        (
+            1u8..=255,
+            any::<u8>(),
+            mode.clone(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(min, extra, mode, nonce, key_share)| Message::ClientHello(
+                ClientHello {
+                    min_version: min,
+                    max_version: min.saturating_add(extra),
+                    mode,
+                    nonce,
+                    key_share,
+                }
+            )),
         (any::<u8>(), mode, any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
             |(version, mode, nonce, key_share)| Message::ServerHello(ServerHello {
                 version,
@@ -66,20 +76,29 @@ fn arb_message() -> impl Strategy<Value = Message> {
         ),
         any::<[u8; 32]>().prop_map(|mac| Message::ServerFinished(Finished { mac })),
         any::<[u8; 32]>().prop_map(|mac| Message::ClientFinished(Finished { mac })),
-        (arb_path(), any::<bool>(), any::<u16>()).prop_map(|(p, r, d)| Message::ListRequest(
-            ListRequest::new(p, r, d).unwrap()
-        )),
+        (arb_path(), any::<bool>(), any::<u16>())
+            .prop_map(|(p, r, d)| Message::ListRequest(ListRequest::new(p, r, d).unwrap())),
         arb_path().prop_map(|p| Message::StatRequest(StatRequest::new(p).unwrap())),
         (arb_path(), any::<u64>(), any::<u64>())
             .prop_map(|(p, o, l)| Message::FetchRequest(FetchRequest::new(p, o, l).unwrap())),
         proptest::collection::vec(arb_entry(), 0..8)
             .prop_map(|entries| Message::ListPage(ListPage { entries })),
         arb_entry().prop_map(Message::StatResponse),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<i64>(), 0u32..1_000_000_000).prop_map(
-            |(size, a, b, mtime_secs, mtime_nanos)| {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<i64>(),
+            0u32..1_000_000_000
+        )
+            .prop_map(|(size, a, b, mtime_secs, mtime_nanos)| {
                 // Any valid range within the file.
                 let offset = if size == 0 { 0 } else { a % (size + 1) };
-                let length = if size - offset == 0 { 0 } else { b % (size - offset + 1) };
+                let length = if size - offset == 0 {
+                    0
+                } else {
+                    b % (size - offset + 1)
+                };
                 Message::FetchResponse(FetchResponse {
                     size,
                     mtime_secs,
@@ -87,8 +106,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     offset,
                     length,
                 })
-            }
-        ),
+            }),
         arb_bytes(300).prop_map(Message::Data),
         any::<u64>().prop_map(|entries| Message::ListEnd(ListEnd { entries })),
         (any::<u64>(), any::<[u8; 32]>())
@@ -99,8 +117,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 body: ErrorBody::new(ErrorCode(code), msg),
             }
         }),
-        prop_oneof![Just(Service::LIST), Just(Service::STAT), Just(Service::FETCH)]
-            .prop_map(|service| Message::Cancel { service }),
+        prop_oneof![
+            Just(Service::LIST),
+            Just(Service::STAT),
+            Just(Service::FETCH)
+        ]
+        .prop_map(|service| Message::Cancel { service }),
         arb_bytes(100).prop_map(Message::Ping),
         arb_bytes(100).prop_map(Message::Pong),
     ]
@@ -121,7 +143,10 @@ fn session_pair(encrypted: bool) -> (Session, Session) {
             Session::encrypted(1, 1 << 20, Role::Server, &c2s, &s2c),
         )
     } else {
-        (Session::plaintext(1, 1 << 20), Session::plaintext(1, 1 << 20))
+        (
+            Session::plaintext(1, 1 << 20),
+            Session::plaintext(1, 1 << 20),
+        )
     }
 }
 
@@ -129,12 +154,21 @@ fn session_pair(encrypted: bool) -> (Session, Session) {
 fn chunks(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut points: Vec<usize> = cuts
         .iter()
-        .map(|c| if bytes.is_empty() { 0 } else { c % (bytes.len() + 1) })
+        .map(|c| {
+            if bytes.is_empty() {
+                0
+            } else {
+                c % (bytes.len() + 1)
+            }
+        })
         .collect();
     points.push(0);
     points.push(bytes.len());
     points.sort_unstable();
-    points.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+    points
+        .windows(2)
+        .map(|w| bytes[w[0]..w[1]].to_vec())
+        .collect()
 }
 
 proptest! {

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Ferry beside the tools users would pick instead, measured side by side in one run on this
+# machine (everything on 127.0.0.1; outputs written into a tmpfs):
+#   - a 1 GiB fetch: ferry get (encrypted, plaintext) vs scp (default cipher, aes128-gcm),
+#     sftp, rsync over ssh, curl from nginx;
+#   - many small requests: ferry-load vs wrk on nginx, a 1 KiB file and a 100-entry listing,
+#     same connection count and duration, one request in flight per connection;
+#   - ceilings: iperf3 over loopback, and a tmpfs-to-tmpfs copy.
+# Every case gets a warm-up run; runs are interleaved across tools (memory and loopback figures
+# move ±15% between separate runs); medians of RUNS runs are printed with min–max.
+#
+#   benches/compare/run.sh                    # RUNS=3 SIZE_MB=1024 CONNS=64 SECONDS_PER_RUN=10
+#   RUNS=5 SIZE_MB=256 benches/compare/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${RUNS:-3}
+SIZE_MB=${SIZE_MB:-1024}
+CONNS=${CONNS:-64}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+
+log() { echo "[compare] $*" >&2; }
+
+need=()
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v rsync >/dev/null || need+=(rsync)
+command -v curl >/dev/null || need+=(curl)
+command -v wrk >/dev/null || need+=(wrk)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "run as root to install: ${need[*]}" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts the packaged daemons; this script runs its own on private ports.
+  service nginx stop >/dev/null 2>&1 || true
+fi
+
+log "building release binaries"
+cargo build --release -q -p ferry-server -p ferry-client -p ferry-bench
+BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+work=$(mktemp -d /tmp/ferry-compare.XXXXXX)
+base=$work/tmpfs
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  umount "$work/tmpfs" 2>/dev/null || true
+  rm -rf "$work" "$base"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$base"
+if [ "$(id -u)" = 0 ]; then
+  mount -t tmpfs -o size=$(( SIZE_MB * 3 + 512 ))m tmpfs "$base"
+else
+  # Without root, /dev/shm is the tmpfs at hand.
+  base=$(mktemp -d /dev/shm/ferry-compare.XXXXXX)
+fi
+data=$base/data; out=$base/out
+mkdir -p "$data/dir100" "$out"
+log "making test data: ${SIZE_MB} MiB file, 1 KiB file, 100-entry directory"
+head -c $(( SIZE_MB * 1024 * 1024 )) /dev/urandom > "$data/big.bin"
+head -c 1024 /dev/urandom > "$data/small.bin"
+for i in $(seq -w 1 100); do head -c 2048 /dev/urandom > "$data/dir100/file-$i.bin"; done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# --- ferry-server
+FERRY_PORT=$(free_port)
+key=$work/ferry.key
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key"; chmod 600 "$key"
+"$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
+pids+=($!)
+
+# --- sshd for scp, sftp and rsync
+SSH_PORT=$(free_port)
+mkdir -p "$work/ssh" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host_key"
+ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/id"
+cp "$work/ssh/id.pub" "$work/ssh/authorized_keys"
+cat > "$work/ssh/sshd_config" <<CONF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $work/ssh/host_key
+PidFile $work/ssh/sshd.pid
+AuthorizedKeysFile $work/ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+CONF
+/usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/sshd.log" &
+pids+=($!)
+SSH_OPTS=(-i "$work/ssh/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
+user=$(id -un)
+
+# --- nginx
+HTTP_PORT=$(free_port)
+mkdir -p "$work/nginx/tmp"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000000;
+  default_type application/octet-stream;
+  client_body_temp_path $work/nginx/tmp/body;
+  proxy_temp_path $work/nginx/tmp/proxy;
+  fastcgi_temp_path $work/nginx/tmp/fastcgi;
+  uwsgi_temp_path $work/nginx/tmp/uwsgi;
+  scgi_temp_path $work/nginx/tmp/scgi;
+  server { listen 127.0.0.1:$HTTP_PORT; root $data; autoindex on; }
+}
+CONF
+/usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+
+# --- iperf3
+IPERF_PORT=$(free_port)
+iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
+pids+=($!)
+
+for p in "$FERRY_PORT" "$SSH_PORT" "$HTTP_PORT" "$IPERF_PORT"; do wait_port "$p"; done
+log "servers up: ferry :$FERRY_PORT, sshd :$SSH_PORT, nginx :$HTTP_PORT, iperf3 :$IPERF_PORT"
+
+results=$work/results.csv
+: > "$results"
+now() { date +%s.%N; }
+
+# One timed fetch: name, output file, command... Records MB/s (10^6 bytes per second).
+fetch() {
+  local name=$1 dest=$2; shift 2
+  rm -f "$dest" "$dest.part"
+  local t0 t1
+  t0=$(now)
+  "$@" >/dev/null 2>>"$work/errors.log" || { echo "$name failed, see $work/errors.log" >&2; tail -5 "$work/errors.log" >&2; exit 1; }
+  t1=$(now)
+  local size; size=$(stat -c %s "$dest")
+  [ "$size" = "$(stat -c %s "$data/big.bin")" ] || { echo "$name wrote $size bytes" >&2; exit 1; }
+  python3 -c "print('$name,MB/s,%.1f' % ($size / ($t1 - $t0) / 1e6))" >> "$results"
+  rm -f "$dest"
+}
+
+ferry_get() { "$BIN/ferry" get --no-progress --force --key-file "$key" "$@"; }
+run_fetches() {
+  fetch "ferry get (encrypted)" "$out/ferry.bin" ferry_get "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferry.bin"
+  fetch "ferry get (plaintext)" "$out/ferryp.bin" ferry_get --plaintext "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferryp.bin"
+  fetch "scp (default cipher)" "$out/scp.bin" scp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scp.bin"
+  fetch "scp (aes128-gcm)" "$out/scpg.bin" scp -q -c aes128-gcm@openssh.com -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scpg.bin"
+  fetch "sftp" "$out/sftp.bin" sftp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" -b <(echo "get $data/big.bin $out/sftp.bin") "$user@127.0.0.1"
+  fetch "rsync (over ssh)" "$out/rsync.bin" rsync -q -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$user@127.0.0.1:$data/big.bin" "$out/rsync.bin"
+  fetch "curl from nginx" "$out/curl.bin" curl -sS -o "$out/curl.bin" "http://127.0.0.1:$HTTP_PORT/big.bin"
+  fetch "tmpfs copy (ceiling)" "$out/cp.bin" cp "$data/big.bin" "$out/cp.bin"
+  iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
+    | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
+}
+
+load_rate() { # name, url path, mix
+  "$BIN/ferry-load" server "ferry://127.0.0.1:$FERRY_PORT/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
+    --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads 2 --json 2>>"$work/errors.log" \
+    | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('$1,req/s,%.0f' % r['requests_per_s'])" >> "$results"
+}
+wrk_rate() { # name, url
+  wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "$2" 2>>"$work/errors.log" \
+    | python3 -c "import sys,re; t=sys.stdin.read(); m=re.search(r'Requests/sec:\s*([0-9.]+)', t); assert m and 'Non-2xx' not in t, t; print('$1,req/s,%.0f' % float(m.group(1)))" >> "$results"
+}
+run_rates() {
+  load_rate "ferry-load 1 KiB fetch" "" "fetch-small=1"
+  wrk_rate "wrk+nginx 1 KiB" "http://127.0.0.1:$HTTP_PORT/small.bin"
+  load_rate "ferry-load list 100" "dir100" "list=1"
+  wrk_rate "wrk+nginx autoindex 100" "http://127.0.0.1:$HTTP_PORT/dir100/"
+}
+
+log "warm-up round"
+run_fetches; run_rates
+: > "$results"
+for round in $(seq 1 "$RUNS"); do
+  log "round $round of $RUNS"
+  run_fetches; run_rates
+done
+
+python3 - "$results" "$RUNS" "$CONNS" <<'PY'
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+runs, conns = sys.argv[2], sys.argv[3]
+by = {}
+for name, unit, value in rows:
+    by.setdefault(name, (unit, []))[1].append(float(value))
+med = {k: statistics.median(v) for k, (_, v) in by.items()}
+print(f"\nFerry vs the alternatives — medians of {runs} interleaved runs, min–max in brackets, {conns} connections for request rates\n")
+print(f"{'case':<28} {'median':>12} {'unit':<6} {'min–max':>22}")
+for name, (unit, values) in by.items():
+    print(f"{name:<28} {med[name]:>12.1f} {unit:<6} {f'[{min(values):.1f}–{max(values):.1f}]':>22}")
+targets = [
+    ("ferry get (encrypted)", "scp (default cipher)", 1.5),
+    ("ferry get (encrypted)", "scp (aes128-gcm)", 1.0),
+    ("ferry get (encrypted)", "sftp", None),
+    ("ferry get (encrypted)", "rsync (over ssh)", None),
+    ("ferry get (plaintext)", "curl from nginx", 1.0),
+    ("ferry get (plaintext)", "iperf3 loopback (ceiling)", None),
+    ("ferry get (plaintext)", "tmpfs copy (ceiling)", None),
+    ("ferry-load 1 KiB fetch", "wrk+nginx 1 KiB", 1.0),
+    ("ferry-load list 100", "wrk+nginx autoindex 100", 2.0),
+]
+print(f"\n{'ratio':<56} {'value':>7} {'target':>7}  verdict")
+for a, b, target in targets:
+    if a in med and b in med and med[b] > 0:
+        r = med[a] / med[b]
+        verdict = "(ceiling)" if target is None else ("meets" if r >= target else "BELOW")
+        t = "-" if target is None else f"{target:.1f}"
+        print(f"{a + ' / ' + b:<56} {r:>7.2f} {t:>7}  {verdict}")
+PY

@@ -1,0 +1,368 @@
+//! `ferry-load server`: C connections, each keeping K requests in flight (closed loop), or
+//! issuing at a fixed total rate R (open loop). In open loop every request has an intended send
+//! time on a fixed schedule and its latency is measured from that time, so a server stall shows
+//! up as latency instead of silently lowering the offered load (coordinated omission).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferry_protocol::conn::RequestIds;
+use ferry_protocol::message::{EntryKind, ListRequest};
+use ferry_protocol::{Message, RequestId};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::{dial, Dial, LoadConn};
+use super::stats::{collect, Recorder, Summary};
+use super::workload::{Mix, Op, Targets};
+
+/// When the run ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    After(Duration),
+    Requests(u64),
+}
+
+/// Settings of a server run.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub dial: Dial,
+    pub connections: usize,
+    pub in_flight: usize,
+    pub mix: Mix,
+    pub stop: Stop,
+    /// Total requests per second across connections (open loop); `None` = closed loop.
+    pub rate: Option<f64>,
+    pub targets: Targets,
+    /// Hash fetched data and compare with the server's SHA-256 (costs load-generator CPU).
+    pub verify: bool,
+    /// Print one line per second to stderr.
+    pub live: bool,
+}
+
+struct Pending {
+    op: Op,
+    started: Instant,
+    bytes: u64,
+    hasher: Option<Sha256>,
+}
+
+/// Upper bound on how long a run may go on after its stop condition, waiting for answers.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the load and returns the summary.
+pub async fn run(options: ServerOptions) -> Summary {
+    let options = Arc::new(options);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let start = Instant::now();
+    let live = options.live;
+    let collector = std::thread::spawn(move || collect(rx, start, live));
+    let budget = Arc::new(AtomicI64::new(match options.stop {
+        Stop::Requests(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Stop::After(_) => i64::MAX,
+    }));
+    let deadline = match options.stop {
+        Stop::After(d) => start + d,
+        // A request-count run still ends eventually if the server stops answering.
+        Stop::Requests(_) => start + Duration::from_secs(24 * 3600),
+    };
+    let mut tasks = Vec::new();
+    for index in 0..options.connections {
+        let recorder = Recorder::new(tx.clone());
+        let options = options.clone();
+        let budget = budget.clone();
+        tasks.push(tokio::spawn(async move {
+            worker(index, &options, recorder, &budget, start, deadline).await
+        }));
+    }
+    drop(tx);
+    for task in tasks {
+        let _ = task.await;
+    }
+    collector
+        .join()
+        .unwrap_or_else(|_| panic!("the stats collector thread panicked"))
+}
+
+/// One connection's loop; reconnects after failures until the run ends.
+async fn worker(
+    index: usize,
+    options: &ServerOptions,
+    mut recorder: Recorder,
+    budget: &AtomicI64,
+    start: Instant,
+    deadline: Instant,
+) {
+    // Open loop: this connection's share of the rate, staggered so connections interleave.
+    let period = options
+        .rate
+        .map(|r| Duration::from_secs_f64(options.connections as f64 / r.max(1e-9)));
+    let mut next_due = period.map(|p| start + p.mul_f64(index as f64 / options.connections as f64));
+    while Instant::now() < deadline && budget.load(Ordering::Relaxed) > 0 {
+        let attempt = Instant::now();
+        match dial(&options.dial).await {
+            Ok(conn) => {
+                if let Err(what) = drive(
+                    conn,
+                    options,
+                    &mut recorder,
+                    budget,
+                    deadline,
+                    period,
+                    &mut next_due,
+                )
+                .await
+                {
+                    recorder.error(attempt.elapsed(), what);
+                } else {
+                    return;
+                }
+            }
+            Err(what) => {
+                recorder.error(attempt.elapsed(), what);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Drives one connection. `Ok` when the run ended normally; `Err` names what broke it (the
+/// requests then in flight have been counted as failed).
+async fn drive(
+    mut conn: LoadConn,
+    options: &ServerOptions,
+    recorder: &mut Recorder,
+    budget: &AtomicI64,
+    deadline: Instant,
+    period: Option<Duration>,
+    next_due: &mut Option<Instant>,
+) -> Result<(), String> {
+    // A per-connection generator: `thread_rng` is not `Send` across awaits.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+    let mut ids = RequestIds::default();
+    let mut pending: HashMap<RequestId, Pending> = HashMap::new();
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut issuing = true;
+    let fail_all =
+        |pending: &mut HashMap<RequestId, Pending>, recorder: &mut Recorder, what: &str| {
+            for (_, p) in pending.drain() {
+                recorder.error(p.started.elapsed(), what.to_string());
+            }
+        };
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            issuing = false;
+        }
+        while issuing && pending.len() < options.in_flight {
+            let started = match (period, next_due.as_mut()) {
+                (Some(p), Some(due)) if *due <= now => {
+                    let intended = *due;
+                    *due += p;
+                    intended
+                }
+                (Some(_), _) => break,
+                (None, _) => now,
+            };
+            if budget.fetch_sub(1, Ordering::Relaxed) <= 0 {
+                issuing = false;
+                break;
+            }
+            let op = options.mix.pick(&mut rng);
+            let Some(message) = options.targets.request(op) else {
+                recorder.error(Duration::ZERO, format!("no target for {}", op.name()));
+                continue;
+            };
+            let mut id = ids.next_id();
+            while pending.contains_key(&id) {
+                id = ids.next_id();
+            }
+            conn.send
+                .write_message(id, &message, &mut out)
+                .map_err(|e| format!("encode: {e}"))?;
+            pending.insert(
+                id,
+                Pending {
+                    op,
+                    started,
+                    bytes: 0,
+                    hasher: (options.verify && matches!(op, Op::FetchSmall | Op::FetchLarge))
+                        .then(Sha256::new),
+                },
+            );
+        }
+        if !issuing && pending.is_empty() {
+            return Ok(());
+        }
+        if !out.is_empty() {
+            if let Err(e) = conn.writer.write_all(&out).await {
+                fail_all(&mut pending, recorder, "connection closed");
+                return Err(format!("write: {e}"));
+            }
+            out.clear();
+        }
+        // Wake for the next scheduled request, the end of the run, or data.
+        let wake = match (*next_due, issuing) {
+            (Some(due), true) => due.min(deadline),
+            _ if issuing => deadline,
+            _ => deadline.max(Instant::now()) + DRAIN,
+        };
+        tokio::select! {
+            read = conn.reader.read_buf(&mut conn.read_buf) => match read {
+                Ok(0) | Err(_) => {
+                    fail_all(&mut pending, recorder, "connection closed");
+                    return Err("connection closed by server".into());
+                }
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if !issuing && Instant::now() >= wake {
+                    fail_all(&mut pending, recorder, "no answer before the run ended");
+                    return Ok(());
+                }
+            }
+        }
+        loop {
+            let frame = match conn.recv.read_frame(&mut conn.read_buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let what = format!("connection error: {} ({})", e, e.code());
+                    fail_all(&mut pending, recorder, &what);
+                    return Err(what);
+                }
+            };
+            let message = match frame.message() {
+                Ok(message) => message,
+                Err(e) => {
+                    if let Some(p) = pending.remove(&frame.header.id) {
+                        recorder.error(p.started.elapsed(), format!("malformed reply: {e}"));
+                    }
+                    continue;
+                }
+            };
+            if frame.header.id == RequestId::CONNECTION {
+                // Keep-alive from the server; answer so it does not drop us.
+                if let Message::Ping(payload) = message {
+                    let _ =
+                        conn.send
+                            .write_message(frame.header.id, &Message::Pong(payload), &mut out);
+                }
+                continue;
+            }
+            let Some(p) = pending.get_mut(&frame.header.id) else {
+                continue;
+            };
+            let done = match message {
+                Message::ListPage(_) => {
+                    p.bytes += frame.body.len() as u64;
+                    None
+                }
+                Message::FetchResponse(_) => None,
+                Message::Data(data) => {
+                    p.bytes += data.len() as u64;
+                    if let Some(h) = p.hasher.as_mut() {
+                        h.update(&data);
+                    }
+                    None
+                }
+                Message::FetchEnd(end) => {
+                    let digest = p.hasher.take().map(|h| <[u8; 32]>::from(h.finalize()));
+                    Some(if end.bytes != p.bytes {
+                        Err("integrity: byte count mismatch".to_string())
+                    } else if digest.is_some_and(|d| d != end.sha256) {
+                        Err("integrity: SHA-256 mismatch".to_string())
+                    } else {
+                        Ok(())
+                    })
+                }
+                Message::ListEnd(_) | Message::StatResponse(_) | Message::Pong(_) => Some(Ok(())),
+                Message::Error { body, .. } => Some(Err(body.code.to_string())),
+                other => Some(Err(format!("unexpected {:?}", other.kind()))),
+            };
+            if let Some(result) = done {
+                if let Some(p) = pending.remove(&frame.header.id) {
+                    let latency = p.started.elapsed();
+                    match result {
+                        Ok(()) => recorder.ok(latency, p.bytes),
+                        Err(what) => recorder.error(latency, format!("{}: {what}", p.op.name())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Finds targets on the server when the user named none: the listed directory is the root, the
+/// small file is the smallest non-empty file (stat targets it too), the large file the largest.
+pub async fn discover(dial_to: &Dial, mut targets: Targets) -> Result<Targets, String> {
+    let mut conn = dial(dial_to).await?;
+    let id = RequestId(1);
+    let mut out = BytesMut::new();
+    let list = Message::ListRequest(
+        ListRequest::new(targets.list_dir.clone(), true, 3).map_err(|e| e.to_string())?,
+    );
+    conn.send
+        .write_message(id, &list, &mut out)
+        .map_err(|e| e.to_string())?;
+    conn.writer
+        .write_all(&out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut files = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'read: loop {
+        while let Some(frame) = conn
+            .recv
+            .read_frame(&mut conn.read_buf)
+            .map_err(|e| e.to_string())?
+        {
+            match frame.message().map_err(|e| e.to_string())? {
+                Message::ListPage(page) => files.extend(
+                    page.entries
+                        .into_iter()
+                        .filter(|e| e.kind == EntryKind::FILE && e.size > 0),
+                ),
+                Message::ListEnd(_) => break 'read,
+                Message::Error { body, .. } => {
+                    return Err(format!("listing {:?}: {}", targets.list_dir, body))
+                }
+                _ => {}
+            }
+        }
+        let read =
+            tokio::time::timeout_at(deadline.into(), conn.reader.read_buf(&mut conn.read_buf))
+                .await
+                .map_err(|_| "listing the server timed out".to_string())?;
+        if read.map_err(|e| e.to_string())? == 0 {
+            return Err("server closed the connection while listing".into());
+        }
+    }
+    let prefix = if targets.list_dir.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", targets.list_dir)
+    };
+    files.sort_by_key(|e| e.size);
+    if targets.small_file.is_empty() {
+        if let Some(small) = files.first() {
+            targets.small_file = format!("{prefix}{}", small.name);
+        }
+    }
+    if targets.large_file.is_empty() {
+        if let Some(large) = files.last() {
+            targets.large_file = format!("{prefix}{}", large.name);
+        }
+    }
+    if targets.stat.is_empty() {
+        targets.stat = if targets.small_file.is_empty() {
+            targets.list_dir.clone()
+        } else {
+            targets.small_file.clone()
+        };
+    }
+    Ok(targets)
+}
