@@ -2,6 +2,9 @@
 //! command, overwrite refusal, resume after the server dies mid-transfer, integrity failure
 //! when the file changed under a resume, error messages and exit codes, and batch mode.
 
+// Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::PathBuf;

@@ -2,6 +2,9 @@
 //! and remote paths, persistent history, Ctrl-C cancelling a foreground transfer while the
 //! shell goes on, and background jobs.
 
+// Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

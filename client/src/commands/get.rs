@@ -60,13 +60,12 @@ async fn fetch_one(
         }
         Err(e) => {
             let part = part_path(dest);
-            if matches!(e, ClientError::Interrupted) || e.is_connection_error() {
-                if part.exists() {
-                    ctx.note(&format!(
-                        "partial download kept in {}; run the same command again to resume",
-                        part.display()
-                    ));
-                }
+            let stopped = matches!(e, ClientError::Interrupted) || e.is_connection_error();
+            if stopped && part.exists() {
+                ctx.note(&format!(
+                    "partial download kept in {}; run the same command again to resume",
+                    part.display()
+                ));
             }
             Err(e)
         }

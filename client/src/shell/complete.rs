@@ -21,10 +21,13 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Completion must not hang the prompt on a slow server.
 const LIST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A listing and when it was fetched.
+type Cached = (Instant, Arc<Vec<Entry>>);
+
 /// Directory listings by remote path, shared between the shell and its completer.
 #[derive(Debug, Default)]
 pub struct ListCache {
-    dirs: Mutex<HashMap<String, (Instant, Arc<Vec<Entry>>)>>,
+    dirs: Mutex<HashMap<String, Cached>>,
 }
 
 impl ListCache {

@@ -2,7 +2,8 @@
 //! crashed process), a throttling and cutting TCP proxy, and a runner for the `ferry` binary
 //! with an isolated HOME.
 
-#![allow(dead_code)]
+// Test support: a failed setup step should fail the test loudly.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,149 @@
+//! The library against a real server: many requests multiplexed on one connection, ranges,
+//! cancellation by dropping a stream (the connection stays usable), recursive listings, ping,
+//! and plaintext sessions.
+
+// Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{data, tree, TestServer};
+use ferry_client::{Client, ClientConfig, ClientError, FerryUrl};
+use ferry_protocol::message::TO_END;
+use ferry_protocol::{ErrorCode, Key};
+use sha2::{Digest, Sha256};
+
+/// The server has its own runtime, so tests start it first, then run their async body.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn server(big: usize) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), big);
+    let key = Key::generate();
+    let server = TestServer::start(dir.path(), &key);
+    (dir, server)
+}
+
+#[test]
+fn concurrent_fetches_share_one_connection() {
+    let size = 2 << 20;
+    let (_dir, server) = server(size);
+    block_on(async {
+        let client = Client::connect(server.addr, ClientConfig::new(server.key.clone()))
+            .await
+            .unwrap();
+        let expected = data(size, 42);
+        // Eight ranges of the same file at once, plus listings and pings interleaved.
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let offset = i * (size as u64 / 8);
+                let mut stream = client
+                    .fetch("big.bin", offset, size as u64 / 8)
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while let Some(chunk) = stream.chunk().await.unwrap() {
+                    got.extend_from_slice(&chunk);
+                }
+                assert_eq!(stream.sha256(), Some(Sha256::digest(&got).into()));
+                (offset as usize, got)
+            }));
+        }
+        let listing = client.list("", true, 8).await.unwrap();
+        assert!(listing.iter().any(|e| e.name == "docs/deep/x.bin"));
+        client.ping(Bytes::from_static(b"x")).await.unwrap();
+        for task in tasks {
+            let (offset, got) = task.await.unwrap();
+            assert_eq!(got, expected[offset..offset + size / 8]);
+        }
+    });
+}
+
+#[test]
+fn dropping_a_fetch_cancels_it_and_the_connection_goes_on() {
+    let (_dir, server) = server(8 << 20);
+    block_on(async {
+        let client = Client::connect(server.addr, ClientConfig::new(server.key.clone()))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let mut stream = client.fetch("big.bin", 0, TO_END).await.unwrap();
+            assert_eq!(stream.response().size, 8 << 20);
+            let first = stream.chunk().await.unwrap().unwrap();
+            assert!(!first.is_empty());
+            drop(stream);
+        }
+        // Whatever was still in flight for the cancelled fetches is discarded; new requests work.
+        let (_, small) = client.fetch_all("a.txt").await.unwrap();
+        assert_eq!(small, b"alpha\n");
+        assert_eq!(client.stat("docs").await.unwrap().name, "docs");
+        assert!(!client.is_closed());
+    });
+}
+
+#[test]
+fn remote_errors_keep_their_code() {
+    let (_dir, server) = server(100);
+    block_on(async {
+        let client = Client::connect(server.addr, ClientConfig::new(server.key.clone()))
+            .await
+            .unwrap();
+        let err = client.fetch("missing", 0, TO_END).await.unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::NOT_FOUND));
+        assert_eq!(err.exit_code(), 1);
+        let err = client.list("a.txt", false, 0).await.unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::NOT_A_DIRECTORY));
+        let err = client.fetch("big.bin", 1000, 10).await.unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::INVALID_RANGE));
+        let err = client.stat("../etc").await.unwrap_err();
+        assert!(matches!(err, ClientError::Remote(_)), "{err}");
+    });
+}
+
+#[test]
+fn plaintext_sessions_and_urls() {
+    let (_dir, server) = server(100_000);
+    block_on(async {
+        let url: FerryUrl = server.url("").parse().unwrap();
+        let client = Client::connect(&url, ClientConfig::new(server.key.clone()).plaintext(true))
+            .await
+            .unwrap();
+        let (head, body) = client.fetch_all("big.bin").await.unwrap();
+        assert_eq!(head.size, 100_000);
+        assert_eq!(body, data(100_000, 42));
+        let rtt = client.ping(Bytes::from(vec![7u8; 4096])).await.unwrap();
+        assert!(rtt < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn connect_failures_are_classified() {
+    let (_dir, server) = server(100);
+    block_on(async {
+        let err = Client::connect(server.addr, ClientConfig::new(Key::generate()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Auth { .. }), "{err}");
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = Client::connect(free, ClientConfig::new(Key::generate()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+        assert_eq!(err.exit_code(), 3);
+    });
+}
