@@ -104,11 +104,12 @@ impl Key {
             path: path.display().to_string(),
             source,
         };
-        let bytes = std::fs::read(path).map_err(io)?;
+        // Check the permissions of the file we actually opened, before reading the secret.
+        let mut file = std::fs::File::open(path).map_err(io)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(KeyError::Permissions {
                     path: path.display().to_string(),
@@ -116,6 +117,10 @@ impl Key {
                 });
             }
         }
+        let mut bytes = Vec::with_capacity(128);
+        // A key file is tiny; refuse to slurp something that is obviously not one.
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 4096), &mut bytes)
+            .map_err(io)?;
         if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
             return Ok(Self(raw));
         }
@@ -158,10 +163,12 @@ impl FromStr for Key {
             hex::decode(s).map_err(|_| KeyError::InvalidEncoding)?
         } else {
             use base64::engine::general_purpose as b64;
-            let unpadded = s.trim_end_matches('=');
-            b64::STANDARD_NO_PAD
-                .decode(unpadded)
-                .or_else(|_| b64::URL_SAFE_NO_PAD.decode(unpadded))
+            // Exactly one padding style per engine, so stray '=' are rejected.
+            b64::STANDARD
+                .decode(s)
+                .or_else(|_| b64::STANDARD_NO_PAD.decode(s))
+                .or_else(|_| b64::URL_SAFE.decode(s))
+                .or_else(|_| b64::URL_SAFE_NO_PAD.decode(s))
                 .map_err(|_| KeyError::InvalidEncoding)?
         };
         <[u8; 32]>::try_from(bytes.as_slice())

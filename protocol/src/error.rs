@@ -124,10 +124,13 @@ impl ErrorCode {
         Category((self.0 >> 8) as u8)
     }
 
-    /// Whether an error with this code ends the whole connection rather than one request.
+    /// Whether this code can only describe the connection as a whole (spec §6.3): the
+    /// handshake and record failures, a corrupt frame and a version mismatch. Every other code
+    /// is scoped by the id of the error frame that carries it: id 0 ends the connection, any
+    /// other id ends only that request.
     pub fn is_connection_fatal(self) -> bool {
-        matches!(self.category(), Category::PROTOCOL | Category::AUTH)
-            || self == Self::SHUTTING_DOWN
+        self.category() == Category::AUTH
+            || matches!(self, Self::BAD_FRAME | Self::UNSUPPORTED_VERSION)
     }
 }
 
@@ -176,11 +179,14 @@ impl DecodeError {
     /// The wire code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadMagic(_) | Self::Truncated { .. } => ErrorCode::BAD_FRAME,
+            Self::BadMagic(_) => ErrorCode::BAD_FRAME,
             Self::UnsupportedVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
             Self::TooLarge { .. } => ErrorCode::TOO_LARGE,
             Self::UnknownMessage { .. } => ErrorCode::UNKNOWN_REQUEST,
-            Self::TrailingBytes(_)
+            // The frame decoder waits for whole frames, so a short read is always a body
+            // shorter than its own fields say.
+            Self::Truncated { .. }
+            | Self::TrailingBytes(_)
             | Self::InvalidUtf8
             | Self::InvalidValue { .. }
             | Self::StringTooLong(_) => ErrorCode::MALFORMED_MESSAGE,

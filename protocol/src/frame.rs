@@ -85,6 +85,9 @@ pub struct FrameDecoder {
     versions: RangeInclusive<u8>,
     /// Header of a frame whose body has not fully arrived, so it is checked only once.
     pending: Option<Header>,
+    /// The first error, returned again on every later call: after a bad header the stream
+    /// cannot be resynchronised, and a caller that kept reading must not loop or misparse.
+    failed: Option<DecodeError>,
 }
 
 impl Default for FrameDecoder {
@@ -101,6 +104,7 @@ impl FrameDecoder {
             max_body: max_body.min(MAX_BODY_LIMIT),
             versions: MIN_VERSION..=VERSION,
             pending: None,
+            failed: None,
         }
     }
 
@@ -131,6 +135,17 @@ impl FrameDecoder {
     /// Like [`FrameDecoder::decode`], but hands the body back mutable so it can be decrypted
     /// in place.
     pub fn decode_raw(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<(Header, BytesMut)>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.decode_inner(src)
+            .inspect_err(|e| self.failed = Some(e.clone()))
+    }
+
+    fn decode_inner(
         &mut self,
         src: &mut BytesMut,
     ) -> Result<Option<(Header, BytesMut)>, DecodeError> {
@@ -263,6 +278,17 @@ mod tests {
         .encode(&mut buf);
         assert_eq!(decoder.decode(&mut buf), Ok(None));
         assert!(buf.capacity() <= 128 * 1024, "reserved {}", buf.capacity());
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut decoder = FrameDecoder::new(1000);
+        let mut buf = BytesMut::new();
+        Header::new(FrameType::DATA, Service::FETCH, RequestId(1), 5000).encode(&mut buf);
+        let first = decoder.decode(&mut buf).unwrap_err();
+        // Even a valid frame afterwards is not parsed: the stream position is lost.
+        Frame::from_message(RequestId(2), &Message::Ping("x".into())).encode(&mut buf);
+        assert_eq!(decoder.decode(&mut buf).unwrap_err(), first);
     }
 
     #[test]

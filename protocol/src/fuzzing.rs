@@ -16,9 +16,15 @@ pub fn decode_stream(data: &[u8]) {
         let mut again = Vec::new();
         frame.encode(&mut again);
         assert_eq!(again.len(), frame.encoded_len());
-        if let Ok(message) = Message::decode(frame.header.kind, frame.header.service, frame.body.clone()) {
+        if let Ok(message) =
+            Message::decode(frame.header.kind, frame.header.service, frame.body.clone())
+        {
             assert_eq!(message.encoded_len(), frame.body.len());
-            assert_eq!(message.to_bytes(), frame.body, "decode → encode changed the body");
+            assert_eq!(
+                message.to_bytes(),
+                frame.body,
+                "decode → encode changed the body"
+            );
             assert_eq!(message.kind(), (frame.header.kind, frame.header.service));
         }
     }

@@ -237,6 +237,10 @@ impl ClientHandshake {
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
         let received = raw_frame(&frame);
+        // Handshake frames belong to the connection: id 0 (spec §4.1).
+        if frame.header.id != RequestId::CONNECTION {
+            return Err(HandshakeError::AuthenticationFailed);
+        }
         let message = frame
             .message()
             .map_err(|_| HandshakeError::AuthenticationFailed)?;
@@ -322,7 +326,11 @@ impl ServerHandshake {
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
         let received = raw_frame(&frame);
-        // Malformed input is answered exactly like a wrong key (spec §4.4).
+        // Malformed input, including a handshake frame with a request id, is answered exactly
+        // like a wrong key (spec §4.4).
+        if frame.header.id != RequestId::CONNECTION {
+            return Err(HandshakeError::AuthenticationFailed);
+        }
         let message = frame
             .message()
             .map_err(|_| HandshakeError::AuthenticationFailed)?;
@@ -539,6 +547,21 @@ mod tests {
             server.handle_frame(frame, &mut BytesMut::new()),
             Err(HandshakeError::NoCommonVersion { theirs_min: 7, .. })
         ));
+    }
+
+    #[test]
+    fn handshake_frames_with_a_request_id_are_refused() {
+        let mut c2s = BytesMut::new();
+        let _client = ClientHandshake::start(ClientConfig::new(Key::generate()), &mut c2s);
+        let mut hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
+        hello.header.id = RequestId(5);
+        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        assert_eq!(
+            server
+                .handle_frame(hello, &mut BytesMut::new())
+                .unwrap_err(),
+            HandshakeError::AuthenticationFailed
+        );
     }
 
     #[test]

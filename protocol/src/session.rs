@@ -4,8 +4,8 @@
 use bytes::BytesMut;
 
 use crate::crypto::{max_plaintext, DirectionKeys, OpeningKey, SealingKey};
-use crate::error::{DecodeError, Error};
-use crate::frame::{encode_plain, Frame, FrameDecoder};
+use crate::error::{CryptoError, DecodeError, Error};
+use crate::frame::{encode_plain, Frame, FrameDecoder, DEFAULT_MAX_BODY};
 use crate::header::{FrameType, Header, RequestId, Service};
 use crate::message::{Message, Mode};
 
@@ -38,6 +38,9 @@ pub struct SendHalf {
 pub struct RecvHalf {
     decoder: FrameDecoder,
     open: Option<OpeningKey>,
+    /// A record failure, repeated on every later call: the stream cannot be resynchronised.
+    /// (The decoder remembers its own failures.)
+    failed: Option<CryptoError>,
 }
 
 impl Session {
@@ -68,8 +71,9 @@ impl Session {
     fn new(version: u8, max_body: u32, crypto: Option<(SealingKey, OpeningKey)>) -> Self {
         let mut decoder = FrameDecoder::new(max_body);
         decoder.set_version(version);
-        // Peers use the same default cap (spec §7), so our own cap bounds what we send too.
-        let cap = decoder.max_body() as usize;
+        // Receive caps are not negotiated: every receiver accepts DEFAULT_MAX_BODY (spec §7),
+        // so that, not our own receive cap, bounds what we send.
+        let cap = decoder.max_body().min(DEFAULT_MAX_BODY) as usize;
         let max_payload = if crypto.is_some() {
             max_plaintext(cap)
         } else {
@@ -86,7 +90,11 @@ impl Session {
                 seal,
                 scratch: Vec::new(),
             },
-            recv: RecvHalf { decoder, open },
+            recv: RecvHalf {
+                decoder,
+                open,
+                failed: None,
+            },
         }
     }
 
@@ -196,6 +204,7 @@ impl SendHalf {
         if let Message::Data(body) | Message::Ping(body) | Message::Pong(body) = message {
             return self.write_frame(kind, service, id, body, dst);
         }
+        message.check_encodable()?;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         message.encode(&mut scratch);
@@ -212,13 +221,18 @@ impl RecvHalf {
     }
 
     /// Takes one frame off `src` if it has fully arrived, verifying and decrypting its body.
-    /// Any error means the connection must close.
+    /// Any error means the connection must close; it is returned again on every later call.
     pub fn read_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
         let Some((header, body)) = self.decoder.decode_raw(src)? else {
             return Ok(None);
         };
         let body = match &mut self.open {
-            Some(open) => open.open(&header, body)?,
+            Some(open) => open
+                .open(&header, body)
+                .inspect_err(|e| self.failed = Some(*e))?,
             None => body.freeze(),
         };
         Ok(Some(Frame { header, body }))

@@ -7,11 +7,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
 use crate::error::Error;
+use crate::error::HandshakeError;
 use crate::frame::Frame;
 use crate::handshake::{
     handshake_decoder, write_error, ClientConfig, ClientHandshake, ServerConfig, ServerHandshake,
 };
-use crate::header::RequestId;
+use crate::header::{FrameType, RequestId};
 use crate::message::Message;
 use crate::session::Session;
 
@@ -85,19 +86,28 @@ where
     let mut decoder = handshake_decoder();
     let mut buf = BytesMut::with_capacity(4096);
     loop {
-        while let Some(frame) = decoder
-            .decode(&mut buf)
-            .map_err(|_| crate::HandshakeError::AuthenticationFailed)?
-        {
-            out.clear();
-            let done = match handshake.handle_frame(frame, &mut out) {
-                Ok(done) => done,
+        loop {
+            let (step, peer_sent_error) = match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    let is_error = frame.header.kind == FrameType::ERROR;
+                    out.clear();
+                    (handshake.handle_frame(frame, &mut out), is_error)
+                }
+                // A malformed frame is treated exactly like a wrong key.
+                Err(_) => (Err(HandshakeError::AuthenticationFailed), false),
+            };
+            match step {
+                Ok(done) => {
+                    io.write_all(&out).await?;
+                    io.flush().await?;
+                    if let Some(session) = done {
+                        return Ok((session, buf));
+                    }
+                }
                 Err(error) => {
-                    // Tell the server why, unless it was the server that refused us.
-                    if !matches!(
-                        error,
-                        crate::HandshakeError::Refused(_) | crate::HandshakeError::PlaintextRefused
-                    ) {
+                    // Tell the server why, but never answer an error with an error (spec §4.4).
+                    if !peer_sent_error {
                         out.clear();
                         write_error(&error, &mut out);
                         let _ = io.write_all(&out).await;
@@ -105,11 +115,6 @@ where
                     }
                     return Err(error.into());
                 }
-            };
-            io.write_all(&out).await?;
-            io.flush().await?;
-            if let Some(session) = done {
-                return Ok((session, buf));
             }
         }
         if io.read_buf(&mut buf).await? == 0 {
@@ -133,14 +138,15 @@ where
     let mut out = BytesMut::new();
     loop {
         loop {
-            let step = match decoder.decode(&mut buf) {
+            let (step, peer_sent_error) = match decoder.decode(&mut buf) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
+                    let is_error = frame.header.kind == FrameType::ERROR;
                     out.clear();
-                    handshake.handle_frame(frame, &mut out)
+                    (handshake.handle_frame(frame, &mut out), is_error)
                 }
                 // A malformed frame is answered exactly like a wrong key.
-                Err(_) => Err(crate::HandshakeError::AuthenticationFailed),
+                Err(_) => (Err(HandshakeError::AuthenticationFailed), false),
             };
             match step {
                 Ok(done) => {
@@ -151,10 +157,13 @@ where
                     }
                 }
                 Err(error) => {
-                    out.clear();
-                    write_error(&error, &mut out);
-                    // The peer may already be gone; the handshake error is what matters.
-                    let _ = io.write_all(&out).await;
+                    // Never answer an error with an error (spec §4.4). The peer may already be
+                    // gone; the handshake error is what matters.
+                    if !peer_sent_error {
+                        out.clear();
+                        write_error(&error, &mut out);
+                        let _ = io.write_all(&out).await;
+                    }
                     let _ = io.shutdown().await;
                     return Err(error.into());
                 }

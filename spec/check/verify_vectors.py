@@ -209,7 +209,7 @@ class Reader:
 
     def take(self, n):
         if self.pos + n > len(self.data):
-            fail("BAD_FRAME", "truncated body")
+            fail("MALFORMED_MESSAGE", "truncated body")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out

@@ -155,6 +155,29 @@ impl Message {
         }
     }
 
+    /// Checks that the message fits the wire format: strings of at most 65 535 bytes and list
+    /// pages of at most 65 535 entries. Public fields make it possible to build one that does
+    /// not, and encoding it would silently corrupt the body.
+    pub fn check_encodable(&self) -> Result<(), DecodeError> {
+        match self {
+            Self::ListRequest(m) => check_str(&m.path),
+            Self::StatRequest(m) => check_str(&m.path),
+            Self::FetchRequest(m) => check_str(&m.path),
+            Self::StatResponse(entry) => check_str(&entry.name),
+            Self::ListPage(page) => {
+                if page.entries.len() > u16::MAX as usize {
+                    return Err(DecodeError::InvalidValue {
+                        field: "list page entry count",
+                        value: page.entries.len() as u64,
+                    });
+                }
+                page.entries.iter().try_for_each(|e| check_str(&e.name))
+            }
+            Self::Error { body, .. } => check_str(&body.message),
+            _ => Ok(()),
+        }
+    }
+
     /// The body as bytes.
     pub fn to_bytes(&self) -> Bytes {
         let mut out = Vec::with_capacity(self.encoded_len());
@@ -223,7 +246,8 @@ pub(crate) fn get_str(src: &mut Bytes) -> Result<String, DecodeError> {
 }
 
 pub(crate) fn put_str(dst: &mut impl BufMut, s: &str) {
-    // Constructors check the length (`check_str`), so the cast cannot truncate.
+    // `Message::check_encodable` runs before anything reaches the wire, so the cast cannot
+    // truncate there.
     dst.put_u16(s.len() as u16);
     dst.put_slice(s.as_bytes());
 }

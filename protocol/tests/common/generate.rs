@@ -1275,15 +1275,15 @@ fn negative_messages() -> String {
             0x10,
             0x02,
             vec![0x00, 0x05, b'a', b'b'],
-            ErrorCode::BAD_FRAME,
-            "StatRequest path claims 5 bytes, has 2 (a truncated body is BAD_FRAME)",
+            ErrorCode::MALFORMED_MESSAGE,
+            "StatRequest path claims 5 bytes, has 2 (a truncated body is MALFORMED_MESSAGE)",
         ),
         (
             "body_truncated",
             0x10,
             0x03,
             vec![0x00, 0x01, b'a', 0, 0, 0, 0, 0, 0, 0, 0],
-            ErrorCode::BAD_FRAME,
+            ErrorCode::MALFORMED_MESSAGE,
             "FetchRequest without its length field",
         ),
         (
@@ -1291,7 +1291,7 @@ fn negative_messages() -> String {
             0x13,
             0x03,
             vec![],
-            ErrorCode::BAD_FRAME,
+            ErrorCode::MALFORMED_MESSAGE,
             "FetchEnd with no body",
         ),
         (
@@ -1331,7 +1331,7 @@ fn negative_messages() -> String {
             0x11,
             0x01,
             page_short,
-            ErrorCode::BAD_FRAME,
+            ErrorCode::MALFORMED_MESSAGE,
             "ListPage says 2 entries, holds 1",
         ),
         (
@@ -1379,7 +1379,7 @@ fn negative_messages() -> String {
             0x03,
             0x00,
             vec![0; 31],
-            ErrorCode::BAD_FRAME,
+            ErrorCode::MALFORMED_MESSAGE,
             "ServerFinished MAC of 31 bytes",
         ),
         (
@@ -1387,7 +1387,7 @@ fn negative_messages() -> String {
             0x14,
             0x03,
             vec![0x03, 0x03],
-            ErrorCode::BAD_FRAME,
+            ErrorCode::MALFORMED_MESSAGE,
             "error body cut inside the code",
         ),
     ];
