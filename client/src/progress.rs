@@ -15,7 +15,7 @@ pub struct Progress {
     multi: MultiProgress,
     visible: bool,
     /// Every bar handed out, so totals can be read back (for `jobs`).
-    bars: Arc<Mutex<Vec<ProgressBar>>>,
+    bars: Arc<Mutex<Vec<(ProgressBar, u64)>>>,
 }
 
 /// Totals over the bars of a [`Progress`].
@@ -29,6 +29,9 @@ pub struct Totals {
     pub active: usize,
     /// Files seen.
     pub files: usize,
+    /// Bytes that were already on disk when their files started (resumed parts), so rates
+    /// can count only what this run fetched.
+    pub resumed: u64,
 }
 
 impl Progress {
@@ -71,9 +74,31 @@ impl Progress {
             bar
         };
         if let Ok(mut bars) = self.bars.lock() {
-            bars.push(bar.clone());
+            bars.push((bar.clone(), done));
         }
         bar
+    }
+
+    /// Every bar handed out so far (clones share state with the originals).
+    pub fn bars(&self) -> Vec<ProgressBar> {
+        self.bars
+            .lock()
+            .map(|b| b.iter().map(|(bar, _)| bar.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A visible bar that follows `source` (a bar of a hidden `Progress`), for watching
+    /// background transfers. Call [`Progress::sync`] to update it.
+    pub fn mirror(&self, source: &ProgressBar, label: &str) -> ProgressBar {
+        self.file(label, source.length().unwrap_or(0), source.position())
+    }
+
+    /// Copies `source`'s length and position to `mirror`.
+    pub fn sync(source: &ProgressBar, mirror: &ProgressBar) {
+        if let Some(len) = source.length() {
+            mirror.set_length(len);
+        }
+        mirror.set_position(source.position());
     }
 
     /// Sums over every bar handed out so far.
@@ -85,7 +110,8 @@ impl Progress {
             files: bars.len(),
             ..Totals::default()
         };
-        for bar in bars.iter() {
+        for (bar, resumed) in bars.iter() {
+            totals.resumed += resumed;
             totals.done += bar.position();
             totals.total += bar.length().unwrap_or(0);
             if !bar.is_finished() {
@@ -110,7 +136,7 @@ impl Progress {
     }
 }
 
-fn file_style() -> ProgressStyle {
+pub(crate) fn file_style() -> ProgressStyle {
     // The template is a constant, checked by the unit test below.
     ProgressStyle::with_template(
         "{msg:32} {bar:24.cyan/blue} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>4}",

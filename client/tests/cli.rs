@@ -230,6 +230,45 @@ fn get_resumes_after_the_server_dies_mid_transfer() {
 }
 
 #[test]
+fn ctrl_c_keeps_the_partial_file_and_exits_130() {
+    let size = 4 << 20;
+    let s = setup(size);
+    let proxy = Proxy::start(s.server.addr, 1 << 20, u64::MAX);
+    let dest = s.work.join("big.bin");
+    let part = part_path(&dest);
+    let mut child = s
+        .env
+        .command()
+        .current_dir(&s.work)
+        .args(["--key", &s.key.to_base64(), "get", &proxy.url("big.bin")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(20), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 128 * 1024)
+    }));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_child(&mut child, Duration::from_secs(20));
+    assert_eq!(out.code, 130, "{out:#?}");
+    assert!(
+        out.stderr.contains("partial download kept"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dest.exists());
+    // The checkpoint recorded on the way out matches the part, so the resume is accepted.
+    let meta = std::fs::read_to_string(meta_path(&dest)).unwrap();
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(meta.contains(&format!("checkpoint {kept} ")), "{meta}");
+    s.ferry(&["get", &s.server.url("big.bin")]).ok();
+    assert_eq!(std::fs::read(&dest).unwrap(), data(size, 42));
+}
+
+#[test]
 fn resume_refuses_a_file_that_changed_on_the_server() {
     let size = 1 << 20;
     let s = setup(size);

@@ -49,9 +49,9 @@ pub const COMMANDS: &[CommandHelp] = &[
     },
     CommandHelp {
         name: "jobs",
-        usage: "jobs",
+        usage: "jobs [-w]",
         summary: "show background transfers and their progress",
-        details: "",
+        details: "-w watches them with live progress bars (name, bytes, rate, ETA) until they end; Ctrl-C stops watching, not the transfers.",
     },
     CommandHelp {
         name: "lcd",

@@ -50,6 +50,9 @@ pub enum Outcome {
 /// rustyline 14 stalls on typed-ahead or pasted input, which is worse.
 type Notices = Arc<Mutex<Vec<String>>>;
 
+/// A job's outcome: `None` while running, then its one-line summary or error.
+type JobResult = Arc<Mutex<Option<Result<String, String>>>>;
+
 /// A background transfer.
 struct Job {
     id: usize,
@@ -58,8 +61,7 @@ struct Job {
     progress: Progress,
     cancel: CancelHandle,
     task: JoinHandle<()>,
-    /// `None` while running, then the one-line result.
-    result: Arc<Mutex<Option<Result<String, String>>>>,
+    result: JobResult,
 }
 
 /// One shell session on one connection.
@@ -258,7 +260,11 @@ impl Shell {
             "stat" => self.stat(&args)?,
             "get" => self.get(&args, background)?,
             "mget" => self.mget(&args)?,
-            "jobs" => self.jobs(),
+            "jobs" => match args.as_slice() {
+                [] => self.jobs(),
+                ["-w"] => self.watch_jobs(),
+                _ => return Err(ClientError::Usage("usage: jobs [-w]".into())),
+            },
             "lcd" => lcd(&args)?,
             "lls" => lls(&args)?,
             "lpwd" => {
@@ -559,7 +565,7 @@ impl Shell {
         self.next_job += 1;
         let (handle, cancel) = cancel_pair();
         let progress = Progress::hidden();
-        let result: Arc<Mutex<Option<Result<String, String>>>> = Arc::default();
+        let result: JobResult = Arc::default();
         let fut = run(progress.clone(), cancel);
         let slot = result.clone();
         let notices = self.notices.clone();
@@ -614,7 +620,8 @@ impl Shell {
                 None => {
                     let t = job.progress.totals();
                     let elapsed = job.started.elapsed();
-                    let rate = (t.done as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
+                    let fetched = t.done.saturating_sub(t.resumed);
+                    let rate = (fetched as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
                     let eta = if rate > 0 && t.total > t.done {
                         progress::format_duration(Duration::from_secs((t.total - t.done) / rate))
                     } else {
@@ -637,6 +644,66 @@ impl Shell {
         // Finished jobs are shown once more, then forgotten.
         self.jobs
             .retain(|j| j.result.lock().map(|r| r.is_none()).unwrap_or(false));
+    }
+
+    /// `jobs -w`: live progress bars of every running background transfer until they end or
+    /// Ctrl-C (which only stops the watching). The prompt is not shown meanwhile, so the bars
+    /// have the terminal to themselves.
+    fn watch_jobs(&mut self) {
+        let view = self.ctx.progress();
+        if !view.is_visible() {
+            self.jobs();
+            return;
+        }
+        let jobs: Vec<(usize, Progress, JobResult)> = self
+            .jobs
+            .iter()
+            .filter(|j| !j.task.is_finished())
+            .map(|j| (j.id, j.progress.clone(), j.result.clone()))
+            .collect();
+        if jobs.is_empty() {
+            println!("no running jobs");
+            return;
+        }
+        self.handle.block_on(async move {
+            let mut seen = vec![0usize; jobs.len()];
+            let mut mirrors: Vec<(indicatif::ProgressBar, indicatif::ProgressBar)> = Vec::new();
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            loop {
+                for (i, (id, progress, _)) in jobs.iter().enumerate() {
+                    let bars = progress.bars();
+                    for source in &bars[seen[i]..] {
+                        if !source.is_finished() {
+                            let label = format!("[{id}] {}", source.message());
+                            mirrors.push((source.clone(), view.mirror(source, &label)));
+                        }
+                    }
+                    seen[i] = bars.len();
+                }
+                mirrors.retain(|(source, mirror)| {
+                    Progress::sync(source, mirror);
+                    if source.is_finished() {
+                        mirror.finish_and_clear();
+                    }
+                    !source.is_finished()
+                });
+                let all_done = jobs
+                    .iter()
+                    .all(|(_, _, r)| r.lock().map(|r| r.is_some()).unwrap_or(true));
+                if all_done {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = &mut ctrl_c => break,
+                }
+            }
+            for (_, mirror) in mirrors {
+                mirror.finish_and_clear();
+            }
+        });
+        self.print_notices();
     }
 
     /// Waits for background jobs before leaving; Ctrl-C cancels them (partials are kept).
