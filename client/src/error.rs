@@ -37,7 +37,7 @@ pub enum ClientError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("authentication failed: the server at {addr} did not accept the key (check --key or FERRY_KEY against the server's connect line)")]
+    #[error("authentication failed with {addr}: wrong key, or not a Ferry server (compare --key or FERRY_KEY with the server's connect line)")]
     Auth { addr: SocketAddr },
     #[error("the server at {addr} refused the handshake: {source}")]
     Handshake {

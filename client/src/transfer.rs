@@ -227,13 +227,16 @@ pub fn remote_name(path: &str) -> Option<&str> {
     path.rsplit('/').find(|c| !c.is_empty())
 }
 
-/// Where `get REMOTE [DEST]` writes: `DEST` itself, or `DEST/NAME` when `DEST` is a directory,
+/// Where `get REMOTE [DEST]` writes: `DEST` itself, or `DEST/NAME` when `DEST` is a directory
+/// or ends with `/`,
 /// or `./NAME` without `DEST`.
 pub fn resolve_dest(remote: &str, dest: Option<&Path>) -> Result<PathBuf, ClientError> {
     let name = remote_name(remote)
         .ok_or_else(|| ClientError::Local("the root is a directory; use get -r".into()))?;
+    // A trailing slash names a directory even before it exists.
+    let dir_like = |d: &Path| d.is_dir() || d.as_os_str().to_string_lossy().ends_with('/');
     Ok(match dest {
-        Some(d) if d.is_dir() => d.join(name),
+        Some(d) if dir_like(d) => d.join(name),
         Some(d) => d.to_path_buf(),
         None => PathBuf::from(name),
     })
@@ -702,6 +705,10 @@ mod tests {
             PathBuf::from("/tmp/nonexistent-x/b")
         );
         assert!(resolve_dest("", None).is_err());
+        assert_eq!(
+            resolve_dest("d/a.txt", Some(Path::new("new/"))).unwrap(),
+            PathBuf::from("new/a.txt")
+        );
         assert_eq!(
             part_path(Path::new("x/a.txt")),
             PathBuf::from("x/a.txt.part")

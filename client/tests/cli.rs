@@ -476,3 +476,51 @@ fn wait_child(child: &mut std::process::Child, timeout: Duration) -> common::Run
         stderr,
     }
 }
+
+#[test]
+fn shell_reconnects_after_the_server_restarts() {
+    use std::io::{BufRead, Write};
+    let s = setup(1000);
+    let addr = s.server.addr;
+    let mut child = s
+        .env
+        .command()
+        .current_dir(&s.work)
+        .args(["--key", &s.key.to_base64(), "shell", &s.server.url("")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let expect_line = |want: &str| loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line == want => break,
+            Ok(_) => continue,
+            Err(e) => panic!("no line {want:?}: {e}"),
+        }
+    };
+    stdin.write_all(b"ls\n").unwrap();
+    expect_line("big.bin");
+
+    // The server dies and comes back on the same port; the next command reconnects.
+    let root = s.server.root.clone();
+    s.server.kill();
+    let _server = TestServer::start_on(&root, &s.key, addr);
+    stdin.write_all(b"cd docs\npwd\n").unwrap();
+    expect_line("/docs");
+    drop(stdin);
+    let out = common::Run::from(child.wait_with_output().unwrap());
+    out.ok();
+    assert!(out.stderr.contains("reconnected to"), "{}", out.stderr);
+}

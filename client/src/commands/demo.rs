@@ -38,12 +38,12 @@ pub fn run(ctx: &Context, args: DemoArgs, runtime: &Runtime) -> Result<(), Clien
     println!("Connect from another terminal with:");
     println!("  ferry shell --key {} {url}", key.to_base64());
 
-    let mut config = ctx.client_config_with_key(key);
-    config.plaintext = ctx.global.plaintext;
+    let config = ctx.client_config_with_key(key);
     let result = runtime
-        .block_on(Client::connect(addr, config))
+        .block_on(Client::connect(addr, config.clone()))
         .and_then(|client| {
             Shell::new(ctx.clone(), runtime.handle().clone(), client, &url)
+                .reconnect_with(config)
                 .run(args.batch.as_deref())
         });
     let _ = stop.send(());

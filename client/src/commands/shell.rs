@@ -9,5 +9,8 @@ use crate::shell::Shell;
 
 pub fn run(ctx: &Context, args: ShellArgs, runtime: &Runtime) -> Result<(), ClientError> {
     let client = runtime.block_on(super::interruptible(ctx.connect(&args.url)))?;
-    Shell::new(ctx.clone(), runtime.handle().clone(), client, &args.url).run(args.batch.as_deref())
+    let config = ctx.client_config()?;
+    Shell::new(ctx.clone(), runtime.handle().clone(), client, &args.url)
+        .reconnect_with(config)
+        .run(args.batch.as_deref())
 }

@@ -55,7 +55,7 @@ impl ListCache {
 /// What the completer reads from the shell.
 #[derive(Debug, Clone)]
 pub struct CompletionContext {
-    pub client: Client,
+    pub client: super::ClientSlot,
     pub handle: Handle,
     pub cwd: Arc<Mutex<String>>,
     pub cache: Arc<ListCache>,
@@ -87,7 +87,10 @@ impl ShellHelper {
         if let Some(entries) = self.ctx.cache.get(dir) {
             return Some(entries);
         }
-        let client = self.ctx.client.clone();
+        let client: Client = match self.ctx.client.lock() {
+            Ok(client) => client.clone(),
+            Err(_) => return None,
+        };
         let path = dir.to_string();
         let listed = self.ctx.handle.block_on(async move {
             tokio::time::timeout(LIST_TIMEOUT, client.list(&path, false, 0)).await

@@ -29,7 +29,7 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::client::Client;
+use crate::client::{Client, ClientConfig};
 use crate::commands::{self, print_lines, Context};
 use crate::error::ClientError;
 use crate::format;
@@ -50,6 +50,9 @@ pub enum Outcome {
 /// rustyline 14 stalls on typed-ahead or pasted input, which is worse.
 type Notices = Arc<Mutex<Vec<String>>>;
 
+/// The shell's current connection, shared with the completer.
+pub type ClientSlot = Arc<Mutex<Client>>;
+
 /// A job's outcome: `None` while running, then its one-line summary or error.
 type JobResult = Arc<Mutex<Option<Result<String, String>>>>;
 
@@ -68,7 +71,10 @@ struct Job {
 pub struct Shell {
     ctx: Context,
     handle: Handle,
-    client: Client,
+    /// The connection; replaced when it is lost and a command needs the server again.
+    client: ClientSlot,
+    /// How to connect again, if the shell may.
+    reconnect: Option<ClientConfig>,
     server: FerryUrl,
     cwd: Arc<Mutex<String>>,
     cache: Arc<ListCache>,
@@ -101,7 +107,8 @@ impl Shell {
         Self {
             ctx,
             handle,
-            client,
+            client: Arc::new(Mutex::new(client)),
+            reconnect: None,
             server: url.with_path(""),
             cwd: Arc::new(Mutex::new(url.path.clone())),
             cache: Arc::default(),
@@ -111,6 +118,41 @@ impl Shell {
             notices: Arc::default(),
             interrupted: Arc::default(),
         }
+    }
+
+    /// Lets the shell reconnect with `config` when the connection is lost.
+    pub fn reconnect_with(mut self, config: ClientConfig) -> Self {
+        self.reconnect = Some(config);
+        self
+    }
+
+    fn client(&self) -> Client {
+        match self.client.lock() {
+            Ok(client) => client.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Before a command that needs the server: if the connection was lost, connect again.
+    fn ensure_connected(&self) -> Result<(), ClientError> {
+        if !self.client().is_closed() {
+            return Ok(());
+        }
+        let Some(config) = self.reconnect.clone() else {
+            return Err(ClientError::ConnectionLost(
+                "the connection to the server is closed".into(),
+            ));
+        };
+        let server = self.server.clone();
+        let client = self
+            .handle
+            .block_on(commands::interruptible(Client::connect(&server, config)))?;
+        eprintln!("reconnected to {}", self.server.authority());
+        self.cache.clear();
+        if let Ok(mut slot) = self.client.lock() {
+            *slot = client;
+        }
+        Ok(())
     }
 
     fn cwd(&self) -> String {
@@ -179,7 +221,7 @@ impl Shell {
                         Ok(Outcome::Continue) => {}
                         Err(e) => {
                             eprintln!("ferry: {e}");
-                            if self.client.is_closed() && e.is_connection_error() {
+                            if e.is_connection_error() && self.reconnect.is_none() {
                                 self.finish_jobs();
                                 return Err(e);
                             }
@@ -228,7 +270,7 @@ impl Shell {
                 Err(e) => {
                     eprintln!("ferry: {e}");
                     let interrupted = matches!(e, ClientError::Interrupted);
-                    if !tolerant || interrupted || self.client.is_closed() {
+                    if !tolerant || interrupted {
                         return Err(e);
                     }
                 }
@@ -248,16 +290,22 @@ impl Shell {
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let background = parsed.background && !self.batch;
+        if matches!(
+            command.as_str(),
+            "ls" | "dir" | "cd" | "stat" | "get" | "mget" | "ping"
+        ) {
+            self.ensure_connected()?;
+        }
         if parsed.background && !matches!(command.as_str(), "get" | "mget") {
             return Err(ClientError::Usage(format!(
                 "only get and mget can run in the background, not {command}"
             )));
         }
         match command.as_str() {
-            "ls" | "dir" => self.ls(&args)?,
-            "cd" => self.cd(&args)?,
+            "ls" | "dir" => self.retrying(|shell| shell.ls(&args))?,
+            "cd" => self.retrying(|shell| shell.cd(&args))?,
             "pwd" => println!("/{}", self.cwd()),
-            "stat" => self.stat(&args)?,
+            "stat" => self.retrying(|shell| shell.stat(&args))?,
             "get" => self.get(&args, background)?,
             "mget" => self.mget(&args)?,
             "jobs" => match args.as_slice() {
@@ -271,7 +319,7 @@ impl Shell {
                 let dir = std::env::current_dir().map_err(|e| ClientError::io(".", e))?;
                 println!("{}", dir.display());
             }
-            "ping" => self.ping(&args)?,
+            "ping" => self.retrying(|shell| shell.ping(&args))?,
             "help" | "?" => match args.first() {
                 None => print!("{}", help::overview()),
                 Some(name) => match help::find(name) {
@@ -291,6 +339,22 @@ impl Shell {
             }
         }
         Ok(Outcome::Continue)
+    }
+
+    /// Runs a command that only reads; if the connection turns out to have died under it,
+    /// reconnects and runs it once more.
+    fn retrying(&self, f: impl Fn(&Self) -> Result<(), ClientError>) -> Result<(), ClientError> {
+        match f(self) {
+            Err(e)
+                if e.is_connection_error()
+                    && self.reconnect.is_some()
+                    && self.client().is_closed() =>
+            {
+                self.ensure_connected()?;
+                f(self)
+            }
+            other => other,
+        }
     }
 
     /// Runs `fut` in the foreground; Ctrl-C abandons it.
@@ -325,7 +389,7 @@ impl Shell {
         let long = flags.contains('l');
         let recursive = flags.contains('R');
         let target = self.remote(paths.first().copied().unwrap_or(""));
-        let client = self.client.clone();
+        let client = self.client();
         let path = target.clone();
         let entries = self.block_on(async move {
             commands::ls::listing(&client, &path, recursive, u16::MAX).await
@@ -344,7 +408,7 @@ impl Shell {
     fn cd(&self, args: &[&str]) -> Result<(), ClientError> {
         let target = self.remote(args.first().copied().unwrap_or("/"));
         if !target.is_empty() {
-            let client = self.client.clone();
+            let client = self.client();
             let path = target.clone();
             let entry = self.block_on(async move { client.stat(&path).await })?;
             if entry.kind != EntryKind::DIRECTORY {
@@ -360,7 +424,7 @@ impl Shell {
             return Err(ClientError::Usage("usage: stat PATH".into()));
         };
         let target = self.remote(path);
-        let client = self.client.clone();
+        let client = self.client();
         let path = target.clone();
         let entry = self.block_on(async move { client.stat(&path).await })?;
         print!("{}", format::stat_text(&target, &entry));
@@ -376,7 +440,7 @@ impl Shell {
                 .ok_or_else(|| ClientError::Usage(format!("not a count: {n}")))?,
             None => 3,
         };
-        let client = self.client.clone();
+        let client = self.client();
         self.block_on(async move {
             for seq in 1..=count {
                 if seq > 1 {
@@ -432,11 +496,16 @@ impl Shell {
         };
         let remote = self.remote(remote_arg);
         let label = format!("get {}", args.join(" "));
-        let client = self.client.clone();
+        // Background jobs must not follow a later lcd: fix local paths now.
+        let dest = dest.map(|d| absolute(&d)).transpose()?;
+        let client = self.client();
         if recursive {
-            let dest = dest.unwrap_or_else(|| {
-                PathBuf::from(remote_name(&remote).unwrap_or(self.server.host.as_str()))
-            });
+            let dest = match dest {
+                Some(dest) => dest,
+                None => absolute(Path::new(
+                    remote_name(&remote).unwrap_or(self.server.host.as_str()),
+                ))?,
+            };
             let run = move |progress: Progress, cancel: Cancel| async move {
                 let report =
                     transfer::download_tree(&client, &remote, &dest, &options, &progress, &cancel)
@@ -452,7 +521,7 @@ impl Shell {
             self.ctx.note(&line);
             return Ok(());
         }
-        let dest = transfer::resolve_dest(&remote, dest.as_deref())?;
+        let dest = absolute(&transfer::resolve_dest(&remote, dest.as_deref())?)?;
         let run = move |progress: Progress, cancel: Cancel| async move {
             let done =
                 transfer::download_file(&client, &remote, &dest, &options, &progress, &cancel)
@@ -492,7 +561,7 @@ impl Shell {
             }
             let matcher = glob::Pattern::new(&name_glob)
                 .map_err(|e| ClientError::Usage(format!("{pattern}: {e}")))?;
-            let client = self.client.clone();
+            let client = self.client();
             let listed_dir = dir.clone();
             let entries = self.block_on(async move { client.list(&listed_dir, false, 0).await })?;
             let before = wanted.len();
@@ -503,7 +572,7 @@ impl Shell {
                     } else {
                         format!("{dir}/{}", entry.name)
                     };
-                    wanted.push((path, PathBuf::from(&entry.name)));
+                    wanted.push((path, absolute(Path::new(&entry.name))?));
                 }
             }
             if wanted.len() == before {
@@ -513,7 +582,7 @@ impl Shell {
         wanted.sort();
         wanted.dedup();
         let label = format!("mget {} ({} files)", patterns.join(" "), wanted.len());
-        let client = self.client.clone();
+        let client = self.client();
         let run = move |progress: Progress, cancel: Cancel| async move {
             let started = Instant::now();
             let results: Vec<(String, Result<transfer::Downloaded, ClientError>)> =
@@ -754,6 +823,13 @@ fn summarize_tree(
     if report.failed.is_empty() {
         return Ok(line);
     }
+    if report
+        .failed
+        .iter()
+        .any(|(_, e)| matches!(e, ClientError::Interrupted))
+    {
+        return Err(ClientError::Interrupted);
+    }
     for (path, e) in &report.failed {
         progress.println(&format!("ferry: {path}: {e}"));
     }
@@ -790,6 +866,15 @@ fn split_flags<'a>(args: &[&'a str], allowed: &str) -> Result<(String, Vec<&'a s
         }
     }
     Ok((flags, rest))
+}
+
+/// `path` made absolute against the current local directory.
+fn absolute(path: &Path) -> Result<PathBuf, ClientError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| ClientError::io(".", e))?;
+    Ok(cwd.join(path))
 }
 
 fn expand_home(path: &str) -> String {

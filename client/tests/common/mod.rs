@@ -25,13 +25,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(root: &Path, key: &Key) -> Self {
+        Self::start_on(root, key, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`TestServer::start`] on a given address (to restart on the same port).
+    pub fn start_on(root: &Path, key: &Key, addr: SocketAddr) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let config = ferry_server::Config::new(root, key.clone())
-            .listen(["127.0.0.1:0".parse().unwrap()])
+            .listen([addr])
             .allow_plaintext(true);
         let server = runtime
             .block_on(ferry_server::Server::bind(config))
