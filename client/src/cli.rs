@@ -38,51 +38,85 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// The pre-shared key, hex or base64, as printed in the server's connect line. Default: not
     /// set (falls back to --key-file, FERRY_KEY, then the default key file). E.g. --key 3q2-7w...
-    #[arg(long, global = true, value_name = "KEY")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "KEY",
+        help_heading = "Global options"
+    )]
     pub key: Option<String>,
 
     /// Read the key from this file (hex or base64 text, mode 0600). Default: not set; the
     /// default key file ~/.config/ferry/key is used last. E.g. --key-file ~/ferry.key
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub key_file: Option<PathBuf>,
 
     /// Ask for a plaintext session: the handshake is still authenticated, but file data travels
     /// unencrypted (faster; the server must allow it). Default: off (encrypted).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub plaintext: bool,
 
     /// Do not draw progress bars. Default: bars are drawn when stderr is a terminal.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub no_progress: bool,
 
     /// More log output on stderr: -v info, -vv debug, -vvv trace. Default: warnings only
     /// (RUST_LOG overrides). E.g. -vv
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
 
     /// Print only results and errors: no summaries, no bars. Default: off.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     /// Give up connecting (TCP connect plus handshake) after this long. Default: 10s.
     /// E.g. --connect-timeout 3s
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Global options")]
     pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List a directory: names, or details with -l, recursively with -R, JSON with --json.
+    #[command(
+        after_help = "Examples:\n  ferry ls ferry://files.example.org/\n  ferry ls -l ferry://127.0.0.1:7000/docs\n  ferry ls -R --json ferry://host/photos > photos.json"
+    )]
     Ls(LsArgs),
     /// Show one entry's metadata (kind, size, permissions, modification time).
+    #[command(
+        after_help = "Examples:\n  ferry stat ferry://host/docs/report.pdf\n  ferry stat --json ferry://host/docs"
+    )]
     Stat(StatArgs),
     /// Measure round-trip times to a server.
+    #[command(
+        after_help = "Examples:\n  ferry ping ferry://host\n  ferry ping -c 10 -i 200ms -s 1400 ferry://[::1]:7000"
+    )]
     Ping(PingArgs),
     /// Download a file, or a directory tree with -r; resumes interrupted downloads.
+    #[command(
+        after_help = "Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\nAn interrupted download leaves NAME.part and NAME.part.meta; run the same command again to\nresume. Exit codes: 0 ok, 1 remote error or destination exists, 3 connection or key,\n4 integrity (hash mismatch, file changed under a resume), 130 Ctrl-C."
+    )]
     Get(GetArgs),
     /// Open an interactive shell (ls, cd, get, mget, ...) on a server, or run a batch file.
+    #[command(
+        after_help = "Examples:\n  ferry shell --key KEY ferry://host/\n  ferry shell ferry://host/docs -b commands.txt\n  echo 'mget *.pdf' | ferry shell ferry://host/docs\nInside, type help for the commands; Tab completes commands and remote paths."
+    )]
     Shell(ShellArgs),
     /// Serve a local directory on 127.0.0.1 with a fresh key and open the shell on it.
+    #[command(
+        after_help = "Examples:\n  ferry demo            (serve the current directory and browse it)\n  ferry demo ~/Music"
+    )]
     Demo(DemoArgs),
 }
 
@@ -133,8 +167,10 @@ pub struct PingArgs {
 pub struct GetArgs {
     /// The file (or, with -r, directory) to download. E.g. ferry://host/docs/report.pdf
     pub url: FerryUrl,
-    /// Where to write. Default: the remote name in the current directory; an existing
-    /// directory receives the file under its remote name. E.g. ~/Downloads/
+    /// Where to write. Default: the remote name in the current directory. An existing
+    /// directory, or a path ending in /, receives the file under its remote name. With -r,
+    /// the directory that receives the tree's contents (default: the remote directory's
+    /// name). E.g. ~/Downloads/
     pub dest: Option<PathBuf>,
     /// Download a whole directory tree. Default: off (a single file).
     #[arg(short = 'r', long)]
