@@ -60,6 +60,8 @@ const DATA_QUEUE: usize = 16;
 const CTRL_QUEUE: usize = 32;
 /// The writer stops batching once this much is encoded.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Smaller plaintext chunks are copied into the batch rather than sent as their own segment.
+const ZERO_COPY_MIN: usize = 4096;
 /// How long the goodbye frame may wait for room in the data queue.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read-buffer top-up before each socket read.
@@ -113,6 +115,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
         }
     };
     tracing::debug!(mode = ?session.mode(), "session established");
+    let version = session.version();
     let (send, recv) = session.into_split();
     let chunk = limits.chunk_size.min(send.max_payload()).max(1);
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
@@ -120,7 +123,9 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
     let mut writer = tokio::spawn(
-        write_loop(send, wr, ctrl_rx, data_rx, limits.write_timeout).in_current_span(),
+        Writer::new(send, version, wr, limits.write_timeout)
+            .run(ctrl_rx, data_rx)
+            .in_current_span(),
     );
     let mut conn = Conn {
         shared: shared.clone(),
@@ -496,62 +501,150 @@ impl Conn {
 }
 
 /// The writer: takes frames from both queues (control first), seals them and writes them in
-/// batches.
-async fn write_loop(
-    mut send: SendHalf,
-    mut io: OwnedWriteHalf,
-    mut ctrl: mpsc::Receiver<Out>,
-    mut data: mpsc::Receiver<Out>,
+/// batches of about [`WRITE_BATCH`] bytes, one `writev` at a time.
+///
+/// In plaintext mode a data chunk is not copied: the batch holds its 12-byte header and the
+/// chunk's own `Bytes` (a slice of the fetch's read buffer) side by side. Encrypted frames are
+/// sealed into the batch buffer, which is the one copy encryption needs anyway.
+struct Writer {
+    send: SendHalf,
+    /// Negotiated version, for headers written here directly (plaintext data).
+    version: u8,
+    plaintext: bool,
+    io: OwnedWriteHalf,
     write_timeout: Duration,
-) {
-    let mut out = BytesMut::with_capacity(WRITE_BATCH + 128 * 1024);
-    let (mut ctrl_open, mut data_open) = (true, true);
-    loop {
-        let (id, message) = tokio::select! {
-            biased;
-            m = ctrl.recv(), if ctrl_open => match m {
-                Some(m) => m,
-                None => { ctrl_open = false; continue; }
-            },
-            m = data.recv(), if data_open => match m {
-                Some(m) => m,
-                None => { data_open = false; continue; }
-            },
-            else => break,
-        };
-        if let Err(error) = send.write_message(id, &message, &mut out) {
-            tracing::warn!(%error, "cannot encode a frame; closing");
-            return;
+    /// Encoded bytes not yet split into `segments`.
+    scratch: BytesMut,
+    /// What the next `writev` sends, in order.
+    segments: VecDeque<Bytes>,
+    batched: usize,
+}
+
+impl Writer {
+    fn new(send: SendHalf, version: u8, io: OwnedWriteHalf, write_timeout: Duration) -> Self {
+        let plaintext = send.mode() == ferry_protocol::Mode::PLAINTEXT;
+        Self {
+            send,
+            version,
+            plaintext,
+            io,
+            write_timeout,
+            scratch: BytesMut::with_capacity(WRITE_BATCH + 128 * 1024),
+            segments: VecDeque::new(),
+            batched: 0,
         }
-        while out.len() < WRITE_BATCH {
-            let next = match ctrl.try_recv() {
-                Ok(next) => next,
-                Err(_) => match data.try_recv() {
-                    Ok(next) => next,
-                    Err(_) => break,
+    }
+
+    async fn run(mut self, mut ctrl: mpsc::Receiver<Out>, mut data: mpsc::Receiver<Out>) {
+        let (mut ctrl_open, mut data_open) = (true, true);
+        loop {
+            let first = tokio::select! {
+                biased;
+                m = ctrl.recv(), if ctrl_open => match m {
+                    Some(m) => m,
+                    None => { ctrl_open = false; continue; }
                 },
+                m = data.recv(), if data_open => match m {
+                    Some(m) => m,
+                    None => { data_open = false; continue; }
+                },
+                else => break,
             };
-            if let Err(error) = send.write_message(next.0, &next.1, &mut out) {
+            if let Err(error) = self.push(first) {
                 tracing::warn!(%error, "cannot encode a frame; closing");
                 return;
             }
-        }
-        match tokio::time::timeout(write_timeout, io.write_all(&out)).await {
-            Ok(Ok(())) => out.clear(),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "write failed");
-                return;
+            while self.batched < WRITE_BATCH {
+                let next = match ctrl.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => match data.try_recv() {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                };
+                if let Err(error) = self.push(next) {
+                    tracing::warn!(%error, "cannot encode a frame; closing");
+                    return;
+                }
             }
-            Err(_) => {
-                tracing::debug!(
-                    timeout = %humantime::format_duration(write_timeout),
-                    "client stopped reading; closing"
-                );
-                return;
+            match tokio::time::timeout(self.write_timeout, self.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "write failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        timeout = %humantime::format_duration(self.write_timeout),
+                        "client stopped reading; closing"
+                    );
+                    return;
+                }
             }
         }
+        let _ = tokio::time::timeout(self.write_timeout, self.io.shutdown()).await;
     }
-    let _ = tokio::time::timeout(write_timeout, io.shutdown()).await;
+
+    /// Encodes one frame into the batch.
+    fn push(&mut self, (id, message): Out) -> Result<(), ferry_protocol::Error> {
+        match message {
+            Message::Data(body) if self.plaintext && body.len() >= ZERO_COPY_MIN => {
+                let header = ferry_protocol::Header {
+                    kind: ferry_protocol::FrameType::DATA,
+                    version: self.version,
+                    service: Service::FETCH,
+                    id,
+                    // Chunks are at most `chunk`, which fits a u32 and the peer's cap.
+                    length: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                };
+                header.encode(&mut self.scratch);
+                self.segments.push_back(self.scratch.split().freeze());
+                self.batched += ferry_protocol::HEADER_LEN + body.len();
+                self.segments.push_back(body);
+            }
+            message => {
+                let before = self.scratch.len();
+                self.send.write_message(id, &message, &mut self.scratch)?;
+                self.batched += self.scratch.len() - before;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every batched segment.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.scratch.is_empty() {
+            self.segments.push_back(self.scratch.split().freeze());
+        }
+        while !self.segments.is_empty() {
+            let slices: Vec<std::io::IoSlice<'_>> = self
+                .segments
+                .iter()
+                .take(64)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut written = self.io.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let Some(front) = self.segments.front_mut() else {
+                    break;
+                };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.segments.pop_front();
+                } else {
+                    bytes::Buf::advance(front, written);
+                    written = 0;
+                }
+            }
+        }
+        self.batched = 0;
+        // Reclaim the scratch allocation once every frozen piece of it has been written.
+        self.scratch.reserve(WRITE_BATCH);
+        Ok(())
+    }
 }
 
 /// A decoded request.
