@@ -136,6 +136,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
             page_bytes,
         },
         ctrl: ctrl_tx,
+        kill: signals.kill.clone(),
         tasks: JoinSet::new(),
         in_flight: HashMap::new(),
         next_generation: 0,
@@ -232,6 +233,8 @@ struct Conn {
     shared: Arc<Shared>,
     ctx: RequestCtx,
     ctrl: mpsc::Sender<Out>,
+    /// The server's grace-period-over signal.
+    kill: tokio_util::sync::CancellationToken,
     /// Request tasks; each returns its id and generation.
     tasks: JoinSet<(RequestId, u64)>,
     in_flight: HashMap<RequestId, InFlight>,
@@ -346,9 +349,19 @@ impl Conn {
 
     /// Sends a reply that does not belong to a running request's stream.
     async fn reply(&self, id: RequestId, message: Message) -> Option<Close> {
-        match self.ctrl.send((id, message)).await {
-            Ok(()) => None,
-            Err(_) => Some(Close::WriterGone),
+        self.enqueue(&self.ctrl, (id, message)).await
+    }
+
+    /// Waits for room in a queue; the reader stalls meanwhile (that is the backpressure), but
+    /// still ends at once when the grace period is over.
+    async fn enqueue(&self, queue: &mpsc::Sender<Out>, out: Out) -> Option<Close> {
+        tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => Some(Close::Killed),
+            sent = queue.send(out) => match sent {
+                Ok(()) => None,
+                Err(_) => Some(Close::WriterGone),
+            },
         }
     }
 
@@ -482,21 +495,14 @@ impl Conn {
         flight.abort.abort();
         tracing::info!(%id, service = service_name(flight.service), outcome = "cancelled", "request");
         // Through the data queue, so it follows any frame the request already queued.
-        match self
-            .ctx
-            .data
-            .send((
-                id,
-                Message::Error {
-                    service: flight.service,
-                    body: ErrorBody::from_code(ErrorCode::CANCELLED),
-                },
-            ))
-            .await
-        {
-            Ok(()) => None,
-            Err(_) => Some(Close::WriterGone),
-        }
+        let cancelled = (
+            id,
+            Message::Error {
+                service: flight.service,
+                body: ErrorBody::from_code(ErrorCode::CANCELLED),
+            },
+        );
+        self.enqueue(&self.ctx.data, cancelled).await
     }
 }
 
