@@ -228,6 +228,7 @@ fn run(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let signals = Signals::install()?;
         let server = Server::bind(config).await?;
         let addrs = server.local_addrs();
         if let Some(first) = addrs.first() {
@@ -241,14 +242,8 @@ fn run(cli: Cli) -> Result<i32> {
         let signalled = exit.clone();
         server
             .run(async move {
-                let code = wait_for_signal().await;
+                let code = signals.wait().await;
                 signalled.store(code, Ordering::SeqCst);
-                // A second Ctrl-C skips the grace period.
-                tokio::spawn(async {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                });
             })
             .await?;
         Ok(exit.load(Ordering::SeqCst))
@@ -369,32 +364,34 @@ fn connect_host(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
-/// Waits for SIGINT or SIGTERM; returns the exit code to use afterwards.
-async fn wait_for_signal() -> i32 {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => Some(term),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM");
-            None
-        }
-    };
-    let terminate = async {
-        match term.as_mut() {
-            Some(term) => {
-                term.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            if let Err(error) = result {
-                tracing::warn!(%error, "cannot watch SIGINT");
-                std::future::pending::<()>().await;
-            }
-            130
-        }
-        _ = terminate => 0,
+/// SIGINT and SIGTERM handlers, installed before the connect line is printed so that a
+/// signal sent right after it is handled rather than killing the process.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// Waits for either; returns the exit code to use afterwards. A second SIGINT during the
+    /// drain exits at once.
+    async fn wait(mut self) -> i32 {
+        let code = tokio::select! {
+            _ = self.interrupt.recv() => 130,
+            _ = self.terminate.recv() => 0,
+        };
+        tokio::spawn(async move {
+            self.interrupt.recv().await;
+            std::process::exit(130);
+        });
+        code
     }
 }
 
