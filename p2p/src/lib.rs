@@ -7,6 +7,8 @@
 //!   and [`manifest::RelPath`].
 //! - [`pieces`]: bitfields, the jailed file store, hashing and verification.
 //! - [`wire`]: peer-wire messages (service 0x50) and the swarm key.
+//! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/STATE.md`.
 pub mod manifest;
 pub mod pieces;
+pub mod swarm;
 pub mod wire;

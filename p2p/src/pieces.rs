@@ -85,10 +85,11 @@ impl Bitfield {
     }
 
     pub fn has(&self, piece: PieceIndex) -> bool {
-        self.has_raw(piece.get())
+        self.has_index(piece.get())
     }
 
-    fn has_raw(&self, i: u32) -> bool {
+    /// Whether raw piece number `i` is set; false when out of range.
+    pub fn has_index(&self, i: u32) -> bool {
         i < self.len && self.bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0
     }
 
