@@ -9,14 +9,12 @@
 
 use std::hint::black_box;
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput};
+use ferry_bench::baseline::raw_cipher_mac;
 use ferry_bench::ratios::{criterion_dir, print_report, Comparison};
 use ferry_protocol::crypto::DirectionKeys;
 use ferry_protocol::{FrameType, Header, RequestId, Role, Service, Session};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 const SIZES: [(&str, usize); 3] = [("64B", 64), ("4KiB", 4096), ("64KiB", 65_536)];
 
@@ -53,36 +51,6 @@ fn bench_header(c: &mut Criterion) {
         b.iter(|| black_box(Header::decode(black_box(&bytes[..]))))
     });
     group.finish();
-}
-
-/// Encrypt + MAC, then verify + decrypt, with the crates and no framing.
-fn raw_cipher_mac(body: &[u8], buf: &mut Vec<u8>) -> usize {
-    type Enc = cbc::Encryptor<aes::Aes256>;
-    type Dec = cbc::Decryptor<aes::Aes256>;
-    let key = [1u8; 32];
-    let iv = [9u8; 16];
-    let padded = (body.len() / 16 + 1) * 16;
-    buf.clear();
-    buf.extend_from_slice(body);
-    buf.resize(padded, 0);
-    let ct_len = Enc::new(&key.into(), &iv.into())
-        .encrypt_padded_mut::<Pkcs7>(buf, body.len())
-        .map(|ct| ct.len())
-        .unwrap_or(0);
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(&[2; 32]).unwrap_or_else(|_| unreachable!());
-    mac.update(&buf[..ct_len]);
-    let tag = mac.finalize().into_bytes();
-
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(&[2; 32]).unwrap_or_else(|_| unreachable!());
-    mac.update(&buf[..ct_len]);
-    let ok = mac.verify_slice(&tag).is_ok();
-    let plain = Dec::new(&key.into(), &iv.into())
-        .decrypt_padded_mut::<Pkcs7>(&mut buf[..ct_len])
-        .map(|p| p.len())
-        .unwrap_or(0);
-    plain + ok as usize
 }
 
 fn bench_frames(c: &mut Criterion) {
