@@ -311,6 +311,11 @@ impl Client {
         &self.shared.peer
     }
 
+    /// Largest ping payload (and frame body) this session carries.
+    pub fn max_payload(&self) -> usize {
+        self.shared.max_payload
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.conn.lock().closed.is_some()
@@ -595,6 +600,11 @@ impl FetchStream {
     /// Data bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The hash state over the data received so far (to checkpoint an interrupted download).
+    pub fn hasher(&self) -> Sha256 {
+        self.hasher.clone()
     }
 
     /// The verified SHA-256 of the range, once the end frame has been checked.

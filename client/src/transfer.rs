@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::client::Client;
+use crate::client::{Client, FetchStream};
 use crate::error::ClientError;
 use crate::progress::Progress;
 
@@ -335,8 +335,12 @@ async fn fetch_to(
 
     let bar = progress.file(label, entry.size, offset);
     let mut written = offset;
+    // A fresh download's whole-file hash is the stream's own running hash (checked against the
+    // server's at the end); only a resume needs a second hash that starts with the part.
+    let mut whole: Option<Sha256> = (offset > 0).then_some(hasher);
+    let mut fetch: Option<FetchStream> = None;
     let result = async {
-        let mut stream = client.fetch(remote, offset, TO_END).await?;
+        let stream = fetch.insert(client.fetch(remote, offset, TO_END).await?);
         let response = *stream.response();
         if response.size != wanted.size
             || response.mtime_secs != wanted.mtime_secs
@@ -357,28 +361,42 @@ async fn fetch_to(
             file.write_all(&chunk)
                 .await
                 .map_err(|e| ClientError::io(&part, e))?;
-            hasher.update(&chunk);
+            if let Some(whole) = whole.as_mut() {
+                whole.update(&chunk);
+            }
             written += chunk.len() as u64;
             bar.inc(chunk.len() as u64);
         }
-        Ok(stream.sha256())
+        Ok(())
     }
     .await;
 
+    // The hash of exactly the bytes in the part, if known: the resume hash, or the stream's
+    // when every chunk it hashed was also written.
+    let part_hash = match (&whole, &fetch) {
+        (Some(whole), _) => Some(whole.clone()),
+        (None, Some(stream)) if stream.received() == written - offset => Some(stream.hasher()),
+        (None, _) => None,
+    };
     // Flush what arrived whatever happened, so the part on disk matches `written`.
     let flushed = file.flush().await.and(file.sync_data().await);
     drop(file);
     match result {
-        Ok(_range_sha) => {
+        Ok(()) => {
             flushed.map_err(|e| ClientError::io(&part, e))?;
-            if written != entry.size {
-                keep_partial(&meta_file, &wanted, written, &hasher).await;
+            let verified = fetch.as_ref().and_then(FetchStream::sha256);
+            let sha256 = match (whole, verified) {
+                (Some(whole), Some(_)) => Some(<[u8; 32]>::from(whole.finalize())),
+                (None, verified) => verified,
+                (Some(_), None) => None,
+            };
+            let Some(sha256) = sha256.filter(|_| written == entry.size) else {
+                keep_partial(&meta_file, &wanted, written, part_hash).await;
                 return Err(ClientError::Integrity(format!(
                     "{remote}: have {written} bytes, expected {}",
                     entry.size
                 )));
-            }
-            let sha256: [u8; 32] = hasher.finalize().into();
+            };
             set_mtime(&part, entry);
             tokio::fs::rename(&part, dest)
                 .await
@@ -399,7 +417,7 @@ async fn fetch_to(
         Err(e) => {
             bar.abandon();
             if flushed.is_ok() && !matches!(e, ClientError::Integrity(_)) {
-                keep_partial(&meta_file, &wanted, written, &hasher).await;
+                keep_partial(&meta_file, &wanted, written, part_hash).await;
             }
             Err(e)
         }
@@ -502,9 +520,11 @@ async fn write_meta(path: &Path, meta: &PartMeta) -> Result<(), ClientError> {
 }
 
 /// Records the checkpoint of an interrupted download; best effort (resume works without it).
-async fn keep_partial(meta_file: &Path, wanted: &PartMeta, written: u64, hasher: &Sha256) {
+/// Without a hash the record written at the start stays as it is.
+async fn keep_partial(meta_file: &Path, wanted: &PartMeta, written: u64, hash: Option<Sha256>) {
+    let Some(hash) = hash else { return };
     let mut meta = wanted.clone();
-    meta.checkpoint = Some((written, hasher.clone().finalize().into()));
+    meta.checkpoint = Some((written, hash.finalize().into()));
     if let Err(e) = write_meta(meta_file, &meta).await {
         warn!(error = %e, "could not record the partial download");
     }
