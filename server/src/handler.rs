@@ -72,6 +72,8 @@ const READ_RESERVE: usize = 16 * 1024;
 enum Close {
     /// The client closed its side and nothing is in flight.
     Eof,
+    /// The stream ended inside a frame (spec §9 row 5): close, nothing to send.
+    Truncated,
     /// The client sent a connection-level error.
     PeerError(ErrorBody),
     /// Protocol violation, decode or record failure, frame deadline: tell the client why.
@@ -171,6 +173,10 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
             None
         }
         Close::Eof | Close::WriterGone => None,
+        Close::Truncated => {
+            tracing::debug!("stream ended inside a frame");
+            None
+        }
     };
     conn.tasks.abort_all();
     let kill_now = matches!(close, Close::Killed);
@@ -272,6 +278,9 @@ impl Conn {
                 }
             }
             if recv.decoder().is_mid_frame(&buf) {
+                if eof {
+                    return Close::Truncated;
+                }
                 frame_started.get_or_insert_with(Instant::now);
             } else {
                 frame_started = None;

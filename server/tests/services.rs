@@ -252,3 +252,92 @@ fn seal_raw(
     *codec = FerryCodec::new(session);
     dst
 }
+
+/// Spec §8.2/§9 rows 11, 16, 17, 20, 21: wrong-direction messages, errors and pongs from the
+/// client, unknown pairs on id 0.
+#[tokio::test]
+async fn dispatch_follows_the_spec_table() {
+    let server = TestServer::start(tree).await;
+    let mut client = server.client().await;
+    // Row 16: a server-to-client message from the client, id != 0: refused, connection kept.
+    client
+        .send(RequestId(5), Message::Data(Bytes::from_static(b"nope")))
+        .await;
+    match client.recv().await {
+        (RequestId(5), Message::Error { body, service }) => {
+            assert_eq!(body.code, ErrorCode::UNEXPECTED_MESSAGE);
+            assert_eq!(service, Service::FETCH);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Rows 20, 21: an error on a request id and an unsolicited pong are ignored.
+    client
+        .send(
+            RequestId(6),
+            Message::Error {
+                service: Service::FETCH,
+                body: ferry_protocol::ErrorBody::from_code(ErrorCode::INTERNAL),
+            },
+        )
+        .await;
+    client
+        .send(RequestId(7), Message::Pong(Bytes::from_static(b"?")))
+        .await;
+    // Pings on id 0 (keep-alive) are answered on id 0.
+    client
+        .send(
+            RequestId::CONNECTION,
+            Message::Ping(Bytes::from_static(b"ka")),
+        )
+        .await;
+    match client.recv().await {
+        (RequestId::CONNECTION, Message::Pong(p)) => assert_eq!(p.as_ref(), b"ka"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Row 17: the same wrong-direction message on id 0 closes the connection.
+    client
+        .send(RequestId::CONNECTION, Message::Data(Bytes::new()))
+        .await;
+    match client.recv().await {
+        (RequestId::CONNECTION, Message::Error { body, .. }) => {
+            assert_eq!(body.code, ErrorCode::UNEXPECTED_MESSAGE)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(client.try_recv().await.is_none_or(|r| r.is_err()));
+
+    // Row 11: an unknown pair on id 0 closes the connection.
+    let mut client = server.client().await;
+    let frame = seal_raw(
+        &mut client,
+        FrameType(0x77),
+        Service::FETCH,
+        RequestId::CONNECTION,
+        b"",
+    );
+    use tokio::io::AsyncWriteExt;
+    client.conn.get_mut().write_all(&frame).await.unwrap();
+    match client.recv().await {
+        (RequestId::CONNECTION, Message::Error { body, .. }) => {
+            assert_eq!(body.code, ErrorCode::UNKNOWN_REQUEST)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Row 20: an error on id 0 from the client closes without a reply.
+    let mut client = server.client().await;
+    client
+        .send(
+            RequestId::CONNECTION,
+            Message::Error {
+                service: Service::HANDSHAKE,
+                body: ferry_protocol::ErrorBody::from_code(ErrorCode::INTERNAL),
+            },
+        )
+        .await;
+    assert!(
+        client.try_recv().await.is_none_or(|r| r.is_err()),
+        "closed without a reply"
+    );
+    server.shutdown().await;
+}
