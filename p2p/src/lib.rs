@@ -8,7 +8,11 @@
 //! - [`pieces`]: bitfields, the jailed file store, hashing and verification.
 //! - [`wire`]: peer-wire messages (service 0x50) and the swarm key.
 //! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/STATE.md`.
+//! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
+//! - [`tracker`]: the UDP tracker core, its server and its client.
 pub mod manifest;
+pub mod node;
 pub mod pieces;
 pub mod swarm;
+pub mod tracker;
 pub mod wire;
