@@ -33,7 +33,7 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
             .unwrap_or_else(|| PathBuf::from(remote_name(path).unwrap_or(args.url.host.as_str())));
         transfer::download_tree(&client, path, &dest, &options, &progress, &cancel)
             .await
-            .and_then(|report| tree_summary(ctx, &progress, report))
+            .and_then(|report| tree_summary(ctx, &progress, &dest, report))
     } else {
         match transfer::resolve_dest(path, args.dest.as_deref()) {
             Ok(dest) => fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await,
@@ -72,6 +72,16 @@ async fn fetch_one(
     }
 }
 
+/// A local path as the user would like to read it: relative to the current directory when it
+/// is inside it.
+pub fn shown(path: &std::path::Path) -> std::path::PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(|p| p.to_path_buf()))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
 /// `a.txt: 10.00 MiB in 1.2s (8.33 MiB/s), sha256 3a7bd3e2…`.
 pub fn file_summary(done: &Downloaded) -> String {
     let resumed = if done.resumed_from > 0 {
@@ -81,7 +91,7 @@ pub fn file_summary(done: &Downloaded) -> String {
     };
     format!(
         "{}: {}{resumed}, sha256 {}",
-        done.dest.display(),
+        shown(&done.dest).display(),
         progress::summary(done.fetched, done.elapsed),
         &hex::encode(done.sha256)[..16]
     )
@@ -91,6 +101,7 @@ pub fn file_summary(done: &Downloaded) -> String {
 pub fn tree_summary(
     ctx: &Context,
     progress: &Progress,
+    dest: &std::path::Path,
     report: TreeReport,
 ) -> Result<(), ClientError> {
     let fetched = report.files.iter().filter(|f| !f.skipped).count();
@@ -99,7 +110,8 @@ pub fn tree_summary(
         progress.println(&format!("ferry: {path}: {error}"));
     }
     let mut line = format!(
-        "{fetched} files fetched, {}",
+        "{}/: {fetched} files fetched, {}",
+        shown(dest).display(),
         progress::summary(report.bytes, report.elapsed)
     );
     if skipped > 0 {

@@ -48,7 +48,7 @@ pub enum Outcome {
 /// Lines from finished background jobs, printed before the next prompt (as a Unix shell
 /// reports finished jobs). rustyline's `ExternalPrinter` could print them at once, but with it
 /// rustyline 14 stalls on typed-ahead or pasted input, which is worse.
-type Notices = Arc<Mutex<Vec<String>>>;
+type Notices = Arc<Mutex<Vec<(usize, String)>>>;
 
 /// The shell's current connection, shared with the completer.
 pub type ClientSlot = Arc<Mutex<Client>>;
@@ -510,7 +510,11 @@ impl Shell {
                 let report =
                     transfer::download_tree(&client, &remote, &dest, &options, &progress, &cancel)
                         .await?;
-                summarize_tree(&progress, report)
+                let line = summarize_tree(&progress, report)?;
+                Ok(format!(
+                    "{}/: {line}",
+                    commands::get::shown(&dest).display()
+                ))
             };
             if background {
                 self.spawn_job(label, run);
@@ -649,7 +653,7 @@ impl Shell {
                 *slot = Some(outcome);
             }
             if let Ok(mut notices) = notices.lock() {
-                notices.push(line);
+                notices.push((id, line));
             }
         });
         println!("[{id}] started: {label}");
@@ -670,7 +674,7 @@ impl Shell {
             Ok(mut notices) => std::mem::take(&mut *notices),
             Err(_) => return,
         };
-        for line in lines {
+        for (_, line) in lines {
             eprintln!("{line}");
         }
     }
@@ -710,7 +714,16 @@ impl Shell {
             lines.push(line);
         }
         print_lines(lines);
-        // Finished jobs are shown once more, then forgotten.
+        // Finished jobs were just reported: no separate notice for them, and they are forgotten.
+        let finished: Vec<usize> = self
+            .jobs
+            .iter()
+            .filter(|j| j.result.lock().map(|r| r.is_some()).unwrap_or(true))
+            .map(|j| j.id)
+            .collect();
+        if let Ok(mut notices) = self.notices.lock() {
+            notices.retain(|(id, _)| !finished.contains(id));
+        }
         self.jobs
             .retain(|j| j.result.lock().map(|r| r.is_none()).unwrap_or(false));
     }
