@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub swarm: SwarmConfig,
     /// Deadline for the session handshake plus the peer handshake message.
     pub handshake_timeout: Duration,
+    /// Flip a byte in every uploaded block. Only for tests of the ban logic.
+    pub dangerous_corrupt_uploads: bool,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +56,7 @@ impl Default for NodeConfig {
             max_peers: 40,
             swarm: SwarmConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            dangerous_corrupt_uploads: false,
         }
     }
 }
@@ -162,6 +165,7 @@ struct Ctx {
     peer_id: PeerId,
     listen_port: u16,
     handshake_timeout: Duration,
+    corrupt_uploads: bool,
 }
 
 /// Starts a node serving `storage`, which already holds the verified pieces in `have`.
@@ -189,6 +193,7 @@ pub async fn start(
         peer_id,
         listen_port: listen_addr.port(),
         handshake_timeout: config.handshake_timeout,
+        corrupt_uploads: config.dangerous_corrupt_uploads,
     });
     let now = Instant::now().into_std();
     let swarm = Swarm::new(
@@ -837,7 +842,12 @@ async fn write_loop(
                 // 16 KiB positioned reads are served from the page cache in microseconds, so
                 // they run inline rather than on the blocking pool.
                 let data = match ctx.storage.read(&ctx.manifest, piece, offset, length) {
-                    Ok(data) => data,
+                    Ok(mut data) => {
+                        if ctx.corrupt_uploads {
+                            data[0] ^= 0xff;
+                        }
+                        data
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "reading a block to upload failed");
                         let _ = events.send(Event::Uploaded(conn, 0)).await;
