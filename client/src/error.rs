@@ -118,12 +118,14 @@ impl ClientError {
 fn remote_message(body: &ErrorBody) -> String {
     let name = body.code.name().unwrap_or("UNKNOWN").to_ascii_lowercase();
     let name = name.replace('_', " ");
-    if body.message.is_empty() || body.message == body.code.description() {
+    // The message comes from the peer: no control characters reach the terminal.
+    let message = crate::format::printable(&body.message);
+    if message.is_empty() || message == body.code.description() {
         format!("server: {}", body.code.description())
-    } else if body.message.starts_with(&name) {
-        format!("server: {}", body.message)
+    } else if message.starts_with(&name) {
+        format!("server: {message}")
     } else {
-        format!("server: {} ({name})", body.message)
+        format!("server: {message} ({name})")
     }
 }
 

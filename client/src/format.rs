@@ -58,13 +58,22 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     }
 }
 
-/// Display name: directories get a trailing `/`, symlinks an `@`.
+/// Display name: directories get a trailing `/`, symlinks an `@`. Control characters (which
+/// a hostile name could use to rewrite the terminal) are shown as `?`.
 pub fn display_name(entry: &Entry) -> String {
+    let name = printable(&entry.name);
     match entry.kind {
-        EntryKind::DIRECTORY => format!("{}/", entry.name),
-        EntryKind::SYMLINK => format!("{}@", entry.name),
-        _ => entry.name.clone(),
+        EntryKind::DIRECTORY => format!("{name}/"),
+        EntryKind::SYMLINK => format!("{name}@"),
+        _ => name,
     }
+}
+
+/// `s` with control characters replaced by `?`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// One `ls -l` line: `drwxr-xr-x  12.5 KiB  2026-11-21 09:04  name/`.
@@ -95,7 +104,7 @@ pub fn entry_json(entry: &Entry) -> serde_json::Value {
 pub fn stat_text(path: &str, entry: &Entry) -> String {
     let shown = if path.is_empty() { "/" } else { path };
     let rows = [
-        ("path", shown.to_string()),
+        ("path", printable(shown)),
         ("kind", kind_name(entry.kind)),
         (
             "size",
@@ -142,5 +151,8 @@ mod tests {
         assert_eq!(short_time(0, 0), "1970-01-01 00:00");
         assert_eq!(rfc3339(1, 5), "1970-01-01T00:00:01.000000005Z");
         assert_eq!(entry_json(&entry(EntryKind::FILE))["mode"], "754");
+        let mut evil = entry(EntryKind::FILE);
+        evil.name = "a\x1b]0;pwned\x07b".into();
+        assert_eq!(display_name(&evil), "a?]0;pwned?b");
     }
 }

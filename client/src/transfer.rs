@@ -123,6 +123,20 @@ impl Cancel {
         *self.rx.borrow()
     }
 
+    /// Runs `fut` unless cancelled first, so Ctrl-C also interrupts the requests before the
+    /// data flows (a stat or listing on a slow server).
+    pub async fn guard<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let mut cancel = self.clone();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(ClientError::Interrupted),
+            result = fut => result,
+        }
+    }
+
     /// Resolves once cancelled.
     pub async fn cancelled(&mut self) {
         // A dropped handle means nobody can cancel any more: wait forever.
@@ -258,7 +272,7 @@ pub async fn download_file(
             dest.display()
         )));
     }
-    let entry = client.stat(remote).await?;
+    let entry = cancel.guard(client.stat(remote)).await?;
     if entry.kind == EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is a directory; use get -r"
@@ -340,7 +354,7 @@ async fn fetch_to(
     let mut whole: Option<Sha256> = (offset > 0).then_some(hasher);
     let mut fetch: Option<FetchStream> = None;
     let result = async {
-        let stream = fetch.insert(client.fetch(remote, offset, TO_END).await?);
+        let stream = fetch.insert(cancel.guard(client.fetch(remote, offset, TO_END)).await?);
         let response = *stream.response();
         if response.size != wanted.size
             || response.mtime_secs != wanted.mtime_secs
@@ -587,13 +601,13 @@ pub async fn download_tree(
     cancel: &Cancel,
 ) -> Result<TreeReport, ClientError> {
     let started = Instant::now();
-    let root = client.stat(remote).await?;
+    let root = cancel.guard(client.stat(remote)).await?;
     if root.kind != EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is not a directory; use get without -r"
         )));
     }
-    let entries = client.list(remote, true, u16::MAX).await?;
+    let entries = cancel.guard(client.list(remote, true, u16::MAX)).await?;
     tokio::fs::create_dir_all(dest)
         .await
         .map_err(|e| ClientError::io(dest, e))?;

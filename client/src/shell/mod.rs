@@ -570,7 +570,11 @@ impl Shell {
             let entries = self.block_on(async move { client.list(&listed_dir, false, 0).await })?;
             let before = wanted.len();
             for entry in entries {
-                if entry.kind == EntryKind::FILE && matcher.matches(&entry.name) {
+                // One plain name per entry; anything else could write outside the local
+                // directory.
+                let plain = transfer::safe_relative(&entry.name)
+                    .is_some_and(|p| p.components().count() == 1);
+                if entry.kind == EntryKind::FILE && plain && matcher.matches(&entry.name) {
                     let path = if dir.is_empty() {
                         entry.name.clone()
                     } else {
