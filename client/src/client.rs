@@ -9,7 +9,8 @@
 //!
 //! Backpressure: each request's channel is bounded; when a caller stops reading, the reader waits,
 //! TCP fills up and the server slows down. Dropping a request handle before its end sends
-//! `Cancel` and forgets the id, so late frames for it are discarded.
+//! `Cancel` and forgets the id, so late frames for it are discarded. The invariants of the
+//! routing table are in `STATE.md` beside this file.
 
 use std::collections::HashMap;
 use std::fmt;

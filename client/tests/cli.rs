@@ -407,6 +407,18 @@ fn batch_mode_runs_a_script_and_stops_at_the_first_failure() {
     // The last ls came after the failure and did not run.
     assert_eq!(run.stderr.matches("ferry> ls").count(), 1, "{}", run.stderr);
 
+    // mget runs in the foreground in batch mode, so the next line sees its files.
+    std::fs::create_dir(s.work.join("m")).unwrap();
+    let script = s.work.join("mget.txt");
+    std::fs::write(&script, "lcd m\nmget *.txt docs/*.md\nlls\n").unwrap();
+    let run = s.ferry(&["shell", &s.server.url(""), "-b", script.to_str().unwrap()]);
+    run.ok();
+    assert_eq!(lines(&run.stdout), ["a.txt", "readme.md"], "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(s.work.join("m/readme.md")).unwrap(),
+        b"# docs\n"
+    );
+
     // Without a terminal on stdin, the shell reads its batch from stdin.
     use std::io::Write;
     let mut child = s

@@ -101,8 +101,9 @@ impl ShellHelper {
         }
     }
 
-    /// Candidates for a remote path word as typed (relative to the cwd, or `/`-absolute).
-    pub fn remote_candidates(&self, word: &str) -> Vec<Pair> {
+    /// Candidates for a remote path word as typed (relative to the cwd, or `/`-absolute);
+    /// only directories when `dirs_only` (for `cd`).
+    pub fn remote_candidates(&self, word: &str, dirs_only: bool) -> Vec<Pair> {
         let (dir_part, prefix) = match word.rfind('/') {
             Some(i) => (&word[..=i], &word[i + 1..]),
             None => ("", word),
@@ -115,6 +116,7 @@ impl ShellHelper {
         let mut out: Vec<Pair> = entries
             .iter()
             .filter(|e| e.name.starts_with(prefix) && !e.name.contains('/'))
+            .filter(|e| !dirs_only || e.kind == EntryKind::DIRECTORY)
             .map(|e| {
                 let is_dir = e.kind == EntryKind::DIRECTORY;
                 let shown = if is_dir {
@@ -212,7 +214,7 @@ impl Completer for ShellHelper {
                     .ok()
                     .and_then(|l| l.words.into_iter().next())
                     .unwrap_or_default();
-                Ok((start, self.remote_candidates(&typed)))
+                Ok((start, self.remote_candidates(&typed, command == "cd")))
             }
             ArgKind::Local => self.files.complete(line, pos, ctx),
             ArgKind::None => Ok((pos, Vec::new())),
