@@ -268,7 +268,7 @@ pub async fn download_file(
     let started = Instant::now();
     if dest.exists() && !options.force {
         return Err(ClientError::Local(format!(
-            "{} already exists; pass --force to overwrite it",
+            "{} already exists; use -f (--force) to overwrite it",
             dest.display()
         )));
     }
@@ -660,7 +660,7 @@ pub async fn download_tree(
             }
             if local.exists() && !options.force {
                 let err = ClientError::Local(format!(
-                    "{} already exists; pass --force to overwrite it",
+                    "{} already exists; use -f (--force) to overwrite it",
                     local.display()
                 ));
                 return (remote_path, Err(err));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ferry_protocol::Key;
 use tokio::runtime::Runtime;
 
-use super::Context;
+use super::{print_lines, Context};
 use crate::cli::DemoArgs;
 use crate::client::Client;
 use crate::error::ClientError;
@@ -31,12 +31,12 @@ pub fn run(ctx: &Context, args: DemoArgs, runtime: &Runtime) -> Result<(), Clien
     let key = Key::generate();
     let (addr, stop, server) = runtime.block_on(start_server(root.clone(), key.clone()))?;
     let url = FerryUrl::from_socket_addr(addr);
-    println!(
+    print_lines([format!(
         "Serving {} on {addr} (read-only, until you leave the shell).",
         root.display()
-    );
-    println!("Connect from another terminal with:");
-    println!("  ferry shell --key {} {url}", key.to_base64());
+    )]);
+    print_lines(["Connect from another terminal with:"]);
+    print_lines([format!("  ferry shell --key {} {url}", key.to_base64())]);
 
     let config = ctx.client_config_with_key(key);
     let result = runtime

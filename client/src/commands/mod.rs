@@ -107,3 +107,11 @@ where
     }
     let _ = out.flush();
 }
+
+/// Writes text that already ends its lines to stdout, like [`print_lines`].
+pub fn print_text(text: &str) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}

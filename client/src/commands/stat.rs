@@ -1,6 +1,6 @@
 //! `ferry stat URL [--json]`.
 
-use super::{print_lines, Context};
+use super::{print_lines, print_text, Context};
 use crate::cli::StatArgs;
 use crate::error::ClientError;
 use crate::format;
@@ -13,7 +13,7 @@ pub async fn run(ctx: &Context, args: StatArgs) -> Result<(), ClientError> {
         json["path"] = args.url.path.clone().into();
         print_lines([json.to_string()]);
     } else {
-        print!("{}", format::stat_text(&args.url.path, &entry));
+        print_text(&format::stat_text(&args.url.path, &entry));
     }
     Ok(())
 }

@@ -116,9 +116,28 @@ pub fn overview() -> String {
 pub fn about(command: &CommandHelp) -> String {
     let mut out = format!("usage: {}\n{}\n", command.usage, command.summary);
     if !command.details.is_empty() {
-        out.push_str(command.details);
-        out.push('\n');
+        out.push_str(&wrap(command.details, 88));
     }
+    out
+}
+
+/// Breaks `text` into lines of at most `width` columns at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        let len = word.chars().count();
+        if line > 0 && line + 1 + len > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += len;
+    }
+    out.push('\n');
     out
 }
 
@@ -135,5 +154,9 @@ mod tests {
         assert_eq!(names.len(), len);
         assert!(overview().contains("mget"));
         assert!(about(find("get").unwrap()).starts_with("usage: get"));
+        assert!(about(find("get").unwrap())
+            .lines()
+            .all(|l| l.chars().count() <= 88));
+        assert_eq!(wrap("aa bb cc", 5), "aa bb\ncc\n");
     }
 }

@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, ClientConfig};
-use crate::commands::{self, print_lines, Context};
+use crate::commands::{self, print_lines, print_text, Context};
 use crate::error::ClientError;
 use crate::format;
 use crate::progress::{self, Progress};
@@ -204,10 +204,10 @@ impl Shell {
             }
             let _ = editor.load_history(path);
         }
-        println!(
+        print_lines([format!(
             "Connected to {}. Type help for commands, Tab to complete, Ctrl-D to leave.",
             self.server.authority()
-        );
+        )]);
         loop {
             self.print_notices();
             let prompt = format!("ferry:/{}> ", self.cwd());
@@ -304,7 +304,7 @@ impl Shell {
         match command.as_str() {
             "ls" | "dir" => self.retrying(|shell| shell.ls(&args))?,
             "cd" => self.retrying(|shell| shell.cd(&args))?,
-            "pwd" => println!("/{}", self.cwd()),
+            "pwd" => print_lines([format!("/{}", self.cwd())]),
             "stat" => self.retrying(|shell| shell.stat(&args))?,
             "get" => self.get(&args, background)?,
             "mget" => self.mget(&args)?,
@@ -317,13 +317,13 @@ impl Shell {
             "lls" => lls(&args)?,
             "lpwd" => {
                 let dir = std::env::current_dir().map_err(|e| ClientError::io(".", e))?;
-                println!("{}", dir.display());
+                print_lines([dir.display().to_string()]);
             }
             "ping" => self.retrying(|shell| shell.ping(&args))?,
             "help" | "?" => match args.first() {
-                None => print!("{}", help::overview()),
+                None => print_text(&help::overview()),
                 Some(name) => match help::find(name) {
-                    Some(c) => print!("{}", help::about(c)),
+                    Some(c) => print_text(&help::about(c)),
                     None => {
                         return Err(ClientError::Usage(format!(
                             "no command {name}; type help for the list"
@@ -427,7 +427,7 @@ impl Shell {
         let client = self.client();
         let path = target.clone();
         let entry = self.block_on(async move { client.stat(&path).await })?;
-        print!("{}", format::stat_text(&target, &entry));
+        print_text(&format::stat_text(&target, &entry));
         Ok(())
     }
 
@@ -660,7 +660,7 @@ impl Shell {
                 notices.push((id, line));
             }
         });
-        println!("[{id}] started: {label}");
+        print_lines([format!("[{id}] started: {label}")]);
         self.jobs.push(Job {
             id,
             label,
@@ -685,7 +685,7 @@ impl Shell {
 
     fn jobs(&mut self) {
         if self.jobs.is_empty() {
-            println!("no jobs");
+            print_lines(["no jobs"]);
             return;
         }
         let mut lines = Vec::new();
@@ -748,7 +748,7 @@ impl Shell {
             .map(|j| (j.id, j.progress.clone(), j.result.clone()))
             .collect();
         if jobs.is_empty() {
-            println!("no running jobs");
+            print_lines(["no running jobs"]);
             return;
         }
         self.handle.block_on(async move {
