@@ -916,6 +916,8 @@ mod tests {
             ("a.txt", b"abc".as_slice()),
             ("corrupt", b"xyz".as_slice()),
             ("slow", b"0123456789".as_slice()),
+            ("overflow", b"abc".as_slice()),
+            ("short", b"abc".as_slice()),
         ]
         .into();
         let mut parked: Option<RequestId> = None;
@@ -972,6 +974,22 @@ mod tests {
                     if r.path == "slow" {
                         parked = Some(id);
                         vec![head]
+                    } else if r.path == "overflow" || r.path == "short" {
+                        // Announce 3 bytes, then send 5 (or 2) and an end that agrees with
+                        // what was sent: the count must still be checked against the header.
+                        let sent: &[u8] = if r.path == "overflow" {
+                            b"12345"
+                        } else {
+                            b"12"
+                        };
+                        vec![
+                            head,
+                            Message::Data(Bytes::copy_from_slice(sent)),
+                            Message::FetchEnd(FetchEnd {
+                                bytes: sent.len() as u64,
+                                sha256: Sha256::digest(sent).into(),
+                            }),
+                        ]
                     } else {
                         let mut sha: [u8; 32] = Sha256::digest(data).into();
                         if r.path == "corrupt" {
@@ -1050,6 +1068,10 @@ mod tests {
         assert_eq!(data, b"abc");
         let err = client.fetch_all("corrupt").await.unwrap_err();
         assert!(matches!(err, ClientError::Integrity(_)), "{err}");
+        for path in ["overflow", "short"] {
+            let err = client.fetch_all(path).await.unwrap_err();
+            assert!(matches!(err, ClientError::Integrity(_)), "{path}: {err}");
+        }
         // The connection survives a failed request.
         client.stat("a.txt").await.unwrap();
     }
