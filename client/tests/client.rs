@@ -147,3 +147,18 @@ fn connect_failures_are_classified() {
         assert_eq!(err.exit_code(), 3);
     });
 }
+
+#[test]
+fn keep_alive_pings_keep_an_idle_connection_open() {
+    let (_dir, server) = server(100);
+    block_on(async {
+        // Ping after 100 ms of silence and give up 400 ms after an unanswered ping: if the
+        // server did not answer id-0 pings, two seconds of idling would close the connection.
+        let config = ClientConfig::new(server.key.clone())
+            .keepalive(Duration::from_millis(100), Duration::from_millis(400));
+        let client = Client::connect(server.addr, config).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!client.is_closed());
+        assert_eq!(client.stat("a.txt").await.unwrap().size, 6);
+    });
+}
