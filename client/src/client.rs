@@ -8,7 +8,9 @@
 //! to the caller untouched.
 //!
 //! Backpressure: each request's channel is bounded; when a caller stops reading, the reader waits,
-//! TCP fills up and the server slows down. Dropping a request handle before its end sends
+//! TCP fills up and the server slows down. The protocol has no per-request flow control, so this
+//! also holds up the other requests on the connection: read a [`FetchStream`] or drop it, but do
+//! not keep one unread while awaiting another request on the same `Client`. Dropping a request handle before its end sends
 //! `Cancel` and forgets the id, so late frames for it are discarded. The invariants of the
 //! routing table are in `STATE.md` beside this file.
 
