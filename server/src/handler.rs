@@ -311,8 +311,19 @@ impl Conn {
                     return Close::WriterGone;
                 }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    self.finished(joined);
                     last_activity = Instant::now();
+                    if let Some((id, service)) = self.finished(joined) {
+                        let internal = (
+                            id,
+                            Message::Error {
+                                service,
+                                body: ErrorBody::from_code(ErrorCode::INTERNAL),
+                            },
+                        );
+                        if let Some(close) = self.enqueue(&self.ctx.data, internal).await {
+                            return close;
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(frame_deadline.unwrap_or(now + far)),
                     if frame_deadline.is_some() => {
@@ -334,7 +345,12 @@ impl Conn {
         }
     }
 
-    fn finished(&mut self, joined: Result<(RequestId, u64), JoinError>) {
+    /// Bookkeeping for a finished request task. Returns a request that panicked, which still
+    /// owes the client a final frame.
+    fn finished(
+        &mut self,
+        joined: Result<(RequestId, u64), JoinError>,
+    ) -> Option<(RequestId, Service)> {
         match joined {
             Ok((id, generation)) => {
                 if self
@@ -344,14 +360,21 @@ impl Conn {
                 {
                     self.in_flight.remove(&id);
                 }
+                None
             }
             // Cancelled tasks were removed when cancelled.
-            Err(error) if error.is_cancelled() => {}
+            Err(error) if error.is_cancelled() => None,
             Err(error) => {
                 // A panicking request must not take the connection down; find its id.
                 tracing::error!(%error, "request task panicked");
                 let task = error.id();
-                self.in_flight.retain(|_, f| f.abort.id() != task);
+                let id = self
+                    .in_flight
+                    .iter()
+                    .find(|(_, f)| f.abort.id() == task)
+                    .map(|(id, _)| *id)?;
+                let flight = self.in_flight.remove(&id)?;
+                Some((id, flight.service))
             }
         }
     }
