@@ -341,3 +341,34 @@ async fn dispatch_follows_the_spec_table() {
     );
     server.shutdown().await;
 }
+
+/// Several listen addresses at once, IPv4 and IPv6 (when the host has IPv6 loopback).
+#[tokio::test]
+async fn listens_on_ipv4_and_ipv6_together() {
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if !ipv6 {
+        eprintln!("no IPv6 loopback here; testing two IPv4 listeners");
+    }
+    let second = if ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
+    // The fixture provides the tree; the server under test serves it on two addresses.
+    let fixture = TestServer::start(tree).await;
+    let key = fixture.key.clone();
+    let config = ferry_server::Config::new(fixture.root(), key.clone())
+        .listen(["127.0.0.1:0".parse().unwrap(), second.parse().unwrap()]);
+    let server = ferry_server::Server::bind(config).await.unwrap();
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs.iter().all(|a| a.port() != 0));
+    assert_eq!(addrs[1].is_ipv6(), ipv6);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    for addr in &addrs {
+        let mut client = Client::connect(*addr, key.clone(), false).await.unwrap();
+        assert_eq!(client.stat("docs/a.txt").await.unwrap().size, 5);
+    }
+    let _ = stop.send(());
+    run.await.unwrap().unwrap();
+    fixture.shutdown().await;
+}
