@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use ferry_protocol::message::{Entry, EntryKind, TO_END};
+use ferry_protocol::ErrorCode;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,6 +145,28 @@ impl Cancel {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Runs a request, again after a pause while the server answers BUSY (its per-connection
+/// request limit is shared by every transfer and background job on the connection). Gives up
+/// after about 10 s.
+async fn when_not_busy<T, F, Fut>(mut request: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..20 {
+        match request().await {
+            Err(e) if e.remote_code() == Some(ErrorCode::BUSY) => {
+                debug!(?delay, "server busy; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+    request().await
 }
 
 /// The partial-file record (see the module docs for the format).
@@ -272,7 +295,7 @@ pub async fn download_file(
             dest.display()
         )));
     }
-    let entry = cancel.guard(client.stat(remote)).await?;
+    let entry = cancel.guard(when_not_busy(|| client.stat(remote))).await?;
     if entry.kind == EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is a directory; use get -r"
@@ -354,7 +377,11 @@ async fn fetch_to(
     let mut whole: Option<Sha256> = (offset > 0).then_some(hasher);
     let mut fetch: Option<FetchStream> = None;
     let result = async {
-        let stream = fetch.insert(cancel.guard(client.fetch(remote, offset, TO_END)).await?);
+        let stream = fetch.insert(
+            cancel
+                .guard(when_not_busy(|| client.fetch(remote, offset, TO_END)))
+                .await?,
+        );
         let response = *stream.response();
         if response.size != wanted.size
             || response.mtime_secs != wanted.mtime_secs
@@ -601,13 +628,15 @@ pub async fn download_tree(
     cancel: &Cancel,
 ) -> Result<TreeReport, ClientError> {
     let started = Instant::now();
-    let root = cancel.guard(client.stat(remote)).await?;
+    let root = cancel.guard(when_not_busy(|| client.stat(remote))).await?;
     if root.kind != EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is not a directory; use get without -r"
         )));
     }
-    let entries = cancel.guard(client.list(remote, true, u16::MAX)).await?;
+    let entries = cancel
+        .guard(when_not_busy(|| client.list(remote, true, u16::MAX)))
+        .await?;
     tokio::fs::create_dir_all(dest)
         .await
         .map_err(|e| ClientError::io(dest, e))?;
@@ -704,6 +733,34 @@ pub async fn download_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_answers_are_retried_then_given_up() {
+        let mut calls = 0;
+        let result = when_not_busy(|| {
+            calls += 1;
+            let busy = calls < 3;
+            async move {
+                if busy {
+                    Err(ClientError::Remote(ferry_protocol::ErrorBody::from_code(
+                        ErrorCode::BUSY,
+                    )))
+                } else {
+                    Ok(calls)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 3);
+        let err = when_not_busy(|| async {
+            Err::<(), _>(ClientError::Remote(ferry_protocol::ErrorBody::from_code(
+                ErrorCode::BUSY,
+            )))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.remote_code(), Some(ErrorCode::BUSY));
+    }
 
     #[test]
     fn meta_round_trips() {

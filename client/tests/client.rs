@@ -162,3 +162,44 @@ fn keep_alive_pings_keep_an_idle_connection_open() {
         assert_eq!(client.stat("a.txt").await.unwrap().size, 6);
     });
 }
+
+#[test]
+fn trees_wait_out_a_busy_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for i in 0..12 {
+        std::fs::create_dir_all(root.join("t")).unwrap();
+        std::fs::write(root.join(format!("t/f{i:02}")), data(50_000 + i, i as u64)).unwrap();
+    }
+    let key = Key::generate();
+    // Two requests in flight per connection; the tree asks for eight at a time.
+    let server = TestServer::start_with(&root, &key, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.limits.max_in_flight_per_connection = 2;
+    });
+    let dest = dir.path().join("out");
+    block_on(async {
+        let client = Client::connect(server.addr, ClientConfig::new(key.clone()))
+            .await
+            .unwrap();
+        let options = ferry_client::transfer::GetOptions {
+            jobs: 8,
+            ..Default::default()
+        };
+        let report = ferry_client::transfer::download_tree(
+            &client,
+            "t",
+            &dest,
+            &options,
+            &ferry_client::progress::Progress::hidden(),
+            &ferry_client::transfer::Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.files.len(), 12);
+    });
+    for i in 0..12 {
+        let got = std::fs::read(dest.join(format!("f{i:02}"))).unwrap();
+        assert_eq!(got, data(50_000 + i, i as u64));
+    }
+}

@@ -30,6 +30,16 @@ impl TestServer {
 
     /// Like [`TestServer::start`] on a given address (to restart on the same port).
     pub fn start_on(root: &Path, key: &Key, addr: SocketAddr) -> Self {
+        Self::start_with(root, key, addr, |_| {})
+    }
+
+    /// Like [`TestServer::start_on`], with a chance to change the configuration.
+    pub fn start_with(
+        root: &Path,
+        key: &Key,
+        addr: SocketAddr,
+        tweak: impl FnOnce(&mut ferry_server::Config),
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -38,6 +48,8 @@ impl TestServer {
         let config = ferry_server::Config::new(root, key.clone())
             .listen([addr])
             .allow_plaintext(true);
+        let mut config = config;
+        tweak(&mut config);
         let server = runtime
             .block_on(ferry_server::Server::bind(config))
             .unwrap();
