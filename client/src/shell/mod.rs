@@ -171,6 +171,17 @@ impl Shell {
 
     /// Chooses interactive or batch mode from `batch_file` and whether stdin is a terminal.
     pub fn run(self, batch_file: Option<&Path>) -> Result<(), ClientError> {
+        // Take over SIGINT for the whole session now (tokio keeps the handler installed), so a
+        // Ctrl-C between two commands can never kill the shell with its default action.
+        #[cfg(unix)]
+        {
+            let installed = self.handle.block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            });
+            if let Err(e) = installed {
+                tracing::debug!(error = %e, "cannot install the Ctrl-C handler");
+            }
+        }
         match batch_file {
             Some(path) => {
                 let file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
