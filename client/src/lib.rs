@@ -8,7 +8,7 @@
 //! - [`client`]: [`Client`], one multiplexed connection with list, stat, fetch and ping.
 //! - [`transfer`]: downloads to disk with `.part` files, resume and parallel trees.
 //! - [`progress`]: progress bars and summaries.
-//! - [`format`]: entries as `ls -l` lines, stat text and JSON.
+//! - [`format`](mod@format): entries as `ls -l` lines, stat text and JSON.
 //! - [`cli`], [`commands`], [`shell`]: the `ferry` command line and interactive shell (`demo`
 //!   runs an in-process `ferry_server`).
 //!
