@@ -78,6 +78,9 @@ pub struct Limits {
     /// File bytes read per blocking read of a fetch (a multiple of `chunk_size` is best).
     /// Default 512 KiB.
     pub read_size: usize,
+    /// Read buffers one connection may hold, whatever its number of fetches; with
+    /// `read_size` this bounds a connection's fetch memory. Default 8 (4 MiB).
+    pub read_buffers_per_connection: usize,
     /// After a shutdown request, how long in-flight requests may run before connections are
     /// cut. Default 10 s.
     pub shutdown_grace: Duration,
@@ -104,6 +107,7 @@ impl Default for Limits {
             max_body: DEFAULT_MAX_BODY,
             chunk_size: 64 * 1024,
             read_size: 512 * 1024,
+            read_buffers_per_connection: 8,
             shutdown_grace: Duration::from_secs(10),
             max_path_depth: 64,
             max_list_depth: 32,

@@ -39,6 +39,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::buffers::{BufferPool, PooledBuf};
 use crate::config::Limits;
 use crate::fs::{FileReader, FsError, Jail, Lister, RelPath};
 use crate::shutdown::Signals;
@@ -121,6 +122,8 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
     let (send, recv) = session.into_split();
     let chunk = limits.chunk_size.min(send.max_payload()).max(1);
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
+    // Whole chunks per read, so only a file's last frame is short.
+    let read_size = (limits.read_size / chunk).max(1) * chunk;
     let (rd, wr) = stream.into_split();
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
@@ -134,6 +137,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
         ctx: RequestCtx {
             shared: shared.clone(),
             data: data_tx,
+            buffers: BufferPool::new(read_size, limits.read_buffers_per_connection),
             chunk,
             page_bytes,
         },
@@ -220,6 +224,8 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
 struct RequestCtx {
     shared: Arc<Shared>,
     data: mpsc::Sender<Out>,
+    /// This connection's fetch read buffers.
+    buffers: Arc<BufferPool>,
     /// Data bytes per frame.
     chunk: usize,
     /// Encoded bytes per list page.
@@ -871,15 +877,15 @@ async fn fetch(
     ctx.send(id, Message::FetchResponse(response)).await?;
 
     let chunk = ctx.chunk;
-    let read_size = (ctx.shared.limits.read_size / chunk).max(1) * chunk;
+    let pool = ctx.buffers.clone();
     let mut reader = Some(reader);
     let mut reading = None;
-    let mut recycled: VecDeque<Bytes> = VecDeque::new();
     loop {
         if reading.is_none() {
             match reader.take() {
                 Some(r) if r.remaining() > 0 => {
-                    reading = Some(spawn_read(r, reusable(&mut recycled, read_size), read_size));
+                    // Holding no unqueued buffer here, so waiting cannot deadlock.
+                    reading = Some(spawn_read(r, pool.get().await));
                 }
                 other => {
                     reader = other;
@@ -889,12 +895,12 @@ async fn fetch(
         }
         let Some(handle) = reading.take() else { break };
         let (r, batch) = handle.await?;
-        let batch = batch?.freeze();
-        // Start the next read before queueing this batch, so disk and socket overlap.
-        if r.remaining() > 0 {
-            reading = Some(spawn_read(r, reusable(&mut recycled, read_size), read_size));
-        } else {
-            reader = Some(r);
+        let batch = Bytes::from_owner(batch?);
+        // Start the next read before queueing this batch, so disk and socket overlap, but only
+        // with a buffer that is free right now.
+        match (r.remaining() > 0).then(|| pool.try_get()).flatten() {
+            Some(buf) => reading = Some(spawn_read(r, buf)),
+            None => reader = Some(r),
         }
         let mut at = 0;
         while at < batch.len() {
@@ -902,7 +908,6 @@ async fn fetch(
             ctx.send(id, Message::Data(batch.slice(at..end))).await?;
             at = end;
         }
-        recycled.push_back(batch);
     }
     let Some(reader) = reader else {
         return Err(ServiceError::Internal("fetch lost its reader".into()));
@@ -912,34 +917,14 @@ async fn fetch(
     Ok(end.bytes)
 }
 
-type ReadResult = (FileReader, Result<BytesMut, FsError>);
+type ReadResult = (FileReader, Result<PooledBuf, FsError>);
 
-fn spawn_read(
-    mut reader: FileReader,
-    mut buf: BytesMut,
-    read_size: usize,
-) -> tokio::task::JoinHandle<ReadResult> {
+fn spawn_read(mut reader: FileReader, mut buf: PooledBuf) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
-        let result = reader.read_batch(&mut buf, read_size).map(|()| buf);
+        let result = reader.read_batch(buf.space()).map(|n| {
+            buf.set_len(n);
+            buf
+        });
         (reader, result)
     })
-}
-
-/// A read buffer: a previous batch whose chunks have all been written (so it is unique again
-/// and already initialised), or a new one.
-fn reusable(recycled: &mut VecDeque<Bytes>, size: usize) -> BytesMut {
-    for _ in 0..recycled.len() {
-        let Some(old) = recycled.pop_front() else {
-            break;
-        };
-        match old.try_into_mut() {
-            Ok(buf) => return buf,
-            Err(old) => recycled.push_back(old),
-        }
-    }
-    // Keep at most a few batches alive waiting to be reused.
-    if recycled.len() >= 3 {
-        recycled.pop_front();
-    }
-    BytesMut::with_capacity(size)
 }

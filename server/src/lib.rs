@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod buffers;
 pub mod config;
 pub mod fs;
 mod handler;

@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use bytes::BytesMut;
 use ferry_protocol::message::{FetchEnd, FetchResponse, TO_END};
 use sha2::{Digest, Sha256};
 
@@ -83,14 +82,13 @@ impl FileReader {
         self.remaining
     }
 
-    /// Reads the next `max` bytes at most into `buf` (resized to exactly what was read) and
-    /// hashes them. A short read or changed metadata ends the fetch with [`FsError::Changed`].
-    pub fn read_batch(&mut self, buf: &mut BytesMut, max: usize) -> Result<(), FsError> {
+    /// Reads the next bytes of the range into `buf`, as many as fit, and hashes them. Returns
+    /// how many. A short read or changed metadata ends the fetch with [`FsError::Changed`].
+    pub fn read_batch(&mut self, buf: &mut [u8]) -> Result<usize, FsError> {
         let want = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)
-            .min(max);
-        // A recycled buffer is already initialised; only growth is zero-filled.
-        buf.resize(want, 0);
+            .min(buf.len());
+        let buf = &mut buf[..want];
         let mut filled = 0;
         while filled < want {
             match self
@@ -114,7 +112,7 @@ impl FileReader {
         self.pos += want as u64;
         self.remaining -= want as u64;
         self.sent += want as u64;
-        Ok(())
+        Ok(want)
     }
 
     fn check_unchanged(&self) -> Result<(), FsError> {
@@ -171,10 +169,10 @@ mod tests {
             (10, 50_000, 100_000)
         );
         let mut got = Vec::new();
-        let mut buf = BytesMut::new();
+        let mut buf = vec![0u8; 16_384];
         while reader.remaining() > 0 {
-            reader.read_batch(&mut buf, 16_384).unwrap();
-            got.extend_from_slice(&buf);
+            let n = reader.read_batch(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, &data[10..50_010]);
         let end = reader.finish().unwrap();
@@ -185,13 +183,13 @@ mod tests {
         );
 
         let (mut reader, _) = FileReader::open(&jail, path, 0, TO_END).unwrap();
-        reader.read_batch(&mut buf, 16_384).unwrap();
+        reader.read_batch(&mut buf).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("f"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
             .unwrap();
-        let err = reader.read_batch(&mut buf, 16_384).unwrap_err();
+        let err = reader.read_batch(&mut buf).unwrap_err();
         assert_eq!(err.code(), ferry_protocol::ErrorCode::FILE_CHANGED);
     }
 }
