@@ -22,6 +22,9 @@ pub struct Config {
     pub key: Key,
     /// Accept clients asking for plaintext sessions. Default: off.
     pub allow_plaintext: bool,
+    /// Follow symlinks that stay inside the root (default). When false no symlink is ever
+    /// followed, as on kernels without `openat2`.
+    pub follow_symlinks: bool,
     pub limits: Limits,
 }
 
@@ -33,6 +36,7 @@ impl Config {
             listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))],
             key,
             allow_plaintext: false,
+            follow_symlinks: true,
             limits: Limits::default(),
         }
     }
@@ -45,6 +49,11 @@ impl Config {
 
     pub fn allow_plaintext(mut self, allow: bool) -> Self {
         self.allow_plaintext = allow;
+        self
+    }
+
+    pub fn follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
         self
     }
 

@@ -56,9 +56,12 @@ impl Server {
             ));
         }
         let root = config.root.clone();
-        let jail = tokio::task::spawn_blocking(move || fs::Jail::open(&root))
+        let mut jail = tokio::task::spawn_blocking(move || fs::Jail::open(&root))
             .await
             .map_err(std::io::Error::other)??;
+        if !config.follow_symlinks {
+            jail = jail.with_resolver(fs::Resolver::NoFollow);
+        }
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
             let listener = listener::bind(*addr).map_err(|e| {

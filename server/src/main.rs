@@ -48,6 +48,11 @@ struct Cli {
     #[arg(long)]
     plaintext: bool,
 
+    /// Never follow symbolic links, not even those that stay inside ROOT (by default links
+    /// inside ROOT are followed and links leaving it are refused).
+    #[arg(long)]
+    no_symlinks: bool,
+
     /// Serve read-only. This is the only mode today (there are no uploads); the flag exists so
     /// scripts can say so explicitly.
     #[arg(long)]
@@ -119,6 +124,7 @@ enum LogFormat {
 /// listen = ["0.0.0.0:6789", "[::]:6789"]  # default: ["127.0.0.1:6789"]
 /// key_file = "/etc/ferry/key"         # default: ~/.config/ferry/key
 /// plaintext = false                   # default: false
+/// no_symlinks = false                 # default: false (links inside root are followed)
 /// log_format = "json"                 # default: "text"
 ///
 /// [limits]
@@ -138,6 +144,7 @@ struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     key_file: Option<PathBuf>,
     plaintext: Option<bool>,
+    no_symlinks: Option<bool>,
     read_only: Option<bool>,
     log_format: Option<LogFormat>,
     limits: FileLimits,
@@ -221,6 +228,7 @@ fn run(cli: Cli) -> Result<i32> {
     let config = Config::new(root, key.clone())
         .listen(listen)
         .allow_plaintext(cli.plaintext || file.plaintext.unwrap_or(false))
+        .follow_symlinks(!(cli.no_symlinks || file.no_symlinks.unwrap_or(false)))
         .limits(limits);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

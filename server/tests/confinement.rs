@@ -22,6 +22,9 @@ fn tree(root: &std::path::Path) {
     std::os::unix::fs::symlink("../../../root-private", root.join("pub/inner/sibling")).unwrap();
     std::os::unix::fs::symlink("escape-rel", root.join("chain")).unwrap();
     std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
+    // Links that stay inside.
+    std::os::unix::fs::symlink("pub/ok.txt", root.join("inner-link")).unwrap();
+    std::os::unix::fs::symlink("pub", root.join("pubdir-link")).unwrap();
 }
 
 async fn expect_refused(client: &mut Client, path: &str, codes: &[ErrorCode]) {
@@ -51,8 +54,8 @@ async fn expect_refused(client: &mut Client, path: &str, codes: &[ErrorCode]) {
     }
 }
 
-async fn run(plaintext: bool) {
-    let server = TestServer::start(tree).await;
+async fn run(plaintext: bool, follow_symlinks: bool) {
+    let server = TestServer::start_with(tree, |c| c.follow_symlinks(follow_symlinks)).await;
     let mut client = Client::connect(server.addr, server.key.clone(), plaintext)
         .await
         .unwrap();
@@ -111,19 +114,31 @@ async fn run(plaintext: bool) {
             "chain",
             "escape-abs",
             "escape-rel",
+            "inner-link",
             "linkdir",
             "pub/inner/sibling",
+            "pubdir-link",
             "slash"
         ]
     );
     assert!(entries
         .iter()
         .all(|e| !e.name.starts_with("linkdir/") && !e.name.contains("secret")));
-    // Legitimate access still works on the same connection.
+    // Legitimate access still works on the same connection; a link inside the root is
+    // followed unless following is off (then it is refused like any other link).
     assert_eq!(
         client.fetch("pub/ok.txt", 0, TO_END).await.unwrap().data,
         b"fine"
     );
+    let inner = client.fetch("inner-link", 0, TO_END).await;
+    let inner_dir = client.list("pubdir-link", false, 0).await;
+    if follow_symlinks {
+        assert_eq!(inner.unwrap().data, b"fine");
+        assert_eq!(inner_dir.unwrap().len(), 2);
+    } else {
+        assert_eq!(inner.unwrap_err().code, ErrorCode::INVALID_PATH);
+        assert_eq!(inner_dir.unwrap_err().code, ErrorCode::INVALID_PATH);
+    }
 
     assert!(!client.saw_canary(), "canary content leaked");
     let root = server.dir.path().to_string_lossy().into_owned();
@@ -137,10 +152,16 @@ async fn run(plaintext: bool) {
 
 #[tokio::test]
 async fn confinement_encrypted() {
-    run(false).await;
+    run(false, true).await;
 }
 
 #[tokio::test]
 async fn confinement_plaintext() {
-    run(true).await;
+    run(true, true).await;
+}
+
+/// The per-component `O_NOFOLLOW` resolver (the fallback without `openat2`, or `--no-symlinks`).
+#[tokio::test]
+async fn confinement_without_following_symlinks() {
+    run(false, false).await;
 }

@@ -262,7 +262,16 @@ impl Jail {
             dir = Some(next);
         }
         let at: BorrowedFd<'_> = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
-        rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW, Mode::empty())
+        match rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW, Mode::empty()) {
+            // O_DIRECTORY | O_NOFOLLOW on a symlink says ENOTDIR; report it as the link it is.
+            Err(Errno::NOTDIR)
+                if rustix::fs::statat(at, *last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| Meta::from_stat(&st).kind == EntryKind::SYMLINK) =>
+            {
+                Err(Errno::LOOP)
+            }
+            other => other,
+        }
     }
 
     /// Metadata of the entry itself (a final symlink is described, not followed).
