@@ -264,20 +264,48 @@ pub fn mac_eq(a: &[u8], b: &[u8]) -> bool {
 /// Sequence numbers stop one short of wrapping; the connection must then be re-established.
 const LAST_SEQUENCE: u64 = u64::MAX - 1;
 
-/// Encrypts outgoing bodies for one direction.
+/// What both record directions hold: the keyed cipher and MAC, and the sequence number.
 #[derive(Clone)]
-pub struct SealingKey {
+struct RecordKey {
     cipher: Aes256,
     mac: HmacSha256,
     seq: u64,
 }
 
-impl fmt::Debug for SealingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SealingKey")
-            .field("seq", &self.seq)
-            .finish()
+impl RecordKey {
+    fn new(keys: &DirectionKeys, seq: u64) -> Self {
+        Self {
+            cipher: Aes256::new(&keys.enc.into()),
+            mac: <HmacSha256 as Mac>::new_from_slice(&keys.mac)
+                .expect("HMAC accepts any key length"),
+            seq,
+        }
     }
+
+    /// A MAC already fed this record's sequence number, or the error that ends the connection
+    /// before the sequence number could wrap.
+    fn mac_for_next(&self) -> Result<HmacSha256, CryptoError> {
+        if self.seq > LAST_SEQUENCE {
+            return Err(CryptoError::SequenceExhausted);
+        }
+        let mut mac = self.mac.clone();
+        mac.update(&self.seq.to_be_bytes());
+        Ok(mac)
+    }
+}
+
+impl fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordKey")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encrypts outgoing bodies for one direction.
+#[derive(Clone, Debug)]
+pub struct SealingKey {
+    key: RecordKey,
 }
 
 impl SealingKey {
@@ -288,16 +316,13 @@ impl SealingKey {
     /// Starts at sequence number `seq` (tests and vectors).
     pub fn with_sequence(keys: &DirectionKeys, seq: u64) -> Self {
         Self {
-            cipher: Aes256::new(&keys.enc.into()),
-            mac: <HmacSha256 as Mac>::new_from_slice(&keys.mac)
-                .expect("HMAC accepts any key length"),
-            seq,
+            key: RecordKey::new(keys, seq),
         }
     }
 
     /// The sequence number the next record will use.
     pub fn sequence(&self) -> u64 {
-        self.seq
+        self.key.seq
     }
 
     /// Appends header and encrypted body for `plaintext`, with a fresh random IV.
@@ -332,9 +357,7 @@ impl SealingKey {
         iv: [u8; IV_LEN],
         dst: &mut BytesMut,
     ) -> Result<(), CryptoError> {
-        if self.seq > LAST_SEQUENCE {
-            return Err(CryptoError::SequenceExhausted);
-        }
+        let mut mac = self.key.mac_for_next()?;
         let wire_len = sealed_len(plaintext.len());
         header.length =
             u32::try_from(wire_len).map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
@@ -347,33 +370,21 @@ impl SealingKey {
         let ct_start = dst.len();
         dst.put_slice(plaintext);
         dst.put_bytes(0, ct_len - plaintext.len());
-        cbc::Encryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
+        cbc::Encryptor::<Aes256>::inner_iv_init(self.key.cipher.clone(), &iv.into())
             .encrypt_padded_mut::<Pkcs7>(&mut dst[ct_start..], plaintext.len())
             .map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
 
-        let mut mac = self.mac.clone();
-        mac.update(&self.seq.to_be_bytes());
         mac.update(&dst[start..]);
         dst.put_slice(&mac.finalize().into_bytes());
-        self.seq += 1;
+        self.key.seq += 1;
         Ok(())
     }
 }
 
 /// Authenticates and decrypts incoming bodies for one direction.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OpeningKey {
-    cipher: Aes256,
-    mac: HmacSha256,
-    seq: u64,
-}
-
-impl fmt::Debug for OpeningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpeningKey")
-            .field("seq", &self.seq)
-            .finish()
-    }
+    key: RecordKey,
 }
 
 impl OpeningKey {
@@ -384,10 +395,7 @@ impl OpeningKey {
     /// Starts at sequence number `seq` (tests and vectors).
     pub fn with_sequence(keys: &DirectionKeys, seq: u64) -> Self {
         Self {
-            cipher: Aes256::new(&keys.enc.into()),
-            mac: <HmacSha256 as Mac>::new_from_slice(&keys.mac)
-                .expect("HMAC accepts any key length"),
-            seq,
+            key: RecordKey::new(keys, seq),
         }
     }
 
@@ -397,11 +405,7 @@ impl OpeningKey {
         if len < MIN_SEALED_LEN || (len - IV_LEN - TAG_LEN) % BLOCK_LEN != 0 {
             return Err(CryptoError::BadRecord);
         }
-        if self.seq > LAST_SEQUENCE {
-            return Err(CryptoError::SequenceExhausted);
-        }
-        let mut mac = self.mac.clone();
-        mac.update(&self.seq.to_be_bytes());
+        let mut mac = self.key.mac_for_next()?;
         mac.update(&header.to_bytes());
         mac.update(&body[..len - TAG_LEN]);
         // `verify_slice` compares in constant time.
@@ -411,12 +415,13 @@ impl OpeningKey {
         body.truncate(len - TAG_LEN);
         let mut ciphertext = body.split_off(IV_LEN);
         let iv: [u8; IV_LEN] = body[..].try_into().map_err(|_| CryptoError::BadRecord)?;
-        let plain_len = cbc::Decryptor::<Aes256>::inner_iv_init(self.cipher.clone(), &iv.into())
-            .decrypt_padded_mut::<Pkcs7>(&mut ciphertext)
-            .map_err(|_| CryptoError::BadRecord)?
-            .len();
+        let plain_len =
+            cbc::Decryptor::<Aes256>::inner_iv_init(self.key.cipher.clone(), &iv.into())
+                .decrypt_padded_mut::<Pkcs7>(&mut ciphertext)
+                .map_err(|_| CryptoError::BadRecord)?
+                .len();
         ciphertext.truncate(plain_len);
-        self.seq += 1;
+        self.key.seq += 1;
         Ok(ciphertext.freeze())
     }
 }

@@ -127,11 +127,52 @@ fn agree(secret: &StaticSecret, peer_share: [u8; 32]) -> Result<[u8; 32], Handsh
     Ok(shared.to_bytes())
 }
 
-/// A frame's bytes exactly as they crossed the wire (handshake frames are never encrypted).
-fn raw_frame(frame: &Frame) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame.encoded_len());
-    frame.encode(&mut out);
-    out
+/// A handshake frame's bytes exactly as they crossed the wire (handshake frames are never
+/// encrypted) and its message. Malformed input, including a handshake frame with a request id,
+/// fails exactly like a wrong key (spec §4.4); an error frame is the peer's refusal.
+fn read_frame(frame: Frame) -> Result<(Vec<u8>, Message), HandshakeError> {
+    let mut received = Vec::with_capacity(frame.encoded_len());
+    frame.encode(&mut received);
+    // Handshake frames belong to the connection: id 0 (spec §4.1).
+    if frame.header.id != RequestId::CONNECTION {
+        return Err(HandshakeError::AuthenticationFailed);
+    }
+    match frame.message() {
+        Ok(Message::Error { body, .. }) => Err(refused(body)),
+        Ok(message) => Ok((received, message)),
+        Err(_) => Err(HandshakeError::AuthenticationFailed),
+    }
+}
+
+/// Either side of the handshake, for drivers that move bytes without caring which.
+pub trait Handshake {
+    /// Handles one frame from the peer, appending replies to `dst`; returns the session once
+    /// the peer has proven it holds the key.
+    fn handle_frame(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Session>, HandshakeError>;
+}
+
+impl Handshake for ClientHandshake {
+    fn handle_frame(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Session>, HandshakeError> {
+        ClientHandshake::handle_frame(self, frame, dst)
+    }
+}
+
+impl Handshake for ServerHandshake {
+    fn handle_frame(
+        &mut self,
+        frame: Frame,
+        dst: &mut BytesMut,
+    ) -> Result<Option<Session>, HandshakeError> {
+        ServerHandshake::handle_frame(self, frame, dst)
+    }
 }
 
 fn transcript_hash(client_hello: &[u8], server_hello: &[u8]) -> [u8; 32] {
@@ -236,17 +277,7 @@ impl ClientHandshake {
         frame: Frame,
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
-        let received = raw_frame(&frame);
-        // Handshake frames belong to the connection: id 0 (spec §4.1).
-        if frame.header.id != RequestId::CONNECTION {
-            return Err(HandshakeError::AuthenticationFailed);
-        }
-        let message = frame
-            .message()
-            .map_err(|_| HandshakeError::AuthenticationFailed)?;
-        if let Message::Error { body, .. } = message {
-            return Err(refused(body));
-        }
+        let (received, message) = read_frame(frame)?;
         match (
             std::mem::replace(&mut self.state, ClientState::Done),
             message,
@@ -325,18 +356,7 @@ impl ServerHandshake {
         frame: Frame,
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
-        let received = raw_frame(&frame);
-        // Malformed input, including a handshake frame with a request id, is answered exactly
-        // like a wrong key (spec §4.4).
-        if frame.header.id != RequestId::CONNECTION {
-            return Err(HandshakeError::AuthenticationFailed);
-        }
-        let message = frame
-            .message()
-            .map_err(|_| HandshakeError::AuthenticationFailed)?;
-        if let Message::Error { body, .. } = message {
-            return Err(refused(body));
-        }
+        let (received, message) = read_frame(frame)?;
         match (
             std::mem::replace(&mut self.state, ServerState::Done),
             message,

@@ -10,7 +10,8 @@ use crate::error::Error;
 use crate::error::HandshakeError;
 use crate::frame::Frame;
 use crate::handshake::{
-    handshake_decoder, write_error, ClientConfig, ClientHandshake, ServerConfig, ServerHandshake,
+    handshake_decoder, write_error, ClientConfig, ClientHandshake, Handshake, ServerConfig,
+    ServerHandshake,
 };
 use crate::header::{FrameType, RequestId};
 use crate::message::Message;
@@ -79,48 +80,9 @@ pub async fn client_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::new();
-    let mut handshake = ClientHandshake::start(config, &mut out);
-    io.write_all(&out).await?;
-    io.flush().await?;
-    let mut decoder = handshake_decoder();
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        loop {
-            let (step, peer_sent_error) = match decoder.decode(&mut buf) {
-                Ok(None) => break,
-                Ok(Some(frame)) => {
-                    let is_error = frame.header.kind == FrameType::ERROR;
-                    out.clear();
-                    (handshake.handle_frame(frame, &mut out), is_error)
-                }
-                // A malformed frame is treated exactly like a wrong key.
-                Err(_) => (Err(HandshakeError::AuthenticationFailed), false),
-            };
-            match step {
-                Ok(done) => {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    if let Some(session) = done {
-                        return Ok((session, buf));
-                    }
-                }
-                Err(error) => {
-                    // Tell the server why, but never answer an error with an error (spec §4.4).
-                    if !peer_sent_error {
-                        out.clear();
-                        write_error(&error, &mut out);
-                        let _ = io.write_all(&out).await;
-                        let _ = io.shutdown().await;
-                    }
-                    return Err(error.into());
-                }
-            }
-        }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(Error::Closed);
-        }
-    }
+    let mut hello = BytesMut::new();
+    let handshake = ClientHandshake::start(config, &mut hello);
+    drive(io, handshake, hello).await
 }
 
 /// Runs the server handshake. On failure the error frame has been sent (best effort) before
@@ -132,45 +94,60 @@ pub async fn server_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut handshake = ServerHandshake::new(config);
+    drive(io, ServerHandshake::new(config), BytesMut::new()).await
+}
+
+/// Moves bytes for either side: sends `out`, feeds frames to the state machine, sends what it
+/// answers, and on failure sends the error frame unless the peer's own error caused it.
+async fn drive<S, H>(
+    io: &mut S,
+    mut handshake: H,
+    mut out: BytesMut,
+) -> Result<(Session, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handshake,
+{
     let mut decoder = handshake_decoder();
     let mut buf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::new();
     loop {
-        loop {
-            let (step, peer_sent_error) = match decoder.decode(&mut buf) {
-                Ok(None) => break,
-                Ok(Some(frame)) => {
-                    let is_error = frame.header.kind == FrameType::ERROR;
-                    out.clear();
-                    (handshake.handle_frame(frame, &mut out), is_error)
-                }
-                // A malformed frame is answered exactly like a wrong key.
-                Err(_) => (Err(HandshakeError::AuthenticationFailed), false),
-            };
-            match step {
-                Ok(done) => {
-                    io.write_all(&out).await?;
-                    io.flush().await?;
-                    if let Some(session) = done {
-                        return Ok((session, buf));
-                    }
-                }
-                Err(error) => {
-                    // Never answer an error with an error (spec §4.4). The peer may already be
-                    // gone; the handshake error is what matters.
-                    if !peer_sent_error {
-                        out.clear();
-                        write_error(&error, &mut out);
-                        let _ = io.write_all(&out).await;
-                    }
-                    let _ = io.shutdown().await;
-                    return Err(error.into());
-                }
-            }
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+            io.flush().await?;
+            out.clear();
         }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(Error::Closed);
+        let (step, peer_sent_error) = match decoder.decode(&mut buf) {
+            Ok(Some(frame)) => {
+                let is_error = frame.header.kind == FrameType::ERROR;
+                (handshake.handle_frame(frame, &mut out), is_error)
+            }
+            Ok(None) => {
+                if io.read_buf(&mut buf).await? == 0 {
+                    return Err(Error::Closed);
+                }
+                continue;
+            }
+            // A malformed frame is treated exactly like a wrong key.
+            Err(_) => (Err(HandshakeError::AuthenticationFailed), false),
+        };
+        match step {
+            Ok(None) => {}
+            Ok(Some(session)) => {
+                io.write_all(&out).await?;
+                io.flush().await?;
+                return Ok((session, buf));
+            }
+            Err(error) => {
+                // Never answer an error with an error (spec §4.4). The peer may already be
+                // gone; the handshake error is what matters.
+                if !peer_sent_error {
+                    out.clear();
+                    write_error(&error, &mut out);
+                    let _ = io.write_all(&out).await;
+                }
+                let _ = io.shutdown().await;
+                return Err(error.into());
+            }
         }
     }
 }
