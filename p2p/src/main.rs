@@ -1,15 +1,20 @@
 //! `ferry-peer`: make manifests, seed, download and run a tracker. CLI parsing only; the work is
 //! in the library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use ferry_p2p::manifest::{MAX_PIECE_SIZE, MIN_PIECE_SIZE};
-use ferry_p2p::pieces::make_manifest;
+use ferry_p2p::manifest::{Manifest, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+use ferry_p2p::node::{self, NodeConfig};
+use ferry_p2p::pieces::{data_root, make_manifest, Storage};
+use ferry_p2p::tracker::{server, TrackerConfig};
 
 /// Swarm download on the Ferry codec.
 #[derive(Debug, Parser)]
@@ -23,6 +28,69 @@ struct Cli {
 enum Command {
     /// Hash a file or directory tree into a manifest (FILE.ferry).
     Make(MakeArgs),
+    /// Verify local data against a manifest, then serve it to the swarm until Ctrl-C.
+    Seed(SeedArgs),
+    /// Download a manifest's files from the swarm (resuming what is on disk), then keep seeding.
+    Get(GetArgs),
+    /// Run a UDP tracker.
+    Tracker(TrackerArgs),
+}
+
+/// Flags shared by `seed` and `get`.
+#[derive(Debug, clap::Args)]
+struct SwarmArgs {
+    /// TCP address to accept peers on, e.g. 0.0.0.0:7000. Default: all interfaces, a free port.
+    #[arg(long, env = "FERRY_PEER_LISTEN", default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Extra tracker besides the manifest's, repeatable, e.g. udp://10.0.0.1:6969
+    #[arg(long = "tracker")]
+    trackers: Vec<String>,
+    /// Peer to connect to directly, repeatable, e.g. 10.0.0.2:7000
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Most simultaneous peer connections. Default 40.
+    #[arg(long, default_value_t = 40)]
+    max_peers: usize,
+    /// Hide the progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SeedArgs {
+    /// The manifest, e.g. release.ferry
+    manifest: PathBuf,
+    /// The data: the directory holding the manifest's top-level entry, or that entry itself.
+    /// Default: the current directory.
+    #[arg(long, default_value = ".")]
+    data: PathBuf,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// The manifest, e.g. release.ferry
+    manifest: PathBuf,
+    /// Download directory; nothing is written outside it. Default: the current directory.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Exit when the download is complete instead of seeding.
+    #[arg(long)]
+    no_seed: bool,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct TrackerArgs {
+    /// UDP address to listen on. Default 0.0.0.0:6969, e.g. [::]:6969
+    #[arg(long, env = "FERRY_TRACKER_LISTEN", default_value = "0.0.0.0:6969")]
+    listen: SocketAddr,
+    /// Announce interval told to peers; peers silent for two intervals are dropped.
+    /// Default 60s, e.g. 30s
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    interval: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +126,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Make(args) => make(args),
+        Command::Seed(args) => runtime().and_then(|rt| rt.block_on(seed(args))),
+        Command::Get(args) => runtime().and_then(|rt| rt.block_on(get(args))),
+        Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(tracker(args))),
     };
     match result {
         Ok(code) => code,
@@ -127,4 +198,199 @@ fn make(args: MakeArgs) -> anyhow::Result<ExitCode> {
         output.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+const EXIT_CONNECTION: u8 = 3;
+const EXIT_INTEGRITY: u8 = 4;
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn load(path: &std::path::Path) -> anyhow::Result<Arc<Manifest>> {
+    let manifest =
+        Manifest::load(path).with_context(|| format!("reading manifest {}", path.display()))?;
+    if !manifest.servers().is_empty() {
+        tracing::warn!("this build does not fetch from ferry servers listed in the manifest");
+    }
+    Ok(Arc::new(manifest))
+}
+
+/// Resolves `udp://HOST:PORT` tracker URLs (manifest's and extra ones).
+async fn resolve_trackers(manifest: &Manifest, extra: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for url in manifest.trackers().iter().chain(extra) {
+        let Some(hostport) = url.strip_prefix("udp://") else {
+            tracing::warn!(%url, "ignoring tracker that is not udp://HOST:PORT");
+            continue;
+        };
+        let hostport = hostport.trim_end_matches('/');
+        match tokio::net::lookup_host(hostport).await {
+            Ok(addrs) => out.extend(addrs.take(1)),
+            Err(e) => tracing::warn!(%url, error = %e, "cannot resolve tracker"),
+        }
+    }
+    out
+}
+
+fn verify_bar(storage: &Storage, manifest: &Manifest, hidden: bool) -> ferry_p2p::pieces::Bitfield {
+    let bar = progress_bar(
+        manifest.piece_count() as u64,
+        hidden,
+        "verifying {bar:40} {pos}/{len} pieces",
+    );
+    let have = storage.verify(manifest, &|| bar.inc(1));
+    bar.finish_and_clear();
+    have
+}
+
+fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) -> NodeConfig {
+    NodeConfig {
+        listen: args.listen,
+        peers: args.peers.clone(),
+        trackers,
+        seed_after_complete: seed_after,
+        max_peers: args.max_peers,
+        ..Default::default()
+    }
+}
+
+async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
+    let manifest = load(&args.manifest)?;
+    let root = data_root(&args.data, &manifest);
+    let storage = Storage::open_existing(&root, &manifest)
+        .with_context(|| format!("opening data under {}", root.display()))?;
+    let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
+    if !have.is_full() {
+        eprintln!(
+            "ferry-peer: {} of {} pieces under {} do not match the manifest",
+            manifest.piece_count() - have.count(),
+            manifest.piece_count(),
+            root.display()
+        );
+        return Ok(ExitCode::from(EXIT_INTEGRITY));
+    }
+    let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
+    let handle = match node::start(
+        manifest.clone(),
+        Arc::new(storage),
+        have,
+        node_config(&args.swarm, trackers, true),
+    )
+    .await
+    {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("ferry-peer: {e}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    println!(
+        "seeding {} on {}",
+        manifest.content_id(),
+        handle.listen_addr
+    );
+    tokio::signal::ctrl_c().await?;
+    handle.shutdown().await?;
+    Ok(ExitCode::from(EXIT_INTERRUPTED))
+}
+
+async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let manifest = load(&args.manifest)?;
+    let storage = Storage::create(&args.out, &manifest)
+        .with_context(|| format!("preparing {}", args.out.display()))?;
+    // Whatever is already on disk and matches is kept: this is how `get` resumes.
+    let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
+    let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
+    if trackers.is_empty() && args.swarm.peers.is_empty() && !have.is_full() {
+        eprintln!("ferry-peer: no tracker and no --peer: nowhere to find the swarm");
+        return Ok(ExitCode::from(EXIT_CONNECTION));
+    }
+    let handle = match node::start(
+        manifest.clone(),
+        Arc::new(storage),
+        have,
+        node_config(&args.swarm, trackers, !args.no_seed),
+    )
+    .await
+    {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("ferry-peer: {e}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    let bar = progress_bar(
+        manifest.piece_count() as u64,
+        args.swarm.no_progress,
+        "{bar:40} {pos}/{len} pieces {msg}",
+    );
+    let mut last = *handle.stats.borrow();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let interrupted = loop {
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break true,
+            _ = tick.tick() => {}
+        }
+        let s = *handle.stats.borrow();
+        bar.set_position(s.have as u64);
+        bar.set_message(format!(
+            "{} peers, down {}/s, up {}/s",
+            s.peers,
+            indicatif::HumanBytes(s.downloaded.saturating_sub(last.downloaded)),
+            indicatif::HumanBytes(s.uploaded.saturating_sub(last.uploaded)),
+        ));
+        last = s;
+        if s.have == s.pieces {
+            break false;
+        }
+    };
+    bar.finish_and_clear();
+    if interrupted {
+        handle.shutdown().await?;
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    println!(
+        "complete {} -> {}",
+        manifest.content_id(),
+        args.out.display()
+    );
+    if args.no_seed {
+        handle.wait().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("seeding on {} until Ctrl-C", handle.listen_addr);
+    tokio::signal::ctrl_c().await?;
+    handle.shutdown().await?;
+    Ok(ExitCode::from(EXIT_INTERRUPTED))
+}
+
+async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let config = TrackerConfig {
+        interval: args.interval,
+        ..Default::default()
+    };
+    let mut task = tokio::spawn(server::serve(args.listen, config, cancel.clone(), |addr| {
+        println!("tracker listening on udp://{addr}");
+    }));
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {
+            cancel.cancel();
+            (&mut task).await??;
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+        served = &mut task => match served? {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("ferry-peer: cannot serve on {}: {e}", args.listen);
+                Ok(ExitCode::from(EXIT_CONNECTION))
+            }
+        },
+    }
 }

@@ -1,5 +1,8 @@
 //! In-process swarms on loopback: real nodes, real TCP, a real tracker, real files.
 
+// Test helpers panic on setup failures by design.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
