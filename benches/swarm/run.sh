@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Swarm benchmark on netlab (run as root from anywhere):
+#   1 seed + N leechers (N = 2, 4, 8) on a switch where every link is shaped to RATE both ways,
+#   distributing one SIZE_MIB file. For each N it prints the time until the last leecher has
+#   the whole file, the time for the same N hosts to fetch it from one ferry-server on the same
+#   links, and the fluid-model bound T* = max(F/u_seed, F/d_min, N*F/(u_seed + sum u_peers)).
+#
+#   RATE=40mbit SIZE_MIB=64 NS="2 4 8" benches/swarm/run.sh
+#
+# Needs release binaries of ferry-peer, ferry-server and ferry in $CARGO_TARGET_DIR/release
+# (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-client
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NL=${NETLAB:-$PWD/../shared/netlab/netlab}
+RATE=${RATE:-40mbit}
+SIZE_MIB=${SIZE_MIB:-64}
+NS=${NS:-"2 4 8"}
+SKIP_SERVER=${SKIP_SERVER:-0}
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+PEER=$BIN/ferry-peer SERVER=$BIN/ferry-server CLIENT=$BIN/ferry
+export NETLAB_PREFIX=${NETLAB_PREFIX:-p2pbench}
+for b in "$PEER" "$SERVER" "$CLIENT"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
+
+WORK=$(mktemp -d /tmp/ferry-swarm-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    "$NL" down swarm >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+max_n=0; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
+"$NL" up-swarm $((max_n + 1)) "$RATE" >/dev/null
+ip_of() { echo "198.51.100.$1"; }
+SEED_IP=$(ip_of 1)
+
+mkdir -p "$WORK/data"
+head -c "${SIZE_MIB}M" /dev/urandom > "$WORK/data/file.bin"
+"$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --tracker "udp://$SEED_IP:6969" --no-progress >/dev/null
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"; chmod 600 "$WORK/key"
+
+# Payload rate: HTB counts whole Ethernet frames, TCP payload is 1448/1514 of them (netlab README).
+rate_bits=$(echo "$RATE" | awk '{ v=$1; m=1; if (v ~ /gbit$/) m=1e9; else if (v ~ /mbit$/) m=1e6; else if (v ~ /kbit$/) m=1e3; sub(/[a-z]+$/, "", v); print v*m }')
+F=$((SIZE_MIB * 1048576))
+
+now() { date +%s.%N; }
+# Waits until every file in $@ contains "complete" (bounded by 20 minutes).
+wait_complete() {
+    local deadline=$(( $(date +%s) + 1200 ))
+    while :; do
+        local done=1
+        for f in "$@"; do grep -q '^complete' "$f" 2>/dev/null || { done=0; break; }; done
+        [ $done = 1 ] && return 0
+        [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
+        sleep 0.1
+    done
+}
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
+
+printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
+for N in $NS; do
+    # ---- swarm: tracker + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
+    "$NL" exec h1 "$PEER" tracker --listen "$SEED_IP:6969" --interval 5s >/dev/null 2>&1 & PIDS+=($!)
+    "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress >"$WORK/seed.out" 2>/dev/null & PIDS+=($!)
+    for _ in $(seq 100); do grep -q seeding "$WORK/seed.out" 2>/dev/null && break; sleep 0.1; done
+    outs=()
+    start=$(now)
+    for i in $(seq 2 $((N + 1))); do
+        d="$WORK/swarm$N/h$i"; mkdir -p "$d"
+        "$NL" exec "h$i" "$PEER" get "$WORK/file.ferry" --out "$d" --listen "$(ip_of "$i"):7000" --no-progress >"$d.out" 2>"$d.err" & PIDS+=($!)
+        outs+=("$d.out")
+    done
+    wait_complete "${outs[@]}"
+    swarm_s=$(echo "$(now) - $start" | bc -l)
+    stop_all
+    for i in $(seq 2 $((N + 1))); do cmp -s "$WORK/data/file.bin" "$WORK/swarm$N/h$i/file.bin" || { echo "h$i: swarm copy differs" >&2; exit 4; }; done
+    rm -rf "$WORK/swarm$N"
+
+    # ---- one ferry-server on h1, the same N hosts fetch with `ferry get`.
+    server_s=nan
+    if [ "$SKIP_SERVER" != 1 ]; then
+        "$NL" exec h1 "$SERVER" "$WORK/data" --listen "$SEED_IP:6789" --key-file "$WORK/key" >/dev/null 2>&1 & PIDS+=($!)
+        sleep 1
+        start=$(now); cpids=()
+        for i in $(seq 2 $((N + 1))); do
+            d="$WORK/server$N/h$i"; mkdir -p "$d"
+            "$NL" exec "h$i" "$CLIENT" --key-file "$WORK/key" --no-progress -q get "ferry://$SEED_IP:6789/file.bin" "$d/file.bin" & cpids+=($!)
+        done
+        for p in "${cpids[@]}"; do wait "$p"; done
+        server_s=$(echo "$(now) - $start" | bc -l)
+        stop_all
+        for i in $(seq 2 $((N + 1))); do cmp -s "$WORK/data/file.bin" "$WORK/server$N/h$i/file.bin" || { echo "h$i: server copy differs" >&2; exit 4; }; done
+        rm -rf "$WORK/server$N"
+    fi
+
+    # ---- fluid bound with every rate equal to the TCP payload rate u.
+    bound=$(awk -v F="$F" -v r="$rate_bits" -v n="$N" 'BEGIN { u = r * 1448 / 1514 / 8;
+        t1 = F / u; t2 = F / u; t3 = n * F / (u + n * u);
+        t = t1; if (t2 > t) t = t2; if (t3 > t) t = t3; printf "%.1f", t }')
+    awk -v n="$N" -v s="$swarm_s" -v v="$server_s" -v b="$bound" 'BEGIN {
+        printf "%-3d %12.1f %12s %10.1f %10.2f %10s\n", n, s, (v == "nan" ? "-" : sprintf("%.1f", v)), b, s / b,
+            (v == "nan" ? "-" : sprintf("%.2f", v / s)) }'
+done
