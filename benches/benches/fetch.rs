@@ -1,6 +1,6 @@
 //! Whole-file fetch over loopback, in one run:
 //! - `ferry fetch (plaintext)` and `ferry fetch (encrypted)` through the `ferry_client` library
-//!   against an in-process `ferry_server`, with the client's end-to-end SHA-256 check on;
+//!   against an in-process `ferry_server`, with the client's end-to-end digest check on;
 //! - `raw TCP copy`: the same file read and written over a plain loopback socket by a simple
 //!   userspace loop (256 KiB reads), the ceiling for plaintext;
 //! - `cipher+MAC (1 core)`: AES-256-CBC + HMAC-SHA256 seal and open of 64 KiB bodies on one
@@ -110,7 +110,7 @@ async fn ferry_fetch(addr: SocketAddr, key: &Key, plaintext: bool, size: u64) ->
     }
     assert_eq!(got, size, "ferry moved {got} of {size} bytes");
     assert!(
-        stream.sha256().is_some(),
+        stream.digest().is_some(),
         "the end-to-end hash was not verified"
     );
     size as f64 / start.elapsed().as_secs_f64()

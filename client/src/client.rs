@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::conn::{KeepAlive, KeepAliveAction, RequestIds};
+use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{
     Entry, FetchRequest, FetchResponse, ListRequest, StatRequest, TO_END,
 };
@@ -31,7 +32,6 @@ use ferry_protocol::{
     Error as ProtoError, ErrorBody, Frame, FrameType, HandshakeError, Key, Message, RecvHalf,
     RequestId, SendHalf, Service,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -405,8 +405,8 @@ impl Client {
             pending,
             response,
             received: 0,
-            hasher: Sha256::new(),
-            sha256: None,
+            hasher: FetchDigest::new(),
+            digest: None,
         })
     }
 
@@ -583,15 +583,15 @@ impl ListStream {
 }
 
 /// A fetch in progress. The header ([`FetchStream::response`]) has arrived; [`FetchStream::chunk`]
-/// yields the data as it comes and, at the end frame, checks the byte count and the SHA-256 of
+/// yields the data as it comes and, at the end frame, checks the byte count and the BLAKE3 digest of
 /// everything received. Dropping the stream early cancels the request.
 #[derive(Debug)]
 pub struct FetchStream {
     pending: Pending,
     response: FetchResponse,
     received: u64,
-    hasher: Sha256,
-    sha256: Option<[u8; 32]>,
+    hasher: FetchDigest,
+    digest: Option<[u8; 32]>,
 }
 
 impl FetchStream {
@@ -606,13 +606,13 @@ impl FetchStream {
     }
 
     /// The hash state over the data received so far (to checkpoint an interrupted download).
-    pub fn hasher(&self) -> Sha256 {
+    pub fn hasher(&self) -> FetchDigest {
         self.hasher.clone()
     }
 
-    /// The verified SHA-256 of the range, once the end frame has been checked.
-    pub fn sha256(&self) -> Option<[u8; 32]> {
-        self.sha256
+    /// The verified digest (BLAKE3) of the range, once the end frame has been checked.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        self.digest
     }
 
     /// The next chunk, or `None` once the end frame arrived and matched. An
@@ -664,15 +664,15 @@ impl FetchStream {
                         self.received, self.response.length, end.bytes
                     )));
                 }
-                let digest: [u8; 32] = self.hasher.finalize_reset().into();
-                if digest != end.sha256 {
+                let digest = self.hasher.finalize();
+                if digest != end.digest {
                     return Err(ClientError::Integrity(format!(
-                        "sha-256 of the received data is {}, server sent {}",
+                        "digest of the received data is {}, server sent {}",
                         hex::encode(digest),
-                        hex::encode(end.sha256)
+                        hex::encode(end.digest)
                     )));
                 }
-                self.sha256 = Some(digest);
+                self.digest = Some(digest);
                 Ok(None)
             }
             Message::Error { body, .. } => {
@@ -892,6 +892,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_protocol::digest::fetch_digest;
     use ferry_protocol::message::{EntryKind, FetchEnd, ListEnd, ListPage};
     use ferry_protocol::{ErrorCode, ServerConfig};
     use futures::{SinkExt, StreamExt};
@@ -947,7 +948,7 @@ mod tests {
                             slow,
                             Message::FetchEnd(FetchEnd {
                                 bytes: 10,
-                                sha256: Sha256::digest(files["slow"]).into(),
+                                digest: fetch_digest(files["slow"]),
                             }),
                         ))
                         .await
@@ -989,11 +990,11 @@ mod tests {
                             Message::Data(Bytes::copy_from_slice(sent)),
                             Message::FetchEnd(FetchEnd {
                                 bytes: sent.len() as u64,
-                                sha256: Sha256::digest(sent).into(),
+                                digest: fetch_digest(sent),
                             }),
                         ]
                     } else {
-                        let mut sha: [u8; 32] = Sha256::digest(data).into();
+                        let mut sha = fetch_digest(data);
                         if r.path == "corrupt" {
                             sha[0] ^= 1;
                         }
@@ -1002,7 +1003,7 @@ mod tests {
                             Message::Data(Bytes::from_static(data)),
                             Message::FetchEnd(FetchEnd {
                                 bytes: data.len() as u64,
-                                sha256: sha,
+                                digest: sha,
                             }),
                         ]
                     }
@@ -1039,7 +1040,7 @@ mod tests {
             while let Some(chunk) = slow.chunk().await.unwrap() {
                 data.extend_from_slice(&chunk);
             }
-            (data, slow.sha256())
+            (data, slow.digest())
         });
         let stat = c2.stat("a.txt").await.unwrap();
         assert_eq!(stat.name, "a.txt");
@@ -1048,7 +1049,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(data, b"0123456789");
-        assert_eq!(sha, Some(Sha256::digest(b"0123456789").into()));
+        assert_eq!(sha, Some(fetch_digest(b"0123456789")));
 
         let names: Vec<_> = client
             .list("", false, 0)

@@ -23,7 +23,7 @@
 //! }
 //! let mut stream = client.fetch("docs/a.txt", 0, ferry_protocol::message::TO_END).await?;
 //! while let Some(chunk) = stream.chunk().await? {
-//!     // Each chunk is `Bytes` straight from the socket buffer; the end frame's SHA-256 is
+//!     // Each chunk is `Bytes` straight from the socket buffer; the end frame's digest is
 //!     // checked before `chunk` returns `None`.
 //!     let _ = chunk;
 //! }

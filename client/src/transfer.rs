@@ -10,13 +10,14 @@
 //! path docs/big.iso            remote path
 //! size 734003200               remote size when the download started
 //! mtime 1700000000.000000005   remote mtime (seconds.nanoseconds)
-//! checkpoint 1048576 <sha256>  optional: length and SHA-256 of the part when it was last closed
+//! checkpoint 1048576 <blake3>  optional: length and digest of the part when it was last closed
 //! ```
 //!
 //! A resume (the default when both files exist) first checks that the remote size and mtime are
 //! unchanged (if not, it fails with an integrity error rather than splice two versions of the
 //! file), then re-hashes the part (and compares it with the checkpoint when one was written) and
-//! continues with a range request. The final SHA-256 therefore covers the whole file: the old
+//! continues with a range request. The final digest (BLAKE3, as the protocol uses) therefore
+//! covers the whole file: the old
 //! part first, then the new bytes; the new bytes are also checked against the server's hash of
 //! the range. Interrupted transfers (Ctrl-C, lost connection) keep the part and write the
 //! checkpoint.
@@ -26,10 +27,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{Entry, EntryKind, TO_END};
 use ferry_protocol::ErrorCode;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -70,8 +71,8 @@ pub struct Downloaded {
     pub fetched: u64,
     /// Where this run started (0 unless resumed).
     pub resumed_from: u64,
-    /// SHA-256 of the whole file.
-    pub sha256: [u8; 32],
+    /// Digest (BLAKE3) of the whole file.
+    pub digest: [u8; 32],
     pub elapsed: Duration,
     /// The destination already held this exact file (trees only).
     pub skipped: bool,
@@ -329,7 +330,7 @@ async fn fetch_to(
     let wanted = PartMeta::for_entry(remote, entry.size, entry.mtime_secs, entry.mtime_nanos);
 
     let mut offset = 0;
-    let mut hasher = Sha256::new();
+    let mut hasher = FetchDigest::new();
     if options.resume && part.exists() {
         match resume_point(&part, &meta_file, &wanted, options.force).await? {
             Some((len, prefix)) => {
@@ -374,7 +375,7 @@ async fn fetch_to(
     let mut written = offset;
     // A fresh download's whole-file hash is the stream's own running hash (checked against the
     // server's at the end); only a resume needs a second hash that starts with the part.
-    let mut whole: Option<Sha256> = (offset > 0).then_some(hasher);
+    let mut whole: Option<FetchDigest> = (offset > 0).then_some(hasher);
     let mut fetch: Option<FetchStream> = None;
     let result = async {
         let stream = fetch.insert(
@@ -425,13 +426,13 @@ async fn fetch_to(
     match result {
         Ok(()) => {
             flushed.map_err(|e| ClientError::io(&part, e))?;
-            let verified = fetch.as_ref().and_then(FetchStream::sha256);
-            let sha256 = match (whole, verified) {
-                (Some(whole), Some(_)) => Some(<[u8; 32]>::from(whole.finalize())),
+            let verified = fetch.as_ref().and_then(FetchStream::digest);
+            let digest = match (whole, verified) {
+                (Some(whole), Some(_)) => Some(whole.finalize()),
                 (None, verified) => verified,
                 (Some(_), None) => None,
             };
-            let Some(sha256) = sha256.filter(|_| written == entry.size) else {
+            let Some(digest) = digest.filter(|_| written == entry.size) else {
                 keep_partial(&meta_file, &wanted, written, part_hash).await;
                 return Err(ClientError::Integrity(format!(
                     "{remote}: have {written} bytes, expected {}",
@@ -450,7 +451,7 @@ async fn fetch_to(
                 size: entry.size,
                 fetched: written - offset,
                 resumed_from: offset,
-                sha256,
+                digest,
                 elapsed: started.elapsed(),
                 skipped: false,
             })
@@ -472,7 +473,7 @@ async fn resume_point(
     meta_file: &Path,
     wanted: &PartMeta,
     force: bool,
-) -> Result<Option<(u64, Sha256)>, ClientError> {
+) -> Result<Option<(u64, FetchDigest)>, ClientError> {
     let Some(meta) = tokio::fs::read_to_string(meta_file)
         .await
         .ok()
@@ -510,7 +511,7 @@ async fn resume_point(
     let mut file = tokio::fs::File::open(part)
         .await
         .map_err(|e| ClientError::io(part, e))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = FetchDigest::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     loop {
@@ -525,7 +526,7 @@ async fn resume_point(
             if done < cp_len && done + n as u64 >= cp_len {
                 let mut at_cp = hasher.clone();
                 at_cp.update(&buf[..(cp_len - done) as usize]);
-                let sha: [u8; 32] = at_cp.finalize().into();
+                let sha = at_cp.finalize();
                 if sha != cp_sha {
                     if force {
                         return Ok(None);
@@ -562,10 +563,15 @@ async fn write_meta(path: &Path, meta: &PartMeta) -> Result<(), ClientError> {
 
 /// Records the checkpoint of an interrupted download; best effort (resume works without it).
 /// Without a hash the record written at the start stays as it is.
-async fn keep_partial(meta_file: &Path, wanted: &PartMeta, written: u64, hash: Option<Sha256>) {
+async fn keep_partial(
+    meta_file: &Path,
+    wanted: &PartMeta,
+    written: u64,
+    hash: Option<FetchDigest>,
+) {
     let Some(hash) = hash else { return };
     let mut meta = wanted.clone();
-    meta.checkpoint = Some((written, hash.finalize().into()));
+    meta.checkpoint = Some((written, hash.finalize()));
     if let Err(e) = write_meta(meta_file, &meta).await {
         warn!(error = %e, "could not record the partial download");
     }
@@ -681,7 +687,7 @@ pub async fn download_tree(
                     size: entry.size,
                     fetched: 0,
                     resumed_from: entry.size,
-                    sha256: [0; 32],
+                    digest: [0; 32],
                     elapsed: Duration::ZERO,
                     skipped: true,
                 };
@@ -818,7 +824,7 @@ mod tests {
         std::fs::write(&part, b"hello").unwrap();
         let wanted = PartMeta::for_entry("f", 10, 1, 2);
         let mut meta = wanted.clone();
-        meta.checkpoint = Some((5, Sha256::digest(b"hello").into()));
+        meta.checkpoint = Some((5, ferry_protocol::digest::fetch_digest(b"hello")));
         std::fs::write(&meta_file, meta.to_text()).unwrap();
 
         let (len, hasher) = resume_point(&part, &meta_file, &wanted, false)
@@ -827,8 +833,8 @@ mod tests {
             .unwrap();
         assert_eq!(len, 5);
         assert_eq!(
-            <[u8; 32]>::from(hasher.finalize()),
-            <[u8; 32]>::from(Sha256::digest(b"hello"))
+            hasher.finalize(),
+            ferry_protocol::digest::fetch_digest(b"hello")
         );
 
         // The remote changed: an integrity error, or a fresh start with --force.

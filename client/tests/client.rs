@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{data, tree, TestServer};
 use ferry_client::{Client, ClientConfig, ClientError, FerryUrl};
+use ferry_protocol::digest::fetch_digest;
 use ferry_protocol::message::TO_END;
 use ferry_protocol::{ErrorCode, Key};
-use sha2::{Digest, Sha256};
 
 /// The server has its own runtime, so tests start it first, then run their async body.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -57,7 +57,7 @@ fn concurrent_fetches_share_one_connection() {
                 while let Some(chunk) = stream.chunk().await.unwrap() {
                     got.extend_from_slice(&chunk);
                 }
-                assert_eq!(stream.sha256(), Some(Sha256::digest(&got).into()));
+                assert_eq!(stream.digest(), Some(fetch_digest(&got)));
                 (offset as usize, got)
             }));
         }

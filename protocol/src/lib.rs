@@ -14,6 +14,7 @@
 //! - [`message`]: typed bodies, one file per message, with `encode`/`decode`/`encoded_len`.
 //! - [`error`]: the stable error-code table and one error enum per layer.
 //! - [`crypto`]: keys, the HKDF key schedule and the record layer.
+//! - [`digest`]: the end-to-end fetch digest (BLAKE3).
 //! - [`handshake`]: client and server handshake state machines.
 //! - [`session`]: an established connection's framing and record protection.
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
@@ -21,6 +22,7 @@
 
 pub mod conn;
 pub mod crypto;
+pub mod digest;
 pub mod error;
 pub mod frame;
 #[cfg(any(fuzzing, test))]

@@ -110,7 +110,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         arb_bytes(300).prop_map(Message::Data),
         any::<u64>().prop_map(|entries| Message::ListEnd(ListEnd { entries })),
         (any::<u64>(), any::<[u8; 32]>())
-            .prop_map(|(bytes, sha256)| Message::FetchEnd(FetchEnd { bytes, sha256 })),
+            .prop_map(|(bytes, digest)| Message::FetchEnd(FetchEnd { bytes, digest })),
         (arb_service(), any::<u16>(), "[ -~]{0,80}").prop_map(|(service, code, msg)| {
             Message::Error {
                 service,

@@ -141,7 +141,7 @@ fn message_from(v: &Vector) -> Message {
         }),
         "FetchEnd" => Message::FetchEnd(FetchEnd {
             bytes: v.u64("bytes"),
-            sha256: v.array("sha256"),
+            digest: v.array("digest"),
         }),
         "Error" => Message::Error {
             service: Service(v.u8("error_service")),

@@ -17,7 +17,9 @@ const LARGE: usize = 32 << 20;
 fn tree(root: &std::path::Path) {
     std::fs::write(root.join("small.bin"), pattern(SMALL, 3)).unwrap();
     std::fs::write(root.join("large.bin"), pattern(LARGE, 4)).unwrap();
-    std::fs::write(root.join("mid.bin"), pattern(4 << 20, 5)).unwrap();
+    // Large enough that both fetches are under way for most of their life: with a fast digest
+    // a few MiB finish before the other request has even opened its file.
+    std::fs::write(root.join("mid.bin"), pattern(32 << 20, 5)).unwrap();
 }
 
 #[tokio::test]
@@ -206,7 +208,7 @@ async fn concurrent_fetches_on_one_connection_interleave() {
             )
             .await;
     }
-    let total = 4u64 << 20;
+    let total = 32u64 << 20;
     let (mut got_a, mut got_b) = (0u64, 0u64);
     let mut b_when_a_ended = None;
     let mut a_when_b_ended = None;

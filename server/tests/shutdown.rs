@@ -8,9 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{pattern, Client, TestServer};
+use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{FetchRequest, StatRequest, TO_END};
 use ferry_protocol::{ErrorCode, Message, RequestId};
-use sha2::{Digest, Sha256};
 
 const SIZE: usize = 16 << 20;
 
@@ -36,7 +36,7 @@ async fn in_flight_transfers_finish_and_new_work_is_refused() {
         Message::FetchRequest(FetchRequest::new("large.bin", 0, TO_END).unwrap()),
     )
     .await;
-    let mut hasher = Sha256::new();
+    let mut hasher = FetchDigest::new();
     let mut received = 0usize;
     // Part of the file arrives before the shutdown starts.
     while received < SIZE / 8 {
@@ -86,7 +86,7 @@ async fn in_flight_transfers_finish_and_new_work_is_refused() {
             (RequestId(1), Message::FetchEnd(end)) => {
                 assert_eq!(end.bytes, SIZE as u64);
                 assert_eq!(received, SIZE);
-                assert_eq!(end.sha256, <[u8; 32]>::from(hasher.finalize()));
+                assert_eq!(end.digest, hasher.finalize());
                 break;
             }
             other => panic!("unexpected {other:?}"),

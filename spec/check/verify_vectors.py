@@ -315,7 +315,7 @@ def decode_message(kind, service, body):
     elif pair == (T_END, S_LIST):
         m, name = dict(entries=r.u64()), "ListEnd"
     elif pair == (T_END, S_FETCH):
-        m, name = dict(bytes=r.u64(), sha256=r.take(32)), "FetchEnd"
+        m, name = dict(bytes=r.u64(), digest=r.take(32)), "FetchEnd"
     elif kind == T_ERROR:
         m = dict(error_service=service, category=r.u8(), code=r.u16(), error_message=r.str())
         name = "Error"
@@ -361,7 +361,7 @@ def encode_message(name, m):
     if name == "ListEnd":
         return T_END, S_LIST, struct.pack(">Q", m["entries"])
     if name == "FetchEnd":
-        return T_END, S_FETCH, struct.pack(">Q", m["bytes"]) + m["sha256"]
+        return T_END, S_FETCH, struct.pack(">Q", m["bytes"]) + m["digest"]
     if name == "Error":
         return T_ERROR, m["error_service"], struct.pack(">BH", m["category"], m["code"]) + put_str(
             m["error_message"])
@@ -386,7 +386,7 @@ def entry_from(v, prefix):
 
 def fields_from(v):
     name = v.raw("message")
-    hexes = {"nonce", "key_share", "mac", "payload", "sha256"}
+    hexes = {"nonce", "key_share", "mac", "payload", "digest"}
     strings = {"path", "error_message"}
     if name == "ListPage":
         return name, dict(entries=[entry_from(v, f"entry{i}.") for i in range(v.int("entries"))])
@@ -401,7 +401,7 @@ def fields_from(v):
         "FetchRequest": ["path", "offset", "length"],
         "FetchResponse": ["size", "mtime_secs", "mtime_nanos", "offset", "length"],
         "Data": ["payload"], "Ping": ["payload"], "Pong": ["payload"],
-        "ListEnd": ["entries"], "FetchEnd": ["bytes", "sha256"],
+        "ListEnd": ["entries"], "FetchEnd": ["bytes", "digest"],
         "Error": ["error_service", "category", "code", "error_message"],
         "Cancel": ["cancel_service"],
     }[name]

@@ -132,7 +132,7 @@ struct ServerArgs {
     /// Path for stat [default: the small file].
     #[arg(long)]
     stat: Option<String>,
-    /// Hash every fetched byte and compare with the server's SHA-256 (costs client CPU).
+    /// Hash every fetched byte and compare with the server's digest (costs client CPU).
     #[arg(long)]
     verify: bool,
     #[command(flatten)]

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferry_protocol::conn::RequestIds;
+use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{EntryKind, ListRequest};
 use ferry_protocol::{Message, RequestId};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{dial, Dial, LoadConn};
@@ -37,7 +37,7 @@ pub struct ServerOptions {
     /// Total requests per second across connections (open loop); `None` = closed loop.
     pub rate: Option<f64>,
     pub targets: Targets,
-    /// Hash fetched data and compare with the server's SHA-256 (costs load-generator CPU).
+    /// Hash fetched data and compare with the server's digest (costs load-generator CPU).
     pub verify: bool,
     /// Print one line per second to stderr.
     pub live: bool,
@@ -47,7 +47,7 @@ struct Pending {
     op: Op,
     started: Instant,
     bytes: u64,
-    hasher: Option<Sha256>,
+    hasher: Option<FetchDigest>,
 }
 
 /// Upper bound on how long a run may go on after its stop condition, waiting for answers.
@@ -190,7 +190,7 @@ async fn drive(
                     started,
                     bytes: 0,
                     hasher: (options.verify && matches!(op, Op::FetchSmall | Op::FetchLarge))
-                        .then(Sha256::new),
+                        .then(FetchDigest::new),
                 },
             );
         }
@@ -270,11 +270,11 @@ async fn drive(
                     None
                 }
                 Message::FetchEnd(end) => {
-                    let digest = p.hasher.take().map(|h| <[u8; 32]>::from(h.finalize()));
+                    let digest = p.hasher.take().map(|h| h.finalize());
                     Some(if end.bytes != p.bytes {
                         Err("integrity: byte count mismatch".to_string())
-                    } else if digest.is_some_and(|d| d != end.sha256) {
-                        Err("integrity: SHA-256 mismatch".to_string())
+                    } else if digest.is_some_and(|d| d != end.digest) {
+                        Err("integrity: digest mismatch".to_string())
                     } else {
                         Ok(())
                     })

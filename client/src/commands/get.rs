@@ -82,7 +82,7 @@ pub fn shown(path: &std::path::Path) -> std::path::PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-/// `a.txt: 10.00 MiB in 1.2s (8.33 MiB/s), sha256 3a7bd3e2…`.
+/// `a.txt: 10.00 MiB in 1.2s (8.33 MiB/s), blake3 3a7bd3e2…`.
 pub fn file_summary(done: &Downloaded) -> String {
     let resumed = if done.resumed_from > 0 {
         format!(", resumed at {}", indicatif::HumanBytes(done.resumed_from))
@@ -90,10 +90,10 @@ pub fn file_summary(done: &Downloaded) -> String {
         String::new()
     };
     format!(
-        "{}: {}{resumed}, sha256 {}",
+        "{}: {}{resumed}, blake3 {}",
         shown(&done.dest).display(),
         progress::summary(done.fetched, done.elapsed),
-        &hex::encode(done.sha256)[..16]
+        &hex::encode(done.digest)[..16]
     )
 }
 

@@ -1,4 +1,4 @@
-//! Fetch (spec §3.7): request, response header, data chunks, end with a SHA-256.
+//! Fetch (spec §3.7): request, response header, data chunks, end with a BLAKE3 digest.
 
 use bytes::{BufMut, Bytes};
 
@@ -114,14 +114,14 @@ impl FetchResponse {
 
 /// The end of a fetch.
 /// ```text
-/// bytes: u64 | sha256: [u8; 32]
+/// bytes: u64 | digest: [u8; 32]
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchEnd {
     /// Total data bytes sent for this request.
     pub bytes: u64,
-    /// SHA-256 of exactly those bytes, for end-to-end verification.
-    pub sha256: [u8; 32],
+    /// BLAKE3 of exactly those bytes, for end-to-end verification ([`crate::digest`]).
+    pub digest: [u8; 32],
 }
 
 impl FetchEnd {
@@ -129,13 +129,13 @@ impl FetchEnd {
 
     pub fn encode(&self, dst: &mut impl BufMut) {
         dst.put_u64(self.bytes);
-        dst.put_slice(&self.sha256);
+        dst.put_slice(&self.digest);
     }
 
     pub fn decode(mut src: Bytes) -> Result<Self, DecodeError> {
         let bytes = get_u64(&mut src)?;
-        let sha256 = get_array(&mut src)?;
+        let digest = get_array(&mut src)?;
         expect_empty(&src)?;
-        Ok(Self { bytes, sha256 })
+        Ok(Self { bytes, digest })
     }
 }

@@ -321,7 +321,7 @@ pub(crate) mod tests {
             Message::ListEnd(ListEnd { entries: 2 }),
             Message::FetchEnd(FetchEnd {
                 bytes: 90,
-                sha256: [7; 32],
+                digest: [7; 32],
             }),
             Message::Error {
                 service: Service::FETCH,

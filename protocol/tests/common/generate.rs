@@ -266,7 +266,7 @@ fn message_fields(w: &mut Writer, message: &Message) {
         Message::FetchEnd(m) => {
             w.field("message", "FetchEnd");
             w.int("bytes", m.bytes);
-            w.hex("sha256", &m.sha256);
+            w.hex("digest", &m.digest);
         }
         Message::Error { service, body } => {
             w.field("message", "Error");
@@ -315,7 +315,7 @@ fn messages() -> String {
         0,
         0o600,
     );
-    let hello_sha: [u8; 32] = Sha256::digest(b"hello").into();
+    let hello_digest = ferry_protocol::digest::fetch_digest(b"hello");
     let cases: Vec<(&str, u32, Message, &str)> = vec![
         (
             "client_hello_encrypted",
@@ -463,9 +463,9 @@ fn messages() -> String {
             5,
             Message::FetchEnd(FetchEnd {
                 bytes: 5,
-                sha256: hello_sha,
+                digest: hello_digest,
             }),
-            "end of a fetch: byte count and SHA-256 of the bytes sent (\"hello\")",
+            "end of a fetch: byte count and BLAKE3 digest of the bytes sent (\"hello\")",
         ),
         (
             "error_not_found",

@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{FetchEnd, FetchResponse, TO_END};
-use sha2::{Digest, Sha256};
 
 use super::jail::{FsError, Jail, Meta};
 use super::path::RelPath;
@@ -43,7 +43,7 @@ pub struct FileReader {
     pos: u64,
     remaining: u64,
     sent: u64,
-    hasher: Sha256,
+    hasher: FetchDigest,
 }
 
 impl FileReader {
@@ -71,7 +71,7 @@ impl FileReader {
                 pos: offset,
                 remaining: length,
                 sent: 0,
-                hasher: Sha256::new(),
+                hasher: FetchDigest::new(),
             },
             response,
         ))
@@ -132,7 +132,7 @@ impl FileReader {
         self.check_unchanged()?;
         Ok(FetchEnd {
             bytes: self.sent,
-            sha256: self.hasher.finalize().into(),
+            digest: self.hasher.finalize(),
         })
     }
 }
@@ -178,8 +178,8 @@ mod tests {
         let end = reader.finish().unwrap();
         assert_eq!(end.bytes, 50_000);
         assert_eq!(
-            end.sha256,
-            <[u8; 32]>::from(Sha256::digest(&data[10..50_010]))
+            end.digest,
+            ferry_protocol::digest::fetch_digest(&data[10..50_010])
         );
 
         let (mut reader, _) = FileReader::open(&jail, path, 0, TO_END).unwrap();

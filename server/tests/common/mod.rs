@@ -15,7 +15,6 @@ use ferry_protocol::tokio::{connect, FerryCodec};
 use ferry_protocol::{ClientConfig, ErrorBody, Frame, Key, Message, RequestId};
 use ferry_server::{Config, Limits, Server};
 use futures::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::Framed;
@@ -291,8 +290,8 @@ impl Client {
                     assert_eq!(end.bytes, data.len() as u64, "end count");
                     assert_eq!(end.bytes, response.length, "announced length");
                     assert_eq!(
-                        end.sha256,
-                        <[u8; 32]>::from(Sha256::digest(&data)),
+                        end.digest,
+                        ferry_protocol::digest::fetch_digest(&data),
                         "end hash"
                     );
                     return Ok(Fetched {
