@@ -10,9 +10,11 @@
 //! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/STATE.md`.
 //! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
 //! - [`tracker`]: the UDP tracker core, its server and its client.
+//! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 pub mod manifest;
 pub mod node;
 pub mod pieces;
+pub mod source;
 pub mod swarm;
 pub mod tracker;
 pub mod wire;

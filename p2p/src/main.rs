@@ -78,6 +78,17 @@ struct GetArgs {
     /// Exit when the download is complete instead of seeding.
     #[arg(long)]
     no_seed: bool,
+    /// Ferry server that also holds the files, besides the manifest's, repeatable: the
+    /// directory containing the manifest's top-level entry, e.g. ferry://10.0.0.1:6789/pub
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// Key of the ferry servers, hex or base64. Default: --server-key-file, FERRY_KEY, then
+    /// the default key file (~/.config/ferry/key)
+    #[arg(long)]
+    server_key: Option<String>,
+    /// File holding the ferry servers' key (mode 0600), e.g. ~/ferry.key
+    #[arg(long)]
+    server_key_file: Option<PathBuf>,
     #[command(flatten)]
     swarm: SwarmArgs,
 }
@@ -213,9 +224,6 @@ const EXIT_INTERRUPTED: u8 = 130;
 fn load(path: &std::path::Path) -> anyhow::Result<Arc<Manifest>> {
     let manifest =
         Manifest::load(path).with_context(|| format!("reading manifest {}", path.display()))?;
-    if !manifest.servers().is_empty() {
-        tracing::warn!("this build does not fetch from ferry servers listed in the manifest");
-    }
     Ok(Arc::new(manifest))
 }
 
@@ -245,6 +253,10 @@ fn verify_bar(storage: &Storage, manifest: &Manifest, hidden: bool) -> ferry_p2p
     let have = storage.verify(manifest, &|| bar.inc(1));
     bar.finish_and_clear();
     have
+}
+
+fn trackers_and_peers_empty(config: &NodeConfig) -> bool {
+    config.trackers.is_empty() && config.peers.is_empty() && config.servers.is_empty()
 }
 
 fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) -> NodeConfig {
@@ -305,18 +317,36 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Whatever is already on disk and matches is kept: this is how `get` resumes.
     let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
     let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
-    if trackers.is_empty() && args.swarm.peers.is_empty() && !have.is_full() {
-        eprintln!("ferry-peer: no tracker and no --peer: nowhere to find the swarm");
+    let mut config = node_config(&args.swarm, trackers, !args.no_seed);
+    let urls: Vec<&String> = manifest.servers().iter().chain(&args.servers).collect();
+    if !urls.is_empty() && !have.is_full() {
+        let key = match ferry_client::key::KeySources::from_env(
+            args.server_key.clone(),
+            args.server_key_file.clone(),
+        )
+        .resolve()
+        {
+            Ok(key) => key,
+            Err(e) => {
+                eprintln!("ferry-peer: servers listed but {e}");
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        };
+        for url in urls {
+            match url.parse::<ferry_client::FerryUrl>() {
+                Ok(url) => config.servers.push(ferry_p2p::source::ServerSource {
+                    url,
+                    key: key.clone(),
+                }),
+                Err(e) => tracing::warn!(%url, error = %e, "ignoring server source"),
+            }
+        }
+    }
+    if trackers_and_peers_empty(&config) && !have.is_full() {
+        eprintln!("ferry-peer: no tracker, --peer or --server: nowhere to find the data");
         return Ok(ExitCode::from(EXIT_CONNECTION));
     }
-    let handle = match node::start(
-        manifest.clone(),
-        Arc::new(storage),
-        have,
-        node_config(&args.swarm, trackers, !args.no_seed),
-    )
-    .await
-    {
+    let handle = match node::start(manifest.clone(), Arc::new(storage), have, config).await {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("ferry-peer: {e}");

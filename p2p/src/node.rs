@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{Manifest, PieceIndex};
 use crate::pieces::{sha256, Bitfield, Storage, StorageError};
+use crate::source::{ServerSource, SourceClient};
 use crate::swarm::{Action, ConnId, Stats, Swarm, SwarmConfig};
 use crate::tracker::client::{announce_loop, AnnounceInfo};
 use crate::wire::{self, PeerId, PeerMessage};
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// Flip a byte in every uploaded block. Only for tests of the ban logic.
     pub dangerous_corrupt_uploads: bool,
+    /// Ferry servers that also hold the files; fetched from by byte range alongside the swarm.
+    pub servers: Vec<ServerSource>,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +60,7 @@ impl Default for NodeConfig {
             swarm: SwarmConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             dangerous_corrupt_uploads: false,
+            servers: Vec::new(),
         }
     }
 }
@@ -287,6 +291,19 @@ impl Actor {
                 })
                 .await
             });
+        }
+        if !self.swarm.is_complete() {
+            for source in self.config.servers.clone() {
+                let conn = ConnId(self.next_conn);
+                self.next_conn += 1;
+                tokio::spawn(run_server_source(
+                    source,
+                    conn,
+                    self.ctx.manifest.clone(),
+                    self.events_tx.clone(),
+                    self.cancel.child_token(),
+                ));
+            }
         }
         let mut maintenance = tokio::time::interval(Duration::from_millis(500));
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -886,4 +903,84 @@ async fn write_loop(
             r = write.write_all(&out) => if r.is_err() { return },
         }
     }
+}
+
+/// Most byte-range fetches in flight to one server: below the server's per-connection limit
+/// (32), so it never answers BUSY.
+const SERVER_FETCHES_IN_FLIGHT: usize = 16;
+
+/// Runs a ferry-server as a peer: greets the core with a full bitfield and an unchoke, turns
+/// each block request into a byte-range fetch, and disconnects on the first failed fetch so its
+/// outstanding requests go back to the swarm at once.
+#[tracing::instrument(skip_all, fields(conn = conn.0, server = %source.url.host))]
+async fn run_server_source(
+    source: ServerSource,
+    conn: ConnId,
+    manifest: Arc<Manifest>,
+    events: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let client = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return,
+        c = SourceClient::connect(&source, manifest) => match c {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use server source");
+                return;
+            }
+        },
+    };
+    let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
+    let registered = Event::Connected {
+        conn,
+        peer_id: source.peer_id(),
+        listen_addr: None,
+        dialed: None,
+        cmds: cmds_tx,
+        cancel: cancel.clone(),
+    };
+    if events.send(registered).await.is_err() {
+        return;
+    }
+    for msg in client.greeting() {
+        if events.send(Event::Message(conn, msg)).await.is_err() {
+            return;
+        }
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(SERVER_FETCHES_IN_FLIGHT));
+    let mut fetches = tokio::task::JoinSet::new();
+    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            cmd = cmds.recv() => match cmd {
+                None | Some(PeerCmd::Close(_)) => break,
+                Some(PeerCmd::Send(PeerMessage::Request(block))) => {
+                    let (client, events, permits, cancel) =
+                        (client.clone(), events.clone(), permits.clone(), cancel.clone());
+                    fetches.spawn(async move {
+                        let Ok(_permit) = permits.acquire().await else { return };
+                        match client.fetch_block(block).await {
+                            Ok(msg) => {
+                                let _ = events.send(Event::Message(conn, msg)).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "server fetch failed; dropping the source");
+                                cancel.cancel();
+                            }
+                        }
+                    });
+                }
+                Some(_) => {}
+            },
+            _ = keepalive.tick() => {
+                let _ = events.send(Event::Message(conn, PeerMessage::KeepAlive)).await;
+            }
+            Some(_) = fetches.join_next(), if !fetches.is_empty() => {}
+        }
+    }
+    fetches.abort_all();
+    let _ = events.send(Event::Disconnected(conn)).await;
 }

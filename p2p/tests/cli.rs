@@ -173,3 +173,49 @@ fn hostile_manifest_is_rejected_and_nothing_is_written() {
     assert!(!dir.path().join("out/escape").exists());
     assert!(!out.exists());
 }
+
+/// `get --server`: a running ferry-server is the only source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_from_a_ferry_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("pub/tree");
+    write_tree(&tree);
+    let manifest = dir.path().join("tree.ferry");
+    let made = Command::new(BIN)
+        .args(["make", tree.to_str().unwrap(), "-o", manifest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let key = ferry_protocol::Key::generate();
+    let server = ferry_server::Server::bind(
+        ferry_server::Config::new(dir.path().join("pub"), key.clone())
+            .listen(["127.0.0.1:0".parse().unwrap()]),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let out = dir.path().join("out");
+    let mut get = tokio::process::Command::new(BIN)
+        .args(["get", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--no-seed", "--no-progress", "--listen", "127.0.0.1:0"])
+        .args(["--server", &format!("ferry://{addr}/"), "--server-key", &key.to_hex()])
+        .env_remove("FERRY_KEY")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), get.wait())
+        .await
+        .expect("get finished")
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(tree.join("data.bin")).unwrap(),
+        std::fs::read(out.join("tree/data.bin")).unwrap()
+    );
+    let _ = stop_tx.send(());
+    served.await.unwrap().unwrap();
+}

@@ -294,3 +294,47 @@ async fn a_wrong_manifest_cannot_join_the_swarm() {
     handle.shutdown().await.unwrap();
     seed.shutdown().await.unwrap();
 }
+
+/// A running ferry-server as the only source, then beside a seed: the download completes from
+/// byte-range fetches, verified piece by piece like any peer's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_server_as_a_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 1 << 20);
+    let manifest = manifest_for(&tree, 32 * 1024, vec![]);
+    let data = dir.path().join("src");
+    let key = ferry_protocol::Key::generate();
+    let server = ferry_server::Server::bind(
+        ferry_server::Config::new(&data, key.clone()).listen(["127.0.0.1:0".parse().unwrap()]),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let served = tokio::spawn(server.run(async move { stopped.cancelled().await }));
+    let source = ferry_p2p::source::ServerSource {
+        url: ferry_client::FerryUrl::from_socket_addr(addr),
+        key,
+    };
+    // Server only.
+    let out = dir.path().join("out1");
+    let mut cfg = config(&[], &[], false);
+    cfg.servers = vec![source.clone()];
+    let (mut only, _) = leech(&manifest, &out, cfg).await;
+    until_complete(&mut only, Duration::from_secs(60)).await;
+    only.wait().await.unwrap();
+    assert_identical(&manifest, &data, &out);
+    // Server and a seed together.
+    let seed = seed(&manifest, &data, config(&[], &[], true)).await;
+    let out = dir.path().join("out2");
+    let mut cfg = config(&[], &[seed.listen_addr], false);
+    cfg.servers = vec![source];
+    let (mut both, _) = leech(&manifest, &out, cfg).await;
+    until_complete(&mut both, Duration::from_secs(60)).await;
+    both.wait().await.unwrap();
+    assert_identical(&manifest, &data, &out);
+    seed.shutdown().await.unwrap();
+    stop.cancel();
+    served.await.unwrap().unwrap();
+}
