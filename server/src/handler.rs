@@ -814,7 +814,9 @@ async fn stat(ctx: &RequestCtx, id: RequestId, request: StatRequest) -> Result<u
 }
 
 /// List: pages produced on a blocking thread one at a time, so a slow client holds no thread.
-/// Returns the number of entries.
+/// The open and the first page share one trip to the blocking pool, and none is spent only to
+/// learn that the listing is over, so a small directory costs one hop. Returns the number of
+/// entries.
 async fn list(ctx: &RequestCtx, id: RequestId, request: ListRequest) -> Result<u64, ServiceError> {
     let path = ctx.parse(&request.path)?;
     let limits = &ctx.shared.limits;
@@ -824,31 +826,35 @@ async fn list(ctx: &RequestCtx, id: RequestId, request: ListRequest) -> Result<u
         0
     };
     let budget = limits.list_batch_bytes;
+    let page_bytes = ctx.page_bytes;
     let shared = ctx.shared.clone();
-    let (path, lister) = tokio::task::spawn_blocking(move || {
-        let lister = shared.jail.open_dir(&path).and_then(|fd| {
-            Lister::new(fd, max_depth > 0, max_depth, budget)
-                .map_err(|e| FsError::from_errno(e, &path, shared.jail.resolver()))
+    let (path, opened) = tokio::task::spawn_blocking(move || {
+        let resolver = shared.jail.resolver();
+        let opened = shared.jail.open_dir(&path).and_then(|fd| {
+            let mut lister = Lister::new(fd, max_depth > 0, max_depth, budget)
+                .map_err(|e| FsError::from_errno(e, &path, resolver))?;
+            let page = lister
+                .next_page(page_bytes)
+                .map_err(|e| FsError::from_errno(e, &path, resolver))?;
+            Ok((lister, page))
         });
-        (path, lister)
+        (path, opened)
     })
     .await?;
-    let mut lister = lister?;
-    let page_bytes = ctx.page_bytes;
-    loop {
-        let (returned, page) = tokio::task::spawn_blocking(move || {
-            let page = lister.next_page(page_bytes);
-            (lister, page)
+    let (mut lister, mut page) = opened?;
+    while let Some(current) = page.take() {
+        ctx.send(id, Message::ListPage(current)).await?;
+        if lister.is_done() {
+            break;
+        }
+        let (returned, next) = tokio::task::spawn_blocking(move || {
+            let next = lister.next_page(page_bytes);
+            (lister, next)
         })
         .await?;
         lister = returned;
-        match page {
-            Ok(Some(page)) => ctx.send(id, Message::ListPage(page)).await?,
-            Ok(None) => break,
-            Err(errno) => {
-                return Err(FsError::from_errno(errno, &path, ctx.shared.jail.resolver()).into())
-            }
-        }
+        page =
+            next.map_err(|errno| FsError::from_errno(errno, &path, ctx.shared.jail.resolver()))?;
     }
     if lister.skipped() > 0 {
         tracing::debug!(
@@ -863,6 +869,10 @@ async fn list(ctx: &RequestCtx, id: RequestId, request: ListRequest) -> Result<u
 
 /// Fetch: large reads on a blocking thread, one read ahead of the frames being queued, cut into
 /// chunks without copying. Returns the data bytes sent.
+///
+/// The first read happens in the same blocking call as the open when a buffer is free, so a
+/// small file costs one trip to the blocking pool, not two (that hop is most of a small
+/// fetch's cost).
 async fn fetch(
     ctx: &RequestCtx,
     id: RequestId,
@@ -870,38 +880,61 @@ async fn fetch(
 ) -> Result<u64, ServiceError> {
     let path = ctx.parse(&request.path)?;
     let shared = ctx.shared.clone();
-    let (reader, response) = tokio::task::spawn_blocking(move || {
-        FileReader::open(&shared.jail, path, request.offset, request.length)
+    let pool = ctx.buffers.clone();
+    let first_buf = pool.try_get();
+    let (reader, response, first) = tokio::task::spawn_blocking(move || {
+        let (mut reader, response) =
+            FileReader::open(&shared.jail, path, request.offset, request.length)?;
+        let first = match first_buf {
+            Some(mut buf) if reader.remaining() > 0 => {
+                let n = reader.read_batch(buf.space())?;
+                buf.set_len(n);
+                Some(buf)
+            }
+            _ => None,
+        };
+        Ok::<_, FsError>((reader, response, first))
     })
     .await??;
     ctx.send(id, Message::FetchResponse(response)).await?;
 
     let chunk = ctx.chunk;
-    let pool = ctx.buffers.clone();
+    // At most one of `reader` and `reading` holds the reader; `ready` is a batch read but not
+    // yet queued.
     let mut reader = Some(reader);
     let mut reading = None;
+    let mut ready = first;
     loop {
-        if reading.is_none() {
-            match reader.take() {
-                Some(r) if r.remaining() > 0 => {
-                    // Holding no unqueued buffer here, so waiting cannot deadlock.
-                    reading = Some(spawn_read(r, pool.get().await));
+        let batch = match ready.take() {
+            Some(batch) => batch,
+            None => {
+                if reading.is_none() {
+                    match reader.take() {
+                        Some(r) if r.remaining() > 0 => {
+                            // Holding no unqueued buffer here, so waiting cannot deadlock.
+                            reading = Some(spawn_read(r, pool.get().await));
+                        }
+                        other => {
+                            reader = other;
+                            break;
+                        }
+                    }
                 }
-                other => {
-                    reader = other;
-                    break;
-                }
+                let Some(handle) = reading.take() else { break };
+                let (r, batch) = handle.await?;
+                reader = Some(r);
+                batch?
             }
-        }
-        let Some(handle) = reading.take() else { break };
-        let (r, batch) = handle.await?;
-        let batch = Bytes::from_owner(batch?);
+        };
         // Start the next read before queueing this batch, so disk and socket overlap, but only
         // with a buffer that is free right now.
-        match (r.remaining() > 0).then(|| pool.try_get()).flatten() {
-            Some(buf) => reading = Some(spawn_read(r, buf)),
-            None => reader = Some(r),
+        if let Some(r) = reader.take() {
+            match (r.remaining() > 0).then(|| pool.try_get()).flatten() {
+                Some(buf) => reading = Some(spawn_read(r, buf)),
+                None => reader = Some(r),
+            }
         }
+        let batch = Bytes::from_owner(batch);
         let mut at = 0;
         while at < batch.len() {
             let end = (at + chunk).min(batch.len());

@@ -152,6 +152,16 @@ impl Lister {
         self.skipped
     }
 
+    /// Whether every entry has been produced, so the next page would be `None`. Lets a
+    /// caller skip a trip to the blocking pool just to learn that.
+    pub fn is_done(&self) -> bool {
+        self.carry.is_none()
+            && self
+                .stack
+                .iter()
+                .all(|level| level.batch.is_empty() && level.exhausted)
+    }
+
     /// The next page, at most `page_bytes` encoded (at least one entry), or `None` when done.
     pub fn next_page(&mut self, page_bytes: usize) -> Result<Option<ListPage>, Errno> {
         let mut page = ListPage::default();
@@ -266,6 +276,30 @@ mod tests {
         let mut lister = Lister::new(open(dir.path()), false, 0, MIN_BUDGET).unwrap();
         assert_eq!(all(&mut lister, 4096), expected);
         assert_eq!(lister.total(), 2000);
+    }
+
+    #[test]
+    fn is_done_says_exactly_when_the_next_page_would_be_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        for name in ["a", "b", "sub/c"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        // Small pages: more is coming after each of the first pages.
+        let mut lister = Lister::new(open(dir.path()), true, 5, 1 << 20).unwrap();
+        let mut pages = 0;
+        while let Some(_page) = lister.next_page(1).unwrap() {
+            pages += 1;
+            if lister.is_done() {
+                break;
+            }
+        }
+        assert_eq!((pages, lister.total()), (4, 4));
+        assert!(lister.next_page(1).unwrap().is_none());
+        // One large page holds everything, and is_done knows it without another call.
+        let mut lister = Lister::new(open(dir.path()), false, 0, 1 << 20).unwrap();
+        assert_eq!(lister.next_page(1 << 16).unwrap().unwrap().entries.len(), 3);
+        assert!(lister.is_done());
     }
 
     #[test]
