@@ -7,6 +7,10 @@
 #
 #   RATE=40mbit SIZE_MIB=64 NS="2 4 8" benches/swarm/run.sh
 #
+# Second phase (PHASES="netlab loopback", default both): unshaped on loopback, 1 seed + 4
+# leechers on a LOOP_MIB (256) file, ferry-peer with its tracker against aria2c behind
+# opentracker (Debian packages aria2, opentracker, mktorrent), time until all leechers complete.
+#
 # Needs release binaries of ferry-peer, ferry-server and ferry in $CARGO_TARGET_DIR/release
 # (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-client
 set -euo pipefail
@@ -30,6 +34,75 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PHASES=${PHASES:-"netlab loopback"}
+LOOP_MIB=${LOOP_MIB:-256}
+
+now() { date +%s.%N; }
+# Waits until every file in $@ exists and contains "complete" (bounded by 20 minutes).
+wait_complete() {
+    local deadline=$(( $(date +%s) + 1200 ))
+    while :; do
+        local done=1
+        for f in "$@"; do grep -q '^complete' "$f" 2>/dev/null || { done=0; break; }; done
+        [ $done = 1 ] && return 0
+        [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
+        sleep 0.05
+    done
+}
+stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
+
+loopback() {
+    for t in aria2c opentracker mktorrent; do command -v $t >/dev/null || { echo "loopback phase needs $t" >&2; return 1; }; done
+    local L=$WORK/loop; mkdir -p "$L/data"
+    head -c "${LOOP_MIB}M" /dev/urandom > "$L/data/file.bin"
+    # ---- ferry-peer: tracker, seed, 4 leechers that keep seeding.
+    "$PEER" make "$L/data/file.bin" -o "$L/file.ferry" --tracker udp://127.0.0.1:16969 --no-progress >/dev/null
+    "$PEER" tracker --listen 127.0.0.1:16969 --interval 5s >/dev/null 2>&1 & PIDS+=($!)
+    "$PEER" seed "$L/file.ferry" --data "$L/data" --listen 127.0.0.1:17000 --no-progress >"$L/seed.out" 2>/dev/null & PIDS+=($!)
+    for _ in $(seq 300); do grep -q seeding "$L/seed.out" 2>/dev/null && break; sleep 0.1; done
+    local outs=() start
+    start=$(now)
+    for i in 1 2 3 4; do
+        mkdir -p "$L/f$i"
+        "$PEER" get "$L/file.ferry" --out "$L/f$i" --listen "127.0.0.1:$((17000 + i))" --no-progress >"$L/f$i.out" 2>/dev/null & PIDS+=($!)
+        outs+=("$L/f$i.out")
+    done
+    wait_complete "${outs[@]}"
+    local ferry_s; ferry_s=$(echo "$(now) - $start" | bc -l)
+    stop_all
+    for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/f$i/file.bin" || { echo "ferry copy $i differs" >&2; return 4; }; done
+    rm -rf "$L"/f*
+    # ---- aria2c behind opentracker, same shape.
+    mkdir -p "$L/ot"
+    mktorrent -a http://127.0.0.1:16970/announce -l 18 -o "$L/file.torrent" "$L/data/file.bin" >/dev/null
+    # Debian's opentracker only serves whitelisted info hashes; the list is read inside its chroot.
+    python3 -c 'import hashlib,sys; b=open(sys.argv[1],"rb").read(); i=b.index(b"4:info")+6; print(hashlib.sha1(b[i:-1]).hexdigest())' \
+        "$L/file.torrent" > "$L/ot/wl.txt"
+    (cd "$L/ot" && exec opentracker -i 127.0.0.1 -p 16970 -P 16970 -d "$L/ot" -w wl.txt >/dev/null 2>&1) & PIDS+=($!)
+    local common=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=true
+        --seed-ratio=0.0 --file-allocation=none --summary-interval=0 --console-log-level=warn
+        --bt-tracker-connect-timeout=5 --bt-tracker-interval=5 --disk-cache=64M)
+    aria2c "${common[@]}" -V --dir="$L/data" --listen-port=18000 "$L/file.torrent" >/dev/null 2>&1 & PIDS+=($!)
+    sleep 4  # the seed hashes its data first
+    printf '#!/bin/sh\necho complete > "$3.done"\n' > "$L/hook.sh"; chmod +x "$L/hook.sh"
+    outs=()
+    start=$(now)
+    for i in 1 2 3 4; do
+        mkdir -p "$L/a$i"
+        aria2c "${common[@]}" --dir="$L/a$i" --listen-port=$((18000 + i)) --on-bt-download-complete="$L/hook.sh" "$L/file.torrent" >/dev/null 2>&1 & PIDS+=($!)
+        outs+=("$L/a$i/file.bin.done")
+    done
+    wait_complete "${outs[@]}"
+    local aria_s; aria_s=$(echo "$(now) - $start" | bc -l)
+    stop_all
+    for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/a$i/file.bin" || { echo "aria2 copy $i differs" >&2; return 4; }; done
+    rm -rf "$L"
+    printf "\nloopback, %d MiB, 1 seed + 4 leechers\n%-22s %8s\n" "$LOOP_MIB" tool all_done_s
+    printf "%-22s %8.2f\n%-22s %8.2f\nferry/aria2 %.2f\n" ferry-peer "$ferry_s" "aria2c+opentracker" "$aria_s" "$(echo "$ferry_s / $aria_s" | bc -l)"
+}
+
+case " $PHASES " in *" netlab "*) ;; *) loopback; exit 0 ;; esac
+
 max_n=0; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 "$NL" up-swarm $((max_n + 1)) "$RATE" >/dev/null
 ip_of() { echo "198.51.100.$1"; }
@@ -43,20 +116,6 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"; chmod 600 "$W
 # Payload rate: HTB counts whole Ethernet frames, TCP payload is 1448/1514 of them (netlab README).
 rate_bits=$(echo "$RATE" | awk '{ v=$1; m=1; if (v ~ /gbit$/) m=1e9; else if (v ~ /mbit$/) m=1e6; else if (v ~ /kbit$/) m=1e3; sub(/[a-z]+$/, "", v); print v*m }')
 F=$((SIZE_MIB * 1048576))
-
-now() { date +%s.%N; }
-# Waits until every file in $@ contains "complete" (bounded by 20 minutes).
-wait_complete() {
-    local deadline=$(( $(date +%s) + 1200 ))
-    while :; do
-        local done=1
-        for f in "$@"; do grep -q '^complete' "$f" 2>/dev/null || { done=0; break; }; done
-        [ $done = 1 ] && return 0
-        [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
-        sleep 0.1
-    done
-}
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
@@ -102,3 +161,5 @@ for N in $NS; do
         printf "%-3d %12.1f %12s %10.1f %10.2f %10s\n", n, s, (v == "nan" ? "-" : sprintf("%.1f", v)), b, s / b,
             (v == "nan" ? "-" : sprintf("%.2f", v / s)) }'
 done
+
+case " $PHASES " in *" loopback "*) loopback ;; esac

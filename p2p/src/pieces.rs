@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -149,6 +150,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 pub struct Storage {
     root: PathBuf,
     files: Vec<(PathBuf, Option<File>)>,
+    /// Files this storage created empty: they hold only zeros, so hashing them is skipped.
+    fresh: Vec<AtomicBool>,
     writable: bool,
 }
 
@@ -175,6 +178,7 @@ impl Storage {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            fresh: files.iter().map(|_| AtomicBool::new(false)).collect(),
             files,
             writable: false,
         })
@@ -186,6 +190,7 @@ impl Storage {
     pub fn create(root: &Path, manifest: &Manifest) -> Result<Self, StorageError> {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let mut files = Vec::with_capacity(manifest.files().len());
+        let mut fresh = Vec::with_capacity(manifest.files().len());
         for entry in manifest.files() {
             let path = jailed_create(root, &entry.path)?;
             let file = OpenOptions::new()
@@ -200,6 +205,8 @@ impl Storage {
             if !meta.is_file() {
                 return Err(StorageError::NotAFile(path));
             }
+            // An empty file we are about to extend holds nothing worth hashing.
+            fresh.push(AtomicBool::new(meta.len() == 0 && entry.size > 0));
             if meta.len() != entry.size {
                 // Sparse: unwritten regions read as zeros and fail their hash on resume.
                 file.set_len(entry.size).map_err(io_err(&path))?;
@@ -209,6 +216,7 @@ impl Storage {
         Ok(Self {
             root: root.to_path_buf(),
             files,
+            fresh,
             writable: true,
         })
     }
@@ -270,6 +278,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         for span in manifest.spans(piece) {
             let file = self.file(span.file)?;
+            self.fresh[span.file].store(false, Ordering::Relaxed);
             let part = &data[span.piece_offset as usize..(span.piece_offset + span.len) as usize];
             file.write_all_at(part, span.offset)
                 .map_err(io_err(&self.files[span.file].0))?;
@@ -295,6 +304,15 @@ impl Storage {
             .collect::<Vec<_>>()
             .into_par_iter()
             .filter(|piece| {
+                // Pieces lying wholly in files we just created are zeros: missing, unread.
+                if manifest
+                    .spans(*piece)
+                    .iter()
+                    .all(|s| self.fresh[s.file].load(Ordering::Relaxed))
+                {
+                    progress();
+                    return false;
+                }
                 let ok = self
                     .read_piece(manifest, *piece)
                     .map(|data| sha256(&data) == *manifest.hash(*piece))

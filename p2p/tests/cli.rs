@@ -182,7 +182,12 @@ async fn get_from_a_ferry_server() {
     write_tree(&tree);
     let manifest = dir.path().join("tree.ferry");
     let made = Command::new(BIN)
-        .args(["make", tree.to_str().unwrap(), "-o", manifest.to_str().unwrap()])
+        .args([
+            "make",
+            tree.to_str().unwrap(),
+            "-o",
+            manifest.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(made.status.success());
@@ -200,9 +205,19 @@ async fn get_from_a_ferry_server() {
     }));
     let out = dir.path().join("out");
     let mut get = tokio::process::Command::new(BIN)
-        .args(["get", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "get",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .args(["--no-seed", "--no-progress", "--listen", "127.0.0.1:0"])
-        .args(["--server", &format!("ferry://{addr}/"), "--server-key", &key.to_hex()])
+        .args([
+            "--server",
+            &format!("ferry://{addr}/"),
+            "--server-key",
+            &key.to_hex(),
+        ])
         .env_remove("FERRY_KEY")
         .kill_on_drop(true)
         .spawn()
