@@ -342,6 +342,17 @@ impl Actor {
                 _ = maintenance.tick() => self.dial_more(),
             }
         };
+        let stats = self.swarm.stats();
+        tracing::info!(
+            have = stats.have,
+            pieces = stats.pieces,
+            downloaded = stats.downloaded,
+            uploaded = stats.uploaded,
+            wasted = stats.wasted,
+            hash_failures = stats.hash_failures,
+            banned = stats.banned,
+            "node stopping"
+        );
         // Stop every peer and tracker task; let the trackers see `stopped` best effort.
         self.cancel.cancel();
         for link in self.peers.values() {

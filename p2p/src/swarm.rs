@@ -43,6 +43,9 @@ pub struct SwarmConfig {
     pub max_queued_uploads: usize,
     /// Unrequested blocks tolerated from one peer before it is dropped.
     pub max_unrequested: u32,
+    /// A node that starts complete reveals pieces a few at a time, least-revealed first, so
+    /// each piece leaves the seed about once (spec/P2P.md §4.4).
+    pub super_seed: bool,
 }
 
 impl Default for SwarmConfig {
@@ -59,6 +62,7 @@ impl Default for SwarmConfig {
             ban_threshold: 2,
             max_queued_uploads: 512,
             max_unrequested: 1024,
+            super_seed: true,
         }
     }
 }
@@ -181,6 +185,10 @@ struct Peer {
     outstanding: HashMap<(u32, u32), Instant>,
     queued_uploads: usize,
     unrequested: u32,
+    /// Super-seeding: pieces we told this peer about with HAVE.
+    revealed: Option<Bitfield>,
+    /// Revealed pieces the peer does not have yet.
+    revealed_pending: u32,
     window_down: u64,
     window_up: u64,
     last_recv: Instant,
@@ -215,6 +223,9 @@ pub struct Swarm {
     optimistic: Option<ConnId>,
     completed_emitted: bool,
     stats: Stats,
+    /// Super-seeding: whether it is on, and how often each piece was revealed.
+    super_seeding: bool,
+    reveal_count: Vec<u32>,
 }
 
 fn block_len(piece_len: u32, index: usize) -> u32 {
@@ -266,6 +277,8 @@ impl Swarm {
             optimistic: None,
             completed_emitted: false,
             stats: Stats::default(),
+            super_seeding: config.super_seed && missing == 0 && n > 0,
+            reveal_count: vec![0; n as usize],
             manifest,
         };
         swarm.stats.pieces = n;
@@ -349,6 +362,10 @@ impl Swarm {
                 outstanding: HashMap::new(),
                 queued_uploads: 0,
                 unrequested: 0,
+                revealed: self
+                    .super_seeding
+                    .then(|| Bitfield::new(self.manifest.piece_count())),
+                revealed_pending: 0,
                 window_down: 0,
                 window_up: 0,
                 last_recv: now,
@@ -357,9 +374,15 @@ impl Swarm {
                 next_pex: now + Duration::from_secs(2),
             },
         );
+        // A super-seed starts by claiming nothing and reveals pieces once it knows the peer's.
+        let advertised = if self.super_seeding {
+            Bitfield::new(self.manifest.piece_count())
+        } else {
+            self.have.clone()
+        };
         self.send(
             conn,
-            PeerMessage::Bitfield(Bytes::copy_from_slice(self.have.as_bytes())),
+            PeerMessage::Bitfield(Bytes::copy_from_slice(advertised.as_bytes())),
             now,
         );
         Ok(())
@@ -770,6 +793,7 @@ impl Swarm {
             return;
         }
         self.update_interest(conn, now);
+        self.reveal(conn, now);
     }
 
     fn on_have(&mut self, conn: ConnId, index: u32, now: Instant) {
@@ -792,6 +816,9 @@ impl Swarm {
             return;
         }
         peer.have.set(piece);
+        if peer.revealed.as_ref().is_some_and(|r| r.has(piece)) {
+            peer.revealed_pending = peer.revealed_pending.saturating_sub(1);
+        }
         let a = &mut self.availability[piece.idx()];
         *a = a.saturating_add(1);
         if !we_have {
@@ -804,6 +831,57 @@ impl Swarm {
         }
         self.update_interest(conn, now);
         self.fill_requests(conn, now);
+        self.reveal(conn, now);
+    }
+
+    /// Super-seeding: keeps a few revealed-but-missing pieces in front of `conn`, choosing
+    /// those revealed least often, then those fewest peers have, from a random start.
+    fn reveal(&mut self, conn: ConnId, now: Instant) {
+        if !self.super_seeding {
+            return;
+        }
+        let piece_size = self.manifest.piece_size().max(1) as usize;
+        let target = (self.config.pipeline * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1;
+        let n = self.manifest.piece_count();
+        loop {
+            let Some(peer) = self.peers.get(&conn) else {
+                return;
+            };
+            let Some(revealed) = &peer.revealed else {
+                return;
+            };
+            if peer.revealed_pending >= target || !peer.got_bitfield {
+                return;
+            }
+            let start = self.rng.gen_range(0..n);
+            let mut best: Option<(PieceIndex, (u32, u16))> = None;
+            for i in 0..n {
+                let Some(piece) = self.manifest.piece((start + i) % n) else {
+                    continue;
+                };
+                if peer.have.has(piece) || revealed.has(piece) {
+                    continue;
+                }
+                let key = (
+                    self.reveal_count[piece.idx()],
+                    self.availability[piece.idx()],
+                );
+                if best.is_none_or(|(_, b)| key < b) {
+                    best = Some((piece, key));
+                }
+            }
+            let Some((piece, _)) = best else {
+                return;
+            };
+            self.reveal_count[piece.idx()] += 1;
+            if let Some(peer) = self.peers.get_mut(&conn) {
+                peer.revealed_pending += 1;
+                if let Some(r) = &mut peer.revealed {
+                    r.set(piece);
+                }
+            }
+            self.send(conn, PeerMessage::Have(piece.get()), now);
+        }
     }
 
     fn on_request(&mut self, conn: ConnId, block: BlockRef, now: Instant) {
