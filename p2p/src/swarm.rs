@@ -1824,4 +1824,75 @@ mod tests {
         }
         assert!(optimistic_seen.len() >= 2, "optimistic slot never rotated");
     }
+
+    #[test]
+    fn super_seed_reveals_a_few_pieces_at_a_time() {
+        // 64 pieces of 16 KiB; pipeline 4 → target ceil(4 / 1) + 1 = 5 revealed pieces.
+        let mut net = Net::new(64 * 16_384, 16_384);
+        let seed = net.add(true, false);
+        net.nodes[seed].config.pipeline = 4;
+        let conn = ConnId(7);
+        net.nodes[seed]
+            .handle_connected(conn, PeerId([0xaa; 20]), None, net.now)
+            .unwrap();
+        let first: Vec<Action> = std::iter::from_fn(|| net.nodes[seed].poll_action())
+            .filter(|a| *a != Action::Completed)
+            .collect();
+        assert_eq!(
+            first,
+            vec![Action::Send {
+                conn,
+                msg: PeerMessage::Bitfield(Bytes::from(vec![0u8; 8]))
+            }]
+        );
+        net.nodes[seed].handle_message(
+            conn,
+            PeerMessage::Bitfield(Bytes::from(vec![0u8; 8])),
+            net.now,
+        );
+        let haves: Vec<u32> = std::iter::from_fn(|| net.nodes[seed].poll_action())
+            .filter_map(|a| match a {
+                Action::Send {
+                    msg: PeerMessage::Have(p),
+                    ..
+                } => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(haves.len(), 5);
+        // The peer got one: exactly one more is revealed, and never one already revealed.
+        net.nodes[seed].handle_message(conn, PeerMessage::Have(haves[0]), net.now);
+        let more: Vec<u32> = std::iter::from_fn(|| net.nodes[seed].poll_action())
+            .filter_map(|a| match a {
+                Action::Send {
+                    msg: PeerMessage::Have(p),
+                    ..
+                } => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(more.len(), 1);
+        assert!(!haves.contains(&more[0]));
+        // A second peer is shown different pieces first (least revealed).
+        let other = ConnId(8);
+        net.nodes[seed]
+            .handle_connected(other, PeerId([0xbb; 20]), None, net.now)
+            .unwrap();
+        net.nodes[seed].handle_message(
+            other,
+            PeerMessage::Bitfield(Bytes::from(vec![0u8; 8])),
+            net.now,
+        );
+        let second: Vec<u32> = std::iter::from_fn(|| net.nodes[seed].poll_action())
+            .filter_map(|a| match a {
+                Action::Send {
+                    conn: c,
+                    msg: PeerMessage::Have(p),
+                } if c == other => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(second.len(), 5);
+        assert!(second.iter().all(|p| !haves.contains(p) && *p != more[0]));
+    }
 }
