@@ -338,3 +338,84 @@ async fn ferry_server_as_a_source() {
     stop.cancel();
     served.await.unwrap().unwrap();
 }
+
+/// A peer that completes the handshake and then sends an over-long frame, and one that sends
+/// data before its bitfield, are dropped; the seed keeps serving an honest leecher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_dropped_and_others_still_served() {
+    use ferry_p2p::wire::{self, PeerId, PeerMessage};
+    use ferry_protocol::{ClientConfig, FrameType, Header, RequestId};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 200_000);
+    let manifest = manifest_for(&tree, 16 * 1024, vec![]);
+    let data = dir.path().join("src");
+    let seed = seed(&manifest, &data, config(&[], &[], true)).await;
+
+    for attack in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(seed.listen_addr)
+            .await
+            .unwrap();
+        let mut client = ClientConfig::new(wire::swarm_key(&manifest.content_id()));
+        client.max_body = wire::MAX_BODY;
+        let (mut session, _) = ferry_protocol::tokio::client_handshake(&mut stream, client)
+            .await
+            .unwrap();
+        let mut out = bytes::BytesMut::new();
+        let hello = PeerMessage::Handshake {
+            content_id: manifest.content_id(),
+            peer_id: PeerId([0x42 + attack; 20]),
+            listen_port: 0,
+        };
+        session
+            .write_frame(
+                hello.kind(),
+                wire::SERVICE,
+                RequestId(0),
+                &hello.to_bytes(),
+                &mut out,
+            )
+            .unwrap();
+        if attack == 0 {
+            // A header announcing 200 000 bytes: over the 96 KiB cap.
+            Header::new(FrameType(0x38), wire::SERVICE, RequestId(0), 200_000).encode(&mut out);
+            out.extend_from_slice(&[0u8; 1024]);
+        } else {
+            // A piece before any bitfield.
+            let piece = PeerMessage::Piece {
+                piece: 0,
+                offset: 0,
+                data: vec![1u8; 100].into(),
+            };
+            session
+                .write_frame(
+                    piece.kind(),
+                    wire::SERVICE,
+                    RequestId(0),
+                    &piece.to_bytes(),
+                    &mut out,
+                )
+                .unwrap();
+        }
+        stream.write_all(&out).await.unwrap();
+        // The seed closes the connection: reads end (EOF or reset) within the bound.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "attack {attack}: connection not dropped");
+    }
+    let out = dir.path().join("out");
+    let (mut leecher, _) = leech(&manifest, &out, config(&[], &[seed.listen_addr], false)).await;
+    until_complete(&mut leecher, Duration::from_secs(30)).await;
+    leecher.wait().await.unwrap();
+    assert_identical(&manifest, &data, &out);
+    seed.shutdown().await.unwrap();
+}
