@@ -359,11 +359,20 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         "{bar:40} {pos}/{len} pieces {msg}",
     );
     let mut last = *handle.stats.borrow();
+    let mut stats = handle.stats.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let interrupted = loop {
+        // Completion is noticed as soon as it happens; the display refreshes once a second.
         tokio::select! {
             biased;
             _ = tokio::signal::ctrl_c() => break true,
+            changed = stats.changed() => {
+                let s = *stats.borrow_and_update();
+                if s.have == s.pieces || changed.is_err() {
+                    break false;
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let s = *handle.stats.borrow();
@@ -383,6 +392,12 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     if interrupted {
         handle.shutdown().await?;
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    let s = *handle.stats.borrow();
+    if s.have != s.pieces {
+        // The node stopped on its own before finishing: report why.
+        handle.wait().await?;
+        anyhow::bail!("stopped with {} of {} pieces", s.have, s.pieces);
     }
     println!(
         "complete {} -> {}",

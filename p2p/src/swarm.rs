@@ -28,6 +28,9 @@ pub struct SwarmConfig {
     pub pipeline: usize,
     /// Peers unchoked for their rate, besides the optimistic one.
     pub regular_unchokes: usize,
+    /// The same while we have everything: a seed spends nothing on tit-for-tat, and more slots
+    /// spread (super-seeded) pieces to more peers at once.
+    pub seed_unchokes: usize,
     pub rechoke_interval: Duration,
     pub optimistic_interval: Duration,
     /// A request unanswered this long is given back to the picker.
@@ -53,6 +56,7 @@ impl Default for SwarmConfig {
         Self {
             pipeline: 64,
             regular_unchokes: 3,
+            seed_unchokes: 7,
             rechoke_interval: Duration::from_secs(10),
             optimistic_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -709,11 +713,8 @@ impl Swarm {
             candidates.swap(i, j);
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let mut unchoke: HashSet<ConnId> = candidates
-            .iter()
-            .take(self.config.regular_unchokes)
-            .map(|(c, _)| *c)
-            .collect();
+        let slots = self.slots();
+        let mut unchoke: HashSet<ConnId> = candidates.iter().take(slots).map(|(c, _)| *c).collect();
         let optimistic_valid = self
             .optimistic
             .is_some_and(|c| candidates.iter().any(|(x, _)| *x == c) && !unchoke.contains(&c));
@@ -754,13 +755,22 @@ impl Swarm {
     /// up to a rechoke interval.
     fn maybe_unchoke_now(&mut self, conn: ConnId, now: Instant) {
         let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-        if unchoked < self.config.regular_unchokes + 1 {
+        if unchoked < self.slots() + 1 {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 if peer.am_choking {
                     peer.am_choking = false;
                     self.send(conn, PeerMessage::Unchoke, now);
                 }
             }
+        }
+    }
+
+    /// Regular unchoke slots: more while seeding.
+    fn slots(&self) -> usize {
+        if self.is_complete() {
+            self.config.seed_unchokes
+        } else {
+            self.config.regular_unchokes
         }
     }
 
@@ -1374,7 +1384,12 @@ mod tests {
                 self.manifest.clone(),
                 have,
                 PeerId([i as u8 + 1; 20]),
-                SwarmConfig::default(),
+                // In memory a seed serves instantly; with a slot for everyone the leechers would
+                // never need each other, so keep the classic four slots here.
+                SwarmConfig {
+                    seed_unchokes: 3,
+                    ..SwarmConfig::default()
+                },
                 i as u64,
                 self.now,
             ));
