@@ -15,7 +15,7 @@ use ferry_protocol::{ClientConfig, ErrorBody, RequestId, ServerConfig, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,9 @@ use crate::source::{ServerSource, SourceClient};
 use crate::swarm::{Action, ConnId, Stats, Swarm, SwarmConfig};
 use crate::tracker::client::{announce_loop, AnnounceInfo};
 use crate::wire::{self, PeerId, PeerMessage};
+
+/// Most inbound connections allowed to be mid-handshake at once.
+const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -228,6 +231,7 @@ pub async fn start(
         listen_addr,
         listener,
         completed: None,
+        handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
     };
     let task = tokio::spawn(actor.run());
     Ok(NodeHandle {
@@ -267,6 +271,8 @@ struct Actor {
     listen_addr: SocketAddr,
     listener: TcpListener,
     completed: Option<tokio::sync::watch::Sender<bool>>,
+    /// Permits for inbound connections that have not finished their handshake.
+    handshaking: Arc<Semaphore>,
 }
 
 impl Actor {
@@ -331,8 +337,17 @@ impl Actor {
                 }
                 accepted = self.listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        if self.peers.len() + self.dialing.len() < self.config.max_peers * 2 {
-                            self.spawn_peer(stream, None);
+                        // Connections still handshaking are capped too, so silent sockets
+                        // cannot pile up tasks.
+                        let permit = self.handshaking.clone().try_acquire_owned();
+                        match permit {
+                            Ok(permit)
+                                if self.peers.len() + self.dialing.len()
+                                    < self.config.max_peers * 2 =>
+                            {
+                                self.spawn_peer(stream, permit);
+                            }
+                            _ => tracing::debug!("refusing a connection: at the peer limit"),
                         }
                     }
                 }
@@ -568,7 +583,9 @@ impl Actor {
             tokio::spawn(async move {
                 let dial = tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr));
                 match dial.await {
-                    Ok(Ok(stream)) => run_peer(stream, Some(addr), conn, ctx, events, cancel).await,
+                    Ok(Ok(stream)) => {
+                        run_peer(stream, Some(addr), conn, ctx, events, cancel, None).await
+                    }
                     _ => {
                         let _ = events.send(Event::DialFailed(addr)).await;
                     }
@@ -577,13 +594,15 @@ impl Actor {
         }
     }
 
-    fn spawn_peer(&mut self, stream: TcpStream, dialed: Option<SocketAddr>) {
+    fn spawn_peer(&mut self, stream: TcpStream, permit: OwnedSemaphorePermit) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let ctx = self.ctx.clone();
         let events = self.events_tx.clone();
         let cancel = self.cancel.child_token();
-        tokio::spawn(run_peer(stream, dialed, conn, ctx, events, cancel));
+        tokio::spawn(async move {
+            run_peer(stream, None, conn, ctx, events, cancel, Some(permit)).await
+        });
     }
 }
 
@@ -597,6 +616,7 @@ async fn run_peer(
     ctx: Arc<Ctx>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
+    handshake_permit: Option<OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
     let remote = stream.peer_addr().ok();
@@ -604,7 +624,13 @@ async fn run_peer(
         ctx.handshake_timeout,
         handshake(&mut stream, dialed.is_some(), &ctx),
     );
-    let (session, leftover, peer_id, listen_port) = match hello.await {
+    let hello = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return,
+        hello = hello => hello,
+    };
+    drop(handshake_permit);
+    let (session, leftover, peer_id, listen_port) = match hello {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
