@@ -27,11 +27,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use bytes::Bytes;
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{Entry, EntryKind, TO_END};
 use ferry_protocol::ErrorCode;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -370,6 +371,7 @@ async fn fetch_to(
             .map_err(|e| ClientError::io(&part, e))?;
     }
     write_meta(&meta_file, &wanted).await?;
+    let mut writer = PartWriter::new(file.into_std().await);
 
     let bar = progress.file(label, entry.size, offset);
     let mut written = offset;
@@ -400,14 +402,15 @@ async fn fetch_to(
                 chunk = stream.chunk() => chunk?,
             };
             let Some(chunk) = chunk else { break };
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ClientError::io(&part, e))?;
             if let Some(whole) = whole.as_mut() {
                 whole.update(&chunk);
             }
             written += chunk.len() as u64;
             bar.inc(chunk.len() as u64);
+            writer
+                .write(chunk)
+                .await
+                .map_err(|e| ClientError::io(&part, e))?;
         }
         Ok(())
     }
@@ -421,8 +424,7 @@ async fn fetch_to(
         (None, _) => None,
     };
     // Flush what arrived whatever happened, so the part on disk matches `written`.
-    let flushed = file.flush().await.and(file.sync_data().await);
-    drop(file);
+    let flushed = writer.finish().await;
     match result {
         Ok(()) => {
             flushed.map_err(|e| ClientError::io(&part, e))?;
@@ -463,6 +465,89 @@ async fn fetch_to(
             }
             Err(e)
         }
+    }
+}
+
+/// Writes a download's chunks to its part file on a blocking thread, in batches: through
+/// `tokio::fs::File`, every 64 KiB chunk was copied and cost its own trip to the blocking pool,
+/// which held `ferry get` to about 0.7x of curl's speed. One batch is written while the next
+/// fills; chunks are moved, not copied. A batch goes out when it holds `BATCH` bytes or its
+/// first chunk is `MAX_DELAY` old, so a slow download still reaches the disk promptly.
+#[derive(Debug)]
+struct PartWriter {
+    /// The file, while no batch is being written.
+    idle: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    /// When the first chunk of the gathering batch arrived.
+    batch_started: Option<Instant>,
+}
+
+impl PartWriter {
+    /// Bytes gathered before a batch goes to the blocking pool.
+    const BATCH: usize = 4 << 20;
+    /// How long a chunk may wait in memory for its batch to fill.
+    const MAX_DELAY: Duration = Duration::from_millis(20);
+
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            idle: Some(file),
+            writing: None,
+            batch: Vec::new(),
+            batch_len: 0,
+            batch_started: None,
+        }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        let started = *self.batch_started.get_or_insert_with(Instant::now);
+        if self.batch_len >= Self::BATCH || started.elapsed() >= Self::MAX_DELAY {
+            self.submit().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing the gathered batch once the previous one is done.
+    async fn submit(&mut self) -> std::io::Result<()> {
+        let mut file = match self.idle.take() {
+            Some(file) => file,
+            None => self.wait().await?,
+        };
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        self.batch_started = None;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let result = batch.iter().try_for_each(|chunk| file.write_all(chunk));
+            (file, result)
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::fs::File> {
+        let handle = self
+            .writing
+            .take()
+            .ok_or_else(|| std::io::Error::other("part writer lost its file"))?;
+        let (file, result) = handle.await.map_err(std::io::Error::other)?;
+        result.map(|()| file)
+    }
+
+    /// Writes everything gathered and syncs the data, so the part holds every byte handed in.
+    async fn finish(mut self) -> std::io::Result<()> {
+        if !self.batch.is_empty() {
+            self.submit().await?;
+        }
+        let file = match self.idle.take() {
+            Some(file) => file,
+            None => self.wait().await?,
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
     }
 }
 
