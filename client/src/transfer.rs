@@ -471,8 +471,9 @@ async fn fetch_to(
 /// Writes a download's chunks to its part file on a blocking thread, in batches: through
 /// `tokio::fs::File`, every 64 KiB chunk was copied and cost its own trip to the blocking pool,
 /// which held `ferry get` to about 0.7x of curl's speed. One batch is written while the next
-/// fills; chunks are moved, not copied. A batch goes out when it holds `BATCH` bytes or its
-/// first chunk is `MAX_DELAY` old, so a slow download still reaches the disk promptly.
+/// fills; chunks are moved, not copied. A chunk goes out at once when no write is in flight,
+/// so a slow download reaches the disk as it arrives; while one is, chunks gather (up to
+/// `BATCH` bytes), so a fast download is written in large batches.
 #[derive(Debug)]
 struct PartWriter {
     /// The file, while no batch is being written.
@@ -480,15 +481,11 @@ struct PartWriter {
     writing: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>>,
     batch: Vec<Bytes>,
     batch_len: usize,
-    /// When the first chunk of the gathering batch arrived.
-    batch_started: Option<Instant>,
 }
 
 impl PartWriter {
     /// Bytes gathered before a batch goes to the blocking pool.
     const BATCH: usize = 4 << 20;
-    /// How long a chunk may wait in memory for its batch to fill.
-    const MAX_DELAY: Duration = Duration::from_millis(20);
 
     fn new(file: std::fs::File) -> Self {
         Self {
@@ -496,15 +493,15 @@ impl PartWriter {
             writing: None,
             batch: Vec::new(),
             batch_len: 0,
-            batch_started: None,
         }
     }
 
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()> {
         self.batch_len += chunk.len();
         self.batch.push(chunk);
-        let started = *self.batch_started.get_or_insert_with(Instant::now);
-        if self.batch_len >= Self::BATCH || started.elapsed() >= Self::MAX_DELAY {
+        let writer_free =
+            self.idle.is_some() || self.writing.as_ref().is_some_and(|w| w.is_finished());
+        if writer_free || self.batch_len >= Self::BATCH {
             self.submit().await?;
         }
         Ok(())
@@ -518,7 +515,6 @@ impl PartWriter {
         };
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
-        self.batch_started = None;
         self.writing = Some(tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let result = batch.iter().try_for_each(|chunk| file.write_all(chunk));
