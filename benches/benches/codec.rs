@@ -97,10 +97,69 @@ fn bench_frames(c: &mut Criterion) {
     }
 }
 
+/// Eight 64 KiB frames per iteration, as the server's writer seals a burst of fetch data:
+/// one at a time versus together (interleaved CBC chains), beside eight raw cipher+MAC runs.
+fn bench_batched(c: &mut Criterion) {
+    const FRAMES: usize = 8;
+    let size = 65_536;
+    let body = vec![0xA5u8; size];
+    let mut group = c.benchmark_group("frames-8x64KiB");
+    group.throughput(Throughput::Bytes((FRAMES * size) as u64));
+    let mut buf = Vec::with_capacity(size + 32);
+    group.bench_function("raw_cipher_mac", |b| {
+        b.iter(|| {
+            for _ in 0..FRAMES {
+                black_box(raw_cipher_mac(black_box(&body), &mut buf));
+            }
+        })
+    });
+    for batched in [false, true] {
+        let (sender, mut receiver) = sessions(true);
+        let (mut send, _) = sender.into_split();
+        let mut wire = BytesMut::with_capacity(FRAMES * (size + 128));
+        let frames: Vec<_> = (0..FRAMES)
+            .map(|i| {
+                (
+                    FrameType::DATA,
+                    Service::FETCH,
+                    RequestId(i as u32),
+                    &body[..],
+                )
+            })
+            .collect();
+        let name = if batched {
+            "encrypted_together"
+        } else {
+            "encrypted_one_by_one"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                if batched {
+                    send.write_frames(&frames, &mut wire)
+                        .unwrap_or_else(|e| panic!("encode failed: {e}"));
+                } else {
+                    for &(kind, service, id, body) in &frames {
+                        send.write_frame(kind, service, id, body, &mut wire)
+                            .unwrap_or_else(|e| panic!("encode failed: {e}"));
+                    }
+                }
+                for _ in 0..FRAMES {
+                    let frame = receiver
+                        .read_frame(&mut wire)
+                        .unwrap_or_else(|e| panic!("decode failed: {e}"));
+                    black_box(frame);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_header(&mut criterion);
     bench_frames(&mut criterion);
+    bench_batched(&mut criterion);
     criterion.final_summary();
 
     let mut comparisons = Vec::new();
@@ -121,6 +180,18 @@ fn main() {
             target: is_target_size.then_some(0.8),
         });
     }
+    comparisons.push(Comparison {
+        group: "frames-8x64KiB".into(),
+        candidate: "encrypted_together".into(),
+        baseline: "raw_cipher_mac".into(),
+        target: Some(0.8),
+    });
+    comparisons.push(Comparison {
+        group: "frames-8x64KiB".into(),
+        candidate: "encrypted_together".into(),
+        baseline: "encrypted_one_by_one".into(),
+        target: None,
+    });
     print_report(
         "codec ratios (baseline time / candidate time, same run, one core)",
         &criterion_dir(),

@@ -193,6 +193,48 @@ impl SendHalf {
         Ok(())
     }
 
+    /// Appends several frames with raw bodies, in order. Encrypted, they are sealed together
+    /// ([`SealingKey::seal_many`]), which is several times faster than one at a time; the
+    /// bytes are those that one [`SendHalf::write_frame`] per frame would produce.
+    pub fn write_frames(
+        &mut self,
+        frames: &[(FrameType, Service, RequestId, &[u8])],
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        if let Some((.., body)) = frames.iter().find(|(.., b)| b.len() > self.max_payload) {
+            return Err(DecodeError::TooLarge {
+                length: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                max: self.max_payload as u32,
+            }
+            .into());
+        }
+        match &mut self.seal {
+            Some(seal) => {
+                let version = self.version;
+                let headers: Vec<(Header, &[u8])> = frames
+                    .iter()
+                    .map(|&(kind, service, id, body)| {
+                        let header = Header {
+                            kind,
+                            version,
+                            service,
+                            id,
+                            length: 0,
+                        };
+                        (header, body)
+                    })
+                    .collect();
+                seal.seal_many(&headers, dst)?;
+            }
+            None => {
+                for &(kind, service, id, body) in frames {
+                    encode_plain(kind, service, self.version, id, body, dst);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Appends one frame carrying `message`.
     pub fn write_message(
         &mut self,
@@ -288,6 +330,28 @@ mod tests {
                 }
                 assert!(wire.is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn frames_written_together_read_back_in_order_in_both_modes() {
+        for encrypted in [false, true] {
+            let (client, mut server) = pair(encrypted);
+            let (mut send, _) = client.into_split();
+            let bodies: Vec<Vec<u8>> = (0..11).map(|i| vec![i as u8; i * 1000]).collect();
+            let frames: Vec<_> = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (FrameType::DATA, Service::FETCH, RequestId(i as u32), &b[..]))
+                .collect();
+            let mut wire = BytesMut::new();
+            send.write_frames(&frames, &mut wire).unwrap();
+            for (i, body) in bodies.iter().enumerate() {
+                let frame = server.read_frame(&mut wire).unwrap().unwrap();
+                assert_eq!(frame.header.id, RequestId(i as u32));
+                assert_eq!(&frame.body[..], &body[..]);
+            }
+            assert!(wire.is_empty());
         }
     }
 

@@ -549,7 +549,9 @@ impl Conn {
 ///
 /// In plaintext mode a data chunk is not copied: the batch holds its 12-byte header and the
 /// chunk's own `Bytes` (a slice of the fetch's read buffer) side by side. Encrypted frames are
-/// sealed into the batch buffer, which is the one copy encryption needs anyway.
+/// sealed into the batch buffer, which is the one copy encryption needs anyway; data chunks
+/// wait in `unsealed` and are sealed together (interleaved CBC chains, several times faster
+/// than one record at a time), always before any later frame, so wire order is kept.
 struct Writer {
     send: SendHalf,
     /// Negotiated version, for headers written here directly (plaintext data).
@@ -562,6 +564,8 @@ struct Writer {
     /// What the next `writev` sends, in order.
     segments: VecDeque<Bytes>,
     batched: usize,
+    /// Encrypted mode: data chunks queued for sealing together, in order.
+    unsealed: Vec<(RequestId, Bytes)>,
 }
 
 impl Writer {
@@ -576,6 +580,7 @@ impl Writer {
             scratch: BytesMut::with_capacity(WRITE_BATCH + 128 * 1024),
             segments: VecDeque::new(),
             batched: 0,
+            unsealed: Vec::new(),
         }
     }
 
@@ -610,6 +615,10 @@ impl Writer {
                     tracing::warn!(%error, "cannot encode a frame; closing");
                     return;
                 }
+            }
+            if let Err(error) = self.seal_unsealed() {
+                tracing::warn!(%error, "cannot encode a frame; closing");
+                return;
             }
             match tokio::time::timeout(self.write_timeout, self.flush()).await {
                 Ok(Ok(())) => {}
@@ -646,13 +655,41 @@ impl Writer {
                 self.batched += ferry_protocol::HEADER_LEN + body.len();
                 self.segments.push_back(body);
             }
+            Message::Data(body) if !self.plaintext => {
+                self.batched +=
+                    ferry_protocol::HEADER_LEN + ferry_protocol::crypto::sealed_len(body.len());
+                self.unsealed.push((id, body));
+            }
             message => {
+                self.seal_unsealed()?;
                 let before = self.scratch.len();
                 self.send.write_message(id, &message, &mut self.scratch)?;
                 self.batched += self.scratch.len() - before;
             }
         }
         Ok(())
+    }
+
+    /// Seals the queued data chunks, together, into the batch.
+    fn seal_unsealed(&mut self) -> Result<(), ferry_protocol::Error> {
+        if self.unsealed.is_empty() {
+            return Ok(());
+        }
+        let frames: Vec<_> = self
+            .unsealed
+            .iter()
+            .map(|(id, body)| {
+                (
+                    ferry_protocol::FrameType::DATA,
+                    Service::FETCH,
+                    *id,
+                    &body[..],
+                )
+            })
+            .collect();
+        let result = self.send.write_frames(&frames, &mut self.scratch);
+        self.unsealed.clear();
+        result
     }
 
     /// Writes every batched segment.
