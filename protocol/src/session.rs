@@ -68,6 +68,29 @@ impl Session {
         )
     }
 
+    /// A connected (client, server) pair without a handshake, with fixed, publicly known keys
+    /// when `encrypted`: for tests and benchmarks of the record layer only, never a network.
+    pub fn dangerous_pair_with_fixed_keys(encrypted: bool) -> (Session, Session) {
+        if !encrypted {
+            return (
+                Self::plaintext(1, DEFAULT_MAX_BODY),
+                Self::plaintext(1, DEFAULT_MAX_BODY),
+            );
+        }
+        let c2s = DirectionKeys {
+            enc: [1; 32],
+            mac: [2; 32],
+        };
+        let s2c = DirectionKeys {
+            enc: [3; 32],
+            mac: [4; 32],
+        };
+        (
+            Self::encrypted(1, DEFAULT_MAX_BODY, Role::Client, &c2s, &s2c),
+            Self::encrypted(1, DEFAULT_MAX_BODY, Role::Server, &c2s, &s2c),
+        )
+    }
+
     fn new(version: u8, max_body: u32, crypto: Option<(SealingKey, OpeningKey)>) -> Self {
         let mut decoder = FrameDecoder::new(max_body);
         decoder.set_version(version);
@@ -286,32 +309,10 @@ mod tests {
     use super::*;
     use crate::message::tests::examples;
 
-    fn pair(encrypted: bool) -> (Session, Session) {
-        let c2s = DirectionKeys {
-            enc: [1; 32],
-            mac: [2; 32],
-        };
-        let s2c = DirectionKeys {
-            enc: [3; 32],
-            mac: [4; 32],
-        };
-        if encrypted {
-            (
-                Session::encrypted(1, 1 << 20, Role::Client, &c2s, &s2c),
-                Session::encrypted(1, 1 << 20, Role::Server, &c2s, &s2c),
-            )
-        } else {
-            (
-                Session::plaintext(1, 1 << 20),
-                Session::plaintext(1, 1 << 20),
-            )
-        }
-    }
-
     #[test]
     fn every_message_crosses_both_ways_in_both_modes() {
         for encrypted in [false, true] {
-            let (mut client, mut server) = pair(encrypted);
+            let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
             for client_sends in [true, false] {
                 let (a, b) = if client_sends {
                     (&mut client, &mut server)
@@ -336,7 +337,7 @@ mod tests {
     #[test]
     fn frames_written_together_read_back_in_order_in_both_modes() {
         for encrypted in [false, true] {
-            let (client, mut server) = pair(encrypted);
+            let (client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
             let (mut send, _) = client.into_split();
             let bodies: Vec<Vec<u8>> = (0..11).map(|i| vec![i as u8; i * 1000]).collect();
             let frames: Vec<_> = bodies
@@ -358,7 +359,7 @@ mod tests {
     #[test]
     fn max_payload_fits_the_cap() {
         for encrypted in [false, true] {
-            let (mut client, mut server) = pair(encrypted);
+            let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
             let body = vec![0x5a; client.max_payload()];
             let mut wire = BytesMut::new();
             client
