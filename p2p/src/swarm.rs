@@ -544,7 +544,7 @@ impl Swarm {
                 self.close(
                     conn,
                     Some(ErrorBody::new(
-                        ErrorCode::BAD_RECORD,
+                        ErrorCode::BANNED,
                         "banned: repeated pieces failing their hash",
                     )),
                     now,

@@ -116,6 +116,7 @@ error_codes! {
     TIMEOUT = 0x0403, "timed out";
     INTERNAL = 0x0501, "internal error";
     SHUTTING_DOWN = 0x0502, "server is shutting down";
+    BANNED = 0x0601, "banned: repeatedly sent data that failed verification";
 }
 
 impl ErrorCode {
@@ -125,12 +126,15 @@ impl ErrorCode {
     }
 
     /// Whether this code can only describe the connection as a whole (spec §6.3): the
-    /// handshake and record failures, a corrupt frame and a version mismatch. Every other code
+    /// handshake and record failures, a corrupt frame, a version mismatch and a ban. Every other code
     /// is scoped by the id of the error frame that carries it: id 0 ends the connection, any
     /// other id ends only that request.
     pub fn is_connection_fatal(self) -> bool {
         self.category() == Category::AUTH
-            || matches!(self, Self::BAD_FRAME | Self::UNSUPPORTED_VERSION)
+            || matches!(
+                self,
+                Self::BAD_FRAME | Self::UNSUPPORTED_VERSION | Self::BANNED
+            )
     }
 }
 
