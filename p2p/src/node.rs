@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ferry_protocol::{ClientConfig, ErrorBody, RequestId, ServerConfig, Session};
+use ferry_protocol::{ClientConfig, ErrorBody, RecvHalf, SendHalf, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -630,7 +630,7 @@ async fn run_peer(
         hello = hello => hello,
     };
     drop(handshake_permit);
-    let (session, leftover, peer_id, listen_port) = match hello {
+    let (send, recv, leftover, peer_id, listen_port) = match hello {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
@@ -652,7 +652,6 @@ async fn run_peer(
             .filter(|_| listen_port != 0)
             .map(|r| SocketAddr::new(r.ip(), listen_port))
     });
-    let (send, recv) = session.into_split();
     let (read_half, write_half) = stream.into_split();
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     if events
@@ -700,8 +699,8 @@ async fn handshake(
     stream: &mut TcpStream,
     outbound: bool,
     ctx: &Ctx,
-) -> Result<(Session, BytesMut, PeerId, u16), HandshakeFailure> {
-    let (mut session, mut buf) = if outbound {
+) -> Result<(SendHalf, RecvHalf, BytesMut, PeerId, u16), HandshakeFailure> {
+    let (session, mut buf) = if outbound {
         let mut config = ClientConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
         ferry_protocol::tokio::client_handshake(stream, config).await?
@@ -710,25 +709,20 @@ async fn handshake(
         config.max_body = wire::MAX_BODY;
         ferry_protocol::tokio::server_handshake(stream, config).await?
     };
+    let (mut send, mut recv) = session.into_split();
     let hello = PeerMessage::Handshake {
         content_id: ctx.manifest.content_id(),
         peer_id: ctx.peer_id,
         listen_port: ctx.listen_port,
     };
     let mut out = BytesMut::new();
-    session.write_frame(
-        hello.kind(),
-        wire::SERVICE,
-        RequestId::CONNECTION,
-        &hello.to_bytes(),
-        &mut out,
-    )?;
+    hello.write(&mut send, &mut out)?;
     stream
         .write_all(&out)
         .await
         .map_err(ferry_protocol::Error::Io)?;
     let frame = loop {
-        if let Some(frame) = session.read_frame(&mut buf)? {
+        if let Some(frame) = recv.read_frame(&mut buf)? {
             break frame;
         }
         if stream
@@ -749,7 +743,7 @@ async fn handshake(
             if content_id != ctx.manifest.content_id() {
                 return Err(HandshakeFailure::WrongContent);
             }
-            Ok((session, buf, peer_id, listen_port))
+            Ok((send, recv, buf, peer_id, listen_port))
         }
         _ => Err(HandshakeFailure::Unexpected(frame.header.kind)),
     }
@@ -835,16 +829,7 @@ async fn write_loop(
                         let _ = events.send(Event::Uploaded(conn, 0)).await;
                     }
                 }
-                if send
-                    .write_frame(
-                        msg.kind(),
-                        wire::SERVICE,
-                        RequestId::CONNECTION,
-                        &msg.to_bytes(),
-                        &mut out,
-                    )
-                    .is_err()
-                {
+                if msg.write(&mut send, &mut out).is_err() {
                     return;
                 }
             }
@@ -871,16 +856,7 @@ async fn write_loop(
             Some(PeerCmd::Close(error)) => {
                 if let Some(body) = error {
                     let msg = PeerMessage::Error(body);
-                    if send
-                        .write_frame(
-                            msg.kind(),
-                            wire::SERVICE,
-                            RequestId::CONNECTION,
-                            &msg.to_bytes(),
-                            &mut out,
-                        )
-                        .is_ok()
-                    {
+                    if msg.write(&mut send, &mut out).is_ok() {
                         let _ = tokio::time::timeout(Duration::from_secs(2), write.write_all(&out))
                             .await;
                     }
@@ -913,16 +889,7 @@ async fn write_loop(
                     offset,
                     data: data.into(),
                 };
-                if send
-                    .write_frame(
-                        msg.kind(),
-                        wire::SERVICE,
-                        RequestId::CONNECTION,
-                        &msg.to_bytes(),
-                        &mut out,
-                    )
-                    .is_err()
-                {
+                if msg.write(&mut send, &mut out).is_err() {
                     return;
                 }
                 tokio::select! {

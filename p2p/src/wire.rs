@@ -388,6 +388,21 @@ impl PeerMessage {
         }
     }
 
+    /// Appends this message as one frame on the connection id, sealed by `send`.
+    pub fn write(
+        &self,
+        send: &mut ferry_protocol::SendHalf,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), ferry_protocol::Error> {
+        send.write_frame(
+            self.kind(),
+            SERVICE,
+            ferry_protocol::RequestId::CONNECTION,
+            &self.to_bytes(),
+            dst,
+        )
+    }
+
     /// The body as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
