@@ -203,6 +203,16 @@ async fn attacker(
     tallies
 }
 
+/// The outcome of a connection the server closed: at once, or after a deadline of its own.
+fn closed_since(sent_at: Instant) -> String {
+    let waited = sent_at.elapsed();
+    if waited > Duration::from_secs(1) {
+        format!("closed after {}s", waited.as_secs())
+    } else {
+        "closed".into()
+    }
+}
+
 /// Reads until the server closes or sends an error frame; returns the outcome as text.
 async fn await_verdict(stream: &mut TcpStream, deadline: Instant, sent_at: Instant) -> String {
     let mut buf = BytesMut::with_capacity(4096);
@@ -216,14 +226,7 @@ async fn await_verdict(stream: &mut TcpStream, deadline: Instant, sent_at: Insta
         }
         match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
             Err(_) => return "still open when the run ended".into(),
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                let waited = sent_at.elapsed();
-                return if waited > Duration::from_secs(1) {
-                    format!("closed after {}s", waited.as_secs())
-                } else {
-                    "closed".into()
-                };
-            }
+            Ok(Ok(0)) | Ok(Err(_)) => return closed_since(sent_at),
             Ok(Ok(_)) => {}
         }
     }
@@ -315,14 +318,7 @@ async fn one(attack: Attack, options: &HostileOptions, deadline: Instant) -> Vec
             loop {
                 match tokio::time::timeout_at(deadline.into(), stream.read(&mut sink)).await {
                     Err(_) => return vec!["still open when the run ended".into()],
-                    Ok(Ok(0)) | Ok(Err(_)) => {
-                        let waited = sent_at.elapsed();
-                        return vec![if waited > Duration::from_secs(1) {
-                            format!("closed after {}s", waited.as_secs())
-                        } else {
-                            "closed".into()
-                        }];
-                    }
+                    Ok(Ok(0)) | Ok(Err(_)) => return vec![closed_since(sent_at)],
                     Ok(Ok(_)) => {}
                 }
             }
