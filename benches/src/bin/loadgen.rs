@@ -260,6 +260,7 @@ fn main() -> Result<()> {
                 if let Some(path) = &args.output.plot {
                     plot::write_svg(path, "ferry-load server", &summary)
                         .map_err(anyhow::Error::msg)?;
+                    eprintln!("ferry-load: wrote the plot to {}", path.display());
                 }
                 Ok(())
             })?;
@@ -300,6 +301,7 @@ fn main() -> Result<()> {
                     &report.under_attack,
                 )
                 .map_err(anyhow::Error::msg)?;
+                eprintln!("ferry-load: wrote the plot to {}", path.display());
             }
             if !report.violations.is_empty() || !report.server_alive_after {
                 std::process::exit(1);

@@ -19,10 +19,8 @@ pub fn write_svg(path: &Path, title: &str, summary: &Summary) -> Result<(), Stri
     let max_rate = summary
         .per_second
         .iter()
-        .map(|s| s.requests)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+        .map(|s| s.requests_per_s())
+        .fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(&left)
         .caption("throughput", ("sans-serif", 16))
         .margin(10)
@@ -41,7 +39,7 @@ pub fn write_svg(path: &Path, title: &str, summary: &Summary) -> Result<(), Stri
             summary
                 .per_second
                 .iter()
-                .map(|s| (s.second, s.requests as f64)),
+                .map(|s| (s.second, s.requests_per_s())),
             &BLUE,
         ))
         .map_err(|e| e.to_string())?;

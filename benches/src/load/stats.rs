@@ -118,10 +118,30 @@ impl Drop for Recorder {
 #[derive(Debug, Clone, Serialize)]
 pub struct Second {
     pub second: u64,
+    /// How much of the second the row covers: 1.0, except for a run's last, partial second.
+    pub duration_s: f64,
     pub requests: u64,
     pub bytes: u64,
     pub errors: u64,
     pub p99_us: u64,
+}
+
+impl Second {
+    /// Requests per second over the time the row covers, so a partial last second is not
+    /// drawn as a cliff.
+    pub fn requests_per_s(&self) -> f64 {
+        self.requests as f64 / self.duration_s.max(1e-3)
+    }
+
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.duration_s.max(1e-3)
+    }
+}
+
+/// How much of second number `second` (counted from 0) had passed after `elapsed_s`: the
+/// covered part of the run's last row, in (0, 1].
+fn covered_part(elapsed_s: f64, second: u64) -> f64 {
+    (elapsed_s - second as f64).clamp(1e-3, 1.0)
 }
 
 /// Latency percentiles in microseconds.
@@ -168,10 +188,11 @@ pub fn collect(rx: Receiver<Interval>, start: Instant, live: bool) -> Summary {
     let mut second = Interval::default();
     let mut current_second = 0u64;
     let mut per_second = Vec::new();
-    let close_second = |n: u64, s: &mut Interval, per_second: &mut Vec<Second>| {
+    let close_second = |n: u64, duration_s: f64, s: &mut Interval, per_second: &mut Vec<Second>| {
         let errors = s.errors.values().sum();
         let row = Second {
             second: n + 1,
+            duration_s,
             requests: s.requests,
             bytes: s.bytes,
             errors,
@@ -182,11 +203,16 @@ pub fn collect(rx: Receiver<Interval>, start: Instant, live: bool) -> Summary {
             },
         };
         if live {
+            let partial = if duration_s < 1.0 {
+                format!("  (last {duration_s:.2}s)")
+            } else {
+                String::new()
+            };
             eprintln!(
-                "[{:>4}s] {:>10} req/s {:>10.1} MB/s  p99 {:>9}  errors {}",
+                "[{:>4}s] {:>10.0} req/s {:>10.1} MB/s  p99 {:>9}  errors {}{partial}",
                 row.second,
-                row.requests,
-                row.bytes as f64 / 1e6,
+                row.requests_per_s(),
+                row.mb_per_s(),
                 fmt_us(row.p99_us),
                 row.errors
             );
@@ -200,23 +226,24 @@ pub fn collect(rx: Receiver<Interval>, start: Instant, live: bool) -> Summary {
             Ok(interval) => {
                 let now_second = start.elapsed().as_secs();
                 while now_second > current_second {
-                    close_second(current_second, &mut second, &mut per_second);
+                    close_second(current_second, 1.0, &mut second, &mut per_second);
                     current_second += 1;
                 }
                 total.merge(&interval);
                 second.merge(&interval);
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                close_second(current_second, &mut second, &mut per_second);
+                close_second(current_second, 1.0, &mut second, &mut per_second);
                 current_second += 1;
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
     }
-    if second.requests > 0 {
-        close_second(current_second, &mut second, &mut per_second);
-    }
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    if second.requests > 0 {
+        let covered = covered_part(elapsed, current_second);
+        close_second(current_second, covered, &mut second, &mut per_second);
+    }
     let quantiles = if total.requests > 0 {
         total
             .latency_us
@@ -285,6 +312,26 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_last_second_is_a_rate_not_a_cliff() {
+        // 0.25 s into the third second: the last row covers a quarter of a second.
+        let covered = covered_part(2.25, 2);
+        assert!((covered - 0.25).abs() < 1e-9, "{covered}");
+        let row = Second {
+            second: 3,
+            duration_s: covered,
+            requests: 250,
+            bytes: 250_000,
+            errors: 0,
+            p99_us: 0,
+        };
+        assert!((row.requests_per_s() - 1000.0).abs() < 1e-6);
+        assert!((row.mb_per_s() - 1.0).abs() < 1e-9);
+        // A whole second, and a clock read late, never exceed one second.
+        assert_eq!(covered_part(3.0, 2), 1.0);
+        assert_eq!(covered_part(7.5, 2), 1.0);
+    }
 
     #[test]
     fn collector_merges_workers_and_counts_errors() {
