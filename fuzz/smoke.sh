@@ -13,7 +13,8 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 # An explicit --target keeps RUSTFLAGS away from build scripts, as cargo-fuzz does.
 host=$(rustc -vV | sed -n 's/^host: //p')
-cargo build --release --bins --target "$host"
+# --locked: fuzz/Cargo.lock is tracked and must match, so CI never rewrites it.
+cargo build --release --locked --bins --target "$host"
 for target in $targets; do
   mkdir -p "corpus/$target"
   echo "== fuzz $target for ${seconds}s"
