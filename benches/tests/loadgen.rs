@@ -190,3 +190,14 @@ async fn hostile_attacks_are_all_rejected_and_the_server_stays_correct() {
     );
     server.stop().await;
 }
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-load"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Exit codes: 0"), "{help}");
+}

@@ -15,7 +15,12 @@ use ferry_client::url::FerryUrl;
 
 /// Load-test the Ferry codec in memory, or a live ferry-server.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-load", version)]
+#[command(
+    name = "ferry-load",
+    version,
+    after_help = "Exit codes: 0 the run completed; 1 it could not start or connect, or (hostile) \
+                  a violation was seen or the server died; 2 usage."
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
