@@ -187,6 +187,9 @@ struct Peer {
     peer_interested: bool,
     /// Our requests to this peer: (piece, offset) → when sent.
     outstanding: HashMap<(u32, u32), Instant>,
+    /// Requests we gave up (CANCEL sent, timed out, released by a CHOKE) whose block may still
+    /// be on its way, oldest first, with when we gave them up (spec/P2P.md §3.8).
+    given_up: VecDeque<((u32, u32), Instant)>,
     queued_uploads: usize,
     unrequested: u32,
     /// Super-seeding: pieces we told this peer about with HAVE.
@@ -198,6 +201,43 @@ struct Peer {
     last_recv: Instant,
     last_sent: Instant,
     next_pex: Instant,
+}
+
+impl Peer {
+    /// Forgets an outstanding request whose block may still arrive, so that block is not taken
+    /// for misbehaviour. Keeps at most `keep` entries, each for at most `window`.
+    fn give_up(&mut self, key: (u32, u32), now: Instant, keep: usize, window: Duration) {
+        if self.outstanding.remove(&key).is_none() {
+            return;
+        }
+        self.expire_given_up(now, window);
+        if self.given_up.len() >= keep {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back((key, now));
+    }
+
+    /// Whether `key` is a request given up within the window; consumes it.
+    fn take_given_up(&mut self, key: (u32, u32), now: Instant, window: Duration) -> bool {
+        self.expire_given_up(now, window);
+        match self.given_up.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                self.given_up.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire_given_up(&mut self, now: Instant, window: Duration) {
+        while self
+            .given_up
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > window)
+        {
+            self.given_up.pop_front();
+        }
+    }
 }
 
 /// The swarm state of one content id.
@@ -294,6 +334,13 @@ impl Swarm {
         self.our_id
     }
 
+    /// How many given-up requests are remembered per peer, and for how long: a peer's late
+    /// blocks are at most what was in its queue and on the wire when we gave up, i.e. a few
+    /// pipelines, and arrive within a request timeout unless the peer is stuck.
+    fn given_up_limits(&self) -> (usize, Duration) {
+        (4 * self.config.pipeline.max(1), self.config.request_timeout)
+    }
+
     pub fn have(&self) -> &Bitfield {
         &self.have
     }
@@ -364,6 +411,7 @@ impl Swarm {
                 peer_choking: true,
                 peer_interested: false,
                 outstanding: HashMap::new(),
+                given_up: VecDeque::new(),
                 queued_uploads: 0,
                 unrequested: 0,
                 revealed: self
@@ -555,6 +603,7 @@ impl Swarm {
 
     /// One decoded message from `conn`.
     pub fn handle_message(&mut self, conn: ConnId, msg: PeerMessage, now: Instant) {
+        let (keep, window) = self.given_up_limits();
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
         };
@@ -594,8 +643,16 @@ impl Swarm {
             }
             PeerMessage::Choke => {
                 peer.peer_choking = true;
-                // A choke discards all of our requests to that peer (spec/P2P.md §4.3).
-                self.release_requests(conn);
+                // A choke discards all of our requests to that peer (spec/P2P.md §3.6). The
+                // peer may have been sent some of them after its CHOKE (a request crossing it
+                // on the wire, then an UNCHOKE), so their blocks may still come.
+                let keys: Vec<(u32, u32)> = peer.outstanding.keys().copied().collect();
+                for key in &keys {
+                    peer.give_up(*key, now, keep, window);
+                }
+                for key in keys {
+                    Self::release_block(&mut self.pieces, conn, key);
+                }
                 self.refill_all(now);
             }
             PeerMessage::Unchoke => {
@@ -647,6 +704,7 @@ impl Swarm {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        let (keep, window) = self.given_up_limits();
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
         let mut released = false;
         for conn in conns {
@@ -669,7 +727,7 @@ impl Swarm {
                 .map(|(k, _)| *k)
                 .collect();
             for key in late {
-                peer.outstanding.remove(&key);
+                peer.give_up(key, now, keep, window);
                 Self::release_block(&mut self.pieces, conn, key);
                 released = true;
             }
@@ -952,6 +1010,7 @@ impl Swarm {
             );
         };
         let len = data.len() as u64;
+        let (_, window) = self.given_up_limits();
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
         };
@@ -963,7 +1022,13 @@ impl Swarm {
         } else {
             None
         };
-        if !requested || expected_len != Some(data.len() as u32) {
+        let length_ok = expected_len == Some(data.len() as u32);
+        if !requested && length_ok && peer.take_given_up((index, offset), now, window) {
+            // A block we asked for and then gave up: an honest race (spec/P2P.md §3.8).
+            self.stats.wasted += len;
+            return;
+        }
+        if !requested || !length_ok {
             peer.unrequested += 1;
             self.stats.wasted += len;
             if peer.unrequested > self.config.max_unrequested {
@@ -1007,9 +1072,11 @@ impl Swarm {
         self.stats.downloaded += len;
         let finished = active.done == active.blocks.len();
         // Endgame: the same block was asked of others; cancel those requests.
+        let (keep, window) = self.given_up_limits();
         for other in others.into_iter().filter(|c| *c != conn) {
             if let Some(p) = self.peers.get_mut(&other) {
-                if p.outstanding.remove(&(index, offset)).is_some() {
+                if p.outstanding.contains_key(&(index, offset)) {
+                    p.give_up((index, offset), now, keep, window);
                     self.send(
                         other,
                         PeerMessage::Cancel(BlockRef {
@@ -1726,6 +1793,179 @@ mod tests {
             .any(|a| matches!(a, Action::Verify { .. } | Action::Close { .. })));
         assert_eq!(net.nodes[leecher].stats().wasted, 16_384);
         assert_eq!(net.nodes[leecher].stats().downloaded, 0);
+    }
+
+    /// Requests in `actions` for `conn`, in order.
+    fn requests_to(actions: &[Action], to: ConnId) -> Vec<BlockRef> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Request(b),
+                } if *conn == to => Some(*b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Codes of the connections closed with an error (clean closes, e.g. seed to seed, are not
+    /// drops).
+    fn drops(actions: &[Action]) -> Vec<ErrorCode> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Close {
+                    error: Some(error), ..
+                } => Some(error.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The block a scripted peer sends for `b` (16 KiB pieces).
+    fn block_msg(net: &Net, b: BlockRef) -> PeerMessage {
+        let start = (b.piece * 16_384 + b.offset) as usize;
+        PeerMessage::Piece {
+            piece: b.piece,
+            offset: b.offset,
+            data: Bytes::from(net.content[start..start + b.length as usize].to_vec()),
+        }
+    }
+
+    /// Takes `node`'s actions, hashing (and so completing) every piece it hands out, until
+    /// quiet; returns the rest.
+    fn settle(net: &mut Net, node: usize) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(action) = net.nodes[node].poll_action() {
+            match action {
+                Action::Verify { piece, data } => {
+                    let ok = sha256(&data) == *net.manifest.hash(piece);
+                    net.nodes[node].handle_verified(piece, data, ok, net.now);
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// issue 9 item 3: blocks that arrive after we gave their request up (CHOKE, request
+    /// timeout, endgame CANCEL) are honest races, not misbehaviour; only blocks never asked for
+    /// count towards dropping the peer (spec/P2P.md §3.8).
+    #[test]
+    fn blocks_after_their_cancel_do_not_drop_the_peer() {
+        // 64 pieces of one block each; a strict tolerance so a few miscounted blocks show.
+        let mut net = Net::new(64 * 16_384, 16_384);
+        let leecher = net.add(false, false);
+        net.nodes[leecher].config.pipeline = 8;
+        net.nodes[leecher].config.max_unrequested = 2;
+        let seed = ConnId(40);
+        net.nodes[leecher]
+            .handle_connected(seed, PeerId([0x5e; 20]), None, net.now)
+            .unwrap();
+        let full = Bytes::from(Bitfield::full(64).as_bytes().to_vec());
+        net.nodes[leecher].handle_message(seed, PeerMessage::Bitfield(full), net.now);
+        settle(&mut net, leecher);
+
+        // CHOKE then UNCHOKE before the seed saw our released requests: it serves both the old
+        // requests and the new ones (spec/P2P.md §3.6); the second copies are late.
+        net.nodes[leecher].handle_message(seed, PeerMessage::Unchoke, net.now);
+        let first = requests_to(&settle(&mut net, leecher), seed);
+        assert_eq!(first.len(), 8);
+        net.nodes[leecher].handle_message(seed, PeerMessage::Choke, net.now);
+        net.nodes[leecher].handle_message(seed, PeerMessage::Unchoke, net.now);
+        let second = requests_to(&settle(&mut net, leecher), seed);
+        assert_eq!(second, first, "released blocks are asked for again");
+        let mut actions = Vec::new();
+        for b in first.iter().chain(&second) {
+            let msg = block_msg(&net, *b);
+            net.nodes[leecher].handle_message(seed, msg, net.now);
+            actions.extend(settle(&mut net, leecher));
+        }
+        assert_eq!(drops(&actions), vec![], "dropped after a choke race");
+
+        // A request timeout: asked again, then both the late answer and the new one arrive.
+        let pending = requests_to(&actions, seed);
+        assert_eq!(pending.len(), 8);
+        net.now += Duration::from_secs(31);
+        net.nodes[leecher].handle_message(seed, PeerMessage::KeepAlive, net.now);
+        net.nodes[leecher].handle_timeout(net.now);
+        let again = requests_to(&settle(&mut net, leecher), seed);
+        assert_eq!(again.len(), 8);
+        let mut actions = Vec::new();
+        for b in pending.iter().chain(&again) {
+            let msg = block_msg(&net, *b);
+            net.nodes[leecher].handle_message(seed, msg, net.now);
+            actions.extend(settle(&mut net, leecher));
+        }
+        assert_eq!(drops(&actions), vec![], "dropped after a request timeout");
+
+        // Endgame: a second peer (lacking piece 0, so it stays connected once we are complete)
+        // is asked for blocks the seed is asked for too; when the seed's copy arrives first we
+        // CANCEL at the second peer, whose copy was already on its way.
+        let other = ConnId(41);
+        net.nodes[leecher]
+            .handle_connected(other, PeerId([0x5f; 20]), None, net.now)
+            .unwrap();
+        let mut bits = Bitfield::full(64).as_bytes().to_vec();
+        bits[0] = 0x7f;
+        net.nodes[leecher].handle_message(other, PeerMessage::Bitfield(bits.into()), net.now);
+        net.nodes[leecher].handle_message(other, PeerMessage::Unchoke, net.now);
+        actions.extend(settle(&mut net, leecher));
+        let mut from_seed = requests_to(&actions, seed);
+        let mut from_other = requests_to(&actions, other);
+        let mut cancelled = Vec::new();
+        for _ in 0..64 {
+            if net.nodes[leecher].is_complete() {
+                break;
+            }
+            // The seed answers everything asked of it; the other peer answers nothing yet.
+            let mut actions = Vec::new();
+            for b in std::mem::take(&mut from_seed) {
+                let msg = block_msg(&net, b);
+                net.nodes[leecher].handle_message(seed, msg, net.now);
+                actions.extend(settle(&mut net, leecher));
+            }
+            assert_eq!(drops(&actions), vec![]);
+            cancelled.extend(actions.iter().filter_map(|a| match a {
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Cancel(b),
+                } if *conn == other => Some(*b),
+                _ => None,
+            }));
+            from_seed.extend(requests_to(&actions, seed));
+            from_other.extend(requests_to(&actions, other));
+        }
+        assert!(net.nodes[leecher].is_complete());
+        assert!(!cancelled.is_empty(), "no endgame cancel happened");
+        assert!(cancelled.iter().all(|b| from_other.contains(b)));
+        for b in from_other {
+            let msg = block_msg(&net, b);
+            net.nodes[leecher].handle_message(other, msg, net.now);
+        }
+        assert_eq!(
+            drops(&settle(&mut net, leecher)),
+            vec![],
+            "dropped after an endgame cancel"
+        );
+
+        // Blocks never asked for still count: three drop the peer with tolerance 2.
+        for _ in 0..3 {
+            let msg = block_msg(
+                &net,
+                BlockRef {
+                    piece: 0,
+                    offset: 0,
+                    length: 16_384,
+                },
+            );
+            net.nodes[leecher].handle_message(other, msg, net.now);
+        }
+        assert_eq!(
+            drops(&settle(&mut net, leecher)),
+            vec![ErrorCode::UNEXPECTED_MESSAGE]
+        );
     }
 
     #[test]
