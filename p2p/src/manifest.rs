@@ -871,6 +871,29 @@ pub(crate) mod tests {
         assert_eq!(choose_piece_size(1 << 40), 4 << 20);
     }
 
+    /// The boundary vectors in spec/P2P.md §2.3 are what `make` picks: a different rule would
+    /// give the same files another content id.
+    #[test]
+    fn piece_size_choice_matches_the_spec_vectors() {
+        let spec = include_str!("../../spec/P2P.md");
+        let start = spec
+            .find("piece-size vectors:")
+            .expect("spec/P2P.md has the piece-size vectors");
+        let rows: Vec<(u64, u32)> = spec[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .map(|l| {
+                let mut cols = l.split_whitespace().map(|c| c.parse::<u64>().unwrap());
+                (cols.next().unwrap(), cols.next().unwrap() as u32)
+            })
+            .collect();
+        assert!(rows.len() >= 10, "{rows:?}");
+        for (total, want) in rows {
+            assert_eq!(choose_piece_size(total), want, "total {total}");
+        }
+    }
+
     fn arb_manifest() -> impl Strategy<Value = Manifest> {
         let name = "[a-z]{1,6}";
         (

@@ -161,12 +161,19 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// The wire code for this failure.
+    /// The wire code for this failure, as the table in spec/P2P.md §3.2 lists it: an unknown
+    /// (type, service) pair is `UNKNOWN_REQUEST`, a count or length above its limit is
+    /// `TOO_LARGE`, everything else (wrong layout, zero length, unknown family) is
+    /// `MALFORMED_MESSAGE`.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::UnknownType(_) | Self::WrongService(_) => ErrorCode::UNKNOWN_REQUEST,
+            Self::BadBlockLength(0) => ErrorCode::MALFORMED_MESSAGE,
             Self::BadBlockLength(_) | Self::TooManyAddresses(_) => ErrorCode::TOO_LARGE,
-            _ => ErrorCode::MALFORMED_MESSAGE,
+            Self::Truncated { .. }
+            | Self::TrailingBytes(_)
+            | Self::BadFamily(_)
+            | Self::BadErrorBody => ErrorCode::MALFORMED_MESSAGE,
         }
     }
 }
@@ -209,9 +216,10 @@ impl PeerMessage {
         }
     }
 
-    /// Decodes a body given its header's type and service.
+    /// Decodes a body given its header's type and service. An `ERROR` is accepted on any
+    /// service (PROTOCOL.md §6.3 puts connection errors on 0x00; we send them on 0x50).
     pub fn decode(kind: FrameType, service: Service, mut body: Bytes) -> Result<Self, WireError> {
-        if service != SERVICE {
+        if service != SERVICE && kind != kind::ERROR {
             return Err(WireError::WrongService(service.0));
         }
         let fixed = |n: usize, body: &Bytes| -> Result<(), WireError> {
@@ -556,6 +564,117 @@ mod tests {
         assert_eq!(
             d(FrameType(0x3F), &[]).unwrap_err().code(),
             ErrorCode::UNKNOWN_REQUEST
+        );
+    }
+
+    /// spec/P2P.md §3.2: the code each violation closes the connection with.
+    #[test]
+    fn each_violation_has_the_code_the_spec_names() {
+        let code = |k: FrameType, b: &[u8]| {
+            PeerMessage::decode(k, SERVICE, Bytes::copy_from_slice(b))
+                .unwrap_err()
+                .code()
+        };
+        let mut request = vec![0u8; 8];
+        request.extend(16_385u32.to_be_bytes());
+        let mut pex51 = vec![51u8];
+        pex51.extend([4, 10, 0, 0, 1, 0x1a, 0xe1].repeat(51));
+        for (what, k, body, want) in [
+            (
+                "have, 5 bytes",
+                kind::HAVE,
+                vec![0u8; 5],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "have, 3 bytes",
+                kind::HAVE,
+                vec![0u8; 3],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "choke with a body",
+                kind::CHOKE,
+                vec![0],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "request of length 0",
+                kind::REQUEST,
+                vec![0u8; 12],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "request of 16385",
+                kind::REQUEST,
+                request.clone(),
+                ErrorCode::TOO_LARGE,
+            ),
+            (
+                "cancel of 16385",
+                kind::CANCEL,
+                request,
+                ErrorCode::TOO_LARGE,
+            ),
+            (
+                "empty piece",
+                kind::PIECE,
+                vec![0u8; 8],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "piece of 16385",
+                kind::PIECE,
+                vec![1u8; 8 + 16_385],
+                ErrorCode::TOO_LARGE,
+            ),
+            (
+                "pex family 5",
+                kind::PEX,
+                vec![1, 5],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            ("pex of 51", kind::PEX, pex51, ErrorCode::TOO_LARGE),
+            (
+                "pex count past the end",
+                kind::PEX,
+                vec![2, 4, 1, 2, 3, 4, 0, 1],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+            (
+                "unknown type",
+                FrameType(0x3F),
+                vec![],
+                ErrorCode::UNKNOWN_REQUEST,
+            ),
+            (
+                "handshake type 0x01",
+                FrameType(0x01),
+                vec![],
+                ErrorCode::UNKNOWN_REQUEST,
+            ),
+            (
+                "bad error body",
+                kind::ERROR,
+                vec![1],
+                ErrorCode::MALFORMED_MESSAGE,
+            ),
+        ] {
+            assert_eq!(code(k, &body), want, "{what}");
+        }
+        assert_eq!(
+            PeerMessage::decode(kind::HAVE, Service::ECHO, Bytes::new())
+                .unwrap_err()
+                .code(),
+            ErrorCode::UNKNOWN_REQUEST
+        );
+        // A connection error may come on the handshake service, as PROTOCOL.md §6.3 sends it.
+        let body = ErrorBody::new(ErrorCode::BANNED, "banned");
+        let mut bytes = Vec::new();
+        body.encode(&mut bytes);
+        assert_eq!(
+            PeerMessage::decode(kind::ERROR, Service::HANDSHAKE, bytes.into()),
+            Ok(PeerMessage::Error(body))
         );
     }
 
