@@ -111,6 +111,8 @@ wire_u8! {
         FETCH = 0x03,
         /// Keep-alive and round-trip measurement.
         ECHO = 0x04,
+        /// The BLAKE3 digest of a whole file (verifies a resumed download).
+        DIGEST = 0x05,
     }
 }
 

@@ -4,6 +4,7 @@
 //! are big-endian, strings are a u16 byte length then UTF-8, and nothing is padded. A body must be
 //! consumed exactly: trailing bytes are an error.
 
+mod digest;
 mod entry;
 mod error;
 mod fetch;
@@ -11,6 +12,7 @@ mod hello;
 mod list;
 mod stat;
 
+pub use digest::{DigestRequest, DigestResponse};
 pub use entry::{Entry, EntryKind};
 pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
@@ -33,9 +35,11 @@ pub enum Message {
     ListRequest(ListRequest),
     StatRequest(StatRequest),
     FetchRequest(FetchRequest),
+    DigestRequest(DigestRequest),
     ListPage(ListPage),
     StatResponse(Entry),
     FetchResponse(FetchResponse),
+    DigestResponse(DigestResponse),
     /// A chunk of fetched file content.
     Data(Bytes),
     ListEnd(ListEnd),
@@ -67,9 +71,11 @@ impl Message {
             Self::ListRequest(_) => (T::REQUEST, Service::LIST),
             Self::StatRequest(_) => (T::REQUEST, Service::STAT),
             Self::FetchRequest(_) => (T::REQUEST, Service::FETCH),
+            Self::DigestRequest(_) => (T::REQUEST, Service::DIGEST),
             Self::ListPage(_) => (T::RESPONSE, Service::LIST),
             Self::StatResponse(_) => (T::RESPONSE, Service::STAT),
             Self::FetchResponse(_) => (T::RESPONSE, Service::FETCH),
+            Self::DigestResponse(_) => (T::RESPONSE, Service::DIGEST),
             Self::Data(_) => (T::DATA, Service::FETCH),
             Self::ListEnd(_) => (T::END, Service::LIST),
             Self::FetchEnd(_) => (T::END, Service::FETCH),
@@ -95,9 +101,11 @@ impl Message {
             (T::REQUEST, Service::LIST) => Self::ListRequest(ListRequest::decode(body)?),
             (T::REQUEST, Service::STAT) => Self::StatRequest(StatRequest::decode(body)?),
             (T::REQUEST, Service::FETCH) => Self::FetchRequest(FetchRequest::decode(body)?),
+            (T::REQUEST, Service::DIGEST) => Self::DigestRequest(DigestRequest::decode(body)?),
             (T::RESPONSE, Service::LIST) => Self::ListPage(ListPage::decode(body)?),
             (T::RESPONSE, Service::STAT) => Self::StatResponse(Entry::decode_body(body)?),
             (T::RESPONSE, Service::FETCH) => Self::FetchResponse(FetchResponse::decode(body)?),
+            (T::RESPONSE, Service::DIGEST) => Self::DigestResponse(DigestResponse::decode(body)?),
             (T::DATA, Service::FETCH) => Self::Data(body),
             (T::END, Service::LIST) => Self::ListEnd(ListEnd::decode(body)?),
             (T::END, Service::FETCH) => Self::FetchEnd(FetchEnd::decode(body)?),
@@ -124,9 +132,11 @@ impl Message {
             Self::ListRequest(m) => m.encode(dst),
             Self::StatRequest(m) => m.encode(dst),
             Self::FetchRequest(m) => m.encode(dst),
+            Self::DigestRequest(m) => m.encode(dst),
             Self::ListPage(m) => m.encode(dst),
             Self::StatResponse(m) => m.encode(dst),
             Self::FetchResponse(m) => m.encode(dst),
+            Self::DigestResponse(m) => m.encode(dst),
             Self::Data(b) | Self::Ping(b) | Self::Pong(b) => dst.put_slice(b),
             Self::ListEnd(m) => m.encode(dst),
             Self::FetchEnd(m) => m.encode(dst),
@@ -144,9 +154,11 @@ impl Message {
             Self::ListRequest(m) => m.encoded_len(),
             Self::StatRequest(m) => m.encoded_len(),
             Self::FetchRequest(m) => m.encoded_len(),
+            Self::DigestRequest(m) => m.encoded_len(),
             Self::ListPage(m) => m.encoded_len(),
             Self::StatResponse(m) => m.encoded_len(),
             Self::FetchResponse(_) => FetchResponse::LEN,
+            Self::DigestResponse(_) => DigestResponse::LEN,
             Self::Data(b) | Self::Ping(b) | Self::Pong(b) => b.len(),
             Self::ListEnd(_) => ListEnd::LEN,
             Self::FetchEnd(_) => FetchEnd::LEN,
@@ -163,6 +175,7 @@ impl Message {
             Self::ListRequest(m) => check_str(&m.path),
             Self::StatRequest(m) => check_str(&m.path),
             Self::FetchRequest(m) => check_str(&m.path),
+            Self::DigestRequest(m) => check_str(&m.path),
             Self::StatResponse(entry) => check_str(&entry.name),
             Self::ListPage(page) => {
                 if page.entries.len() > u16::MAX as usize {
@@ -188,7 +201,10 @@ impl Message {
 
 /// Services that take requests (and so can be cancelled or answered with errors).
 pub fn is_request_service(service: Service) -> bool {
-    matches!(service, Service::LIST | Service::STAT | Service::FETCH)
+    matches!(
+        service,
+        Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST
+    )
 }
 
 // Field helpers shared by the body types. `Bytes` is the reader so that data can be sliced out
@@ -310,6 +326,13 @@ pub(crate) mod tests {
                 entries: vec![entry.clone(), entry.clone()],
             }),
             Message::StatResponse(entry),
+            Message::DigestRequest(DigestRequest::new("big.iso").unwrap()),
+            Message::DigestResponse(DigestResponse {
+                size: 100,
+                mtime_secs: -1,
+                mtime_nanos: 999_999_999,
+                digest: [8; 32],
+            }),
             Message::FetchResponse(FetchResponse {
                 size: 100,
                 mtime_secs: -1,
