@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferry_protocol::message::{FetchRequest, ListEnd, ListRequest, StatRequest};
+use ferry_protocol::message::{DigestRequest, FetchRequest, ListEnd, ListRequest, StatRequest};
 use ferry_protocol::{
     DecodeError, ErrorBody, ErrorCode, Frame, Message, RecvHalf, RequestId, SendHalf, ServerConfig,
     Service,
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub jail: Jail,
     pub limits: Limits,
     pub handshake: ServerConfig,
+    /// Whole-file digests by file version (spec §3.11).
+    pub digests: crate::digest::DigestCache,
 }
 
 /// A frame to send: the request id and the message.
@@ -451,6 +453,7 @@ impl Conn {
             Message::ListRequest(r) => Request::List(r),
             Message::StatRequest(r) => Request::Stat(r),
             Message::FetchRequest(r) => Request::Fetch(r),
+            Message::DigestRequest(r) => Request::Digest(r),
             other => {
                 let text = format!("{:?} is not something a client sends", other.kind().0);
                 if id == RequestId::CONNECTION {
@@ -734,6 +737,7 @@ enum Request {
     List(ListRequest),
     Stat(StatRequest),
     Fetch(FetchRequest),
+    Digest(DigestRequest),
 }
 
 impl Request {
@@ -742,6 +746,7 @@ impl Request {
             Self::List(r) => &r.path,
             Self::Stat(r) => &r.path,
             Self::Fetch(r) => &r.path,
+            Self::Digest(r) => &r.path,
         }
     }
 }
@@ -752,6 +757,7 @@ fn service_name(service: Service) -> &'static str {
         Service::STAT => "stat",
         Service::FETCH => "fetch",
         Service::ECHO => "echo",
+        Service::DIGEST => "digest",
         _ => "other",
     }
 }
@@ -795,6 +801,7 @@ async fn run_request(
         Request::List(r) => list(&ctx, id, r).await,
         Request::Stat(r) => stat(&ctx, id, r).await,
         Request::Fetch(r) => fetch(&ctx, id, r).await,
+        Request::Digest(r) => digest(&ctx, id, r).await,
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let name = service_name(service);
@@ -847,6 +854,21 @@ async fn stat(ctx: &RequestCtx, id: RequestId, request: StatRequest) -> Result<u
     .await?;
     let entry = meta?.entry(path.file_name().to_owned());
     ctx.send(id, Message::StatResponse(entry)).await?;
+    Ok(0)
+}
+
+/// Digest: the whole file's BLAKE3, from the cache or hashed on a blocking thread (§3.11).
+/// Returns 0 data bytes.
+async fn digest(
+    ctx: &RequestCtx,
+    id: RequestId,
+    request: DigestRequest,
+) -> Result<u64, ServiceError> {
+    let path = ctx.parse(&request.path)?;
+    let shared = ctx.shared.clone();
+    let response =
+        tokio::task::spawn_blocking(move || shared.digests.digest(&shared.jail, &path)).await??;
+    ctx.send(id, Message::DigestResponse(response)).await?;
     Ok(0)
 }
 

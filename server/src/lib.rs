@@ -20,6 +20,7 @@
 //! ```
 
 mod buffers;
+mod digest;
 pub mod config;
 pub mod fs;
 mod handler;
@@ -85,6 +86,7 @@ impl Server {
                 jail,
                 limits: config.limits,
                 handshake,
+                digests: Default::default(),
             }),
         })
     }
