@@ -190,6 +190,18 @@ pub struct GetArgs {
     /// Default: off (refuse).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// End a transfer that moves fewer than BYTES in DURATION (exit 3; the partial file is
+    /// kept and resumes). Default: 4K/60s, which no usable link trips (68 bytes/s) but a
+    /// server dripping bytes does; 0 or off disables it. Env: FERRY_MIN_PROGRESS.
+    /// E.g. --min-progress 64K/30s
+    #[arg(
+        long,
+        env = "FERRY_MIN_PROGRESS",
+        value_name = "BYTES/DURATION",
+        default_value = "4K/60s",
+        hide_env_values = true
+    )]
+    pub min_progress: crate::transfer::MinProgress,
 }
 
 #[derive(Debug, Args)]

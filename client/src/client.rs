@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,7 +27,8 @@ use bytes::{Bytes, BytesMut};
 use ferry_protocol::conn::{KeepAlive, KeepAliveAction, RequestIds};
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{
-    Entry, FetchRequest, FetchResponse, ListRequest, StatRequest, TO_END,
+    DigestRequest, DigestResponse, Entry, FetchRequest, FetchResponse, ListRequest, StatRequest,
+    TO_END,
 };
 use ferry_protocol::{
     Error as ProtoError, ErrorBody, Frame, FrameType, HandshakeError, Key, Message, RecvHalf,
@@ -39,6 +41,10 @@ use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
 use crate::url::FerryUrl;
+
+/// Entries [`Client::list`] collects before it refuses a listing: about 10 MiB of entries with
+/// short names. Stream larger listings with [`Client::list_stream`].
+pub const MAX_COLLECTED_ENTRIES: usize = 100_000;
 
 /// Client settings: `Default`-like constructor plus setters.
 #[derive(Debug, Clone)]
@@ -57,6 +63,10 @@ pub struct ClientConfig {
     /// Frames buffered per request before the reader waits for the caller. Default 64
     /// (4 MiB of 64 KiB chunks).
     pub request_buffer: usize,
+    /// A frame whose first byte arrived must be complete within this long (spec §7, frame
+    /// read): a corrupted length on the wire cannot make the client wait for bytes that never
+    /// come. Default 30 s, as the server.
+    pub frame_read_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -69,7 +79,13 @@ impl ClientConfig {
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(20),
             request_buffer: 64,
+            frame_read_timeout: Duration::from_secs(30),
         }
+    }
+
+    pub fn frame_read_timeout(mut self, timeout: Duration) -> Self {
+        self.frame_read_timeout = timeout;
+        self
     }
 
     pub fn plaintext(mut self, plaintext: bool) -> Self {
@@ -155,13 +171,36 @@ impl Drop for Shared {
 #[derive(Default)]
 struct Conn {
     state: Mutex<State>,
+    /// Payload bytes of pongs queued for the writer and not yet written. A server that pings
+    /// without reading would otherwise grow the queue without bound (spec §3.8).
+    pong_bytes: AtomicUsize,
 }
+
+/// Body bytes one request may have waiting for its caller. The channel also bounds frames,
+/// but a server picks the frame size (up to the 1 MiB cap, or 16 MiB configured), so frames
+/// alone would let 64 list pages hold 64 MiB.
+const REQUEST_BYTES: u32 = 4 << 20;
+
+/// A frame on its way to a request handle, holding its share of the request's byte budget
+/// until the handle takes it.
+type Routed = (Frame, tokio::sync::OwnedSemaphorePermit);
+
+/// Pongs owed beyond this many queued bytes are dropped: the peer is not reading them.
+const MAX_QUEUED_PONG_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct State {
     ids: RequestIds,
-    routes: HashMap<u32, mpsc::Sender<Frame>>,
+    routes: HashMap<u32, Route>,
     closed: Option<CloseReason>,
+}
+
+/// Where a request's frames go, and which service it is (a pong is only for a ping).
+struct Route {
+    tx: mpsc::Sender<Routed>,
+    /// Wire bytes this request may have waiting in its channel (see [`REQUEST_BYTES`]).
+    budget: Arc<tokio::sync::Semaphore>,
+    service: Service,
 }
 
 /// Why the connection ended; turned into a fresh [`ClientError`] for each request that asks.
@@ -170,20 +209,28 @@ enum CloseReason {
     Lost(String),
     Remote(ErrorBody),
     Protocol(String),
+    /// The server stopped in the middle of a frame for longer than the frame-read deadline.
+    Stalled(Duration),
 }
 
 impl CloseReason {
     fn to_error(&self) -> ClientError {
         match self {
             Self::Lost(why) => ClientError::ConnectionLost(why.clone()),
-            Self::Remote(body) => ClientError::Remote(body.clone()),
+            Self::Remote(body) => ClientError::RemoteClosed(body.clone()),
             Self::Protocol(why) => ClientError::Protocol(why.clone()),
+            Self::Stalled(limit) => ClientError::Protocol(format!(
+                "the server started a frame and did not finish it within {}s (a corrupted or stalled connection)",
+                limit.as_secs()
+            )),
         }
     }
 }
 
 enum Outgoing {
     Message(RequestId, Message),
+    /// A pong, counted in [`Conn::pong_bytes`] until written.
+    Pong(RequestId, Bytes),
 }
 
 impl Conn {
@@ -294,6 +341,7 @@ impl Client {
             conn.clone(),
             tx.downgrade(),
             KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
+            config.frame_read_timeout,
         ));
         tokio::spawn(write_loop(write, send, rx, conn.clone()));
         Ok(Client {
@@ -326,6 +374,10 @@ impl Client {
 
     /// Lists `path` (`""` is the root). Recursive listings descend `max_depth` levels and name
     /// entries relative to `path`.
+    ///
+    /// The listing is collected in memory, so it is refused past [`MAX_COLLECTED_ENTRIES`]
+    /// entries (the server decides how many it sends); use [`Client::list_stream`] to handle
+    /// any number page by page.
     pub async fn list(
         &self,
         path: &str,
@@ -335,6 +387,12 @@ impl Client {
         let mut stream = self.list_stream(path, recursive, max_depth)?;
         let mut entries = Vec::new();
         while let Some(page) = stream.next_page().await? {
+            if entries.len() + page.len() > MAX_COLLECTED_ENTRIES {
+                return Err(ClientError::Local(format!(
+                    "{} lists more than {MAX_COLLECTED_ENTRIES} entries; list it page by page (ferry ls streams)",
+                    if path.is_empty() { "/" } else { path }
+                )));
+            }
             entries.extend(page);
         }
         Ok(entries)
@@ -363,10 +421,31 @@ impl Client {
         let mut pending = self.start(Service::STAT, Message::StatRequest(request))?;
         let frame = pending.next().await?;
         pending.done = true;
-        match decode(&frame)? {
+        match pending.decode(&frame)? {
             Message::StatResponse(entry) => Ok(entry),
             Message::Error { body, .. } => Err(ClientError::Remote(body)),
             other => Err(unexpected("stat", &other)),
+        }
+    }
+
+    /// The BLAKE3 digest of the whole file `path`, with the size and mtime it describes
+    /// (spec §3.11). A server that predates the digest service answers `UNKNOWN_REQUEST`.
+    /// The server may need to hash the file first, so the answer is awaited for `timeout`
+    /// rather than the usual request timeout.
+    pub async fn digest(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<DigestResponse, ClientError> {
+        let request = DigestRequest::new(path)
+            .map_err(|e| ClientError::Local(format!("path too long: {e}")))?;
+        let mut pending = self.start(Service::DIGEST, Message::DigestRequest(request))?;
+        let frame = pending.next_within(timeout).await?;
+        pending.done = true;
+        match pending.decode(&frame)? {
+            Message::DigestResponse(response) => Ok(response),
+            Message::Error { body, .. } => Err(ClientError::Remote(body)),
+            other => Err(unexpected("digest", &other)),
         }
     }
 
@@ -382,7 +461,7 @@ impl Client {
             .map_err(|e| ClientError::Local(format!("path too long: {e}")))?;
         let mut pending = self.start(Service::FETCH, Message::FetchRequest(request))?;
         let frame = pending.next().await?;
-        let response = match decode(&frame)? {
+        let response = match pending.decode(&frame)? {
             Message::FetchResponse(response) => response,
             Message::Error { body, .. } => {
                 pending.done = true;
@@ -434,7 +513,7 @@ impl Client {
         let frame = pending.next().await?;
         pending.done = true;
         let rtt = started.elapsed();
-        match decode(&frame)? {
+        match pending.decode(&frame)? {
             Message::Pong(echo) if echo == payload => Ok(rtt),
             Message::Pong(_) => Err(ClientError::Protocol(
                 "pong payload differs from the ping".into(),
@@ -459,7 +538,15 @@ impl Client {
                     break id;
                 }
             };
-            state.routes.insert(id.0, tx);
+            let budget = Arc::new(tokio::sync::Semaphore::new(REQUEST_BYTES as usize));
+            state.routes.insert(
+                id.0,
+                Route {
+                    tx,
+                    service,
+                    budget,
+                },
+            );
             id
         };
         trace!(%id, ?service, "request");
@@ -493,16 +580,20 @@ struct Pending {
     client: Client,
     id: RequestId,
     service: Service,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Routed>,
     /// The final frame arrived (or the request was refused): nothing to cancel.
     done: bool,
 }
 
 impl Pending {
     async fn next(&mut self) -> Result<Frame, ClientError> {
-        let timeout = self.client.shared.request_timeout;
+        self.next_within(self.client.shared.request_timeout).await
+    }
+
+    async fn next_within(&mut self, timeout: Duration) -> Result<Frame, ClientError> {
         match tokio::time::timeout(timeout, self.rx.recv()).await {
-            Ok(Some(frame)) => Ok(frame),
+            // The frame leaves the channel: its bytes no longer count against the budget.
+            Ok(Some((frame, _permit))) => Ok(frame),
             Ok(None) => {
                 self.done = true;
                 Err(self.client.shared.conn.closed_error())
@@ -514,9 +605,32 @@ impl Pending {
         }
     }
 
+    /// Decodes a frame routed to this request. A malformed body (spec §9 rows 12-15, e.g.
+    /// `mtime_nanos` of 10^9 or more) is fatal to the connection, not only to this request:
+    /// the client sends `MALFORMED_MESSAGE` on id 0 and closes, as the spec asks of a receiver.
+    fn decode(&mut self, frame: &Frame) -> Result<Message, ClientError> {
+        frame.message().map_err(|e| {
+            let why = format!(
+                "the server sent a malformed {:?} frame: {e}",
+                frame.header.kind
+            );
+            let shared = &self.client.shared;
+            let _ = shared.outgoing.send(Outgoing::Message(
+                RequestId::CONNECTION,
+                Message::Error {
+                    service: Service::HANDSHAKE,
+                    body: ErrorBody::new(e.code(), why.clone()),
+                },
+            ));
+            shared.conn.fail(CloseReason::Protocol(why.clone()));
+            self.done = true;
+            ClientError::Protocol(why)
+        })
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ClientError>> {
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => Poll::Ready(Ok(frame)),
+            Poll::Ready(Some((frame, _permit))) => Poll::Ready(Ok(frame)),
             Poll::Ready(None) => {
                 self.done = true;
                 Poll::Ready(Err(self.client.shared.conn.closed_error()))
@@ -558,7 +672,7 @@ impl ListStream {
             return Ok(None);
         }
         let frame = self.pending.next().await?;
-        match decode(&frame)? {
+        match self.pending.decode(&frame)? {
             Message::ListPage(page) => {
                 self.received += page.entries.len() as u64;
                 Ok(Some(page.entries))
@@ -655,7 +769,7 @@ impl FetchStream {
             self.hasher.update(&chunk);
             return Ok(Some(chunk));
         }
-        match decode(&frame)? {
+        match self.pending.decode(&frame)? {
             Message::FetchEnd(end) => {
                 self.pending.done = true;
                 if end.bytes != self.received || self.received != self.response.length {
@@ -695,12 +809,6 @@ impl futures::Stream for FetchStream {
 /// The clock as tokio sees it, so keep-alive follows paused time in tests.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-fn decode(frame: &Frame) -> Result<Message, ClientError> {
-    frame.message().map_err(|e| {
-        ClientError::Protocol(format!("undecodable {:?} frame: {e}", frame.header.kind))
-    })
 }
 
 fn unexpected(what: &str, message: &Message) -> ClientError {
@@ -757,17 +865,39 @@ async fn read_loop<R: AsyncRead + Unpin>(
     conn: Arc<Conn>,
     outgoing: mpsc::WeakUnboundedSender<Outgoing>,
     mut keepalive: KeepAlive,
+    frame_read_timeout: Duration,
 ) {
     let send = |id: RequestId, message: Message| {
         if let Some(tx) = outgoing.upgrade() {
             let _ = tx.send(Outgoing::Message(id, message));
         }
     };
+    let pong = |id: RequestId, payload: Bytes| {
+        // Answer every ping (spec §3.8) while the server reads its pongs; past the bound it
+        // is not reading, and queueing more would only grow our memory.
+        let queued = conn.pong_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + payload.len() > MAX_QUEUED_PONG_BYTES {
+            trace!(%id, queued, "dropping a pong: the server is not reading");
+            return;
+        }
+        if let Some(tx) = outgoing.upgrade() {
+            conn.pong_bytes.fetch_add(payload.len(), Ordering::Relaxed);
+            if let Err(mpsc::error::SendError(Outgoing::Pong(_, payload))) =
+                tx.send(Outgoing::Pong(id, payload))
+            {
+                conn.pong_bytes.fetch_sub(payload.len(), Ordering::Relaxed);
+            }
+        }
+    };
+    // When the frame now arriving started to arrive (spec §7 frame read deadline).
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
         loop {
             match recv.read_frame(&mut buf) {
                 Ok(Some(frame)) => {
-                    if let Err(reason) = dispatch(frame, &conn, &mut keepalive, &send).await {
+                    frame_started = None;
+                    if let Err(reason) = dispatch(frame, &conn, &mut keepalive, &send, &pong).await
+                    {
                         conn.fail(reason);
                         return;
                     }
@@ -775,19 +905,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(None) => break,
                 Err(e) => {
                     warn!(error = %e, "bad frame from server");
-                    conn.fail(CloseReason::Protocol(e.to_string()));
+                    send(
+                        RequestId::CONNECTION,
+                        Message::Error {
+                            service: Service::HANDSHAKE,
+                            body: ErrorBody::new(e.code(), e.to_string()),
+                        },
+                    );
+                    conn.fail(CloseReason::Protocol(corruption(&e)));
                     return;
                 }
             }
         }
+        if recv.decoder().is_mid_frame(&buf) {
+            frame_started.get_or_insert_with(tokio::time::Instant::now);
+        } else {
+            frame_started = None;
+        }
         // Reading into spare capacity; frames are split off without copying, so the buffer's
         // allocation is shared with chunks still held by callers and is replaced as needed.
         buf.reserve(256 * 1024);
-        let deadline = tokio::time::Instant::from_std(keepalive.poll_timeout());
+        let keepalive_at = tokio::time::Instant::from_std(keepalive.poll_timeout());
+        let frame_deadline = frame_started.map(|t| t + frame_read_timeout);
         tokio::select! {
             read = read.read_buf(&mut buf) => match read {
                 Ok(0) => {
-                    conn.fail(CloseReason::Lost("the server closed the connection".into()));
+                    let why = if recv.decoder().is_mid_frame(&buf) {
+                        "the server closed the connection in the middle of a frame"
+                    } else {
+                        "the server closed the connection"
+                    };
+                    conn.fail(CloseReason::Lost(why.into()));
                     return;
                 }
                 Ok(_) => keepalive.handle_received(now()),
@@ -796,7 +944,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return;
                 }
             },
-            () = tokio::time::sleep_until(deadline) => match keepalive.poll(now()) {
+            () = async {
+                match frame_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                send(
+                    RequestId::CONNECTION,
+                    Message::Error {
+                        service: Service::HANDSHAKE,
+                        body: ErrorBody::new(
+                            ferry_protocol::ErrorCode::TIMEOUT,
+                            format!("frame not completed within {}s", frame_read_timeout.as_secs()),
+                        ),
+                    },
+                );
+                conn.fail(CloseReason::Stalled(frame_read_timeout));
+                return;
+            }
+            () = tokio::time::sleep_until(keepalive_at) => match keepalive.poll(now()) {
                 KeepAliveAction::SendPing(payload) => send(RequestId::CONNECTION, Message::Ping(payload)),
                 KeepAliveAction::Expired => {
                     conn.fail(CloseReason::Lost("the server stopped answering".into()));
@@ -808,17 +975,43 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// One sentence for a frame or record the client could not read: the same wording whichever
+/// side noticed the corruption first.
+fn corruption(error: &ProtoError) -> String {
+    format!("the connection was corrupted or tampered with ({error})")
+}
+
+/// Whether a server may send `kind`/`service` on a request id (spec §3.2). Anything else there
+/// (an unknown type or service, a handshake or request frame) is discarded and the request
+/// carries on (spec §9 rows 10 and 16, as a client applies them).
+fn server_sends(kind: FrameType, service: Service) -> bool {
+    use FrameType as T;
+    match kind {
+        T::RESPONSE => matches!(
+            service,
+            Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST
+        ),
+        T::DATA => service == Service::FETCH,
+        T::END => matches!(service, Service::LIST | Service::FETCH),
+        T::ERROR => true,
+        T::PING | T::PONG => service == Service::ECHO,
+        _ => false,
+    }
+}
+
 async fn dispatch(
     frame: Frame,
     conn: &Conn,
     keepalive: &mut KeepAlive,
     send: &impl Fn(RequestId, Message),
+    pong: &impl Fn(RequestId, Bytes),
 ) -> Result<(), CloseReason> {
     let id = frame.header.id;
+    let kind = frame.header.kind;
     if id == RequestId::CONNECTION {
         return match frame.message() {
             Ok(Message::Ping(payload)) => {
-                send(RequestId::CONNECTION, Message::Pong(payload));
+                pong(RequestId::CONNECTION, payload);
                 Ok(())
             }
             Ok(Message::Pong(payload)) => {
@@ -830,23 +1023,51 @@ async fn dispatch(
                 debug!(kind = ?other.kind(), "ignoring connection-level frame");
                 Ok(())
             }
-            Err(e) => Err(CloseReason::Protocol(e.to_string())),
+            Err(e) => {
+                send(
+                    RequestId::CONNECTION,
+                    Message::Error {
+                        service: Service::HANDSHAKE,
+                        body: ErrorBody::new(e.code(), e.to_string()),
+                    },
+                );
+                Err(CloseReason::Protocol(format!(
+                    "the server sent a malformed {kind:?} frame: {e}"
+                )))
+            }
         };
     }
-    let kind = frame.header.kind;
+    if !server_sends(kind, frame.header.service) {
+        debug!(%id, ?kind, service = ?frame.header.service, "discarding a frame a server does not send");
+        return Ok(());
+    }
+    if kind == FrameType::PING {
+        // A ping on a request id is not part of the request: answer it on that id (§3.8).
+        pong(id, frame.body);
+        return Ok(());
+    }
     let last = matches!(kind, FrameType::END | FrameType::ERROR | FrameType::PONG)
-        || (kind == FrameType::RESPONSE && frame.header.service == Service::STAT);
+        || (kind == FrameType::RESPONSE
+            && matches!(frame.header.service, Service::STAT | Service::DIGEST));
     let route = {
         let mut state = conn.lock();
-        if last {
-            state.routes.remove(&id.0)
-        } else {
-            state.routes.get(&id.0).cloned()
+        match state.routes.get(&id.0) {
+            // An unsolicited pong on a request id is ignored (§3.8), not taken as its answer.
+            Some(route) if kind == FrameType::PONG && route.service != Service::ECHO => None,
+            Some(_) if last => state.routes.remove(&id.0).map(|r| (r.tx, r.budget)),
+            Some(route) => Some((route.tx.clone(), route.budget.clone())),
+            None => None,
         }
     };
     match route {
-        Some(tx) => {
-            if tx.send(frame).await.is_err() {
+        Some((tx, budget)) => {
+            // Waits while the caller has REQUEST_BYTES unread: the reader stops, TCP fills,
+            // the server slows down (the connection's backpressure).
+            let cost = (frame.body.len() as u32).clamp(1, REQUEST_BYTES);
+            let Ok(permit) = budget.acquire_many_owned(cost).await else {
+                return Ok(());
+            };
+            if tx.send((frame, permit)).await.is_err() {
                 // The caller dropped its handle between our lookup and the send; its Drop has
                 // already cancelled the request.
                 conn.lock().routes.remove(&id.0);
@@ -869,7 +1090,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
-        while let Some(Outgoing::Message(id, message)) = next {
+        let mut pongs = 0;
+        while let Some(out) = next {
+            let (id, message) = match out {
+                Outgoing::Message(id, message) => (id, message),
+                Outgoing::Pong(id, payload) => {
+                    pongs += payload.len();
+                    (id, Message::Pong(payload))
+                }
+            };
             if let Err(e) = send.write_message(id, &message, &mut buf) {
                 // Callers check sizes before queueing, so this is a bug, not the server's fault.
                 warn!(error = %e, "cannot encode request");
@@ -881,7 +1110,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = write.write_all(&buf).await {
+        let written = write.write_all(&buf).await;
+        conn.pong_bytes.fetch_sub(pongs, Ordering::Relaxed);
+        if let Err(e) = written {
             conn.fail(CloseReason::Lost(e.to_string()));
             return;
         }

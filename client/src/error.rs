@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use ferry_protocol::{ErrorBody, ErrorCode, HandshakeError};
 
+use crate::format::printable;
+
 /// Exit codes shared by every Ferry command-line tool.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -29,6 +31,10 @@ pub enum ClientError {
     /// The server answered a request with an error frame. Only that request failed.
     #[error("{}", remote_message(.0))]
     Remote(ErrorBody),
+    /// The server ended the connection with an error frame on id 0 (spec §6.3): every request
+    /// in flight failed, whatever the code.
+    #[error("the server closed the connection: {}", remote_message(.0).trim_start_matches("server: "))]
+    RemoteClosed(ErrorBody),
 
     #[error("could not resolve host {host}: {reason}")]
     Resolve { host: String, reason: String },
@@ -44,28 +50,37 @@ pub enum ClientError {
         addr: SocketAddr,
         source: HandshakeError,
     },
-    #[error("timed out after {secs}s {what}")]
+    #[error("timed out after {secs}s {}", printable(.what))]
     Timeout { what: String, secs: u64 },
     /// The connection ended while a request was in flight.
-    #[error("connection lost: {0}")]
+    #[error("connection lost: {}", printable(.0))]
     ConnectionLost(String),
     /// The server sent something this client cannot make sense of.
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", printable(.0))]
     Protocol(String),
 
     /// The data received does not match what the server said it sent.
-    #[error("integrity check failed: {0}")]
+    #[error("integrity check failed: {}", printable(.0))]
     Integrity(String),
 
-    /// A local file problem.
-    #[error("{}: {source}", .path.display())]
+    /// A local file problem. The path may hold a remote name, hence the sanitiser; the OS
+    /// error is said once, without the `(os error N)` suffix.
+    #[error("{}: {}", printable(&.path.display().to_string()), os_error(.source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     /// Anything else decided locally: an existing destination, a bad argument.
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     Local(String),
+    /// One item of a larger operation (a file of `get -r`) failed: says which, and `after`
+    /// may add a summary. Exits as `source` does.
+    #[error("{what}: {source}{after}")]
+    About {
+        what: String,
+        source: Box<ClientError>,
+        after: String,
+    },
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -80,6 +95,7 @@ impl ClientError {
         match self {
             Self::Remote(body) if body.code == ErrorCode::FILE_CHANGED => exit::INTEGRITY,
             Self::Remote(body) if body.code.is_connection_fatal() => exit::CONNECTION,
+            Self::RemoteClosed(_) => exit::CONNECTION,
             Self::Remote(_) | Self::Io { .. } | Self::Local(_) => exit::REMOTE,
             Self::Resolve { .. }
             | Self::Connect { .. }
@@ -89,6 +105,7 @@ impl ClientError {
             | Self::ConnectionLost(_)
             | Self::Protocol(_) => exit::CONNECTION,
             Self::Integrity(_) => exit::INTEGRITY,
+            Self::About { source, .. } => source.exit_code(),
             Self::Interrupted => exit::INTERRUPTED,
             Self::Usage(_) => exit::USAGE,
         }
@@ -97,7 +114,7 @@ impl ClientError {
     /// The wire code when the server refused the request.
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Remote(body) => Some(body.code),
+            Self::Remote(body) | Self::RemoteClosed(body) => Some(body.code),
             _ => None,
         }
     }
@@ -118,14 +135,30 @@ impl ClientError {
 fn remote_message(body: &ErrorBody) -> String {
     let name = body.code.name().unwrap_or("UNKNOWN").to_ascii_lowercase();
     let name = name.replace('_', " ");
-    // The message comes from the peer: no control characters reach the terminal.
-    let message = crate::format::printable(&body.message);
+    // The message comes from the peer: no control characters reach the terminal, and a
+    // 60 KB message does not fill it.
+    let message = crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE);
     if message.is_empty() || message == body.code.description() {
         format!("server: {}", body.code.description())
     } else if message.starts_with(&name) {
         format!("server: {message}")
     } else {
         format!("server: {message} ({name})")
+    }
+}
+
+/// An OS error as one lowercase clause, without Rust's `(os error N)` suffix, and without the
+/// inner error repeated when an error wraps another with the same text.
+pub(crate) fn os_error(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 
@@ -166,5 +199,40 @@ mod tests {
             exit::INTEGRITY
         );
         assert_eq!(ClientError::Interrupted.exit_code(), exit::INTERRUPTED);
+    }
+
+    #[test]
+    fn connection_errors_from_the_server_exit_3_whatever_the_code() {
+        // A record the server could not open, a malformed frame, its frame deadline: it ends
+        // the connection on id 0, and the client says so with exit 3, as when it noticed first.
+        for code in [
+            ErrorCode::BAD_RECORD,
+            ErrorCode::MALFORMED_MESSAGE,
+            ErrorCode::TIMEOUT,
+        ] {
+            let err = ClientError::RemoteClosed(ErrorBody::new(code, "x"));
+            assert_eq!(err.exit_code(), exit::CONNECTION, "{code:?}");
+            assert!(
+                err.to_string()
+                    .starts_with("the server closed the connection: x"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn os_errors_are_said_once() {
+        let err = ClientError::io("a/b", std::io::Error::from_raw_os_error(2));
+        assert_eq!(err.to_string(), "a/b: no such file or directory");
+        let long = ClientError::Remote(ErrorBody::new(
+            ErrorCode::INTERNAL,
+            "\x1b[31m".repeat(10_000),
+        ));
+        assert!(
+            long.to_string().chars().count() < 600,
+            "{}",
+            long.to_string().len()
+        );
+        assert!(!long.to_string().contains('\x1b'));
     }
 }

@@ -69,11 +69,57 @@ pub fn display_name(entry: &Entry) -> String {
     }
 }
 
-/// `s` with control characters replaced by `?`.
+/// `s` with control characters replaced by `?`: C0, DEL and C1 (so ESC, CSI U+009B, OSC and
+/// BEL cannot rewrite a terminal), and the bidirectional overrides that reorder what is shown.
+///
+/// This is the one sanitiser for every remote string (names, paths, server messages) printed to
+/// a terminal or a log.
 pub fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if is_unsafe_char(c) { '?' } else { c })
         .collect()
+}
+
+/// Characters a remote string may not carry to a terminal.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Longest server error message shown, in characters; the spec lets senders use 1024 bytes,
+/// and a hostile one up to 65 535.
+pub const MAX_REMOTE_MESSAGE: usize = 512;
+
+/// [`printable`], cut to `max` characters with `…` when longer.
+pub fn printable_cut(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if is_unsafe_char(c) { '?' } else { c })
+        .collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// One JSON value as text, with C1 controls and DEL escaped as well as the C0 ones serde_json
+/// escapes: a remote name inside JSON cannot reach a terminal that displays the JSON raw.
+pub fn json_text(value: &serde_json::Value) -> String {
+    let raw = value.to_string();
+    // Outside strings JSON text is ASCII, so these characters can only be inside strings,
+    // where `\uXXXX` means the same character.
+    if !raw.chars().any(|c| c.is_control()) {
+        return raw;
+    }
+    let mut out = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One `ls -l` line: `drwxr-xr-x  12.5 KiB  2026-11-21 09:04  name/`.
@@ -154,5 +200,13 @@ mod tests {
         let mut evil = entry(EntryKind::FILE);
         evil.name = "a\x1b]0;pwned\x07b".into();
         assert_eq!(display_name(&evil), "a?]0;pwned?b");
+        evil.name = "c1\u{9b}31m\u{85}del\u{7f}".into();
+        assert_eq!(display_name(&evil), "c1?31m?del?");
+        let json = json_text(&entry_json(&evil));
+        assert!(json.contains("c1\\u009b31m\\u0085del\\u007f"), "{json}");
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["name"], evil.name);
+        assert_eq!(printable_cut("abcdef", 3), "abc…");
+        assert_eq!(printable_cut("ab", 3), "ab");
     }
 }

@@ -1,9 +1,9 @@
-//! Downloads to disk: `.part` files, resume, and whole trees with a bounded number of files in
+//! Downloads to disk: partial files, resume, and whole trees with a bounded number of files in
 //! flight.
 //!
-//! A file `NAME` is written to `NAME.part` and renamed to `NAME` only after the server's
-//! end-of-fetch hash matched what arrived. Beside the partial file, `NAME.part.meta` records what
-//! it is a part of, as small `key value` text lines:
+//! A file `NAME` is written to `.NAME.ferry-part` beside it and renamed to `NAME` only after
+//! the server's hash matched what arrived. Beside the partial file, `.NAME.ferry-part.meta`
+//! records what it is a part of, as small `key value` text lines:
 //!
 //! ```text
 //! ferry-part 1
@@ -13,16 +13,28 @@
 //! checkpoint 1048576 <blake3>  optional: length and digest of the part when it was last closed
 //! ```
 //!
+//! No remote name can reach those files: a remote name any of whose components ends in
+//! `.ferry-part` or `.ferry-part.meta` is refused ([`is_reserved_name`]), so a server holding
+//! both `a` and `.a.ferry-part` cannot make one download finish onto the other's temporary
+//! file. A download holds an exclusive lock (`flock`) on its partial file, so two downloads,
+//! in one process or two, never write the same one.
+//!
 //! A resume (the default when both files exist) first checks that the remote size and mtime are
 //! unchanged (if not, it fails with an integrity error rather than splice two versions of the
-//! file), then re-hashes the part (and compares it with the checkpoint when one was written) and
-//! continues with a range request. The final digest (BLAKE3, as the protocol uses) therefore
-//! covers the whole file: the old
-//! part first, then the new bytes; the new bytes are also checked against the server's hash of
-//! the range. Interrupted transfers (Ctrl-C, lost connection) keep the part and write the
-//! checkpoint.
+//! file), then re-hashes the part (and compares it with the checkpoint when one was written),
+//! asks the server for the whole file's digest (the DIGEST service, spec §3.11) and continues
+//! with a range request. The part's hash state continues over the new bytes, so the whole file
+//! is checked against the server's whole-file digest without reading it again: a server that
+//! answers the range with the wrong bytes is caught even when the range's own digest matches.
+//! A server without the DIGEST service gets no trust in a splice: the download starts over.
+//!
+//! A transfer that moves fewer than [`MinProgress`] bytes in its window ends (exit 3, part
+//! kept), free space for the rest of the file is checked before it starts, and nothing past the
+//! size the server stated is written. The executable bit of the remote mode is kept (like
+//! `cp`); other permission bits follow the local umask.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -38,6 +50,7 @@ use tracing::{debug, info, warn};
 
 use crate::client::{Client, FetchStream};
 use crate::error::ClientError;
+use crate::format::printable;
 use crate::progress::Progress;
 
 /// How `get` treats existing files.
@@ -49,6 +62,8 @@ pub struct GetOptions {
     pub resume: bool,
     /// Files in flight at once for trees. Default 4.
     pub jobs: usize,
+    /// The least a transfer must move per window to go on. Default [`MinProgress::DEFAULT`].
+    pub min_progress: MinProgress,
 }
 
 impl Default for GetOptions {
@@ -57,7 +72,87 @@ impl Default for GetOptions {
             force: false,
             resume: true,
             jobs: 4,
+            min_progress: MinProgress::DEFAULT,
         }
+    }
+}
+
+/// The minimum-progress rule: a fetch that receives fewer than `bytes` in `window` ends with a
+/// timeout (exit 3) and keeps its partial file, so a server dripping a byte now and then cannot
+/// hold a download open forever. `bytes == 0` turns the rule off. Written `4K/60s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinProgress {
+    pub bytes: u64,
+    pub window: Duration,
+}
+
+impl MinProgress {
+    /// 4 KiB per minute: 68 bytes/s, far below any link a person would wait on (a 9600 baud
+    /// modem moves 1 KiB/s), so it never ends an honest slow transfer, yet a drip of one byte
+    /// every few seconds ends within a minute.
+    pub const DEFAULT: Self = Self {
+        bytes: 4096,
+        window: Duration::from_secs(60),
+    };
+
+    /// No minimum.
+    pub const OFF: Self = Self {
+        bytes: 0,
+        window: Duration::from_secs(60),
+    };
+
+    pub fn is_off(&self) -> bool {
+        self.bytes == 0 || self.window.is_zero()
+    }
+}
+
+impl fmt::Display for MinProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_off() {
+            return f.write_str("off");
+        }
+        write!(f, "{}/{}s", self.bytes, self.window.as_secs_f64())
+    }
+}
+
+impl std::str::FromStr for MinProgress {
+    type Err = String;
+
+    /// `BYTES/DURATION` (`4K/60s`, `1M/5m`, `100/2s`), or `0` / `off`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "0" || s.eq_ignore_ascii_case("off") {
+            return Ok(Self::OFF);
+        }
+        let bad = || format!("expected BYTES/DURATION such as 4K/60s, or off; got {s:?}");
+        let (bytes, window) = s.split_once('/').ok_or_else(bad)?;
+        let bytes = bytes.trim();
+        let (digits, unit) = match bytes.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => bytes.split_at(at),
+            None => (bytes, ""),
+        };
+        let scale: u64 = match unit
+            .to_ascii_uppercase()
+            .trim_end_matches("IB")
+            .trim_end_matches('B')
+        {
+            "" => 1,
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "G" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        let bytes = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale))
+            .ok_or_else(bad)?;
+        let window = window.trim();
+        let window = match window.parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => humantime::parse_duration(window).map_err(|_| bad())?,
+        };
+        Ok(Self { bytes, window })
     }
 }
 
@@ -247,18 +342,31 @@ impl PartMeta {
     }
 }
 
-/// `NAME.part` for `NAME`.
+/// The suffix of partial files; remote names ending in it (or in [`META_SUFFIX`]) are refused.
+pub const PART_SUFFIX: &str = ".ferry-part";
+/// The suffix of a partial file's record.
+pub const META_SUFFIX: &str = ".ferry-part.meta";
+
+/// `.NAME.ferry-part` beside `NAME`.
 pub fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest.as_os_str().to_owned();
-    name.push(".part");
-    PathBuf::from(name)
+    sibling(dest, PART_SUFFIX)
 }
 
-/// `NAME.part.meta` for `NAME`.
+/// `.NAME.ferry-part.meta` beside `NAME`.
 pub fn meta_path(dest: &Path) -> PathBuf {
-    let mut name = dest.as_os_str().to_owned();
-    name.push(".part.meta");
-    PathBuf::from(name)
+    sibling(dest, META_SUFFIX)
+}
+
+fn sibling(dest: &Path, suffix: &str) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dest.file_name().unwrap_or(dest.as_os_str()));
+    name.push(suffix);
+    dest.with_file_name(name)
+}
+
+/// Whether a name belongs to the partial-file namespace, which no remote name may reach.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.ends_with(PART_SUFFIX) || name.ends_with(META_SUFFIX)
 }
 
 /// The last component of a remote path, or `None` for the root.
@@ -274,11 +382,33 @@ pub fn resolve_dest(remote: &str, dest: Option<&Path>) -> Result<PathBuf, Client
         .ok_or_else(|| ClientError::Local("the root is a directory; use get -r".into()))?;
     // A trailing slash names a directory even before it exists.
     let dir_like = |d: &Path| d.is_dir() || d.as_os_str().to_string_lossy().ends_with('/');
-    Ok(match dest {
-        Some(d) if dir_like(d) => d.join(name),
+    let dest = match dest {
+        Some(d) if dir_like(d) => d.join(checked_name(name)?),
         Some(d) => d.to_path_buf(),
-        None => PathBuf::from(name),
-    })
+        None => PathBuf::from(checked_name(name)?),
+    };
+    if dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_reserved_name)
+    {
+        return Err(ClientError::Local(format!(
+            "{} ends in {PART_SUFFIX} or {META_SUFFIX}, names ferry keeps for partial downloads; choose another destination",
+            dest.display()
+        )));
+    }
+    Ok(dest)
+}
+
+/// A remote name used as a local file name: one safe component.
+fn checked_name(name: &str) -> Result<&str, ClientError> {
+    match safe_relative(name) {
+        Some(_) => Ok(name),
+        None => Err(ClientError::Local(format!(
+            "refusing the remote name {:?}: it is not a safe local file name",
+            printable(name)
+        ))),
+    }
 }
 
 /// Downloads one file. `bar` (from [`Progress::file`]) is created once the size is known.
@@ -291,16 +421,17 @@ pub async fn download_file(
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
     let started = Instant::now();
-    if dest.exists() && !options.force {
-        return Err(ClientError::Local(format!(
-            "{} already exists; use -f (--force) to overwrite it",
-            dest.display()
-        )));
-    }
+    // Ask first: a remote directory is a usage problem whatever exists locally.
     let entry = cancel.guard(when_not_busy(|| client.stat(remote))).await?;
     if entry.kind == EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is a directory; use get -r"
+        )));
+    }
+    if dest.exists() && !options.force {
+        return Err(ClientError::Local(format!(
+            "{} already exists; use -f (--force) to overwrite it",
+            dest.display()
         )));
     }
     let label = remote_name(remote).unwrap_or(remote);
@@ -312,6 +443,161 @@ pub async fn download_file(
         d.elapsed = started.elapsed();
         d
     })
+}
+
+/// Downloads one file to `out` (e.g. stdout, for `get URL -`): nothing is kept on disk and
+/// nothing resumes. The data is written as it arrives, so a failed check (exit 4) comes after
+/// the bytes were written, as with `curl`; the caller must say so.
+pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
+    client: &Client,
+    remote: &str,
+    out: &mut W,
+    options: &GetOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+) -> Result<Downloaded, ClientError> {
+    use tokio::io::AsyncWriteExt;
+    let started = Instant::now();
+    let mut stream = cancel
+        .guard(when_not_busy(|| client.fetch(remote, 0, TO_END)))
+        .await?;
+    let size = stream.response().size;
+    let bar = progress.file(remote_name(remote).unwrap_or(remote), size, 0);
+    let mut watch = ProgressWatch::new(options.min_progress);
+    let mut cancel = cancel.clone();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ClientError::Interrupted),
+            chunk = stream.chunk() => chunk?,
+            () = watch.expired() => return Err(watch.error(remote)),
+        };
+        let Some(chunk) = chunk else { break };
+        watch.add(chunk.len() as u64);
+        bar.inc(chunk.len() as u64);
+        out.write_all(&chunk).await.map_err(|e| {
+            ClientError::Local(format!(
+                "writing the output: {}",
+                crate::error::os_error(&e)
+            ))
+        })?;
+    }
+    out.flush().await.map_err(|e| {
+        ClientError::Local(format!(
+            "writing the output: {}",
+            crate::error::os_error(&e)
+        ))
+    })?;
+    bar.finish_and_clear();
+    let digest = stream.digest().ok_or_else(|| {
+        ClientError::Integrity(format!("{remote}: the transfer ended without its digest"))
+    })?;
+    Ok(Downloaded {
+        remote: remote.to_string(),
+        dest: PathBuf::from("-"),
+        size,
+        fetched: stream.received(),
+        resumed_from: 0,
+        digest,
+        elapsed: started.elapsed(),
+        skipped: false,
+    })
+}
+
+/// Tracks the minimum-progress rule over one fetch: the window restarts whenever it has
+/// seen `min.bytes`.
+struct ProgressWatch {
+    min: MinProgress,
+    since: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl ProgressWatch {
+    fn new(min: MinProgress) -> Self {
+        Self {
+            min,
+            since: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if self.bytes >= self.min.bytes {
+            self.since = tokio::time::Instant::now();
+            self.bytes = 0;
+        }
+    }
+
+    /// Resolves when the window ran out short of the minimum; never when the rule is off.
+    async fn expired(&self) {
+        if self.min.is_off() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep_until(self.since + self.min.window).await;
+    }
+
+    fn error(&self, remote: &str) -> ClientError {
+        ClientError::Timeout {
+            what: format!(
+                "waiting for {remote}: {} bytes arrived in {}s, less than the minimum of {} (--min-progress {})",
+                self.bytes,
+                self.min.window.as_secs(),
+                self.min.bytes,
+                self.min
+            ),
+            secs: self.min.window.as_secs(),
+        }
+    }
+}
+
+/// How long the server may take to hash a whole file for the digest service: a minute, plus
+/// the file at 20 MB/s (a slow disk).
+fn digest_timeout(size: u64) -> Duration {
+    Duration::from_secs(60 + size / 20_000_000)
+}
+
+/// Bytes free for an unprivileged writer in the file system holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Takes the partial file for this download: created if missing (never truncated here), and
+/// locked so no other download writes it at the same time.
+fn claim_part(part: &Path) -> Result<std::fs::File, ClientError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .map_err(|e| ClientError::io(part, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ClientError::Local(format!(
+            "{} is being written by another download; wait for it to finish",
+            part.display()
+        ))),
+        Err(e) => Err(ClientError::io(part, e.into())),
+    }
+}
+
+/// The error for a write that failed: a full disk says what was kept and what to do.
+fn write_error(part: &Path, error: std::io::Error, written: u64, size: u64) -> ClientError {
+    if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        return ClientError::Local(format!(
+            "no space left on the device holding {}: the partial file was kept with {written} of {size} bytes; free at least {} bytes and run the same command again to resume, or delete it",
+            part.display(),
+            size.saturating_sub(written),
+        ));
+    }
+    ClientError::io(part, error)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -330,48 +616,83 @@ async fn fetch_to(
     let meta_file = meta_path(dest);
     let wanted = PartMeta::for_entry(remote, entry.size, entry.mtime_secs, entry.mtime_nanos);
 
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| ClientError::io(parent, e))?;
+    let had_part = part.exists();
+    let claimed = claim_part(&part)?;
+
     let mut offset = 0;
     let mut hasher = FetchDigest::new();
-    if options.resume && part.exists() {
+    // The server's digest of the whole file, which a resumed download must match.
+    let mut whole_digest = None;
+    if options.resume && had_part {
         match resume_point(&part, &meta_file, &wanted, options.force).await? {
-            Some((len, prefix)) => {
-                offset = len;
-                hasher = prefix;
-                info!(file = %dest.display(), offset, "resuming");
+            Some((len, prefix)) if len > 0 => {
+                match cancel
+                    .guard(when_not_busy(|| {
+                        client.digest(remote, digest_timeout(entry.size))
+                    }))
+                    .await
+                {
+                    Ok(d) => {
+                        if (d.size, d.mtime_secs, d.mtime_nanos)
+                            != (wanted.size, wanted.mtime_secs, wanted.mtime_nanos)
+                        {
+                            return Err(ClientError::Integrity(format!(
+                                "{remote} changed on the server since the partial download was started; delete {} or pass --force to start over",
+                                part.display()
+                            )));
+                        }
+                        offset = len;
+                        hasher = prefix;
+                        whole_digest = Some(d.digest);
+                        info!(file = %dest.display(), offset, "resuming");
+                    }
+                    Err(e) if e.remote_code() == Some(ErrorCode::UNKNOWN_REQUEST) => {
+                        progress.println(&format!(
+                            "ferry: {}: the server cannot state the whole file's digest (an older server), so the download starts over instead of resuming at byte {len}",
+                            printable(label)
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            None => debug!(file = %dest.display(), "partial file not resumable; starting over"),
+            _ => debug!(file = %dest.display(), "partial file not resumable; starting over"),
         }
     }
 
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| ClientError::io(parent, e))?;
+    // A server cannot fill the disk by stating a huge size: say what is needed up front.
+    let needed = entry.size - offset;
+    if let Some(free) = free_space(parent) {
+        if free < needed {
+            if !had_part {
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(ClientError::Local(format!(
+                "{remote} needs {needed} more bytes ({}) but only {free} ({}) are free in {}",
+                indicatif::HumanBytes(needed),
+                indicatif::HumanBytes(free),
+                parent.display()
+            )));
+        }
     }
-    let mut file = if offset > 0 {
-        tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&part)
-            .await
-            .map_err(|e| ClientError::io(&part, e))?
-    } else {
-        tokio::fs::File::create(&part)
-            .await
-            .map_err(|e| ClientError::io(&part, e))?
-    };
-    if offset > 0 {
-        // Anything past the verified prefix (there is none today, but a crash could leave it)
-        // is cut before appending.
+
+    let mut file = claimed.try_clone().map_err(|e| ClientError::io(&part, e))?;
+    {
+        use std::io::Seek;
+        // Anything past the verified prefix is cut before appending; a fresh start empties it.
         file.set_len(offset)
-            .await
             .map_err(|e| ClientError::io(&part, e))?;
-        use tokio::io::AsyncSeekExt;
         file.seek(std::io::SeekFrom::Start(offset))
-            .await
             .map_err(|e| ClientError::io(&part, e))?;
     }
     write_meta(&meta_file, &wanted).await?;
-    let mut writer = PartWriter::new(file.into_std().await);
+    let mut writer = PartWriter::new(file);
 
     let bar = progress.file(label, entry.size, offset);
     let mut written = offset;
@@ -395,22 +716,35 @@ async fn fetch_to(
             )));
         }
         let mut cancel = cancel.clone();
+        let mut watch = ProgressWatch::new(options.min_progress);
         loop {
             let chunk = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(ClientError::Interrupted),
+                // Data already here counts before the deadline is looked at.
                 chunk = stream.chunk() => chunk?,
+                () = watch.expired() => return Err(watch.error(remote)),
             };
             let Some(chunk) = chunk else { break };
+            watch.add(chunk.len() as u64);
+            // The stream refuses data past the length it announced, and that was checked
+            // against the stated size; this keeps the disk bound local and obvious.
+            if written + chunk.len() as u64 > entry.size {
+                return Err(ClientError::Integrity(format!(
+                    "{remote}: the server sent more than the {} bytes it stated",
+                    entry.size
+                )));
+            }
             if let Some(whole) = whole.as_mut() {
                 whole.update(&chunk);
             }
-            written += chunk.len() as u64;
-            bar.inc(chunk.len() as u64);
+            let len = chunk.len() as u64;
             writer
                 .write(chunk)
                 .await
-                .map_err(|e| ClientError::io(&part, e))?;
+                .map_err(|e| write_error(&part, e, written, entry.size))?;
+            written += len;
+            bar.inc(len);
         }
         Ok(())
     }
@@ -427,7 +761,7 @@ async fn fetch_to(
     let flushed = writer.finish().await;
     match result {
         Ok(()) => {
-            flushed.map_err(|e| ClientError::io(&part, e))?;
+            flushed.map_err(|e| write_error(&part, e, written, entry.size))?;
             let verified = fetch.as_ref().and_then(FetchStream::digest);
             let digest = match (whole, verified) {
                 (Some(whole), Some(_)) => Some(whole.finalize()),
@@ -441,10 +775,24 @@ async fn fetch_to(
                     entry.size
                 )));
             };
+            if let Some(expected) = whole_digest.filter(|d| *d != digest) {
+                // The range matched its own digest but the file does not: the server sent
+                // other bytes than the file's at the resume point. The part can never become
+                // right, so it goes.
+                let _ = std::fs::remove_file(&part);
+                let _ = std::fs::remove_file(&meta_file);
+                return Err(ClientError::Integrity(format!(
+                    "{remote}: the resumed file hashes to {}, but the server's digest of the whole file is {}; the partial file was removed, run the command again to download it from the start",
+                    &hex::encode(digest)[..16],
+                    &hex::encode(expected)[..16]
+                )));
+            }
             set_mtime(&part, entry);
+            set_mode(&part, entry);
             tokio::fs::rename(&part, dest)
                 .await
                 .map_err(|e| ClientError::io(dest, e))?;
+            drop(claimed);
             let _ = tokio::fs::remove_file(&meta_file).await;
             bar.finish_and_clear();
             Ok(Downloaded {
@@ -675,6 +1023,23 @@ fn set_mtime(path: &Path, entry: &Entry) {
     }
 }
 
+/// Keeps the executable bits of the remote mode where the local file is readable (as `cp`
+/// does); nothing else of the remote mode (no set-id or sticky bits) is applied.
+fn set_mode(path: &Path, entry: &Entry) {
+    use std::os::unix::fs::PermissionsExt;
+    if entry.mode & 0o111 == 0 {
+        return;
+    }
+    let result = std::fs::metadata(path).and_then(|meta| {
+        let mode = meta.permissions().mode() & 0o777;
+        let mode = mode | ((mode & 0o444) >> 2);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    });
+    if let Err(e) = result {
+        debug!(error = %e, "could not set the mode");
+    }
+}
+
 fn same_as_local(entry: &Entry, dest: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(dest) else {
         return false;
@@ -692,20 +1057,36 @@ fn same_as_local(entry: &Entry, dest: &Path) -> bool {
 
 /// Turns a listing name (`a/b/c`) into a local relative path, refusing anything that could
 /// leave the destination directory.
+///
+/// Components in the partial-file namespace ([`is_reserved_name`]) are refused too, so a
+/// remote name never lands on another download's temporary file.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
     let path = Path::new(name);
     if name.is_empty() || name.contains('\0') || name.contains('\\') {
         return None;
     }
     path.components()
-        .all(|c| matches!(c, Component::Normal(_)))
+        .all(|c| match c {
+            Component::Normal(part) => !part.to_str().is_some_and(is_reserved_name),
+            _ => false,
+        })
         .then(|| path.to_path_buf())
 }
+
+/// Directories waiting to be listed during a tree download, at most; past it the rest of the
+/// tree fails with a clear error instead of growing memory without bound.
+pub const MAX_FRONTIER: usize = 100_000;
+/// Failures remembered in a [`TreeReport`]; later ones are counted in its last entry.
+pub const MAX_REPORTED_FAILURES: usize = 1000;
 
 /// Downloads the tree under `remote` into `dest`, `options.jobs` files at a time. Files that
 /// already exist with the remote size and mtime are skipped (so re-running an interrupted tree
 /// only fetches what is missing); other existing files are refused without `--force`. One
 /// file's failure does not stop the others; a lost connection or Ctrl-C stops everything.
+///
+/// The tree is walked one directory at a time (a plain listing each), depth first, so memory
+/// holds one directory's listing (at most [`crate::client::MAX_COLLECTED_ENTRIES`]) and the
+/// directories still to visit (at most [`MAX_FRONTIER`]), whatever the server sends.
 pub async fn download_tree(
     client: &Client,
     remote: &str,
@@ -721,95 +1102,127 @@ pub async fn download_tree(
             "{remote} is not a directory; use get without -r"
         )));
     }
-    let entries = cancel
-        .guard(when_not_busy(|| client.list(remote, true, u16::MAX)))
-        .await?;
     tokio::fs::create_dir_all(dest)
         .await
         .map_err(|e| ClientError::io(dest, e))?;
-    let mut files = Vec::new();
-    let mut seen = HashSet::new();
-    for entry in entries {
-        let Some(rel) = safe_relative(&entry.name) else {
-            warn!(name = %entry.name, "skipping an entry with an unsafe name");
-            continue;
-        };
-        if !seen.insert(entry.name.clone()) {
-            continue;
-        }
-        let local = dest.join(&rel);
-        match entry.kind {
-            EntryKind::DIRECTORY => {
-                tokio::fs::create_dir_all(&local)
-                    .await
-                    .map_err(|e| ClientError::io(&local, e))?;
-            }
-            EntryKind::FILE => files.push((entry, local)),
-            _ => debug!(name = %entry.name, "skipping a non-regular file"),
-        }
-    }
-    files.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-
-    let jobs = options.jobs.max(1);
-    let results = futures::stream::iter(files.into_iter().map(|(entry, local)| {
-        let remote_path = if remote.is_empty() {
-            entry.name.clone()
-        } else {
-            format!("{remote}/{}", entry.name)
-        };
-        async move {
-            if cancel.is_cancelled() {
-                return (remote_path, Err(ClientError::Interrupted));
-            }
-            if same_as_local(&entry, &local) {
-                let skipped = Downloaded {
-                    remote: remote_path.clone(),
-                    dest: local,
-                    size: entry.size,
-                    fetched: 0,
-                    resumed_from: entry.size,
-                    digest: [0; 32],
-                    elapsed: Duration::ZERO,
-                    skipped: true,
-                };
-                return (remote_path, Ok(skipped));
-            }
-            if local.exists() && !options.force {
-                let err = ClientError::Local(format!(
-                    "{} already exists; use -f (--force) to overwrite it",
-                    local.display()
-                ));
-                return (remote_path, Err(err));
-            }
-            let result = fetch_to(
-                client,
-                &remote_path,
-                &entry,
-                &local,
-                options,
-                progress,
-                &entry.name,
-                cancel,
-            )
-            .await;
-            (remote_path, result)
-        }
-    }))
-    .buffer_unordered(jobs)
-    .collect::<Vec<_>>()
-    .await;
-
     let mut report = TreeReport::default();
-    for (remote_path, result) in results {
-        match result {
-            Ok(done) => {
-                report.bytes += done.fetched;
-                report.files.push(done);
-            }
+    let failed = |report: &mut TreeReport, path: &str, e: ClientError| {
+        if report.failed.len() < MAX_REPORTED_FAILURES {
+            report.failed.push((printable(path), e));
+        }
+    };
+    let join = |dir: &str, name: &str| {
+        if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        }
+    };
+    let mut frontier: Vec<(String, PathBuf)> = vec![(remote.to_string(), dest.to_path_buf())];
+    while let Some((dir, local_dir)) = frontier.pop() {
+        if cancel.is_cancelled() {
+            return Err(ClientError::Interrupted);
+        }
+        let mut entries = match cancel
+            .guard(when_not_busy(|| client.list(&dir, false, 0)))
+            .await
+        {
+            Ok(entries) => entries,
             Err(e) if e.is_connection_error() || matches!(e, ClientError::Interrupted) => {
                 return Err(e)
             }
-            Err(e) => report.failed.push((remote_path, e)),
+            Err(e) => {
+                failed(&mut report, &dir, e);
+                continue;
+            }
+        };
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut files = Vec::new();
+        let mut seen = HashSet::new();
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            // A plain listing names one component; anything else is refused like `..`.
+            let Some(rel) = safe_relative(&entry.name).filter(|_| !entry.name.contains('/')) else {
+                warn!(name = %printable(&entry.name), "skipping an entry with an unsafe name");
+                continue;
+            };
+            if !seen.insert(entry.name.clone()) {
+                continue;
+            }
+            let local = local_dir.join(&rel);
+            let remote_path = join(&dir, &entry.name);
+            match entry.kind {
+                EntryKind::DIRECTORY => {
+                    if let Err(e) = tokio::fs::create_dir_all(&local).await {
+                        failed(&mut report, &remote_path, ClientError::io(&local, e));
+                        continue;
+                    }
+                    subdirs.push((remote_path, local));
+                }
+                EntryKind::FILE => files.push((entry, remote_path, local)),
+                _ => debug!(name = %printable(&entry.name), "skipping a non-regular file"),
+            }
+        }
+        if frontier.len() + subdirs.len() > MAX_FRONTIER {
+            return Err(ClientError::Local(format!(
+                "the tree under {remote} has more than {MAX_FRONTIER} directories waiting to be listed; download it in parts"
+            )));
+        }
+        // Popped from the end: the first name is visited first.
+        frontier.extend(subdirs.into_iter().rev());
+
+        let jobs = options.jobs.max(1);
+        let mut results = futures::stream::iter(files.into_iter().map(
+            |(entry, remote_path, local)| async move {
+                if cancel.is_cancelled() {
+                    return (remote_path, Err(ClientError::Interrupted));
+                }
+                if same_as_local(&entry, &local) {
+                    let skipped = Downloaded {
+                        remote: remote_path.clone(),
+                        dest: local,
+                        size: entry.size,
+                        fetched: 0,
+                        resumed_from: entry.size,
+                        digest: [0; 32],
+                        elapsed: Duration::ZERO,
+                        skipped: true,
+                    };
+                    return (remote_path, Ok(skipped));
+                }
+                if local.exists() && !options.force {
+                    let err = ClientError::Local(format!(
+                        "{} already exists; use -f (--force) to overwrite it",
+                        local.display()
+                    ));
+                    return (remote_path, Err(err));
+                }
+                let result = fetch_to(
+                    client,
+                    &remote_path,
+                    &entry,
+                    &local,
+                    options,
+                    progress,
+                    &entry.name,
+                    cancel,
+                )
+                .await;
+                (remote_path, result)
+            },
+        ))
+        .buffer_unordered(jobs);
+        while let Some((remote_path, result)) = results.next().await {
+            match result {
+                Ok(done) => {
+                    report.bytes += done.fetched;
+                    report.files.push(done);
+                }
+                Err(e) if e.is_connection_error() || matches!(e, ClientError::Interrupted) => {
+                    return Err(e)
+                }
+                Err(e) => failed(&mut report, &remote_path, e),
+            }
         }
     }
     report.files.sort_by(|a, b| a.remote.cmp(&b.remote));
@@ -847,6 +1260,27 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.remote_code(), Some(ErrorCode::BUSY));
+    }
+
+    #[test]
+    fn min_progress_parses() {
+        assert_eq!(
+            "4K/60s".parse::<MinProgress>().unwrap(),
+            MinProgress::DEFAULT
+        );
+        assert_eq!(
+            "100/2".parse::<MinProgress>().unwrap(),
+            MinProgress {
+                bytes: 100,
+                window: Duration::from_secs(2)
+            }
+        );
+        assert!("off".parse::<MinProgress>().unwrap().is_off());
+        assert!("0".parse::<MinProgress>().unwrap().is_off());
+        assert_eq!("1MiB/5m".parse::<MinProgress>().unwrap().bytes, 1 << 20);
+        for bad in ["", "4K", "x/1s", "4Q/1s", "4K/soon"] {
+            assert!(bad.parse::<MinProgress>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -889,12 +1323,18 @@ mod tests {
         );
         assert_eq!(
             part_path(Path::new("x/a.txt")),
-            PathBuf::from("x/a.txt.part")
+            PathBuf::from("x/.a.txt.ferry-part")
         );
         assert_eq!(
             meta_path(Path::new("a.txt")),
-            PathBuf::from("a.txt.part.meta")
+            PathBuf::from(".a.txt.ferry-part.meta")
         );
+        // No remote name reaches the partial-file namespace, in a tree or as one file.
+        for reserved in [".a.ferry-part", "d/.a.ferry-part.meta", ".d.ferry-part/a"] {
+            assert_eq!(safe_relative(reserved), None, "{reserved}");
+        }
+        assert!(resolve_dest(".a.ferry-part", None).is_err());
+        assert!(resolve_dest("a.part", None).is_ok());
     }
 
     #[tokio::test]

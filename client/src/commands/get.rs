@@ -16,6 +16,7 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
         force: args.force,
         resume: !args.no_resume,
         jobs: args.jobs.into(),
+        min_progress: args.min_progress,
     };
     let progress = ctx.progress();
     // Ctrl-C asks the transfers to stop; they flush and record their partial files first.

@@ -11,7 +11,7 @@ pub async fn run(ctx: &Context, args: StatArgs) -> Result<(), ClientError> {
     if args.json {
         let mut json = format::entry_json(&entry);
         json["path"] = args.url.path.clone().into();
-        print_lines([json.to_string()]);
+        print_lines([format::json_text(&json)]);
     } else {
         print_text(&format::stat_text(&args.url.path, &entry));
     }
