@@ -14,8 +14,8 @@ use ferry_protocol::handshake::{
     handshake_decoder, write_error, ClientHandshake, Randomness, ServerHandshake,
 };
 use ferry_protocol::message::{
-    ClientHello, Entry, EntryKind, FetchEnd, FetchRequest, FetchResponse, Finished, ListEnd,
-    ListPage, ListRequest, ServerHello, StatRequest,
+    ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
+    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest,
 };
 use ferry_protocol::{
     Category, ClientConfig, CryptoError, ErrorBody, ErrorCode, Frame, FrameType, Header, Key,
@@ -122,6 +122,15 @@ fn message_from(v: &Vector) -> Message {
             offset: v.u64("offset"),
             length: v.u64("length"),
         }),
+        "DigestRequest" => Message::DigestRequest(DigestRequest {
+            path: v.string("path"),
+        }),
+        "DigestResponse" => Message::DigestResponse(DigestResponse {
+            size: v.u64("size"),
+            mtime_secs: v.i64("mtime_secs"),
+            mtime_nanos: v.u32("mtime_nanos"),
+            digest: v.array("digest"),
+        }),
         "ListPage" => Message::ListPage(ListPage {
             entries: (0..v.u64("entries"))
                 .map(|i| entry_from(v, &format!("entry{i}.")))
@@ -205,6 +214,8 @@ fn messages() {
         "ListRequest",
         "StatRequest",
         "FetchRequest",
+        "DigestRequest",
+        "DigestResponse",
         "ListPage",
         "StatResponse",
         "FetchResponse",

@@ -115,7 +115,7 @@ HEADER_LEN = 12
 T_CLIENT_HELLO, T_SERVER_HELLO, T_SERVER_FINISHED, T_CLIENT_FINISHED = 0x01, 0x02, 0x03, 0x04
 T_REQUEST, T_RESPONSE, T_DATA, T_END, T_ERROR, T_CANCEL = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
 T_PING, T_PONG = 0x20, 0x21
-S_HANDSHAKE, S_LIST, S_STAT, S_FETCH, S_ECHO = 0x00, 0x01, 0x02, 0x03, 0x04
+S_HANDSHAKE, S_LIST, S_STAT, S_FETCH, S_ECHO, S_DIGEST = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05
 
 CODES = {
     "BAD_FRAME": 0x0101,
@@ -295,6 +295,14 @@ def decode_message(kind, service, body):
         m, name = dict(path=r.str()), "StatRequest"
     elif pair == (T_REQUEST, S_FETCH):
         m, name = dict(path=r.str(), offset=r.u64(), length=r.u64()), "FetchRequest"
+    elif pair == (T_REQUEST, S_DIGEST):
+        m, name = dict(path=r.str()), "DigestRequest"
+    elif pair == (T_RESPONSE, S_DIGEST):
+        m = dict(size=r.u64(), mtime_secs=r.i64(), mtime_nanos=r.u32(), digest=r.take(32))
+        r.end()
+        if m["mtime_nanos"] >= 1_000_000_000:
+            fail("MALFORMED_MESSAGE", "mtime_nanos")
+        name = "DigestResponse"
     elif pair == (T_RESPONSE, S_LIST):
         count = r.u16()
         m = dict(entries=[decode_entry(r) for _ in range(count)])
@@ -319,7 +327,7 @@ def decode_message(kind, service, body):
     elif kind == T_ERROR:
         m = dict(error_service=service, category=r.u8(), code=r.u16(), error_message=r.str())
         name = "Error"
-    elif kind == T_CANCEL and service in (S_LIST, S_STAT, S_FETCH):
+    elif kind == T_CANCEL and service in (S_LIST, S_STAT, S_FETCH, S_DIGEST):
         m, name = dict(cancel_service=service), "Cancel"
     elif pair == (T_PING, S_ECHO):
         m, name = dict(payload=r.take(len(body))), "Ping"
@@ -348,6 +356,11 @@ def encode_message(name, m):
         return T_REQUEST, S_STAT, put_str(m["path"])
     if name == "FetchRequest":
         return T_REQUEST, S_FETCH, put_str(m["path"]) + struct.pack(">QQ", m["offset"], m["length"])
+    if name == "DigestRequest":
+        return T_REQUEST, S_DIGEST, put_str(m["path"])
+    if name == "DigestResponse":
+        return T_RESPONSE, S_DIGEST, struct.pack(
+            ">QqI", m["size"], m["mtime_secs"], m["mtime_nanos"]) + m["digest"]
     if name == "ListPage":
         return T_RESPONSE, S_LIST, struct.pack(">H", len(m["entries"])) + b"".join(
             encode_entry(e) for e in m["entries"])
@@ -399,6 +412,8 @@ def fields_from(v):
         "ListRequest": ["path", "recursive", "max_depth"],
         "StatRequest": ["path"],
         "FetchRequest": ["path", "offset", "length"],
+        "DigestRequest": ["path"],
+        "DigestResponse": ["size", "mtime_secs", "mtime_nanos", "digest"],
         "FetchResponse": ["size", "mtime_secs", "mtime_nanos", "offset", "length"],
         "Data": ["payload"], "Ping": ["payload"], "Pong": ["payload"],
         "ListEnd": ["entries"], "FetchEnd": ["bytes", "digest"],

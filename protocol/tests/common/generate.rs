@@ -12,8 +12,8 @@ use ferry_protocol::handshake::{
     handshake_decoder, write_error, ClientHandshake, Randomness, ServerHandshake,
 };
 use ferry_protocol::message::{
-    ClientHello, Entry, EntryKind, FetchEnd, FetchRequest, FetchResponse, Finished, ListEnd,
-    ListPage, ListRequest, ServerHello, StatRequest, TO_END,
+    ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
+    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest, TO_END,
 };
 use ferry_protocol::{
     ClientConfig, ErrorBody, ErrorCode, Frame, FrameType, Header, Key, Message, Mode, RequestId,
@@ -235,6 +235,17 @@ fn message_fields(w: &mut Writer, message: &Message) {
             w.string("path", &m.path);
             w.int("offset", m.offset);
             w.hexint("length", m.length, 16);
+        }
+        Message::DigestRequest(m) => {
+            w.field("message", "DigestRequest");
+            w.string("path", &m.path);
+        }
+        Message::DigestResponse(m) => {
+            w.field("message", "DigestResponse");
+            w.int("size", m.size);
+            w.int("mtime_secs", m.mtime_secs);
+            w.int("mtime_nanos", m.mtime_nanos);
+            w.hex("digest", &m.digest);
         }
         Message::ListPage(m) => {
             w.field("message", "ListPage");
@@ -466,6 +477,32 @@ fn messages() -> String {
                 digest: hello_digest,
             }),
             "end of a fetch: byte count and BLAKE3 digest of the bytes sent (\"hello\")",
+        ),
+        (
+            "digest_request",
+            7,
+            Message::DigestRequest(DigestRequest::new("big.iso").expect("short path")),
+            "the client asks for the BLAKE3 of the whole file big.iso (spec §3.11)",
+        ),
+        (
+            "digest_response",
+            7,
+            Message::DigestResponse(DigestResponse {
+                size: 5,
+                mtime_secs: 1_700_000_000,
+                mtime_nanos: 123_456_789,
+                digest: hello_digest,
+            }),
+            "the file version (size, mtime) and the BLAKE3 of all its bytes (a 5-byte file\n\
+             holding \"hello\")",
+        ),
+        (
+            "cancel_digest",
+            7,
+            Message::Cancel {
+                service: Service::DIGEST,
+            },
+            "the client cancels digest request 7",
         ),
         (
             "error_not_found",
@@ -1170,6 +1207,19 @@ fn negative_messages() -> String {
         .encode(&mut b);
         b
     };
+    let digest_ok = {
+        let mut b = Vec::new();
+        DigestResponse {
+            size: 1,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            digest: [0; 32],
+        }
+        .encode(&mut b);
+        b
+    };
+    let mut digest_bad_nanos = digest_ok.clone();
+    digest_bad_nanos[16..20].copy_from_slice(&1_000_000_000u32.to_be_bytes());
     let mut hello = Vec::new();
     ClientHello {
         min_version: 1,
@@ -1317,6 +1367,22 @@ fn negative_messages() -> String {
             vec![0x00, 0x00, 0x02, 0x00, 0x00],
             ErrorCode::MALFORMED_MESSAGE,
             "ListRequest flag 0x02 is undefined",
+        ),
+        (
+            "digest_response_bad_nanos",
+            0x11,
+            0x05,
+            digest_bad_nanos,
+            ErrorCode::MALFORMED_MESSAGE,
+            "DigestResponse with mtime_nanos = 10^9",
+        ),
+        (
+            "digest_response_truncated",
+            0x11,
+            0x05,
+            digest_ok[..51].to_vec(),
+            ErrorCode::MALFORMED_MESSAGE,
+            "DigestResponse one byte short of its 52",
         ),
         (
             "entry_bad_nanos",
