@@ -646,3 +646,104 @@ fn the_library_reads_the_whole_file_digest() {
         let _ = TO_END;
     });
 }
+
+#[test]
+fn a_disk_that_fills_mid_download_keeps_the_part_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a 1 MiB tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&small);
+    const SIZE: usize = 900 * 1024;
+    let filler = small.join("filler");
+    let liar = Liar::start(move |mut peer| {
+        let filler = filler.clone();
+        async move {
+            static DATA: [u8; SIZE] = [5u8; SIZE];
+            static FILES: &[(&str, &[u8])] = &[("f", &DATA)];
+            while let Some((id, request)) = peer.request().await {
+                if matches!(request, Message::FetchRequest(_)) {
+                    // Something else takes the space after the client checked it.
+                    let _ = std::fs::write(&filler, vec![0u8; 600 * 1024]);
+                }
+                answer_honestly(&mut peer, id, &request, FILES).await;
+            }
+        }
+    });
+    let run = ferry(&liar, &small, &["get", &liar.url("f")], &[], LIMIT);
+    assert_small("disk full mid-download", &run);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stderr.contains("no space left"), "{run:#?}");
+    assert!(run.stderr.contains("partial file was kept"), "{run:#?}");
+    assert!(
+        run.stderr.contains("run the same command again to resume"),
+        "{run:#?}"
+    );
+    assert_eq!(
+        run.stderr.matches("no space left").count(),
+        1,
+        "said once: {run:#?}"
+    );
+    assert!(part_path(&small.join("f")).exists());
+    assert!(!small.join("f").exists());
+}
+
+#[test]
+fn a_remote_directory_without_r_says_use_r_even_when_a_local_one_exists() {
+    static FILES: &[(&str, &[u8])] = &[("d/x", b"x")];
+    let liar = Liar::start(|peer| honest(peer, FILES));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let run = ferry(&liar, dir.path(), &["get", &liar.url("d")], &[], LIMIT);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(
+        run.stderr.contains("is a directory; use get -r"),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn the_executable_bit_is_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let liar = Liar::start(|mut peer| async move {
+        static FILES: &[(&str, &[u8])] = &[("run.sh", b"#!/bin/sh\n"), ("data", b"d")];
+        while let Some((id, request)) = peer.request().await {
+            match &request {
+                Message::StatRequest(r) if r.path == "run.sh" => {
+                    let mut entry = file_entry("run.sh", 10);
+                    entry.mode = 0o755;
+                    peer.send(id, Message::StatResponse(entry)).await;
+                }
+                _ => {
+                    answer_honestly(&mut peer, id, &request, FILES).await;
+                }
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    ferry(&liar, dir.path(), &["get", &liar.url("run.sh")], &[], LIMIT);
+    ferry(&liar, dir.path(), &["get", &liar.url("data")], &[], LIMIT);
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_ne!(mode("run.sh") & 0o100, 0, "{:o}", mode("run.sh"));
+    assert_eq!(mode("data") & 0o111, 0, "{:o}", mode("data"));
+    assert_eq!(mode("run.sh") & 0o7000, 0, "no set-id bits");
+}
