@@ -747,3 +747,14 @@ fn the_executable_bit_is_kept() {
     assert_eq!(mode("data") & 0o111, 0, "{:o}", mode("data"));
     assert_eq!(mode("run.sh") & 0o7000, 0, "no set-id bits");
 }
+
+#[test]
+fn get_to_dash_streams_to_stdout() {
+    static FILES: &[(&str, &[u8])] = &[("f", WHOLE)];
+    let liar = Liar::start(|peer| honest(peer, FILES));
+    let dir = tempfile::tempdir().unwrap();
+    let run = ferry(&liar, dir.path(), &["get", &liar.url("f"), "-"], &[], LIMIT);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(run.stdout.as_bytes(), WHOLE);
+    assert!(!dir.path().join("-").exists());
+}

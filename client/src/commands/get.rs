@@ -35,6 +35,13 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
         transfer::download_tree(&client, path, &dest, &options, &progress, &cancel)
             .await
             .and_then(|report| tree_summary(ctx, &progress, &dest, report))
+    } else if args.dest.as_deref().is_some_and(|d| d.as_os_str() == "-") {
+        // `get URL -`: the file on stdout (the curl and scp convention), progress on stderr.
+        // The bytes are out before the end digest is checked: a failure still exits 4.
+        let mut stdout = tokio::io::stdout();
+        transfer::download_to_writer(&client, path, &mut stdout, &options, &progress, &cancel)
+            .await
+            .map(|done| ctx.note(&file_summary(&done)))
     } else {
         match transfer::resolve_dest(path, args.dest.as_deref()) {
             Ok(dest) => fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await,
