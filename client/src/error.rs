@@ -75,7 +75,7 @@ pub enum ClientError {
     Local(String),
     /// One item of a larger operation (a file of `get -r`) failed: says which, and `after`
     /// may add a summary. Exits as `source` does.
-    #[error("{what}: {source}{after}")]
+    #[error("{}: {source}{after}", printable(.what))]
     About {
         what: String,
         source: Box<ClientError>,
