@@ -8,13 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::url::FerryUrl;
 
-const AFTER_HELP: &str = "\
-Addresses look like ferry://HOST[:PORT][/PATH] (default port 6789, IPv6 in brackets:
-ferry://[::1]:7000/docs). The key comes from --key, --key-file, the FERRY_KEY environment
-variable, or the default key file (~/.config/ferry/key on Linux), in that order.
-
-Try it locally in one command:  ferry demo
-
+/// The exit codes, as every command's `--help` ends.
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0    success
   1    remote error (not found, permission denied, ...) or a local problem (destination exists)
@@ -23,9 +18,17 @@ Exit codes:
   4    integrity failure (hash mismatch, or the file changed under a resume)
   130  interrupted by Ctrl-C (partial downloads are kept and resume on the next get)";
 
+const AFTER_HELP: &str = "\
+Addresses look like ferry://HOST[:PORT][/PATH] (default port 6789, IPv6 in brackets:
+ferry://[::1]:7000/docs). The key comes from --key, --key-file, the FERRY_KEY environment
+variable, or the default key file (~/.config/ferry/key on Linux), in that order.
+
+Try it locally in one command:  ferry demo
+";
+
 /// Browse and fetch files from a Ferry server.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, after_help = AFTER_HELP)]
+#[command(name = "ferry", version, after_help = format!("{AFTER_HELP}\n{EXIT_CODES}"))]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -36,12 +39,15 @@ pub struct Cli {
 /// Options every command takes, anywhere on the line.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// The pre-shared key, hex or base64, as printed in the server's connect line. Default: not
-    /// set (falls back to --key-file, FERRY_KEY, then the default key file). E.g. --key 3q2-7w...
+    /// The pre-shared key, hex or base64, as printed in the server's connect line. Write it as
+    /// --key=KEY: a base64 key may start with `-` (the separate form --key KEY is accepted too).
+    /// Default: not set (falls back to --key-file, FERRY_KEY, then the default key file).
+    /// E.g. --key=3q2-7w...
     #[arg(
         long,
         global = true,
         value_name = "KEY",
+        allow_hyphen_values = true,
         help_heading = "Global options"
     )]
     pub key: Option<String>,
@@ -80,8 +86,7 @@ pub struct GlobalArgs {
     )]
     pub quiet: bool,
 
-    /// Give up connecting (TCP connect plus handshake) after this long. Default: 10s.
-    /// E.g. --connect-timeout 3s
+    /// Give up connecting (TCP connect plus handshake) after this long. E.g. --connect-timeout 3s
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Global options")]
     pub connect_timeout: Duration,
 }
@@ -90,32 +95,32 @@ pub struct GlobalArgs {
 pub enum Command {
     /// List a directory: names, or details with -l, recursively with -R, JSON with --json.
     #[command(
-        after_help = "Examples:\n  ferry ls ferry://files.example.org/\n  ferry ls -l ferry://127.0.0.1:7000/docs\n  ferry ls -R --json ferry://host/photos > photos.json"
+        after_help = format!("Examples:\n  ferry ls ferry://files.example.org/\n  ferry ls -l ferry://127.0.0.1:7000/docs\n  ferry ls -R --json ferry://host/photos > photos.json\n\n{EXIT_CODES}")
     )]
     Ls(LsArgs),
     /// Show one entry's metadata (kind, size, permissions, modification time).
     #[command(
-        after_help = "Examples:\n  ferry stat ferry://host/docs/report.pdf\n  ferry stat --json ferry://host/docs"
+        after_help = format!("Examples:\n  ferry stat ferry://host/docs/report.pdf\n  ferry stat --json ferry://host/docs\n\n{EXIT_CODES}")
     )]
     Stat(StatArgs),
     /// Measure round-trip times to a server.
     #[command(
-        after_help = "Examples:\n  ferry ping ferry://host\n  ferry ping -c 10 -i 200ms -s 1400 ferry://[::1]:7000"
+        after_help = format!("Examples:\n  ferry ping ferry://host\n  ferry ping -c 10 -i 200ms -s 1400 ferry://[::1]:7000\n\n{EXIT_CODES}")
     )]
     Ping(PingArgs),
     /// Download a file, or a directory tree with -r; resumes interrupted downloads.
     #[command(
-        after_help = "Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\nAn interrupted download leaves NAME.part and NAME.part.meta; run the same command again to\nresume. Exit codes: 0 ok, 1 remote error or destination exists, 3 connection or key,\n4 integrity (hash mismatch, file changed under a resume), 130 Ctrl-C."
+        after_help = format!("Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -o ~/Downloads/ ferry://host/iso/big.iso  (the same)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\nAn interrupted download leaves NAME.part and NAME.part.meta; run the same command again to\nresume.\n\n{EXIT_CODES}")
     )]
     Get(GetArgs),
     /// Open an interactive shell (ls, cd, get, mget, ...) on a server, or run a batch file.
     #[command(
-        after_help = "Examples:\n  ferry shell --key KEY ferry://host/\n  ferry shell ferry://host/docs -b commands.txt\n  echo 'mget *.pdf' | ferry shell ferry://host/docs\nInside, type help for the commands; Tab completes commands and remote paths."
+        after_help = format!("Examples:\n  ferry shell --key=KEY ferry://host/\n  ferry shell ferry://host/docs -b commands.txt\n  echo 'mget *.pdf' | ferry shell ferry://host/docs\nInside, type help for the commands; Tab completes commands and remote paths. In batch mode\nthe exit code is the first failing command's.\n\n{EXIT_CODES}")
     )]
     Shell(ShellArgs),
     /// Serve a local directory on 127.0.0.1 with a fresh key and open the shell on it.
     #[command(
-        after_help = "Examples:\n  ferry demo            (serve the current directory and browse it)\n  ferry demo ~/Music"
+        after_help = format!("Examples:\n  ferry demo            (serve the current directory and browse it)\n  ferry demo ~/Music\nDownloads go to a new directory under the system's temporary directory (TMPDIR, else /tmp),\nnamed in the banner and kept after the demo ends; lcd changes it.\n\n{EXIT_CODES}")
     )]
     Demo(DemoArgs),
 }
@@ -152,13 +157,13 @@ pub struct StatArgs {
 pub struct PingArgs {
     /// The server. E.g. ferry://127.0.0.1
     pub url: FerryUrl,
-    /// Stop after this many pings. Default: 4. E.g. -c 10
+    /// Stop after this many pings. E.g. -c 10
     #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
-    /// Wait this long between pings. Default: 1s. E.g. -i 200ms
+    /// Wait this long between pings. E.g. -i 200ms
     #[arg(short = 'i', long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Payload bytes per ping. Default: 56. E.g. -s 1400
+    /// Payload bytes per ping. E.g. -s 1400
     #[arg(short = 's', long, default_value_t = 56)]
     pub size: usize,
 }
@@ -171,7 +176,11 @@ pub struct GetArgs {
     /// directory, or a path ending in /, receives the file under its remote name. With -r,
     /// the directory that receives the tree's contents (default: the remote directory's
     /// name). E.g. ~/Downloads/
+    #[arg(conflicts_with = "out")]
     pub dest: Option<PathBuf>,
+    /// The destination, as a flag (like ferry-peer get --out): the same as DEST. E.g. -o pics
+    #[arg(short = 'o', long, value_name = "DEST")]
+    pub out: Option<PathBuf>,
     /// Download a whole directory tree. Default: off (a single file).
     #[arg(short = 'r', long)]
     pub recursive: bool,
@@ -183,7 +192,8 @@ pub struct GetArgs {
     /// Ignore an existing NAME.part and download from the start. Default: off.
     #[arg(long)]
     pub no_resume: bool,
-    /// Files in flight at once with -r (1 to 32; a server answers at most 32 requests at a time per connection). Default: 4. E.g. -j 8
+    /// Files in flight at once with -r (1 to 32; a server answers at most 32 requests at a time
+    /// per connection). E.g. -j 8
     #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub jobs: u16,
     /// Overwrite an existing destination, and start over when a partial file cannot be resumed.
@@ -191,9 +201,8 @@ pub struct GetArgs {
     #[arg(short = 'f', long)]
     pub force: bool,
     /// End a transfer that moves fewer than BYTES in DURATION (exit 3; the partial file is
-    /// kept and resumes). Default: 4K/60s, which no usable link trips (68 bytes/s) but a
-    /// server dripping bytes does; 0 or off disables it. Env: FERRY_MIN_PROGRESS.
-    /// E.g. --min-progress 64K/30s
+    /// kept and resumes). No usable link trips the default (it is 68 bytes/s) but a server
+    /// dripping bytes does; 0 or off disables it. E.g. --min-progress 64K/30s
     #[arg(
         long,
         env = "FERRY_MIN_PROGRESS",
@@ -223,6 +232,13 @@ pub struct DemoArgs {
     /// Default: interactive.
     #[arg(short = 'b', long, value_name = "FILE")]
     pub batch: Option<PathBuf>,
+}
+
+impl GetArgs {
+    /// The destination, given positionally or with `-o/--out`.
+    pub fn dest(&self) -> Option<PathBuf> {
+        self.dest.clone().or_else(|| self.out.clone())
+    }
 }
 
 /// Parses `10s`, `1.5s`, `200ms`, `1m` (humantime) or a bare number of seconds.
@@ -261,6 +277,70 @@ mod tests {
         };
         assert_eq!((get.recursive, get.jobs), (true, 2));
         assert_eq!(get.url.path, "x");
+    }
+
+    /// Every command's help ends with the exit codes, and no flag states its default twice (its
+    /// doc and clap's `[default: ...]`).
+    #[test]
+    fn help_lists_exit_codes_and_each_default_once() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = vec![cli.clone()];
+        // clap's own `help` subcommand only prints other commands' help.
+        commands.extend(
+            cli.get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .cloned(),
+        );
+        for mut cmd in commands {
+            let name = cmd.get_name().to_string();
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Exit codes:"), "{name} --help:\n{help}");
+            assert!(help.contains("130"), "{name} --help:\n{help}");
+            for arg in cmd.get_arguments() {
+                let doc = arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                // clap prints `[default: ...]` for options that take a value.
+                let shown = arg.get_action().takes_values()
+                    && !arg.get_default_values().is_empty()
+                    && !arg.is_hide_default_value_set();
+                if shown {
+                    assert!(
+                        !doc.contains("Default:"),
+                        "{name} --{}: default said twice: {doc}",
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn get_takes_its_destination_either_way() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args)?;
+            let Command::Get(get) = cli.command else {
+                panic!("expected get")
+            };
+            Ok::<_, clap::Error>(get.dest())
+        };
+        assert_eq!(
+            parse(&["ferry", "get", "h/x", "d"]).unwrap(),
+            Some(PathBuf::from("d"))
+        );
+        assert_eq!(
+            parse(&["ferry", "get", "-o", "d", "h/x"]).unwrap(),
+            Some(PathBuf::from("d"))
+        );
+        assert_eq!(
+            parse(&["ferry", "get", "h/x", "--out", "d"]).unwrap(),
+            Some(PathBuf::from("d"))
+        );
+        assert_eq!(parse(&["ferry", "get", "h/x"]).unwrap(), None);
+        assert!(parse(&["ferry", "get", "h/x", "d", "-o", "e"]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and hands over to `ferry_client::commands`. Errors become one line on stderr and an exit code
 //! (see `ferry --help`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,8 +21,12 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colour only on a terminal: logs sent to a file or a pipe stay plain text. NO_COLOR
+    // (no-color.org) turns it off on a terminal too.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -50,6 +50,16 @@ impl Progress {
         }
     }
 
+    /// Bars drawn on `target` (tests draw on an in-memory terminal).
+    pub fn with_target(target: ProgressDrawTarget) -> Self {
+        let visible = !target.is_hidden();
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+            visible,
+            bars: Arc::default(),
+        }
+    }
+
     /// Never draws.
     pub fn hidden() -> Self {
         Self::new(false)
@@ -130,19 +140,37 @@ impl Progress {
         }
     }
 
+    /// Takes every bar off the screen, finished or abandoned, so nothing is left behind when a
+    /// transfer stops early (Ctrl-C, an error).
+    pub fn clear(&self) {
+        for bar in self.bars() {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+
     /// Runs `f` with the bars cleared, for output that must not be torn by a redraw.
     pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
         self.multi.suspend(f)
     }
 }
 
+/// The bar's line. `{eta}` is ours ([`format_eta`]): indicatif's own rounds to coarse units.
+const TEMPLATE: &str =
+    "{msg:32} {bar:24.cyan/blue} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>7}";
+
 pub(crate) fn file_style() -> ProgressStyle {
     // The template is a constant, checked by the unit test below.
-    ProgressStyle::with_template(
-        "{msg:32} {bar:24.cyan/blue} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>4}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ")
+    ProgressStyle::with_template(TEMPLATE)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "eta",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let remaining = state.len().unwrap_or(0).saturating_sub(state.pos());
+                let _ = w.write_str(&format_eta(state.eta(), remaining));
+            },
+        )
+        .progress_chars("=> ")
 }
 
 /// Keeps the end of long names, which is the part that tells files apart.
@@ -171,6 +199,23 @@ pub fn summary(bytes: u64, elapsed: Duration) -> String {
     )
 }
 
+/// An ETA a person reads at a glance: whole seconds rounded up, so a transfer that is not done
+/// never shows `0s`; `-` while no rate is known. `3s`, `1m 05s`, `2h 07m`.
+pub fn format_eta(eta: Duration, remaining: u64) -> String {
+    if remaining == 0 {
+        return "0s".into();
+    }
+    if eta.is_zero() {
+        return "-".into();
+    }
+    let secs = eta.as_secs() + u64::from(eta.subsec_nanos() > 0);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// `850ms`, `1.2s`, `3m05s`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
@@ -190,10 +235,7 @@ mod tests {
 
     #[test]
     fn template_parses() {
-        ProgressStyle::with_template(
-            "{msg:32} {bar:24.cyan/blue} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} ETA {eta:>4}",
-        )
-        .unwrap();
+        ProgressStyle::with_template(TEMPLATE).unwrap();
     }
 
     #[test]
@@ -206,6 +248,114 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(shorten("abcdef", 4), "…def");
         assert_eq!(shorten("abc", 4), "abc");
+    }
+
+    /// A terminal that keeps only what is on screen: enough of one to see what a bar leaves.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(Arc<Mutex<(Vec<String>, usize)>>);
+
+    impl Screen {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().0.join("\n")
+        }
+        fn with<R>(&self, f: impl FnOnce(&mut Vec<String>, &mut usize) -> R) -> R {
+            let mut guard = self.0.lock().unwrap();
+            let (lines, row) = &mut *guard;
+            while lines.len() <= *row {
+                lines.push(String::new());
+            }
+            f(lines, row)
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+            self.with(|_, row| *row = row.saturating_sub(n));
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+            self.with(|_, row| *row += n);
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.with(|lines, row| {
+                lines[*row].push_str(s);
+                *row += 1;
+            });
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.with(|lines, row| lines[*row].push_str(s));
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.with(|lines, row| lines[*row].clear());
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Ctrl-C abandons the bars of the transfers it stops; clearing takes them off the screen.
+    #[test]
+    fn clear_leaves_no_bar_behind() {
+        let screen = Screen::default();
+        let progress =
+            Progress::with_target(ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        let a = progress.file("a.bin", 1000, 0);
+        let b = progress.file("b.bin", 1000, 0);
+        a.set_position(400);
+        b.set_position(300);
+        a.abandon();
+        b.abandon();
+        assert!(screen.text().contains("a.bin"), "{}", screen.text());
+        progress.clear();
+        assert!(!screen.text().contains(".bin"), "{:?}", screen.text());
+        // A line printed afterwards is the only thing left.
+        progress.println("partial download kept");
+        assert_eq!(screen.text().trim(), "partial download kept");
+    }
+
+    #[test]
+    fn eta_is_whole_seconds_and_never_zero_mid_transfer() {
+        assert_eq!(format_eta(Duration::from_millis(200), 10), "1s");
+        assert_eq!(format_eta(Duration::ZERO, 10), "-");
+        assert_eq!(format_eta(Duration::ZERO, 0), "0s");
+        assert_eq!(format_eta(Duration::from_millis(2100), 10), "3s");
+        assert_eq!(format_eta(Duration::from_secs(59), 10), "59s");
+        assert_eq!(format_eta(Duration::from_secs(65), 10), "1m 05s");
+        assert_eq!(format_eta(Duration::from_millis(3_599_500), 10), "1h 00m");
+        assert_eq!(
+            format_eta(Duration::from_secs(3 * 3600 + 7 * 60), 10),
+            "3h 07m"
+        );
+    }
+
+    /// What a bar shows mid-transfer: the ETA in the form above, whatever the rate is.
+    #[test]
+    fn bar_shows_the_rounded_eta() {
+        let screen = Screen::default();
+        let progress =
+            Progress::with_target(ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        let bar = progress.file("c.bin", 1 << 30, 0);
+        bar.set_position(1 << 20);
+        bar.tick();
+        let text = screen.text();
+        let eta = text.rsplit("ETA ").next().unwrap_or_default().trim();
+        assert!(
+            eta == "-" || eta.ends_with('s') && !eta.ends_with("ms") && !eta.starts_with("0"),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -193,7 +193,11 @@ fn get_resumes_after_the_server_dies_mid_transfer() {
         .env
         .command()
         .current_dir(&s.work)
-        .args(["--key", &s.key.to_base64(), "get", &proxy.url("big.bin")])
+        .args([
+            &format!("--key={}", s.key.to_base64()),
+            "get",
+            &proxy.url("big.bin"),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -242,7 +246,11 @@ fn ctrl_c_keeps_the_partial_file_and_exits_130() {
         .env
         .command()
         .current_dir(&s.work)
-        .args(["--key", &s.key.to_base64(), "get", &proxy.url("big.bin")])
+        .args([
+            &format!("--key={}", s.key.to_base64()),
+            "get",
+            &proxy.url("big.bin"),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -408,6 +416,8 @@ fn batch_mode_runs_a_script_and_stops_at_the_first_failure() {
     );
     // The last ls came after the failure and did not run.
     assert_eq!(run.stderr.matches("ferry> ls").count(), 1, "{}", run.stderr);
+    // Each error is said once: the failing line's, not again as the exit reason.
+    assert_eq!(run.stderr.matches("ferry: ").count(), 2, "{}", run.stderr);
 
     // mget runs in the foreground in batch mode, so the next line sees its files.
     std::fs::create_dir(s.work.join("m")).unwrap();
@@ -427,7 +437,11 @@ fn batch_mode_runs_a_script_and_stops_at_the_first_failure() {
         .env
         .command()
         .current_dir(&s.work)
-        .args(["--key", &s.key.to_base64(), "shell", &s.server.url("docs")])
+        .args([
+            &format!("--key={}", s.key.to_base64()),
+            "shell",
+            &s.server.url("docs"),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -445,33 +459,168 @@ fn batch_mode_runs_a_script_and_stops_at_the_first_failure() {
     assert!(out.stdout.contains("readme.md"), "{}", out.stdout);
 }
 
+/// The demo serves the current directory (its default) and downloads into a fresh directory
+/// the banner names, so `get` cannot collide with the served file itself; the connect line it
+/// prints runs as printed, although no `ferry` is on PATH.
 #[test]
 fn demo_serves_a_directory_with_a_fresh_key() {
+    use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("served");
     tree(&root, 5000);
+    let tmp = dir.path().join("tmp");
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&empty_path).unwrap();
     let env = Env::new();
-    let script = dir.path().join("s.txt");
-    std::fs::write(&script, "ls\nget big.bin\n").unwrap();
-    let out = env
+    let mut child = env
         .command()
-        .current_dir(dir.path())
-        .args([
-            "demo",
-            root.to_str().unwrap(),
-            "-b",
-            script.to_str().unwrap(),
-        ])
-        .output()
+        .current_dir(&root)
+        .env("TMPDIR", &tmp)
+        .env("PATH", &empty_path)
+        .arg("demo")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut banner = Vec::new();
+    while !banner.iter().any(|l: &String| l.contains(" shell ")) {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the banner ended early: {banner:?}"
+        );
+        banner.push(line.trim_end().to_string());
+    }
+    let downloads = banner
+        .iter()
+        .find_map(|l| l.strip_prefix("Downloads go to "))
+        .and_then(|l| l.rsplit_once(" (").map(|(path, _)| PathBuf::from(path)))
+        .unwrap_or_else(|| panic!("no download directory in {banner:?}"));
+    assert!(downloads.starts_with(&tmp), "{banner:?}");
+
+    // The connect line, run exactly as printed, from another directory.
+    let connect = banner.last().unwrap().trim();
+    let words = ferry_client::shell::parse::split(connect).unwrap().words;
+    assert!(
+        words[2].starts_with("--key="),
+        "the key is joined to its flag: {connect}"
+    );
+    let out = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .env("HOME", env.home.path())
+        .env_remove("FERRY_KEY")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{connect}: {e}"));
     let run = common::Run::from(out);
-    run.ok();
-    assert!(run.stdout.contains("ferry shell --key "), "{}", run.stdout);
-    assert!(run.stdout.contains("docs/"), "{}", run.stdout);
+    assert!(run.ok().stdout.is_empty(), "{run:#?}");
+
+    stdin.write_all(b"ls\nget big.bin\nlpwd\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{rest}\n{stderr}");
+    assert!(rest.contains("docs/"), "{rest}");
+    assert!(
+        rest.contains(&downloads.display().to_string()),
+        "lpwd shows the download directory: {rest}"
+    );
     assert_eq!(
-        std::fs::read(dir.path().join("big.bin")).unwrap(),
+        std::fs::read(downloads.join("big.bin")).unwrap(),
         data(5000, 42)
     );
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), data(5000, 42));
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        3,
+        "nothing new in the served directory"
+    );
+}
+
+/// About one key in 64 starts with `-` in base64; such a key works pasted as `--key=KEY` and,
+/// for lines printed before the fix, as `--key KEY`.
+#[test]
+fn a_key_that_starts_with_a_dash_works() {
+    let mut bytes = [0x42; 32];
+    bytes[0] = 0xf8; // top six bits 62: '-'
+    let key = Key::from_bytes(bytes);
+    let text = key.to_base64();
+    assert!(text.starts_with('-'), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    tree(&root, 10);
+    let server = TestServer::start(&root, &key);
+    let env = Env::new();
+    for args in [
+        vec![format!("--key={text}"), "ls".into(), server.url("")],
+        vec!["--key".into(), text.clone(), "ls".into(), server.url("")],
+        vec!["ls".into(), server.url(""), "--key".into(), text.clone()],
+    ] {
+        let out = env.command().args(&args).output().unwrap();
+        let run = common::Run::from(out);
+        assert_eq!(
+            lines(&run.ok().stdout),
+            ["a.txt", "big.bin", "docs/"],
+            "{args:?}"
+        );
+    }
+}
+
+/// Logs to a file or pipe carry no colour escapes.
+#[test]
+fn logs_to_a_pipe_have_no_colour() {
+    let s = setup(10);
+    let run = s.ferry(&["-vv", "ls", &s.server.url("")]);
+    run.ok();
+    assert!(run.stderr.contains("connected"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+}
+
+/// `get -r` with a failing file: each failure is said once, and the exit code is the worst.
+#[test]
+fn get_r_says_each_failure_once() {
+    let s = setup(10);
+    std::fs::create_dir_all(s.work.join("mirror")).unwrap();
+    std::fs::write(s.work.join("mirror/readme.md"), b"mine").unwrap();
+    let run = s.ferry(&["get", "-r", &s.server.url("docs"), "mirror"]);
+    run.code(1);
+    assert_eq!(
+        run.stderr.matches("already exists").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("docs/readme.md: "), "{}", run.stderr);
+    assert!(run.stderr.contains("1 files fetched"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(s.work.join("mirror/deep/x.bin")).unwrap(),
+        data(3000, 7)
+    );
+}
+
+/// `get -o DEST` is the same as the positional destination, as in ferry-peer.
+#[test]
+fn get_takes_out_as_well_as_a_positional_destination() {
+    let s = setup(10);
+    s.ferry(&["get", &s.server.url("a.txt"), "-o", "x.txt"])
+        .ok();
+    assert_eq!(std::fs::read(s.work.join("x.txt")).unwrap(), b"alpha\n");
+    s.ferry(&["get", "-r", "--out", "m", &s.server.url("docs")])
+        .ok();
+    assert_eq!(
+        std::fs::read(s.work.join("m/readme.md")).unwrap(),
+        b"# docs\n"
+    );
+    let run = s.ferry(&["get", &s.server.url("a.txt"), "y.txt", "-o", "z.txt"]);
+    run.code(2);
 }
 
 fn wait_child(child: &mut std::process::Child, timeout: Duration) -> common::Run {
@@ -500,7 +649,11 @@ fn shell_reconnects_after_the_server_restarts() {
         .env
         .command()
         .current_dir(&s.work)
-        .args(["--key", &s.key.to_base64(), "shell", &s.server.url("")])
+        .args([
+            &format!("--key={}", s.key.to_base64()),
+            "shell",
+            &s.server.url(""),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -17,7 +17,7 @@ use rexpect::session::{spawn_command, PtySession};
 fn shell(env: &Env, key: &Key, dir: &std::path::Path, url: &str) -> PtySession {
     let mut cmd = env.command();
     cmd.current_dir(dir)
-        .args(["--key", &key.to_base64(), "shell", url]);
+        .args([&format!("--key={}", key.to_base64()), "shell", url]);
     let mut p = spawn_command(cmd, Some(15_000)).unwrap();
     p.exp_string("Connected to").unwrap();
     p.exp_string("ferry:/> ").unwrap();

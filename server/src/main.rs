@@ -240,8 +240,10 @@ fn run(cli: Cli) -> Result<i32> {
         let server = Server::bind(config).await?;
         let addrs = server.local_addrs();
         if let Some(first) = addrs.first() {
+            // `--key=`: a base64 key may start with `-`, which would read as a flag.
             println!(
-                "ferry shell --key {} ferry://{}/",
+                "{} shell --key={} ferry://{}/",
+                client_program(),
                 key.to_base64(),
                 connect_host(*first)
             );
@@ -351,6 +353,32 @@ fn resolve_key(cli: &Cli, file: &FileConfig) -> Result<Key> {
         key.fingerprint()
     );
     Ok(key)
+}
+
+/// How the connect line names the client so that it runs as printed: `ferry` when it is on
+/// PATH, else the `ferry` built beside this binary (target/release/ after a cargo build), else
+/// `ferry` all the same.
+fn client_program() -> String {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("ferry").is_file()));
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("ferry")))
+        .filter(|p| p.is_file());
+    match sibling {
+        Some(path) if !on_path => {
+            let path = path.display().to_string();
+            let plain = path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@=".contains(c));
+            if plain {
+                path
+            } else {
+                format!("'{}'", path.replace('\'', r"'\''"))
+            }
+        }
+        _ => "ferry".into(),
+    }
 }
 
 /// The host a client should dial: the bound address, or for a wildcard bind this machine's

@@ -38,7 +38,7 @@ fn start(dir: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Reads the connect line: `ferry shell --key <KEY> ferry://HOST:PORT/`.
+/// Reads the connect line: `ferry shell --key=<KEY> ferry://HOST:PORT/`.
 async fn connect_line(child: &mut Child) -> (Key, SocketAddr) {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -48,10 +48,11 @@ async fn connect_line(child: &mut Child) -> (Key, SocketAddr) {
         .unwrap()
         .expect("a line");
     let words: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(words.len(), 5, "{line}");
-    assert_eq!(&words[..3], ["ferry", "shell", "--key"], "{line}");
-    let key: Key = words[3].parse().unwrap();
-    let addr = words[4]
+    assert_eq!(words.len(), 4, "{line}");
+    assert!(words[0].ends_with("ferry"), "{line}");
+    assert_eq!(words[1], "shell", "{line}");
+    let key: Key = words[2].strip_prefix("--key=").unwrap().parse().unwrap();
+    let addr = words[3]
         .strip_prefix("ferry://")
         .and_then(|rest| rest.strip_suffix('/'))
         .unwrap()

@@ -29,13 +29,12 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
     let path = &args.url.path;
     let result = if args.recursive {
         let dest = args
-            .dest
-            .clone()
+            .dest()
             .unwrap_or_else(|| PathBuf::from(remote_name(path).unwrap_or(args.url.host.as_str())));
         transfer::download_tree(&client, path, &dest, &options, &progress, &cancel)
             .await
             .and_then(|report| tree_summary(ctx, &progress, &dest, report))
-    } else if args.dest.as_deref().is_some_and(|d| d.as_os_str() == "-") {
+    } else if args.dest().is_some_and(|d| d.as_os_str() == "-") {
         // `get URL -`: the file on stdout (the curl and scp convention), progress on stderr.
         // The bytes are out before the end digest is checked: a failure still exits 4.
         let mut stdout = tokio::io::stdout();
@@ -43,12 +42,15 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
             .await
             .map(|done| ctx.note(&file_summary(&done)))
     } else {
-        match transfer::resolve_dest(path, args.dest.as_deref()) {
+        match transfer::resolve_dest(path, args.dest().as_deref()) {
             Ok(dest) => fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await,
             Err(e) => Err(e),
         }
     };
     watcher.abort();
+    // A transfer stopped early (Ctrl-C, an error) abandons its bar: take it off the screen
+    // before the note and the error are printed.
+    progress.clear();
     result
 }
 
@@ -67,6 +69,8 @@ async fn fetch_one(
             Ok(())
         }
         Err(e) => {
+            // Off the screen before anything is printed below it.
+            progress.clear();
             let part = part_path(dest);
             let stopped = matches!(e, ClientError::Interrupted) || e.is_connection_error();
             if stopped && part.exists() {
@@ -105,16 +109,27 @@ pub fn file_summary(done: &Downloaded) -> String {
     )
 }
 
-/// Prints the per-file failures and one summary line; fails with the most serious error.
+/// Prints the per-file failures and one summary line; fails with the most serious error. Each
+/// failure is said once: the worst is not printed here but returned, naming its path, for the
+/// caller to print as the exit reason.
 pub fn tree_summary(
     ctx: &Context,
     progress: &Progress,
     dest: &std::path::Path,
     report: TreeReport,
 ) -> Result<(), ClientError> {
+    progress.clear();
     let fetched = report.files.iter().filter(|f| !f.skipped).count();
     let skipped = report.files.len() - fetched;
-    for (path, error) in &report.failed {
+    let mut failed = report.failed;
+    let failures = failed.len();
+    // The first of the most serious failures is the exit reason (`max_by_key` keeps the last
+    // maximum, hence `rev`).
+    let worst = (0..failed.len())
+        .rev()
+        .max_by_key(|&i| failed[i].1.exit_code())
+        .map(|i| failed.remove(i));
+    for (path, error) in &failed {
         progress.println(&format!("ferry: {path}: {error}"));
     }
     let mut line = format!(
@@ -125,13 +140,16 @@ pub fn tree_summary(
     if skipped > 0 {
         line.push_str(&format!(", {skipped} already up to date"));
     }
-    if !report.failed.is_empty() {
-        line.push_str(&format!(", {} failed", report.failed.len()));
+    if failures > 0 {
+        line.push_str(&format!(", {failures} failed"));
     }
     ctx.note(&line);
-    // Each failure was printed above with its path; the worst one sets the exit code.
-    match report.failed.into_iter().max_by_key(|(_, e)| e.exit_code()) {
-        Some((_, e)) => Err(e),
+    match worst {
+        Some((path, e)) => Err(ClientError::About {
+            what: path,
+            source: Box::new(e),
+            after: String::new(),
+        }),
         None => Ok(()),
     }
 }

@@ -230,13 +230,12 @@ impl Shell {
                     match self.execute(&line) {
                         Ok(Outcome::Exit) => break,
                         Ok(Outcome::Continue) => {}
-                        Err(e) => {
-                            eprintln!("ferry: {e}");
-                            if e.is_connection_error() && self.reconnect.is_none() {
-                                self.finish_jobs();
-                                return Err(e);
-                            }
+                        // An error that ends the shell is printed once, by `main`.
+                        Err(e) if e.is_connection_error() && self.reconnect.is_none() => {
+                            self.finish_jobs();
+                            return Err(e);
                         }
+                        Err(e) => eprintln!("ferry: {e}"),
                     }
                 }
                 // Ctrl-C at the prompt clears the line, like a shell.
@@ -278,13 +277,9 @@ impl Shell {
             match self.execute(command) {
                 Ok(Outcome::Exit) => return Ok(()),
                 Ok(Outcome::Continue) => {}
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    let interrupted = matches!(e, ClientError::Interrupted);
-                    if !tolerant || interrupted {
-                        return Err(e);
-                    }
-                }
+                // The error that stops the run is printed once, by `main`, as the exit reason.
+                Err(e) if !tolerant || matches!(e, ClientError::Interrupted) => return Err(e),
+                Err(e) => eprintln!("ferry: {e}"),
             }
             if self.interrupted.load(Ordering::SeqCst) {
                 return Err(ClientError::Interrupted);
@@ -532,8 +527,9 @@ impl Shell {
                 return Ok(());
             }
             let progress = self.ctx.progress();
-            let line = self.transfer(|cancel| run(progress, cancel))?;
-            self.ctx.note(&line);
+            let result = self.transfer(|cancel| run(progress.clone(), cancel));
+            progress.clear();
+            self.ctx.note(&result?);
             return Ok(());
         }
         let dest = absolute(&transfer::resolve_dest(&remote, dest.as_deref())?)?;
@@ -548,8 +544,10 @@ impl Shell {
             return Ok(());
         }
         let progress = self.ctx.progress();
-        let line = self.transfer(|cancel| run(progress, cancel))?;
-        self.ctx.note(&line);
+        let result = self.transfer(|cancel| run(progress.clone(), cancel));
+        // Ctrl-C abandons the bar; take it off the screen before the error is printed.
+        progress.clear();
+        self.ctx.note(&result?);
         Ok(())
     }
 
@@ -710,11 +708,13 @@ impl Shell {
                     let elapsed = job.started.elapsed();
                     let fetched = t.done.saturating_sub(t.resumed);
                     let rate = (fetched as f64 / elapsed.as_secs_f64().max(0.001)) as u64;
-                    let eta = if rate > 0 && t.total > t.done {
-                        progress::format_duration(Duration::from_secs((t.total - t.done) / rate))
+                    let remaining = t.total.saturating_sub(t.done);
+                    let eta = if rate > 0 {
+                        Duration::from_secs_f64(remaining as f64 / rate as f64)
                     } else {
-                        "-".into()
+                        Duration::ZERO
                     };
+                    let eta = progress::format_eta(eta, remaining);
                     format!(
                         "[{}] running  {}: {}/{} in {} file(s), {}/s, ETA {eta}",
                         job.id,
@@ -858,18 +858,23 @@ fn summarize_tree(
     {
         return Err(ClientError::Interrupted);
     }
-    for (path, e) in &report.failed {
+    // The worst failure becomes the error, naming its path; the others are printed here, so
+    // each is said once.
+    let mut failed = report.failed;
+    let count = failed.len();
+    let worst = (0..failed.len())
+        .rev()
+        .max_by_key(|&i| failed[i].1.exit_code())
+        .map(|i| failed.remove(i));
+    for (path, e) in &failed {
         progress.println(&format!("ferry: {path}: {e}"));
     }
-    let count = report.failed.len();
-    let worst = report.failed.into_iter().max_by_key(|(_, e)| e.exit_code());
     match worst {
-        Some((path, ClientError::Integrity(why))) => Err(ClientError::Integrity(format!(
-            "{path}: {why} ({count} failed; {line})"
-        ))),
-        Some((path, e)) => Err(ClientError::Local(format!(
-            "{path}: {e} ({count} failed; {line})"
-        ))),
+        Some((path, e)) => Err(ClientError::About {
+            what: path,
+            source: Box::new(e),
+            after: format!(" ({count} failed; {line})"),
+        }),
         None => Ok(line),
     }
 }

@@ -214,9 +214,10 @@ impl Env {
 
     /// Runs `ferry ARGS` with `--key` for `key`, in `dir`.
     pub fn ferry(&self, key: &Key, dir: &Path, args: &[&str]) -> Run {
-        let key = key.to_base64();
+        // Joined with `=`: a base64 key may start with `-` (see key::connect_line).
+        let key = format!("--key={}", key.to_base64());
         let mut cmd = self.command();
-        cmd.current_dir(dir).arg("--key").arg(&key).args(args);
+        cmd.current_dir(dir).arg(&key).args(args);
         Run::from(cmd.output().unwrap())
     }
 }
