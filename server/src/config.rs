@@ -66,8 +66,17 @@ impl Config {
 /// Resource limits and deadlines. Every field has a sane default (see [`Limits::default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Concurrent connections; further ones get a `BUSY` error and are closed. Default 512.
+    /// Concurrent connections, authenticated or not. When all are taken, a newcomer evicts a
+    /// connection still in its handshake (see `admission`); only when every one is
+    /// authenticated is it refused with `BUSY`. Default 512.
     pub max_connections: usize,
+    /// Connections still in their handshake, a pool of its own like OpenSSH's `MaxStartups`:
+    /// when full, a newcomer evicts the oldest one that has sent nothing (else the oldest).
+    /// Default 256; at most `max_connections`.
+    pub max_pending: usize,
+    /// Connections in their handshake from one address (IPv6: one /64); a newcomer beyond it
+    /// evicts one of that address's own. Default 64; at most `max_pending`.
+    pub max_pending_per_address: usize,
     /// Requests in flight on one connection; more get `BUSY` for that id. Default 32.
     pub max_in_flight_per_connection: usize,
     /// Time for a new connection to complete the handshake. Default 10 s.
@@ -108,6 +117,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 512,
+            max_pending: 256,
+            max_pending_per_address: 64,
             max_in_flight_per_connection: 32,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),

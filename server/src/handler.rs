@@ -39,6 +39,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admission::PendingTicket;
 use crate::buffers::{BufferPool, PooledBuf};
 use crate::config::Limits;
 use crate::fs::{FileReader, FsError, Jail, Lister, RelPath};
@@ -93,16 +94,37 @@ enum Close {
     Io(std::io::Error),
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: Signals) {
+/// Serves one accepted connection until it closes. `ticket` is its place in the pool of
+/// connections still in their handshake; the connection closes at once if it is evicted.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    ticket: PendingTicket,
+    shared: Arc<Shared>,
+    signals: Signals,
+) {
     let limits = &shared.limits;
+    let evicted = ticket.evicted().clone();
     let handshake = tokio::select! {
         biased;
         _ = signals.kill.cancelled() => return,
-        result = tokio::time::timeout(
-            limits.handshake_timeout,
-            ferry_protocol::tokio::server_handshake(&mut stream, shared.handshake.clone()),
-        ) => result,
+        _ = evicted.cancelled() => {
+            tracing::debug!("evicted before completing the handshake");
+            // Only a peer that has sent nothing can still read a plaintext error; once the
+            // server has answered its hello, a plaintext frame would read as a bad record.
+            // Best effort and never waiting: an idle flood must not cost a task that waits.
+            if !ticket.has_progressed() {
+                let _ = stream.try_write(&crate::listener::busy_frame(
+                    "too many connections waiting to authenticate; try again later",
+                ));
+            }
+            return;
+        }
+        result = tokio::time::timeout(limits.handshake_timeout, async {
+            // Admission prefers to evict connections that have sent nothing.
+            stream.readable().await?;
+            ticket.mark_progress();
+            ferry_protocol::tokio::server_handshake(&mut stream, shared.handshake.clone()).await
+        }) => result,
     };
     let (session, leftover) = match handshake {
         Ok(Ok(done)) => done,
@@ -118,6 +140,10 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, signals: S
             );
             return;
         }
+    };
+    let Some(_slot) = ticket.authenticate() else {
+        tracing::debug!("evicted as the handshake completed");
+        return;
     };
     tracing::debug!(mode = ?session.mode(), "session established");
     let version = session.version();

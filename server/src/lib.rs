@@ -3,7 +3,9 @@
 //!
 //! Modules:
 //! - [`config`]: [`Config`] and [`Limits`], the library configuration.
-//! - `listener`: binding, the accept loop with its connection semaphore and error back-off.
+//! - `admission`: connection slots; a bounded pool for connections still in their handshake,
+//!   with eviction, so a flood of idle connections cannot lock honest clients out.
+//! - `listener`: binding, the accept loop with admission and error back-off.
 //! - `handler`: one connection (handshake, reader, writer, request tasks).
 //! - [`fs`]: request paths, the root jail, sorted bounded-memory listings, byte ranges.
 //! - `shutdown`: stop/kill signals and the drain.
@@ -19,9 +21,10 @@
 //! # }
 //! ```
 
+mod admission;
 mod buffers;
-mod digest;
 pub mod config;
+mod digest;
 pub mod fs;
 mod handler;
 mod listener;
@@ -32,7 +35,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits, DEFAULT_PORT};
@@ -107,7 +109,12 @@ impl Server {
     ) -> std::io::Result<()> {
         let signals = Signals::default();
         let tracker = TaskTracker::new();
-        let connections = Arc::new(Semaphore::new(self.shared.limits.max_connections));
+        let limits = &self.shared.limits;
+        let connections = admission::Admission::new(admission::AdmissionLimits {
+            max_connections: limits.max_connections,
+            max_pending: limits.max_pending,
+            max_pending_per_address: limits.max_pending_per_address,
+        });
         for listener in self.listeners {
             tracker.spawn(listener::accept_loop(
                 listener,

@@ -1,7 +1,8 @@
-//! Binding and the accept loop: a connection semaphore, back-off on accept errors and a
+//! Binding and the accept loop: admission (see `admission`), back-off on accept errors and a
 //! tracked task per connection.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,10 @@ use bytes::BytesMut;
 use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, Service};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Admit};
 use crate::handler::{self, Shared};
 use crate::shutdown::Signals;
 
@@ -52,7 +53,7 @@ fn is_transient(error: &std::io::Error) -> bool {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Admission>,
     tracker: TaskTracker,
     signals: Signals,
 ) {
@@ -87,20 +88,16 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("conn", %peer);
-        match connections.clone().try_acquire_owned() {
-            Ok(permit) => {
+        // The duplicate lets admission peek whether the peer has sent anything.
+        let peek = stream.as_fd().try_clone_to_owned().ok();
+        match connections.admit(peer.ip(), peek, std::time::Instant::now()) {
+            Admit::Pending(ticket) => {
                 let shared = shared.clone();
                 let signals = signals.clone();
-                tracker.spawn(
-                    async move {
-                        handler::serve(stream, shared, signals).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                tracker.spawn(handler::serve(stream, ticket, shared, signals).instrument(span));
             }
-            Err(_) => {
-                tracing::warn!(%peer, "connection limit reached; refusing");
+            Admit::Busy => {
+                tracing::warn!(%peer, "every connection slot is authenticated; refusing");
                 tracker.spawn(refuse_busy(stream).instrument(span));
             }
         }
@@ -111,7 +108,17 @@ pub(crate) async fn accept_loop(
 /// Tells a client over the connection limit why it is being closed, in a plaintext
 /// connection-level error frame like a failed handshake's.
 async fn refuse_busy(mut stream: TcpStream) {
-    let body = ErrorBody::new(ErrorCode::BUSY, "too many connections; try again later");
+    let out = busy_frame("too many connections; try again later");
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// A plaintext connection-level `BUSY` error frame, as sent before the handshake completes.
+pub(crate) fn busy_frame(message: &str) -> BytesMut {
+    let body = ErrorBody::new(ErrorCode::BUSY, message);
     let frame = Frame::from_message(
         RequestId::CONNECTION,
         &Message::Error {
@@ -121,9 +128,5 @@ async fn refuse_busy(mut stream: TcpStream) {
     );
     let mut out = BytesMut::with_capacity(frame.encoded_len());
     frame.encode(&mut out);
-    let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
-        stream.write_all(&out).await?;
-        stream.shutdown().await
-    })
-    .await;
+    out
 }
