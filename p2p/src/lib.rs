@@ -11,10 +11,12 @@
 //! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
 //! - [`tracker`]: the UDP tracker core, its server and its client.
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
+//! - [`status`]: what a node tried to find peers and what failed, in words.
 pub mod manifest;
 pub mod node;
 pub mod pieces;
 pub mod source;
+pub mod status;
 pub mod swarm;
 pub mod tracker;
 pub mod wire;

@@ -16,9 +16,83 @@ use ferry_p2p::node::{self, NodeConfig};
 use ferry_p2p::pieces::{data_root, make_manifest, Storage};
 use ferry_p2p::tracker::{server, TrackerConfig};
 
+const AFTER_HELP: &str = "\
+Quick start:
+  ferry-peer tracker --listen 0.0.0.0:6969
+  ferry-peer make ./release -o release.ferry --tracker udp://tracker-host:6969
+  ferry-peer seed release.ferry --data ./release
+  ferry-peer get release.ferry -o .
+
+Peers listen on all interfaces by default: the other peers of a swarm dial in, so a peer
+reachable only on 127.0.0.1 serves nobody else. Use --listen ADDRESS to choose.
+
+Exit codes:
+  0    success; also seeding stopped on purpose (Ctrl-C, SIGTERM, --seed-time, --seed-ratio)
+  1    error (unreadable manifest or data, manifest exists without --force, ...)
+  2    usage error
+  3    connection failure (cannot listen, no source, no server key)
+  4    integrity failure (data does not match the manifest)
+  130  Ctrl-C before a download completed (143: SIGTERM); partial files stay NAME.part";
+
+const MAKE_HELP: &str = "\
+Examples:
+  ferry-peer make ./release -o release.ferry --tracker udp://10.0.0.1:6969
+  ferry-peer make big.iso --server ferry://10.0.0.1:6789/pub
+
+Exit codes:
+  0    the manifest was written
+  1    error (unreadable input, the manifest exists and --force was not given)
+  2    usage error";
+
+const SEED_HELP: &str = "\
+Examples:
+  ferry-peer seed release.ferry --data ./release
+  ferry-peer seed release.ferry --data . --listen 10.0.0.2:7000
+
+Peers listen on all interfaces by default: the other peers of a swarm dial in, so a peer
+reachable only on 127.0.0.1 serves nobody else. Use --listen ADDRESS to choose.
+Ctrl-C or SIGTERM stops seeding and tells the trackers (`stopped`).
+
+Exit codes:
+  0    stopped by Ctrl-C or SIGTERM
+  1    error (unreadable manifest or data)
+  2    usage error
+  3    cannot listen
+  4    the data does not match the manifest";
+
+const GET_HELP: &str = "\
+Examples:
+  ferry-peer get release.ferry -o ~/Downloads
+  ferry-peer get release.ferry --no-seed --peer 10.0.0.2:7000
+  ferry-peer get release.ferry --seed-time 10m --seed-ratio 2
+
+Files are written as NAME.part until every piece is verified, then renamed; running the same
+command again resumes them. With no peer for a few seconds, get says on stderr what it tried
+and what failed, and again every 30 s while that lasts. After the download it keeps seeding
+until Ctrl-C or SIGTERM (which tell the trackers `stopped`), --seed-time or --seed-ratio.
+Peers listen on all interfaces by default: the other peers of a swarm dial in, so a peer
+reachable only on 127.0.0.1 serves nobody else. Use --listen ADDRESS to choose.
+
+Exit codes:
+  0    complete (including seeding stopped by Ctrl-C, SIGTERM, --seed-time or --seed-ratio)
+  1    error (unreadable manifest, cannot write the download directory)
+  2    usage error
+  3    connection failure (cannot listen, no source given, no key for the servers)
+  130  Ctrl-C before the download completed (143: SIGTERM); partial files stay NAME.part";
+
+const TRACKER_HELP: &str = "\
+Examples:
+  ferry-peer tracker --listen 0.0.0.0:6969
+  ferry-peer tracker --listen [::]:6969 --interval 30s
+
+Exit codes:
+  0    stopped by Ctrl-C or SIGTERM
+  2    usage error
+  3    cannot listen";
+
 /// Swarm download on the Ferry codec.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-peer", version)]
+#[command(name = "ferry-peer", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,20 +101,30 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Hash a file or directory tree into a manifest (FILE.ferry).
+    #[command(after_help = MAKE_HELP)]
     Make(MakeArgs),
     /// Verify local data against a manifest, then serve it to the swarm until Ctrl-C.
+    #[command(after_help = SEED_HELP)]
     Seed(SeedArgs),
     /// Download a manifest's files from the swarm (resuming what is on disk), then keep seeding.
+    #[command(after_help = GET_HELP)]
     Get(GetArgs),
     /// Run a UDP tracker.
+    #[command(after_help = TRACKER_HELP)]
     Tracker(TrackerArgs),
 }
 
 /// Flags shared by `seed` and `get`.
 #[derive(Debug, clap::Args)]
 struct SwarmArgs {
-    /// TCP address to accept peers on, e.g. 0.0.0.0:7000. Default: all interfaces, a free port.
-    #[arg(long, env = "FERRY_PEER_LISTEN", default_value = "0.0.0.0:0")]
+    /// TCP address to accept peers on. Default: 0.0.0.0:0, all interfaces (other peers must be
+    /// able to dial in) on a free port. E.g. 10.0.0.2:7000
+    #[arg(
+        long,
+        env = "FERRY_PEER_LISTEN",
+        default_value = "0.0.0.0:0",
+        hide_default_value = true
+    )]
     listen: SocketAddr,
     /// Extra tracker besides the manifest's, repeatable, e.g. udp://10.0.0.1:6969
     #[arg(long = "tracker")]
@@ -48,8 +132,8 @@ struct SwarmArgs {
     /// Peer to connect to directly, repeatable, e.g. 10.0.0.2:7000
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// Most simultaneous peer connections. Default 40.
-    #[arg(long, default_value_t = 40)]
+    /// Most simultaneous peer connections. Default: 40. E.g. 100
+    #[arg(long, default_value_t = 40, hide_default_value = true)]
     max_peers: usize,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
@@ -62,7 +146,7 @@ struct SeedArgs {
     manifest: PathBuf,
     /// The data: the directory holding the manifest's top-level entry, or that entry itself.
     /// Default: the current directory.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", hide_default_value = true)]
     data: PathBuf,
     #[command(flatten)]
     swarm: SwarmArgs,
@@ -73,34 +157,49 @@ struct GetArgs {
     /// The manifest, e.g. release.ferry
     manifest: PathBuf,
     /// Download directory; nothing is written outside it. Default: the current directory.
-    #[arg(long, default_value = ".")]
+    /// E.g. -o ~/Downloads
+    #[arg(short = 'o', long, default_value = ".", hide_default_value = true)]
     out: PathBuf,
     /// Exit when the download is complete instead of seeding.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["seed_time", "seed_ratio"])]
     no_seed: bool,
+    /// Stop seeding this long after the download completes. Default: seed until Ctrl-C.
+    /// E.g. 30m, 2h
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    seed_time: Option<Duration>,
+    /// Stop seeding once this many times the content's size has been uploaded. Default: no
+    /// limit. E.g. 1.5
+    #[arg(long, value_name = "R", value_parser = parse_ratio)]
+    seed_ratio: Option<f64>,
     /// Ferry server that also holds the files, besides the manifest's, repeatable: the
     /// directory containing the manifest's top-level entry, e.g. ferry://10.0.0.1:6789/pub
     #[arg(long = "server")]
     servers: Vec<String>,
-    /// Key of the ferry servers, hex or base64. Default: --server-key-file, FERRY_KEY, then
-    /// the default key file (~/.config/ferry/key)
-    #[arg(long)]
-    server_key: Option<String>,
-    /// File holding the ferry servers' key (mode 0600), e.g. ~/ferry.key
-    #[arg(long)]
-    server_key_file: Option<PathBuf>,
+    /// Key of the ferry servers, hex or base64, as in `ferry --key`. Default: --key-file,
+    /// FERRY_KEY, then the default key file (~/.config/ferry/key)
+    #[arg(long, alias = "server-key", value_name = "KEY")]
+    key: Option<String>,
+    /// File holding the ferry servers' key (mode 0600), as in `ferry --key-file`, e.g.
+    /// ~/ferry.key
+    #[arg(long, alias = "server-key-file", value_name = "FILE")]
+    key_file: Option<PathBuf>,
     #[command(flatten)]
     swarm: SwarmArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct TrackerArgs {
-    /// UDP address to listen on. Default 0.0.0.0:6969, e.g. [::]:6969
-    #[arg(long, env = "FERRY_TRACKER_LISTEN", default_value = "0.0.0.0:6969")]
+    /// UDP address to listen on. Default: 0.0.0.0:6969. E.g. [::]:6969
+    #[arg(
+        long,
+        env = "FERRY_TRACKER_LISTEN",
+        default_value = "0.0.0.0:6969",
+        hide_default_value = true
+    )]
     listen: SocketAddr,
     /// Announce interval told to peers; peers silent for two intervals are dropped.
-    /// Default 60s, e.g. 30s
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// Default: 60s. E.g. 30s
+    #[arg(long, default_value = "60s", hide_default_value = true, value_parser = humantime::parse_duration)]
     interval: Duration,
 }
 
@@ -109,8 +208,12 @@ struct MakeArgs {
     /// File or directory to describe, e.g. ./release-1.2
     path: PathBuf,
     /// Where to write the manifest. Default: PATH's name plus `.ferry` in the current directory.
-    #[arg(short = 'o', long = "output")]
-    output: Option<PathBuf>,
+    /// E.g. -o release.ferry
+    #[arg(short = 'o', long = "out", alias = "output")]
+    out: Option<PathBuf>,
+    /// Replace the manifest if it exists. Default: refuse to overwrite.
+    #[arg(short = 'f', long)]
+    force: bool,
     /// Tracker to list, repeatable, e.g. udp://10.0.0.1:6969
     #[arg(long = "tracker")]
     trackers: Vec<String>,
@@ -126,14 +229,73 @@ struct MakeArgs {
     no_progress: bool,
 }
 
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio like 1.5")),
+    }
+}
+
+/// A duration for people: tenths of a second below 10 s, whole seconds above.
+fn rounded(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs_f64().round() as u64)).to_string()
+    }
+}
+
+/// Ctrl-C and SIGTERM, installed before anything is printed so that a signal sent right after
+/// is handled (the tracker hears `stopped`) rather than killing the process.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Interrupt,
+    Terminate,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.interrupt.recv() => Stop::Interrupt,
+            _ = self.terminate.recv() => Stop::Terminate,
+        }
+    }
+}
+
+impl Stop {
+    /// The exit code of a download stopped before it completed.
+    fn code(self) -> ExitCode {
+        ExitCode::from(match self {
+            Stop::Interrupt => EXIT_INTERRUPTED,
+            Stop::Terminate => EXIT_TERMINATED,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(stderr_is_terminal)
         .init();
     let result = match cli.command {
         Command::Make(args) => make(args),
@@ -167,6 +329,24 @@ fn make(args: MakeArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--piece-size {size} is not a power of two in 16384..=16777216");
         }
     }
+    let output = match &args.out {
+        Some(o) => o.clone(),
+        None => {
+            let name = args
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("content");
+            PathBuf::from(format!("{name}.ferry"))
+        }
+    };
+    // Checked before hashing, which can take minutes; the write below refuses again.
+    if !args.force && std::fs::symlink_metadata(&output).is_ok() {
+        anyhow::bail!(
+            "{} already exists; use --force to replace it",
+            output.display()
+        );
+    }
     let total = ferry_p2p::pieces::scan(&args.path)
         .with_context(|| format!("reading {}", args.path.display()))?
         .1
@@ -186,19 +366,24 @@ fn make(args: MakeArgs) -> anyhow::Result<ExitCode> {
         &|n| bar.inc(n),
     )?;
     bar.finish_and_clear();
-    let output = match args.output {
-        Some(o) => o,
-        None => {
-            let name = args
-                .path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("content");
-            PathBuf::from(format!("{name}.ferry"))
-        }
-    };
-    std::fs::write(&output, manifest.encode())
-        .with_context(|| format!("writing {}", output.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if args.force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let written = options
+        .open(&output)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, &manifest.encode()));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+            "{} already exists; use --force to replace it",
+            output.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("writing {}", output.display())),
+    }
     println!(
         "{} {} files, {} bytes, {} pieces of {} bytes -> {}",
         manifest.content_id(),
@@ -220,6 +405,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 const EXIT_CONNECTION: u8 = 3;
 const EXIT_INTEGRITY: u8 = 4;
 const EXIT_INTERRUPTED: u8 = 130;
+const EXIT_TERMINATED: u8 = 143;
+
+/// How long a download may have no peer before it says why.
+const NO_PEER_GRACE: Duration = Duration::from_secs(5);
+/// How often it says so again while it still has none.
+const NO_PEER_REPEAT: Duration = Duration::from_secs(30);
 
 fn load(path: &std::path::Path) -> anyhow::Result<Arc<Manifest>> {
     let manifest =
@@ -271,6 +462,7 @@ fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) ->
 }
 
 async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
     let manifest = load(&args.manifest)?;
     let root = data_root(&args.data, &manifest);
     let storage = Storage::open_existing(&root, &manifest)
@@ -305,33 +497,36 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
         manifest.content_id(),
         handle.listen_addr
     );
-    tokio::signal::ctrl_c().await?;
+    // Seeding until stopped is the whole point of `seed`: stopping it is a success.
+    signals.recv().await;
     handle.shutdown().await?;
-    Ok(ExitCode::from(EXIT_INTERRUPTED))
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
+    let started = std::time::Instant::now();
     let manifest = load(&args.manifest)?;
-    let storage = Storage::create(&args.out, &manifest)
-        .with_context(|| format!("preparing {}", args.out.display()))?;
+    let storage = Arc::new(
+        Storage::create_partial(&args.out, &manifest)
+            .with_context(|| format!("preparing {}", args.out.display()))?,
+    );
     // Whatever is already on disk and matches is kept: this is how `get` resumes.
     let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
     let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
     let mut config = node_config(&args.swarm, trackers, !args.no_seed);
     let urls: Vec<&String> = manifest.servers().iter().chain(&args.servers).collect();
     if !urls.is_empty() && !have.is_full() {
-        let key = match ferry_client::key::KeySources::from_env(
-            args.server_key.clone(),
-            args.server_key_file.clone(),
-        )
-        .resolve()
-        {
-            Ok(key) => key,
-            Err(e) => {
-                eprintln!("ferry-peer: servers listed but {e}");
-                return Ok(ExitCode::from(EXIT_CONNECTION));
-            }
-        };
+        let key =
+            match ferry_client::key::KeySources::from_env(args.key.clone(), args.key_file.clone())
+                .resolve()
+            {
+                Ok(key) => key,
+                Err(e) => {
+                    eprintln!("ferry-peer: servers listed but {e}");
+                    return Ok(ExitCode::from(EXIT_CONNECTION));
+                }
+            };
         for url in urls {
             match url.parse::<ferry_client::FerryUrl>() {
                 Ok(url) => config.servers.push(ferry_p2p::source::ServerSource {
@@ -346,7 +541,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("ferry-peer: no tracker, --peer or --server: nowhere to find the data");
         return Ok(ExitCode::from(EXIT_CONNECTION));
     }
-    let handle = match node::start(manifest.clone(), Arc::new(storage), have, config).await {
+    let handle = match node::start(manifest.clone(), storage.clone(), have, config).await {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("ferry-peer: {e}");
@@ -361,15 +556,18 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let mut last = *handle.stats.borrow();
     let mut stats = handle.stats.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let interrupted = loop {
+    // Since when no peer is connected, and when that was last explained.
+    let mut alone_since = Some(std::time::Instant::now());
+    let mut explained: Option<std::time::Instant> = None;
+    let stopped = loop {
         // Completion is noticed as soon as it happens; the display refreshes once a second.
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => break true,
+            stop = signals.recv() => break Some(stop),
             changed = stats.changed() => {
                 let s = *stats.borrow_and_update();
                 if s.have == s.pieces || changed.is_err() {
-                    break false;
+                    break None;
                 }
                 continue;
             }
@@ -385,13 +583,33 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         ));
         last = s;
         if s.have == s.pieces {
-            break false;
+            break None;
+        }
+        if s.peers > 0 {
+            alone_since = None;
+            explained = None;
+            continue;
+        }
+        let since = *alone_since.get_or_insert_with(std::time::Instant::now);
+        let due = match explained {
+            None => since.elapsed() >= NO_PEER_GRACE,
+            Some(at) => at.elapsed() >= NO_PEER_REPEAT,
+        };
+        if due {
+            let line = format!(
+                "ferry-peer: {}no peer after {}: {}",
+                if explained.is_some() { "still " } else { "" },
+                rounded(since.elapsed()),
+                handle.sources.describe()
+            );
+            bar.suspend(|| eprintln!("{line}"));
+            explained = Some(std::time::Instant::now());
         }
     };
     bar.finish_and_clear();
-    if interrupted {
+    if let Some(stop) = stopped {
         handle.shutdown().await?;
-        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        return Ok(stop.code());
     }
     let s = *handle.stats.borrow();
     if s.have != s.pieces {
@@ -399,22 +617,56 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         handle.wait().await?;
         anyhow::bail!("stopped with {} of {} pieces", s.have, s.pieces);
     }
+    // Every piece is verified and written: the .part files take their final names.
+    let finishing = storage.clone();
+    tokio::task::spawn_blocking(move || finishing.finish())
+        .await
+        .context("finishing the download")?
+        .context("renaming the finished files")?;
     println!(
-        "complete {} -> {}",
+        "complete {} -> {} in {}",
         manifest.content_id(),
-        args.out.display()
+        args.out.display(),
+        rounded(started.elapsed())
     );
     if args.no_seed {
         handle.wait().await?;
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!("seeding on {} until Ctrl-C", handle.listen_addr);
-    tokio::signal::ctrl_c().await?;
+    let mut limits = Vec::new();
+    if let Some(t) = args.seed_time {
+        limits.push(format!("for {}", humantime::format_duration(t)));
+    }
+    if let Some(r) = args.seed_ratio {
+        limits.push(format!("until {r} times the content is uploaded"));
+    }
+    limits.push("until Ctrl-C".into());
+    eprintln!("seeding on {} {}", handle.listen_addr, limits.join(" or "));
+    let total = manifest.total_size().max(1) as f64;
+    let ratio_reached = |s: &ferry_p2p::swarm::Stats| {
+        args.seed_ratio
+            .is_some_and(|r| s.uploaded as f64 / total >= r)
+    };
+    let deadline = args.seed_time.map(|t| tokio::time::Instant::now() + t);
+    let mut stats = handle.stats.clone();
+    loop {
+        if ratio_reached(&stats.borrow_and_update()) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = signals.recv() => break,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
+            changed = stats.changed() => if changed.is_err() { break },
+        }
+    }
+    // The user asked to seed and then stopped it (or a limit did): that is not an error.
     handle.shutdown().await?;
-    Ok(ExitCode::from(EXIT_INTERRUPTED))
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let config = TrackerConfig {
         interval: args.interval,
@@ -425,10 +677,10 @@ async fn tracker(args: TrackerArgs) -> anyhow::Result<ExitCode> {
     }));
     tokio::select! {
         biased;
-        _ = tokio::signal::ctrl_c() => {
+        _ = signals.recv() => {
             cancel.cancel();
             (&mut task).await??;
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
+            Ok(ExitCode::SUCCESS)
         }
         served = &mut task => match served? {
             Ok(()) => Ok(ExitCode::SUCCESS),

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::manifest::{Manifest, PieceIndex};
 use crate::pieces::{sha256, Bitfield, Storage, StorageError};
 use crate::source::{ServerSource, SourceClient};
+use crate::status::Sources;
 use crate::swarm::{Action, ConnId, Stats, Swarm, SwarmConfig};
 use crate::tracker::client::{announce_loop, AnnounceInfo};
 use crate::wire::{self, PeerId, PeerMessage};
@@ -90,6 +91,8 @@ pub struct NodeHandle {
     pub peer_id: PeerId,
     /// Latest counters, updated as the swarm works.
     pub stats: watch::Receiver<Stats>,
+    /// What the node tried to find peers and what failed.
+    pub sources: Arc<Sources>,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -150,7 +153,8 @@ enum Event {
         cmds: mpsc::UnboundedSender<PeerCmd>,
         cancel: CancellationToken,
     },
-    DialFailed(SocketAddr),
+    /// Dialling (or handshaking with) an address failed, and why.
+    DialFailed(SocketAddr, String),
     Message(ConnId, PeerMessage),
     Uploaded(ConnId, u64),
     Disconnected(ConnId),
@@ -212,6 +216,11 @@ pub async fn start(
         now,
     );
     let (stats_tx, stats) = watch::channel(swarm.stats());
+    let sources = Arc::new(Sources::new(&config.trackers));
+    sources.heard_of(config.peers.iter().copied());
+    for server in &config.servers {
+        sources.server(&server.url.to_string(), None);
+    }
     let cancel = CancellationToken::new();
     let (events_tx, events_rx) = mpsc::channel(1024);
     let actor = Actor {
@@ -232,12 +241,14 @@ pub async fn start(
         listener,
         completed: None,
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        sources: sources.clone(),
     };
     let task = tokio::spawn(actor.run());
     Ok(NodeHandle {
         listen_addr,
         peer_id,
         stats,
+        sources,
         cancel,
         task,
     })
@@ -273,6 +284,7 @@ struct Actor {
     completed: Option<tokio::sync::watch::Sender<bool>>,
     /// Permits for inbound connections that have not finished their handshake.
     handshaking: Arc<Semaphore>,
+    sources: Arc<Sources>,
 }
 
 impl Actor {
@@ -291,8 +303,9 @@ impl Actor {
             let events = self.events_tx.clone();
             let cancel = self.cancel.child_token();
             let complete = complete_rx.clone();
+            let health = self.sources.tracker(tracker);
             tokio::spawn(async move {
-                announce_loop(tracker, info, stats, complete, cancel, |peers| {
+                announce_loop(tracker, info, stats, complete, cancel, health, |peers| {
                     let _ = events.try_send(Event::Discovered(peers));
                 })
                 .await
@@ -308,6 +321,7 @@ impl Actor {
                     self.ctx.manifest.clone(),
                     self.events_tx.clone(),
                     self.cancel.child_token(),
+                    self.sources.clone(),
                 ));
             }
         }
@@ -402,6 +416,7 @@ impl Actor {
                         if let Some(addr) = listen_addr {
                             self.known.insert(addr);
                             self.retry.remove(&addr);
+                            self.sources.connected(addr);
                         }
                         self.peers.insert(
                             conn,
@@ -423,8 +438,9 @@ impl Actor {
                     }
                 }
             }
-            Event::DialFailed(addr) => {
+            Event::DialFailed(addr, reason) => {
                 self.dialing.remove(&addr);
+                self.sources.dial_failed(addr, reason);
                 let entry = self.retry.entry(addr).or_insert((0, Instant::now()));
                 entry.0 += 1;
                 // 1 s, 2 s, 4 s ... up to a minute between attempts.
@@ -460,6 +476,7 @@ impl Actor {
                 for addr in addrs {
                     if addr != self.listen_addr && !self.self_addrs.contains(&addr) {
                         self.known.insert(addr);
+                        self.sources.heard_of([addr]);
                     }
                 }
             }
@@ -530,6 +547,7 @@ impl Actor {
                     for addr in addrs {
                         if addr != self.listen_addr && !self.self_addrs.contains(&addr) {
                             self.known.insert(addr);
+                            self.sources.heard_of([addr]);
                         }
                     }
                 }
@@ -582,14 +600,14 @@ impl Actor {
             let cancel = self.cancel.child_token();
             tokio::spawn(async move {
                 let dial = tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr));
-                match dial.await {
+                let reason = match dial.await {
                     Ok(Ok(stream)) => {
-                        run_peer(stream, Some(addr), conn, ctx, events, cancel, None).await
+                        return run_peer(stream, Some(addr), conn, ctx, events, cancel, None).await
                     }
-                    _ => {
-                        let _ = events.send(Event::DialFailed(addr)).await;
-                    }
-                }
+                    Ok(Err(e)) => crate::tracker::client::io_phrase(&e),
+                    Err(_) => format!("no answer in {}s", ctx.handshake_timeout.as_secs()),
+                };
+                let _ = events.send(Event::DialFailed(addr, reason)).await;
             });
         }
     }
@@ -635,14 +653,16 @@ async fn run_peer(
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
             if let Some(addr) = dialed {
-                let _ = events.send(Event::DialFailed(addr)).await;
+                let reason = format!("handshake failed: {e}");
+                let _ = events.send(Event::DialFailed(addr, reason)).await;
             }
             return;
         }
         Err(_) => {
             tracing::debug!("peer handshake timed out");
             if let Some(addr) = dialed {
-                let _ = events.send(Event::DialFailed(addr)).await;
+                let reason = format!("no handshake in {}s", ctx.handshake_timeout.as_secs());
+                let _ = events.send(Event::DialFailed(addr, reason)).await;
             }
             return;
         }
@@ -923,6 +943,7 @@ async fn run_server_source(
     manifest: Arc<Manifest>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
+    sources: Arc<Sources>,
 ) {
     let client = tokio::select! {
         biased;
@@ -931,6 +952,7 @@ async fn run_server_source(
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot use server source");
+                sources.server(&source.url.to_string(), Some(e.to_string()));
                 return;
             }
         },

@@ -145,6 +145,17 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     }
 }
 
+/// Appended to a file's name while it is being downloaded, as `ferry get` does: a half file
+/// never carries the final name.
+pub const PART_SUFFIX: &str = ".part";
+
+/// `path` with [`PART_SUFFIX`] appended to its file name.
+pub fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(PART_SUFFIX);
+    PathBuf::from(name)
+}
+
 /// The files of one manifest under one root directory.
 #[derive(Debug)]
 pub struct Storage {
@@ -153,6 +164,8 @@ pub struct Storage {
     /// Files this storage created empty: they hold only zeros, so hashing them is skipped.
     fresh: Vec<AtomicBool>,
     writable: bool,
+    /// For each file written under its `.part` name, the final name [`Storage::finish`] gives it.
+    pending: std::sync::Mutex<Vec<Option<PathBuf>>>,
 }
 
 impl Storage {
@@ -179,6 +192,7 @@ impl Storage {
         Ok(Self {
             root: root.to_path_buf(),
             fresh: files.iter().map(|_| AtomicBool::new(false)).collect(),
+            pending: std::sync::Mutex::new(vec![None; files.len()]),
             files,
             writable: false,
         })
@@ -188,11 +202,43 @@ impl Storage {
     /// directories and files named by the manifest are created; an existing symlink anywhere on
     /// the way is refused, so nothing is written outside `root`.
     pub fn create(root: &Path, manifest: &Manifest) -> Result<Self, StorageError> {
+        Self::create_with(root, manifest, false)
+    }
+
+    /// Like [`Storage::create`], but a file not yet on disk under its final name is written as
+    /// `NAME.part` (resuming one that exists) and renamed by [`Storage::finish`]. A file already
+    /// present under its final name (a finished earlier download) is checked and used in place.
+    pub fn create_partial(root: &Path, manifest: &Manifest) -> Result<Self, StorageError> {
+        Self::create_with(root, manifest, true)
+    }
+
+    fn create_with(root: &Path, manifest: &Manifest, partial: bool) -> Result<Self, StorageError> {
         std::fs::create_dir_all(root).map_err(io_err(root))?;
         let mut files = Vec::with_capacity(manifest.files().len());
         let mut fresh = Vec::with_capacity(manifest.files().len());
+        let mut pending = Vec::with_capacity(manifest.files().len());
+        // A manifest naming both X and X.part keeps X under its own name, or the two would
+        // share one file.
+        let names: std::collections::HashSet<&str> =
+            manifest.files().iter().map(|f| f.path.as_str()).collect();
         for entry in manifest.files() {
-            let path = jailed_create(root, &entry.path)?;
+            let final_path = jailed_create(root, &entry.path)?;
+            let clash = names.contains(format!("{}{PART_SUFFIX}", entry.path.as_str()).as_str());
+            let path = if partial && !clash {
+                let part = part_path(&final_path);
+                let done = std::fs::symlink_metadata(&final_path).is_ok()
+                    && std::fs::symlink_metadata(&part).is_err();
+                if done {
+                    pending.push(None);
+                    final_path
+                } else {
+                    pending.push(Some(final_path));
+                    part
+                }
+            } else {
+                pending.push(None);
+                final_path
+            };
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -218,7 +264,22 @@ impl Storage {
             files,
             fresh,
             writable: true,
+            pending: std::sync::Mutex::new(pending),
         })
+    }
+
+    /// Flushes the data, then gives every `.part` file its final name. Call it once every
+    /// piece is verified; later calls do nothing.
+    pub fn finish(&self) -> Result<(), StorageError> {
+        self.sync()?;
+        // Renames only move names: the open handles keep serving uploads.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(final_path) = slot.take() {
+                std::fs::rename(&self.files[i].0, &final_path).map_err(io_err(&final_path))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -562,6 +623,42 @@ mod tests {
         let last = m.piece(m.piece_count() - 1).unwrap();
         let tail = seed.read(&m, last, 0, m.piece_len(last)).unwrap();
         assert!(tail.ends_with(b"hello"));
+    }
+
+    #[test]
+    fn partial_files_carry_part_names_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tree");
+        std::fs::create_dir_all(&src).unwrap();
+        let a: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(src.join("a.bin"), &a).unwrap();
+        std::fs::write(src.join("empty"), b"").unwrap();
+        let m = make_manifest(&src, Some(16_384), vec![], vec![], &|_| {}).unwrap();
+        let seed = Storage::open_existing(dir.path(), &m).unwrap();
+        let out = dir.path().join("out");
+        let copy = Storage::create_partial(&out, &m).unwrap();
+        assert!(out.join("tree/a.bin.part").exists());
+        assert!(!out.join("tree/a.bin").exists());
+        let first = m.piece(0).unwrap();
+        copy.write_piece(&m, first, &seed.read_piece(&m, first).unwrap())
+            .unwrap();
+        drop(copy);
+        // Resuming keeps what the .part file holds.
+        let copy = Storage::create_partial(&out, &m).unwrap();
+        assert_eq!(copy.verify(&m, &|| {}).count(), 1);
+        for piece in m.pieces() {
+            copy.write_piece(&m, piece, &seed.read_piece(&m, piece).unwrap())
+                .unwrap();
+        }
+        copy.finish().unwrap();
+        assert_eq!(std::fs::read(out.join("tree/a.bin")).unwrap(), a);
+        assert!(out.join("tree/empty").exists());
+        assert!(!out.join("tree/a.bin.part").exists());
+        // Reading after the rename still works, and a rerun uses the final names in place.
+        assert!(copy.verify(&m, &|| {}).is_full());
+        let again = Storage::create_partial(&out, &m).unwrap();
+        assert!(again.verify(&m, &|| {}).is_full());
+        assert!(!out.join("tree/a.bin.part").exists());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     frame, parse, Announce, AnnounceEvent, AnnounceReply, ConnectionId, ANNOUNCE, CONNECT,
-    CONNECT_MAGIC, MAX_DATAGRAM,
+    CONNECTION_ID_LIFETIME, CONNECT_MAGIC, MAX_DATAGRAM,
 };
 use crate::manifest::ContentId;
 use crate::swarm::Stats;
@@ -47,6 +47,72 @@ pub enum TrackerError {
     Io(#[from] std::io::Error),
 }
 
+/// What the exchanges with one tracker have met so far, for telling a user why no peer turns
+/// up (see [`crate::status`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerReport {
+    /// Requests sent since the last answer.
+    pub unanswered: u32,
+    /// Answers received in all.
+    pub answers: u32,
+    /// Peers listed by the latest announce answer.
+    pub listed: usize,
+    /// The latest failure other than silence (refused, i/o, an error reply); an answer clears
+    /// it.
+    pub error: Option<String>,
+}
+
+/// A [`TrackerReport`] shared between a tracker's announce loop and whoever reports on it.
+#[derive(Debug, Default)]
+pub struct TrackerHealth(std::sync::Mutex<TrackerReport>);
+
+impl TrackerHealth {
+    pub fn report(&self) -> TrackerReport {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerReport> {
+        // A panic elsewhere cannot leave a report half-written: every update is one assignment.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sent(&self) {
+        self.lock().unanswered += 1;
+    }
+
+    fn answered(&self) {
+        let mut r = self.lock();
+        r.unanswered = 0;
+        r.answers += 1;
+        r.error = None;
+    }
+
+    fn failed(&self, error: String) {
+        self.lock().error = Some(error);
+    }
+
+    fn listed(&self, peers: usize) {
+        self.lock().listed = peers;
+    }
+}
+
+/// `io::Error` as one lowercase phrase without the "(os error N)" tail.
+pub(crate) fn io_phrase(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        return "connection refused".into();
+    }
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
 /// A client for one tracker address, holding its connection id while it is fresh.
 #[derive(Debug)]
 pub struct TrackerClient {
@@ -54,40 +120,73 @@ pub struct TrackerClient {
     tracker: SocketAddr,
     backoff: Backoff,
     connection: Option<(ConnectionId, Instant)>,
+    health: std::sync::Arc<TrackerHealth>,
+    /// When the tracker last confirmed an announce: it has held us since.
+    announced_at: Option<Instant>,
+    /// A connection id showed the tracker started after `announced_at`: it forgot us.
+    forgotten: bool,
 }
 
 impl TrackerClient {
     pub async fn new(tracker: SocketAddr, backoff: Backoff) -> std::io::Result<Self> {
+        Self::with_health(tracker, backoff, Default::default()).await
+    }
+
+    /// Like [`TrackerClient::new`], recording what happens in `health`.
+    pub async fn with_health(
+        tracker: SocketAddr,
+        backoff: Backoff,
+        health: std::sync::Arc<TrackerHealth>,
+    ) -> std::io::Result<Self> {
         let bind: SocketAddr = if tracker.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
+        let socket = UdpSocket::bind(bind).await?;
+        // Connected, so an ICMP "port unreachable" surfaces as an error instead of silence.
+        socket.connect(tracker).await?;
         Ok(Self {
-            socket: UdpSocket::bind(bind).await?,
+            socket,
             tracker,
             backoff,
             connection: None,
+            health,
+            announced_at: None,
+            forgotten: false,
         })
     }
 
-    /// Sends `body` and waits for the matching reply, retransmitting with backoff.
+    /// Sends `body` and waits for the matching reply, retransmitting on `schedule`. Returns the
+    /// reply and when the request was first sent.
     async fn exchange(
         &self,
         service: ferry_protocol::Service,
         body: &[u8],
-    ) -> Result<(FrameType, bytes::Bytes), TrackerError> {
+        schedule: Backoff,
+    ) -> Result<(FrameType, bytes::Bytes, Instant), TrackerError> {
         let tx: u32 = rand::random();
         let request = frame(FrameType::REQUEST, service, tx, body);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        for attempt in 0..self.backoff.attempts {
-            self.socket.send_to(&request, self.tracker).await?;
-            let deadline = Instant::now() + self.backoff.base * (1u32 << attempt.min(16));
+        let first_sent = Instant::now();
+        for attempt in 0..schedule.attempts {
+            self.health.sent();
+            if let Err(e) = self.socket.send(&request).await {
+                self.health.failed(io_phrase(&e));
+                return Err(e.into());
+            }
+            let deadline = Instant::now() + schedule.base * (1u32 << attempt.min(16));
             loop {
                 let received =
                     tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buf)).await;
                 let Ok(received) = received else { break };
-                let (len, from) = received?;
+                let (len, from) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.health.failed(io_phrase(&e));
+                        return Err(e.into());
+                    }
+                };
                 if from != self.tracker {
                     tracing::debug!(%from, "ignoring datagram from a stranger");
                     continue;
@@ -99,7 +198,8 @@ impl TrackerClient {
                 if header.id.0 != tx || header.service != service {
                     continue;
                 }
-                return Ok((header.kind, body));
+                self.health.answered();
+                return Ok((header.kind, body, first_sent));
             }
             tracing::debug!(tracker = %self.tracker, attempt, "no answer, retransmitting");
         }
@@ -113,17 +213,49 @@ impl TrackerClient {
                 return Ok(id);
             }
         }
+        self.connect(self.backoff).await
+    }
+
+    /// Fetches a fresh connection id and notes whether the tracker restarted since it last
+    /// confirmed our announce (spec/P2P.md §5.2: `expiry_ms` counts from the tracker's start).
+    async fn connect(&mut self, schedule: Backoff) -> Result<ConnectionId, TrackerError> {
         loop {
-            let (kind, body) = self.exchange(CONNECT, &CONNECT_MAGIC).await?;
+            let (kind, body, sent) = self.exchange(CONNECT, &CONNECT_MAGIC, schedule).await?;
             if kind != FrameType::RESPONSE {
                 continue;
             }
             let Ok(id) = <ConnectionId>::try_from(body.as_ref()) else {
                 continue;
             };
+            let mut expiry = [0u8; 8];
+            expiry.copy_from_slice(&id[..8]);
+            let uptime = Duration::from_millis(
+                u64::from_be_bytes(expiry)
+                    .saturating_sub(CONNECTION_ID_LIFETIME.as_millis() as u64),
+            );
+            // The id was issued after `sent`, so the tracker started no earlier than
+            // `sent - uptime`; if that is after it confirmed our announce, it has lost us.
+            if let (Some(started), Some(announced)) = (sent.checked_sub(uptime), self.announced_at)
+            {
+                if started > announced {
+                    self.forgotten = true;
+                }
+            }
             self.connection = Some((id, Instant::now()));
             return Ok(id);
         }
+    }
+
+    /// One CONNECT with a single attempt of `wait`: a cheap check (28 bytes each way) that
+    /// refreshes the connection id and returns whether the tracker has forgotten our announce
+    /// (it restarted). Errors mean the tracker did not answer.
+    pub async fn probe(&mut self, wait: Duration) -> Result<bool, TrackerError> {
+        self.connect(Backoff {
+            base: wait,
+            attempts: 1,
+        })
+        .await?;
+        Ok(self.forgotten)
     }
 
     /// Announces and returns the tracker's reply.
@@ -153,15 +285,34 @@ impl TrackerClient {
         };
         let mut body = Vec::with_capacity(Announce::LEN);
         announce.encode(&mut body);
-        let (kind, reply) = self.exchange(ANNOUNCE, &body).await?;
+        let result = self.exchange(ANNOUNCE, &body, self.backoff).await;
+        let (kind, reply) = match result {
+            Ok((kind, reply, _)) => (kind, reply),
+            Err(e) => {
+                // A tracker that restarted drops announces with our old id without a word; the
+                // next attempt starts with a fresh one.
+                self.connection = None;
+                return Err(e);
+            }
+        };
         match kind {
             FrameType::RESPONSE => {
-                AnnounceReply::decode(&reply).ok_or(TrackerError::NoAnswer(self.tracker))
+                let reply =
+                    AnnounceReply::decode(&reply).ok_or(TrackerError::NoAnswer(self.tracker))?;
+                self.health.listed(reply.peers.len());
+                if port != 0 && event != AnnounceEvent::Stopped {
+                    self.announced_at = Some(Instant::now());
+                    self.forgotten = false;
+                }
+                Ok(reply)
             }
             FrameType::ERROR => {
                 self.connection = None;
                 match ErrorBody::decode(reply) {
-                    Ok(body) => Err(TrackerError::Refused(body)),
+                    Ok(body) => {
+                        self.health.failed(format!("refused the announce: {body}"));
+                        Err(TrackerError::Refused(body))
+                    }
                     Err(_) => Err(TrackerError::NoAnswer(self.tracker)),
                 }
             }
@@ -179,22 +330,40 @@ pub struct AnnounceInfo {
     pub total: u64,
 }
 
+/// How often a client checks between announces that its tracker still holds it: a thirtieth of
+/// the interval (2 s for the default 60 s), 1 s to 60 s (spec/P2P.md §5.5).
+pub fn probe_period(interval: Duration) -> Duration {
+    (interval / 30).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Announces `started`, then periodically at the tracker's interval, `completed` when the
 /// download finishes and `stopped` (one attempt) on cancellation. Peers go to `on_peers`.
+///
+/// Between announces it probes the tracker (one CONNECT every [`probe_period`]); a tracker that
+/// restarted, or answers again after a silence, is announced to at once, so a tracker that
+/// forgot its peers learns them again within seconds rather than at the next interval. A
+/// download that has no peer and heard of none asks again after 1 s, 2 s, 4 s, … up to the
+/// interval, so it meets peers that re-announce to a fresh tracker.
 pub async fn announce_loop(
     tracker: SocketAddr,
     info: AnnounceInfo,
     stats: watch::Receiver<Stats>,
     mut complete: watch::Receiver<bool>,
     cancel: CancellationToken,
+    health: std::sync::Arc<TrackerHealth>,
     on_peers: impl Fn(Vec<SocketAddr>),
 ) {
-    let Ok(mut client) = TrackerClient::new(tracker, Backoff::default()).await else {
-        tracing::warn!(%tracker, "cannot open a udp socket for the tracker");
-        return;
+    let mut client = match TrackerClient::with_health(tracker, Backoff::default(), health).await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(%tracker, error = %io_phrase(&e), "cannot open a udp socket for the tracker");
+            return;
+        }
     };
     let mut event = AnnounceEvent::Started;
     let mut told_complete = *complete.borrow();
+    let mut interval = Duration::from_secs(60);
+    let mut quick = Duration::from_secs(1);
     loop {
         let s = *stats.borrow();
         let left = if s.pieces == 0 || s.have == s.pieces {
@@ -208,20 +377,35 @@ pub async fn announce_loop(
             _ = cancel.cancelled() => break,
             r = client.announce(info.content_id, info.peer_id, info.port, s.uploaded, s.downloaded, left, event, 50) => r,
         };
+        let mut down = false;
         let wait = match result {
             Ok(reply) => {
                 event = AnnounceEvent::None;
-                on_peers(reply.peers);
-                reply
+                interval = reply
                     .interval
-                    .clamp(Duration::from_secs(1), Duration::from_secs(3600))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+                let empty = reply.peers.is_empty();
+                on_peers(reply.peers);
+                let s = *stats.borrow();
+                if empty && s.have < s.pieces && s.peers == 0 {
+                    let wait = quick.min(interval);
+                    quick = (quick * 2).min(interval);
+                    wait
+                } else {
+                    quick = Duration::from_secs(1);
+                    interval
+                }
             }
             Err(e) => {
                 tracing::debug!(%tracker, error = %e, "announce failed");
+                down = true;
                 Duration::from_secs(30)
             }
         };
         let until = Instant::now() + wait;
+        let period = probe_period(interval);
+        let mut probe = tokio::time::interval_at(Instant::now() + period, period);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -247,6 +431,24 @@ pub async fn announce_loop(
                             _ = cancel.cancelled() => return,
                             _ = tokio::time::sleep_until(until) => break,
                         }
+                    }
+                }
+                _ = probe.tick() => {
+                    let probed = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => continue,
+                        p = client.probe(period.min(Duration::from_secs(1))) => p,
+                    };
+                    match probed {
+                        Ok(forgotten) if forgotten || down => {
+                            tracing::debug!(%tracker, forgotten, "tracker is back or restarted; announcing again");
+                            if event == AnnounceEvent::None {
+                                event = AnnounceEvent::Started;
+                            }
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => down = true,
                     }
                 }
             }
