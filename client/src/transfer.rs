@@ -255,7 +255,9 @@ where
     let mut delay = Duration::from_millis(20);
     for _ in 0..20 {
         match request().await {
-            Err(e) if e.remote_code() == Some(ErrorCode::BUSY) => {
+            // Only a request refused as BUSY is retried; a connection the server closed
+            // (even with BUSY) stays closed.
+            Err(ClientError::Remote(body)) if body.code == ErrorCode::BUSY => {
                 debug!(?delay, "server busy; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
