@@ -649,15 +649,40 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let deadline = args.seed_time.map(|t| tokio::time::Instant::now() + t);
     let mut stats = handle.stats.clone();
-    loop {
+    let limited = loop {
         if ratio_reached(&stats.borrow_and_update()) {
-            break;
+            break true;
         }
         tokio::select! {
             biased;
-            _ = signals.recv() => break,
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
-            changed = stats.changed() => if changed.is_err() { break },
+            _ = signals.recv() => break false,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break true,
+            changed = stats.changed() => if changed.is_err() { break false },
+        }
+    };
+    if limited {
+        // Blocks already handed to the sockets should reach their peers before the connections
+        // are cut: stop once uploads have been quiet for a second (at most 10 s, or a signal).
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut uploaded = stats.borrow_and_update().uploaded;
+        let mut quiet_at = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                biased;
+                _ = signals.recv() => break,
+                _ = tokio::time::sleep_until(quiet_at.min(give_up)) => break,
+                changed = stats.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Counters are republished often; only new uploads restart the wait.
+                    let now_uploaded = stats.borrow_and_update().uploaded;
+                    if now_uploaded != uploaded {
+                        uploaded = now_uploaded;
+                        quiet_at = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
+                }
+            }
         }
     }
     // The user asked to seed and then stopped it (or a limit did): that is not an error.
