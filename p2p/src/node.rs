@@ -140,6 +140,8 @@ enum PeerCmd {
         length: u32,
     },
     Close(Option<ErrorBody>),
+    /// Answer a base-protocol `PING` on the echo service (PROTOCOL.md §3.8).
+    Pong(ferry_protocol::RequestId, bytes::Bytes),
 }
 
 /// Events into the swarm actor.
@@ -241,6 +243,7 @@ pub async fn start(
         listener,
         completed: None,
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+        closing: HashSet::new(),
         sources: sources.clone(),
     };
     let task = tokio::spawn(actor.run());
@@ -284,6 +287,8 @@ struct Actor {
     completed: Option<tokio::sync::watch::Sender<bool>>,
     /// Permits for inbound connections that have not finished their handshake.
     handshaking: Arc<Semaphore>,
+    /// Connections told to close whose task has not ended yet.
+    closing: HashSet<ConnId>,
     sources: Arc<Sources>,
 }
 
@@ -337,6 +342,8 @@ impl Actor {
                     let _ = tx.send(true);
                 }
                 if !self.config.seed_after_complete {
+                    // Peers get what is queued for them (the HAVE for the last piece) first.
+                    self.close_peers_gracefully().await;
                     break Ok(());
                 }
             }
@@ -451,6 +458,7 @@ impl Actor {
             Event::Message(conn, msg) => self.swarm.handle_message(conn, msg, now),
             Event::Uploaded(conn, bytes) => self.swarm.handle_uploaded(conn, bytes, now),
             Event::Disconnected(conn) => {
+                self.closing.remove(&conn);
                 if let Some(link) = self.peers.remove(&conn) {
                     link.cancel.cancel();
                     if let Some(addr) = link.addr {
@@ -536,6 +544,8 @@ impl Actor {
                     if let Some(link) = self.peers.remove(&conn) {
                         if link.cmds.send(PeerCmd::Close(error)).is_err() {
                             link.cancel.cancel();
+                        } else {
+                            self.closing.insert(conn);
                         }
                         if let Some(addr) = link.addr {
                             self.retry
@@ -557,6 +567,29 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    /// Closes every connection as spec/P2P.md §3.10 says (what is queued first, then our FIN,
+    /// then a brief drain) and waits, bounded, until each peer task has ended.
+    async fn close_peers_gracefully(&mut self) {
+        let links: Vec<(ConnId, PeerLink)> = self.peers.drain().collect();
+        for (conn, link) in links {
+            if link.cmds.send(PeerCmd::Close(None)).is_ok() {
+                self.closing.insert(conn);
+            } else {
+                link.cancel.cancel();
+            }
+        }
+        let deadline = Instant::now() + CLOSE_WRITE_TIMEOUT + LINGER_TIME + Duration::from_secs(1);
+        while !self.closing.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(Event::Disconnected(conn))) => {
+                    self.closing.remove(&conn);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
 
     fn send_to_peer(&mut self, conn: ConnId, cmd: PeerCmd) {
@@ -672,7 +705,7 @@ async fn run_peer(
             .filter(|_| listen_port != 0)
             .map(|r| SocketAddr::new(r.ip(), listen_port))
     });
-    let (read_half, write_half) = stream.into_split();
+    let (mut read_half, write_half) = stream.into_split();
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     if events
         .send(Event::Connected {
@@ -680,7 +713,7 @@ async fn run_peer(
             peer_id,
             listen_addr,
             dialed,
-            cmds: cmds_tx,
+            cmds: cmds_tx.clone(),
             cancel: cancel.clone(),
         })
         .await
@@ -688,7 +721,9 @@ async fn run_peer(
     {
         return;
     }
-    let writer = tokio::spawn(write_loop(
+    // Fired by the writer once it has sent its last frame and shut down its side.
+    let closing = CancellationToken::new();
+    let mut writer = tokio::spawn(write_loop(
         write_half,
         send,
         cmds_rx,
@@ -696,11 +731,65 @@ async fn run_peer(
         ctx.clone(),
         events.clone(),
         cancel.clone(),
+        closing.clone(),
     ));
-    read_loop(read_half, recv, leftover, conn, &events, &cancel).await;
-    cancel.cancel();
-    let _ = writer.await;
-    let _ = events.send(Event::Disconnected(conn)).await;
+    let end = read_loop(
+        &mut read_half,
+        recv,
+        leftover,
+        conn,
+        &events,
+        &cancel,
+        &closing,
+        &cmds_tx,
+    )
+    .await;
+    match end {
+        ReadEnd::Violation(error) => {
+            // spec/P2P.md §3.10: one ERROR frame, our FIN, a brief drain, then close.
+            let _ = cmds_tx.send(PeerCmd::Close(error));
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await;
+            cancel.cancel();
+            let _ = writer.await;
+            // The swarm learns at once; the drain only protects the ERROR in flight.
+            let _ = events.send(Event::Disconnected(conn)).await;
+            drain(&mut read_half).await;
+        }
+        ReadEnd::Closing => {
+            // The swarm has already forgotten this peer; a node that stops waits for this
+            // Disconnected, so it comes after the drain.
+            cancel.cancel();
+            let _ = writer.await;
+            drain(&mut read_half).await;
+            let _ = events.send(Event::Disconnected(conn)).await;
+        }
+        ReadEnd::Gone => {
+            cancel.cancel();
+            let _ = writer.await;
+            let _ = events.send(Event::Disconnected(conn)).await;
+        }
+    }
+}
+
+/// How long the ERROR frame before a close may take to write.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After sending its last frame and shutting down its side, a closing peer reads and discards
+/// for this long or this many bytes (spec/P2P.md §3.10): closing a socket with unread data
+/// makes the kernel send a reset, which can destroy the ERROR frame still in flight.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards until end of stream, [`LINGER_TIME`] or [`LINGER_BYTES`].
+async fn drain(read: &mut OwnedReadHalf) {
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, read.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -769,50 +858,77 @@ async fn handshake(
     }
 }
 
+/// Why [`read_loop`] returned.
+#[derive(Debug)]
+enum ReadEnd {
+    /// The peer broke the wire rules: close after sending this error (`None`: the peer sent
+    /// a malformed ERROR, which is never answered).
+    Violation(Option<ErrorBody>),
+    /// Our writer sent its last frame (a close asked for by the swarm).
+    Closing,
+    /// End of stream, an I/O error, shutdown, or the swarm actor is gone.
+    Gone,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
-    mut read: OwnedReadHalf,
+    read: &mut OwnedReadHalf,
     mut recv: ferry_protocol::RecvHalf,
     mut buf: BytesMut,
     conn: ConnId,
     events: &mpsc::Sender<Event>,
     cancel: &CancellationToken,
-) {
+    closing: &CancellationToken,
+    cmds: &mpsc::UnboundedSender<PeerCmd>,
+) -> ReadEnd {
     loop {
         loop {
             let frame = match recv.read_frame(&mut buf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    // Over-long frames, bad records and bad magic end the connection.
-                    tracing::debug!(error = %e, "dropping peer: bad frame");
-                    return;
+                    // Over-long frames, bad records and bad magic end the connection
+                    // (PROTOCOL.md §9 rows 1-9).
+                    tracing::debug!(error = %e, code = %e.code(), "dropping peer: bad frame");
+                    return ReadEnd::Violation(Some(wire::frame_error(&e)));
                 }
             };
-            let msg = match PeerMessage::decode(frame.header.kind, frame.header.service, frame.body)
-            {
-                Ok(msg) => msg,
-                Err(e) => {
-                    tracing::debug!(error = %e, code = %e.code(), "dropping peer: bad message");
-                    return;
+            let msg = match wire::inbound(&frame.header, frame.body) {
+                wire::Inbound::Message(msg) => msg,
+                wire::Inbound::Pong(id, payload) => {
+                    let _ = cmds.send(PeerCmd::Pong(id, payload));
+                    continue;
+                }
+                wire::Inbound::Ignore => continue,
+                wire::Inbound::Close(error) => {
+                    tracing::debug!(?error, "dropping peer: bad message");
+                    return ReadEnd::Violation(error);
                 }
             };
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return,
-                sent = events.send(Event::Message(conn, msg)) => if sent.is_err() { return },
+                _ = cancel.cancelled() => return ReadEnd::Gone,
+                _ = closing.cancelled() => return ReadEnd::Closing,
+                sent = events.send(Event::Message(conn, msg)) => {
+                    if sent.is_err() {
+                        return ReadEnd::Gone;
+                    }
+                }
             }
         }
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return ReadEnd::Gone,
+            _ = closing.cancelled() => return ReadEnd::Closing,
             n = read.read_buf(&mut buf) => match n {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return ReadEnd::Gone,
                 Ok(_) => {}
             },
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut write: OwnedWriteHalf,
     mut send: ferry_protocol::SendHalf,
@@ -821,6 +937,7 @@ async fn write_loop(
     ctx: Arc<Ctx>,
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
+    closing: CancellationToken,
 ) {
     let mut uploads: VecDeque<(PieceIndex, u32, u32)> = VecDeque::new();
     let mut out = BytesMut::with_capacity(64 * 1024);
@@ -877,13 +994,26 @@ async fn write_loop(
                 if let Some(body) = error {
                     let msg = PeerMessage::Error(body);
                     if msg.write(&mut send, &mut out).is_ok() {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), write.write_all(&out))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write.write_all(&out)).await;
                     }
                 }
-                let _ = write.shutdown().await;
-                cancel.cancel();
+                // Our FIN follows the ERROR; the reader then drains until the peer's.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write.shutdown()).await;
+                closing.cancel();
                 return;
+            }
+            Some(PeerCmd::Pong(id, payload)) => {
+                let sent = send.write_frame(
+                    ferry_protocol::FrameType::PONG,
+                    ferry_protocol::Service::ECHO,
+                    id,
+                    &payload,
+                    &mut out,
+                );
+                if sent.is_err() {
+                    return;
+                }
             }
             None => {
                 let Some((piece, offset, length)) = uploads.pop_front() else {

@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Buf, BufMut, Bytes};
-use ferry_protocol::{ErrorBody, ErrorCode, FrameType, Key, Service};
+use ferry_protocol::{ErrorBody, ErrorCode, FrameType, Header, Key, RequestId, Service};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
@@ -419,6 +419,91 @@ impl PeerMessage {
     }
 }
 
+/// What one received frame asks of a peer session (spec/P2P.md §3.1, §3.2, §3.10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A peer message for the swarm.
+    Message(PeerMessage),
+    /// A base-protocol `PING` on the echo service: answer `PONG` on `ECHO` with this id and
+    /// payload (PROTOCOL.md §3.8).
+    Pong(RequestId, Bytes),
+    /// A `PONG` on the echo service: nothing to do.
+    Ignore,
+    /// The peer broke the wire rules: send this `ERROR` (if any; a malformed `ERROR` from the
+    /// peer is never answered), then close.
+    Close(Option<ErrorBody>),
+}
+
+/// Classifies a frame that the session decoded: the one place that decides which frames are
+/// answered, ignored, passed on or end the connection, and with which code.
+pub fn inbound(header: &Header, body: Bytes) -> Inbound {
+    if header.service == Service::ECHO {
+        if header.kind == FrameType::PING {
+            return Inbound::Pong(header.id, body);
+        }
+        if header.kind == FrameType::PONG {
+            return Inbound::Ignore;
+        }
+    }
+    match PeerMessage::decode(header.kind, header.service, body) {
+        Ok(msg) => Inbound::Message(msg),
+        Err(WireError::BadErrorBody) => Inbound::Close(None),
+        Err(e) => Inbound::Close(Some(ErrorBody::new(e.code(), e.to_string()))),
+    }
+}
+
+/// The `ERROR` sent before closing on a framing or record failure (an over-long header, bad
+/// magic or version, a record that fails to open): PROTOCOL.md §9 rows 1–9.
+pub fn frame_error(e: &ferry_protocol::Error) -> ErrorBody {
+    ErrorBody::new(e.code(), e.to_string())
+}
+
+/// Fuzz helper for the session's classification: `data` is kind, service, a 4-byte id and the
+/// body. Every outcome must be one the spec lists, with a code from §3.2.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_inbound(data: &[u8]) {
+    if data.len() < 6 {
+        return;
+    }
+    let id = RequestId(u32::from_be_bytes([data[2], data[3], data[4], data[5]]));
+    let body = Bytes::copy_from_slice(&data[6..]);
+    let header = Header::new(FrameType(data[0]), Service(data[1]), id, body.len() as u32);
+    match inbound(&header, body.clone()) {
+        Inbound::Message(msg) => {
+            assert!(header.service == SERVICE || header.kind == kind::ERROR);
+            assert_eq!(msg.kind(), header.kind);
+        }
+        Inbound::Pong(pong_id, payload) => {
+            assert_eq!(
+                (header.kind, header.service),
+                (FrameType::PING, Service::ECHO)
+            );
+            assert_eq!((pong_id, payload), (id, body));
+        }
+        Inbound::Ignore => {
+            assert_eq!(
+                (header.kind, header.service),
+                (FrameType::PONG, Service::ECHO)
+            );
+        }
+        Inbound::Close(None) => assert_eq!(header.kind, kind::ERROR),
+        Inbound::Close(Some(error)) => {
+            assert!(
+                [
+                    ErrorCode::MALFORMED_MESSAGE,
+                    ErrorCode::TOO_LARGE,
+                    ErrorCode::UNKNOWN_REQUEST
+                ]
+                .contains(&error.code),
+                "{error}"
+            );
+            let mut out = Vec::new();
+            error.encode(&mut out);
+            assert_eq!(out.len(), error.encoded_len());
+        }
+    }
+}
+
 /// Fuzz helper: decode a body under every peer type byte; whatever decodes must re-encode to the
 /// same bytes.
 #[cfg(any(fuzzing, test))]
@@ -444,7 +529,7 @@ pub fn fuzz_peer_message(data: &[u8]) {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use ferry_protocol::{RequestId, Session};
+    use ferry_protocol::Session;
     use proptest::prelude::*;
 
     pub fn examples() -> Vec<PeerMessage> {
@@ -565,6 +650,37 @@ mod tests {
             d(FrameType(0x3F), &[]).unwrap_err().code(),
             ErrorCode::UNKNOWN_REQUEST
         );
+    }
+
+    #[test]
+    fn pings_errors_and_other_services_are_classified() {
+        let h = |k: FrameType, s: Service, id: u32| Header::new(k, s, RequestId(id), 0);
+        let hello = Bytes::from_static(b"hello");
+        assert_eq!(
+            inbound(&h(FrameType::PING, Service::ECHO, 7), hello.clone()),
+            Inbound::Pong(RequestId(7), hello)
+        );
+        assert_eq!(
+            inbound(&h(FrameType::PONG, Service::ECHO, 7), Bytes::new()),
+            Inbound::Ignore
+        );
+        assert_eq!(
+            inbound(&h(FrameType::PING, SERVICE, 0), Bytes::new()),
+            Inbound::Message(PeerMessage::KeepAlive)
+        );
+        assert_eq!(
+            inbound(
+                &h(kind::ERROR, Service::HANDSHAKE, 0),
+                Bytes::from_static(&[1])
+            ),
+            Inbound::Close(None)
+        );
+        let Inbound::Close(Some(error)) =
+            inbound(&h(FrameType::REQUEST, Service::LIST, 1), Bytes::new())
+        else {
+            panic!("a list request on a peer session must close it");
+        };
+        assert_eq!(error.code, ErrorCode::UNKNOWN_REQUEST);
     }
 
     /// spec/P2P.md §3.2: the code each violation closes the connection with.
@@ -711,6 +827,19 @@ mod tests {
             let mut input = vec![kind];
             input.extend(data);
             fuzz_peer_message(&input);
+        }
+
+        #[test]
+        fn random_frames_are_classified_per_spec(
+            kind in prop::sample::select(vec![0x14u8, 0x20, 0x21, 0x10, 0x30, 0x32, 0x37, 0x38, 0x3a, 0x3f]),
+            service in prop::sample::select(vec![0x00u8, 0x01, 0x04, 0x50, 0x51]),
+            id in any::<u32>(),
+            body in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let mut input = vec![kind, service];
+            input.extend(id.to_be_bytes());
+            input.extend(body);
+            fuzz_inbound(&input);
         }
 
         #[test]

@@ -419,3 +419,452 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
     assert_identical(&manifest, &data, &out);
     seed.shutdown().await.unwrap();
 }
+
+/// The read side of a hand-driven peer: frames in, and how the stream ended.
+struct RawReader {
+    read: tokio::net::tcp::OwnedReadHalf,
+    recv: ferry_protocol::RecvHalf,
+    buf: bytes::BytesMut,
+}
+
+impl RawReader {
+    /// The next frame; `Ok(None)` at a clean end of stream (FIN), `Err` on a reset.
+    async fn next(&mut self) -> std::io::Result<Option<ferry_protocol::Frame>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = self.recv.read_frame(&mut self.buf).unwrap() {
+                return Ok(Some(frame));
+            }
+            if self.read.read_buf(&mut self.buf).await? == 0 {
+                assert!(self.buf.is_empty(), "stream ended inside a frame");
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Skips the node's ordinary messages up to its ERROR (on the peer service, id 0), checks
+    /// that a clean end of stream follows, and returns the code. Bounded.
+    async fn error_then_eof(&mut self) -> ferry_protocol::ErrorCode {
+        use ferry_p2p::wire;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let code = loop {
+                let frame = match self.next().await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => panic!("closed without an error frame"),
+                    Err(e) => panic!("reset instead of an error frame: {e}"),
+                };
+                if frame.header.kind == ferry_protocol::FrameType::ERROR {
+                    assert_eq!(frame.header.service, wire::SERVICE);
+                    assert_eq!(frame.header.id, ferry_protocol::RequestId(0));
+                    break ferry_protocol::ErrorBody::decode(frame.body).unwrap().code;
+                }
+            };
+            match self.next().await {
+                Ok(None) => {}
+                Ok(Some(frame)) => panic!("frame after the error: {:?}", frame.header),
+                Err(e) => panic!("reset after the error frame: {e}"),
+            }
+            code
+        })
+        .await;
+        ended.expect("no error frame and end of stream within 10 s")
+    }
+}
+
+/// The write side of a hand-driven peer.
+struct RawWriter {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    send: ferry_protocol::SendHalf,
+}
+
+impl RawWriter {
+    async fn frame(
+        &mut self,
+        kind: ferry_protocol::FrameType,
+        service: ferry_protocol::Service,
+        id: u32,
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        self.send
+            .write_frame(kind, service, ferry_protocol::RequestId(id), body, &mut out)
+            .unwrap();
+        self.write.write_all(&out).await
+    }
+
+    async fn msg(&mut self, msg: &ferry_p2p::wire::PeerMessage) -> std::io::Result<()> {
+        self.frame(msg.kind(), ferry_p2p::wire::SERVICE, 0, &msg.to_bytes())
+            .await
+    }
+}
+
+/// Dials a node, completes the session and peer handshakes as peer `id`, and sends `bitfield`.
+async fn raw_peer(
+    addr: SocketAddr,
+    manifest: &Manifest,
+    id: u8,
+    bitfield: Vec<u8>,
+) -> (RawReader, RawWriter) {
+    use ferry_p2p::wire::{self, PeerId, PeerMessage};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut client = ferry_protocol::ClientConfig::new(wire::swarm_key(&manifest.content_id()));
+    client.max_body = wire::MAX_BODY;
+    let (session, buf) = ferry_protocol::tokio::client_handshake(&mut stream, client)
+        .await
+        .unwrap();
+    let (send, recv) = session.into_split();
+    let (read, write) = stream.into_split();
+    let (mut reader, mut writer) = (RawReader { read, recv, buf }, RawWriter { write, send });
+    let hello = PeerMessage::Handshake {
+        content_id: manifest.content_id(),
+        peer_id: PeerId([id; 20]),
+        listen_port: 0,
+    };
+    writer.msg(&hello).await.unwrap();
+    let theirs = reader.next().await.unwrap().unwrap();
+    assert_eq!(theirs.header.kind, wire::kind::HANDSHAKE);
+    writer
+        .msg(&PeerMessage::Bitfield(bitfield.into()))
+        .await
+        .unwrap();
+    (reader, writer)
+}
+
+/// issue 17 item 1: every malformed frame gets one ERROR frame with the code spec/P2P.md §3.2
+/// names, then a clean close (FIN, not a reset), and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_wire_violation_gets_its_error_frame_then_a_clean_close() {
+    use ferry_p2p::wire;
+    use ferry_protocol::{ErrorCode, FrameType, Header, RequestId, Service};
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 200_000);
+    let manifest = manifest_for(&tree, 16 * 1024, vec![]);
+    let data = dir.path().join("src");
+    let seed = seed(&manifest, &data, config(&[], &[], true)).await;
+    let zeros = vec![0u8; manifest.piece_count().div_ceil(8) as usize];
+
+    let mut request = vec![0u8; 8];
+    request.extend(16_385u32.to_be_bytes());
+    let mut pex51 = vec![51u8];
+    pex51.extend([4, 10, 0, 0, 1, 0x1a, 0xe1].repeat(51));
+    let peer = wire::SERVICE;
+    let cases: Vec<(&str, FrameType, Service, Vec<u8>, ErrorCode)> = vec![
+        (
+            "have of 5 bytes",
+            wire::kind::HAVE,
+            peer,
+            vec![0; 5],
+            ErrorCode::MALFORMED_MESSAGE,
+        ),
+        (
+            "unknown type",
+            FrameType(0x3F),
+            peer,
+            vec![],
+            ErrorCode::UNKNOWN_REQUEST,
+        ),
+        (
+            "request of length 0",
+            wire::kind::REQUEST,
+            peer,
+            vec![0; 12],
+            ErrorCode::MALFORMED_MESSAGE,
+        ),
+        (
+            "request of 16385",
+            wire::kind::REQUEST,
+            peer,
+            request,
+            ErrorCode::TOO_LARGE,
+        ),
+        (
+            "pex family 5",
+            wire::kind::PEX,
+            peer,
+            vec![1, 5],
+            ErrorCode::MALFORMED_MESSAGE,
+        ),
+        (
+            "pex of 51",
+            wire::kind::PEX,
+            peer,
+            pex51,
+            ErrorCode::TOO_LARGE,
+        ),
+        (
+            "a list request",
+            FrameType::REQUEST,
+            Service::LIST,
+            vec![],
+            ErrorCode::UNKNOWN_REQUEST,
+        ),
+        (
+            "have out of range",
+            wire::kind::HAVE,
+            peer,
+            9_999u32.to_be_bytes().to_vec(),
+            ErrorCode::INVALID_RANGE,
+        ),
+    ];
+    for (i, (what, kind, service, body, want)) in cases.into_iter().enumerate() {
+        let (mut reader, mut writer) =
+            raw_peer(seed.listen_addr, &manifest, 0x40 + i as u8, zeros.clone()).await;
+        writer.frame(kind, service, 0, &body).await.unwrap();
+        assert_eq!(reader.error_then_eof().await, want, "{what}");
+    }
+
+    // A frame header over the 96 KiB cap, body never sent in full.
+    let (mut reader, mut writer) = raw_peer(seed.listen_addr, &manifest, 0x60, zeros).await;
+    let mut out = bytes::BytesMut::new();
+    Header::new(wire::kind::PIECE, wire::SERVICE, RequestId(0), 200_000).encode(&mut out);
+    out.extend_from_slice(&[0u8; 1024]);
+    writer.write.write_all(&out).await.unwrap();
+    assert_eq!(
+        reader.error_then_eof().await,
+        ErrorCode::TOO_LARGE,
+        "frame over the cap"
+    );
+
+    // The node still serves.
+    let out = dir.path().join("out");
+    let (mut leecher, _) = leech(&manifest, &out, config(&[], &[seed.listen_addr], false)).await;
+    until_complete(&mut leecher, Duration::from_secs(30)).await;
+    leecher.wait().await.unwrap();
+    assert_identical(&manifest, &data, &out);
+    seed.shutdown().await.unwrap();
+}
+
+/// spec/P2P.md §3.1: a PING on the peer service is a keep-alive (no answer); a base-protocol
+/// PING on the echo service gets its PONG (same id and payload) and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_ping_gets_a_pong_and_peer_ping_is_a_keepalive() {
+    use ferry_p2p::wire;
+    use ferry_protocol::{FrameType, RequestId, Service};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 100_000);
+    let manifest = manifest_for(&tree, 16 * 1024, vec![]);
+    let seed = seed(&manifest, &dir.path().join("src"), config(&[], &[], true)).await;
+    let zeros = vec![0u8; manifest.piece_count().div_ceil(8) as usize];
+    let (mut reader, mut writer) = raw_peer(seed.listen_addr, &manifest, 0x70, zeros).await;
+    for id in [7u32, 8] {
+        writer
+            .frame(FrameType::PING, wire::SERVICE, 0, &[])
+            .await
+            .unwrap();
+        writer
+            .frame(FrameType::PING, Service::ECHO, id, b"hello")
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let frame = reader
+                    .next()
+                    .await
+                    .unwrap()
+                    .expect("closed instead of a pong");
+                assert_ne!(frame.header.kind, FrameType::ERROR, "{:?}", frame.header);
+                assert!(
+                    !(frame.header.kind == FrameType::PONG
+                        && frame.header.service == wire::SERVICE),
+                    "a peer-service ping was answered"
+                );
+                if frame.header.kind == FrameType::PONG {
+                    break frame;
+                }
+            }
+        })
+        .await
+        .expect("no pong within 10 s");
+        assert_eq!(pong.header.service, Service::ECHO);
+        assert_eq!(pong.header.id, RequestId(id));
+        assert_eq!(pong.body.as_ref(), b"hello");
+    }
+    seed.shutdown().await.unwrap();
+}
+
+/// issue 17 item 2: a peer banned for bad data that keeps sending still receives the BANNED
+/// error frame and a clean end of stream, not a reset (spec/P2P.md §3.10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_that_keeps_sending_gets_banned_not_a_reset() {
+    use ferry_p2p::wire::{self, PeerMessage};
+    use ferry_protocol::{ErrorCode, FrameType};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 200_000);
+    let manifest = manifest_for(&tree, 16 * 1024, vec![]);
+    let out = dir.path().join("out");
+    let (leecher, _) = leech(&manifest, &out, config(&[], &[], true)).await;
+    let full = ferry_p2p::pieces::Bitfield::full(manifest.piece_count())
+        .as_bytes()
+        .to_vec();
+    let (mut reader, mut writer) = raw_peer(leecher.listen_addr, &manifest, 0x77, full).await;
+    writer.msg(&PeerMessage::Unchoke).await.unwrap();
+
+    // The writer answers every request with a corrupt block and sends keep-alives in between,
+    // until the reader has seen the end of the stream.
+    let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let keeps_sending = tokio::spawn(async move {
+        let mut keepalives = 0u32;
+        loop {
+            tokio::select! {
+                _ = stopped.cancelled() => return keepalives,
+                block = requests.recv() => {
+                    let Some(block): Option<wire::BlockRef> = block else { return keepalives };
+                    let bad = PeerMessage::Piece {
+                        piece: block.piece,
+                        offset: block.offset,
+                        data: vec![0xa5; block.length as usize].into(),
+                    };
+                    if writer.msg(&bad).await.is_err() {
+                        return keepalives;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                    if writer.msg(&PeerMessage::KeepAlive).await.is_err() {
+                        return keepalives;
+                    }
+                    keepalives += 1;
+                }
+            }
+        }
+    });
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let frame = match reader.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => panic!("closed without an error frame"),
+                Err(e) => panic!("reset instead of the BANNED frame: {e}"),
+            };
+            if frame.header.kind == FrameType::ERROR {
+                break ferry_protocol::ErrorBody::decode(frame.body).unwrap().code;
+            }
+            if frame.header.kind == wire::kind::REQUEST {
+                let msg = PeerMessage::decode(frame.header.kind, frame.header.service, frame.body)
+                    .unwrap();
+                if let PeerMessage::Request(block) = msg {
+                    let _ = requests_tx.send(block);
+                }
+            }
+        }
+    })
+    .await
+    .expect("not banned within 20 s");
+    assert_eq!(code, ErrorCode::BANNED);
+    let end = tokio::time::timeout(Duration::from_secs(10), reader.next())
+        .await
+        .expect("no end of stream within 10 s");
+    assert!(matches!(end, Ok(None)), "after BANNED: {end:?}");
+    stop.cancel();
+    let keepalives = keeps_sending.await.unwrap();
+    assert!(keepalives > 0, "the banned peer never kept sending");
+    assert_eq!(leecher.stats.borrow().banned, 1);
+    leecher.shutdown().await.unwrap();
+}
+
+/// issue 17 item 4: a leecher that stops at completion (`get --no-seed`) sends HAVE for every
+/// piece, the last one included, to the seed that served it and to a neighbour that has
+/// nothing, then closes cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_seed_leecher_sends_have_for_every_piece_before_exiting() {
+    use ferry_p2p::wire::PeerMessage;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir_all(&root).unwrap();
+    let content: Vec<u8> = (0..128 * 16_384u32).map(|i| (i * 7 / 13) as u8).collect();
+    std::fs::write(root.join("file.bin"), &content).unwrap();
+    let manifest = manifest_for(&root.join("file.bin"), 16 * 1024, vec![]);
+    assert_eq!(manifest.piece_count(), 128);
+    let out = dir.path().join("out");
+    let (leecher, _) = leech(&manifest, &out, config(&[], &[], false)).await;
+
+    /// Counts HAVE messages until a clean end of stream; answers requests from `content`.
+    async fn count_haves(
+        mut reader: RawReader,
+        mut writer: RawWriter,
+        content: Option<Vec<u8>>,
+    ) -> usize {
+        let mut haves = std::collections::HashSet::new();
+        loop {
+            let frame = match reader.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return haves.len(),
+                Err(e) => panic!("reset: {e}"),
+            };
+            let msg =
+                PeerMessage::decode(frame.header.kind, frame.header.service, frame.body).unwrap();
+            match (msg, &content) {
+                (PeerMessage::Have(p), _) => assert!(haves.insert(p), "HAVE {p} twice"),
+                (PeerMessage::Request(b), Some(content)) => {
+                    let start = (b.piece * 16_384 + b.offset) as usize;
+                    let data = content[start..start + b.length as usize].to_vec();
+                    let piece = PeerMessage::Piece {
+                        piece: b.piece,
+                        offset: b.offset,
+                        data: data.into(),
+                    };
+                    // The leecher may close right after its last block.
+                    let _ = writer.msg(&piece).await;
+                }
+                (PeerMessage::Error(e), _) => panic!("error from the leecher: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    let bits = manifest.piece_count().div_ceil(8) as usize;
+    // A neighbour with nothing connects first, then the seed.
+    let (reader, writer) = raw_peer(leecher.listen_addr, &manifest, 0x31, vec![0; bits]).await;
+    let neighbour = tokio::spawn(count_haves(reader, writer, None));
+    let (reader, mut writer) =
+        raw_peer(leecher.listen_addr, &manifest, 0x32, vec![0xff; bits]).await;
+    writer.msg(&PeerMessage::Unchoke).await.unwrap();
+    let seed = tokio::spawn(count_haves(reader, writer, Some(content)));
+    let (seed_haves, neighbour_haves) = tokio::time::timeout(Duration::from_secs(30), async {
+        (seed.await.unwrap(), neighbour.await.unwrap())
+    })
+    .await
+    .expect("the leecher did not finish and close within 30 s");
+    tokio::time::timeout(Duration::from_secs(10), leecher.wait())
+        .await
+        .expect("the leecher did not exit")
+        .unwrap();
+    assert_eq!(seed_haves, 128, "HAVEs to the seed");
+    assert_eq!(neighbour_haves, 128, "HAVEs to the neighbour");
+}
+
+/// spec/P2P.md §2.1, §2.2, §2.4: paths start with the top-level name, are ordered by the bytes
+/// of the whole path (not per component), empty directories are dropped and a symlink anywhere
+/// in the tree is refused.
+#[test]
+fn make_lists_paths_from_the_top_name_in_byte_order_and_refuses_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().join("t");
+    std::fs::create_dir_all(top.join("a")).unwrap();
+    std::fs::create_dir_all(top.join("empty/nested")).unwrap();
+    std::fs::write(top.join("a/z"), b"1").unwrap();
+    std::fs::write(top.join("a.b"), b"22").unwrap();
+    std::fs::write(top.join("a-b"), b"").unwrap();
+    let manifest = make_manifest(&top, None, vec![], vec![], &|_| {}).unwrap();
+    let paths: Vec<String> = manifest
+        .files()
+        .iter()
+        .map(|f| f.path.to_string())
+        .collect();
+    // '-' (0x2D) < '.' (0x2E) < '/' (0x2F); a per-component sort would put t/a/z first.
+    assert_eq!(paths, ["t/a-b", "t/a.b", "t/a/z"]);
+    assert_eq!(manifest.piece_size(), 256 * 1024);
+
+    let single = make_manifest(&top.join("a.b"), None, vec![], vec![], &|_| {}).unwrap();
+    assert_eq!(single.files()[0].path.to_string(), "a.b");
+
+    std::os::unix::fs::symlink("a.b", top.join("a/link")).unwrap();
+    let err = make_manifest(&top, None, vec![], vec![], &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+}
