@@ -159,23 +159,29 @@ pub fn raw_frame(kind: u8, service: u8, id: u32, body: &[u8]) -> Vec<u8> {
     out.to_vec()
 }
 
-pub fn file_entry(name: &str, size: u64) -> Entry {
-    Entry {
-        name: name.into(),
-        kind: EntryKind::FILE,
-        size,
-        mtime_secs: 1_700_000_000,
-        mtime_nanos: 0,
-        mode: 0o644,
+/// An entry built from its wire form, so this helper does not depend on the struct's fields
+/// beyond the ones tests change.
+fn wire_entry(name: &str, kind: EntryKind, size: u64) -> Entry {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    body.push(kind.0);
+    body.extend_from_slice(&size.to_be_bytes());
+    body.extend_from_slice(&1_700_000_000i64.to_be_bytes());
+    body.extend_from_slice(&0u32.to_be_bytes());
+    body.extend_from_slice(&0o644u32.to_be_bytes());
+    match Message::decode(FrameType::RESPONSE, Service::STAT, body.into()) {
+        Ok(Message::StatResponse(entry)) => entry,
+        other => panic!("not an entry: {other:?}"),
     }
 }
 
+pub fn file_entry(name: &str, size: u64) -> Entry {
+    wire_entry(name, EntryKind::FILE, size)
+}
+
 pub fn dir_entry(name: &str) -> Entry {
-    Entry {
-        kind: EntryKind::DIRECTORY,
-        size: 0,
-        ..file_entry(name, 0)
-    }
+    wire_entry(name, EntryKind::DIRECTORY, 0)
 }
 
 pub fn error(service: Service, code: ErrorCode, message: &str) -> Message {
