@@ -227,17 +227,8 @@ impl TrackerClient {
             let Ok(id) = <ConnectionId>::try_from(body.as_ref()) else {
                 continue;
             };
-            let mut expiry = [0u8; 8];
-            expiry.copy_from_slice(&id[..8]);
-            let uptime = Duration::from_millis(
-                u64::from_be_bytes(expiry)
-                    .saturating_sub(CONNECTION_ID_LIFETIME.as_millis() as u64),
-            );
-            // The id was issued after `sent`, so the tracker started no earlier than
-            // `sent - uptime`; if that is after it confirmed our announce, it has lost us.
-            if let (Some(started), Some(announced)) = (sent.checked_sub(uptime), self.announced_at)
-            {
-                if started > announced {
+            if let Some(announced) = self.announced_at {
+                if started_after(&id, sent.into_std(), announced.into_std()) {
                     self.forgotten = true;
                 }
             }
@@ -321,6 +312,25 @@ impl TrackerClient {
     }
 }
 
+/// Whether the tracker that issued `id` (to a CONNECT sent at `sent`) started after `announced`,
+/// when it last confirmed our announce, i.e. it restarted and forgot us. The id was issued after
+/// `sent`, so the tracker started no earlier than `sent − (expiry_ms − 120 000)` (spec/P2P.md
+/// §5.2: `expiry_ms` counts from the tracker's start); a tracker on another clock reads as older
+/// and is never taken for a restarted one.
+pub fn started_after(
+    id: &ConnectionId,
+    sent: std::time::Instant,
+    announced: std::time::Instant,
+) -> bool {
+    let mut expiry = [0u8; 8];
+    expiry.copy_from_slice(&id[..8]);
+    let uptime = Duration::from_millis(
+        u64::from_be_bytes(expiry).saturating_sub(CONNECTION_ID_LIFETIME.as_millis() as u64),
+    );
+    sent.checked_sub(uptime)
+        .is_some_and(|started| started > announced)
+}
+
 /// What a node tells its tracker about itself.
 #[derive(Clone, Debug)]
 pub struct AnnounceInfo {
@@ -336,14 +346,21 @@ pub fn probe_period(interval: Duration) -> Duration {
     (interval / 30).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// How long a download with no peer waits after its `n`-th empty answer in a row (n ≥ 1): 1 s
+/// for the first five (seeds that re-announce to a restarted tracker show up within a second),
+/// then 2 s, 4 s, … (spec/P2P.md §5.5). The caller caps it at the interval.
+pub fn lonely_wait(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(5).min(12))
+}
+
 /// Announces `started`, then periodically at the tracker's interval, `completed` when the
 /// download finishes and `stopped` (one attempt) on cancellation. Peers go to `on_peers`.
 ///
 /// Between announces it probes the tracker (one CONNECT every [`probe_period`]); a tracker that
 /// restarted, or answers again after a silence, is announced to at once, so a tracker that
 /// forgot its peers learns them again within seconds rather than at the next interval. A
-/// download that has no peer and heard of none asks again after 1 s, 2 s, 4 s, … up to the
-/// interval, so it meets peers that re-announce to a fresh tracker.
+/// download that has no peer and heard of none asks again soon ([`lonely_wait`]), so it meets
+/// peers that re-announce to a fresh tracker.
 pub async fn announce_loop(
     tracker: SocketAddr,
     info: AnnounceInfo,
@@ -363,7 +380,8 @@ pub async fn announce_loop(
     let mut event = AnnounceEvent::Started;
     let mut told_complete = *complete.borrow();
     let mut interval = Duration::from_secs(60);
-    let mut quick = Duration::from_secs(1);
+    // Empty answers in a row while downloading with no peer.
+    let mut lonely = 0u32;
     loop {
         let s = *stats.borrow();
         let left = if s.pieces == 0 || s.have == s.pieces {
@@ -388,11 +406,10 @@ pub async fn announce_loop(
                 on_peers(reply.peers);
                 let s = *stats.borrow();
                 if empty && s.have < s.pieces && s.peers == 0 {
-                    let wait = quick.min(interval);
-                    quick = (quick * 2).min(interval);
-                    wait
+                    lonely += 1;
+                    lonely_wait(lonely).min(interval)
                 } else {
-                    quick = Duration::from_secs(1);
+                    lonely = 0;
                     interval
                 }
             }
@@ -459,6 +476,45 @@ pub async fn announce_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection id says how long its tracker has run; one that started after our announce
+    /// was confirmed has forgotten us, one that ran through it has not.
+    #[test]
+    fn a_connection_id_tells_a_restarted_tracker() {
+        let t0 = std::time::Instant::now();
+        let tracker = super::super::Tracker::with_secret(Default::default(), [1; 32], t0);
+        let from: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let announced = t0 + Duration::from_secs(10);
+        // The same tracker, 20 s later: started at t0, before the announce.
+        let later = t0 + Duration::from_secs(30);
+        let id = tracker.connection_id(from, later);
+        assert!(!started_after(&id, later, announced));
+        // A tracker started at t0 + 20 s (after the announce), asked 5 ms later.
+        let restarted = t0 + Duration::from_secs(20);
+        let fresh = super::super::Tracker::with_secret(Default::default(), [2; 32], restarted);
+        let sent = restarted + Duration::from_millis(5);
+        let id = fresh.connection_id(from, sent);
+        assert!(started_after(&id, sent, announced));
+        // A tracker whose clock is not its uptime (a huge expiry) never looks restarted.
+        let mut odd = id;
+        odd[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(!started_after(&odd, sent, announced));
+    }
+
+    #[test]
+    fn lonely_downloads_ask_every_second_then_back_off() {
+        let waits: Vec<u64> = (1..=9).map(|n| lonely_wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 1, 1, 1, 1, 2, 4, 8, 16]);
+        assert_eq!(
+            probe_period(Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(probe_period(Duration::from_secs(5)), Duration::from_secs(1));
+        assert_eq!(
+            probe_period(Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+    }
     use std::sync::{Arc, Mutex};
 
     /// A tracker that never answers: the client's retransmissions arrive at base·(2^n − 1).
