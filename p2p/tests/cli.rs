@@ -293,6 +293,15 @@ fn signal(child: &Child, signal: &str) {
     assert!(sent.success());
 }
 
+/// A loopback TCP port that refuses connections for as long as the socket is held: bound but
+/// not listening, so no other test can take the port meanwhile.
+fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// The peers a tracker lists for `content_id`, asked as a leecher that only queries.
 async fn listed(
     query: &mut ferry_p2p::tracker::client::TrackerClient,
@@ -402,11 +411,7 @@ async fn listed_peers_that_cannot_be_reached_are_reported() {
     let content_id = ferry_p2p::manifest::Manifest::load(&manifest)
         .unwrap()
         .content_id();
-    // A port nothing listens on: bound, then closed.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_port();
     let tracker_addr = url.strip_prefix("udp://").unwrap().parse().unwrap();
     let mut fake = TrackerClient::new(tracker_addr, Backoff::default())
         .await
@@ -511,10 +516,7 @@ fn an_interrupted_get_leaves_part_files_and_resumes_them() {
     let (tree, manifest) = tree_and_manifest(dir.path(), &[]);
     let out = dir.path().join("out");
     // A peer that refuses: nothing can be downloaded.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, dead) = refusing_port();
     let dead = dead.to_string();
     let mut get = spawn_get(&manifest, &out, &["--no-seed", "--peer", &dead]);
     let lines = stderr_lines(&mut get.0);
