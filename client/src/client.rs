@@ -1136,6 +1136,7 @@ mod tests {
             mtime_secs: 1,
             mtime_nanos: 0,
             mode: 0o644,
+            link: None,
         }
     }
 

@@ -183,6 +183,7 @@ mod tests {
             mtime_secs: 1_700_000_000,
             mtime_nanos: 0,
             mode: 0o754,
+            link: None,
         }
     }
 

@@ -31,15 +31,20 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
         any::<i64>(),
         0u32..1_000_000_000,
         any::<u32>(),
+        proptest::option::of(arb_path()),
     )
-        .prop_map(|(name, kind, size, mtime_secs, mtime_nanos, mode)| Entry {
-            name,
-            kind: EntryKind(kind),
-            size,
-            mtime_secs,
-            mtime_nanos,
-            mode,
-        })
+        .prop_map(
+            |(name, kind, size, mtime_secs, mtime_nanos, mode, link)| Entry {
+                name,
+                // Bit 0x80 of the wire kind is the link flag, driven by `link`.
+                kind: EntryKind(kind & !EntryKind::LINK_FLAG),
+                size,
+                mtime_secs,
+                mtime_nanos,
+                mode,
+                link,
+            },
+        )
 }
 
 fn arb_service() -> impl Strategy<Value = Service> {

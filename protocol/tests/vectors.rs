@@ -84,6 +84,7 @@ fn entry_from(v: &Vector, prefix: &str) -> Entry {
         mtime_secs: v.i64(&format!("{prefix}mtime_secs")),
         mtime_nanos: v.u32(&format!("{prefix}mtime_nanos")),
         mode: v.u32(&format!("{prefix}mode")),
+        link: None,
     }
 }
 
@@ -113,6 +114,7 @@ fn message_from(v: &Vector) -> Message {
             path: v.string("path"),
             recursive: v.bool("recursive"),
             max_depth: v.u16("max_depth"),
+            links: false,
         }),
         "StatRequest" => Message::StatRequest(StatRequest {
             path: v.string("path"),

@@ -869,7 +869,8 @@ impl RequestCtx {
     }
 }
 
-/// Stat: one entry, described without following a final symlink. Returns 0 data bytes.
+/// Stat: one entry; a final symlink inside the root is followed (spec §3.6). Returns 0 data
+/// bytes.
 async fn stat(ctx: &RequestCtx, id: RequestId, request: StatRequest) -> Result<u64, ServiceError> {
     let path = ctx.parse(&request.path)?;
     let shared = ctx.shared.clone();
@@ -911,13 +912,15 @@ async fn list(ctx: &RequestCtx, id: RequestId, request: ListRequest) -> Result<u
         0
     };
     let budget = limits.list_batch_bytes;
+    let links = request.links;
     let page_bytes = ctx.page_bytes;
     let shared = ctx.shared.clone();
     let (path, opened) = tokio::task::spawn_blocking(move || {
         let resolver = shared.jail.resolver();
         let opened = shared.jail.open_dir(&path).and_then(|fd| {
             let mut lister = Lister::new(fd, max_depth > 0, max_depth, budget)
-                .map_err(|e| FsError::from_errno(e, &path, resolver))?;
+                .map_err(|e| FsError::from_errno(e, &path, resolver))?
+                .with_links(shared.jail.link_resolver(&path), links);
             let page = lister
                 .next_page(page_bytes)
                 .map_err(|e| FsError::from_errno(e, &path, resolver))?;

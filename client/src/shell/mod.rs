@@ -957,6 +957,7 @@ fn lls(args: &[&str]) -> Result<(), ClientError> {
                 mtime_secs: mtime.as_secs() as i64,
                 mtime_nanos: mtime.subsec_nanos(),
                 mode,
+                link: None,
             })
         })
         .collect();

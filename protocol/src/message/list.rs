@@ -7,6 +7,9 @@ use crate::error::DecodeError;
 
 /// Flag bit: walk subdirectories too.
 const FLAG_RECURSIVE: u8 = 0x01;
+/// Flag bit: mark symlinks that stay inside the root and give their text (spec §3.5). Bit
+/// 0x02 stays undefined (a negative vector rejects it).
+const FLAG_LINKS: u8 = 0x80;
 
 /// ```text
 /// path: str | flags: u8 | max_depth: u16
@@ -18,6 +21,9 @@ pub struct ListRequest {
     pub recursive: bool,
     /// For recursive walks: how many directory levels below `path` to descend.
     pub max_depth: u16,
+    /// Ask for link targets: entries that are symlinks resolving inside the root carry
+    /// [`Entry::link`](super::Entry::link). Servers that predate the flag reject it.
+    pub links: bool,
 }
 
 impl ListRequest {
@@ -32,7 +38,14 @@ impl ListRequest {
             path,
             recursive,
             max_depth,
+            links: false,
         })
+    }
+
+    /// Asks for link targets (see [`ListRequest::links`]).
+    pub fn with_links(mut self, links: bool) -> Self {
+        self.links = links;
+        self
     }
 
     pub fn encoded_len(&self) -> usize {
@@ -41,7 +54,14 @@ impl ListRequest {
 
     pub fn encode(&self, dst: &mut impl BufMut) {
         put_str(dst, &self.path);
-        dst.put_u8(if self.recursive { FLAG_RECURSIVE } else { 0 });
+        let mut flags = 0;
+        if self.recursive {
+            flags |= FLAG_RECURSIVE;
+        }
+        if self.links {
+            flags |= FLAG_LINKS;
+        }
+        dst.put_u8(flags);
         dst.put_u16(self.max_depth);
     }
 
@@ -49,7 +69,7 @@ impl ListRequest {
         let path = get_str(&mut src)?;
         let flags = get_u8(&mut src)?;
         // Unknown flags are rejected so that a new flag always comes with a version bump.
-        if flags & !FLAG_RECURSIVE != 0 {
+        if flags & !(FLAG_RECURSIVE | FLAG_LINKS) != 0 {
             return Err(DecodeError::InvalidValue {
                 field: "list flags",
                 value: flags.into(),
@@ -61,6 +81,7 @@ impl ListRequest {
             path,
             recursive: flags & FLAG_RECURSIVE != 0,
             max_depth,
+            links: flags & FLAG_LINKS != 0,
         })
     }
 }

@@ -302,6 +302,7 @@ pub(crate) mod tests {
             mtime_secs: 1_700_000_000,
             mtime_nanos: 5,
             mode: 0o644,
+            link: None,
         };
         vec![
             Message::ClientHello(ClientHello {

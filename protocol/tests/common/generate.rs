@@ -182,6 +182,7 @@ fn entry(name: &str, kind: EntryKind, size: u64, secs: i64, nanos: u32, mode: u3
         mtime_secs: secs,
         mtime_nanos: nanos,
         mode,
+        link: None,
     }
 }
 

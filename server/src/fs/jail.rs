@@ -135,6 +135,7 @@ impl Meta {
 
     pub fn entry(&self, name: String) -> Entry {
         Entry {
+            link: None,
             name,
             kind: self.kind,
             size: self.size,
@@ -152,6 +153,31 @@ impl Meta {
             && self.size == earlier.size
             && (self.mtime_secs, self.mtime_nanos) == (earlier.mtime_secs, earlier.mtime_nanos)
             && (self.ctime_secs, self.ctime_nanos) == (earlier.ctime_secs, earlier.ctime_nanos)
+    }
+}
+
+/// Resolves the symlinks a listing meets: each must stay inside the root to be followed.
+#[derive(Debug)]
+pub struct LinkResolver {
+    root: OwnedFd,
+    /// The listed directory, relative to the root (`"."` for the root).
+    base: String,
+}
+
+impl LinkResolver {
+    /// The metadata of what the link at `rel` (relative to the listed directory) points to,
+    /// if it resolves inside the root; `None` if it leaves the root, dangles or loops.
+    pub fn follow(&self, rel: &str) -> Option<Meta> {
+        let path = format!("{}/{}", self.base, rel);
+        let fd = rustix::fs::openat2(
+            &self.root,
+            path.as_str(),
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()?;
+        rustix::fs::fstat(&fd).ok().map(|st| Meta::from_stat(&st))
     }
 }
 
@@ -274,11 +300,33 @@ impl Jail {
         }
     }
 
-    /// Metadata of the entry itself (a final symlink is described, not followed).
+    /// Metadata of what `path` names. A final symlink that stays inside the root is followed
+    /// (the target is described); one that leaves the root or dangles is refused like any
+    /// other path that escapes or does not exist, without saying where it points. The
+    /// no-follow resolver refuses every symlink (spec §3.4).
     pub fn stat(&self, path: &RelPath) -> Result<Meta, FsError> {
-        let fd = self.open_at(path, OFlags::PATH, false)?;
+        let fd = self.open_at(path, OFlags::PATH, true)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
-        Ok(Meta::from_stat(&st))
+        let meta = Meta::from_stat(&st);
+        if meta.kind == EntryKind::SYMLINK {
+            // Only the no-follow resolver hands back a final symlink itself.
+            return Err(FsError::Symlink(path.clone()));
+        }
+        Ok(meta)
+    }
+
+    /// For listings: a duplicate of the root descriptor, to resolve symlinks met in a walk
+    /// against the root rather than the directory they sit in. `None` with the no-follow
+    /// resolver, which follows no link.
+    pub fn link_resolver(&self, base: &RelPath) -> Option<LinkResolver> {
+        if self.resolver != Resolver::Openat2 {
+            return None;
+        }
+        let root = self.root.try_clone().ok()?;
+        Some(LinkResolver {
+            root,
+            base: base.as_kernel_path().to_owned(),
+        })
     }
 
     /// Opens a regular file for reading. FIFOs, sockets and devices are refused before they are
@@ -356,8 +404,11 @@ mod tests {
             let (file, meta) = jail.open_file(&p("sub/deeper/file.txt")).unwrap();
             assert_eq!(meta.size, 6);
             drop(file);
-            // Stat describes the link itself without following it.
-            assert_eq!(jail.stat(&p("escape")).unwrap().kind, EntryKind::SYMLINK);
+            // Stat follows like open does, so it refuses the same links.
+            assert_eq!(
+                jail.stat(&p("escape")).unwrap_err().code(),
+                ErrorCode::INVALID_PATH
+            );
         }
     }
 

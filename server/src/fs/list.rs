@@ -16,7 +16,10 @@
 //!
 //! Entries are stat'ed with `fstatat(AT_SYMLINK_NOFOLLOW)` relative to the directory's own
 //! descriptor, and subdirectories are opened with `O_NOFOLLOW | O_DIRECTORY` relative to it, so
-//! a walk never follows a symlink and cannot loop or leave the root. Names that are not UTF-8
+//! a walk never descends through a symlink and cannot loop or leave the root. A symlink is
+//! described by its target when a [`LinkResolver`] resolves it inside the root (the entry
+//! then carries the link text if asked for); otherwise it is listed as a symlink of size 0,
+//! and nothing says where it points (spec §3.4). Names that are not UTF-8
 //! cannot be expressed on the wire and are skipped (counted in the log). Entries that vanish
 //! between the pass and the stat are skipped too; entries created behind the cursor during a
 //! walk are not listed, entries created ahead of it are.
@@ -28,7 +31,7 @@ use ferry_protocol::message::{Entry, EntryKind, ListPage};
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::jail::Meta;
+use super::jail::{LinkResolver, Meta};
 
 /// Smallest batch budget of a deep level.
 pub const MIN_BUDGET: usize = 16 * 1024;
@@ -122,6 +125,10 @@ pub struct Lister {
     carry: Option<Entry>,
     /// Names skipped because they are not UTF-8.
     skipped: u64,
+    /// Follows symlinks inside the root; `None` lists every symlink as one, unfollowed.
+    links: Option<LinkResolver>,
+    /// Put the link text of followed symlinks into their entries.
+    link_text: bool,
 }
 
 impl Lister {
@@ -139,7 +146,17 @@ impl Lister {
             total: 0,
             carry: None,
             skipped: 0,
+            links: None,
+            link_text: false,
         })
+    }
+
+    /// Follows symlinks that stay inside the root with `resolver`; with `link_text`, entries
+    /// of followed links also carry the link's text.
+    pub fn with_links(mut self, resolver: Option<LinkResolver>, link_text: bool) -> Self {
+        self.links = resolver;
+        self.link_text = link_text;
+        self
     }
 
     /// Entries produced so far.
@@ -219,6 +236,25 @@ impl Lister {
                 continue;
             };
             let rel = format!("{}{}", level.prefix, name_str);
+            if meta.kind == EntryKind::SYMLINK {
+                self.total += 1;
+                let followed = self.links.as_ref().and_then(|links| links.follow(&rel));
+                let entry = match followed {
+                    Some(target) => {
+                        let mut entry = target.entry(rel);
+                        if self.link_text {
+                            entry.link =
+                                rustix::fs::readlinkat(&level.fd, name.as_slice(), Vec::new())
+                                    .ok()
+                                    .and_then(|text| text.into_string().ok());
+                        }
+                        entry
+                    }
+                    // Leaves the root, dangles, or following is off: a link, and no more.
+                    None => Meta { size: 0, ..meta }.entry(rel),
+                };
+                return Ok(Some(entry));
+            }
             if self.recursive
                 && meta.kind == EntryKind::DIRECTORY
                 && depth <= usize::from(self.max_depth)

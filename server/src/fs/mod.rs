@@ -7,7 +7,7 @@ pub mod list;
 pub mod path;
 pub mod range;
 
-pub use jail::{FsError, Jail, Meta, Resolver};
+pub use jail::{FsError, Jail, LinkResolver, Meta, Resolver};
 pub use list::Lister;
 pub use path::{PathError, RelPath};
 pub use range::FileReader;
