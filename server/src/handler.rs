@@ -829,7 +829,8 @@ async fn run_request(
         Request::Fetch(r) => fetch(&ctx, id, r).await,
         Request::Digest(r) => digest(&ctx, id, r).await,
     };
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Whole microseconds, so logs show 774.536, not 774.5355099999999.
+    let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let name = service_name(service);
     let body = match result {
         Ok(bytes) => {

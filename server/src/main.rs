@@ -23,15 +23,23 @@ use serde::Deserialize;
 /// (created with a random key on first start, owner-only). At start the server prints one line
 /// a client can paste to connect.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-server", version, about, long_about)]
+#[command(
+    name = "ferry-server",
+    version,
+    about,
+    long_about,
+    after_help = "Exit codes: 0 stopped by SIGTERM (after draining), 1 error (bad config, \
+                  unreadable key, cannot listen), 2 usage, 130 stopped by SIGINT."
+)]
 struct Cli {
     /// Directory to serve. Default: `root` from the config file, else the current directory.
     root: Option<PathBuf>,
 
-    /// Address to listen on, IPv4 or IPv6; repeat for several. Default 127.0.0.1:6789.
-    /// E.g. --listen 0.0.0.0:6789 --listen [::]:6789
-    #[arg(long, short, value_name = "ADDR:PORT")]
-    listen: Vec<SocketAddr>,
+    /// Address to listen on: IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT (the port defaults
+    /// to 6789; a host name listens on each of its addresses); repeat for several.
+    /// Default 127.0.0.1:6789. E.g. --listen 0.0.0.0 --listen [::]:6789
+    #[arg(long, short, value_name = "ADDR", value_parser = parse_listen)]
+    listen: Vec<ListenAddrs>,
 
     /// The pre-shared key, 64 hex characters or base64. Visible to other local users in the
     /// process list; prefer --key-file or FERRY_KEY.
@@ -62,9 +70,19 @@ struct Cli {
     #[arg(long, short, value_name = "FILE", env = "FERRY_CONFIG")]
     config: Option<PathBuf>,
 
-    /// Most concurrent connections; more are refused with BUSY. Default 512.
+    /// Most concurrent connections. When all are taken, a newcomer evicts a connection still
+    /// in its handshake; only when all are authenticated is it refused with BUSY. Default 512.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+
+    /// Most connections still in their handshake (like OpenSSH's MaxStartups); when full, a
+    /// newcomer evicts the oldest that has sent nothing. Default 256.
+    #[arg(long, value_name = "N")]
+    max_pending: Option<usize>,
+
+    /// Most connections in their handshake from one address (IPv6: one /64). Default 64.
+    #[arg(long, value_name = "N")]
+    max_pending_per_address: Option<usize>,
 
     /// Most requests in flight per connection; more get BUSY. Default 32.
     #[arg(long, value_name = "N")]
@@ -129,6 +147,8 @@ enum LogFormat {
 ///
 /// [limits]
 /// max_connections = 512               # default 512
+/// max_pending = 256                   # default 256
+/// max_pending_per_address = 64        # default 64
 /// max_in_flight = 32                  # default 32
 /// handshake_timeout = "10s"           # default 10s
 /// idle_timeout = "5m"                 # default 5m
@@ -154,6 +174,8 @@ struct FileConfig {
 #[serde(default, deny_unknown_fields)]
 struct FileLimits {
     max_connections: Option<usize>,
+    max_pending: Option<usize>,
+    max_pending_per_address: Option<usize>,
     max_in_flight: Option<usize>,
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -161,6 +183,55 @@ struct FileLimits {
     write_timeout: Option<String>,
     max_frame: Option<String>,
     shutdown_grace: Option<String>,
+}
+
+/// The addresses one `--listen` value stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListenAddrs(Vec<SocketAddr>);
+
+/// `IP`, `IP:PORT`, `[IPv6]`, `[IPv6]:PORT`, `HOST` or `HOST:PORT`; the port defaults to
+/// 6789 and a host name stands for every address of this machine it resolves to.
+fn parse_listen(s: &str) -> Result<ListenAddrs, String> {
+    use std::net::ToSocketAddrs;
+    let expected = "expected IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT (default port 6789), \
+                    e.g. 0.0.0.0:6789";
+    let t = s.trim();
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(ListenAddrs(vec![addr]));
+    }
+    let bare = t
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(t);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ListenAddrs(vec![SocketAddr::new(ip, DEFAULT_PORT)]));
+    }
+    let (host, port) = match t.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: port {port:?} is not a number 0-65535; {expected}"))?;
+            (host, port)
+        }
+        None => (t, DEFAULT_PORT),
+    };
+    if host.is_empty() || host.contains(['[', ']', ':', '/', ' ']) {
+        return Err(format!("{s:?} is not an address; {expected}"));
+    }
+    let mut addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}; {expected}"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    // Only addresses this machine has: `localhost` names ::1 even where IPv6 is off.
+    addrs.retain(|a| std::net::TcpListener::bind(SocketAddr::new(a.ip(), 0)).is_ok());
+    if addrs.is_empty() {
+        return Err(format!(
+            "{host:?} resolves to no address of this machine; {expected}"
+        ));
+    }
+    Ok(ListenAddrs(addrs))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -217,7 +288,10 @@ fn run(cli: Cli) -> Result<i32> {
         bail!("{} is not a directory", root.display());
     }
     let listen = if !cli.listen.is_empty() {
-        cli.listen.clone()
+        cli.listen
+            .iter()
+            .flat_map(|l| l.0.iter().copied())
+            .collect()
     } else {
         file.listen
             .clone()
@@ -284,6 +358,14 @@ fn limits(cli: &Cli, file: &FileLimits) -> Result<Limits> {
             .max_connections
             .or(file.max_connections)
             .unwrap_or(defaults.max_connections),
+        max_pending: cli
+            .max_pending
+            .or(file.max_pending)
+            .unwrap_or(defaults.max_pending),
+        max_pending_per_address: cli
+            .max_pending_per_address
+            .or(file.max_pending_per_address)
+            .unwrap_or(defaults.max_pending_per_address),
         max_in_flight_per_connection: cli
             .max_in_flight
             .or(file.max_in_flight)
@@ -442,8 +524,11 @@ fn init_logging(cli: &Cli, file_format: LogFormat) {
         _ => "off",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal: logs sent to a file or a pipe stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match cli.log_format.unwrap_or(file_format) {
         LogFormat::Json => builder.json().init(),
@@ -485,6 +570,27 @@ mod tests {
         assert_eq!(limits.idle_timeout, Duration::from_secs(120));
         assert_eq!(limits.max_body, 256 << 10);
         assert!(toml::from_str::<FileConfig>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn listen_accepts_addresses_hosts_and_missing_ports() {
+        let one = |s: &str| parse_listen(s).unwrap().0;
+        let v4: SocketAddr = "127.0.0.1:6789".parse().unwrap();
+        assert_eq!(one("127.0.0.1"), [v4]);
+        assert_eq!(one("127.0.0.1:7002"), ["127.0.0.1:7002".parse().unwrap()]);
+        assert_eq!(one("[::1]"), ["[::1]:6789".parse().unwrap()]);
+        assert_eq!(one("::1"), ["[::1]:6789".parse().unwrap()]);
+        assert_eq!(one("[::]:7002"), ["[::]:7002".parse().unwrap()]);
+        let localhost = one("localhost:7002");
+        assert!(!localhost.is_empty());
+        assert!(localhost
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 7002));
+        assert!(one("localhost").iter().all(|a| a.port() == DEFAULT_PORT));
+        for bad in ["127.0.0.1:99999", "host:port", "", "[::1", "a b:1"] {
+            let error = parse_listen(bad).unwrap_err();
+            assert!(error.contains("expected IP, IP:PORT"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

@@ -145,3 +145,43 @@ async fn bad_usage_and_unreadable_keys_fail_clearly() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "clap usage error");
 }
+
+#[tokio::test]
+async fn listen_takes_host_names_and_missing_ports_and_says_what_it_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("share")).unwrap();
+    std::fs::write(dir.path().join("share/f.txt"), b"x").unwrap();
+    for bad in ["localhost:port", "127.0.0.1:70000", "[::1"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+            .arg(dir.path().join("share"))
+            .args(["--listen", bad])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("expected IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT"),
+            "{bad}: {stderr}"
+        );
+    }
+    // A host name with a port; logs to a pipe carry no colour and round their durations.
+    let mut child = start(dir.path(), &["--listen", "localhost:0", "-v"]);
+    let (key, addr) = connect_line(&mut child).await;
+    let mut client = Client::connect(addr, key, false).await.unwrap();
+    assert_eq!(client.stat("f.txt").await.unwrap().size, 1);
+    drop(client);
+    let (code, stderr) = stop(child, Signal::Term).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour escapes in a piped log: {stderr:?}"
+    );
+    let elapsed = stderr
+        .split("elapsed_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no request line in {stderr}"));
+    let decimals = elapsed.split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "elapsed_ms={elapsed} is not rounded");
+}
