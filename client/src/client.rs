@@ -384,7 +384,19 @@ impl Client {
         recursive: bool,
         max_depth: u16,
     ) -> Result<Vec<Entry>, ClientError> {
-        let mut stream = self.list_stream(path, recursive, max_depth)?;
+        self.list_with(path, recursive, max_depth, false).await
+    }
+
+    /// [`Client::list`]; with `links`, symlinks that stay inside the root also carry their
+    /// text in [`Entry::link`] (for `ls -l`).
+    pub async fn list_with(
+        &self,
+        path: &str,
+        recursive: bool,
+        max_depth: u16,
+        links: bool,
+    ) -> Result<Vec<Entry>, ClientError> {
+        let mut stream = self.list_stream_with(path, recursive, max_depth, links)?;
         let mut entries = Vec::new();
         while let Some(page) = stream.next_page().await? {
             if entries.len() + page.len() > MAX_COLLECTED_ENTRIES {
@@ -405,8 +417,20 @@ impl Client {
         recursive: bool,
         max_depth: u16,
     ) -> Result<ListStream, ClientError> {
+        self.list_stream_with(path, recursive, max_depth, false)
+    }
+
+    /// [`Client::list_stream`]; `links` as in [`Client::list_with`].
+    pub fn list_stream_with(
+        &self,
+        path: &str,
+        recursive: bool,
+        max_depth: u16,
+        links: bool,
+    ) -> Result<ListStream, ClientError> {
         let request = ListRequest::new(path, recursive, max_depth)
-            .map_err(|e| ClientError::Local(format!("path too long: {e}")))?;
+            .map_err(|e| ClientError::Local(format!("path too long: {e}")))?
+            .with_links(links);
         let pending = self.start(Service::LIST, Message::ListRequest(request))?;
         Ok(ListStream {
             pending,

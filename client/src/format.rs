@@ -124,12 +124,19 @@ pub fn json_text(value: &serde_json::Value) -> String {
 
 /// One `ls -l` line: `drwxr-xr-x  12.5 KiB  2026-11-21 09:04  name/`.
 pub fn long_line(entry: &Entry) -> String {
+    let mut mode = mode_string(entry.kind, entry.mode);
+    // A link the server followed: its target's details, shown as the link, like `ls -l`.
+    let name = match &entry.link {
+        Some(link) => {
+            mode.replace_range(..1, "l");
+            format!("{} -> {}", printable(&entry.name), printable(link))
+        }
+        None => display_name(entry),
+    };
     format!(
-        "{}  {:>10}  {}  {}",
-        mode_string(entry.kind, entry.mode),
+        "{mode}  {:>10}  {}  {name}",
         HumanBytes(entry.size).to_string(),
         short_time(entry.mtime_secs, entry.mtime_nanos),
-        display_name(entry)
     )
 }
 

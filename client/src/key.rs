@@ -32,7 +32,7 @@ pub enum KeyResolveError {
     BadEnv { var: &'static str },
     #[error("cannot use key file: {0}")]
     File(KeyError),
-    #[error("no key given: pass --key KEY (from the server's connect line), --key-file FILE, set FERRY_KEY, or put the key in {default}")]
+    #[error("no key given: pass --key=KEY (from the server's connect line), --key-file FILE, set FERRY_KEY, or put the key in {default}")]
     Missing { default: String },
 }
 

@@ -545,6 +545,43 @@ fn demo_serves_a_directory_with_a_fresh_key() {
     );
 }
 
+/// `ls -l` shows a symlink inside the root as `name -> target`, like `ls -l` and sftp, in the
+/// one-shot command and in the shell; a link that leaves the root says nothing of its target.
+#[cfg(unix)]
+#[test]
+fn ls_l_shows_links_as_name_arrow_target() {
+    let s = setup(10);
+    std::os::unix::fs::symlink("a.txt", s.root.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("docs", s.root.join("dlink")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", s.root.join("away")).unwrap();
+    let run = s.ferry(&["ls", "-l", &s.server.url("")]);
+    let out = run.ok().stdout.clone();
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    assert!(line("link.txt").ends_with(" link.txt -> a.txt"), "{out}");
+    assert!(line("link.txt").starts_with('l'), "{out}");
+    assert!(line("dlink").ends_with(" dlink -> docs"), "{out}");
+    assert!(
+        !out.contains("/etc"),
+        "a link out of the root is not revealed: {out}"
+    );
+    // Names alone stay names.
+    let run = s.ferry(&["ls", &s.server.url("")]);
+    assert!(!run.ok().stdout.contains("->"), "{}", run.stdout);
+
+    let script = s.work.join("ls.txt");
+    std::fs::write(&script, "ls -l\n").unwrap();
+    let run = s.ferry(&["shell", &s.server.url(""), "-b", script.to_str().unwrap()]);
+    let out = run.ok().stdout.clone();
+    assert!(out.contains(" link.txt -> a.txt\n"), "{out}");
+    assert!(out.contains(" dlink -> docs\n"), "{out}");
+    assert!(!out.contains("/etc"), "{out}");
+}
+
 /// About one key in 64 starts with `-` in base64; such a key works pasted as `--key=KEY` and,
 /// for lines printed before the fix, as `--key KEY`.
 #[test]

@@ -16,7 +16,9 @@ pub async fn run(ctx: &Context, args: LsArgs) -> Result<(), ClientError> {
     // Pages are printed as they arrive (each sorted; the server sends names in order), so a
     // listing of any size costs one page of memory. --json is one array, streamed.
     let mut out = Output::new(&args);
-    let mut stream = client.list_stream(&args.url.path, args.recursive, depth)?;
+    // Link targets only where they are shown.
+    let links = args.long;
+    let mut stream = client.list_stream_with(&args.url.path, args.recursive, depth, links)?;
     loop {
         match stream.next_page().await {
             Ok(Some(mut page)) => {
@@ -90,13 +92,15 @@ impl Output {
 }
 
 /// Lists a directory sorted by name; a file lists as itself, like `ls FILE`.
+/// With `links`, symlinks inside the root carry their text (for `ls -l`).
 pub async fn listing(
     client: &Client,
     path: &str,
     recursive: bool,
     depth: u16,
+    links: bool,
 ) -> Result<Vec<Entry>, ClientError> {
-    let mut entries = match client.list(path, recursive, depth).await {
+    let mut entries = match client.list_with(path, recursive, depth, links).await {
         Ok(entries) => entries,
         Err(ClientError::Remote(body)) if body.code == ErrorCode::NOT_A_DIRECTORY => {
             let mut entry = client.stat(path).await?;

@@ -398,7 +398,7 @@ impl Shell {
         let client = self.client();
         let path = target.clone();
         let entries = self.block_on(async move {
-            commands::ls::listing(&client, &path, recursive, u16::MAX).await
+            commands::ls::listing(&client, &path, recursive, u16::MAX, long).await
         })?;
         if !recursive {
             self.cache.put(&target, entries.clone());
