@@ -84,7 +84,9 @@ fn entry_from(v: &Vector, prefix: &str) -> Entry {
         mtime_secs: v.i64(&format!("{prefix}mtime_secs")),
         mtime_nanos: v.u32(&format!("{prefix}mtime_nanos")),
         mode: v.u32(&format!("{prefix}mode")),
-        link: None,
+        link: v
+            .has(&format!("{prefix}link"))
+            .then(|| v.string(&format!("{prefix}link"))),
     }
 }
 
@@ -114,7 +116,7 @@ fn message_from(v: &Vector) -> Message {
             path: v.string("path"),
             recursive: v.bool("recursive"),
             max_depth: v.u16("max_depth"),
-            links: false,
+            links: v.has("links") && v.bool("links"),
         }),
         "StatRequest" => Message::StatRequest(StatRequest {
             path: v.string("path"),
@@ -640,10 +642,38 @@ fn negative_handshake() {
     }
 }
 
+#[test]
+fn digests() {
+    let vectors = load("digests.txt");
+    assert!(vectors.iter().any(|v| v.u64("input_len") > 4 * 1024));
+    for v in &vectors {
+        let input = common::generate::digest_input(v.u64("input_len") as usize);
+        let expected = v.hex("digest");
+        assert_eq!(
+            ferry_protocol::digest::fetch_digest(&input).as_slice(),
+            expected,
+            "vector {}",
+            v.name
+        );
+        // Fed in uneven pieces, as a fetch's chunks arrive.
+        let mut streaming = ferry_protocol::digest::FetchDigest::new();
+        for piece in input.chunks(1000) {
+            streaming.update(piece);
+        }
+        assert_eq!(
+            streaming.finalize().as_slice(),
+            expected,
+            "vector {}",
+            v.name
+        );
+    }
+}
+
 /// Every file in `spec/vectors/` has a test above; a new file without one fails here.
 #[test]
 fn every_vector_file_is_checked() {
-    const CHECKED: [&str; 9] = [
+    const CHECKED: [&str; 10] = [
+        "digests.txt",
         "headers.txt",
         "messages.txt",
         "handshake.txt",

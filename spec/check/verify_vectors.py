@@ -6,7 +6,7 @@ implementation, to show that the specification is complete enough to implement t
 the handshake and the record layer in another language.
 
 Usage:  python3 spec/check/verify_vectors.py [VECTOR_DIR]
-Needs:  pip install cryptography
+Needs:  pip install cryptography  (BLAKE3 is written out below; no package needed)
 Exit status 0 when every vector checks, 1 otherwise.
 """
 
@@ -246,18 +246,26 @@ def put_str(s):
     return struct.pack(">H", len(raw)) + raw
 
 
+LINK_FLAG = 0x80  # §3.4: a link inside the root; the low bits are its target's kind
+
+
 def decode_entry(r):
     e = dict(name=r.str(), kind=r.u8(), size=r.u64(), mtime_secs=r.i64(), mtime_nanos=r.u32())
     if e["mtime_nanos"] >= 1_000_000_000:
         fail("MALFORMED_MESSAGE", "mtime_nanos")
     e["mode"] = r.u32()
+    if e["kind"] & LINK_FLAG:
+        e["kind"] &= ~LINK_FLAG
+        e["link"] = r.str()
     return e
 
 
 def encode_entry(e):
-    return put_str(e["name"]) + struct.pack(
-        ">BQqII", e["kind"], e["size"], e["mtime_secs"], e["mtime_nanos"], e["mode"]
+    kind = e["kind"] | (LINK_FLAG if "link" in e else 0)
+    out = put_str(e["name"]) + struct.pack(
+        ">BQqII", kind, e["size"], e["mtime_secs"], e["mtime_nanos"], e["mode"]
     )
+    return out + put_str(e["link"]) if "link" in e else out
 
 
 def check_mode(mode):
@@ -287,9 +295,9 @@ def decode_message(kind, service, body):
     elif pair == (T_REQUEST, S_LIST):
         path = r.str()
         flags = r.u8()
-        if flags & ~0x01:
+        if flags & ~0x81:  # 0x01 recursive, 0x80 link targets (§3.5)
             fail("MALFORMED_MESSAGE", "list flags")
-        m = dict(path=path, recursive=flags & 1, max_depth=r.u16())
+        m = dict(path=path, recursive=flags & 1, max_depth=r.u16(), links=flags >> 7)
         name = "ListRequest"
     elif pair == (T_REQUEST, S_STAT):
         m, name = dict(path=r.str()), "StatRequest"
@@ -351,7 +359,8 @@ def encode_message(name, m):
     if name == "ClientFinished":
         return T_CLIENT_FINISHED, S_HANDSHAKE, m["mac"]
     if name == "ListRequest":
-        return T_REQUEST, S_LIST, put_str(m["path"]) + struct.pack(">BH", m["recursive"], m["max_depth"])
+        flags = m["recursive"] | (0x80 if m["links"] else 0)
+        return T_REQUEST, S_LIST, put_str(m["path"]) + struct.pack(">BH", flags, m["max_depth"])
     if name == "StatRequest":
         return T_REQUEST, S_STAT, put_str(m["path"])
     if name == "FetchRequest":
@@ -392,9 +401,12 @@ def frame(kind, service, rid, body, version=1):
 
 
 def entry_from(v, prefix):
-    return dict(name=v.str(prefix + "name"), kind=v.int(prefix + "kind"), size=v.int(prefix + "size"),
-                mtime_secs=v.int(prefix + "mtime_secs"), mtime_nanos=v.int(prefix + "mtime_nanos"),
-                mode=v.int(prefix + "mode"))
+    e = dict(name=v.str(prefix + "name"), kind=v.int(prefix + "kind"), size=v.int(prefix + "size"),
+             mtime_secs=v.int(prefix + "mtime_secs"), mtime_nanos=v.int(prefix + "mtime_nanos"),
+             mode=v.int(prefix + "mode"))
+    if v.has(prefix + "link"):
+        e["link"] = v.str(prefix + "link")
+    return e
 
 
 def fields_from(v):
@@ -423,6 +435,8 @@ def fields_from(v):
     out = {}
     for k in keys:
         out[k] = v.hex(k) if k in hexes else v.str(k) if k in strings else v.int(k)
+    if name == "ListRequest":
+        out["links"] = v.int("links") if v.has("links") else 0
     return name, out
 
 
@@ -771,6 +785,94 @@ def check_negative_handshake(v):
         check(struct.unpack(">BH", got[12:15]) == (caught[0].code >> 8, caught[0].code), "code")
 
 
+# --------------------------------------------------------------------------------------------
+# BLAKE3 (the fetch digest, PROTOCOL.md §3.7), from the BLAKE3 paper / reference
+# implementation: written out here so the checker needs no package for it and checks the
+# chunk tree independently of any library.
+
+B3_IV = (0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
+         0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19)
+B3_PERM = (2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8)
+B3_CHUNK_START, B3_CHUNK_END, B3_PARENT, B3_ROOT = 1, 2, 4, 8
+B3_BLOCK, B3_CHUNK = 64, 1024
+M32 = 0xFFFFFFFF
+
+
+def _rotr(x, n):
+    return ((x >> n) | (x << (32 - n))) & M32
+
+
+def _g(v, a, b, c, d, x, y):
+    v[a] = (v[a] + v[b] + x) & M32
+    v[d] = _rotr(v[d] ^ v[a], 16)
+    v[c] = (v[c] + v[d]) & M32
+    v[b] = _rotr(v[b] ^ v[c], 12)
+    v[a] = (v[a] + v[b] + y) & M32
+    v[d] = _rotr(v[d] ^ v[a], 8)
+    v[c] = (v[c] + v[d]) & M32
+    v[b] = _rotr(v[b] ^ v[c], 7)
+
+
+def b3_compress(cv, block, counter, block_len, flags):
+    """Returns the 16-word output of the compression function."""
+    m = list(struct.unpack("<16I", block.ljust(B3_BLOCK, b"\0")))
+    v = list(cv) + list(B3_IV[:4]) + [counter & M32, (counter >> 32) & M32, block_len, flags]
+    for r in range(7):
+        _g(v, 0, 4, 8, 12, m[0], m[1])
+        _g(v, 1, 5, 9, 13, m[2], m[3])
+        _g(v, 2, 6, 10, 14, m[4], m[5])
+        _g(v, 3, 7, 11, 15, m[6], m[7])
+        _g(v, 0, 5, 10, 15, m[8], m[9])
+        _g(v, 1, 6, 11, 12, m[10], m[11])
+        _g(v, 2, 7, 8, 13, m[12], m[13])
+        _g(v, 3, 4, 9, 14, m[14], m[15])
+        if r < 6:
+            m = [m[i] for i in B3_PERM]
+    return [v[i] ^ v[i + 8] for i in range(8)] + [v[i + 8] ^ cv[i] for i in range(8)]
+
+
+def _chunk_output(chunk, counter):
+    """(cv, block, block_len, flags) of a chunk's last block, not yet compressed."""
+    cv = B3_IV
+    blocks = [chunk[i:i + B3_BLOCK] for i in range(0, len(chunk), B3_BLOCK)] or [b""]
+    for i, block in enumerate(blocks):
+        flags = (B3_CHUNK_START if i == 0 else 0) | (B3_CHUNK_END if i == len(blocks) - 1 else 0)
+        if i == len(blocks) - 1:
+            return cv, block, counter, len(block), flags
+        cv = b3_compress(cv, block, counter, B3_BLOCK, flags)[:8]
+
+
+def blake3(data):
+    """BLAKE3's default 32-byte hash (no key, no derivation context)."""
+    chunks = [data[i:i + B3_CHUNK] for i in range(0, len(data), B3_CHUNK)] or [b""]
+    # Chaining values of complete subtrees, merged like the reference's CV stack: after
+    # chunk n (counting from 1), merge once per trailing zero bit of n.
+    stack = []
+    for n, chunk in enumerate(chunks[:-1]):
+        cv, block, counter, block_len, flags = _chunk_output(chunk, n)
+        cv = b3_compress(cv, block, counter, block_len, flags)[:8]
+        total = n + 1
+        while total & 1 == 0:
+            left = stack.pop()
+            cv = b3_compress(B3_IV, struct.pack("<16I", *(left + cv)), 0, B3_BLOCK, B3_PARENT)[:8]
+            total >>= 1
+        stack.append(cv)
+    # The last chunk, then its parents down the stack; the final compression is the root.
+    output = _chunk_output(chunks[-1], len(chunks) - 1)
+    while stack:
+        cv = b3_compress(*output)[:8]
+        left = stack.pop()
+        output = (B3_IV, struct.pack("<16I", *(left + cv)), 0, B3_BLOCK, B3_PARENT)
+    cv, block, counter, block_len, flags = output
+    words = b3_compress(cv, block, 0, block_len, flags | B3_ROOT)
+    return struct.pack("<8I", *words[:8])
+
+
+def check_digests(v):
+    data = bytes(i % 251 for i in range(v.int("input_len")))
+    check(blake3(data) == v.hex("digest"), "BLAKE3 digest")
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -781,6 +883,7 @@ CHECKS = {
     "negative-messages.txt": check_negative_messages,
     "negative-records.txt": check_negative_records,
     "negative-handshake.txt": check_negative_handshake,
+    "digests.txt": check_digests,
 }
 
 

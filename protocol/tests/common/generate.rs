@@ -42,7 +42,7 @@ type MessageCase = (&'static str, u8, u8, Vec<u8>, ErrorCode, &'static str);
 
 /// Writes every vector file into `dir`.
 pub fn all(dir: &std::path::Path) {
-    let files: [Generator; 9] = [
+    let files: [Generator; 10] = [
         ("headers.txt", headers),
         ("messages.txt", messages),
         ("handshake.txt", handshake),
@@ -52,6 +52,7 @@ pub fn all(dir: &std::path::Path) {
         ("negative-messages.txt", negative_messages),
         ("negative-records.txt", negative_records),
         ("negative-handshake.txt", negative_handshake),
+        ("digests.txt", digests),
     ];
     for (name, generate) in files {
         std::fs::write(dir.join(name), generate()).expect("write vector file");
@@ -193,6 +194,9 @@ fn entry_fields(w: &mut Writer, prefix: &str, e: &Entry) {
     w.int(&format!("{prefix}mtime_secs"), e.mtime_secs);
     w.int(&format!("{prefix}mtime_nanos"), e.mtime_nanos);
     w.field(&format!("{prefix}mode"), format!("0x{:03x}", e.mode));
+    if let Some(link) = &e.link {
+        w.string(&format!("{prefix}link"), link);
+    }
 }
 
 /// The semantic fields of a message, as `message_from` in `tests/vectors.rs` reads them.
@@ -226,6 +230,9 @@ fn message_fields(w: &mut Writer, message: &Message) {
             w.string("path", &m.path);
             w.int("recursive", u8::from(m.recursive));
             w.int("max_depth", m.max_depth);
+            if m.links {
+                w.int("links", 1);
+            }
         }
         Message::StatRequest(m) => {
             w.field("message", "StatRequest");
@@ -389,6 +396,16 @@ fn messages() -> String {
             "list docs recursively, 3 levels deep",
         ),
         (
+            "list_request_links",
+            2,
+            Message::ListRequest(
+                ListRequest::new("", true, 32)
+                    .expect("short path")
+                    .with_links(true),
+            ),
+            "list the root recursively, asking for link targets (flag 0x80)",
+        ),
+        (
             "stat_request",
             3,
             Message::StatRequest(StatRequest::new("docs/a.txt").expect("short path")),
@@ -427,6 +444,33 @@ fn messages() -> String {
                 entries: vec![notes.clone(), docs.clone(), link, fifo],
             }),
             "a page of four entries: file, directory, symlink (negative mtime), other",
+        ),
+        (
+            "list_page_links",
+            2,
+            Message::ListPage(ListPage {
+                entries: vec![
+                    Entry {
+                        link: Some("notes.txt".into()),
+                        ..entry("current", EntryKind::FILE, 1234, 1_700_000_000, 5, 0o644)
+                    },
+                    Entry {
+                        link: Some("../docs".into()),
+                        ..entry(
+                            "sub/up",
+                            EntryKind::DIRECTORY,
+                            4096,
+                            1_600_000_000,
+                            0,
+                            0o755,
+                        )
+                    },
+                    entry("escape", EntryKind::SYMLINK, 0, 1_500_000_000, 0, 0o777),
+                ],
+            }),
+            "answer to a list with flag 0x80: links inside the root carry the link flag on \
+             the kind byte (0x80 | target kind) and their text after mode; a refused link is \
+             kind 2, size 0, no text",
         ),
         (
             "stat_response_file",
@@ -912,6 +956,42 @@ fn records() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // keys
+
+/// The input of a digest vector: byte `i` is `i % 251`, as in BLAKE3's own test vectors.
+pub fn digest_input(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn digests() -> String {
+    let mut w = Writer::default();
+    preamble(
+        &mut w,
+        "fetch digests (BLAKE3)",
+        "Each vector gives `input_len`; the input is that many bytes, byte i being i mod 251\n\
+         (BLAKE3's own test-vector input). `digest` is the FetchEnd digest of it (PROTOCOL.md\n\
+         §3.7): BLAKE3's default 32-byte hash. BLAKE3 hashes 1024-byte chunks and merges them\n\
+         in a binary tree, so lengths around 1024-byte boundaries and several KiB exercise the\n\
+         chunk tree (`seven_chunks` is not a power of two; `eight_chunks_and_one` adds a level).",
+    );
+    let cases: [(&str, usize); 9] = [
+        ("empty", 0),
+        ("one_byte", 1),
+        ("one_block", 64),
+        ("one_chunk", 1024),
+        ("two_chunks_partial", 1025),
+        ("three_chunks_and_one", 3073),
+        ("seven_chunks", 7168),
+        ("eight_chunks_and_one", 8193),
+        ("thirty_one_kib_and_odd", 31_744 + 7),
+    ];
+    for (name, len) in cases {
+        w.vector(name).int("input_len", len).hex(
+            "digest",
+            &ferry_protocol::digest::fetch_digest(&digest_input(len)),
+        );
+    }
+    w.finish()
+}
 
 fn keys() -> String {
     let mut w = Writer::default();
