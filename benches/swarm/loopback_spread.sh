@@ -67,7 +67,7 @@ for N in $NS; do
         d=$(cat "$R"/*.err | grep -c 'dropping peer' || true)
         drops=$((drops + d))
         times+=("$t")
-        printf "N=%d run %2d  %6.2f s  dropped %d\n" "$N" "$run" "$t" "$d"
+        printf "N=%d run %2d  %6.2f s  dropped %d  load %s\n" "$N" "$run" "$t" "$d" "$(cut -d' ' -f1 /proc/loadavg)"
         [ "$d" = 0 ] || grep -h 'dropping peer' "$R"/*.err | sed 's/^/    /' | head -5
     done
     printf '%s\n' "${times[@]}" | sort -g | awk -v n="$N" -v mib="$SIZE_MIB" -v drops="$drops" '

@@ -775,9 +775,10 @@ async fn run_peer(
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After sending its last frame and shutting down its side, a closing peer reads and discards
 /// for this long or this many bytes (spec/P2P.md §3.10): closing a socket with unread data
-/// makes the kernel send a reset, which can destroy the ERROR frame still in flight.
+/// makes the kernel send a reset, which can destroy the ERROR frame still in flight. The byte
+/// bound covers a full pipeline of blocks (64 × 16 KiB) already on its way.
 const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 4 << 20;
 
 /// Reads and discards until end of stream, [`LINGER_TIME`] or [`LINGER_BYTES`].
 async fn drain(read: &mut OwnedReadHalf) {

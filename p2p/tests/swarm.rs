@@ -709,6 +709,8 @@ async fn a_banned_peer_that_keeps_sending_gets_banned_not_a_reset() {
     let (requests_tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let stopped = stop.clone();
+    let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = sent.clone();
     let keeps_sending = tokio::spawn(async move {
         let mut keepalives = 0u32;
         loop {
@@ -730,6 +732,7 @@ async fn a_banned_peer_that_keeps_sending_gets_banned_not_a_reset() {
                         return keepalives;
                     }
                     keepalives += 1;
+                    counter.store(keepalives, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
@@ -760,9 +763,18 @@ async fn a_banned_peer_that_keeps_sending_gets_banned_not_a_reset() {
         .await
         .expect("no end of stream within 10 s");
     assert!(matches!(end, Ok(None)), "after BANNED: {end:?}");
+    // It kept sending after the ban too: a few more keep-alives after the end of stream, while
+    // the node drains (bounded by the test's own timeout).
+    let after = sent.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while sent.load(std::sync::atomic::Ordering::Relaxed) < after + 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the banned peer could not keep sending");
     stop.cancel();
-    let keepalives = keeps_sending.await.unwrap();
-    assert!(keepalives > 0, "the banned peer never kept sending");
+    keeps_sending.await.unwrap();
     assert_eq!(leecher.stats.borrow().banned, 1);
     leecher.shutdown().await.unwrap();
 }
