@@ -178,6 +178,12 @@ pub struct GetArgs {
     /// name). E.g. ~/Downloads/
     #[arg(conflicts_with = "out")]
     pub dest: Option<PathBuf>,
+    /// More URLs, as scp and wget take them: with several, the last argument is the
+    /// destination directory unless it is a ferry:// URL (then the current directory, or
+    /// -o). Each file (or tree with -r) lands under its remote name.
+    /// E.g. ferry get ferry://h/a.iso ferry://h/b.iso ~/Downloads/
+    #[arg(value_name = "MORE")]
+    pub more: Vec<String>,
     /// The destination, as a flag (like ferry-peer get --out): the same as DEST. E.g. -o pics
     #[arg(short = 'o', long, value_name = "DEST")]
     pub out: Option<PathBuf>,
@@ -235,6 +241,40 @@ pub struct DemoArgs {
 }
 
 impl GetArgs {
+    /// Every URL to fetch and the destination: `URL [DEST]`, or `URL URL... [DEST]` where a
+    /// last argument that is not a `ferry://` URL is the destination.
+    pub fn targets(&self) -> Result<(Vec<FerryUrl>, Option<PathBuf>), String> {
+        let mut rest: Vec<String> = self
+            .dest
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .chain(self.more.iter().cloned())
+            .collect();
+        if rest.len() <= 1 && !rest.iter().any(|r| r.starts_with("ferry://")) {
+            return Ok((vec![self.url.clone()], self.dest()));
+        }
+        let dest = match rest.last() {
+            Some(last) if !last.starts_with("ferry://") => {
+                if self.out.is_some() {
+                    return Err(format!(
+                        "two destinations: {last} and -o {}; give one",
+                        self.out
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new(""))
+                            .display()
+                    ));
+                }
+                rest.pop().map(PathBuf::from)
+            }
+            _ => self.out.clone(),
+        };
+        let mut urls = vec![self.url.clone()];
+        for text in rest {
+            urls.push(text.parse().map_err(|e| format!("{text}: {e}"))?);
+        }
+        Ok((urls, dest))
+    }
+
     /// The destination, given positionally or with `-o/--out`.
     pub fn dest(&self) -> Option<PathBuf> {
         self.dest.clone().or_else(|| self.out.clone())

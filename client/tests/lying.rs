@@ -758,3 +758,21 @@ fn get_to_dash_streams_to_stdout() {
     assert_eq!(run.stdout.as_bytes(), WHOLE);
     assert!(!dir.path().join("-").exists());
 }
+
+#[test]
+fn get_takes_several_urls_and_a_destination_directory() {
+    static FILES: &[(&str, &[u8])] = &[("a", b"aaa"), ("b", b"bb")];
+    let liar = Liar::start(|peer| honest(peer, FILES));
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, missing) = (liar.url("a"), liar.url("b"), liar.url("missing"));
+    let run = ferry(&liar, dir.path(), &["get", &a, &b, "out/"], &[], LIMIT);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert_eq!(std::fs::read(dir.path().join("out/a")).unwrap(), b"aaa");
+    assert_eq!(std::fs::read(dir.path().join("out/b")).unwrap(), b"bb");
+    // Without a destination, the current directory; a failure does not stop the others and
+    // is said once, with its URL.
+    let run = ferry(&liar, dir.path(), &["get", &missing, &a, &b], &[], LIMIT);
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"bb");
+    assert_eq!(run.stderr.matches("missing").count(), 1, "{run:#?}");
+}

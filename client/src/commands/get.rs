@@ -11,6 +11,10 @@ use crate::transfer::{
 };
 
 pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
+    let (urls, dest) = args.targets().map_err(ClientError::Usage)?;
+    if urls.len() > 1 {
+        return run_many(ctx, &args, urls, dest).await;
+    }
     let client = ctx.connect(&args.url).await?;
     let options = GetOptions {
         force: args.force,
@@ -52,6 +56,90 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
     // before the note and the error are printed.
     progress.clear();
     result
+}
+
+/// `get URL URL... [DEST]`: each into the directory DEST (default: the current one) under its
+/// remote name, one after the other; a failure does not stop the rest, the worst sets the exit
+/// code, and each is said once.
+async fn run_many(
+    ctx: &Context,
+    args: &GetArgs,
+    urls: Vec<crate::FerryUrl>,
+    dest: Option<PathBuf>,
+) -> Result<(), ClientError> {
+    let dir = dest.unwrap_or_else(|| PathBuf::from("."));
+    if dir.as_os_str() == "-" {
+        return Err(ClientError::Usage(
+            "several URLs cannot all go to stdout; name a directory".into(),
+        ));
+    }
+    if !dir.is_dir() {
+        if !dir.to_string_lossy().ends_with('/') {
+            return Err(ClientError::Usage(format!(
+                "with several URLs the destination must be a directory: {} is not one (end it with / to create it)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| ClientError::io(&dir, e))?;
+    }
+    let options = GetOptions {
+        force: args.force,
+        resume: !args.no_resume,
+        jobs: args.jobs.into(),
+        min_progress: args.min_progress,
+    };
+    let progress = ctx.progress();
+    let (handle, cancel) = cancel_pair();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            handle.cancel();
+        }
+    });
+    let mut failed: Vec<(String, ClientError)> = Vec::new();
+    for url in &urls {
+        let path = &url.path;
+        let result = match ctx.connect(url).await {
+            Ok(client) if args.recursive => {
+                let tree = dir.join(remote_name(path).unwrap_or(url.host.as_str()));
+                transfer::download_tree(&client, path, &tree, &options, &progress, &cancel)
+                    .await
+                    .and_then(|report| tree_summary(ctx, &progress, &tree, report))
+            }
+            Ok(client) => match transfer::resolve_dest(path, Some(&dir.join(""))) {
+                Ok(dest) => {
+                    fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let stop = matches!(e, ClientError::Interrupted);
+            failed.push((url.to_string(), e));
+            if stop {
+                break;
+            }
+        }
+    }
+    watcher.abort();
+    progress.clear();
+    // The first of the most serious failures is the exit reason, printed by `main`; the
+    // others are printed here, each once.
+    let worst = (0..failed.len())
+        .rev()
+        .max_by_key(|&i| failed[i].1.exit_code())
+        .map(|i| failed.remove(i));
+    for (url, e) in &failed {
+        progress.println(&format!("ferry: {}: {e}", crate::format::printable(url)));
+    }
+    match worst {
+        Some((url, e)) => Err(ClientError::About {
+            what: url,
+            source: Box::new(e),
+            after: String::new(),
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn fetch_one(
