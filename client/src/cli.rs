@@ -110,7 +110,7 @@ pub enum Command {
     Ping(PingArgs),
     /// Download a file, or a directory tree with -r; resumes interrupted downloads.
     #[command(
-        after_help = format!("Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -o ~/Downloads/ ferry://host/iso/big.iso  (the same)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\nAn interrupted download leaves NAME.part and NAME.part.meta; run the same command again to\nresume.\n\n{EXIT_CODES}")
+        after_help = format!("Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -o ~/Downloads/ ferry://host/iso/big.iso  (the same)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\n  ferry get ferry://host/a ferry://host/b ~/Downloads/ (several, into a directory)\n  ferry get ferry://host/notes.txt -                  (to stdout)\nAn interrupted download leaves .NAME.ferry-part and .NAME.ferry-part.meta beside NAME; run\nthe same command again to resume (the whole file is then checked against the server's digest).\nThe executable bit of the remote file is kept; other permissions follow your umask.\n\n{EXIT_CODES}")
     )]
     Get(GetArgs),
     /// Open an interactive shell (ls, cd, get, mget, ...) on a server, or run a batch file.
@@ -190,12 +190,12 @@ pub struct GetArgs {
     /// Download a whole directory tree. Default: off (a single file).
     #[arg(short = 'r', long)]
     pub recursive: bool,
-    /// Continue from NAME.part if it exists, after checking that the remote file is unchanged
+    /// Continue from .NAME.ferry-part if it exists, after checking that the remote file is unchanged
     /// (size and mtime). This is already the default; the flag is for scripts that want to say
     /// it. See also --no-resume.
     #[arg(long, conflicts_with = "no_resume")]
     pub resume: bool,
-    /// Ignore an existing NAME.part and download from the start. Default: off.
+    /// Ignore an existing .NAME.ferry-part and download from the start. Default: off.
     #[arg(long)]
     pub no_resume: bool,
     /// Files in flight at once with -r (1 to 32; a server answers at most 32 requests at a time

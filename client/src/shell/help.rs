@@ -39,7 +39,7 @@ pub const COMMANDS: &[CommandHelp] = &[
         name: "get",
         usage: "get [-r] [-f] [-j N] PATH [DEST] [&]",
         summary: "download a file, or a tree with -r",
-        details: "Writes to DEST (default: the remote name in the local directory, see lcd) via NAME.part, renamed once the server's digest matches. An existing NAME.part is resumed. -f overwrites an existing destination; -j N sets the files in flight for -r (default 4). A trailing & runs it in the background (see jobs). Ctrl-C cancels a foreground transfer and keeps the partial file.",
+        details: "Writes to DEST (default: the remote name in the local directory, see lcd) via .NAME.ferry-part, renamed once the server's digest matches. An existing .NAME.ferry-part is resumed, and the whole file is then checked against the server's digest. -f overwrites an existing destination; -j N sets the files in flight for -r (default 4). A trailing & runs it in the background (see jobs). Ctrl-C cancels a foreground transfer and keeps the partial file.",
     },
     CommandHelp {
         name: "mget",
