@@ -195,6 +195,36 @@ async fn idle_connections_are_closed() {
     server.shutdown().await;
 }
 
+/// Issue 9 item 5, the server's half: a byte flipped in a record's length field ends the
+/// connection with a connection-level error the client can map to its exit code 3: a shorter
+/// length fails the record (`BAD_RECORD`), a longer one leaves the frame incomplete until the
+/// frame deadline (`TIMEOUT`), one over the cap is refused from the header (`TOO_LARGE`).
+#[tokio::test]
+async fn a_flipped_record_length_closes_with_a_clear_code() {
+    let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
+    let cases: [(fn(u32) -> u32, ErrorCode); 3] = [
+        (|len| len - 16, ErrorCode::BAD_RECORD),
+        (|len| len + 16, ErrorCode::TIMEOUT),
+        (|len| len | 0x0100_0000, ErrorCode::TOO_LARGE),
+    ];
+    for (flip, expected) in cases {
+        let mut client = server.client().await;
+        let mut frame = seal(
+            &mut client,
+            RequestId(1),
+            &Message::Ping(bytes::Bytes::from_static(b"x")),
+        );
+        let len = u32::from_be_bytes(frame[8..12].try_into().unwrap());
+        frame[8..12].copy_from_slice(&flip(len).to_be_bytes());
+        let started = Instant::now();
+        client.conn.get_mut().write_all(&frame).await.unwrap();
+        assert_eq!(closing_code(&mut client).await, Some(expected));
+        // The frame deadline is 2 s in this configuration; nothing waits much longer.
+        assert!(started.elapsed() < Duration::from_secs(15), "{expected}");
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn oversized_forged_and_malformed_frames_close_the_connection() {
     let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
