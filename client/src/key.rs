@@ -220,6 +220,9 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Each case parses 64 lines with clap; 32 cases are 2,048 lines.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
         /// Random keys and ports, each case with every possible first character, so the cases
         /// proptest happens to draw cannot miss the one that matters.
         #[test]
