@@ -202,7 +202,8 @@ async fn idle_connections_are_closed() {
 #[tokio::test]
 async fn a_flipped_record_length_closes_with_a_clear_code() {
     let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
-    let cases: [(fn(u32) -> u32, ErrorCode); 3] = [
+    type Flip = fn(u32) -> u32;
+    let cases: [(Flip, ErrorCode); 3] = [
         (|len| len - 16, ErrorCode::BAD_RECORD),
         (|len| len + 16, ErrorCode::TIMEOUT),
         (|len| len | 0x0100_0000, ErrorCode::TOO_LARGE),
