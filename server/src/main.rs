@@ -139,7 +139,7 @@ enum LogFormat {
 ///
 /// ```toml
 /// root = "/srv/share"                 # default: current directory
-/// listen = ["0.0.0.0:6789", "[::]:6789"]  # default: ["127.0.0.1:6789"]
+/// listen = ["0.0.0.0", "[::]:6789"]   # as --listen; default: ["127.0.0.1:6789"]
 /// key_file = "/etc/ferry/key"         # default: ~/.config/ferry/key
 /// plaintext = false                   # default: false
 /// no_symlinks = false                 # default: false (links inside root are followed)
@@ -161,7 +161,8 @@ enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 struct FileConfig {
     root: Option<PathBuf>,
-    listen: Option<Vec<SocketAddr>>,
+    /// Same syntax as --listen.
+    listen: Option<Vec<String>>,
     key_file: Option<PathBuf>,
     plaintext: Option<bool>,
     no_symlinks: Option<bool>,
@@ -292,10 +293,15 @@ fn run(cli: Cli) -> Result<i32> {
             .iter()
             .flat_map(|l| l.0.iter().copied())
             .collect()
+    } else if let Some(listen) = &file.listen {
+        let mut addrs = Vec::new();
+        for text in listen {
+            let parsed = parse_listen(text).map_err(|e| anyhow::anyhow!("config listen: {e}"))?;
+            addrs.extend(parsed.0);
+        }
+        addrs
     } else {
-        file.listen
-            .clone()
-            .unwrap_or_else(|| vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))])
+        vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))]
     };
     let key = resolve_key(&cli, &file)?;
     let limits = limits(&cli, &file.limits)?;
