@@ -658,6 +658,12 @@ fn get_takes_out_as_well_as_a_positional_destination() {
     );
     let run = s.ferry(&["get", &s.server.url("a.txt"), "y.txt", "-o", "z.txt"]);
     run.code(2);
+    // The shell's get too.
+    let script = s.work.join("o.txt");
+    std::fs::write(&script, "get -o s.txt a.txt\n").unwrap();
+    s.ferry(&["shell", &s.server.url(""), "-b", script.to_str().unwrap()])
+        .ok();
+    assert_eq!(std::fs::read(s.work.join("s.txt")).unwrap(), b"alpha\n");
 }
 
 fn wait_child(child: &mut std::process::Child, timeout: Duration) -> common::Run {

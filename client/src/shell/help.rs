@@ -37,9 +37,9 @@ pub const COMMANDS: &[CommandHelp] = &[
     },
     CommandHelp {
         name: "get",
-        usage: "get [-r] [-f] [-j N] PATH [DEST] [&]",
+        usage: "get [-r] [-f] [-j N] PATH [DEST | -o DEST] [&]",
         summary: "download a file, or a tree with -r",
-        details: "Writes to DEST (default: the remote name in the local directory, see lcd) via .NAME.ferry-part, renamed once the server's digest matches. An existing .NAME.ferry-part is resumed, and the whole file is then checked against the server's digest. -f overwrites an existing destination; -j N sets the files in flight for -r (default 4). A trailing & runs it in the background (see jobs). Ctrl-C cancels a foreground transfer and keeps the partial file.",
+        details: "Writes to DEST, given last or with -o (default: the remote name in the local directory, see lcd) via .NAME.ferry-part, renamed once the server's digest matches. An existing .NAME.ferry-part is resumed, and the whole file is then checked against the server's digest. -f overwrites an existing destination; -j N sets the files in flight for -r (default 4). A trailing & runs it in the background (see jobs). Ctrl-C cancels a foreground transfer and keeps the partial file.",
     },
     CommandHelp {
         name: "mget",

@@ -469,11 +469,19 @@ impl Shell {
         let mut positional = Vec::new();
         let mut iter = args.iter();
         let mut flags_done = false;
+        let mut out = None;
         while let Some(arg) = iter.next() {
             match *arg {
                 "--" if !flags_done => flags_done = true,
                 "-r" | "-R" if !flags_done => recursive = true,
                 "-f" if !flags_done => options.force = true,
+                // As `ferry get -o`: the destination as a flag.
+                "-o" | "--out" if !flags_done => {
+                    let dest = iter
+                        .next()
+                        .ok_or_else(|| ClientError::Usage(format!("{arg} takes a destination")))?;
+                    out = Some(dest);
+                }
                 "-j" if !flags_done => {
                     options.jobs = iter
                         .next()
@@ -490,9 +498,11 @@ impl Shell {
                 path => positional.push(path),
             }
         }
-        let (remote_arg, dest) = match positional.as_slice() {
-            [remote] => (*remote, None),
-            [remote, dest] => (*remote, Some(PathBuf::from(expand_home(dest)))),
+        let (remote_arg, dest) = match (positional.as_slice(), out) {
+            ([remote], None) => (*remote, None),
+            ([remote], Some(dest)) | ([remote, dest], None) => {
+                (*remote, Some(PathBuf::from(expand_home(dest))))
+            }
             _ => {
                 return Err(ClientError::Usage(format!(
                     "usage: {}",
