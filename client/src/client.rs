@@ -31,8 +31,8 @@ use ferry_protocol::message::{
     TO_END,
 };
 use ferry_protocol::{
-    Error as ProtoError, ErrorBody, Frame, FrameType, HandshakeError, Key, Message, RecvHalf,
-    RequestId, SendHalf, Service,
+    Error as ProtoError, ErrorBody, ErrorCode, Frame, FrameType, HandshakeError, Key, Message,
+    RecvHalf, RequestId, SendHalf, Service,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -67,6 +67,11 @@ pub struct ClientConfig {
     /// read): a corrupted length on the wire cannot make the client wait for bytes that never
     /// come. Default 30 s, as the server.
     pub frame_read_timeout: Duration,
+    /// A server whose connection slots are all taken answers the handshake with `BUSY` (or,
+    /// evicting a handshake to admit another, closes it): the client tries again this many
+    /// times, waiting 100 ms, 200 ms, 400 ms, … (at most 2 s) between tries, and says so.
+    /// Default 5.
+    pub busy_retries: u32,
 }
 
 impl ClientConfig {
@@ -80,7 +85,13 @@ impl ClientConfig {
             keepalive_timeout: Duration::from_secs(20),
             request_buffer: 64,
             frame_read_timeout: Duration::from_secs(30),
+            busy_retries: 5,
         }
+    }
+
+    pub fn busy_retries(mut self, retries: u32) -> Self {
+        self.busy_retries = retries;
+        self
     }
 
     pub fn frame_read_timeout(mut self, timeout: Duration) -> Self {
@@ -294,7 +305,28 @@ impl Client {
         Err(last.unwrap_or_else(|| ClientError::Local("no address to connect to".into())))
     }
 
+    /// One address: connect and handshake, again after a pause while the server is full.
     async fn connect_addr(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
+        let mut tries = 0;
+        loop {
+            let result = Self::connect_once(addr, config.clone()).await;
+            match result {
+                Err(e) if tries < config.busy_retries && is_busy_at_connect(&e) => {
+                    let delay = busy_backoff(tries);
+                    tries += 1;
+                    warn!(
+                        "the server at {addr} is busy; trying again in {} ms ({tries} of {})",
+                        delay.as_millis(),
+                        config.busy_retries
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
         let timeout = config.connect_timeout;
         let attempt = async {
             let stream = tokio::net::TcpStream::connect(addr)
@@ -867,6 +899,30 @@ async fn resolve(url: &FerryUrl) -> Result<Vec<SocketAddr>, ClientError> {
         });
     }
     Ok(addrs)
+}
+
+/// A refusal that says "come back later": `BUSY` during the handshake, or the connection
+/// closed mid-handshake (a full server evicts a handshake in progress without a word, because
+/// its plaintext error would reach us as a bad record).
+fn is_busy_at_connect(error: &ClientError) -> bool {
+    match error {
+        ClientError::Handshake {
+            source: HandshakeError::Refused(body),
+            ..
+        } => body.code == ErrorCode::BUSY,
+        ClientError::ConnectionLost(_) => true,
+        _ => false,
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms, … capped at 2 s, each stretched by up to a quarter at random so
+/// that clients turned away together do not all come back together.
+fn busy_backoff(tries: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << tries.min(5))
+        .min(Duration::from_secs(2));
+    let spread = rand::random::<u32>() % (base.as_millis() as u32 / 4 + 1);
+    base + Duration::from_millis(u64::from(spread))
 }
 
 fn handshake_error(error: ProtoError, addr: SocketAddr) -> ClientError {

@@ -45,7 +45,7 @@ pub enum ClientError {
     },
     #[error("authentication failed with {addr}: wrong key, or not a Ferry server (compare --key or FERRY_KEY with the server's connect line)")]
     Auth { addr: SocketAddr },
-    #[error("the server at {addr} refused the handshake: {source}")]
+    #[error("the server at {addr} {}", refusal(.source))]
     Handshake {
         addr: SocketAddr,
         source: HandshakeError,
@@ -234,5 +234,20 @@ mod tests {
             long.to_string().len()
         );
         assert!(!long.to_string().contains('\x1b'));
+    }
+}
+
+/// A handshake refusal in one sentence: the server's own reason when it sent one.
+fn refusal(source: &HandshakeError) -> String {
+    match source {
+        HandshakeError::Refused(body) => {
+            let message = if body.message.is_empty() {
+                body.code.description().to_string()
+            } else {
+                crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE)
+            };
+            format!("refused the connection: {message} ({})", body.code)
+        }
+        other => format!("refused the handshake: {}", printable(&other.to_string())),
     }
 }

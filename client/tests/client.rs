@@ -203,3 +203,53 @@ fn trees_wait_out_a_busy_server() {
         assert_eq!(got, data(50_000 + i, i as u64));
     }
 }
+
+/// Issue 9 item 2: a full server answers the handshake with BUSY; the client tries again with
+/// a bounded backoff and gets in once a slot frees.
+#[test]
+fn a_busy_server_is_tried_again_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), 1024);
+    let key = Key::generate();
+    let server = TestServer::start_with(dir.path(), &key, "127.0.0.1:0".parse().unwrap(), |c| {
+        let limits = ferry_server::Limits {
+            max_connections: 1,
+            max_pending: 1,
+            max_pending_per_address: 1,
+            ..ferry_server::Limits::default()
+        };
+        *c = c.clone().limits(limits);
+    });
+    block_on(async {
+        let holder = Client::connect(server.addr, ClientConfig::new(key.clone()))
+            .await
+            .unwrap();
+        holder.ping(Bytes::from_static(b"x")).await.unwrap();
+
+        // With the only slot held throughout, the retries run out and the error says BUSY.
+        let config = ClientConfig::new(key.clone()).busy_retries(2);
+        let started = std::time::Instant::now();
+        let err = Client::connect(server.addr, config).await.unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("refused the connection: too many connections"),
+            "{said}"
+        );
+        assert!(
+            !said.contains("peer refused the handshake"),
+            "said twice: {said}"
+        );
+        // Two pauses of at least 100 ms and 200 ms show both retries happened.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // Freed while the newcomer is still retrying (its pauses add up to over 3 s): it gets in.
+        let waiting = tokio::spawn(Client::connect(
+            server.addr,
+            ClientConfig::new(key.clone()).busy_retries(5),
+        ));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(holder);
+        let client = waiting.await.unwrap().unwrap();
+        client.ping(Bytes::from_static(b"y")).await.unwrap();
+    });
+}
