@@ -173,6 +173,21 @@ fn connect_message(addr: &SocketAddr, source: &std::io::Error) -> String {
     }
 }
 
+/// A handshake refusal in one sentence: the server's own reason when it sent one.
+fn refusal(source: &HandshakeError) -> String {
+    match source {
+        HandshakeError::Refused(body) => {
+            let message = if body.message.is_empty() {
+                body.code.description().to_string()
+            } else {
+                crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE)
+            };
+            format!("refused the connection: {message} ({})", body.code)
+        }
+        other => format!("refused the handshake: {}", printable(&other.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,20 +249,5 @@ mod tests {
             long.to_string().len()
         );
         assert!(!long.to_string().contains('\x1b'));
-    }
-}
-
-/// A handshake refusal in one sentence: the server's own reason when it sent one.
-fn refusal(source: &HandshakeError) -> String {
-    match source {
-        HandshakeError::Refused(body) => {
-            let message = if body.message.is_empty() {
-                body.code.description().to_string()
-            } else {
-                crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE)
-            };
-            format!("refused the connection: {message} ({})", body.code)
-        }
-        other => format!("refused the handshake: {}", printable(&other.to_string())),
     }
 }
