@@ -1126,7 +1126,9 @@ pub async fn download_tree(
             return Err(ClientError::Interrupted);
         }
         let mut entries = match cancel
-            .guard(when_not_busy(|| client.list(&dir, false, 0)))
+            // Links marked, so a directory link is not walked (spec §3.4: the server's own
+            // recursive listings do not descend through them either).
+            .guard(when_not_busy(|| client.list_with(&dir, false, 0, true)))
             .await
         {
             Ok(entries) => entries,
@@ -1154,6 +1156,13 @@ pub async fn download_tree(
             let local = local_dir.join(&rel);
             let remote_path = join(&dir, &entry.name);
             match entry.kind {
+                EntryKind::DIRECTORY if entry.link.is_some() => {
+                    // A loop (`a -> .`) or a second copy of a subtree: name it and go on.
+                    warn!(
+                        "skipping {}: a link to a directory (get -r does not follow them; get it by its own path)",
+                        printable(&remote_path)
+                    );
+                }
                 EntryKind::DIRECTORY => {
                     if let Err(e) = tokio::fs::create_dir_all(&local).await {
                         failed(&mut report, &remote_path, ClientError::io(&local, e));

@@ -734,3 +734,26 @@ fn shell_reconnects_after_the_server_restarts() {
     out.ok();
     assert!(out.stderr.contains("reconnected to"), "{}", out.stderr);
 }
+
+/// Issue 9 item 4: `get -r` fetches a file link inside the root as the file it names, does
+/// not descend through a directory link (a loop or a second copy of a subtree), says so once,
+/// and a link that leaves the root is neither fetched nor revealed.
+#[test]
+fn get_r_fetches_file_links_and_does_not_follow_directory_links() {
+    let s = setup(10);
+    let docs = s.root.join("docs");
+    std::os::unix::fs::symlink("readme.md", docs.join("readme-link.md")).unwrap();
+    std::os::unix::fs::symlink(".", docs.join("loop")).unwrap();
+    std::os::unix::fs::symlink("/etc", docs.join("outside")).unwrap();
+    let run = s.ferry(&["get", "-r", &s.server.url("docs"), "mirror"]);
+    run.ok();
+    let mirror = s.work.join("mirror");
+    assert_eq!(
+        std::fs::read(mirror.join("readme-link.md")).unwrap(),
+        b"# docs\n"
+    );
+    assert!(!mirror.join("loop").exists());
+    assert!(!mirror.join("outside").exists());
+    assert_eq!(run.stderr.matches("docs/loop").count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("/etc"), "{}", run.stderr);
+}
