@@ -467,15 +467,7 @@ pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
     let bar = progress.file(remote_name(remote).unwrap_or(remote), size, 0);
     let mut watch = ProgressWatch::new(options.min_progress);
     let mut cancel = cancel.clone();
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(ClientError::Interrupted),
-            chunk = stream.chunk() => chunk?,
-            () = watch.expired() => return Err(watch.error(remote)),
-        };
-        let Some(chunk) = chunk else { break };
-        watch.add(chunk.len() as u64);
+    while let Some(chunk) = watch.next_chunk(&mut stream, &mut cancel, remote).await? {
         bar.inc(chunk.len() as u64);
         out.write_all(&chunk).await.map_err(|e| {
             ClientError::Local(format!(
@@ -529,6 +521,27 @@ impl ProgressWatch {
             self.since = tokio::time::Instant::now();
             self.bytes = 0;
         }
+    }
+
+    /// The next chunk of `stream` (`None` at its end), unless the user cancels first or the
+    /// window runs out short of the minimum.
+    async fn next_chunk(
+        &mut self,
+        stream: &mut FetchStream,
+        cancel: &mut Cancel,
+        remote: &str,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let chunk = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ClientError::Interrupted),
+            // Data already here counts before the deadline is looked at.
+            chunk = stream.chunk() => chunk?,
+            () = self.expired() => return Err(self.error(remote)),
+        };
+        if let Some(chunk) = &chunk {
+            self.add(chunk.len() as u64);
+        }
+        Ok(chunk)
     }
 
     /// Resolves when the window ran out short of the minimum; never when the rule is off.
@@ -719,16 +732,7 @@ async fn fetch_to(
         }
         let mut cancel = cancel.clone();
         let mut watch = ProgressWatch::new(options.min_progress);
-        loop {
-            let chunk = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Err(ClientError::Interrupted),
-                // Data already here counts before the deadline is looked at.
-                chunk = stream.chunk() => chunk?,
-                () = watch.expired() => return Err(watch.error(remote)),
-            };
-            let Some(chunk) = chunk else { break };
-            watch.add(chunk.len() as u64);
+        while let Some(chunk) = watch.next_chunk(stream, &mut cancel, remote).await? {
             // The stream refuses data past the length it announced, and that was checked
             // against the stated size; this keeps the disk bound local and obvious.
             if written + chunk.len() as u64 > entry.size {
