@@ -174,6 +174,9 @@ pub async fn run(options: HostileOptions) -> HostileReport {
     }
 }
 
+/// How long after the run's end an attack already under way may wait for its verdict.
+const VERDICT_GRACE: Duration = Duration::from_secs(2);
+
 async fn attacker(
     index: usize,
     options: &HostileOptions,
@@ -184,10 +187,13 @@ async fn attacker(
     while Instant::now() < deadline {
         let attack = Attack::ALL[n % Attack::ALL.len()];
         n += 1;
-        let budget = deadline.saturating_duration_since(Instant::now());
+        // An attack started just before the end still gets time to hear its verdict, so a
+        // prompt rejection is not miscounted as a connection the server left open.
+        let verdict_by = deadline + VERDICT_GRACE;
+        let budget = verdict_by.saturating_duration_since(Instant::now());
         let outcomes = match tokio::time::timeout(
             budget + Duration::from_secs(1),
-            one(attack, options, deadline),
+            one(attack, options, verdict_by),
         )
         .await
         {
