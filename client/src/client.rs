@@ -961,6 +961,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return;
         }
         if let Some(tx) = outgoing.upgrade() {
+            // A copy: the payload is a slice of the read buffer, and a queued slice would pin
+            // that whole allocation, so a flood would make the reader allocate anew each read.
+            let payload = Bytes::copy_from_slice(&payload);
             conn.pong_bytes.fetch_add(payload.len(), Ordering::Relaxed);
             if let Err(mpsc::error::SendError(Outgoing::Pong(_, payload))) =
                 tx.send(Outgoing::Pong(id, payload))
