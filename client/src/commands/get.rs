@@ -16,20 +16,9 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
         return run_many(ctx, &args, urls, dest).await;
     }
     let client = ctx.connect(&args.url).await?;
-    let options = GetOptions {
-        force: args.force,
-        resume: !args.no_resume,
-        jobs: args.jobs.into(),
-        min_progress: args.min_progress,
-    };
+    let options = get_options(&args);
     let progress = ctx.progress();
-    // Ctrl-C asks the transfers to stop; they flush and record their partial files first.
-    let (handle, cancel) = cancel_pair();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            handle.cancel();
-        }
-    });
+    let (watcher, cancel) = cancel_on_ctrl_c();
     let path = &args.url.path;
     let result = if args.recursive {
         let dest = args
@@ -58,6 +47,27 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
     result
 }
 
+fn get_options(args: &GetArgs) -> GetOptions {
+    GetOptions {
+        force: args.force,
+        resume: !args.no_resume,
+        jobs: args.jobs.into(),
+        min_progress: args.min_progress,
+    }
+}
+
+/// Ctrl-C asks the transfers to stop; they flush and record their partial files first. Abort
+/// the returned task when the transfers are over.
+fn cancel_on_ctrl_c() -> (tokio::task::JoinHandle<()>, Cancel) {
+    let (handle, cancel) = cancel_pair();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            handle.cancel();
+        }
+    });
+    (watcher, cancel)
+}
+
 /// `get URL URL... [DEST]`: each into the directory DEST (default: the current one) under its
 /// remote name, one after the other; a failure does not stop the rest, the worst sets the exit
 /// code, and each is said once.
@@ -82,19 +92,9 @@ async fn run_many(
         }
         std::fs::create_dir_all(&dir).map_err(|e| ClientError::io(&dir, e))?;
     }
-    let options = GetOptions {
-        force: args.force,
-        resume: !args.no_resume,
-        jobs: args.jobs.into(),
-        min_progress: args.min_progress,
-    };
+    let options = get_options(args);
     let progress = ctx.progress();
-    let (handle, cancel) = cancel_pair();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            handle.cancel();
-        }
-    });
+    let (watcher, cancel) = cancel_on_ctrl_c();
     let mut failed: Vec<(String, ClientError)> = Vec::new();
     for url in &urls {
         let path = &url.path;
