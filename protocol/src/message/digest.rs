@@ -4,7 +4,8 @@
 use bytes::{BufMut, Bytes};
 
 use super::{
-    check_str, expect_empty, get_array, get_i64, get_str, get_u32, get_u64, put_str, str_len,
+    check_mtime_nanos, check_str, expect_empty, get_array, get_i64, get_str, get_u32, get_u64,
+    put_str, str_len,
 };
 use crate::error::DecodeError;
 
@@ -67,12 +68,7 @@ impl DigestResponse {
         let mtime_nanos = get_u32(&mut src)?;
         let digest = get_array(&mut src)?;
         expect_empty(&src)?;
-        if mtime_nanos >= 1_000_000_000 {
-            return Err(DecodeError::InvalidValue {
-                field: "mtime_nanos",
-                value: mtime_nanos.into(),
-            });
-        }
+        check_mtime_nanos(mtime_nanos)?;
         Ok(Self {
             size,
             mtime_secs,

@@ -2,7 +2,9 @@
 
 use bytes::{BufMut, Bytes};
 
-use super::{expect_empty, get_i64, get_str, get_u32, get_u64, get_u8, put_str, str_len};
+use super::{
+    check_mtime_nanos, expect_empty, get_i64, get_str, get_u32, get_u64, get_u8, put_str, str_len,
+};
 use crate::error::DecodeError;
 
 /// What an entry is. Unknown values survive decoding.
@@ -82,12 +84,7 @@ impl Entry {
         let size = get_u64(src)?;
         let mtime_secs = get_i64(src)?;
         let mtime_nanos = get_u32(src)?;
-        if mtime_nanos >= 1_000_000_000 {
-            return Err(DecodeError::InvalidValue {
-                field: "mtime_nanos",
-                value: mtime_nanos.into(),
-            });
-        }
+        check_mtime_nanos(mtime_nanos)?;
         let mode = get_u32(src)?;
         let link = if wire_kind & EntryKind::LINK_FLAG != 0 {
             Some(get_str(src)?)

@@ -231,6 +231,17 @@ pub(crate) fn get_u16(src: &mut Bytes) -> Result<u16, DecodeError> {
     Ok(src.get_u16())
 }
 
+/// A timestamp's nanoseconds are below one second, wherever a message carries one.
+pub(crate) fn check_mtime_nanos(mtime_nanos: u32) -> Result<(), DecodeError> {
+    if mtime_nanos >= 1_000_000_000 {
+        return Err(DecodeError::InvalidValue {
+            field: "mtime_nanos",
+            value: mtime_nanos.into(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn get_u32(src: &mut Bytes) -> Result<u32, DecodeError> {
     need(src, 4)?;
     Ok(src.get_u32())
