@@ -14,6 +14,8 @@
 //! frame carries version 1 in its header, whatever is negotiated, so that a peer of any version
 //! can read the hello ([`HANDSHAKE_VERSION`]).
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -71,20 +73,109 @@ impl ClientConfig {
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub key: Key,
+    /// Picks, per client, the key it must prove and who it is once it has.
+    pub resolver: Arc<dyn KeyResolver>,
     /// Accept clients that ask for plaintext. Off by default.
     pub allow_plaintext: bool,
     pub max_body: u32,
 }
 
 impl ServerConfig {
+    /// One key for every client: whoever proves it is [`Principal::key_holder`].
     pub fn new(key: Key) -> Self {
+        Self::with_resolver(Arc::new(SingleKey::new(key)))
+    }
+
+    /// Keys and principals chosen per client by `resolver`.
+    pub fn with_resolver(resolver: Arc<dyn KeyResolver>) -> Self {
         Self {
-            key,
+            resolver,
             allow_plaintext: false,
             max_body: DEFAULT_MAX_BODY,
         }
     }
+}
+
+/// Who an authenticated client is and what it may do. The server's services consult it for
+/// every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// A label for logs, e.g. `key holder`; never secret.
+    pub name: String,
+    pub permissions: Permissions,
+}
+
+impl Principal {
+    /// The one principal of a single-key server: whoever holds the key reads the whole root.
+    pub fn key_holder() -> Self {
+        Self {
+            name: "key holder".into(),
+            permissions: Permissions::READ,
+        }
+    }
+}
+
+/// What a principal may do. Room to grow: a subtree, writing, a quota (issue 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    /// May list, stat, fetch and digest anything beneath the served root.
+    pub read: bool,
+}
+
+impl Permissions {
+    /// Reading the whole root: what every key holder may do today.
+    pub const READ: Self = Self { read: true };
+    /// Nothing: every request is answered `PERMISSION_DENIED`.
+    pub const NONE: Self = Self { read: false };
+}
+
+/// Picks the key a client must prove, and the principal it is once it has proven it.
+///
+/// Called once per handshake with the decoded ClientHello, after the version and mode checks
+/// (spec §4.4's order). Today's ClientHello (spec §4.2) carries versions, mode, nonce and key
+/// share, but nothing that says which key the client holds, and the server must commit to one
+/// key before it answers (the key is mixed into ServerFinished). So a resolver can only choose
+/// on what the hello offers; one listener serving many keys needs a key hint in the hello,
+/// which identities (issue 11) add to the wire. Nothing on the wire changes here.
+///
+/// `None` refuses the client, and it fails exactly like a wrong key (spec §4.4): the server
+/// still answers with ServerHello and ServerFinished, under a key nobody holds, so the client
+/// fails to verify it and the same `AUTHENTICATION_FAILED` bytes follow. A refusal is thus no
+/// oracle for which clients are known.
+pub trait KeyResolver: Send + Sync + std::fmt::Debug {
+    fn resolve(&self, hello: &ClientHello) -> Option<(Key, Principal)>;
+}
+
+/// The resolver of a server with one key: every client must prove it, and each one that does
+/// is [`Principal::key_holder`].
+#[derive(Debug, Clone)]
+pub struct SingleKey {
+    key: Key,
+    principal: Principal,
+}
+
+impl SingleKey {
+    pub fn new(key: Key) -> Self {
+        Self {
+            key,
+            principal: Principal::key_holder(),
+        }
+    }
+}
+
+impl KeyResolver for SingleKey {
+    fn resolve(&self, _hello: &ClientHello) -> Option<(Key, Principal)> {
+        Some((self.key.clone(), self.principal.clone()))
+    }
+}
+
+/// The key an unresolved client is answered under: derived from our ephemeral secret, which
+/// never leaves this handshake, so nobody can prove it.
+fn unresolvable_key(secret: &[u8; 32]) -> Key {
+    let mut hash = Sha256::new();
+    hash.update(b"ferry unresolved client v1");
+    hash.update(secret);
+    Key::from_bytes(hash.finalize().into())
 }
 
 /// Ephemeral randomness of one handshake; fixed only in test vectors.
@@ -323,6 +414,8 @@ enum ServerState {
         version: u8,
         mode: Mode,
         keys: Box<SessionKeys>,
+        /// `None` when the resolver refused the client: the handshake can only fail.
+        principal: Option<Principal>,
     },
     Done,
 }
@@ -333,6 +426,8 @@ pub struct ServerHandshake {
     config: ServerConfig,
     randomness: Option<Randomness>,
     state: ServerState,
+    /// Set once the client has proven its key.
+    principal: Option<Principal>,
 }
 
 impl ServerHandshake {
@@ -346,7 +441,19 @@ impl ServerHandshake {
             config,
             randomness: Some(randomness),
             state: ServerState::AwaitClientHello,
+            principal: None,
         }
+    }
+
+    /// Who the client is: `Some` once [`handle_frame`](Self::handle_frame) has returned the
+    /// session, `None` before and after a failure.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Takes the principal out, leaving `None`.
+    pub fn take_principal(&mut self) -> Option<Principal> {
+        self.principal.take()
     }
 
     /// Handles one frame from the client, appending replies to `dst`. Returns the session once
@@ -387,7 +494,11 @@ impl ServerHandshake {
                 }));
                 let th = transcript_hash(&received, &server_hello);
                 let shared = agree(&secret, hello.key_share)?;
-                let keys = derive_keys(&self.config.key, &shared, &th);
+                let (key, principal) = match self.config.resolver.resolve(&hello) {
+                    Some((key, principal)) => (key, Some(principal)),
+                    None => (unresolvable_key(&randomness.secret), None),
+                };
+                let keys = derive_keys(&key, &shared, &th);
                 dst.extend_from_slice(&server_hello);
                 dst.extend_from_slice(&frame_bytes(&Message::ServerFinished(Finished {
                     mac: keys.server_confirm,
@@ -396,6 +507,7 @@ impl ServerHandshake {
                     version,
                     mode: hello.mode,
                     keys: Box::new(keys),
+                    principal,
                 };
                 Ok(None)
             }
@@ -404,12 +516,19 @@ impl ServerHandshake {
                     version,
                     mode,
                     keys,
+                    principal,
                 },
                 Message::ClientFinished(fin),
             ) => {
                 if !mac_eq(&fin.mac, &keys.client_confirm) {
                     return Err(HandshakeError::AuthenticationFailed);
                 }
+                // Unreachable in practice (nobody holds the unresolvable key), but a refused
+                // client is never established.
+                let Some(principal) = principal else {
+                    return Err(HandshakeError::AuthenticationFailed);
+                };
+                self.principal = Some(principal);
                 Ok(Some(session_for(
                     Role::Server,
                     mode,
@@ -519,6 +638,108 @@ mod tests {
         let mut garbage_bytes = BytesMut::new();
         write_error(&error, &mut garbage_bytes);
         assert_eq!(garbage_bytes, wrong_key_bytes);
+    }
+
+    /// A resolver that answers every hello the same way, and checks it was given the hello.
+    #[derive(Debug)]
+    struct Fixed(Option<(Key, Principal)>);
+
+    impl KeyResolver for Fixed {
+        fn resolve(&self, hello: &ClientHello) -> Option<(Key, Principal)> {
+            assert_eq!(hello.max_version, VERSION);
+            self.0.clone()
+        }
+    }
+
+    /// Runs a handshake to completion and returns the principal the server established.
+    fn established_principal(client: ClientConfig, server: ServerConfig) -> Option<Principal> {
+        let mut c2s = BytesMut::new();
+        let mut s2c = BytesMut::new();
+        let mut client = ClientHandshake::start(client, &mut c2s);
+        let mut server = ServerHandshake::new(server);
+        let (mut cdec, mut sdec) = (handshake_decoder(), handshake_decoder());
+        let hello = sdec.decode(&mut c2s).unwrap().unwrap();
+        assert!(server.handle_frame(hello, &mut s2c).unwrap().is_none());
+        assert_eq!(server.principal(), None, "nobody is established yet");
+        while let Some(frame) = cdec.decode(&mut s2c).unwrap() {
+            client.handle_frame(frame, &mut c2s).unwrap();
+        }
+        let finished = sdec.decode(&mut c2s).unwrap().unwrap();
+        server.handle_frame(finished, &mut s2c).unwrap()?;
+        server.principal().cloned()
+    }
+
+    #[test]
+    fn one_key_is_one_principal_with_read_access() {
+        let key = Key::from_bytes([3; 32]);
+        let principal =
+            established_principal(ClientConfig::new(key.clone()), ServerConfig::new(key));
+        assert_eq!(principal, Some(Principal::key_holder()));
+        assert!(Principal::key_holder().permissions.read);
+    }
+
+    #[test]
+    fn the_resolver_picks_the_key_and_names_the_principal() {
+        let key = Key::from_bytes([4; 32]);
+        let bob = Principal {
+            name: "bob".into(),
+            permissions: Permissions::NONE,
+        };
+        let server = ServerConfig::with_resolver(Arc::new(Fixed(Some((key.clone(), bob.clone())))));
+        assert_eq!(
+            established_principal(ClientConfig::new(key), server),
+            Some(bob)
+        );
+    }
+
+    #[test]
+    fn an_unresolved_client_fails_exactly_like_a_wrong_key() {
+        let key = Key::from_bytes([5; 32]);
+        let refuse = || ServerConfig::with_resolver(Arc::new(Fixed(None)));
+        let wrong_key = || ServerConfig::new(Key::from_bytes([6; 32]));
+        let randomness = || Randomness {
+            nonce: [8; 32],
+            secret: [9; 32],
+        };
+        // The client sees the same shape of answer (ServerHello, ServerFinished) and fails
+        // the same way, after the same frames.
+        let mut answers = Vec::new();
+        for server in [refuse(), wrong_key()] {
+            let mut c2s = BytesMut::new();
+            let mut s2c = BytesMut::new();
+            let mut client = ClientHandshake::start(ClientConfig::new(key.clone()), &mut c2s);
+            let mut server = ServerHandshake::with_randomness(server, randomness());
+            let hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
+            assert!(server.handle_frame(hello, &mut s2c).unwrap().is_none());
+            let lengths = {
+                let mut copy = s2c.clone();
+                let mut dec = handshake_decoder();
+                let mut lengths = Vec::new();
+                while let Some(frame) = dec.decode(&mut copy).unwrap() {
+                    lengths.push((frame.header.kind, frame.encoded_len()));
+                }
+                lengths
+            };
+            let mut dec = handshake_decoder();
+            let hello = dec.decode(&mut s2c).unwrap().unwrap();
+            client.handle_frame(hello, &mut c2s).unwrap();
+            let finished = dec.decode(&mut s2c).unwrap().unwrap();
+            let client_error = client.handle_frame(finished, &mut c2s).unwrap_err();
+            // An attacker's guessed ClientFinished gets the same bytes from both servers.
+            let guess = Frame::from_message(
+                RequestId(0),
+                &Message::ClientFinished(Finished { mac: [0x42; 32] }),
+            );
+            let server_error = server
+                .handle_frame(guess, &mut BytesMut::new())
+                .unwrap_err();
+            let mut bytes = BytesMut::new();
+            write_error(&server_error, &mut bytes);
+            assert_eq!(server.principal(), None);
+            answers.push((lengths, client_error, bytes));
+        }
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(answers[0].1, HandshakeError::AuthenticationFailed);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::error::Error;
 use crate::error::HandshakeError;
 use crate::frame::Frame;
 use crate::handshake::{
-    handshake_decoder, write_error, ClientConfig, ClientHandshake, Handshake, ServerConfig,
-    ServerHandshake,
+    handshake_decoder, write_error, ClientConfig, ClientHandshake, Handshake, Principal,
+    ServerConfig, ServerHandshake,
 };
 use crate::header::{FrameType, RequestId};
 use crate::message::Message;
@@ -81,8 +81,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut hello = BytesMut::new();
-    let handshake = ClientHandshake::start(config, &mut hello);
-    drive(io, handshake, hello).await
+    let mut handshake = ClientHandshake::start(config, &mut hello);
+    drive(io, &mut handshake, hello).await
 }
 
 /// Runs the server handshake. On failure the error frame has been sent (best effort) before
@@ -94,14 +94,33 @@ pub async fn server_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    drive(io, ServerHandshake::new(config), BytesMut::new()).await
+    let (session, _principal, leftover) = server_handshake_principal(io, config).await?;
+    Ok((session, leftover))
+}
+
+/// [`server_handshake`], also returning who the client proved to be (the principal its
+/// [`KeyResolver`](crate::handshake::KeyResolver) named).
+pub async fn server_handshake_principal<S>(
+    io: &mut S,
+    config: ServerConfig,
+) -> Result<(Session, Principal, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut handshake = ServerHandshake::new(config);
+    let (session, leftover) = drive(io, &mut handshake, BytesMut::new()).await?;
+    // Set whenever the handshake returns a session.
+    let principal = handshake
+        .take_principal()
+        .ok_or(HandshakeError::AuthenticationFailed)?;
+    Ok((session, principal, leftover))
 }
 
 /// Moves bytes for either side: sends `out`, feeds frames to the state machine, sends what it
 /// answers, and on failure sends the error frame unless the peer's own error caused it.
 async fn drive<S, H>(
     io: &mut S,
-    mut handshake: H,
+    handshake: &mut H,
     mut out: BytesMut,
 ) -> Result<(Session, BytesMut), Error>
 where
@@ -214,6 +233,22 @@ mod tests {
         }
         drop(conn);
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_server_learns_the_principal() {
+        let key = Key::from_bytes([1; 32]);
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let server_key = key.clone();
+        let server = tokio::spawn(async move {
+            server_handshake_principal(&mut b, ServerConfig::new(server_key))
+                .await
+                .map(|(_, principal, _)| principal)
+        });
+        client_handshake(&mut a, ClientConfig::new(key))
+            .await
+            .unwrap();
+        assert_eq!(server.await.unwrap().unwrap(), Principal::key_holder());
     }
 
     #[tokio::test]
