@@ -40,7 +40,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, trace, warn};
 
 use crate::error::ClientError;
-use crate::url::FerryUrl;
+use ferry_common::url::FerryUrl;
 
 /// Entries [`Client::list`] collects before it refuses a listing: about 10 MiB of entries with
 /// short names. Stream larger listings with [`Client::list_stream`].

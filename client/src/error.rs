@@ -5,25 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ferry_common::text::{printable, printable_cut, MAX_REMOTE_MESSAGE};
 use ferry_protocol::{ErrorBody, ErrorCode, HandshakeError};
 
-use crate::format::printable;
-
-/// Exit codes shared by every Ferry command-line tool.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// The server refused a request (not found, permission denied, ...), or a local problem
-    /// such as an existing destination.
-    pub const REMOTE: u8 = 1;
-    /// Bad command-line usage (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// Could not connect, or the key was refused, or the connection was lost.
-    pub const CONNECTION: u8 = 3;
-    /// Received data did not match the server's hash, or the file changed during a resume.
-    pub const INTEGRITY: u8 = 4;
-    /// Interrupted by Ctrl-C.
-    pub const INTERRUPTED: u8 = 130;
-}
+/// The exit-code table, shared by every Ferry command (`ferry_common::exit`).
+pub use ferry_common::exit;
 
 /// Everything that can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +110,8 @@ impl ClientError {
         self.exit_code() == exit::CONNECTION
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// A local file operation on `path` failed.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
             source,
@@ -137,7 +124,7 @@ fn remote_message(body: &ErrorBody) -> String {
     let name = name.replace('_', " ");
     // The message comes from the peer: no control characters reach the terminal, and a
     // 60 KB message does not fill it.
-    let message = crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE);
+    let message = printable_cut(&body.message, MAX_REMOTE_MESSAGE);
     if message.is_empty() || message == body.code.description() {
         format!("server: {}", body.code.description())
     } else if message.starts_with(&name) {
@@ -180,7 +167,7 @@ fn refusal(source: &HandshakeError) -> String {
             let message = if body.message.is_empty() {
                 body.code.description().to_string()
             } else {
-                crate::format::printable_cut(&body.message, crate::format::MAX_REMOTE_MESSAGE)
+                printable_cut(&body.message, MAX_REMOTE_MESSAGE)
             };
             format!("refused the connection: {message} ({})", body.code)
         }

@@ -1,16 +1,13 @@
-//! The Ferry client: a library used by the `ferry` command, the benchmarks, the load generator
-//! and the p2p node, plus the command itself.
+//! The Ferry client library: used by the `ferry` command (crate `ferry-cli`), the benchmarks,
+//! the load generator and the p2p node. It draws nothing and reads no terminal.
 //!
 //! Modules:
-//! - [`url`]: `ferry://HOST[:PORT][/PATH]` addresses.
-//! - [`key`]: where the pre-shared key comes from (flag, file, environment, default file).
-//! - [`error`]: [`ClientError`] and the exit-code convention.
-//! - [`client`]: [`Client`], one multiplexed connection with list, stat, fetch and ping.
+//! - [`client`]: [`Client`], one multiplexed connection with list, stat, digest, fetch and ping.
 //! - [`transfer`]: downloads to disk with `.part` files, resume and parallel trees.
-//! - [`progress`]: progress bars and summaries.
-//! - [`format`](mod@format): entries as `ls -l` lines, stat text and JSON.
-//! - [`cli`], [`commands`], [`shell`]: the `ferry` command line and interactive shell (`demo`
-//!   runs an in-process `ferry_server`).
+//! - [`progress`]: the trait through which transfers report progress.
+//! - [`error`]: [`ClientError`] and its exit code.
+//!
+//! Addresses ([`FerryUrl`]) and key sources come from `ferry_common`, re-exported here.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ferry_client::ClientError> {
@@ -31,17 +28,12 @@
 //! # }
 //! ```
 
-pub mod cli;
 pub mod client;
-pub mod commands;
 pub mod error;
-pub mod format;
-pub mod key;
 pub mod progress;
-pub mod shell;
 pub mod transfer;
-pub mod url;
 
 pub use client::{Client, ClientConfig, FetchStream, ListStream, Target};
 pub use error::ClientError;
-pub use url::FerryUrl;
+pub use ferry_common::url::{self, FerryUrl};
+pub use progress::{FileProgress, NoProgress, TransferProgress};

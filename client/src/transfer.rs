@@ -50,8 +50,8 @@ use tracing::{debug, info, warn};
 
 use crate::client::{Client, FetchStream};
 use crate::error::ClientError;
-use crate::format::printable;
-use crate::progress::Progress;
+use crate::progress::TransferProgress;
+use ferry_common::text::printable;
 
 /// How `get` treats existing files.
 #[derive(Debug, Clone)]
@@ -413,13 +413,13 @@ fn checked_name(name: &str) -> Result<&str, ClientError> {
     }
 }
 
-/// Downloads one file. `bar` (from [`Progress::file`]) is created once the size is known.
+/// Downloads one file. `bar` (from [`TransferProgress::file`]) is created once the size is known.
 pub async fn download_file(
     client: &Client,
     remote: &str,
     dest: &Path,
     options: &GetOptions,
-    progress: &Progress,
+    progress: &dyn TransferProgress,
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
     let started = Instant::now();
@@ -455,7 +455,7 @@ pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
     remote: &str,
     out: &mut W,
     options: &GetOptions,
-    progress: &Progress,
+    progress: &dyn TransferProgress,
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
     use tokio::io::AsyncWriteExt;
@@ -482,7 +482,7 @@ pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
             crate::error::os_error(&e)
         ))
     })?;
-    bar.finish_and_clear();
+    bar.finish();
     let digest = stream.digest().ok_or_else(|| {
         ClientError::Integrity(format!("{remote}: the transfer ended without its digest"))
     })?;
@@ -622,7 +622,7 @@ async fn fetch_to(
     entry: &Entry,
     dest: &Path,
     options: &GetOptions,
-    progress: &Progress,
+    progress: &dyn TransferProgress,
     label: &str,
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
@@ -690,8 +690,8 @@ async fn fetch_to(
             }
             return Err(ClientError::Local(format!(
                 "{remote} needs {needed} more bytes ({}) but only {free} ({}) are free in {}",
-                indicatif::HumanBytes(needed),
-                indicatif::HumanBytes(free),
+                ferry_common::text::human_bytes(needed),
+                ferry_common::text::human_bytes(free),
                 parent.display()
             )));
         }
@@ -800,7 +800,7 @@ async fn fetch_to(
                 .map_err(|e| ClientError::io(dest, e))?;
             drop(claimed);
             let _ = tokio::fs::remove_file(&meta_file).await;
-            bar.finish_and_clear();
+            bar.finish();
             Ok(Downloaded {
                 remote: remote.to_string(),
                 dest: dest.to_path_buf(),
@@ -1098,7 +1098,7 @@ pub async fn download_tree(
     remote: &str,
     dest: &Path,
     options: &GetOptions,
-    progress: &Progress,
+    progress: &dyn TransferProgress,
     cancel: &Cancel,
 ) -> Result<TreeReport, ClientError> {
     let started = Instant::now();

@@ -5,16 +5,14 @@
 // Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{data, tree, TestServer};
 use ferry_client::{Client, ClientConfig, ClientError, FerryUrl};
 use ferry_protocol::digest::fetch_digest;
 use ferry_protocol::message::TO_END;
 use ferry_protocol::{ErrorCode, Key};
+use ferry_testkit::{data, tree, TestServer};
 
 /// The server has its own runtime, so tests start it first, then run their async body.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -190,7 +188,7 @@ fn trees_wait_out_a_busy_server() {
             "t",
             &dest,
             &options,
-            &ferry_client::progress::Progress::hidden(),
+            &ferry_client::NoProgress,
             &ferry_client::transfer::Cancel::never(),
         )
         .await

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use ferry_p2p::manifest::{Manifest, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
 use ferry_p2p::node::{self, NodeConfig};
@@ -287,16 +286,7 @@ impl Stop {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a log file or a pipe gets plain text.
-        .with_ansi(stderr_is_terminal)
-        .init();
+    ferry_common::logging::init("warn", ferry_common::logging::LogFormat::Text, true);
     let result = match cli.command {
         Command::Make(args) => make(args),
         Command::Seed(args) => runtime().and_then(|rt| rt.block_on(seed(args))),
@@ -310,17 +300,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn progress_bar(len: u64, hidden: bool, template: &str) -> ProgressBar {
-    if hidden || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 fn make(args: MakeArgs) -> anyhow::Result<ExitCode> {
@@ -353,7 +332,7 @@ fn make(args: MakeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(e, _)| e.size)
         .sum();
-    let bar = progress_bar(
+    let bar = ferry_common::progress::stderr_bar(
         total,
         args.no_progress,
         "hashing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -402,10 +381,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-const EXIT_CONNECTION: u8 = 3;
-const EXIT_INTEGRITY: u8 = 4;
-const EXIT_INTERRUPTED: u8 = 130;
-const EXIT_TERMINATED: u8 = 143;
+use ferry_common::exit::{
+    CONNECTION as EXIT_CONNECTION, INTEGRITY as EXIT_INTEGRITY, INTERRUPTED as EXIT_INTERRUPTED,
+    TERMINATED as EXIT_TERMINATED,
+};
 
 /// How long a download may have no peer before it says why.
 const NO_PEER_GRACE: Duration = Duration::from_secs(5);
@@ -422,12 +401,14 @@ fn load(path: &std::path::Path) -> anyhow::Result<Arc<Manifest>> {
 async fn resolve_trackers(manifest: &Manifest, extra: &[String]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for url in manifest.trackers().iter().chain(extra) {
-        let Some(hostport) = url.strip_prefix("udp://") else {
-            tracing::warn!(%url, "ignoring tracker that is not udp://HOST:PORT");
-            continue;
+        let tracker = match url.parse::<ferry_common::TrackerUrl>() {
+            Ok(tracker) => tracker,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring tracker");
+                continue;
+            }
         };
-        let hostport = hostport.trim_end_matches('/');
-        match tokio::net::lookup_host(hostport).await {
+        match tokio::net::lookup_host(tracker.authority()).await {
             Ok(addrs) => out.extend(addrs.take(1)),
             Err(e) => tracing::warn!(%url, error = %e, "cannot resolve tracker"),
         }
@@ -436,7 +417,7 @@ async fn resolve_trackers(manifest: &Manifest, extra: &[String]) -> Vec<SocketAd
 }
 
 fn verify_bar(storage: &Storage, manifest: &Manifest, hidden: bool) -> ferry_p2p::pieces::Bitfield {
-    let bar = progress_bar(
+    let bar = ferry_common::progress::stderr_bar(
         manifest.piece_count() as u64,
         hidden,
         "verifying {bar:40} {pos}/{len} pieces",
@@ -517,18 +498,17 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let mut config = node_config(&args.swarm, trackers, !args.no_seed);
     let urls: Vec<&String> = manifest.servers().iter().chain(&args.servers).collect();
     if !urls.is_empty() && !have.is_full() {
-        let key =
-            match ferry_client::key::KeySources::from_env(args.key.clone(), args.key_file.clone())
-                .resolve()
-            {
-                Ok(key) => key,
-                Err(e) => {
-                    eprintln!("ferry-peer: servers listed but {e}");
-                    return Ok(ExitCode::from(EXIT_CONNECTION));
-                }
-            };
+        let key = match ferry_common::KeySources::from_env(args.key.clone(), args.key_file.clone())
+            .resolve()
+        {
+            Ok(key) => key,
+            Err(e) => {
+                eprintln!("ferry-peer: servers listed but {e}");
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        };
         for url in urls {
-            match url.parse::<ferry_client::FerryUrl>() {
+            match url.parse::<ferry_common::FerryUrl>() {
                 Ok(url) => config.servers.push(ferry_p2p::source::ServerSource {
                     url,
                     key: key.clone(),
@@ -548,7 +528,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
     };
-    let bar = progress_bar(
+    let bar = ferry_common::progress::stderr_bar(
         manifest.piece_count() as u64,
         args.swarm.no_progress,
         "{bar:40} {pos}/{len} pieces {msg}",
@@ -578,8 +558,8 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         bar.set_message(format!(
             "{} peers, down {}/s, up {}/s",
             s.peers,
-            indicatif::HumanBytes(s.downloaded.saturating_sub(last.downloaded)),
-            indicatif::HumanBytes(s.uploaded.saturating_sub(last.uploaded)),
+            ferry_common::text::human_bytes(s.downloaded.saturating_sub(last.downloaded)),
+            ferry_common::text::human_bytes(s.uploaded.saturating_sub(last.uploaded)),
         ));
         last = s;
         if s.have == s.pieces {

@@ -7,8 +7,6 @@
 //! reordered, dropped or reflected records fail the tag.
 
 use std::fmt;
-use std::io::Write;
-use std::path::Path;
 use std::str::FromStr;
 
 use aes::cipher::{
@@ -50,18 +48,11 @@ pub const fn max_plaintext(max_body: usize) -> usize {
     ((max_body - IV_LEN - TAG_LEN) / BLOCK_LEN) * BLOCK_LEN - 1
 }
 
-/// Problems loading or parsing a pre-shared key.
+/// A pre-shared key that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key is not 32 bytes of hex (64 characters) or base64 (43 or 44 characters)")]
     InvalidEncoding,
-    #[error("key file {path} is readable by others (mode {mode:o}); run: chmod 600 {path}")]
-    Permissions { path: String, mode: u32 },
-    #[error("key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
 }
 
 /// A 256-bit pre-shared key. Never hard-coded; generate one with [`Key::generate`].
@@ -99,59 +90,16 @@ impl Key {
         hex::encode(&Sha256::digest(self.0)[..8])
     }
 
-    /// Reads a key file: either exactly 32 raw bytes, or hex/base64 text. Refuses files that
-    /// others can read, as ssh does.
-    pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        // Check the permissions of the file we actually opened, before reading the secret.
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions {
-                    path: path.display().to_string(),
-                    mode,
-                });
-            }
-        }
-        let mut bytes = Vec::with_capacity(128);
-        // A key file is tiny; refuse to slurp something that is obviously not one.
-        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 4096), &mut bytes)
-            .map_err(io)?;
-        if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+    /// Parses a key file's contents: either exactly 32 raw bytes, or hex/base64 text (spec §5).
+    /// Reading the file and checking who may read it is the caller's job (`ferry_common`), so
+    /// this crate stays free of I/O.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
             return Ok(Self(raw));
         }
-        std::str::from_utf8(&bytes)
+        std::str::from_utf8(bytes)
             .map_err(|_| KeyError::InvalidEncoding)?
             .parse()
-    }
-
-    /// Writes the key as hex text to a new file readable only by its owner, creating parent
-    /// directories (mode 0700). Fails if the file exists.
-    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(parent).map_err(io)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(io)?;
-        writeln!(file, "{}", self.to_hex()).map_err(io)?;
-        Ok(())
     }
 }
 
@@ -727,22 +675,13 @@ mod tests {
         assert!(!format!("{key:?}").contains("abab"));
     }
 
-    #[cfg(unix)]
     #[test]
-    fn key_files_are_owner_only_and_loose_ones_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/key");
+    fn key_file_contents_are_raw_bytes_or_text() {
         let key = Key::generate();
-        key.save_new(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(Key::load(&path).unwrap(), key);
-        assert!(key.save_new(&path).is_err(), "must not overwrite");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            Key::load(&path),
-            Err(KeyError::Permissions { .. })
-        ));
+        assert_eq!(Key::from_file_bytes(key.as_bytes()).unwrap(), key);
+        let text = format!("{}\n", key.to_hex());
+        assert_eq!(Key::from_file_bytes(text.as_bytes()).unwrap(), key);
+        assert!(Key::from_file_bytes(&[0xff; 31]).is_err());
+        assert!(Key::from_file_bytes(&[0xff; 40]).is_err());
     }
 }

@@ -470,7 +470,7 @@ fn keys() {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                         .expect("chmod");
                 }
-                Key::load(&path).ok()
+                Key::from_file_bytes(&std::fs::read(&path).expect("read key file")).ok()
             }
             other => panic!("vector {name}: unknown source {other}"),
         };

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use ferry_common::keys::{KeyOrigin, KeySources};
+use ferry_common::logging;
 use ferry_protocol::Key;
 use ferry_server::{Config, Limits, Server, DEFAULT_PORT};
 use serde::Deserialize;
@@ -415,31 +417,21 @@ fn limits(cli: &Cli, file: &FileLimits) -> Result<Limits> {
     Ok(limits)
 }
 
-/// --key, --key-file, FERRY_KEY, then the default key file (created if missing).
+/// --key, --key-file (flag, then config file), FERRY_KEY, then the default key file, created
+/// on the first start (`ferry_common::keys`, the order every Ferry command uses).
 fn resolve_key(cli: &Cli, file: &FileConfig) -> Result<Key> {
-    if let Some(text) = &cli.key {
-        return text.parse().context("--key");
-    }
-    if let Some(path) = cli.key_file.as_ref().or(file.key_file.as_ref()) {
-        return Key::load(path).map_err(Into::into);
-    }
-    if let Ok(text) = std::env::var("FERRY_KEY") {
-        return text.parse().context("FERRY_KEY");
-    }
-    let path = dirs::config_dir()
-        .context("no config directory for the default key file; use --key-file")?
-        .join("ferry")
-        .join("key");
-    if path.exists() {
-        return Key::load(&path).map_err(Into::into);
-    }
-    let key = Key::generate();
-    key.save_new(&path)?;
-    eprintln!(
-        "ferry-server: created a new key in {} (fingerprint {})",
-        path.display(),
-        key.fingerprint()
+    let sources = KeySources::from_env(
+        cli.key.clone(),
+        cli.key_file.clone().or_else(|| file.key_file.clone()),
     );
+    let (key, origin) = sources.resolve_or_create()?;
+    if let KeyOrigin::Created(path) = origin {
+        eprintln!(
+            "ferry-server: created a new key in {} (fingerprint {})",
+            path.display(),
+            key.fingerprint()
+        );
+    }
     Ok(key)
 }
 
@@ -520,7 +512,6 @@ impl Signals {
 }
 
 fn init_logging(cli: &Cli, file_format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
     let level = match (cli.verbose, cli.quiet) {
         (0, 0) => "warn",
         (1, _) => "info",
@@ -529,17 +520,11 @@ fn init_logging(cli: &Cli, file_format: LogFormat) {
         (_, 1) => "error",
         _ => "off",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    // Colour only on a terminal: logs sent to a file or a pipe stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match cli.log_format.unwrap_or(file_format) {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let format = match cli.log_format.unwrap_or(file_format) {
+        LogFormat::Json => logging::LogFormat::Json,
+        LogFormat::Text => logging::LogFormat::Text,
+    };
+    logging::init(level, format, true);
 }
 
 #[cfg(test)]

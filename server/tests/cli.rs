@@ -90,7 +90,7 @@ async fn first_start_creates_a_key_then_reuses_it_and_signals_drain() {
     let key_file = dir.path().join("config/ferry/key");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "key file is owner-only");
-    assert_eq!(Key::load(&key_file).unwrap(), key);
+    assert_eq!(ferry_common::key_file::load(&key_file).unwrap(), key);
 
     let mut client = Client::connect(addr, key.clone(), false).await.unwrap();
     let fetched = client.fetch("hello.txt", 0, TO_END).await.unwrap();

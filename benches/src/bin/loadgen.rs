@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use ferry_bench::load::client::Dial;
 use ferry_bench::load::workload::{Mix, Targets};
 use ferry_bench::load::{codec, hostile, plot, server};
-use ferry_client::key::KeySources;
-use ferry_client::url::FerryUrl;
+use ferry_common::FerryUrl;
+use ferry_common::KeySources;
 
 /// Load-test the Ferry codec in memory, or a live ferry-server.
 #[derive(Debug, Parser)]
@@ -187,13 +187,7 @@ async fn dial_for(connect: &Connect) -> Result<Dial> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ferry_common::logging::init("warn", ferry_common::logging::LogFormat::Text, true);
     match Cli::parse().mode {
         Mode::Codec(args) => {
             let threads = args

@@ -1088,7 +1088,7 @@ fn keys() -> String {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                         .expect("chmod");
                 }
-                Key::load(&path).ok()
+                Key::from_file_bytes(&std::fs::read(&path).expect("read key file")).ok()
             }
         };
         assert_eq!(parsed.is_some(), valid, "{name}");

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use super::Context;
 use crate::cli::GetArgs;
-use crate::error::ClientError;
 use crate::progress::{self, Progress};
-use crate::transfer::{
+use ferry_client::error::ClientError;
+use ferry_client::transfer::{
     self, cancel_pair, part_path, remote_name, Cancel, Downloaded, GetOptions, TreeReport,
 };
 
@@ -74,7 +74,7 @@ fn cancel_on_ctrl_c() -> (tokio::task::JoinHandle<()>, Cancel) {
 async fn run_many(
     ctx: &Context,
     args: &GetArgs,
-    urls: Vec<crate::FerryUrl>,
+    urls: Vec<ferry_common::FerryUrl>,
     dest: Option<PathBuf>,
 ) -> Result<(), ClientError> {
     let dir = dest.unwrap_or_else(|| PathBuf::from("."));
@@ -144,7 +144,7 @@ async fn run_many(
 
 async fn fetch_one(
     ctx: &Context,
-    client: &crate::Client,
+    client: &ferry_client::Client,
     path: &str,
     dest: &std::path::Path,
     options: &GetOptions,

@@ -1,4 +1,5 @@
-//! `ferry://HOST[:PORT][/PATH]` addresses: parsing, display and resolution.
+//! `ferry://HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` tracker addresses:
+//! parsing and display.
 //!
 //! The host is a DNS name, an IPv4 address or an IPv6 address in brackets (`ferry://[::1]:7000/`).
 //! The port defaults to [`DEFAULT_PORT`]. The path is relative to the served root: leading and
@@ -207,6 +208,70 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// A tracker address, `udp://HOST:PORT` (spec P2P.md: trackers speak UDP). The port is required:
+/// trackers have no default port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrackerUrl {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a tracker address did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tracker {0:?} is not udp://HOST:PORT")]
+pub struct TrackerUrlError(pub String);
+
+impl TrackerUrl {
+    /// `host:port`, with brackets around IPv6 addresses, for `lookup_host`.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for TrackerUrl {
+    type Err = TrackerUrlError;
+
+    fn from_str(input: &str) -> Result<Self, TrackerUrlError> {
+        let bad = || TrackerUrlError(input.to_string());
+        let rest = input.trim();
+        let rest = match rest.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("udp") => rest,
+            _ => return Err(bad()),
+        };
+        let authority = rest.trim_end_matches('/');
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or_else(bad)?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad());
+            }
+            (host, after.strip_prefix(':').ok_or_else(bad)?)
+        } else {
+            authority.split_once(':').ok_or_else(bad)?
+        };
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || "@?#/[]".contains(c)) {
+            return Err(bad());
+        }
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(Self {
+                host: host.to_string(),
+                port,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for TrackerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "udp://{}", self.authority())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +350,27 @@ mod tests {
         assert_eq!(join_remote("a/b", "../../.."), "");
         assert_eq!(join_remote("a/b", "/x/y"), "x/y");
         assert_eq!(join_remote("", "./x/"), "x");
+    }
+
+    #[test]
+    fn tracker_urls_need_udp_and_a_port() {
+        let t: TrackerUrl = "udp://10.0.0.1:6969/".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("10.0.0.1", 6969));
+        assert_eq!(t.to_string(), "udp://10.0.0.1:6969");
+        let t: TrackerUrl = "udp://[::1]:7".parse().unwrap();
+        assert_eq!(t.authority(), "[::1]:7");
+        assert_eq!(t.to_string().parse::<TrackerUrl>().unwrap(), t);
+        for bad in [
+            "http://h:1",
+            "udp://h",
+            "udp://h:0",
+            "udp://:5",
+            "udp://h:x",
+            "udp://[::1]",
+            "h:5",
+        ] {
+            let err = bad.parse::<TrackerUrl>().unwrap_err().to_string();
+            assert!(err.contains("udp://HOST:PORT"), "{bad}: {err}");
+        }
     }
 }

@@ -69,38 +69,7 @@ pub fn display_name(entry: &Entry) -> String {
     }
 }
 
-/// `s` with control characters replaced by `?`: C0, DEL and C1 (so ESC, CSI U+009B, OSC and
-/// BEL cannot rewrite a terminal), and the bidirectional overrides that reorder what is shown.
-///
-/// This is the one sanitiser for every remote string (names, paths, server messages) printed to
-/// a terminal or a log.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if is_unsafe_char(c) { '?' } else { c })
-        .collect()
-}
-
-/// Characters a remote string may not carry to a terminal.
-fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Longest server error message shown, in characters; the spec lets senders use 1024 bytes,
-/// and a hostile one up to 65 535.
-pub const MAX_REMOTE_MESSAGE: usize = 512;
-
-/// [`printable`], cut to `max` characters with `…` when longer.
-pub fn printable_cut(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if is_unsafe_char(c) { '?' } else { c })
-        .collect();
-    if s.chars().nth(max).is_some() {
-        out.push('…');
-    }
-    out
-}
+pub use ferry_common::text::{printable, printable_cut, MAX_REMOTE_MESSAGE};
 
 /// One JSON value as text, with C1 controls and DEL escaped as well as the C0 ones serde_json
 /// escapes: a remote name inside JSON cannot reach a terminal that displays the JSON raw.

@@ -2,8 +2,8 @@
 
 use super::{print_lines, print_text, Context};
 use crate::cli::StatArgs;
-use crate::error::ClientError;
 use crate::format;
+use ferry_client::error::ClientError;
 
 pub async fn run(ctx: &Context, args: StatArgs) -> Result<(), ClientError> {
     let client = ctx.connect(&args.url).await?;

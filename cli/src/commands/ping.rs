@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{print_lines, Context};
 use crate::cli::PingArgs;
-use crate::error::ClientError;
+use ferry_client::error::ClientError;
 
 pub async fn run(ctx: &Context, args: PingArgs) -> Result<(), ClientError> {
     let started = Instant::now();

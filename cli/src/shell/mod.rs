@@ -29,14 +29,14 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, ClientConfig};
 use crate::commands::{self, print_lines, print_text, Context};
-use crate::error::ClientError;
 use crate::format;
 use crate::progress::{self, Progress};
-use crate::transfer::{self, cancel_pair, remote_name, Cancel, CancelHandle, GetOptions};
-use crate::url::{join_remote, FerryUrl};
 use complete::{CompletionContext, ListCache, ShellHelper};
+use ferry_client::client::{Client, ClientConfig};
+use ferry_client::error::ClientError;
+use ferry_client::transfer::{self, cancel_pair, remote_name, Cancel, CancelHandle, GetOptions};
+use ferry_common::url::{join_remote, FerryUrl};
 
 /// Whether to keep reading commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

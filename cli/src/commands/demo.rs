@@ -15,11 +15,11 @@ use tokio::runtime::Runtime;
 
 use super::{print_lines, Context};
 use crate::cli::DemoArgs;
-use crate::client::Client;
-use crate::error::ClientError;
-use crate::key::connect_line;
 use crate::shell::Shell;
-use crate::url::FerryUrl;
+use ferry_client::client::Client;
+use ferry_client::error::ClientError;
+use ferry_common::keys::connect_line;
+use ferry_common::url::FerryUrl;
 
 pub fn run(ctx: &Context, args: DemoArgs, runtime: &Runtime) -> Result<(), ClientError> {
     let dir = match args.dir {

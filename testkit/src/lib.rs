@@ -1,14 +1,15 @@
-//! Test support: a real ferry-server in its own runtime (so it can be killed outright, like a
-//! crashed process), a throttling and cutting TCP proxy, and a runner for the `ferry` binary
-//! with an isolated HOME.
+//! Test support shared by the crates' integration tests (dev-only, never published): a real
+//! ferry-server in its own runtime (so it can be killed outright, like a crashed process), a
+//! throttling and cutting TCP proxy, deterministic data and a small served tree.
+//!
+//! Everything binds 127.0.0.1 port 0; nothing reaches another host.
 
 // Test support: a failed setup step should fail the test loudly.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_debug_implementations)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,72 +187,6 @@ fn pipe(
         let _ = c_write.shutdown(Shutdown::Both);
         let _ = s_read.shutdown(Shutdown::Both);
     });
-}
-
-/// An isolated environment for the `ferry` binary: HOME, config and data dirs in a temp dir,
-/// no FERRY_KEY.
-pub struct Env {
-    pub home: tempfile::TempDir,
-}
-
-impl Env {
-    pub fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.env("HOME", self.home.path())
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("XDG_DATA_HOME", self.home.path().join("data"))
-            .env_remove("FERRY_KEY")
-            .env_remove("RUST_LOG")
-            .current_dir(self.home.path());
-        cmd
-    }
-
-    /// Runs `ferry ARGS` with `--key` for `key`, in `dir`.
-    pub fn ferry(&self, key: &Key, dir: &Path, args: &[&str]) -> Run {
-        // Joined with `=`: a base64 key may start with `-` (see key::connect_line).
-        let key = format!("--key={}", key.to_base64());
-        let mut cmd = self.command();
-        cmd.current_dir(dir).arg(&key).args(args);
-        Run::from(cmd.output().unwrap())
-    }
-}
-
-/// A finished run.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(out: Output) -> Self {
-        Self {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    #[track_caller]
-    pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    pub fn code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "expected exit code {code}: {self:#?}");
-        self
-    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.

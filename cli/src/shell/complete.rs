@@ -13,8 +13,8 @@ use tokio::runtime::Handle;
 
 use super::help::COMMANDS;
 use super::parse::escape;
-use crate::client::Client;
-use crate::url::join_remote;
+use ferry_client::client::Client;
+use ferry_common::url::join_remote;
 
 /// How long a cached directory listing is trusted.
 const CACHE_TTL: Duration = Duration::from_secs(30);

@@ -14,11 +14,11 @@ use std::io::Write;
 use tokio::runtime::Runtime;
 
 use crate::cli::{Cli, Command, GlobalArgs};
-use crate::client::{Client, ClientConfig};
-use crate::error::ClientError;
-use crate::key::KeySources;
 use crate::progress::Progress;
-use crate::url::FerryUrl;
+use ferry_client::client::{Client, ClientConfig};
+use ferry_client::error::ClientError;
+use ferry_common::keys::KeySources;
+use ferry_common::url::FerryUrl;
 
 /// Settings every command needs, from the global flags.
 #[derive(Debug, Clone)]

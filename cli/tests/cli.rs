@@ -364,7 +364,7 @@ fn key_comes_from_env_and_key_file() {
         .unwrap();
     common::Run::from(out).ok();
     let file = s.work.join("k");
-    s.key.save_new(&file).unwrap();
+    ferry_common::key_file::save_new(&s.key, &file).unwrap();
     let out = s
         .env
         .command()
@@ -504,7 +504,7 @@ fn demo_serves_a_directory_with_a_fresh_key() {
 
     // The connect line, run exactly as printed, from another directory.
     let connect = banner.last().unwrap().trim();
-    let words = ferry_client::shell::parse::split(connect).unwrap().words;
+    let words = ferry_cli::shell::parse::split(connect).unwrap().words;
     assert!(
         words[2].starts_with("--key="),
         "the key is joined to its flag: {connect}"

@@ -1,11 +1,12 @@
 //! Finding the pre-shared key, in the order the whole suite uses: `--key` (hex or base64),
 //! `--key-file`, the `FERRY_KEY` environment variable, then the default key file
-//! `dirs::config_dir()/ferry/key` if it exists.
+//! `dirs::config_dir()/ferry/key` if it exists (a server creates it when nothing else is given).
 
 use std::path::{Path, PathBuf};
 
-use ferry_protocol::crypto::KeyError;
 use ferry_protocol::Key;
+
+use crate::key_file::{self, KeyFileError};
 
 /// Environment variable holding a key (hex or base64).
 pub const KEY_ENV: &str = "FERRY_KEY";
@@ -30,8 +31,8 @@ pub enum KeyResolveError {
     BadArgument,
     #[error("{var} is not a valid key: expected 64 hex characters or 43 base64 characters")]
     BadEnv { var: &'static str },
-    #[error("cannot use key file: {0}")]
-    File(KeyError),
+    #[error("cannot use {0}")]
+    File(KeyFileError),
     #[error("no key given: pass --key=KEY (from the server's connect line), --key-file FILE, set FERRY_KEY, or put the key in {default}")]
     Missing { default: String },
 }
@@ -54,7 +55,7 @@ impl KeySources {
             return key.parse().map_err(|_| KeyResolveError::BadArgument);
         }
         if let Some(path) = &self.key_file {
-            return Key::load(path).map_err(KeyResolveError::File);
+            return key_file::load(path).map_err(KeyResolveError::File);
         }
         if let Some(env) = &self.env {
             return env
@@ -62,13 +63,41 @@ impl KeySources {
                 .map_err(|_| KeyResolveError::BadEnv { var: KEY_ENV });
         }
         match &self.default_file {
-            Some(path) if path.exists() => Key::load(path).map_err(KeyResolveError::File),
+            Some(path) if path.exists() => key_file::load(path).map_err(KeyResolveError::File),
             other => Err(KeyResolveError::Missing {
                 default: other.as_deref().map_or_else(
                     || "the default key file".to_string(),
                     |p: &Path| p.display().to_string(),
                 ),
             }),
+        }
+    }
+}
+
+/// What [`KeySources::resolve_or_create`] did to find the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// An existing source (flag, file, environment or default file).
+    Found,
+    /// No source was present: a new key was written to this default file.
+    Created(PathBuf),
+}
+
+impl KeySources {
+    /// [`KeySources::resolve`] for a server: when no source is present at all, generates a key
+    /// and saves it in the default file (owner-only), so a first start needs no set-up.
+    pub fn resolve_or_create(&self) -> Result<(Key, KeyOrigin), KeyResolveError> {
+        match self.resolve() {
+            Err(KeyResolveError::Missing { default }) => {
+                let path = self
+                    .default_file
+                    .clone()
+                    .ok_or(KeyResolveError::Missing { default })?;
+                let key = Key::generate();
+                key_file::save_new(&key, &path).map_err(KeyResolveError::File)?;
+                Ok((key, KeyOrigin::Created(path)))
+            }
+            other => other.map(|key| (key, KeyOrigin::Found)),
         }
     }
 }
@@ -109,7 +138,7 @@ mod tests {
 
     fn write_key(dir: &Path, name: &str, key: &Key) -> PathBuf {
         let path = dir.join(name);
-        key.save_new(&path).unwrap();
+        key_file::save_new(key, &path).unwrap();
         path
     }
 
@@ -160,80 +189,28 @@ mod tests {
             .contains("FERRY_KEY"));
     }
 
-    /// The base64 alphabet of [`Key::to_base64`], in index order.
-    const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-    /// A key whose base64 text starts with `BASE64[first]`: the first character is the top six
-    /// bits of the first byte.
-    fn key_starting_with(first: u8, rest: [u8; 32]) -> Key {
-        let mut bytes = rest;
-        bytes[0] = (first << 2) | (rest[0] & 0b11);
-        Key::from_bytes(bytes)
-    }
-
-    /// Parses a printed connect line with the real `ferry` command line and returns its key.
-    fn key_from_line(line: &str) -> Key {
-        use clap::Parser;
-        let words = crate::shell::parse::split(line).unwrap().words;
-        let cli = crate::cli::Cli::try_parse_from(&words)
-            .unwrap_or_else(|e| panic!("{line:?} does not parse: {e}"));
-        assert!(
-            matches!(cli.command, crate::cli::Command::Shell(_)),
-            "{line}"
+    #[test]
+    fn a_server_creates_the_default_file_once_and_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("config/ferry/key");
+        let sources = KeySources {
+            default_file: Some(default.clone()),
+            ..Default::default()
+        };
+        let (key, origin) = sources.resolve_or_create().unwrap();
+        assert_eq!(origin, KeyOrigin::Created(default.clone()));
+        assert_eq!(
+            sources.resolve_or_create().unwrap(),
+            (key, KeyOrigin::Found)
         );
-        cli.global.key.unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn every_first_character_round_trips_through_the_connect_line() {
-        let url = "ferry://127.0.0.1:6789/";
-        for (first, c) in BASE64.iter().enumerate() {
-            let key = key_starting_with(first as u8, [0x5a; 32]);
-            assert!(key.to_base64().starts_with(*c as char));
-            let line = connect_line("ferry", &key, &url);
-            assert_eq!(key_from_line(&line), key, "{line}");
-        }
-    }
-
-    #[test]
-    fn a_program_path_with_spaces_stays_one_word() {
-        let key = key_starting_with(62, [7; 32]);
-        let line = connect_line("/tmp/my builds/ferry's/ferry", &key, &"ferry://h/");
-        let words = crate::shell::parse::split(&line).unwrap().words;
-        assert_eq!(words[0], "/tmp/my builds/ferry's/ferry");
-        assert_eq!(key_from_line(&line), key);
-    }
-
-    /// Lines printed before the fix put the key in its own word; they must keep working.
-    #[test]
-    fn old_connect_lines_with_a_leading_dash_still_parse() {
-        let key = key_starting_with(62, [1; 32]);
-        assert!(key.to_base64().starts_with('-'));
-        let line = format!(
-            "ferry shell --key {} ferry://127.0.0.1:6789/",
-            key.to_base64()
-        );
-        assert_eq!(key_from_line(&line), key);
-        let line = format!("ferry --key {} ls ferry://h/", key.to_base64());
-        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(line.split(' ')).unwrap();
-        assert_eq!(cli.global.key.unwrap().parse::<Key>().unwrap(), key);
-    }
-
-    proptest::proptest! {
-        // Each case parses 64 lines with clap; 32 cases are 2,048 lines.
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
-
-        /// Random keys and ports, each case with every possible first character, so the cases
-        /// proptest happens to draw cannot miss the one that matters.
-        #[test]
-        fn connect_lines_round_trip(rest in proptest::prelude::any::<[u8; 32]>(), port in 1u16..) {
-            let url = format!("ferry://127.0.0.1:{port}/");
-            for first in 0..64 {
-                let key = key_starting_with(first, rest);
-                let line = connect_line("ferry", &key, &url);
-                proptest::prop_assert_eq!(key_from_line(&line), key);
-            }
-        }
+        // A present but broken source is never replaced by a new key.
+        let broken = KeySources {
+            env: Some("zz".into()),
+            default_file: Some(dir.path().join("other")),
+            ..Default::default()
+        };
+        assert!(broken.resolve_or_create().is_err());
+        assert!(!dir.path().join("other").exists());
     }
 
     #[cfg(unix)]

@@ -5,10 +5,10 @@ use ferry_protocol::ErrorCode;
 
 use super::{print_lines, Context};
 use crate::cli::LsArgs;
-use crate::client::Client;
-use crate::error::ClientError;
 use crate::format;
-use crate::transfer::remote_name;
+use ferry_client::client::Client;
+use ferry_client::error::ClientError;
+use ferry_client::transfer::remote_name;
 
 pub async fn run(ctx: &Context, args: LsArgs) -> Result<(), ClientError> {
     let client = ctx.connect(&args.url).await?;

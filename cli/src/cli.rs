@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::url::FerryUrl;
+use ferry_common::url::FerryUrl;
 
 /// The exit codes, as every command's `--help` ends.
 pub const EXIT_CODES: &str = "\
@@ -216,7 +216,7 @@ pub struct GetArgs {
         default_value = "4K/60s",
         hide_env_values = true
     )]
-    pub min_progress: crate::transfer::MinProgress,
+    pub min_progress: ferry_client::transfer::MinProgress,
 }
 
 #[derive(Debug, Args)]
@@ -389,5 +389,89 @@ mod tests {
         assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("soon").is_err());
+    }
+}
+
+/// The connect line a server prints (`ferry_common::keys::connect_line`) must parse with this
+/// command line for every key: a base64 key may start with `-` (issue 9).
+#[cfg(test)]
+mod connect_line_tests {
+    use ferry_common::keys::connect_line;
+    use ferry_protocol::Key;
+
+    /// The base64 alphabet of [`Key::to_base64`], in index order.
+    const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    /// A key whose base64 text starts with `BASE64[first]`: the first character is the top six
+    /// bits of the first byte.
+    fn key_starting_with(first: u8, rest: [u8; 32]) -> Key {
+        let mut bytes = rest;
+        bytes[0] = (first << 2) | (rest[0] & 0b11);
+        Key::from_bytes(bytes)
+    }
+
+    /// Parses a printed connect line with the real `ferry` command line and returns its key.
+    fn key_from_line(line: &str) -> Key {
+        use clap::Parser;
+        let words = crate::shell::parse::split(line).unwrap().words;
+        let cli = crate::cli::Cli::try_parse_from(&words)
+            .unwrap_or_else(|e| panic!("{line:?} does not parse: {e}"));
+        assert!(
+            matches!(cli.command, crate::cli::Command::Shell(_)),
+            "{line}"
+        );
+        cli.global.key.unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn every_first_character_round_trips_through_the_connect_line() {
+        let url = "ferry://127.0.0.1:6789/";
+        for (first, c) in BASE64.iter().enumerate() {
+            let key = key_starting_with(first as u8, [0x5a; 32]);
+            assert!(key.to_base64().starts_with(*c as char));
+            let line = connect_line("ferry", &key, &url);
+            assert_eq!(key_from_line(&line), key, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_program_path_with_spaces_stays_one_word() {
+        let key = key_starting_with(62, [7; 32]);
+        let line = connect_line("/tmp/my builds/ferry's/ferry", &key, &"ferry://h/");
+        let words = crate::shell::parse::split(&line).unwrap().words;
+        assert_eq!(words[0], "/tmp/my builds/ferry's/ferry");
+        assert_eq!(key_from_line(&line), key);
+    }
+
+    /// Lines printed before the fix put the key in its own word; they must keep working.
+    #[test]
+    fn old_connect_lines_with_a_leading_dash_still_parse() {
+        let key = key_starting_with(62, [1; 32]);
+        assert!(key.to_base64().starts_with('-'));
+        let line = format!(
+            "ferry shell --key {} ferry://127.0.0.1:6789/",
+            key.to_base64()
+        );
+        assert_eq!(key_from_line(&line), key);
+        let line = format!("ferry --key {} ls ferry://h/", key.to_base64());
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(line.split(' ')).unwrap();
+        assert_eq!(cli.global.key.unwrap().parse::<Key>().unwrap(), key);
+    }
+
+    proptest::proptest! {
+        // Each case parses 64 lines with clap; 32 cases are 2,048 lines.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Random keys and ports, each case with every possible first character, so the cases
+        /// proptest happens to draw cannot miss the one that matters.
+        #[test]
+        fn connect_lines_round_trip(rest in proptest::prelude::any::<[u8; 32]>(), port in 1u16..) {
+            let url = format!("ferry://127.0.0.1:{port}/");
+            for first in 0..64 {
+                let key = key_starting_with(first, rest);
+                let line = connect_line("ferry", &key, &url);
+                proptest::prop_assert_eq!(key_from_line(&line), key);
+            }
+        }
     }
 }

@@ -4,8 +4,8 @@ use tokio::runtime::Runtime;
 
 use super::Context;
 use crate::cli::ShellArgs;
-use crate::error::ClientError;
 use crate::shell::Shell;
+use ferry_client::error::ClientError;
 
 pub fn run(ctx: &Context, args: ShellArgs, runtime: &Runtime) -> Result<(), ClientError> {
     let client = runtime.block_on(super::interruptible(ctx.connect(&args.url)))?;
