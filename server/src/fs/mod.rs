@@ -1,10 +1,10 @@
-//! Everything that touches the served tree: request path parsing ([`path`]), the root jail
-//! ([`jail`]), bounded-memory sorted listings ([`list`]) and byte ranges with the fetch reader
+//! Everything that touches the served tree: request path parsing ([`path`]) and the root jail
+//! ([`jail`]), both from `ferry-jail`, shared with the swarm's storage and the client's
+//! downloads; bounded-memory sorted listings ([`list`]) and byte ranges with the fetch reader
 //! ([`range`]). All of it is blocking and runs on blocking threads.
 
-pub mod jail;
+pub use ferry_jail::{jail, path};
 pub mod list;
-pub mod path;
 pub mod range;
 
 pub use jail::{FsError, Jail, LinkResolver, Meta, Resolver};

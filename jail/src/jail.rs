@@ -1,17 +1,18 @@
-//! The root jail: every open goes through a descriptor of the served root and is resolved
-//! beneath it by the kernel.
+//! The root jail: every open goes through a descriptor of the root (the served tree, a swarm's
+//! download directory, a client's destination) and is resolved beneath it by the kernel.
 //!
 //! Preferred: `openat2(root, path, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`. The kernel then
 //! refuses any resolution step that would leave the root (`..`, absolute symlinks, symlinks
 //! whose target climbs out, symlinked intermediate directories pointing outside) with `EXDEV`,
 //! atomically, so a concurrent rename cannot race us out. Symlinks that stay inside the root
-//! are followed.
+//! are followed, unless the jail refuses all links ([`Links::Refuse`], `RESOLVE_NO_SYMLINKS`).
 //!
 //! Fallback when the kernel lacks `openat2` (`ENOSYS`, before Linux 5.6, or a seccomp filter):
 //! walk the components one `openat(O_NOFOLLOW)` at a time. That refuses every symlink, inside
 //! the root or not: safe, less convenient, and logged once at startup.
 //!
-//! All blocking; callers run these on blocking threads.
+//! Reading lives here; creating, renaming and removing in [`crate::write`]. All blocking;
+//! callers run these on blocking threads.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -22,7 +23,7 @@ use ferry_protocol::ErrorCode;
 use rustix::fs::{Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use super::path::{PathError, RelPath};
+use crate::path::{PathError, RelPath};
 
 /// How paths are resolved beneath the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,16 @@ pub enum Resolver {
     Openat2,
     /// Per-component `openat(O_NOFOLLOW)`; refuses all symlinks.
     NoFollow,
+}
+
+/// Which symbolic links a path may go through. Either way nothing outside the root is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Links that resolve inside the root are followed (with [`Resolver::Openat2`]).
+    WithinRoot,
+    /// No link is followed anywhere on the path: a download directory holds only what the
+    /// download created, so a link there was planted.
+    Refuse,
 }
 
 /// A file-system request failed. Messages name only the client's relative path.
@@ -181,11 +192,12 @@ impl LinkResolver {
     }
 }
 
-/// The served root, held open.
+/// A root directory, held open.
 #[derive(Debug)]
 pub struct Jail {
-    root: OwnedFd,
-    resolver: Resolver,
+    pub(crate) root: OwnedFd,
+    pub(crate) resolver: Resolver,
+    pub(crate) links: Links,
 }
 
 /// How many times to retry an `openat2` that reports `EAGAIN` (a concurrent rename or mount
@@ -217,7 +229,11 @@ impl Jail {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Self { root: fd, resolver })
+        Ok(Self {
+            root: fd,
+            resolver,
+            links: Links::WithinRoot,
+        })
     }
 
     /// Forces the per-component fallback (tests exercise it on kernels that have `openat2`).
@@ -230,6 +246,25 @@ impl Jail {
         self.resolver
     }
 
+    /// Sets which symbolic links paths may go through (default [`Links::WithinRoot`]).
+    pub fn with_links(mut self, links: Links) -> Self {
+        self.links = links;
+        self
+    }
+
+    pub fn links(&self) -> Links {
+        self.links
+    }
+
+    /// Maps an errno met while resolving `path` in this jail.
+    pub(crate) fn error(&self, errno: Errno, path: &RelPath) -> FsError {
+        match (errno, self.links) {
+            // RESOLVE_NO_SYMLINKS met a link: not an escape, a refused link.
+            (Errno::LOOP, Links::Refuse) => FsError::Symlink(path.clone()),
+            _ => FsError::from_errno(errno, path, self.resolver),
+        }
+    }
+
     /// Opens `path` beneath the root. `follow_final` decides whether a symlink in the last
     /// component is followed (still only within the root) or opened itself (with `O_PATH`).
     pub fn open_at(
@@ -238,18 +273,33 @@ impl Jail {
         flags: OFlags,
         follow_final: bool,
     ) -> Result<OwnedFd, FsError> {
+        self.resolve(path, flags, follow_final)
+            .map_err(|errno| self.error(errno, path))
+    }
+
+    /// [`Jail::open_at`] with the bare errno.
+    pub(crate) fn resolve(
+        &self,
+        path: &RelPath,
+        flags: OFlags,
+        follow_final: bool,
+    ) -> Result<OwnedFd, Errno> {
         // openat2 refuses O_PATH combined with anything but CLOEXEC, DIRECTORY, NOFOLLOW.
         let flags = if flags.contains(OFlags::PATH) {
             flags | OFlags::CLOEXEC
         } else {
             flags | OFlags::CLOEXEC | OFlags::NOCTTY
         };
-        let result = match self.resolver {
+        match self.resolver {
             Resolver::Openat2 => {
                 let flags = if follow_final {
                     flags
                 } else {
                     flags | OFlags::NOFOLLOW
+                };
+                let resolve = match self.links {
+                    Links::WithinRoot => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                    Links::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
                 };
                 let mut attempt = 0;
                 loop {
@@ -258,7 +308,7 @@ impl Jail {
                         path.as_kernel_path(),
                         flags,
                         Mode::empty(),
-                        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                        resolve,
                     ) {
                         Err(Errno::AGAIN) if attempt < OPENAT2_RETRIES => attempt += 1,
                         other => break other,
@@ -266,8 +316,7 @@ impl Jail {
                 }
             }
             Resolver::NoFollow => self.open_no_follow(path, flags),
-        };
-        result.map_err(|errno| FsError::from_errno(errno, path, self.resolver))
+        }
     }
 
     fn open_no_follow(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
@@ -319,7 +368,7 @@ impl Jail {
     /// against the root rather than the directory they sit in. `None` with the no-follow
     /// resolver, which follows no link.
     pub fn link_resolver(&self, base: &RelPath) -> Option<LinkResolver> {
-        if self.resolver != Resolver::Openat2 {
+        if self.resolver != Resolver::Openat2 || self.links == Links::Refuse {
             return None;
         }
         let root = self.root.try_clone().ok()?;
