@@ -6,7 +6,10 @@
 //! - `admission`: connection slots; a bounded pool for connections still in their handshake,
 //!   with eviction, so a flood of idle connections cannot lock honest clients out.
 //! - `listener`: binding, the accept loop with admission and error back-off.
-//! - `handler`: one connection (handshake, reader, writer, request tasks).
+//! - `connection`: one connection's lifecycle (handshake, hand-off from admission, goodbye),
+//!   its reader and its writer; invariants in `connection/STATE.md`.
+//! - `service`: list, stat, fetch, digest and echo, one module each, callable without a
+//!   socket; each consults the client's principal before touching the tree.
 //! - [`fs`]: request paths, the root jail, sorted bounded-memory listings, byte ranges.
 //! - `shutdown`: stop/kill signals and the drain.
 //!
@@ -24,10 +27,10 @@
 mod admission;
 mod buffers;
 pub mod config;
-mod digest;
+mod connection;
 pub mod fs;
-mod handler;
 mod listener;
+mod service;
 mod shutdown;
 
 use std::future::Future;
@@ -39,14 +42,15 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits, DEFAULT_PORT};
 
-use handler::Shared;
+use connection::ServerContext;
+use service::Tree;
 use shutdown::Signals;
 
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
     listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
+    context: Arc<ServerContext>,
 }
 
 impl Server {
@@ -84,11 +88,9 @@ impl Server {
         );
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared {
-                jail,
-                limits: config.limits,
+            context: Arc::new(ServerContext {
+                tree: Arc::new(Tree::new(jail, config.limits)),
                 handshake,
-                digests: Default::default(),
             }),
         })
     }
@@ -109,7 +111,7 @@ impl Server {
     ) -> std::io::Result<()> {
         let signals = Signals::default();
         let tracker = TaskTracker::new();
-        let limits = &self.shared.limits;
+        let limits = self.context.limits();
         let connections = admission::Admission::new(admission::AdmissionLimits {
             max_connections: limits.max_connections,
             max_pending: limits.max_pending,
@@ -118,7 +120,7 @@ impl Server {
         for listener in self.listeners {
             tracker.spawn(listener::accept_loop(
                 listener,
-                self.shared.clone(),
+                self.context.clone(),
                 connections.clone(),
                 tracker.clone(),
                 signals.clone(),
@@ -127,7 +129,7 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down");
         signals
-            .drain(&tracker, self.shared.limits.shutdown_grace)
+            .drain(&tracker, self.context.limits().shutdown_grace)
             .await;
         tracing::info!("stopped");
         Ok(())

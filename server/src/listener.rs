@@ -6,15 +6,13 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, Service};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admission::{Admission, Admit};
-use crate::handler::{self, Shared};
+use crate::connection::{self, ServerContext};
 use crate::shutdown::Signals;
 
 /// Pending connections the kernel queues for us.
@@ -52,7 +50,7 @@ fn is_transient(error: &std::io::Error) -> bool {
 /// Accepts until `stop`, spawning one tracked task per connection.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    server: Arc<ServerContext>,
     connections: Arc<Admission>,
     tracker: TaskTracker,
     signals: Signals,
@@ -92,9 +90,9 @@ pub(crate) async fn accept_loop(
         let peek = stream.as_fd().try_clone_to_owned().ok();
         match connections.admit(peer.ip(), peek, std::time::Instant::now()) {
             Admit::Pending(ticket) => {
-                let shared = shared.clone();
+                let server = server.clone();
                 let signals = signals.clone();
-                tracker.spawn(handler::serve(stream, ticket, shared, signals).instrument(span));
+                tracker.spawn(connection::serve(stream, ticket, server, signals).instrument(span));
             }
             Admit::Busy => {
                 tracing::warn!(%peer, "every connection slot is authenticated; refusing");
@@ -108,25 +106,10 @@ pub(crate) async fn accept_loop(
 /// Tells a client over the connection limit why it is being closed, in a plaintext
 /// connection-level error frame like a failed handshake's.
 async fn refuse_busy(mut stream: TcpStream) {
-    let out = busy_frame("too many connections; try again later");
+    let out = connection::busy_frame("too many connections; try again later");
     let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
         stream.write_all(&out).await?;
         stream.shutdown().await
     })
     .await;
-}
-
-/// A plaintext connection-level `BUSY` error frame, as sent before the handshake completes.
-pub(crate) fn busy_frame(message: &str) -> BytesMut {
-    let body = ErrorBody::new(ErrorCode::BUSY, message);
-    let frame = Frame::from_message(
-        RequestId::CONNECTION,
-        &Message::Error {
-            service: Service::HANDSHAKE,
-            body,
-        },
-    );
-    let mut out = BytesMut::with_capacity(frame.encoded_len());
-    frame.encode(&mut out);
-    out
 }

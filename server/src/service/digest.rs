@@ -10,14 +10,31 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use ferry_protocol::digest::FetchDigest;
-use ferry_protocol::message::{DigestResponse, EntryKind};
+use ferry_protocol::message::{DigestRequest, DigestResponse, EntryKind};
+use ferry_protocol::Message;
 
+use super::{Context, ServiceError, Sink};
 use crate::fs::{FsError, Jail, Meta, RelPath};
 
 /// Versions remembered. 32 bytes of digest plus the key each: about 100 KiB in all.
 const CAPACITY: usize = 1024;
 /// Bytes read per positioned read while hashing.
 const READ: usize = 1 << 20;
+
+/// Answers one digest request from the cache or by hashing on a blocking thread. Returns 0
+/// data bytes.
+pub(crate) async fn digest(
+    ctx: &Context,
+    request: DigestRequest,
+    sink: &Sink,
+) -> Result<u64, ServiceError> {
+    let path = ctx.readable(&request.path)?;
+    let tree = ctx.tree.clone();
+    let response =
+        tokio::task::spawn_blocking(move || tree.digests.digest(&tree.jail, &path)).await??;
+    sink.send(Message::DigestResponse(response)).await?;
+    Ok(0)
+}
 
 type Version = (u64, u64, u64, i64, u32, i64, u32);
 
@@ -115,7 +132,9 @@ impl DigestCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
     use super::*;
+    use ferry_protocol::Principal;
 
     #[test]
     fn digests_are_cached_per_version_and_follow_changes() {
@@ -142,5 +161,26 @@ mod tests {
             .digest(&jail, &RelPath::parse("d", 64).unwrap())
             .unwrap_err();
         assert_eq!(err.code(), ferry_protocol::ErrorCode::NOT_A_FILE);
+    }
+
+    #[tokio::test]
+    async fn the_service_answers_from_the_shared_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"hello").unwrap();
+        let ctx = context(dir.path(), Principal::key_holder());
+        let (sink, mut rx) = sink();
+        let request = || DigestRequest { path: "a".into() };
+        assert_eq!(digest(&ctx, request(), &sink).await.unwrap(), 0);
+        assert_eq!(digest(&ctx, request(), &sink).await.unwrap(), 0);
+        let frames = drain(&mut rx);
+        assert_eq!(frames.len(), 2);
+        for frame in frames {
+            assert!(
+                matches!(&frame, Message::DigestResponse(r)
+                    if r.digest == ferry_protocol::digest::fetch_digest(b"hello")),
+                "{frame:?}"
+            );
+        }
+        assert_eq!(ctx.tree.digests.len(), 1);
     }
 }

@@ -1,0 +1,258 @@
+//! One connection's lifecycle: the handshake under a deadline and the hand-off from admission,
+//! then a reader ([`reader`], this task), a writer task ([`writer`]) and one task per request
+//! (`crate::service`), and finally the goodbye and the drain. Invariants: `STATE.md` beside
+//! this file.
+//!
+//! ```text
+//!             +-------------+   ctrl (pong, refusals; drained first)   +--------+
+//!  socket --> | reader loop | ---------------------------------------> |        |
+//!             |  dispatch   |                                          | writer | --> socket
+//!             +-------------+   spawn    +---------------+   data      |        |
+//!                           \----------> | request tasks | ----------> |        |
+//!                                        +---------------+  (bounded)  +--------+
+//! ```
+//!
+//! Both queues are bounded, so a client that stops reading stalls the writer, the queues fill
+//! and the request tasks wait: backpressure instead of memory growth. Request tasks enqueue
+//! frame by frame and the bounded queue admits waiting senders in FIFO order, so concurrent
+//! fetches interleave chunk by chunk. The writer seals and batches many frames per `write`.
+
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, ServerConfig, Service};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::admission::PendingTicket;
+use crate::buffers::BufferPool;
+use crate::config::Limits;
+use crate::service::{Context, Tree};
+use crate::shutdown::Signals;
+
+use reader::{Close, Reader};
+use writer::Writer;
+
+/// What every connection of one server shares: the served tree and the handshake settings.
+#[derive(Debug)]
+pub(crate) struct ServerContext {
+    pub tree: Arc<Tree>,
+    pub handshake: ServerConfig,
+}
+
+impl ServerContext {
+    pub fn limits(&self) -> &Limits {
+        &self.tree.limits
+    }
+}
+
+/// Data-queue depth in frames: with 64 KiB chunks, at most 1 MiB waits per connection.
+const DATA_QUEUE: usize = 16;
+/// Control-queue depth: pongs and refusals.
+const CTRL_QUEUE: usize = 32;
+/// How long the goodbye frame may wait for room in the data queue.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one accepted connection until it closes. `ticket` is its place in the pool of
+/// connections still in their handshake; the connection closes at once if it is evicted.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    ticket: PendingTicket,
+    server: Arc<ServerContext>,
+    signals: Signals,
+) {
+    let limits = server.limits();
+    let evicted = ticket.evicted().clone();
+    let handshake = tokio::select! {
+        biased;
+        _ = signals.kill.cancelled() => return,
+        _ = evicted.cancelled() => {
+            tracing::debug!("evicted before completing the handshake");
+            // Only a peer that has sent nothing can still read a plaintext error; once the
+            // server has answered its hello, a plaintext frame would read as a bad record.
+            // Best effort and never waiting: an idle flood must not cost a task that waits.
+            if !ticket.has_progressed() {
+                let _ = stream.try_write(&busy_frame(
+                    "too many connections waiting to authenticate; try again later",
+                ));
+            }
+            return;
+        }
+        result = tokio::time::timeout(limits.handshake_timeout, async {
+            // Admission prefers to evict connections that have sent nothing.
+            stream.readable().await?;
+            ticket.mark_progress();
+            ferry_protocol::tokio::server_handshake_principal(
+                &mut stream,
+                server.handshake.clone(),
+            )
+            .await
+        }) => result,
+    };
+    let (session, principal, leftover) = match handshake {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => {
+            // Wrong keys and scanners are the peer's problem, not ours.
+            tracing::debug!(%error, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                timeout = %humantime::format_duration(limits.handshake_timeout),
+                "handshake timed out"
+            );
+            return;
+        }
+    };
+    let Some(_slot) = ticket.authenticate() else {
+        tracing::debug!("evicted as the handshake completed");
+        return;
+    };
+    tracing::debug!(mode = ?session.mode(), principal = %principal.name, "session established");
+    let version = session.version();
+    let (send, recv) = session.into_split();
+    let chunk = limits.chunk_size.min(send.max_payload()).max(1);
+    let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
+    // Whole chunks per read, so only a file's last frame is short.
+    let read_size = (limits.read_size / chunk).max(1) * chunk;
+    let (rd, wr) = stream.into_split();
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
+    let mut writer = tokio::spawn(
+        Writer::new(send, version, wr, limits.write_timeout)
+            .run(ctrl_rx, data_rx)
+            .in_current_span(),
+    );
+    let services = Context {
+        tree: server.tree.clone(),
+        principal: Arc::new(principal),
+        buffers: BufferPool::new(read_size, limits.read_buffers_per_connection),
+        chunk,
+        page_bytes,
+    };
+    let mut reader = Reader::new(
+        limits.clone(),
+        services,
+        data_tx,
+        ctrl_tx,
+        signals.kill.clone(),
+    );
+    let close = reader
+        .read_loop(rd, recv, leftover, &signals, &mut writer)
+        .await;
+    let writer_done = matches!(close, Close::WriterGone);
+    let farewell = match &close {
+        Close::Fatal(code, message) => {
+            tracing::debug!(%code, %message, "closing connection");
+            Some(ErrorBody::new(*code, message.clone()))
+        }
+        Close::Idle => Some(ErrorBody::new(
+            ErrorCode::TIMEOUT,
+            format!(
+                "idle for {}",
+                humantime::format_duration(limits.idle_timeout)
+            ),
+        )),
+        Close::Shutdown => Some(ErrorBody::from_code(ErrorCode::SHUTTING_DOWN)),
+        Close::Killed => Some(ErrorBody::new(
+            ErrorCode::SHUTTING_DOWN,
+            "server shut down before the request finished",
+        )),
+        Close::PeerError(body) => {
+            tracing::debug!(%body, "client closed the connection with an error");
+            None
+        }
+        Close::Io(error) => {
+            tracing::debug!(%error, "read failed");
+            None
+        }
+        Close::Eof | Close::WriterGone => None,
+        Close::Truncated => {
+            tracing::debug!("stream ended inside a frame");
+            None
+        }
+    };
+    reader.abort_all();
+    let kill_now = matches!(close, Close::Killed);
+    if let Some(body) = farewell {
+        // Through the data queue, so it follows every frame already queued (a fetch's end
+        // must not be overtaken by the goodbye). A client that does not read gets no goodbye.
+        let patience = if kill_now {
+            Duration::from_millis(100)
+        } else {
+            FAREWELL_TIMEOUT
+        };
+        let goodbye = (
+            RequestId::CONNECTION,
+            Message::Error {
+                service: Service::HANDSHAKE,
+                body,
+            },
+        );
+        let _ = tokio::time::timeout(patience, reader.data().send(goodbye)).await;
+    }
+    // Dropping every sender lets the writer flush what is queued and shut the socket down.
+    drop(reader);
+    if !writer_done {
+        let patience = if kill_now {
+            Duration::from_millis(100)
+        } else {
+            limits.write_timeout
+        };
+        tokio::select! {
+            biased;
+            _ = signals.kill.cancelled(), if !kill_now => writer.abort(),
+            _ = tokio::time::sleep(patience) => writer.abort(),
+            _ = &mut writer => {}
+        }
+    }
+    tracing::debug!("connection closed");
+}
+
+/// A plaintext connection-level `BUSY` error frame, as sent before the handshake completes
+/// (spec §4.4): to a connection evicted from admission here, and by the listener to one
+/// refused at the connection limit.
+pub(crate) fn busy_frame(message: &str) -> BytesMut {
+    let body = ErrorBody::new(ErrorCode::BUSY, message);
+    let frame = Frame::from_message(
+        RequestId::CONNECTION,
+        &Message::Error {
+            service: Service::HANDSHAKE,
+            body,
+        },
+    );
+    let mut out = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_frame_is_a_plaintext_connection_error() {
+        let mut bytes = busy_frame("full");
+        let frame = ferry_protocol::handshake::handshake_decoder()
+            .decode(&mut bytes)
+            .unwrap()
+            .unwrap();
+        assert!(bytes.is_empty());
+        assert_eq!(frame.header.id, RequestId::CONNECTION);
+        match frame.message().unwrap() {
+            Message::Error { service, body } => {
+                assert_eq!(service, Service::HANDSHAKE);
+                assert_eq!(
+                    (body.code, body.message.as_str()),
+                    (ErrorCode::BUSY, "full")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

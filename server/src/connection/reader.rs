@@ -1,0 +1,404 @@
+//! The reader: reads and opens frames, dispatches requests to tasks, answers what belongs to no
+//! request (pong, refusals), cancels, and decides when the connection closes ([`Close`]).
+//!
+//! It enforces the per-frame read deadline (a frame that has started must finish within
+//! `frame_read_timeout`), the idle timeout (nothing in flight and nothing received) and the
+//! in-flight limit. Frame, decode and record errors end the connection with an error frame on
+//! id 0; a well-formed but unknown request gets `UNKNOWN_REQUEST` for its id and the
+//! connection continues.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_protocol::{
+    DecodeError, ErrorBody, ErrorCode, Frame, Message, RecvHalf, RequestId, Service,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Limits;
+use crate::service::{self, Context, Out, Request, Sink};
+use crate::shutdown::Signals;
+
+/// Read-buffer top-up before each socket read.
+const READ_RESERVE: usize = 16 * 1024;
+
+/// Why the reader stopped.
+#[derive(Debug)]
+pub(super) enum Close {
+    /// The client closed its side and nothing is in flight.
+    Eof,
+    /// The stream ended inside a frame (spec §9 row 5): close, nothing to send.
+    Truncated,
+    /// The client sent a connection-level error.
+    PeerError(ErrorBody),
+    /// Protocol violation, decode or record failure, frame deadline: tell the client why.
+    Fatal(ErrorCode, String),
+    /// Nothing happened for `idle_timeout`.
+    Idle,
+    /// Shutdown requested and nothing left in flight.
+    Shutdown,
+    /// Grace period over.
+    Killed,
+    /// The writer ended (client gone or write deadline).
+    WriterGone,
+    /// Reading from the socket failed.
+    Io(std::io::Error),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    service: Service,
+    generation: u64,
+    abort: AbortHandle,
+}
+
+/// The reader's state.
+#[derive(Debug)]
+pub(super) struct Reader {
+    limits: Limits,
+    /// What every request task gets.
+    services: Context,
+    /// Request frames, and what must follow them (`CANCELLED`, the goodbye).
+    data: mpsc::Sender<Out>,
+    /// Replies that belong to no running request; the writer drains these first.
+    ctrl: mpsc::Sender<Out>,
+    /// The server's grace-period-over signal.
+    kill: CancellationToken,
+    /// Request tasks; each returns its id and generation.
+    tasks: JoinSet<(RequestId, u64)>,
+    in_flight: HashMap<RequestId, InFlight>,
+    /// Tells a finished task from a newer request that reused its id after a cancel.
+    next_generation: u64,
+}
+
+impl Reader {
+    pub fn new(
+        limits: Limits,
+        services: Context,
+        data: mpsc::Sender<Out>,
+        ctrl: mpsc::Sender<Out>,
+        kill: CancellationToken,
+    ) -> Self {
+        Self {
+            limits,
+            services,
+            data,
+            ctrl,
+            kill,
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// The data queue, for the goodbye after the loop.
+    pub fn data(&self) -> &mpsc::Sender<Out> {
+        &self.data
+    }
+
+    /// Aborts every request task.
+    pub fn abort_all(&mut self) {
+        self.tasks.abort_all();
+    }
+
+    pub async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        mut recv: RecvHalf,
+        mut buf: BytesMut,
+        signals: &Signals,
+        writer: &mut tokio::task::JoinHandle<()>,
+    ) -> Close {
+        let limits = self.limits.clone();
+        let far = Duration::from_secs(86_400 * 365);
+        let mut stopping = false;
+        let mut eof = false;
+        let mut last_activity = Instant::now();
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            loop {
+                match recv.read_frame(&mut buf) {
+                    Ok(Some(frame)) => {
+                        last_activity = Instant::now();
+                        frame_started = None;
+                        if let Some(close) = self.handle_frame(frame, stopping).await {
+                            return close;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => return Close::Fatal(error.code(), error.to_string()),
+                }
+            }
+            if recv.decoder().is_mid_frame(&buf) {
+                if eof {
+                    return Close::Truncated;
+                }
+                frame_started.get_or_insert_with(Instant::now);
+            } else {
+                frame_started = None;
+            }
+            if self.in_flight.is_empty() {
+                if eof {
+                    return Close::Eof;
+                }
+                if stopping {
+                    return Close::Shutdown;
+                }
+            }
+            let now = Instant::now();
+            let frame_deadline = frame_started.map(|t| t + limits.frame_read_timeout);
+            let idle_armed = self.in_flight.is_empty() && frame_started.is_none();
+            let idle_deadline = last_activity + limits.idle_timeout;
+            if buf.capacity() - buf.len() < READ_RESERVE / 4 {
+                buf.reserve(READ_RESERVE);
+            }
+            tokio::select! {
+                biased;
+                _ = signals.kill.cancelled() => return Close::Killed,
+                _ = signals.stop.cancelled(), if !stopping => stopping = true,
+                result = &mut *writer => {
+                    if let Err(error) = result {
+                        tracing::warn!(%error, "writer task failed");
+                    }
+                    return Close::WriterGone;
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    last_activity = Instant::now();
+                    if let Some((id, service)) = self.finished(joined) {
+                        let internal = (
+                            id,
+                            Message::Error {
+                                service,
+                                body: ErrorBody::from_code(ErrorCode::INTERNAL),
+                            },
+                        );
+                        if let Some(close) = self.enqueue(&self.data, internal).await {
+                            return close;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(frame_deadline.unwrap_or(now + far)),
+                    if frame_deadline.is_some() => {
+                    return Close::Fatal(
+                        ErrorCode::TIMEOUT,
+                        format!(
+                            "frame not completed within {}",
+                            humantime::format_duration(limits.frame_read_timeout)
+                        ),
+                    );
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if idle_armed => return Close::Idle,
+                read = rd.read_buf(&mut buf), if !eof => match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(error) => return Close::Io(error),
+                },
+            }
+        }
+    }
+
+    /// Bookkeeping for a finished request task. Returns a request that panicked, which still
+    /// owes the client a final frame.
+    fn finished(
+        &mut self,
+        joined: Result<(RequestId, u64), JoinError>,
+    ) -> Option<(RequestId, Service)> {
+        match joined {
+            Ok((id, generation)) => {
+                if self
+                    .in_flight
+                    .get(&id)
+                    .is_some_and(|f| f.generation == generation)
+                {
+                    self.in_flight.remove(&id);
+                }
+                None
+            }
+            // Cancelled tasks were removed when cancelled.
+            Err(error) if error.is_cancelled() => None,
+            Err(error) => {
+                // A panicking request must not take the connection down; find its id.
+                tracing::error!(%error, "request task panicked");
+                let task = error.id();
+                let id = self
+                    .in_flight
+                    .iter()
+                    .find(|(_, f)| f.abort.id() == task)
+                    .map(|(id, _)| *id)?;
+                let flight = self.in_flight.remove(&id)?;
+                Some((id, flight.service))
+            }
+        }
+    }
+
+    /// Sends a reply that does not belong to a running request's stream.
+    async fn reply(&self, id: RequestId, message: Message) -> Option<Close> {
+        self.enqueue(&self.ctrl, (id, message)).await
+    }
+
+    /// Waits for room in a queue; the reader stalls meanwhile (that is the backpressure), but
+    /// still ends at once when the grace period is over.
+    async fn enqueue(&self, queue: &mpsc::Sender<Out>, out: Out) -> Option<Close> {
+        tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => Some(Close::Killed),
+            sent = queue.send(out) => match sent {
+                Ok(()) => None,
+                Err(_) => Some(Close::WriterGone),
+            },
+        }
+    }
+
+    async fn refuse(
+        &self,
+        id: RequestId,
+        service: Service,
+        code: ErrorCode,
+        message: String,
+    ) -> Option<Close> {
+        tracing::debug!(%id, ?service, %code, %message, "request refused");
+        self.reply(
+            id,
+            Message::Error {
+                service,
+                body: ErrorBody::new(code, message),
+            },
+        )
+        .await
+    }
+
+    async fn handle_frame(&mut self, frame: Frame, stopping: bool) -> Option<Close> {
+        let id = frame.header.id;
+        let service = frame.header.service;
+        let message = match frame.message() {
+            Ok(message) => message,
+            Err(error @ DecodeError::UnknownMessage { .. }) => {
+                // The frame was authentic (it passed the record layer), just not understood.
+                if id == RequestId::CONNECTION {
+                    return Some(Close::Fatal(error.code(), error.to_string()));
+                }
+                return self
+                    .refuse(id, service, ErrorCode::UNKNOWN_REQUEST, error.to_string())
+                    .await;
+            }
+            Err(error) => {
+                return Some(Close::Fatal(error.code(), format!("request {id}: {error}")))
+            }
+        };
+        let request = match message {
+            Message::Ping(payload) => return self.reply(id, service::echo::pong(payload)).await,
+            // We never ping, but a pong is harmless.
+            Message::Pong(_) => return None,
+            Message::Cancel { service } => return self.cancel(id, service).await,
+            Message::Error { body, .. } if id == RequestId::CONNECTION => {
+                return Some(Close::PeerError(body))
+            }
+            Message::Error { .. } => return None,
+            Message::ListRequest(r) => Request::List(r),
+            Message::StatRequest(r) => Request::Stat(r),
+            Message::FetchRequest(r) => Request::Fetch(r),
+            Message::DigestRequest(r) => Request::Digest(r),
+            other => {
+                let text = format!("{:?} is not something a client sends", other.kind().0);
+                if id == RequestId::CONNECTION {
+                    return Some(Close::Fatal(ErrorCode::UNEXPECTED_MESSAGE, text));
+                }
+                return self
+                    .refuse(id, service, ErrorCode::UNEXPECTED_MESSAGE, text)
+                    .await;
+            }
+        };
+        self.start(id, service, request, stopping).await
+    }
+
+    async fn start(
+        &mut self,
+        id: RequestId,
+        service: Service,
+        request: Request,
+        stopping: bool,
+    ) -> Option<Close> {
+        if id == RequestId::CONNECTION {
+            return Some(Close::Fatal(
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "requests must not use id 0".into(),
+            ));
+        }
+        if self.in_flight.contains_key(&id) {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::DUPLICATE_ID,
+                    format!("request id {} is already in flight", id.0),
+                )
+                .await;
+        }
+        if stopping {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::SHUTTING_DOWN,
+                    "server is shutting down".into(),
+                )
+                .await;
+        }
+        let max = self.limits.max_in_flight_per_connection;
+        if self.in_flight.len() >= max {
+            return self
+                .refuse(
+                    id,
+                    service,
+                    ErrorCode::BUSY,
+                    format!("{max} requests already in flight on this connection"),
+                )
+                .await;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let ctx = self.services.clone();
+        let sink = Sink::new(id, self.data.clone());
+        let abort = self.tasks.spawn(
+            async move {
+                service::run(ctx, sink, service, request).await;
+                (id, generation)
+            }
+            .in_current_span(),
+        );
+        self.in_flight.insert(
+            id,
+            InFlight {
+                service,
+                generation,
+                abort,
+            },
+        );
+        None
+    }
+
+    async fn cancel(&mut self, id: RequestId, _service: Service) -> Option<Close> {
+        // The id alone names the request; the service byte is informational.
+        let Some(flight) = self.in_flight.remove(&id) else {
+            // Already finished: the client will see its end frame.
+            return None;
+        };
+        flight.abort.abort();
+        tracing::info!(%id, service = service::name(flight.service), outcome = "cancelled", "request");
+        // Through the data queue, so it follows any frame the request already queued.
+        let cancelled = (
+            id,
+            Message::Error {
+                service: flight.service,
+                body: ErrorBody::from_code(ErrorCode::CANCELLED),
+            },
+        );
+        self.enqueue(&self.data, cancelled).await
+    }
+}
