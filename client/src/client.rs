@@ -30,6 +30,7 @@ use ferry_protocol::message::{
     DigestRequest, DigestResponse, Entry, FetchRequest, FetchResponse, ListRequest, StatRequest,
     TO_END,
 };
+use ferry_protocol::transport::{Connector, TcpConnector};
 use ferry_protocol::{
     Error as ProtoError, ErrorBody, ErrorCode, Frame, FrameType, HandshakeError, Key, Message,
     RecvHalf, RequestId, SendHalf, Service,
@@ -52,7 +53,7 @@ pub struct ClientConfig {
     pub key: Key,
     /// Ask the server for a plaintext session (authenticated handshake, bodies in the clear).
     pub plaintext: bool,
-    /// Bound on TCP connect plus handshake. Default 10 s.
+    /// Bound on connect plus handshake. Default 10 s.
     pub connect_timeout: Duration,
     /// Bound on waiting for each answer frame of a request. Default 60 s.
     pub request_timeout: Duration,
@@ -72,6 +73,9 @@ pub struct ClientConfig {
     /// times, waiting 100 ms, 200 ms, 400 ms, … (at most 2 s) between tries, and says so.
     /// Default 5.
     pub busy_retries: u32,
+    /// How streams to the server are opened. Default TCP ([`TcpConnector`]); a relay or QUIC
+    /// connector can stand in without the rest of the client changing.
+    pub connector: Arc<dyn Connector>,
 }
 
 impl ClientConfig {
@@ -86,7 +90,13 @@ impl ClientConfig {
             request_buffer: 64,
             frame_read_timeout: Duration::from_secs(30),
             busy_retries: 5,
+            connector: Arc::new(TcpConnector),
         }
+    }
+
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = connector;
+        self
     }
 
     pub fn busy_retries(mut self, retries: u32) -> Self {
@@ -150,7 +160,7 @@ impl From<FerryUrl> for Target {
 /// the last request handle are dropped.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    shared: Arc<ClientInner>,
 }
 
 impl fmt::Debug for Client {
@@ -161,17 +171,17 @@ impl fmt::Debug for Client {
     }
 }
 
-struct Shared {
+struct ClientInner {
     peer: String,
     outgoing: mpsc::UnboundedSender<Outgoing>,
-    conn: Arc<Conn>,
+    conn: Arc<RouteTable>,
     reader: AbortHandle,
     max_payload: usize,
     request_timeout: Duration,
     request_buffer: usize,
 }
 
-impl Drop for Shared {
+impl Drop for ClientInner {
     fn drop(&mut self) {
         // The writer ends on its own when `outgoing` goes; the reader would wait for the server.
         self.reader.abort();
@@ -180,7 +190,7 @@ impl Drop for Shared {
 
 /// State shared with the reader task.
 #[derive(Default)]
-struct Conn {
+struct RouteTable {
     state: Mutex<State>,
     /// Payload bytes of pongs queued for the writer and not yet written. A server that pings
     /// without reading would otherwise grow the queue without bound (spec §3.8).
@@ -240,11 +250,11 @@ impl CloseReason {
 
 enum Outgoing {
     Message(RequestId, Message),
-    /// A pong, counted in [`Conn::pong_bytes`] until written.
+    /// A pong, counted in [`RouteTable::pong_bytes`] until written.
     Pong(RequestId, Bytes),
 }
 
-impl Conn {
+impl RouteTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the map half-updated, so a poisoned lock
         // is still usable.
@@ -329,11 +339,11 @@ impl Client {
     async fn connect_once(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
         let timeout = config.connect_timeout;
         let attempt = async {
-            let stream = tokio::net::TcpStream::connect(addr)
+            let stream = config
+                .connector
+                .connect(addr)
                 .await
                 .map_err(|source| ClientError::Connect { addr, source })?;
-            // Requests and pings are small; don't let Nagle hold them back.
-            let _ = stream.set_nodelay(true);
             Self::handshake(stream, addr, config).await
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -365,7 +375,7 @@ impl Client {
         let max_payload = send.max_payload();
         let (read, write) = tokio::io::split(io);
         let (tx, rx) = mpsc::unbounded_channel();
-        let conn = Arc::new(Conn::default());
+        let conn = Arc::new(RouteTable::default());
         let reader = tokio::spawn(read_loop(
             read,
             recv,
@@ -377,7 +387,7 @@ impl Client {
         ));
         tokio::spawn(write_loop(write, send, rx, conn.clone()));
         Ok(Client {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ClientInner {
                 peer: peer.to_string(),
                 outgoing: tx,
                 conn,
@@ -942,7 +952,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut read: R,
     mut recv: RecvHalf,
     mut buf: BytesMut,
-    conn: Arc<Conn>,
+    conn: Arc<RouteTable>,
     outgoing: mpsc::WeakUnboundedSender<Outgoing>,
     mut keepalive: KeepAlive,
     frame_read_timeout: Duration,
@@ -1084,7 +1094,7 @@ fn server_sends(kind: FrameType, service: Service) -> bool {
 
 async fn dispatch(
     frame: Frame,
-    conn: &Conn,
+    conn: &RouteTable,
     keepalive: &mut KeepAlive,
     send: &impl Fn(RequestId, Message),
     pong: &impl Fn(RequestId, Bytes),
@@ -1167,7 +1177,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
     mut send: SendHalf,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    conn: Arc<Conn>,
+    conn: Arc<RouteTable>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     while let Some(first) = rx.recv().await {

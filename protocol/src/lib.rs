@@ -19,6 +19,7 @@
 //! - [`session`]: an established connection's framing and record protection.
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
 //! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
+//! - [`transport`] (feature `tokio`): where streams come from (TCP today; relays, QUIC later).
 
 pub mod conn;
 pub mod crypto;
@@ -33,6 +34,8 @@ pub mod message;
 pub mod session;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+#[cfg(feature = "tokio")]
+pub mod transport;
 
 pub use crypto::Key;
 pub use error::{Category, CryptoError, DecodeError, Error, ErrorCode, HandshakeError, Initiator};
