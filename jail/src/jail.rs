@@ -382,19 +382,25 @@ impl Jail {
     /// opened for reading: the first open is `O_PATH`, which has no side effects, and the
     /// second must reach the same inode.
     pub fn open_file(&self, path: &RelPath) -> Result<(File, Meta), FsError> {
-        let probe = self.open_at(path, OFlags::PATH, true)?;
+        self.open_read(path, true)
+    }
+
+    /// [`Jail::open_file`], choosing whether a final symlink is followed (within the root) or
+    /// refused as [`FsError::Symlink`].
+    pub fn open_read(&self, path: &RelPath, follow_final: bool) -> Result<(File, Meta), FsError> {
+        let probe = self.open_at(path, OFlags::PATH, follow_final)?;
         let st =
             rustix::fs::fstat(&probe).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
         let meta = Meta::from_stat(&st);
         match meta.kind {
             EntryKind::FILE => {}
-            // Only the no-follow resolver hands back a final symlink itself.
+            // Only the no-follow resolver, or `follow_final` false, hands back a final symlink.
             EntryKind::SYMLINK => return Err(FsError::Symlink(path.clone())),
             _ => return Err(FsError::NotAFile(path.clone())),
         }
         // O_NONBLOCK: should a FIFO be swapped in between the two opens, the open does not
         // hang; the inode check below then refuses it.
-        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK, true)?;
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK, follow_final)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
         let opened = Meta::from_stat(&st);
         if opened.kind != EntryKind::FILE || opened.dev != meta.dev || opened.ino != meta.ino {

@@ -23,11 +23,15 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::{Buf, BufMut};
+use ferry_jail::PathError;
 use ferry_protocol::ErrorCode;
 use sha2::{Digest, Sha256};
+
+/// A manifest file path: the jail's path type, parsed by [`parse_path`].
+pub use ferry_jail::RelPath;
 
 /// First bytes of every manifest file.
 pub const MAGIC: [u8; 8] = *b"FERRYMF1";
@@ -154,99 +158,38 @@ impl fmt::Display for PieceIndex {
     }
 }
 
-/// A relative path that passed the manifest path rules: `/`-separated, 1..=32 components, each
-/// non-empty, not `.` or `..`, without `\`, `:`, NUL or control characters, no Windows device
-/// names, no trailing dot or space. Joined under a root it can only name something inside it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RelPath(String);
+/// Checks a manifest path against the rules of spec/P2P.md §2.4 and parses it into the jail's
+/// path type: `/`-separated, 1..=32 components, each non-empty, not `.` or `..`, without `\`,
+/// `:`, NUL or control characters, no Windows device names, no trailing dot or space. Joined
+/// under a root it can only name something inside it.
+pub fn parse_path(path: &str) -> Result<RelPath, ManifestError> {
+    RelPath::parse_portable(path, MAX_DEPTH).map_err(|e| ManifestError::InvalidPath {
+        path: path.chars().take(200).collect(),
+        reason: path_reason(&e),
+    })
+}
 
-impl RelPath {
-    /// Checks `path` against the rules (spec/P2P.md §2.4).
-    pub fn parse(path: &str) -> Result<Self, ManifestError> {
-        let bad = |reason| ManifestError::InvalidPath {
-            path: path.chars().take(200).collect(),
-            reason,
-        };
-        if path.is_empty() {
-            return Err(bad("empty"));
-        }
-        if path.len() > MAX_PATH_LEN {
-            return Err(bad("longer than 4096 bytes"));
-        }
-        if path.starts_with('/') {
-            return Err(bad("absolute"));
-        }
-        let mut depth = 0;
-        for component in path.split('/') {
-            depth += 1;
-            if depth > MAX_DEPTH {
-                return Err(bad("deeper than 32 components"));
-            }
-            check_component(component).map_err(bad)?;
-        }
-        Ok(Self(path.to_owned()))
-    }
-
-    /// The path as written in the manifest.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The components, outermost first.
-    pub fn components(&self) -> impl Iterator<Item = &str> {
-        self.0.split('/')
-    }
-
-    /// The path under `root`. Safe by construction: every component is a plain name.
-    pub fn under(&self, root: &Path) -> PathBuf {
-        let mut out = root.to_path_buf();
-        for component in self.components() {
-            out.push(component);
-        }
-        out
+/// The manifest's words for each broken path rule.
+fn path_reason(error: &PathError) -> &'static str {
+    match error {
+        PathError::EmptyPath => "empty",
+        PathError::PathTooLong(_) => "longer than 4096 bytes",
+        PathError::Absolute => "absolute",
+        PathError::TooDeep { .. } => "deeper than 32 components",
+        PathError::Empty => "empty component",
+        PathError::Dot | PathError::DotDot => "dot component",
+        PathError::NameTooLong(_) => "component longer than 255 bytes",
+        PathError::Backslash => "backslash",
+        PathError::Colon | PathError::Prefix => "colon (windows drive or stream)",
+        PathError::Control | PathError::Nul => "control character",
+        PathError::TrailingDotOrSpace => "trailing dot or space",
+        PathError::DeviceName => "windows device name",
     }
 }
 
-impl fmt::Display for RelPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn check_component(c: &str) -> Result<(), &'static str> {
-    if c.is_empty() {
-        return Err("empty component");
-    }
-    if c == "." || c == ".." {
-        return Err("dot component");
-    }
-    if c.len() > MAX_COMPONENT_LEN {
-        return Err("component longer than 255 bytes");
-    }
-    if c.contains('\\') {
-        return Err("backslash");
-    }
-    // A colon makes `C:x` a drive-relative path and `a:b` an alternate data stream on Windows.
-    if c.contains(':') {
-        return Err("colon (windows drive or stream)");
-    }
-    if c.chars().any(|ch| ch.is_control()) {
-        return Err("control character");
-    }
-    // Windows strips these, so `a.` and `a` would name the same file.
-    if c.ends_with('.') || c.ends_with(' ') {
-        return Err("trailing dot or space");
-    }
-    let stem = c.split('.').next().unwrap_or(c).to_ascii_uppercase();
-    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
-        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
-            && stem.len() == 4
-            && stem.as_bytes()[3].is_ascii_digit());
-    if reserved {
-        return Err("windows device name");
-    }
-    Ok(())
-}
+// The limits above are the jail's: one set of numbers for every path that touches the disk.
+const _: () = assert!(MAX_PATH_LEN == ferry_jail::path::MAX_PATH);
+const _: () = assert!(MAX_COMPONENT_LEN == ferry_jail::path::MAX_NAME);
 
 /// One file of a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,10 +251,10 @@ impl Manifest {
                 match prev.as_bytes().cmp(file.path.as_str().as_bytes()) {
                     std::cmp::Ordering::Less => {}
                     std::cmp::Ordering::Equal => {
-                        return Err(ManifestError::Duplicate(file.path.0.clone()))
+                        return Err(ManifestError::Duplicate(file.path.as_str().to_owned()))
                     }
                     std::cmp::Ordering::Greater => {
-                        return Err(ManifestError::NotCanonical(file.path.0.clone()))
+                        return Err(ManifestError::NotCanonical(file.path.as_str().to_owned()))
                     }
                 }
             }
@@ -326,7 +269,9 @@ impl Manifest {
                 .ok_or(ManifestError::TooLarge)?;
         }
         if let Some(file) = files.iter().find(|f| dirs.contains(f.path.as_str())) {
-            return Err(ManifestError::FileDirConflict(file.path.0.clone()));
+            return Err(ManifestError::FileDirConflict(
+                file.path.as_str().to_owned(),
+            ));
         }
         let expected = total.div_ceil(piece_size as u64);
         if expected > MAX_PIECES as u64 {
@@ -392,7 +337,7 @@ impl Manifest {
         let mut files = Vec::with_capacity((file_count as usize).min(src.len() / 11));
         for _ in 0..file_count {
             let path = take_str(&mut src)?;
-            let path = RelPath::parse(&path)?;
+            let path = parse_path(&path)?;
             let size = take_u64(&mut src)?;
             files.push(FileEntry { path, size });
         }
@@ -452,7 +397,7 @@ impl Manifest {
             + self
                 .files
                 .iter()
-                .map(|f| 2 + f.path.0.len() + 8)
+                .map(|f| 2 + f.path.as_str().len() + 8)
                 .sum::<usize>()
             + 4
             + 32 * self.hashes.len()
@@ -673,7 +618,7 @@ pub(crate) mod tests {
         let files: Vec<FileEntry> = sizes
             .iter()
             .map(|(p, s)| FileEntry {
-                path: RelPath::parse(p).unwrap(),
+                path: parse_path(p).unwrap(),
                 size: *s,
             })
             .collect();
@@ -724,20 +669,47 @@ pub(crate) mod tests {
             "a\nb",
             "file:stream",
         ] {
-            assert!(RelPath::parse(path).is_err(), "accepted {path:?}");
+            assert!(parse_path(path).is_err(), "accepted {path:?}");
         }
         let deep = vec!["d"; MAX_DEPTH + 1].join("/");
-        assert!(RelPath::parse(&deep).is_err());
-        assert!(RelPath::parse(&vec!["d"; MAX_DEPTH].join("/")).is_ok());
-        assert!(RelPath::parse(&"x".repeat(256)).is_err());
+        assert!(parse_path(&deep).is_err());
+        assert!(parse_path(&vec!["d"; MAX_DEPTH].join("/")).is_ok());
+        assert!(parse_path(&"x".repeat(256)).is_err());
         for ok in ["a", "a/b.c", "über/ñ", "..a", "a..b", "console", "com10"] {
-            assert!(RelPath::parse(ok).is_ok(), "rejected {ok:?}");
+            assert!(parse_path(ok).is_ok(), "rejected {ok:?}");
         }
+        // The jail's parser reports in the manifest's words.
+        for (path, reason) in [
+            ("", "empty"),
+            ("/x", "absolute"),
+            ("a//b", "empty component"),
+            ("../x", "dot component"),
+            ("a\\b", "backslash"),
+            ("C:x", "colon (windows drive or stream)"),
+            ("a\0b", "control character"),
+            ("x ", "trailing dot or space"),
+            ("a/NUL", "windows device name"),
+        ] {
+            assert_eq!(
+                parse_path(path).unwrap_err(),
+                ManifestError::InvalidPath {
+                    path: path.into(),
+                    reason
+                }
+            );
+        }
+        assert_eq!(
+            parse_path(&"x".repeat(256)).unwrap_err().to_string(),
+            format!(
+                "invalid path {:?}: component longer than 255 bytes",
+                "x".repeat(200)
+            )
+        );
     }
 
     fn entry(p: &str, size: u64) -> FileEntry {
         FileEntry {
-            path: RelPath::parse(p).unwrap(),
+            path: parse_path(p).unwrap(),
             size,
         }
     }
@@ -911,7 +883,7 @@ pub(crate) mod tests {
                     .into_iter()
                     .map(|(p, size)| {
                         Some(FileEntry {
-                            path: RelPath::parse(&p).ok()?,
+                            path: parse_path(&p).ok()?,
                             size,
                         })
                     })

@@ -1,15 +1,18 @@
 //! Pieces on disk: bitfields, the jailed file store, hashing a tree into a manifest and
 //! verifying what is already on disk (spec/P2P.md §2.5).
 //!
-//! All file access goes through [`Storage`], which only ever opens paths built from a manifest's
-//! [`RelPath`]s under its root, refuses symlinks on the way, and never follows one at the end.
+//! All file access goes through [`Storage`], which holds its root as a [`Jail`] and only ever
+//! opens a manifest's [`RelPath`]s beneath it: a download refuses every symlink on the way
+//! (spec/P2P.md §2.4), a seed follows none that leaves the root, and neither follows one at the
+//! end.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ferry_jail::{Create, FsError, Jail, Links};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -145,6 +148,31 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
     }
 }
 
+/// Maps a jail failure on `rel` (a directory on the way when `dir`) to the storage errors
+/// callers already know, with the errno texts the path-based calls gave.
+fn jail_err(root: &Path, rel: &RelPath, dir: bool) -> impl FnOnce(FsError) -> StorageError {
+    let path = rel.under(root);
+    move |e| {
+        let os = |code| StorageError::Io {
+            path: path.clone(),
+            source: io::Error::from_raw_os_error(code),
+        };
+        match e {
+            FsError::NotADirectory(_) | FsError::Escapes(_) => StorageError::NotADirectory(path),
+            FsError::Symlink(_) if dir => StorageError::NotADirectory(path),
+            FsError::Symlink(_) | FsError::NotAFile(_) => StorageError::NotAFile(path),
+            FsError::NotFound(_) => os(libc::ENOENT),
+            FsError::PermissionDenied(_) => os(libc::EACCES),
+            FsError::NameTooLong(_) => os(libc::ENAMETOOLONG),
+            FsError::Io { errno, .. } => os(errno.raw_os_error()),
+            other => StorageError::Io {
+                path,
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 /// Appended to a file's name while it is being downloaded, as `ferry get` does: a half file
 /// never carries the final name.
 pub const PART_SUFFIX: &str = ".part";
@@ -160,26 +188,29 @@ pub fn part_path(path: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
+    jail: Jail,
+    /// Each file's path (for messages) and handle.
     files: Vec<(PathBuf, Option<File>)>,
     /// Files this storage created empty: they hold only zeros, so hashing them is skipped.
     fresh: Vec<AtomicBool>,
     writable: bool,
-    /// For each file written under its `.part` name, the final name [`Storage::finish`] gives it.
-    pending: std::sync::Mutex<Vec<Option<PathBuf>>>,
+    /// For each file written under its `.part` name, that name and the final one
+    /// [`Storage::finish`] gives it.
+    pending: std::sync::Mutex<Vec<Option<(RelPath, RelPath)>>>,
 }
 
 impl Storage {
     /// Opens existing files read-only for seeding. Files must exist with their manifest size.
+    /// Links inside `root` that stay inside it are followed on the way, never at the end.
     pub fn open_existing(root: &Path, manifest: &Manifest) -> Result<Self, StorageError> {
+        let jail = Jail::open(root).map_err(io_err(root))?;
         let mut files = Vec::with_capacity(manifest.files().len());
         for entry in manifest.files() {
             let path = entry.path.under(root);
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            let got = file.metadata().map_err(io_err(&path))?.len();
+            let (file, meta) =
+                jail.open_read(&entry.path, false)
+                    .map_err(jail_err(root, &entry.path, false))?;
+            let got = meta.size;
             if got != entry.size {
                 return Err(StorageError::WrongSize {
                     path,
@@ -191,6 +222,7 @@ impl Storage {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            jail,
             fresh: files.iter().map(|_| AtomicBool::new(false)).collect(),
             pending: std::sync::Mutex::new(vec![None; files.len()]),
             files,
@@ -213,7 +245,11 @@ impl Storage {
     }
 
     fn create_with(root: &Path, manifest: &Manifest, partial: bool) -> Result<Self, StorageError> {
+        // The root itself is the user's choice; beneath it, nothing but what the manifest names.
         std::fs::create_dir_all(root).map_err(io_err(root))?;
+        let jail = Jail::open(root)
+            .map_err(io_err(root))?
+            .with_links(Links::Refuse);
         let mut files = Vec::with_capacity(manifest.files().len());
         let mut fresh = Vec::with_capacity(manifest.files().len());
         let mut pending = Vec::with_capacity(manifest.files().len());
@@ -222,35 +258,34 @@ impl Storage {
         let names: std::collections::HashSet<&str> =
             manifest.files().iter().map(|f| f.path.as_str()).collect();
         for entry in manifest.files() {
-            let final_path = jailed_create(root, &entry.path)?;
+            let final_rel = &entry.path;
+            let parent = final_rel.parent();
+            jail.create_dir_all(&parent)
+                .map_err(jail_err(root, &parent, true))?;
             let clash = names.contains(format!("{}{PART_SUFFIX}", entry.path.as_str()).as_str());
-            let path = if partial && !clash {
-                let part = part_path(&final_path);
-                let done = std::fs::symlink_metadata(&final_path).is_ok()
-                    && std::fs::symlink_metadata(&part).is_err();
+            let rel = if partial && !clash {
+                let part = final_rel
+                    .with_file_name(&format!("{}{PART_SUFFIX}", final_rel.file_name()))
+                    .map_err(|e| jail_err(root, final_rel, false)(e.into()))?;
+                let done = jail.symlink_metadata(final_rel).is_ok()
+                    && jail.symlink_metadata(&part).is_err();
                 if done {
                     pending.push(None);
-                    final_path
+                    final_rel.clone()
                 } else {
-                    pending.push(Some(final_path));
+                    pending.push(Some((part.clone(), final_rel.clone())));
                     part
                 }
             } else {
                 pending.push(None);
-                final_path
+                final_rel.clone()
             };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(io_err(&path))?;
+            let path = rel.under(root);
+            // Never through a link, and only a regular file: anything else is refused.
+            let file = jail
+                .create_file(&rel, Create::Keep)
+                .map_err(jail_err(root, &rel, false))?;
             let meta = file.metadata().map_err(io_err(&path))?;
-            if !meta.is_file() {
-                return Err(StorageError::NotAFile(path));
-            }
             // An empty file we are about to extend holds nothing worth hashing.
             fresh.push(AtomicBool::new(meta.len() == 0 && entry.size > 0));
             if meta.len() != entry.size {
@@ -261,6 +296,7 @@ impl Storage {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            jail,
             files,
             fresh,
             writable: true,
@@ -274,9 +310,11 @@ impl Storage {
         self.sync()?;
         // Renames only move names: the open handles keep serving uploads.
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(final_path) = slot.take() {
-                std::fs::rename(&self.files[i].0, &final_path).map_err(io_err(&final_path))?;
+        for slot in pending.iter_mut() {
+            if let Some((part, final_rel)) = slot.take() {
+                self.jail
+                    .rename(&part, &final_rel)
+                    .map_err(jail_err(&self.root, &final_rel, false))?;
             }
         }
         Ok(())
@@ -390,36 +428,6 @@ impl Storage {
     }
 }
 
-/// Creates the parent directories of `rel` under `root`, refusing symlinks and non-directories
-/// on the way, and returns the full path. The final component must not be a symlink either.
-fn jailed_create(root: &Path, rel: &RelPath) -> Result<PathBuf, StorageError> {
-    let mut path = root.to_path_buf();
-    let components: Vec<&str> = rel.components().collect();
-    for (i, component) in components.iter().enumerate() {
-        path.push(component);
-        let last = i + 1 == components.len();
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if last => {
-                if !meta.file_type().is_file() {
-                    return Err(StorageError::NotAFile(path));
-                }
-            }
-            Ok(meta) => {
-                if !meta.file_type().is_dir() {
-                    return Err(StorageError::NotADirectory(path));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !last {
-                    std::fs::create_dir(&path).map_err(io_err(&path))?;
-                }
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        }
-    }
-    Ok(path)
-}
-
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
@@ -470,7 +478,7 @@ pub fn scan(path: &Path) -> Result<(PathBuf, Vec<(FileEntry, PathBuf)>), MakeErr
                 stack.push((format!("{rel}/{child_name}"), child.path()));
             }
         } else if meta.is_file() {
-            let path = RelPath::parse(&rel)?;
+            let path = crate::manifest::parse_path(&rel)?;
             out.push((
                 FileEntry {
                     path,
@@ -679,5 +687,33 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("victim"), out.join("tree/x")).unwrap();
         assert!(Storage::create(&out, &m).is_err());
         assert!(!outside.join("victim").exists());
+    }
+
+    #[test]
+    fn seeding_reads_nothing_through_a_link_out_of_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("x"), b"0123456789").unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&outside, data.join("tree")).unwrap();
+        let m = crate::manifest::tests::sample(&[("tree/x", 10)], 16_384);
+        assert!(matches!(
+            Storage::open_existing(&data, &m),
+            Err(StorageError::NotADirectory(_))
+        ));
+        // Nor is a final link followed, even one that stays inside.
+        std::fs::remove_file(data.join("tree")).unwrap();
+        std::fs::create_dir(data.join("tree")).unwrap();
+        std::fs::write(data.join("real"), b"0123456789").unwrap();
+        std::os::unix::fs::symlink("../real", data.join("tree/x")).unwrap();
+        assert!(matches!(
+            Storage::open_existing(&data, &m),
+            Err(StorageError::NotAFile(_))
+        ));
+        std::fs::remove_file(data.join("tree/x")).unwrap();
+        std::fs::rename(data.join("real"), data.join("tree/x")).unwrap();
+        assert!(Storage::open_existing(&data, &m).is_ok());
     }
 }
