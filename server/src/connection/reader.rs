@@ -402,3 +402,142 @@ impl Reader {
         self.enqueue(&self.data, cancelled).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::testing::context;
+    use ferry_protocol::message::StatRequest;
+    use ferry_protocol::{Principal, Session};
+    use tokio::io::AsyncWriteExt;
+
+    /// What a reader did with a client's bytes: why it closed, and the control and data
+    /// queues' frames.
+    struct Outcome {
+        close: Close,
+        ctrl: Vec<Out>,
+        data: Vec<Out>,
+    }
+
+    /// Runs a reader over `frames` (then `tail` raw bytes, then end of stream), without a
+    /// socket or a writer.
+    async fn read(frames: &[(RequestId, Message)], tail: &[u8]) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"hello").unwrap();
+        let (client, server) = Session::dangerous_pair_with_fixed_keys(false);
+        let (mut send, _) = client.into_split();
+        let mut wire = BytesMut::new();
+        for (id, message) in frames {
+            send.write_message(*id, message, &mut wire).unwrap();
+        }
+        wire.extend_from_slice(tail);
+        let (mut theirs, ours) = tokio::io::duplex(1 << 16);
+        theirs.write_all(&wire).await.unwrap();
+        drop(theirs);
+        let (data_tx, mut data_rx) = mpsc::channel(16);
+        let (ctrl_tx, mut ctrl_rx) = mpsc::channel(16);
+        let signals = Signals::default();
+        let mut reader = Reader::new(
+            Limits::default(),
+            context(dir.path(), Principal::key_holder()),
+            data_tx,
+            ctrl_tx,
+            signals.kill.clone(),
+        );
+        let mut writer = tokio::spawn(std::future::pending::<()>());
+        let (_, recv) = server.into_split();
+        let close = reader
+            .read_loop(ours, recv, BytesMut::new(), &signals, &mut writer)
+            .await;
+        writer.abort();
+        drop(reader);
+        let mut outcome = Outcome {
+            close,
+            ctrl: Vec::new(),
+            data: Vec::new(),
+        };
+        while let Some(out) = ctrl_rx.recv().await {
+            outcome.ctrl.push(out);
+        }
+        while let Some(out) = data_rx.recv().await {
+            outcome.data.push(out);
+        }
+        outcome
+    }
+
+    fn code(out: &Out) -> (RequestId, ErrorCode) {
+        match out {
+            (id, Message::Error { body, .. }) => (*id, body.code),
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pings_and_refusals_take_the_control_queue_requests_the_data_queue() {
+        let ping = Message::Ping("p".into());
+        let stat = Message::StatRequest(StatRequest { path: "a".into() });
+        let not_a_request = Message::ListEnd(ferry_protocol::message::ListEnd { entries: 0 });
+        let outcome = read(
+            &[
+                (RequestId(1), ping),
+                (RequestId(2), stat),
+                (RequestId(3), not_a_request),
+                // Finished or not, a cancel for an id not in flight is ignored.
+                (
+                    RequestId(9),
+                    Message::Cancel {
+                        service: Service::FETCH,
+                    },
+                ),
+            ],
+            &[],
+        )
+        .await;
+        assert!(matches!(outcome.close, Close::Eof), "{:?}", outcome.close);
+        assert_eq!(outcome.ctrl.len(), 2, "{:?}", outcome.ctrl);
+        assert_eq!(outcome.ctrl[0], (RequestId(1), Message::Pong("p".into())));
+        assert_eq!(
+            code(&outcome.ctrl[1]),
+            (RequestId(3), ErrorCode::UNEXPECTED_MESSAGE)
+        );
+        assert!(
+            matches!(&outcome.data[..], [(RequestId(2), Message::StatResponse(e))] if e.size == 5),
+            "{:?}",
+            outcome.data
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_on_id_0_ends_the_connection() {
+        let stat = Message::StatRequest(StatRequest { path: "a".into() });
+        let outcome = read(&[(RequestId::CONNECTION, stat)], &[]).await;
+        assert!(
+            matches!(
+                outcome.close,
+                Close::Fatal(ErrorCode::UNEXPECTED_MESSAGE, _)
+            ),
+            "{:?}",
+            outcome.close
+        );
+        assert!(outcome.ctrl.is_empty() && outcome.data.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_inside_a_frame_is_truncated() {
+        let ping = Message::Ping("p".into());
+        let mut partial = BytesMut::new();
+        let (client, _) = Session::dangerous_pair_with_fixed_keys(false);
+        client
+            .into_split()
+            .0
+            .write_message(RequestId(2), &Message::Ping("q".into()), &mut partial)
+            .unwrap();
+        let outcome = read(&[(RequestId(1), ping)], &partial[..partial.len() - 1]).await;
+        assert!(
+            matches!(outcome.close, Close::Truncated),
+            "{:?}",
+            outcome.close
+        );
+        assert_eq!(outcome.ctrl.len(), 1, "only the whole ping is answered");
+    }
+}
