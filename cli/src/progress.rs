@@ -161,16 +161,13 @@ const TEMPLATE: &str =
 
 pub(crate) fn file_style() -> ProgressStyle {
     // The template is a constant, checked by the unit test below.
-    ProgressStyle::with_template(TEMPLATE)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key(
-            "eta",
-            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let remaining = state.len().unwrap_or(0).saturating_sub(state.pos());
-                let _ = w.write_str(&format_eta(state.eta(), remaining));
-            },
-        )
-        .progress_chars("=> ")
+    ferry_common::progress::style(TEMPLATE).with_key(
+        "eta",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let remaining = state.len().unwrap_or(0).saturating_sub(state.pos());
+            let _ = w.write_str(&format_eta(state.eta(), remaining));
+        },
+    )
 }
 
 /// The library's transfers draw through these bars.
