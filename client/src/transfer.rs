@@ -35,11 +35,12 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
+use ferry_jail::{Create, FsError, Jail, RelPath};
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{Entry, EntryKind, TO_END};
 use ferry_protocol::ErrorCode;
@@ -437,8 +438,36 @@ pub async fn download_file(
         )));
     }
     let label = remote_name(remote).unwrap_or(remote);
+    // The user named the destination; its directory is the jail every write stays beneath.
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|e| ClientError::io(parent, e))?;
+    let jail = Jail::open(parent).map_err(|e| ClientError::io(parent, e))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        ClientError::Local(format!(
+            "{}: the destination needs a file name in utf-8",
+            dest.display()
+        ))
+    })?;
+    let rel = RelPath::parse_strict(name)
+        .map_err(|e| ClientError::Local(format!("{}: {e}", dest.display())))?;
     fetch_to(
-        client, remote, &entry, dest, options, progress, label, cancel,
+        client,
+        remote,
+        &entry,
+        Target {
+            jail: &jail,
+            rel: &rel,
+            dest,
+        },
+        options,
+        progress,
+        label,
+        cancel,
     )
     .await
     .map(|mut d| {
@@ -585,14 +614,10 @@ fn free_space(dir: &Path) -> Option<u64> {
 
 /// Takes the partial file for this download: created if missing (never truncated here), and
 /// locked so no other download writes it at the same time.
-fn claim_part(part: &Path) -> Result<std::fs::File, ClientError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(part)
-        .map_err(|e| ClientError::io(part, e))?;
+fn claim_part(jail: &Jail, rel: &RelPath, part: &Path) -> Result<std::fs::File, ClientError> {
+    let file = jail
+        .create_file(rel, Create::Keep)
+        .map_err(|e| local_error(part, e))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(ClientError::Local(format!(
@@ -620,26 +645,27 @@ async fn fetch_to(
     client: &Client,
     remote: &str,
     entry: &Entry,
-    dest: &Path,
+    target: Target<'_>,
     options: &GetOptions,
     progress: &dyn TransferProgress,
     label: &str,
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
     let started = Instant::now();
+    let Target { jail, rel, dest } = target;
     let part = part_path(dest);
     let meta_file = meta_path(dest);
+    let part_rel = sibling_rel(rel, PART_SUFFIX, dest)?;
+    let meta_rel = sibling_rel(rel, META_SUFFIX, dest)?;
     let wanted = PartMeta::for_entry(remote, entry.size, entry.mtime_secs, entry.mtime_nanos);
 
+    // The caller created the directory (the jail's root, or one made beneath it).
     let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(parent)
-        .await
-        .map_err(|e| ClientError::io(parent, e))?;
-    let had_part = part.exists();
-    let claimed = claim_part(&part)?;
+    let had_part = jail.symlink_metadata(&part_rel).is_ok();
+    let claimed = claim_part(jail, &part_rel, &part)?;
 
     let mut offset = 0;
     let mut hasher = FetchDigest::new();
@@ -686,7 +712,7 @@ async fn fetch_to(
     if let Some(free) = free_space(parent) {
         if free < needed {
             if !had_part {
-                let _ = std::fs::remove_file(&part);
+                let _ = jail.remove_file(&part_rel);
             }
             return Err(ClientError::Local(format!(
                 "{remote} needs {needed} more bytes ({}) but only {free} ({}) are free in {}",
@@ -706,7 +732,7 @@ async fn fetch_to(
         file.seek(std::io::SeekFrom::Start(offset))
             .map_err(|e| ClientError::io(&part, e))?;
     }
-    write_meta(&meta_file, &wanted).await?;
+    write_meta(jail, &meta_rel, &meta_file, &wanted)?;
     let mut writer = PartWriter::new(file);
 
     let bar = progress.file(label, entry.size, offset);
@@ -775,7 +801,7 @@ async fn fetch_to(
                 (Some(_), None) => None,
             };
             let Some(digest) = digest.filter(|_| written == entry.size) else {
-                keep_partial(&meta_file, &wanted, written, part_hash).await;
+                keep_partial(jail, &meta_rel, &meta_file, &wanted, written, part_hash);
                 return Err(ClientError::Integrity(format!(
                     "{remote}: have {written} bytes, expected {}",
                     entry.size
@@ -785,21 +811,20 @@ async fn fetch_to(
                 // The range matched its own digest but the file does not: the server sent
                 // other bytes than the file's at the resume point. The part can never become
                 // right, so it goes.
-                let _ = std::fs::remove_file(&part);
-                let _ = std::fs::remove_file(&meta_file);
+                let _ = jail.remove_file(&part_rel);
+                let _ = jail.remove_file(&meta_rel);
                 return Err(ClientError::Integrity(format!(
                     "{remote}: the resumed file hashes to {}, but the server's digest of the whole file is {}; the partial file was removed, run the command again to download it from the start",
                     &hex::encode(digest)[..16],
                     &hex::encode(expected)[..16]
                 )));
             }
-            set_mtime(&part, entry);
-            set_mode(&part, entry);
-            tokio::fs::rename(&part, dest)
-                .await
-                .map_err(|e| ClientError::io(dest, e))?;
+            set_mtime(&claimed, entry);
+            set_mode(&claimed, entry);
+            jail.rename(&part_rel, rel)
+                .map_err(|e| local_error(dest, e))?;
             drop(claimed);
-            let _ = tokio::fs::remove_file(&meta_file).await;
+            let _ = jail.remove_file(&meta_rel);
             bar.finish();
             Ok(Downloaded {
                 remote: remote.to_string(),
@@ -815,7 +840,7 @@ async fn fetch_to(
         Err(e) => {
             bar.abandon();
             if flushed.is_ok() && !matches!(e, ClientError::Integrity(_)) {
-                keep_partial(&meta_file, &wanted, written, part_hash).await;
+                keep_partial(jail, &meta_rel, &meta_file, &wanted, written, part_hash);
             }
             Err(e)
         }
@@ -990,15 +1015,20 @@ async fn resume_point(
     Ok(Some((done, hasher)))
 }
 
-async fn write_meta(path: &Path, meta: &PartMeta) -> Result<(), ClientError> {
-    tokio::fs::write(path, meta.to_text())
-        .await
+/// Writes the partial file's record: a few lines, in place, as `tokio::fs::write` did.
+fn write_meta(jail: &Jail, rel: &RelPath, path: &Path, meta: &PartMeta) -> Result<(), ClientError> {
+    use std::io::Write;
+    jail.create_file(rel, Create::Truncate)
+        .map_err(|e| local_error(path, e))?
+        .write_all(meta.to_text().as_bytes())
         .map_err(|e| ClientError::io(path, e))
 }
 
 /// Records the checkpoint of an interrupted download; best effort (resume works without it).
 /// Without a hash the record written at the start stays as it is.
-async fn keep_partial(
+fn keep_partial(
+    jail: &Jail,
+    meta_rel: &RelPath,
     meta_file: &Path,
     wanted: &PartMeta,
     written: u64,
@@ -1007,12 +1037,12 @@ async fn keep_partial(
     let Some(hash) = hash else { return };
     let mut meta = wanted.clone();
     meta.checkpoint = Some((written, hash.finalize()));
-    if let Err(e) = write_meta(meta_file, &meta).await {
+    if let Err(e) = write_meta(jail, meta_rel, meta_file, &meta) {
         warn!(error = %e, "could not record the partial download");
     }
 }
 
-fn set_mtime(path: &Path, entry: &Entry) {
+fn set_mtime(file: &std::fs::File, entry: &Entry) {
     let time = if entry.mtime_secs >= 0 {
         UNIX_EPOCH + Duration::new(entry.mtime_secs as u64, entry.mtime_nanos)
     } else {
@@ -1020,10 +1050,7 @@ fn set_mtime(path: &Path, entry: &Entry) {
             .checked_sub(Duration::from_secs(entry.mtime_secs.unsigned_abs()))
             .unwrap_or(UNIX_EPOCH)
     };
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(time));
+    let result = file.set_modified(time);
     if let Err(e) = result {
         debug!(error = %e, "could not set the modification time");
     }
@@ -1031,15 +1058,15 @@ fn set_mtime(path: &Path, entry: &Entry) {
 
 /// Keeps the executable bits of the remote mode where the local file is readable (as `cp`
 /// does); nothing else of the remote mode (no set-id or sticky bits) is applied.
-fn set_mode(path: &Path, entry: &Entry) {
+fn set_mode(file: &std::fs::File, entry: &Entry) {
     use std::os::unix::fs::PermissionsExt;
     if entry.mode & 0o111 == 0 {
         return;
     }
-    let result = std::fs::metadata(path).and_then(|meta| {
+    let result = file.metadata().and_then(|meta| {
         let mode = meta.permissions().mode() & 0o777;
         let mode = mode | ((mode & 0o444) >> 2);
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
     });
     if let Err(e) = result {
         debug!(error = %e, "could not set the mode");
@@ -1066,17 +1093,61 @@ fn same_as_local(entry: &Entry, dest: &Path) -> bool {
 ///
 /// Components in the partial-file namespace ([`is_reserved_name`]) are refused too, so a
 /// remote name never lands on another download's temporary file.
+///
+/// The rules are the jail's ([`RelPath::parse_strict`]); this adds only the partial-file
+/// namespace.
 pub fn safe_relative(name: &str) -> Option<PathBuf> {
-    let path = Path::new(name);
-    if name.is_empty() || name.contains('\0') || name.contains('\\') {
+    let path = RelPath::parse_strict(name).ok()?;
+    if path.components().any(is_reserved_name) {
         return None;
     }
-    path.components()
-        .all(|c| match c {
-            Component::Normal(part) => !part.to_str().is_some_and(is_reserved_name),
-            _ => false,
-        })
-        .then(|| path.to_path_buf())
+    Some(PathBuf::from(path.as_str()))
+}
+
+/// Where one download lands: `rel` beneath `jail`, shown to the user as `dest`.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    jail: &'a Jail,
+    rel: &'a RelPath,
+    dest: &'a Path,
+}
+
+/// `.NAME{suffix}` beside `rel`, as [`part_path`] and [`meta_path`] name it.
+fn sibling_rel(rel: &RelPath, suffix: &str, dest: &Path) -> Result<RelPath, ClientError> {
+    rel.with_file_name(&format!(".{}{suffix}", rel.file_name()))
+        .map_err(|e| ClientError::Local(format!("{}: {e}", dest.display())))
+}
+
+/// A write the jail refused or the system failed, for the user: a link that would lead out is
+/// named as such; system errors read as they did through the path-based calls.
+fn local_error(path: &Path, error: FsError) -> ClientError {
+    use rustix::io::Errno;
+    let os = |errno: Errno| {
+        ClientError::io(
+            path,
+            std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        )
+    };
+    match error {
+        FsError::Symlink(_) => ClientError::Local(format!(
+            "{}: refusing to write through a symbolic link",
+            path.display()
+        )),
+        FsError::Escapes(_) => ClientError::Local(format!(
+            "{}: refusing to write outside the destination directory, where a symbolic link leads",
+            path.display()
+        )),
+        FsError::NotAFile(_) => ClientError::Local(format!(
+            "{}: exists and is not a regular file",
+            path.display()
+        )),
+        FsError::NotFound(_) => os(Errno::NOENT),
+        FsError::NotADirectory(_) => os(Errno::NOTDIR),
+        FsError::PermissionDenied(_) => os(Errno::ACCESS),
+        FsError::NameTooLong(_) => os(Errno::NAMETOOLONG),
+        FsError::Io { errno, .. } => os(errno),
+        other => ClientError::Local(format!("{}: {other}", path.display())),
+    }
 }
 
 /// Directories waiting to be listed during a tree download, at most; past it the rest of the
@@ -1111,6 +1182,8 @@ pub async fn download_tree(
     tokio::fs::create_dir_all(dest)
         .await
         .map_err(|e| ClientError::io(dest, e))?;
+    // Every file and directory of the tree is written beneath this root.
+    let jail = &Jail::open(dest).map_err(|e| ClientError::io(dest, e))?;
     let mut report = TreeReport::default();
     let failed = |report: &mut TreeReport, path: &str, e: ClientError| {
         if report.failed.len() < MAX_REPORTED_FAILURES {
@@ -1124,7 +1197,7 @@ pub async fn download_tree(
             format!("{dir}/{name}")
         }
     };
-    let mut frontier: Vec<(String, PathBuf)> = vec![(remote.to_string(), dest.to_path_buf())];
+    let mut frontier: Vec<(String, RelPath)> = vec![(remote.to_string(), RelPath::root())];
     while let Some((dir, local_dir)) = frontier.pop() {
         if cancel.is_cancelled() {
             return Err(ClientError::Interrupted);
@@ -1150,14 +1223,17 @@ pub async fn download_tree(
         let mut subdirs = Vec::new();
         for entry in entries {
             // A plain listing names one component; anything else is refused like `..`.
-            let Some(rel) = safe_relative(&entry.name).filter(|_| !entry.name.contains('/')) else {
+            let Some(rel) = safe_relative(&entry.name)
+                .filter(|_| !entry.name.contains('/'))
+                .and_then(|_| local_dir.join(&entry.name).ok())
+            else {
                 warn!(name = %printable(&entry.name), "skipping an entry with an unsafe name");
                 continue;
             };
             if !seen.insert(entry.name.clone()) {
                 continue;
             }
-            let local = local_dir.join(&rel);
+            let local = rel.under(dest);
             let remote_path = join(&dir, &entry.name);
             match entry.kind {
                 EntryKind::DIRECTORY if entry.link.is_some() => {
@@ -1168,13 +1244,13 @@ pub async fn download_tree(
                     );
                 }
                 EntryKind::DIRECTORY => {
-                    if let Err(e) = tokio::fs::create_dir_all(&local).await {
-                        failed(&mut report, &remote_path, ClientError::io(&local, e));
+                    if let Err(e) = jail.create_dir_all(&rel) {
+                        failed(&mut report, &remote_path, local_error(&local, e));
                         continue;
                     }
-                    subdirs.push((remote_path, local));
+                    subdirs.push((remote_path, rel));
                 }
-                EntryKind::FILE => files.push((entry, remote_path, local)),
+                EntryKind::FILE => files.push((entry, remote_path, rel, local)),
                 _ => debug!(name = %printable(&entry.name), "skipping a non-regular file"),
             }
         }
@@ -1188,7 +1264,7 @@ pub async fn download_tree(
 
         let jobs = options.jobs.max(1);
         let mut results = futures::stream::iter(files.into_iter().map(
-            |(entry, remote_path, local)| async move {
+            |(entry, remote_path, rel, local)| async move {
                 if cancel.is_cancelled() {
                     return (remote_path, Err(ClientError::Interrupted));
                 }
@@ -1216,7 +1292,11 @@ pub async fn download_tree(
                     client,
                     &remote_path,
                     &entry,
-                    &local,
+                    Target {
+                        jail,
+                        rel: &rel,
+                        dest: &local,
+                    },
                     options,
                     progress,
                     &entry.name,
