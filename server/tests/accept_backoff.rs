@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::Duration;
 
-use common::{Client, TestServer};
+use common::{Client, ServerFixture};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// User + system CPU seconds of this whole process, from an already open `/proc/self/stat`
@@ -27,7 +27,7 @@ fn cpu_seconds(proc_stat: &std::fs::File) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_errors_back_off_instead_of_spinning() {
-    let server = TestServer::start(|root| std::fs::write(root.join("f"), b"x").unwrap()).await;
+    let server = ServerFixture::start(|root| std::fs::write(root.join("f"), b"x").unwrap()).await;
     let proc_stat = std::fs::File::open("/proc/self/stat").unwrap();
     let original = getrlimit(Resource::Nofile);
     let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;

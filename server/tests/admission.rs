@@ -7,13 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{rss_bytes, Client, TestServer};
+use common::{rss_bytes, Client, ServerFixture};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -108,7 +108,7 @@ async fn honest_attempts(
 async fn stalled_connections_from_the_same_address_do_not_lock_out_an_honest_client() {
     raise_nofile();
     let server =
-        TestServer::start(|root| std::fs::write(root.join("f.txt"), b"honest content").unwrap())
+        ServerFixture::start(|root| std::fs::write(root.join("f.txt"), b"honest content").unwrap())
             .await;
     let baseline = rss_bytes();
 

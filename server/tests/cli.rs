@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

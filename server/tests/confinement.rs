@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
-use common::{Client, TestServer};
+use common::{Client, ServerFixture};
 use ferry_protocol::message::{EntryKind, TO_END};
 use ferry_protocol::ErrorCode;
 
@@ -48,7 +48,7 @@ async fn expect_refused(client: &mut Client, path: &str, codes: &[ErrorCode]) {
 }
 
 async fn run(plaintext: bool, follow_symlinks: bool) {
-    let server = TestServer::start_with(tree, |c| c.follow_symlinks(follow_symlinks)).await;
+    let server = ServerFixture::start_with(tree, |c| c.follow_symlinks(follow_symlinks)).await;
     let mut client = Client::connect(server.addr, server.key.clone(), plaintext)
         .await
         .unwrap();

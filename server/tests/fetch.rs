@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::Duration;
 
-use common::{pattern, TestServer};
+use common::{pattern, ServerFixture};
 use ferry_protocol::message::{FetchRequest, TO_END};
 use ferry_protocol::{ErrorCode, Message, RequestId, Service};
 
@@ -24,7 +24,7 @@ fn tree(root: &std::path::Path) {
 
 #[tokio::test]
 async fn ranges_at_zero_at_size_past_size_and_overflowing() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let data = pattern(SMALL, 3);
     for plaintext in [false, true] {
         let mut client = common::Client::connect(server.addr, server.key.clone(), plaintext)
@@ -116,7 +116,7 @@ async fn drain(client: &mut common::Client, id: RequestId) -> (Message, u64) {
 
 #[tokio::test]
 async fn a_file_changing_during_the_send_ends_in_file_changed() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let path = server.root().join("large.bin");
     let mut client = server.plaintext_client().await;
 
@@ -168,7 +168,7 @@ async fn a_file_changing_during_the_send_ends_in_file_changed() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_fetch() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let mut client = server.plaintext_client().await;
     start_stalled_fetch(&mut client, RequestId(9), "large.bin").await;
     client
@@ -197,7 +197,7 @@ async fn cancel_stops_a_running_fetch() {
 
 #[tokio::test]
 async fn concurrent_fetches_on_one_connection_interleave() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let mut client = server.plaintext_client().await;
     let (a, b) = (RequestId(1), RequestId(2));
     for id in [a, b] {

@@ -3,12 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{pattern, short_limits, Client, TestServer};
+use common::{pattern, short_limits, Client, ServerFixture};
 use ferry_protocol::message::{FetchRequest, TO_END};
 use ferry_protocol::{ErrorCode, FrameType, Header, Message, RequestId, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,7 +41,7 @@ async fn closing_code(client: &mut Client) -> Option<ErrorCode> {
 #[tokio::test]
 async fn a_directory_of_100k_entries_lists_sorted_in_bounded_batches() {
     const N: usize = 100_000;
-    let server = TestServer::start_with(
+    let server = ServerFixture::start_with(
         |root| {
             let dir = root.join("huge");
             std::fs::create_dir(&dir).unwrap();
@@ -82,7 +82,7 @@ async fn a_directory_of_100k_entries_lists_sorted_in_bounded_batches() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_clients() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let expected = pattern(70_000, 1);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -114,7 +114,7 @@ async fn two_hundred_concurrent_clients() {
 
 #[tokio::test]
 async fn connection_limit_refuses_with_busy() {
-    let server = TestServer::start_with(tree, |c| {
+    let server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             max_connections: 2,
             ..Default::default()
@@ -145,7 +145,7 @@ async fn connection_limit_refuses_with_busy() {
 
 #[tokio::test]
 async fn in_flight_limit_refuses_with_busy_for_that_id() {
-    let server = TestServer::start_with(tree, |c| {
+    let server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             max_in_flight_per_connection: 2,
             ..Default::default()
@@ -180,7 +180,7 @@ async fn in_flight_limit_refuses_with_busy_for_that_id() {
 
 #[tokio::test]
 async fn idle_connections_are_closed() {
-    let server = TestServer::start_with(tree, |c| {
+    let server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             idle_timeout: Duration::from_millis(500),
             ..Default::default()
@@ -201,7 +201,7 @@ async fn idle_connections_are_closed() {
 /// frame deadline (`TIMEOUT`), one over the cap is refused from the header (`TOO_LARGE`).
 #[tokio::test]
 async fn a_flipped_record_length_closes_with_a_clear_code() {
-    let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
+    let server = ServerFixture::start_with(tree, |c| c.limits(short_limits())).await;
     type Flip = fn(u32) -> u32;
     let cases: [(Flip, ErrorCode); 3] = [
         (|len| len - 16, ErrorCode::BAD_RECORD),
@@ -228,7 +228,7 @@ async fn a_flipped_record_length_closes_with_a_clear_code() {
 
 #[tokio::test]
 async fn oversized_forged_and_malformed_frames_close_the_connection() {
-    let server = TestServer::start_with(tree, |c| c.limits(short_limits())).await;
+    let server = ServerFixture::start_with(tree, |c| c.limits(short_limits())).await;
 
     // A header declaring more than the frame limit.
     let mut client = server.client().await;
@@ -309,7 +309,7 @@ async fn oversized_forged_and_malformed_frames_close_the_connection() {
 
 #[tokio::test]
 async fn abrupt_disconnects_mid_stream_leave_nothing_behind() {
-    let server = TestServer::start_with(tree, |c| {
+    let server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             shutdown_grace: Duration::from_secs(20),
             ..Default::default()

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::Duration;
 
-use common::{pattern, rss_bytes, TestServer};
+use common::{pattern, rss_bytes, ServerFixture};
 use ferry_protocol::digest::{fetch_digest, FetchDigest};
 use ferry_protocol::message::{FetchRequest, TO_END};
 use ferry_protocol::{Message, RequestId};
@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory() {
-    let server = TestServer::start(|root| {
+    let server = ServerFixture::start(|root| {
         std::fs::write(root.join("large.bin"), pattern(SIZE, 9)).unwrap();
     })
     .await;

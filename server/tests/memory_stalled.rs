@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{rss_bytes, short_limits, TestServer};
+use common::{rss_bytes, short_limits, ServerFixture};
 use ferry_protocol::message::TO_END;
 use ferry_protocol::{ClientConfig, FrameType, Header, RequestId, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,7 @@ const PER_KIND: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_stalled_connections() {
-    let server = TestServer::start_with(
+    let server = ServerFixture::start_with(
         |root| std::fs::write(root.join("f.txt"), b"honest content").unwrap(),
         |c| c.limits(short_limits()),
     )

@@ -3,10 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use bytes::Bytes;
-use common::{pattern, Client, TestServer};
+use common::{pattern, Client, ServerFixture};
 use ferry_protocol::message::{EntryKind, FetchRequest, ListRequest, StatRequest, TO_END};
 use ferry_protocol::tokio::FerryCodec;
 use ferry_protocol::{ErrorCode, FrameType, Key, Message, RequestId, Service};
@@ -21,7 +21,7 @@ fn tree(root: &std::path::Path) {
     std::os::unix::fs::symlink("docs/a.txt", root.join("link-to-a")).unwrap();
 }
 
-async fn exercise(client: &mut Client, server: &TestServer) {
+async fn exercise(client: &mut Client, server: &ServerFixture) {
     assert_eq!(client.ping(b"hello").await, Bytes::from_static(b"hello"));
     assert_eq!(client.ping(b"").await, Bytes::new());
 
@@ -91,7 +91,7 @@ async fn exercise(client: &mut Client, server: &TestServer) {
 
 #[tokio::test]
 async fn every_service_encrypted() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let mut client = server.client().await;
     exercise(&mut client, &server).await;
     server.shutdown().await;
@@ -99,7 +99,7 @@ async fn every_service_encrypted() {
 
 #[tokio::test]
 async fn every_service_plaintext() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let mut client = server.plaintext_client().await;
     exercise(&mut client, &server).await;
     server.shutdown().await;
@@ -107,7 +107,7 @@ async fn every_service_plaintext() {
 
 #[tokio::test]
 async fn plaintext_is_refused_unless_allowed() {
-    let server = TestServer::start_with(tree, |c| c.allow_plaintext(false)).await;
+    let server = ServerFixture::start_with(tree, |c| c.allow_plaintext(false)).await;
     let err = Client::connect(server.addr, server.key.clone(), true)
         .await
         .err()
@@ -121,7 +121,7 @@ async fn plaintext_is_refused_unless_allowed() {
 
 #[tokio::test]
 async fn wrong_key_fails_authentication() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     for plaintext in [false, true] {
         let err = Client::connect(server.addr, Key::generate(), plaintext)
             .await
@@ -136,7 +136,7 @@ async fn wrong_key_fails_authentication() {
 
 #[tokio::test]
 async fn unknown_requests_and_duplicate_ids_fail_only_their_id() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     for plaintext in [false, true] {
         let mut client = Client::connect(server.addr, server.key.clone(), plaintext)
             .await
@@ -259,7 +259,7 @@ fn seal_raw(
 /// client, unknown pairs on id 0.
 #[tokio::test]
 async fn dispatch_follows_the_spec_table() {
-    let server = TestServer::start(tree).await;
+    let server = ServerFixture::start(tree).await;
     let mut client = server.client().await;
     // Row 16: a server-to-client message from the client, id != 0: refused, connection kept.
     client
@@ -353,7 +353,7 @@ async fn listens_on_ipv4_and_ipv6_together() {
     }
     let second = if ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
     // The fixture provides the tree; the server under test serves it on two addresses.
-    let fixture = TestServer::start(tree).await;
+    let fixture = ServerFixture::start(tree).await;
     let key = fixture.key.clone();
     let config = ferry_server::Config::new(fixture.root(), key.clone())
         .listen(["127.0.0.1:0".parse().unwrap(), second.parse().unwrap()]);

@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::time::{Duration, Instant};
 
-use common::{pattern, Client, TestServer};
+use common::{pattern, Client, ServerFixture};
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{FetchRequest, StatRequest, TO_END};
 use ferry_protocol::{ErrorCode, Message, RequestId};
@@ -20,7 +20,7 @@ fn tree(root: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_transfers_finish_and_new_work_is_refused() {
-    let mut server = TestServer::start_with(tree, |c| {
+    let mut server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             shutdown_grace: Duration::from_secs(30),
             ..Default::default()
@@ -103,7 +103,7 @@ async fn in_flight_transfers_finish_and_new_work_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_a_stuck_transfer() {
-    let mut server = TestServer::start_with(tree, |c| {
+    let mut server = ServerFixture::start_with(tree, |c| {
         c.limits(ferry_server::Limits {
             shutdown_grace: Duration::from_secs(1),
             ..Default::default()

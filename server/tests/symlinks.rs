@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+use ferry_testkit::fixture as common;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use common::{Client, TestServer};
+use common::{Client, ServerFixture};
 use ferry_protocol::message::{Entry, EntryKind, ListRequest, TO_END};
 use ferry_protocol::{ErrorCode, Message};
 
@@ -65,7 +65,7 @@ async fn assert_refused(client: &mut Client, entries: &[Entry], name: &str, code
 }
 
 async fn run(follow: bool) {
-    let server = TestServer::start_with(tree, |c| c.follow_symlinks(follow)).await;
+    let server = ServerFixture::start_with(tree, |c| c.follow_symlinks(follow)).await;
     let mut client = server.client().await;
     let with_links = list_links(&mut client, "").await;
     let plain = client.list("", true, 8).await.unwrap();

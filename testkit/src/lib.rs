@@ -1,6 +1,7 @@
 //! Test support shared by the crates' integration tests (dev-only, never published): a real
 //! ferry-server in its own runtime (so it can be killed outright, like a crashed process), a
-//! throttling and cutting TCP proxy, deterministic data and a small served tree.
+//! throttling and cutting TCP proxy, deterministic data and a small served tree; and in
+//! [`fixture`], the server tests' in-runtime server with canaries and a raw protocol client.
 //!
 //! Everything binds 127.0.0.1 port 0; nothing reaches another host.
 
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_protocol::Key;
+
+pub mod fixture;
 
 /// A server on 127.0.0.1:0 serving `root`, in a runtime of its own.
 pub struct TestServer {
@@ -46,10 +49,7 @@ impl TestServer {
             .enable_all()
             .build()
             .unwrap();
-        let config = ferry_server::Config::new(root, key.clone())
-            .listen([addr])
-            .allow_plaintext(true);
-        let mut config = config;
+        let mut config = test_config(root, key).listen([addr]);
         tweak(&mut config);
         let server = runtime
             .block_on(ferry_server::Server::bind(config))
@@ -82,6 +82,14 @@ impl Drop for TestServer {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The configuration every test server starts from: `root` with `key` on 127.0.0.1:0,
+/// plaintext allowed so tests can read the wire.
+pub fn test_config(root: &Path, key: &Key) -> ferry_server::Config {
+    ferry_server::Config::new(root, key.clone())
+        .listen(["127.0.0.1:0".parse().unwrap()])
+        .allow_plaintext(true)
 }
 
 /// A one-connection-at-a-time TCP proxy to `upstream`. Server-to-client bytes are paced to

@@ -1,7 +1,7 @@
-//! A small test client on `ferry_protocol::tokio`, and a server fixture: a temporary tree with
-//! a canary file *outside* the served root, served on 127.0.0.1:0.
-
-#![allow(dead_code)]
+//! For the server's own tests: a small raw client on `ferry_protocol::tokio` (it sends exactly
+//! the frames a test names, and keeps the transcript), and a server fixture in the test's
+//! runtime: a temporary tree with canary files *outside* the served root, served on
+//! 127.0.0.1:0, with graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ pub const CANARY: &[u8] = b"CANARY-7f3a9c-must-never-leave-the-server";
 /// How long any single expected reply may take before the test fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct TestServer {
+pub struct ServerFixture {
     pub addr: SocketAddr,
     pub key: Key,
     /// Holds `root/` (served) and `canary.txt` (outside).
@@ -34,7 +34,7 @@ pub struct TestServer {
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-impl TestServer {
+impl ServerFixture {
     /// A server on 127.0.0.1:0 with default limits, plaintext allowed, after `setup(root)`.
     pub async fn start(setup: impl FnOnce(&Path)) -> Self {
         Self::start_with(setup, |c| c).await
@@ -55,11 +55,7 @@ impl TestServer {
         std::fs::write(dir.path().join("root-private/secret.txt"), CANARY).expect("canary 3");
         setup(&root);
         let key = Key::generate();
-        let config = configure(
-            Config::new(&root, key.clone())
-                .listen(["127.0.0.1:0".parse().expect("addr")])
-                .allow_plaintext(true),
-        );
+        let config = configure(crate::test_config(&root, &key));
         let server = Server::bind(config).await.expect("bind");
         let addr = server.local_addrs()[0];
         let (tx, rx) = oneshot::channel();
