@@ -13,7 +13,7 @@
 //! - [`frame`]: frames and the incremental decoder (magic, version and length checks first).
 //! - [`message`]: typed bodies, one file per message, with `encode`/`decode`/`encoded_len`.
 //! - [`error`]: the stable error-code table and one error enum per layer.
-//! - [`crypto`]: keys, the HKDF key schedule and the record layer.
+//! - [`crypto`]: keys, the HKDF key schedule, and the record layer (suite, sequence limits, IVs).
 //! - [`digest`]: the end-to-end fetch digest (BLAKE3).
 //! - [`handshake`]: client and server handshake state machines.
 //! - [`session`]: an established connection's framing and record protection.

@@ -1,11 +1,11 @@
-//! An established session: framing plus, in encrypted mode, the record keys of both directions
+//! An established session: framing plus the record layer of both directions, whatever its suite
 //! (spec §5.3). Sans-IO: bytes in, frames out; messages in, bytes out.
 
 use bytes::BytesMut;
 
-use crate::crypto::{max_plaintext, DirectionKeys, OpeningKey, SealingKey};
+use crate::crypto::{DirectionKeys, PreSealAction, RecordOpener, RecordSealer, RecordSuite};
 use crate::error::{CryptoError, DecodeError, Error};
-use crate::frame::{encode_plain, Frame, FrameDecoder, DEFAULT_MAX_BODY};
+use crate::frame::{Frame, FrameDecoder, DEFAULT_MAX_BODY};
 use crate::header::{FrameType, Header, RequestId, Service};
 use crate::message::{Message, Mode};
 
@@ -23,21 +23,23 @@ pub struct Session {
     recv: RecvHalf,
 }
 
-/// The sending half: frames messages and, in encrypted mode, seals them.
+/// The sending half: frames messages and seals them with its record layer.
 #[derive(Debug)]
 pub struct SendHalf {
     version: u8,
     max_payload: usize,
-    seal: Option<SealingKey>,
+    records: RecordSealer,
+    /// The record layer said [`PreSealAction::CloseSoon`]; see [`SendHalf::close_soon`].
+    close_soon: bool,
     /// Reused buffer for message bodies before sealing.
     scratch: Vec<u8>,
 }
 
-/// The receiving half: splits frames off a byte stream and, in encrypted mode, opens them.
+/// The receiving half: splits frames off a byte stream and opens them with its record layer.
 #[derive(Debug)]
 pub struct RecvHalf {
     decoder: FrameDecoder,
-    open: Option<OpeningKey>,
+    records: RecordOpener,
     /// A record failure, repeated on every later call: the stream cannot be resynchronised.
     /// (The decoder remembers its own failures.)
     failed: Option<CryptoError>,
@@ -46,10 +48,16 @@ pub struct RecvHalf {
 impl Session {
     /// A plaintext session of `version` accepting bodies up to `max_body`.
     pub fn plaintext(version: u8, max_body: u32) -> Self {
-        Self::new(version, max_body, None)
+        Self::with_records(
+            version,
+            max_body,
+            RecordSealer::plaintext(),
+            RecordOpener::plaintext(),
+        )
     }
 
-    /// An encrypted session; `role` selects which direction's keys seal and which open.
+    /// An encrypted session (AES-256-CBC + HMAC-SHA256, IVs from the thread's CSPRNG); `role`
+    /// selects which direction's keys seal and which open.
     pub fn encrypted(
         version: u8,
         max_body: u32,
@@ -57,14 +65,36 @@ impl Session {
         client_to_server: &DirectionKeys,
         server_to_client: &DirectionKeys,
     ) -> Self {
+        Self::new(
+            version,
+            max_body,
+            role,
+            RecordSuite::Aes256CbcHmacSha256,
+            client_to_server,
+            server_to_client,
+        )
+    }
+
+    /// A session whose records use `suite` (IVs, where it needs them, from the thread's
+    /// CSPRNG); `role` selects which direction's keys seal and which open. Plaintext ignores
+    /// the keys.
+    pub fn new(
+        version: u8,
+        max_body: u32,
+        role: Role,
+        suite: RecordSuite,
+        client_to_server: &DirectionKeys,
+        server_to_client: &DirectionKeys,
+    ) -> Self {
         let (send, recv) = match role {
             Role::Client => (client_to_server, server_to_client),
             Role::Server => (server_to_client, client_to_server),
         };
-        Self::new(
+        Self::with_records(
             version,
             max_body,
-            Some((SealingKey::new(send), OpeningKey::new(recv))),
+            RecordSealer::new(suite, send),
+            RecordOpener::new(suite, recv),
         )
     }
 
@@ -91,31 +121,36 @@ impl Session {
         )
     }
 
-    fn new(version: u8, max_body: u32, crypto: Option<(SealingKey, OpeningKey)>) -> Self {
+    /// A session of `version` accepting bodies up to `max_body`, with the given record layer:
+    /// any suite, any IV source, any starting sequence numbers. Both halves must be the same
+    /// suite, keyed for opposite directions.
+    pub fn with_records(
+        version: u8,
+        max_body: u32,
+        sealer: RecordSealer,
+        opener: RecordOpener,
+    ) -> Self {
+        debug_assert_eq!(
+            sealer.suite(),
+            opener.suite(),
+            "one suite for both directions"
+        );
         let mut decoder = FrameDecoder::new(max_body);
         decoder.set_version(version);
         // Receive caps are not negotiated: every receiver accepts DEFAULT_MAX_BODY (spec §7),
         // so that, not our own receive cap, bounds what we send.
         let cap = decoder.max_body().min(DEFAULT_MAX_BODY) as usize;
-        let max_payload = if crypto.is_some() {
-            max_plaintext(cap)
-        } else {
-            cap
-        };
-        let (seal, open) = match crypto {
-            Some((seal, open)) => (Some(seal), Some(open)),
-            None => (None, None),
-        };
         Self {
             send: SendHalf {
                 version,
-                max_payload,
-                seal,
+                max_payload: sealer.suite().max_plaintext(cap),
+                records: sealer,
+                close_soon: false,
                 scratch: Vec::new(),
             },
             recv: RecvHalf {
                 decoder,
-                open,
+                records: opener,
                 failed: None,
             },
         }
@@ -139,6 +174,11 @@ impl Session {
     /// Largest body, before encryption, that fits one frame.
     pub fn max_payload(&self) -> usize {
         self.send.max_payload
+    }
+
+    /// See [`SendHalf::close_soon`].
+    pub fn close_soon(&self) -> bool {
+        self.send.close_soon
     }
 
     /// See [`SendHalf::write_frame`].
@@ -172,10 +212,36 @@ impl Session {
 impl SendHalf {
     /// Whether bodies are encrypted.
     pub fn mode(&self) -> Mode {
-        if self.seal.is_some() {
-            Mode::ENCRYPTED
-        } else {
-            Mode::PLAINTEXT
+        self.records.suite().mode()
+    }
+
+    /// The record suite bodies are sealed with.
+    pub fn suite(&self) -> RecordSuite {
+        self.records.suite()
+    }
+
+    /// Wire length of the frame (header and body) that carries a `len`-byte body.
+    pub fn frame_len(&self, len: usize) -> usize {
+        crate::header::HEADER_LEN + self.records.suite().sealed_len(len)
+    }
+
+    /// Whether the send sequence is near its end ([`PreSealAction::CloseSoon`]): the shell
+    /// should start no new requests and close the connection once those in flight are done.
+    /// Frames are still sealed until the last sequence number; past it every write fails with
+    /// [`CryptoError::SequenceExhausted`] (spec §5.5).
+    pub fn close_soon(&self) -> bool {
+        self.close_soon
+    }
+
+    /// Acts on what the record layer says about sealing `records` more records.
+    fn pre_seal(&mut self, records: usize) -> Result<(), Error> {
+        match self.records.pre_seal_action(records) {
+            PreSealAction::Proceed => Ok(()),
+            PreSealAction::CloseSoon => {
+                self.close_soon = true;
+                Ok(())
+            }
+            PreSealAction::Refuse => Err(CryptoError::SequenceExhausted.into()),
         }
     }
 
@@ -200,24 +266,20 @@ impl SendHalf {
             }
             .into());
         }
-        match &mut self.seal {
-            Some(seal) => {
-                let header = Header {
-                    kind,
-                    version: self.version,
-                    service,
-                    id,
-                    length: 0,
-                };
-                seal.seal(header, body, dst)?;
-            }
-            None => encode_plain(kind, service, self.version, id, body, dst),
-        }
+        self.pre_seal(1)?;
+        let header = Header {
+            kind,
+            version: self.version,
+            service,
+            id,
+            length: 0,
+        };
+        self.records.seal(header, body, dst)?;
         Ok(())
     }
 
     /// Appends several frames with raw bodies, in order. Encrypted, they are sealed together
-    /// ([`SealingKey::seal_many`]), which is several times faster than one at a time; the
+    /// ([`RecordSealer::seal_many`]), which is several times faster than one at a time; the
     /// bytes are those that one [`SendHalf::write_frame`] per frame would produce.
     pub fn write_frames(
         &mut self,
@@ -231,30 +293,22 @@ impl SendHalf {
             }
             .into());
         }
-        match &mut self.seal {
-            Some(seal) => {
-                let version = self.version;
-                let headers: Vec<(Header, &[u8])> = frames
-                    .iter()
-                    .map(|&(kind, service, id, body)| {
-                        let header = Header {
-                            kind,
-                            version,
-                            service,
-                            id,
-                            length: 0,
-                        };
-                        (header, body)
-                    })
-                    .collect();
-                seal.seal_many(&headers, dst)?;
-            }
-            None => {
-                for &(kind, service, id, body) in frames {
-                    encode_plain(kind, service, self.version, id, body, dst);
-                }
-            }
-        }
+        self.pre_seal(frames.len())?;
+        let version = self.version;
+        let headers: Vec<(Header, &[u8])> = frames
+            .iter()
+            .map(|&(kind, service, id, body)| {
+                let header = Header {
+                    kind,
+                    version,
+                    service,
+                    id,
+                    length: 0,
+                };
+                (header, body)
+            })
+            .collect();
+        self.records.seal_many(&headers, dst)?;
         Ok(())
     }
 
@@ -294,12 +348,10 @@ impl RecvHalf {
         let Some((header, body)) = self.decoder.decode_raw(src)? else {
             return Ok(None);
         };
-        let body = match &mut self.open {
-            Some(open) => open
-                .open(&header, body)
-                .inspect_err(|e| self.failed = Some(*e))?,
-            None => body.freeze(),
-        };
+        let body = self
+            .records
+            .open(&header, body)
+            .inspect_err(|e| self.failed = Some(*e))?;
         Ok(Some(Frame { header, body }))
     }
 }
@@ -372,6 +424,98 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(server.read_frame(&mut wire).unwrap().unwrap().body, body);
+        }
+    }
+
+    #[test]
+    fn the_session_acts_on_the_record_layers_limits() {
+        use crate::crypto::CLOSE_SOON_MARGIN;
+        let keys = DirectionKeys {
+            enc: [5; 32],
+            mac: [6; 32],
+        };
+        let suite = RecordSuite::Aes256CbcHmacSha256;
+        let last = u64::MAX - 1;
+        let start = last - CLOSE_SOON_MARGIN;
+        let mut sender = Session::with_records(
+            1,
+            DEFAULT_MAX_BODY,
+            RecordSealer::new(suite, &keys).with_sequence(start),
+            RecordOpener::new(suite, &keys),
+        );
+        let mut receiver = Session::with_records(
+            1,
+            DEFAULT_MAX_BODY,
+            RecordSealer::new(suite, &keys),
+            RecordOpener::new(suite, &keys).with_sequence(start),
+        );
+        let mut wire = BytesMut::new();
+        let send = |s: &mut Session, wire: &mut BytesMut| {
+            s.write_frame(FrameType::DATA, Service::FETCH, RequestId(1), b"x", wire)
+        };
+        send(&mut sender, &mut wire).unwrap();
+        assert!(!sender.close_soon());
+        send(&mut sender, &mut wire).unwrap();
+        assert!(
+            sender.close_soon(),
+            "within the margin of the last sequence number"
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                &receiver.read_frame(&mut wire).unwrap().unwrap().body[..],
+                b"x"
+            );
+        }
+
+        // At the last sequence number: one more record, then every write is refused.
+        let (mut send_half, _) = Session::with_records(
+            1,
+            DEFAULT_MAX_BODY,
+            RecordSealer::new(suite, &keys).with_sequence(last),
+            RecordOpener::new(suite, &keys),
+        )
+        .into_split();
+        let frame = (FrameType::DATA, Service::FETCH, RequestId(1), &b"y"[..]);
+        let mut wire = BytesMut::new();
+        assert!(matches!(
+            send_half.write_frames(&[frame, frame], &mut wire),
+            Err(Error::Crypto(CryptoError::SequenceExhausted))
+        ));
+        assert!(wire.is_empty());
+        send_half.write_frames(&[frame], &mut wire).unwrap();
+        assert!(send_half.close_soon());
+        assert!(matches!(
+            send_half.write_frame(frame.0, frame.1, frame.2, frame.3, &mut wire),
+            Err(Error::Crypto(CryptoError::SequenceExhausted))
+        ));
+        assert!(matches!(
+            send_half.write_message(
+                RequestId(1),
+                &Message::Ping(bytes::Bytes::from_static(b"p")),
+                &mut wire
+            ),
+            Err(Error::Crypto(CryptoError::SequenceExhausted))
+        ));
+    }
+
+    #[test]
+    fn frame_len_is_what_write_frame_appends() {
+        for encrypted in [false, true] {
+            let (client, _) = Session::dangerous_pair_with_fixed_keys(encrypted);
+            let (mut send, _) = client.into_split();
+            assert_eq!(send.suite().mode(), send.mode());
+            for len in [0, 1, 15, 16, 17, 4096] {
+                let mut wire = BytesMut::new();
+                send.write_frame(
+                    FrameType::DATA,
+                    Service::FETCH,
+                    RequestId(1),
+                    &vec![1; len],
+                    &mut wire,
+                )
+                .unwrap();
+                assert_eq!(wire.len(), send.frame_len(len), "len {len}");
+            }
         }
     }
 }

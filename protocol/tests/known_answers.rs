@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
-use ferry_protocol::crypto::{hmac_sha256, DirectionKeys, SealingKey, IV_LEN, TAG_LEN};
+use ferry_protocol::crypto::{
+    hmac_sha256, DirectionKeys, RecordSealer, RecordSuite, IV_LEN, TAG_LEN,
+};
 use ferry_protocol::{FrameType, Header, RequestId, Service, HEADER_LEN};
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -34,7 +36,7 @@ fn nist_sp800_38a_f25_cbc_aes256_through_the_record_layer() {
         mac: [0; 32],
     };
     let mut record = BytesMut::new();
-    SealingKey::new(&keys)
+    RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, &keys)
         .dangerous_seal_with_iv(
             Header::new(FrameType::DATA, Service::FETCH, RequestId(1), 0),
             &plaintext,
@@ -56,7 +58,7 @@ fn record_tag_is_hmac_over_sequence_header_iv_and_ciphertext() {
         enc: [7; 32],
         mac: [9; 32],
     };
-    let mut sealing = SealingKey::with_sequence(&keys, 41);
+    let mut sealing = RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, &keys).with_sequence(41);
     let mut record = BytesMut::new();
     sealing
         .dangerous_seal_with_iv(

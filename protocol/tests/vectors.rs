@@ -7,7 +7,7 @@ mod common;
 use bytes::BytesMut;
 use common::{load, Vector};
 use ferry_protocol::crypto::{
-    derive_keys, hmac_sha256, labels, DirectionKeys, OpeningKey, SealingKey,
+    derive_keys, hmac_sha256, labels, DirectionKeys, RecordOpener, RecordSealer, RecordSuite,
 };
 use ferry_protocol::frame::FrameDecoder;
 use ferry_protocol::handshake::{
@@ -372,7 +372,7 @@ fn handshake() {
             let header = Header::decode(&record[..12]).expect("header");
             if mode == Mode::ENCRYPTED {
                 let mut sealed = BytesMut::new();
-                SealingKey::new(keys)
+                RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, keys)
                     .dangerous_seal_with_iv(
                         header,
                         &plaintext,
@@ -422,7 +422,8 @@ fn records() {
         // Seal: the header's length field is overwritten with the sealed length.
         let mut header = Header::decode(&header_bytes).expect("header");
         header.length = 0;
-        let mut sealing = SealingKey::with_sequence(&keys, seq);
+        let mut sealing =
+            RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, &keys).with_sequence(seq);
         let mut sealed = BytesMut::new();
         sealing
             .dangerous_seal_with_iv(header, &plaintext, v.array("iv"), &mut sealed)
@@ -436,7 +437,8 @@ fn records() {
             .decode_raw(&mut buf)
             .expect("frame")
             .expect("whole frame");
-        let mut opening = OpeningKey::with_sequence(&keys, seq);
+        let mut opening =
+            RecordOpener::new(RecordSuite::Aes256CbcHmacSha256, &keys).with_sequence(seq);
         let opened = opening.open(&header, body).expect("opens");
         assert_eq!(opened.to_vec(), plaintext, "{name}: open");
 
@@ -572,7 +574,9 @@ fn negative_records() {
             .decode_raw(&mut buf)
             .expect("the frame itself is well formed")
             .expect("whole frame");
-        let result = OpeningKey::with_sequence(&keys, v.u64("seq")).open(&header, body);
+        let result = RecordOpener::new(RecordSuite::Aes256CbcHmacSha256, &keys)
+            .with_sequence(v.u64("seq"))
+            .open(&header, body);
         assert_eq!(result, Err(CryptoError::BadRecord), "vector {name}");
         let error: ferry_protocol::Error = CryptoError::BadRecord.into();
         assert_eq!(error.code(), ErrorCode::BAD_RECORD);

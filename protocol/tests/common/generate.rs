@@ -6,7 +6,9 @@
 
 use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, KeyIvInit};
 use bytes::{Bytes, BytesMut};
-use ferry_protocol::crypto::{derive_keys, hmac_sha256, labels, DirectionKeys, SealingKey};
+use ferry_protocol::crypto::{
+    derive_keys, hmac_sha256, labels, DirectionKeys, RecordSealer, RecordSuite,
+};
 use ferry_protocol::frame::FrameDecoder;
 use ferry_protocol::handshake::{
     handshake_decoder, write_error, ClientHandshake, Randomness, ServerHandshake,
@@ -819,7 +821,7 @@ fn first_record(
         return frame_bytes(RequestId(id), message);
     }
     let mut out = BytesMut::new();
-    SealingKey::new(keys)
+    RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, keys)
         .dangerous_seal_with_iv(header, &message.to_bytes(), iv, &mut out)
         .expect("seal");
     out.to_vec()
@@ -860,7 +862,8 @@ fn seal_at(
     iv: [u8; 16],
 ) -> Vec<u8> {
     let mut out = BytesMut::new();
-    SealingKey::with_sequence(keys, seq_no)
+    RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, keys)
+        .with_sequence(seq_no)
         .dangerous_seal_with_iv(header, plaintext, iv, &mut out)
         .expect("seal");
     out.to_vec()
@@ -1705,8 +1708,10 @@ fn negative_records() -> String {
     ];
     for (name, seq_no, record, note) in cases {
         let header = Header::decode(&record[..12]).expect("header parses");
-        let result = ferry_protocol::crypto::OpeningKey::with_sequence(&keys, seq_no)
-            .open(&header, BytesMut::from(&record[12..]));
+        let result =
+            ferry_protocol::crypto::RecordOpener::new(RecordSuite::Aes256CbcHmacSha256, &keys)
+                .with_sequence(seq_no)
+                .open(&header, BytesMut::from(&record[12..]));
         assert_eq!(
             result,
             Err(ferry_protocol::CryptoError::BadRecord),

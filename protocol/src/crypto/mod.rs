@@ -1,0 +1,24 @@
+//! Cryptography (spec §5), one room per job:
+//! - [`key`](self::Key): the pre-shared key, its text forms and fingerprint (§5.6);
+//! - `key_schedule`: HKDF from PSK, X25519 secret and transcript hash to the record keys and
+//!   Finished MACs (§5.2);
+//! - `record`: the record layer, for any suite: sealing and opening state, sequence numbers and
+//!   their limits, the IV source (§5.3–§5.5);
+//! - `cbc_hmac`: the one suite today, AES-256-CBC + HMAC-SHA256, encrypt-then-MAC (§5.3, §5.4).
+//!
+//! Everything is re-exported here, so `ferry_protocol::crypto::X` is the one path to use.
+
+mod cbc_hmac;
+mod key;
+mod key_schedule;
+mod record;
+
+pub use cbc_hmac::{
+    max_plaintext, sealed_len, BLOCK_LEN, IV_LEN, MIN_SEALED_LEN, PARALLEL_CHAINS, TAG_LEN,
+};
+pub use key::{Key, KeyError};
+pub use key_schedule::{derive_keys, hmac_sha256, labels, mac_eq, DirectionKeys, SessionKeys};
+pub use record::{
+    IvRng, IvSource, PreSealAction, RecordOpener, RecordSealer, RecordSuite, ThreadRngIvs,
+    CLOSE_SOON_MARGIN,
+};
