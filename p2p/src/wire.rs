@@ -24,13 +24,14 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes};
 use ferry_protocol::{ErrorBody, ErrorCode, FrameType, Header, Key, RequestId, Service};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
+use crate::addr::{self, AddrError};
 use crate::manifest::ContentId;
 
 /// The peer-wire service byte.
@@ -290,19 +291,12 @@ impl PeerMessage {
                 }
                 let mut addrs = Vec::with_capacity(count);
                 for _ in 0..count {
-                    need(kind, &body, 1)?;
-                    let ip = match body.get_u8() {
-                        4 => {
-                            need(kind, &body, 6)?;
-                            IpAddr::V4(Ipv4Addr::from(body.get_u32()))
+                    addrs.push(addr::decode(&mut body).map_err(|e| match e {
+                        AddrError::Truncated { needed, got } => {
+                            WireError::Truncated { kind, needed, got }
                         }
-                        6 => {
-                            need(kind, &body, 18)?;
-                            IpAddr::V6(Ipv6Addr::from(body.get_u128()))
-                        }
-                        other => return Err(WireError::BadFamily(other)),
-                    };
-                    addrs.push(SocketAddr::new(ip, body.get_u16()));
+                        AddrError::BadFamily(family) => WireError::BadFamily(family),
+                    })?);
                 }
                 if !body.is_empty() {
                     return Err(WireError::TrailingBytes(body.len()));
@@ -354,18 +348,8 @@ impl PeerMessage {
                 // Callers keep at most MAX_PEX addresses; extra ones are not sent.
                 let addrs = &addrs[..addrs.len().min(MAX_PEX)];
                 dst.put_u8(addrs.len() as u8);
-                for addr in addrs {
-                    match addr.ip() {
-                        IpAddr::V4(ip) => {
-                            dst.put_u8(4);
-                            dst.put_slice(&ip.octets());
-                        }
-                        IpAddr::V6(ip) => {
-                            dst.put_u8(6);
-                            dst.put_slice(&ip.octets());
-                        }
-                    }
-                    dst.put_u16(addr.port());
+                for a in addrs {
+                    addr::encode(a, dst);
                 }
             }
             Self::Error(body) => body.encode(dst),
@@ -389,7 +373,7 @@ impl PeerMessage {
                 1 + addrs
                     .iter()
                     .take(MAX_PEX)
-                    .map(|a| if a.is_ipv4() { 7 } else { 19 })
+                    .map(addr::encoded_len)
                     .sum::<usize>()
             }
             Self::Error(body) => body.encoded_len(),

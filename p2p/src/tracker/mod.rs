@@ -33,6 +33,7 @@ use hmac::{Hmac, Mac};
 use rand::seq::SliceRandom;
 use sha2::Sha256;
 
+use crate::addr;
 use crate::manifest::ContentId;
 use crate::wire::PeerId;
 
@@ -145,17 +146,7 @@ impl AnnounceReply {
         dst.put_u32(self.seeders);
         dst.put_u16(self.peers.len() as u16);
         for peer in &self.peers {
-            match peer.ip() {
-                IpAddr::V4(ip) => {
-                    dst.put_u8(4);
-                    dst.put_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    dst.put_u8(6);
-                    dst.put_slice(&ip.octets());
-                }
-            }
-            dst.put_u16(peer.port());
+            addr::encode(peer, dst);
         }
     }
 
@@ -169,16 +160,7 @@ impl AnnounceReply {
         let count = src.get_u16() as usize;
         let mut peers = Vec::with_capacity(count.min(MAX_PEERS_PER_REPLY));
         for _ in 0..count {
-            if src.is_empty() {
-                return None;
-            }
-            let ip = match src.get_u8() {
-                4 if src.len() >= 6 => IpAddr::from(<[u8; 4]>::try_from(&src[..4]).ok()?),
-                6 if src.len() >= 18 => IpAddr::from(<[u8; 16]>::try_from(&src[..16]).ok()?),
-                _ => return None,
-            };
-            src.advance(if ip.is_ipv4() { 4 } else { 16 });
-            peers.push(SocketAddr::new(ip, src.get_u16()));
+            peers.push(addr::decode(&mut src).ok()?);
         }
         if !src.is_empty() {
             return None;
@@ -403,14 +385,7 @@ impl Tracker {
         peers.shuffle(&mut rand::thread_rng());
         peers.truncate(want);
         // Keep the reply within one datagram.
-        while 12
-            + 14
-            + peers
-                .iter()
-                .map(|p| if p.is_ipv4() { 7 } else { 19 })
-                .sum::<usize>()
-            > MAX_DATAGRAM
-        {
+        while 12 + 14 + peers.iter().map(addr::encoded_len).sum::<usize>() > MAX_DATAGRAM {
             peers.pop();
         }
         if swarm.is_empty() {
