@@ -3,15 +3,17 @@
 //! normative description is `spec/P2P.md`.
 //!
 //! Modules:
+//! - [`addr`]: the socket-address encoding shared by PEX and tracker replies.
 //! - [`manifest`]: the canonical manifest, its hostile-input checks, [`manifest::PieceIndex`]
 //!   and [`manifest::RelPath`].
 //! - [`pieces`]: bitfields, the jailed file store, hashing and verification.
 //! - [`wire`]: peer-wire messages (service 0x50) and the swarm key.
-//! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/STATE.md`.
+//! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/swarm/STATE.md`.
 //! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
 //! - [`tracker`]: the UDP tracker core, its server and its client.
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 //! - [`status`]: what a node tried to find peers and what failed, in words.
+pub mod addr;
 pub mod manifest;
 pub mod node;
 pub mod pieces;

@@ -1,0 +1,218 @@
+//! Choking (spec/P2P.md §4.3): whom we serve. A few unchoke slots go to the fastest peers of the
+//! last window, one optimistic slot rotates, and only unchoked peers' requests are served.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use ferry_protocol::ErrorCode;
+use rand::Rng;
+
+use super::{Action, ConnId, Swarm, SwarmConfig};
+use crate::wire::{BlockRef, PeerMessage};
+
+/// When the unchoke set is next recomputed, and who holds the optimistic slot.
+#[derive(Debug)]
+pub(super) struct Choker {
+    pub(super) next_rechoke: Instant,
+    pub(super) next_optimistic: Instant,
+    pub(super) optimistic: Option<ConnId>,
+}
+
+impl Choker {
+    pub(super) fn new(config: &SwarmConfig, now: Instant) -> Self {
+        Self {
+            next_rechoke: now + config.rechoke_interval,
+            next_optimistic: now + config.optimistic_interval,
+            optimistic: None,
+        }
+    }
+}
+
+impl Swarm {
+    pub(super) fn rechoke(&mut self, now: Instant) {
+        self.choker.next_rechoke = now + self.config.rechoke_interval;
+        let seeding = self.is_complete();
+        let mut candidates: Vec<(ConnId, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.peer_interested && p.got_bitfield)
+            .map(|(c, p)| (*c, if seeding { p.window_up } else { p.window_down }))
+            .collect();
+        // Random order first so equal rates do not always favour the same peers.
+        for i in (1..candidates.len()).rev() {
+            let j = self.rng.gen_range(0..=i);
+            candidates.swap(i, j);
+        }
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let slots = self.slots();
+        let mut unchoke: HashSet<ConnId> = candidates.iter().take(slots).map(|(c, _)| *c).collect();
+        let optimistic_valid = self
+            .choker
+            .optimistic
+            .is_some_and(|c| candidates.iter().any(|(x, _)| *x == c) && !unchoke.contains(&c));
+        if !optimistic_valid {
+            let rest: Vec<ConnId> = candidates
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| !unchoke.contains(c))
+                .collect();
+            self.choker.optimistic = if rest.is_empty() {
+                None
+            } else {
+                Some(rest[self.rng.gen_range(0..rest.len())])
+            };
+        }
+        if let Some(c) = self.choker.optimistic {
+            unchoke.insert(c);
+        }
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            let Some(peer) = self.peers.get_mut(&conn) else {
+                continue;
+            };
+            peer.window_down = 0;
+            peer.window_up = 0;
+            let want = unchoke.contains(&conn);
+            if want && peer.am_choking {
+                peer.am_choking = false;
+                self.send(conn, PeerMessage::Unchoke, now);
+            } else if !want && !peer.am_choking {
+                peer.am_choking = true;
+                self.send(conn, PeerMessage::Choke, now);
+            }
+        }
+    }
+
+    /// A newly interested peer is unchoked at once while slots are free, rather than waiting
+    /// up to a rechoke interval.
+    pub(super) fn maybe_unchoke_now(&mut self, conn: ConnId, now: Instant) {
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        if unchoked < self.slots() + 1 {
+            if let Some(peer) = self.peers.get_mut(&conn) {
+                if peer.am_choking {
+                    peer.am_choking = false;
+                    self.send(conn, PeerMessage::Unchoke, now);
+                }
+            }
+        }
+    }
+
+    /// Regular unchoke slots: more while seeding.
+    pub(super) fn slots(&self) -> usize {
+        if self.is_complete() {
+            self.config.seed_unchokes
+        } else {
+            self.config.regular_unchokes
+        }
+    }
+
+    pub(super) fn on_request(&mut self, conn: ConnId, block: BlockRef, now: Instant) {
+        let Some(piece) = self.manifest.piece(block.piece) else {
+            return self.protocol_error(
+                conn,
+                ErrorCode::INVALID_RANGE,
+                &format!(
+                    "request for piece {} of {}",
+                    block.piece,
+                    self.manifest.piece_count()
+                ),
+                now,
+            );
+        };
+        let piece_len = self.manifest.piece_len(piece);
+        if block
+            .offset
+            .checked_add(block.length)
+            .is_none_or(|end| end > piece_len)
+        {
+            return self.protocol_error(
+                conn,
+                ErrorCode::INVALID_RANGE,
+                &format!(
+                    "request {}+{} beyond piece length {piece_len}",
+                    block.offset, block.length
+                ),
+                now,
+            );
+        }
+        let have = self.picker.have.has(piece);
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        // Requests while choked, for pieces we never announced, or beyond the queue limit are
+        // ignored: they can be honest races (spec/P2P.md §4.4).
+        if peer.am_choking || !have || peer.queued_uploads >= self.config.max_queued_uploads {
+            tracing::trace!(?conn, ?block, "ignoring request");
+            return;
+        }
+        peer.queued_uploads += 1;
+        self.actions.push_back(Action::Upload {
+            conn,
+            piece,
+            offset: block.offset,
+            length: block.length,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::swarm::tests::util::*;
+    use crate::swarm::{Action, ConnId};
+    use crate::wire::{PeerId, PeerMessage};
+
+    #[test]
+    fn choking_keeps_a_few_unchoked_and_rotates_the_optimistic_slot() {
+        let mut net = Net::new(100_000, 16_384);
+        let seed = net.add(true, false);
+        let conns: Vec<ConnId> = (0..8).map(|i| ConnId(100 + i)).collect();
+        for (i, &c) in conns.iter().enumerate() {
+            net.nodes[seed]
+                .handle_connected(c, PeerId([0x80 + i as u8; 20]), None, net.now)
+                .unwrap();
+            net.nodes[seed].handle_message(
+                c,
+                PeerMessage::Bitfield(Bytes::from_static(&[0])),
+                net.now,
+            );
+            net.nodes[seed].handle_message(c, PeerMessage::Interested, net.now);
+        }
+        let mut unchoked: HashSet<ConnId> = HashSet::new();
+        let mut optimistic_seen = HashSet::new();
+        for round in 0..12 {
+            for a in std::iter::from_fn(|| net.nodes[seed].poll_action()) {
+                match a {
+                    Action::Send {
+                        conn,
+                        msg: PeerMessage::Unchoke,
+                    } => {
+                        unchoked.insert(conn);
+                    }
+                    Action::Send {
+                        conn,
+                        msg: PeerMessage::Choke,
+                    } => {
+                        unchoked.remove(&conn);
+                    }
+                    _ => {}
+                }
+            }
+            assert!(
+                unchoked.len() <= 4,
+                "round {round}: {} unchoked",
+                unchoked.len()
+            );
+            if let Some(o) = net.nodes[seed].choker.optimistic {
+                optimistic_seen.insert(o);
+            }
+            net.now += Duration::from_secs(10);
+            net.nodes[seed].handle_timeout(net.now);
+        }
+        assert!(optimistic_seen.len() >= 2, "optimistic slot never rotated");
+    }
+}

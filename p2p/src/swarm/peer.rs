@@ -1,0 +1,240 @@
+//! Per-peer state (spec/P2P.md §3): what a peer has, interest both ways, our requests to it and
+//! the ones we gave up; and the messages that change it, BITFIELD and HAVE.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_protocol::ErrorCode;
+
+use super::pex::FIRST_PEX;
+use super::picker::PieceState;
+use super::{ConnId, Swarm};
+use crate::pieces::Bitfield;
+use crate::wire::{PeerId, PeerMessage};
+
+#[derive(Debug)]
+pub(super) struct Peer {
+    pub(super) id: PeerId,
+    pub(super) addr: Option<SocketAddr>,
+    pub(super) have: Bitfield,
+    pub(super) got_bitfield: bool,
+    /// Pieces this peer has that we still lack.
+    pub(super) wanted: u32,
+    pub(super) am_choking: bool,
+    pub(super) am_interested: bool,
+    pub(super) peer_choking: bool,
+    pub(super) peer_interested: bool,
+    /// Our requests to this peer: (piece, offset) → when sent. Ordered, so the requests given up
+    /// together (a CHOKE, a timeout) are remembered in the same order on every run.
+    pub(super) outstanding: BTreeMap<(u32, u32), Instant>,
+    /// Requests we gave up (CANCEL sent, timed out, released by a CHOKE) whose block may still
+    /// be on its way, oldest first, with when we gave them up (spec/P2P.md §3.8).
+    pub(super) given_up: VecDeque<((u32, u32), Instant)>,
+    pub(super) queued_uploads: usize,
+    pub(super) unrequested: u32,
+    /// Super-seeding: pieces we told this peer about with HAVE.
+    pub(super) revealed: Option<Bitfield>,
+    /// Revealed pieces the peer does not have yet.
+    pub(super) revealed_pending: u32,
+    pub(super) window_down: u64,
+    pub(super) window_up: u64,
+    pub(super) last_recv: Instant,
+    pub(super) last_sent: Instant,
+    pub(super) next_pex: Instant,
+}
+
+impl Peer {
+    /// A peer that just finished its handshake; `revealed` is `Some` while we super-seed.
+    pub(super) fn new(
+        id: PeerId,
+        addr: Option<SocketAddr>,
+        pieces: u32,
+        revealed: Option<Bitfield>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            have: Bitfield::new(pieces),
+            got_bitfield: false,
+            wanted: 0,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            outstanding: BTreeMap::new(),
+            given_up: VecDeque::new(),
+            queued_uploads: 0,
+            unrequested: 0,
+            revealed,
+            revealed_pending: 0,
+            window_down: 0,
+            window_up: 0,
+            last_recv: now,
+            last_sent: now,
+            next_pex: now + FIRST_PEX,
+        }
+    }
+
+    /// Forgets an outstanding request whose block may still arrive, so that block is not taken
+    /// for misbehaviour. Keeps at most `keep` entries, each for at most `window`.
+    pub(super) fn give_up(&mut self, key: (u32, u32), now: Instant, keep: usize, window: Duration) {
+        if self.outstanding.remove(&key).is_none() {
+            return;
+        }
+        self.expire_given_up(now, window);
+        if self.given_up.len() >= keep {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back((key, now));
+    }
+
+    /// Whether `key` is a request given up within the window; consumes it.
+    pub(super) fn take_given_up(
+        &mut self,
+        key: (u32, u32),
+        now: Instant,
+        window: Duration,
+    ) -> bool {
+        self.expire_given_up(now, window);
+        match self.given_up.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                self.given_up.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire_given_up(&mut self, now: Instant, window: Duration) {
+        while self
+            .given_up
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > window)
+        {
+            self.given_up.pop_front();
+        }
+    }
+}
+
+impl Swarm {
+    /// How many given-up requests are remembered per peer, and for how long: a peer's late
+    /// blocks are at most what was in its queue and on the wire when we gave up, i.e. a few
+    /// pipelines, and arrive within a request timeout unless the peer is stuck.
+    pub(super) fn given_up_limits(&self) -> (usize, Duration) {
+        (4 * self.config.pipeline.max(1), self.config.request_timeout)
+    }
+
+    pub(super) fn on_bitfield(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        let n = self.manifest.piece_count();
+        let bits = match Bitfield::from_bytes(bytes, n) {
+            Ok(bits) => bits,
+            Err(e) => {
+                return self.protocol_error(conn, ErrorCode::MALFORMED_MESSAGE, &e.to_string(), now)
+            }
+        };
+        let mut wanted = 0;
+        for piece in self.manifest.pieces() {
+            if bits.has(piece) {
+                let a = &mut self.picker.availability[piece.idx()];
+                *a = a.saturating_add(1);
+                if !self.picker.have.has(piece) {
+                    wanted += 1;
+                }
+            }
+        }
+        let seed_to_seed = bits.is_full() && self.is_complete();
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.have = bits;
+            peer.got_bitfield = true;
+            peer.wanted = wanted;
+        }
+        if seed_to_seed {
+            self.close(conn, None, now);
+            return;
+        }
+        self.update_interest(conn, now);
+        self.reveal(conn, now);
+    }
+
+    pub(super) fn on_have(&mut self, conn: ConnId, index: u32, now: Instant) {
+        let Some(piece) = self.manifest.piece(index) else {
+            return self.protocol_error(
+                conn,
+                ErrorCode::INVALID_RANGE,
+                &format!(
+                    "have {index} out of range (pieces: {})",
+                    self.manifest.piece_count()
+                ),
+                now,
+            );
+        };
+        let we_have = self.picker.have.has(piece);
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        if peer.have.has(piece) {
+            return;
+        }
+        peer.have.set(piece);
+        if peer.revealed.as_ref().is_some_and(|r| r.has(piece)) {
+            peer.revealed_pending = peer.revealed_pending.saturating_sub(1);
+        }
+        let a = &mut self.picker.availability[piece.idx()];
+        *a = a.saturating_add(1);
+        if !we_have {
+            peer.wanted += 1;
+        }
+        let seed_to_seed = peer.have.is_full() && self.is_complete();
+        if seed_to_seed {
+            self.close(conn, None, now);
+            return;
+        }
+        self.update_interest(conn, now);
+        self.fill_requests(conn, now);
+        self.reveal(conn, now);
+    }
+
+    pub(super) fn update_interest(&mut self, conn: ConnId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        let want = peer.wanted > 0;
+        if want != peer.am_interested {
+            peer.am_interested = want;
+            let msg = if want {
+                PeerMessage::Interested
+            } else {
+                PeerMessage::NotInterested
+            };
+            self.send(conn, msg, now);
+        }
+    }
+
+    /// Removes a peer and everything it held. Returns whether it was known.
+    pub(super) fn forget(&mut self, conn: ConnId) -> bool {
+        self.release_requests(conn);
+        let Some(peer) = self.peers.remove(&conn) else {
+            return false;
+        };
+        // Its exclusive pieces become claimable by the next peer.
+        for &p in &self.picker.active {
+            if let PieceState::Active(active) = &mut self.picker.pieces[p as usize] {
+                if active.owner == Some(conn) {
+                    active.owner = None;
+                }
+            }
+        }
+        for piece in self.manifest.pieces() {
+            if peer.have.has(piece) {
+                let a = &mut self.picker.availability[piece.idx()];
+                *a = a.saturating_sub(1);
+            }
+        }
+        if self.choker.optimistic == Some(conn) {
+            self.choker.optimistic = None;
+        }
+        true
+    }
+}
