@@ -1,0 +1,245 @@
+//! Opening a connection: resolve a URL's host, try its addresses in turn, try a busy server
+//! again after a jittered back-off, run the handshake over whatever stream the connector
+//! gives, and start the reader and writer tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::conn::KeepAlive;
+use ferry_protocol::{Error as ProtoError, ErrorCode, HandshakeError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::driver::{now, read_loop, write_loop, RouteTable};
+use super::{Client, ClientConfig, ClientInner};
+use crate::error::ClientError;
+use ferry_common::url::FerryUrl;
+
+/// Where to connect: an address, or a URL whose host is resolved first.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Addr(SocketAddr),
+    Url(FerryUrl),
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Addr(addr)
+    }
+}
+
+impl From<&FerryUrl> for Target {
+    fn from(url: &FerryUrl) -> Self {
+        Self::Url(url.clone())
+    }
+}
+
+impl From<FerryUrl> for Target {
+    fn from(url: FerryUrl) -> Self {
+        Self::Url(url)
+    }
+}
+
+impl Client {
+    /// Connects over TCP and runs the handshake, both bounded by `config.connect_timeout`.
+    /// A URL's host is resolved and its addresses tried in order.
+    pub async fn connect(
+        target: impl Into<Target>,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let addrs = match target.into() {
+            Target::Addr(addr) => vec![addr],
+            Target::Url(url) => {
+                match tokio::time::timeout(config.connect_timeout, resolve(&url)).await {
+                    Ok(addrs) => addrs?,
+                    Err(_) => {
+                        return Err(ClientError::Timeout {
+                            what: format!("resolving {}", url.host),
+                            secs: config.connect_timeout.as_secs(),
+                        })
+                    }
+                }
+            }
+        };
+        let mut last = None;
+        for addr in addrs {
+            match Self::connect_addr(addr, config.clone()).await {
+                Ok(client) => return Ok(client),
+                // Only socket-level failures try the next address; a server that answered
+                // and refused us would refuse again.
+                Err(e @ ClientError::Connect { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Local("no address to connect to".into())))
+    }
+
+    /// One address: connect and handshake, again after a pause while the server is full.
+    async fn connect_addr(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
+        let mut tries = 0;
+        loop {
+            let result = Self::connect_once(addr, config.clone()).await;
+            match result {
+                Err(e) if tries < config.busy_retries && is_busy_at_connect(&e) => {
+                    let delay = busy_backoff(tries);
+                    tries += 1;
+                    warn!(
+                        "the server at {addr} is busy; trying again in {} ms ({tries} of {})",
+                        delay.as_millis(),
+                        config.busy_retries
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
+        let timeout = config.connect_timeout;
+        let attempt = async {
+            let stream = config
+                .connector
+                .connect(addr)
+                .await
+                .map_err(|source| ClientError::Connect { addr, source })?;
+            Self::handshake(stream, addr, config).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("connecting to {addr}"),
+                secs: timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Runs the handshake over any byte stream and starts the connection tasks. Used by
+    /// [`Client::connect`] and by tests over in-memory pipes; the caller bounds the time.
+    pub async fn handshake<S>(
+        mut io: S,
+        peer: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let proto =
+            ferry_protocol::ClientConfig::new(config.key.clone()).plaintext(config.plaintext);
+        let (session, leftover) = ferry_protocol::tokio::client_handshake(&mut io, proto)
+            .await
+            .map_err(|e| handshake_error(e, peer))?;
+        debug!(%peer, version = session.version(), mode = ?session.mode(), "connected");
+        let (send, recv) = session.into_split();
+        let max_payload = send.max_payload();
+        let (read, write) = tokio::io::split(io);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(RouteTable::default());
+        let reader = tokio::spawn(read_loop(
+            read,
+            recv,
+            leftover,
+            conn.clone(),
+            tx.downgrade(),
+            KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
+            config.frame_read_timeout,
+        ));
+        tokio::spawn(write_loop(write, send, rx, conn.clone()));
+        Ok(Client {
+            shared: Arc::new(ClientInner {
+                peer: peer.to_string(),
+                outgoing: tx,
+                conn,
+                reader: reader.abort_handle(),
+                max_payload,
+                request_timeout: config.request_timeout,
+                request_buffer: config.request_buffer.max(1),
+            }),
+        })
+    }
+}
+
+async fn resolve(url: &FerryUrl) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Some(ip) = url.ip() {
+        return Ok(vec![SocketAddr::new(ip, url.port)]);
+    }
+    let resolved = tokio::net::lookup_host(url.authority())
+        .await
+        .map_err(|e| {
+            let reason = e.to_string();
+            let reason = reason
+                .strip_prefix("failed to lookup address information: ")
+                .unwrap_or(&reason)
+                .to_lowercase();
+            ClientError::Resolve {
+                host: url.host.clone(),
+                reason,
+            }
+        })?;
+    let addrs: Vec<_> = resolved.collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve {
+            host: url.host.clone(),
+            reason: "no addresses".into(),
+        });
+    }
+    Ok(addrs)
+}
+
+/// A refusal that says "come back later": `BUSY` during the handshake, or the connection
+/// closed mid-handshake (a full server evicts a handshake in progress without a word, because
+/// its plaintext error would reach us as a bad record).
+fn is_busy_at_connect(error: &ClientError) -> bool {
+    match error {
+        ClientError::Handshake {
+            source: HandshakeError::Refused(body),
+            ..
+        } => body.code == ErrorCode::BUSY,
+        ClientError::ConnectionLost(_) => true,
+        _ => false,
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms, … capped at 2 s, each stretched by up to a quarter at random so
+/// that clients turned away together do not all come back together.
+fn busy_backoff(tries: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << tries.min(5))
+        .min(Duration::from_secs(2));
+    let spread = rand::random::<u32>() % (base.as_millis() as u32 / 4 + 1);
+    base + Duration::from_millis(u64::from(spread))
+}
+
+fn handshake_error(error: ProtoError, addr: SocketAddr) -> ClientError {
+    match error {
+        ProtoError::Handshake(HandshakeError::AuthenticationFailed) => ClientError::Auth { addr },
+        ProtoError::Handshake(source) => ClientError::Handshake { addr, source },
+        ProtoError::Closed => ClientError::ConnectionLost(format!(
+            "the server at {addr} closed the connection during the handshake"
+        )),
+        ProtoError::Io(source) => ClientError::Connect { addr, source },
+        other => ClientError::Protocol(format!("handshake with {addr}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::{Key, ServerConfig};
+
+    #[tokio::test]
+    async fn wrong_key_is_an_auth_error() {
+        let (a, b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let _ = ferry_protocol::tokio::accept(b, ServerConfig::new(Key::generate())).await;
+        });
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let err = Client::handshake(a, peer, ClientConfig::new(Key::generate()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Auth { .. }), "{err}");
+        assert_eq!(err.exit_code(), crate::error::exit::CONNECTION);
+    }
+}
