@@ -1394,6 +1394,11 @@ mod tests {
         for bad in ["", "../x", "a/../../x", "/etc/passwd", "a\\b", "./x"] {
             assert_eq!(safe_relative(bad), None, "{bad}");
         }
+        // The jail's strict rules refuse what the server's request parser refuses too.
+        for bad in ["a//b", "a/./b", ".", "C:x", "a\0b", &"n".repeat(256)] {
+            assert_eq!(safe_relative(bad), None, "{bad}");
+        }
+        assert_eq!(safe_relative("ab:c/d e"), Some(PathBuf::from("ab:c/d e")));
     }
 
     #[test]
