@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferry_protocol::transport::{Acceptor, BoxedStream, Connector, TcpAcceptor, TcpConnector};
 use ferry_protocol::{ClientConfig, ErrorBody, RecvHalf, SendHalf, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -36,6 +37,8 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 pub struct NodeConfig {
     /// TCP address to accept peers on; port 0 picks one.
     pub listen: SocketAddr,
+    /// How peers are dialled. Default TCP; a relayed or QUIC transport can stand in.
+    pub connector: Arc<dyn Connector>,
     /// Peers to dial at start.
     pub peers: Vec<SocketAddr>,
     /// UDP trackers to announce to.
@@ -57,6 +60,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            connector: Arc::new(TcpConnector),
             peers: Vec::new(),
             trackers: Vec::new(),
             seed_after_complete: true,
@@ -179,6 +183,7 @@ struct Ctx {
     listen_port: u16,
     handshake_timeout: Duration,
     corrupt_uploads: bool,
+    connector: Arc<dyn Connector>,
 }
 
 /// Starts a node serving `storage`, which already holds the verified pieces in `have`.
@@ -207,6 +212,7 @@ pub async fn start(
         listen_port: listen_addr.port(),
         handshake_timeout: config.handshake_timeout,
         corrupt_uploads: config.dangerous_corrupt_uploads,
+        connector: config.connector.clone(),
     });
     let now = Instant::now().into_std();
     let swarm = Swarm::new(
@@ -240,7 +246,7 @@ pub async fn start(
         retry: HashMap::new(),
         self_addrs: HashSet::new(),
         listen_addr,
-        listener,
+        listener: TcpAcceptor::new(listener),
         completed: None,
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         closing: HashSet::new(),
@@ -283,7 +289,7 @@ struct Actor {
     /// Addresses that turned out to be this node.
     self_addrs: HashSet<SocketAddr>,
     listen_addr: SocketAddr,
-    listener: TcpListener,
+    listener: TcpAcceptor,
     completed: Option<tokio::sync::watch::Sender<bool>>,
     /// Permits for inbound connections that have not finished their handshake.
     handshaking: Arc<Semaphore>,
@@ -357,7 +363,7 @@ impl Actor {
                     }
                 }
                 accepted = self.listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
+                    if let Ok((stream, remote)) = accepted {
                         // Connections still handshaking are capped too, so silent sockets
                         // cannot pile up tasks.
                         let permit = self.handshaking.clone().try_acquire_owned();
@@ -366,7 +372,7 @@ impl Actor {
                                 if self.peers.len() + self.dialing.len()
                                     < self.config.max_peers * 2 =>
                             {
-                                self.spawn_peer(stream, permit);
+                                self.spawn_peer(Box::new(stream), remote, permit);
                             }
                             _ => tracing::debug!("refusing a connection: at the peer limit"),
                         }
@@ -632,10 +638,20 @@ impl Actor {
             self.next_conn += 1;
             let cancel = self.cancel.child_token();
             tokio::spawn(async move {
-                let dial = tokio::time::timeout(ctx.handshake_timeout, TcpStream::connect(addr));
+                let dial = tokio::time::timeout(ctx.handshake_timeout, ctx.connector.connect(addr));
                 let reason = match dial.await {
                     Ok(Ok(stream)) => {
-                        return run_peer(stream, Some(addr), conn, ctx, events, cancel, None).await
+                        return run_peer(
+                            stream,
+                            Some(addr),
+                            Some(addr),
+                            conn,
+                            ctx,
+                            events,
+                            cancel,
+                            None,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => crate::tracker::client::io_phrase(&e),
                     Err(_) => format!("no answer in {}s", ctx.handshake_timeout.as_secs()),
@@ -645,23 +661,40 @@ impl Actor {
         }
     }
 
-    fn spawn_peer(&mut self, stream: TcpStream, permit: OwnedSemaphorePermit) {
+    fn spawn_peer(
+        &mut self,
+        stream: BoxedStream,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let ctx = self.ctx.clone();
         let events = self.events_tx.clone();
         let cancel = self.cancel.child_token();
         tokio::spawn(async move {
-            run_peer(stream, None, conn, ctx, events, cancel, Some(permit)).await
+            run_peer(
+                stream,
+                Some(remote),
+                None,
+                conn,
+                ctx,
+                events,
+                cancel,
+                Some(permit),
+            )
+            .await
         });
     }
 }
 
 /// Handshakes, registers with the actor, then runs a reader loop here and a writer task beside
 /// it until either ends or `cancel` fires.
+#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(conn = conn.0, peer = ?dialed))]
 async fn run_peer(
-    mut stream: TcpStream,
+    mut stream: BoxedStream,
+    remote: Option<SocketAddr>,
     dialed: Option<SocketAddr>,
     conn: ConnId,
     ctx: Arc<Ctx>,
@@ -669,8 +702,6 @@ async fn run_peer(
     cancel: CancellationToken,
     handshake_permit: Option<OwnedSemaphorePermit>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().ok();
     let hello = tokio::time::timeout(
         ctx.handshake_timeout,
         handshake(&mut stream, dialed.is_some(), &ctx),
@@ -705,7 +736,7 @@ async fn run_peer(
             .filter(|_| listen_port != 0)
             .map(|r| SocketAddr::new(r.ip(), listen_port))
     });
-    let (mut read_half, write_half) = stream.into_split();
+    let (mut read_half, write_half) = tokio::io::split(stream);
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     if events
         .send(Event::Connected {
@@ -723,16 +754,25 @@ async fn run_peer(
     }
     // Fired by the writer once it has sent its last frame and shut down its side.
     let closing = CancellationToken::new();
-    let mut writer = tokio::spawn(write_loop(
-        write_half,
-        send,
-        cmds_rx,
-        conn,
-        ctx.clone(),
-        events.clone(),
-        cancel.clone(),
-        closing.clone(),
-    ));
+    let (writer_ctx, writer_events) = (ctx.clone(), events.clone());
+    let (writer_cancel, writer_closing) = (cancel.clone(), closing.clone());
+    let mut writer = tokio::spawn(async move {
+        let mut write_half = write_half;
+        write_loop(
+            &mut write_half,
+            send,
+            cmds_rx,
+            conn,
+            writer_ctx,
+            writer_events,
+            writer_cancel,
+            writer_closing,
+        )
+        .await;
+        // Our FIN on every way out (as dropping a TCP write half sent it), so the peer's
+        // reader sees the end instead of waiting for its timeout.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_half.shutdown()).await;
+    });
     let end = read_loop(
         &mut read_half,
         recv,
@@ -781,7 +821,7 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 << 20;
 
 /// Reads and discards until end of stream, [`LINGER_TIME`] or [`LINGER_BYTES`].
-async fn drain(read: &mut OwnedReadHalf) {
+async fn drain(read: &mut ReadHalf<BoxedStream>) {
     let deadline = Instant::now() + LINGER_TIME;
     let mut scratch = vec![0u8; 16 * 1024];
     let mut left = LINGER_BYTES;
@@ -806,7 +846,7 @@ enum HandshakeFailure {
 }
 
 async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut BoxedStream,
     outbound: bool,
     ctx: &Ctx,
 ) -> Result<(SendHalf, RecvHalf, BytesMut, PeerId, u16), HandshakeFailure> {
@@ -873,7 +913,7 @@ enum ReadEnd {
 
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
-    read: &mut OwnedReadHalf,
+    read: &mut ReadHalf<BoxedStream>,
     mut recv: ferry_protocol::RecvHalf,
     mut buf: BytesMut,
     conn: ConnId,
@@ -931,7 +971,7 @@ async fn read_loop(
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    write: &mut WriteHalf<BoxedStream>,
     mut send: ferry_protocol::SendHalf,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
     conn: ConnId,
