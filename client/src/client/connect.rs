@@ -43,7 +43,8 @@ impl From<FerryUrl> for Target {
 }
 
 impl Client {
-    /// Connects over TCP and runs the handshake, both bounded by `config.connect_timeout`.
+    /// Connects through `config.connector` (TCP unless changed) and runs the handshake, both
+    /// bounded by `config.connect_timeout`.
     /// A URL's host is resolved and its addresses tried in order.
     pub async fn connect(
         target: impl Into<Target>,
@@ -241,5 +242,40 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ClientError::Auth { .. }), "{err}");
         assert_eq!(err.exit_code(), crate::error::exit::CONNECTION);
+    }
+
+    /// A transport with no sockets at all: each dial is an in-memory pipe to the fake server.
+    #[derive(Debug)]
+    struct InMemory {
+        key: Key,
+        dials: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ferry_protocol::transport::Connector for InMemory {
+        fn connect(&self, _addr: SocketAddr) -> ferry_protocol::transport::Connecting<'_> {
+            self.dials.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (near, far) = tokio::io::duplex(1 << 16);
+            tokio::spawn(super::super::test_support::fake_server(
+                far,
+                self.key.clone(),
+            ));
+            Box::pin(async move { Ok(Box::new(near) as ferry_protocol::transport::BoxedStream) })
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_goes_through_the_configured_connector() {
+        let key = Key::generate();
+        let transport = Arc::new(InMemory {
+            key: key.clone(),
+            dials: Default::default(),
+        });
+        // Nothing listens on this address: only the connector can make the connection.
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let client = Client::connect(addr, ClientConfig::new(key).connector(transport.clone()))
+            .await
+            .unwrap();
+        assert_eq!(client.stat("a.txt").await.unwrap().size, 3);
+        assert_eq!(transport.dials.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
