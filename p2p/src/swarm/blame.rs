@@ -13,6 +13,7 @@ use crate::manifest::PieceIndex;
 use crate::pieces::sha256;
 use crate::wire::{PeerId, MAX_BLOCK};
 
+/// One failed attempt at a piece: who sent which block, and the block's hash.
 #[derive(Debug)]
 pub(super) struct FailedAttempt {
     blocks: Vec<(PeerId, [u8; 32])>,

@@ -29,6 +29,8 @@ impl Choker {
 }
 
 impl Swarm {
+    /// Recomputes the unchoke set: `slots()` fastest interested peers plus the optimistic one,
+    /// and starts a new rate window.
     pub(super) fn rechoke(&mut self, now: Instant) {
         self.choker.next_rechoke = now + self.config.rechoke_interval;
         let seeding = self.is_complete();

@@ -12,6 +12,9 @@
 //! - `blame`: hash-failure blame, strikes and bans (§4.6).
 //! - `super_seed`: revealing pieces a few at a time while seeding (§4.4).
 //! - `pex`: peer exchange (§3.11).
+//!
+//! Tests only: `invariants` (one function per `STATE.md` invariant) and `tests` (the harnesses,
+//! `tests/util.rs`, and the simulations that drive several cores against each other).
 
 mod blame;
 mod choker;
@@ -173,8 +176,8 @@ pub struct Stats {
 /// Poll order: after every `handle_*` call the shell drains [`Swarm::poll_action`] until it
 /// returns `None`, carrying out each action in order (results such as a verified piece come back
 /// as later `handle_*` calls), then reads [`Swarm::poll_timeout`] and calls
-/// [`Swarm::handle_timeout`] once that instant has passed. Actions are only queued by `handle_*`
-/// calls, so the deadline read after draining is current.
+/// [`Swarm::handle_timeout`] once that instant has passed. Only [`Swarm::new`] and `handle_*`
+/// calls queue actions or move the deadline, so the deadline read after draining is current.
 #[derive(Debug)]
 pub struct Swarm {
     manifest: Arc<Manifest>,

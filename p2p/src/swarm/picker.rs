@@ -293,7 +293,7 @@ impl Swarm {
     /// The next block to request from `conn`: an open block of a started piece, else a new piece
     /// (random while we have none, rarest first after), else in endgame a block already asked
     /// of one other peer.
-    pub(super) fn pick(&mut self, conn: ConnId) -> Option<(u32, usize)> {
+    fn pick(&mut self, conn: ConnId) -> Option<(u32, usize)> {
         let peer = self.peers.get(&conn)?;
         for &p in &self.picker.active {
             if !PieceIndexRaw(p).in_bits(&peer.have) || self.avoided(p, conn) {
@@ -359,7 +359,7 @@ impl Swarm {
         None
     }
 
-    pub(super) fn choose_new(&mut self, conn: ConnId) -> Option<PieceIndex> {
+    fn choose_new(&mut self, conn: ConnId) -> Option<PieceIndex> {
         let n = self.manifest.piece_count();
         if n == 0 || self.picker.missing == 0 {
             return None;
