@@ -234,6 +234,7 @@ impl SendHalf {
     }
 
     /// Acts on what the record layer says about sealing `records` more records.
+    #[inline]
     fn pre_seal(&mut self, records: usize) -> Result<(), Error> {
         match self.records.pre_seal_action(records) {
             PreSealAction::Proceed => Ok(()),

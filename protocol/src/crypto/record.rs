@@ -141,6 +141,7 @@ impl Keyed {
         }
     }
 
+    #[inline]
     fn suite(&self) -> RecordSuite {
         match self {
             Self::Plaintext => RecordSuite::Plaintext,
@@ -195,6 +196,7 @@ impl RecordSealer {
         self
     }
 
+    #[inline]
     pub fn suite(&self) -> RecordSuite {
         self.keyed.suite()
     }
@@ -206,6 +208,7 @@ impl RecordSealer {
 
     /// What to do before sealing `records` more records. Plaintext has no sequence numbers and
     /// always proceeds.
+    #[inline]
     pub fn pre_seal_action(&self, records: usize) -> PreSealAction {
         let suite = self.keyed.suite();
         if suite == RecordSuite::Plaintext || records == 0 {
@@ -221,16 +224,19 @@ impl RecordSealer {
 
     /// Appends header and body for `plaintext`, sealed with a fresh IV.
     /// `header.length` is overwritten with the body's wire length.
+    #[inline]
     pub fn seal(
         &mut self,
         header: Header,
         plaintext: &[u8],
         dst: &mut BytesMut,
     ) -> Result<(), CryptoError> {
-        let mut iv = [0u8; IV_LEN];
-        if let Keyed::Aes256CbcHmacSha256(_) = self.keyed {
-            self.ivs.fill_bytes(&mut iv);
+        if let Keyed::Plaintext = self.keyed {
+            encode_plain_header(header, plaintext, dst);
+            return Ok(());
         }
+        let mut iv = [0u8; IV_LEN];
+        self.ivs.fill_bytes(&mut iv);
         self.seal_with_iv(header, plaintext, &iv, dst)
     }
 
@@ -254,14 +260,7 @@ impl RecordSealer {
         dst: &mut BytesMut,
     ) -> Result<(), CryptoError> {
         match &self.keyed {
-            Keyed::Plaintext => encode_plain(
-                header.kind,
-                header.service,
-                header.version,
-                header.id,
-                plaintext,
-                dst,
-            ),
+            Keyed::Plaintext => encode_plain_header(header, plaintext, dst),
             Keyed::Aes256CbcHmacSha256(suite) => {
                 // Never wrap, whatever the caller did with pre_seal_action.
                 if self.pre_seal_action(1) == PreSealAction::Refuse {
@@ -343,6 +342,7 @@ impl RecordOpener {
     /// Verifies and decrypts one body in place; returns the plaintext. Every failure of a
     /// record is [`CryptoError::BadRecord`] (spec §5.4); a record past the last sequence number
     /// is [`CryptoError::SequenceExhausted`] (§5.5).
+    #[inline]
     pub fn open(&mut self, header: &Header, body: BytesMut) -> Result<Bytes, CryptoError> {
         match &self.keyed {
             Keyed::Plaintext => Ok(body.freeze()),
@@ -359,6 +359,19 @@ impl RecordOpener {
             }
         }
     }
+}
+
+/// A plaintext frame: the header as given, with `length` set, then the body.
+#[inline]
+fn encode_plain_header(header: Header, body: &[u8], dst: &mut BytesMut) {
+    encode_plain(
+        header.kind,
+        header.service,
+        header.version,
+        header.id,
+        body,
+        dst,
+    )
 }
 
 impl DirectionKeys {
