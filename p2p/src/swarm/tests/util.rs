@@ -12,7 +12,7 @@ use ferry_protocol::ErrorCode;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::manifest::{FileEntry, Manifest, RelPath};
+use crate::manifest::{FileEntry, Manifest, PieceIndex, RelPath};
 use crate::pieces::{sha256, Bitfield};
 use crate::swarm::{Action, ConnId, Swarm, SwarmConfig};
 use crate::wire::{BlockRef, PeerId, PeerMessage, SERVICE};
@@ -31,6 +31,77 @@ pub(crate) struct Net {
     pub(crate) now: Instant,
     pub(crate) completed: Vec<bool>,
     pub(crate) closed_with: Vec<(usize, Option<ErrorCode>)>,
+}
+
+/// The listen address of node `i`.
+fn listen_addr(i: usize) -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+}
+
+/// Two distinct elements of `v`, mutably.
+fn two<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (left, right) = v.split_at_mut(b);
+        (&mut left[a], &mut right[0])
+    } else {
+        let (left, right) = v.split_at_mut(a);
+        (&mut right[0], &mut left[b])
+    }
+}
+
+/// Both cores (with their node index and conn) finish a handshake with each other; if the
+/// second refuses, the first forgets the connection. Returns whether both accepted.
+fn handshake(
+    (a, ia, ca): (&mut Swarm, usize, ConnId),
+    (b, ib, cb): (&mut Swarm, usize, ConnId),
+    now: Instant,
+) -> bool {
+    let (id_a, id_b) = (a.our_id(), b.our_id());
+    if a.handle_connected(ca, id_b, listen_addr(ib), now).is_err() {
+        return false;
+    }
+    if b.handle_connected(cb, id_a, listen_addr(ia), now).is_err() {
+        a.handle_disconnected(ca, now);
+        return false;
+    }
+    true
+}
+
+/// The PIECE message that answers an upload of real content.
+fn upload(
+    content: &[u8],
+    manifest: &Manifest,
+    piece: PieceIndex,
+    offset: u32,
+    length: u32,
+) -> PeerMessage {
+    let start = manifest.piece_start(piece) as usize + offset as usize;
+    PeerMessage::Piece {
+        piece: piece.get(),
+        offset,
+        data: Bytes::copy_from_slice(&content[start..start + length as usize]),
+    }
+}
+
+/// The same block with its first byte flipped.
+fn corrupt(msg: PeerMessage) -> PeerMessage {
+    match msg {
+        PeerMessage::Piece {
+            piece,
+            offset,
+            data,
+        } => {
+            let mut data = data.to_vec();
+            data[0] ^= 0xff;
+            PeerMessage::Piece {
+                piece,
+                offset,
+                data: data.into(),
+            }
+        }
+        other => other,
+    }
 }
 
 pub(crate) fn manifest_for(content: &[u8], piece_size: u32) -> Manifest {
@@ -95,20 +166,8 @@ impl Net {
     pub(crate) fn connect(&mut self, a: usize, b: usize) -> bool {
         let (ca, cb) = (ConnId(self.next_conn), ConnId(self.next_conn + 1));
         self.next_conn += 2;
-        let id_a = self.nodes[a].our_id();
-        let id_b = self.nodes[b].our_id();
-        let addr = |i: usize| Some(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)));
-        if self.nodes[a]
-            .handle_connected(ca, id_b, addr(b), self.now)
-            .is_err()
-        {
-            return false;
-        }
-        if self.nodes[b]
-            .handle_connected(cb, id_a, addr(a), self.now)
-            .is_err()
-        {
-            self.nodes[a].handle_disconnected(ca, self.now);
+        let (na, nb) = two(&mut self.nodes, a, b);
+        if !handshake((na, a, ca), (nb, b, cb), self.now) {
             return false;
         }
         self.links.insert((a, ca), (b, cb));
@@ -164,22 +223,11 @@ impl Net {
                 offset,
                 length,
             } => {
-                let start = self.manifest.piece_start(piece) as usize + offset as usize;
-                let mut data = self.content[start..start + length as usize].to_vec();
-                if self.corrupt[i] {
-                    data[0] ^= 0xff;
-                }
+                let msg = upload(&self.content, &self.manifest, piece, offset, length);
+                let msg = if self.corrupt[i] { corrupt(msg) } else { msg };
                 self.nodes[i].handle_uploaded(conn, length as u64, self.now);
                 if let Some(&(j, cj)) = self.links.get(&(i, conn)) {
-                    self.deliver(
-                        j,
-                        cj,
-                        PeerMessage::Piece {
-                            piece: piece.get(),
-                            offset,
-                            data: data.into(),
-                        },
-                    );
+                    self.deliver(j, cj, msg);
                 }
             }
             Action::CancelUpload { .. } => {}
@@ -385,22 +433,8 @@ impl Sim {
     pub(crate) fn connect(&mut self, a: usize, b: usize) -> bool {
         let (ca, cb) = (ConnId(self.next_conn), ConnId(self.next_conn + 1));
         self.next_conn += 2;
-        let addr = |i: usize| Some(SocketAddr::from(([127, 0, 0, 1], 2000 + i as u16)));
-        let (id_a, id_b) = (self.id(a), self.id(b));
-        let now = self.now;
-        if self.nodes[a]
-            .swarm
-            .handle_connected(ca, id_b, addr(b), now)
-            .is_err()
-        {
-            return false;
-        }
-        if self.nodes[b]
-            .swarm
-            .handle_connected(cb, id_a, addr(a), now)
-            .is_err()
-        {
-            self.nodes[a].swarm.handle_disconnected(ca, now);
+        let (na, nb) = two(&mut self.nodes, a, b);
+        if !handshake((&mut na.swarm, a, ca), (&mut nb.swarm, b, cb), self.now) {
             return false;
         }
         self.links.insert((a, ca), (b, cb));
@@ -538,23 +572,15 @@ impl Sim {
                     "node {i} uploads piece {} it has not verified",
                     piece.get()
                 );
-                let start = self.manifest.piece_start(piece) as usize + offset as usize;
-                let mut data = self.content[start..start + length as usize].to_vec();
-                if behaviour == Behaviour::CorruptBlocks {
-                    data[0] ^= 0xff;
-                }
+                let msg = upload(&self.content, &self.manifest, piece, offset, length);
+                let msg = match behaviour {
+                    Behaviour::CorruptBlocks => corrupt(msg),
+                    _ => msg,
+                };
                 self.nodes[i]
                     .swarm
                     .handle_uploaded(conn, length as u64, now);
-                self.send_raw(
-                    i,
-                    conn,
-                    PeerMessage::Piece {
-                        piece: piece.get(),
-                        offset,
-                        data: data.into(),
-                    },
-                );
+                self.send_raw(i, conn, msg);
             }
             // Uploads are queued at once, so there is nothing left to cancel.
             Action::CancelUpload { .. } => {}
