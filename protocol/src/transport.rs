@@ -23,6 +23,42 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 /// A stream of any transport, for code that picks the transport at run time.
 pub type BoxedStream = Box<dyn Stream>;
 
+/// A stream that splits into a read half and a write half for two tasks. TCP splits without a
+/// lock (`into_split`); any other stream shares one through `tokio::io::split`.
+pub trait Split: Stream {
+    type Read: AsyncRead + Send + Unpin + 'static;
+    type Write: AsyncWrite + Send + Unpin + 'static;
+
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Split for BoxedStream {
+    type Read = tokio::io::ReadHalf<BoxedStream>;
+    type Write = tokio::io::WriteHalf<BoxedStream>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+impl Split for tokio::io::DuplexStream {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 /// What [`Connector::connect`] returns.
 pub type Connecting<'a> = Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + Send + 'a>>;
 
@@ -36,7 +72,7 @@ pub trait Connector: fmt::Debug + Send + Sync {
 /// Accepts streams from peers.
 pub trait Acceptor: Send {
     /// The accepted stream's type (static: the accept loop is monomorphised per transport).
-    type Stream: Stream;
+    type Stream: Split;
 
     /// The next incoming stream and the address it came from.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;

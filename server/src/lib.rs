@@ -37,10 +37,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferry_protocol::transport::{Acceptor, TcpAcceptor};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits, DEFAULT_PORT};
+pub use listener::AdmissionPeek;
 
 use connection::ServerContext;
 use service::Tree;
@@ -109,6 +111,21 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.run_with(Vec::<TcpAcceptor>::new(), shutdown).await
+    }
+
+    /// [`Server::run`], also serving the streams `acceptors` produce: another transport (a
+    /// relay, QUIC, an in-memory pipe in tests) gets the same admission, handshake, services
+    /// and shutdown as the bound TCP listeners.
+    pub async fn run_with<A>(
+        self,
+        acceptors: Vec<A>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        A: Acceptor + 'static,
+        A::Stream: listener::AdmissionPeek,
+    {
         let signals = Signals::default();
         let tracker = TaskTracker::new();
         let limits = self.context.limits();
@@ -119,7 +136,16 @@ impl Server {
         });
         for listener in self.listeners {
             tracker.spawn(listener::accept_loop(
-                listener,
+                TcpAcceptor::new(listener),
+                self.context.clone(),
+                connections.clone(),
+                tracker.clone(),
+                signals.clone(),
+            ));
+        }
+        for acceptor in acceptors {
+            tracker.spawn(listener::accept_loop(
+                acceptor,
                 self.context.clone(),
                 connections.clone(),
                 tracker.clone(),

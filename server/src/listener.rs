@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_protocol::transport::{Acceptor, BoxedStream, Split};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -47,14 +48,42 @@ fn is_transient(error: &std::io::Error) -> bool {
     ) || error.raw_os_error() == Some(libc::EPROTO)
 }
 
+/// A stream admission can watch: a TCP socket lends a duplicate descriptor so admission can
+/// peek whether the peer has sent anything; other transports lend none and are judged by the
+/// handshake's first read alone.
+pub trait AdmissionPeek {
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd>;
+}
+
+impl AdmissionPeek for TcpStream {
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
+        self.as_fd().try_clone_to_owned().ok()
+    }
+}
+
+impl AdmissionPeek for BoxedStream {
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+}
+
+impl AdmissionPeek for tokio::io::DuplexStream {
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+}
+
 /// Accepts until `stop`, spawning one tracked task per connection.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
+pub(crate) async fn accept_loop<A>(
+    mut listener: A,
     server: Arc<ServerContext>,
     connections: Arc<Admission>,
     tracker: TaskTracker,
     signals: Signals,
-) {
+) where
+    A: Acceptor,
+    A::Stream: AdmissionPeek,
+{
     let mut backoff = BACKOFF_START;
     loop {
         let accepted = tokio::select! {
@@ -84,10 +113,9 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("conn", %peer);
         // The duplicate lets admission peek whether the peer has sent anything.
-        let peek = stream.as_fd().try_clone_to_owned().ok();
+        let peek = stream.peek_handle();
         match connections.admit(peer.ip(), peek, std::time::Instant::now()) {
             Admit::Pending(ticket) => {
                 let server = server.clone();
@@ -105,7 +133,7 @@ pub(crate) async fn accept_loop(
 
 /// Tells a client over the connection limit why it is being closed, in a plaintext
 /// connection-level error frame like a failed handshake's.
-async fn refuse_busy(mut stream: TcpStream) {
+async fn refuse_busy<S: Split>(mut stream: S) {
     let out = connection::busy_frame("too many connections; try again later");
     let _ = tokio::time::timeout(REFUSE_TIMEOUT, async {
         stream.write_all(&out).await?;

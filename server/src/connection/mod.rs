@@ -17,6 +17,7 @@
 //! frame by frame and the bounded queue admits waiting senders in FIFO order, so concurrent
 //! fetches interleave chunk by chunk. The writer seals and batches many frames per `write`.
 
+mod progress;
 mod reader;
 mod writer;
 
@@ -24,8 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferry_protocol::transport::Split;
 use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, ServerConfig, Service};
-use tokio::net::TcpStream;
+use futures::FutureExt;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -60,8 +63,8 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until it closes. `ticket` is its place in the pool of
 /// connections still in their handshake; the connection closes at once if it is evicted.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+pub(crate) async fn serve<S: Split>(
+    mut stream: S,
     ticket: PendingTicket,
     server: Arc<ServerContext>,
     signals: Signals,
@@ -77,18 +80,20 @@ pub(crate) async fn serve(
             // server has answered its hello, a plaintext frame would read as a bad record.
             // Best effort and never waiting: an idle flood must not cost a task that waits.
             if !ticket.has_progressed() {
-                let _ = stream.try_write(&busy_frame(
-                    "too many connections waiting to authenticate; try again later",
-                ));
+                // One poll of the write: whatever the socket takes at once, never a wait.
+                let _ = stream
+                    .write(&busy_frame(
+                        "too many connections waiting to authenticate; try again later",
+                    ))
+                    .now_or_never();
             }
             return;
         }
         result = tokio::time::timeout(limits.handshake_timeout, async {
-            // Admission prefers to evict connections that have sent nothing.
-            stream.readable().await?;
-            ticket.mark_progress();
+            // Admission prefers to evict connections that have sent nothing: the first bytes
+            // read mark this one as having spoken.
             ferry_protocol::tokio::server_handshake_principal(
-                &mut stream,
+                &mut progress::MarkOnFirstRead::new(&mut stream, &ticket),
                 server.handshake.clone(),
             )
             .await
@@ -120,7 +125,7 @@ pub(crate) async fn serve(
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
     // Whole chunks per read, so only a file's last frame is short.
     let read_size = (limits.read_size / chunk).max(1) * chunk;
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
     let mut writer = tokio::spawn(
