@@ -1,0 +1,333 @@
+//! One file onto disk: through its partial file (resumed when it checks out), watched by the
+//! minimum-progress rule, checked against the server's digest, then renamed into place with
+//! the remote mtime and executable bits.
+
+use std::path::Path;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ferry_jail::{Jail, RelPath};
+use ferry_protocol::digest::FetchDigest;
+use ferry_protocol::message::{Entry, TO_END};
+use tracing::debug;
+
+use super::part::{
+    claim_part, keep_partial, meta_path, part_path, sibling_rel, write_error, write_meta, PartMeta,
+    PartWriter, META_SUFFIX, PART_SUFFIX,
+};
+use super::resume::Start;
+use super::{local_error, when_not_busy, Cancel, Downloaded, GetOptions, MinProgress};
+use crate::client::{Client, FetchStream};
+use crate::error::ClientError;
+use crate::progress::TransferProgress;
+
+/// Where one download lands: `rel` beneath `jail`, shown to the user as `dest`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub(super) jail: &'a Jail,
+    pub(super) rel: &'a RelPath,
+    pub(super) dest: &'a Path,
+}
+
+/// What the downloads of one command share: the connection, the options, where progress goes
+/// and the token that stops them.
+#[derive(Clone, Copy)]
+pub(super) struct Fetcher<'a> {
+    pub(super) client: &'a Client,
+    pub(super) options: &'a GetOptions,
+    pub(super) progress: &'a dyn TransferProgress,
+    pub(super) cancel: &'a Cancel,
+}
+
+impl Fetcher<'_> {
+    /// Downloads `remote` (described by `entry`) to `target` through its partial file, resuming
+    /// it when it checks out; `label` names the file on its progress bar.
+    pub(super) async fn fetch_to(
+        &self,
+        remote: &str,
+        entry: &Entry,
+        target: Target<'_>,
+        label: &str,
+    ) -> Result<Downloaded, ClientError> {
+        let started = Instant::now();
+        let Fetcher {
+            client,
+            options,
+            progress,
+            cancel,
+        } = *self;
+        let Target { jail, rel, dest } = target;
+        let part = part_path(dest);
+        let meta_file = meta_path(dest);
+        let part_rel = sibling_rel(rel, PART_SUFFIX, dest)?;
+        let meta_rel = sibling_rel(rel, META_SUFFIX, dest)?;
+        let wanted = PartMeta::for_entry(remote, entry.size, entry.mtime_secs, entry.mtime_nanos);
+
+        // The caller created the directory (the jail's root, or one made beneath it).
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let had_part = jail.symlink_metadata(&part_rel).is_ok();
+        let claimed = claim_part(jail, &part_rel, &part)?;
+
+        let Start {
+            offset,
+            hasher,
+            whole_digest,
+        } = if options.resume && had_part {
+            self.resume_from(remote, &wanted, dest, label).await?
+        } else {
+            Start::fresh()
+        };
+
+        // A server cannot fill the disk by stating a huge size: say what is needed up front.
+        let needed = entry.size - offset;
+        if let Some(free) = free_space(parent) {
+            if free < needed {
+                if !had_part {
+                    let _ = jail.remove_file(&part_rel);
+                }
+                return Err(ClientError::Local(format!(
+                    "{remote} needs {needed} more bytes ({}) but only {free} ({}) are free in {}",
+                    ferry_common::text::human_bytes(needed),
+                    ferry_common::text::human_bytes(free),
+                    parent.display()
+                )));
+            }
+        }
+
+        let mut file = claimed.try_clone().map_err(|e| ClientError::io(&part, e))?;
+        {
+            use std::io::Seek;
+            // Anything past the verified prefix is cut before appending; a fresh start empties it.
+            file.set_len(offset)
+                .map_err(|e| ClientError::io(&part, e))?;
+            file.seek(std::io::SeekFrom::Start(offset))
+                .map_err(|e| ClientError::io(&part, e))?;
+        }
+        write_meta(jail, &meta_rel, &meta_file, &wanted)?;
+        let mut writer = PartWriter::new(file);
+
+        let bar = progress.file(label, entry.size, offset);
+        let mut written = offset;
+        // A fresh download's whole-file hash is the stream's own running hash (checked against the
+        // server's at the end); only a resume needs a second hash that starts with the part.
+        let mut whole: Option<FetchDigest> = (offset > 0).then_some(hasher);
+        let mut fetch: Option<FetchStream> = None;
+        let result = async {
+            let stream = fetch.insert(
+                cancel
+                    .guard(when_not_busy(|| client.fetch(remote, offset, TO_END)))
+                    .await?,
+            );
+            let response = *stream.response();
+            if response.size != wanted.size
+                || response.mtime_secs != wanted.mtime_secs
+                || response.mtime_nanos != wanted.mtime_nanos
+            {
+                return Err(ClientError::Integrity(format!(
+                    "{remote} changed on the server while the download started"
+                )));
+            }
+            let mut cancel = cancel.clone();
+            let mut watch = ProgressWatch::new(options.min_progress);
+            while let Some(chunk) = watch.next_chunk(stream, &mut cancel, remote).await? {
+                // The stream refuses data past the length it announced, and that was checked
+                // against the stated size; this keeps the disk bound local and obvious.
+                if written + chunk.len() as u64 > entry.size {
+                    return Err(ClientError::Integrity(format!(
+                        "{remote}: the server sent more than the {} bytes it stated",
+                        entry.size
+                    )));
+                }
+                if let Some(whole) = whole.as_mut() {
+                    whole.update(&chunk);
+                }
+                let len = chunk.len() as u64;
+                writer
+                    .write(chunk)
+                    .await
+                    .map_err(|e| write_error(&part, e, written, entry.size))?;
+                written += len;
+                bar.inc(len);
+            }
+            Ok(())
+        }
+        .await;
+
+        // The hash of exactly the bytes in the part, if known: the resume hash, or the stream's
+        // when every chunk it hashed was also written.
+        let part_hash = match (&whole, &fetch) {
+            (Some(whole), _) => Some(whole.clone()),
+            (None, Some(stream)) if stream.received() == written - offset => Some(stream.hasher()),
+            (None, _) => None,
+        };
+        // Flush what arrived whatever happened, so the part on disk matches `written`.
+        let flushed = writer.finish().await;
+        match result {
+            Ok(()) => {
+                flushed.map_err(|e| write_error(&part, e, written, entry.size))?;
+                let verified = fetch.as_ref().and_then(FetchStream::digest);
+                let digest = match (whole, verified) {
+                    (Some(whole), Some(_)) => Some(whole.finalize()),
+                    (None, verified) => verified,
+                    (Some(_), None) => None,
+                };
+                let Some(digest) = digest.filter(|_| written == entry.size) else {
+                    keep_partial(jail, &meta_rel, &meta_file, &wanted, written, part_hash);
+                    return Err(ClientError::Integrity(format!(
+                        "{remote}: have {written} bytes, expected {}",
+                        entry.size
+                    )));
+                };
+                if let Some(expected) = whole_digest.filter(|d| *d != digest) {
+                    // The range matched its own digest but the file does not: the server sent
+                    // other bytes than the file's at the resume point. The part can never become
+                    // right, so it goes.
+                    let _ = jail.remove_file(&part_rel);
+                    let _ = jail.remove_file(&meta_rel);
+                    return Err(ClientError::Integrity(format!(
+                    "{remote}: the resumed file hashes to {}, but the server's digest of the whole file is {}; the partial file was removed, run the command again to download it from the start",
+                    &hex::encode(digest)[..16],
+                    &hex::encode(expected)[..16]
+                )));
+                }
+                set_mtime(&claimed, entry);
+                set_mode(&claimed, entry);
+                jail.rename(&part_rel, rel)
+                    .map_err(|e| local_error(dest, e))?;
+                drop(claimed);
+                let _ = jail.remove_file(&meta_rel);
+                bar.finish();
+                Ok(Downloaded {
+                    remote: remote.to_string(),
+                    dest: dest.to_path_buf(),
+                    size: entry.size,
+                    fetched: written - offset,
+                    resumed_from: offset,
+                    digest,
+                    elapsed: started.elapsed(),
+                    skipped: false,
+                })
+            }
+            Err(e) => {
+                bar.abandon();
+                if flushed.is_ok() && !matches!(e, ClientError::Integrity(_)) {
+                    keep_partial(jail, &meta_rel, &meta_file, &wanted, written, part_hash);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Tracks the minimum-progress rule over one fetch: the window restarts whenever it has
+/// seen `min.bytes`.
+pub(super) struct ProgressWatch {
+    min: MinProgress,
+    since: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl ProgressWatch {
+    pub(super) fn new(min: MinProgress) -> Self {
+        Self {
+            min,
+            since: tokio::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if self.bytes >= self.min.bytes {
+            self.since = tokio::time::Instant::now();
+            self.bytes = 0;
+        }
+    }
+
+    /// The next chunk of `stream` (`None` at its end), unless the user cancels first or the
+    /// window runs out short of the minimum.
+    pub(super) async fn next_chunk(
+        &mut self,
+        stream: &mut FetchStream,
+        cancel: &mut Cancel,
+        remote: &str,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let chunk = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(ClientError::Interrupted),
+            // Data already here counts before the deadline is looked at.
+            chunk = stream.chunk() => chunk?,
+            () = self.expired() => return Err(self.error(remote)),
+        };
+        if let Some(chunk) = &chunk {
+            self.add(chunk.len() as u64);
+        }
+        Ok(chunk)
+    }
+
+    /// Resolves when the window ran out short of the minimum; never when the rule is off.
+    async fn expired(&self) {
+        if self.min.is_off() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep_until(self.since + self.min.window).await;
+    }
+
+    fn error(&self, remote: &str) -> ClientError {
+        ClientError::Timeout {
+            what: format!(
+                "waiting for {remote}: {} bytes arrived in {}s, less than the minimum of {} (--min-progress {})",
+                self.bytes,
+                self.min.window.as_secs(),
+                self.min.bytes,
+                self.min
+            ),
+            secs: self.min.window.as_secs(),
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer in the file system holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn set_mtime(file: &std::fs::File, entry: &Entry) {
+    let time = if entry.mtime_secs >= 0 {
+        UNIX_EPOCH + Duration::new(entry.mtime_secs as u64, entry.mtime_nanos)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(entry.mtime_secs.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    };
+    let result = file.set_modified(time);
+    if let Err(e) = result {
+        debug!(error = %e, "could not set the modification time");
+    }
+}
+
+/// Keeps the executable bits of the remote mode where the local file is readable (as `cp`
+/// does); nothing else of the remote mode (no set-id or sticky bits) is applied.
+fn set_mode(file: &std::fs::File, entry: &Entry) {
+    use std::os::unix::fs::PermissionsExt;
+    if entry.mode & 0o111 == 0 {
+        return;
+    }
+    let result = file.metadata().and_then(|meta| {
+        let mode = meta.permissions().mode() & 0o777;
+        let mode = mode | ((mode & 0o444) >> 2);
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+    });
+    if let Err(e) = result {
+        debug!(error = %e, "could not set the mode");
+    }
+}
