@@ -29,8 +29,8 @@ pub const BLOCK_LEN: usize = 16;
 /// Smallest legal encrypted body: IV, one block of padding, tag.
 pub const MIN_SEALED_LEN: usize = IV_LEN + BLOCK_LEN + TAG_LEN;
 
-/// How many records [`CbcHmac::seal_many`] encrypts side by side: the AES-NI backend
-/// pipelines eight blocks.
+/// How many records [`RecordSealer::seal_many`](super::RecordSealer::seal_many) encrypts side by
+/// side with this suite: the AES-NI backend pipelines eight blocks.
 pub const PARALLEL_CHAINS: usize = 8;
 
 /// Wire length of the encrypted body for a plaintext of `len` bytes. PKCS#7 always adds 1..=16.

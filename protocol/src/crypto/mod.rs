@@ -1,5 +1,5 @@
 //! Cryptography (spec §5), one room per job:
-//! - [`key`](self::Key): the pre-shared key, its text forms and fingerprint (§5.6);
+//! - `key`: the pre-shared [`Key`], its text forms and fingerprint (§5.6);
 //! - `key_schedule`: HKDF from PSK, X25519 secret and transcript hash to the record keys and
 //!   Finished MACs (§5.2);
 //! - `record`: the record layer, for any suite: sealing and opening state, sequence numbers and
