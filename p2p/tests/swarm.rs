@@ -22,20 +22,13 @@ const COMPLETE_WITHIN: Duration = Duration::from_secs(180);
 fn make_tree(dir: &Path, size: usize) -> PathBuf {
     let root = dir.join("src/tree");
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
-    let mut x: u32 = 0x1234_5678;
-    let mut bytes = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
-    std::fs::write(root.join("big.bin"), bytes(size)).unwrap();
-    std::fs::write(root.join("sub/small.txt"), bytes(10_000)).unwrap();
-    std::fs::write(root.join("sub/deeper/odd"), bytes(size / 3 + 17)).unwrap();
+    std::fs::write(root.join("big.bin"), ferry_testkit::data(size, 1)).unwrap();
+    std::fs::write(root.join("sub/small.txt"), ferry_testkit::data(10_000, 2)).unwrap();
+    std::fs::write(
+        root.join("sub/deeper/odd"),
+        ferry_testkit::data(size / 3 + 17, 3),
+    )
+    .unwrap();
     std::fs::write(root.join("empty"), b"").unwrap();
     root
 }
