@@ -129,8 +129,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 self.segments.push_back(body);
             }
             Message::Data(body) if !self.plaintext => {
-                self.batched +=
-                    ferry_protocol::HEADER_LEN + ferry_protocol::crypto::sealed_len(body.len());
+                self.batched += self.send.frame_len(body.len());
                 self.unsealed.push((id, body));
             }
             message => {
