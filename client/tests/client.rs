@@ -12,17 +12,7 @@ use ferry_client::{Client, ClientConfig, ClientError, FerryUrl};
 use ferry_protocol::digest::fetch_digest;
 use ferry_protocol::message::TO_END;
 use ferry_protocol::{ErrorCode, Key};
-use ferry_testkit::{data, tree, TestServer};
-
-/// The server has its own runtime, so tests start it first, then run their async body.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+use ferry_testkit::{block_on, data, tree, TestServer};
 
 fn server(big: usize) -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();

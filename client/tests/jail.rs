@@ -8,18 +8,8 @@
 use ferry_client::transfer::{download_file, download_tree, part_path, Cancel, GetOptions};
 use ferry_client::{Client, ClientConfig, NoProgress};
 use ferry_protocol::Key;
-use ferry_testkit::{tree, TestServer};
+use ferry_testkit::{block_on, tree, TestServer};
 use std::os::unix::fs::symlink;
-
-/// The server has its own runtime, so tests start it first, then run their async body.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// A served tree, an empty destination, and outside both a canary file and a directory.
 struct Setup {

@@ -197,6 +197,17 @@ fn pipe(
     });
 }
 
+/// Runs an async test body on a runtime of its own: a [`TestServer`] has its own runtime too,
+/// so tests start the server first, then run their body here.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
