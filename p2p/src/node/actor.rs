@@ -1,0 +1,446 @@
+//! The swarm actor: owns the [`Swarm`], turns events from the peer, tracker and hashing tasks
+//! into its `handle_*` calls, carries out its [`Action`]s, accepts and dials connections, and
+//! stops every task when the node stops.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::transport::{Acceptor, BoxedStream, TcpAcceptor};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::peer::{run_peer, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
+use super::server::run_server_source;
+use super::{Ctx, Event, NodeConfig, NodeError, PeerCmd};
+use crate::pieces::sha256;
+use crate::status::Sources;
+use crate::swarm::{Action, ConnId, Stats, Swarm};
+use crate::tracker::client::{announce_loop, AnnounceInfo};
+
+#[derive(Debug)]
+pub(super) struct PeerLink {
+    cmds: mpsc::UnboundedSender<PeerCmd>,
+    cancel: CancellationToken,
+    addr: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub(super) struct Actor {
+    pub(super) swarm: Swarm,
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) config: NodeConfig,
+    pub(super) cancel: CancellationToken,
+    pub(super) events_tx: mpsc::Sender<Event>,
+    pub(super) events_rx: mpsc::Receiver<Event>,
+    pub(super) stats_tx: watch::Sender<Stats>,
+    pub(super) peers: HashMap<ConnId, PeerLink>,
+    pub(super) next_conn: u64,
+    /// Every peer address learnt from config, trackers and PEX.
+    pub(super) known: HashSet<SocketAddr>,
+    pub(super) dialing: HashSet<SocketAddr>,
+    /// Failed dials: attempts and when to try again.
+    pub(super) retry: HashMap<SocketAddr, (u32, Instant)>,
+    /// Addresses that turned out to be this node.
+    pub(super) self_addrs: HashSet<SocketAddr>,
+    pub(super) listen_addr: SocketAddr,
+    pub(super) listener: TcpAcceptor,
+    pub(super) completed: Option<tokio::sync::watch::Sender<bool>>,
+    /// Permits for inbound connections that have not finished their handshake.
+    pub(super) handshaking: Arc<Semaphore>,
+    /// Connections told to close whose task has not ended yet.
+    pub(super) closing: HashSet<ConnId>,
+    pub(super) sources: Arc<Sources>,
+}
+
+impl Actor {
+    pub(super) async fn run(mut self) -> Result<(), NodeError> {
+        self.known.extend(self.config.peers.iter().copied());
+        let (complete_tx, complete_rx) = watch::channel(self.swarm.is_complete());
+        self.completed = Some(complete_tx);
+        for tracker in self.config.trackers.clone() {
+            let info = AnnounceInfo {
+                content_id: self.ctx.manifest.content_id(),
+                peer_id: self.ctx.peer_id,
+                port: self.listen_addr.port(),
+                total: self.ctx.manifest.total_size(),
+            };
+            let stats = self.stats_tx.subscribe();
+            let events = self.events_tx.clone();
+            let cancel = self.cancel.child_token();
+            let complete = complete_rx.clone();
+            let health = self.sources.tracker(tracker);
+            tokio::spawn(async move {
+                announce_loop(tracker, info, stats, complete, cancel, health, |peers| {
+                    let _ = events.try_send(Event::Discovered(peers));
+                })
+                .await
+            });
+        }
+        if !self.swarm.is_complete() {
+            for source in self.config.servers.clone() {
+                let conn = ConnId(self.next_conn);
+                self.next_conn += 1;
+                tokio::spawn(run_server_source(
+                    source,
+                    conn,
+                    self.ctx.manifest.clone(),
+                    self.events_tx.clone(),
+                    self.cancel.child_token(),
+                    self.sources.clone(),
+                ));
+            }
+        }
+        let mut maintenance = tokio::time::interval(Duration::from_millis(500));
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            if let Err(e) = self.drain_actions() {
+                break Err(e);
+            }
+            let _ = self.stats_tx.send(self.swarm.stats());
+            if self.swarm.is_complete() {
+                if let Some(tx) = &self.completed {
+                    let _ = tx.send(true);
+                }
+                if !self.config.seed_after_complete {
+                    // Peers get what is queued for them (the HAVE for the last piece) first.
+                    self.close_peers_gracefully().await;
+                    break Ok(());
+                }
+            }
+            let deadline = Instant::from_std(self.swarm.poll_timeout());
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break Ok(()),
+                Some(event) = self.events_rx.recv() => {
+                    if let Err(e) = self.handle_event(event) {
+                        break Err(e);
+                    }
+                }
+                accepted = self.listener.accept() => {
+                    if let Ok((stream, remote)) = accepted {
+                        // Connections still handshaking are capped too, so silent sockets
+                        // cannot pile up tasks.
+                        let permit = self.handshaking.clone().try_acquire_owned();
+                        match permit {
+                            Ok(permit)
+                                if self.peers.len() + self.dialing.len()
+                                    < self.config.max_peers * 2 =>
+                            {
+                                self.spawn_peer(Box::new(stream), remote, permit);
+                            }
+                            _ => tracing::debug!("refusing a connection: at the peer limit"),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.swarm.handle_timeout(Instant::now().into_std());
+                }
+                _ = maintenance.tick() => self.dial_more(),
+            }
+        };
+        let stats = self.swarm.stats();
+        tracing::info!(
+            have = stats.have,
+            pieces = stats.pieces,
+            downloaded = stats.downloaded,
+            uploaded = stats.uploaded,
+            wasted = stats.wasted,
+            hash_failures = stats.hash_failures,
+            banned = stats.banned,
+            "node stopping"
+        );
+        // Stop every peer and tracker task; let the trackers see `stopped` best effort.
+        self.cancel.cancel();
+        for link in self.peers.values() {
+            link.cancel.cancel();
+        }
+        if let Err(e) = self.ctx.storage.sync() {
+            tracing::warn!(error = %e, "flushing downloaded data failed");
+        }
+        result
+    }
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    fn handle_event(&mut self, event: Event) -> Result<(), NodeError> {
+        let now = self.now();
+        match event {
+            Event::Connected {
+                conn,
+                peer_id,
+                listen_addr,
+                dialed,
+                cmds,
+                cancel,
+            } => {
+                if let Some(addr) = dialed {
+                    self.dialing.remove(&addr);
+                }
+                match self.swarm.handle_connected(conn, peer_id, listen_addr, now) {
+                    Ok(()) => {
+                        if let Some(addr) = listen_addr {
+                            self.known.insert(addr);
+                            self.retry.remove(&addr);
+                            self.sources.connected(addr);
+                        }
+                        self.peers.insert(
+                            conn,
+                            PeerLink {
+                                cmds,
+                                cancel,
+                                addr: listen_addr,
+                            },
+                        );
+                    }
+                    Err(refused) => {
+                        tracing::debug!(?conn, %peer_id, %refused, "refusing peer");
+                        if refused == crate::swarm::Refused::SelfConnection {
+                            if let Some(addr) = dialed {
+                                self.self_addrs.insert(addr);
+                            }
+                        }
+                        cancel.cancel();
+                    }
+                }
+            }
+            Event::DialFailed(addr, reason) => {
+                self.dialing.remove(&addr);
+                self.sources.dial_failed(addr, reason);
+                let entry = self.retry.entry(addr).or_insert((0, Instant::now()));
+                entry.0 += 1;
+                // 1 s, 2 s, 4 s ... up to a minute between attempts.
+                let backoff =
+                    Duration::from_secs(1u64 << entry.0.min(6)).min(Duration::from_secs(60));
+                entry.1 = Instant::now() + backoff;
+            }
+            Event::Message(conn, msg) => self.swarm.handle_message(conn, msg, now),
+            Event::Uploaded(conn, bytes) => self.swarm.handle_uploaded(conn, bytes, now),
+            Event::Disconnected(conn) => {
+                self.closing.remove(&conn);
+                if let Some(link) = self.peers.remove(&conn) {
+                    link.cancel.cancel();
+                    if let Some(addr) = link.addr {
+                        // Reconnect later if it comes back; not immediately.
+                        self.retry
+                            .insert(addr, (1, Instant::now() + Duration::from_secs(2)));
+                    }
+                }
+                self.swarm.handle_disconnected(conn, now);
+            }
+            Event::Verified {
+                piece,
+                data,
+                ok,
+                error,
+            } => {
+                if let Some(error) = error {
+                    return Err(error.into());
+                }
+                self.swarm.handle_verified(piece, data, ok, now);
+            }
+            Event::Discovered(addrs) => {
+                for addr in addrs {
+                    if addr != self.listen_addr && !self.self_addrs.contains(&addr) {
+                        self.known.insert(addr);
+                        self.sources.heard_of([addr]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_actions(&mut self) -> Result<(), NodeError> {
+        while let Some(action) = self.swarm.poll_action() {
+            match action {
+                Action::Send { conn, msg } => self.send_to_peer(conn, PeerCmd::Send(msg)),
+                Action::Upload {
+                    conn,
+                    piece,
+                    offset,
+                    length,
+                } => self.send_to_peer(
+                    conn,
+                    PeerCmd::Upload {
+                        piece,
+                        offset,
+                        length,
+                    },
+                ),
+                Action::CancelUpload {
+                    conn,
+                    piece,
+                    offset,
+                    length,
+                } => self.send_to_peer(
+                    conn,
+                    PeerCmd::CancelUpload {
+                        piece,
+                        offset,
+                        length,
+                    },
+                ),
+                Action::Verify { piece, data } => {
+                    let ctx = self.ctx.clone();
+                    let events = self.events_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let ok = sha256(&data) == *ctx.manifest.hash(piece);
+                        let error = if ok {
+                            ctx.storage.write_piece(&ctx.manifest, piece, &data).err()
+                        } else {
+                            None
+                        };
+                        let _ = events.blocking_send(Event::Verified {
+                            piece,
+                            data,
+                            ok,
+                            error,
+                        });
+                    });
+                }
+                Action::Close { conn, error } => {
+                    if let Some(link) = self.peers.remove(&conn) {
+                        if link.cmds.send(PeerCmd::Close(error)).is_err() {
+                            link.cancel.cancel();
+                        } else {
+                            self.closing.insert(conn);
+                        }
+                        if let Some(addr) = link.addr {
+                            self.retry
+                                .insert(addr, (4, Instant::now() + Duration::from_secs(15)));
+                        }
+                    }
+                }
+                Action::Discovered(addrs) => {
+                    for addr in addrs {
+                        if addr != self.listen_addr && !self.self_addrs.contains(&addr) {
+                            self.known.insert(addr);
+                            self.sources.heard_of([addr]);
+                        }
+                    }
+                }
+                Action::Completed => {
+                    tracing::info!("download complete");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every connection as spec/P2P.md §3.10 says (what is queued first, then our FIN,
+    /// then a brief drain) and waits, bounded, until each peer task has ended.
+    async fn close_peers_gracefully(&mut self) {
+        let links: Vec<(ConnId, PeerLink)> = self.peers.drain().collect();
+        for (conn, link) in links {
+            if link.cmds.send(PeerCmd::Close(None)).is_ok() {
+                self.closing.insert(conn);
+            } else {
+                link.cancel.cancel();
+            }
+        }
+        let deadline = Instant::now() + CLOSE_WRITE_TIMEOUT + LINGER_TIME + Duration::from_secs(1);
+        while !self.closing.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(Event::Disconnected(conn))) => {
+                    self.closing.remove(&conn);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    fn send_to_peer(&mut self, conn: ConnId, cmd: PeerCmd) {
+        if let Some(link) = self.peers.get(&conn) {
+            // A closed channel means the peer's tasks ended; Disconnected is on its way.
+            let _ = link.cmds.send(cmd);
+        }
+    }
+
+    /// Dials known peers while below the connection limit, skipping connected, banned, our own
+    /// and backing-off addresses.
+    fn dial_more(&mut self) {
+        if self.swarm.is_complete() {
+            // Seeds wait to be dialled; leechers find them.
+            return;
+        }
+        let now = Instant::now();
+        let connected: HashSet<SocketAddr> = self.peers.values().filter_map(|l| l.addr).collect();
+        let candidates: Vec<SocketAddr> = self
+            .known
+            .iter()
+            .copied()
+            .filter(|a| {
+                !connected.contains(a)
+                    && !self.dialing.contains(a)
+                    && !self.self_addrs.contains(a)
+                    && *a != self.listen_addr
+                    && !self.swarm.is_banned(None, Some(*a))
+                    && self.retry.get(a).is_none_or(|(_, at)| *at <= now)
+            })
+            .collect();
+        for addr in candidates {
+            if self.peers.len() + self.dialing.len() >= self.config.max_peers {
+                break;
+            }
+            self.dialing.insert(addr);
+            let ctx = self.ctx.clone();
+            let events = self.events_tx.clone();
+            let conn = ConnId(self.next_conn);
+            self.next_conn += 1;
+            let cancel = self.cancel.child_token();
+            tokio::spawn(async move {
+                let dial = tokio::time::timeout(ctx.handshake_timeout, ctx.connector.connect(addr));
+                let reason = match dial.await {
+                    Ok(Ok(stream)) => {
+                        return run_peer(
+                            stream,
+                            Some(addr),
+                            Some(addr),
+                            conn,
+                            ctx,
+                            events,
+                            cancel,
+                            None,
+                        )
+                        .await
+                    }
+                    Ok(Err(e)) => crate::tracker::client::io_phrase(&e),
+                    Err(_) => format!("no answer in {}s", ctx.handshake_timeout.as_secs()),
+                };
+                let _ = events.send(Event::DialFailed(addr, reason)).await;
+            });
+        }
+    }
+
+    fn spawn_peer(
+        &mut self,
+        stream: BoxedStream,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let ctx = self.ctx.clone();
+        let events = self.events_tx.clone();
+        let cancel = self.cancel.child_token();
+        tokio::spawn(async move {
+            run_peer(
+                stream,
+                Some(remote),
+                None,
+                conn,
+                ctx,
+                events,
+                cancel,
+                Some(permit),
+            )
+            .await
+        });
+    }
+}
