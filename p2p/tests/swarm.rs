@@ -341,7 +341,7 @@ async fn ferry_server_as_a_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_dropped_and_others_still_served() {
     use ferry_p2p::wire::{self, PeerId, PeerMessage};
-    use ferry_protocol::{ClientConfig, FrameType, Header, RequestId};
+    use ferry_protocol::{ClientHandshakeConfig, FrameType, Header, RequestId};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
@@ -354,7 +354,7 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
         let mut stream = tokio::net::TcpStream::connect(seed.listen_addr)
             .await
             .unwrap();
-        let mut client = ClientConfig::new(wire::swarm_key(&manifest.content_id()));
+        let mut client = ClientHandshakeConfig::new(wire::swarm_key(&manifest.content_id()));
         client.max_body = wire::MAX_BODY;
         let (mut session, _) = ferry_protocol::tokio::client_handshake(&mut stream, client)
             .await
@@ -505,7 +505,8 @@ async fn raw_peer(
 ) -> (RawReader, RawWriter) {
     use ferry_p2p::wire::{self, PeerId, PeerMessage};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut client = ferry_protocol::ClientConfig::new(wire::swarm_key(&manifest.content_id()));
+    let mut client =
+        ferry_protocol::ClientHandshakeConfig::new(wire::swarm_key(&manifest.content_id()));
     client.max_body = wire::MAX_BODY;
     let (session, buf) = ferry_protocol::tokio::client_handshake(&mut stream, client)
         .await

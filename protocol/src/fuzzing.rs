@@ -5,7 +5,7 @@ use bytes::BytesMut;
 
 use crate::crypto::Key;
 use crate::frame::FrameDecoder;
-use crate::handshake::{handshake_decoder, ServerConfig, ServerHandshake};
+use crate::handshake::{handshake_decoder, ServerHandshake, ServerHandshakeConfig};
 use crate::message::Message;
 
 /// Splits `data` into frames; every frame and every message that decodes re-encodes exactly.
@@ -33,7 +33,7 @@ pub fn decode_stream(data: &[u8]) {
 /// Feeds `data` to a server handshake as if a client sent it; it must fail or succeed cleanly,
 /// and after success the session must reject or accept the remaining bytes without panicking.
 pub fn server_handshake(data: &[u8]) {
-    let mut config = ServerConfig::new(Key::from_bytes([7; 32]));
+    let mut config = ServerHandshakeConfig::new(Key::from_bytes([7; 32]));
     config.allow_plaintext = data.first().is_some_and(|b| b & 1 == 1);
     let mut handshake = ServerHandshake::new(config);
     let mut decoder = handshake_decoder();

@@ -43,7 +43,7 @@ pub fn handshake_decoder() -> FrameDecoder {
 
 /// Client settings.
 #[derive(Debug, Clone)]
-pub struct ClientConfig {
+pub struct ClientHandshakeConfig {
     pub key: Key,
     /// Ask for encryption (default) or plaintext.
     pub mode: Mode,
@@ -51,7 +51,7 @@ pub struct ClientConfig {
     pub max_body: u32,
 }
 
-impl ClientConfig {
+impl ClientHandshakeConfig {
     pub fn new(key: Key) -> Self {
         Self {
             key,
@@ -72,7 +72,7 @@ impl ClientConfig {
 
 /// Server settings.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub struct ServerHandshakeConfig {
     /// Picks, per client, the key it must prove and who it is once it has.
     pub resolver: Arc<dyn KeyResolver>,
     /// Accept clients that ask for plaintext. Off by default.
@@ -80,7 +80,7 @@ pub struct ServerConfig {
     pub max_body: u32,
 }
 
-impl ServerConfig {
+impl ServerHandshakeConfig {
     /// One key for every client: whoever proves it is [`Principal::key_holder`].
     pub fn new(key: Key) -> Self {
         Self::with_resolver(Arc::new(SingleKey::new(key)))
@@ -321,7 +321,7 @@ enum ClientState {
 
 /// The client side of the handshake.
 pub struct ClientHandshake {
-    config: ClientConfig,
+    config: ClientHandshakeConfig,
     secret: StaticSecret,
     client_hello: Vec<u8>,
     state: ClientState,
@@ -337,12 +337,16 @@ impl std::fmt::Debug for ClientHandshake {
 
 impl ClientHandshake {
     /// Starts a handshake and appends the ClientHello frame to `dst`.
-    pub fn start(config: ClientConfig, dst: &mut BytesMut) -> Self {
+    pub fn start(config: ClientHandshakeConfig, dst: &mut BytesMut) -> Self {
         Self::start_with(config, Randomness::generate(), dst)
     }
 
     /// [`ClientHandshake::start`] with given randomness (test vectors).
-    pub fn start_with(config: ClientConfig, randomness: Randomness, dst: &mut BytesMut) -> Self {
+    pub fn start_with(
+        config: ClientHandshakeConfig,
+        randomness: Randomness,
+        dst: &mut BytesMut,
+    ) -> Self {
         let secret = StaticSecret::from(randomness.secret);
         let hello = Message::ClientHello(ClientHello {
             min_version: MIN_VERSION,
@@ -423,7 +427,7 @@ enum ServerState {
 /// The server side of the handshake.
 #[derive(Debug)]
 pub struct ServerHandshake {
-    config: ServerConfig,
+    config: ServerHandshakeConfig,
     randomness: Option<Randomness>,
     state: ServerState,
     /// Set once the client has proven its key.
@@ -431,12 +435,12 @@ pub struct ServerHandshake {
 }
 
 impl ServerHandshake {
-    pub fn new(config: ServerConfig) -> Self {
+    pub fn new(config: ServerHandshakeConfig) -> Self {
         Self::with_randomness(config, Randomness::generate())
     }
 
     /// [`ServerHandshake::new`] with given randomness (test vectors).
-    pub fn with_randomness(config: ServerConfig, randomness: Randomness) -> Self {
+    pub fn with_randomness(config: ServerHandshakeConfig, randomness: Randomness) -> Self {
         Self {
             config,
             randomness: Some(randomness),
@@ -549,8 +553,8 @@ mod tests {
 
     /// Runs both state machines against each other in memory.
     fn run(
-        client: ClientConfig,
-        server: ServerConfig,
+        client: ClientHandshakeConfig,
+        server: ServerHandshakeConfig,
     ) -> Result<(Session, Session), (HandshakeError, BytesMut)> {
         let mut c2s = BytesMut::new();
         let mut s2c = BytesMut::new();
@@ -585,8 +589,11 @@ mod tests {
     #[test]
     fn matching_keys_agree_and_talk() {
         let key = Key::generate();
-        let (mut client, mut server) =
-            run(ClientConfig::new(key.clone()), ServerConfig::new(key)).unwrap();
+        let (mut client, mut server) = run(
+            ClientHandshakeConfig::new(key.clone()),
+            ServerHandshakeConfig::new(key),
+        )
+        .unwrap();
         assert_eq!(client.mode(), Mode::ENCRYPTED);
         let mut wire = BytesMut::new();
         client
@@ -599,17 +606,17 @@ mod tests {
     #[test]
     fn wrong_key_fails_the_same_way_as_garbage() {
         let (error, _) = run(
-            ClientConfig::new(Key::generate()),
-            ServerConfig::new(Key::generate()),
+            ClientHandshakeConfig::new(Key::generate()),
+            ServerHandshakeConfig::new(Key::generate()),
         )
         .expect_err("must fail");
         assert_eq!(error, HandshakeError::AuthenticationFailed);
 
         // What an attacker without the key sees: it completes the exchange with a guessed
         // ClientFinished, and gets exactly the bytes a garbage ClientHello gets.
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         let mut c2s = BytesMut::new();
-        let _client = ClientHandshake::start(ClientConfig::new(Key::generate()), &mut c2s);
+        let _client = ClientHandshake::start(ClientHandshakeConfig::new(Key::generate()), &mut c2s);
         let hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
         server.handle_frame(hello, &mut BytesMut::new()).unwrap();
         let guess = Frame::from_message(
@@ -622,7 +629,7 @@ mod tests {
         let mut wrong_key_bytes = BytesMut::new();
         write_error(&error, &mut wrong_key_bytes);
 
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         let garbage = Frame {
             header: crate::Header::new(
                 FrameType::CLIENT_HELLO,
@@ -652,7 +659,10 @@ mod tests {
     }
 
     /// Runs a handshake to completion and returns the principal the server established.
-    fn established_principal(client: ClientConfig, server: ServerConfig) -> Option<Principal> {
+    fn established_principal(
+        client: ClientHandshakeConfig,
+        server: ServerHandshakeConfig,
+    ) -> Option<Principal> {
         let mut c2s = BytesMut::new();
         let mut s2c = BytesMut::new();
         let mut client = ClientHandshake::start(client, &mut c2s);
@@ -672,8 +682,10 @@ mod tests {
     #[test]
     fn one_key_is_one_principal_with_read_access() {
         let key = Key::from_bytes([3; 32]);
-        let principal =
-            established_principal(ClientConfig::new(key.clone()), ServerConfig::new(key));
+        let principal = established_principal(
+            ClientHandshakeConfig::new(key.clone()),
+            ServerHandshakeConfig::new(key),
+        );
         assert_eq!(principal, Some(Principal::key_holder()));
         assert!(Principal::key_holder().permissions.read);
     }
@@ -685,9 +697,10 @@ mod tests {
             name: "bob".into(),
             permissions: Permissions::NONE,
         };
-        let server = ServerConfig::with_resolver(Arc::new(Fixed(Some((key.clone(), bob.clone())))));
+        let server =
+            ServerHandshakeConfig::with_resolver(Arc::new(Fixed(Some((key.clone(), bob.clone())))));
         assert_eq!(
-            established_principal(ClientConfig::new(key), server),
+            established_principal(ClientHandshakeConfig::new(key), server),
             Some(bob)
         );
     }
@@ -695,8 +708,8 @@ mod tests {
     #[test]
     fn an_unresolved_client_fails_exactly_like_a_wrong_key() {
         let key = Key::from_bytes([5; 32]);
-        let refuse = || ServerConfig::with_resolver(Arc::new(Fixed(None)));
-        let wrong_key = || ServerConfig::new(Key::from_bytes([6; 32]));
+        let refuse = || ServerHandshakeConfig::with_resolver(Arc::new(Fixed(None)));
+        let wrong_key = || ServerHandshakeConfig::new(Key::from_bytes([6; 32]));
         let randomness = || Randomness {
             nonce: [8; 32],
             secret: [9; 32],
@@ -707,7 +720,8 @@ mod tests {
         for server in [refuse(), wrong_key()] {
             let mut c2s = BytesMut::new();
             let mut s2c = BytesMut::new();
-            let mut client = ClientHandshake::start(ClientConfig::new(key.clone()), &mut c2s);
+            let mut client =
+                ClientHandshake::start(ClientHandshakeConfig::new(key.clone()), &mut c2s);
             let mut server = ServerHandshake::with_randomness(server, randomness());
             let hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
             assert!(server.handle_frame(hello, &mut s2c).unwrap().is_none());
@@ -745,10 +759,11 @@ mod tests {
     #[test]
     fn plaintext_needs_the_servers_consent() {
         let key = Key::generate();
-        let client = ClientConfig::new(key.clone()).plaintext(true);
-        let (error, _) = run(client.clone(), ServerConfig::new(key.clone())).expect_err("refused");
+        let client = ClientHandshakeConfig::new(key.clone()).plaintext(true);
+        let (error, _) =
+            run(client.clone(), ServerHandshakeConfig::new(key.clone())).expect_err("refused");
         assert_eq!(error, HandshakeError::PlaintextRefused);
-        let mut server = ServerConfig::new(key);
+        let mut server = ServerHandshakeConfig::new(key);
         server.allow_plaintext = true;
         let (c, s) = run(client, server).unwrap();
         assert_eq!((c.mode(), s.mode()), (Mode::PLAINTEXT, Mode::PLAINTEXT));
@@ -756,7 +771,7 @@ mod tests {
 
     #[test]
     fn low_order_key_share_is_refused() {
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         let hello = Message::ClientHello(ClientHello {
             min_version: 1,
             max_version: 1,
@@ -775,7 +790,7 @@ mod tests {
 
     #[test]
     fn disjoint_versions_are_reported() {
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         let hello = Message::ClientHello(ClientHello {
             min_version: 7,
             max_version: 9,
@@ -793,10 +808,10 @@ mod tests {
     #[test]
     fn handshake_frames_with_a_request_id_are_refused() {
         let mut c2s = BytesMut::new();
-        let _client = ClientHandshake::start(ClientConfig::new(Key::generate()), &mut c2s);
+        let _client = ClientHandshake::start(ClientHandshakeConfig::new(Key::generate()), &mut c2s);
         let mut hello = handshake_decoder().decode(&mut c2s).unwrap().unwrap();
         hello.header.id = RequestId(5);
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         assert_eq!(
             server
                 .handle_frame(hello, &mut BytesMut::new())
@@ -807,7 +822,7 @@ mod tests {
 
     #[test]
     fn requests_before_finished_are_refused() {
-        let mut server = ServerHandshake::new(ServerConfig::new(Key::generate()));
+        let mut server = ServerHandshake::new(ServerHandshakeConfig::new(Key::generate()));
         let frame = Frame::from_message(RequestId(1), &Message::Ping("x".into()));
         assert_eq!(
             server

@@ -40,7 +40,9 @@ pub mod transport;
 pub use crypto::Key;
 pub use error::{Category, CryptoError, DecodeError, Error, ErrorCode, HandshakeError, Initiator};
 pub use frame::{Frame, FrameDecoder, DEFAULT_MAX_BODY, MAX_BODY_LIMIT};
-pub use handshake::{ClientConfig, KeyResolver, Permissions, Principal, ServerConfig, SingleKey};
+pub use handshake::{
+    ClientHandshakeConfig, KeyResolver, Permissions, Principal, ServerHandshakeConfig, SingleKey,
+};
 pub use header::{FrameType, Header, RequestId, Service, HEADER_LEN, MAGIC, MIN_VERSION, VERSION};
 pub use message::{ErrorBody, Message, Mode};
 pub use session::{RecvHalf, Role, SendHalf, Session};

@@ -10,8 +10,8 @@ use crate::error::Error;
 use crate::error::HandshakeError;
 use crate::frame::Frame;
 use crate::handshake::{
-    handshake_decoder, write_error, ClientConfig, ClientHandshake, Handshake, Principal,
-    ServerConfig, ServerHandshake,
+    handshake_decoder, write_error, ClientHandshake, ClientHandshakeConfig, Handshake, Principal,
+    ServerHandshake, ServerHandshakeConfig,
 };
 use crate::header::{FrameType, RequestId};
 use crate::message::Message;
@@ -75,7 +75,7 @@ impl Encoder<(RequestId, &Message)> for FerryCodec {
 /// handshake (they belong to the session). Callers bound it with a timeout.
 pub async fn client_handshake<S>(
     io: &mut S,
-    config: ClientConfig,
+    config: ClientHandshakeConfig,
 ) -> Result<(Session, BytesMut), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -89,7 +89,7 @@ where
 /// returning; the caller closes the connection. Callers bound it with a timeout.
 pub async fn server_handshake<S>(
     io: &mut S,
-    config: ServerConfig,
+    config: ServerHandshakeConfig,
 ) -> Result<(Session, BytesMut), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -102,7 +102,7 @@ where
 /// [`KeyResolver`](crate::handshake::KeyResolver) named).
 pub async fn server_handshake_principal<S>(
     io: &mut S,
-    config: ServerConfig,
+    config: ServerHandshakeConfig,
 ) -> Result<(Session, Principal, BytesMut), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -182,7 +182,10 @@ fn framed<S: AsyncRead + AsyncWrite>(
 }
 
 /// Handshakes as a client and returns a framed connection.
-pub async fn connect<S>(mut io: S, config: ClientConfig) -> Result<Framed<S, FerryCodec>, Error>
+pub async fn connect<S>(
+    mut io: S,
+    config: ClientHandshakeConfig,
+) -> Result<Framed<S, FerryCodec>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -191,7 +194,10 @@ where
 }
 
 /// Handshakes as a server and returns a framed connection.
-pub async fn accept<S>(mut io: S, config: ServerConfig) -> Result<Framed<S, FerryCodec>, Error>
+pub async fn accept<S>(
+    mut io: S,
+    config: ServerHandshakeConfig,
+) -> Result<Framed<S, FerryCodec>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -211,7 +217,9 @@ mod tests {
         let (a, b) = tokio::io::duplex(64);
         let server_key = key.clone();
         let server = tokio::spawn(async move {
-            let mut conn = accept(b, ServerConfig::new(server_key)).await.unwrap();
+            let mut conn = accept(b, ServerHandshakeConfig::new(server_key))
+                .await
+                .unwrap();
             while let Some(frame) = conn.next().await {
                 let frame = frame.unwrap();
                 if let Message::Ping(payload) = frame.message().unwrap() {
@@ -221,7 +229,7 @@ mod tests {
                 }
             }
         });
-        let mut conn = connect(a, ClientConfig::new(key)).await.unwrap();
+        let mut conn = connect(a, ClientHandshakeConfig::new(key)).await.unwrap();
         for i in 1..=3u32 {
             let payload = bytes::Bytes::from(vec![i as u8; 1000 * i as usize]);
             conn.send((RequestId(i), Message::Ping(payload.clone())))
@@ -241,11 +249,11 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let server_key = key.clone();
         let server = tokio::spawn(async move {
-            server_handshake_principal(&mut b, ServerConfig::new(server_key))
+            server_handshake_principal(&mut b, ServerHandshakeConfig::new(server_key))
                 .await
                 .map(|(_, principal, _)| principal)
         });
-        client_handshake(&mut a, ClientConfig::new(key))
+        client_handshake(&mut a, ClientHandshakeConfig::new(key))
             .await
             .unwrap();
         assert_eq!(server.await.unwrap().unwrap(), Principal::key_holder());
@@ -254,9 +262,12 @@ mod tests {
     #[tokio::test]
     async fn wrong_key_is_authentication_failed_on_both_sides() {
         let (a, b) = tokio::io::duplex(4096);
-        let server =
-            tokio::spawn(async move { accept(b, ServerConfig::new(Key::generate())).await.err() });
-        let client = connect(a, ClientConfig::new(Key::generate()))
+        let server = tokio::spawn(async move {
+            accept(b, ServerHandshakeConfig::new(Key::generate()))
+                .await
+                .err()
+        });
+        let client = connect(a, ClientHandshakeConfig::new(Key::generate()))
             .await
             .err()
             .unwrap();

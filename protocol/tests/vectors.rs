@@ -18,8 +18,8 @@ use ferry_protocol::message::{
     FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest,
 };
 use ferry_protocol::{
-    Category, ClientConfig, CryptoError, ErrorBody, ErrorCode, Frame, FrameType, Header, Key,
-    Message, Mode, RequestId, ServerConfig, Service,
+    Category, ClientHandshakeConfig, CryptoError, ErrorBody, ErrorCode, Frame, FrameType, Header,
+    Key, Message, Mode, RequestId, ServerHandshakeConfig, Service,
 };
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
@@ -248,9 +248,9 @@ fn handshake() {
         let name = &v.name;
         let psk = Key::from_bytes(v.array("psk"));
         let mode = Mode(v.u8("mode"));
-        let mut client_config = ClientConfig::new(psk.clone());
+        let mut client_config = ClientHandshakeConfig::new(psk.clone());
         client_config.mode = mode;
-        let mut server_config = ServerConfig::new(psk.clone());
+        let mut server_config = ServerHandshakeConfig::new(psk.clone());
         server_config.allow_plaintext = v.bool("allow_plaintext");
 
         // Replay both state machines with the fixed randomness: identical frames.
@@ -531,7 +531,8 @@ fn server_handshake_reply(input: &[u8], key: Key) -> Vec<u8> {
     runtime.block_on(async {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(async move {
-            ferry_protocol::tokio::server_handshake(&mut server, ServerConfig::new(key)).await
+            ferry_protocol::tokio::server_handshake(&mut server, ServerHandshakeConfig::new(key))
+                .await
         });
         client.write_all(input).await.expect("write");
         let mut reply = Vec::new();
@@ -607,7 +608,7 @@ fn negative_handshake() {
                 } else {
                     psk
                 };
-                let mut config = ServerConfig::new(server_psk);
+                let mut config = ServerHandshakeConfig::new(server_psk);
                 config.allow_plaintext = plaintext;
                 let mut server = ServerHandshake::with_randomness(config, randomness(&v, "server"));
                 for frame in rest {
@@ -619,7 +620,7 @@ fn negative_handshake() {
                 server.handle_frame(last.clone(), &mut out)
             }
             "client" => {
-                let config = ClientConfig::new(psk).plaintext(plaintext);
+                let config = ClientHandshakeConfig::new(psk).plaintext(plaintext);
                 let mut client =
                     ClientHandshake::start_with(config, randomness(&v, "client"), &mut out);
                 for frame in rest {

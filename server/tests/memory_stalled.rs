@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::{rss_bytes, short_limits, ServerFixture};
 use ferry_protocol::message::TO_END;
-use ferry_protocol::{ClientConfig, FrameType, Header, RequestId, Service};
+use ferry_protocol::{ClientHandshakeConfig, FrameType, Header, RequestId, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,7 +51,7 @@ async fn five_hundred_stalled_connections() {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         let (_session, _) = ferry_protocol::tokio::client_handshake(
             &mut stream,
-            ClientConfig::new(server.key.clone()),
+            ClientHandshakeConfig::new(server.key.clone()),
         )
         .await
         .unwrap();

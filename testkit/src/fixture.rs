@@ -12,7 +12,7 @@ use ferry_protocol::message::{
     Entry, FetchEnd, FetchRequest, FetchResponse, ListRequest, StatRequest,
 };
 use ferry_protocol::tokio::{connect, FerryCodec};
-use ferry_protocol::{ClientConfig, ErrorBody, Frame, Key, Message, RequestId};
+use ferry_protocol::{ClientHandshakeConfig, ErrorBody, Frame, Key, Message, RequestId};
 use ferry_server::{Config, Limits, Server};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -153,7 +153,7 @@ impl Client {
         stream.set_nodelay(true)?;
         let conn = tokio::time::timeout(
             REPLY_TIMEOUT,
-            connect(stream, ClientConfig::new(key).plaintext(plaintext)),
+            connect(stream, ClientHandshakeConfig::new(key).plaintext(plaintext)),
         )
         .await
         .map_err(|_| ferry_protocol::Error::Timeout("connecting"))??;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use ferry_protocol::{ClientConfig, Key, RecvHalf, SendHalf};
+use ferry_protocol::{ClientHandshakeConfig, Key, RecvHalf, SendHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -37,7 +37,7 @@ pub async fn dial(dial: &Dial) -> Result<LoadConn, String> {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let config = ClientConfig::new(dial.key.clone()).plaintext(dial.plaintext);
+        let config = ClientHandshakeConfig::new(dial.key.clone()).plaintext(dial.plaintext);
         let (session, read_buf) = ferry_protocol::tokio::client_handshake(&mut stream, config)
             .await
             .map_err(|e| format!("handshake: {e}"))?;

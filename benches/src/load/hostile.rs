@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ferry_protocol::message::{FetchRequest, ListRequest, StatRequest, TO_END};
 use ferry_protocol::{
-    ClientConfig, FrameDecoder, FrameType, Header, Key, Message, RequestId, Service, MAX_BODY_LIMIT,
+    ClientHandshakeConfig, FrameDecoder, FrameType, Header, Key, Message, RequestId, Service,
+    MAX_BODY_LIMIT,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -304,8 +305,8 @@ async fn one(attack: Attack, options: &HostileOptions, deadline: Instant) -> Vec
                 Ok(s) => s,
                 Err(e) => return vec![e],
             };
-            let config =
-                ClientConfig::new(options.dial.key.clone()).plaintext(options.dial.plaintext);
+            let config = ClientHandshakeConfig::new(options.dial.key.clone())
+                .plaintext(options.dial.plaintext);
             if let Err(e) = ferry_protocol::tokio::client_handshake(&mut stream, config).await {
                 return vec![format!("handshake failed: {e}")];
             }

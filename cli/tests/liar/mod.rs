@@ -20,7 +20,8 @@ use ferry_protocol::message::{
     DigestResponse, Entry, EntryKind, FetchEnd, FetchResponse, ListEnd, ListPage,
 };
 use ferry_protocol::{
-    ErrorBody, ErrorCode, Frame, FrameType, Key, Message, RequestId, ServerConfig, Service, Session,
+    ErrorBody, ErrorCode, Frame, FrameType, Key, Message, RequestId, ServerHandshakeConfig,
+    Service, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,7 +53,7 @@ impl Liar {
         runtime.spawn(async move {
             while let Ok((mut io, _)) = listener.accept().await {
                 let script = script.clone();
-                let mut config = ServerConfig::new(server_key.clone());
+                let mut config = ServerHandshakeConfig::new(server_key.clone());
                 config.allow_plaintext = true;
                 tokio::spawn(async move {
                     let Ok((session, buf)) =

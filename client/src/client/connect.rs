@@ -127,8 +127,8 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let proto =
-            ferry_protocol::ClientConfig::new(config.key.clone()).plaintext(config.plaintext);
+        let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
+            .plaintext(config.plaintext);
         let (session, leftover) = ferry_protocol::tokio::client_handshake(&mut io, proto)
             .await
             .map_err(|e| handshake_error(e, peer))?;
@@ -228,13 +228,14 @@ fn handshake_error(error: ProtoError, addr: SocketAddr) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_protocol::{Key, ServerConfig};
+    use ferry_protocol::{Key, ServerHandshakeConfig};
 
     #[tokio::test]
     async fn wrong_key_is_an_auth_error() {
         let (a, b) = tokio::io::duplex(4096);
         tokio::spawn(async move {
-            let _ = ferry_protocol::tokio::accept(b, ServerConfig::new(Key::generate())).await;
+            let _ =
+                ferry_protocol::tokio::accept(b, ServerHandshakeConfig::new(Key::generate())).await;
         });
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let err = Client::handshake(a, peer, ClientConfig::new(Key::generate()))

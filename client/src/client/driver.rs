@@ -388,7 +388,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 mod tests {
     use super::super::{Client, ClientConfig};
     use super::*;
-    use ferry_protocol::{Key, ServerConfig};
+    use ferry_protocol::{Key, ServerHandshakeConfig};
     use std::net::SocketAddr;
 
     #[tokio::test]
@@ -397,7 +397,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(4096);
         let server_key = key.clone();
         tokio::spawn(async move {
-            let conn = ferry_protocol::tokio::accept(b, ServerConfig::new(server_key))
+            let conn = ferry_protocol::tokio::accept(b, ServerHandshakeConfig::new(server_key))
                 .await
                 .unwrap();
             drop(conn);
@@ -417,7 +417,7 @@ mod tests {
         let server_key = key.clone();
         let server = tokio::spawn(async move {
             // Handshake, then never read or answer.
-            let conn = ferry_protocol::tokio::accept(b, ServerConfig::new(server_key))
+            let conn = ferry_protocol::tokio::accept(b, ServerHandshakeConfig::new(server_key))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use ferry_protocol::digest::fetch_digest;
 use ferry_protocol::message::{Entry, EntryKind, FetchEnd, FetchResponse, ListEnd, ListPage};
-use ferry_protocol::{ErrorBody, ErrorCode, Key, Message, RequestId, ServerConfig, Service};
+use ferry_protocol::{
+    ErrorBody, ErrorCode, Key, Message, RequestId, ServerHandshakeConfig, Service,
+};
 use futures::{SinkExt, StreamExt};
 
 use super::{Client, ClientConfig};
@@ -27,7 +29,7 @@ fn entry(name: &str) -> Entry {
 /// 1-byte chunks only after a stat arrives, to prove requests interleave. `corrupt` sends a
 /// wrong hash.
 pub(super) async fn fake_server(io: tokio::io::DuplexStream, key: Key) {
-    let mut conn = ferry_protocol::tokio::accept(io, ServerConfig::new(key))
+    let mut conn = ferry_protocol::tokio::accept(io, ServerHandshakeConfig::new(key))
         .await
         .unwrap();
     let files: HashMap<&str, &[u8]> = [

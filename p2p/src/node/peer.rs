@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_protocol::transport::BoxedStream;
-use ferry_protocol::{ClientConfig, ErrorBody, RecvHalf, SendHalf, ServerConfig};
+use ferry_protocol::{ClientHandshakeConfig, ErrorBody, RecvHalf, SendHalf, ServerHandshakeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -184,11 +184,11 @@ async fn handshake(
     ctx: &Ctx,
 ) -> Result<(SendHalf, RecvHalf, BytesMut, PeerId, u16), HandshakeFailure> {
     let (session, mut buf) = if outbound {
-        let mut config = ClientConfig::new(ctx.key.clone());
+        let mut config = ClientHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
         ferry_protocol::tokio::client_handshake(stream, config).await?
     } else {
-        let mut config = ServerConfig::new(ctx.key.clone());
+        let mut config = ServerHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
         ferry_protocol::tokio::server_handshake(stream, config).await?
     };

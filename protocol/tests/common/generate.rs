@@ -18,8 +18,8 @@ use ferry_protocol::message::{
     FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest, TO_END,
 };
 use ferry_protocol::{
-    ClientConfig, ErrorBody, ErrorCode, Frame, FrameType, Header, Key, Message, Mode, RequestId,
-    ServerConfig, Service, Session,
+    ClientHandshakeConfig, ErrorBody, ErrorCode, Frame, FrameType, Header, Key, Message, Mode,
+    RequestId, ServerHandshakeConfig, Service, Session,
 };
 use hkdf::Hkdf;
 use hmac::Mac;
@@ -670,9 +670,9 @@ fn split_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
 
 fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
     let key = psk();
-    let mut client_config = ClientConfig::new(key.clone());
+    let mut client_config = ClientHandshakeConfig::new(key.clone());
     client_config.mode = mode;
-    let mut server_config = ServerConfig::new(key.clone());
+    let mut server_config = ServerHandshakeConfig::new(key.clone());
     server_config.allow_plaintext = mode == Mode::PLAINTEXT;
 
     let mut c2s = BytesMut::new();
@@ -1755,7 +1755,7 @@ fn client_hello_frame(mutate: impl FnOnce(&mut ClientHello)) -> Vec<u8> {
 /// What a server with `server_psk` sends in reply to the standard ClientHello.
 fn server_flight(server_psk: Key, mutate: impl FnOnce(&mut ServerHello)) -> Vec<Vec<u8>> {
     let mut server = ServerHandshake::with_randomness(
-        ServerConfig::new(server_psk.clone()),
+        ServerHandshakeConfig::new(server_psk.clone()),
         server_randomness(),
     );
     let mut out = BytesMut::new();
@@ -2011,7 +2011,7 @@ fn run_handshake_case(case: &HandshakeCase) -> ferry_protocol::HandshakeError {
     let frames: Vec<Frame> = case.recv.iter().map(|f| decode_one(f)).collect();
     let (last, rest) = frames.split_last().expect("at least one frame");
     if case.role == "server" {
-        let mut config = ServerConfig::new(case.server_psk.clone());
+        let mut config = ServerHandshakeConfig::new(case.server_psk.clone());
         config.allow_plaintext = case.plaintext;
         let mut server = ServerHandshake::with_randomness(config, server_randomness());
         for frame in rest {
@@ -2023,7 +2023,7 @@ fn run_handshake_case(case: &HandshakeCase) -> ferry_protocol::HandshakeError {
             .handle_frame(last.clone(), &mut out)
             .expect_err("fails")
     } else {
-        let config = ClientConfig::new(psk()).plaintext(case.plaintext);
+        let config = ClientHandshakeConfig::new(psk()).plaintext(case.plaintext);
         let mut client = ClientHandshake::start_with(config, client_randomness(), &mut out);
         for frame in rest {
             client

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_protocol::transport::Split;
-use ferry_protocol::{ErrorBody, ErrorCode, Frame, Message, RequestId, ServerConfig, Service};
+use ferry_protocol::{
+    ErrorBody, ErrorCode, Frame, Message, RequestId, ServerHandshakeConfig, Service,
+};
 use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -45,7 +47,7 @@ use writer::Writer;
 #[derive(Debug)]
 pub(crate) struct ServerContext {
     pub tree: Arc<Tree>,
-    pub handshake: ServerConfig,
+    pub handshake: ServerHandshakeConfig,
 }
 
 impl ServerContext {
