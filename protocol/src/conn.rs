@@ -1,6 +1,7 @@
-//! Connection bookkeeping that needs a clock but no I/O: keep-alive and request ids (spec §8).
-//! Callers pass `now`; nothing here reads the clock.
+//! Connection bookkeeping that needs a clock but no I/O: keep-alive, request ids and the table
+//! of requests in flight (spec §8). Callers pass `now`; nothing here reads the clock.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +27,100 @@ impl RequestIds {
         let id = self.next;
         self.next = self.next.checked_add(1).unwrap_or(1);
         RequestId(id)
+    }
+}
+
+/// The requests in flight on one connection, by id, each with the caller's state `T`: the one
+/// table both ends keep. A client picks ids with [`RequestTable::start`]; a server checks the
+/// ids its client picked with [`RequestTable::check`] before [`RequestTable::insert`].
+#[derive(Debug)]
+pub struct RequestTable<T> {
+    ids: RequestIds,
+    live: HashMap<RequestId, T>,
+}
+
+/// Why a request id cannot start (spec §3.3, §8.2): the caller turns each into its error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Id 0 names the connection, never a request: a protocol violation.
+    ConnectionId,
+    /// The id is already in flight.
+    Duplicate,
+    /// `limit` requests are already in flight.
+    Full { limit: usize },
+}
+
+impl<T> Default for RequestTable<T> {
+    fn default() -> Self {
+        Self {
+            ids: RequestIds::default(),
+            live: HashMap::new(),
+        }
+    }
+}
+
+impl<T> RequestTable<T> {
+    /// Registers a new request under a fresh id: ids wrap after 2^32 and skip any still in
+    /// flight, so a long-lived request never shares its id.
+    pub fn start(&mut self, state: T) -> RequestId {
+        let id = loop {
+            let id = self.ids.next_id();
+            if !self.live.contains_key(&id) {
+                break id;
+            }
+        };
+        self.live.insert(id, state);
+        id
+    }
+
+    /// Whether a request the peer numbered `id` may start with at most `limit` in flight.
+    pub fn check(&self, id: RequestId, limit: usize) -> Result<(), Refusal> {
+        if id == RequestId::CONNECTION {
+            Err(Refusal::ConnectionId)
+        } else if self.live.contains_key(&id) {
+            Err(Refusal::Duplicate)
+        } else if self.live.len() >= limit {
+            Err(Refusal::Full { limit })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers a request the peer numbered (after [`RequestTable::check`]); returns the state
+    /// it replaced, which a checked id never has.
+    pub fn insert(&mut self, id: RequestId, state: T) -> Option<T> {
+        self.live.insert(id, state)
+    }
+
+    pub fn get(&self, id: RequestId) -> Option<&T> {
+        self.live.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut T> {
+        self.live.get_mut(&id)
+    }
+
+    /// Ends a request (finished, cancelled or failed); `None` if it was not in flight.
+    pub fn finish(&mut self, id: RequestId) -> Option<T> {
+        self.live.remove(&id)
+    }
+
+    /// Ends every request, as when the connection closes.
+    pub fn clear(&mut self) {
+        self.live.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The requests in flight, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (RequestId, &T)> {
+        self.live.iter().map(|(id, state)| (*id, state))
     }
 }
 
@@ -153,5 +248,43 @@ mod tests {
         assert!(matches!(ka.poll(t0 + 10 * s), KeepAliveAction::SendPing(_)));
         ka.handle_received(t0 + 11 * s);
         assert_eq!(ka.poll(t0 + 16 * s), KeepAliveAction::Wait);
+    }
+
+    #[test]
+    fn started_ids_skip_those_in_flight_and_never_use_zero() {
+        let mut table = RequestTable::default();
+        let first = table.start("long-lived");
+        assert_eq!(first, RequestId(1));
+        // Wrap the counter round to the long-lived request's id.
+        table.ids = RequestIds { next: u32::MAX };
+        assert_eq!(table.start("a"), RequestId(u32::MAX));
+        assert_eq!(
+            table.start("b"),
+            RequestId(2),
+            "0 and the live 1 are skipped"
+        );
+        assert_eq!(table.finish(first), Some("long-lived"));
+        assert_eq!(table.finish(first), None, "a request ends once");
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_peers_ids_are_checked_in_spec_order() {
+        let mut table = RequestTable::default();
+        assert_eq!(
+            table.check(RequestId::CONNECTION, 1),
+            Err(Refusal::ConnectionId)
+        );
+        assert_eq!(table.check(RequestId(7), 1), Ok(()));
+        assert_eq!(table.insert(RequestId(7), ()), None);
+        // A duplicate is named as such even when the table is also full.
+        assert_eq!(table.check(RequestId(7), 1), Err(Refusal::Duplicate));
+        assert_eq!(
+            table.check(RequestId(8), 1),
+            Err(Refusal::Full { limit: 1 })
+        );
+        table.clear();
+        assert!(table.is_empty());
+        assert_eq!(table.check(RequestId(8), 1), Ok(()));
     }
 }

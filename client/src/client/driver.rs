@@ -3,13 +3,12 @@
 //! the byte stream, answers keep-alive traffic and routes every other frame by request id; the
 //! writer seals and writes what the handles queue, batching whatever is ready.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ferry_protocol::conn::{KeepAlive, KeepAliveAction, RequestIds};
+use ferry_protocol::conn::{KeepAlive, KeepAliveAction, RequestTable};
 use ferry_protocol::{
     Error as ProtoError, ErrorBody, Frame, FrameType, Message, RecvHalf, RequestId, SendHalf,
     Service,
@@ -43,8 +42,8 @@ const MAX_QUEUED_PONG_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 pub(super) struct State {
-    pub(super) ids: RequestIds,
-    pub(super) routes: HashMap<u32, Route>,
+    /// Requests in flight and where their frames go.
+    pub(super) routes: RequestTable<Route>,
     pub(super) closed: Option<CloseReason>,
 }
 
@@ -315,10 +314,10 @@ async fn dispatch(
             && matches!(frame.header.service, Service::STAT | Service::DIGEST));
     let route = {
         let mut state = conn.lock();
-        match state.routes.get(&id.0) {
+        match state.routes.get(id) {
             // An unsolicited pong on a request id is ignored (§3.8), not taken as its answer.
             Some(route) if kind == FrameType::PONG && route.service != Service::ECHO => None,
-            Some(_) if last => state.routes.remove(&id.0).map(|r| (r.tx, r.budget)),
+            Some(_) if last => state.routes.finish(id).map(|r| (r.tx, r.budget)),
             Some(route) => Some((route.tx.clone(), route.budget.clone())),
             None => None,
         }
@@ -334,7 +333,7 @@ async fn dispatch(
             if tx.send((frame, permit)).await.is_err() {
                 // The caller dropped its handle between our lookup and the send; its Drop has
                 // already cancelled the request.
-                conn.lock().routes.remove(&id.0);
+                conn.lock().routes.finish(id);
             }
         }
         // Frames still in flight after a cancel.

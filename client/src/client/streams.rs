@@ -28,23 +28,13 @@ impl Client {
             if let Some(reason) = &state.closed {
                 return Err(reason.to_error());
             }
-            // Ids wrap after 2^32 requests; skip any still in flight.
-            let id = loop {
-                let id = state.ids.next_id();
-                if !state.routes.contains_key(&id.0) {
-                    break id;
-                }
-            };
+            // Ids wrap after 2^32 requests and skip any still in flight.
             let budget = Arc::new(tokio::sync::Semaphore::new(REQUEST_BYTES as usize));
-            state.routes.insert(
-                id.0,
-                Route {
-                    tx,
-                    service,
-                    budget,
-                },
-            );
-            id
+            state.routes.start(Route {
+                tx,
+                service,
+                budget,
+            })
         };
         trace!(%id, ?service, "request");
         self.shared
@@ -61,7 +51,7 @@ impl Client {
     }
 
     fn cancel(&self, id: RequestId, service: Service) {
-        let was_live = self.shared.conn.lock().routes.remove(&id.0).is_some();
+        let was_live = self.shared.conn.lock().routes.finish(id).is_some();
         if was_live && service != Service::ECHO {
             trace!(%id, ?service, "cancel");
             let _ = self

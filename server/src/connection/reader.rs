@@ -7,10 +7,10 @@
 //! id 0; a well-formed but unknown request gets `UNKNOWN_REQUEST` for its id and the
 //! connection continues.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferry_protocol::conn::{Refusal, RequestTable};
 use ferry_protocol::{
     DecodeError, ErrorBody, ErrorCode, Frame, Message, RecvHalf, RequestId, Service,
 };
@@ -72,7 +72,7 @@ pub(super) struct Reader {
     kill: CancellationToken,
     /// Request tasks; each returns its id and generation.
     tasks: JoinSet<(RequestId, u64)>,
-    in_flight: HashMap<RequestId, InFlight>,
+    in_flight: RequestTable<InFlight>,
     /// Tells a finished task from a newer request that reused its id after a cancel.
     next_generation: u64,
 }
@@ -92,7 +92,7 @@ impl Reader {
             ctrl,
             kill,
             tasks: JoinSet::new(),
-            in_flight: HashMap::new(),
+            in_flight: RequestTable::default(),
             next_generation: 0,
         }
     }
@@ -213,10 +213,10 @@ impl Reader {
             Ok((id, generation)) => {
                 if self
                     .in_flight
-                    .get(&id)
+                    .get(id)
                     .is_some_and(|f| f.generation == generation)
                 {
-                    self.in_flight.remove(&id);
+                    self.in_flight.finish(id);
                 }
                 None
             }
@@ -230,8 +230,8 @@ impl Reader {
                     .in_flight
                     .iter()
                     .find(|(_, f)| f.abort.id() == task)
-                    .map(|(id, _)| *id)?;
-                let flight = self.in_flight.remove(&id)?;
+                    .map(|(id, _)| id)?;
+                let flight = self.in_flight.finish(id)?;
                 Some((id, flight.service))
             }
         }
@@ -324,42 +324,29 @@ impl Reader {
         request: Request,
         stopping: bool,
     ) -> Option<Close> {
-        if id == RequestId::CONNECTION {
-            return Some(Close::Fatal(
-                ErrorCode::UNEXPECTED_MESSAGE,
-                "requests must not use id 0".into(),
-            ));
-        }
-        if self.in_flight.contains_key(&id) {
-            return self
-                .refuse(
-                    id,
-                    service,
-                    ErrorCode::DUPLICATE_ID,
-                    format!("request id {} is already in flight", id.0),
-                )
-                .await;
-        }
-        if stopping {
-            return self
-                .refuse(
-                    id,
-                    service,
-                    ErrorCode::SHUTTING_DOWN,
-                    "server is shutting down".into(),
-                )
-                .await;
-        }
+        // Spec §8.2's order: id 0 is fatal, then a duplicate, then (when stopping) shutting
+        // down, then the in-flight limit.
         let max = self.limits.max_in_flight_per_connection;
-        if self.in_flight.len() >= max {
-            return self
-                .refuse(
-                    id,
-                    service,
-                    ErrorCode::BUSY,
-                    format!("{max} requests already in flight on this connection"),
-                )
-                .await;
+        let refusal = match self.in_flight.check(id, max) {
+            Err(Refusal::ConnectionId) => {
+                return Some(Close::Fatal(
+                    ErrorCode::UNEXPECTED_MESSAGE,
+                    "requests must not use id 0".into(),
+                ))
+            }
+            Err(Refusal::Duplicate) => Some((
+                ErrorCode::DUPLICATE_ID,
+                format!("request id {} is already in flight", id.0),
+            )),
+            _ if stopping => Some((ErrorCode::SHUTTING_DOWN, "server is shutting down".into())),
+            Err(Refusal::Full { limit }) => Some((
+                ErrorCode::BUSY,
+                format!("{limit} requests already in flight on this connection"),
+            )),
+            Ok(()) => None,
+        };
+        if let Some((code, message)) = refusal {
+            return self.refuse(id, service, code, message).await;
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -385,7 +372,7 @@ impl Reader {
 
     async fn cancel(&mut self, id: RequestId, _service: Service) -> Option<Close> {
         // The id alone names the request; the service byte is informational.
-        let Some(flight) = self.in_flight.remove(&id) else {
+        let Some(flight) = self.in_flight.finish(id) else {
             // Already finished: the client will see its end frame.
             return None;
         };
