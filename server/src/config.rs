@@ -4,9 +4,10 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::{Key, DEFAULT_MAX_BODY};
+use ferry_protocol::{Key, KeyResolver, DEFAULT_MAX_BODY};
 
 /// The port used when none is given.
 pub const DEFAULT_PORT: u16 = 6789;
@@ -20,6 +21,9 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Pre-shared key clients must hold.
     pub key: Key,
+    /// Who may connect and what each may do, chosen per client at the handshake. Default
+    /// (`None`): one principal, the holder of `key`, who may read the whole root.
+    pub resolver: Option<Arc<dyn KeyResolver>>,
     /// Accept clients asking for plaintext sessions. Default: off.
     pub allow_plaintext: bool,
     /// Follow symlinks that stay inside the root (default). When false no symlink is ever
@@ -35,6 +39,7 @@ impl Config {
             root: root.into(),
             listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT))],
             key,
+            resolver: None,
             allow_plaintext: false,
             follow_symlinks: true,
             limits: Limits::default(),
@@ -44,6 +49,12 @@ impl Config {
     /// Replaces the listen addresses.
     pub fn listen(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.listen = addrs.into_iter().collect();
+        self
+    }
+
+    /// Keys and principals per client instead of the single key's holder.
+    pub fn key_resolver(mut self, resolver: Arc<dyn KeyResolver>) -> Self {
+        self.resolver = Some(resolver);
         self
     }
 

@@ -78,7 +78,12 @@ impl Server {
             })?;
             listeners.push(listener);
         }
-        let mut handshake = ferry_protocol::ServerHandshakeConfig::new(config.key.clone());
+        let mut handshake = match &config.resolver {
+            Some(resolver) => {
+                ferry_protocol::ServerHandshakeConfig::with_resolver(resolver.clone())
+            }
+            None => ferry_protocol::ServerHandshakeConfig::new(config.key.clone()),
+        };
         handshake.allow_plaintext = config.allow_plaintext;
         handshake.max_body = config.limits.max_body;
         tracing::info!(

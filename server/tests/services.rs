@@ -374,3 +374,42 @@ async fn listens_on_ipv4_and_ipv6_together() {
     run.await.unwrap().unwrap();
     fixture.shutdown().await;
 }
+
+/// A resolver that admits the key's holder as a principal who may read nothing.
+#[derive(Debug)]
+struct ReadNothing(Key);
+
+impl ferry_protocol::KeyResolver for ReadNothing {
+    fn resolve(
+        &self,
+        _hello: &ferry_protocol::message::ClientHello,
+    ) -> Option<(Key, ferry_protocol::Principal)> {
+        let principal = ferry_protocol::Principal {
+            name: "guest".into(),
+            permissions: ferry_protocol::Permissions::NONE,
+        };
+        Some((self.0.clone(), principal))
+    }
+}
+
+#[tokio::test]
+async fn a_configured_resolver_decides_what_a_client_may_do() {
+    let server = ServerFixture::start_with(tree, |config| {
+        let key = config.key.clone();
+        config.key_resolver(std::sync::Arc::new(ReadNothing(key)))
+    })
+    .await;
+    let mut client = server.client().await;
+    // The connection stands and answers pings; every read is refused, and nothing leaks.
+    assert_eq!(client.ping(b"hi").await, Bytes::from_static(b"hi"));
+    assert_eq!(
+        client.stat("docs/a.txt").await.unwrap_err().code,
+        ErrorCode::PERMISSION_DENIED
+    );
+    assert_eq!(
+        client.list("docs", false, 0).await.unwrap_err().code,
+        ErrorCode::PERMISSION_DENIED
+    );
+    assert!(!client.saw_canary());
+    server.shutdown().await;
+}
