@@ -48,16 +48,25 @@ fn is_transient(error: &std::io::Error) -> bool {
     ) || error.raw_os_error() == Some(libc::EPROTO)
 }
 
-/// A stream admission can watch: a TCP socket lends a duplicate descriptor so admission can
-/// peek whether the peer has sent anything; other transports lend none and are judged by the
-/// handshake's first read alone.
+/// A stream admission can watch. A TCP socket lends a duplicate descriptor, so admission can
+/// peek whether the peer has sent anything, and says when bytes are waiting, so the connection
+/// counts as having spoken *before* the handshake drains them. Other transports lend neither
+/// and are judged by the handshake's first read alone.
 pub trait AdmissionPeek {
     fn peek_handle(&self) -> Option<std::os::fd::OwnedFd>;
+
+    /// Waits until bytes (or the end) are waiting to be read; `Ok(false)` at once where the
+    /// transport cannot tell without reading.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send;
 }
 
 impl AdmissionPeek for TcpStream {
     fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
         self.as_fd().try_clone_to_owned().ok()
+    }
+
+    async fn readable(&self) -> std::io::Result<bool> {
+        TcpStream::readable(self).await.map(|()| true)
     }
 }
 
@@ -65,11 +74,19 @@ impl AdmissionPeek for BoxedStream {
     fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
         None
     }
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send {
+        std::future::ready(Ok(false))
+    }
 }
 
 impl AdmissionPeek for tokio::io::DuplexStream {
     fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
         None
+    }
+
+    async fn readable(&self) -> std::io::Result<bool> {
+        Ok(false)
     }
 }
 

@@ -37,6 +37,7 @@ use tracing::Instrument;
 use crate::admission::PendingTicket;
 use crate::buffers::BufferPool;
 use crate::config::Limits;
+use crate::listener::AdmissionPeek;
 use crate::service::{Context, Tree};
 use crate::shutdown::Signals;
 
@@ -65,7 +66,7 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until it closes. `ticket` is its place in the pool of
 /// connections still in their handshake; the connection closes at once if it is evicted.
-pub(crate) async fn serve<S: Split>(
+pub(crate) async fn serve<S: Split + AdmissionPeek>(
     mut stream: S,
     ticket: PendingTicket,
     server: Arc<ServerContext>,
@@ -92,8 +93,13 @@ pub(crate) async fn serve<S: Split>(
             return;
         }
         result = tokio::time::timeout(limits.handshake_timeout, async {
-            // Admission prefers to evict connections that have sent nothing: the first bytes
-            // read mark this one as having spoken.
+            // Admission prefers to evict connections that have sent nothing. Where the
+            // transport can say bytes are waiting, the connection is marked before the
+            // handshake drains them (so a peek never sees it empty and unmarked); elsewhere the
+            // first read marks it.
+            if AdmissionPeek::readable(&stream).await? {
+                ticket.mark_progress();
+            }
             ferry_protocol::tokio::server_handshake_principal(
                 &mut progress::MarkOnFirstRead::new(&mut stream, &ticket),
                 server.handshake.clone(),
