@@ -96,10 +96,6 @@ impl<T> RequestTable<T> {
         self.live.get(&id)
     }
 
-    pub fn get_mut(&mut self, id: RequestId) -> Option<&mut T> {
-        self.live.get_mut(&id)
-    }
-
     /// Ends a request (finished, cancelled or failed); `None` if it was not in flight.
     pub fn finish(&mut self, id: RequestId) -> Option<T> {
         self.live.remove(&id)

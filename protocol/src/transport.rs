@@ -106,10 +106,6 @@ impl TcpAcceptor {
     pub fn new(listener: TcpListener) -> Self {
         Self { listener }
     }
-
-    pub fn into_inner(self) -> TcpListener {
-        self.listener
-    }
 }
 
 impl Acceptor for TcpAcceptor {
