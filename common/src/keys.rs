@@ -31,7 +31,7 @@ pub enum KeyResolveError {
     BadArgument,
     #[error("{var} is not a valid key: expected 64 hex characters or 43 base64 characters")]
     BadEnv { var: &'static str },
-    #[error("cannot use {0}")]
+    #[error("{0}")]
     File(KeyFileError),
     #[error("no key given: pass --key=KEY (from the server's connect line), --key-file FILE, set FERRY_KEY, or put the key in {default}")]
     Missing { default: String },
