@@ -53,11 +53,16 @@ fn is_transient(error: &std::io::Error) -> bool {
 /// counts as having spoken *before* the handshake drains them. Other transports lend neither
 /// and are judged by the handshake's first read alone.
 pub trait AdmissionPeek {
-    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd>;
+    /// A duplicate descriptor to peek at; none by default.
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 
-    /// Waits until bytes (or the end) are waiting to be read; `Ok(false)` at once where the
-    /// transport cannot tell without reading.
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send;
+    /// Waits until bytes (or the end) are waiting to be read; by default `Ok(false)` at once,
+    /// for transports that cannot tell without reading.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send {
+        std::future::ready(Ok(false))
+    }
 }
 
 impl AdmissionPeek for TcpStream {
@@ -70,25 +75,9 @@ impl AdmissionPeek for TcpStream {
     }
 }
 
-impl AdmissionPeek for BoxedStream {
-    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
-        None
-    }
+impl AdmissionPeek for BoxedStream {}
 
-    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<bool>> + Send {
-        std::future::ready(Ok(false))
-    }
-}
-
-impl AdmissionPeek for tokio::io::DuplexStream {
-    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
-        None
-    }
-
-    async fn readable(&self) -> std::io::Result<bool> {
-        Ok(false)
-    }
-}
+impl AdmissionPeek for tokio::io::DuplexStream {}
 
 /// Accepts until `stop`, spawning one tracked task per connection.
 pub(crate) async fn accept_loop<A>(
