@@ -229,7 +229,7 @@ fn a_million_entry_listing_streams() {
 
 /// The 10 M entries of issue 16; about 100 s with a debug build, hence ignored by default.
 #[test]
-#[ignore]
+#[ignore = "10 million entries take about 100 s in a debug build; run with --ignored"]
 fn a_ten_million_entry_listing_streams() {
     a_listing_streams(10_000_000, "10M-entry listing (ls -R)");
 }
