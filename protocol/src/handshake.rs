@@ -120,13 +120,26 @@ impl Principal {
 pub struct Permissions {
     /// May list, stat, fetch and digest anything beneath the served root.
     pub read: bool,
+    /// May upload (spec §3.12) beneath the served root; without it a put is `READ_ONLY`.
+    pub write: bool,
 }
 
 impl Permissions {
-    /// Reading the whole root: what every key holder may do today.
-    pub const READ: Self = Self { read: true };
+    /// Reading the whole root: what every key holder may do by default.
+    pub const READ: Self = Self {
+        read: true,
+        write: false,
+    };
+    /// Reading and uploading (`ferry-server --allow-upload`).
+    pub const READ_WRITE: Self = Self {
+        read: true,
+        write: true,
+    };
     /// Nothing: every request is answered `PERMISSION_DENIED`.
-    pub const NONE: Self = Self { read: false };
+    pub const NONE: Self = Self {
+        read: false,
+        write: false,
+    };
 }
 
 /// Picks the key a client must prove, and the principal it is once it has proven it.
