@@ -20,10 +20,14 @@
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
 //! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
 //! - [`transport`] (feature `tokio`): where streams come from (TCP today; relays, QUIC later).
+//! - [`driver`] (feature `tokio`): the one framed connection driver (frame reader, batching
+//!   frame writer) that the server, the client and the peer run over any split stream.
 
 pub mod conn;
 pub mod crypto;
 pub mod digest;
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod error;
 pub mod frame;
 #[cfg(any(fuzzing, test))]
