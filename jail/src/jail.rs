@@ -284,6 +284,17 @@ impl Jail {
         flags: OFlags,
         follow_final: bool,
     ) -> Result<OwnedFd, Errno> {
+        self.resolve_with(path, flags, follow_final, ResolveFlags::empty())
+    }
+
+    /// [`Jail::resolve`] with `extra` resolve flags added to the jail's own (openat2 only).
+    fn resolve_with(
+        &self,
+        path: &RelPath,
+        flags: OFlags,
+        follow_final: bool,
+        extra: ResolveFlags,
+    ) -> Result<OwnedFd, Errno> {
         // openat2 refuses O_PATH combined with anything but CLOEXEC, DIRECTORY, NOFOLLOW.
         let flags = if flags.contains(OFlags::PATH) {
             flags | OFlags::CLOEXEC
@@ -297,10 +308,11 @@ impl Jail {
                 } else {
                     flags | OFlags::NOFOLLOW
                 };
-                let resolve = match self.links {
-                    Links::WithinRoot => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-                    Links::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-                };
+                let resolve = extra
+                    | match self.links {
+                        Links::WithinRoot => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                        Links::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                    };
                 let mut attempt = 0;
                 loop {
                     match rustix::fs::openat2(
@@ -388,7 +400,39 @@ impl Jail {
     /// [`Jail::open_file`], choosing whether a final symlink is followed (within the root) or
     /// refused as [`FsError::Symlink`].
     pub fn open_read(&self, path: &RelPath, follow_final: bool) -> Result<(File, Meta), FsError> {
-        let probe = self.open_at(path, OFlags::PATH, follow_final)?;
+        self.open_read_with(path, follow_final, ResolveFlags::empty())?
+            .ok_or_else(|| self.error(Errno::AGAIN, path))
+    }
+
+    /// [`Jail::open_file`] only if it cannot wait for the disk: every step of the path must
+    /// already be in the kernel's lookup cache (`RESOLVE_CACHED`, Linux 5.12), so the call is a
+    /// few microseconds of CPU and may run on an async thread. `Ok(None)` when it would have
+    /// to look something up (or the resolver is not `openat2`): use [`Jail::open_file`] on a
+    /// blocking thread instead. Confinement is the same as [`Jail::open_file`]'s: the same
+    /// `RESOLVE_BENEATH` walk and the same checks, only refusing to block.
+    pub fn open_file_cached(&self, path: &RelPath) -> Result<Option<(File, Meta)>, FsError> {
+        if self.resolver != Resolver::Openat2 {
+            return Ok(None);
+        }
+        self.open_read_with(path, true, ResolveFlags::CACHED)
+    }
+
+    /// [`Jail::open_read`] with extra resolve flags. `Ok(None)`: with `RESOLVE_CACHED`, a walk
+    /// said `EAGAIN` (not all cached, or a rename raced it).
+    fn open_read_with(
+        &self,
+        path: &RelPath,
+        follow_final: bool,
+        extra: ResolveFlags,
+    ) -> Result<Option<(File, Meta)>, FsError> {
+        let open = |flags| match self.resolve_with(path, flags, follow_final, extra) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::AGAIN) if !extra.is_empty() => Ok(None),
+            Err(errno) => Err(self.error(errno, path)),
+        };
+        let Some(probe) = open(OFlags::PATH)? else {
+            return Ok(None);
+        };
         let st =
             rustix::fs::fstat(&probe).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
         let meta = Meta::from_stat(&st);
@@ -400,7 +444,9 @@ impl Jail {
         }
         // O_NONBLOCK: should a FIFO be swapped in between the two opens, the open does not
         // hang; the inode check below then refuses it.
-        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NONBLOCK, follow_final)?;
+        let Some(fd) = open(OFlags::RDONLY | OFlags::NONBLOCK)? else {
+            return Ok(None);
+        };
         let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(e, path, self.resolver))?;
         let opened = Meta::from_stat(&st);
         if opened.kind != EntryKind::FILE || opened.dev != meta.dev || opened.ino != meta.ino {
@@ -408,7 +454,7 @@ impl Jail {
         }
         // Regular files ignore O_NONBLOCK for reads; clear it anyway so nothing surprises us.
         let _ = rustix::fs::fcntl_setfl(&fd, OFlags::empty());
-        Ok((File::from(fd), opened))
+        Ok(Some((File::from(fd), opened)))
     }
 
     /// Opens a directory for listing.
@@ -465,6 +511,41 @@ mod tests {
                 ErrorCode::INVALID_PATH
             );
         }
+    }
+
+    /// The cached open refuses what the blocking open refuses, even once every path is in
+    /// the lookup cache (a refused walk is not "not cached"), and opens the same files.
+    #[test]
+    fn the_cached_open_refuses_the_same_escapes() {
+        let (_outer, root) = setup();
+        let jail = Jail::open(&root).unwrap();
+        if jail.resolver() != Resolver::Openat2 {
+            return;
+        }
+        for bad in ["escape", "abs_escape", "linkdir/secret.txt", "linkdir"] {
+            // Twice: the first walk fills the dentry cache, the second meets a cached escape.
+            for _ in 0..2 {
+                match jail.open_file_cached(&p(bad)) {
+                    Ok(Some(_)) => panic!("{bad} opened outside the root"),
+                    // Not cached: the caller takes the blocking open, which refuses it.
+                    Ok(None) => {}
+                    Err(err) => assert_eq!(err.code(), ErrorCode::INVALID_PATH, "{bad}: {err}"),
+                }
+            }
+        }
+        assert_eq!(
+            jail.open_file_cached(&p("sub")).unwrap_err().code(),
+            ErrorCode::NOT_A_FILE
+        );
+        let _ = jail.open_file(&p("inner_link")).unwrap();
+        let (_, meta) = jail
+            .open_file_cached(&p("inner_link"))
+            .unwrap()
+            .expect("a path just opened is cached");
+        assert_eq!(meta.size, 6);
+        // The no-follow resolver never takes the cached path.
+        let jail = jail.with_resolver(Resolver::NoFollow);
+        assert!(jail.open_file_cached(&p("inner_link")).unwrap().is_none());
     }
 
     #[test]

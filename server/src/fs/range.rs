@@ -55,6 +55,17 @@ impl FileReader {
         length: u64,
     ) -> Result<(Self, FetchResponse), FsError> {
         let (file, meta) = jail.open_file(&path)?;
+        Self::from_open(file, meta, path, offset, length)
+    }
+
+    /// A reader over a file already opened through the jail (with `meta` from that open).
+    pub fn from_open(
+        file: File,
+        meta: Meta,
+        path: RelPath,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Self, FetchResponse), FsError> {
         let (offset, length) = resolve(offset, length, meta.size)?;
         let response = FetchResponse {
             size: meta.size,
@@ -115,6 +126,53 @@ impl FileReader {
         Ok(want)
     }
 
+    /// [`FileReader::read_batch`] only if no byte has to come from a disk: `Ok(None)`, with
+    /// nothing consumed, when the range is not all in the page cache (`RWF_NOWAIT` says
+    /// `EAGAIN` or reads short) or when the file system cannot tell (`EOPNOTSUPP`) and is not
+    /// memory-backed. Lets a small, hot read run on an async thread: it is a copy out of
+    /// memory, not a wait.
+    pub fn read_batch_cached(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FsError> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let buf = &mut buf[..want];
+        let io = |errno| FsError::Io {
+            path: self.path.clone(),
+            errno,
+        };
+        let read = rustix::io::preadv2(
+            &self.file,
+            &mut [std::io::IoSliceMut::new(buf)],
+            self.pos,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+        let n = match read {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            // tmpfs and ramfs keep file pages in memory; they do not implement RWF_NOWAIT.
+            Err(rustix::io::Errno::OPNOTSUPP) if memory_backed(&self.file) => {
+                match self.file.read_at(buf, self.pos) {
+                    Ok(n) => n,
+                    Err(e) => return Err(io(errno_of(&e))),
+                }
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::INTR) => return Ok(None),
+            Err(errno) => return Err(io(errno)),
+        };
+        if n == 0 && want > 0 {
+            return Err(FsError::Changed(self.path.clone()));
+        }
+        if n < want {
+            return Ok(None);
+        }
+        self.check_unchanged()?;
+        self.hasher.update(&buf[..]);
+        self.pos += want as u64;
+        self.remaining -= want as u64;
+        self.sent += want as u64;
+        Ok(Some(want))
+    }
+
     fn check_unchanged(&self) -> Result<(), FsError> {
         let now = rustix::fs::fstat(&self.file).map_err(|errno| FsError::Io {
             path: self.path.clone(),
@@ -135,6 +193,20 @@ impl FileReader {
             digest: self.hasher.finalize(),
         })
     }
+}
+
+/// Whether the file's pages live in memory (tmpfs, ramfs): reading them copies, never waits
+/// for a disk (a swapped-out tmpfs page can, like any swapped-out page of this process).
+fn memory_backed(file: &File) -> bool {
+    // statfs(2) magic numbers; `f_type`'s C type differs between targets, hence the cast.
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+fn errno_of(error: &std::io::Error) -> rustix::io::Errno {
+    rustix::io::Errno::from_io_error(error).unwrap_or(rustix::io::Errno::IO)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! the request's error frame if it failed. Every service consults the principal before it
 //! touches the tree.
 
+mod burst;
 pub(crate) mod digest;
 pub(crate) mod echo;
 pub(crate) mod fetch;
