@@ -3,6 +3,7 @@
 //!
 //! Modules:
 //! - [`key_file`]: reading and creating key files (owner-only, as ssh insists).
+//! - [`identity`]: the node's identity file (created on first use, rotated aside).
 //! - [`keys`]: where the pre-shared key comes from (flag, file, environment, default file), and
 //!   the connect line a server prints.
 //! - [`url`]: `ferry://HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` trackers.
@@ -13,6 +14,7 @@
 //! The protocol crate stays sans-IO: it parses a key file's bytes, this crate reads the file.
 
 pub mod exit;
+pub mod identity;
 pub mod key_file;
 pub mod keys;
 pub mod text;

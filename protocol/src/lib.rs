@@ -36,6 +36,7 @@ pub mod handshake;
 pub mod header;
 pub mod message;
 pub mod session;
+pub mod identity;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(feature = "tokio")]
