@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::conn::KeepAlive;
+use ferry_protocol::driver::{FrameReader, FrameWriter};
 use ferry_protocol::{Error as ProtoError, ErrorCode, HandshakeError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -16,6 +17,9 @@ use super::driver::{now, read_loop, write_loop, RouteTable};
 use super::{Client, ClientConfig, ClientInner};
 use crate::error::ClientError;
 use ferry_common::url::FerryUrl;
+
+/// Spare room in the read buffer before each read.
+const READ_RESERVE: usize = 256 * 1024;
 
 /// Where to connect: an address, or a URL whose host is resolved first.
 #[derive(Debug, Clone)]
@@ -133,21 +137,28 @@ impl Client {
             .await
             .map_err(|e| handshake_error(e, peer))?;
         debug!(%peer, version = session.version(), mode = ?session.mode(), "connected");
+        let version = session.version();
         let (send, recv) = session.into_split();
         let max_payload = send.max_payload();
         let (read, write) = tokio::io::split(io);
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(RouteTable::default());
+        // Fetch data is split off the read buffer without copying, so one read may take many
+        // frames: keep a quarter megabyte of room.
+        let frames = FrameReader::new(read, recv, leftover)
+            .frame_read_timeout(config.frame_read_timeout)
+            .read_reserve(READ_RESERVE, READ_RESERVE);
         let reader = tokio::spawn(read_loop(
-            read,
-            recv,
-            leftover,
+            frames,
             conn.clone(),
             tx.downgrade(),
             KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
-            config.frame_read_timeout,
         ));
-        tokio::spawn(write_loop(write, send, rx, conn.clone()));
+        tokio::spawn(write_loop(
+            FrameWriter::new(write, send, version),
+            rx,
+            conn.clone(),
+        ));
         Ok(Client {
             shared: Arc::new(ClientInner {
                 peer: peer.to_string(),

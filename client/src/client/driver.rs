@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_protocol::conn::{KeepAlive, KeepAliveAction, RequestTable};
+use ferry_protocol::driver::{Batch, FrameReader, FrameWriter, Outbox, ReadEnd, WriteError};
 use ferry_protocol::{
-    Error as ProtoError, ErrorBody, Frame, FrameType, Message, RecvHalf, RequestId, SendHalf,
-    Service,
+    Error as ProtoError, ErrorBody, Frame, FrameType, Message, RequestId, Service,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 
@@ -119,13 +119,10 @@ pub(super) fn now() -> Instant {
 
 /// Owns the read half: frames in, routed by id; keep-alive pings out.
 pub(super) async fn read_loop<R: AsyncRead + Unpin>(
-    mut read: R,
-    mut recv: RecvHalf,
-    mut buf: BytesMut,
+    mut reader: FrameReader<R>,
     conn: Arc<RouteTable>,
     outgoing: mpsc::WeakUnboundedSender<Outgoing>,
     mut keepalive: KeepAlive,
-    frame_read_timeout: Duration,
 ) {
     let send = |id: RequestId, message: Message| {
         if let Some(tx) = outgoing.upgrade() {
@@ -152,88 +149,77 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     };
-    // When the frame now arriving started to arrive (spec §7 frame read deadline).
-    let mut frame_started: Option<tokio::time::Instant> = None;
+    // Any byte from the server counts as life, even in the middle of a long frame.
+    let mut heard = reader.last_read();
+    let mut hear = |reader: &FrameReader<R>, keepalive: &mut KeepAlive| {
+        if reader.last_read() > heard {
+            heard = reader.last_read();
+            keepalive.handle_received(heard.into_std());
+        }
+    };
     loop {
-        loop {
-            match recv.read_frame(&mut buf) {
-                Ok(Some(frame)) => {
-                    frame_started = None;
+        hear(&reader, &mut keepalive);
+        let keepalive_at = tokio::time::Instant::from_std(keepalive.poll_timeout());
+        tokio::select! {
+            frame = reader.next_frame() => match frame {
+                Ok(frame) => {
                     if let Err(reason) = dispatch(frame, &conn, &mut keepalive, &send, &pong).await
                     {
                         conn.fail(reason);
                         return;
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(error = %e, "bad frame from server");
-                    send(
-                        RequestId::CONNECTION,
-                        Message::Error {
-                            service: Service::HANDSHAKE,
-                            body: ErrorBody::new(e.code(), e.to_string()),
-                        },
-                    );
-                    conn.fail(CloseReason::Protocol(corruption(&e)));
-                    return;
-                }
-            }
-        }
-        if recv.decoder().is_mid_frame(&buf) {
-            frame_started.get_or_insert_with(tokio::time::Instant::now);
-        } else {
-            frame_started = None;
-        }
-        // Reading into spare capacity; frames are split off without copying, so the buffer's
-        // allocation is shared with chunks still held by callers and is replaced as needed.
-        buf.reserve(256 * 1024);
-        let keepalive_at = tokio::time::Instant::from_std(keepalive.poll_timeout());
-        let frame_deadline = frame_started.map(|t| t + frame_read_timeout);
-        tokio::select! {
-            read = read.read_buf(&mut buf) => match read {
-                Ok(0) => {
-                    let why = if recv.decoder().is_mid_frame(&buf) {
-                        "the server closed the connection in the middle of a frame"
-                    } else {
-                        "the server closed the connection"
-                    };
-                    conn.fail(CloseReason::Lost(why.into()));
-                    return;
-                }
-                Ok(_) => keepalive.handle_received(now()),
-                Err(e) => {
-                    conn.fail(CloseReason::Lost(e.to_string()));
+                Err(end) => {
+                    conn.fail(closed(end, &send));
                     return;
                 }
             },
-            () = async {
-                match frame_deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            () = tokio::time::sleep_until(keepalive_at) => {
+                hear(&reader, &mut keepalive);
+                match keepalive.poll(now()) {
+                    KeepAliveAction::SendPing(payload) => {
+                        send(RequestId::CONNECTION, Message::Ping(payload))
+                    }
+                    KeepAliveAction::Expired => {
+                        conn.fail(CloseReason::Lost("the server stopped answering".into()));
+                        return;
+                    }
+                    KeepAliveAction::Wait => {}
                 }
-            } => {
-                send(
-                    RequestId::CONNECTION,
-                    Message::Error {
-                        service: Service::HANDSHAKE,
-                        body: ErrorBody::new(
-                            ferry_protocol::ErrorCode::TIMEOUT,
-                            format!("frame not completed within {}s", frame_read_timeout.as_secs()),
-                        ),
-                    },
-                );
-                conn.fail(CloseReason::Stalled(frame_read_timeout));
-                return;
             }
-            () = tokio::time::sleep_until(keepalive_at) => match keepalive.poll(now()) {
-                KeepAliveAction::SendPing(payload) => send(RequestId::CONNECTION, Message::Ping(payload)),
-                KeepAliveAction::Expired => {
-                    conn.fail(CloseReason::Lost("the server stopped answering".into()));
-                    return;
-                }
-                KeepAliveAction::Wait => {}
+        }
+    }
+}
+
+/// Why the connection ended when the server sent no more frames; tells the server why where
+/// the fault is its stream's (a bad frame, a stalled frame).
+fn closed(end: ReadEnd, send: &impl Fn(RequestId, Message)) -> CloseReason {
+    let goodbye = |code, message: String| {
+        send(
+            RequestId::CONNECTION,
+            Message::Error {
+                service: Service::HANDSHAKE,
+                body: ErrorBody::new(code, message),
             },
+        )
+    };
+    match end {
+        ReadEnd::Eof => CloseReason::Lost("the server closed the connection".into()),
+        ReadEnd::Truncated => {
+            CloseReason::Lost("the server closed the connection in the middle of a frame".into())
+        }
+        ReadEnd::Io(e) => CloseReason::Lost(e.to_string()),
+        ReadEnd::Frame(e) => {
+            warn!(error = %e, "bad frame from server");
+            goodbye(e.code(), e.to_string());
+            CloseReason::Protocol(corruption(&e))
+        }
+        ReadEnd::Stalled(limit) => {
+            goodbye(
+                ferry_protocol::ErrorCode::TIMEOUT,
+                format!("frame not completed within {}s", limit.as_secs()),
+            );
+            CloseReason::Stalled(limit)
         }
     }
 }
@@ -252,10 +238,10 @@ fn server_sends(kind: FrameType, service: Service) -> bool {
     match kind {
         T::RESPONSE => matches!(
             service,
-            Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST
+            Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST | Service::PUT
         ),
         T::DATA => service == Service::FETCH,
-        T::END => matches!(service, Service::LIST | Service::FETCH),
+        T::END => matches!(service, Service::LIST | Service::FETCH | Service::PUT),
         T::ERROR => true,
         T::PING | T::PONG => service == Service::ECHO,
         _ => false,
@@ -342,45 +328,64 @@ async fn dispatch(
     Ok(())
 }
 
-/// Owns the write half: seals queued messages, batching whatever is ready into one write.
-pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut send: SendHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+/// What the writer takes from the request handles and the reader, in order; pongs are
+/// counted in [`RouteTable::pong_bytes`] until their batch is written.
+pub(super) struct Queue {
+    rx: mpsc::UnboundedReceiver<Outgoing>,
     conn: Arc<RouteTable>,
-) {
-    let mut buf = BytesMut::with_capacity(4096);
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        let mut next = Some(first);
-        let mut pongs = 0;
-        while let Some(out) = next {
-            let (id, message) = match out {
-                Outgoing::Message(id, message) => (id, message),
-                Outgoing::Pong(id, payload) => {
-                    pongs += payload.len();
-                    (id, Message::Pong(payload))
-                }
-            };
-            if let Err(e) = send.write_message(id, &message, &mut buf) {
-                // Callers check sizes before queueing, so this is a bug, not the server's fault.
-                warn!(error = %e, "cannot encode request");
-                conn.fail(CloseReason::Protocol(format!("cannot encode request: {e}")));
-                return;
+    /// Pong bytes in the batch being written.
+    pongs: usize,
+}
+
+impl Outbox for Queue {
+    type Item = Outgoing;
+
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Outgoing>> + Send {
+        self.rx.recv()
+    }
+
+    fn try_recv(&mut self) -> Option<Outgoing> {
+        self.rx.try_recv().ok()
+    }
+
+    fn encode(&mut self, out: Outgoing, batch: &mut Batch) -> Result<(), ProtoError> {
+        match out {
+            Outgoing::Message(id, message) => batch.push(id, message),
+            Outgoing::Pong(id, payload) => {
+                self.pongs += payload.len();
+                batch.push(id, Message::Pong(payload))
             }
-            if buf.len() >= 256 * 1024 {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        let written = write.write_all(&buf).await;
-        conn.pong_bytes.fetch_sub(pongs, Ordering::Relaxed);
-        if let Err(e) = written {
-            conn.fail(CloseReason::Lost(e.to_string()));
-            return;
         }
     }
-    let _ = write.shutdown().await;
+
+    fn written(&mut self) {
+        self.conn
+            .pong_bytes
+            .fetch_sub(std::mem::take(&mut self.pongs), Ordering::Relaxed);
+    }
+}
+
+/// Owns the write half: seals queued messages, batching whatever is ready into one write.
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    conn: Arc<RouteTable>,
+) {
+    let queue = Queue {
+        rx,
+        conn: conn.clone(),
+        pongs: 0,
+    };
+    match writer.run(queue).await {
+        Ok(()) => {}
+        Err(WriteError::Encode(e)) => {
+            // Callers check sizes before queueing, so this is a bug, not the server's fault.
+            warn!(error = %e, "cannot encode request");
+            conn.fail(CloseReason::Protocol(format!("cannot encode request: {e}")));
+        }
+        Err(WriteError::Io(e)) => conn.fail(CloseReason::Lost(e.to_string())),
+        Err(e @ WriteError::Timeout(_)) => conn.fail(CloseReason::Lost(e.to_string())),
+    }
 }
 
 #[cfg(test)]
