@@ -11,9 +11,11 @@
 //! - [`swarm`]: the sans-IO swarm core (picker, choker, bans); see `src/swarm/STATE.md`.
 //! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
 //! - [`tracker`]: the UDP tracker core, its server and its client.
+//! - [`dht`]: the Kademlia DHT for content ids: sans-IO core, tokio shell (spec/P2P.md §7).
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 //! - [`status`]: what a node tried to find peers and what failed, in words.
 pub mod addr;
+pub mod dht;
 pub mod manifest;
 pub mod node;
 pub mod pieces;

@@ -1,0 +1,577 @@
+//! The DHT core on a simulated network: a few hundred in-memory nodes, seeded, a fake clock
+//! that only moves to the next deadline, datagrams delivered in order. Every reply is checked
+//! against the amplification bound as it is produced.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ferry_protocol::{ErrorCode, FrameType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::wire::{Answer, Message, Query, Request, Response, Token};
+use super::*;
+
+/// An address outside the BEP 42 exemption, so that node ids are checked.
+fn public(i: usize) -> SocketAddr {
+    SocketAddr::from(([44, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6881))
+}
+
+struct Net {
+    nodes: Vec<Dht>,
+    addrs: Vec<SocketAddr>,
+    index: HashMap<SocketAddr, usize>,
+    dead: HashSet<usize>,
+    now: Instant,
+    queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    events: Vec<(usize, Event)>,
+    rng: StdRng,
+    delivered: usize,
+}
+
+impl Net {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let now = Instant::now();
+        let addrs: Vec<SocketAddr> = (0..n).map(public).collect();
+        let nodes = addrs
+            .iter()
+            .map(|a| {
+                Dht::new(
+                    DhtConfig::default(),
+                    id_for(a.ip(), rng.gen()),
+                    rng.gen(),
+                    now,
+                )
+            })
+            .collect();
+        let index = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+        Self {
+            nodes,
+            addrs,
+            index,
+            dead: HashSet::new(),
+            now,
+            queue: VecDeque::new(),
+            events: Vec::new(),
+            rng,
+            delivered: 0,
+        }
+    }
+
+    /// Bootstraps every node through node 0, one a second.
+    fn grown(n: usize, seed: u64) -> Self {
+        let mut net = Self::new(n, seed);
+        let boot = net.addrs[0];
+        for i in 1..n {
+            net.nodes[i].bootstrap(&[boot], net.now).unwrap();
+            net.run();
+            net.now += Duration::from_secs(1);
+        }
+        net
+    }
+
+    fn collect(&mut self, i: usize, request_len: Option<(SocketAddr, usize)>) {
+        while let Some((to, bytes)) = self.nodes[i].poll_transmit() {
+            if let Some((asker, len)) = request_len {
+                if to == asker {
+                    let (_, m) = Message::from_datagram(&bytes).unwrap();
+                    if !matches!(m, Message::Request(_)) {
+                        assert!(
+                            bytes.len() <= AMPLIFICATION * len,
+                            "reply of {} bytes to a request of {len}",
+                            bytes.len()
+                        );
+                    }
+                }
+            }
+            self.queue.push_back((self.addrs[i], to, bytes));
+        }
+        while let Some(e) = self.nodes[i].poll_event() {
+            self.events.push((i, e));
+        }
+    }
+
+    /// Delivers everything, moving the clock to the next query deadline when the network is
+    /// quiet, until no query is in flight.
+    fn run(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.collect(i, None);
+        }
+        loop {
+            if let Some((from, to, bytes)) = self.queue.pop_front() {
+                let Some(&j) = self.index.get(&to) else {
+                    continue;
+                };
+                if self.dead.contains(&j) {
+                    continue;
+                }
+                self.delivered += 1;
+                self.nodes[j].handle_datagram(&bytes, from, self.now);
+                self.collect(j, Some((from, bytes.len())));
+                continue;
+            }
+            let next = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| n.in_flight() > 0 && !self.dead.contains(i))
+                .map(|(_, n)| n.poll_timeout())
+                .min();
+            let Some(next) = next else { break };
+            self.now = self.now.max(next);
+            for i in 0..self.nodes.len() {
+                if !self.dead.contains(&i) {
+                    self.nodes[i].handle_timeout(self.now);
+                    self.collect(i, None);
+                }
+            }
+        }
+        for n in &self.nodes {
+            n.table().check().unwrap();
+            assert!(n.in_flight() <= MAX_IN_FLIGHT && n.lookups() <= MAX_LOOKUPS);
+        }
+    }
+
+    fn done(&self, node: usize, lookup: LookupId) -> (Vec<NodeInfo>, usize) {
+        self.events
+            .iter()
+            .find_map(|(i, e)| match e {
+                Event::Done {
+                    lookup: l,
+                    closest,
+                    announced,
+                } if *i == node && *l == lookup => Some((closest.clone(), *announced)),
+                _ => None,
+            })
+            .expect("the lookup finished")
+    }
+
+    fn truth(&self, target: &NodeId, except: usize) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|i| *i != except && !self.dead.contains(i))
+            .map(|i| self.nodes[i].id())
+            .collect();
+        ids.sort_by_key(|id| id.distance(target));
+        ids.truncate(K);
+        ids
+    }
+}
+
+#[test]
+fn lookups_converge_on_the_k_closest_in_a_simulated_network() {
+    let mut net = Net::grown(300, 7);
+    // Every node knows some others; nobody's table is over its bounds (checked in `run`).
+    assert!(net.nodes.iter().all(|n| n.table().len() >= K));
+    let mut exact = 0;
+    let trials = 40;
+    for _ in 0..trials {
+        let from = net.rng.gen_range(0..net.nodes.len());
+        let target = NodeId(net.rng.gen());
+        let lookup = net.nodes[from].find_node(target, net.now).unwrap();
+        net.run();
+        let (closest, _) = net.done(from, lookup);
+        let got: Vec<NodeId> = closest.iter().map(|n| n.id).collect();
+        let want = net.truth(&target, from);
+        let overlap = got.iter().filter(|id| want.contains(id)).count();
+        assert!(overlap >= K - 1, "found {overlap} of the {K} closest");
+        exact += (got == want) as usize;
+    }
+    assert!(exact >= trials - 2, "{exact} of {trials} lookups exact");
+    // α = 3 in flight, a handful of rounds: a lookup costs tens of datagrams, not hundreds.
+    let before = net.delivered;
+    let lookup = net.nodes[5].find_node(NodeId([0x42; 20]), net.now).unwrap();
+    net.run();
+    net.done(5, lookup);
+    assert!(
+        net.delivered - before < 150,
+        "{} datagrams",
+        net.delivered - before
+    );
+}
+
+#[test]
+fn lookups_route_around_dead_nodes() {
+    let mut net = Net::grown(200, 11);
+    for i in (3..200).step_by(7) {
+        net.dead.insert(i);
+    }
+    for _ in 0..10 {
+        let from = 1;
+        let target = NodeId(net.rng.gen());
+        let lookup = net.nodes[from].find_node(target, net.now).unwrap();
+        net.run();
+        let got: Vec<NodeId> = net.done(from, lookup).0.iter().map(|n| n.id).collect();
+        let want = net.truth(&target, from);
+        let overlap = got.iter().filter(|id| want.contains(id)).count();
+        assert!(
+            overlap >= K - 1,
+            "found {overlap} of the {K} closest live nodes"
+        );
+    }
+}
+
+#[test]
+fn announced_peers_are_found_by_others() {
+    let mut net = Net::grown(150, 3);
+    let key = key_for(&crate::manifest::ContentId([5; 32]));
+    let a = 10;
+    let lookup = net.nodes[a].get_peers(key, Some(7000), net.now).unwrap();
+    net.run();
+    let (_, announced) = net.done(a, lookup);
+    assert_eq!(announced, K, "announced to the k closest");
+    let stored = net.nodes.iter().filter(|n| n.store().size().1 > 0).count();
+    assert_eq!(stored, K);
+    let b = 77;
+    let lookup = net.nodes[b].get_peers(key, None, net.now).unwrap();
+    net.run();
+    let found: Vec<SocketAddr> = net
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::Peers { lookup: l, peers } if *i == b && *l == lookup => Some(peers.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(found, vec![SocketAddr::new(net.addrs[a].ip(), 7000)]);
+}
+
+/// A lone node with a full-ish table and a stored swarm, for request/reply tests.
+fn lone(now: Instant) -> Dht {
+    let mut d = Dht::new(DhtConfig::default(), NodeId([0x80; 20]), 1, now);
+    let mut rng = StdRng::seed_from_u64(2);
+    for i in 0..200 {
+        let addr = public(1000 + i);
+        // IPv6 nodes make the longest node entries.
+        let addr = if i % 2 == 0 {
+            SocketAddr::new(
+                IpAddr::V6(std::net::Ipv6Addr::new(0x2a01, 0, 0, 0, 0, 0, 0, i as u16)),
+                1,
+            )
+        } else {
+            addr
+        };
+        d.table.insert(id_for(addr.ip(), rng.gen()), addr, now);
+    }
+    for i in 0..256 {
+        let peer = SocketAddr::new(
+            IpAddr::V6(std::net::Ipv6Addr::new(0x2a02, 0, 0, 0, 0, 0, 0, i as u16)),
+            7000,
+        );
+        d.store.add(NodeId([7; 20]), peer, now);
+    }
+    d
+}
+
+fn ask(d: &mut Dht, request: Request, from: SocketAddr, now: Instant) -> Option<(usize, Message)> {
+    let bytes = Message::Request(request).to_datagram(99);
+    d.handle_datagram(&bytes, from, now);
+    let (to, reply) = d.poll_transmit()?;
+    assert_eq!(to, from);
+    // Verification pings may follow; they are requests, not replies.
+    while d.poll_transmit().is_some() {}
+    let (tx, m) = Message::from_datagram(&reply).unwrap();
+    assert_eq!(tx, 99);
+    assert!(
+        reply.len() <= AMPLIFICATION * bytes.len(),
+        "{} bytes in reply to {}",
+        reply.len(),
+        bytes.len()
+    );
+    Some((bytes.len(), m))
+}
+
+#[test]
+fn replies_never_exceed_four_times_the_request() {
+    let now = Instant::now();
+    let mut d = lone(now);
+    let from = SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::new(0x2a03, 0, 0, 0, 0, 0, 0, 1)),
+        9,
+    );
+    let me = id_for(from.ip(), [3; 20]);
+    let key = NodeId([7; 20]);
+    let token = d.tokens.token(from.ip());
+    for padding in [0, 10, 100, 203, 1000] {
+        for query in [
+            Query::Ping,
+            Query::FindNode { target: key },
+            Query::GetPeers { key },
+            Query::AnnouncePeer {
+                key,
+                port: 1,
+                token,
+            },
+            Query::AnnouncePeer {
+                key,
+                port: 1,
+                token: [0; 8],
+            },
+        ] {
+            let request = Request {
+                id: me,
+                query: query.clone(),
+                padding,
+            };
+            // `ask` checks the bound; every request kind gets some answer.
+            let (len, reply) = ask(&mut d, request, from, now).expect("answered");
+            if let (Query::GetPeers { .. }, Message::Response(r)) = (&query, &reply) {
+                let Answer::GetPeers { nodes, peers, .. } = &r.answer else {
+                    panic!("{r:?}")
+                };
+                if len >= REQUEST_PAD_TO {
+                    // A padded request gets a full reply: k nodes and a good share of peers.
+                    assert_eq!(nodes.len(), K);
+                    assert!(peers.len() >= 10, "{} peers", peers.len());
+                }
+            }
+        }
+    }
+    // Requests our own lookups send are padded to exactly REQUEST_PAD_TO.
+    d.find_node(NodeId([1; 20]), now).unwrap();
+    let (_, bytes) = d.poll_transmit().unwrap();
+    assert_eq!(bytes.len(), REQUEST_PAD_TO);
+}
+
+#[test]
+fn forged_or_foreign_tokens_are_refused() {
+    let now = Instant::now();
+    let mut d = lone(now);
+    let honest = public(5);
+    let victim = public(6);
+    let key = NodeId([9; 20]);
+    let id = id_for(honest.ip(), [1; 20]);
+    let Some((
+        _,
+        Message::Response(Response {
+            answer: Answer::GetPeers { token, .. },
+            ..
+        }),
+    )) = ask(
+        &mut d,
+        Request {
+            id,
+            query: Query::GetPeers { key },
+            padding: 0,
+        },
+        honest,
+        now,
+    )
+    else {
+        panic!("no get_peers answer")
+    };
+    let announce = |token: Token| Request {
+        id,
+        query: Query::AnnouncePeer {
+            key,
+            port: 7000,
+            token,
+        },
+        padding: 0,
+    };
+    let refused = |m: Option<(usize, Message)>| matches!(m, Some((_, Message::Error(e))) if e.code == ErrorCode::AUTHENTICATION_FAILED);
+    // The honest token sent from another address (a spoofed announce for the victim).
+    assert!(refused(ask(&mut d, announce(token), victim, now)));
+    let mut forged = token;
+    forged[7] ^= 0x40;
+    assert!(refused(ask(&mut d, announce(forged), honest, now)));
+    assert!(refused(ask(&mut d, announce([0; 8]), honest, now)));
+    assert_eq!(d.store.peers(&key, 10, now, &mut d.rng.clone()).len(), 0);
+    // The token works for its own address, still after one rotation, not after two.
+    assert!(matches!(
+        ask(&mut d, announce(token), honest, now),
+        Some((_, Message::Response(_)))
+    ));
+    let later = now + store::SECRET_ROTATION;
+    assert!(matches!(
+        ask(&mut d, announce(token), honest, later),
+        Some((_, Message::Response(_)))
+    ));
+    let much_later = later + store::SECRET_ROTATION;
+    assert!(refused(ask(&mut d, announce(token), honest, much_later)));
+    assert_eq!(
+        d.store.peers(&key, 10, now, &mut d.rng.clone()),
+        vec![SocketAddr::new(honest.ip(), 7000)]
+    );
+}
+
+#[test]
+fn a_flood_from_one_address_is_cut_and_others_still_answered() {
+    let now = Instant::now();
+    let mut d = lone(now);
+    let flooder = public(5);
+    let ping = |id| {
+        Message::Request(Request {
+            id,
+            query: Query::Ping,
+            padding: 0,
+        })
+        .to_datagram(1)
+    };
+    let id = id_for(flooder.ip(), [1; 20]);
+    let mut answered = 0;
+    for _ in 0..10_000 {
+        d.handle_datagram(&ping(id), flooder, now);
+        while let Some((to, _)) = d.poll_transmit() {
+            answered += (to == flooder) as usize;
+        }
+    }
+    // One verification ping may go to the flooder too; the rest are the burst's answers.
+    assert!(
+        (store::RATE_BURST as usize..=store::RATE_BURST as usize + 1).contains(&answered),
+        "{answered} answers"
+    );
+    let other = public(6);
+    d.handle_datagram(&ping(id_for(other.ip(), [2; 20])), other, now);
+    assert_eq!(d.poll_transmit().map(|(to, _)| to), Some(other));
+    assert!(d.in_flight() <= MAX_IN_FLIGHT / 2 + 1);
+}
+
+#[test]
+fn node_ids_are_tied_to_addresses() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for i in 0..200 {
+        let v4 = public(i).ip();
+        let v6 = IpAddr::V6(std::net::Ipv6Addr::new(0x2a00, i as u16, 0, 0, 0, 0, 0, 1));
+        for ip in [v4, v6] {
+            let id = id_for(ip, rng.gen());
+            assert!(id_matches(&id, ip));
+            // The masked address is what counts: another host in the same /24 (IPv4) or
+            // /64 (IPv6) may use the same id; a random id almost never fits.
+            assert!(!id_matches(&NodeId(rng.gen()), ip) || i < 2);
+        }
+    }
+    // Loopback and private addresses are exempt (BEP 42), so tests on 127.0.0.1 use any id.
+    assert!(id_matches(&NodeId([0; 20]), "127.0.0.1".parse().unwrap()));
+    assert!(id_matches(&NodeId([0; 20]), "192.168.1.1".parse().unwrap()));
+    assert!(id_matches(&NodeId([0; 20]), "::1".parse().unwrap()));
+    assert!(id_matches(&NodeId([0; 20]), "fd00::1".parse().unwrap()));
+    // A node answering with an id that does not fit its address is never added.
+    let now = Instant::now();
+    let mut d = Dht::new(DhtConfig::default(), NodeId([1; 20]), 1, now);
+    let liar = public(9);
+    d.bootstrap(&[liar], now).unwrap();
+    let (_, req) = d.poll_transmit().unwrap();
+    let (tx, _) = Message::from_datagram(&req).unwrap();
+    let reply = Message::Response(Response {
+        id: NodeId([0x55; 20]),
+        you: public(1),
+        answer: Answer::FindNode { nodes: vec![] },
+    });
+    d.handle_datagram(&reply.to_datagram(tx), liar, now);
+    assert!(d.table().is_empty());
+}
+
+#[test]
+fn a_node_takes_an_id_for_the_address_three_others_see() {
+    let now = Instant::now();
+    let mut d = Dht::new(DhtConfig::default(), NodeId([1; 20]), 1, now);
+    let seen = public(500);
+    let seeds: Vec<SocketAddr> = (0..3).map(|i| public(600 + i)).collect();
+    d.bootstrap(&seeds, now).unwrap();
+    let mut sent = Vec::new();
+    while let Some(s) = d.poll_transmit() {
+        sent.push(s);
+    }
+    assert_eq!(sent.len(), 3);
+    for (to, req) in sent {
+        let (tx, _) = Message::from_datagram(&req).unwrap();
+        let reply = Message::Response(Response {
+            id: id_for(to.ip(), [to.port() as u8; 20]),
+            you: seen,
+            answer: Answer::FindNode { nodes: vec![] },
+        });
+        d.handle_datagram(&reply.to_datagram(tx), to, now);
+    }
+    assert!(id_matches(&d.id(), seen.ip()));
+    assert!(matches!(d.poll_event(), Some(Event::IdChanged(id)) if id == d.id()));
+    d.table().check().unwrap();
+    assert_eq!(
+        d.table().len(),
+        3,
+        "the table was rebuilt around the new id"
+    );
+}
+
+#[test]
+fn replies_from_elsewhere_or_with_another_transaction_are_ignored() {
+    let now = Instant::now();
+    let mut d = Dht::new(DhtConfig::default(), NodeId([1; 20]), 1, now);
+    let node = public(7);
+    d.bootstrap(&[node], now).unwrap();
+    let (_, req) = d.poll_transmit().unwrap();
+    let (tx, _) = Message::from_datagram(&req).unwrap();
+    let reply = Message::Response(Response {
+        id: id_for(node.ip(), [1; 20]),
+        you: public(1),
+        answer: Answer::FindNode { nodes: vec![] },
+    });
+    d.handle_datagram(&reply.to_datagram(tx), public(8), now);
+    d.handle_datagram(&reply.to_datagram(tx ^ 1), node, now);
+    let ping = Message::Response(Response {
+        id: id_for(node.ip(), [1; 20]),
+        you: public(1),
+        answer: Answer::Ping,
+    });
+    d.handle_datagram(&ping.to_datagram(tx), node, now);
+    assert!(d.table().is_empty());
+    assert_eq!(d.in_flight(), 1);
+    d.handle_datagram(&reply.to_datagram(tx), node, now);
+    assert_eq!(d.table().len(), 1);
+    assert!(matches!(d.poll_event(), Some(Event::Done { .. })));
+    // Anything else from anywhere: silently dropped.
+    for len in 0..100 {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+        d.handle_datagram(&junk, node, now);
+    }
+    let mut header = reply.to_datagram(tx);
+    header[0] = FrameType::PING.0;
+    d.handle_datagram(&header, node, now);
+    assert!(d.poll_transmit().is_none());
+}
+
+/// spec/P2P.md §7.9's derived values: the key of a content id, BEP 42-style id prefixes and
+/// tokens.
+#[test]
+fn derivations_match_the_spec() {
+    let spec = include_str!("../../../spec/P2P.md");
+    let start = spec
+        .find("dht derivations:")
+        .expect("spec/P2P.md has the dht derivations");
+    let mut seen = 0;
+    for line in spec[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+    {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        match cols.as_slice() {
+            ["key_for", content, key] => {
+                let content =
+                    crate::manifest::ContentId(hex::decode(content).unwrap().try_into().unwrap());
+                assert_eq!(hex::encode(key_for(&content).0), *key);
+            }
+            ["id_hash", ip, r, prefix] => {
+                let ip: IpAddr = ip.parse().unwrap();
+                let r: u8 = r.parse().unwrap();
+                let h = id_hash(ip, r);
+                assert_eq!(hex::encode(&h[..3]), *prefix, "{ip}");
+                let mut random = [0xa5u8; 20];
+                random[19] = (random[19] & 0xf8) | r;
+                let id = id_for(ip, random);
+                assert!(id_matches(&id, ip));
+                assert_eq!(id.0[19] & 7, r);
+            }
+            ["token", secret, ip, token] => {
+                let secret: [u8; 32] = hex::decode(secret).unwrap().try_into().unwrap();
+                let ip: IpAddr = ip.parse().unwrap();
+                assert_eq!(hex::encode(store::token(&secret, ip)), *token);
+            }
+            other => panic!("unknown derivation line {other:?}"),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 7, "{seen} derivations");
+}
