@@ -24,8 +24,11 @@
 //! between the pass and the stat are skipped too; entries created behind the cursor during a
 //! walk are not listed, entries created ahead of it are.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::message::{Entry, EntryKind, ListPage};
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
@@ -43,13 +46,137 @@ fn cost(name: &[u8]) -> usize {
     name.len() + NAME_OVERHEAD
 }
 
+/// Sorted names of small directories, so that listing a directory that has not changed skips
+/// reading it (`getdents`, sorting, allocating every name again). Only names are kept: every
+/// entry is still `fstatat`'ed on every listing, so sizes, times, kinds and modes are never
+/// stale; a name is, only if the directory changed, which its own metadata tells.
+///
+/// Validation: a directory's `(dev, ino, nlink, size, mtime, ctime)` must equal what it was
+/// when its names were read. Any change of a name in it (create, remove, rename in or out)
+/// sets its mtime and ctime to the current time, and ctime cannot be set back by anyone, so a
+/// change made after the names were read gives a later ctime, unless it falls in the same
+/// timestamp tick as the change before it (coarse kernel clocks, 1 s or 2 s file systems).
+/// That is why a directory changed less than [`RACY`] before it was read is not cached (the
+/// "racy git" rule): its next change is then sure to carry a later time. The cost is that a
+/// directory changing all the time is always read.
+///
+/// Why it matters for scaling: reading a directory takes the directory's own lock once per
+/// entry (tmpfs: the dentry's `d_lock`, to walk its children past the reader's cursor; ext4:
+/// `i_rwsem`), so every core listing the same directory queues on one lock. A cached listing
+/// does not read the directory at all.
+#[derive(Debug)]
+pub struct NameCache {
+    dirs: Mutex<HashMap<(u64, u64), Arc<Cached>>>,
+    racy: Duration,
+    hits: AtomicU64,
+}
+
+/// Directories remembered; past it the cache starts over (a listing then reads once more).
+const CACHED_DIRS: usize = 4096;
+/// Largest directory cached, in bytes of names (a few hundred entries).
+const CACHED_BYTES: usize = 16 * 1024;
+/// See [`NameCache`]: larger than any file system's timestamp granularity (2 s) plus a
+/// coarse clock's lag.
+pub const RACY: Duration = Duration::from_secs(3);
+
+/// What a directory's metadata said when its names were read.
+type Stamp = (u64, u64, u64, u64, i64, i64, i64, i64);
+
+#[derive(Debug)]
+struct Cached {
+    stamp: Stamp,
+    names: Vec<Vec<u8>>,
+}
+
+// Field widths of `struct stat` differ between architectures, hence the casts.
+#[allow(clippy::unnecessary_cast)]
+fn stamp(st: &rustix::fs::Stat) -> Stamp {
+    (
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_nlink as u64,
+        st.st_size as u64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as i64,
+        st.st_ctime as i64,
+        st.st_ctime_nsec as i64,
+    )
+}
+
+impl NameCache {
+    pub fn new(racy: Duration) -> Self {
+        Self {
+            dirs: Mutex::new(HashMap::new()),
+            racy,
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The process's cache. Keyed by the directory's identity, so one cache serves every
+    /// tree: an entry is only reached through a directory the jail opened.
+    pub fn shared() -> Arc<Self> {
+        static SHARED: OnceLock<Arc<NameCache>> = OnceLock::new();
+        SHARED.get_or_init(|| Arc::new(Self::new(RACY))).clone()
+    }
+
+    /// Listings answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn lookup(&self, now: &Stamp) -> Option<Arc<Cached>> {
+        let dirs = self.dirs.lock().ok()?;
+        let cached = dirs.get(&(now.0, now.1))?;
+        (cached.stamp == *now).then(|| {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            cached.clone()
+        })
+    }
+
+    /// Remembers `names`, read between `before` and `after`, starting at `started`, if the
+    /// directory held still and had not changed within [`RACY`] of the read.
+    fn store(&self, before: Stamp, after: Stamp, started: SystemTime, names: &VecDeque<Vec<u8>>) {
+        if before != after || names.iter().map(|n| cost(n)).sum::<usize>() > CACHED_BYTES {
+            return;
+        }
+        let Ok(since_epoch) = started.duration_since(UNIX_EPOCH) else {
+            return;
+        };
+        let horizon = since_epoch.saturating_sub(self.racy);
+        let changed = |secs: i64, nanos: i64| {
+            u64::try_from(secs).map_or(Duration::ZERO, |s| {
+                Duration::new(s, u32::try_from(nanos).unwrap_or(0).min(999_999_999))
+            })
+        };
+        if changed(after.4, after.5) >= horizon || changed(after.6, after.7) >= horizon {
+            return;
+        }
+        let Ok(mut dirs) = self.dirs.lock() else {
+            return;
+        };
+        if dirs.len() >= CACHED_DIRS {
+            dirs.clear();
+        }
+        dirs.insert(
+            (after.0, after.1),
+            Arc::new(Cached {
+                stamp: after,
+                names: names.iter().cloned().collect(),
+            }),
+        );
+    }
+}
+
 /// One open directory of the walk.
 #[derive(Debug)]
 struct Level {
     /// Descriptor used for `fstatat` and for opening subdirectories.
     fd: OwnedFd,
     /// A duplicate of `fd` that reads entries; shares its file offset, which only it uses.
-    dir: Dir,
+    /// Made on the first pass, which a cached listing never needs.
+    dir: Option<Dir>,
+    /// Where this directory's names may come from instead of a pass.
+    cache: Option<Arc<NameCache>>,
     /// Path of this directory relative to the listed one, with a trailing `/` (or empty).
     prefix: String,
     /// The last name taken from this directory; the next batch starts after it.
@@ -63,13 +190,10 @@ struct Level {
 
 impl Level {
     fn new(fd: OwnedFd, prefix: String, budget: usize) -> Result<Self, Errno> {
-        let dir = Dir::new(
-            fd.try_clone()
-                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?,
-        )?;
         Ok(Self {
             fd,
-            dir,
+            dir: None,
+            cache: None,
             prefix,
             after: None,
             batch: VecDeque::new(),
@@ -78,14 +202,42 @@ impl Level {
         })
     }
 
-    /// One pass over the directory: the smallest names after the cursor that fit the budget.
+    /// The next batch: from the cache when the directory is unchanged, else from a pass.
     fn refill(&mut self) -> Result<(), Errno> {
-        self.dir.rewind();
+        let Some(cache) = self.cache.clone().filter(|_| self.after.is_none()) else {
+            return self.pass();
+        };
+        let before = stamp(&rustix::fs::fstat(&self.fd)?);
+        if let Some(cached) = cache.lookup(&before) {
+            self.batch = cached.names.iter().cloned().collect();
+            self.exhausted = true;
+            return Ok(());
+        }
+        let started = SystemTime::now();
+        self.pass()?;
+        if self.exhausted {
+            let after = stamp(&rustix::fs::fstat(&self.fd)?);
+            cache.store(before, after, started, &self.batch);
+        }
+        Ok(())
+    }
+
+    /// One pass over the directory: the smallest names after the cursor that fit the budget.
+    fn pass(&mut self) -> Result<(), Errno> {
+        let dir = match &mut self.dir {
+            Some(dir) => dir,
+            None => self.dir.insert(Dir::new(
+                self.fd
+                    .try_clone()
+                    .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?,
+            )?),
+        };
+        dir.rewind();
         let mut heap: BinaryHeap<Vec<u8>> = BinaryHeap::new();
         let mut bytes = 0usize;
         // Smallest name evicted so far; everything at or above it waits for a later pass.
         let mut cut: Option<Vec<u8>> = None;
-        while let Some(entry) = self.dir.read() {
+        while let Some(entry) = dir.read() {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
@@ -149,6 +301,15 @@ impl Lister {
             links: None,
             link_text: false,
         })
+    }
+
+    /// Takes the listed directory's names from `cache` while the directory is unchanged
+    /// (see [`NameCache`]); subdirectories of a recursive walk are always read.
+    pub fn with_cache(mut self, cache: Arc<NameCache>) -> Self {
+        if let Some(top) = self.stack.first_mut() {
+            top.cache = Some(cache);
+        }
+        self
     }
 
     /// Follows symlinks that stay inside the root with `resolver`; with `link_text`, entries
@@ -297,6 +458,92 @@ mod tests {
             }
         }
         panic!("listing did not end");
+    }
+
+    /// (name, size, mtime) of every entry, through `cache`.
+    fn described(dir: &std::path::Path, cache: &Arc<NameCache>) -> Vec<(String, u64, i64, u32)> {
+        let mut lister = Lister::new(open(dir), false, 0, 1 << 20)
+            .unwrap()
+            .with_cache(cache.clone());
+        let mut out = Vec::new();
+        while let Some(page) = lister.next_page(1 << 16).unwrap() {
+            out.extend(
+                page.entries
+                    .into_iter()
+                    .map(|e| (e.name, e.size, e.mtime_secs, e.mtime_nanos)),
+            );
+        }
+        out
+    }
+
+    fn set_mtime(path: &std::path::Path, secs: i64, nanos: i64) {
+        let t = rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos as _,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            path,
+            &rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            AtFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    /// A cached listing is never stale: after a rename, a size change, an entry's mtime moved
+    /// within the same second, and a new name whose directory mtime was then put back exactly
+    /// (only ctime tells), the next listing shows the change. Directories changed within
+    /// [`RACY`] of being read are not cached, so the test waits that long once, for all cases.
+    #[test]
+    fn cached_names_are_never_stale() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<_> = (0..4).map(|i| root.path().join(format!("d{i}"))).collect();
+        for dir in &dirs {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::write(dir.join("a"), b"1").unwrap();
+            std::fs::write(dir.join("b"), b"2").unwrap();
+        }
+        let cache = Arc::new(NameCache::new(RACY));
+        // Too fresh to cache: read every time.
+        described(&dirs[0], &cache);
+        described(&dirs[0], &cache);
+        assert_eq!(cache.hits(), 0);
+        std::thread::sleep(RACY + Duration::from_millis(100));
+        let mut hits = 0;
+        for dir in &dirs {
+            let first = described(dir, &cache);
+            assert_eq!(described(dir, &cache), first);
+            hits += 1;
+            assert_eq!(cache.hits(), hits, "an unchanged old directory is cached");
+        }
+        let names =
+            |d: &[(String, u64, i64, u32)]| d.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+
+        std::fs::rename(dirs[0].join("b"), dirs[0].join("c")).unwrap();
+        assert_eq!(names(&described(&dirs[0], &cache)), ["a", "c"]);
+
+        std::fs::write(dirs[1].join("a"), b"longer").unwrap();
+        assert_eq!(described(&dirs[1], &cache)[0].1, 6);
+
+        let before = described(&dirs[2], &cache)[0].clone();
+        set_mtime(
+            &dirs[2].join("a"),
+            before.2,
+            i64::from((before.3 + 1) % 1_000_000_000),
+        );
+        let after = described(&dirs[2], &cache)[0].clone();
+        assert_eq!(
+            (after.2, after.3),
+            (before.2, (before.3 + 1) % 1_000_000_000)
+        );
+
+        let st = rustix::fs::stat(&dirs[3]).unwrap();
+        std::fs::write(dirs[3].join("new"), b"").unwrap();
+        set_mtime(&dirs[3], st.st_mtime as i64, st.st_mtime_nsec as i64);
+        assert_eq!(names(&described(&dirs[3], &cache)), ["a", "b", "new"]);
     }
 
     #[test]

@@ -8,6 +8,6 @@ pub mod list;
 pub mod range;
 
 pub use jail::{FsError, Jail, LinkResolver, Meta, Resolver};
-pub use list::Lister;
+pub use list::{Lister, NameCache};
 pub use path::{PathError, RelPath};
 pub use range::FileReader;

@@ -6,7 +6,7 @@ use ferry_protocol::message::{ListEnd, ListRequest};
 use ferry_protocol::Message;
 
 use super::{Context, ServiceError, Sink};
-use crate::fs::{FsError, Lister};
+use crate::fs::{FsError, Lister, NameCache};
 
 /// Answers one list request. Returns the number of entries.
 pub(crate) async fn list(
@@ -30,7 +30,8 @@ pub(crate) async fn list(
         let opened = tree.jail.open_dir(&path).and_then(|fd| {
             let mut lister = Lister::new(fd, max_depth > 0, max_depth, budget)
                 .map_err(|e| FsError::from_errno(e, &path, resolver))?
-                .with_links(tree.jail.link_resolver(&path), links);
+                .with_links(tree.jail.link_resolver(&path), links)
+                .with_cache(NameCache::shared());
             let page = lister
                 .next_page(page_bytes)
                 .map_err(|e| FsError::from_errno(e, &path, resolver))?;
