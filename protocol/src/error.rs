@@ -111,9 +111,13 @@ error_codes! {
     INVALID_RANGE = 0x0307, "invalid range";
     FILE_CHANGED = 0x0308, "file changed while being sent";
     CANCELLED = 0x0309, "cancelled";
+    READ_ONLY = 0x030A, "read-only: this client may not upload";
+    ALREADY_EXISTS = 0x030B, "the destination already exists";
+    DIGEST_MISMATCH = 0x030C, "the uploaded bytes do not match their digest";
     TOO_LARGE = 0x0401, "too large";
     BUSY = 0x0402, "busy: limit reached";
     TIMEOUT = 0x0403, "timed out";
+    QUOTA_EXCEEDED = 0x0404, "upload quota exceeded";
     INTERNAL = 0x0501, "internal error";
     SHUTTING_DOWN = 0x0502, "server is shutting down";
     BANNED = 0x0601, "banned: repeatedly sent data that failed verification";

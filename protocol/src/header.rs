@@ -113,6 +113,8 @@ wire_u8! {
         ECHO = 0x04,
         /// The BLAKE3 digest of a whole file (verifies a resumed download).
         DIGEST = 0x05,
+        /// An upload: the client sends a file, resumable, verified end to end (spec §3.12).
+        PUT = 0x06,
     }
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod fetch;
 mod hello;
 mod list;
+mod put;
 mod stat;
 
 pub use digest::{DigestRequest, DigestResponse};
@@ -18,6 +19,7 @@ pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
 pub use hello::{ClientHello, Finished, Mode, ServerHello};
 pub use list::{ListEnd, ListPage, ListRequest};
+pub use put::{put_flags, PutEnd, PutRequest, PutResponse, MAX_MODE};
 pub use stat::StatRequest;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -44,6 +46,11 @@ pub enum Message {
     Data(Bytes),
     ListEnd(ListEnd),
     FetchEnd(FetchEnd),
+    /// An upload's request, its flow-control answers, its data and its end (spec §3.12).
+    PutRequest(PutRequest),
+    PutResponse(PutResponse),
+    PutData(Bytes),
+    PutEnd(PutEnd),
     /// An error; `service` is that of the request it answers.
     Error {
         service: Service,
@@ -79,6 +86,10 @@ impl Message {
             Self::Data(_) => (T::DATA, Service::FETCH),
             Self::ListEnd(_) => (T::END, Service::LIST),
             Self::FetchEnd(_) => (T::END, Service::FETCH),
+            Self::PutRequest(_) => (T::REQUEST, Service::PUT),
+            Self::PutResponse(_) => (T::RESPONSE, Service::PUT),
+            Self::PutData(_) => (T::DATA, Service::PUT),
+            Self::PutEnd(_) => (T::END, Service::PUT),
             Self::Error { service, .. } => (T::ERROR, *service),
             Self::Cancel { service } => (T::CANCEL, *service),
             Self::Ping(_) => (T::PING, Service::ECHO),
@@ -109,6 +120,10 @@ impl Message {
             (T::DATA, Service::FETCH) => Self::Data(body),
             (T::END, Service::LIST) => Self::ListEnd(ListEnd::decode(body)?),
             (T::END, Service::FETCH) => Self::FetchEnd(FetchEnd::decode(body)?),
+            (T::REQUEST, Service::PUT) => Self::PutRequest(PutRequest::decode(body)?),
+            (T::RESPONSE, Service::PUT) => Self::PutResponse(PutResponse::decode(body)?),
+            (T::DATA, Service::PUT) => Self::PutData(body),
+            (T::END, Service::PUT) => Self::PutEnd(PutEnd::decode(body)?),
             (T::ERROR, service) => Self::Error {
                 service,
                 body: ErrorBody::decode(body)?,
@@ -140,6 +155,10 @@ impl Message {
             Self::Data(b) | Self::Ping(b) | Self::Pong(b) => dst.put_slice(b),
             Self::ListEnd(m) => m.encode(dst),
             Self::FetchEnd(m) => m.encode(dst),
+            Self::PutRequest(m) => m.encode(dst),
+            Self::PutResponse(m) => m.encode(dst),
+            Self::PutData(b) => dst.put_slice(b),
+            Self::PutEnd(m) => m.encode(dst),
             Self::Error { body, .. } => body.encode(dst),
             Self::Cancel { .. } => {}
         }
@@ -162,6 +181,10 @@ impl Message {
             Self::Data(b) | Self::Ping(b) | Self::Pong(b) => b.len(),
             Self::ListEnd(_) => ListEnd::LEN,
             Self::FetchEnd(_) => FetchEnd::LEN,
+            Self::PutRequest(m) => m.encoded_len(),
+            Self::PutResponse(_) => PutResponse::LEN,
+            Self::PutData(b) => b.len(),
+            Self::PutEnd(_) => PutEnd::LEN,
             Self::Error { body, .. } => body.encoded_len(),
             Self::Cancel { .. } => 0,
         }
@@ -176,6 +199,7 @@ impl Message {
             Self::StatRequest(m) => check_str(&m.path),
             Self::FetchRequest(m) => check_str(&m.path),
             Self::DigestRequest(m) => check_str(&m.path),
+            Self::PutRequest(m) => check_str(&m.path),
             Self::StatResponse(entry) => check_str(&entry.name),
             Self::ListPage(page) => {
                 if page.entries.len() > u16::MAX as usize {
@@ -203,7 +227,7 @@ impl Message {
 pub fn is_request_service(service: Service) -> bool {
     matches!(
         service,
-        Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST
+        Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST | Service::PUT
     )
 }
 
@@ -367,6 +391,19 @@ pub(crate) mod tests {
             },
             Message::Ping(Bytes::from_static(b"\x00\x01")),
             Message::Pong(Bytes::new()),
+            Message::PutRequest(
+                PutRequest::new("in/new.bin", 100, 0o644, put_flags::PARENTS, [9; 32]).unwrap(),
+            ),
+            Message::PutResponse(PutResponse {
+                offset: 40,
+                limit: 4_194_344,
+                prefix: [10; 32],
+            }),
+            Message::PutData(Bytes::from_static(b"bytes")),
+            Message::PutEnd(PutEnd {
+                bytes: 100,
+                digest: [9; 32],
+            }),
         ]
     }
 
@@ -390,7 +427,7 @@ pub(crate) mod tests {
                 let result = Message::decode(kind, service, bytes.slice(..cut));
                 if !matches!(
                     message,
-                    Message::Data(_) | Message::Ping(_) | Message::Pong(_)
+                    Message::Data(_) | Message::PutData(_) | Message::Ping(_) | Message::Pong(_)
                 ) {
                     assert!(result.is_err(), "{message:?} cut at {cut}");
                 }
