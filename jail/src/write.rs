@@ -122,6 +122,24 @@ impl Jail {
         })
     }
 
+    /// [`Jail::rename`], but fails with `EEXIST` when `to` exists (`RENAME_NOREPLACE`), so an
+    /// upload without overwrite cannot replace a file that appeared meanwhile.
+    pub fn rename_new(&self, from: &RelPath, to: &RelPath) -> Result<(), FsError> {
+        let (from_dir, from_name) = self.parent_of(from)?;
+        let (to_dir, to_name) = self.parent_of(to)?;
+        rustix::fs::renameat_with(
+            &from_dir,
+            from_name,
+            &to_dir,
+            to_name,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|errno| match errno {
+            Errno::NOENT => self.error(errno, from),
+            errno => FsError::from_errno(errno, to, self.resolver()),
+        })
+    }
+
     /// Removes the file (or link) `path`; a link is removed itself, not its target.
     pub fn remove_file(&self, path: &RelPath) -> Result<(), FsError> {
         let (dir, name) = self.parent_of(path)?;
@@ -320,6 +338,16 @@ mod tests {
             assert_eq!((meta.kind, meta.size), (EntryKind::FILE, 5));
             drop(jail.create_file(&p("a/b/c/f"), Create::Truncate).unwrap());
             assert_eq!(jail.stat(&p("a/b/c/f")).unwrap().size, 0);
+            std::fs::write(root.join("a/taken"), b"x").unwrap();
+            assert!(matches!(
+                jail.rename_new(&p("a/b/c/f"), &p("a/taken")),
+                Err(FsError::Io {
+                    errno: Errno::EXIST,
+                    ..
+                })
+            ));
+            jail.rename_new(&p("a/b/c/f"), &p("a/fresh")).unwrap();
+            jail.rename(&p("a/fresh"), &p("a/b/c/f")).unwrap();
             jail.rename(&p("a/b/c/f"), &p("a/g")).unwrap();
             assert!(root.join("a/g").exists() && !root.join("a/b/c/f").exists());
             jail.remove_file(&p("a/g")).unwrap();

@@ -29,6 +29,9 @@ pub struct Config {
     /// Follow symlinks that stay inside the root (default). When false no symlink is ever
     /// followed, as on kernels without `openat2`.
     pub follow_symlinks: bool,
+    /// Let the single key's holder upload (spec §3.12; `--allow-upload`). Default: off, so a
+    /// key holder may only read. A [`Config::resolver`] decides per principal instead.
+    pub allow_upload: bool,
     pub limits: Limits,
 }
 
@@ -42,6 +45,7 @@ impl Config {
             resolver: None,
             allow_plaintext: false,
             follow_symlinks: true,
+            allow_upload: false,
             limits: Limits::default(),
         }
     }
@@ -65,6 +69,11 @@ impl Config {
 
     pub fn follow_symlinks(mut self, follow: bool) -> Self {
         self.follow_symlinks = follow;
+        self
+    }
+
+    pub fn allow_upload(mut self, allow: bool) -> Self {
+        self.allow_upload = allow;
         self
     }
 
@@ -122,6 +131,14 @@ pub struct Limits {
     pub list_batch_bytes: usize,
     /// Encoded size of one list page. Default 64 KiB.
     pub list_page_bytes: usize,
+    /// Largest file one upload may announce; larger ones get `TOO_LARGE`. Default: no limit.
+    pub max_upload_size: u64,
+    /// Bytes each principal may upload per server run (counted as received, whether or not
+    /// the upload completes); past it, uploads get `QUOTA_EXCEEDED`. Default: no limit.
+    pub upload_quota: u64,
+    /// Uploads in flight on one connection; more get `BUSY`. With the 4 MiB window each may
+    /// buffer, this bounds a connection's upload memory. Default 4.
+    pub max_uploads_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +161,9 @@ impl Default for Limits {
             max_list_depth: 32,
             list_batch_bytes: 1 << 20,
             list_page_bytes: 64 * 1024,
+            max_upload_size: u64::MAX,
+            upload_quota: u64::MAX,
+            max_uploads_per_connection: 4,
         }
     }
 }

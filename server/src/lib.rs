@@ -82,6 +82,10 @@ impl Server {
             Some(resolver) => {
                 ferry_protocol::ServerHandshakeConfig::with_resolver(resolver.clone())
             }
+            // --allow-upload: the one key's holder may also write (spec §3.12).
+            None if config.allow_upload => ferry_protocol::ServerHandshakeConfig::with_resolver(
+                Arc::new(service::put::WritableKey::new(config.key.clone())),
+            ),
             None => ferry_protocol::ServerHandshakeConfig::new(config.key.clone()),
         };
         handshake.allow_plaintext = config.allow_plaintext;

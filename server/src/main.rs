@@ -63,10 +63,23 @@ struct Cli {
     #[arg(long)]
     no_symlinks: bool,
 
-    /// Serve read-only. This is the only mode today (there are no uploads); the flag exists so
-    /// scripts can say so explicitly.
-    #[arg(long)]
+    /// Serve read-only: no uploads (the default; the flag exists so scripts can say so).
+    #[arg(long, conflicts_with = "allow_upload")]
     read_only: bool,
+
+    /// Let key holders upload (`ferry put`) beneath ROOT: files appear only once complete and
+    /// verified, and never replace a file unless the client asks (--force). Default: off.
+    #[arg(long)]
+    allow_upload: bool,
+
+    /// Largest file one upload may be (K/M/G/T suffixes, binary). Default: no limit. E.g. 4G
+    #[arg(long, value_name = "SIZE", value_parser = parse_upload_size)]
+    max_upload_size: Option<u64>,
+
+    /// Bytes each client identity may upload per server run, finished or not (K/M/G/T).
+    /// Default: no limit. E.g. 100G
+    #[arg(long, value_name = "SIZE", value_parser = parse_upload_size)]
+    upload_quota: Option<u64>,
 
     /// TOML config file with the same settings (flags win). E.g. --config /etc/ferry/server.toml
     #[arg(long, short, value_name = "FILE", env = "FERRY_CONFIG")]
@@ -145,6 +158,7 @@ enum LogFormat {
 /// key_file = "/etc/ferry/key"         # default: ~/.config/ferry/key
 /// plaintext = false                   # default: false
 /// no_symlinks = false                 # default: false (links inside root are followed)
+/// allow_upload = false                # default: false (as --allow-upload)
 /// log_format = "json"                 # default: "text"
 ///
 /// [limits]
@@ -169,6 +183,7 @@ struct FileConfig {
     plaintext: Option<bool>,
     no_symlinks: Option<bool>,
     read_only: Option<bool>,
+    allow_upload: Option<bool>,
     log_format: Option<LogFormat>,
     limits: FileLimits,
 }
@@ -237,6 +252,25 @@ fn parse_listen(s: &str) -> Result<ListenAddrs, String> {
     Ok(ListenAddrs(addrs))
 }
 
+/// An upload size: bytes with an optional K/M/G/T suffix (binary), e.g. `4G`.
+fn parse_upload_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let shift = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some('T') => 40,
+        _ => 0,
+    };
+    let digits = if shift == 0 { t } else { &t[..t.len() - 1] };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1000000, 512M, 4G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 10s, 1m30s, 500ms)"))
 }
@@ -279,8 +313,12 @@ fn run(cli: Cli) -> Result<i32> {
         None => FileConfig::default(),
     };
     init_logging(&cli, file.log_format.unwrap_or(LogFormat::Text));
-    if file.read_only == Some(false) {
-        bail!("read_only = false is not supported: this server has no write operations");
+    let allow_upload = cli.allow_upload || file.allow_upload.unwrap_or(false);
+    if allow_upload && (cli.read_only || file.read_only == Some(true)) {
+        bail!("allow_upload and read_only contradict each other; choose one");
+    }
+    if file.read_only == Some(false) && !allow_upload {
+        bail!("read_only = false needs allow_upload = true (or --allow-upload) to mean anything");
     }
 
     let root = match cli.root.clone().or(file.root.clone()) {
@@ -311,6 +349,7 @@ fn run(cli: Cli) -> Result<i32> {
         .listen(listen)
         .allow_plaintext(cli.plaintext || file.plaintext.unwrap_or(false))
         .follow_symlinks(!(cli.no_symlinks || file.no_symlinks.unwrap_or(false)))
+        .allow_upload(allow_upload)
         .limits(limits);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -409,6 +448,8 @@ fn limits(cli: &Cli, file: &FileLimits) -> Result<Limits> {
             defaults.shutdown_grace,
         )?,
         max_body,
+        max_upload_size: cli.max_upload_size.unwrap_or(defaults.max_upload_size),
+        upload_quota: cli.upload_quota.unwrap_or(defaults.upload_quota),
         ..defaults
     };
     if limits.max_connections == 0 || limits.max_in_flight_per_connection == 0 {

@@ -147,6 +147,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         buffers: BufferPool::new(read_size, limits.read_buffers_per_connection),
         chunk,
         page_bytes,
+        uploads: Default::default(),
     };
     let mut reader = Reader::new(
         limits.clone(),

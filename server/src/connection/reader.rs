@@ -195,7 +195,11 @@ impl Reader {
                 }
                 _ = tokio::time::sleep_until(idle_deadline), if idle_armed => return Close::Idle,
                 read = rd.read_buf(&mut buf), if !eof => match read {
-                    Ok(0) => eof = true,
+                    Ok(0) => {
+                        eof = true;
+                        // Uploads waiting for data will get none.
+                        service::put::connection_ended(&self.services);
+                    }
                     Ok(_) => {}
                     Err(error) => return Close::Io(error),
                 },
@@ -304,6 +308,12 @@ impl Reader {
             Message::StatRequest(r) => Request::Stat(r),
             Message::FetchRequest(r) => Request::Fetch(r),
             Message::DigestRequest(r) => Request::Digest(r),
+            Message::PutRequest(r) => Request::Put(r),
+            // An upload's data and end go to its task (spec §3.12).
+            message @ (Message::PutData(_) | Message::PutEnd(_)) => {
+                service::put::deliver(&self.services, id, message);
+                return None;
+            }
             other => {
                 let text = format!("{:?} is not something a client sends", other.kind().0);
                 if id == RequestId::CONNECTION {

@@ -18,11 +18,12 @@ pub(crate) mod digest;
 pub(crate) mod echo;
 pub(crate) mod fetch;
 pub(crate) mod list;
+pub(crate) mod put;
 pub(crate) mod stat;
 
 use std::sync::Arc;
 
-use ferry_protocol::message::{DigestRequest, FetchRequest, ListRequest, StatRequest};
+use ferry_protocol::message::{DigestRequest, FetchRequest, ListRequest, PutRequest, StatRequest};
 use ferry_protocol::{ErrorBody, ErrorCode, Message, Principal, RequestId, Service};
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
@@ -45,6 +46,8 @@ pub(crate) struct Tree {
     pub limits: Limits,
     /// Whole-file digests by file version (spec §3.11).
     pub digests: DigestCache,
+    /// Partial uploads' locks and each principal's quota use (spec §3.12).
+    pub uploads: Arc<put::Uploads>,
 }
 
 impl Tree {
@@ -53,6 +56,7 @@ impl Tree {
             jail,
             limits,
             digests: DigestCache::default(),
+            uploads: Arc::default(),
         }
     }
 }
@@ -69,6 +73,8 @@ pub(crate) struct Context {
     pub chunk: usize,
     /// Encoded bytes per list page.
     pub page_bytes: usize,
+    /// This connection's uploads in flight, where the reader hands their frames.
+    pub uploads: Arc<put::Routes>,
 }
 
 impl Context {
@@ -112,6 +118,7 @@ pub(crate) enum Request {
     Stat(StatRequest),
     Fetch(FetchRequest),
     Digest(DigestRequest),
+    Put(PutRequest),
 }
 
 impl Request {
@@ -121,6 +128,7 @@ impl Request {
             Self::Stat(r) => &r.path,
             Self::Fetch(r) => &r.path,
             Self::Digest(r) => &r.path,
+            Self::Put(r) => &r.path,
         }
     }
 }
@@ -133,6 +141,7 @@ pub(crate) fn name(service: Service) -> &'static str {
         Service::FETCH => "fetch",
         Service::ECHO => "echo",
         Service::DIGEST => "digest",
+        Service::PUT => "put",
         _ => "other",
     }
 }
@@ -146,6 +155,9 @@ pub(crate) enum ServiceError {
     /// The connection's writer is gone; nothing can be sent.
     #[error("connection closed")]
     Closed,
+    /// Refused with its own code and sentence (uploads: `READ_ONLY`, `ALREADY_EXISTS`, ...).
+    #[error("{1}")]
+    Refused(ErrorCode, String),
     /// A bug (a blocking task panicked); the client gets `INTERNAL`.
     #[error("internal error: {0}")]
     Internal(String),
@@ -174,6 +186,7 @@ pub(crate) async fn run(ctx: Context, sink: Sink, service: Service, request: Req
         Request::Stat(r) => stat::stat(&ctx, r, &sink).await,
         Request::Fetch(r) => fetch::fetch(&ctx, r, &sink).await,
         Request::Digest(r) => digest::digest(&ctx, r, &sink).await,
+        Request::Put(r) => put::put(&ctx, r, &sink).await,
     };
     // Whole microseconds, so logs show 774.536, not 774.5355099999999.
     let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
@@ -187,6 +200,10 @@ pub(crate) async fn run(ctx: Context, sink: Sink, service: Service, request: Req
             let code = error.code();
             tracing::info!(%id, service = name, ?path, elapsed_ms, outcome = %code, %error, "request");
             Some(ErrorBody::new(code, error.to_string()))
+        }
+        Err(ServiceError::Refused(code, error)) => {
+            tracing::info!(%id, service = name, ?path, elapsed_ms, outcome = %code, %error, "request");
+            Some(ErrorBody::new(code, error))
         }
         Err(ServiceError::Closed) => {
             tracing::debug!(%id, service = name, ?path, elapsed_ms, "connection closed mid-request");
@@ -226,6 +243,7 @@ pub(crate) mod testing {
             buffers: BufferPool::new(8, 2),
             chunk: 4,
             page_bytes: 4096,
+            uploads: Arc::default(),
         }
     }
 
