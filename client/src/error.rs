@@ -80,6 +80,8 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Remote(body) if body.code == ErrorCode::FILE_CHANGED => exit::INTEGRITY,
+            // An upload whose bytes did not hash to its digest (spec §3.12).
+            Self::Remote(body) if body.code == ErrorCode::DIGEST_MISMATCH => exit::INTEGRITY,
             Self::Remote(body) if body.code.is_connection_fatal() => exit::CONNECTION,
             Self::RemoteClosed(_) => exit::CONNECTION,
             Self::Remote(_) | Self::Io { .. } | Self::Local(_) => exit::REMOTE,

@@ -24,6 +24,7 @@ mod driver;
 mod streams;
 #[cfg(test)]
 mod test_support;
+mod upload;
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use driver::{now, Outgoing, RouteTable};
 
 pub use connect::Target;
 pub use streams::{FetchStream, ListStream};
+pub use upload::Upload;
 
 /// Entries [`Client::list`] collects before it refuses a listing: about 10 MiB of entries with
 /// short names. Stream larger listings with [`Client::list_stream`].

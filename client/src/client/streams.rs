@@ -92,6 +92,15 @@ impl Pending {
         }
     }
 
+    /// Queues another frame of this request (an upload's data and end, spec §3.12).
+    pub(super) fn send(&self, message: Message) -> Result<(), ClientError> {
+        let shared = &self.client.shared;
+        shared
+            .outgoing
+            .send(Outgoing::Message(self.id, message))
+            .map_err(|_| shared.conn.closed_error())
+    }
+
     /// Decodes a frame routed to this request. A malformed body (spec §9 rows 12-15, e.g.
     /// `mtime_nanos` of 10^9 or more) is fatal to the connection, not only to this request:
     /// the client sends `MALFORMED_MESSAGE` on id 0 and closes, as the spec asks of a receiver.

@@ -39,6 +39,7 @@
 
 mod fetch;
 mod part;
+mod put;
 mod resume;
 mod tree;
 
@@ -60,6 +61,9 @@ use crate::progress::TransferProgress;
 use fetch::{Fetcher, ProgressWatch, Target};
 
 pub use part::{is_reserved_name, meta_path, part_path, PartMeta, META_SUFFIX, PART_SUFFIX};
+pub use put::{
+    remote_join, upload_file, upload_tree, PutOptions, PutTreeReport, Uploaded,
+};
 pub use tree::{download_tree, MAX_FRONTIER, MAX_REPORTED_FAILURES};
 
 /// How `get` treats existing files.
