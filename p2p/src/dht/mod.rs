@@ -244,9 +244,10 @@ struct Lookup {
 
 impl Lookup {
     fn add(&mut self, node: NodeInfo, own: &NodeId) {
+        // The hash in `id_matches` is the costly check: last.
         if node.id == *own
-            || !id_matches(&node.id, node.addr.ip())
             || self.candidates.iter().any(|c| c.id == node.id)
+            || !id_matches(&node.id, node.addr.ip())
         {
             return;
         }
@@ -373,6 +374,8 @@ pub struct Dht {
     events: VecDeque<Event>,
     /// Public address reported by responders → the responders' addresses (bounded).
     votes: HashMap<IpAddr, HashSet<IpAddr>>,
+    /// The address our id was last found valid for (saves a hash per response).
+    valid_at: Option<IpAddr>,
     next_refresh: Instant,
 }
 
@@ -394,6 +397,7 @@ impl Dht {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             votes: HashMap::new(),
+            valid_at: None,
             next_refresh: now + REFRESH,
         }
     }
@@ -683,11 +687,11 @@ impl Dht {
     /// query's source address may be forged), and only if there is room for it.
     fn maybe_verify(&mut self, id: NodeId, from: SocketAddr, now: Instant) {
         if id == self.id
-            || !id_matches(&id, from.ip())
             || self.table.contains(&id)
             || !self.table.has_room(&id)
             || self.in_flight.len() >= MAX_IN_FLIGHT / 2
             || self.in_flight.values().any(|f| f.to == from)
+            || !id_matches(&id, from.ip())
         {
             return;
         }
@@ -704,7 +708,11 @@ impl Dht {
 
     fn vote(&mut self, you: SocketAddr, voter: IpAddr) {
         let ip = you.ip().to_canonical();
+        if self.valid_at == Some(ip) {
+            return;
+        }
         if is_exempt(ip) || id_matches(&self.id, ip) {
+            self.valid_at = Some(ip);
             return;
         }
         if !self.votes.contains_key(&ip) && self.votes.len() >= 8 {
@@ -719,6 +727,7 @@ impl Dht {
             // others keep us in their tables (§7.5).
             self.votes.clear();
             self.id = id_for(ip, self.rng.gen());
+            self.valid_at = Some(ip);
             let old = std::mem::replace(&mut self.table, RoutingTable::new(self.id));
             for e in old.entries() {
                 self.table.insert(e.id, e.addr, e.last_seen);

@@ -69,6 +69,7 @@ impl Net {
             net.run();
             net.now += Duration::from_secs(1);
         }
+        net.check();
         net
     }
 
@@ -128,6 +129,11 @@ impl Net {
                 }
             }
         }
+        assert!(self.nodes.iter().all(|n| n.in_flight() <= MAX_IN_FLIGHT));
+    }
+
+    /// Every table keeps its invariants and bounds.
+    fn check(&self) {
         for n in &self.nodes {
             n.table().check().unwrap();
             assert!(n.in_flight() <= MAX_IN_FLIGHT && n.lookups() <= MAX_LOOKUPS);
