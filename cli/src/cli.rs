@@ -86,6 +86,17 @@ pub struct GlobalArgs {
     )]
     pub quiet: bool,
 
+    /// This node's identity file (an X25519 secret, mode 0600), used by `ferry id` and to prove
+    /// who we are to a server named by ferry://ID@HOST/. Default: ~/.config/ferry/identity,
+    /// created on first use. E.g. --identity ~/work.identity
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub identity: Option<PathBuf>,
+
     /// Give up connecting (TCP connect plus handshake) after this long. E.g. --connect-timeout 3s
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Global options")]
     pub connect_timeout: Duration,
@@ -128,6 +139,19 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LsArgs {
     /// What to list. E.g. ferry://files.example.org/docs
+    /// Print this machine's node id (creating the identity on first use), or rotate it with --new.
+    #[command(
+        after_help = format!("Examples:\n  ferry id           (prints e.g. k3v5...: give it to servers that should know you)\n  ferry id --new     (a new identity; the old file is kept as identity.old-DATE)\nThe identity is an X25519 key pair in ~/.config/ferry/identity (owner-only), shared by\nferry, ferry-server and ferry-peer; the id is the hash of its public key.\n\n{EXIT_CODES}")
+    )]
+    Id(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Replace the identity with a new one; the old file stays beside it as
+    /// identity.old-YYYY-MM-DD until you remove it. Default: off (print the current id).
+    #[arg(long)]
+    pub new: bool,
     pub url: FerryUrl,
     /// Long format like `ls -l`: kind and permissions, size, modification time, name.
     /// Default: names only.

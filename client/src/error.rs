@@ -31,6 +31,12 @@ pub enum ClientError {
     },
     #[error("authentication failed with {addr}: wrong key, or not a Ferry server (compare --key or FERRY_KEY with the server's connect line)")]
     Auth { addr: SocketAddr },
+    #[error("the server at {addr} proved identity {proven}, not {expected} as the address requires: it may be an impostor (a man-in-the-middle) or the id in the address is wrong, so nothing was sent to it")]
+    WrongServer {
+        addr: SocketAddr,
+        expected: ferry_protocol::identity::NodeId,
+        proven: ferry_protocol::identity::NodeId,
+    },
     #[error("the server at {addr} {}", refusal(.source))]
     Handshake {
         addr: SocketAddr,
@@ -88,6 +94,7 @@ impl ClientError {
             Self::Resolve { .. }
             | Self::Connect { .. }
             | Self::Auth { .. }
+            | Self::WrongServer { .. }
             | Self::Handshake { .. }
             | Self::Timeout { .. }
             | Self::ConnectionLost(_)

@@ -1,14 +1,19 @@
-//! `ferry://HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` tracker addresses:
+//! `ferry://[ID@]HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` tracker addresses:
 //! parsing and display.
 //!
 //! The host is a DNS name, an IPv4 address or an IPv6 address in brackets (`ferry://[::1]:7000/`).
 //! The port defaults to [`DEFAULT_PORT`]. The path is relative to the served root: leading and
 //! duplicate slashes are dropped and `%XX` escapes are decoded, so `ferry://h/a%20b//c/` names
-//! `a b/c`. A bare `HOST[:PORT][/PATH]` without the scheme is accepted too.
+//! `a b/c`. A bare `HOST[:PORT][/PATH]` without the scheme is accepted too. `ID@` names the
+//! server that must answer by its node id (spec §13.1): the client then runs the identity
+//! handshake and refuses any other key. Several connection hints (`HOST,HOST2`) are refused
+//! with a clear error until the client can race them.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+use ferry_protocol::identity::NodeId;
 
 /// The port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 6789;
@@ -16,6 +21,8 @@ pub const DEFAULT_PORT: u16 = 6789;
 /// A parsed Ferry address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FerryUrl {
+    /// The node id of the server that must answer (`ferry://ID@HOST/`), if the address names one.
+    pub server_id: Option<NodeId>,
     /// Host name or IP address, without brackets.
     pub host: String,
     pub port: u16,
@@ -39,12 +46,17 @@ pub enum UrlError {
     Host(String),
     #[error("invalid percent escape in path {0:?}")]
     Escape(String),
+    #[error("invalid server id {text:?} before '@': {reason}")]
+    Id { text: String, reason: String },
+    #[error("several connection hints ({0:?}) are not supported yet: give one HOST[:PORT]")]
+    Hints(String),
 }
 
 impl FerryUrl {
     /// An address for `addr` and the root path.
     pub fn from_socket_addr(addr: SocketAddr) -> Self {
         Self {
+            server_id: None,
             host: addr.ip().to_string(),
             port: addr.port(),
             path: String::new(),
@@ -54,6 +66,7 @@ impl FerryUrl {
     /// The same server with another path (normalised like a parsed path).
     pub fn with_path(&self, path: &str) -> Self {
         Self {
+            server_id: self.server_id,
             host: self.host.clone(),
             port: self.port,
             path: normalize_path(path),
@@ -89,8 +102,21 @@ impl FromStr for FerryUrl {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, ""),
         };
+        let (server_id, authority) = match authority.split_once('@') {
+            Some((id, rest)) => {
+                let id = id.parse::<NodeId>().map_err(|e| UrlError::Id {
+                    text: id.to_string(),
+                    reason: e.to_string(),
+                })?;
+                (Some(id), rest)
+            }
+            None => (None, authority),
+        };
         if authority.is_empty() {
             return Err(UrlError::NoHost(input.to_string()));
+        }
+        if authority.contains(',') {
+            return Err(UrlError::Hints(authority.to_string()));
         }
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let (host, after) = bracketed
@@ -128,6 +154,7 @@ impl FromStr for FerryUrl {
         };
         let path = percent_decode(path).ok_or_else(|| UrlError::Escape(path.to_string()))?;
         Ok(Self {
+            server_id,
             host: host.to_string(),
             port,
             path: normalize_path(&path),
@@ -137,9 +164,13 @@ impl FromStr for FerryUrl {
 
 impl fmt::Display for FerryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self
+            .server_id
+            .map(|id| format!("{id}@"))
+            .unwrap_or_default();
         write!(
             f,
-            "ferry://{}/{}",
+            "ferry://{id}{}/{}",
             self.authority(),
             percent_encode(&self.path)
         )
@@ -337,6 +368,30 @@ mod tests {
             ("ferry://h:99999/", "invalid port"),
             ("ferry://h:x/", "invalid port"),
             ("ferry://:7/", "has no host"),
+        ] {
+            let err = input.parse::<FerryUrl>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_server_id_before_the_host_names_who_must_answer() {
+        let id = ferry_protocol::identity::Identity::from_secret([1; 32]).id();
+        let parsed = url(&format!("ferry://{id}@127.0.0.1:7000/docs"));
+        assert_eq!(parsed.server_id, Some(id));
+        assert_eq!((parsed.host.as_str(), parsed.port), ("127.0.0.1", 7000));
+        assert_eq!(
+            parsed.to_string(),
+            format!("ferry://{id}@127.0.0.1:7000/docs")
+        );
+        assert_eq!(parsed.with_path("x").server_id, Some(id));
+        let v6 = url(&format!("{}@[::1]/", id.to_string().to_uppercase()));
+        assert_eq!((v6.server_id, v6.host.as_str()), (Some(id), "::1"));
+        assert_eq!(url("ferry://h/").server_id, None);
+        for (input, expect) in [
+            ("ferry://abc@h/".to_string(), "invalid server id \"abc\""),
+            (format!("ferry://{id}@/x"), "has no host"),
+            (format!("ferry://{id}@h1,h2:7/"), "several connection hints"),
         ] {
             let err = input.parse::<FerryUrl>().unwrap_err().to_string();
             assert!(err.contains(expect), "{input}: {err}");

@@ -76,6 +76,12 @@ wire_u8! {
         SERVER_FINISHED = 0x03,
         /// Client's key confirmation; requests may follow it.
         CLIENT_FINISHED = 0x04,
+        /// Identity handshake, Noise XX message 1: client's ephemeral key and offer (§13).
+        NOISE_1 = 0x08,
+        /// Identity handshake, Noise XX message 2: server's keys and choice (§13).
+        NOISE_2 = 0x09,
+        /// Identity handshake, Noise XX message 3: client's static key; requests may follow.
+        NOISE_3 = 0x0A,
         /// A request; the service byte says which.
         REQUEST = 0x10,
         /// A response to a request (for list, one page of entries).

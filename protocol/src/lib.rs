@@ -16,6 +16,8 @@
 //! - [`crypto`]: keys, the HKDF key schedule, and the record layer (suite, sequence limits, IVs).
 //! - [`digest`]: the end-to-end fetch digest (BLAKE3).
 //! - [`handshake`]: client and server handshake state machines.
+//! - [`identity`]: node identities (X25519 key pairs) and their ids; [`noise`]: the identity
+//!   handshake (Noise XX) and the server's accept that serves both handshakes on one port.
 //! - [`session`]: an established connection's framing and record protection.
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
 //! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
@@ -34,9 +36,10 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod header;
-pub mod message;
-pub mod session;
 pub mod identity;
+pub mod message;
+pub mod noise;
+pub mod session;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(feature = "tokio")]

@@ -14,7 +14,12 @@ use crate::handshake::{
     ServerHandshake, ServerHandshakeConfig,
 };
 use crate::header::{FrameType, RequestId};
+use crate::identity::NodeId;
 use crate::message::Message;
+use crate::noise::{
+    AcceptConfig, AcceptHandshake, ClientIdentityConfig, ClientIdentityError,
+    ClientIdentityHandshake,
+};
 use crate::session::Session;
 
 /// A session as a tokio-util codec: decodes (and decrypts) frames, encodes (and encrypts)
@@ -169,6 +174,47 @@ where
             }
         }
     }
+}
+
+/// Runs the identity handshake as a client (spec §13). Returns the session, the server's
+/// proven id and any bytes that arrived after the handshake. Callers bound it with a timeout.
+pub async fn client_identity_handshake<S>(
+    io: &mut S,
+    config: ClientIdentityConfig,
+) -> Result<(Session, NodeId, BytesMut), ClientIdentityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut hello = BytesMut::new();
+    let mut handshake = ClientIdentityHandshake::start(config, &mut hello).map_err(Error::from)?;
+    let result = drive(io, &mut handshake, hello).await;
+    if let Some((expected, proven)) = handshake.server_id_mismatch() {
+        return Err(ClientIdentityError::WrongServer { expected, proven });
+    }
+    let (session, leftover) = result?;
+    let server = handshake
+        .server_id()
+        .ok_or(Error::Handshake(HandshakeError::AuthenticationFailed))?;
+    Ok((session, server, leftover))
+}
+
+/// The server side of both handshakes on one stream, picked by the first frame (spec §13.7):
+/// returns the session, who the client proved to be and any bytes after the handshake. On
+/// failure the error frame has been sent; the caller closes. Callers bound it with a timeout.
+pub async fn server_accept<S>(
+    io: &mut S,
+    config: AcceptConfig,
+) -> Result<(Session, Principal, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut handshake = AcceptHandshake::new(config);
+    let (session, leftover) = drive(io, &mut handshake, BytesMut::new()).await?;
+    // Set whenever the handshake returns a session.
+    let principal = handshake
+        .take_principal()
+        .ok_or(HandshakeError::AuthenticationFailed)?;
+    Ok((session, principal, leftover))
 }
 
 fn framed<S: AsyncRead + AsyncWrite>(

@@ -26,6 +26,13 @@ pub struct Config {
     pub resolver: Option<Arc<dyn KeyResolver>>,
     /// Accept clients asking for plaintext sessions. Default: off.
     pub allow_plaintext: bool,
+    /// The server's node identity: when set, the same port also serves the identity handshake
+    /// (spec §13), and clients can name this server as `ferry://ID@HOST/`. Default: `None`
+    /// (PSK only).
+    pub identity: Option<ferry_protocol::identity::Identity>,
+    /// Who may connect with the identity handshake and as whom. Default (`None`): every
+    /// identity, named by its id, may read the whole root.
+    pub identity_resolver: Option<Arc<dyn ferry_protocol::noise::IdentityResolver>>,
     /// Follow symlinks that stay inside the root (default). When false no symlink is ever
     /// followed, as on kernels without `openat2`.
     pub follow_symlinks: bool,
@@ -44,6 +51,8 @@ impl Config {
             key,
             resolver: None,
             allow_plaintext: false,
+            identity: None,
+            identity_resolver: None,
             follow_symlinks: true,
             allow_upload: false,
             limits: Limits::default(),
@@ -59,6 +68,21 @@ impl Config {
     /// Keys and principals per client instead of the single key's holder.
     pub fn key_resolver(mut self, resolver: Arc<dyn KeyResolver>) -> Self {
         self.resolver = Some(resolver);
+        self
+    }
+
+    /// Serves the identity handshake too, as `identity`.
+    pub fn identity(mut self, identity: ferry_protocol::identity::Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Decides per client identity who it is (with [`Config::identity`]).
+    pub fn identity_resolver(
+        mut self,
+        resolver: Arc<dyn ferry_protocol::noise::IdentityResolver>,
+    ) -> Self {
+        self.identity_resolver = Some(resolver);
         self
     }
 

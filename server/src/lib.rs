@@ -90,6 +90,17 @@ impl Server {
         };
         handshake.allow_plaintext = config.allow_plaintext;
         handshake.max_body = config.limits.max_body;
+        let identity = config.identity.clone().map(|identity| {
+            let resolver = config
+                .identity_resolver
+                .clone()
+                .unwrap_or_else(|| Arc::new(ferry_protocol::noise::AnyIdentity));
+            let mut identity =
+                ferry_protocol::noise::ServerIdentityConfig::with_resolver(identity, resolver);
+            identity.allow_plaintext = config.allow_plaintext;
+            identity.max_body = config.limits.max_body;
+            identity
+        });
         tracing::info!(
             addrs = ?listeners.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
             key = %config.key.fingerprint(),
@@ -102,6 +113,7 @@ impl Server {
             context: Arc::new(ServerContext {
                 tree: Arc::new(Tree::new(jail, config.limits)),
                 handshake,
+                identity,
             }),
         })
     }

@@ -53,6 +53,13 @@ struct Cli {
     #[arg(long, value_name = "FILE", env = "FERRY_KEY_FILE")]
     key_file: Option<PathBuf>,
 
+    /// Also serve the identity handshake as this node's identity, so clients can name the
+    /// server as ferry://ID@HOST/ (the id is printed at start). --identity alone uses
+    /// ~/.config/ferry/identity (shared with ferry and ferry-peer), created on first start;
+    /// --identity=FILE another file. Default: off (PSK only). E.g. --identity=/etc/ferry/identity
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    identity: Option<PathBuf>,
+
     /// Allow clients to choose unencrypted sessions (the handshake is still authenticated).
     /// Off by default; only for trusted networks or benchmarks.
     #[arg(long)]
@@ -351,6 +358,11 @@ fn run(cli: Cli) -> Result<i32> {
         .follow_symlinks(!(cli.no_symlinks || file.no_symlinks.unwrap_or(false)))
         .allow_upload(allow_upload)
         .limits(limits);
+    let identity = load_identity(cli.identity.as_deref())?;
+    let config = match &identity {
+        Some(identity) => config.identity(identity.clone()),
+        None => config,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -368,6 +380,14 @@ fn run(cli: Cli) -> Result<i32> {
                 key.to_base64(),
                 connect_host(*first)
             );
+            if let Some(identity) = &identity {
+                println!(
+                    "{} shell ferry://{}@{}/",
+                    client_program(),
+                    identity.id(),
+                    connect_host(*first)
+                );
+            }
         }
         let exit = Arc::new(AtomicI32::new(0));
         let signalled = exit.clone();
@@ -379,6 +399,24 @@ fn run(cli: Cli) -> Result<i32> {
             .await?;
         Ok(exit.load(Ordering::SeqCst))
     })
+}
+
+/// `--identity[=FILE]`: the node identity, created on first use (`ferry_common::identity`).
+fn load_identity(flag: Option<&Path>) -> Result<Option<ferry_protocol::identity::Identity>> {
+    use ferry_common::identity;
+    let Some(flag) = flag else {
+        return Ok(None);
+    };
+    let path = identity::path_or_default((!flag.as_os_str().is_empty()).then_some(flag))?;
+    let (found, origin) = identity::load_or_create(&path)?;
+    if origin == identity::IdentityOrigin::Created {
+        eprintln!(
+            "ferry-server: created a new identity in {} (id {})",
+            path.display(),
+            found.id()
+        );
+    }
+    Ok(Some(found))
 }
 
 fn load_file_config(path: &Path) -> Result<FileConfig> {

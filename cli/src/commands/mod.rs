@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod get;
+pub mod id;
 pub mod ls;
 pub mod ping;
 pub mod shell;
@@ -51,11 +52,28 @@ impl Context {
 
     /// Connects to the server named by `url`.
     pub async fn connect(&self, url: &FerryUrl) -> Result<Client, ClientError> {
-        let config = self.client_config()?;
+        let config = self.client_config_for(url)?;
         Client::connect(url, config).await
     }
 
     /// Progress bars, unless `--no-progress`, `--quiet` or stderr is not a terminal.
+    /// Settings for `url`: an address that names the server's id (`ferry://ID@HOST/`) is
+    /// reached with the identity handshake and this node's identity, and needs no key.
+    pub fn client_config_for(&self, url: &FerryUrl) -> Result<ClientConfig, ClientError> {
+        let Some(server_id) = url.server_id else {
+            return self.client_config();
+        };
+        let path = ferry_common::identity::path_or_default(self.global.identity.as_deref())
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let (identity, _) = ferry_common::identity::load_or_create(&path)
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        // The PSK is unused by the identity handshake; a random one keeps ClientConfig whole.
+        Ok(self
+            .client_config_with_key(ferry_protocol::Key::generate())
+            .server_id(server_id)
+            .identity(identity))
+    }
+
     pub fn progress(&self) -> Progress {
         Progress::new(!self.global.no_progress && !self.global.quiet)
     }
@@ -82,6 +100,7 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
     }
 }
 
+        Command::Id(args) => id::run(&ctx, args),
 /// Ends `fut` with [`ClientError::Interrupted`] on Ctrl-C.
 pub async fn interruptible<T>(
     fut: impl std::future::Future<Output = Result<T, ClientError>>,

@@ -9,7 +9,7 @@ use ferry_client::error::ClientError;
 
 pub fn run(ctx: &Context, args: ShellArgs, runtime: &Runtime) -> Result<(), ClientError> {
     let client = runtime.block_on(super::interruptible(ctx.connect(&args.url)))?;
-    let config = ctx.client_config()?;
+    let config = ctx.client_config_for(&args.url)?;
     Shell::new(ctx.clone(), runtime.handle().clone(), client, &args.url)
         .reconnect_with(config)
         .run(args.batch.as_deref())

@@ -57,6 +57,8 @@ impl Client {
         let addrs = match target.into() {
             Target::Addr(addr) => vec![addr],
             Target::Url(url) => {
+                // `ferry://ID@HOST/`: the id in the address names who must answer.
+                config.server_id = config.server_id.or(url.server_id);
                 match tokio::time::timeout(config.connect_timeout, resolve(&url)).await {
                     Ok(addrs) => addrs?,
                     Err(_) => {
@@ -131,11 +133,16 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
-            .plaintext(config.plaintext);
-        let (session, leftover) = ferry_protocol::tokio::client_handshake(&mut io, proto)
-            .await
-            .map_err(|e| handshake_error(e, peer))?;
+        let (session, leftover) = match config.server_id {
+            Some(server_id) => identity_handshake(&mut io, peer, server_id, &config).await?,
+            None => {
+                let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
+                    .plaintext(config.plaintext);
+                ferry_protocol::tokio::client_handshake(&mut io, proto)
+                    .await
+                    .map_err(|e| handshake_error(e, peer))?
+            }
+        };
         debug!(%peer, version = session.version(), mode = ?session.mode(), "connected");
         let version = session.version();
         let (send, recv) = session.into_split();
@@ -170,6 +177,35 @@ impl Client {
                 request_buffer: config.request_buffer.max(1),
             }),
         })
+    }
+}
+
+/// The identity handshake (spec §13): the server must prove `server_id`'s key.
+async fn identity_handshake<S>(
+    io: &mut S,
+    peer: SocketAddr,
+    server_id: ferry_protocol::identity::NodeId,
+    config: &ClientConfig,
+) -> Result<(ferry_protocol::Session, bytes::BytesMut), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use ferry_protocol::noise::{ClientIdentityConfig, ClientIdentityError};
+    let identity = config
+        .identity
+        .clone()
+        .unwrap_or_else(ferry_protocol::identity::Identity::generate);
+    let proto = ClientIdentityConfig::new(identity, Some(server_id)).plaintext(config.plaintext);
+    match ferry_protocol::tokio::client_identity_handshake(io, proto).await {
+        Ok((session, _, leftover)) => Ok((session, leftover)),
+        Err(ClientIdentityError::WrongServer { expected, proven }) => {
+            Err(ClientError::WrongServer {
+                addr: peer,
+                expected,
+                proven,
+            })
+        }
+        Err(ClientIdentityError::Failed(e)) => Err(handshake_error(e, peer)),
     }
 }
 

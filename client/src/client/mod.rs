@@ -81,6 +81,14 @@ pub struct ClientConfig {
     /// How streams to the server are opened. Default TCP ([`TcpConnector`]); a relay or QUIC
     /// connector can stand in without the rest of the client changing.
     pub connector: Arc<dyn Connector>,
+    /// The server that must answer, by node id: when set, the identity handshake (spec §13)
+    /// replaces the PSK one and a server proving another key is refused
+    /// ([`ClientError::WrongServer`]). [`Client::connect`] takes it from a `ferry://ID@` URL.
+    /// Default `None` (PSK).
+    pub server_id: Option<ferry_protocol::identity::NodeId>,
+    /// Who we prove to be in the identity handshake. Default `None`: a fresh identity for each
+    /// connection (anonymous, for servers that admit any identity).
+    pub identity: Option<ferry_protocol::identity::Identity>,
 }
 
 impl ClientConfig {
@@ -96,7 +104,21 @@ impl ClientConfig {
             frame_read_timeout: Duration::from_secs(30),
             busy_retries: 5,
             connector: Arc::new(TcpConnector),
+            server_id: None,
+            identity: None,
         }
+    }
+
+    /// Requires the server to prove it is `id` (identity handshake).
+    pub fn server_id(mut self, id: ferry_protocol::identity::NodeId) -> Self {
+        self.server_id = Some(id);
+        self
+    }
+
+    /// Our identity in the identity handshake.
+    pub fn identity(mut self, identity: ferry_protocol::identity::Identity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {

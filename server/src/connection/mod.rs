@@ -53,6 +53,8 @@ pub(crate) struct ServerContext {
 
 impl ServerContext {
     pub fn limits(&self) -> &Limits {
+    /// The identity handshake, served on the same port when the server has an identity.
+    pub identity: Option<ferry_protocol::noise::ServerIdentityConfig>,
         &self.tree.limits
     }
 }
@@ -100,9 +102,13 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
             if AdmissionPeek::readable(&stream).await? {
                 ticket.mark_progress();
             }
-            ferry_protocol::tokio::server_handshake_principal(
+            // PSK or identity, by the client's first frame (spec §13.7).
+            ferry_protocol::tokio::server_accept(
                 &mut progress::MarkOnFirstRead::new(&mut stream, &ticket),
-                server.handshake.clone(),
+                ferry_protocol::noise::AcceptConfig {
+                    psk: Some(server.handshake.clone()),
+                    identity: server.identity.clone(),
+                },
             )
             .await
         }) => result,
