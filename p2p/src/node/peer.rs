@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use ferry_protocol::driver::{FrameReader, FrameWriter, WriteError};
 use ferry_protocol::transport::BoxedStream;
-use ferry_protocol::{ClientHandshakeConfig, ErrorBody, RecvHalf, SendHalf, ServerHandshakeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ferry_protocol::{ClientHandshakeConfig, ErrorBody, ServerHandshakeConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use crate::wire::{self, PeerId, PeerMessage};
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(conn = conn.0, peer = ?dialed))]
 pub(super) async fn run_peer(
-    mut stream: BoxedStream,
+    stream: BoxedStream,
     remote: Option<SocketAddr>,
     dialed: Option<SocketAddr>,
     conn: ConnId,
@@ -37,7 +37,7 @@ pub(super) async fn run_peer(
 ) {
     let hello = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake(&mut stream, dialed.is_some(), &ctx),
+        handshake(stream, dialed.is_some(), &ctx),
     );
     let hello = tokio::select! {
         biased;
@@ -45,7 +45,7 @@ pub(super) async fn run_peer(
         hello = hello => hello,
     };
     drop(handshake_permit);
-    let (send, recv, leftover, peer_id, listen_port) = match hello {
+    let (mut reader, frames, peer_id, listen_port) = match hello {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
@@ -69,7 +69,6 @@ pub(super) async fn run_peer(
             .filter(|_| listen_port != 0)
             .map(|r| SocketAddr::new(r.ip(), listen_port))
     });
-    let (mut read_half, write_half) = tokio::io::split(stream);
     let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
     if events
         .send(Event::Connected {
@@ -90,10 +89,9 @@ pub(super) async fn run_peer(
     let (writer_ctx, writer_events) = (ctx.clone(), events.clone());
     let (writer_cancel, writer_closing) = (cancel.clone(), closing.clone());
     let mut writer = tokio::spawn(async move {
-        let mut write_half = write_half;
+        let mut frames = frames;
         write_loop(
-            &mut write_half,
-            send,
+            &mut frames,
             cmds_rx,
             conn,
             writer_ctx,
@@ -104,36 +102,30 @@ pub(super) async fn run_peer(
         .await;
         // Our FIN on every way out (as dropping a TCP write half sent it), so the peer's
         // reader sees the end instead of waiting for its timeout.
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write_half.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, frames.get_mut().shutdown()).await;
     });
-    let end = read_loop(
-        &mut read_half,
-        recv,
-        leftover,
-        conn,
-        &events,
-        &cancel,
-        &closing,
-        &cmds_tx,
-    )
-    .await;
+    let end = read_loop(&mut reader, conn, &events, &cancel, &closing, &cmds_tx).await;
     match end {
         ReadEnd::Violation(error) => {
             // spec/P2P.md §3.10: one ERROR frame, our FIN, a brief drain, then close.
             let _ = cmds_tx.send(PeerCmd::Close(error));
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await;
+            let written = tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await;
             cancel.cancel();
-            let _ = writer.await;
+            // A finished task must not be awaited again: that panics, and this task would
+            // never tell the swarm the peer is gone.
+            if written.is_err() {
+                let _ = writer.await;
+            }
             // The swarm learns at once; the drain only protects the ERROR in flight.
             let _ = events.send(Event::Disconnected(conn)).await;
-            drain(&mut read_half).await;
+            drain(reader.get_mut()).await;
         }
         ReadEnd::Closing => {
             // The swarm has already forgotten this peer; a node that stops waits for this
             // Disconnected, so it comes after the drain.
             cancel.cancel();
             let _ = writer.await;
-            drain(&mut read_half).await;
+            drain(reader.get_mut()).await;
             let _ = events.send(Event::Disconnected(conn)).await;
         }
         ReadEnd::Gone => {
@@ -152,9 +144,11 @@ pub(super) const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// bound covers a full pipeline of blocks (64 × 16 KiB) already on its way.
 pub(super) const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 << 20;
+/// Spare room in the read buffer before each read: several 16 KiB blocks per read.
+const READ_RESERVE: usize = 64 * 1024;
 
 /// Reads and discards until end of stream, [`LINGER_TIME`] or [`LINGER_BYTES`].
-async fn drain(read: &mut ReadHalf<BoxedStream>) {
+async fn drain<R: AsyncRead + Unpin>(read: &mut R) {
     let deadline = Instant::now() + LINGER_TIME;
     let mut scratch = vec![0u8; 16 * 1024];
     let mut left = LINGER_BYTES;
@@ -178,45 +172,49 @@ enum HandshakeFailure {
     WrongContent,
 }
 
+/// The two halves of an established peer connection.
+type PeerReader = FrameReader<ReadHalf<BoxedStream>>;
+type PeerWriter = FrameWriter<WriteHalf<BoxedStream>>;
+
 async fn handshake(
-    stream: &mut BoxedStream,
+    mut stream: BoxedStream,
     outbound: bool,
     ctx: &Ctx,
-) -> Result<(SendHalf, RecvHalf, BytesMut, PeerId, u16), HandshakeFailure> {
-    let (session, mut buf) = if outbound {
+) -> Result<(PeerReader, PeerWriter, PeerId, u16), HandshakeFailure> {
+    let (session, leftover) = if outbound {
         let mut config = ClientHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
-        ferry_protocol::tokio::client_handshake(stream, config).await?
+        ferry_protocol::tokio::client_handshake(&mut stream, config).await?
     } else {
         let mut config = ServerHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
-        ferry_protocol::tokio::server_handshake(stream, config).await?
+        ferry_protocol::tokio::server_handshake(&mut stream, config).await?
     };
-    let (mut send, mut recv) = session.into_split();
+    let version = session.version();
+    let (send, recv) = session.into_split();
+    let (read_half, write_half) = tokio::io::split(stream);
+    // No frame deadline: blocks are small, and the swarm's own timers (request timeouts,
+    // choking) judge a slow peer.
+    let mut reader =
+        FrameReader::new(read_half, recv, leftover).read_reserve(READ_RESERVE, READ_RESERVE / 4);
+    let mut writer = FrameWriter::new(write_half, send, version);
     let hello = PeerMessage::Handshake {
         content_id: ctx.manifest.content_id(),
         peer_id: ctx.peer_id,
         listen_port: ctx.listen_port,
     };
-    let mut out = BytesMut::new();
-    hello.write(&mut send, &mut out)?;
-    stream
-        .write_all(&out)
+    writer
+        .batch()
+        .push_with(|send, out| hello.write(send, out))?;
+    writer.flush().await.map_err(|e| match e {
+        WriteError::Encode(e) => e,
+        WriteError::Io(e) => ferry_protocol::Error::Io(e),
+        WriteError::Timeout(_) => ferry_protocol::Error::Timeout("sending the peer handshake"),
+    })?;
+    let frame = reader
+        .next_frame()
         .await
-        .map_err(ferry_protocol::Error::Io)?;
-    let frame = loop {
-        if let Some(frame) = recv.read_frame(&mut buf)? {
-            break frame;
-        }
-        if stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(ferry_protocol::Error::Io)?
-            == 0
-        {
-            return Err(ferry_protocol::Error::Closed.into());
-        }
-    };
+        .map_err(ferry_protocol::Error::from)?;
     match PeerMessage::decode(frame.header.kind, frame.header.service, frame.body)? {
         PeerMessage::Handshake {
             content_id,
@@ -226,7 +224,7 @@ async fn handshake(
             if content_id != ctx.manifest.content_id() {
                 return Err(HandshakeFailure::WrongContent);
             }
-            Ok((send, recv, buf, peer_id, listen_port))
+            Ok((reader, writer, peer_id, listen_port))
         }
         _ => Err(HandshakeFailure::Unexpected(frame.header.kind)),
     }
@@ -244,11 +242,8 @@ enum ReadEnd {
     Gone,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn read_loop(
-    read: &mut ReadHalf<BoxedStream>,
-    mut recv: ferry_protocol::RecvHalf,
-    mut buf: BytesMut,
+    reader: &mut PeerReader,
     conn: ConnId,
     events: &mpsc::Sender<Event>,
     cancel: &CancellationToken,
@@ -256,56 +251,52 @@ async fn read_loop(
     cmds: &mpsc::UnboundedSender<PeerCmd>,
 ) -> ReadEnd {
     loop {
-        loop {
-            let frame = match recv.read_frame(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
+        let frame = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return ReadEnd::Gone,
+            _ = closing.cancelled() => return ReadEnd::Closing,
+            frame = reader.next_frame() => match frame {
+                Ok(frame) => frame,
+                Err(ferry_protocol::driver::ReadEnd::Frame(e)) => {
                     // Over-long frames, bad records and bad magic end the connection
                     // (PROTOCOL.md §9 rows 1-9).
                     tracing::debug!(error = %e, code = %e.code(), "dropping peer: bad frame");
                     return ReadEnd::Violation(Some(wire::frame_error(&e)));
                 }
-            };
-            let msg = match wire::inbound(&frame.header, frame.body) {
-                wire::Inbound::Message(msg) => msg,
-                wire::Inbound::Pong(id, payload) => {
-                    let _ = cmds.send(PeerCmd::Pong(id, payload));
-                    continue;
-                }
-                wire::Inbound::Ignore => continue,
-                wire::Inbound::Close(error) => {
-                    tracing::debug!(?error, "dropping peer: bad message");
-                    return ReadEnd::Violation(error);
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return ReadEnd::Gone,
-                _ = closing.cancelled() => return ReadEnd::Closing,
-                sent = events.send(Event::Message(conn, msg)) => {
-                    if sent.is_err() {
-                        return ReadEnd::Gone;
-                    }
-                }
+                // End of stream (between or inside frames) or a failed read.
+                Err(_) => return ReadEnd::Gone,
+            },
+        };
+        let msg = match wire::inbound(&frame.header, frame.body) {
+            wire::Inbound::Message(msg) => msg,
+            wire::Inbound::Pong(id, payload) => {
+                let _ = cmds.send(PeerCmd::Pong(id, payload));
+                continue;
             }
-        }
+            wire::Inbound::Ignore => continue,
+            wire::Inbound::Close(error) => {
+                tracing::debug!(?error, "dropping peer: bad message");
+                return ReadEnd::Violation(error);
+            }
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return ReadEnd::Gone,
             _ = closing.cancelled() => return ReadEnd::Closing,
-            n = read.read_buf(&mut buf) => match n {
-                Ok(0) | Err(_) => return ReadEnd::Gone,
-                Ok(_) => {}
-            },
+            sent = events.send(Event::Message(conn, msg)) => {
+                if sent.is_err() {
+                    return ReadEnd::Gone;
+                }
+            }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Takes the actor's commands and the upload queue: every command already queued goes into
+/// the batch first (so cancels and chokes reach the upload queue before the next block is
+/// read), then at most one block, then one write.
 async fn write_loop(
-    write: &mut WriteHalf<BoxedStream>,
-    mut send: ferry_protocol::SendHalf,
+    writer: &mut PeerWriter,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
     conn: ConnId,
     ctx: Arc<Ctx>,
@@ -314,16 +305,15 @@ async fn write_loop(
     closing: CancellationToken,
 ) {
     let mut uploads: VecDeque<(PieceIndex, u32, u32)> = VecDeque::new();
-    let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
-        // Take every queued command first so cancels and chokes reach the upload queue before
-        // the next block is read.
-        let cmd = if uploads.is_empty() {
+        let cmd = if uploads.is_empty() && writer.batch().is_empty() {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 cmd = cmds.recv() => match cmd { Some(cmd) => Some(cmd), None => return },
             }
+        } else if writer.batch().is_full() {
+            None
         } else {
             match cmds.try_recv() {
                 Ok(cmd) => Some(cmd),
@@ -331,7 +321,6 @@ async fn write_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         };
-        out.clear();
         match cmd {
             Some(PeerCmd::Send(msg)) => {
                 if matches!(msg, PeerMessage::Choke) {
@@ -340,7 +329,11 @@ async fn write_loop(
                         let _ = events.send(Event::Uploaded(conn, 0)).await;
                     }
                 }
-                if msg.write(&mut send, &mut out).is_err() {
+                if writer
+                    .batch()
+                    .push_with(|send, out| msg.write(send, out))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -348,10 +341,7 @@ async fn write_loop(
                 piece,
                 offset,
                 length,
-            }) => {
-                uploads.push_back((piece, offset, length));
-                continue;
-            }
+            }) => uploads.push_back((piece, offset, length)),
             Some(PeerCmd::CancelUpload {
                 piece,
                 offset,
@@ -362,73 +352,90 @@ async fn write_loop(
                 if uploads.len() < before {
                     let _ = events.send(Event::Uploaded(conn, 0)).await;
                 }
-                continue;
             }
             Some(PeerCmd::Close(error)) => {
                 if let Some(body) = error {
                     let msg = PeerMessage::Error(body);
-                    if msg.write(&mut send, &mut out).is_ok() {
-                        let _ =
-                            tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write.write_all(&out)).await;
-                    }
+                    let _ = writer.batch().push_with(|send, out| msg.write(send, out));
                 }
-                // Our FIN follows the ERROR; the reader then drains until the peer's.
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, write.shutdown()).await;
+                // Whatever is batched, the ERROR last, then our FIN; the reader then drains
+                // until the peer's.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, writer.shutdown()).await;
                 closing.cancel();
                 return;
             }
             Some(PeerCmd::Pong(id, payload)) => {
-                let sent = send.write_frame(
+                let sent = writer.batch().push_frame(
                     ferry_protocol::FrameType::PONG,
                     ferry_protocol::Service::ECHO,
                     id,
                     &payload,
-                    &mut out,
                 );
                 if sent.is_err() {
                     return;
                 }
             }
             None => {
-                let Some((piece, offset, length)) = uploads.pop_front() else {
-                    continue;
-                };
-                // 16 KiB positioned reads are served from the page cache in microseconds, so
-                // they run inline rather than on the blocking pool.
-                let data = match ctx.storage.read(&ctx.manifest, piece, offset, length) {
-                    Ok(mut data) => {
-                        if ctx.corrupt_uploads {
-                            data[0] ^= 0xff;
+                // No command waits: add one block (if any) and write the batch.
+                let uploaded = match uploads.pop_front() {
+                    Some(block) => match upload(writer, &ctx, block) {
+                        Ok(length) => Some(length),
+                        Err(UploadFailed::Read) => {
+                            let _ = events.send(Event::Uploaded(conn, 0)).await;
+                            None
                         }
-                        data
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading a block to upload failed");
-                        let _ = events.send(Event::Uploaded(conn, 0)).await;
-                        continue;
-                    }
+                        Err(UploadFailed::Encode) => return,
+                    },
+                    None => None,
                 };
-                let msg = PeerMessage::Piece {
-                    piece: piece.get(),
-                    offset,
-                    data: data.into(),
-                };
-                if msg.write(&mut send, &mut out).is_err() {
-                    return;
-                }
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
-                    r = write.write_all(&out) => if r.is_err() { return },
+                    r = writer.flush() => if r.is_err() { return },
                 }
-                let _ = events.send(Event::Uploaded(conn, length as u64)).await;
-                continue;
+                if let Some(length) = uploaded {
+                    let _ = events.send(Event::Uploaded(conn, u64::from(length))).await;
+                }
             }
         }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            r = write.write_all(&out) => if r.is_err() { return },
-        }
     }
+}
+
+enum UploadFailed {
+    /// The block could not be read from storage: the request is dropped.
+    Read,
+    /// The block could not be sealed: the connection ends.
+    Encode,
+}
+
+/// Reads one requested block and adds it to the batch; returns its length.
+fn upload(
+    writer: &mut PeerWriter,
+    ctx: &Ctx,
+    (piece, offset, length): (PieceIndex, u32, u32),
+) -> Result<u32, UploadFailed> {
+    // 16 KiB positioned reads are served from the page cache in microseconds, so they run
+    // inline rather than on the blocking pool.
+    let data = match ctx.storage.read(&ctx.manifest, piece, offset, length) {
+        Ok(mut data) => {
+            if ctx.corrupt_uploads {
+                data[0] ^= 0xff;
+            }
+            data
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a block to upload failed");
+            return Err(UploadFailed::Read);
+        }
+    };
+    let msg = PeerMessage::Piece {
+        piece: piece.get(),
+        offset,
+        data: data.into(),
+    };
+    writer
+        .batch()
+        .push_with(|send, out| msg.write(send, out))
+        .map_err(|_| UploadFailed::Encode)?;
+    Ok(length)
 }
