@@ -11,12 +11,18 @@
 #
 #   benches/compare/run.sh                    # RUNS=3 SIZE_MB=1024 CONNS=64 SECONDS_PER_RUN=10
 #   RUNS=5 SIZE_MB=256 benches/compare/run.sh
+#   CASES=rates benches/compare/run.sh        # only the request-rate rows (no 1 GiB fetches)
+#   BASE_BIN=/saved/release benches/compare/run.sh   # also a baseline ferry-server/ferry-load
+#                                             # (e.g. a build from before a change), interleaved
+#   BIN=/prebuilt/release benches/compare/run.sh     # use these binaries instead of building
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
 SIZE_MB=${SIZE_MB:-1024}
 CONNS=${CONNS:-64}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+CASES=${CASES:-all}
+BASE_BIN=${BASE_BIN:-}
 
 log() { echo "[compare] $*" >&2; }
 
@@ -37,9 +43,11 @@ if [ ${#need[@]} -gt 0 ]; then
   service nginx stop >/dev/null 2>&1 || true
 fi
 
-log "building release binaries"
-cargo build --release -q -p ferry-server -p ferry-client -p ferry-bench
-BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+if [ -z "${BIN:-}" ]; then
+  log "building release binaries"
+  cargo build --release -q -p ferry-server -p ferry-client -p ferry-bench
+  BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+fi
 
 work=$(mktemp -d /tmp/ferry-compare.XXXXXX)
 base=$work/tmpfs
@@ -63,8 +71,8 @@ data=$base/data; out=$base/out
 mkdir -p "$data/dir100" "$out"
 # nginx's workers run as an unprivileged user and must reach the data.
 chmod 755 "$work" "$base" "$data" "$data/dir100"
-log "making test data: ${SIZE_MB} MiB file, 1 KiB file, 100-entry directory"
-head -c $(( SIZE_MB * 1024 * 1024 )) /dev/urandom > "$data/big.bin"
+log "making test data: $([ "$CASES" = all ] && echo "${SIZE_MB} MiB file, ")1 KiB file, 100-entry directory"
+if [ "$CASES" = all ]; then head -c $(( SIZE_MB * 1024 * 1024 )) /dev/urandom > "$data/big.bin"; fi
 head -c 1024 /dev/urandom > "$data/small.bin"
 for i in $(seq -w 1 100); do head -c 2048 /dev/urandom > "$data/dir100/file-$i.bin"; done
 
@@ -77,6 +85,11 @@ key=$work/ferry.key
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key"; chmod 600 "$key"
 "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
 pids+=($!)
+if [ -n "$BASE_BIN" ]; then
+  BASE_PORT=$(free_port)
+  "$BASE_BIN/ferry-server" "$data" --listen 127.0.0.1:"$BASE_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-base.log" &
+  pids+=($!)
+fi
 
 # --- sshd for scp, sftp and rsync
 SSH_PORT=$(free_port)
@@ -133,7 +146,7 @@ IPERF_PORT=$(free_port)
 iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
 pids+=($!)
 
-for p in "$FERRY_PORT" "$SSH_PORT" "$HTTP_PORT" "$IPERF_PORT"; do wait_port "$p"; done
+for p in "$FERRY_PORT" "$SSH_PORT" "$HTTP_PORT" "$IPERF_PORT" ${BASE_PORT:-}; do wait_port "$p"; done
 log "servers up: ferry :$FERRY_PORT, sshd :$SSH_PORT, nginx :$HTTP_PORT, iperf3 :$IPERF_PORT"
 
 results=$work/results.csv
@@ -168,8 +181,8 @@ run_fetches() {
     | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
 }
 
-load_rate() { # name, url path, mix
-  "$BIN/ferry-load" server "ferry://127.0.0.1:$FERRY_PORT/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
+load_rate() { # name, url path, mix[, bin dir, port]
+  "${4:-$BIN}/ferry-load" server "ferry://127.0.0.1:${5:-$FERRY_PORT}/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
     --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads 2 --json 2>>"$work/errors.log" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('$1,req/s,%.0f' % r['requests_per_s'])" >> "$results"
 }
@@ -182,14 +195,19 @@ run_rates() {
   wrk_rate "wrk+nginx 1 KiB" "http://127.0.0.1:$HTTP_PORT/small.bin"
   load_rate "ferry-load list 100" "dir100" "list=1"
   wrk_rate "wrk+nginx autoindex 100" "http://127.0.0.1:$HTTP_PORT/dir100/"
+  if [ -n "$BASE_BIN" ]; then
+    load_rate "ferry-load 1 KiB (base)" "" "fetch-small=1" "$BASE_BIN" "$BASE_PORT"
+    load_rate "ferry-load list 100 (base)" "dir100" "list=1" "$BASE_BIN" "$BASE_PORT"
+  fi
 }
 
+run_round() { if [ "$CASES" = all ]; then run_fetches; fi; run_rates; }
 log "warm-up round"
-run_fetches; run_rates
+run_round
 : > "$results"
 for round in $(seq 1 "$RUNS"); do
   log "round $round of $RUNS"
-  run_fetches; run_rates
+  run_round
 done
 
 python3 - "$results" "$RUNS" "$CONNS" <<'PY'
@@ -216,6 +234,10 @@ targets = [
     ("ferry get (plaintext)", "tmpfs copy (ceiling)", "ceiling"),
     ("ferry-load 1 KiB fetch", "wrk+nginx 1 KiB", 1.0),
     ("ferry-load list 100", "wrk+nginx autoindex 100", 2.0),
+    ("ferry-load 1 KiB (base)", "wrk+nginx 1 KiB", None),
+    ("ferry-load list 100 (base)", "wrk+nginx autoindex 100", None),
+    ("ferry-load 1 KiB fetch", "ferry-load 1 KiB (base)", None),
+    ("ferry-load list 100", "ferry-load list 100 (base)", None),
 ]
 print(f"\n{'ratio':<56} {'value':>7} {'target':>7}  verdict")
 for a, b, target in targets:
