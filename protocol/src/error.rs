@@ -230,6 +230,15 @@ pub enum HandshakeError {
     },
     #[error("the server does not allow plaintext sessions")]
     PlaintextRefused,
+    #[error("no common record suite: we accept {ours:?}, peer offered {theirs:?}")]
+    NoCommonSuite {
+        ours: Vec<crate::message::SuiteId>,
+        theirs: Vec<crate::message::SuiteId>,
+    },
+    /// The server refused our version-2 hello before answering it, which a version-2 server
+    /// never does to an honest client (spec §4.3): it predates version 2.
+    #[error("the server did not understand our protocol version 2 hello, so it is older than version 2; offering only the cbc-hmac suite (--suite cbc-hmac) speaks version 1")]
+    HelloNotUnderstood,
     #[error("peer refused the handshake: {0}")]
     Refused(crate::message::ErrorBody),
 }
@@ -241,6 +250,10 @@ impl HandshakeError {
             Self::AuthenticationFailed => ErrorCode::AUTHENTICATION_FAILED,
             Self::NoCommonVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
             Self::PlaintextRefused => ErrorCode::PLAINTEXT_REFUSED,
+            // A capability mismatch like a version one (spec §4.4).
+            Self::NoCommonSuite { .. } => ErrorCode::UNSUPPORTED_VERSION,
+            // What the server sent.
+            Self::HelloNotUnderstood => ErrorCode::AUTHENTICATION_FAILED,
             Self::Refused(body) => body.code,
         }
     }

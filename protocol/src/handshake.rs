@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! client                                   server
-//!   ClientHello(range, mode, nonce, share) ->
-//!                                          <- ServerHello(version, mode, nonce, share)
+//!   ClientHello(range, mode, nonce, share,
+//!               [suite offer, key hint])   ->
+//!                                          <- ServerHello(version, mode, nonce, share, [suite])
 //!                                          <- ServerFinished(HMAC(k_sf, TH))
 //!   ClientFinished(HMAC(k_cf, TH))         ->
 //!   requests ...                           ->   (processed only after ClientFinished verifies)
@@ -12,7 +13,9 @@
 //!
 //! `TH = SHA-256(ClientHello frame || ServerHello frame)`, whole frames as sent. Every handshake
 //! frame carries version 1 in its header, whatever is negotiated, so that a peer of any version
-//! can read the hello ([`HANDSHAKE_VERSION`]).
+//! can read the hello ([`HANDSHAKE_VERSION`]). Version 2 adds the record-suite offer and the key
+//! hint to the ClientHello and the chosen suite to the ServerHello (spec §4.2, §4.3); both hellos
+//! are in TH, so the Finished MACs cover the offer and the choice.
 
 use std::sync::Arc;
 
@@ -21,15 +24,21 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::crypto::{derive_keys, mac_eq, Key, SessionKeys};
+use crate::crypto::{derive_keys_for, mac_eq, Key, RecordSuite, SessionKeys};
 use crate::error::{ErrorCode, HandshakeError};
 use crate::frame::{Frame, FrameDecoder, DEFAULT_MAX_BODY};
-use crate::header::{RequestId, Service, MIN_VERSION, VERSION};
-use crate::message::{ClientHello, ErrorBody, Finished, Message, Mode, ServerHello};
+use crate::header::{FrameType, RequestId, Service, MIN_VERSION};
+use crate::message::{
+    ClientHello, ErrorBody, Finished, Message, Mode, ServerHello, SuiteId, SuiteOffer,
+};
 use crate::session::{Role, Session};
 
 /// The header version of every handshake frame and of errors sent before one is agreed.
 pub const HANDSHAKE_VERSION: u8 = 1;
+
+/// The newest protocol version the handshake negotiates (spec §4.3). Frames outside a session
+/// (the handshake's, trackers') still carry [`crate::VERSION`], 1.
+pub const MAX_VERSION: u8 = 2;
 
 /// Cap on handshake frame bodies; the largest legitimate one is an error frame.
 pub const HANDSHAKE_MAX_BODY: u32 = 2048;
@@ -49,6 +58,16 @@ pub struct ClientHandshakeConfig {
     pub mode: Mode,
     /// Cap on incoming frame bodies once established.
     pub max_body: u32,
+    /// The record suites to offer, most preferred first; default
+    /// [`RecordSuite::DEFAULT_SUITES`] (GCM, then CBC + HMAC). CBC + HMAC alone is offered as a
+    /// version-1 hello, without key hint, which servers from before version 2 understand
+    /// (spec §4.3). Plaintext entries are ignored; a list without an encrypted suite means the
+    /// default.
+    pub suites: Vec<RecordSuite>,
+    /// Send the key's hint ([`Key::hint`]) in a version-2 hello, so that a server with many
+    /// keys can tell which one to prove (default on; it links this key's connections for an
+    /// observer, spec §11).
+    pub send_key_hint: bool,
 }
 
 impl ClientHandshakeConfig {
@@ -57,7 +76,35 @@ impl ClientHandshakeConfig {
             key,
             mode: Mode::ENCRYPTED,
             max_body: DEFAULT_MAX_BODY,
+            suites: RecordSuite::DEFAULT_SUITES.to_vec(),
+            send_key_hint: true,
         }
+    }
+
+    /// Offers `suites`, most preferred first (see [`ClientHandshakeConfig::suites`]).
+    pub fn with_suites(mut self, suites: Vec<RecordSuite>) -> Self {
+        self.suites = suites;
+        self
+    }
+
+    /// The offer this configuration sends: `None` for a version-1 hello (CBC + HMAC alone).
+    fn offer(&self) -> Option<SuiteOffer> {
+        let mut ids: Vec<SuiteId> = Vec::new();
+        for id in self.suites.iter().filter_map(|s| s.id()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            ids = RecordSuite::DEFAULT_SUITES
+                .iter()
+                .filter_map(|s| s.id())
+                .collect();
+        }
+        if ids == [SuiteId::AES_256_CBC_HMAC_SHA256] {
+            return None;
+        }
+        SuiteOffer::new(ids)
     }
 
     pub fn plaintext(mut self, plaintext: bool) -> Self {
@@ -78,6 +125,10 @@ pub struct ServerHandshakeConfig {
     /// Accept clients that ask for plaintext. Off by default.
     pub allow_plaintext: bool,
     pub max_body: u32,
+    /// The record suites this server accepts; default [`RecordSuite::DEFAULT_SUITES`]. The
+    /// client's preference picks among them (spec §4.3); `vec![Aes256CbcHmacSha256]` serves
+    /// only the old suite.
+    pub suites: Vec<RecordSuite>,
 }
 
 impl ServerHandshakeConfig {
@@ -92,7 +143,14 @@ impl ServerHandshakeConfig {
             resolver,
             allow_plaintext: false,
             max_body: DEFAULT_MAX_BODY,
+            suites: RecordSuite::DEFAULT_SUITES.to_vec(),
         }
+    }
+
+    /// Accepts `suites` only (see [`ServerHandshakeConfig::suites`]).
+    pub fn with_suites(mut self, suites: Vec<RecordSuite>) -> Self {
+        self.suites = suites;
+        self
     }
 }
 
@@ -144,12 +202,11 @@ impl Permissions {
 
 /// Picks the key a client must prove, and the principal it is once it has proven it.
 ///
-/// Called once per handshake with the decoded ClientHello, after the version and mode checks
-/// (spec §4.4's order). Today's ClientHello (spec §4.2) carries versions, mode, nonce and key
-/// share, but nothing that says which key the client holds, and the server must commit to one
-/// key before it answers (the key is mixed into ServerFinished). So a resolver can only choose
-/// on what the hello offers; one listener serving many keys needs a key hint in the hello,
-/// which identities (issue 11) add to the wire. Nothing on the wire changes here.
+/// Called once per handshake with the decoded ClientHello, after the version, suite and mode
+/// checks (spec §4.4's order). The server must commit to one key before it answers (the key is
+/// mixed into ServerFinished), so a resolver chooses on what the hello says: a version-2 hello
+/// may carry the key's hint ([`ClientHello::key_hint`], [`Key::hint`]), which names the key
+/// without revealing it; a version-1 hello, or one without a hint, says nothing about the key.
 ///
 /// `None` refuses the client, and it fails exactly like a wrong key (spec §4.4): the server
 /// still answers with ServerHello and ServerFinished, under a key nobody holds, so the client
@@ -311,24 +368,44 @@ fn refused(body: ErrorBody) -> HandshakeError {
     }
 }
 
-fn session_for(role: Role, mode: Mode, version: u8, max_body: u32, keys: &SessionKeys) -> Session {
+fn session_for(
+    role: Role,
+    mode: Mode,
+    suite: RecordSuite,
+    version: u8,
+    max_body: u32,
+    keys: &SessionKeys,
+) -> Session {
     if mode == Mode::PLAINTEXT {
         Session::plaintext(version, max_body)
     } else {
-        Session::encrypted(
+        Session::new(
             version,
             max_body,
             role,
+            suite,
             &keys.client_to_server,
             &keys.server_to_client,
         )
     }
 }
 
+/// What the server's suite choice needs: the first suite of the client's offer that the server
+/// accepts and this implementation speaks (spec §4.3).
+fn select_suite(offer: &SuiteOffer, accepted: &[RecordSuite]) -> Option<RecordSuite> {
+    offer
+        .select(|id| RecordSuite::from_id(id).is_some_and(|s| accepted.contains(&s)))
+        .and_then(RecordSuite::from_id)
+}
+
 #[derive(Debug)]
 enum ClientState {
     AwaitServerHello,
-    AwaitServerFinished { version: u8, keys: Box<SessionKeys> },
+    AwaitServerFinished {
+        version: u8,
+        suite: RecordSuite,
+        keys: Box<SessionKeys>,
+    },
     Done,
 }
 
@@ -337,6 +414,9 @@ pub struct ClientHandshake {
     config: ClientHandshakeConfig,
     secret: StaticSecret,
     client_hello: Vec<u8>,
+    /// What the hello offered: versions and suites (CBC + HMAC alone for a version-1 hello).
+    max_version: u8,
+    offer: SuiteOffer,
     state: ClientState,
 }
 
@@ -361,19 +441,29 @@ impl ClientHandshake {
         dst: &mut BytesMut,
     ) -> Self {
         let secret = StaticSecret::from(randomness.secret);
-        let hello = Message::ClientHello(ClientHello {
+        // CBC + HMAC alone is version 1's hello, which every server reads (spec §4.3).
+        let offer = config.offer();
+        let hello = ClientHello {
             min_version: MIN_VERSION,
-            max_version: VERSION,
+            max_version: if offer.is_some() { MAX_VERSION } else { 1 },
             mode: config.mode,
             nonce: randomness.nonce,
             key_share: PublicKey::from(&secret).to_bytes(),
-        });
-        let client_hello = frame_bytes(&hello);
+            key_hint: offer
+                .as_ref()
+                .filter(|_| config.send_key_hint)
+                .map(|_| config.key.hint()),
+            suites: offer.unwrap_or_default(),
+            rest: bytes::Bytes::new(),
+        };
+        let client_hello = frame_bytes(&Message::ClientHello(hello.clone()));
         dst.extend_from_slice(&client_hello);
         Self {
             config,
             secret,
             client_hello,
+            max_version: hello.max_version,
+            offer: hello.offered_suites(),
             state: ClientState::AwaitServerHello,
         }
     }
@@ -385,26 +475,54 @@ impl ClientHandshake {
         frame: Frame,
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
-        let (received, message) = read_frame(frame)?;
+        let is_error = frame.header.kind == FrameType::ERROR;
+        let (received, message) = match read_frame(frame) {
+            // A version-2 server answers an honest version-2 hello with ServerHello even when
+            // the key is wrong, so this refusal comes from a server that could not read the
+            // hello: one from before version 2 (spec §4.3).
+            Err(HandshakeError::AuthenticationFailed)
+                if is_error
+                    && self.max_version >= 2
+                    && matches!(self.state, ClientState::AwaitServerHello) =>
+            {
+                self.state = ClientState::Done;
+                return Err(HandshakeError::HelloNotUnderstood);
+            }
+            other => other?,
+        };
         match (
             std::mem::replace(&mut self.state, ClientState::Done),
             message,
         ) {
             (ClientState::AwaitServerHello, Message::ServerHello(hello)) => {
-                let in_range = (MIN_VERSION..=VERSION).contains(&hello.version);
-                if !in_range || hello.mode != self.config.mode {
+                let in_range = (MIN_VERSION..=self.max_version).contains(&hello.version);
+                // The suite must be one we offered (a version-1 answer means CBC + HMAC).
+                let suite = hello
+                    .selected_suite()
+                    .filter(|&id| self.offer.contains(id))
+                    .and_then(RecordSuite::from_id);
+                let Some(suite) = suite.filter(|_| in_range && hello.mode == self.config.mode)
+                else {
                     return Err(HandshakeError::AuthenticationFailed);
-                }
+                };
                 let th = transcript_hash(&self.client_hello, &received);
                 let shared = agree(&self.secret, hello.key_share)?;
-                let keys = derive_keys(&self.config.key, &shared, &th);
+                let keys = derive_keys_for(hello.version, &self.config.key, &shared, &th);
                 self.state = ClientState::AwaitServerFinished {
                     version: hello.version,
+                    suite,
                     keys: Box::new(keys),
                 };
                 Ok(None)
             }
-            (ClientState::AwaitServerFinished { version, keys }, Message::ServerFinished(fin)) => {
+            (
+                ClientState::AwaitServerFinished {
+                    version,
+                    suite,
+                    keys,
+                },
+                Message::ServerFinished(fin),
+            ) => {
                 if !mac_eq(&fin.mac, &keys.server_confirm) {
                     return Err(HandshakeError::AuthenticationFailed);
                 }
@@ -414,6 +532,7 @@ impl ClientHandshake {
                 Ok(Some(session_for(
                     Role::Client,
                     self.config.mode,
+                    suite,
                     version,
                     self.config.max_body,
                     &keys,
@@ -430,6 +549,7 @@ enum ServerState {
     AwaitClientFinished {
         version: u8,
         mode: Mode,
+        suite: RecordSuite,
         keys: Box<SessionKeys>,
         /// `None` when the resolver refused the client: the handshake can only fail.
         principal: Option<Principal>,
@@ -486,15 +606,28 @@ impl ServerHandshake {
             message,
         ) {
             (ServerState::AwaitClientHello, Message::ClientHello(hello)) => {
-                let version = hello.max_version.min(VERSION);
+                let version = hello.max_version.min(MAX_VERSION);
                 if version < hello.min_version || version < MIN_VERSION {
                     return Err(HandshakeError::NoCommonVersion {
                         ours_min: MIN_VERSION,
-                        ours_max: VERSION,
+                        ours_max: MAX_VERSION,
                         theirs_min: hello.min_version,
                         theirs_max: hello.max_version,
                     });
                 }
+                // Version 1 has one suite; version 2 takes the client's first acceptable one.
+                let offer = if version < 2 {
+                    SuiteOffer::new([SuiteId::AES_256_CBC_HMAC_SHA256])
+                        .expect("a one-suite offer is valid")
+                } else {
+                    hello.offered_suites()
+                };
+                let Some(suite) = select_suite(&offer, &self.config.suites) else {
+                    return Err(HandshakeError::NoCommonSuite {
+                        ours: self.config.suites.iter().filter_map(|s| s.id()).collect(),
+                        theirs: offer.suites().to_vec(),
+                    });
+                };
                 if hello.mode == Mode::PLAINTEXT && !self.config.allow_plaintext {
                     return Err(HandshakeError::PlaintextRefused);
                 }
@@ -508,6 +641,7 @@ impl ServerHandshake {
                     mode: hello.mode,
                     nonce: randomness.nonce,
                     key_share: PublicKey::from(&secret).to_bytes(),
+                    suite: if version >= 2 { suite.id() } else { None },
                 }));
                 let th = transcript_hash(&received, &server_hello);
                 let shared = agree(&secret, hello.key_share)?;
@@ -515,7 +649,7 @@ impl ServerHandshake {
                     Some((key, principal)) => (key, Some(principal)),
                     None => (unresolvable_key(&randomness.secret), None),
                 };
-                let keys = derive_keys(&key, &shared, &th);
+                let keys = derive_keys_for(version, &key, &shared, &th);
                 dst.extend_from_slice(&server_hello);
                 dst.extend_from_slice(&frame_bytes(&Message::ServerFinished(Finished {
                     mac: keys.server_confirm,
@@ -523,6 +657,7 @@ impl ServerHandshake {
                 self.state = ServerState::AwaitClientFinished {
                     version,
                     mode: hello.mode,
+                    suite,
                     keys: Box::new(keys),
                     principal,
                 };
@@ -532,6 +667,7 @@ impl ServerHandshake {
                 ServerState::AwaitClientFinished {
                     version,
                     mode,
+                    suite,
                     keys,
                     principal,
                 },
@@ -549,6 +685,7 @@ impl ServerHandshake {
                 Ok(Some(session_for(
                     Role::Server,
                     mode,
+                    suite,
                     version,
                     self.config.max_body,
                     &keys,
@@ -666,7 +803,7 @@ mod tests {
 
     impl KeyResolver for Fixed {
         fn resolve(&self, hello: &ClientHello) -> Option<(Key, Principal)> {
-            assert_eq!(hello.max_version, VERSION);
+            assert_eq!(hello.max_version, MAX_VERSION);
             self.0.clone()
         }
     }
@@ -769,6 +906,195 @@ mod tests {
         assert_eq!(answers[0].1, HandshakeError::AuthenticationFailed);
     }
 
+    const GCM: RecordSuite = RecordSuite::Aes256Gcm;
+    const CBC: RecordSuite = RecordSuite::Aes256CbcHmacSha256;
+
+    /// The suite both ends agreed on, and the version.
+    fn agreed(client: ClientHandshakeConfig, server: ServerHandshakeConfig) -> (RecordSuite, u8) {
+        let (mut c, mut s) = run(client, server).expect("handshake completes");
+        let (c_send, _) = (c.version(), ());
+        assert_eq!(c_send, s.version());
+        // Both directions work under the agreed suite.
+        let mut wire = BytesMut::new();
+        c.write_message(RequestId(1), &Message::Ping("up".into()), &mut wire)
+            .unwrap();
+        assert_eq!(
+            s.read_frame(&mut wire).unwrap().unwrap().message().unwrap(),
+            Message::Ping("up".into())
+        );
+        s.write_message(RequestId(1), &Message::Pong("down".into()), &mut wire)
+            .unwrap();
+        assert_eq!(
+            c.read_frame(&mut wire).unwrap().unwrap().message().unwrap(),
+            Message::Pong("down".into())
+        );
+        let (c_half, _) = c.into_split();
+        let (s_half, _) = s.into_split();
+        assert_eq!(c_half.suite(), s_half.suite());
+        (c_half.suite(), c_send)
+    }
+
+    #[test]
+    fn default_ends_agree_on_gcm_in_version_2() {
+        let key = Key::from_bytes([1; 32]);
+        assert_eq!(
+            agreed(
+                ClientHandshakeConfig::new(key.clone()),
+                ServerHandshakeConfig::new(key)
+            ),
+            (GCM, 2)
+        );
+    }
+
+    #[test]
+    fn the_old_suite_on_either_end_agrees_on_cbc_hmac() {
+        let key = Key::from_bytes([2; 32]);
+        // A client offering CBC + HMAC alone speaks version 1 (what old servers read).
+        let client = ClientHandshakeConfig::new(key.clone()).with_suites(vec![CBC]);
+        assert_eq!(
+            agreed(client, ServerHandshakeConfig::new(key.clone())),
+            (CBC, 1)
+        );
+        // A server accepting CBC + HMAC alone picks it from a default offer, in version 2.
+        let server = ServerHandshakeConfig::new(key.clone()).with_suites(vec![CBC]);
+        assert_eq!(
+            agreed(ClientHandshakeConfig::new(key.clone()), server),
+            (CBC, 2)
+        );
+        // The client's preference decides.
+        let client = ClientHandshakeConfig::new(key.clone()).with_suites(vec![CBC, GCM]);
+        assert_eq!(agreed(client, ServerHandshakeConfig::new(key)), (CBC, 2));
+    }
+
+    #[test]
+    fn no_common_suite_is_reported_with_both_lists() {
+        let key = Key::from_bytes([3; 32]);
+        let client = ClientHandshakeConfig::new(key.clone()).with_suites(vec![CBC]);
+        let server = ServerHandshakeConfig::new(key).with_suites(vec![GCM]);
+        let (error, frame) = run(client, server).expect_err("no common suite");
+        assert_eq!(
+            error,
+            HandshakeError::NoCommonSuite {
+                ours: vec![SuiteId::AES_256_GCM],
+                theirs: vec![SuiteId::AES_256_CBC_HMAC_SHA256],
+            }
+        );
+        assert_eq!(error.code(), ErrorCode::UNSUPPORTED_VERSION);
+        assert!(frame.len() > 12, "an informational error frame is sent");
+    }
+
+    #[test]
+    fn the_hello_carries_the_offer_and_the_key_hint() {
+        let key = Key::from_bytes([4; 32]);
+        let hello = |config: ClientHandshakeConfig| {
+            let mut wire = BytesMut::new();
+            ClientHandshake::start(config, &mut wire);
+            match handshake_decoder()
+                .decode(&mut wire)
+                .unwrap()
+                .unwrap()
+                .message()
+                .unwrap()
+            {
+                Message::ClientHello(hello) => hello,
+                other => panic!("not a hello: {other:?}"),
+            }
+        };
+        let v2 = hello(ClientHandshakeConfig::new(key.clone()));
+        assert_eq!((v2.min_version, v2.max_version), (1, 2));
+        assert_eq!(
+            v2.suites.suites(),
+            [SuiteId::AES_256_GCM, SuiteId::AES_256_CBC_HMAC_SHA256]
+        );
+        assert_eq!(v2.key_hint(), Some(key.hint()));
+        let mut quiet = ClientHandshakeConfig::new(key.clone());
+        quiet.send_key_hint = false;
+        assert_eq!(hello(quiet).key_hint(), None);
+        // The old suite alone is version 1's 67-byte hello: no offer, no hint.
+        let v1 = hello(ClientHandshakeConfig::new(key).with_suites(vec![CBC]));
+        assert_eq!((v1.min_version, v1.max_version), (1, 1));
+        assert!(v1.suites.is_empty());
+        assert_eq!(v1.key_hint(), None);
+        assert_eq!(Message::ClientHello(v1).encoded_len(), ClientHello::LEN);
+    }
+
+    /// A resolver that routes by key hint, as a server with many keys does.
+    #[derive(Debug)]
+    struct ByHint(Vec<Key>);
+
+    impl KeyResolver for ByHint {
+        fn resolve(&self, hello: &ClientHello) -> Option<(Key, Principal)> {
+            let hint = hello.key_hint()?;
+            let key = self.0.iter().find(|k| k.hint() == hint)?;
+            Some((key.clone(), Principal::key_holder()))
+        }
+    }
+
+    #[test]
+    fn a_resolver_finds_the_key_by_its_hint() {
+        let keys: Vec<Key> = (10..14).map(|b| Key::from_bytes([b; 32])).collect();
+        let server = || ServerHandshakeConfig::with_resolver(Arc::new(ByHint(keys.clone())));
+        for key in &keys {
+            assert_eq!(
+                established_principal(ClientHandshakeConfig::new(key.clone()), server()),
+                Some(Principal::key_holder())
+            );
+        }
+    }
+
+    #[test]
+    fn a_version_1_server_refusing_our_hello_gets_a_clear_error() {
+        // What a server from before version 2 does with a longer hello: it does not decode,
+        // so it answers AUTHENTICATION_FAILED before any ServerHello (spec §4.4).
+        let mut c2s = BytesMut::new();
+        let mut client = ClientHandshake::start(
+            ClientHandshakeConfig::new(Key::from_bytes([5; 32])),
+            &mut c2s,
+        );
+        let mut refusal = BytesMut::new();
+        write_error(&HandshakeError::AuthenticationFailed, &mut refusal);
+        let frame = handshake_decoder().decode(&mut refusal).unwrap().unwrap();
+        let error = client.handle_frame(frame, &mut c2s).unwrap_err();
+        assert_eq!(error, HandshakeError::HelloNotUnderstood);
+        assert!(error.to_string().contains("--suite cbc-hmac"), "{error}");
+
+        // A version-1 hello refused the same way is just a failed authentication.
+        let mut c2s = BytesMut::new();
+        let mut client = ClientHandshake::start(
+            ClientHandshakeConfig::new(Key::from_bytes([5; 32])).with_suites(vec![CBC]),
+            &mut c2s,
+        );
+        let mut refusal = BytesMut::new();
+        write_error(&HandshakeError::AuthenticationFailed, &mut refusal);
+        let frame = handshake_decoder().decode(&mut refusal).unwrap().unwrap();
+        assert_eq!(
+            client.handle_frame(frame, &mut c2s).unwrap_err(),
+            HandshakeError::AuthenticationFailed
+        );
+    }
+
+    #[test]
+    fn a_server_hello_choosing_a_suite_we_did_not_offer_fails() {
+        let key = Key::from_bytes([6; 32]);
+        let mut c2s = BytesMut::new();
+        let mut client = ClientHandshake::start(
+            ClientHandshakeConfig::new(key.clone()).with_suites(vec![GCM]),
+            &mut c2s,
+        );
+        let hello = ServerHello {
+            version: 2,
+            mode: Mode::ENCRYPTED,
+            nonce: [1; 32],
+            key_share: [9; 32],
+            suite: Some(SuiteId::AES_256_CBC_HMAC_SHA256),
+        };
+        let frame = Frame::from_message(RequestId(0), &Message::ServerHello(hello));
+        assert_eq!(
+            client.handle_frame(frame, &mut c2s).unwrap_err(),
+            HandshakeError::AuthenticationFailed
+        );
+    }
+
     #[test]
     fn plaintext_needs_the_servers_consent() {
         let key = Key::generate();
@@ -791,6 +1117,9 @@ mod tests {
             mode: Mode::ENCRYPTED,
             nonce: [0; 32],
             key_share: [0; 32],
+            suites: SuiteOffer::default(),
+            key_hint: None,
+            rest: bytes::Bytes::new(),
         });
         let frame = Frame::from_message(RequestId(0), &hello);
         assert_eq!(
@@ -810,6 +1139,9 @@ mod tests {
             mode: Mode::ENCRYPTED,
             nonce: [0; 32],
             key_share: [9; 32],
+            suites: SuiteOffer::new([SuiteId::AES_256_GCM]).unwrap(),
+            key_hint: None,
+            rest: bytes::Bytes::new(),
         });
         let frame = Frame::from_message(RequestId(0), &hello);
         assert!(matches!(

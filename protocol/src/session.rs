@@ -99,25 +99,38 @@ impl Session {
     }
 
     /// A connected (client, server) pair without a handshake, with fixed, publicly known keys
-    /// when `encrypted`: for tests and benchmarks of the record layer only, never a network.
+    /// when `encrypted` (AES-256-CBC + HMAC-SHA256): for tests and benchmarks of the record
+    /// layer only, never a network.
     pub fn dangerous_pair_with_fixed_keys(encrypted: bool) -> (Session, Session) {
-        if !encrypted {
-            return (
-                Self::plaintext(1, DEFAULT_MAX_BODY),
-                Self::plaintext(1, DEFAULT_MAX_BODY),
-            );
-        }
+        Self::dangerous_pair_with_suite(if encrypted {
+            RecordSuite::Aes256CbcHmacSha256
+        } else {
+            RecordSuite::Plaintext
+        })
+    }
+
+    /// [`Session::dangerous_pair_with_fixed_keys`] for any suite: fixed, publicly known keys,
+    /// for tests and benchmarks of the record layer only, never a network.
+    pub fn dangerous_pair_with_suite(suite: RecordSuite) -> (Session, Session) {
         let c2s = DirectionKeys {
             enc: [1; 32],
             mac: [2; 32],
+            iv: [5; 12],
         };
         let s2c = DirectionKeys {
             enc: [3; 32],
             mac: [4; 32],
+            iv: [6; 12],
+        };
+        // Record-layer tests and benchmarks; the version only goes into headers.
+        let version = if suite == RecordSuite::Aes256Gcm {
+            2
+        } else {
+            1
         };
         (
-            Self::encrypted(1, DEFAULT_MAX_BODY, Role::Client, &c2s, &s2c),
-            Self::encrypted(1, DEFAULT_MAX_BODY, Role::Server, &c2s, &s2c),
+            Self::new(version, DEFAULT_MAX_BODY, Role::Client, suite, &c2s, &s2c),
+            Self::new(version, DEFAULT_MAX_BODY, Role::Server, suite, &c2s, &s2c),
         )
     }
 
@@ -169,6 +182,11 @@ impl Session {
     /// Whether bodies are encrypted.
     pub fn mode(&self) -> Mode {
         self.send.mode()
+    }
+
+    /// The record suite both directions use (the negotiated one, or plaintext).
+    pub fn suite(&self) -> RecordSuite {
+        self.send.suite()
     }
 
     /// Largest body, before encryption, that fits one frame.
@@ -362,10 +380,16 @@ mod tests {
     use super::*;
     use crate::message::tests::examples;
 
+    const SUITES: [RecordSuite; 3] = [
+        RecordSuite::Plaintext,
+        RecordSuite::Aes256CbcHmacSha256,
+        RecordSuite::Aes256Gcm,
+    ];
+
     #[test]
-    fn every_message_crosses_both_ways_in_both_modes() {
-        for encrypted in [false, true] {
-            let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
+    fn every_message_crosses_both_ways_in_every_suite() {
+        for suite in SUITES {
+            let (mut client, mut server) = Session::dangerous_pair_with_suite(suite);
             for client_sends in [true, false] {
                 let (a, b) = if client_sends {
                     (&mut client, &mut server)
@@ -388,9 +412,9 @@ mod tests {
     }
 
     #[test]
-    fn frames_written_together_read_back_in_order_in_both_modes() {
-        for encrypted in [false, true] {
-            let (client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
+    fn frames_written_together_read_back_in_order_in_every_suite() {
+        for suite in SUITES {
+            let (client, mut server) = Session::dangerous_pair_with_suite(suite);
             let (mut send, _) = client.into_split();
             let bodies: Vec<Vec<u8>> = (0..11).map(|i| vec![i as u8; i * 1000]).collect();
             let frames: Vec<_> = bodies
@@ -411,8 +435,8 @@ mod tests {
 
     #[test]
     fn max_payload_fits_the_cap() {
-        for encrypted in [false, true] {
-            let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
+        for suite in SUITES {
+            let (mut client, mut server) = Session::dangerous_pair_with_suite(suite);
             let body = vec![0x5a; client.max_payload()];
             let mut wire = BytesMut::new();
             client
@@ -434,6 +458,7 @@ mod tests {
         let keys = DirectionKeys {
             enc: [5; 32],
             mac: [6; 32],
+            iv: [7; 12],
         };
         let suite = RecordSuite::Aes256CbcHmacSha256;
         let last = u64::MAX - 1;
@@ -501,8 +526,8 @@ mod tests {
 
     #[test]
     fn frame_len_is_what_write_frame_appends() {
-        for encrypted in [false, true] {
-            let (client, _) = Session::dangerous_pair_with_fixed_keys(encrypted);
+        for suite in SUITES {
+            let (client, _) = Session::dangerous_pair_with_suite(suite);
             let (mut send, _) = client.into_split();
             assert_eq!(send.suite().mode(), send.mode());
             for len in [0, 1, 15, 16, 17, 4096] {

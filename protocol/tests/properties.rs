@@ -6,9 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::{Bytes, BytesMut};
+use ferry_protocol::crypto::RecordSuite;
 use ferry_protocol::message::{
     ClientHello, Entry, EntryKind, ErrorBody, FetchEnd, FetchRequest, FetchResponse, Finished,
-    ListEnd, ListPage, ListRequest, Mode, ServerHello, StatRequest,
+    KeyHint, ListEnd, ListPage, ListRequest, Mode, ServerHello, StatRequest, SuiteId, SuiteOffer,
 };
 use ferry_protocol::{
     ErrorCode, Frame, FrameDecoder, FrameType, Message, RequestId, Service, Session,
@@ -51,33 +52,74 @@ fn arb_service() -> impl Strategy<Value = Service> {
     any::<u8>().prop_map(Service)
 }
 
+/// 1 to 16 distinct non-zero suite ids, known or not.
+fn arb_offer() -> impl Strategy<Value = SuiteOffer> {
+    proptest::collection::btree_set(1u8..=255, 1..=SuiteOffer::MAX)
+        .prop_map(|ids| SuiteOffer::new(ids.into_iter().map(SuiteId)).unwrap())
+}
+
+/// Every suite a session can run, for the session and record properties.
+fn arb_suite() -> impl Strategy<Value = RecordSuite> {
+    prop_oneof![
+        Just(RecordSuite::Plaintext),
+        Just(RecordSuite::Aes256CbcHmacSha256),
+        Just(RecordSuite::Aes256Gcm),
+    ]
+}
+
+fn arb_encrypted_suite() -> impl Strategy<Value = RecordSuite> {
+    prop_oneof![
+        Just(RecordSuite::Aes256CbcHmacSha256),
+        Just(RecordSuite::Aes256Gcm),
+    ]
+}
+
 fn arb_message() -> impl Strategy<Value = Message> {
     let mode = prop_oneof![Just(Mode::ENCRYPTED), Just(Mode::PLAINTEXT)];
     prop_oneof![
         (
-            1u8..=255,
-            any::<u8>(),
+            (1u8..=255, any::<u8>()),
             mode.clone(),
             any::<[u8; 32]>(),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            arb_offer(),
+            proptest::option::of(any::<[u8; 8]>()),
+            arb_bytes(8),
         )
-            .prop_map(|(min, extra, mode, nonce, key_share)| Message::ClientHello(
-                ClientHello {
-                    min_version: min,
-                    max_version: min.saturating_add(extra),
+            .prop_map(
+                |((min, extra), mode, nonce, key_share, offer, hint, rest)| {
+                    let max_version = min.saturating_add(extra);
+                    // The offer, the hint and what follows them exist only from version 2 on, and
+                    // bytes after the hint only above it (spec §4.2).
+                    let v2 = max_version >= 2;
+                    Message::ClientHello(ClientHello {
+                        min_version: min,
+                        max_version,
+                        mode,
+                        nonce,
+                        key_share,
+                        suites: if v2 { offer } else { SuiteOffer::default() },
+                        key_hint: hint.filter(|_| v2).map(KeyHint),
+                        rest: if max_version > 2 { rest } else { Bytes::new() },
+                    })
+                }
+            ),
+        (
+            any::<u8>(),
+            mode,
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            1u8..=255
+        )
+            .prop_map(
+                |(version, mode, nonce, key_share, suite)| Message::ServerHello(ServerHello {
+                    version,
                     mode,
                     nonce,
                     key_share,
-                }
-            )),
-        (any::<u8>(), mode, any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-            |(version, mode, nonce, key_share)| Message::ServerHello(ServerHello {
-                version,
-                mode,
-                nonce,
-                key_share,
-            })
-        ),
+                    suite: (version >= 2).then_some(SuiteId(suite)),
+                })
+            ),
         any::<[u8; 32]>().prop_map(|mac| Message::ServerFinished(Finished { mac })),
         any::<[u8; 32]>().prop_map(|mac| Message::ClientFinished(Finished { mac })),
         (arb_path(), any::<bool>(), any::<u16>())
@@ -193,11 +235,11 @@ proptest! {
 
     #[test]
     fn sessions_round_trip_under_any_chunking(
-        encrypted in any::<bool>(),
+        suite in arb_suite(),
         messages in proptest::collection::vec(arb_message(), 1..8),
         cuts in proptest::collection::vec(any::<usize>(), 0..20),
     ) {
-        let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(encrypted);
+        let (mut client, mut server) = Session::dangerous_pair_with_suite(suite);
         let mut wire = BytesMut::new();
         for (i, message) in messages.iter().enumerate() {
             client.write_message(RequestId(i as u32), message, &mut wire).unwrap();
@@ -219,13 +261,16 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_streams_never_panic(stream in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn arbitrary_streams_never_panic(
+        suite in arb_encrypted_suite(),
+        stream in proptest::collection::vec(any::<u8>(), 0..400),
+    ) {
         let mut decoder = FrameDecoder::new(256);
         let mut buf = BytesMut::from(&stream[..]);
         while let Ok(Some(frame)) = decoder.decode(&mut buf) {
             let _ = frame.message();
         }
-        let (_, mut server) = Session::dangerous_pair_with_fixed_keys(true);
+        let (_, mut server) = Session::dangerous_pair_with_suite(suite);
         let mut buf = BytesMut::from(&stream[..]);
         while let Ok(Some(_)) = server.read_frame(&mut buf) {}
     }
@@ -255,11 +300,12 @@ proptest! {
 
     #[test]
     fn any_tampered_record_byte_is_rejected(
+        suite in arb_encrypted_suite(),
         message in arb_message(),
         at in any::<usize>(),
         mask in 1u8..=255,
     ) {
-        let (mut client, mut server) = Session::dangerous_pair_with_fixed_keys(true);
+        let (mut client, mut server) = Session::dangerous_pair_with_suite(suite);
         let mut wire = BytesMut::new();
         client.write_message(RequestId(9), &message, &mut wire).unwrap();
         let at = at % wire.len();
@@ -268,5 +314,27 @@ proptest! {
         // A tampered length may leave the decoder waiting for bytes that never come, which a
         // real connection turns into a read deadline; it must never yield a frame.
         prop_assert!(!matches!(result, Ok(Some(_))), "byte {} accepted", at);
+    }
+
+    #[test]
+    fn truncated_records_are_rejected(
+        suite in arb_encrypted_suite(),
+        message in arb_message(),
+        cut in 1usize..=64,
+    ) {
+        // A record shortened by `cut` body bytes, with its header's length saying so (what an
+        // attacker who drops bytes and rewrites the length sends): never accepted.
+        let (mut client, mut server) = Session::dangerous_pair_with_suite(suite);
+        let mut wire = BytesMut::new();
+        client.write_message(RequestId(9), &message, &mut wire).unwrap();
+        let body_len = wire.len() - ferry_protocol::HEADER_LEN;
+        let cut = cut.min(body_len);
+        wire.truncate(wire.len() - cut);
+        wire[8..12].copy_from_slice(&((body_len - cut) as u32).to_be_bytes());
+        let result = server.read_frame(&mut wire);
+        prop_assert!(
+            matches!(result, Err(ferry_protocol::Error::Crypto(ferry_protocol::CryptoError::BadRecord))),
+            "cut {} bytes: {:?}", cut, result
+        );
     }
 }

@@ -4,10 +4,10 @@
 
 mod common;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::{load, Vector};
 use ferry_protocol::crypto::{
-    derive_keys, hmac_sha256, labels, DirectionKeys, RecordOpener, RecordSealer, RecordSuite,
+    derive_keys_for, hmac_sha256, labels, DirectionKeys, RecordOpener, RecordSealer, RecordSuite,
 };
 use ferry_protocol::frame::FrameDecoder;
 use ferry_protocol::handshake::{
@@ -15,7 +15,8 @@ use ferry_protocol::handshake::{
 };
 use ferry_protocol::message::{
     ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
-    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest,
+    FetchResponse, Finished, KeyHint, ListEnd, ListPage, ListRequest, ServerHello, StatRequest,
+    SuiteId, SuiteOffer,
 };
 use ferry_protocol::{
     Category, ClientHandshakeConfig, CryptoError, ErrorBody, ErrorCode, Frame, FrameType, Header,
@@ -99,12 +100,24 @@ fn message_from(v: &Vector) -> Message {
             mode: Mode(v.u8("mode")),
             nonce: v.array("nonce"),
             key_share: v.array("key_share"),
+            suites: if v.has("suites") {
+                SuiteOffer::new(v.hex("suites").into_iter().map(SuiteId)).expect("valid offer")
+            } else {
+                SuiteOffer::default()
+            },
+            key_hint: v.has("key_hint").then(|| KeyHint(v.array("key_hint"))),
+            rest: if v.has("rest") {
+                v.hex("rest").into()
+            } else {
+                Bytes::new()
+            },
         }),
         "ServerHello" => Message::ServerHello(ServerHello {
             version: v.u8("version"),
             mode: Mode(v.u8("mode")),
             nonce: v.array("nonce"),
             key_share: v.array("key_share"),
+            suite: v.has("suite").then(|| SuiteId(v.u8("suite"))),
         }),
         "ServerFinished" => Message::ServerFinished(Finished {
             mac: v.array("mac"),
@@ -248,10 +261,37 @@ fn handshake() {
         let name = &v.name;
         let psk = Key::from_bytes(v.array("psk"));
         let mode = Mode(v.u8("mode"));
-        let mut client_config = ClientHandshakeConfig::new(psk.clone());
+        // Version-1 vectors predate suites: their client offers CBC + HMAC alone.
+        let version = if v.has("version") { v.u8("version") } else { 1 };
+        let suites = |field: &str| {
+            let names = if v.has(field) {
+                v.string(field)
+            } else {
+                "cbc-hmac".into()
+            };
+            names
+                .split_whitespace()
+                .map(|n| {
+                    *RecordSuite::parse_selection(n)
+                        .expect("suite name")
+                        .first()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let suite = *suites("suite").first().expect("one suite");
+        let mut client_config =
+            ClientHandshakeConfig::new(psk.clone()).with_suites(suites("client_suites"));
         client_config.mode = mode;
+        client_config.send_key_hint = v.has("key_hint");
         let mut server_config = ServerHandshakeConfig::new(psk.clone());
         server_config.allow_plaintext = v.bool("allow_plaintext");
+        if v.has("server_suites") {
+            server_config.suites = suites("server_suites");
+        }
+        if v.has("key_hint") {
+            assert_eq!(psk.hint().0, v.array("key_hint"), "{name}: key_hint");
+        }
 
         // Replay both state machines with the fixed randomness: identical frames.
         let mut out = BytesMut::new();
@@ -299,7 +339,15 @@ fn handshake() {
             .expect("server established");
         assert_eq!(client_session.mode(), mode, "{name}");
         assert_eq!(server_session.mode(), mode, "{name}");
-        assert_eq!(client_session.version(), 1, "{name}");
+        assert_eq!(client_session.version(), version, "{name}");
+        assert_eq!(server_session.version(), version, "{name}");
+        let expected_suite = if mode == Mode::ENCRYPTED {
+            suite
+        } else {
+            RecordSuite::Plaintext
+        };
+        assert_eq!(client_session.suite(), expected_suite, "{name}");
+        assert_eq!(server_session.suite(), expected_suite, "{name}");
 
         // Every intermediate value of the key schedule.
         let client_secret = StaticSecret::from(v.array::<32>("client_secret"));
@@ -321,12 +369,31 @@ fn handshake() {
         ikm.extend_from_slice(&dh);
         let (prk, hkdf) = Hkdf::<Sha256>::extract(Some(&th), &ikm);
         assert_eq!(prk.to_vec(), v.hex("prk"), "{name}: PRK");
-        let keys = derive_keys(&psk, &dh, &th);
+        let keys = derive_keys_for(version, &psk, &dh, &th);
+        let l = if version >= 2 {
+            [
+                labels::v2::C2S_ENC,
+                labels::v2::C2S_MAC,
+                labels::v2::S2C_ENC,
+                labels::v2::S2C_MAC,
+                labels::v2::SERVER_FINISHED,
+                labels::v2::CLIENT_FINISHED,
+            ]
+        } else {
+            [
+                labels::C2S_ENC,
+                labels::C2S_MAC,
+                labels::S2C_ENC,
+                labels::S2C_MAC,
+                labels::SERVER_FINISHED,
+                labels::CLIENT_FINISHED,
+            ]
+        };
         let fields = [
-            ("c2s_enc", labels::C2S_ENC, keys.client_to_server.enc),
-            ("c2s_mac", labels::C2S_MAC, keys.client_to_server.mac),
-            ("s2c_enc", labels::S2C_ENC, keys.server_to_client.enc),
-            ("s2c_mac", labels::S2C_MAC, keys.server_to_client.mac),
+            ("c2s_enc", l[0], keys.client_to_server.enc),
+            ("c2s_mac", l[1], keys.client_to_server.mac),
+            ("s2c_enc", l[2], keys.server_to_client.enc),
+            ("s2c_mac", l[3], keys.server_to_client.mac),
         ];
         for (field, label, derived) in fields {
             let mut expanded = [0u8; 32];
@@ -337,16 +404,30 @@ fn handshake() {
                 "{name}: {field} is HKDF-Expand(PRK, label)"
             );
         }
+        if version >= 2 {
+            for (field, label, derived) in [
+                ("c2s_gcm_iv", labels::v2::C2S_IV, keys.client_to_server.iv),
+                ("s2c_gcm_iv", labels::v2::S2C_IV, keys.server_to_client.iv),
+            ] {
+                let mut expanded = [0u8; 12];
+                hkdf.expand(label, &mut expanded).expect("12 bytes");
+                assert_eq!(derived, v.array(field), "{name}: {field}");
+                assert_eq!(
+                    expanded, derived,
+                    "{name}: {field} is HKDF-Expand(PRK, label, 12)"
+                );
+            }
+        }
         for (field, label, mac_field, derived) in [
             (
                 "server_finished_key",
-                labels::SERVER_FINISHED,
+                l[4],
                 "server_finished_mac",
                 keys.server_confirm,
             ),
             (
                 "client_finished_key",
-                labels::CLIENT_FINISHED,
+                l[5],
                 "client_finished_mac",
                 keys.client_confirm,
             ),
@@ -372,13 +453,14 @@ fn handshake() {
             let header = Header::decode(&record[..12]).expect("header");
             if mode == Mode::ENCRYPTED {
                 let mut sealed = BytesMut::new();
-                RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, keys)
-                    .dangerous_seal_with_iv(
-                        header,
-                        &plaintext,
-                        v.array(&format!("{dir}_iv")),
-                        &mut sealed,
-                    )
+                // GCM needs no IV per record: the nonce comes from the key schedule.
+                let iv = if suite == RecordSuite::Aes256CbcHmacSha256 {
+                    v.array(&format!("{dir}_iv"))
+                } else {
+                    [0; 16]
+                };
+                RecordSealer::new(suite, keys)
+                    .dangerous_seal_with_iv(header, &plaintext, iv, &mut sealed)
                     .expect("seal");
                 assert_eq!(sealed.to_vec(), record, "{name}: {dir}_record");
             } else {
@@ -397,7 +479,16 @@ fn handshake() {
 fn record_keys(v: &Vector) -> DirectionKeys {
     DirectionKeys {
         enc: v.array("enc_key"),
-        mac: v.array("mac_key"),
+        mac: if v.has("mac_key") {
+            v.array("mac_key")
+        } else {
+            [0; 32]
+        },
+        iv: if v.has("gcm_iv") {
+            v.array("gcm_iv")
+        } else {
+            [0; 12]
+        },
     }
 }
 

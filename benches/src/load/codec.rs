@@ -48,10 +48,12 @@ fn session_pair(encrypted: bool) -> (Session, Session) {
     let c2s = DirectionKeys {
         enc: keys[0],
         mac: keys[1],
+        iv: [0; 12],
     };
     let s2c = DirectionKeys {
         enc: keys[2],
         mac: keys[3],
+        iv: [0; 12],
     };
     (
         Session::encrypted(1, 1 << 20, Role::Client, &c2s, &s2c),

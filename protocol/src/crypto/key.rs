@@ -8,6 +8,8 @@ use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::message::KeyHint;
+
 /// A pre-shared key that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -48,6 +50,16 @@ impl Key {
     /// A short, non-secret fingerprint for logs: the first 8 bytes of SHA-256(key), in hex.
     pub fn fingerprint(&self) -> String {
         hex::encode(&Sha256::digest(self.0)[..8])
+    }
+
+    /// The key's public hint for a version-2 ClientHello (spec §4.2): the first 8 bytes of
+    /// `HMAC-SHA256(key, "ferry v2 key hint")`. One-way, but the same for every connection made
+    /// with this key, so it links them for an observer.
+    pub fn hint(&self) -> KeyHint {
+        let mac = super::key_schedule::hmac_sha256(&self.0, &[super::labels::v2::KEY_HINT]);
+        let mut hint = [0u8; KeyHint::LEN];
+        hint.copy_from_slice(&mac[..KeyHint::LEN]);
+        KeyHint(hint)
     }
 
     /// Parses a key file's contents: either exactly 32 raw bytes, or hex/base64 text (spec §5).
@@ -106,6 +118,14 @@ mod tests {
         assert_eq!(padded.parse::<Key>().unwrap(), key);
         assert!("abcd".parse::<Key>().is_err());
         assert!(!format!("{key:?}").contains("abab"));
+    }
+
+    #[test]
+    fn the_hint_is_a_truncated_hmac_and_differs_per_key() {
+        let key = Key::from_bytes([0x42; 32]);
+        let full = super::super::hmac_sha256(key.as_bytes(), &[b"ferry v2 key hint"]);
+        assert_eq!(key.hint().0, full[..8]);
+        assert_ne!(key.hint(), Key::from_bytes([0x43; 32]).hint());
     }
 
     #[test]

@@ -12,11 +12,15 @@ use super::key::Key;
 
 pub(super) type HmacSha256 = Hmac<Sha256>;
 
-/// Encryption and MAC key for one direction.
+/// The keys of one direction: what each suite takes from them (spec §5.2, §5.3).
 #[derive(Clone, PartialEq, Eq)]
 pub struct DirectionKeys {
+    /// The AES-256 key (both suites).
     pub enc: [u8; 32],
+    /// The HMAC-SHA256 key (CBC + HMAC only).
     pub mac: [u8; 32],
+    /// The IV that GCM nonces are made from (version 2; zeros in version 1, which has no GCM).
+    pub iv: [u8; 12],
 }
 
 impl fmt::Debug for DirectionKeys {
@@ -44,11 +48,37 @@ pub mod labels {
     pub const S2C_MAC: &[u8] = b"ferry v1 s2c mac";
     pub const SERVER_FINISHED: &[u8] = b"ferry v1 server finished";
     pub const CLIENT_FINISHED: &[u8] = b"ferry v1 client finished";
+
+    /// Version 2's labels (spec §5.2): every key is bound to the version, and each direction
+    /// also gets the 12-byte IV that AES-256-GCM nonces are made from (§5.3.2).
+    pub mod v2 {
+        pub const C2S_ENC: &[u8] = b"ferry v2 c2s enc";
+        pub const C2S_MAC: &[u8] = b"ferry v2 c2s mac";
+        pub const C2S_IV: &[u8] = b"ferry v2 c2s iv";
+        pub const S2C_ENC: &[u8] = b"ferry v2 s2c enc";
+        pub const S2C_MAC: &[u8] = b"ferry v2 s2c mac";
+        pub const S2C_IV: &[u8] = b"ferry v2 s2c iv";
+        pub const SERVER_FINISHED: &[u8] = b"ferry v2 server finished";
+        pub const CLIENT_FINISHED: &[u8] = b"ferry v2 client finished";
+        /// Not an HKDF label: the key hint is `HMAC-SHA256(PSK, KEY_HINT)`, first 8 bytes.
+        pub const KEY_HINT: &[u8] = b"ferry v2 key hint";
+    }
 }
 
-/// The key schedule:
+/// Version 1's key schedule:
 /// `PRK = HKDF-Extract(salt = TH, IKM = PSK || DH)`, each key `HKDF-Expand(PRK, label, 32)`.
 pub fn derive_keys(psk: &Key, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) -> SessionKeys {
+    derive_keys_for(1, psk, dh_shared, transcript_hash)
+}
+
+/// The key schedule of protocol `version` (spec §5.2): version 1's labels say `v1`; version 2's
+/// say `v2` and add each direction's 12-byte GCM IV, `HKDF-Expand(PRK, label, 12)`.
+pub fn derive_keys_for(
+    version: u8,
+    psk: &Key,
+    dh_shared: &[u8; 32],
+    transcript_hash: &[u8; 32],
+) -> SessionKeys {
     let mut ikm = [0u8; 64];
     ikm[..32].copy_from_slice(psk.as_bytes());
     ikm[32..].copy_from_slice(dh_shared);
@@ -61,14 +91,38 @@ pub fn derive_keys(psk: &Key, dh_shared: &[u8; 32], transcript_hash: &[u8; 32]) 
         out
     };
     let confirm = |label: &[u8]| hmac_sha256(&expand(label), &[transcript_hash]);
+    if version >= 2 {
+        let iv = |label: &[u8]| {
+            let mut out = [0u8; 12];
+            hkdf.expand(label, &mut out)
+                .expect("12 bytes is a valid HKDF-SHA256 output length");
+            out
+        };
+        return SessionKeys {
+            client_to_server: DirectionKeys {
+                enc: expand(labels::v2::C2S_ENC),
+                mac: expand(labels::v2::C2S_MAC),
+                iv: iv(labels::v2::C2S_IV),
+            },
+            server_to_client: DirectionKeys {
+                enc: expand(labels::v2::S2C_ENC),
+                mac: expand(labels::v2::S2C_MAC),
+                iv: iv(labels::v2::S2C_IV),
+            },
+            server_confirm: confirm(labels::v2::SERVER_FINISHED),
+            client_confirm: confirm(labels::v2::CLIENT_FINISHED),
+        };
+    }
     SessionKeys {
         client_to_server: DirectionKeys {
             enc: expand(labels::C2S_ENC),
             mac: expand(labels::C2S_MAC),
+            iv: [0; 12],
         },
         server_to_client: DirectionKeys {
             enc: expand(labels::S2C_ENC),
             mac: expand(labels::S2C_MAC),
+            iv: [0; 12],
         },
         server_confirm: confirm(labels::SERVER_FINISHED),
         client_confirm: confirm(labels::CLIENT_FINISHED),

@@ -6,7 +6,8 @@
 //! IVs, an input like every other random choice of the sans-IO core. Before sealing, the caller
 //! asks [`RecordSealer::pre_seal_action`] what to do and acts on the answer (the model is rustls's
 //! `RecordLayer` and `PreEncryptAction`). A new suite is one more [`RecordSuite`] variant and one
-//! more keyed state here; the session and connection code do not change.
+//! more keyed state here; the session and connection code do not change. The suites:
+//! AES-256-CBC + HMAC-SHA256 (§5.3.1, every version) and AES-256-GCM (§5.3.2, version 2).
 
 use std::fmt;
 
@@ -14,28 +15,77 @@ use bytes::{Bytes, BytesMut};
 use rand::{CryptoRng, RngCore};
 
 use super::cbc_hmac::{self, CbcHmac, IV_LEN};
+use super::gcm::{self, Gcm};
 use super::key_schedule::DirectionKeys;
 use crate::error::CryptoError;
 use crate::frame::encode_plain;
 use crate::header::Header;
-use crate::message::Mode;
+use crate::message::{Mode, SuiteId};
 
-/// Which protection a session's records get; the handshake's mode picks it (spec §4.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which protection a session's records get; the handshake's mode and negotiated suite pick it
+/// (spec §4.3, §4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RecordSuite {
     /// Bodies travel as they are: no keys, no sequence numbers (plaintext mode).
     Plaintext,
     /// AES-256-CBC with a random IV per record, then HMAC-SHA256 over the implicit sequence
-    /// number, the header and the ciphertext (spec §5.3).
+    /// number, the header and the ciphertext (spec §5.3.1). Mandatory to implement.
     Aes256CbcHmacSha256,
+    /// AES-256-GCM with the header as associated data and the nonce from the key schedule's
+    /// IV and the implicit sequence number (spec §5.3.2). Version 2 only.
+    Aes256Gcm,
 }
 
 impl RecordSuite {
+    /// The encrypted suites this implementation speaks, in its order of preference: what a
+    /// client offers and a server accepts unless told otherwise.
+    pub const DEFAULT_SUITES: [RecordSuite; 2] = [Self::Aes256Gcm, Self::Aes256CbcHmacSha256];
+
     /// The handshake mode that selects this suite.
     pub fn mode(self) -> Mode {
         match self {
             Self::Plaintext => Mode::PLAINTEXT,
-            Self::Aes256CbcHmacSha256 => Mode::ENCRYPTED,
+            Self::Aes256CbcHmacSha256 | Self::Aes256Gcm => Mode::ENCRYPTED,
+        }
+    }
+
+    /// The suite's wire number (spec §4.2); plaintext has none.
+    pub fn id(self) -> Option<SuiteId> {
+        match self {
+            Self::Plaintext => None,
+            Self::Aes256CbcHmacSha256 => Some(SuiteId::AES_256_CBC_HMAC_SHA256),
+            Self::Aes256Gcm => Some(SuiteId::AES_256_GCM),
+        }
+    }
+
+    /// The suite a wire number names, if this implementation speaks it.
+    pub fn from_id(id: SuiteId) -> Option<Self> {
+        match id {
+            SuiteId::AES_256_CBC_HMAC_SHA256 => Some(Self::Aes256CbcHmacSha256),
+            SuiteId::AES_256_GCM => Some(Self::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The name `--suite` takes and logs print: `plaintext`, `cbc-hmac` or `gcm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Aes256CbcHmacSha256 => "cbc-hmac",
+            Self::Aes256Gcm => "gcm",
+        }
+    }
+
+    /// What a `--suite NAME` flag selects, on either end: `gcm` is the default (GCM preferred,
+    /// CBC + HMAC still spoken), `cbc-hmac` the old suite alone (which a client speaks as a
+    /// version-1 hello, so that servers from before version 2 understand it).
+    pub fn parse_selection(name: &str) -> Result<Vec<RecordSuite>, String> {
+        match name {
+            "gcm" => Ok(Self::DEFAULT_SUITES.to_vec()),
+            "cbc-hmac" => Ok(vec![Self::Aes256CbcHmacSha256]),
+            other => Err(format!(
+                "unknown record suite {other:?}; expected gcm or cbc-hmac"
+            )),
         }
     }
 
@@ -44,6 +94,7 @@ impl RecordSuite {
         match self {
             Self::Plaintext => len,
             Self::Aes256CbcHmacSha256 => cbc_hmac::sealed_len(len),
+            Self::Aes256Gcm => gcm::sealed_len(len),
         }
     }
 
@@ -52,13 +103,23 @@ impl RecordSuite {
         match self {
             Self::Plaintext => max_body,
             Self::Aes256CbcHmacSha256 => cbc_hmac::max_plaintext(max_body),
+            Self::Aes256Gcm => gcm::max_plaintext(max_body),
         }
     }
 
     /// The last sequence number a record of one direction may use (spec §5.5: 2⁶⁴ − 2, so a
-    /// counter never wraps). A suite with a tighter confidentiality limit returns less.
+    /// counter never wraps, and so no GCM nonce repeats).
     pub fn last_sequence(self) -> u64 {
         u64::MAX - 1
+    }
+
+    /// How many 16-byte blocks one direction may protect under one key, if the suite has such
+    /// a limit (GCM: [`gcm::BLOCK_LIMIT`], spec §5.5).
+    pub fn block_limit(self) -> Option<u64> {
+        match self {
+            Self::Aes256Gcm => Some(gcm::BLOCK_LIMIT),
+            Self::Plaintext | Self::Aes256CbcHmacSha256 => None,
+        }
     }
 }
 
@@ -66,8 +127,13 @@ impl RecordSuite {
 /// room for in-flight requests to finish before the hard stop (rustls keeps the same margin).
 pub const CLOSE_SOON_MARGIN: u64 = 1 << 16;
 
-/// What to do before sealing records, given how many sequence numbers are left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How close to a suite's [`RecordSuite::block_limit`] sealing answers
+/// [`PreSealAction::CloseSoon`]: 2²⁶ blocks, 1 GiB of room for requests in flight.
+pub const CLOSE_SOON_BLOCKS: u64 = 1 << 26;
+
+/// What to do before sealing records, given how many sequence numbers (and, for GCM, blocks)
+/// are left. Ordered from the mildest to the strictest answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PreSealAction {
     /// Seal.
     Proceed,
@@ -131,6 +197,7 @@ impl CryptoRng for ThreadRngIvs {}
 enum Keyed {
     Plaintext,
     Aes256CbcHmacSha256(CbcHmac),
+    Aes256Gcm(Gcm),
 }
 
 impl Keyed {
@@ -138,6 +205,7 @@ impl Keyed {
         match suite {
             RecordSuite::Plaintext => Self::Plaintext,
             RecordSuite::Aes256CbcHmacSha256 => Self::Aes256CbcHmacSha256(CbcHmac::new(keys)),
+            RecordSuite::Aes256Gcm => Self::Aes256Gcm(Gcm::new(keys)),
         }
     }
 
@@ -146,16 +214,19 @@ impl Keyed {
         match self {
             Self::Plaintext => RecordSuite::Plaintext,
             Self::Aes256CbcHmacSha256(_) => RecordSuite::Aes256CbcHmacSha256,
+            Self::Aes256Gcm(_) => RecordSuite::Aes256Gcm,
         }
     }
 }
 
-/// Seals outgoing bodies for one direction: the suite, the send sequence number and the IV
-/// source.
+/// Seals outgoing bodies for one direction: the suite, the send sequence number, the blocks
+/// used under the key and the IV source.
 pub struct RecordSealer {
     keyed: Keyed,
     /// The sequence number the next record uses (spec §5.5).
     seq: u64,
+    /// Blocks sealed so far, for suites with a [`RecordSuite::block_limit`].
+    blocks: u64,
     ivs: IvSource,
 }
 
@@ -164,6 +235,7 @@ impl fmt::Debug for RecordSealer {
         f.debug_struct("RecordSealer")
             .field("suite", &self.keyed.suite())
             .field("seq", &self.seq)
+            .field("blocks", &self.blocks)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +252,7 @@ impl RecordSealer {
         Self {
             keyed: Keyed::new(suite, keys),
             seq: 0,
+            blocks: 0,
             ivs: ThreadRngIvs::boxed(),
         }
     }
@@ -196,6 +269,12 @@ impl RecordSealer {
         self
     }
 
+    /// Starts as if `blocks` had already been sealed under the key (tests of the usage limit).
+    pub fn with_blocks_used(mut self, blocks: u64) -> Self {
+        self.blocks = blocks;
+        self
+    }
+
     #[inline]
     pub fn suite(&self) -> RecordSuite {
         self.keyed.suite()
@@ -206,8 +285,9 @@ impl RecordSealer {
         self.seq
     }
 
-    /// What to do before sealing `records` more records. Plaintext has no sequence numbers and
-    /// always proceeds.
+    /// What to do before sealing `records` more records: by the sequence numbers left and, for
+    /// GCM, the blocks left under the key (each record counts at least one; the exact count is
+    /// checked when sealing). Plaintext has no limits and always proceeds.
     #[inline]
     pub fn pre_seal_action(&self, records: usize) -> PreSealAction {
         let suite = self.keyed.suite();
@@ -215,11 +295,40 @@ impl RecordSealer {
             return PreSealAction::Proceed;
         }
         let last = suite.last_sequence();
-        match self.seq.checked_add(records as u64 - 1) {
+        let by_sequence = match self.seq.checked_add(records as u64 - 1) {
             Some(final_seq) if final_seq <= last - CLOSE_SOON_MARGIN => PreSealAction::Proceed,
             Some(final_seq) if final_seq <= last => PreSealAction::CloseSoon,
             _ => PreSealAction::Refuse,
+        };
+        let Some(limit) = suite.block_limit() else {
+            return by_sequence;
+        };
+        let by_blocks = match self.blocks.checked_add(records as u64) {
+            Some(used) if used <= limit - CLOSE_SOON_BLOCKS => PreSealAction::Proceed,
+            Some(used) if used <= limit => PreSealAction::CloseSoon,
+            _ => PreSealAction::Refuse,
+        };
+        by_sequence.max(by_blocks)
+    }
+
+    /// Counts `records`' blocks against the suite's usage limit, or refuses them all (spec
+    /// §5.5): a key is never used past it.
+    fn charge_blocks<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<(), CryptoError> {
+        let Some(limit) = self.keyed.suite().block_limit() else {
+            return Ok(());
+        };
+        let mut used = self.blocks;
+        for plaintext in records {
+            used = used.saturating_add(gcm::blocks(plaintext.len()));
         }
+        if used > limit {
+            return Err(CryptoError::SequenceExhausted);
+        }
+        self.blocks = used;
+        Ok(())
     }
 
     /// Appends header and body for `plaintext`, sealed with a fresh IV.
@@ -269,6 +378,19 @@ impl RecordSealer {
                 suite.seal(self.seq, header, plaintext, iv, dst)?;
                 self.seq += 1;
             }
+            Keyed::Aes256Gcm(_) => {
+                // A nonce is never reused and a key never used past its limit, whatever the
+                // caller did with pre_seal_action.
+                if self.pre_seal_action(1) == PreSealAction::Refuse {
+                    return Err(CryptoError::SequenceExhausted);
+                }
+                self.charge_blocks(std::iter::once(plaintext))?;
+                let Keyed::Aes256Gcm(suite) = &self.keyed else {
+                    unreachable!("matched above")
+                };
+                suite.seal(self.seq, header, plaintext, dst)?;
+                self.seq += 1;
+            }
         }
         Ok(())
     }
@@ -294,6 +416,20 @@ impl RecordSealer {
                     return Err(CryptoError::SequenceExhausted);
                 }
                 suite.seal_many(self.seq, frames, &mut *self.ivs, dst)?;
+                self.seq += frames.len() as u64;
+            }
+            Keyed::Aes256Gcm(_) => {
+                if self.pre_seal_action(frames.len()) == PreSealAction::Refuse {
+                    return Err(CryptoError::SequenceExhausted);
+                }
+                self.charge_blocks(frames.iter().map(|&(_, p)| p))?;
+                let Keyed::Aes256Gcm(suite) = &self.keyed else {
+                    unreachable!("matched above")
+                };
+                // GCM is parallel within a record already: one record after the other.
+                for (i, &(header, plaintext)) in frames.iter().enumerate() {
+                    suite.seal(self.seq + i as u64, header, plaintext, dst)?;
+                }
                 self.seq += frames.len() as u64;
             }
         }
@@ -357,6 +493,17 @@ impl RecordOpener {
                 self.seq += 1;
                 Ok(plaintext)
             }
+            Keyed::Aes256Gcm(suite) => {
+                if !Gcm::plausible_len(body.len()) {
+                    return Err(CryptoError::BadRecord);
+                }
+                if self.seq > self.keyed.suite().last_sequence() {
+                    return Err(CryptoError::SequenceExhausted);
+                }
+                let plaintext = suite.open(self.seq, header, body)?;
+                self.seq += 1;
+                Ok(plaintext)
+            }
         }
     }
 }
@@ -380,6 +527,7 @@ impl DirectionKeys {
         Self {
             enc: [0; 32],
             mac: [0; 32],
+            iv: [0; 12],
         }
     }
 }
@@ -401,6 +549,7 @@ mod tests {
         DirectionKeys {
             enc: [0x11; 32],
             mac: [0x22; 32],
+            iv: [0x33; 12],
         }
     }
 
@@ -472,6 +621,7 @@ mod tests {
             server_to_client: DirectionKeys {
                 enc: [0x33; 32],
                 mac: [0x44; 32],
+                iv: [0x55; 12],
             },
             server_confirm: [0; 32],
             client_confirm: [0; 32],
@@ -651,5 +801,160 @@ mod tests {
         }
         assert!(wire.is_empty());
         assert_eq!(RecordSuite::Plaintext.sealed_len(5), 5);
+    }
+
+    const GCM: RecordSuite = RecordSuite::Aes256Gcm;
+
+    fn gcm_sealed(plaintext: &[u8], seq: u64) -> BytesMut {
+        let mut out = BytesMut::new();
+        RecordSealer::new(GCM, &keys())
+            .with_sequence(seq)
+            .seal(header(), plaintext, &mut out)
+            .unwrap();
+        out
+    }
+
+    fn gcm_open(record: &[u8], seq: u64) -> Result<Bytes, CryptoError> {
+        let header = Header::decode(&record[..HEADER_LEN]).unwrap();
+        RecordOpener::new(GCM, &keys())
+            .with_sequence(seq)
+            .open(&header, BytesMut::from(&record[HEADER_LEN..]))
+    }
+
+    #[test]
+    fn gcm_round_trips_and_adds_only_the_tag() {
+        for len in [0usize, 1, 15, 16, 17, 100, 4096, 65_536] {
+            let plaintext: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let record = gcm_sealed(&plaintext, 3);
+            assert_eq!(record.len(), HEADER_LEN + len + 16);
+            assert_eq!(GCM.sealed_len(len), len + 16);
+            if len > 0 {
+                assert_ne!(
+                    &record[HEADER_LEN..HEADER_LEN + len],
+                    &plaintext[..],
+                    "encrypted"
+                );
+            }
+            assert_eq!(gcm_open(&record, 3).unwrap(), plaintext);
+        }
+        assert_eq!(GCM.max_plaintext(1 << 20), (1 << 20) - 16);
+    }
+
+    #[test]
+    fn gcm_rejects_any_flipped_bit_replays_reflections_and_short_bodies() {
+        let record = gcm_sealed(b"attack at dawn, bring snacks", 0);
+        for i in (0..record.len()).filter(|&i| i != 1) {
+            let mut bad = record.to_vec();
+            bad[i] ^= 0x01;
+            assert_eq!(gcm_open(&bad, 0), Err(CryptoError::BadRecord), "byte {i}");
+        }
+        assert_eq!(
+            gcm_open(&record, 1),
+            Err(CryptoError::BadRecord),
+            "replayed"
+        );
+        let other = DirectionKeys {
+            iv: [0x34; 12],
+            ..keys()
+        };
+        let header = Header::decode(&record[..HEADER_LEN]).unwrap();
+        let reflected =
+            RecordOpener::new(GCM, &other).open(&header, BytesMut::from(&record[HEADER_LEN..]));
+        assert_eq!(
+            reflected,
+            Err(CryptoError::BadRecord),
+            "another direction's IV"
+        );
+        for len in [0, 1, 15] {
+            let header = Header::new(FrameType::DATA, Service::FETCH, RequestId(7), len as u32);
+            let result =
+                RecordOpener::new(GCM, &keys()).open(&header, BytesMut::from(&vec![0u8; len][..]));
+            assert_eq!(result, Err(CryptoError::BadRecord), "len {len}");
+        }
+    }
+
+    #[test]
+    fn gcm_nonces_are_the_iv_xor_the_sequence_number() {
+        // Two records whose nonces coincide would encrypt with the same keystream: sealing the
+        // same plaintext at sequence numbers 0 and 1 must give different bodies, and the one
+        // at 2^64 - 2 must differ from both.
+        let a = gcm_sealed(b"same", 0);
+        let b = gcm_sealed(b"same", 1);
+        let c = gcm_sealed(b"same", LAST);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(gcm_open(&c, LAST).unwrap(), &b"same"[..]);
+        assert_eq!(gcm_open(&c, u64::MAX), Err(CryptoError::SequenceExhausted));
+    }
+
+    #[test]
+    fn gcm_seal_many_is_sealing_one_at_a_time() {
+        let bodies: Vec<Vec<u8>> = [0usize, 1, 100, 65_536, 17]
+            .iter()
+            .map(|&len| vec![0x42; len])
+            .collect();
+        let frames: Vec<(Header, &[u8])> = bodies.iter().map(|b| (header(), &b[..])).collect();
+        let mut one_by_one = BytesMut::new();
+        let mut serial = RecordSealer::new(GCM, &keys()).with_sequence(9);
+        for &(h, b) in &frames {
+            serial.seal(h, b, &mut one_by_one).unwrap();
+        }
+        let mut batched = BytesMut::new();
+        let mut many = RecordSealer::new(GCM, &keys()).with_sequence(9);
+        many.seal_many(&frames, &mut batched).unwrap();
+        assert_eq!(batched, one_by_one);
+        assert_eq!(many.sequence(), 9 + frames.len() as u64);
+    }
+
+    #[test]
+    fn gcm_keys_are_retired_before_their_block_limit() {
+        let limit = gcm::BLOCK_LIMIT;
+        let at = |blocks: u64, records: usize| {
+            RecordSealer::new(GCM, &keys())
+                .with_blocks_used(blocks)
+                .pre_seal_action(records)
+        };
+        assert_eq!(at(0, 1), PreSealAction::Proceed);
+        assert_eq!(at(limit - CLOSE_SOON_BLOCKS - 1, 1), PreSealAction::Proceed);
+        assert_eq!(at(limit - CLOSE_SOON_BLOCKS, 1), PreSealAction::CloseSoon);
+        assert_eq!(at(limit - 1, 1), PreSealAction::CloseSoon);
+        assert_eq!(at(limit, 1), PreSealAction::Refuse);
+        // CBC + HMAC counts no blocks.
+        let cbc = RecordSealer::new(CBC, &keys()).with_blocks_used(limit);
+        assert_eq!(cbc.pre_seal_action(1), PreSealAction::Proceed);
+
+        // The exact count is checked when sealing: 16 bytes are 2 blocks (data and tag).
+        let mut sealer = RecordSealer::new(GCM, &keys()).with_blocks_used(limit - 2);
+        let mut out = BytesMut::new();
+        assert_eq!(
+            sealer.seal(header(), &[0; 17], &mut out),
+            Err(CryptoError::SequenceExhausted),
+            "17 bytes are 3 blocks"
+        );
+        assert!(out.is_empty());
+        sealer.seal(header(), &[0; 16], &mut out).unwrap();
+        assert_eq!(
+            sealer.seal(header(), b"", &mut out),
+            Err(CryptoError::SequenceExhausted),
+            "the key is spent"
+        );
+        let frames = [(header(), &b""[..])];
+        assert_eq!(
+            sealer.seal_many(&frames, &mut BytesMut::new()),
+            Err(CryptoError::SequenceExhausted)
+        );
+    }
+
+    #[test]
+    fn suites_map_to_their_wire_numbers_and_names() {
+        for suite in RecordSuite::DEFAULT_SUITES {
+            assert_eq!(RecordSuite::from_id(suite.id().unwrap()), Some(suite));
+        }
+        assert_eq!(RecordSuite::Plaintext.id(), None);
+        assert_eq!(RecordSuite::from_id(SuiteId(0x7f)), None);
+        assert_eq!(RecordSuite::parse_selection("cbc-hmac").unwrap(), vec![CBC]);
+        assert_eq!(RecordSuite::parse_selection("gcm").unwrap(), vec![GCM, CBC]);
+        let error = RecordSuite::parse_selection("rot13").unwrap_err();
+        assert!(error.contains("rot13"), "{error}");
     }
 }

@@ -17,7 +17,7 @@ pub use digest::{DigestRequest, DigestResponse};
 pub use entry::{Entry, EntryKind};
 pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
-pub use hello::{ClientHello, Finished, Mode, ServerHello};
+pub use hello::{ClientHello, Finished, KeyHint, Mode, ServerHello, SuiteId, SuiteOffer};
 pub use list::{ListEnd, ListPage, ListRequest};
 pub use put::{put_flags, PutEnd, PutRequest, PutResponse, MAX_MODE};
 pub use stat::StatRequest;
@@ -167,8 +167,8 @@ impl Message {
     /// Exact length of [`Message::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Self::ClientHello(_) => ClientHello::LEN,
-            Self::ServerHello(_) => ServerHello::LEN,
+            Self::ClientHello(m) => m.encoded_len(),
+            Self::ServerHello(m) => m.encoded_len(),
             Self::ServerFinished(_) | Self::ClientFinished(_) => Finished::LEN,
             Self::ListRequest(m) => m.encoded_len(),
             Self::StatRequest(m) => m.encoded_len(),
@@ -346,12 +346,33 @@ pub(crate) mod tests {
                 mode: Mode::ENCRYPTED,
                 nonce: [1; 32],
                 key_share: [2; 32],
+                suites: SuiteOffer::default(),
+                key_hint: None,
+                rest: Bytes::new(),
+            }),
+            Message::ClientHello(ClientHello {
+                min_version: 1,
+                max_version: 2,
+                mode: Mode::ENCRYPTED,
+                nonce: [1; 32],
+                key_share: [2; 32],
+                suites: SuiteOffer::new([SuiteId::AES_256_GCM, SuiteId(0x7f)]).unwrap(),
+                key_hint: Some(KeyHint([9; 8])),
+                rest: Bytes::new(),
             }),
             Message::ServerHello(ServerHello {
                 version: 1,
                 mode: Mode::PLAINTEXT,
                 nonce: [3; 32],
                 key_share: [4; 32],
+                suite: None,
+            }),
+            Message::ServerHello(ServerHello {
+                version: 2,
+                mode: Mode::ENCRYPTED,
+                nonce: [3; 32],
+                key_share: [4; 32],
+                suite: Some(SuiteId::AES_256_GCM),
             }),
             Message::ServerFinished(Finished { mac: [5; 32] }),
             Message::ClientFinished(Finished { mac: [6; 32] }),

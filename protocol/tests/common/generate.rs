@@ -15,7 +15,8 @@ use ferry_protocol::handshake::{
 };
 use ferry_protocol::message::{
     ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
-    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest, TO_END,
+    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest, SuiteId,
+    SuiteOffer, TO_END,
 };
 use ferry_protocol::{
     ClientHandshakeConfig, ErrorBody, ErrorCode, Frame, FrameType, Header, Key, Message, Mode,
@@ -211,6 +212,16 @@ fn message_fields(w: &mut Writer, message: &Message) {
             w.int("mode", m.mode.0);
             w.hex("nonce", &m.nonce);
             w.hex("key_share", &m.key_share);
+            if m.max_version >= 2 {
+                let ids: Vec<u8> = m.suites.suites().iter().map(|s| s.0).collect();
+                w.hex("suites", &ids);
+                if let Some(hint) = m.key_hint {
+                    w.hex("key_hint", &hint.0);
+                }
+                if !m.rest.is_empty() {
+                    w.hex("rest", &m.rest);
+                }
+            }
         }
         Message::ServerHello(m) => {
             w.field("message", "ServerHello");
@@ -218,6 +229,9 @@ fn message_fields(w: &mut Writer, message: &Message) {
             w.int("mode", m.mode.0);
             w.hex("nonce", &m.nonce);
             w.hex("key_share", &m.key_share);
+            if let Some(suite) = m.suite {
+                w.int("suite", suite.0);
+            }
         }
         Message::ServerFinished(m) => {
             w.field("message", "ServerFinished");
@@ -347,6 +361,9 @@ fn messages() -> String {
                 mode: Mode::ENCRYPTED,
                 nonce: seq(0xA0),
                 key_share: seq(0x40),
+                suites: SuiteOffer::default(),
+                key_hint: None,
+                rest: Bytes::new(),
             }),
             "ClientHello offering version 1 only, encrypted mode",
         ),
@@ -359,8 +376,13 @@ fn messages() -> String {
                 mode: Mode::PLAINTEXT,
                 nonce: [0x11; 32],
                 key_share: [0x22; 32],
+                suites: SuiteOffer::new([SuiteId::AES_256_GCM, SuiteId(0x7f)]).expect("valid"),
+                key_hint: None,
+                rest: Bytes::from_static(&[0xe0, 0xe1]),
             }),
-            "ClientHello offering versions 1..=3, asking for plaintext",
+            "ClientHello offering versions 1..=3, asking for plaintext: from version 2 on the \
+             offer (GCM, then the unknown suite 0x7f) and the hint length (0: no hint) follow \
+             the key share, and above version 2 so may bytes for later versions (here e0 e1)",
         ),
         (
             "server_hello",
@@ -370,6 +392,7 @@ fn messages() -> String {
                 mode: Mode::ENCRYPTED,
                 nonce: seq(0xC0),
                 key_share: seq(0x60),
+                suite: None,
             }),
             "ServerHello choosing version 1, echoing encrypted mode",
         ),
@@ -849,6 +872,7 @@ fn handshake() -> String {
 
 pub fn record_keys() -> DirectionKeys {
     DirectionKeys {
+        iv: [0; 12],
         enc: seq(0x00),
         mac: seq(0x20),
     }
@@ -1311,6 +1335,9 @@ fn negative_messages() -> String {
         mode: Mode::ENCRYPTED,
         nonce: [1; 32],
         key_share: [9; 32],
+        suites: SuiteOffer::default(),
+        key_hint: None,
+        rest: Bytes::new(),
     }
     .encode(&mut hello);
     let with = |base: &[u8], at: usize, byte: u8| {
@@ -1610,6 +1637,7 @@ fn negative_records() -> String {
     };
     let n = good.len();
     let other = DirectionKeys {
+        iv: [0; 12],
         enc: keys.mac,
         mac: keys.enc,
     };
@@ -1747,6 +1775,9 @@ fn client_hello_frame(mutate: impl FnOnce(&mut ClientHello)) -> Vec<u8> {
         mode: Mode::ENCRYPTED,
         nonce: client_randomness().nonce,
         key_share: PublicKey::from(&secret).to_bytes(),
+        suites: SuiteOffer::default(),
+        key_hint: None,
+        rest: Bytes::new(),
     };
     mutate(&mut hello);
     frame_bytes(RequestId(0), &Message::ClientHello(hello))
