@@ -124,6 +124,11 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry get ferry://host/docs/report.pdf              (to ./report.pdf)\n  ferry get ferry://host/iso/big.iso ~/Downloads/     (into a directory)\n  ferry get -o ~/Downloads/ ferry://host/iso/big.iso  (the same)\n  ferry get -r -j 8 ferry://host/photos pics          (a tree into ./pics)\n  ferry get ferry://host/a ferry://host/b ~/Downloads/ (several, into a directory)\n  ferry get ferry://host/notes.txt -                  (to stdout)\nAn interrupted download leaves .NAME.ferry-part and .NAME.ferry-part.meta beside NAME; run\nthe same command again to resume (the whole file is then checked against the server's digest).\nThe executable bit of the remote file is kept; other permissions follow your umask.\n\n{EXIT_CODES}")
     )]
     Get(GetArgs),
+    /// Upload files, or directory trees with -r, to a server started with --allow-upload.
+    #[command(
+        after_help = format!("Examples:\n  ferry put report.pdf ferry://host/docs/          (to docs/report.pdf)\n  ferry put report.pdf ferry://host/docs/final.pdf (under another name)\n  ferry put a.iso b.iso ferry://host/iso/          (several, into a directory)\n  ferry put -r photos ferry://host/backup/         (a tree into backup/photos)\n  ferry put -f report.pdf ferry://host/docs/       (replace an existing file)\nA file appears on the server only once it is complete and its BLAKE3 digest matches; an\ninterrupted upload resumes when the same command runs again (the server's part is checked\nagainst the local file first). Nothing is overwritten without -f.\n\n{EXIT_CODES}")
+    )]
+    Put(PutArgs),
     /// Open an interactive shell (ls, cd, get, mget, ...) on a server, or run a batch file.
     #[command(
         after_help = format!("Examples:\n  ferry shell --key=KEY ferry://host/\n  ferry shell ferry://host/docs -b commands.txt\n  echo 'mget *.pdf' | ferry shell ferry://host/docs\nInside, type help for the commands; Tab completes commands and remote paths. In batch mode\nthe exit code is the first failing command's.\n\n{EXIT_CODES}")
@@ -134,11 +139,6 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry demo            (serve the current directory and browse it)\n  ferry demo ~/Music\nDownloads go to a new directory under the system's temporary directory (TMPDIR, else /tmp),\nnamed in the banner and kept after the demo ends; lcd changes it.\n\n{EXIT_CODES}")
     )]
     Demo(DemoArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// What to list. E.g. ferry://files.example.org/docs
     /// Print this machine's node id (creating the identity on first use), or rotate it with --new.
     #[command(
         after_help = format!("Examples:\n  ferry id           (prints e.g. k3v5...: give it to servers that should know you)\n  ferry id --new     (a new identity; the old file is kept as identity.old-DATE)\nThe identity is an X25519 key pair in ~/.config/ferry/identity (owner-only), shared by\nferry, ferry-server and ferry-peer; the id is the hash of its public key.\n\n{EXIT_CODES}")
@@ -152,6 +152,11 @@ pub struct IdArgs {
     /// identity.old-YYYY-MM-DD until you remove it. Default: off (print the current id).
     #[arg(long)]
     pub new: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// What to list. E.g. ferry://files.example.org/docs
     pub url: FerryUrl,
     /// Long format like `ls -l`: kind and permissions, size, modification time, name.
     /// Default: names only.
@@ -241,6 +246,42 @@ pub struct GetArgs {
         hide_env_values = true
     )]
     pub min_progress: ferry_client::transfer::MinProgress,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The local files (or, with -r, directories) and last the destination URL: a remote
+    /// directory (existing, the root, or ending in /) receives them under their local names;
+    /// otherwise the one file is stored under that name. E.g. a.txt b.txt ferry://host/in/
+    #[arg(value_name = "LOCAL... URL", num_args = 2.., required = true)]
+    pub args: Vec<String>,
+    /// Upload directory trees (missing remote directories are created). Default: off.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Replace existing remote files. Default: off (refused with ALREADY_EXISTS, exit 1).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Discard a partial upload the server holds and send from the start. Default: off (an
+    /// interrupted upload resumes after its part is checked).
+    #[arg(long)]
+    pub no_resume: bool,
+}
+
+impl PutArgs {
+    /// The local paths and the destination URL (the last argument).
+    pub fn targets(&self) -> Result<(Vec<PathBuf>, FerryUrl), String> {
+        let (last, locals) = self
+            .args
+            .split_last()
+            .ok_or("put needs LOCAL... and a ferry:// URL")?;
+        if locals.is_empty() {
+            return Err("put needs at least one local file before the URL".into());
+        }
+        let url: FerryUrl = last
+            .parse()
+            .map_err(|e| format!("the last argument must be the ferry:// URL to upload to: {last}: {e}"))?;
+        Ok((locals.iter().map(PathBuf::from).collect(), url))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod get;
 pub mod id;
 pub mod ls;
 pub mod ping;
+pub mod put;
 pub mod shell;
 pub mod stat;
 
@@ -56,7 +57,6 @@ impl Context {
         Client::connect(url, config).await
     }
 
-    /// Progress bars, unless `--no-progress`, `--quiet` or stderr is not a terminal.
     /// Settings for `url`: an address that names the server's id (`ferry://ID@HOST/`) is
     /// reached with the identity handshake and this node's identity, and needs no key.
     pub fn client_config_for(&self, url: &FerryUrl) -> Result<ClientConfig, ClientError> {
@@ -74,6 +74,7 @@ impl Context {
             .identity(identity))
     }
 
+    /// Progress bars, unless `--no-progress`, `--quiet` or stderr is not a terminal.
     pub fn progress(&self) -> Progress {
         Progress::new(!self.global.no_progress && !self.global.quiet)
     }
@@ -95,12 +96,14 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Ping(args) => runtime.block_on(interruptible(ping::run(&ctx, args))),
         // `get` handles Ctrl-C itself, to keep the partial file consistent.
         Command::Get(args) => runtime.block_on(get::run(&ctx, args)),
+        // `put` handles Ctrl-C itself, so the server keeps a clean partial to resume.
+        Command::Put(args) => runtime.block_on(put::run(&ctx, args)),
         Command::Shell(args) => shell::run(&ctx, args, runtime),
         Command::Demo(args) => demo::run(&ctx, args, runtime),
+        Command::Id(args) => id::run(&ctx, args),
     }
 }
 
-        Command::Id(args) => id::run(&ctx, args),
 /// Ends `fut` with [`ClientError::Interrupted`] on Ctrl-C.
 pub async fn interruptible<T>(
     fut: impl std::future::Future<Output = Result<T, ClientError>>,

@@ -146,7 +146,9 @@ fn argument_kind(command: &str, index: usize, words_before: &[&str]) -> ArgKind 
         "ls" | "cd" | "stat" | "mget" | "dir" => ArgKind::Remote,
         "get" if positional == 0 => ArgKind::Remote,
         "get" => ArgKind::Local,
-        "lcd" | "lls" => ArgKind::Local,
+        "lcd" | "lls" | "mput" => ArgKind::Local,
+        "put" if positional == 0 => ArgKind::Local,
+        "put" => ArgKind::Remote,
         "help" if index == 1 => ArgKind::Command,
         _ => ArgKind::None,
     }

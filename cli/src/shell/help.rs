@@ -48,6 +48,18 @@ pub const COMMANDS: &[CommandHelp] = &[
         details: "Patterns use * ? [..] within one directory, e.g. `mget *.log docs/*.pdf`. Files go to the local directory, 4 at a time. See jobs.",
     },
     CommandHelp {
+        name: "put",
+        usage: "put [-r] [-f] LOCAL [REMOTE]",
+        summary: "upload a file, or a tree with -r",
+        details: "Stores LOCAL (relative to the local directory, see lcd) as REMOTE, or into the remote directory under its local name when REMOTE is omitted, is a directory or ends with /. The file appears on the server only once complete and verified; an interrupted put resumes when run again. -f replaces an existing remote file; -r uploads a directory tree, creating remote directories. The server must run with --allow-upload. Ctrl-C stops the upload; the server keeps its part.",
+    },
+    CommandHelp {
+        name: "mput",
+        usage: "mput [-r] [-f] GLOB...",
+        summary: "upload every local file matching the patterns into the remote directory",
+        details: "Patterns are local, e.g. `mput *.log ~/notes/*.md`; directories only with -r. -f replaces existing remote files. Runs in the foreground, one file after another.",
+    },
+    CommandHelp {
         name: "jobs",
         usage: "jobs [-w]",
         summary: "show background transfers and their progress",

@@ -21,6 +21,7 @@ mod jobs;
 mod local;
 pub mod parse;
 mod remote;
+mod upload;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -280,7 +281,7 @@ impl Shell {
         let background = parsed.background && !self.batch;
         if matches!(
             command.as_str(),
-            "ls" | "dir" | "cd" | "stat" | "get" | "mget" | "ping"
+            "ls" | "dir" | "cd" | "stat" | "get" | "mget" | "ping" | "put" | "mput"
         ) {
             self.ensure_connected()?;
         }
@@ -296,6 +297,8 @@ impl Shell {
             "stat" => self.retrying(|shell| shell.stat(&args))?,
             "get" => self.get(&args, background)?,
             "mget" => self.mget(&args)?,
+            "put" => self.put(&args)?,
+            "mput" => self.mput(&args)?,
             "jobs" => match args.as_slice() {
                 [] => self.jobs(),
                 ["-w"] => self.watch_jobs(),
