@@ -12,10 +12,13 @@
 //!                                        +---------------+  (bounded)  +--------+
 //! ```
 //!
+//! The reader and the writer are the protocol crate's shared driver
+//! (`ferry_protocol::driver`); the policy is here: which queues, how deep, who answers what.
 //! Both queues are bounded, so a client that stops reading stalls the writer, the queues fill
 //! and the request tasks wait: backpressure instead of memory growth. Request tasks enqueue
 //! frame by frame and the bounded queue admits waiting senders in FIFO order, so concurrent
-//! fetches interleave chunk by chunk. The writer seals and batches many frames per `write`.
+//! fetches interleave chunk by chunk. The writer seals and batches everything queued into one
+//! `writev`.
 
 mod progress;
 mod reader;
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferry_protocol::driver::{FrameReader, FrameWriter};
 use ferry_protocol::transport::Split;
 use ferry_protocol::{
     ErrorBody, ErrorCode, Frame, Message, RequestId, ServerHandshakeConfig, Service,
@@ -42,19 +46,19 @@ use crate::service::{Context, Tree};
 use crate::shutdown::Signals;
 
 use reader::{Close, Reader};
-use writer::Writer;
+use writer::Queues;
 
 /// What every connection of one server shares: the served tree and the handshake settings.
 #[derive(Debug)]
 pub(crate) struct ServerContext {
     pub tree: Arc<Tree>,
     pub handshake: ServerHandshakeConfig,
+    /// The identity handshake, served on the same port when the server has an identity.
+    pub identity: Option<ferry_protocol::noise::ServerIdentityConfig>,
 }
 
 impl ServerContext {
     pub fn limits(&self) -> &Limits {
-    /// The identity handshake, served on the same port when the server has an identity.
-    pub identity: Option<ferry_protocol::noise::ServerIdentityConfig>,
         &self.tree.limits
     }
 }
@@ -63,6 +67,8 @@ impl ServerContext {
 const DATA_QUEUE: usize = 16;
 /// Control-queue depth: pongs and refusals.
 const CTRL_QUEUE: usize = 32;
+/// Read-buffer top-up before each socket read (requests are small).
+const READ_RESERVE: usize = 16 * 1024;
 /// How long the goodbye frame may wait for room in the data queue.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -143,10 +149,15 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
     let mut writer = tokio::spawn(
-        Writer::new(send, version, wr, limits.write_timeout)
-            .run(ctrl_rx, data_rx)
-            .in_current_span(),
+        writer::run(
+            FrameWriter::new(wr, send, version).write_timeout(limits.write_timeout),
+            Queues::new(ctrl_rx, data_rx),
+        )
+        .in_current_span(),
     );
+    let frames = FrameReader::new(rd, recv, leftover)
+        .frame_read_timeout(limits.frame_read_timeout)
+        .read_reserve(READ_RESERVE, READ_RESERVE / 4);
     let services = Context {
         tree: server.tree.clone(),
         principal: Arc::new(principal),
@@ -162,9 +173,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         ctrl_tx,
         signals.kill.clone(),
     );
-    let close = reader
-        .read_loop(rd, recv, leftover, &signals, &mut writer)
-        .await;
+    let close = reader.read_loop(frames, &signals, &mut writer).await;
     let writer_done = matches!(close, Close::WriterGone);
     let farewell = match &close {
         Close::Fatal(code, message) => {

@@ -1,20 +1,16 @@
 //! The reader: reads and opens frames, dispatches requests to tasks, answers what belongs to no
 //! request (pong, refusals), cancels, and decides when the connection closes ([`Close`]).
 //!
-//! It enforces the per-frame read deadline (a frame that has started must finish within
-//! `frame_read_timeout`), the idle timeout (nothing in flight and nothing received) and the
-//! in-flight limit. Frame, decode and record errors end the connection with an error frame on
+//! Frames come from the driver's [`FrameReader`], which enforces the per-frame read deadline (a
+//! frame that has started must finish within `frame_read_timeout`); this loop adds the idle
+//! timeout (nothing in flight and nothing received) and the in-flight limit. Frame, decode and record errors end the connection with an error frame on
 //! id 0; a well-formed but unknown request gets `UNKNOWN_REQUEST` for its id and the
 //! connection continues.
 
-use std::time::Duration;
-
-use bytes::BytesMut;
 use ferry_protocol::conn::{Refusal, RequestTable};
-use ferry_protocol::{
-    DecodeError, ErrorBody, ErrorCode, Frame, Message, RecvHalf, RequestId, Service,
-};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use ferry_protocol::driver::{FrameReader, ReadEnd};
+use ferry_protocol::{DecodeError, ErrorBody, ErrorCode, Frame, Message, RequestId, Service};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -24,9 +20,6 @@ use tracing::Instrument;
 use crate::config::Limits;
 use crate::service::{self, Context, Out, Request, Sink};
 use crate::shutdown::Signals;
-
-/// Read-buffer top-up before each socket read.
-const READ_RESERVE: usize = 16 * 1024;
 
 /// Why the reader stopped.
 #[derive(Debug)]
@@ -109,40 +102,15 @@ impl Reader {
 
     pub async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: R,
-        mut recv: RecvHalf,
-        mut buf: BytesMut,
+        mut frames: FrameReader<R>,
         signals: &Signals,
         writer: &mut tokio::task::JoinHandle<()>,
     ) -> Close {
         let limits = self.limits.clone();
-        let far = Duration::from_secs(86_400 * 365);
         let mut stopping = false;
         let mut eof = false;
         let mut last_activity = Instant::now();
-        let mut frame_started: Option<Instant> = None;
         loop {
-            loop {
-                match recv.read_frame(&mut buf) {
-                    Ok(Some(frame)) => {
-                        last_activity = Instant::now();
-                        frame_started = None;
-                        if let Some(close) = self.handle_frame(frame, stopping).await {
-                            return close;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(error) => return Close::Fatal(error.code(), error.to_string()),
-                }
-            }
-            if recv.decoder().is_mid_frame(&buf) {
-                if eof {
-                    return Close::Truncated;
-                }
-                frame_started.get_or_insert_with(Instant::now);
-            } else {
-                frame_started = None;
-            }
             if self.in_flight.is_empty() {
                 if eof {
                     return Close::Eof;
@@ -151,13 +119,10 @@ impl Reader {
                     return Close::Shutdown;
                 }
             }
-            let now = Instant::now();
-            let frame_deadline = frame_started.map(|t| t + limits.frame_read_timeout);
-            let idle_armed = self.in_flight.is_empty() && frame_started.is_none();
+            // Idle only while nothing is in flight and no frame is partly read (the frame
+            // deadline covers that one).
+            let idle_armed = self.in_flight.is_empty() && !frames.is_mid_frame();
             let idle_deadline = last_activity + limits.idle_timeout;
-            if buf.capacity() - buf.len() < READ_RESERVE / 4 {
-                buf.reserve(READ_RESERVE);
-            }
             tokio::select! {
                 biased;
                 _ = signals.kill.cancelled() => return Close::Killed,
@@ -183,25 +148,33 @@ impl Reader {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(frame_deadline.unwrap_or(now + far)),
-                    if frame_deadline.is_some() => {
-                    return Close::Fatal(
-                        ErrorCode::TIMEOUT,
-                        format!(
-                            "frame not completed within {}",
-                            humantime::format_duration(limits.frame_read_timeout)
-                        ),
-                    );
-                }
                 _ = tokio::time::sleep_until(idle_deadline), if idle_armed => return Close::Idle,
-                read = rd.read_buf(&mut buf), if !eof => match read {
-                    Ok(0) => {
+                frame = frames.next_frame(), if !eof => match frame {
+                    Ok(frame) => {
+                        last_activity = Instant::now();
+                        if let Some(close) = self.handle_frame(frame, stopping).await {
+                            return close;
+                        }
+                    }
+                    Err(ReadEnd::Eof) => {
                         eof = true;
                         // Uploads waiting for data will get none.
                         service::put::connection_ended(&self.services);
                     }
-                    Ok(_) => {}
-                    Err(error) => return Close::Io(error),
+                    Err(ReadEnd::Truncated) => return Close::Truncated,
+                    Err(ReadEnd::Stalled(limit)) => {
+                        return Close::Fatal(
+                            ErrorCode::TIMEOUT,
+                            format!(
+                                "frame not completed within {}",
+                                humantime::format_duration(limit)
+                            ),
+                        );
+                    }
+                    Err(ReadEnd::Frame(error)) => {
+                        return Close::Fatal(error.code(), error.to_string())
+                    }
+                    Err(ReadEnd::Io(error)) => return Close::Io(error),
                 },
             }
         }
@@ -404,6 +377,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::service::testing::context;
+    use bytes::BytesMut;
     use ferry_protocol::message::StatRequest;
     use ferry_protocol::{Principal, Session};
     use tokio::io::AsyncWriteExt;
@@ -443,9 +417,8 @@ mod tests {
         );
         let mut writer = tokio::spawn(std::future::pending::<()>());
         let (_, recv) = server.into_split();
-        let close = reader
-            .read_loop(ours, recv, BytesMut::new(), &signals, &mut writer)
-            .await;
+        let frames = FrameReader::new(ours, recv, BytesMut::new());
+        let close = reader.read_loop(frames, &signals, &mut writer).await;
         writer.abort();
         drop(reader);
         let mut outcome = Outcome {
