@@ -912,3 +912,197 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+# --------------------------------------------------------------------------------------------
+# Identities and the identity handshake (§13): Noise XX written out from the Noise
+# specification (revision 34), so no Noise library is taken on trust.
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
+
+NOISE_PARAMS = "Noise_XX_25519_ChaChaPoly_SHA256"
+NOISE_PROLOGUE = b"ferry identity handshake v1" + bytes([0x01, 0x08, 0x09, 0x0A])
+T_NOISE_1, T_NOISE_2, T_NOISE_3 = 0x08, 0x09, 0x0A
+ID_LABELS = {
+    "c2s_enc": (b"ferry id v1 c2s enc", 32),
+    "c2s_mac": (b"ferry id v1 c2s mac", 32),
+    "c2s_iv": (b"ferry id v1 c2s iv", 12),
+    "s2c_enc": (b"ferry id v1 s2c enc", 32),
+    "s2c_mac": (b"ferry id v1 s2c mac", 32),
+    "s2c_iv": (b"ferry id v1 s2c iv", 12),
+}
+ID_SUITES = {0x01}  # §13.3: the suites of this version
+B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def node_id_hash(public):
+    return hashlib.sha256(b"ferry node id v1" + public).digest()[:20]
+
+
+def node_id_check(h):
+    return int.from_bytes(hashlib.sha256(b"ferry node id check v1" + h).digest()[:2], "big") >> 6
+
+
+def node_id_text(h):
+    bits = int.from_bytes(h, "big")
+    text = "".join(B32[(bits >> (5 * i)) & 31] for i in reversed(range(32)))
+    check = node_id_check(h)
+    return text + B32[check >> 5] + B32[check & 31]
+
+
+def parse_node_id(text):
+    """The id hash, or the reason the text is refused (§13.1)."""
+    text = text.strip().lower()
+    if len(text) != 34:
+        return "length"
+    if any(c not in B32 for c in text):
+        return "character"
+    bits = 0
+    for c in text[:32]:
+        bits = (bits << 5) | B32.index(c)
+    h = bits.to_bytes(20, "big")
+    if (B32.index(text[32]) << 5) | B32.index(text[33]) != node_id_check(h):
+        return "checksum"
+    return h
+
+
+def check_identities(v):
+    if v.has("invalid"):
+        check(parse_node_id(v.str("text")) == v.raw("reason"), "refused for the reason")
+        return
+    public = x25519_public(v.hex("secret"))
+    check(public == v.hex("public"), "public key")
+    check(node_id_hash(public) == v.hex("id_hash"), "id hash")
+    check(node_id_text(node_id_hash(public)) == v.str("id"), "id text")
+    check(parse_node_id(v.str("id")) == v.hex("id_hash"), "id parses back")
+
+
+def noise_hkdf(ck, ikm):
+    temp = hmac256(ck, ikm)
+    out1 = hmac256(temp, b"\x01")
+    return out1, hmac256(temp, out1 + b"\x02")
+
+
+class NoiseSymmetric:
+    """Noise's SymmetricState with ChaChaPoly and SHA-256 (Noise spec §5.2)."""
+
+    def __init__(self):
+        name = NOISE_PARAMS.encode()
+        self.h = name.ljust(32, b"\0") if len(name) <= 32 else hashlib.sha256(name).digest()
+        self.ck, self.k, self.n = self.h, None, 0
+        self.mix_hash(NOISE_PROLOGUE)
+
+    def mix_hash(self, data):
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm):
+        self.ck, self.k = noise_hkdf(self.ck, ikm)
+        self.n = 0
+
+    def _nonce(self):
+        return bytes(4) + struct.pack("<Q", self.n)
+
+    def encrypt_and_hash(self, plaintext):
+        if self.k is None:
+            out = plaintext
+        else:
+            out = ChaCha20Poly1305(self.k).encrypt(self._nonce(), plaintext, self.h)
+            self.n += 1
+        self.mix_hash(out)
+        return out
+
+    def decrypt_and_hash(self, ciphertext):
+        if self.k is None:
+            out = ciphertext
+        else:
+            try:
+                out = ChaCha20Poly1305(self.k).decrypt(self._nonce(), ciphertext, self.h)
+            except Exception:
+                fail("AUTHENTICATION_FAILED", "Noise AEAD check")
+            self.n += 1
+        self.mix_hash(ciphertext)
+        return out
+
+    def split(self):
+        return noise_hkdf(self.ck, b"")
+
+
+def id_dh(secret, public):
+    """X25519 refusing low-order keys (§13.4, as §5.1)."""
+    return x25519(secret, public)
+
+
+def check_identity_handshake(v):
+    cs, ss = v.hex("client_static_secret"), v.hex("server_static_secret")
+    ce, se = v.hex("client_ephemeral_secret"), v.hex("server_ephemeral_secret")
+    check(v.str("noise_params") == NOISE_PARAMS and v.hex("prologue") == NOISE_PROLOGUE,
+          "Noise name and prologue")
+    cs_pub, ss_pub = x25519_public(cs), x25519_public(ss)
+    check(cs_pub == v.hex("client_static_public"), "client static public")
+    check(ss_pub == v.hex("server_static_public"), "server static public")
+    check(node_id_text(node_id_hash(cs_pub)) == v.str("client_id"), "client id")
+    check(node_id_text(node_id_hash(ss_pub)) == v.str("server_id"), "server id")
+    ce_pub, se_pub = x25519_public(ce), x25519_public(se)
+    check(ce_pub == v.hex("client_ephemeral_public"), "client ephemeral public")
+    check(se_pub == v.hex("server_ephemeral_public"), "server ephemeral public")
+    mode, suites = v.int("mode"), v.hex("suites")
+
+    # Message 1, client: e, then the Offer in the clear (§13.3).
+    client = NoiseSymmetric()
+    offer = bytes([1, 1, mode, len(suites)]) + suites
+    check(offer == v.hex("payload_1"), "payload_1 (the Offer)")
+    client.mix_hash(ce_pub)
+    msg1 = ce_pub + client.encrypt_and_hash(offer)
+    check(frame(T_NOISE_1, S_HANDSHAKE, 0, msg1) == v.hex("noise_1"), "noise_1")
+
+    # Server: read message 1, choose (§4.3, §4.6, §13.3), write message 2: e, ee, s, es.
+    server = NoiseSymmetric()
+    re = msg1[:32]
+    id_dh(ss, re)
+    server.mix_hash(re)
+    got = server.decrypt_and_hash(msg1[32:])
+    lo, hi, got_mode, count = got[0], got[1], got[2], got[3]
+    check(1 <= lo <= hi and got_mode in (0, 1) and len(got) == 4 + count, "Offer layout")
+    version = min(hi, 1)
+    check(version >= lo, "a common version")
+    if got_mode == 1:
+        check(v.int("allow_plaintext") == 1, "plaintext allowed")
+        suite = 0
+    else:
+        suite = next(s for s in got[4:] if s in ID_SUITES)
+    choice = bytes([version, got_mode, suite])
+    check(choice == v.hex("payload_2"), "payload_2 (the Choice)")
+    server.mix_hash(se_pub)
+    server.mix_key(id_dh(se, re))                      # ee
+    enc_s = server.encrypt_and_hash(ss_pub)            # s
+    server.mix_key(id_dh(ss, re))                      # es
+    msg2 = se_pub + enc_s + server.encrypt_and_hash(choice)
+    check(frame(T_NOISE_2, S_HANDSHAKE, 0, msg2) == v.hex("noise_2"), "noise_2")
+
+    # Client: read message 2, check the server's key and the Choice, write message 3: s, se.
+    client.mix_hash(msg2[:32])
+    client.mix_key(id_dh(ce, msg2[:32]))               # ee
+    rs = client.decrypt_and_hash(msg2[32:80])          # s
+    check(rs == ss_pub, "the server's static key")
+    client.mix_key(id_dh(ce, rs))                      # es
+    check(client.decrypt_and_hash(msg2[80:]) == choice, "client reads the Choice")
+    enc_cs = client.encrypt_and_hash(cs_pub)           # s
+    client.mix_key(id_dh(cs, msg2[:32]))               # se
+    msg3 = enc_cs + client.encrypt_and_hash(choice)
+    check(choice == v.hex("payload_3"), "payload_3 (the Choice echoed)")
+    check(frame(T_NOISE_3, S_HANDSHAKE, 0, msg3) == v.hex("noise_3"), "noise_3")
+
+    # Server: read message 3.
+    check(server.decrypt_and_hash(msg3[:48]) == cs_pub, "the client's static key")
+    server.mix_key(id_dh(se, cs_pub))                  # se
+    check(server.decrypt_and_hash(msg3[48:]) == choice, "server reads the echo")
+
+    # Keys (§13.5).
+    check(client.h == server.h == v.hex("handshake_hash"), "handshake hash")
+    k1, k2 = client.split()
+    check((k1, k2) == server.split() == (v.hex("k1"), v.hex("k2")), "Split()")
+    prk = hmac256(client.h, k1 + k2)  # HKDF-Extract(salt = h, IKM = k1 || k2)
+    for name, (label, length) in ID_LABELS.items():
+        check(hmac256(prk, label + b"\x01")[:length] == v.hex(name), name)
+
+
+    "identities.txt": check_identities,
+    "identity-handshake.txt": check_identity_handshake,
