@@ -884,6 +884,8 @@ CHECKS = {
     "negative-records.txt": check_negative_records,
     "negative-handshake.txt": check_negative_handshake,
     "digests.txt": check_digests,
+    "identities.txt": check_identities,
+    "identity-handshake.txt": check_identity_handshake,
 }
 
 
@@ -1103,6 +1105,3 @@ def check_identity_handshake(v):
     for name, (label, length) in ID_LABELS.items():
         check(hmac256(prk, label + b"\x01")[:length] == v.hex(name), name)
 
-
-    "identities.txt": check_identities,
-    "identity-handshake.txt": check_identity_handshake,
