@@ -873,47 +873,6 @@ def check_digests(v):
     check(blake3(data) == v.hex("digest"), "BLAKE3 digest")
 
 
-CHECKS = {
-    "headers.txt": check_headers,
-    "messages.txt": check_messages,
-    "handshake.txt": check_handshake,
-    "records.txt": check_records,
-    "keys.txt": check_keys,
-    "negative-frames.txt": check_negative_frames,
-    "negative-messages.txt": check_negative_messages,
-    "negative-records.txt": check_negative_records,
-    "negative-handshake.txt": check_negative_handshake,
-    "digests.txt": check_digests,
-    "identities.txt": check_identities,
-    "identity-handshake.txt": check_identity_handshake,
-}
-
-
-def main():
-    vector_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "vectors"
-    failures = 0
-    total = 0
-    for file_name, fn in CHECKS.items():
-        vectors = parse_file(vector_dir / file_name)
-        ok = 0
-        for v in vectors:
-            total += 1
-            try:
-                fn(v)
-                ok += 1
-            except Exception as e:  # report every vector, keep going
-                failures += 1
-                print(f"FAIL {file_name} / {v.name} (line {v.line}): {type(e).__name__}: {e}")
-        print(f"{file_name:26} {ok}/{len(vectors)} ok")
-    unknown = sorted(set(os.listdir(vector_dir)) - set(CHECKS) - {"README.md"})
-    if unknown:
-        print(f"not checked: {', '.join(unknown)}")
-    print(f"{total - failures}/{total} vectors ok")
-    return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 # --------------------------------------------------------------------------------------------
 # Identities and the identity handshake (§13): Noise XX written out from the Noise
 # specification (revision 34), so no Noise library is taken on trust.
@@ -1105,3 +1064,45 @@ def check_identity_handshake(v):
     for name, (label, length) in ID_LABELS.items():
         check(hmac256(prk, label + b"\x01")[:length] == v.hex(name), name)
 
+
+CHECKS = {
+    "headers.txt": check_headers,
+    "messages.txt": check_messages,
+    "handshake.txt": check_handshake,
+    "records.txt": check_records,
+    "keys.txt": check_keys,
+    "negative-frames.txt": check_negative_frames,
+    "negative-messages.txt": check_negative_messages,
+    "negative-records.txt": check_negative_records,
+    "negative-handshake.txt": check_negative_handshake,
+    "digests.txt": check_digests,
+    "identities.txt": check_identities,
+    "identity-handshake.txt": check_identity_handshake,
+}
+
+
+def main():
+    vector_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "vectors"
+    failures = 0
+    total = 0
+    for file_name, fn in CHECKS.items():
+        vectors = parse_file(vector_dir / file_name)
+        ok = 0
+        for v in vectors:
+            total += 1
+            try:
+                fn(v)
+                ok += 1
+            except Exception as e:  # report every vector, keep going
+                failures += 1
+                print(f"FAIL {file_name} / {v.name} (line {v.line}): {type(e).__name__}: {e}")
+        print(f"{file_name:26} {ok}/{len(vectors)} ok")
+    unknown = sorted(set(os.listdir(vector_dir)) - set(CHECKS) - {"README.md"})
+    if unknown:
+        print(f"not checked: {', '.join(unknown)}")
+    print(f"{total - failures}/{total} vectors ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
