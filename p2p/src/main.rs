@@ -79,6 +79,17 @@ Exit codes:
   3    connection failure (cannot listen, no source given, no key for the servers)
   130  Ctrl-C before the download completed (143: SIGTERM); partial files stay NAME.part";
 
+const DHT_HELP: &str = "\
+Examples:
+  ferry-peer dht --dht-listen 0.0.0.0:6881
+  ferry-peer dht --dht-listen 0.0.0.0:6881 --dht-bootstrap 10.0.0.1:6881
+  ferry-peer get release.ferry --dht-bootstrap 10.0.0.1:6881
+
+Exit codes:
+  0    stopped by Ctrl-C or SIGTERM
+  2    usage error
+  3    cannot listen";
+
 const TRACKER_HELP: &str = "\
 Examples:
   ferry-peer tracker --listen 0.0.0.0:6969
@@ -111,6 +122,9 @@ enum Command {
     /// Run a UDP tracker.
     #[command(after_help = TRACKER_HELP)]
     Tracker(TrackerArgs),
+    /// Run a DHT node only (e.g. a bootstrap node for trackerless swarms).
+    #[command(after_help = DHT_HELP)]
+    Dht(DhtArgs),
 }
 
 /// Flags shared by `seed` and `get`.
@@ -137,6 +151,27 @@ struct SwarmArgs {
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    dht: DhtArgs,
+}
+
+/// Flags of the DHT (spec/P2P.md §7), shared by `seed`, `get` and `dht`.
+#[derive(Debug, clap::Args)]
+struct DhtArgs {
+    /// Also find peers through the DHT and announce to it (implied by --dht-bootstrap).
+    #[arg(long)]
+    dht: bool,
+    /// DHT node to join through, repeatable (implies --dht), e.g. 10.0.0.1:6881
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    dht_bootstrap: Vec<String>,
+    /// UDP address of our DHT node. Default: 0.0.0.0:0, all interfaces on a free port.
+    /// E.g. 0.0.0.0:6881
+    #[arg(long, default_value = "0.0.0.0:0", hide_default_value = true)]
+    dht_listen: SocketAddr,
+    /// File keeping the DHT routing table across restarts. Default: dht.state in the ferry
+    /// configuration directory (~/.config/ferry/dht.state)
+    #[arg(long, value_name = "FILE")]
+    dht_state: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -292,6 +327,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => runtime().and_then(|rt| rt.block_on(seed(args))),
         Command::Get(args) => runtime().and_then(|rt| rt.block_on(get(args))),
         Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(tracker(args))),
+        Command::Dht(args) => runtime().and_then(|rt| rt.block_on(dht(args))),
     };
     match result {
         Ok(code) => code,
@@ -428,7 +464,53 @@ fn verify_bar(storage: &Storage, manifest: &Manifest, hidden: bool) -> ferry_p2p
 }
 
 fn trackers_and_peers_empty(config: &NodeConfig) -> bool {
-    config.trackers.is_empty() && config.peers.is_empty() && config.servers.is_empty()
+    config.trackers.is_empty()
+        && config.peers.is_empty()
+        && config.servers.is_empty()
+        && config.dht.is_none()
+}
+
+/// Starts our DHT node if asked (`--dht` or `--dht-bootstrap`); `force` starts it regardless.
+async fn start_dht(
+    args: &DhtArgs,
+    force: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<ferry_p2p::dht::shell::DhtHandle>> {
+    if !force && !args.dht && args.dht_bootstrap.is_empty() {
+        return Ok(None);
+    }
+    let mut bootstrap = Vec::new();
+    for host in &args.dht_bootstrap {
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(addrs) => bootstrap.extend(addrs.take(1)),
+            Err(e) => tracing::warn!(%host, error = %e, "cannot resolve dht bootstrap node"),
+        }
+    }
+    let state_file = args.dht_state.clone().or_else(|| {
+        ferry_common::keys::default_key_file()
+            .and_then(|key| key.parent().map(|dir| dir.join("dht.state")))
+    });
+    let config = ferry_p2p::dht::shell::ShellConfig {
+        listen: args.dht_listen,
+        bootstrap,
+        state_file,
+        core: Default::default(),
+    };
+    let handle = ferry_p2p::dht::shell::spawn(config, cancel.clone())
+        .await
+        .with_context(|| format!("cannot listen for the dht on udp {}", args.dht_listen))?;
+    Ok(Some(handle))
+}
+
+/// Stops our DHT node and waits until it has saved its routing table.
+async fn stop_dht(
+    dht: Option<ferry_p2p::dht::shell::DhtHandle>,
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    cancel.cancel();
+    if let Some(dht) = dht {
+        let _ = tokio::time::timeout(Duration::from_secs(2), dht.stopped()).await;
+    }
 }
 
 fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) -> NodeConfig {
@@ -459,14 +541,17 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_INTEGRITY));
     }
     let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
-    let handle = match node::start(
-        manifest.clone(),
-        Arc::new(storage),
-        have,
-        node_config(&args.swarm, trackers, true),
-    )
-    .await
-    {
+    let dht_cancel = tokio_util::sync::CancellationToken::new();
+    let mut config = node_config(&args.swarm, trackers, true);
+    config.dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
+        Ok(dht) => dht,
+        Err(e) => {
+            eprintln!("ferry-peer: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    let dht = config.dht.clone();
+    let handle = match node::start(manifest.clone(), Arc::new(storage), have, config).await {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("ferry-peer: {e}");
@@ -481,6 +566,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     // Seeding until stopped is the whole point of `seed`: stopping it is a success.
     signals.recv().await;
     handle.shutdown().await?;
+    stop_dht(dht, &dht_cancel).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -496,6 +582,17 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
     let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
     let mut config = node_config(&args.swarm, trackers, !args.no_seed);
+    let dht_cancel = tokio_util::sync::CancellationToken::new();
+    // Dropped on every return: the DHT node stops with `get`.
+    let _dht_guard = dht_cancel.clone().drop_guard();
+    config.dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
+        Ok(dht) => dht,
+        Err(e) => {
+            eprintln!("ferry-peer: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    let dht = config.dht.clone();
     let urls: Vec<&String> = manifest.servers().iter().chain(&args.servers).collect();
     if !urls.is_empty() && !have.is_full() {
         let key = match ferry_common::KeySources::from_env(args.key.clone(), args.key_file.clone())
@@ -518,7 +615,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if trackers_and_peers_empty(&config) && !have.is_full() {
-        eprintln!("ferry-peer: no tracker, --peer or --server: nowhere to find the data");
+        eprintln!("ferry-peer: no tracker, --peer, --server or --dht: nowhere to find the data");
         return Ok(ExitCode::from(EXIT_CONNECTION));
     }
     let handle = match node::start(manifest.clone(), storage.clone(), have, config).await {
@@ -589,6 +686,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     if let Some(stop) = stopped {
         handle.shutdown().await?;
+        stop_dht(dht, &dht_cancel).await;
         return Ok(stop.code());
     }
     let s = *handle.stats.borrow();
@@ -611,6 +709,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     );
     if args.no_seed {
         handle.wait().await?;
+        stop_dht(dht, &dht_cancel).await;
         return Ok(ExitCode::SUCCESS);
     }
     let mut limits = Vec::new();
@@ -667,6 +766,25 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     }
     // The user asked to seed and then stopped it (or a limit did): that is not an error.
     handle.shutdown().await?;
+    stop_dht(dht, &dht_cancel).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dht(args: DhtArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let dht = match start_dht(&args, true, &cancel).await {
+        Ok(dht) => dht,
+        Err(e) => {
+            eprintln!("ferry-peer: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONNECTION));
+        }
+    };
+    if let Some(dht) = &dht {
+        println!("dht listening on udp://{}", dht.local_addr);
+    }
+    signals.recv().await;
+    stop_dht(dht, &cancel).await;
     Ok(ExitCode::SUCCESS)
 }
 

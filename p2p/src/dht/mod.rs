@@ -928,5 +928,35 @@ fn fit(mut reply: Message, budget: usize) -> Option<Message> {
     Some(reply)
 }
 
+/// Fuzzing entry: the datagram decoded and re-encoded ([`wire::fuzz_message`]), then fed to a
+/// node both as a request and as the answer to its outstanding query (transaction id patched
+/// in). Whatever it sends back must be within the amplification bound.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_datagram(data: &[u8]) {
+    wire::fuzz_message(data);
+    let now = Instant::now();
+    let mut d = Dht::new(DhtConfig::default(), NodeId([0x80; 20]), 1, now);
+    let from = SocketAddr::from(([44, 0, 0, 1], 6881));
+    let _ = d.bootstrap(&[from], now);
+    let mut tx = None;
+    while let Some((_, query)) = d.poll_transmit() {
+        tx = Message::from_datagram(&query).map(|(tx, _)| tx);
+    }
+    let mut answer = data.to_vec();
+    if let (Some(tx), Some(field)) = (tx, answer.get_mut(4..8)) {
+        field.copy_from_slice(&tx.to_be_bytes());
+    }
+    for datagram in [data, &answer] {
+        d.handle_datagram(datagram, from, now);
+        while let Some((_, out)) = d.poll_transmit() {
+            if !matches!(Message::from_datagram(&out), Some((_, Message::Request(_)))) {
+                assert!(out.len() <= AMPLIFICATION * datagram.len());
+            }
+        }
+    }
+    d.handle_timeout(now + Duration::from_secs(60));
+    d.table.check().unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,11 @@ impl DhtHandle {
         Ok(done_rx.await.map_err(|_| DhtError::Stopped)??)
     }
 
+    /// Resolves once the node has stopped (and saved its table).
+    pub async fn stopped(&self) {
+        self.cmds.closed().await
+    }
+
     /// The nodes in the routing table.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, DhtError> {
         let (tx, rx) = oneshot::channel();
@@ -113,6 +118,52 @@ impl DhtHandle {
             .await
             .map_err(|_| DhtError::Stopped)?;
         rx.await.map_err(|_| DhtError::Stopped)
+    }
+}
+
+/// How long a swarm that has no peer waits before looking again: 2 s, doubling to a minute.
+pub fn lonely_wait(n: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_mul(1 << n.min(5))).min(Duration::from_secs(60))
+}
+
+/// How often a swarm with peers looks up and announces again (announces live 30 minutes).
+pub const REANNOUNCE: Duration = Duration::from_secs(5 * 60);
+
+/// A swarm's use of the DHT: look up `key` and announce `port`, at once and then every
+/// [`REANNOUNCE`], or after [`lonely_wait`] while `lonely()` says no peer is connected.
+/// Found peers go to `found`. Runs until `cancel` or until the DHT node stops.
+pub async fn discover(
+    dht: DhtHandle,
+    key: NodeId,
+    port: u16,
+    cancel: CancellationToken,
+    lonely: impl Fn() -> bool,
+    mut found: impl FnMut(Vec<SocketAddr>),
+) {
+    let mut lonely_rounds = 0;
+    loop {
+        let looked = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            looked = dht.get_peers(key, Some(port), &mut found) => looked,
+        };
+        match looked {
+            Ok(announced) => tracing::debug!(announced, "dht lookup done"),
+            Err(DhtError::Stopped) => return,
+            Err(e) => tracing::debug!(error = %e, "dht lookup refused"),
+        }
+        let wait = if lonely() {
+            lonely_rounds += 1;
+            lonely_wait(lonely_rounds - 1)
+        } else {
+            lonely_rounds = 0;
+            REANNOUNCE
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 

@@ -581,3 +581,24 @@ fn derivations_match_the_spec() {
     }
     assert!(seen >= 7, "{seen} derivations");
 }
+
+#[test]
+fn fuzz_entry_survives_junk_and_near_misses() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let valid: Vec<Vec<u8>> = super::wire::tests::examples()
+        .iter()
+        .map(|m| m.to_datagram(1))
+        .collect();
+    for _ in 0..300 {
+        let mut d = valid[rng.gen_range(0..valid.len())].clone();
+        for _ in 0..rng.gen_range(0..4) {
+            let i = rng.gen_range(0..d.len());
+            d[i] ^= 1 << rng.gen_range(0..8);
+        }
+        d.truncate(rng.gen_range(0..=d.len()));
+        fuzz_datagram(&d);
+    }
+    for v in &valid {
+        fuzz_datagram(v);
+    }
+}

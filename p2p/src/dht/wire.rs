@@ -393,7 +393,7 @@ pub fn fuzz_message(data: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn examples() -> Vec<Message> {

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub dangerous_corrupt_uploads: bool,
     /// Ferry servers that also hold the files; fetched from by byte range alongside the swarm.
     pub servers: Vec<ServerSource>,
+    /// A DHT node to find peers through and announce to (spec/P2P.md §7).
+    pub dht: Option<crate::dht::shell::DhtHandle>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +78,7 @@ impl Default for NodeConfig {
             handshake_timeout: Duration::from_secs(10),
             dangerous_corrupt_uploads: false,
             servers: Vec::new(),
+            dht: None,
         }
     }
 }
@@ -259,6 +262,20 @@ pub async fn start(
         closing: HashSet::new(),
         sources: sources.clone(),
     };
+    if let Some(dht) = actor.config.dht.clone() {
+        let events = actor.events_tx.clone();
+        let stats = stats.clone();
+        tokio::spawn(crate::dht::shell::discover(
+            dht,
+            crate::dht::key_for(&manifest.content_id()),
+            listen_addr.port(),
+            cancel.child_token(),
+            move || stats.borrow().peers == 0,
+            move |peers| {
+                let _ = events.try_send(Event::Discovered(peers));
+            },
+        ));
+    }
     let task = tokio::spawn(actor.run());
     Ok(NodeHandle {
         listen_addr,
