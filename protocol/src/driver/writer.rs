@@ -21,6 +21,8 @@ pub const WRITE_BATCH: usize = 256 * 1024;
 /// Smaller plaintext data chunks are copied into the batch rather than sent as their own
 /// segment.
 pub const ZERO_COPY_MIN: usize = 4096;
+/// The batch buffer's default size: a full batch and the frame that overflows it.
+const BUFFER: usize = WRITE_BATCH + 128 * 1024;
 /// Segments handed to one `writev` (the kernel's `IOV_MAX` is 1024; fewer is plenty).
 const MAX_SEGMENTS: usize = 64;
 
@@ -45,6 +47,8 @@ pub struct Batch {
     len: usize,
     /// Encrypted mode: data chunks waiting to be sealed together, in order.
     unsealed: Vec<(Service, RequestId, Bytes)>,
+    /// Room taken back in `scratch` after each write, so one allocation serves every batch.
+    reclaim: usize,
 }
 
 impl Batch {
@@ -54,10 +58,11 @@ impl Batch {
             send,
             version,
             plaintext,
-            scratch: BytesMut::with_capacity(WRITE_BATCH + 128 * 1024),
+            scratch: BytesMut::with_capacity(BUFFER),
             segments: VecDeque::new(),
             len: 0,
             unsealed: Vec::new(),
+            reclaim: WRITE_BATCH,
         }
     }
 
@@ -221,6 +226,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self
     }
 
+    /// Sizes the batch buffer (by default a full batch, for a role that streams data): a role
+    /// that sends small messages on many connections keeps less memory per connection; the
+    /// buffer still grows for a large batch.
+    pub fn buffer(mut self, capacity: usize) -> Self {
+        self.batch.scratch = BytesMut::with_capacity(capacity);
+        self.batch.reclaim = capacity.min(WRITE_BATCH);
+        self
+    }
+
     /// What the next [`FrameWriter::flush`] writes.
     pub fn batch(&mut self) -> &mut Batch {
         &mut self.batch
@@ -303,7 +317,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         self.batch.len = 0;
         // Reclaim the scratch allocation once every frozen piece of it has been written.
-        self.batch.scratch.reserve(WRITE_BATCH);
+        self.batch.scratch.reserve(self.batch.reclaim);
         Ok(())
     }
 }
