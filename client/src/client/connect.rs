@@ -162,7 +162,8 @@ impl Client {
             KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
         ));
         tokio::spawn(write_loop(
-            FrameWriter::new(write, send, version),
+            // Requests are small.
+            FrameWriter::new(write, send, version).buffer(4096),
             rx,
             conn.clone(),
         ));

@@ -197,7 +197,8 @@ async fn handshake(
     // choking) judge a slow peer.
     let mut reader =
         FrameReader::new(read_half, recv, leftover).read_reserve(READ_RESERVE, READ_RESERVE / 4);
-    let mut writer = FrameWriter::new(write_half, send, version);
+    // Blocks are 16 KiB; a swarm holds many connections.
+    let mut writer = FrameWriter::new(write_half, send, version).buffer(64 * 1024);
     let hello = PeerMessage::Handshake {
         content_id: ctx.manifest.content_id(),
         peer_id: ctx.peer_id,
