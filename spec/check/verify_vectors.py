@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives import serialization
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +158,15 @@ LABELS = {
     "client_finished_key": b"ferry v1 client finished",
 }
 
+# Version 2 (§5.2): the same keys under v2 labels, plus a 12-byte GCM IV per direction.
+LABELS_V2 = {k: v.replace(b" v1 ", b" v2 ") for k, v in LABELS.items()}
+IV_LABELS_V2 = {"c2s_gcm_iv": b"ferry v2 c2s iv", "s2c_gcm_iv": b"ferry v2 s2c iv"}
+KEY_HINT_LABEL = b"ferry v2 key hint"
+
+# Record suites (§4.2) by wire number and by the name the vectors (and --suite) use.
+SUITE_CBC, SUITE_GCM = 0x01, 0x02
+SUITE_NAMES = {"cbc-hmac": SUITE_CBC, "gcm": SUITE_GCM}
+
 
 class ProtocolError(Exception):
     def __init__(self, code, why):
@@ -284,9 +294,26 @@ def decode_message(kind, service, body):
             fail("MALFORMED_MESSAGE", "version range")
         m = dict(min_version=lo, max_version=hi, mode=check_mode(r.u8()),
                  nonce=r.take(32), key_share=r.take(32))
+        if hi >= 2:  # §4.2: the offer and the hint follow when max_version >= 2
+            n = r.u8()
+            suites = r.take(n)
+            if not 1 <= n <= 16 or 0 in suites or len(set(suites)) != n:
+                fail("MALFORMED_MESSAGE", "suite offer")
+            m["suites"] = suites
+            hint_len = r.u8()
+            if hint_len not in (0, 8):
+                fail("MALFORMED_MESSAGE", "key hint length")
+            if hint_len:
+                m["key_hint"] = r.take(8)
+            if hi > 2:
+                m["rest"] = r.take(len(r.data) - r.pos)
+                if not m["rest"]:
+                    del m["rest"]
         name = "ClientHello"
     elif pair == (T_SERVER_HELLO, S_HANDSHAKE):
         m = dict(version=r.u8(), mode=check_mode(r.u8()), nonce=r.take(32), key_share=r.take(32))
+        if m["version"] >= 2:
+            m["suite"] = r.u8()
         name = "ServerHello"
     elif pair == (T_SERVER_FINISHED, S_HANDSHAKE):
         m, name = dict(mac=r.take(32)), "ServerFinished"
@@ -347,13 +374,24 @@ def decode_message(kind, service, body):
     return name, m
 
 
+def encode_client_hello(m):
+    body = bytes([m["min_version"], m["max_version"], m["mode"]]) + m["nonce"] + m["key_share"]
+    if m["max_version"] >= 2:
+        hint = m.get("key_hint", b"")
+        body += bytes([len(m["suites"])]) + m["suites"] + bytes([len(hint)]) + hint
+        body += m.get("rest", b"")
+    return body
+
+
 def encode_message(name, m):
     """Returns (type, service, body)."""
     if name == "ClientHello":
-        return T_CLIENT_HELLO, S_HANDSHAKE, bytes(
-            [m["min_version"], m["max_version"], m["mode"]]) + m["nonce"] + m["key_share"]
+        return T_CLIENT_HELLO, S_HANDSHAKE, encode_client_hello(m)
     if name == "ServerHello":
-        return T_SERVER_HELLO, S_HANDSHAKE, bytes([m["version"], m["mode"]]) + m["nonce"] + m["key_share"]
+        body = bytes([m["version"], m["mode"]]) + m["nonce"] + m["key_share"]
+        if m["version"] >= 2:
+            body += bytes([m["suite"]])
+        return T_SERVER_HELLO, S_HANDSHAKE, body
     if name == "ServerFinished":
         return T_SERVER_FINISHED, S_HANDSHAKE, m["mac"]
     if name == "ClientFinished":
@@ -437,6 +475,11 @@ def fields_from(v):
         out[k] = v.hex(k) if k in hexes else v.str(k) if k in strings else v.int(k)
     if name == "ListRequest":
         out["links"] = v.int("links") if v.has("links") else 0
+    for k in ("suites", "key_hint", "rest"):  # version-2 ClientHello fields
+        if name == "ClientHello" and v.has(k):
+            out[k] = v.hex(k)
+    if name == "ServerHello" and v.has("suite"):
+        out["suite"] = v.int("suite")
     return name, out
 
 
@@ -468,9 +511,13 @@ def x25519(secret, peer):
     return shared
 
 
-def key_schedule(psk, dh, th):
+def key_schedule(psk, dh, th, version=1):
     prk = hmac256(th, psk + dh)  # HKDF-Extract(salt = TH, IKM = PSK || DH)
-    keys = {name: hmac256(prk, label + b"\x01") for name, label in LABELS.items()}
+    labels = LABELS_V2 if version >= 2 else LABELS
+    keys = {name: hmac256(prk, label + b"\x01") for name, label in labels.items()}
+    if version >= 2:  # HKDF-Expand with L = 12: the first 12 bytes of T(1)
+        for name, label in IV_LABELS_V2.items():
+            keys[name] = hmac256(prk, label + b"\x01")[:12]
     keys["prk"] = prk
     keys["server_finished_mac"] = hmac256(keys["server_finished_key"], th)
     keys["client_finished_mac"] = hmac256(keys["client_finished_key"], th)
@@ -504,6 +551,30 @@ def open_record(enc_key, mac_key, seq, header, body):
     return padded[:-p]
 
 
+def gcm_nonce(iv, seq):
+    """§5.3.2: the direction's IV with the sequence number XORed into its last 8 bytes."""
+    return iv[:4] + bytes(a ^ b for a, b in zip(iv[4:], struct.pack(">Q", seq)))
+
+
+def seal_gcm(enc_key, iv, seq, kind, version, service, rid, plaintext):
+    header = encode_header(kind, version, service, rid, len(plaintext) + 16)
+    return header + AESGCM(enc_key).encrypt(gcm_nonce(iv, seq), plaintext, header)
+
+
+def open_gcm(enc_key, iv, seq, header, body):
+    """§5.4 for AES_256_GCM. Every failure is the same BAD_RECORD."""
+    if len(body) < 16:
+        fail("BAD_RECORD", "length")
+    try:
+        return AESGCM(enc_key).decrypt(gcm_nonce(iv, seq), body, header)
+    except Exception:  # cryptography's InvalidTag
+        fail("BAD_RECORD", "tag")
+
+
+def key_hint(psk):
+    return hmac256(psk, KEY_HINT_LABEL)[:8]
+
+
 def error_frame(code_name, message):
     """§4.4: the plaintext error frame that ends a failed handshake."""
     code = CODES[code_name]
@@ -516,15 +587,16 @@ HANDSHAKE_MESSAGES = {
     "PLAINTEXT_REFUSED": "plaintext sessions are not allowed by this server",
 }
 
-VERSIONS = (1, 1)  # [min, max] this checker speaks
+VERSIONS = (1, 2)  # [min, max] this checker speaks
 
 
 class Server:
-    """§4.5 server state machine."""
+    """§4.5 server state machine; `suites`: the suite ids it accepts (§4.3)."""
 
-    def __init__(self, psk, nonce, secret, allow_plaintext):
+    def __init__(self, psk, nonce, secret, allow_plaintext, suites=(SUITE_GCM, SUITE_CBC)):
         self.psk, self.nonce, self.secret = psk, nonce, secret
         self.allow_plaintext = allow_plaintext
+        self.suites = suites
         self.state = "AWAIT_CLIENT_HELLO"
 
     def handle(self, raw):
@@ -540,13 +612,19 @@ class Server:
             v = min(m["max_version"], VERSIONS[1])
             if v < m["min_version"] or v < VERSIONS[0]:
                 fail("UNSUPPORTED_VERSION", "no common version")
+            offer = m["suites"] if v >= 2 else bytes([SUITE_CBC])
+            chosen = next((s for s in offer if s in self.suites), None)
+            if chosen is None:
+                fail("UNSUPPORTED_VERSION", "no common suite")
             if m["mode"] == 1 and not self.allow_plaintext:
                 fail("PLAINTEXT_REFUSED", "plaintext")
             share = x25519_public(self.secret)
-            sh = frame(T_SERVER_HELLO, S_HANDSHAKE, 0, bytes([v, m["mode"]]) + self.nonce + share)
+            body = bytes([v, m["mode"]]) + self.nonce + share + (bytes([chosen]) if v >= 2 else b"")
+            sh = frame(T_SERVER_HELLO, S_HANDSHAKE, 0, body)
             th = hashlib.sha256(raw + sh).digest()
             dh = x25519(self.secret, m["key_share"])
-            self.keys = key_schedule(self.psk, dh, th)
+            self.version, self.suite = v, chosen
+            self.keys = key_schedule(self.psk, dh, th, v)
             self.state = "AWAIT_CLIENT_FINISHED"
             return sh + frame(T_SERVER_FINISHED, S_HANDSHAKE, 0, self.keys["server_finished_mac"])
         if self.state == "AWAIT_CLIENT_FINISHED" and name == "ClientFinished":
@@ -558,12 +636,18 @@ class Server:
 
 
 class Client:
-    """§4.5 client state machine."""
+    """§4.5 client state machine. `suites`: the ids it offers, most preferred first; CBC +
+    HMAC alone is sent as a version-1 hello (§4.3). `hint`: whether it sends the key hint."""
 
-    def __init__(self, psk, nonce, secret, mode):
+    def __init__(self, psk, nonce, secret, mode, suites=bytes([SUITE_CBC]), hint=False):
         self.psk, self.secret, self.mode = psk, secret, mode
-        body = bytes([VERSIONS[0], VERSIONS[1], mode]) + nonce + x25519_public(secret)
-        self.client_hello = frame(T_CLIENT_HELLO, S_HANDSHAKE, 0, body)
+        self.max_version = 1 if suites == bytes([SUITE_CBC]) else 2
+        self.offer = suites
+        m = dict(min_version=VERSIONS[0], max_version=self.max_version, mode=mode, nonce=nonce,
+                 key_share=x25519_public(secret), suites=suites)
+        if hint:
+            m["key_hint"] = key_hint(psk)
+        self.client_hello = frame(T_CLIENT_HELLO, S_HANDSHAKE, 0, encode_client_hello(m))
         self.state = "AWAIT_SERVER_HELLO"
 
     def handle(self, raw):
@@ -576,11 +660,15 @@ class Client:
         if name == "Error":
             raise ProtocolError(m["code"], "peer error")
         if self.state == "AWAIT_SERVER_HELLO" and name == "ServerHello":
-            if not VERSIONS[0] <= m["version"] <= VERSIONS[1] or m["mode"] != self.mode:
+            if not VERSIONS[0] <= m["version"] <= self.max_version or m["mode"] != self.mode:
                 fail("AUTHENTICATION_FAILED", "version or mode")
+            suite = m["suite"] if m["version"] >= 2 else SUITE_CBC
+            if suite not in self.offer:
+                fail("AUTHENTICATION_FAILED", "suite not offered")
             th = hashlib.sha256(self.client_hello + raw).digest()
             dh = x25519(self.secret, m["key_share"])
-            self.keys = key_schedule(self.psk, dh, th)
+            self.version, self.suite = m["version"], suite
+            self.keys = key_schedule(self.psk, dh, th, m["version"])
             self.state = "AWAIT_SERVER_FINISHED"
             return b""
         if self.state == "AWAIT_SERVER_FINISHED" and name == "ServerFinished":
@@ -622,11 +710,22 @@ def check_messages(v):
     check((got_name, got_fields) == (name, fields), f"decoded {got_name} {got_fields}")
 
 
+def suite_ids(v, field):
+    """A space-separated list of suite names; version-1 vectors have none: CBC + HMAC."""
+    return bytes(SUITE_NAMES[n] for n in (v.str(field) if v.has(field) else "cbc-hmac").split())
+
+
 def check_handshake(v):
     psk = v.hex("psk")
     mode = v.int("mode")
-    client = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), mode)
-    server = Server(psk, v.hex("server_nonce"), v.hex("server_secret"), v.int("allow_plaintext") == 1)
+    version = v.int("version") if v.has("version") else 1
+    client = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), mode,
+                    suite_ids(v, "client_suites"), v.has("key_hint"))
+    server = Server(psk, v.hex("server_nonce"), v.hex("server_secret"), v.int("allow_plaintext") == 1,
+                    suite_ids(v, "server_suites") if v.has("server_suites") else (SUITE_GCM, SUITE_CBC))
+    suite = suite_ids(v, "suite")[0]
+    if v.has("key_hint"):
+        check(key_hint(psk) == v.hex("key_hint"), "key_hint")
     check(x25519_public(v.hex("client_secret")) == v.hex("client_public"), "client_public")
     check(x25519_public(v.hex("server_secret")) == v.hex("server_public"), "server_public")
     check(client.client_hello == v.hex("client_hello"), "client_hello")
@@ -640,16 +739,27 @@ def check_handshake(v):
     check(th == v.hex("transcript_hash"), "transcript_hash")
     dh = x25519(v.hex("client_secret"), v.hex("server_public"))
     check(dh == v.hex("dh_shared"), "dh_shared")
-    keys = key_schedule(psk, dh, th)
-    for k in ["prk", *LABELS, "server_finished_mac", "client_finished_mac"]:
+    keys = key_schedule(psk, dh, th, version)
+    ivs = list(IV_LABELS_V2) if version >= 2 else []
+    for k in ["prk", *LABELS, *ivs, "server_finished_mac", "client_finished_mac"]:
         check(keys[k] == v.hex(k), k)
     check(client.keys == keys and server.keys == keys, "both sides derived the same keys")
+    check((client.version, client.suite) == (version, suite) == (server.version, server.suite),
+          "both sides agreed on the version and suite")
     # The first record each way (sequence number 0).
     for d in ("c2s", "s2c"):
         record = v.hex(f"{d}_record")
         plaintext = v.hex(f"{d}_plaintext")
         h = decode_header(record)
-        if mode == 0:
+        check(h["version"] == version, f"{d} header carries the version")
+        if mode == 0 and suite == SUITE_GCM:
+            iv = keys[f"{d}_gcm_iv"]
+            sealed = seal_gcm(keys[f"{d}_enc"], iv, 0, h["type"], h["version"], h["service"],
+                              h["id"], plaintext)
+            check(sealed == record, f"{d}_record sealing (GCM)")
+            opened = open_gcm(keys[f"{d}_enc"], iv, 0, record[:12], record[12:])
+            check(opened == plaintext, f"{d}_record opening (GCM)")
+        elif mode == 0:
             sealed = seal(keys[f"{d}_enc"], keys[f"{d}_mac"], 0, h["type"], h["version"],
                           h["service"], h["id"], plaintext, v.hex(f"{d}_iv"))
             check(sealed == record, f"{d}_record sealing")
@@ -664,6 +774,17 @@ def check_records(v):
     enc, mac, seq = v.hex("enc_key"), v.hex("mac_key"), v.int("seq")
     header = v.hex("header")
     h = decode_header(header)
+    if v.has("suite") and v.str("suite") == "gcm":
+        iv = v.hex("gcm_iv")
+        record = seal_gcm(enc, iv, seq, h["type"], h["version"], h["service"], h["id"],
+                          v.hex("plaintext"))
+        check(record == v.hex("record"), "sealed record (GCM)")
+        check(record == header + v.hex("ciphertext") + v.hex("tag"), "record parts (GCM)")
+        hh, body, rest = frame_decode(record, DEFAULT_MAX_BODY, versions=(h["version"],))
+        check(open_gcm(enc, iv, seq, record[:12], body) == v.hex("plaintext"), "opened (GCM)")
+        check(len(v.hex("tag")) == 16 and len(body) == len(v.hex("plaintext")) + 16, "lengths")
+        check(seq <= 2**64 - 2, "sequence number in range")
+        return
     record = seal(enc, mac, seq, h["type"], h["version"], h["service"], h["id"], v.hex("plaintext"),
                   v.hex("iv"))
     check(record == v.hex("record"), "sealed record")
@@ -749,8 +870,11 @@ def check_negative_records(v):
     record = v.hex("record")
 
     def run():
-        h, body, rest = frame_decode(record, DEFAULT_MAX_BODY)
-        open_record(v.hex("enc_key"), v.hex("mac_key"), v.int("seq"), record[:12], body)
+        h, body, rest = frame_decode(record, DEFAULT_MAX_BODY, versions=(record[2],))
+        if v.has("suite") and v.str("suite") == "gcm":
+            open_gcm(v.hex("enc_key"), v.hex("gcm_iv"), v.int("seq"), record[:12], body)
+        else:
+            open_record(v.hex("enc_key"), v.hex("mac_key"), v.int("seq"), record[:12], body)
     expect(v, run)
 
 
@@ -761,7 +885,8 @@ def check_negative_handshake(v):
         side = Server(v.hex("server_psk") if v.has("server_psk") else psk, v.hex("server_nonce"),
                       v.hex("server_secret"), plaintext)
     else:
-        side = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), 1 if plaintext else 0)
+        side = Client(psk, v.hex("client_nonce"), v.hex("client_secret"), 1 if plaintext else 0,
+                      suite_ids(v, "client_suites"), v.has("client_suites"))
     frames = [parse_hex(x) for x in v.all("recv")]
     for f in frames[:-1]:
         side.handle(f)

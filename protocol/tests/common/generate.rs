@@ -7,7 +7,7 @@
 use aes::cipher::{block_padding::NoPadding, BlockEncryptMut, KeyIvInit};
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::crypto::{
-    derive_keys, hmac_sha256, labels, DirectionKeys, RecordSealer, RecordSuite,
+    derive_keys_for, hmac_sha256, labels, DirectionKeys, RecordSealer, RecordSuite,
 };
 use ferry_protocol::frame::FrameDecoder;
 use ferry_protocol::handshake::{
@@ -691,12 +691,34 @@ fn split_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
+/// Suite names as `--suite` and the vectors spell them, space-separated.
+fn suite_names(suites: &[RecordSuite]) -> String {
+    suites
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One handshake vector: `client_suites` offered (CBC + HMAC alone is version 1's hello),
+/// `server_suites` accepted (`None`: the default).
+fn handshake_vector(
+    w: &mut Writer,
+    name: &str,
+    mode: Mode,
+    client_suites: &[RecordSuite],
+    server_suites: Option<&[RecordSuite]>,
+    note: &str,
+) {
     let key = psk();
-    let mut client_config = ClientHandshakeConfig::new(key.clone());
+    let client_config = ClientHandshakeConfig::new(key.clone()).with_suites(client_suites.to_vec());
+    let mut client_config = client_config.plaintext(mode == Mode::PLAINTEXT);
     client_config.mode = mode;
     let mut server_config = ServerHandshakeConfig::new(key.clone());
     server_config.allow_plaintext = mode == Mode::PLAINTEXT;
+    if let Some(suites) = server_suites {
+        server_config.suites = suites.to_vec();
+    }
 
     let mut c2s = BytesMut::new();
     let mut client = ClientHandshake::start_with(client_config, client_randomness(), &mut c2s);
@@ -725,6 +747,17 @@ fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
         .handle_frame(decode_one(&client_finished), &mut BytesMut::new())
         .expect("server accepts finished")
         .expect("server done");
+    let version = client_session.version();
+    let suite = server_session.suite();
+    assert_eq!(suite, client_session.suite());
+    // The suite chosen, whatever the mode (plaintext runs none of them).
+    let chosen = match decode_one(server_hello).message().expect("decodes") {
+        Message::ServerHello(hello) => hello
+            .selected_suite()
+            .and_then(RecordSuite::from_id)
+            .expect("a suite we speak"),
+        other => panic!("expected ServerHello, got {other:?}"),
+    };
 
     let client_secret = StaticSecret::from(client_randomness().secret);
     let server_secret = StaticSecret::from(server_randomness().secret);
@@ -746,25 +779,43 @@ fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
         hkdf.expand(label, &mut out).expect("32 bytes");
         out
     };
-    let keys = derive_keys(&key, &dh, &th);
-    let k_sf = expand(labels::SERVER_FINISHED);
-    let k_cf = expand(labels::CLIENT_FINISHED);
+    let keys = derive_keys_for(version, &key, &dh, &th);
+    let (k_sf, k_cf, c2s_enc) = if version >= 2 {
+        (
+            expand(labels::v2::SERVER_FINISHED),
+            expand(labels::v2::CLIENT_FINISHED),
+            expand(labels::v2::C2S_ENC),
+        )
+    } else {
+        (
+            expand(labels::SERVER_FINISHED),
+            expand(labels::CLIENT_FINISHED),
+            expand(labels::C2S_ENC),
+        )
+    };
     assert_eq!(hmac_sha256(&k_sf, &[&th]), keys.server_confirm);
     assert_eq!(hmac_sha256(&k_cf, &[&th]), keys.client_confirm);
-    assert_eq!(expand(labels::C2S_ENC), keys.client_to_server.enc);
+    assert_eq!(c2s_enc, keys.client_to_server.enc);
 
     w.vector(name);
-    w.comment(&format!(
-        "A complete handshake in {} mode between a client and a server sharing `psk`.",
-        if mode == Mode::PLAINTEXT {
-            "plaintext (the server allows it)"
-        } else {
-            "encrypted"
-        }
-    ));
+    w.comment(note);
     w.hex("psk", key.as_bytes());
     w.int("mode", mode.0);
     w.int("allow_plaintext", u8::from(mode == Mode::PLAINTEXT));
+    if version >= 2 {
+        w.comment(
+            "Version 2: the suites the client offers and the server accepts (names as --suite\n\
+             spells them, most preferred first), the version and suite agreed, and the key\n\
+             hint, HMAC-SHA256(psk, \"ferry v2 key hint\")[0..8], which the client sends.",
+        );
+        w.int("version", version);
+        w.string("client_suites", &suite_names(client_suites));
+        if let Some(suites) = server_suites {
+            w.string("server_suites", &suite_names(suites));
+        }
+        w.string("suite", chosen.name());
+        w.hex("key_hint", &key.hint().0);
+    }
     w.comment("Ephemeral randomness; the X25519 secrets are RFC 7748 section 6.1's Alice and Bob.");
     w.hex("client_nonce", &client_randomness().nonce);
     w.hex("client_secret", &client_randomness().secret);
@@ -787,6 +838,11 @@ fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
     w.hex("c2s_mac", &keys.client_to_server.mac);
     w.hex("s2c_enc", &keys.server_to_client.enc);
     w.hex("s2c_mac", &keys.server_to_client.mac);
+    if version >= 2 {
+        w.comment("HKDF-Expand(PRK, \"ferry v2 c2s iv\" / \"ferry v2 s2c iv\", 12): the GCM IVs");
+        w.hex("c2s_gcm_iv", &keys.client_to_server.iv);
+        w.hex("s2c_gcm_iv", &keys.server_to_client.iv);
+    }
     w.hex("server_finished_key", &k_sf);
     w.hex("client_finished_key", &k_cf);
     w.comment("HMAC-SHA256(finished_key, TH)");
@@ -804,8 +860,22 @@ fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
     };
     let c2s_iv: [u8; 16] = std::array::from_fn(|i| 0xE0 + i as u8);
     let s2c_iv: [u8; 16] = std::array::from_fn(|i| 0xF0 + i as u8);
-    let c2s_record = first_record(&keys.client_to_server, mode, 1, &c2s_message, c2s_iv);
-    let s2c_record = first_record(&keys.server_to_client, mode, 1, &s2c_message, s2c_iv);
+    let c2s_record = first_record(
+        &keys.client_to_server,
+        suite,
+        version,
+        1,
+        &c2s_message,
+        c2s_iv,
+    );
+    let s2c_record = first_record(
+        &keys.server_to_client,
+        suite,
+        version,
+        1,
+        &s2c_message,
+        s2c_iv,
+    );
     // The sessions the handshake produced must accept them.
     let got = server_session
         .read_frame(&mut BytesMut::from(&c2s_record[..]))
@@ -818,33 +888,42 @@ fn handshake_vector(w: &mut Writer, name: &str, mode: Mode) {
         .expect("whole frame");
     assert_eq!(got.message().expect("decodes"), s2c_message);
 
-    w.comment(
-        "The first frame in each direction after the handshake (sequence number 0), a stat\n\
-         request with id 1 and its error answer. In encrypted mode the body is sealed with the\n\
-         direction's keys and the given IV; in plaintext mode the IV is unused.",
-    );
-    w.hex("c2s_iv", &c2s_iv);
+    if suite == RecordSuite::Aes256Gcm {
+        w.comment(
+            "The first frame in each direction after the handshake (sequence number 0, header\n\
+             version 2), a stat request with id 1 and its error answer, sealed with AES-256-GCM:\n\
+             the direction's key, nonce = its GCM IV (sequence number 0), the header as AAD.",
+        );
+    } else {
+        w.comment(
+            "The first frame in each direction after the handshake (sequence number 0), a stat\n\
+             request with id 1 and its error answer. In encrypted mode the body is sealed with the\n\
+             direction's keys and the given IV; in plaintext mode the IV is unused.",
+        );
+        w.hex("c2s_iv", &c2s_iv);
+    }
     w.hex("c2s_plaintext", &c2s_message.to_bytes());
     w.frame("c2s_record", &c2s_record);
-    w.hex("s2c_iv", &s2c_iv);
+    if suite != RecordSuite::Aes256Gcm {
+        w.hex("s2c_iv", &s2c_iv);
+    }
     w.hex("s2c_plaintext", &s2c_message.to_bytes());
     w.frame("s2c_record", &s2c_record);
 }
 
 fn first_record(
     keys: &DirectionKeys,
-    mode: Mode,
+    suite: RecordSuite,
+    version: u8,
     id: u32,
     message: &Message,
     iv: [u8; 16],
 ) -> Vec<u8> {
     let (kind, service) = message.kind();
-    let header = Header::new(kind, service, RequestId(id), 0);
-    if mode == Mode::PLAINTEXT {
-        return frame_bytes(RequestId(id), message);
-    }
+    let mut header = Header::new(kind, service, RequestId(id), 0);
+    header.version = version;
     let mut out = BytesMut::new();
-    RecordSealer::new(RecordSuite::Aes256CbcHmacSha256, keys)
+    RecordSealer::new(suite, keys)
         .dangerous_seal_with_iv(header, &message.to_bytes(), iv, &mut out)
         .expect("seal");
     out.to_vec()
@@ -862,8 +941,51 @@ fn handshake() -> String {
          receives it must send exactly `server_hello` then `server_finished`; the client must\n\
          then send exactly `client_finished`.",
     );
-    handshake_vector(&mut w, "encrypted", Mode::ENCRYPTED);
-    handshake_vector(&mut w, "plaintext", Mode::PLAINTEXT);
+    let cbc = [RecordSuite::Aes256CbcHmacSha256];
+    let both = RecordSuite::DEFAULT_SUITES;
+    handshake_vector(
+        &mut w,
+        "encrypted",
+        Mode::ENCRYPTED,
+        &cbc,
+        None,
+        "A complete handshake in encrypted mode between a client and a server sharing `psk`.",
+    );
+    handshake_vector(
+        &mut w,
+        "plaintext",
+        Mode::PLAINTEXT,
+        &cbc,
+        None,
+        "A complete handshake in plaintext (the server allows it) mode between a client and a \
+         server sharing `psk`.",
+    );
+    handshake_vector(
+        &mut w,
+        "v2_gcm",
+        Mode::ENCRYPTED,
+        &both,
+        None,
+        "Version 2: a default client (offers GCM, then CBC + HMAC, and its key hint) and a\n\
+         default server agree on AES-256-GCM.",
+    );
+    handshake_vector(
+        &mut w,
+        "v2_cbc_chosen_by_server",
+        Mode::ENCRYPTED,
+        &both,
+        Some(&cbc),
+        "Version 2: a default client and a server that accepts only CBC + HMAC\n\
+         (`--suite cbc-hmac`) agree on it, in version 2.",
+    );
+    handshake_vector(
+        &mut w,
+        "v2_plaintext",
+        Mode::PLAINTEXT,
+        &both,
+        None,
+        "Version 2 in plaintext mode: the suite is still chosen (and goes unused).",
+    );
     w.finish()
 }
 
@@ -875,6 +997,15 @@ pub fn record_keys() -> DirectionKeys {
         iv: [0; 12],
         enc: seq(0x00),
         mac: seq(0x20),
+    }
+}
+
+/// The GCM record vectors' keys: the same AES key, and an IV instead of the MAC key.
+pub fn gcm_record_keys() -> DirectionKeys {
+    DirectionKeys {
+        enc: seq(0x00),
+        mac: [0; 32],
+        iv: std::array::from_fn(|i| 0x60 + i as u8),
     }
 }
 
@@ -977,6 +1108,85 @@ fn records() -> String {
         w.hex("ciphertext", ct);
         w.hex("tag", tag);
         w.hex_parts("record", &[header_bytes, &iv, ct, tag]);
+    }
+
+    w.comment(
+        "AES_256_GCM (version 2, spec §5.3.2): `suite: gcm` vectors seal with `enc_key` and the\n\
+         direction IV `gcm_iv` (file-wide here, no MAC key): nonce = gcm_iv XOR (0^4 || seq as\n\
+         u64 big-endian), associated data = `header` (version 2, length = |plaintext| + 16),\n\
+         `ciphertext` || `tag` = AES-256-GCM(enc_key, nonce, header, plaintext), and `record` =\n\
+         header || ciphertext || tag.",
+    );
+    let gcm_keys = gcm_record_keys();
+    let v2 = |mut h: Header| {
+        h.version = 2;
+        h
+    };
+    let gcm_cases: Vec<(&str, u64, Header, Vec<u8>, &str)> = vec![
+        (
+            "gcm_empty",
+            0,
+            v2(ping),
+            Vec::new(),
+            "empty body: the tag alone",
+        ),
+        ("gcm_one_byte", 1, v2(ping), vec![0x2A], "1 byte"),
+        (
+            "gcm_one_block",
+            3,
+            v2(data),
+            b"exactly 16 bytes".to_vec(),
+            "exactly one block: no padding in GCM",
+        ),
+        (
+            "gcm_seventeen_bytes",
+            4,
+            v2(data),
+            b"seventeen bytes!!".to_vec(),
+            "17 bytes: a partial second block",
+        ),
+        (
+            "gcm_multi_block",
+            5,
+            v2(data),
+            (0..100u8).collect(),
+            "100 bytes",
+        ),
+        (
+            "gcm_large_sequence",
+            0x0102_0304_0506_0708,
+            v2(data),
+            b"seq xored into the iv".to_vec(),
+            "a sequence number that changes every byte of the nonce's last 8",
+        ),
+        (
+            "gcm_last_sequence",
+            u64::MAX - 1,
+            v2(ping),
+            b"last".to_vec(),
+            "the last sequence number a sender may use (2^64 - 2)",
+        ),
+    ];
+    for (name, seq_no, header, plaintext, note) in gcm_cases {
+        let mut out = BytesMut::new();
+        RecordSealer::new(RecordSuite::Aes256Gcm, &gcm_keys)
+            .with_sequence(seq_no)
+            .seal(header, &plaintext, &mut out)
+            .expect("seal");
+        let record = out.to_vec();
+        let header_bytes = &record[..12];
+        let ct = &record[12..record.len() - 16];
+        let tag = &record[record.len() - 16..];
+        w.vector(name);
+        w.comment(note);
+        w.string("suite", "gcm");
+        w.hex("gcm_iv", &gcm_keys.iv);
+        w.int("seq", seq_no);
+        w.hex("plaintext", &plaintext);
+        w.hex("header", header_bytes);
+        w.hex("ciphertext", ct);
+        w.hex("tag", tag);
+        w.hex_parts("record", &[header_bytes, ct, tag]);
     }
     w.finish()
 }
@@ -1751,6 +1961,112 @@ fn negative_records() -> String {
         w.frame("record", &record);
         code_fields(&mut w, ErrorCode::BAD_RECORD);
     }
+
+    // AES_256_GCM (spec §5.3.2, §5.4): the GCM record keys of records.txt.
+    let gcm_keys = gcm_record_keys();
+    let mut gcm_header = header;
+    gcm_header.version = 2;
+    let mut good = BytesMut::new();
+    RecordSealer::new(RecordSuite::Aes256Gcm, &gcm_keys)
+        .seal(gcm_header, b"attack at dawn", &mut good)
+        .expect("seal");
+    let good = good.to_vec();
+    let n = good.len();
+    let flip = |at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x01;
+        b
+    };
+    let gcm_len = |body: Vec<u8>| {
+        let mut h = gcm_header;
+        h.length = body.len() as u32;
+        let mut out = h.to_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    };
+    let mut other_iv = gcm_keys.clone();
+    other_iv.iv[0] ^= 0x80;
+    let mut reflected = BytesMut::new();
+    RecordSealer::new(RecordSuite::Aes256Gcm, &other_iv)
+        .seal(gcm_header, b"attack at dawn", &mut reflected)
+        .expect("seal");
+    let mut byte_removed = good[12..n - 17].to_vec();
+    byte_removed.extend_from_slice(&good[n - 16..]);
+    let gcm_cases: Vec<(&str, u64, Vec<u8>, &str)> = vec![
+        ("gcm_tag_bit_flipped", 0, flip(n - 1), "last bit of the tag"),
+        (
+            "gcm_ciphertext_bit_flipped",
+            0,
+            flip(12),
+            "first ciphertext byte",
+        ),
+        (
+            "gcm_header_id_changed",
+            0,
+            flip(7),
+            "request id 7 became 6: the header is the associated data",
+        ),
+        (
+            "gcm_header_version_changed",
+            0,
+            {
+                let mut b = good.clone();
+                b[2] = 1;
+                b
+            },
+            "header version 2 became 1 (a receiver's framing rejects that first; the record \n\
+             layer alone must too)",
+        ),
+        (
+            "gcm_replayed",
+            1,
+            good.clone(),
+            "a valid record for seq 0 received again at seq 1: another nonce",
+        ),
+        (
+            "gcm_wrong_direction",
+            0,
+            reflected.to_vec(),
+            "sealed under another IV (the other direction's), e.g. reflected back",
+        ),
+        (
+            "gcm_byte_removed",
+            0,
+            gcm_len(byte_removed),
+            "last ciphertext byte removed, header length adjusted",
+        ),
+        (
+            "gcm_tag_truncated",
+            0,
+            gcm_len(good[12..n - 1].to_vec()),
+            "the tag's last byte removed, header length adjusted",
+        ),
+        ("gcm_empty_body", 0, gcm_len(Vec::new()), "length 0"),
+        (
+            "gcm_too_short",
+            0,
+            gcm_len(vec![0; 15]),
+            "15 bytes: shorter than a tag",
+        ),
+    ];
+    for (name, seq_no, record, note) in gcm_cases {
+        let header = Header::decode(&record[..12]).expect("header parses");
+        let result = ferry_protocol::crypto::RecordOpener::new(RecordSuite::Aes256Gcm, &gcm_keys)
+            .with_sequence(seq_no)
+            .open(&header, BytesMut::from(&record[12..]));
+        assert_eq!(
+            result,
+            Err(ferry_protocol::CryptoError::BadRecord),
+            "{name}"
+        );
+        w.vector(name);
+        w.comment(note);
+        w.string("suite", "gcm");
+        w.hex("gcm_iv", &gcm_keys.iv);
+        w.int("seq", seq_no);
+        w.frame("record", &record);
+        code_fields(&mut w, ErrorCode::BAD_RECORD);
+    }
     w.finish()
 }
 
@@ -1871,24 +2187,33 @@ fn negative_handshake() -> String {
         },
         HandshakeCase {
             name: "server_no_common_version".into(),
-            note: "the client speaks only versions 2..=3",
+            note:
+                "the client speaks only versions 3..=4 (with a suite offer, as versions from 2 on\n\
+                   carry one); the server speaks 1..=2",
             role: "server",
             plaintext: false,
             server_psk: psk(),
             recv: vec![client_hello_frame(|h| {
-                h.min_version = 2;
-                h.max_version = 3;
+                h.min_version = 3;
+                h.max_version = 4;
+                h.suites = SuiteOffer::new([SuiteId::AES_256_GCM]).expect("valid offer");
             })],
             code: ErrorCode::UNSUPPORTED_VERSION,
         },
         HandshakeCase {
             name: "server_newer_client_is_fine_then_bad_finished".into(),
-            note:
-                "a client offering 1..=5 gets version 1 (accepted); a wrong ClientFinished follows",
+            note: "a client offering 1..=5 (and GCM) gets version 2 (accepted); a wrong\n\
+                   ClientFinished follows",
             role: "server",
             plaintext: false,
             server_psk: psk(),
-            recv: vec![client_hello_frame(|h| h.max_version = 5), guess.clone()],
+            recv: vec![
+                client_hello_frame(|h| {
+                    h.max_version = 5;
+                    h.suites = SuiteOffer::new([SuiteId::AES_256_GCM]).expect("valid offer");
+                }),
+                guess.clone(),
+            ],
             code: ErrorCode::AUTHENTICATION_FAILED,
         },
         HandshakeCase {
@@ -1990,6 +2315,77 @@ fn negative_handshake() -> String {
             code: ErrorCode::PLAINTEXT_REFUSED,
         },
     ];
+    // Version 2 (the client offers GCM, then CBC + HMAC, and its hint): what a server chooses
+    // is covered by the Finished MACs.
+    let v2_hello = {
+        let mut out = BytesMut::new();
+        ClientHandshake::start_with(
+            ClientHandshakeConfig::new(psk()),
+            client_randomness(),
+            &mut out,
+        );
+        out.to_vec()
+    };
+    let mut rewritten = match decode_one(&v2_hello).message().expect("decodes") {
+        Message::ClientHello(h) => h,
+        other => panic!("expected ClientHello, got {other:?}"),
+    };
+    rewritten.suites = SuiteOffer::new([SuiteId::AES_256_CBC_HMAC_SHA256]).expect("valid offer");
+    let rewritten = frame_bytes(RequestId(0), &Message::ClientHello(rewritten));
+    let answer_to = |hello: &[u8]| {
+        let mut server = ServerHandshake::with_randomness(
+            ServerHandshakeConfig::new(psk()),
+            server_randomness(),
+        );
+        let mut out = BytesMut::new();
+        server
+            .handle_frame(decode_one(hello), &mut out)
+            .expect("server accepts");
+        split_frames(&out)
+    };
+    cases.push(HandshakeCase {
+        name: "client_v2_rewritten_suite_offer".into(),
+        note: "a man in the middle rewrote the client's offer (GCM, CBC + HMAC) to CBC + HMAC\n\
+               alone; the server's answer chooses CBC + HMAC, which the client offered, so the\n\
+               ServerHello is accepted, but the server's TH covers the rewritten hello: its\n\
+               ServerFinished does not verify",
+        role: "client",
+        plaintext: false,
+        server_psk: psk(),
+        recv: answer_to(&rewritten),
+        code: ErrorCode::AUTHENTICATION_FAILED,
+    });
+    cases.push(HandshakeCase {
+        name: "client_v2_suite_not_offered".into(),
+        note: "a ServerHello choosing suite 0x7f, which the client did not offer",
+        role: "client",
+        plaintext: false,
+        server_psk: psk(),
+        recv: vec![{
+            let mut hello = match decode_one(&answer_to(&v2_hello)[0])
+                .message()
+                .expect("decodes")
+            {
+                Message::ServerHello(h) => h,
+                other => panic!("expected ServerHello, got {other:?}"),
+            };
+            hello.suite = Some(SuiteId(0x7f));
+            frame_bytes(RequestId(0), &Message::ServerHello(hello))
+        }],
+        code: ErrorCode::AUTHENTICATION_FAILED,
+    });
+    cases.push(HandshakeCase {
+        name: "server_v2_no_common_suite".into(),
+        note: "a version-2 hello offering only suite 0x7f, unknown to the server",
+        role: "server",
+        plaintext: false,
+        server_psk: psk(),
+        recv: vec![client_hello_frame(|h| {
+            h.max_version = 2;
+            h.suites = SuiteOffer::new([SuiteId(0x7f)]).expect("valid offer");
+        })],
+        code: ErrorCode::UNSUPPORTED_VERSION,
+    });
     for (label, share) in low_order {
         let share = arr(share);
         cases.push(HandshakeCase {
@@ -2020,6 +2416,10 @@ fn negative_handshake() -> String {
         w.comment(case.note);
         w.field("role", case.role);
         w.int("plaintext", u8::from(case.plaintext));
+        if case.name.starts_with("client_v2_") {
+            w.comment("the client offers, most preferred first:");
+            w.string("client_suites", "gcm cbc-hmac");
+        }
         if case.server_psk != psk() {
             w.comment("the server's key differs from `psk`:");
             w.hex("server_psk", case.server_psk.as_bytes());
@@ -2054,7 +2454,15 @@ fn run_handshake_case(case: &HandshakeCase) -> ferry_protocol::HandshakeError {
             .handle_frame(last.clone(), &mut out)
             .expect_err("fails")
     } else {
-        let config = ClientHandshakeConfig::new(psk()).plaintext(case.plaintext);
+        // Clients of the version-1 cases offer CBC + HMAC alone: version 1's hello.
+        let suites = if case.name.starts_with("client_v2_") {
+            RecordSuite::DEFAULT_SUITES.to_vec()
+        } else {
+            vec![RecordSuite::Aes256CbcHmacSha256]
+        };
+        let config = ClientHandshakeConfig::new(psk())
+            .plaintext(case.plaintext)
+            .with_suites(suites);
         let mut client = ClientHandshake::start_with(config, client_randomness(), &mut out);
         for frame in rest {
             client
