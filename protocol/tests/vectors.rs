@@ -15,8 +15,8 @@ use ferry_protocol::handshake::{
 };
 use ferry_protocol::message::{
     ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
-    FetchResponse, Finished, KeyHint, ListEnd, ListPage, ListRequest, ServerHello, StatRequest,
-    SuiteId, SuiteOffer,
+    FetchResponse, Finished, KeyHint, ListEnd, ListPage, ListRequest, PutEnd, PutRequest,
+    PutResponse, ServerHello, StatRequest, SuiteId, SuiteOffer,
 };
 use ferry_protocol::{
     Category, ClientHandshakeConfig, CryptoError, ErrorBody, ErrorCode, Frame, FrameType, Header,
@@ -180,6 +180,23 @@ fn message_from(v: &Vector) -> Message {
         "Cancel" => Message::Cancel {
             service: Service(v.u8("cancel_service")),
         },
+        "PutRequest" => Message::PutRequest(PutRequest {
+            path: v.string("path"),
+            size: v.u64("size"),
+            mode: v.u32("mode"),
+            flags: v.u8("flags"),
+            digest: v.array("digest"),
+        }),
+        "PutResponse" => Message::PutResponse(PutResponse {
+            offset: v.u64("offset"),
+            limit: v.u64("limit"),
+            prefix: v.array("prefix"),
+        }),
+        "PutData" => Message::PutData(v.hex("payload").into()),
+        "PutEnd" => Message::PutEnd(PutEnd {
+            bytes: v.u64("bytes"),
+            digest: v.array("digest"),
+        }),
         "Ping" => Message::Ping(v.hex("payload").into()),
         "Pong" => Message::Pong(v.hex("payload").into()),
         other => panic!("vector {}: unknown message kind {other}", v.name),
@@ -243,6 +260,10 @@ fn messages() {
         "Cancel",
         "Ping",
         "Pong",
+        "PutRequest",
+        "PutResponse",
+        "PutData",
+        "PutEnd",
     ] {
         assert!(kinds.contains(kind), "no vector for {kind}");
     }
@@ -269,7 +290,10 @@ fn handshake() {
             } else {
                 "cbc-hmac".into()
             };
-            names.split_whitespace().map(suite_named).collect::<Vec<_>>()
+            names
+                .split_whitespace()
+                .map(suite_named)
+                .collect::<Vec<_>>()
         };
         let suite = *suites("suite").first().expect("one suite");
         let mut client_config =

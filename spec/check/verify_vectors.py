@@ -117,6 +117,7 @@ T_CLIENT_HELLO, T_SERVER_HELLO, T_SERVER_FINISHED, T_CLIENT_FINISHED = 0x01, 0x0
 T_REQUEST, T_RESPONSE, T_DATA, T_END, T_ERROR, T_CANCEL = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
 T_PING, T_PONG = 0x20, 0x21
 S_HANDSHAKE, S_LIST, S_STAT, S_FETCH, S_ECHO, S_DIGEST = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05
+S_PUT = 0x06  # uploads, §3.12
 
 CODES = {
     "BAD_FRAME": 0x0101,
@@ -142,6 +143,11 @@ CODES = {
     "TIMEOUT": 0x0403,
     "INTERNAL": 0x0501,
     "SHUTTING_DOWN": 0x0502,
+    # uploads (§3.12)
+    "READ_ONLY": 0x030A,
+    "ALREADY_EXISTS": 0x030B,
+    "DIGEST_MISMATCH": 0x030C,
+    "QUOTA_EXCEEDED": 0x0404,
 }
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -362,7 +368,9 @@ def decode_message(kind, service, body):
     elif kind == T_ERROR:
         m = dict(error_service=service, category=r.u8(), code=r.u16(), error_message=r.str())
         name = "Error"
-    elif kind == T_CANCEL and service in (S_LIST, S_STAT, S_FETCH, S_DIGEST):
+    elif service == S_PUT and kind in (T_REQUEST, T_RESPONSE, T_DATA, T_END):
+        name, m = decode_put(kind, r, body)
+    elif kind == T_CANCEL and service in (S_LIST, S_STAT, S_FETCH, S_DIGEST, S_PUT):
         m, name = dict(cancel_service=service), "Cancel"
     elif pair == (T_PING, S_ECHO):
         m, name = dict(payload=r.take(len(body))), "Ping"
@@ -372,6 +380,67 @@ def decode_message(kind, service, body):
         fail("UNKNOWN_REQUEST", f"no message ({kind:#x}, {service:#x})")
     r.end()
     return name, m
+
+
+# Put (§3.12): its own functions, so the upload messages read as one unit.
+
+PUT_FLAGS = 0x07  # OVERWRITE 0x01, PARENTS 0x02, RESTART 0x04
+PUT_MAX_MODE = 0o7777
+
+
+def decode_put(kind, r, body):
+    """Decodes a PUT body; the caller checks that nothing is left over."""
+    if kind == T_REQUEST:
+        m = dict(path=r.str(), size=r.u64(), mode=r.u32(), flags=r.u8(), digest=r.take(32))
+        r.end()
+        if m["mode"] > PUT_MAX_MODE:
+            fail("MALFORMED_MESSAGE", "put mode")
+        if m["flags"] & ~PUT_FLAGS:
+            fail("MALFORMED_MESSAGE", "put flags")
+        return "PutRequest", m
+    if kind == T_RESPONSE:
+        m = dict(offset=r.u64(), limit=r.u64(), prefix=r.take(32))
+        r.end()
+        if m["limit"] < m["offset"]:
+            fail("MALFORMED_MESSAGE", "put limit below offset")
+        return "PutResponse", m
+    if kind == T_DATA:
+        return "PutData", dict(payload=r.take(len(body)))
+    return "PutEnd", dict(bytes=r.u64(), digest=r.take(32))
+
+
+def encode_put(name, m):
+    if name == "PutRequest":
+        return T_REQUEST, S_PUT, put_str(m["path"]) + struct.pack(
+            ">QIB", m["size"], m["mode"], m["flags"]) + m["digest"]
+    if name == "PutResponse":
+        return T_RESPONSE, S_PUT, struct.pack(">QQ", m["offset"], m["limit"]) + m["prefix"]
+    if name == "PutData":
+        return T_DATA, S_PUT, m["payload"]
+    if name == "PutEnd":
+        return T_END, S_PUT, struct.pack(">Q", m["bytes"]) + m["digest"]
+    raise ValueError(name)
+
+
+def put_fields_from(v):
+    name = v.raw("message")
+    if name == "PutRequest":
+        return dict(path=v.str("path"), size=v.int("size"), mode=v.int("mode"),
+                    flags=v.int("flags"), digest=v.hex("digest"))
+    if name == "PutResponse":
+        return dict(offset=v.int("offset"), limit=v.int("limit"), prefix=v.hex("prefix"))
+    if name == "PutData":
+        return dict(payload=v.hex("payload"))
+    return dict(bytes=v.int("bytes"), digest=v.hex("digest"))
+
+
+def check_put_prefix_vectors(v):
+    """A PutResponse's prefix is the BLAKE3 of the bytes held (§3.12); the vectors hold
+    "he" (2 bytes of "hello") and nothing, checked with this file's own BLAKE3."""
+    if v.raw("message") != "PutResponse":
+        return
+    held = {0: b"", 2: b"he"}[v.int("offset")]
+    check(blake3(held) == v.hex("prefix"), "prefix is BLAKE3 of the held bytes")
 
 
 def encode_client_hello(m):
@@ -385,6 +454,8 @@ def encode_client_hello(m):
 
 def encode_message(name, m):
     """Returns (type, service, body)."""
+    if name.startswith("Put"):
+        return encode_put(name, m)
     if name == "ClientHello":
         return T_CLIENT_HELLO, S_HANDSHAKE, encode_client_hello(m)
     if name == "ServerHello":
@@ -451,6 +522,8 @@ def fields_from(v):
     name = v.raw("message")
     hexes = {"nonce", "key_share", "mac", "payload", "digest"}
     strings = {"path", "error_message"}
+    if name.startswith("Put"):
+        return name, put_fields_from(v)
     if name == "ListPage":
         return name, dict(entries=[entry_from(v, f"entry{i}.") for i in range(v.int("entries"))])
     if name == "StatResponse":
@@ -708,6 +781,8 @@ def check_messages(v):
     check(rest == b"" and got_body == body and h["id"] == v.int("id"), "frame decoding")
     got_name, got_fields = decode_message(h["type"], h["service"], got_body)
     check((got_name, got_fields) == (name, fields), f"decoded {got_name} {got_fields}")
+    if name.startswith("Put"):
+        check_put_prefix_vectors(v)
 
 
 def suite_ids(v, field):

@@ -14,9 +14,9 @@ use ferry_protocol::handshake::{
     handshake_decoder, write_error, ClientHandshake, Randomness, ServerHandshake,
 };
 use ferry_protocol::message::{
-    ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd, FetchRequest,
-    FetchResponse, Finished, ListEnd, ListPage, ListRequest, ServerHello, StatRequest, SuiteId,
-    SuiteOffer, TO_END,
+    put_flags, ClientHello, DigestRequest, DigestResponse, Entry, EntryKind, FetchEnd,
+    FetchRequest, FetchResponse, Finished, ListEnd, ListPage, ListRequest, PutEnd, PutRequest,
+    PutResponse, ServerHello, StatRequest, SuiteId, SuiteOffer, TO_END,
 };
 use ferry_protocol::{
     ClientHandshakeConfig, ErrorBody, ErrorCode, Frame, FrameType, Header, Key, Message, Mode,
@@ -300,6 +300,29 @@ fn message_fields(w: &mut Writer, message: &Message) {
         }
         Message::FetchEnd(m) => {
             w.field("message", "FetchEnd");
+            w.int("bytes", m.bytes);
+            w.hex("digest", &m.digest);
+        }
+        Message::PutRequest(m) => {
+            w.field("message", "PutRequest");
+            w.string("path", &m.path);
+            w.int("size", m.size);
+            w.hexint("mode", m.mode.into(), 4);
+            w.hexint("flags", m.flags.into(), 2);
+            w.hex("digest", &m.digest);
+        }
+        Message::PutResponse(m) => {
+            w.field("message", "PutResponse");
+            w.int("offset", m.offset);
+            w.int("limit", m.limit);
+            w.hex("prefix", &m.prefix);
+        }
+        Message::PutData(b) => {
+            w.field("message", "PutData");
+            w.hex("payload", b);
+        }
+        Message::PutEnd(m) => {
+            w.field("message", "PutEnd");
             w.int("bytes", m.bytes);
             w.hex("digest", &m.digest);
         }
@@ -618,6 +641,75 @@ fn messages() -> String {
             9,
             Message::Ping(Bytes::new()),
             "a ping with an empty payload and a non-zero id",
+        ),
+        (
+            "put_request",
+            11,
+            Message::PutRequest(
+                PutRequest::new(
+                    "in/hello.txt",
+                    5,
+                    0o644,
+                    put_flags::OVERWRITE | put_flags::PARENTS,
+                    hello_digest,
+                )
+                .expect("short path"),
+            ),
+            "upload \"hello\" (5 bytes, mode 0644, BLAKE3 announced) to in/hello.txt, replacing\n\
+             a file there and creating in/ if missing (spec §3.12)",
+        ),
+        (
+            "put_response_first",
+            11,
+            Message::PutResponse(PutResponse {
+                offset: 2,
+                limit: 5,
+                prefix: ferry_protocol::digest::fetch_digest(b"he"),
+            }),
+            "the server holds the first 2 bytes (\"he\", their BLAKE3 as prefix); the client may\n\
+             send up to byte 5",
+        ),
+        (
+            "put_response_new",
+            12,
+            Message::PutResponse(PutResponse {
+                offset: 0,
+                limit: 4_194_304,
+                prefix: ferry_protocol::digest::fetch_digest(b""),
+            }),
+            "a new upload: nothing held (prefix is the BLAKE3 of no bytes), a 4 MiB window",
+        ),
+        (
+            "put_data",
+            11,
+            Message::PutData(Bytes::from_static(b"llo")),
+            "the client sends the remaining 3 bytes",
+        ),
+        (
+            "put_end",
+            11,
+            Message::PutEnd(PutEnd {
+                bytes: 5,
+                digest: hello_digest,
+            }),
+            "the client's end, and the same bytes are the server's end: 5 bytes, BLAKE3(\"hello\")",
+        ),
+        (
+            "cancel_put",
+            11,
+            Message::Cancel {
+                service: Service::PUT,
+            },
+            "the client cancels upload 11; the server keeps its partial",
+        ),
+        (
+            "error_read_only",
+            11,
+            Message::Error {
+                service: Service::PUT,
+                body: ErrorBody::from_code(ErrorCode::READ_ONLY),
+            },
+            "an upload refused: the principal may not write",
         ),
     ];
     for (name, id, message, note) in cases {
@@ -1536,6 +1628,23 @@ fn negative_messages() -> String {
         .encode(&mut b);
         b
     };
+    let put_request = {
+        let mut b = Vec::new();
+        PutRequest::new("a", 1, 0o644, 0, [0; 32])
+            .expect("short path")
+            .encode(&mut b);
+        b
+    };
+    let put_response = |offset: u64, limit: u64| {
+        let mut b = Vec::new();
+        PutResponse {
+            offset,
+            limit,
+            prefix: [0; 32],
+        }
+        .encode(&mut b);
+        b
+    };
     let mut digest_bad_nanos = digest_ok.clone();
     digest_bad_nanos[16..20].copy_from_slice(&1_000_000_000u32.to_be_bytes());
     let mut hello = Vec::new();
@@ -1776,6 +1885,46 @@ fn negative_messages() -> String {
             vec![0x03, 0x03],
             ErrorCode::MALFORMED_MESSAGE,
             "error body cut inside the code",
+        ),
+        (
+            "put_request_unknown_flag",
+            0x10,
+            0x06,
+            with(&put_request, put_request.len() - 33, 0x08),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutRequest flag 0x08 is undefined",
+        ),
+        (
+            "put_request_mode_too_large",
+            0x10,
+            0x06,
+            with(&put_request, put_request.len() - 35, 0x10),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutRequest mode 0x10a4 has a bit above 0o7777 (0xfff)",
+        ),
+        (
+            "put_request_truncated",
+            0x10,
+            0x06,
+            put_request[..put_request.len() - 1].to_vec(),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutRequest one byte short of its digest",
+        ),
+        (
+            "put_response_limit_below_offset",
+            0x11,
+            0x06,
+            put_response(10, 9),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutResponse limit 9 below offset 10",
+        ),
+        (
+            "put_end_trailing",
+            0x13,
+            0x06,
+            [vec![0; 40], vec![0]].concat(),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutEnd of 41 bytes",
         ),
     ];
     for (name, kind, service, body, code, note) in cases {
