@@ -67,6 +67,19 @@ pub struct GlobalArgs {
     #[arg(long, global = true, help_heading = "Global options")]
     pub plaintext: bool,
 
+    /// Record suites to offer: gcm (default: AES-256-GCM, then AES-256-CBC + HMAC-SHA256) or
+    /// cbc-hmac (the old suite only; speaks protocol version 1, for servers from before
+    /// version 2). E.g. --suite cbc-hmac
+    #[arg(
+        long,
+        global = true,
+        value_name = "SUITE",
+        default_value = "gcm",
+        value_parser = ["gcm", "cbc-hmac"],
+        help_heading = "Global options"
+    )]
+    pub suite: String,
+
     /// Do not draw progress bars. Default: bars are drawn when stderr is a terminal.
     #[arg(long, global = true, help_heading = "Global options")]
     pub no_progress: bool,

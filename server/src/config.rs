@@ -39,6 +39,10 @@ pub struct Config {
     /// Let the single key's holder upload (spec §3.12; `--allow-upload`). Default: off, so a
     /// key holder may only read. A [`Config::resolver`] decides per principal instead.
     pub allow_upload: bool,
+    /// Record suites accepted, the client's preference choosing among them (spec §4.3).
+    /// Default: AES-256-GCM and AES-256-CBC + HMAC-SHA256 (`--suite gcm`); CBC + HMAC alone
+    /// with `--suite cbc-hmac`.
+    pub suites: Vec<ferry_protocol::crypto::RecordSuite>,
     pub limits: Limits,
 }
 
@@ -55,8 +59,15 @@ impl Config {
             identity_resolver: None,
             follow_symlinks: true,
             allow_upload: false,
+            suites: ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec(),
             limits: Limits::default(),
         }
+    }
+
+    /// Accepts only these record suites (see [`Config::suites`]).
+    pub fn suites(mut self, suites: Vec<ferry_protocol::crypto::RecordSuite>) -> Self {
+        self.suites = suites;
+        self
     }
 
     /// Replaces the listen addresses.

@@ -90,6 +90,7 @@ impl Server {
         };
         handshake.allow_plaintext = config.allow_plaintext;
         handshake.max_body = config.limits.max_body;
+        handshake.suites = config.suites.clone();
         let identity = config.identity.clone().map(|identity| {
             let resolver = config
                 .identity_resolver

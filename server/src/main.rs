@@ -65,6 +65,12 @@ struct Cli {
     #[arg(long)]
     plaintext: bool,
 
+    /// Record suites to accept: gcm (default: AES-256-GCM for clients that offer it, and
+    /// AES-256-CBC + HMAC-SHA256 for those that do not) or cbc-hmac (the old suite only, as
+    /// servers before protocol version 2). E.g. --suite cbc-hmac
+    #[arg(long, value_name = "SUITE", default_value = "gcm", value_parser = ["gcm", "cbc-hmac"])]
+    suite: String,
+
     /// Never follow symbolic links, not even those that stay inside ROOT (by default links
     /// inside ROOT are followed and links leaving it are refused).
     #[arg(long)]
@@ -357,6 +363,10 @@ fn run(cli: Cli) -> Result<i32> {
         .allow_plaintext(cli.plaintext || file.plaintext.unwrap_or(false))
         .follow_symlinks(!(cli.no_symlinks || file.no_symlinks.unwrap_or(false)))
         .allow_upload(allow_upload)
+        .suites(
+            ferry_protocol::crypto::RecordSuite::parse_selection(&cli.suite)
+                .map_err(anyhow::Error::msg)?,
+        )
         .limits(limits);
     let identity = load_identity(cli.identity.as_deref())?;
     let config = match &identity {

@@ -46,8 +46,12 @@ impl Context {
 
     /// Client settings from the flags, with a key found elsewhere (`demo` makes its own).
     pub fn client_config_with_key(&self, key: ferry_protocol::Key) -> ClientConfig {
+        // clap admits only the names parse_selection knows.
+        let suites = ferry_protocol::crypto::RecordSuite::parse_selection(&self.global.suite)
+            .unwrap_or_else(|_| ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec());
         ClientConfig::new(key)
             .plaintext(self.global.plaintext)
+            .suites(suites)
             .connect_timeout(self.global.connect_timeout)
     }
 

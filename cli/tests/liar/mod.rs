@@ -152,7 +152,8 @@ pub fn raw_frame(kind: u8, service: u8, id: u32, body: &[u8]) -> Vec<u8> {
     ferry_protocol::frame::encode_plain(
         FrameType(kind),
         Service(service),
-        ferry_protocol::VERSION,
+        // The version a default client and server negotiate (spec §4.3).
+        ferry_protocol::handshake::MAX_VERSION,
         RequestId(id),
         body,
         &mut out,

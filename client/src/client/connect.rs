@@ -137,7 +137,8 @@ impl Client {
             Some(server_id) => identity_handshake(&mut io, peer, server_id, &config).await?,
             None => {
                 let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
-                    .plaintext(config.plaintext);
+                    .plaintext(config.plaintext)
+                    .with_suites(config.suites.clone());
                 ferry_protocol::tokio::client_handshake(&mut io, proto)
                     .await
                     .map_err(|e| handshake_error(e, peer))?

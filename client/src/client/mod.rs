@@ -58,6 +58,10 @@ pub struct ClientConfig {
     pub key: Key,
     /// Ask the server for a plaintext session (authenticated handshake, bodies in the clear).
     pub plaintext: bool,
+    /// Record suites to offer, most preferred first (spec §4.3). Default: AES-256-GCM, then
+    /// AES-256-CBC + HMAC-SHA256; CBC + HMAC alone speaks protocol version 1, which servers
+    /// from before version 2 understand (`--suite cbc-hmac`).
+    pub suites: Vec<ferry_protocol::crypto::RecordSuite>,
     /// Bound on connect plus handshake. Default 10 s.
     pub connect_timeout: Duration,
     /// Bound on waiting for each answer frame of a request. Default 60 s.
@@ -96,6 +100,7 @@ impl ClientConfig {
         Self {
             key,
             plaintext: false,
+            suites: ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
@@ -138,6 +143,12 @@ impl ClientConfig {
 
     pub fn plaintext(mut self, plaintext: bool) -> Self {
         self.plaintext = plaintext;
+        self
+    }
+
+    /// Offers these record suites (see [`ClientConfig::suites`]).
+    pub fn suites(mut self, suites: Vec<ferry_protocol::crypto::RecordSuite>) -> Self {
+        self.suites = suites;
         self
     }
 
