@@ -521,7 +521,7 @@ pub(crate) mod tests {
         let mut methods = std::collections::HashSet::new();
         for block in spec[start..]
             .split("```")
-            .nth(0)
+            .next()
             .unwrap_or_default()
             .split("\n\n")
             .skip(1)
