@@ -878,3 +878,121 @@ fn make_lists_paths_from_the_top_name_in_byte_order_and_refuses_symlinks() {
     let err = make_manifest(&top, None, vec![], vec![], &|_| {}).unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
 }
+
+/// Starts a seed of `manifest` on `host`'s port.
+fn seed_on(host: &node::Host, manifest: &Arc<Manifest>, data_root: &Path) -> NodeHandle {
+    let storage = Storage::open_existing(data_root, manifest).unwrap();
+    let have = storage.verify(manifest, &|| {});
+    assert!(have.is_full());
+    node::start_on(
+        host,
+        manifest.clone(),
+        Arc::new(storage),
+        have,
+        config(&[], &[], true),
+    )
+    .unwrap()
+}
+
+/// A second tree, same names as [`make_tree`]'s, other bytes: another content id.
+fn make_other_tree(dir: &Path) -> PathBuf {
+    let root = make_tree(dir, 150_000);
+    std::fs::write(root.join("big.bin"), ferry_testkit::data(150_000, 9)).unwrap();
+    root
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_swarms_are_seeded_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = manifest_for(&make_tree(&a_dir, 150_000), 16 * 1024, vec![]);
+    let b = manifest_for(&make_other_tree(&b_dir), 16 * 1024, vec![]);
+    assert_ne!(a.content_id(), b.content_id());
+    let host = node::Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let seed_a = seed_on(&host, &a, &a_dir.join("src"));
+    let seed_b = seed_on(&host, &b, &b_dir.join("src"));
+    assert_eq!(seed_a.listen_addr, host.listen_addr());
+    assert_eq!(seed_b.listen_addr, host.listen_addr());
+    // A swarm is hosted once.
+    let again = Storage::open_existing(&a_dir.join("src"), &a).unwrap();
+    let have = again.verify(&a, &|| {});
+    let twice = node::start_on(
+        &host,
+        a.clone(),
+        Arc::new(again),
+        have,
+        config(&[], &[], true),
+    );
+    assert!(matches!(twice, Err(node::NodeError::AlreadyHosted(_))));
+
+    let peers = [host.listen_addr()];
+    let (mut leech_a, _) = leech(&a, &dir.path().join("out-a"), config(&[], &peers, true)).await;
+    let (mut leech_b, _) = leech(&b, &dir.path().join("out-b"), config(&[], &peers, true)).await;
+    until_complete(&mut leech_a, COMPLETE_WITHIN).await;
+    until_complete(&mut leech_b, COMPLETE_WITHIN).await;
+    assert_identical(&a, &a_dir.join("src"), &dir.path().join("out-a"));
+    assert_identical(&b, &b_dir.join("src"), &dir.path().join("out-b"));
+    for handle in [leech_a, leech_b, seed_a, seed_b] {
+        handle.shutdown().await.unwrap();
+    }
+    host.shutdown().await;
+}
+
+/// Runs a bare session handshake against `addr` with the swarm key of `manifest`.
+async fn session_handshake(
+    addr: SocketAddr,
+    manifest: &Manifest,
+    send_key_hint: bool,
+) -> Result<(), ferry_protocol::Error> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut config = ferry_protocol::ClientHandshakeConfig::new(ferry_p2p::wire::swarm_key(
+        &manifest.content_id(),
+    ));
+    config.send_key_hint = send_key_hint;
+    ferry_protocol::tokio::client_handshake(&mut stream, config)
+        .await
+        .map(drop)
+}
+
+fn auth_failed(result: Result<(), ferry_protocol::Error>) -> bool {
+    matches!(
+        result,
+        Err(ref e) if e.code() == ferry_protocol::ErrorCode::AUTHENTICATION_FAILED
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_routes_by_key_hint_and_is_no_oracle_for_its_swarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = manifest_for(&make_tree(&a_dir, 150_000), 16 * 1024, vec![]);
+    let b = manifest_for(&make_other_tree(&b_dir), 16 * 1024, vec![]);
+    let stranger = manifest_for(&make_tree(&a_dir, 150_000), 32 * 1024, vec![]);
+    let host = node::Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let addr = host.listen_addr();
+    let seed_a = seed_on(&host, &a, &a_dir.join("src"));
+
+    // One swarm: a version-1 style hello without a hint can only mean it.
+    session_handshake(addr, &a, true).await.unwrap();
+    session_handshake(addr, &a, false).await.unwrap();
+    // A swarm the host does not serve is answered as a wrong key.
+    assert!(auth_failed(session_handshake(addr, &stranger, true).await));
+
+    // Two swarms: the hint decides; without one the host cannot tell, and says only
+    // "authentication failed".
+    let seed_b = seed_on(&host, &b, &b_dir.join("src"));
+    session_handshake(addr, &a, true).await.unwrap();
+    session_handshake(addr, &b, true).await.unwrap();
+    assert!(auth_failed(session_handshake(addr, &b, false).await));
+    assert!(auth_failed(session_handshake(addr, &stranger, true).await));
+
+    // A stopped swarm is no longer routed to.
+    seed_b.shutdown().await.unwrap();
+    assert!(auth_failed(session_handshake(addr, &b, true).await));
+    seed_a.shutdown().await.unwrap();
+    host.shutdown().await;
+}

@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::transport::{Acceptor, BoxedStream, TcpAcceptor};
+use ferry_protocol::transport::{Acceptor, TcpAcceptor};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::peer::{run_peer, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
+use super::host::{Accepted, Registration};
+use super::peer::{run_peer, PeerStream, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
 use super::server::run_server_source;
 use super::{Ctx, Event, NodeConfig, NodeError, PeerCmd};
 use crate::pieces::sha256;
@@ -25,6 +26,44 @@ pub(super) struct PeerLink {
     cmds: mpsc::UnboundedSender<PeerCmd>,
     cancel: CancellationToken,
     addr: Option<SocketAddr>,
+}
+
+/// Where a node's inbound connections come from.
+#[derive(Debug)]
+pub(super) enum Inbound {
+    /// Its own listener: connections arrive raw and handshake in their peer task.
+    Listener(TcpAcceptor),
+    /// A [`Host`](super::host::Host)'s: connections arrive with their session established.
+    /// The registration routes them here until the node drops it.
+    Hosted {
+        queue: mpsc::Receiver<Accepted>,
+        _registration: Registration,
+    },
+}
+
+impl Inbound {
+    /// The next inbound connection; never ready again once the source is gone (the actor
+    /// then serves the peers it has until it stops).
+    async fn next(&mut self) -> Option<(PeerStream, SocketAddr)> {
+        match self {
+            Self::Listener(listener) => match listener.accept().await {
+                Ok((stream, remote)) => Some((PeerStream::Raw(Box::new(stream)), remote)),
+                Err(error) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "cannot accept a peer connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    None
+                }
+            },
+            Self::Hosted { queue, .. } => match queue.recv().await {
+                Some(accepted) => {
+                    let remote = accepted.remote;
+                    Some((PeerStream::Established(accepted), remote))
+                }
+                None => std::future::pending().await,
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,7 +85,7 @@ pub(super) struct Actor {
     /// Addresses that turned out to be this node.
     pub(super) self_addrs: HashSet<SocketAddr>,
     pub(super) listen_addr: SocketAddr,
-    pub(super) listener: TcpAcceptor,
+    pub(super) inbound: Inbound,
     pub(super) completed: Option<tokio::sync::watch::Sender<bool>>,
     /// Permits for inbound connections that have not finished their handshake.
     pub(super) handshaking: Arc<Semaphore>,
@@ -119,8 +158,8 @@ impl Actor {
                         break Err(e);
                     }
                 }
-                accepted = self.listener.accept() => {
-                    if let Ok((stream, remote)) = accepted {
+                incoming = self.inbound.next() => {
+                    if let Some((stream, remote)) = incoming {
                         // Connections still handshaking are capped too, so silent sockets
                         // cannot pile up tasks.
                         let permit = self.handshaking.clone().try_acquire_owned();
@@ -129,7 +168,7 @@ impl Actor {
                                 if self.peers.len() + self.dialing.len()
                                     < self.config.max_peers * 2 =>
                             {
-                                self.spawn_peer(Box::new(stream), remote, permit);
+                                self.spawn_peer(stream, remote, permit);
                             }
                             _ => tracing::debug!("refusing a connection: at the peer limit"),
                         }
@@ -399,7 +438,7 @@ impl Actor {
                 let reason = match dial.await {
                     Ok(Ok(stream)) => {
                         return run_peer(
-                            stream,
+                            PeerStream::Raw(stream),
                             Some(addr),
                             Some(addr),
                             conn,
@@ -418,12 +457,7 @@ impl Actor {
         }
     }
 
-    fn spawn_peer(
-        &mut self,
-        stream: BoxedStream,
-        remote: SocketAddr,
-        permit: OwnedSemaphorePermit,
-    ) {
+    fn spawn_peer(&mut self, stream: PeerStream, remote: SocketAddr, permit: OwnedSemaphorePermit) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let ctx = self.ctx.clone();

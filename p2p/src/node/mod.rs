@@ -9,11 +9,15 @@
 //! Files: this one holds the API ([`NodeConfig`], [`start`], [`NodeHandle`]) and what the tasks
 //! share (the commands to a peer, the events into the actor); `actor.rs` is the swarm actor
 //! (events, actions, dialing); `peer.rs` is one peer connection (handshake, reader, writer,
-//! close and drain); `server.rs` runs a ferry-server as a peer.
+//! close and drain); `server.rs` runs a ferry-server as a peer; `host.rs` is one listener
+//! shared by several swarms, routing each connection by the key its hello names.
 
 mod actor;
+mod host;
 mod peer;
 mod server;
+
+pub use host::Host;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -34,7 +38,7 @@ use crate::source::ServerSource;
 use crate::status::Sources;
 use crate::swarm::{ConnId, Stats, Swarm, SwarmConfig};
 use crate::wire::{self, PeerId, PeerMessage};
-use actor::Actor;
+use actor::{Actor, Inbound};
 
 /// Most inbound connections allowed to be mid-handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -57,6 +61,10 @@ pub struct NodeConfig {
     pub swarm: SwarmConfig,
     /// Deadline for the session handshake plus the peer handshake message.
     pub handshake_timeout: Duration,
+    /// Record suites offered to and accepted from peers (spec PROTOCOL.md §4.3). Default: AES-256-GCM
+    /// and AES-256-CBC + HMAC-SHA256; `--suite cbc-hmac` for peers from before protocol
+    /// version 2.
+    pub suites: Vec<ferry_protocol::crypto::RecordSuite>,
     /// Flip a byte in every uploaded block. Only for tests of the ban logic.
     pub dangerous_corrupt_uploads: bool,
     /// Ferry servers that also hold the files; fetched from by byte range alongside the swarm.
@@ -76,6 +84,7 @@ impl Default for NodeConfig {
             max_peers: 40,
             swarm: SwarmConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            suites: ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec(),
             dangerous_corrupt_uploads: false,
             servers: Vec::new(),
             dht: None,
@@ -95,6 +104,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("a hashing task failed: {0}")]
     Join(String),
+    #[error("swarm {0} is already served on this host")]
+    AlreadyHosted(crate::manifest::ContentId),
 }
 
 /// A running node.
@@ -194,6 +205,7 @@ struct Ctx {
     handshake_timeout: Duration,
     corrupt_uploads: bool,
     connector: Arc<dyn Connector>,
+    suites: Vec<ferry_protocol::crypto::RecordSuite>,
 }
 
 /// Starts a node serving `storage`, which already holds the verified pieces in `have`.
@@ -213,6 +225,38 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let inbound = Inbound::Listener(TcpAcceptor::new(listener));
+    start_with(manifest, storage, have, config, inbound, listen_addr)
+}
+
+/// Starts a node like [`start`], but on `host`'s listener instead of its own (`config.listen`
+/// is not used): one port serves every swarm started on the host.
+pub fn start_on(
+    host: &Host,
+    manifest: Arc<Manifest>,
+    storage: Arc<Storage>,
+    have: Bitfield,
+    config: NodeConfig,
+) -> Result<NodeHandle, NodeError> {
+    let content_id = manifest.content_id();
+    let (queue, registration) = host
+        .register(content_id)
+        .ok_or(NodeError::AlreadyHosted(content_id))?;
+    let inbound = Inbound::Hosted {
+        queue,
+        _registration: registration,
+    };
+    start_with(manifest, storage, have, config, inbound, host.listen_addr())
+}
+
+fn start_with(
+    manifest: Arc<Manifest>,
+    storage: Arc<Storage>,
+    have: Bitfield,
+    config: NodeConfig,
+    inbound: Inbound,
+    listen_addr: SocketAddr,
+) -> Result<NodeHandle, NodeError> {
     let peer_id = PeerId::generate();
     let ctx = Arc::new(Ctx {
         key: wire::swarm_key(&manifest.content_id()),
@@ -223,6 +267,7 @@ pub async fn start(
         handshake_timeout: config.handshake_timeout,
         corrupt_uploads: config.dangerous_corrupt_uploads,
         connector: config.connector.clone(),
+        suites: config.suites.clone(),
     });
     let now = Instant::now().into_std();
     let swarm = Swarm::new(
@@ -256,7 +301,7 @@ pub async fn start(
         retry: HashMap::new(),
         self_addrs: HashSet::new(),
         listen_addr,
-        listener: TcpAcceptor::new(listener),
+        inbound,
         completed: None,
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         closing: HashSet::new(),
