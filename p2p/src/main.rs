@@ -37,6 +37,7 @@ const MAKE_HELP: &str = "\
 Examples:
   ferry-peer make ./release -o release.ferry --tracker udp://10.0.0.1:6969
   ferry-peer make big.iso --server ferry://10.0.0.1:6789/pub
+  ferry-peer make big.iso       (no source listed: peers meet through --dht-bootstrap)
 
 Exit codes:
   0    the manifest was written
@@ -148,6 +149,11 @@ struct SwarmArgs {
     /// Most simultaneous peer connections. Default: 40. E.g. 100
     #[arg(long, default_value_t = 40, hide_default_value = true)]
     max_peers: usize,
+    /// Record suites to offer and accept: gcm (default: AES-256-GCM, then AES-256-CBC +
+    /// HMAC-SHA256) or cbc-hmac (the old suite only, for peers from before protocol version 2).
+    /// E.g. --suite cbc-hmac
+    #[arg(long, value_name = "SUITE", default_value = "gcm", value_parser = ["gcm", "cbc-hmac"])]
+    suite: String,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -520,6 +526,9 @@ fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) ->
         trackers,
         seed_after_complete: seed_after,
         max_peers: args.max_peers,
+        // clap admits only the names parse_selection knows.
+        suites: ferry_protocol::crypto::RecordSuite::parse_selection(&args.suite)
+            .unwrap_or_else(|_| ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec()),
         ..Default::default()
     }
 }

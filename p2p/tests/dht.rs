@@ -179,3 +179,126 @@ async fn a_restarted_node_rejoins_through_its_saved_table() {
         "the saved id was kept"
     );
 }
+
+/// A child process killed on drop, so a failing test leaves nothing running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `ferry-peer args…` and returns it with its first stdout line.
+fn spawn_with_line(args: &[&str]) -> (Running, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-peer"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    (Running(child), line.trim().to_owned())
+}
+
+/// The binary: `make` with no tracker, a `dht` bootstrap node, `seed` and `get` with
+/// `--dht-bootstrap` only; each keeps its routing table in the file it is given.
+#[test]
+fn trackerless_make_seed_get_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let manifest = at("t.ferry");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-peer"))
+        .args([
+            "make",
+            tree.to_str().unwrap(),
+            "-o",
+            &manifest,
+            "--no-progress",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (_boot, line) = spawn_with_line(&[
+        "dht",
+        "--dht-listen",
+        "127.0.0.1:0",
+        "--dht-state",
+        &at("boot.state"),
+    ]);
+    let boot = line
+        .strip_prefix("dht listening on udp://")
+        .unwrap()
+        .to_owned();
+    let (_seed, line) = spawn_with_line(&[
+        "seed",
+        &manifest,
+        "--data",
+        &at("src"),
+        "--listen",
+        "127.0.0.1:0",
+        "--dht-bootstrap",
+        &boot,
+        "--dht-listen",
+        "127.0.0.1:0",
+        "--dht-state",
+        &at("seed.state"),
+        "--no-progress",
+    ]);
+    assert!(line.starts_with("seeding "), "{line}");
+    let out = at("out");
+    let mut get = Running(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry-peer"))
+            .args([
+                "get",
+                &manifest,
+                "-o",
+                &out,
+                "--no-seed",
+                "--listen",
+                "127.0.0.1:0",
+                "--dht-bootstrap",
+                &boot,
+                "--dht-listen",
+                "127.0.0.1:0",
+                "--dht-state",
+                &at("get.state"),
+                "--no-progress",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(status) = get.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "get did not finish within {WITHIN:?}"
+        );
+        // Polls the child's exit; the deadline only bounds failure.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    for name in ["big.bin", "sub/small.txt"] {
+        let a = std::fs::read(tree.join(name)).unwrap();
+        let b = std::fs::read(Path::new(&out).join("tree").join(name)).unwrap();
+        assert!(a == b, "{name} differs");
+    }
+    // `get` saved its table (the bootstrap node at least) on the way out.
+    let (_, nodes) = shell::load_state(Path::new(&at("get.state"))).unwrap();
+    assert!(
+        nodes.iter().any(|n| n.addr.to_string() == boot),
+        "{nodes:?}"
+    );
+}
