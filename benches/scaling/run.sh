@@ -3,7 +3,7 @@
 # generator pinned to the cores left over, and for each point the rate of
 #   - 1 KiB fetches (64 connections, one request in flight each),
 #   - 100-entry listings (same),
-#   - encrypted bulk: one 256 MiB fetch stream per server core, all at once,
+#   - encrypted bulk: one fetch stream of a 32 MiB file per server core, fetched over and over, all at once,
 # with the efficiency against the 1-core point: rate(n) / (n × rate(1)).
 # Points that need more cores than this machine has are skipped and said so; a point that
 # leaves no core for the load generator shares the server's cores (marked "shared").
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 POINTS=${POINTS:-"1 2 4 8"}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 CONNS=${CONNS:-64}
-BULK_MB=${BULK_MB:-256}
+BULK_MB=${BULK_MB:-32}
 
 log() { echo "[scaling] $*" >&2; }
 command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; exit 1; }
