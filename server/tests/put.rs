@@ -3,6 +3,9 @@
 //! upload (the server never buffers past its window), frames for no upload are dropped, and a
 //! read-only principal is refused before anything is written.
 
+// Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use ferry_protocol::digest::fetch_digest;
 use ferry_protocol::message::{put_flags, PutEnd, PutRequest};

@@ -726,3 +726,120 @@ fn sweep_stale(tree: &Tree, dir: &RelPath, keep: &RelPath) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use ferry_protocol::Principal;
+
+    fn writer() -> Principal {
+        let mut p = Principal::key_holder();
+        p.permissions = Permissions::READ_WRITE;
+        p
+    }
+
+    #[test]
+    fn quota_not_received_is_given_back() {
+        let uploads = Arc::new(Uploads::default());
+        let mut first = uploads.reserve("bob", 100, 150).unwrap();
+        // 100 reserved: 60 more would pass 150.
+        assert_eq!(uploads.reserve("bob", 60, 150).unwrap_err(), 100);
+        assert!(uploads.reserve("alice", 150, 150).is_ok());
+        first.received = 30;
+        drop(first);
+        assert_eq!(uploads.used("bob"), 30);
+        assert!(uploads.reserve("bob", 120, 150).is_ok());
+    }
+
+    #[test]
+    fn data_past_the_limit_ends_the_route_and_strays_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), writer());
+        let id = RequestId(3);
+        let (guard, mut rx) = ctx.uploads.register(id, 4).ok().unwrap();
+        // Nothing is accepted before the first answer opens the route.
+        deliver(&ctx, id, Message::PutData(Bytes::from_static(b"x")));
+        assert!(matches!(rx.try_recv(), Ok(Input::Overrun { limit: 0 })));
+        let (guard2, mut rx) = {
+            drop(guard);
+            ctx.uploads.register(id, 4).ok().unwrap()
+        };
+        guard2.open(10, 14);
+        deliver(&ctx, id, Message::PutData(Bytes::from_static(b"abcd")));
+        assert!(matches!(rx.try_recv(), Ok(Input::Data(d)) if d.len() == 4));
+        deliver(&ctx, id, Message::PutData(Bytes::from_static(b"e")));
+        assert!(matches!(rx.try_recv(), Ok(Input::Overrun { limit: 14 })));
+        // The route is gone: later frames for the id go nowhere.
+        deliver(&ctx, id, Message::PutData(Bytes::from_static(b"f")));
+        assert!(rx.try_recv().is_err());
+        deliver(
+            &ctx,
+            RequestId(99),
+            Message::PutData(Bytes::from_static(b"g")),
+        );
+        // A newer upload on the same id is not removed by the old guard.
+        let (_guard3, _rx3) = ctx.uploads.register(id, 4).ok().unwrap();
+        drop(guard2);
+        assert!(lock(&ctx.uploads.0).map.contains_key(&id));
+    }
+
+    #[test]
+    fn uploads_per_connection_are_bounded_and_end_with_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), writer());
+        let _a = ctx.uploads.register(RequestId(1), 2).ok().unwrap();
+        let _b = ctx.uploads.register(RequestId(2), 2).ok().unwrap();
+        assert!(matches!(
+            ctx.uploads.register(RequestId(3), 2),
+            Err(RegisterError::Busy(2))
+        ));
+        connection_ended(&ctx);
+        assert!(matches!(
+            ctx.uploads.register(RequestId(4), 2),
+            Err(RegisterError::Ended)
+        ));
+    }
+
+    #[test]
+    fn partial_names_depend_on_who_and_what_and_fit_a_name() {
+        let path = RelPath::parse("d/a.bin", 8).unwrap();
+        let request = PutRequest::new("d/a.bin", 5, 0o644, 0, [1; 32]).unwrap();
+        let name = part_name(&path, "bob", &request).unwrap();
+        assert!(name.as_str().starts_with("d/.a.bin.ferry-up-"), "{name}");
+        assert_eq!(name, part_name(&path, "bob", &request).unwrap());
+        assert_ne!(name, part_name(&path, "eve", &request).unwrap());
+        let mut other = request.clone();
+        other.digest = [2; 32];
+        assert_ne!(name, part_name(&path, "bob", &other).unwrap());
+        let long = "é".repeat(127);
+        let path = RelPath::parse(&long, 8).unwrap();
+        let name = part_name(&path, "bob", &request).unwrap();
+        assert!(name.file_name().len() <= 255, "{}", name.file_name().len());
+    }
+
+    #[test]
+    fn stale_partials_are_swept_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path(), writer());
+        let old = dir.path().join(".x.ferry-up-0000000000000000");
+        let fresh = dir.path().join(".y.ferry-up-0000000000000000");
+        let other = dir.path().join("old-but-not-a-partial");
+        for p in [&old, &fresh, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let long_ago = SystemTime::now() - STALE_AFTER - Duration::from_secs(60);
+        for p in [&old, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        let keep = RelPath::parse("keep", 8).unwrap();
+        sweep_stale(&ctx.tree, &RelPath::root(), &keep);
+        assert!(!old.exists());
+        assert!(fresh.exists() && other.exists());
+    }
+}
