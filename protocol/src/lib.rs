@@ -1,8 +1,9 @@
 //! The Ferry wire protocol.
 //!
 //! Every message on every transport is a frame: a fixed 12-byte big-endian header and a body.
-//! After a PSK + X25519 handshake, bodies are protected with AES-256-CBC + HMAC-SHA256
-//! (encrypt-then-MAC, implicit sequence numbers). `spec/PROTOCOL.md` is the normative
+//! After a PSK + X25519 handshake, bodies are protected by the negotiated record suite:
+//! AES-256-GCM (protocol version 2's default) or AES-256-CBC + HMAC-SHA256 (encrypt-then-MAC),
+//! both with implicit sequence numbers. `spec/PROTOCOL.md` is the normative
 //! description; this crate is its reference implementation.
 //!
 //! The core is sans-IO: it takes bytes and returns frames, takes messages and returns bytes, and
