@@ -30,10 +30,11 @@ use crate::error::{ErrorCode, HandshakeError};
 use crate::frame::{Frame, DEFAULT_MAX_BODY};
 use crate::handshake::{
     Handshake, Permissions, Principal, ServerHandshake, ServerHandshakeConfig, HANDSHAKE_VERSION,
+    MAX_VERSION,
 };
-use crate::header::{FrameType, Header, RequestId, Service, MIN_VERSION, VERSION};
+use crate::header::{FrameType, Header, RequestId, Service, MIN_VERSION};
 use crate::identity::{Identity, NodeId};
-use crate::message::{ErrorBody, Message, Mode};
+use crate::message::{ErrorBody, Message, Mode, SuiteId, SuiteOffer};
 use crate::session::{Role, Session};
 
 /// The Noise protocol name (spec §13.2).
@@ -53,28 +54,23 @@ pub mod labels {
     pub const S2C_IV: &[u8] = b"ferry id v1 s2c iv";
 }
 
-/// Record-suite ids on the wire, the PSK hello's suite numbers (spec §4.2, §13.3). A table,
-/// not a match, so that a new [`RecordSuite`] variant only adds a row.
-pub const SUITES: &[(u8, RecordSuite)] = &[(0x01, RecordSuite::Aes256CbcHmacSha256)];
-
 /// The suite byte of a plaintext choice: no suite.
-pub const NO_SUITE: u8 = 0x00;
+pub const NO_SUITE: SuiteId = SuiteId(0x00);
 
-/// Most suites an offer may list.
-pub const MAX_OFFERED_SUITES: usize = 16;
-
-fn suite_of(id: u8) -> Option<RecordSuite> {
-    SUITES.iter().find(|(i, _)| *i == id).map(|(_, s)| *s)
+/// Whether protocol `version` may use `suite`: version 1 knows only AES-256-CBC + HMAC-SHA256
+/// (spec §4.3, as in the PSK handshake).
+fn version_allows(version: u8, suite: RecordSuite) -> bool {
+    version >= 2 || suite == RecordSuite::Aes256CbcHmacSha256
 }
 
 /// Message 1's payload: the client's version range, mode and record suites, most preferred
-/// first. The suite list is laid out as the PSK hello's offer (spec §4.2).
+/// first. The suite list is the PSK hello's offer (spec §4.2, [`SuiteOffer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
     pub min_version: u8,
     pub max_version: u8,
     pub mode: Mode,
-    pub suites: Vec<u8>,
+    pub suites: SuiteOffer,
 }
 
 /// Message 2's payload (the server's choice) and message 3's (the client's confirmation).
@@ -83,41 +79,32 @@ pub struct Choice {
     pub version: u8,
     pub mode: Mode,
     /// The chosen suite; [`NO_SUITE`] in plaintext mode.
-    pub suite: u8,
+    pub suite: SuiteId,
 }
 
 impl Offer {
     /// `min_version u8 | max_version u8 | mode u8 | count u8 | suites [u8; count]`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![
-            self.min_version,
-            self.max_version,
-            self.mode.0,
-            self.suites.len() as u8,
-        ];
-        out.extend_from_slice(&self.suites);
+        let mut out = vec![self.min_version, self.max_version, self.mode.0];
+        self.suites.encode(&mut out);
         out
     }
 
     /// `None` unless the layout is consumed exactly, 1 ≤ min ≤ max, the mode is 0x00 or
-    /// 0x01, 1 ≤ count ≤ 16, and no suite is 0x00 or repeats.
+    /// 0x01, and the suites are a valid offer (1 to 16, none 0x00, none repeated).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let (&[min_version, max_version, mode, count], suites) = bytes.split_first_chunk::<4>()?;
-        let count = usize::from(count);
+        let (&[min_version, max_version, mode], suites) = bytes.split_first_chunk::<3>()?;
         let mode = Mode(mode);
+        let mut suites = bytes::Bytes::copy_from_slice(suites);
+        let offer = SuiteOffer::decode(&mut suites).ok()?;
         let valid = (1..=max_version).contains(&min_version)
             && (mode == Mode::ENCRYPTED || mode == Mode::PLAINTEXT)
-            && (1..=MAX_OFFERED_SUITES).contains(&count)
-            && suites.len() == count
-            && suites
-                .iter()
-                .enumerate()
-                .all(|(i, s)| *s != NO_SUITE && !suites[..i].contains(s));
-        valid.then(|| Self {
+            && suites.is_empty();
+        valid.then_some(Self {
             min_version,
             max_version,
             mode,
-            suites: suites.to_vec(),
+            suites: offer,
         })
     }
 }
@@ -125,7 +112,7 @@ impl Offer {
 impl Choice {
     /// `version u8 | mode u8 | suite u8`.
     pub fn encode(&self) -> [u8; 3] {
-        [self.version, self.mode.0, self.suite]
+        [self.version, self.mode.0, self.suite.0]
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
@@ -133,7 +120,7 @@ impl Choice {
             [version, mode, suite] => Some(Self {
                 version,
                 mode: Mode(mode),
-                suite,
+                suite: SuiteId(suite),
             }),
             _ => None,
         }
@@ -239,9 +226,9 @@ pub struct ClientIdentityConfig {
     pub server_id: Option<NodeId>,
     /// Encrypted (default) or plaintext records.
     pub mode: Mode,
-    /// Record-suite ids to offer, most preferred first ([`SUITES`]). Default AES-256-CBC +
-    /// HMAC-SHA256.
-    pub suites: Vec<u8>,
+    /// Record suites to offer, most preferred first. Default
+    /// [`RecordSuite::DEFAULT_SUITES`].
+    pub suites: Vec<RecordSuite>,
     /// Cap on incoming frame bodies once established.
     pub max_body: u32,
 }
@@ -252,7 +239,7 @@ impl ClientIdentityConfig {
             identity,
             server_id,
             mode: Mode::ENCRYPTED,
-            suites: vec![SUITES[0].0],
+            suites: RecordSuite::DEFAULT_SUITES.to_vec(),
             max_body: DEFAULT_MAX_BODY,
         }
     }
@@ -275,6 +262,8 @@ pub struct ServerIdentityConfig {
     pub resolver: Arc<dyn IdentityResolver>,
     /// Accept clients that offer only plaintext. Off by default.
     pub allow_plaintext: bool,
+    /// The record suites this server accepts; default [`RecordSuite::DEFAULT_SUITES`].
+    pub suites: Vec<RecordSuite>,
     pub max_body: u32,
 }
 
@@ -289,6 +278,7 @@ impl ServerIdentityConfig {
             identity,
             resolver,
             allow_plaintext: false,
+            suites: RecordSuite::DEFAULT_SUITES.to_vec(),
             max_body: DEFAULT_MAX_BODY,
         }
     }
@@ -448,12 +438,14 @@ impl ClientIdentityHandshake {
         ephemeral: Option<[u8; 32]>,
         dst: &mut BytesMut,
     ) -> Result<Self, HandshakeError> {
+        let suites = SuiteOffer::new(config.suites.iter().filter_map(|s| s.id()))
+            .ok_or(HandshakeError::AuthenticationFailed)?;
         let mut noise = noise(&config.identity, ephemeral.as_ref(), true)?;
         let offer = Offer {
             min_version: MIN_VERSION,
-            max_version: VERSION,
+            max_version: MAX_VERSION,
             mode: config.mode,
-            suites: config.suites.clone(),
+            suites,
         };
         let message = write(&mut noise, &offer.encode())?;
         dst.extend_from_slice(&frame_bytes(FrameType::NOISE_1, &message));
@@ -506,6 +498,7 @@ impl ClientIdentityHandshake {
             (self.offer.min_version..=self.offer.max_version).contains(&choice.version);
         let suite = chosen_suite(&self.offer, &choice)
             .filter(|_| version_ok && choice.mode == self.offer.mode)
+            .filter(|&s| s == RecordSuite::Plaintext || version_allows(choice.version, s))
             .ok_or(HandshakeError::AuthenticationFailed)?;
         let message = write(&mut self.noise, &choice.encode())?;
         let session = session(
@@ -536,8 +529,8 @@ impl Handshake for ClientIdentityHandshake {
 fn chosen_suite(offer: &Offer, choice: &Choice) -> Option<RecordSuite> {
     if choice.mode == Mode::PLAINTEXT {
         (choice.suite == NO_SUITE).then_some(RecordSuite::Plaintext)
-    } else if offer.suites.contains(&choice.suite) {
-        suite_of(choice.suite)
+    } else if offer.suites.contains(choice.suite) {
+        RecordSuite::from_id(choice.suite)
     } else {
         None
     }
@@ -616,11 +609,11 @@ impl ServerIdentityHandshake {
                 let offer = Offer::decode(&payload).ok_or(HandshakeError::AuthenticationFailed)?;
                 // Spec §4.3's negotiation, then the mode policy (§4.6), then the suite (§13.3),
                 // in the PSK server's order.
-                let version = offer.max_version.min(VERSION);
+                let version = offer.max_version.min(MAX_VERSION);
                 if version < offer.min_version || version < MIN_VERSION {
                     return Err(HandshakeError::NoCommonVersion {
                         ours_min: MIN_VERSION,
-                        ours_max: VERSION,
+                        ours_max: MAX_VERSION,
                         theirs_min: offer.min_version,
                         theirs_max: offer.max_version,
                     });
@@ -631,12 +624,20 @@ impl ServerIdentityHandshake {
                 let (id, suite) = if offer.mode == Mode::PLAINTEXT {
                     (NO_SUITE, RecordSuite::Plaintext)
                 } else {
-                    // The client's most preferred suite that we implement.
-                    offer
-                        .suites
-                        .iter()
-                        .find_map(|&id| suite_of(id).map(|s| (id, s)))
-                        .ok_or(HandshakeError::AuthenticationFailed)?
+                    // The client's most preferred suite that we accept and the version allows.
+                    let accepted = |id| {
+                        RecordSuite::from_id(id).filter(|&s| {
+                            self.config.suites.contains(&s) && version_allows(version, s)
+                        })
+                    };
+                    let Some(id) = offer.suites.select(|id| accepted(id).is_some()) else {
+                        return Err(HandshakeError::NoCommonSuite {
+                            ours: self.config.suites.iter().filter_map(|s| s.id()).collect(),
+                            theirs: offer.suites.suites().to_vec(),
+                        });
+                    };
+                    let suite = accepted(id).ok_or(HandshakeError::AuthenticationFailed)?;
+                    (id, suite)
                 };
                 let choice = Choice {
                     version,
@@ -770,6 +771,67 @@ impl Handshake for AcceptHandshake {
         dst: &mut BytesMut,
     ) -> Result<Option<Session>, HandshakeError> {
         AcceptHandshake::handle_frame(self, frame, dst)
+    }
+}
+
+/// Fuzz entry (`fuzz/fuzz_targets/identity_handshake.rs`): the first byte picks a side, the
+/// rest is the peer's byte stream. The server ([`AcceptHandshake`], both handshakes) reads it
+/// from the start; the client, after its real NOISE_1, reads it as the server's answer; the
+/// third mode sends the server a real NOISE_1 first and the data as message 3. Every input
+/// must fail or succeed cleanly, and an established session must read the rest without
+/// panicking.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_identity_handshake(data: &[u8]) {
+    use crate::handshake::handshake_decoder;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let client_config = || ClientIdentityConfig::new(Identity::from_secret([1; 32]), None);
+    let mut server_config = ServerIdentityConfig::new(Identity::from_secret([2; 32]));
+    server_config.allow_plaintext = mode & 0x80 != 0;
+    let mut buf = BytesMut::from(rest);
+    let mut out = BytesMut::new();
+    let mut decoder = handshake_decoder();
+    let mut feed = |h: &mut dyn Handshake, buf: &mut BytesMut| {
+        while let Ok(Some(frame)) = decoder.decode(buf) {
+            match h.handle_frame(frame, &mut out) {
+                Ok(None) => {}
+                Ok(Some(mut session)) => {
+                    while let Ok(Some(frame)) = session.read_frame(buf) {
+                        let _ = frame.message();
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    match mode % 3 {
+        0 => {
+            let mut server = AcceptHandshake::new(AcceptConfig {
+                psk: Some(ServerHandshakeConfig::new(crate::Key::from_bytes([7; 32]))),
+                identity: Some(server_config),
+            });
+            feed(&mut server, &mut buf);
+        }
+        1 => {
+            let mut hello = BytesMut::new();
+            let Ok(mut client) = ClientIdentityHandshake::start(client_config(), &mut hello) else {
+                return;
+            };
+            feed(&mut client, &mut buf);
+        }
+        _ => {
+            let mut hello = BytesMut::new();
+            let Ok(_client) =
+                ClientIdentityHandshake::start_with(client_config(), Some([3; 32]), &mut hello)
+            else {
+                return;
+            };
+            let mut server = ServerIdentityHandshake::with_ephemeral(server_config, Some([4; 32]));
+            hello.extend_from_slice(rest);
+            feed(&mut server, &mut hello);
+        }
     }
 }
 

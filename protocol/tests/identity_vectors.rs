@@ -15,6 +15,7 @@ use common::{load, Vector, Writer};
 use ferry_protocol::crypto::{DirectionKeys, RecordOpener, RecordSuite};
 use ferry_protocol::handshake::handshake_decoder;
 use ferry_protocol::identity::{Identity, NodeId, NodeIdError};
+use ferry_protocol::message::SuiteId;
 use ferry_protocol::noise::{
     derive_record_keys, ClientIdentityConfig, ClientIdentityHandshake, ServerIdentityConfig,
     ServerIdentityHandshake, NOISE_PARAMS, PROLOGUE,
@@ -100,6 +101,7 @@ struct Case {
     note: &'static str,
     mode: Mode,
     suites: Vec<u8>,
+    server_suites: Vec<u8>,
     allow_plaintext: bool,
 }
 
@@ -107,24 +109,26 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "encrypted",
-            note: "Both identities proven; AES-256-CBC + HMAC-SHA256 records.",
+            note: "Both identities proven; version 2, the client's first suite (AES-256-GCM).",
             mode: Mode::ENCRYPTED,
-            suites: vec![0x01],
+            suites: vec![0x02, 0x01],
+            server_suites: vec![0x02, 0x01],
             allow_plaintext: false,
         },
         Case {
-            name: "unknown_suite_skipped",
-            note:
-                "The client prefers a suite the server does not know (0x7f); the server skips it.",
+            name: "cbc_hmac_server",
+            note: "The server accepts only AES-256-CBC + HMAC-SHA256: it skips the client's first choice.",
             mode: Mode::ENCRYPTED,
-            suites: vec![0x7f, 0x01],
+            suites: vec![0x02, 0x01],
+            server_suites: vec![0x01],
             allow_plaintext: false,
         },
         Case {
             name: "plaintext",
             note: "Plaintext mode, allowed by the server: the Choice names suite 0x00.",
             mode: Mode::PLAINTEXT,
-            suites: vec![0x01],
+            suites: vec![0x02, 0x01],
+            server_suites: vec![0x02, 0x01],
             allow_plaintext: true,
         },
     ]
@@ -150,20 +154,26 @@ fn frame_body(frame: &[u8]) -> &[u8] {
 }
 
 /// Runs the reference state machines with the fixed secrets, and snow beside them.
+/// `secrets`: client static, server static, client ephemeral, server ephemeral.
 fn transcript(
-    client_static: [u8; 32],
-    server_static: [u8; 32],
-    client_e: [u8; 32],
-    server_e: [u8; 32],
+    secrets: [[u8; 32]; 4],
     mode: Mode,
     suites: &[u8],
+    server_suites: &[u8],
     allow_plaintext: bool,
 ) -> Transcript {
+    let [client_static, server_static, client_e, server_e] = secrets;
+    let record_suites = |ids: &[u8]| -> Vec<RecordSuite> {
+        ids.iter()
+            .map(|&id| RecordSuite::from_id(SuiteId(id)).unwrap())
+            .collect()
+    };
     let mut client_config = ClientIdentityConfig::new(Identity::from_secret(client_static), None);
     client_config.mode = mode;
-    client_config.suites = suites.to_vec();
+    client_config.suites = record_suites(suites);
     let mut server_config = ServerIdentityConfig::new(Identity::from_secret(server_static));
     server_config.allow_plaintext = allow_plaintext;
+    server_config.suites = record_suites(server_suites);
 
     let mut c2s = BytesMut::new();
     let mut s2c = BytesMut::new();
@@ -229,12 +239,15 @@ fn transcript(
 
 fn run_case(case: &Case) -> Transcript {
     transcript(
-        counting(CLIENT_STATIC),
-        counting(SERVER_STATIC),
-        counting(CLIENT_EPHEMERAL),
-        counting(SERVER_EPHEMERAL),
+        [
+            counting(CLIENT_STATIC),
+            counting(SERVER_STATIC),
+            counting(CLIENT_EPHEMERAL),
+            counting(SERVER_EPHEMERAL),
+        ],
         case.mode,
         &case.suites,
+        &case.server_suites,
         case.allow_plaintext,
     )
 }
@@ -247,7 +260,8 @@ fn handshake_file() -> String {
          Noise_XX_25519_ChaChaPoly_SHA256 with the prologue below, fixed static and ephemeral\n\
          X25519 secrets. A client with (client_static_secret, client_ephemeral_secret, mode,\n\
          suites) sends exactly noise_1; a server with (server_static_secret,\n\
-         server_ephemeral_secret, allow_plaintext) answers exactly noise_2; the client then sends\n\
+         server_ephemeral_secret, server_suites, allow_plaintext) answers exactly noise_2; the\n\
+         client then sends\n\
          exactly noise_3. payload_N is message N's Noise payload; handshake_hash is h after\n\
          message 3; k1, k2 are Split()'s two cipher keys; the six keys follow by §13.5.",
     );
@@ -279,6 +293,7 @@ fn handshake_file() -> String {
         w.comment(case.note);
         w.int("mode", case.mode.0)
             .hex("suites", &case.suites)
+            .hex("server_suites", &case.server_suites)
             .int("allow_plaintext", u8::from(case.allow_plaintext))
             .hex("payload_1", &t.payloads[0])
             .frame("noise_1", &t.frames[0])
@@ -351,12 +366,15 @@ fn identity_handshakes() {
         let server = Identity::from_secret(v.array("server_static_secret"));
         assert_eq!(server.id().to_string(), v.string("server_id"));
         let mut t = transcript(
-            v.array("client_static_secret"),
-            v.array("server_static_secret"),
-            v.array("client_ephemeral_secret"),
-            v.array("server_ephemeral_secret"),
+            [
+                v.array("client_static_secret"),
+                v.array("server_static_secret"),
+                v.array("client_ephemeral_secret"),
+                v.array("server_ephemeral_secret"),
+            ],
             Mode(v.u8("mode")),
             &v.hex("suites"),
+            &v.hex("server_suites"),
             v.bool("allow_plaintext"),
         );
         for (i, name) in ["noise_1", "noise_2", "noise_3"].into_iter().enumerate() {
@@ -387,7 +405,8 @@ fn identity_handshakes() {
                 .write_message(RequestId(1), &Message::Ping("hi".into()), &mut wire)
                 .unwrap();
             let frame = handshake_free_frame(&mut wire);
-            let mut opener = RecordOpener::new(RecordSuite::Aes256CbcHmacSha256, &c2s);
+            let suite = RecordSuite::from_id(SuiteId(v.hex("payload_2")[2])).unwrap();
+            let mut opener = RecordOpener::new(suite, &c2s);
             let body = opener.open(&frame.header, BytesMut::from(&frame.body[..]));
             assert_eq!(&body.unwrap()[..], b"hi", "vector {}", v.name);
         }
@@ -396,8 +415,8 @@ fn identity_handshakes() {
 
 /// Splits one frame off `wire` without opening it.
 fn handshake_free_frame(wire: &mut BytesMut) -> Frame {
-    ferry_protocol::FrameDecoder::new(ferry_protocol::DEFAULT_MAX_BODY)
-        .decode(wire)
-        .unwrap()
-        .unwrap()
+    let mut decoder = ferry_protocol::FrameDecoder::new(ferry_protocol::DEFAULT_MAX_BODY);
+    // Session frames carry the negotiated version (here 2), not the handshake's.
+    decoder.set_version(wire[2]);
+    decoder.decode(wire).unwrap().unwrap()
 }

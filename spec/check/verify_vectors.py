@@ -1090,7 +1090,8 @@ ID_LABELS = {
     "s2c_mac": (b"ferry id v1 s2c mac", 32),
     "s2c_iv": (b"ferry id v1 s2c iv", 12),
 }
-ID_SUITES = {0x01}  # §13.3: the suites of this version
+ID_MAX_VERSION = 2  # §4.3
+ID_SUITE_CBC = 0x01  # the one suite version 1 knows (§4.3)
 B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
@@ -1204,11 +1205,11 @@ def check_identity_handshake(v):
     ce_pub, se_pub = x25519_public(ce), x25519_public(se)
     check(ce_pub == v.hex("client_ephemeral_public"), "client ephemeral public")
     check(se_pub == v.hex("server_ephemeral_public"), "server ephemeral public")
-    mode, suites = v.int("mode"), v.hex("suites")
+    mode, suites, server_suites = v.int("mode"), v.hex("suites"), v.hex("server_suites")
 
     # Message 1, client: e, then the Offer in the clear (§13.3).
     client = NoiseSymmetric()
-    offer = bytes([1, 1, mode, len(suites)]) + suites
+    offer = bytes([1, ID_MAX_VERSION, mode, len(suites)]) + suites
     check(offer == v.hex("payload_1"), "payload_1 (the Offer)")
     client.mix_hash(ce_pub)
     msg1 = ce_pub + client.encrypt_and_hash(offer)
@@ -1222,13 +1223,14 @@ def check_identity_handshake(v):
     got = server.decrypt_and_hash(msg1[32:])
     lo, hi, got_mode, count = got[0], got[1], got[2], got[3]
     check(1 <= lo <= hi and got_mode in (0, 1) and len(got) == 4 + count, "Offer layout")
-    version = min(hi, 1)
+    version = min(hi, ID_MAX_VERSION)
     check(version >= lo, "a common version")
     if got_mode == 1:
         check(v.int("allow_plaintext") == 1, "plaintext allowed")
         suite = 0
-    else:
-        suite = next(s for s in got[4:] if s in ID_SUITES)
+    else:  # the client's first suite the server accepts and the version allows
+        suite = next(s for s in got[4:]
+                     if s in server_suites and (version >= 2 or s == ID_SUITE_CBC))
     choice = bytes([version, got_mode, suite])
     check(choice == v.hex("payload_2"), "payload_2 (the Choice)")
     server.mix_hash(se_pub)

@@ -35,7 +35,6 @@ fn run_with(
     let mut client_result = None;
     let mut server_result = None;
     let mut server_error = BytesMut::new();
-    let mut sent = 0;
     // Message 1, 2, 3: each a step of one side; a side that fails stops the run.
     for step in 0..3 {
         let (wire, to_server) = if step % 2 == 0 {
@@ -43,8 +42,7 @@ fn run_with(
         } else {
             (&mut s2c, false)
         };
-        tamper(sent, wire);
-        sent += 1;
+        tamper(step, wire);
         let frame = match handshake_decoder().decode(wire) {
             Ok(Some(frame)) => frame,
             // A tampered header the decoder refuses, or a length that now waits forever:
@@ -265,7 +263,7 @@ fn a_low_order_ephemeral_key_is_refused() {
             min_version: 1,
             max_version: 1,
             mode: Mode::ENCRYPTED,
-            suites: vec![0x01],
+            suites: SuiteOffer::new([SuiteId(0x01)]).unwrap(),
         }
         .encode(),
     );
@@ -325,7 +323,7 @@ fn disjoint_versions_are_reported() {
         min_version: 7,
         max_version: 9,
         mode: Mode::ENCRYPTED,
-        suites: vec![0x01],
+        suites: SuiteOffer::new([SuiteId(0x01)]).unwrap(),
     };
     let message = write(&mut initiator, &offer.encode()).unwrap();
     let mut wire = BytesMut::from(&frame_bytes(FrameType::NOISE_1, &message)[..]);
@@ -342,7 +340,7 @@ fn offers_decode_exactly() {
         min_version: 1,
         max_version: 3,
         mode: Mode::ENCRYPTED,
-        suites: vec![0x02, 0x01],
+        suites: SuiteOffer::new([SuiteId(0x02), SuiteId(0x01)]).unwrap(),
     };
     assert_eq!(offer.encode(), [1, 3, 0, 2, 2, 1]);
     assert_eq!(Offer::decode(&offer.encode()), Some(offer));
@@ -362,7 +360,7 @@ fn offers_decode_exactly() {
     let choice = Choice {
         version: 1,
         mode: Mode::ENCRYPTED,
-        suite: 1,
+        suite: SuiteId(1),
     };
     assert_eq!(Choice::decode(&[1, 0, 1]), Some(choice));
     assert_eq!(Choice::decode(&[1, 0, 1, 0]), None);
@@ -436,4 +434,56 @@ fn one_port_serves_both_handshakes_by_the_first_frame() {
         accept(identity_only, Some(key)).unwrap_err(),
         HandshakeError::AuthenticationFailed
     );
+}
+
+#[test]
+fn the_fuzz_entry_takes_any_bytes() {
+    use crate::handshake::ClientHandshake;
+    // A real transcript for each mode, then truncations and flips of it.
+    let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0], vec![1], vec![2], vec![0x80; 40]];
+    let mut hello = BytesMut::new();
+    ClientIdentityHandshake::start(ClientIdentityConfig::new(identity(1), None), &mut hello)
+        .unwrap();
+    let mut psk = BytesMut::new();
+    ClientHandshake::start(
+        ClientHandshakeConfig::new(Key::from_bytes([7; 32])),
+        &mut psk,
+    );
+    for (mode, body) in [
+        (0u8, hello.to_vec()),
+        (0, psk.to_vec()),
+        (2, vec![0x0a; 80]),
+    ] {
+        for cut in [0, 1, 12, body.len() / 2, body.len()] {
+            let mut input = vec![mode];
+            input.extend_from_slice(&body[..cut.min(body.len())]);
+            inputs.push(input.clone());
+            if let Some(last) = input.last_mut() {
+                *last ^= 0xff;
+            }
+            inputs.push(input);
+        }
+    }
+    for input in inputs {
+        fuzz_identity_handshake(&input);
+    }
+}
+
+#[test]
+fn the_server_picks_the_clients_first_suite_it_accepts() {
+    let client = ClientIdentityConfig::new(identity(1), None);
+    assert_eq!(client.suites, RecordSuite::DEFAULT_SUITES.to_vec());
+    let out = run(client.clone(), ServerIdentityConfig::new(identity(2)));
+    assert_eq!(out.client.unwrap().version(), MAX_VERSION);
+    let mut cbc_only = ServerIdentityConfig::new(identity(2));
+    cbc_only.suites = vec![RecordSuite::Aes256CbcHmacSha256];
+    assert!(run(client.clone(), cbc_only).server.is_ok());
+    let mut gcm_only = ServerIdentityConfig::new(identity(2));
+    gcm_only.suites = vec![RecordSuite::Aes256Gcm];
+    let mut cbc_client = client;
+    cbc_client.suites = vec![RecordSuite::Aes256CbcHmacSha256];
+    assert!(matches!(
+        run(cbc_client, gcm_only).server,
+        Err(HandshakeError::NoCommonSuite { .. })
+    ));
 }
