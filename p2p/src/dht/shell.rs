@@ -210,6 +210,7 @@ async fn run(
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut waiting: HashMap<LookupId, Waiting> = HashMap::new();
     let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
+    let mut commands_open = true;
     loop {
         while let Some((to, bytes)) = dht.poll_transmit() {
             if let Err(e) = socket.send_to(&bytes, to).await {
@@ -245,7 +246,7 @@ async fn run(
                 // ICMP errors from earlier sends surface here on some systems; keep serving.
                 Err(e) => tracing::debug!(error = %e, "dht recv failed"),
             },
-            cmd = cmds.recv() => match cmd {
+            cmd = cmds.recv(), if commands_open => match cmd {
                 Some(Cmd::GetPeers { key, announce, peers, done }) => {
                     let now = Instant::now().into_std();
                     // With a thin table (a first start, a bootstrap node that was down),
@@ -264,7 +265,7 @@ async fn run(
                     let _ = reply.send(dht.nodes());
                 }
                 // Every handle dropped: keep serving others until cancelled.
-                None => cancel.cancelled().await,
+                None => commands_open = false,
             },
             _ = tokio::time::sleep_until(deadline) => dht.handle_timeout(Instant::now().into_std()),
             _ = save.tick() => persist(&dht, &config),
