@@ -1,11 +1,23 @@
 //! Codec benchmarks: header encode/decode, and frame encode+decode for 64 B, 4 KiB and 64 KiB
-//! bodies, plaintext and encrypted, each beside its baseline in the same group:
+//! bodies, plaintext and encrypted with each record suite, each beside its baseline in the same
+//! group:
 //! - `memcpy`: copying the same bytes once — the floor for plaintext framing;
 //! - `raw_cipher_mac`: AES-256-CBC encrypt + HMAC-SHA256 and verify + decrypt of the same bytes,
-//!   using the crates directly — the floor for encrypted framing.
+//!   using the crates directly — the floor for `encrypted` (CBC + HMAC) framing;
+//! - `raw_gcm_ring`: AES-256-GCM seal + open with `ring` directly — the floor for
+//!   `encrypted_gcm` framing.
 //!
-//! After the run it prints `baseline time / candidate time` per size (targets: plaintext
-//! ≥ 0.5× memcpy, encrypted ≥ 0.8× raw cipher+MAC, one core).
+//! The `gcm-64KiB` group puts the AES-256-GCM implementations side by side (seal + open of a
+//! 64 KiB body with a 12-byte AAD): RustCrypto `aes-gcm`, `ring` (what the protocol uses) and,
+//! with `--features aws-lc`, `aws-lc-rs`. After the run it prints `openssl speed -evp
+//! aes-256-gcm` at 64 KiB (one core, encryption only) as the ceiling, if `openssl` is on PATH.
+//!
+//! ```text
+//! cargo bench -p ferry-bench --bench codec --features aws-lc -- 'gcm-64KiB|frame-64KiB'
+//! ```
+//!
+//! Then it prints `baseline time / candidate time` per size (targets: plaintext ≥ 0.5× memcpy,
+//! encrypted ≥ 0.8× its raw floor, one core).
 
 use std::hint::black_box;
 
@@ -13,7 +25,111 @@ use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use ferry_bench::baseline::raw_cipher_mac;
 use ferry_bench::ratios::{criterion_dir, print_report, Comparison};
+use ferry_protocol::crypto::RecordSuite;
 use ferry_protocol::{FrameType, Header, RequestId, Service, Session};
+
+/// AES-256-GCM seal + open of `buf` in place with `ring`, as the record layer does it; returns
+/// the opened length so the work cannot be optimised out.
+fn raw_gcm_ring(key: &ring::aead::LessSafeKey, buf: &mut [u8]) -> usize {
+    use ring::aead::{Aad, Nonce};
+    let aad = [7u8; 12];
+    let nonce = || Nonce::assume_unique_for_key([3; 12]);
+    let tag = key
+        .seal_in_place_separate_tag(nonce(), Aad::from(aad), buf)
+        .unwrap_or_else(|_| unreachable!("a 64 KiB body seals"));
+    key.open_in_place_separate_tag(nonce(), Aad::from(aad), tag, buf, 0..)
+        .map(|p| p.len())
+        .unwrap_or(0)
+}
+
+/// The same with RustCrypto's `aes-gcm`.
+fn raw_gcm_rustcrypto(key: &aes_gcm::Aes256Gcm, buf: &mut [u8]) -> usize {
+    use aes_gcm::aead::AeadInPlace;
+    let nonce = aes_gcm::Nonce::from([3u8; 12]);
+    let aad = [7u8; 12];
+    let tag = key
+        .encrypt_in_place_detached(&nonce, &aad, buf)
+        .unwrap_or_else(|_| unreachable!("a 64 KiB body seals"));
+    usize::from(
+        key.decrypt_in_place_detached(&nonce, &aad, buf, &tag)
+            .is_ok(),
+    ) + buf.len()
+}
+
+/// The same with `aws-lc-rs`.
+#[cfg(feature = "aws-lc")]
+fn raw_gcm_aws_lc(key: &aws_lc_rs::aead::LessSafeKey, buf: &mut [u8]) -> usize {
+    use aws_lc_rs::aead::{Aad, Nonce};
+    let aad = [7u8; 12];
+    let nonce = || Nonce::assume_unique_for_key([3; 12]);
+    let tag = key
+        .seal_in_place_separate_tag(nonce(), Aad::from(aad), buf)
+        .unwrap_or_else(|_| unreachable!("a 64 KiB body seals"));
+    key.open_in_place_separate_tag(nonce(), Aad::from(aad), tag.as_ref(), buf)
+        .map(|p| p.len())
+        .unwrap_or(0)
+}
+
+fn ring_key() -> ring::aead::LessSafeKey {
+    use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+    LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, &[1; 32]).unwrap_or_else(|_| unreachable!("32-byte key")),
+    )
+}
+
+/// AES-256-GCM implementations side by side, and both suites through the codec, at 64 KiB.
+fn bench_gcm_candidates(c: &mut Criterion) {
+    let size = 65_536;
+    let mut group = c.benchmark_group("gcm-64KiB");
+    group.throughput(Throughput::Bytes(size as u64));
+    let mut buf = vec![0xA5u8; size];
+    let key = ring_key();
+    group.bench_function("ring", |b| {
+        b.iter(|| black_box(raw_gcm_ring(&key, black_box(&mut buf))))
+    });
+    {
+        use aes_gcm::KeyInit;
+        let key = aes_gcm::Aes256Gcm::new(&[1u8; 32].into());
+        group.bench_function("rustcrypto_aes_gcm", |b| {
+            b.iter(|| black_box(raw_gcm_rustcrypto(&key, black_box(&mut buf))))
+        });
+    }
+    #[cfg(feature = "aws-lc")]
+    {
+        use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &[1; 32]).unwrap_or_else(|_| unreachable!("32 bytes")),
+        );
+        group.bench_function("aws_lc_rs", |b| {
+            b.iter(|| black_box(raw_gcm_aws_lc(&key, black_box(&mut buf))))
+        });
+    }
+    group.finish();
+}
+
+/// `openssl speed -evp aes-256-gcm` at 64 KiB on one core: encryption only, in MB/s, if openssl
+/// is on PATH. Sealing and opening a body costs about two such passes, so the seal + open
+/// ceiling of a codec is about half of it.
+fn openssl_ceiling() -> Option<f64> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-elapsed", "-seconds", "3", "-bytes", "65536"])
+        .args(["-evp", "aes-256-gcm"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last line: "AES-256-GCM   2233962.32k" (thousands of bytes per second).
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.to_ascii_uppercase().starts_with("AES-256-GCM"))?;
+    let kilo: f64 = line
+        .split_whitespace()
+        .last()?
+        .trim_end_matches('k')
+        .parse()
+        .ok()?;
+    Some(kilo / 1000.0)
+}
 
 const SIZES: [(&str, usize); 3] = [("64B", 64), ("4KiB", 4096), ("64KiB", 65_536)];
 
@@ -49,8 +165,18 @@ fn bench_frames(c: &mut Criterion) {
             b.iter(|| black_box(raw_cipher_mac(black_box(&body), &mut buf)))
         });
 
-        for (label, encrypted) in [("plaintext", false), ("encrypted", true)] {
-            let (mut sender, mut receiver) = Session::dangerous_pair_with_fixed_keys(encrypted);
+        let key = ring_key();
+        let mut gcm_buf = body.clone();
+        group.bench_function("raw_gcm_ring", |b| {
+            b.iter(|| black_box(raw_gcm_ring(&key, black_box(&mut gcm_buf))))
+        });
+
+        for (label, suite) in [
+            ("plaintext", RecordSuite::Plaintext),
+            ("encrypted", RecordSuite::Aes256CbcHmacSha256),
+            ("encrypted_gcm", RecordSuite::Aes256Gcm),
+        ] {
+            let (mut sender, mut receiver) = Session::dangerous_pair_with_suite(suite);
             let mut wire = BytesMut::with_capacity(2 * size + 128);
             group.bench_function(BenchmarkId::from_parameter(label), |b| {
                 b.iter(|| {
@@ -135,9 +261,18 @@ fn bench_batched(c: &mut Criterion) {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_header(&mut criterion);
+    bench_gcm_candidates(&mut criterion);
     bench_frames(&mut criterion);
     bench_batched(&mut criterion);
     criterion.final_summary();
+    match openssl_ceiling() {
+        Some(mbs) => println!(
+            "openssl speed -evp aes-256-gcm, 64 KiB, one core: {mbs:.0} MB/s encryption \
+             (seal + open ceiling about {:.0} MB/s)",
+            mbs / 2.0
+        ),
+        None => println!("openssl speed: openssl not found, no ceiling printed"),
+    }
 
     let mut comparisons = Vec::new();
     for (name, _) in SIZES {
@@ -151,12 +286,37 @@ fn main() {
             target: is_target_size.then_some(0.5),
         });
         comparisons.push(Comparison {
-            group,
+            group: group.clone(),
             candidate: "encrypted".into(),
             baseline: "raw_cipher_mac".into(),
             target: is_target_size.then_some(0.8),
         });
+        comparisons.push(Comparison {
+            group: group.clone(),
+            candidate: "encrypted_gcm".into(),
+            baseline: "raw_gcm_ring".into(),
+            target: is_target_size.then_some(0.8),
+        });
+        comparisons.push(Comparison {
+            group,
+            candidate: "encrypted_gcm".into(),
+            baseline: "encrypted".into(),
+            target: None,
+        });
     }
+    comparisons.push(Comparison {
+        group: "gcm-64KiB".into(),
+        candidate: "ring".into(),
+        baseline: "rustcrypto_aes_gcm".into(),
+        target: None,
+    });
+    #[cfg(feature = "aws-lc")]
+    comparisons.push(Comparison {
+        group: "gcm-64KiB".into(),
+        candidate: "ring".into(),
+        baseline: "aws_lc_rs".into(),
+        target: None,
+    });
     comparisons.push(Comparison {
         group: "frames-8x64KiB".into(),
         candidate: "encrypted_together".into(),
