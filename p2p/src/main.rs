@@ -37,7 +37,6 @@ const MAKE_HELP: &str = "\
 Examples:
   ferry-peer make ./release -o release.ferry --tracker udp://10.0.0.1:6969
   ferry-peer make big.iso --server ferry://10.0.0.1:6789/pub
-  ferry-peer make big.iso       (no source listed: peers meet through --dht-bootstrap)
 
 Exit codes:
   0    the manifest was written
