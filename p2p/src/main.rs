@@ -37,6 +37,7 @@ const MAKE_HELP: &str = "\
 Examples:
   ferry-peer make ./release -o release.ferry --tracker udp://10.0.0.1:6969
   ferry-peer make big.iso --server ferry://10.0.0.1:6789/pub
+  ferry-peer make big.iso       (no source listed: peers meet through --dht-bootstrap)
 
 Exit codes:
   0    the manifest was written
@@ -47,9 +48,12 @@ const SEED_HELP: &str = "\
 Examples:
   ferry-peer seed release.ferry --data ./release
   ferry-peer seed release.ferry --data . --listen 10.0.0.2:7000
+  ferry-peer seed app.ferry docs.ferry --data ./app --data ./docs --listen 0.0.0.0:7000
 
 Peers listen on all interfaces by default: the other peers of a swarm dial in, so a peer
 reachable only on 127.0.0.1 serves nobody else. Use --listen ADDRESS to choose.
+Several manifests are seeded on one port: each connection names its swarm's key (a peer
+that offers only --suite cbc-hmac cannot, and is served only when one manifest is seeded).
 Ctrl-C or SIGTERM stops seeding and tells the trackers (`stopped`).
 
 Exit codes:
@@ -181,12 +185,14 @@ struct DhtArgs {
 
 #[derive(Debug, clap::Args)]
 struct SeedArgs {
-    /// The manifest, e.g. release.ferry
-    manifest: PathBuf,
+    /// The manifests, e.g. release.ferry; several are seeded on one port.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
     /// The data: the directory holding the manifest's top-level entry, or that entry itself.
-    /// Default: the current directory.
+    /// Once for every manifest, or once per manifest in the same order. Default: the current
+    /// directory.
     #[arg(long, default_value = ".", hide_default_value = true)]
-    data: PathBuf,
+    data: Vec<PathBuf>,
     #[command(flatten)]
     swarm: SwarmArgs,
 }
@@ -424,7 +430,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 use ferry_common::exit::{
     CONNECTION as EXIT_CONNECTION, INTEGRITY as EXIT_INTEGRITY, INTERRUPTED as EXIT_INTERRUPTED,
-    TERMINATED as EXIT_TERMINATED,
+    TERMINATED as EXIT_TERMINATED, USAGE as EXIT_USAGE,
 };
 
 /// How long a download may have no peer before it says why.
@@ -534,46 +540,91 @@ fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) ->
 
 async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
-    let manifest = load(&args.manifest)?;
-    let root = data_root(&args.data, &manifest);
-    let storage = Storage::open_existing(&root, &manifest)
-        .with_context(|| format!("opening data under {}", root.display()))?;
-    let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
-    if !have.is_full() {
+    if args.data.len() != 1 && args.data.len() != args.manifests.len() {
         eprintln!(
-            "ferry-peer: {} of {} pieces under {} do not match the manifest",
-            manifest.piece_count() - have.count(),
-            manifest.piece_count(),
-            root.display()
+            "ferry-peer: {} manifests but {} --data directories; give --data once for all of \
+             them or once per manifest",
+            args.manifests.len(),
+            args.data.len()
         );
-        return Ok(ExitCode::from(EXIT_INTEGRITY));
+        return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
+    let mut swarms = Vec::new();
+    for (i, path) in args.manifests.iter().enumerate() {
+        let manifest = load(path)?;
+        let root = data_root(args.data.get(i).unwrap_or(&args.data[0]), &manifest);
+        let storage = Storage::open_existing(&root, &manifest)
+            .with_context(|| format!("opening data under {}", root.display()))?;
+        let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
+        if !have.is_full() {
+            eprintln!(
+                "ferry-peer: {} of {} pieces of {} under {} do not match the manifest",
+                manifest.piece_count() - have.count(),
+                manifest.piece_count(),
+                path.display(),
+                root.display()
+            );
+            return Ok(ExitCode::from(EXIT_INTEGRITY));
+        }
+        swarms.push((manifest, storage, have));
+    }
     let dht_cancel = tokio_util::sync::CancellationToken::new();
-    let mut config = node_config(&args.swarm, trackers, true);
-    config.dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
+    let dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
         Ok(dht) => dht,
         Err(e) => {
             eprintln!("ferry-peer: {e:#}");
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
     };
-    let dht = config.dht.clone();
-    let handle = match node::start(manifest.clone(), Arc::new(storage), have, config).await {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("ferry-peer: {e}");
-            return Ok(ExitCode::from(EXIT_CONNECTION));
+    // One manifest listens on its own; several share one port through a host, which tells
+    // their connections apart by the key each hello names.
+    let host_config = node_config(&args.swarm, Vec::new(), true);
+    let host = if swarms.len() > 1 {
+        match node::Host::bind(&host_config).await {
+            Ok(host) => Some(host),
+            Err(e) => {
+                eprintln!("ferry-peer: {e}");
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
         }
+    } else {
+        None
     };
-    println!(
-        "seeding {} on {}",
-        manifest.content_id(),
-        handle.listen_addr
-    );
+    let mut handles = Vec::new();
+    for (manifest, storage, have) in swarms {
+        let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
+        let mut config = node_config(&args.swarm, trackers, true);
+        config.dht = dht.clone();
+        let started = match &host {
+            Some(host) => node::start_on(host, manifest.clone(), Arc::new(storage), have, config),
+            None => node::start(manifest.clone(), Arc::new(storage), have, config).await,
+        };
+        match started {
+            Ok(handle) => {
+                println!(
+                    "seeding {} on {}",
+                    manifest.content_id(),
+                    handle.listen_addr
+                );
+                handles.push(handle);
+            }
+            Err(e) => {
+                eprintln!("ferry-peer: {e}");
+                for handle in handles {
+                    let _ = handle.shutdown().await;
+                }
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        }
+    }
     // Seeding until stopped is the whole point of `seed`: stopping it is a success.
     signals.recv().await;
-    handle.shutdown().await?;
+    for handle in handles {
+        handle.shutdown().await?;
+    }
+    if let Some(host) = host {
+        host.shutdown().await;
+    }
     stop_dht(dht, &dht_cancel).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -718,3 +718,70 @@ fn logs_to_a_pipe_are_plain_text() {
     assert!(stderr.contains("ignoring tracker"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }
+
+/// Two manifests seeded by one `ferry-peer seed` share one port; a `get` of each finds its own
+/// swarm there.
+#[test]
+fn two_manifests_are_seeded_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (tree_a, manifest_a) = tree_and_manifest(&a, &[]);
+    let (tree_b, manifest_b) = tree_and_manifest(&b, &[]);
+    // Other bytes under the same names: another content id.
+    std::fs::write(tree_b.join("docs/readme"), b"the other swarm\n").unwrap();
+    let made = Command::new(BIN)
+        .args(["make", tree_b.to_str().unwrap(), "-o"])
+        .arg(&manifest_b)
+        .args(["--piece-size", "65536", "--no-progress", "--force"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let mismatched = Command::new(BIN)
+        .arg("seed")
+        .args([&manifest_a, &manifest_b])
+        .args(["--data", tree_a.to_str().unwrap()])
+        .args(["--data", tree_b.to_str().unwrap()])
+        .args(["--data", tree_b.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(mismatched.status.code(), Some(2), "{mismatched:?}");
+
+    let mut seed = Command::new(BIN)
+        .arg("seed")
+        .args([&manifest_a, &manifest_b])
+        .args(["--data", tree_a.to_str().unwrap()])
+        .args(["--data", tree_b.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(seed.stdout.take().unwrap());
+    let seed = Running(seed);
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("seeding "), "{line}");
+        addrs.push(line.trim().rsplit(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(addrs[0], addrs[1], "one port for both swarms");
+
+    for (manifest, tree, out) in [
+        (&manifest_a, &tree_a, a.join("out")),
+        (&manifest_b, &tree_b, b.join("out")),
+    ] {
+        let mut get = spawn_get(manifest, &out, &["--no-seed", "--peer", &addrs[0]]);
+        let status = wait_exit(&mut get.0, Duration::from_secs(60));
+        assert!(status.success(), "{status:?}");
+        for file in ["data.bin", "docs/readme"] {
+            assert_eq!(
+                std::fs::read(tree.join(file)).unwrap(),
+                std::fs::read(out.join("tree").join(file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
+    drop(seed);
+}

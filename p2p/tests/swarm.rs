@@ -908,9 +908,7 @@ async fn two_swarms_are_seeded_on_one_port() {
     let a = manifest_for(&make_tree(&a_dir, 150_000), 16 * 1024, vec![]);
     let b = manifest_for(&make_other_tree(&b_dir), 16 * 1024, vec![]);
     assert_ne!(a.content_id(), b.content_id());
-    let host = node::Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let host = node::Host::bind(&config(&[], &[], true)).await.unwrap();
     let seed_a = seed_on(&host, &a, &a_dir.join("src"));
     let seed_b = seed_on(&host, &b, &b_dir.join("src"));
     assert_eq!(seed_a.listen_addr, host.listen_addr());
@@ -970,9 +968,7 @@ async fn a_host_routes_by_key_hint_and_is_no_oracle_for_its_swarms() {
     let a = manifest_for(&make_tree(&a_dir, 150_000), 16 * 1024, vec![]);
     let b = manifest_for(&make_other_tree(&b_dir), 16 * 1024, vec![]);
     let stranger = manifest_for(&make_tree(&a_dir, 150_000), 32 * 1024, vec![]);
-    let host = node::Host::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let host = node::Host::bind(&config(&[], &[], true)).await.unwrap();
     let addr = host.listen_addr();
     let seed_a = seed_on(&host, &a, &a_dir.join("src"));
 

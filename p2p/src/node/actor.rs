@@ -58,7 +58,7 @@ impl Inbound {
             Self::Hosted { queue, .. } => match queue.recv().await {
                 Some(accepted) => {
                     let remote = accepted.remote;
-                    Some((PeerStream::Established(accepted), remote))
+                    Some((PeerStream::Established(Box::new(accepted)), remote))
                 }
                 None => std::future::pending().await,
             },

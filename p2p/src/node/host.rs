@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferry_protocol::crypto::RecordSuite;
 use ferry_protocol::message::{ClientHello, KeyHint};
 use ferry_protocol::transport::{Acceptor, BoxedStream, TcpAcceptor};
 use ferry_protocol::{Key, KeyResolver, Permissions, Principal, ServerHandshakeConfig, Session};
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::NodeError;
+use super::{NodeConfig, NodeError};
 use crate::manifest::ContentId;
 use crate::wire;
 
@@ -107,9 +108,11 @@ pub struct Host {
 }
 
 impl Host {
-    /// Listens on `addr` (port 0 picks one). Session handshakes must finish within
-    /// `handshake_timeout`.
-    pub async fn bind(addr: SocketAddr, handshake_timeout: Duration) -> Result<Self, NodeError> {
+    /// Listens on `config.listen` (port 0 picks one), with its handshake timeout and record
+    /// suites; the nodes started on the host take the rest of their configuration from their
+    /// own.
+    pub async fn bind(config: &NodeConfig) -> Result<Self, NodeError> {
+        let addr = config.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| NodeError::Listen { addr, source })?;
@@ -121,7 +124,10 @@ impl Host {
         let task = tokio::spawn(accept_loop(
             TcpAcceptor::new(listener),
             routes.clone(),
-            handshake_timeout,
+            Handshakes {
+                timeout: config.handshake_timeout,
+                suites: config.suites.clone(),
+            },
             cancel.clone(),
         ));
         Ok(Self {
@@ -194,10 +200,17 @@ impl Drop for Registration {
     }
 }
 
+/// How the host runs session handshakes.
+#[derive(Debug, Clone)]
+struct Handshakes {
+    timeout: Duration,
+    suites: Vec<RecordSuite>,
+}
+
 async fn accept_loop(
     mut listener: TcpAcceptor,
     routes: Arc<Routes>,
-    handshake_timeout: Duration,
+    handshakes: Handshakes,
     cancel: CancellationToken,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
@@ -220,14 +233,15 @@ async fn accept_loop(
             tracing::debug!(%remote, "refusing a peer connection: too many handshakes pending");
             continue;
         };
-        let (routes, cancel) = (routes.clone(), cancel.clone());
+        let (routes, cancel, handshakes) = (routes.clone(), cancel.clone(), handshakes.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let mut stream: BoxedStream = Box::new(stream);
             let mut config = ServerHandshakeConfig::with_resolver(routes.clone());
             config.max_body = wire::MAX_BODY;
+            config.suites = handshakes.suites;
             let handshake = tokio::time::timeout(
-                handshake_timeout,
+                handshakes.timeout,
                 ferry_protocol::tokio::server_handshake_principal(&mut stream, config),
             );
             let (session, principal, leftover) = tokio::select! {

@@ -7,15 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use ferry_protocol::driver::{FrameReader, FrameWriter, WriteError};
 use ferry_protocol::transport::BoxedStream;
-use ferry_protocol::{ClientHandshakeConfig, ErrorBody, ServerHandshakeConfig};
+use ferry_protocol::{ClientHandshakeConfig, ErrorBody, ServerHandshakeConfig, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::host::Accepted;
 use super::{Ctx, Event, PeerCmd};
 use crate::manifest::PieceIndex;
 use crate::swarm::ConnId;
@@ -26,7 +28,7 @@ use crate::wire::{self, PeerId, PeerMessage};
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(conn = conn.0, peer = ?dialed))]
 pub(super) async fn run_peer(
-    stream: BoxedStream,
+    stream: PeerStream,
     remote: Option<SocketAddr>,
     dialed: Option<SocketAddr>,
     conn: ConnId,
@@ -176,21 +178,52 @@ enum HandshakeFailure {
 type PeerReader = FrameReader<ReadHalf<BoxedStream>>;
 type PeerWriter = FrameWriter<WriteHalf<BoxedStream>>;
 
-async fn handshake(
-    mut stream: BoxedStream,
+/// A peer connection as it reaches [`run_peer`]: a raw stream (dialled, or accepted on the
+/// node's own listener) or one whose session handshake a [`Host`](super::host::Host) completed.
+pub(super) enum PeerStream {
+    Raw(BoxedStream),
+    /// Boxed: a session's record state is large beside a stream pointer.
+    Established(Box<Accepted>),
+}
+
+/// The session handshake on a raw stream, keyed by the swarm (spec/P2P.md §3.2).
+async fn session_handshake(
+    stream: &mut BoxedStream,
     outbound: bool,
     ctx: &Ctx,
-) -> Result<(PeerReader, PeerWriter, PeerId, u16), HandshakeFailure> {
-    let (session, leftover) = if outbound {
+) -> Result<(Session, BytesMut), ferry_protocol::Error> {
+    if outbound {
         let mut config = ClientHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
         config.suites = ctx.suites.clone();
-        ferry_protocol::tokio::client_handshake(&mut stream, config).await?
+        ferry_protocol::tokio::client_handshake(stream, config).await
     } else {
         let mut config = ServerHandshakeConfig::new(ctx.key.clone());
         config.max_body = wire::MAX_BODY;
         config.suites = ctx.suites.clone();
-        ferry_protocol::tokio::server_handshake(&mut stream, config).await?
+        ferry_protocol::tokio::server_handshake(stream, config).await
+    }
+}
+
+async fn handshake(
+    stream: PeerStream,
+    outbound: bool,
+    ctx: &Ctx,
+) -> Result<(PeerReader, PeerWriter, PeerId, u16), HandshakeFailure> {
+    let (stream, session, leftover) = match stream {
+        PeerStream::Established(accepted) => {
+            let Accepted {
+                stream,
+                session,
+                leftover,
+                ..
+            } = *accepted;
+            (stream, session, leftover)
+        }
+        PeerStream::Raw(mut stream) => {
+            let (session, leftover) = session_handshake(&mut stream, outbound, ctx).await?;
+            (stream, session, leftover)
+        }
     };
     let version = session.version();
     let (send, recv) = session.into_split();
