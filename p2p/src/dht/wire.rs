@@ -25,6 +25,9 @@ use crate::addr;
 
 /// The DHT's service byte (in the tracker range of PROTOCOL.md §2.3).
 pub const SERVICE: Service = Service(0x48);
+/// The header's version byte in every DHT datagram (spec/P2P.md §7.2). Fixed here rather than
+/// taken from the session protocol, so the DHT's wire does not move when sessions do.
+pub const DATAGRAM_VERSION: u8 = 1;
 /// Largest datagram read or sent.
 pub const MAX_DATAGRAM: usize = 1400;
 /// Length of an announce token.
@@ -343,13 +346,14 @@ impl Message {
             Message::Error(e) => e.encode(&mut body),
         }
         let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-        Header::new(
+        let mut header = Header::new(
             self.kind(),
             SERVICE,
             RequestId(transaction),
             body.len() as u32,
-        )
-        .encode(&mut out);
+        );
+        header.version = DATAGRAM_VERSION;
+        header.encode(&mut out);
         out.put_slice(&body);
         out.to_vec()
     }
@@ -359,15 +363,21 @@ impl Message {
         if datagram.len() < HEADER_LEN || datagram.len() > MAX_DATAGRAM {
             return None;
         }
-        let header = Header::decode(&datagram[..HEADER_LEN]).ok()?;
-        if header.version != ferry_protocol::VERSION
-            || header.service != SERVICE
-            || header.length as usize != datagram.len() - HEADER_LEN
+        // The header is read here, not by `Header::decode`, so that the session protocol's
+        // accepted versions do not change which DHT datagrams are valid.
+        let mut h = &datagram[..HEADER_LEN];
+        let (kind, magic, version, service) = (h.get_u8(), h.get_u8(), h.get_u8(), h.get_u8());
+        let transaction = h.get_u32();
+        let length = h.get_u32() as usize;
+        if magic != ferry_protocol::MAGIC
+            || version != DATAGRAM_VERSION
+            || service != SERVICE.0
+            || length != datagram.len() - HEADER_LEN
         {
             return None;
         }
         let body = &datagram[HEADER_LEN..];
-        let message = match header.kind {
+        let message = match FrameType(kind) {
             FrameType::REQUEST => Message::Request(Request::decode(body)?),
             FrameType::RESPONSE => Message::Response(Response::decode(body)?),
             FrameType::ERROR => {
@@ -375,7 +385,7 @@ impl Message {
             }
             _ => return None,
         };
-        Some((header.id.0, message))
+        Some((transaction, message))
     }
 }
 
@@ -499,6 +509,16 @@ pub(crate) mod tests {
             padding: 3,
         })
         .to_datagram(1);
+        // Another version, magic or service: refused.
+        for (at, value) in [(2, 2u8), (1, 0xfd), (3, 0x40)] {
+            let mut other = d.clone();
+            other[at] = value;
+            assert_eq!(
+                Message::from_datagram(&other),
+                None,
+                "byte {at} = {value:#x}"
+            );
+        }
         // Non-zero padding.
         let last = d.len() - 1;
         d[last] = 1;
