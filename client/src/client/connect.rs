@@ -52,7 +52,7 @@ impl Client {
     /// A URL's host is resolved and its addresses tried in order.
     pub async fn connect(
         target: impl Into<Target>,
-        config: ClientConfig,
+        mut config: ClientConfig,
     ) -> Result<Client, ClientError> {
         let addrs = match target.into() {
             Target::Addr(addr) => vec![addr],
