@@ -1,13 +1,14 @@
-//! `ferry://[ID@]HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` tracker addresses:
-//! parsing and display.
+//! `ferry://[ID@]HOST[:PORT][,HOST[:PORT]...][/PATH]` server addresses and `udp://HOST:PORT`
+//! tracker addresses: parsing and display.
 //!
-//! The host is a DNS name, an IPv4 address or an IPv6 address in brackets (`ferry://[::1]:7000/`).
-//! The port defaults to [`DEFAULT_PORT`]. The path is relative to the served root: leading and
+//! Each `HOST[:PORT]` is a connection hint (spec §13.8): a DNS name, an IPv4 address or an IPv6
+//! address in brackets (`ferry://[::1]:7000/`), with its own port, default [`DEFAULT_PORT`]. The
+//! client races the hints (Happy Eyeballs); [`FerryUrl::host`] and [`FerryUrl::port`] are the
+//! first one, [`FerryUrl::hints`] all of them, at most [`MAX_HINTS`]. The path is relative to the served root: leading and
 //! duplicate slashes are dropped and `%XX` escapes are decoded, so `ferry://h/a%20b//c/` names
 //! `a b/c`. A bare `HOST[:PORT][/PATH]` without the scheme is accepted too. `ID@` names the
 //! server that must answer by its node id (spec §13.1): the client then runs the identity
-//! handshake and refuses any other key. Several connection hints (`HOST,HOST2`) are refused
-//! with a clear error until the client can race them.
+//! handshake and refuses any other key, whichever hint answers.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -18,14 +19,60 @@ use ferry_protocol::identity::NodeId;
 /// The port a server listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 6789;
 
+/// Connection hints one address may carry: each costs a connection attempt (spec §13.8).
+pub const MAX_HINTS: usize = 16;
+
+/// One connection hint: where the server may be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Hint {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Hint {
+    /// `host:port`, with brackets around IPv6 addresses, for `lookup_host`, messages and the
+    /// known-servers file.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The host as an IP address, if it is one (no resolution needed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+impl FromStr for Hint {
+    type Err = UrlError;
+
+    /// `HOST[:PORT]`, as one hint of an address.
+    fn from_str(input: &str) -> Result<Self, UrlError> {
+        parse_hint(input.trim(), input)
+    }
+}
+
 /// A parsed Ferry address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FerryUrl {
     /// The node id of the server that must answer (`ferry://ID@HOST/`), if the address names one.
     pub server_id: Option<NodeId>,
-    /// Host name or IP address, without brackets.
+    /// The first hint's host name or IP address, without brackets.
     pub host: String,
+    /// The first hint's port.
     pub port: u16,
+    /// The hints after the first, in the address's order.
+    more_hints: Vec<Hint>,
     /// Path relative to the served root, `/`-separated, no leading or trailing slash; `""` is the
     /// root.
     pub path: String,
@@ -48,8 +95,10 @@ pub enum UrlError {
     Escape(String),
     #[error("invalid server id {text:?} before '@': {reason}")]
     Id { text: String, reason: String },
-    #[error("several connection hints ({0:?}) are not supported yet: give one HOST[:PORT]")]
-    Hints(String),
+    #[error("empty connection hint in {0:?}: hints are HOST[:PORT] separated by ','")]
+    EmptyHint(String),
+    #[error("{0} connection hints: an address carries at most 16")]
+    TooManyHints(usize),
 }
 
 impl FerryUrl {
@@ -59,6 +108,7 @@ impl FerryUrl {
             server_id: None,
             host: addr.ip().to_string(),
             port: addr.port(),
+            more_hints: Vec::new(),
             path: String::new(),
         }
     }
@@ -69,16 +119,29 @@ impl FerryUrl {
             server_id: self.server_id,
             host: self.host.clone(),
             port: self.port,
+            more_hints: self.more_hints.clone(),
             path: normalize_path(path),
         }
     }
 
-    /// `host:port`, with brackets around IPv6 addresses, for `lookup_host` and messages.
+    /// The first hint's `host:port`, with brackets around IPv6 addresses, for `lookup_host` and
+    /// messages.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        self.first_hint().authority()
+    }
+
+    /// Every connection hint, the first ([`FerryUrl::host`], [`FerryUrl::port`]) first.
+    pub fn hints(&self) -> Vec<Hint> {
+        let mut hints = Vec::with_capacity(1 + self.more_hints.len());
+        hints.push(self.first_hint());
+        hints.extend(self.more_hints.iter().cloned());
+        hints
+    }
+
+    fn first_hint(&self) -> Hint {
+        Hint {
+            host: self.host.clone(),
+            port: self.port,
         }
     }
 
@@ -115,51 +178,72 @@ impl FromStr for FerryUrl {
         if authority.is_empty() {
             return Err(UrlError::NoHost(input.to_string()));
         }
-        if authority.contains(',') {
-            return Err(UrlError::Hints(authority.to_string()));
+        let mut hints = Vec::new();
+        for text in authority.split(',') {
+            if text.is_empty() {
+                return Err(UrlError::EmptyHint(authority.to_string()));
+            }
+            hints.push(parse_hint(text, input)?);
         }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| UrlError::Ipv6(authority.to_string()))?;
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(UrlError::Ipv6(host.to_string()));
-            }
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| UrlError::Port(p.to_string()))?,
-                ),
-            };
-            (host, port)
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
+        if hints.len() > MAX_HINTS {
+            return Err(UrlError::TooManyHints(hints.len()));
+        }
+        let mut hints = hints.into_iter();
+        // `authority` is not empty, so `split` gave at least one hint.
+        let Some(Hint { host, port }) = hints.next() else {
             return Err(UrlError::NoHost(input.to_string()));
-        }
-        if host.contains(|c: char| c.is_whitespace() || c == '@' || c == '?' || c == '#') {
-            return Err(UrlError::Host(host.to_string()));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => match p.parse::<u16>() {
-                Ok(port) if port != 0 => port,
-                _ => return Err(UrlError::Port(p.to_string())),
-            },
         };
         let path = percent_decode(path).ok_or_else(|| UrlError::Escape(path.to_string()))?;
         Ok(Self {
             server_id,
-            host: host.to_string(),
+            host,
             port,
+            more_hints: hints.collect(),
             path: normalize_path(&path),
         })
     }
+}
+
+/// One `HOST[:PORT]` hint; `input` is the whole address, for messages.
+fn parse_hint(authority: &str, input: &str) -> Result<Hint, UrlError> {
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| UrlError::Ipv6(authority.to_string()))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(UrlError::Ipv6(host.to_string()));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| UrlError::Port(p.to_string()))?,
+            ),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UrlError::NoHost(input.to_string()));
+    }
+    if host.contains(|c: char| c.is_whitespace() || "@?#,[]/".contains(c)) {
+        return Err(UrlError::Host(host.to_string()));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(UrlError::Port(p.to_string())),
+        },
+    };
+    Ok(Hint {
+        host: host.to_string(),
+        port,
+    })
 }
 
 impl fmt::Display for FerryUrl {
@@ -168,10 +252,11 @@ impl fmt::Display for FerryUrl {
             .server_id
             .map(|id| format!("{id}@"))
             .unwrap_or_default();
+        let hints: Vec<String> = self.hints().iter().map(Hint::authority).collect();
         write!(
             f,
             "ferry://{id}{}/{}",
-            self.authority(),
+            hints.join(","),
             percent_encode(&self.path)
         )
     }
@@ -391,11 +476,66 @@ mod tests {
         for (input, expect) in [
             ("ferry://abc@h/".to_string(), "invalid server id \"abc\""),
             (format!("ferry://{id}@/x"), "has no host"),
-            (format!("ferry://{id}@h1,h2:7/"), "several connection hints"),
+            (format!("ferry://{id}@h1,,h2:7/"), "empty connection hint"),
         ] {
             let err = input.parse::<FerryUrl>().unwrap_err().to_string();
             assert!(err.contains(expect), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn several_hints_each_with_its_own_port() {
+        let id = ferry_protocol::identity::Identity::from_secret([1; 32]).id();
+        let text = format!("ferry://{id}@10.0.0.1,[2001:db8::1]:7000,files.example.org:7001/a%20b");
+        let u = url(&text);
+        assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", DEFAULT_PORT));
+        assert_eq!(u.authority(), "10.0.0.1:6789");
+        let hints: Vec<String> = u.hints().iter().map(Hint::authority).collect();
+        assert_eq!(
+            hints,
+            [
+                "10.0.0.1:6789",
+                "[2001:db8::1]:7000",
+                "files.example.org:7001"
+            ]
+        );
+        assert_eq!(u.hints()[1].ip(), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!((u.server_id, u.path.as_str()), (Some(id), "a b"));
+        let shown = u.to_string();
+        assert_eq!(
+            shown,
+            format!("ferry://{id}@10.0.0.1:6789,[2001:db8::1]:7000,files.example.org:7001/a%20b")
+        );
+        assert_eq!(url(&shown), u, "display round-trips");
+        assert_eq!(u.with_path("x").hints(), u.hints());
+        assert_eq!(url("h1,h2").hints().len(), 2, "no scheme, no id");
+        assert_eq!(url("ferry://h/").hints().len(), 1);
+    }
+
+    #[test]
+    fn bad_hints_are_refused_with_one_sentence() {
+        let many = vec!["h"; MAX_HINTS + 1].join(",");
+        for (input, expect) in [
+            ("ferry://h1,/".to_string(), "empty connection hint"),
+            ("ferry://,h1/".to_string(), "empty connection hint"),
+            ("ferry://h1,:7/".to_string(), "has no host"),
+            ("ferry://h1,h2:0/".to_string(), "invalid port \"0\""),
+            ("ferry://h1,[::1/".to_string(), "invalid IPv6"),
+            ("ferry://h1,a]b/".to_string(), "invalid host"),
+            (
+                format!("ferry://{many}/"),
+                "17 connection hints: an address carries at most 16",
+            ),
+        ] {
+            let err = input.parse::<FerryUrl>().unwrap_err().to_string();
+            assert!(err.contains(expect), "{input}: {err}");
+        }
+        assert_eq!(
+            url(&format!("ferry://{}/", vec!["h"; MAX_HINTS].join(",")))
+                .hints()
+                .len(),
+            16
+        );
     }
 
     #[test]
