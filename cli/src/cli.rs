@@ -75,6 +75,7 @@ pub struct GlobalArgs {
         global = true,
         value_name = "SUITE",
         default_value = "gcm",
+        hide_default_value = true,
         value_parser = ["gcm", "cbc-hmac"],
         help_heading = "Global options"
     )]

@@ -155,7 +155,13 @@ struct SwarmArgs {
     /// Record suites to offer and accept: gcm (default: AES-256-GCM, then AES-256-CBC +
     /// HMAC-SHA256) or cbc-hmac (the old suite only, for peers from before protocol version 2).
     /// E.g. --suite cbc-hmac
-    #[arg(long, value_name = "SUITE", default_value = "gcm", value_parser = ["gcm", "cbc-hmac"])]
+    #[arg(
+        long,
+        value_name = "SUITE",
+        default_value = "gcm",
+        hide_default_value = true,
+        value_parser = ["gcm", "cbc-hmac"]
+    )]
     suite: String,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]

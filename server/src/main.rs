@@ -68,7 +68,13 @@ struct Cli {
     /// Record suites to accept: gcm (default: AES-256-GCM for clients that offer it, and
     /// AES-256-CBC + HMAC-SHA256 for those that do not) or cbc-hmac (the old suite only, as
     /// servers before protocol version 2). E.g. --suite cbc-hmac
-    #[arg(long, value_name = "SUITE", default_value = "gcm", value_parser = ["gcm", "cbc-hmac"])]
+    #[arg(
+        long,
+        value_name = "SUITE",
+        default_value = "gcm",
+        hide_default_value = true,
+        value_parser = ["gcm", "cbc-hmac"]
+    )]
     suite: String,
 
     /// Never follow symbolic links, not even those that stay inside ROOT (by default links
