@@ -462,6 +462,18 @@ impl Jail {
         // O_DIRECTORY makes the kernel refuse anything else before opening it.
         self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY, true)
     }
+
+    /// A jail whose root is the directory `path` beneath this one (a client confined to a
+    /// subtree): it is opened through this jail, and everything later resolves beneath it,
+    /// so neither `..` nor a link can leave the subtree.
+    pub fn subtree(&self, path: &RelPath) -> Result<Jail, FsError> {
+        let root = self.open_at(path, OFlags::PATH | OFlags::DIRECTORY, true)?;
+        Ok(Self {
+            root,
+            resolver: self.resolver,
+            links: self.links,
+        })
+    }
 }
 
 #[cfg(test)]

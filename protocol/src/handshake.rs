@@ -161,6 +161,9 @@ pub struct Principal {
     /// A label for logs, e.g. `key holder`; never secret.
     pub name: String,
     pub permissions: Permissions,
+    /// The directory beneath the served root that this principal sees as its root (`/`),
+    /// as a relative path such as `team/bob`; `None` for the whole root.
+    pub subtree: Option<String>,
 }
 
 impl Principal {
@@ -169,6 +172,7 @@ impl Principal {
         Self {
             name: "key holder".into(),
             permissions: Permissions::READ,
+            subtree: None,
         }
     }
 }
@@ -846,6 +850,7 @@ mod tests {
         let bob = Principal {
             name: "bob".into(),
             permissions: Permissions::NONE,
+            subtree: None,
         };
         let server =
             ServerHandshakeConfig::with_resolver(Arc::new(Fixed(Some((key.clone(), bob.clone())))));

@@ -189,6 +189,7 @@ impl IdentityResolver for AnyIdentity {
         Some(Principal {
             name: client.to_string(),
             permissions: Permissions::READ,
+            subtree: None,
         })
     }
 }

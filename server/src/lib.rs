@@ -25,6 +25,7 @@
 //! ```
 
 mod admission;
+pub mod authorized;
 mod buffers;
 pub mod config;
 mod connection;

@@ -119,7 +119,7 @@ pub(crate) async fn accept_loop<A>(
                 continue;
             }
         };
-        let span = tracing::info_span!("conn", %peer);
+        let span = tracing::info_span!("conn", %peer, client = tracing::field::Empty);
         // The duplicate lets admission peek whether the peer has sent anything.
         let peek = stream.peek_handle();
         match connections.admit(peer.ip(), peek, std::time::Instant::now()) {

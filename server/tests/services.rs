@@ -387,6 +387,7 @@ impl ferry_protocol::KeyResolver for ReadNothing {
         let principal = ferry_protocol::Principal {
             name: "guest".into(),
             permissions: ferry_protocol::Permissions::NONE,
+            subtree: None,
         };
         Some((self.0.clone(), principal))
     }

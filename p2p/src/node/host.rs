@@ -87,6 +87,7 @@ impl KeyResolver for Routes {
         let principal = Principal {
             name: principal_name(&route.content_id),
             permissions: Permissions::READ,
+            subtree: None,
         };
         Some((route.key, principal))
     }

@@ -114,7 +114,8 @@ fn both_identities_are_proven_and_the_session_talks() {
         out.principal,
         Some(Principal {
             name: alice.id().to_string(),
-            permissions: Permissions::READ
+            permissions: Permissions::READ,
+            subtree: None,
         })
     );
     assert_eq!(client.mode(), crate::Mode::ENCRYPTED);
@@ -155,6 +156,7 @@ fn an_unknown_client_gets_the_same_bytes_as_any_failure() {
         Principal {
             name: "bob".into(),
             permissions: Permissions::READ,
+            subtree: None,
         },
     );
     let config = ServerIdentityConfig::with_resolver(server.clone(), Arc::new(list));

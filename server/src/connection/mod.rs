@@ -138,6 +138,8 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         tracing::debug!("evicted as the handshake completed");
         return;
     };
+    // Every later line of this connection, each request's included, names the client.
+    tracing::Span::current().record("client", principal.name.as_str());
     tracing::debug!(mode = ?session.mode(), principal = %principal.name, "session established");
     let version = session.version();
     let (send, recv) = session.into_split();
@@ -158,8 +160,19 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     let frames = FrameReader::new(rd, recv, leftover)
         .frame_read_timeout(limits.frame_read_timeout)
         .read_reserve(READ_RESERVE, READ_RESERVE / 4);
+    // A principal confined to a subtree gets a jail opened there (authorised clients' root=).
+    let tree = match &principal.subtree {
+        None => server.tree.clone(),
+        Some(subtree) => match server.tree.confined(subtree) {
+            Ok(tree) => Arc::new(tree),
+            Err(error) => {
+                tracing::warn!(principal = %principal.name, %subtree, %error, "cannot open the client's root; closing");
+                return;
+            }
+        },
+    };
     let services = Context {
-        tree: server.tree.clone(),
+        tree,
         principal: Arc::new(principal),
         buffers: BufferPool::new(read_size, limits.read_buffers_per_connection),
         chunk,

@@ -59,6 +59,19 @@ impl Tree {
             uploads: Arc::default(),
         }
     }
+
+    /// The tree a principal confined to `subtree` sees: a jail opened at that directory
+    /// (through this one), sharing the upload locks and quotas; its own digest cache, since
+    /// the cache's paths are relative to the jail.
+    pub fn confined(&self, subtree: &str) -> Result<Self, FsError> {
+        let path = RelPath::parse(subtree, self.limits.max_path_depth)?;
+        Ok(Self {
+            jail: self.jail.subtree(&path)?,
+            limits: self.limits.clone(),
+            digests: DigestCache::default(),
+            uploads: self.uploads.clone(),
+        })
+    }
 }
 
 /// What every request of one connection needs.
@@ -230,6 +243,7 @@ pub(crate) mod testing {
         Principal {
             name: "nobody".into(),
             permissions: Permissions::NONE,
+            subtree: None,
         }
     }
 
