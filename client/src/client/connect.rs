@@ -1,6 +1,6 @@
-//! Opening a connection: resolve a URL's host, try its addresses in turn, try a busy server
-//! again after a jittered back-off, run the handshake over whatever stream the connector
-//! gives, and start the reader and writer tasks.
+//! Opening a connection: resolve every hint of a URL, race their addresses (Happy Eyeballs,
+//! `race.rs`), try a busy server again after a jittered back-off, run the handshake over
+//! whatever stream the connector gives, and start the reader and writer tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::driver::{now, read_loop, write_loop, RouteTable};
-use super::{Client, ClientConfig, ClientInner};
+use super::{race, Client, ClientConfig, ClientInner};
 use crate::error::ClientError;
-use ferry_common::url::FerryUrl;
+use ferry_common::url::{FerryUrl, Hint};
+use ferry_protocol::identity::NodeId;
 
 /// Spare room in the read buffer before each read.
 const READ_RESERVE: usize = 256 * 1024;
@@ -46,45 +47,75 @@ impl From<FerryUrl> for Target {
     }
 }
 
+/// What [`Client::connect_url`] reached.
+#[derive(Debug)]
+pub struct Connected {
+    pub client: Client,
+    /// The hint whose address answered first with a completed handshake.
+    pub hint: Hint,
+    pub addr: SocketAddr,
+    /// The id the server proved in the identity handshake; `None` after the PSK handshake.
+    pub server_id: Option<NodeId>,
+}
+
 impl Client {
-    /// Connects through `config.connector` (TCP unless changed) and runs the handshake, both
-    /// bounded by `config.connect_timeout`.
-    /// A URL's host is resolved and its addresses tried in order.
+    /// Connects through `config.connector` (TCP unless changed) and runs the handshake, each
+    /// attempt bounded by `config.connect_timeout`. A URL's hints are raced as
+    /// [`Client::connect_url`] says.
     pub async fn connect(
         target: impl Into<Target>,
-        mut config: ClientConfig,
+        config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let addrs = match target.into() {
-            Target::Addr(addr) => vec![addr],
-            Target::Url(url) => {
-                // `ferry://ID@HOST/`: the id in the address names who must answer.
-                config.server_id = config.server_id.or(url.server_id);
-                match tokio::time::timeout(config.connect_timeout, resolve(&url)).await {
-                    Ok(addrs) => addrs?,
-                    Err(_) => {
-                        return Err(ClientError::Timeout {
-                            what: format!("resolving {}", url.host),
-                            secs: config.connect_timeout.as_secs(),
-                        })
-                    }
-                }
+        match target.into() {
+            Target::Addr(addr) => Ok(Self::connect_addr(addr, config).await?.0),
+            Target::Url(url) => Ok(Self::connect_url(&url, config).await?.client),
+        }
+    }
+
+    /// Resolves every hint of `url` and races their addresses (RFC 8305, spec §13.8): attempts
+    /// start 250 ms apart, or at once when one fails, and the first whose handshake completes
+    /// wins; the others are dropped. When all fail, the most telling error is returned (a
+    /// server that proved the wrong id before one that refused us, before one that did not
+    /// answer). `ferry://ID@` requires ID of every hint.
+    pub async fn connect_url(
+        url: &FerryUrl,
+        mut config: ClientConfig,
+    ) -> Result<Connected, ClientError> {
+        config.server_id = config.server_id.or(url.server_id);
+        let hints = url.hints();
+        let addrs = match tokio::time::timeout(config.connect_timeout, resolve_all(&hints)).await {
+            Ok(addrs) => addrs?,
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    what: format!("resolving {}", url.host),
+                    secs: config.connect_timeout.as_secs(),
+                })
             }
         };
-        let mut last = None;
-        for addr in addrs {
-            match Self::connect_addr(addr, config.clone()).await {
-                Ok(client) => return Ok(client),
-                // Only socket-level failures try the next address; a server that answered
-                // and refused us would refuse again.
-                Err(e @ ClientError::Connect { .. }) => last = Some(e),
-                Err(e) => return Err(e),
-            }
+        let candidates = race::interleave(addrs);
+        let won = race::race(candidates, race::CONNECTION_ATTEMPT_DELAY, |&(_, addr)| {
+            Self::connect_addr(addr, config.clone())
+        })
+        .await;
+        match won {
+            Ok(((hint, addr), (client, server_id))) => Ok(Connected {
+                client,
+                hint: hints[hint].clone(),
+                addr,
+                server_id,
+            }),
+            Err(errors) => Err(errors
+                .into_iter()
+                .min_by_key(telling)
+                .unwrap_or_else(|| ClientError::Local("no address to connect to".into()))),
         }
-        Err(last.unwrap_or_else(|| ClientError::Local("no address to connect to".into())))
     }
 
     /// One address: connect and handshake, again after a pause while the server is full.
-    async fn connect_addr(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
+    async fn connect_addr(
+        addr: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<(Client, Option<NodeId>), ClientError> {
         let mut tries = 0;
         loop {
             let result = Self::connect_once(addr, config.clone()).await;
@@ -104,7 +135,10 @@ impl Client {
         }
     }
 
-    async fn connect_once(addr: SocketAddr, config: ClientConfig) -> Result<Client, ClientError> {
+    async fn connect_once(
+        addr: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<(Client, Option<NodeId>), ClientError> {
         let timeout = config.connect_timeout;
         let attempt = async {
             let stream = config
@@ -112,7 +146,7 @@ impl Client {
                 .connect(addr)
                 .await
                 .map_err(|source| ClientError::Connect { addr, source })?;
-            Self::handshake(stream, addr, config).await
+            Self::handshake_proving(stream, addr, config).await
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
@@ -126,23 +160,39 @@ impl Client {
     /// Runs the handshake over any byte stream and starts the connection tasks. Used by
     /// [`Client::connect`] and by tests over in-memory pipes; the caller bounds the time.
     pub async fn handshake<S>(
-        mut io: S,
+        io: S,
         peer: SocketAddr,
         config: ClientConfig,
     ) -> Result<Client, ClientError>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (session, leftover) = match config.server_id {
-            Some(server_id) => identity_handshake(&mut io, peer, server_id, &config).await?,
-            None => {
-                let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
-                    .plaintext(config.plaintext)
-                    .with_suites(config.suites.clone());
-                ferry_protocol::tokio::client_handshake(&mut io, proto)
-                    .await
-                    .map_err(|e| handshake_error(e, peer))?
-            }
+        Ok(Self::handshake_proving(io, peer, config).await?.0)
+    }
+
+    /// [`Client::handshake`], also returning the id the server proved. The identity handshake
+    /// runs when the config names the server or gives our identity (spec §13).
+    async fn handshake_proving<S>(
+        mut io: S,
+        peer: SocketAddr,
+        config: ClientConfig,
+    ) -> Result<(Client, Option<NodeId>), ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (session, leftover, proven) = if config.server_id.is_some() || config.identity.is_some()
+        {
+            let (session, leftover, proven) =
+                identity_handshake(&mut io, peer, config.server_id, &config).await?;
+            (session, leftover, Some(proven))
+        } else {
+            let proto = ferry_protocol::ClientHandshakeConfig::new(config.key.clone())
+                .plaintext(config.plaintext)
+                .with_suites(config.suites.clone());
+            let (session, leftover) = ferry_protocol::tokio::client_handshake(&mut io, proto)
+                .await
+                .map_err(|e| handshake_error(e, peer))?;
+            (session, leftover, None)
         };
         debug!(%peer, version = session.version(), mode = ?session.mode(), "connected");
         let version = session.version();
@@ -168,7 +218,7 @@ impl Client {
             rx,
             conn.clone(),
         ));
-        Ok(Client {
+        let client = Client {
             shared: Arc::new(ClientInner {
                 peer: peer.to_string(),
                 outgoing: tx,
@@ -178,17 +228,19 @@ impl Client {
                 request_timeout: config.request_timeout,
                 request_buffer: config.request_buffer.max(1),
             }),
-        })
+        };
+        Ok((client, proven))
     }
 }
 
-/// The identity handshake (spec §13): the server must prove `server_id`'s key.
+/// The identity handshake (spec §13): the server must prove `server_id`'s key when one is
+/// given; returns the id it proved.
 async fn identity_handshake<S>(
     io: &mut S,
     peer: SocketAddr,
-    server_id: ferry_protocol::identity::NodeId,
+    server_id: Option<NodeId>,
     config: &ClientConfig,
-) -> Result<(ferry_protocol::Session, bytes::BytesMut), ClientError>
+) -> Result<(ferry_protocol::Session, bytes::BytesMut, NodeId), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -197,9 +249,9 @@ where
         .identity
         .clone()
         .unwrap_or_else(ferry_protocol::identity::Identity::generate);
-    let proto = ClientIdentityConfig::new(identity, Some(server_id)).plaintext(config.plaintext);
+    let proto = ClientIdentityConfig::new(identity, server_id).plaintext(config.plaintext);
     match ferry_protocol::tokio::client_identity_handshake(io, proto).await {
-        Ok((session, _, leftover)) => Ok((session, leftover)),
+        Ok((session, proven, leftover)) => Ok((session, leftover, proven)),
         Err(ClientIdentityError::WrongServer { expected, proven }) => {
             Err(ClientError::WrongServer {
                 addr: peer,
@@ -211,11 +263,37 @@ where
     }
 }
 
-async fn resolve(url: &FerryUrl) -> Result<Vec<SocketAddr>, ClientError> {
-    if let Some(ip) = url.ip() {
-        return Ok(vec![SocketAddr::new(ip, url.port)]);
+/// Every hint's addresses, as `(hint index, address)` in the hints' order, each address once.
+/// Hints are resolved together; one that does not resolve is skipped while another does.
+async fn resolve_all(hints: &[Hint]) -> Result<Vec<(usize, SocketAddr)>, ClientError> {
+    let resolved = futures::future::join_all(hints.iter().map(resolve)).await;
+    let mut addrs: Vec<(usize, SocketAddr)> = Vec::new();
+    let mut first_error = None;
+    for (i, result) in resolved.into_iter().enumerate() {
+        match result {
+            Ok(found) => {
+                for addr in found {
+                    if !addrs.iter().any(|(_, a)| *a == addr) {
+                        addrs.push((i, addr));
+                    }
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    let resolved = tokio::net::lookup_host(url.authority())
+    match first_error {
+        Some(e) if addrs.is_empty() => Err(e),
+        _ => Ok(addrs),
+    }
+}
+
+async fn resolve(hint: &Hint) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Some(ip) = hint.ip() {
+        return Ok(vec![SocketAddr::new(ip, hint.port)]);
+    }
+    let resolved = tokio::net::lookup_host(hint.authority())
         .await
         .map_err(|e| {
             let reason = e.to_string();
@@ -224,18 +302,31 @@ async fn resolve(url: &FerryUrl) -> Result<Vec<SocketAddr>, ClientError> {
                 .unwrap_or(&reason)
                 .to_lowercase();
             ClientError::Resolve {
-                host: url.host.clone(),
+                host: hint.host.clone(),
                 reason,
             }
         })?;
     let addrs: Vec<_> = resolved.collect();
     if addrs.is_empty() {
         return Err(ClientError::Resolve {
-            host: url.host.clone(),
+            host: hint.host.clone(),
             reason: "no addresses".into(),
         });
     }
     Ok(addrs)
+}
+
+/// Which failed attempt's error to report when every hint failed: lower says more. A server
+/// that proved another id than the address requires says the most (spec §13.8), then one
+/// that answered and refused, then one that stopped answering, then one never reached.
+fn telling(error: &ClientError) -> u8 {
+    match error {
+        ClientError::WrongServer { .. } => 0,
+        ClientError::Auth { .. } | ClientError::Handshake { .. } => 1,
+        ClientError::RemoteClosed(_) | ClientError::Protocol(_) => 2,
+        ClientError::ConnectionLost(_) | ClientError::Timeout { .. } => 3,
+        _ => 4,
+    }
 }
 
 /// A refusal that says "come back later": `BUSY` during the handshake, or the connection
@@ -327,5 +418,190 @@ mod tests {
             .unwrap();
         assert_eq!(client.stat("a.txt").await.unwrap().size, 3);
         assert_eq!(transport.dials.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A network of hints with no sockets: each address refuses, accepts and stays silent, or
+    /// accepts and runs the identity handshake as some identity. Dials are timed.
+    #[derive(Debug, Default)]
+    struct Hints {
+        at: std::collections::HashMap<SocketAddr, Behaviour>,
+        silent: std::sync::Mutex<Vec<tokio::io::DuplexStream>>,
+        dials: std::sync::Mutex<Vec<(SocketAddr, tokio::time::Instant)>>,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Behaviour {
+        Refuse,
+        Silent,
+        Serve(ferry_protocol::identity::Identity),
+    }
+
+    impl ferry_protocol::transport::Connector for Hints {
+        fn connect(&self, addr: SocketAddr) -> ferry_protocol::transport::Connecting<'_> {
+            self.dials
+                .lock()
+                .unwrap()
+                .push((addr, tokio::time::Instant::now()));
+            let behaviour = self.at.get(&addr).cloned().unwrap_or(Behaviour::Refuse);
+            Box::pin(async move {
+                let (near, mut far) = tokio::io::duplex(1 << 16);
+                match behaviour {
+                    Behaviour::Refuse => {
+                        return Err(std::io::ErrorKind::ConnectionRefused.into());
+                    }
+                    Behaviour::Silent => self.silent.lock().unwrap().push(far),
+                    Behaviour::Serve(identity) => {
+                        tokio::spawn(async move {
+                            let config = ferry_protocol::noise::AcceptConfig {
+                                psk: None,
+                                identity: Some(ferry_protocol::noise::ServerIdentityConfig::new(
+                                    identity,
+                                )),
+                            };
+                            if ferry_protocol::tokio::server_accept(&mut far, config)
+                                .await
+                                .is_ok()
+                            {
+                                // Hold the connection open until the client drops it.
+                                let _ = tokio::io::copy(&mut far, &mut tokio::io::sink()).await;
+                            }
+                        });
+                    }
+                }
+                Ok(Box::new(near) as ferry_protocol::transport::BoxedStream)
+            })
+        }
+    }
+
+    fn identity(byte: u8) -> ferry_protocol::identity::Identity {
+        ferry_protocol::identity::Identity::from_secret([byte; 32])
+    }
+
+    /// Connects to `url` over `hints`; returns the result, when each address was dialled
+    /// (milliseconds after the start) and how long the whole connect took.
+    async fn dial(
+        hints: Hints,
+        url: &str,
+        config: ClientConfig,
+    ) -> (Result<Connected, ClientError>, Vec<(u16, u64)>, u64) {
+        let hints = Arc::new(hints);
+        let start = tokio::time::Instant::now();
+        let url: FerryUrl = url.parse().unwrap();
+        let result = Client::connect_url(&url, config.connector(hints.clone())).await;
+        let took = start.elapsed().as_millis() as u64;
+        let dials = hints
+            .dials
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, t)| (a.port(), (*t - start).as_millis() as u64))
+            .collect();
+        (result, dials, took)
+    }
+
+    fn hints(at: &[(u16, Behaviour)]) -> Hints {
+        Hints {
+            at: at
+                .iter()
+                .map(|(port, b)| (SocketAddr::from(([127, 0, 0, 1], *port)), b.clone()))
+                .collect(),
+            ..Hints::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_hint_that_accepts_and_never_answers_loses_to_the_second_within_300_ms() {
+        let server = identity(7);
+        let url = format!("ferry://{}@127.0.0.1:1,127.0.0.1:2/", server.id());
+        let net = hints(&[
+            (1, Behaviour::Silent),
+            (2, Behaviour::Serve(server.clone())),
+        ]);
+        let (result, dials, took) = dial(net, &url, ClientConfig::new(Key::generate())).await;
+        let connected = result.unwrap();
+        assert_eq!((connected.hint.port, connected.addr.port()), (2, 2));
+        assert_eq!(connected.server_id, Some(server.id()));
+        assert_eq!(
+            dials,
+            [(1, 0), (2, 250)],
+            "the second starts one attempt delay later"
+        );
+        assert!(took < 300, "connected after {took} ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_hint_with_nothing_listening_hands_over_at_once() {
+        let server = identity(7);
+        let url = format!("ferry://{}@127.0.0.1:1,127.0.0.1:2/", server.id());
+        let net = hints(&[(1, Behaviour::Refuse), (2, Behaviour::Serve(server))]);
+        let (result, dials, took) = dial(net, &url, ClientConfig::new(Key::generate())).await;
+        assert_eq!(result.unwrap().hint.port, 2);
+        assert_eq!((dials, took), (vec![(1, 0), (2, 0)], 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_that_proves_the_wrong_identity_loses_to_the_right_one() {
+        let (right, wrong) = (identity(7), identity(8));
+        // The impostor answers first and fast; it must not win, nor delay the right server.
+        let url = format!("ferry://{}@127.0.0.1:1,127.0.0.1:2/", right.id());
+        let net = hints(&[
+            (1, Behaviour::Serve(wrong.clone())),
+            (2, Behaviour::Serve(right.clone())),
+        ]);
+        let (result, dials, took) = dial(net, &url, ClientConfig::new(Key::generate())).await;
+        let connected = result.unwrap();
+        assert_eq!(
+            (connected.hint.port, connected.server_id),
+            (2, Some(right.id()))
+        );
+        assert_eq!((dials, took), (vec![(1, 0), (2, 0)], 0));
+
+        // With only impostors, dead and silent hints, the wrong id is what the user hears.
+        let url = format!(
+            "ferry://{}@127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/",
+            right.id()
+        );
+        let net = hints(&[
+            (1, Behaviour::Refuse),
+            (2, Behaviour::Serve(wrong.clone())),
+            (3, Behaviour::Refuse),
+        ]);
+        let (result, _, _) = dial(net, &url, ClientConfig::new(Key::generate())).await;
+        match result.unwrap_err() {
+            ClientError::WrongServer {
+                addr,
+                expected,
+                proven,
+            } => {
+                assert_eq!((addr.port(), expected, proven), (2, right.id(), wrong.id()));
+            }
+            other => panic!("expected WrongServer, got {other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_identity_without_a_server_id_accepts_and_reports_whoever_answers() {
+        let server = identity(9);
+        let net = hints(&[(5, Behaviour::Serve(server.clone()))]);
+        let config = ClientConfig::new(Key::generate()).identity(identity(1));
+        let (result, _, _) = dial(net, "ferry://127.0.0.1:5/", config).await;
+        let connected = result.unwrap();
+        assert_eq!(
+            connected.server_id,
+            Some(server.id()),
+            "the caller pins this id"
+        );
+        // PSK, as before, proves no id.
+        let net = Hints::default();
+        let (result, _, _) = dial(
+            net,
+            "ferry://127.0.0.1:5/",
+            ClientConfig::new(Key::generate()),
+        )
+        .await;
+        assert!(
+            matches!(result, Err(ClientError::Connect { .. })),
+            "{result:?}"
+        );
     }
 }

@@ -21,6 +21,7 @@
 
 mod connect;
 mod driver;
+mod race;
 mod streams;
 #[cfg(test)]
 mod test_support;
@@ -44,7 +45,7 @@ use tokio::task::AbortHandle;
 use crate::error::ClientError;
 use driver::{now, Outgoing, RouteTable};
 
-pub use connect::Target;
+pub use connect::{Connected, Target};
 pub use streams::{FetchStream, ListStream};
 pub use upload::Upload;
 
@@ -91,7 +92,9 @@ pub struct ClientConfig {
     /// Default `None` (PSK).
     pub server_id: Option<ferry_protocol::identity::NodeId>,
     /// Who we prove to be in the identity handshake. Default `None`: a fresh identity for each
-    /// connection (anonymous, for servers that admit any identity).
+    /// connection (anonymous, for servers that admit any identity). Set without `server_id`,
+    /// the identity handshake runs and accepts whichever id the server proves
+    /// ([`Connected::server_id`]; the caller pins it, trust on first use).
     pub identity: Option<ferry_protocol::identity::Identity>,
 }
 
