@@ -6,6 +6,7 @@
 //! - [`identity`]: the node's identity file (created on first use, rotated aside).
 //! - [`keys`]: where the pre-shared key comes from (flag, file, environment, default file), and
 //!   the connect line a server prints.
+//! - [`known_servers`]: the ids that answered at each `HOST:PORT` first (trust on first use).
 //! - [`url`]: `ferry://HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` trackers.
 //! - [`exit`]: the exit-code table shared by every command.
 //! - [`text`]: the one sanitiser for remote strings shown on a terminal.
@@ -17,6 +18,7 @@ pub mod exit;
 pub mod identity;
 pub mod key_file;
 pub mod keys;
+pub mod known_servers;
 pub mod text;
 pub mod url;
 
