@@ -1,0 +1,307 @@
+//! Authorised clients over the wire (issue 11 item 4): the identity handshake admits only the
+//! clients of the authorized_clients file, rereads it on every connection (a revoked client
+//! gets the same AUTHENTICATION_FAILED bytes as any failure), confines a `root=` client to its
+//! subtree and lets only `write` clients upload.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::digest::fetch_digest;
+use ferry_protocol::identity::Identity;
+use ferry_protocol::message::{PutEnd, PutRequest, StatRequest};
+use ferry_protocol::noise::ClientIdentityConfig;
+use ferry_protocol::tokio::FerryCodec;
+use ferry_protocol::{ErrorCode, HandshakeError, Message, RequestId, HEADER_LEN};
+use ferry_server::authorized::{self, AuthorizedClients, Client};
+use ferry_testkit::fixture::{ServerFixture, REPLY_TIMEOUT};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, FramedParts};
+
+fn identity(n: u8) -> Identity {
+    Identity::from_secret([n; 32])
+}
+
+/// The server's identity in every test.
+fn server_identity() -> Identity {
+    identity(200)
+}
+
+/// A server with the identity handshake, whose clients come from `file`.
+async fn server(file: &Path, setup: impl FnOnce(&Path)) -> ServerFixture {
+    let resolver = Arc::new(AuthorizedClients::new(file));
+    ServerFixture::start_with(setup, move |config| {
+        config
+            .identity(server_identity())
+            .identity_resolver(resolver)
+    })
+    .await
+}
+
+fn client(n: u8, name: &str, root: Option<&str>, write: bool) -> Client {
+    Client {
+        id: identity(n).id(),
+        name: name.into(),
+        root: root.map(Into::into),
+        write,
+    }
+}
+
+/// A TCP stream that keeps a copy of every byte it reads.
+struct Recording {
+    inner: TcpStream,
+    seen: Vec<u8>,
+}
+
+impl AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.seen.extend_from_slice(&buf.filled()[before..]);
+        poll
+    }
+}
+
+impl AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type Conn = Framed<Recording, FerryCodec>;
+
+/// Connects as identity `n`, which must be admitted.
+async fn connect(fx: &ServerFixture, n: u8) -> Conn {
+    let mut io = Recording {
+        inner: TcpStream::connect(fx.addr).await.unwrap(),
+        seen: Vec::new(),
+    };
+    let config = ClientIdentityConfig::new(identity(n), Some(server_identity().id()));
+    let (session, _, leftover) = tokio::time::timeout(
+        REPLY_TIMEOUT,
+        ferry_protocol::tokio::client_identity_handshake(&mut io, config),
+    )
+    .await
+    .expect("handshake within the timeout")
+    .expect("handshake completes");
+    let mut parts = FramedParts::new::<(RequestId, Message)>(io, FerryCodec::new(session));
+    parts.read_buf = leftover;
+    let mut conn = Framed::from_parts(parts);
+    // The server admits the client only after NOISE_3, so an answer proves it did.
+    let pong = ask(&mut conn, 9, Message::Ping(Bytes::from_static(b"hi"))).await;
+    assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+    conn
+}
+
+/// Connects as identity `n`, which must be refused: every byte the server sent after its
+/// NOISE_2 frame, read to the end of the stream.
+async fn refused(fx: &ServerFixture, n: u8) -> Vec<u8> {
+    let stream = TcpStream::connect(fx.addr).await.unwrap();
+    let mut io = Recording {
+        inner: stream,
+        seen: Vec::new(),
+    };
+    let config = ClientIdentityConfig::new(identity(n), Some(server_identity().id()));
+    // The client side completes after sending NOISE_3; the refusal follows it.
+    let _ = tokio::time::timeout(
+        REPLY_TIMEOUT,
+        ferry_protocol::tokio::client_identity_handshake(&mut io, config),
+    )
+    .await
+    .expect("handshake within the timeout");
+    let mut rest = Vec::new();
+    tokio::time::timeout(REPLY_TIMEOUT, io.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .unwrap();
+    // NOISE_2: a header and e (32) || ENC(s) (48) || ENC(choice) (3 + 16).
+    io.seen[HEADER_LEN + 32 + 48 + 19..].to_vec()
+}
+
+/// The one AUTHENTICATION_FAILED frame every handshake failure sends (spec §4.4, §13.4).
+fn auth_failed() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    ferry_protocol::handshake::write_error(&HandshakeError::AuthenticationFailed, &mut out);
+    out.to_vec()
+}
+
+async fn ask(conn: &mut Conn, id: u32, message: Message) -> Message {
+    conn.send((RequestId(id), message)).await.unwrap();
+    let frame = tokio::time::timeout(REPLY_TIMEOUT, conn.next())
+        .await
+        .expect("reply within the timeout")
+        .expect("connection open")
+        .expect("frame decodes");
+    assert_eq!(frame.header.id, RequestId(id));
+    frame.message().unwrap()
+}
+
+async fn stat(conn: &mut Conn, path: &str) -> Result<u64, ErrorCode> {
+    match ask(
+        conn,
+        1,
+        Message::StatRequest(StatRequest { path: path.into() }),
+    )
+    .await
+    {
+        Message::StatResponse(entry) => Ok(entry.size),
+        Message::Error { body, .. } => Err(body.code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Uploads `data` as `path`: the stored length, or the error code.
+async fn put(conn: &mut Conn, path: &str, data: &'static [u8]) -> Result<u64, ErrorCode> {
+    let request = PutRequest::new(path, data.len() as u64, 0o644, 0, fetch_digest(data)).unwrap();
+    match ask(conn, 3, Message::PutRequest(request)).await {
+        Message::PutResponse(_) => {}
+        Message::Error { body, .. } => return Err(body.code),
+        other => panic!("unexpected {other:?}"),
+    }
+    conn.send((RequestId(3), Message::PutData(Bytes::from_static(data))))
+        .await
+        .unwrap();
+    let end = PutEnd {
+        bytes: data.len() as u64,
+        digest: fetch_digest(data),
+    };
+    match ask(conn, 3, Message::PutEnd(end)).await {
+        Message::PutEnd(stored) => Ok(stored.bytes),
+        Message::Error { body, .. } => Err(body.code),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn file_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join(authorized::FILE_NAME)
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_on_its_next_connection_like_any_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir);
+    let fx = server(&file, |root| {
+        std::fs::write(root.join("a"), b"hello").unwrap()
+    })
+    .await;
+
+    // No file: nobody is authorised.
+    let nobody = refused(&fx, 1).await;
+    assert_eq!(nobody, auth_failed());
+
+    authorized::authorize(&file, &client(1, "alice", None, false)).unwrap();
+    let mut alice = connect(&fx, 1).await;
+    assert_eq!(stat(&mut alice, "a").await, Ok(5));
+
+    // Revoked: the next connection fails at NOISE_3 with the very bytes a stranger gets.
+    authorized::revoke(&file, "alice").unwrap();
+    let revoked = refused(&fx, 1).await;
+    let stranger = refused(&fx, 9).await;
+    assert_eq!(revoked, auth_failed());
+    assert_eq!(stranger, auth_failed());
+    drop(alice);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_with_a_root_sees_only_its_subtree() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir);
+    authorized::authorize(&file, &client(2, "bob", Some("team/bob"), false)).unwrap();
+    let fx = server(&file, |root| {
+        std::fs::create_dir_all(root.join("team/bob/docs")).unwrap();
+        std::fs::write(root.join("team/bob/docs/mine.txt"), b"bob's").unwrap();
+        std::fs::write(root.join("team/other.txt"), b"not bob's").unwrap();
+        std::fs::write(root.join("top.txt"), b"top secret").unwrap();
+        // Links inside the subtree that leave it: to the root and beyond, relative and absolute.
+        std::os::unix::fs::symlink("../other.txt", root.join("team/bob/up")).unwrap();
+        std::os::unix::fs::symlink("../../top.txt", root.join("team/bob/top")).unwrap();
+        std::os::unix::fs::symlink(root.join("top.txt"), root.join("team/bob/abs")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("team/bob/dotdot")).unwrap();
+    })
+    .await;
+    let mut bob = connect(&fx, 2).await;
+    assert_eq!(
+        stat(&mut bob, "docs/mine.txt").await,
+        Ok(5),
+        "its root is /"
+    );
+    for path in ["top.txt", "team/other.txt", "other.txt"] {
+        assert_eq!(
+            stat(&mut bob, path).await,
+            Err(ErrorCode::NOT_FOUND),
+            "{path}"
+        );
+    }
+    for path in [
+        "/top.txt",
+        "../other.txt",
+        "../../top.txt",
+        "docs/../../other.txt",
+    ] {
+        assert_eq!(
+            stat(&mut bob, path).await,
+            Err(ErrorCode::INVALID_PATH),
+            "{path}"
+        );
+    }
+    for path in ["up", "top", "abs", "dotdot/other.txt"] {
+        let answer = stat(&mut bob, path).await;
+        assert!(
+            answer.is_err(),
+            "{path}: a link out of the subtree must not be followed, got {answer:?}"
+        );
+    }
+    drop(bob);
+    fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_a_write_client_may_upload_and_within_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir);
+    authorized::authorize(&file, &client(3, "reader", None, false)).unwrap();
+    authorized::authorize(&file, &client(4, "writer", Some("drop"), true)).unwrap();
+    let fx = server(&file, |root| {
+        std::fs::create_dir(root.join("drop")).unwrap()
+    })
+    .await;
+
+    let mut reader = connect(&fx, 3).await;
+    assert_eq!(
+        put(&mut reader, "x.txt", b"hello").await,
+        Err(ErrorCode::READ_ONLY)
+    );
+    assert!(!fx.root().join("x.txt").exists());
+
+    let mut writer = connect(&fx, 4).await;
+    assert_eq!(put(&mut writer, "x.txt", b"hello").await, Ok(5));
+    assert_eq!(
+        std::fs::read(fx.root().join("drop/x.txt")).unwrap(),
+        b"hello"
+    );
+    assert!(!fx.root().join("x.txt").exists());
+    drop((reader, writer));
+    fx.shutdown().await;
+}
