@@ -376,7 +376,9 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
             .unwrap();
         if attack == 0 {
             // A header announcing 200 000 bytes: over the 96 KiB cap.
-            Header::new(FrameType(0x38), wire::SERVICE, RequestId(0), 200_000).encode(&mut out);
+            let mut header = Header::new(FrameType(0x38), wire::SERVICE, RequestId(0), 200_000);
+            header.version = ferry_protocol::handshake::MAX_VERSION;
+            header.encode(&mut out);
             out.extend_from_slice(&[0u8; 1024]);
         } else {
             // A piece before any bitfield.
@@ -617,7 +619,11 @@ async fn each_wire_violation_gets_its_error_frame_then_a_clean_close() {
     // A frame header over the 96 KiB cap, body never sent in full.
     let (mut reader, mut writer) = raw_peer(seed.listen_addr, &manifest, 0x60, zeros).await;
     let mut out = bytes::BytesMut::new();
-    Header::new(wire::kind::PIECE, wire::SERVICE, RequestId(0), 200_000).encode(&mut out);
+    let mut header = Header::new(wire::kind::PIECE, wire::SERVICE, RequestId(0), 200_000);
+    // In the session's version (a default pair negotiates the newest), so that the length, not
+    // the version, is what the peer refuses.
+    header.version = ferry_protocol::handshake::MAX_VERSION;
+    header.encode(&mut out);
     out.extend_from_slice(&[0u8; 1024]);
     writer.write.write_all(&out).await.unwrap();
     assert_eq!(

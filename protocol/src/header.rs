@@ -22,7 +22,10 @@ pub const HEADER_LEN: usize = 12;
 /// The second byte of every frame. Anything else is rejected before any other work (spec §2.1).
 pub const MAGIC: u8 = 0xFE;
 
-/// The newest protocol version this implementation speaks.
+/// The version in the header of frames outside a session: the handshake's, errors sent before
+/// a version is agreed, the tracker's and the DHT's (spec §4.3). [`Header::new`] writes it;
+/// frames inside a session carry the negotiated version instead, up to
+/// [`crate::handshake::MAX_VERSION`].
 pub const VERSION: u8 = 1;
 
 /// The oldest protocol version this implementation speaks.
@@ -159,7 +162,7 @@ pub struct Header {
 }
 
 impl Header {
-    /// A header of the current version.
+    /// A header of version [`VERSION`] (frames outside a session).
     pub fn new(kind: FrameType, service: Service, id: RequestId, length: u32) -> Self {
         Self {
             kind,

@@ -233,13 +233,15 @@ async fn oversized_forged_and_malformed_frames_close_the_connection() {
     // A header declaring more than the frame limit.
     let mut client = server.client().await;
     let mut header = BytesMut::new();
-    Header::new(
+    let mut oversized = Header::new(
         FrameType::REQUEST,
         Service::FETCH,
         RequestId(1),
         (1 << 20) + 1,
-    )
-    .encode(&mut header);
+    );
+    // In the session's version, so that the length, not the version, is what is refused.
+    oversized.version = client.conn.codec().session().version();
+    oversized.encode(&mut header);
     client.conn.get_mut().write_all(&header).await.unwrap();
     assert_eq!(closing_code(&mut client).await, Some(ErrorCode::TOO_LARGE));
 
