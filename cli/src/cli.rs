@@ -158,6 +158,19 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry id           (prints e.g. k3v5...: give it to servers that should know you)\n  ferry id --new     (a new identity; the old file is kept as identity.old-DATE)\nThe identity is an X25519 key pair in ~/.config/ferry/identity (owner-only), shared by\nferry, ferry-server and ferry-peer; the id is the hash of its public key.\n\n{EXIT_CODES}")
     )]
     Id(IdArgs),
+    /// Remove servers from the known-servers file, so the next contact trusts whatever id answers.
+    #[command(
+        after_help = format!("Examples:\n  ferry forget files.example.org          (port 6789)\n  ferry forget 10.0.0.5:7000 '[::1]:7000'\nAn address without ID@ reached with the identity handshake (--identity FILE, or a server\nalready pinned) is pinned on first contact in ~/.config/ferry/known_servers (HOST:PORT ID per\nline); a different id there later is refused with exit 3 until you run ferry forget.\n\n{EXIT_CODES}")
+    )]
+    Forget(ForgetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The servers to forget, as HOST[:PORT] (default port 6789) or a ferry:// address (each
+    /// of its hints). E.g. files.example.org:7000
+    #[arg(value_name = "HOST[:PORT]", required = true)]
+    pub servers: Vec<FerryUrl>,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,15 @@ pub enum ClientError {
         expected: ferry_protocol::identity::NodeId,
         proven: ferry_protocol::identity::NodeId,
     },
+    /// Trust on first use (spec §13.8): the server at a pinned `HOST:PORT` proved another id.
+    #[error("the server at {authority} presents id {proven}, but {file} (line {line}) says {known}: it may be an impostor, or its identity changed; if you trust the change, run: ferry forget {authority}")]
+    KnownServerChanged {
+        authority: String,
+        proven: ferry_protocol::identity::NodeId,
+        known: ferry_protocol::identity::NodeId,
+        file: String,
+        line: usize,
+    },
     #[error("the server at {addr} {}", refusal(.source))]
     Handshake {
         addr: SocketAddr,
@@ -95,6 +104,7 @@ impl ClientError {
             | Self::Connect { .. }
             | Self::Auth { .. }
             | Self::WrongServer { .. }
+            | Self::KnownServerChanged { .. }
             | Self::Handshake { .. }
             | Self::Timeout { .. }
             | Self::ConnectionLost(_)

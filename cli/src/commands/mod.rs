@@ -3,6 +3,7 @@
 //! exit code.
 
 pub mod demo;
+pub mod forget;
 pub mod get;
 pub mod id;
 pub mod ls;
@@ -10,6 +11,7 @@ pub mod ping;
 pub mod put;
 pub mod shell;
 pub mod stat;
+pub mod trust;
 
 use std::io::Write;
 
@@ -58,24 +60,33 @@ impl Context {
     /// Connects to the server named by `url`.
     pub async fn connect(&self, url: &FerryUrl) -> Result<Client, ClientError> {
         let config = self.client_config_for(url)?;
-        Client::connect(url, config).await
+        trust::connect(self, url, config).await
     }
 
     /// Settings for `url`: an address that names the server's id (`ferry://ID@HOST/`) is
-    /// reached with the identity handshake and this node's identity, and needs no key.
+    /// reached with the identity handshake and this node's identity, and needs no key; so is
+    /// one without an id when `trust` says (`--identity`, or a pinned hint, whose id is then
+    /// required).
     pub fn client_config_for(&self, url: &FerryUrl) -> Result<ClientConfig, ClientError> {
-        let Some(server_id) = url.server_id else {
+        if !trust::uses_identity(self, url)? {
             return self.client_config();
+        }
+        let server_id = match url.server_id {
+            Some(id) => Some(id),
+            None => trust::pin_for(url)?.map(|pin| pin.id),
         };
         let path = ferry_common::identity::path_or_default(self.global.identity.as_deref())
             .map_err(|e| ClientError::Usage(e.to_string()))?;
         let (identity, _) = ferry_common::identity::load_or_create(&path)
             .map_err(|e| ClientError::Usage(e.to_string()))?;
         // The PSK is unused by the identity handshake; a random one keeps ClientConfig whole.
-        Ok(self
+        let config = self
             .client_config_with_key(ferry_protocol::Key::generate())
-            .server_id(server_id)
-            .identity(identity))
+            .identity(identity);
+        Ok(match server_id {
+            Some(id) => config.server_id(id),
+            None => config,
+        })
     }
 
     /// Progress bars, unless `--no-progress`, `--quiet` or stderr is not a terminal.
@@ -105,6 +116,7 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Shell(args) => shell::run(&ctx, args, runtime),
         Command::Demo(args) => demo::run(&ctx, args, runtime),
         Command::Id(args) => id::run(&ctx, args),
+        Command::Forget(args) => forget::run(&ctx, args),
     }
 }
 
