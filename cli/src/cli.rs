@@ -19,8 +19,9 @@ Exit codes:
   130  interrupted by Ctrl-C (partial downloads are kept and resume on the next get)";
 
 const AFTER_HELP: &str = "\
-Addresses look like ferry://HOST[:PORT][/PATH] (default port 6789, IPv6 in brackets:
-ferry://[::1]:7000/docs). The key comes from --key, --key-file, the FERRY_KEY environment
+Addresses look like ferry://[ID@]HOST[:PORT][,HOST[:PORT]...][/PATH] (default port 6789, IPv6
+in brackets: ferry://[::1]:7000/docs; ID@ names the server that must answer; several hints are
+raced). The key comes from --key, --key-file, the FERRY_KEY environment
 variable, or the default key file (~/.config/ferry/key on Linux), in that order.
 
 Try it locally in one command:  ferry demo

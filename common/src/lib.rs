@@ -7,7 +7,7 @@
 //! - [`keys`]: where the pre-shared key comes from (flag, file, environment, default file), and
 //!   the connect line a server prints.
 //! - [`known_servers`]: the ids that answered at each `HOST:PORT` first (trust on first use).
-//! - [`url`]: `ferry://HOST[:PORT][/PATH]` server addresses and `udp://HOST:PORT` trackers.
+//! - [`url`]: `ferry://[ID@]HOST[:PORT][,HOST[:PORT]...][/PATH]` server addresses and `udp://HOST:PORT` trackers.
 //! - [`exit`]: the exit-code table shared by every command.
 //! - [`text`]: the one sanitiser for remote strings shown on a terminal.
 //! - `logging`, `progress` (feature `cli`): the tracing subscriber and progress-bar styling.
