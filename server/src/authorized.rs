@@ -452,24 +452,32 @@ pub fn revoke(path: &Path, who: &str) -> Result<Client, EditError> {
 
 /// The `clients` table: name, id, root and access, one client a row.
 pub fn table(clients: &[(usize, Client)]) -> String {
-    let width = clients
-        .iter()
-        .map(|(_, c)| c.name.len())
-        .max()
-        .unwrap_or(0)
-        .max("NAME".len());
-    let mut out = format!("{:width$}  {:34}  {:6}  ROOT\n", "NAME", "ID", "ACCESS");
-    for (_, c) in clients {
-        let access = if c.write { "write" } else { "read" };
-        let root = c
-            .root
+    let root_of = |c: &Client| {
+        c.root
             .as_deref()
-            .map_or("/".to_owned(), |r| format!("{r}/"));
+            .map_or("/".to_owned(), |r| format!("{r}/"))
+    };
+    let width = |f: &dyn Fn(&Client) -> usize, title: &str| {
+        clients
+            .iter()
+            .map(|(_, c)| f(c))
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
+    };
+    let names = width(&|c| c.name.len(), "NAME");
+    let roots = width(&|c| root_of(c).len(), "ROOT");
+    let mut out = format!(
+        "{:names$}  {:34}  {:roots$}  ACCESS\n",
+        "NAME", "ID", "ROOT"
+    );
+    for (_, c) in clients {
+        let access = if c.write { "read-write" } else { "read-only" };
+        let id = c.id.to_string();
         out.push_str(&format!(
-            "{:width$}  {:34}  {:6}  {root}\n",
+            "{:names$}  {id:34}  {:roots$}  {access}\n",
             c.name,
-            c.id.to_string(),
-            access
+            root_of(c)
         ));
     }
     out

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use ferry_common::keys::{KeyOrigin, KeySources};
 use ferry_common::logging;
 use ferry_protocol::Key;
-use ferry_server::{Config, Limits, Server, DEFAULT_PORT};
+use ferry_server::{authorized, Config, Limits, Server, DEFAULT_PORT};
 use serde::Deserialize;
 
 /// Serve one directory tree over the Ferry protocol.
@@ -36,6 +36,15 @@ use serde::Deserialize;
 struct Cli {
     /// Directory to serve. Default: `root` from the config file, else the current directory.
     root: Option<PathBuf>,
+
+    /// Edit or list the authorised clients instead of serving.
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The authorised-clients file: who may connect with the identity handshake (see
+    /// `ferry-server authorize --help`). Default: ~/.config/ferry/authorized_clients.
+    #[arg(long, value_name = "FILE", global = true)]
+    authorized_clients: Option<PathBuf>,
 
     /// Address to listen on: IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT (the port defaults
     /// to 6789; a host name listens on each of its addresses); repeat for several.
@@ -160,6 +169,60 @@ struct Cli {
     /// Log line format on stderr. Default text.
     #[arg(long, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Authorise a client identity (or change what an authorised one may do).
+    ///
+    /// With --identity, only the clients in the authorised-clients file may connect with the
+    /// identity handshake (a missing or empty file admits nobody). Edits apply from each
+    /// client's next connection, without a restart. The file (default
+    /// ~/.config/ferry/authorized_clients, owner-only) has one client a line, `#` comments:
+    ///
+    ///   ID NAME [root=DIR/] [write]
+    ///
+    /// ID is the client's node id (`ferry id` prints it), NAME names it in logs. root=DIR/
+    /// confines it to DIR beneath the served root, which it then sees as /; write lets it
+    /// upload (otherwise it may only read). A malformed line is reported with its number and
+    /// skipped.
+    #[command(
+        after_help = "E.g. ferry-server authorize abcd…wxyz --name bob --root team/bob/ --write"
+    )]
+    Authorize {
+        /// The client's node id (34 characters, from `ferry id` on the client).
+        #[arg(value_parser = parse_node_id)]
+        id: ferry_protocol::identity::NodeId,
+        /// Its name in logs and for `revoke` (letters, digits, . _ - @).
+        #[arg(long, value_parser = parse_client_name)]
+        name: String,
+        /// Confine it to this directory beneath the served root. Default: the whole root.
+        #[arg(long, value_name = "DIR/", value_parser = parse_client_root)]
+        root: Option<String>,
+        /// Let it upload. Default: read-only.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Remove a client, by id or name; its next connection is refused.
+    Revoke {
+        /// The client's node id or name.
+        #[arg(value_name = "ID-OR-NAME")]
+        who: String,
+    },
+    /// List the authorised clients: name, id, root and access.
+    Clients,
+}
+
+fn parse_node_id(s: &str) -> Result<ferry_protocol::identity::NodeId, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_client_name(s: &str) -> Result<String, String> {
+    authorized::check_name(s).map(|()| s.to_owned())
+}
+
+fn parse_client_root(s: &str) -> Result<String, String> {
+    authorized::check_root(s)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -327,6 +390,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    if let Some(command) = &cli.command {
+        return edit_clients(command, &authorized_clients_path(&cli)?);
+    }
     let file = match &cli.config {
         Some(path) => load_file_config(path)?,
         None => FileConfig::default(),
@@ -376,7 +442,9 @@ fn run(cli: Cli) -> Result<i32> {
         .limits(limits);
     let identity = load_identity(cli.identity.as_deref())?;
     let config = match &identity {
-        Some(identity) => config.identity(identity.clone()),
+        Some(identity) => config
+            .identity(identity.clone())
+            .identity_resolver(authorized_clients(&authorized_clients_path(&cli)?)?),
         None => config,
     };
 
@@ -415,6 +483,66 @@ fn run(cli: Cli) -> Result<i32> {
             .await?;
         Ok(exit.load(Ordering::SeqCst))
     })
+}
+
+/// `--authorized-clients`, else the default beside the default identity.
+fn authorized_clients_path(cli: &Cli) -> Result<PathBuf> {
+    match &cli.authorized_clients {
+        Some(path) => Ok(path.clone()),
+        None => authorized::default_path().context(
+            "no config directory for the authorised-clients file: pass --authorized-clients FILE",
+        ),
+    }
+}
+
+/// The identity handshake's resolver: the authorised-clients file, checked once here so that
+/// its problems are said at start (the resolver rereads it at every handshake).
+fn authorized_clients(path: &Path) -> Result<Arc<dyn ferry_protocol::noise::IdentityResolver>> {
+    let parsed = authorized::load(path)?;
+    for error in &parsed.errors {
+        eprintln!("ferry-server: {}: skipping {error}", path.display());
+    }
+    if parsed.clients.is_empty() {
+        eprintln!(
+            "ferry-server: no client is authorised yet ({} has none), so every identity is \
+             refused; authorise one with: ferry-server authorize ID --name NAME [--root DIR/] [--write]",
+            path.display()
+        );
+    }
+    Ok(Arc::new(authorized::AuthorizedClients::new(path)))
+}
+
+/// `authorize`, `revoke` and `clients`.
+fn edit_clients(command: &Command, path: &Path) -> Result<i32> {
+    match command {
+        Command::Authorize {
+            id,
+            name,
+            root,
+            write,
+        } => {
+            let client = authorized::Client {
+                id: *id,
+                name: name.clone(),
+                root: root.clone(),
+                write: *write,
+            };
+            authorized::authorize(path, &client)?;
+            println!("authorised: {} (in {})", client.line(), path.display());
+        }
+        Command::Revoke { who } => {
+            let client = authorized::revoke(path, who)?;
+            println!("revoked: {} (in {})", client.line(), path.display());
+        }
+        Command::Clients => {
+            let parsed = authorized::load(path)?;
+            for error in &parsed.errors {
+                eprintln!("ferry-server: {}: skipping {error}", path.display());
+            }
+            print!("{}", authorized::table(&parsed.clients));
+        }
+    }
+    Ok(0)
 }
 
 /// `--identity[=FILE]`: the node identity, created on first use (`ferry_common::identity`).
@@ -677,6 +805,66 @@ mod tests {
             let error = parse_listen(bad).unwrap_err();
             assert!(error.contains("expected IP, IP:PORT"), "{bad:?}: {error}");
         }
+    }
+
+    /// `ferry-server ROOT` serves as before; a subcommand name edits the clients instead.
+    #[test]
+    fn a_root_and_the_subcommands_both_parse() {
+        let serve = Cli::try_parse_from(["ferry-server", "/srv/share", "-v"]).unwrap();
+        assert_eq!(serve.root, Some(PathBuf::from("/srv/share")));
+        assert!(serve.command.is_none());
+        let none = Cli::try_parse_from(["ferry-server"]).unwrap();
+        assert!(none.root.is_none() && none.command.is_none());
+        let id = ferry_protocol::identity::Identity::from_secret([1; 32]).id();
+        let text = id.to_string();
+        let authorize = Cli::try_parse_from([
+            "ferry-server",
+            "authorize",
+            &text,
+            "--name",
+            "bob",
+            "--root",
+            "team/bob/",
+            "--write",
+            "--authorized-clients",
+            "/tmp/f",
+        ])
+        .unwrap();
+        assert_eq!(authorize.authorized_clients, Some(PathBuf::from("/tmp/f")));
+        match authorize.command {
+            Some(Command::Authorize {
+                id: got,
+                name,
+                root,
+                write,
+            }) => assert_eq!(
+                (got, name.as_str(), root.as_deref(), write),
+                (id, "bob", Some("team/bob"), true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        let bad_id = ["ferry-server", "authorize", "nonsense", "--name", "x"];
+        assert!(Cli::try_parse_from(bad_id).is_err());
+        let climbs = [
+            "ferry-server",
+            "authorize",
+            &text,
+            "--name",
+            "x",
+            "--root",
+            "../up",
+        ];
+        assert!(Cli::try_parse_from(climbs).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["ferry-server", "revoke", "bob"]).unwrap().command,
+            Some(Command::Revoke { who }) if who == "bob"
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["ferry-server", "clients"])
+                .unwrap()
+                .command,
+            Some(Command::Clients)
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::digest::fetch_digest;
-use ferry_protocol::identity::Identity;
+use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::message::{PutEnd, PutRequest, StatRequest};
 use ferry_protocol::noise::ClientIdentityConfig;
 use ferry_protocol::tokio::FerryCodec;
@@ -93,11 +94,15 @@ type Conn = Framed<Recording, FerryCodec>;
 
 /// Connects as identity `n`, which must be admitted.
 async fn connect(fx: &ServerFixture, n: u8) -> Conn {
+    connect_to(fx.addr, server_identity().id(), n).await
+}
+
+async fn connect_to(addr: SocketAddr, server: NodeId, n: u8) -> Conn {
     let mut io = Recording {
-        inner: TcpStream::connect(fx.addr).await.unwrap(),
+        inner: TcpStream::connect(addr).await.unwrap(),
         seen: Vec::new(),
     };
-    let config = ClientIdentityConfig::new(identity(n), Some(server_identity().id()));
+    let config = ClientIdentityConfig::new(identity(n), Some(server));
     let (session, _, leftover) = tokio::time::timeout(
         REPLY_TIMEOUT,
         ferry_protocol::tokio::client_identity_handshake(&mut io, config),
@@ -117,12 +122,16 @@ async fn connect(fx: &ServerFixture, n: u8) -> Conn {
 /// Connects as identity `n`, which must be refused: every byte the server sent after its
 /// NOISE_2 frame, read to the end of the stream.
 async fn refused(fx: &ServerFixture, n: u8) -> Vec<u8> {
-    let stream = TcpStream::connect(fx.addr).await.unwrap();
+    refused_by(fx.addr, server_identity().id(), n).await
+}
+
+async fn refused_by(addr: SocketAddr, server: NodeId, n: u8) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.unwrap();
     let mut io = Recording {
         inner: stream,
         seen: Vec::new(),
     };
-    let config = ClientIdentityConfig::new(identity(n), Some(server_identity().id()));
+    let config = ClientIdentityConfig::new(identity(n), Some(server));
     // The client side completes after sending NOISE_3; the refusal follows it.
     let _ = tokio::time::timeout(
         REPLY_TIMEOUT,
@@ -304,4 +313,182 @@ async fn only_a_write_client_may_upload_and_within_its_root() {
     assert!(!fx.root().join("x.txt").exists());
     drop((reader, writer));
     fx.shutdown().await;
+}
+
+/// Runs `ferry-server ARGS` with its config directory in `dir`: exit code, stdout, stderr.
+fn ferry_server(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+#[test]
+fn the_subcommands_edit_and_list_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clients");
+    let f = file.to_str().unwrap();
+    let (bob, carol) = (identity(1).id().to_string(), identity(2).id().to_string());
+    let args = [
+        "authorize",
+        &bob,
+        "--name",
+        "bob",
+        "--root",
+        "team/bob/",
+        "--write",
+    ];
+    let (code, out, err) = ferry_server(
+        dir.path(),
+        &[&args[..], &["--authorized-clients", f]].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("authorised: "), "{out}");
+    let (code, _, err) = ferry_server(
+        dir.path(),
+        &[
+            "--authorized-clients",
+            f,
+            "authorize",
+            &carol,
+            "--name",
+            "carol",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, table, _) = ferry_server(dir.path(), &["clients", "--authorized-clients", f]);
+    assert_eq!(code, 0);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "ID", "ROOT", "ACCESS"],
+            vec!["bob", &bob, "team/bob/", "read-write"],
+            vec!["carol", &carol, "/", "read-only"],
+        ]
+    );
+    // A name already taken by another id is refused; revoking by name, then by id.
+    let (code, _, err) = ferry_server(
+        dir.path(),
+        &[
+            "authorize",
+            &carol,
+            "--name",
+            "bob",
+            "--authorized-clients",
+            f,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("already belongs"), "{err}");
+    assert_eq!(
+        ferry_server(dir.path(), &["revoke", "bob", "--authorized-clients", f]).0,
+        0
+    );
+    assert_eq!(
+        ferry_server(dir.path(), &["revoke", &carol, "--authorized-clients", f]).0,
+        0
+    );
+    let (code, _, err) = ferry_server(dir.path(), &["revoke", "bob", "--authorized-clients", f]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no client bob"), "{err}");
+    let (_, table, _) = ferry_server(dir.path(), &["clients", "--authorized-clients", f]);
+    assert_eq!(table.lines().count(), 1, "{table}");
+    // The file is owner-only, and one others may write is refused with the chmod hint.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, _, err) = ferry_server(dir.path(), &["clients", "--authorized-clients", f]);
+    assert_eq!(code, 1);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+/// The binary with --identity: nobody is authorised at first (and it says how to change
+/// that); `ferry-server authorize` on the default file admits a client from its next
+/// connection, `revoke` refuses it again, without a restart.
+#[tokio::test]
+async fn the_server_binary_admits_exactly_the_clients_of_the_default_file() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("share")).unwrap();
+    std::fs::write(dir.path().join("share/a"), b"hello").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+        .arg(dir.path().join("share"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg(format!("--identity={}", dir.path().join("identity").display()))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("HOME", dir.path())
+        .env_remove("FERRY_KEY")
+        .env_remove("FERRY_KEY_FILE")
+        .env_remove("FERRY_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said_nobody = false;
+    while let Some(line) = tokio::time::timeout(REPLY_TIMEOUT, stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if line.contains("no client is authorised") {
+            assert!(
+                line.contains("ferry-server authorize ID --name NAME"),
+                "{line}"
+            );
+            said_nobody = true;
+            break;
+        }
+    }
+    assert!(said_nobody);
+    // The second connect line names the server: `ferry shell ferry://ID@HOST:PORT/`.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut line = String::new();
+    for _ in 0..2 {
+        line = tokio::time::timeout(REPLY_TIMEOUT, stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let (id, addr) = line
+        .split_whitespace()
+        .last()
+        .and_then(|url| {
+            url.strip_prefix("ferry://")?
+                .strip_suffix('/')?
+                .split_once('@')
+        })
+        .unwrap();
+    let (server, addr): (NodeId, SocketAddr) = (id.parse().unwrap(), addr.parse().unwrap());
+
+    assert_eq!(refused_by(addr, server, 1).await, auth_failed());
+    let alice = identity(1).id().to_string();
+    assert_eq!(
+        ferry_server(dir.path(), &["authorize", &alice, "--name", "alice"]).0,
+        0
+    );
+    let mut conn = connect_to(addr, server, 1).await;
+    assert_eq!(stat(&mut conn, "a").await, Ok(5));
+    assert_eq!(ferry_server(dir.path(), &["revoke", "alice"]).0, 0);
+    assert_eq!(refused_by(addr, server, 1).await, auth_failed());
+    drop(conn);
+    child.kill().await.unwrap();
 }
