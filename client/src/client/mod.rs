@@ -15,7 +15,8 @@
 //! The invariants of the routing table are in `STATE.md` beside this file.
 //!
 //! The pieces: this file is the API ([`Client`], [`ClientConfig`]); `connect.rs` resolves,
-//! connects (trying a busy server again), runs the handshake and starts the tasks;
+//! connects (trying a busy server again), runs the handshake and starts the tasks; `race.rs`
+//! races a URL's hints (Happy Eyeballs, RFC 8305);
 //! `driver.rs` is the reader and writer tasks and the routing table they share with the
 //! request handles; `streams.rs` is the request handles and how they read their frames.
 
