@@ -419,7 +419,8 @@ fn the_subcommands_edit_and_list_the_file() {
 
 /// The binary with --identity: nobody is authorised at first (and it says how to change
 /// that); `ferry-server authorize` on the default file admits a client from its next
-/// connection, `revoke` refuses it again, without a restart.
+/// connection, whose requests are logged with its name, and `revoke` refuses it again,
+/// without a restart.
 #[tokio::test]
 async fn the_server_binary_admits_exactly_the_clients_of_the_default_file() {
     use tokio::io::AsyncBufReadExt;
@@ -428,8 +429,11 @@ async fn the_server_binary_admits_exactly_the_clients_of_the_default_file() {
     std::fs::write(dir.path().join("share/a"), b"hello").unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
         .arg(dir.path().join("share"))
-        .args(["--listen", "127.0.0.1:0"])
-        .arg(format!("--identity={}", dir.path().join("identity").display()))
+        .args(["--listen", "127.0.0.1:0", "-v"])
+        .arg(format!(
+            "--identity={}",
+            dir.path().join("identity").display()
+        ))
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env("HOME", dir.path())
         .env_remove("FERRY_KEY")
@@ -487,6 +491,18 @@ async fn the_server_binary_admits_exactly_the_clients_of_the_default_file() {
     );
     let mut conn = connect_to(addr, server, 1).await;
     assert_eq!(stat(&mut conn, "a").await, Ok(5));
+    // The request's log line carries the client's name (the connection span's field).
+    let logged = loop {
+        let line = tokio::time::timeout(REPLY_TIMEOUT, stderr.next_line())
+            .await
+            .expect("the request is logged")
+            .unwrap()
+            .expect("a log line");
+        if line.contains("request") && line.contains("\"a\"") {
+            break line;
+        }
+    };
+    assert!(logged.contains("client=alice"), "{logged}");
     assert_eq!(ferry_server(dir.path(), &["revoke", "alice"]).0, 0);
     assert_eq!(refused_by(addr, server, 1).await, auth_failed());
     drop(conn);

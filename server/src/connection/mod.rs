@@ -139,7 +139,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         return;
     };
     // Every later line of this connection, each request's included, names the client.
-    tracing::Span::current().record("client", principal.name.as_str());
+    tracing::Span::current().record("client", tracing::field::display(&principal.name));
     tracing::debug!(mode = ?session.mode(), principal = %principal.name, "session established");
     let version = session.version();
     let (send, recv) = session.into_split();
