@@ -9,11 +9,15 @@
 //! Files: this one holds the API ([`NodeConfig`], [`start`], [`NodeHandle`]) and what the tasks
 //! share (the commands to a peer, the events into the actor); `actor.rs` is the swarm actor
 //! (events, actions, dialing); `peer.rs` is one peer connection (handshake, reader, writer,
-//! close and drain); `server.rs` runs a ferry-server as a peer.
+//! close and drain); `server.rs` runs a ferry-server as a peer; `host.rs` is one listener
+//! shared by several swarms, routing each connection by the key its hello names.
 
 mod actor;
+mod host;
 mod peer;
 mod server;
+
+pub use host::Host;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -34,7 +38,7 @@ use crate::source::ServerSource;
 use crate::status::Sources;
 use crate::swarm::{ConnId, Stats, Swarm, SwarmConfig};
 use crate::wire::{self, PeerId, PeerMessage};
-use actor::Actor;
+use actor::{Actor, Inbound};
 
 /// Most inbound connections allowed to be mid-handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 64;
@@ -100,6 +104,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("a hashing task failed: {0}")]
     Join(String),
+    #[error("swarm {0} is already served on this host")]
+    AlreadyHosted(crate::manifest::ContentId),
 }
 
 /// A running node.
@@ -219,6 +225,38 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let inbound = Inbound::Listener(TcpAcceptor::new(listener));
+    start_with(manifest, storage, have, config, inbound, listen_addr)
+}
+
+/// Starts a node like [`start`], but on `host`'s listener instead of its own (`config.listen`
+/// is not used): one port serves every swarm started on the host.
+pub fn start_on(
+    host: &Host,
+    manifest: Arc<Manifest>,
+    storage: Arc<Storage>,
+    have: Bitfield,
+    config: NodeConfig,
+) -> Result<NodeHandle, NodeError> {
+    let content_id = manifest.content_id();
+    let (queue, registration) = host
+        .register(content_id)
+        .ok_or(NodeError::AlreadyHosted(content_id))?;
+    let inbound = Inbound::Hosted {
+        queue,
+        _registration: registration,
+    };
+    start_with(manifest, storage, have, config, inbound, host.listen_addr())
+}
+
+fn start_with(
+    manifest: Arc<Manifest>,
+    storage: Arc<Storage>,
+    have: Bitfield,
+    config: NodeConfig,
+    inbound: Inbound,
+    listen_addr: SocketAddr,
+) -> Result<NodeHandle, NodeError> {
     let peer_id = PeerId::generate();
     let ctx = Arc::new(Ctx {
         key: wire::swarm_key(&manifest.content_id()),
@@ -263,7 +301,7 @@ pub async fn start(
         retry: HashMap::new(),
         self_addrs: HashSet::new(),
         listen_addr,
-        listener: TcpAcceptor::new(listener),
+        inbound,
         completed: None,
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         closing: HashSet::new(),
