@@ -66,7 +66,16 @@ struct Cli {
     /// server as ferry://ID@HOST/ (the id is printed at start). --identity alone uses
     /// ~/.config/ferry/identity (shared with ferry and ferry-peer), created on first start;
     /// --identity=FILE another file. Default: off (PSK only). E.g. --identity=/etc/ferry/identity
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    // The empty default marks "the default file"; clap's PathBuf parser refuses an empty value,
+    // so the value goes through the OsString parser.
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
     identity: Option<PathBuf>,
 
     /// Allow clients to choose unencrypted sessions (the handshake is still authenticated).
@@ -815,6 +824,12 @@ mod tests {
         assert!(serve.command.is_none());
         let none = Cli::try_parse_from(["ferry-server"]).unwrap();
         assert!(none.root.is_none() && none.command.is_none());
+        // --identity alone means the default identity file; with =FILE, that file.
+        let default = Cli::try_parse_from(["ferry-server", "/srv", "--identity"]).unwrap();
+        assert_eq!(default.identity, Some(PathBuf::new()));
+        assert_eq!(default.root, Some(PathBuf::from("/srv")));
+        let file = Cli::try_parse_from(["ferry-server", "--identity=/etc/id", "/srv"]).unwrap();
+        assert_eq!(file.identity, Some(PathBuf::from("/etc/id")));
         let id = ferry_protocol::identity::Identity::from_secret([1; 32]).id();
         let text = id.to_string();
         let authorize = Cli::try_parse_from([
