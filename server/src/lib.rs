@@ -101,6 +101,7 @@ impl Server {
                 ferry_protocol::noise::ServerIdentityConfig::with_resolver(identity, resolver);
             identity.allow_plaintext = config.allow_plaintext;
             identity.max_body = config.limits.max_body;
+            identity.suites = config.suites.clone();
             identity
         });
         tracing::info!(

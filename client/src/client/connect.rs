@@ -249,7 +249,12 @@ where
         .identity
         .clone()
         .unwrap_or_else(ferry_protocol::identity::Identity::generate);
-    let proto = ClientIdentityConfig::new(identity, server_id).plaintext(config.plaintext);
+    let mut proto = ClientIdentityConfig::new(identity, server_id).plaintext(config.plaintext);
+    // The same offer as the PSK handshake's; a list without an encrypted suite means the
+    // default there, so here too.
+    if config.suites.iter().any(|suite| suite.id().is_some()) {
+        proto.suites = config.suites.clone();
+    }
     match ferry_protocol::tokio::client_identity_handshake(io, proto).await {
         Ok((session, proven, leftover)) => Ok((session, leftover, proven)),
         Err(ClientIdentityError::WrongServer { expected, proven }) => {
