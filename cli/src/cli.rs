@@ -305,9 +305,9 @@ impl PutArgs {
         if locals.is_empty() {
             return Err("put needs at least one local file before the URL".into());
         }
-        let url: FerryUrl = last
-            .parse()
-            .map_err(|e| format!("the last argument must be the ferry:// URL to upload to: {last}: {e}"))?;
+        let url: FerryUrl = last.parse().map_err(|e| {
+            format!("the last argument must be the ferry:// URL to upload to: {last}: {e}")
+        })?;
         Ok((locals.iter().map(PathBuf::from).collect(), url))
     }
 }

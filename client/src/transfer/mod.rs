@@ -61,9 +61,7 @@ use crate::progress::TransferProgress;
 use fetch::{Fetcher, ProgressWatch, Target};
 
 pub use part::{is_reserved_name, meta_path, part_path, PartMeta, META_SUFFIX, PART_SUFFIX};
-pub use put::{
-    remote_join, upload_file, upload_tree, PutOptions, PutTreeReport, Uploaded,
-};
+pub use put::{remote_join, upload_file, upload_tree, PutOptions, PutTreeReport, Uploaded};
 pub use tree::{download_tree, MAX_FRONTIER, MAX_REPORTED_FAILURES};
 
 /// How `get` treats existing files.
