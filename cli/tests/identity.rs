@@ -7,35 +7,14 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{tree, Env, Run, TestServer};
+use common::{server_with_identity, tree, Env, TestServer};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::Key;
-
-/// `ferry ARGS` with no key at all: an ID address must not need one.
-fn ferry(env: &Env, args: &[&str]) -> Run {
-    let mut cmd: Command = env.command();
-    cmd.args(args);
-    Run::from(cmd.output().unwrap())
-}
-
-fn server_with_identity(root: &std::path::Path, identity: &Identity) -> TestServer {
-    let identity = identity.clone();
-    TestServer::start_with(
-        root,
-        &Key::generate(),
-        "127.0.0.1:0".parse().unwrap(),
-        move |config| {
-            config.identity = Some(identity);
-        },
-    )
-}
 
 #[test]
 fn ferry_id_creates_prints_and_rotates_the_identity() {
     let env = Env::new();
-    let first = ferry(&env, &["id"]);
+    let first = env.run(&["id"]);
     first.ok();
     let id: NodeId = first.stdout.trim().parse().unwrap();
     assert!(first.stderr.contains("created an identity"), "{first:?}");
@@ -46,12 +25,12 @@ fn ferry_id_creates_prints_and_rotates_the_identity() {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let again = ferry(&env, &["id"]);
+    let again = env.run(&["id"]);
     again.ok();
     assert_eq!(again.stdout.trim(), id.to_string());
     assert!(again.stderr.is_empty(), "{again:?}");
 
-    let rotated = ferry(&env, &["id", "--new"]);
+    let rotated = env.run(&["id", "--new"]);
     rotated.ok();
     let new: NodeId = rotated.stdout.trim().parse().unwrap();
     assert_ne!(new, id);
@@ -62,7 +41,7 @@ fn ferry_id_creates_prints_and_rotates_the_identity() {
         .filter(|name| name.starts_with("identity.old-"))
         .collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(ferry(&env, &["id"]).stdout.trim(), new.to_string());
+    assert_eq!(env.run(&["id"]).stdout.trim(), new.to_string());
 }
 
 #[test]
@@ -75,7 +54,7 @@ fn an_address_with_the_servers_id_connects_and_a_wrong_id_is_exit_3() {
     let env = Env::new();
 
     let url = format!("ferry://{}@{}/", identity.id(), server.addr);
-    let run = ferry(&env, &["ls", &url]);
+    let run = env.run(&["ls", &url]);
     run.ok();
     assert_eq!(
         run.stdout.lines().collect::<Vec<_>>(),
@@ -85,7 +64,7 @@ fn an_address_with_the_servers_id_connects_and_a_wrong_id_is_exit_3() {
     // The right host and port, the wrong id: refused, and the message says why.
     let wrong = Identity::from_secret([0x43; 32]).id();
     let url = format!("ferry://{wrong}@{}/", server.addr);
-    let run = ferry(&env, &["ls", &url]);
+    let run = env.run(&["ls", &url]);
     run.code(3);
     assert!(run.stdout.is_empty(), "{run:?}");
     assert!(
@@ -112,7 +91,7 @@ fn a_psk_only_server_refuses_the_identity_handshake_with_exit_3() {
         Identity::from_secret([1; 32]).id(),
         server.addr
     );
-    let run = ferry(&env, &["ls", &url]);
+    let run = env.run(&["ls", &url]);
     run.code(3);
     assert!(run.stderr.contains("authentication failed"), "{run:?}");
 }

@@ -9,30 +9,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
-use common::{tree, Env, Run, TestServer};
+use common::{server_with_identity, tree, Env};
 use ferry_common::known_servers;
 use ferry_protocol::identity::Identity;
-use ferry_protocol::Key;
-
-fn ferry(env: &Env, args: &[&str]) -> Run {
-    let mut cmd: Command = env.command();
-    cmd.args(args);
-    Run::from(cmd.output().unwrap())
-}
-
-fn server_with_identity(root: &std::path::Path, identity: &Identity) -> TestServer {
-    let identity = identity.clone();
-    TestServer::start_with(
-        root,
-        &Key::generate(),
-        "127.0.0.1:0".parse().unwrap(),
-        move |config| {
-            config.identity = Some(identity);
-        },
-    )
-}
 
 /// A port with nothing listening: bound, then let go.
 fn dead_port() -> SocketAddr {
@@ -57,7 +37,7 @@ fn trust_on_first_use_pins_the_id_refuses_another_and_forget_clears_it() {
     let authority = server.addr.to_string();
 
     // First contact: listed, pinned, and said once.
-    let first = ferry(&env, &["--identity", mine, "ls", &url]);
+    let first = env.run(&["--identity", mine, "ls", &url]);
     first.ok();
     assert_eq!(first.stdout.lines().count(), 3, "{first:?}");
     assert!(
@@ -81,7 +61,7 @@ fn trust_on_first_use_pins_the_id_refuses_another_and_forget_clears_it() {
 
     // Later contacts: the pin alone selects the identity handshake (no key, no --identity),
     // and nothing more is said or written.
-    let again = ferry(&env, &["ls", &url]);
+    let again = env.run(&["ls", &url]);
     again.ok();
     assert!(again.stderr.is_empty(), "{again:?}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
@@ -90,7 +70,7 @@ fn trust_on_first_use_pins_the_id_refuses_another_and_forget_clears_it() {
     known_servers::forget(&file, &authority.parse().unwrap()).unwrap();
     let other = Identity::from_secret([0x52; 32]).id();
     let line = known_servers::add(&file, &authority.parse().unwrap(), &other).unwrap();
-    let refused = ferry(&env, &["--identity", mine, "ls", &url]);
+    let refused = env.run(&["--identity", mine, "ls", &url]);
     refused.code(3);
     assert!(refused.stdout.is_empty(), "{refused:?}");
     let expect = format!(
@@ -101,22 +81,22 @@ fn trust_on_first_use_pins_the_id_refuses_another_and_forget_clears_it() {
     assert!(refused.stderr.contains(&expect), "{refused:?}\n{expect}");
 
     // Forgotten: the next contact is a first contact again.
-    let forgot = ferry(&env, &["forget", &authority]);
+    let forgot = env.run(&["forget", &authority]);
     forgot.ok();
     assert!(
         forgot.stderr.contains(&format!("forgot {authority}")),
         "{forgot:?}"
     );
-    let none = ferry(&env, &["forget", &authority]);
+    let none = env.run(&["forget", &authority]);
     none.ok();
     assert!(none.stderr.contains("has no pin"), "{none:?}");
-    let repinned = ferry(&env, &["--identity", mine, "ls", &url]);
+    let repinned = env.run(&["--identity", mine, "ls", &url]);
     repinned.ok();
     assert!(repinned.stderr.contains("first contact"), "{repinned:?}");
 
     // Without --identity, a pin or an id, a key is still needed, as before.
     let unpinned = format!("ferry://{}/", dead_port());
-    let run = ferry(&env, &["ls", &unpinned]);
+    let run = env.run(&["ls", &unpinned]);
     run.code(2);
     assert!(run.stderr.contains("no key given"), "{run:?}");
 }
@@ -134,14 +114,14 @@ fn several_hints_dead_first_connect_and_a_wrong_id_is_exit_3_even_with_a_right_h
 
     for first in [dead_port(), silent.local_addr().unwrap()] {
         let url = format!("ferry://{}@{first},{}/", identity.id(), server.addr);
-        let run = ferry(&env, &["ls", &url]);
+        let run = env.run(&["ls", &url]);
         run.ok();
         assert_eq!(run.stdout.lines().count(), 3, "{run:?}");
     }
 
     let wrong = Identity::from_secret([0x62; 32]).id();
     let url = format!("ferry://{wrong}@{},{}/", dead_port(), server.addr);
-    let run = ferry(&env, &["ls", &url]);
+    let run = env.run(&["ls", &url]);
     run.code(3);
     assert!(
         run.stderr

@@ -44,6 +44,30 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Runs `ferry ARGS` with no key at all (an address with an id, or trust on first use,
+    /// must not need one).
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args);
+        Run::from(cmd.output().unwrap())
+    }
+}
+
+/// A server for `root` that also serves the identity handshake as `identity`.
+pub fn server_with_identity(
+    root: &Path,
+    identity: &ferry_protocol::identity::Identity,
+) -> TestServer {
+    let identity = identity.clone();
+    TestServer::start_with(
+        root,
+        &Key::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        move |config| config.identity = Some(identity),
+    )
+}
+
 /// A finished run.
 #[derive(Debug)]
 pub struct Run {
