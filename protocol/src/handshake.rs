@@ -380,7 +380,7 @@ fn session_for(
     max_body: u32,
     keys: &SessionKeys,
 ) -> Session {
-    if mode == Mode::PLAINTEXT {
+    let session = if mode == Mode::PLAINTEXT {
         Session::plaintext(version, max_body)
     } else {
         Session::new(
@@ -391,7 +391,9 @@ fn session_for(
             &keys.client_to_server,
             &keys.server_to_client,
         )
-    }
+    };
+    // Spec §5.7: the ServerFinished MAC, a function of the PSK, both shares and TH.
+    session.with_channel_binding(keys.server_confirm)
 }
 
 /// What the server's suite choice needs: the first suite of the client's offer that the server

@@ -393,7 +393,8 @@ fn session(
         .map_err(|_| HandshakeError::AuthenticationFailed)?;
     let (k1, k2) = noise.dangerously_get_raw_split();
     let (c2s, s2c) = derive_record_keys(&hash, &k1, &k2);
-    Ok(Session::new(version, max_body, role, suite, &c2s, &s2c))
+    // Spec §5.7: Noise's handshake hash is its channel binding (Noise §11.2).
+    Ok(Session::new(version, max_body, role, suite, &c2s, &s2c).with_channel_binding(hash))
 }
 
 fn remote_static(noise: &snow::HandshakeState) -> Result<[u8; 32], HandshakeError> {
@@ -835,6 +836,8 @@ pub fn fuzz_identity_handshake(data: &[u8]) {
         }
     }
 }
+
+pub mod bound;
 
 #[cfg(test)]
 mod tests;

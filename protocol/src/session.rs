@@ -21,6 +21,8 @@ pub enum Role {
 pub struct Session {
     send: SendHalf,
     recv: RecvHalf,
+    /// The handshake's channel binding (spec §5.7); `None` for a session made without one.
+    binding: Option<[u8; 32]>,
 }
 
 /// The sending half: frames messages and seals them with its record layer.
@@ -166,7 +168,21 @@ impl Session {
                 records: opener,
                 failed: None,
             },
+            binding: None,
         }
+    }
+
+    /// The session with its handshake's channel binding (spec §5.7).
+    pub fn with_channel_binding(mut self, binding: [u8; 32]) -> Self {
+        self.binding = Some(binding);
+        self
+    }
+
+    /// A value both ends of this session, and nobody else's session, hold (spec §5.7): another
+    /// protocol run inside the session binds itself to it (e.g. the swarm's identity exchange,
+    /// spec/P2P.md §3.3). `None` for a session made without a handshake.
+    pub fn channel_binding(&self) -> Option<&[u8; 32]> {
+        self.binding.as_ref()
     }
 
     /// Splits into halves that can live in different tasks.
