@@ -84,6 +84,10 @@ impl FsError {
             Self::NameTooLong(_) => ErrorCode::NAME_TOO_LONG,
             Self::Range { .. } => ErrorCode::INVALID_RANGE,
             Self::Changed(_) => ErrorCode::FILE_CHANGED,
+            // A full disk or quota is the server's state, not a bug, and the client can act on it.
+            Self::Io { errno, .. } if *errno == Errno::NOSPC || *errno == Errno::DQUOT => {
+                ErrorCode::NO_SPACE
+            }
             Self::Io { .. } => ErrorCode::INTERNAL,
         }
     }

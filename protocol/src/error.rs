@@ -102,6 +102,7 @@ error_codes! {
     AUTHENTICATION_FAILED = 0x0201, "authentication failed";
     PLAINTEXT_REFUSED = 0x0202, "plaintext sessions are not allowed by this server";
     BAD_RECORD = 0x0203, "record failed authentication";
+    ENROLMENT_FAILED = 0x0204, "enrolment failed: the code is wrong, expired or used";
     NOT_FOUND = 0x0301, "not found";
     NOT_A_FILE = 0x0302, "not a regular file";
     NOT_A_DIRECTORY = 0x0303, "not a directory";
@@ -118,6 +119,7 @@ error_codes! {
     BUSY = 0x0402, "busy: limit reached";
     TIMEOUT = 0x0403, "timed out";
     QUOTA_EXCEEDED = 0x0404, "upload quota exceeded";
+    NO_SPACE = 0x0405, "no space left on the server";
     INTERNAL = 0x0501, "internal error";
     SHUTTING_DOWN = 0x0502, "server is shutting down";
     BANNED = 0x0601, "banned: repeatedly sent data that failed verification";

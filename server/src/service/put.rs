@@ -14,6 +14,7 @@
 //!   (a lock per partial, held with the file, also across a blocking write that outlives an
 //!   aborted task).
 //! - **Quota.** Bytes received per principal and server run ([`Uploads`]).
+//! - **A full disk** is `NO_SPACE` with how far the upload got; the partial stays for a resume.
 //! - **Stale partials** older than [`STALE_AFTER`] are removed from a directory whenever an
 //!   upload starts in it.
 
@@ -324,6 +325,21 @@ impl Part {
     }
 }
 
+/// A full disk (or disk quota) is the server's state, not a bug: the client hears how far the
+/// upload got, and the partial stays, so the same command resumes once there is room.
+fn out_of_space(error: FsError, path: &RelPath, stored: u64, size: u64) -> ServiceError {
+    match error {
+        FsError::Io { errno, .. } if errno == Errno::NOSPC || errno == Errno::DQUOT => refused(
+            ErrorCode::NO_SPACE,
+            format!(
+                "no space left on the server for {path}: {stored} of {size} bytes are stored and kept; \
+                 the same upload resumes from there once there is room"
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
 fn io_error(error: &std::io::Error, path: &RelPath) -> FsError {
     FsError::Io {
         path: path.clone(),
@@ -460,7 +476,10 @@ pub(crate) async fn put(
                         Err(_) => break,
                     }
                 }
-                let written = tokio::task::spawn_blocking(move || current.write(batch)).await??;
+                let stored = current.written;
+                let written = tokio::task::spawn_blocking(move || current.write(batch))
+                    .await?
+                    .map_err(|error| out_of_space(error, &path, stored, size))?;
                 reservation.received = written.written - offset;
                 if written.written < size && written.written - acked >= ACK_EVERY {
                     acked = written.written;
