@@ -124,6 +124,8 @@ wire_u8! {
         DIGEST = 0x05,
         /// An upload: the client sends a file, resumable, verified end to end (spec §3.12).
         PUT = 0x06,
+        /// Enrolment with a one-time code (SPAKE2), only in an enrolment session (spec §13.11).
+        ENROL = 0x07,
     }
 }
 

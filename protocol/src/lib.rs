@@ -17,6 +17,7 @@
 //! - [`crypto`]: keys, the HKDF key schedule, and the record layer (suite, sequence limits, IVs).
 //! - [`digest`]: the end-to-end fetch digest (BLAKE3).
 //! - [`handshake`]: client and server handshake state machines.
+//! - [`enrol`]: enrolment with a one-time code (SPAKE2 bound to the identity handshake).
 //! - [`identity`]: node identities (X25519 key pairs) and their ids; [`noise`]: the identity
 //!   handshake (Noise XX) and the server's accept that serves both handshakes on one port.
 //! - [`session`]: an established connection's framing and record protection.
@@ -31,6 +32,7 @@ pub mod crypto;
 pub mod digest;
 #[cfg(feature = "tokio")]
 pub mod driver;
+pub mod enrol;
 pub mod error;
 pub mod frame;
 #[cfg(any(fuzzing, test))]

@@ -57,6 +57,15 @@ pub mod labels {
 /// The suite byte of a plaintext choice: no suite.
 pub const NO_SUITE: SuiteId = SuiteId(0x00);
 
+/// The byte a client appends to its NOISE_3 payload to ask for an enrolment session
+/// (spec §13.11.2): encrypted, so only the server learns it.
+pub const ENROL_INTENT: u8 = 0x01;
+
+/// The name of an enrolment session's principal in logs: `enrolling ID`.
+pub fn enrolling_name(client: &NodeId) -> String {
+    format!("enrolling {client}")
+}
+
 /// Whether protocol `version` may use `suite`: version 1 knows only AES-256-CBC + HMAC-SHA256
 /// (spec §4.3, as in the PSK handshake).
 fn version_allows(version: u8, suite: RecordSuite) -> bool {
@@ -232,6 +241,8 @@ pub struct ClientIdentityConfig {
     pub suites: Vec<RecordSuite>,
     /// Cap on incoming frame bodies once established.
     pub max_body: u32,
+    /// Ask for an enrolment session (spec §13.11): the only request it allows is ENROL.
+    pub enrol: bool,
 }
 
 impl ClientIdentityConfig {
@@ -242,6 +253,7 @@ impl ClientIdentityConfig {
             mode: Mode::ENCRYPTED,
             suites: RecordSuite::DEFAULT_SUITES.to_vec(),
             max_body: DEFAULT_MAX_BODY,
+            enrol: false,
         }
     }
 
@@ -266,6 +278,9 @@ pub struct ServerIdentityConfig {
     /// The record suites this server accepts; default [`RecordSuite::DEFAULT_SUITES`].
     pub suites: Vec<RecordSuite>,
     pub max_body: u32,
+    /// Admit clients that ask to enrol into an enrolment session (spec §13.11.2), whoever
+    /// they are. Off by default: such a client is then refused like any other failure.
+    pub enrolment: bool,
 }
 
 impl ServerIdentityConfig {
@@ -281,8 +296,17 @@ impl ServerIdentityConfig {
             allow_plaintext: false,
             suites: RecordSuite::DEFAULT_SUITES.to_vec(),
             max_body: DEFAULT_MAX_BODY,
+            enrolment: false,
         }
     }
+}
+
+/// The handshake hash `h` (spec §13.5), once the last message has been written or read.
+fn handshake_hash(noise: &snow::HandshakeState) -> Result<[u8; 32], HandshakeError> {
+    noise
+        .get_handshake_hash()
+        .try_into()
+        .map_err(|_| HandshakeError::AuthenticationFailed)
 }
 
 /// A handshake frame's bytes: header version 1, service HANDSHAKE, id 0 (spec §4.1).
@@ -417,6 +441,7 @@ pub struct ClientIdentityHandshake {
     state: ClientState,
     server_id: Option<NodeId>,
     mismatch: Option<(NodeId, NodeId)>,
+    binding: Option<crate::enrol::Binding>,
 }
 
 impl std::fmt::Debug for ClientIdentityHandshake {
@@ -458,12 +483,19 @@ impl ClientIdentityHandshake {
             state: ClientState::AwaitMessage2,
             server_id: None,
             mismatch: None,
+            binding: None,
         })
     }
 
     /// The server's id, once message 2 has proven it.
     pub fn server_id(&self) -> Option<NodeId> {
         self.server_id
+    }
+
+    /// Both static keys and the handshake hash, once the session has been returned: what an
+    /// enrolment is bound to (spec §13.11.3).
+    pub fn binding(&self) -> Option<crate::enrol::Binding> {
+        self.binding
     }
 
     /// `(expected, proven)` when the server proved a key that does not hash to the id the
@@ -502,7 +534,16 @@ impl ClientIdentityHandshake {
             .filter(|_| version_ok && choice.mode == self.offer.mode)
             .filter(|&s| s == RecordSuite::Plaintext || version_allows(choice.version, s))
             .ok_or(HandshakeError::AuthenticationFailed)?;
-        let message = write(&mut self.noise, &choice.encode())?;
+        let mut payload3 = choice.encode().to_vec();
+        if self.config.enrol {
+            payload3.push(ENROL_INTENT);
+        }
+        let message = write(&mut self.noise, &payload3)?;
+        self.binding = Some(crate::enrol::Binding {
+            client_static: *self.config.identity.public_key(),
+            server_static: server_key,
+            handshake_hash: handshake_hash(&self.noise)?,
+        });
         let session = session(
             &mut self.noise,
             Role::Client,
@@ -552,6 +593,7 @@ pub struct ServerIdentityHandshake {
     state: ServerState,
     client_id: Option<NodeId>,
     principal: Option<Principal>,
+    enrolment: Option<crate::enrol::Binding>,
 }
 
 impl std::fmt::Debug for ServerIdentityHandshake {
@@ -577,7 +619,14 @@ impl ServerIdentityHandshake {
             state: ServerState::AwaitMessage1,
             client_id: None,
             principal: None,
+            enrolment: None,
         }
+    }
+
+    /// `Some` when the session is an enrolment session (spec §13.11.2): the client asked to
+    /// enrol, and the binding its enrolment must be made under.
+    pub fn enrolment(&self) -> Option<crate::enrol::Binding> {
+        self.enrolment
     }
 
     /// The client's id: `Some` once the session has been returned.
@@ -661,15 +710,39 @@ impl ServerIdentityHandshake {
                 let payload = read(noise, body)?;
                 let client_key = remote_static(noise)?;
                 contributory(&self.config.identity, &client_key)?;
-                if Choice::decode(&payload) != Some(choice) {
+                // The echoed choice, or (spec §13.11.2) the choice and the enrol intent, which
+                // only a server that takes enrolments accepts.
+                let enrolling = if Choice::decode(&payload) == Some(choice) {
+                    false
+                } else if self.config.enrolment
+                    && payload.len() == 4
+                    && payload[3] == ENROL_INTENT
+                    && Choice::decode(&payload[..3]) == Some(choice)
+                {
+                    true
+                } else {
                     return Err(HandshakeError::AuthenticationFailed);
-                }
+                };
                 let client_id = NodeId::from_public_key(&client_key);
-                let principal = self
-                    .config
-                    .resolver
-                    .resolve(&client_id, &client_key)
-                    .ok_or(HandshakeError::AuthenticationFailed)?;
+                let principal = if enrolling {
+                    // Whoever it is: the session may only enrol, and the client is decided by
+                    // its code, not by the authorised clients.
+                    self.enrolment = Some(crate::enrol::Binding {
+                        client_static: client_key,
+                        server_static: *self.config.identity.public_key(),
+                        handshake_hash: handshake_hash(noise)?,
+                    });
+                    Principal {
+                        name: enrolling_name(&client_id),
+                        permissions: crate::handshake::Permissions::NONE,
+                        subtree: None,
+                    }
+                } else {
+                    self.config
+                        .resolver
+                        .resolve(&client_id, &client_key)
+                        .ok_or(HandshakeError::AuthenticationFailed)?
+                };
                 let session = session(
                     noise,
                     Role::Server,
@@ -732,6 +805,14 @@ impl AcceptHandshake {
     pub fn client_id(&self) -> Option<NodeId> {
         match self {
             Self::Identity(h) => h.client_id(),
+            _ => None,
+        }
+    }
+
+    /// The enrolment binding, when the client asked for an enrolment session (spec §13.11.2).
+    pub fn enrolment(&self) -> Option<crate::enrol::Binding> {
+        match self {
+            Self::Identity(h) => h.enrolment(),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ use crate::handshake::{
     ServerHandshake, ServerHandshakeConfig,
 };
 use crate::header::{FrameType, RequestId};
+use crate::enrol::Binding;
 use crate::identity::NodeId;
 use crate::message::Message;
 use crate::noise::{
@@ -208,13 +209,53 @@ pub async fn server_accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (session, principal, _, leftover) = server_accept_enrolment(io, config).await?;
+    Ok((session, principal, leftover))
+}
+
+/// [`server_accept`], also returning the enrolment binding when the client asked for an
+/// enrolment session (spec §13.11.2; only with [`ServerIdentityConfig::enrolment`]).
+///
+/// [`ServerIdentityConfig::enrolment`]: crate::noise::ServerIdentityConfig::enrolment
+pub async fn server_accept_enrolment<S>(
+    io: &mut S,
+    config: AcceptConfig,
+) -> Result<(Session, Principal, Option<Binding>, BytesMut), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut handshake = AcceptHandshake::new(config);
     let (session, leftover) = drive(io, &mut handshake, BytesMut::new()).await?;
+    let enrolment = handshake.enrolment();
     // Set whenever the handshake returns a session.
     let principal = handshake
         .take_principal()
         .ok_or(HandshakeError::AuthenticationFailed)?;
-    Ok((session, principal, leftover))
+    Ok((session, principal, enrolment, leftover))
+}
+
+/// Runs the identity handshake asking for an enrolment session (spec §13.11.2): returns the
+/// session, the server's proven id, the binding the enrolment is made under and any bytes
+/// after the handshake. Callers bound it with a timeout.
+pub async fn client_enrol_handshake<S>(
+    io: &mut S,
+    mut config: ClientIdentityConfig,
+) -> Result<(Session, NodeId, Binding, BytesMut), ClientIdentityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    config.enrol = true;
+    let mut hello = BytesMut::new();
+    let mut handshake = ClientIdentityHandshake::start(config, &mut hello).map_err(Error::from)?;
+    let result = drive(io, &mut handshake, hello).await;
+    if let Some((expected, proven)) = handshake.server_id_mismatch() {
+        return Err(ClientIdentityError::WrongServer { expected, proven });
+    }
+    let (session, leftover) = result?;
+    let failed = || Error::Handshake(HandshakeError::AuthenticationFailed);
+    let server = handshake.server_id().ok_or_else(failed)?;
+    let binding = handshake.binding().ok_or_else(failed)?;
+    Ok((session, server, binding, leftover))
 }
 
 fn framed<S: AsyncRead + AsyncWrite>(

@@ -5,6 +5,7 @@
 //! consumed exactly: trailing bytes are an error.
 
 mod digest;
+mod enrol;
 mod entry;
 mod error;
 mod fetch;
@@ -14,6 +15,10 @@ mod put;
 mod stat;
 
 pub use digest::{DigestRequest, DigestResponse};
+pub use enrol::{
+    EnrolConfirm, EnrolEnd, EnrolRequest, EnrolResponse, CONFIRM_LEN, ENROL_WRITE, PAKE_LEN, SIDE_A,
+    SIDE_B,
+};
 pub use entry::{Entry, EntryKind};
 pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
@@ -51,6 +56,12 @@ pub enum Message {
     PutResponse(PutResponse),
     PutData(Bytes),
     PutEnd(PutEnd),
+    /// An enrolment's request, the server's answer, the client's confirmation and the end
+    /// (spec §13.11).
+    EnrolRequest(EnrolRequest),
+    EnrolResponse(EnrolResponse),
+    EnrolConfirm(EnrolConfirm),
+    EnrolEnd(EnrolEnd),
     /// An error; `service` is that of the request it answers.
     Error {
         service: Service,
@@ -90,6 +101,10 @@ impl Message {
             Self::PutResponse(_) => (T::RESPONSE, Service::PUT),
             Self::PutData(_) => (T::DATA, Service::PUT),
             Self::PutEnd(_) => (T::END, Service::PUT),
+            Self::EnrolRequest(_) => (T::REQUEST, Service::ENROL),
+            Self::EnrolResponse(_) => (T::RESPONSE, Service::ENROL),
+            Self::EnrolConfirm(_) => (T::DATA, Service::ENROL),
+            Self::EnrolEnd(_) => (T::END, Service::ENROL),
             Self::Error { service, .. } => (T::ERROR, *service),
             Self::Cancel { service } => (T::CANCEL, *service),
             Self::Ping(_) => (T::PING, Service::ECHO),
@@ -124,6 +139,10 @@ impl Message {
             (T::RESPONSE, Service::PUT) => Self::PutResponse(PutResponse::decode(body)?),
             (T::DATA, Service::PUT) => Self::PutData(body),
             (T::END, Service::PUT) => Self::PutEnd(PutEnd::decode(body)?),
+            (T::REQUEST, Service::ENROL) => Self::EnrolRequest(EnrolRequest::decode(body)?),
+            (T::RESPONSE, Service::ENROL) => Self::EnrolResponse(EnrolResponse::decode(body)?),
+            (T::DATA, Service::ENROL) => Self::EnrolConfirm(EnrolConfirm::decode(body)?),
+            (T::END, Service::ENROL) => Self::EnrolEnd(EnrolEnd::decode(body)?),
             (T::ERROR, service) => Self::Error {
                 service,
                 body: ErrorBody::decode(body)?,
@@ -159,6 +178,10 @@ impl Message {
             Self::PutResponse(m) => m.encode(dst),
             Self::PutData(b) => dst.put_slice(b),
             Self::PutEnd(m) => m.encode(dst),
+            Self::EnrolRequest(m) => m.encode(dst),
+            Self::EnrolResponse(m) => m.encode(dst),
+            Self::EnrolConfirm(m) => m.encode(dst),
+            Self::EnrolEnd(m) => m.encode(dst),
             Self::Error { body, .. } => body.encode(dst),
             Self::Cancel { .. } => {}
         }
@@ -185,6 +208,10 @@ impl Message {
             Self::PutResponse(_) => PutResponse::LEN,
             Self::PutData(b) => b.len(),
             Self::PutEnd(_) => PutEnd::LEN,
+            Self::EnrolRequest(_) => EnrolRequest::LEN,
+            Self::EnrolResponse(_) => EnrolResponse::LEN,
+            Self::EnrolConfirm(_) => EnrolConfirm::LEN,
+            Self::EnrolEnd(m) => m.encoded_len(),
             Self::Error { body, .. } => body.encoded_len(),
             Self::Cancel { .. } => 0,
         }
@@ -211,6 +238,7 @@ impl Message {
                 page.entries.iter().try_for_each(|e| check_str(&e.name))
             }
             Self::Error { body, .. } => check_str(&body.message),
+            Self::EnrolEnd(m) => check_str(&m.name).and_then(|()| check_str(&m.root)),
             _ => Ok(()),
         }
     }
@@ -227,7 +255,12 @@ impl Message {
 pub fn is_request_service(service: Service) -> bool {
     matches!(
         service,
-        Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST | Service::PUT
+        Service::LIST
+            | Service::STAT
+            | Service::FETCH
+            | Service::DIGEST
+            | Service::PUT
+            | Service::ENROL
     )
 }
 
@@ -424,6 +457,20 @@ pub(crate) mod tests {
             Message::PutEnd(PutEnd {
                 bytes: 100,
                 digest: [9; 32],
+            }),
+            Message::EnrolRequest(EnrolRequest {
+                nameplate: 7,
+                pake: [SIDE_A; PAKE_LEN],
+            }),
+            Message::EnrolResponse(EnrolResponse {
+                pake: [SIDE_B; PAKE_LEN],
+                confirm: [11; 32],
+            }),
+            Message::EnrolConfirm(EnrolConfirm { confirm: [12; 32] }),
+            Message::EnrolEnd(EnrolEnd {
+                flags: ENROL_WRITE,
+                name: "bob".into(),
+                root: "team/bob".into(),
             }),
         ]
     }
