@@ -12,10 +12,12 @@
 //! - [`node`]: the tokio shell: listener, peer actors, the swarm actor.
 //! - [`tracker`]: the UDP tracker core, its server and its client.
 //! - [`dht`]: the Kademlia DHT for content ids: sans-IO core, tokio shell (spec/P2P.md §7).
+//! - [`fleet`]: fleet updates: channels, signed releases, gossip, atomic installs (§8).
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 //! - [`status`]: what a node tried to find peers and what failed, in words.
 pub mod addr;
 pub mod dht;
+pub mod fleet;
 pub mod manifest;
 pub mod node;
 pub mod pieces;
