@@ -1,3 +1,28 @@
-//! `ferry-hub` (issue 12): binds `user@hub` names to node ids, keeps the control connections of
-//! nodes behind NATs, tells each its reflected address, coordinates hole punches and relays
-//! the already-encrypted stream when no direct path works.
+//! ferry-hub (issue 12): names, presence, rendezvous and relay for Ferry nodes that cannot be
+//! dialled directly, specified in `spec/HUB.md`.
+//!
+//! Modules:
+//! - [`wire`]: the hub's services (0x60–0x64) on the Ferry codec, their bodies and error codes.
+//! - [`names`]: name syntax and the durable store (an fsynced append-only log).
+//! - [`throttle`]: token buckets per identity and per address.
+//! - [`server`]: the hub itself ([`Hub`]): the identity handshake, the services, relay splicing.
+//! - [`client`]: a caller's connection to a hub ([`HubConn`]).
+//! - [`node`]: a node's presence (control connection, keep-alive, reconnection) and the
+//!   [`RelayAcceptor`] that turns relay requests into incoming streams.
+//! - `codec`: raw frames over a session, and a stream that yields bytes already read first.
+//!
+//! Every hub connection runs the Noise XX identity handshake (PROTOCOL.md §13), so the hub knows
+//! each caller's node id; a relayed stream carries the end-to-end handshake between client and
+//! node, so the hub forwards only ciphertext.
+
+pub mod client;
+pub mod codec;
+pub mod names;
+pub mod node;
+pub mod server;
+pub mod throttle;
+pub mod wire;
+
+pub use client::{HubConn, HubError, RelayStream};
+pub use node::{spawn_presence, Presence, PresenceConfig, RelayAcceptor, Status};
+pub use server::{Hub, HubConfig, HubLimits, HubStats, Registration};
