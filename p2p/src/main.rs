@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use ferry_p2p::fleet::cli as fleet;
 use ferry_p2p::manifest::{Manifest, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
 use ferry_p2p::node::{self, NodeConfig};
 use ferry_p2p::pieces::{data_root, make_manifest, Storage};
@@ -129,6 +130,20 @@ enum Command {
     /// Run a DHT node only (e.g. a bootstrap node for trackerless swarms).
     #[command(after_help = DHT_HELP)]
     Dht(DhtArgs),
+    /// Fleet updates: create a release channel's signing key.
+    #[command(after_help = fleet::CHANNEL_HELP)]
+    Channel(fleet::ChannelArgs),
+    /// Fleet updates: sign and announce DIR as a channel's next release, and seed it.
+    #[command(after_help = fleet::PUBLISH_HELP)]
+    Publish(fleet::PublishArgs),
+    /// Fleet updates: follow a channel, installing each release atomically into --dir.
+    #[command(after_help = fleet::FOLLOW_HELP)]
+    Follow(fleet::FollowArgs),
+    /// Fleet updates: switch a follower's --dir back to its previous version.
+    #[command(after_help = fleet::ROLLBACK_HELP)]
+    Rollback(fleet::RollbackArgs),
+    /// Fleet updates: what the followers of a channel run.
+    Fleet(fleet::FleetArgs),
 }
 
 /// Flags shared by `seed` and `get`.
@@ -345,6 +360,11 @@ fn main() -> ExitCode {
         Command::Get(args) => runtime().and_then(|rt| rt.block_on(get(args))),
         Command::Tracker(args) => runtime().and_then(|rt| rt.block_on(tracker(args))),
         Command::Dht(args) => runtime().and_then(|rt| rt.block_on(dht(args))),
+        Command::Channel(args) => fleet::channel(args),
+        Command::Publish(args) => runtime().and_then(|rt| rt.block_on(fleet::publish(args))),
+        Command::Follow(args) => runtime().and_then(|rt| rt.block_on(fleet::follow(args))),
+        Command::Rollback(args) => fleet::rollback(args),
+        Command::Fleet(args) => runtime().and_then(|rt| rt.block_on(fleet::fleet(args))),
     };
     match result {
         Ok(code) => code,
