@@ -8,7 +8,9 @@
 //! duplicate slashes are dropped and `%XX` escapes are decoded, so `ferry://h/a%20b//c/` names
 //! `a b/c`. A bare `HOST[:PORT][/PATH]` without the scheme is accepted too. `ID@` names the
 //! server that must answer by its node id (spec §13.1): the client then runs the identity
-//! handshake and refuses any other key, whichever hint answers.
+//! handshake and refuses any other key, whichever hint answers. `NAME@` before that
+//! (`ferry://alice@HUB/`, `ferry://alice@HUBID@HOST/`) names a node registered at the hub the
+//! rest of the address reaches (spec/HUB.md §2).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +67,9 @@ impl FromStr for Hint {
 /// A parsed Ferry address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FerryUrl {
+    /// A name registered at a hub (`ferry://NAME@HUB/`, spec/HUB.md §2): the server is the node
+    /// holding it, and the hints and `server_id` are then the hub's.
+    pub name: Option<String>,
     /// The node id of the server that must answer (`ferry://ID@HOST/`), if the address names one.
     pub server_id: Option<NodeId>,
     /// The first hint's host name or IP address, without brackets.
@@ -105,6 +110,7 @@ impl FerryUrl {
     /// An address for `addr` and the root path.
     pub fn from_socket_addr(addr: SocketAddr) -> Self {
         Self {
+            name: None,
             server_id: None,
             host: addr.ip().to_string(),
             port: addr.port(),
@@ -116,6 +122,7 @@ impl FerryUrl {
     /// The same server with another path (normalised like a parsed path).
     pub fn with_path(&self, path: &str) -> Self {
         Self {
+            name: self.name.clone(),
             server_id: self.server_id,
             host: self.host.clone(),
             port: self.port,
@@ -165,6 +172,12 @@ impl FromStr for FerryUrl {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, ""),
         };
+        // `NAME@`, `ID@` or `NAME@ID@` (spec/HUB.md §2): a name has at most 32 characters and
+        // an id exactly 34, so the two cannot be confused.
+        let (name, authority) = match authority.split_once('@') {
+            Some((name, rest)) if is_hub_name(name) => (Some(name.to_string()), rest),
+            _ => (None, authority),
+        };
         let (server_id, authority) = match authority.split_once('@') {
             Some((id, rest)) => {
                 let id = id.parse::<NodeId>().map_err(|e| UrlError::Id {
@@ -195,6 +208,7 @@ impl FromStr for FerryUrl {
         };
         let path = percent_decode(path).ok_or_else(|| UrlError::Escape(path.to_string()))?;
         Ok(Self {
+            name,
             server_id,
             host,
             port,
@@ -248,10 +262,15 @@ fn parse_hint(authority: &str, input: &str) -> Result<Hint, UrlError> {
 
 impl fmt::Display for FerryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .name
+            .as_ref()
+            .map(|name| format!("{name}@"))
+            .unwrap_or_default();
         let id = self
             .server_id
-            .map(|id| format!("{id}@"))
-            .unwrap_or_default();
+            .map(|id| format!("{name}{id}@"))
+            .unwrap_or(name);
         let hints: Vec<String> = self.hints().iter().map(Hint::authority).collect();
         write!(
             f,
@@ -260,6 +279,17 @@ impl fmt::Display for FerryUrl {
             percent_encode(&self.path)
         )
     }
+}
+
+/// Whether `text` is a hub name (spec/HUB.md §2): 1 to 32 characters of `a-z`, `0-9` and `-`,
+/// starting with a letter and not ending with `-`.
+pub fn is_hub_name(text: &str) -> bool {
+    (1..=32).contains(&text.len())
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && !text.ends_with('-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// Drops empty and `.` components so `/a//b/./` becomes `a/b`. `..` is kept: the server's jail
@@ -474,7 +504,8 @@ mod tests {
         assert_eq!((v6.server_id, v6.host.as_str()), (Some(id), "::1"));
         assert_eq!(url("ferry://h/").server_id, None);
         for (input, expect) in [
-            ("ferry://abc@h/".to_string(), "invalid server id \"abc\""),
+            // Neither a name (uppercase, '_') nor 34 characters long.
+            ("ferry://Ab_c@h/".to_string(), "invalid server id \"Ab_c\""),
             (format!("ferry://{id}@/x"), "has no host"),
             (format!("ferry://{id}@h1,,h2:7/"), "empty connection hint"),
         ] {
@@ -566,6 +597,30 @@ mod tests {
         ] {
             let err = bad.parse::<TrackerUrl>().unwrap_err().to_string();
             assert!(err.contains("udp://HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_hub_name_comes_before_the_hub_and_is_never_an_id() {
+        let id = ferry_protocol::identity::Identity::from_secret([1; 32]).id();
+        let plain = url("ferry://alice@hub.example.org:7000/docs");
+        assert_eq!(plain.name.as_deref(), Some("alice"));
+        assert_eq!(plain.server_id, None);
+        assert_eq!(plain.authority(), "hub.example.org:7000");
+        assert_eq!(plain.to_string(), "ferry://alice@hub.example.org:7000/docs");
+        let pinned = url(&format!("ferry://bob-2@{id}@10.0.0.1:7000/"));
+        assert_eq!(pinned.name.as_deref(), Some("bob-2"));
+        assert_eq!(pinned.server_id, Some(id));
+        assert_eq!(pinned.to_string(), format!("ferry://bob-2@{id}@10.0.0.1:7000/"));
+        assert_eq!(url(&pinned.to_string()), pinned);
+        let by_id = url(&format!("ferry://{id}@h/"));
+        assert_eq!((by_id.name, by_id.server_id), (None, Some(id)));
+        assert_eq!(url("ferry://h/").name, None);
+        for name in ["a", "alice", "a-1", &"a".repeat(32)] {
+            assert!(is_hub_name(name), "{name}");
+        }
+        for not in ["", "Alice", "1a", "a-", "a_b", &"a".repeat(33), &id.to_string()] {
+            assert!(!is_hub_name(not), "{not}");
         }
     }
 }
