@@ -611,7 +611,10 @@ mod tests {
         let pinned = url(&format!("ferry://bob-2@{id}@10.0.0.1:7000/"));
         assert_eq!(pinned.name.as_deref(), Some("bob-2"));
         assert_eq!(pinned.server_id, Some(id));
-        assert_eq!(pinned.to_string(), format!("ferry://bob-2@{id}@10.0.0.1:7000/"));
+        assert_eq!(
+            pinned.to_string(),
+            format!("ferry://bob-2@{id}@10.0.0.1:7000/")
+        );
         assert_eq!(url(&pinned.to_string()), pinned);
         let by_id = url(&format!("ferry://{id}@h/"));
         assert_eq!((by_id.name, by_id.server_id), (None, Some(id)));
@@ -619,7 +622,15 @@ mod tests {
         for name in ["a", "alice", "a-1", &"a".repeat(32)] {
             assert!(is_hub_name(name), "{name}");
         }
-        for not in ["", "Alice", "1a", "a-", "a_b", &"a".repeat(33), &id.to_string()] {
+        for not in [
+            "",
+            "Alice",
+            "1a",
+            "a-",
+            "a_b",
+            &"a".repeat(33),
+            &id.to_string(),
+        ] {
             assert!(!is_hub_name(not), "{not}");
         }
     }
