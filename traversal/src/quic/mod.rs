@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use socket::{DemuxSocket, Punches};
+use socket::{Datagram, DemuxSocket, Punches};
 pub use stream::{QuicStream, CLOSE_DONE, LINGER};
 pub use tls::ALPN;
 
@@ -57,7 +57,7 @@ pub enum Role {
 pub struct QuicEndpoint {
     endpoint: Endpoint,
     io: Arc<UdpSocket>,
-    raw: Arc<Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>>,
+    raw: Arc<Mutex<mpsc::Receiver<Datagram>>>,
     punches: Arc<Punches>,
     client: ClientConfig,
 }
@@ -137,7 +137,7 @@ impl QuicEndpoint {
     /// The source address of the last punch datagram received from `ip`, if any: the peer's
     /// address as its NAT maps it towards us (peer reflexive).
     pub fn punch_source(&self, ip: IpAddr) -> Option<SocketAddr> {
-        self.punches.from_ip(ip)
+        self.punches.source_of(ip)
     }
 
     /// Dials `remote` directly (no punch) and opens the connection's stream; fails at
@@ -149,7 +149,8 @@ impl QuicEndpoint {
             .map_err(|_| timed_out("quic connect", remote, deadline - start))?
     }
 
-    /// Accepts the next connection from anyone and its stream; fails at `deadline`.
+    /// Accepts the next connection from anyone; fails at `deadline`. The stream is accepted
+    /// when the dialer's first bytes arrive (see [`QuicStream`]).
     pub async fn accept(&self, deadline: Instant) -> io::Result<QuicStream> {
         let start = Instant::now();
         timeout_at(deadline, self.answer(None)).await.map_err(|_| {
@@ -170,8 +171,9 @@ impl QuicEndpoint {
     /// differs from `remote` behind a symmetric NAT), or `remote` after [`PUNCH_WAIT`]
     /// without one, and dials a punch source seen later too; quinn retransmits the handshake.
     /// The [`Role::Listener`] accepts the first connection from `remote`'s IP address and
-    /// refuses others while it waits. Returns the stream (on the listener once the dialer has
-    /// written its first bytes) or `TimedOut` at `deadline`.
+    /// refuses others while it waits. Returns the stream once the QUIC handshake is done (on the
+    /// listener, its first read or write waits for the dialer's first bytes, see
+    /// [`QuicStream`]) or `TimedOut` at `deadline`.
     pub async fn punch_and_connect(
         &self,
         remote: SocketAddr,
@@ -289,11 +291,11 @@ impl QuicEndpoint {
             .open_bi()
             .await
             .map_err(|e| io::Error::other(format!("quic stream to {remote}: {e}")))?;
-        Ok(QuicStream::new(connection, send, recv))
+        Ok(QuicStream::opened(connection, send, recv))
     }
 
     /// Accepts connections until one from `only` (any address when `None`) completes its
-    /// handshake and opens its stream.
+    /// handshake; its stream is accepted when the dialer's first bytes arrive.
     async fn answer(&self, only: Option<IpAddr>) -> io::Result<QuicStream> {
         loop {
             let incoming = self.endpoint.accept().await.ok_or_else(|| {
@@ -312,10 +314,7 @@ impl QuicEndpoint {
                     continue;
                 }
             };
-            match connection.accept_bi().await {
-                Ok((send, recv)) => return Ok(QuicStream::new(connection, send, recv)),
-                Err(error) => tracing::debug!(%from, %error, "quic accept: no stream"),
-            }
+            return Ok(QuicStream::accepting(connection));
         }
     }
 }

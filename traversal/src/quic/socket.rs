@@ -28,6 +28,9 @@ use super::PUNCH;
 /// full socket buffer would drop them.
 pub(crate) const RAW_QUEUE: usize = 256;
 
+/// A datagram of the caller's and its source.
+pub(crate) type Datagram = (Vec<u8>, SocketAddr);
+
 /// True when `datagram` may be a QUIC packet (RFC 9000 §17: the fixed bit).
 pub(crate) fn is_quic(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| b & 0x40 != 0)
@@ -41,7 +44,7 @@ pub(crate) struct Punches {
 }
 
 impl Punches {
-    pub(crate) fn from_ip(&self, ip: IpAddr) -> Option<SocketAddr> {
+    pub(crate) fn source_of(&self, ip: IpAddr) -> Option<SocketAddr> {
         self.seen.lock().ok()?.get(&ip).copied()
     }
 
@@ -55,7 +58,7 @@ impl Punches {
 
 pub(crate) struct DemuxSocket {
     pub(crate) io: Arc<UdpSocket>,
-    pub(crate) raw: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    pub(crate) raw: mpsc::Sender<Datagram>,
     pub(crate) punches: Arc<Punches>,
 }
 
