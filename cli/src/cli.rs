@@ -293,6 +293,10 @@ pub struct PutArgs {
     /// interrupted upload resumes after its part is checked).
     #[arg(long)]
     pub no_resume: bool,
+    /// Files in flight at once with -r (1 to 32; a server answers at most 32 requests at a time
+    /// per connection). E.g. -j 8
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub jobs: u16,
 }
 
 impl PutArgs {

@@ -8,6 +8,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -114,12 +115,28 @@ fn put_r_uploads_a_tree_and_a_directory_needs_r() {
     std::fs::create_dir_all(s.work.join("tree/sub")).unwrap();
     std::fs::write(s.work.join("tree/sub/x"), b"x").unwrap();
     std::fs::write(s.work.join("tree/y"), b"y").unwrap();
+    // An empty directory arrives too, with its permission bits, as with scp -r and sftp put -r.
+    std::fs::create_dir_all(s.work.join("tree/empty/deeper")).unwrap();
+    std::fs::set_permissions(
+        s.work.join("tree/empty/deeper"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     let run = s.ferry(&["put", "tree", &s.server.url("in")]);
     run.code(1);
     assert!(run.stderr.contains("use put -r"), "{run:#?}");
-    s.ferry(&["put", "-r", "tree", &s.server.url("in")]).ok();
+    let run = s.ferry(&["put", "-r", "-j", "2", "tree", &s.server.url("in")]);
+    run.ok();
+    assert!(run.stderr.contains("1 empty directories made"), "{run:#?}");
     assert_eq!(std::fs::read(s.root.join("in/tree/sub/x")).unwrap(), b"x");
     assert_eq!(std::fs::read(s.root.join("in/tree/y")).unwrap(), b"y");
+    let deeper = std::fs::metadata(s.root.join("in/tree/empty/deeper")).unwrap();
+    assert!(deeper.is_dir());
+    assert_eq!(deeper.permissions().mode() & 0o777, 0o750);
+    // Again: existing directories are fine (mkdir -p), existing files need --force.
+    let run = s.ferry(&["put", "-r", "tree", &s.server.url("in")]);
+    run.code(1);
+    assert!(run.stderr.contains("already exists"), "{run:#?}");
 }
 
 #[test]

@@ -147,6 +147,35 @@ impl Jail {
             .map_err(|errno| self.error(errno, path))
     }
 
+    /// Makes the directory `path` with exactly the permission bits `mode & 0o777` (not
+    /// narrowed by the umask); its parent must exist. Returns whether it was made: an existing
+    /// directory is left as it is (as `mkdir -p`), a link under that name is refused and never
+    /// followed, anything else there is `NotADirectory`.
+    pub fn create_dir(&self, path: &RelPath, mode: u32) -> Result<bool, FsError> {
+        let (dir, name) = self.parent_of(path)?;
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o777)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                return match self.symlink_metadata(path)?.kind {
+                    EntryKind::DIRECTORY => Ok(false),
+                    EntryKind::SYMLINK => Err(FsError::Symlink(path.clone())),
+                    _ => Err(FsError::NotADirectory(path.clone())),
+                }
+            }
+            Err(errno) => return Err(self.last_name_error(errno, path)),
+        }
+        let made = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| self.last_name_error(errno, path))?;
+        rustix::fs::fchmod(&made, Mode::from_raw_mode(mode & 0o777))
+            .map_err(|errno| self.error(errno, path))?;
+        Ok(true)
+    }
+
     /// Metadata of `path` itself: a final symbolic link is described, not followed.
     pub fn symlink_metadata(&self, path: &RelPath) -> Result<Meta, FsError> {
         let fd = self.open_at(path, OFlags::PATH, false)?;
@@ -215,6 +244,37 @@ mod tests {
         names.sort();
         assert_eq!(names, ["secret.txt"]);
         assert!(!outer.join("planted.txt").exists());
+    }
+
+    #[test]
+    fn a_directory_is_made_with_its_exact_mode_and_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let (outer, root) = setup();
+        for (i, jail) in jails(&root).into_iter().enumerate() {
+            let who = format!("{:?}/{:?}", jail.resolver(), jail.links());
+            let name = format!("sub/made{i}");
+            assert!(jail.create_dir(&p(&name), 0o750).unwrap(), "{who}");
+            let mode = std::fs::metadata(root.join(&name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o750, "{who}");
+            // mkdir -p: an existing directory is fine and keeps its mode.
+            assert!(!jail.create_dir(&p(&name), 0o700).unwrap(), "{who}");
+            assert!(matches!(
+                jail.create_dir(&p("sub/inside.txt"), 0o755),
+                Err(FsError::NotADirectory(_))
+            ));
+            for link in ["escape", "abs_escape", "dangle", "linkdir", "innerdir"] {
+                assert!(
+                    matches!(jail.create_dir(&p(link), 0o755), Err(FsError::Symlink(_))),
+                    "{who} {link}"
+                );
+            }
+            // Beneath a link that leaves the root, nothing is made.
+            assert!(jail.create_dir(&p("linkdir/new"), 0o755).is_err(), "{who}");
+        }
+        outside_untouched(outer.path());
     }
 
     #[test]

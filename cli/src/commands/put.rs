@@ -26,6 +26,7 @@ pub async fn run(ctx: &Context, args: PutArgs) -> Result<(), ClientError> {
         force: args.force,
         parents: false,
         resume: !args.no_resume,
+        jobs: args.jobs,
     };
     let progress = ctx.progress();
     let (handle, cancel) = cancel_pair();
@@ -213,6 +214,9 @@ fn tree_summary(
         report.files.len(),
         progress::summary(report.bytes, report.elapsed)
     );
+    if report.empty_dirs > 0 {
+        line.push_str(&format!(", {} empty directories made", report.empty_dirs));
+    }
     if failures > 0 {
         line.push_str(&format!(", {failures} failed or skipped"));
     }

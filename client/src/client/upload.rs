@@ -64,6 +64,23 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Makes the remote directory `path` (and its missing parents with `parents`); an existing
+    /// directory is fine. How `put -r` carries a directory with nothing in it.
+    pub async fn make_dir(&self, path: &str, mode: u32, parents: bool) -> Result<(), ClientError> {
+        let request = PutRequest::directory(path, mode, parents)
+            .map_err(|e| ClientError::Local(format!("{path}: {e}")))?;
+        let mut pending = self.start(Service::PUT, Message::PutRequest(request))?;
+        let frame = pending.next_within(self.shared.request_timeout).await?;
+        pending.done = true;
+        match pending.decode(&frame)? {
+            Message::PutEnd(end) if end.bytes == 0 && end.digest == [0; 32] => Ok(()),
+            Message::Error { body, .. } => Err(ClientError::Remote(body)),
+            other => Err(unexpected("mkdir", &other)),
+        }
+    }
+}
+
 impl Upload {
     /// Where the data starts: the bytes of the file the server already holds.
     pub fn offset(&self) -> u64 {

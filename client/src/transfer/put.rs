@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{put_flags, PutEnd, PutRequest};
+use futures::StreamExt;
 
 use super::{is_reserved_name, when_not_busy, Cancel};
 use crate::client::{Client, Upload};
@@ -39,6 +40,8 @@ pub struct PutOptions {
     pub parents: bool,
     /// Continue a partial upload the server holds (after checking it). Default: on.
     pub resume: bool,
+    /// Files in flight at once in a tree upload (at least 1). Default: 4, like `get -r`.
+    pub jobs: u16,
 }
 
 impl Default for PutOptions {
@@ -47,6 +50,7 @@ impl Default for PutOptions {
             force: false,
             parents: false,
             resume: true,
+            jobs: 4,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct PutTreeReport {
     pub files: Vec<Uploaded>,
     /// Files that failed or were skipped, with why; the others were still sent.
     pub failed: Vec<(String, ClientError)>,
+    /// Directories with nothing in them, made on the server (the others come with their files).
+    pub empty_dirs: usize,
     pub bytes: u64,
     pub elapsed: Duration,
 }
@@ -300,9 +306,10 @@ fn hash_prefix(local: &Path, len: u64) -> Result<(u64, FetchDigest), ClientError
 }
 
 /// Uploads the local directory `local` into the remote directory `remote` (created, with its
-/// parents, as needed), one file after another. Symbolic links to files are followed; links to
-/// directories, special files, names that are not UTF-8 and names ferry reserves for partial
-/// files are skipped and reported. Empty directories are not created.
+/// parents, as needed), `options.jobs` files at a time. Empty directories are made too, with
+/// their local permission bits. Symbolic links to files are followed; links to directories,
+/// special files, names that are not UTF-8 and names ferry reserves for partial files are
+/// skipped and reported.
 pub async fn upload_tree(
     client: &Client,
     local: &Path,
@@ -316,22 +323,48 @@ pub async fn upload_tree(
         parents: true,
         ..options.clone()
     };
-    let files = {
+    let Walked { files, empty_dirs } = {
         let local = local.to_path_buf();
         tokio::task::spawn_blocking(move || walk(&local))
             .await
             .map_err(|e| ClientError::Local(format!("walking task failed: {e}")))??
     };
     let mut report = PutTreeReport::default();
-    for (rel, found) in files {
-        let name = rel.clone();
-        let result = match found {
-            Ok(path) => {
-                let target = remote_join(remote, &rel);
-                upload_file(client, &path, &target, &options, progress, cancel).await
+    // Few and cheap (one round trip each), so one at a time, before the files.
+    for (rel, mode) in empty_dirs {
+        let target = if rel.is_empty() {
+            remote.to_owned()
+        } else {
+            remote_join(remote, &rel)
+        };
+        match cancel.guard(client.make_dir(&target, mode, true)).await {
+            Ok(()) => report.empty_dirs += 1,
+            Err(error) => {
+                let stop = matches!(error, ClientError::Interrupted) || error.is_connection_error();
+                report.failed.push((rel, error));
+                if stop {
+                    report.elapsed = started.elapsed();
+                    return Ok(report);
+                }
             }
+        }
+    }
+    // Several files in flight hide each upload's round trips (request, first answer, end),
+    // which dominate small files; the connection multiplexes them.
+    let options = &options;
+    let mut results = futures::stream::iter(files.into_iter().map(|(rel, found)| async move {
+        let result = match found {
+            Ok(path) if !cancel.is_cancelled() => {
+                let target = remote_join(remote, &rel);
+                upload_file(client, &path, &target, options, progress, cancel).await
+            }
+            Ok(_) => Err(ClientError::Interrupted),
             Err(why) => Err(ClientError::Local(why)),
         };
+        (rel, result)
+    }))
+    .buffer_unordered(usize::from(options.jobs.max(1)));
+    while let Some((name, result)) = results.next().await {
         match result {
             Ok(done) => {
                 report.bytes += done.sent;
@@ -346,12 +379,21 @@ pub async fn upload_tree(
             }
         }
     }
+    drop(results);
+    report.files.sort_by(|a, b| a.remote.cmp(&b.remote));
+    report.failed.sort_by(|a, b| a.0.cmp(&b.0));
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-/// Every file beneath `root`, sorted, as (`/`-separated relative name, path or why skipped).
-type Walked = Vec<(String, Result<PathBuf, String>)>;
+/// What a walk found beneath its root, each sorted by `/`-separated relative name.
+#[derive(Debug, Default)]
+struct Walked {
+    /// Every file, as (relative name, path or why skipped).
+    files: Vec<(String, Result<PathBuf, String>)>,
+    /// Directories with no entries at all (the root is `""`), with their permission bits.
+    empty_dirs: Vec<(String, u32)>,
+}
 
 fn walk(root: &Path) -> Result<Walked, ClientError> {
     let meta = std::fs::metadata(root).map_err(|e| ClientError::io(root, e))?;
@@ -362,12 +404,20 @@ fn walk(root: &Path) -> Result<Walked, ClientError> {
         )));
     }
     let mut out = Vec::new();
+    let mut empty_dirs = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
             .map_err(|e| ClientError::io(&dir, e))?
             .filter_map(Result::ok)
             .collect();
+        if entries.is_empty() {
+            let mode = std::fs::metadata(&dir)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0o755);
+            empty_dirs.push((prefix, mode));
+            continue;
+        }
         entries.sort_by_key(|e| e.file_name());
         for entry in entries.into_iter().rev() {
             let path = entry.path();
@@ -406,7 +456,11 @@ fn walk(root: &Path) -> Result<Walked, ClientError> {
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    empty_dirs.sort();
+    Ok(Walked {
+        files: out,
+        empty_dirs,
+    })
 }
 
 #[cfg(test)]
@@ -427,8 +481,16 @@ mod tests {
         std::fs::write(dir.path().join("b/c/x"), b"x").unwrap();
         std::fs::write(dir.path().join("a"), b"a").unwrap();
         std::fs::write(dir.path().join(".a.ferry-part"), b"p").unwrap();
+        std::fs::create_dir_all(dir.path().join("b/empty")).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("b/empty"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         let walked = walk(dir.path()).unwrap();
+        assert_eq!(walked.empty_dirs, [("b/empty".to_owned(), 0o750)]);
         let names: Vec<_> = walked
+            .files
             .iter()
             .map(|(n, r)| (n.as_str(), r.is_ok()))
             .collect();

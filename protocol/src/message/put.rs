@@ -18,8 +18,11 @@ pub mod put_flags {
     pub const PARENTS: u8 = 0x02;
     /// Discard any partial upload the server holds and start at byte 0.
     pub const RESTART: u8 = 0x04;
+    /// Make the directory `path` instead of storing a file (`mkdir`, or `mkdir -p` with
+    /// PARENTS): size 0, an all-zero digest, neither OVERWRITE nor RESTART.
+    pub const DIRECTORY: u8 = 0x08;
     /// Every defined bit; the others are reserved and must be zero.
-    pub const ALL: u8 = OVERWRITE | PARENTS | RESTART;
+    pub const ALL: u8 = OVERWRITE | PARENTS | RESTART | DIRECTORY;
 }
 
 /// The largest `mode` a put may carry: the permission, setuid, setgid and sticky bits.
@@ -73,6 +76,21 @@ impl PutRequest {
         self.flags & put_flags::RESTART != 0
     }
 
+    /// A request to make the directory `path` (with `mode`), rather than to upload a file:
+    /// how `put -r` carries an empty directory.
+    pub fn directory(
+        path: impl Into<String>,
+        mode: u32,
+        parents: bool,
+    ) -> Result<Self, DecodeError> {
+        let parents = if parents { put_flags::PARENTS } else { 0 };
+        Self::new(path, 0, mode, put_flags::DIRECTORY | parents, [0; 32])
+    }
+
+    pub fn is_directory(&self) -> bool {
+        self.flags & put_flags::DIRECTORY != 0
+    }
+
     pub fn encoded_len(&self) -> usize {
         str_len(&self.path) + 8 + 4 + 1 + 32
     }
@@ -103,6 +121,21 @@ impl PutRequest {
                 field: "put flags",
                 value: flags.into(),
             });
+        }
+        // A directory carries no content: anything that describes some is a malformed request.
+        if flags & put_flags::DIRECTORY != 0 {
+            if flags & (put_flags::OVERWRITE | put_flags::RESTART) != 0 {
+                return Err(DecodeError::InvalidValue {
+                    field: "put directory flags",
+                    value: flags.into(),
+                });
+            }
+            if size != 0 || digest != [0; 32] {
+                return Err(DecodeError::InvalidValue {
+                    field: "put directory size or digest",
+                    value: size,
+                });
+            }
         }
         Ok(Self {
             path,
@@ -193,6 +226,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_directory_request_carries_no_content() {
+        let good = PutRequest::directory("a/b", 0o755, true).unwrap();
+        assert!(good.is_directory() && good.parents() && good.size == 0);
+        let mut bytes = Vec::new();
+        good.encode(&mut bytes);
+        assert_eq!(PutRequest::decode(bytes.into()), Ok(good));
+        for (size, flags, digest) in [
+            (1, put_flags::DIRECTORY, [0; 32]),
+            (0, put_flags::DIRECTORY, [1; 32]),
+            (0, put_flags::DIRECTORY | put_flags::OVERWRITE, [0; 32]),
+            (0, put_flags::DIRECTORY | put_flags::RESTART, [0; 32]),
+        ] {
+            let request = PutRequest {
+                path: "d".into(),
+                size,
+                mode: 0o755,
+                flags,
+                digest,
+            };
+            let mut bytes = Vec::new();
+            request.encode(&mut bytes);
+            assert!(
+                matches!(
+                    PutRequest::decode(bytes.into()),
+                    Err(DecodeError::InvalidValue { .. })
+                ),
+                "{request:?}"
+            );
+        }
+    }
+
+    #[test]
     fn undefined_flags_and_modes_are_refused() {
         let good = PutRequest::new("a", 5, 0o644, put_flags::OVERWRITE, [1; 32]).unwrap();
         let mut bytes = Vec::new();
@@ -200,12 +265,12 @@ mod tests {
         assert_eq!(PutRequest::decode(bytes.clone().into()), Ok(good));
         // flags byte: after 2 + 1 (path) + 8 + 4.
         let mut bad = bytes.clone();
-        bad[15] = 0x08;
+        bad[15] = 0x10;
         assert!(matches!(
             PutRequest::decode(bad.into()),
             Err(DecodeError::InvalidValue {
                 field: "put flags",
-                value: 8
+                value: 16
             })
         ));
         let mut bad = bytes;

@@ -379,6 +379,9 @@ pub(crate) async fn put(
             format!("{path}: names holding {PART_TAG} are reserved for partial uploads"),
         ));
     }
+    if request.is_directory() {
+        return make_dir(&tree, path, &request, sink).await;
+    }
     let size = request.size;
     if size > limits.max_upload_size {
         return Err(refused(
@@ -509,6 +512,34 @@ pub(crate) async fn put(
             }
         }
     }
+}
+
+/// A directory request (`put -r` of an empty directory): made beneath the root like a file's
+/// parents, answered at once with an end of no bytes.
+async fn make_dir(
+    tree: &Arc<Tree>,
+    path: RelPath,
+    request: &PutRequest,
+    sink: &Sink,
+) -> Result<u64, ServiceError> {
+    let tree = tree.clone();
+    let (parents, mode) = (request.parents(), request.mode);
+    tokio::task::spawn_blocking(move || {
+        let parent = path.parent();
+        if parents {
+            tree.jail.create_dir_all(&parent)?;
+        } else if tree.jail.stat(&parent)?.kind != EntryKind::DIRECTORY {
+            return Err(FsError::NotADirectory(parent));
+        }
+        tree.jail.create_dir(&path, mode).map(drop)
+    })
+    .await??;
+    sink.send(Message::PutEnd(PutEnd {
+        bytes: 0,
+        digest: [0; 32],
+    }))
+    .await?;
+    Ok(0)
 }
 
 /// Checks the whole file against the announced digest, then gives it its final name.
