@@ -387,10 +387,44 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
     result.map_err(io)
 }
 
+/// Serialises edits of `path` across threads and processes (the server enrolling clients,
+/// `ferry-server authorize`/`revoke`): an exclusive flock on `.NAME.lock` beside it, held
+/// until the returned file is dropped. Without it two read-modify-writes could lose a line.
+fn lock(path: &Path) -> Result<std::fs::File, FileError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |source| FileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| FILE_NAME.into(), |n| n.to_string_lossy().into_owned());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(format!(".{name}.lock")))
+        .map_err(io)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
+    Ok(file)
+}
+
 /// Authorises `client`: replaces the line of its id if there is one (changing its name, root
 /// or access), else appends one. Every other line, comments and malformed ones included, is
 /// kept as it was.
 pub fn authorize(path: &Path, client: &Client) -> Result<(), EditError> {
+    let _lock = lock(path)?;
     let text = read(path)?.map(|(text, _)| text).unwrap_or_default();
     let parsed = parse(&text);
     if let Some((_, other)) = parsed
@@ -431,6 +465,7 @@ pub fn authorize(path: &Path, client: &Client) -> Result<(), EditError> {
 /// Removes the client named by `who` (an id or a name) and returns it.
 pub fn revoke(path: &Path, who: &str) -> Result<Client, EditError> {
     let not_found = || EditError::NotFound(who.to_owned(), path.display().to_string());
+    let _lock = lock(path)?;
     let text = read(path)?.map(|(text, _)| text).ok_or_else(not_found)?;
     let parsed = parse(&text);
     let id = who.parse::<NodeId>().ok();

@@ -33,6 +33,10 @@ pub struct Config {
     /// Who may connect with the identity handshake and as whom. Default (`None`): every
     /// identity, named by its id, may read the whole root.
     pub identity_resolver: Option<Arc<dyn ferry_protocol::noise::IdentityResolver>>,
+    /// Take enrolments with one-time codes (spec §13.11; with [`Config::identity`]): the
+    /// invites directory and the authorised-clients file enrolled clients are added to.
+    /// Default: `None`, a client asking to enrol is refused like any other failure.
+    pub enrolment: Option<crate::invite::Enrolment>,
     /// Follow symlinks that stay inside the root (default). When false no symlink is ever
     /// followed, as on kernels without `openat2`.
     pub follow_symlinks: bool,
@@ -57,6 +61,7 @@ impl Config {
             allow_plaintext: false,
             identity: None,
             identity_resolver: None,
+            enrolment: None,
             follow_symlinks: true,
             allow_upload: false,
             suites: ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec(),
@@ -94,6 +99,12 @@ impl Config {
         resolver: Arc<dyn ferry_protocol::noise::IdentityResolver>,
     ) -> Self {
         self.identity_resolver = Some(resolver);
+        self
+    }
+
+    /// Takes enrolments (see [`Config::enrolment`]).
+    pub fn enrolment(mut self, enrolment: crate::invite::Enrolment) -> Self {
+        self.enrolment = Some(enrolment);
         self
     }
 

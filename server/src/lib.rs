@@ -30,6 +30,7 @@ mod buffers;
 pub mod config;
 mod connection;
 pub mod fs;
+pub mod invite;
 mod listener;
 mod service;
 mod shutdown;
@@ -102,6 +103,7 @@ impl Server {
             identity.allow_plaintext = config.allow_plaintext;
             identity.max_body = config.limits.max_body;
             identity.suites = config.suites.clone();
+            identity.enrolment = config.enrolment.is_some();
             identity
         });
         tracing::info!(
@@ -117,6 +119,7 @@ impl Server {
                 tree: Arc::new(Tree::new(jail, config.limits)),
                 handshake,
                 identity,
+                enrolment: config.enrolment.clone(),
             }),
         })
     }

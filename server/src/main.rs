@@ -220,6 +220,36 @@ enum Command {
     },
     /// List the authorised clients: name, id, root and access.
     Clients,
+    /// Make a one-time code that enrols one client: prints the code and the line to run on
+    /// the client (`ferry join CODE ferry://ID@HOST:PORT/`).
+    ///
+    /// The client proves the code with SPAKE2 over the identity handshake, and is added to the
+    /// authorised clients with this name, root and access; it also learns this server's id in
+    /// the same step. A code works once: a wrong guess, a use or its expiry burns it. Invites
+    /// wait in the invites directory beside the authorised-clients file (owner-only); the
+    /// running server (started with --identity) reads it at each enrolment, so no restart is
+    /// needed. Top-level flags choose the identity and address: ferry-server
+    /// --identity[=FILE] [--listen ADDR] invite ...
+    #[command(after_help = "E.g. ferry-server invite --name bob --root team/bob/ --write --expires 1h")]
+    Invite {
+        /// The enrolled client's name in logs and for `revoke`. Default: client- and the
+        /// first 8 characters of its id.
+        #[arg(long, value_parser = parse_client_name)]
+        name: Option<String>,
+        /// Confine it to this directory beneath the served root. Default: the whole root.
+        #[arg(long, value_name = "DIR/", value_parser = parse_client_root)]
+        root: Option<String>,
+        /// Let it upload. Default: read-only.
+        #[arg(long)]
+        write: bool,
+        /// How long the code stays valid. Default 10m. E.g. 30s, 1h
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<Duration>,
+        /// Where clients reach this server, for the printed line: HOST[:PORT]. Default: the
+        /// first --listen address, else 127.0.0.1:6789. E.g. files.lan:7000
+        #[arg(long, value_name = "HOST[:PORT]")]
+        address: Option<String>,
+    },
 }
 
 fn parse_node_id(s: &str) -> Result<ferry_protocol::identity::NodeId, String> {
@@ -399,6 +429,51 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    if let Some(Command::Invite {
+        name,
+        root,
+        write,
+        expires,
+        address,
+    }) = &cli.command
+    {
+        let path = authorized_clients_path(&cli)?;
+        let identity = load_identity(Some(cli.identity.as_deref().unwrap_or(Path::new(""))))?
+            .context("no identity")?;
+        let invite = ferry_server::invite::create(
+            &ferry_server::invite::dir_beside(&path),
+            name.clone(),
+            root.clone(),
+            *write,
+            expires.unwrap_or(ferry_server::invite::DEFAULT_TTL),
+            std::time::SystemTime::now(),
+        )?;
+        let address = match address {
+            Some(address) if address.contains(':') => address.clone(),
+            Some(host) => format!("{host}:{DEFAULT_PORT}"),
+            None => cli
+                .listen
+                .first()
+                .and_then(|l| l.0.first())
+                .map_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"), |a| connect_host(*a)),
+        };
+        let access = if *write { "read-write" } else { "read-only" };
+        let root = root.as_deref().map_or("/".to_owned(), |r| format!("{r}/"));
+        let ttl = humantime::format_duration(expires.unwrap_or(ferry_server::invite::DEFAULT_TTL));
+        println!(
+            "invite {} for {}: {access}, root {root}, valid for {ttl}, once",
+            invite.code.nameplate,
+            name.as_deref().unwrap_or("a new client"),
+        );
+        println!("on the client, run:");
+        println!(
+            "  {} join {} ferry://{}@{address}/",
+            client_program(),
+            invite.code,
+            identity.id()
+        );
+        return Ok(0);
+    }
     if let Some(command) = &cli.command {
         return edit_clients(command, &authorized_clients_path(&cli)?);
     }
@@ -451,9 +526,14 @@ fn run(cli: Cli) -> Result<i32> {
         .limits(limits);
     let identity = load_identity(cli.identity.as_deref())?;
     let config = match &identity {
-        Some(identity) => config
-            .identity(identity.clone())
-            .identity_resolver(authorized_clients(&authorized_clients_path(&cli)?)?),
+        Some(identity) => {
+            let path = authorized_clients_path(&cli)?;
+            config
+                .identity(identity.clone())
+                .identity_resolver(authorized_clients(&path)?)
+                // `ferry-server invite` codes enrol clients into the same file (spec §13.11).
+                .enrolment(ferry_server::invite::Enrolment::beside(path))
+        }
         None => config,
     };
 
@@ -543,6 +623,8 @@ fn edit_clients(command: &Command, path: &Path) -> Result<i32> {
             let client = authorized::revoke(path, who)?;
             println!("revoked: {} (in {})", client.line(), path.display());
         }
+        // Handled in `run`, which needs the identity and the listen address too.
+        Command::Invite { .. } => {}
         Command::Clients => {
             let parsed = authorized::load(path)?;
             for error in &parsed.errors {

@@ -55,6 +55,9 @@ pub(crate) struct ServerContext {
     pub handshake: ServerHandshakeConfig,
     /// The identity handshake, served on the same port when the server has an identity.
     pub identity: Option<ferry_protocol::noise::ServerIdentityConfig>,
+    /// Where enrolment sessions find invites and add clients (spec §13.11); `None`: no
+    /// enrolment (the identity config then refuses clients that ask for it).
+    pub enrolment: Option<crate::invite::Enrolment>,
 }
 
 impl ServerContext {
@@ -109,7 +112,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
                 ticket.mark_progress();
             }
             // PSK or identity, by the client's first frame (spec §13.7).
-            ferry_protocol::tokio::server_accept(
+            ferry_protocol::tokio::server_accept_enrolment(
                 &mut progress::MarkOnFirstRead::new(&mut stream, &ticket),
                 ferry_protocol::noise::AcceptConfig {
                     psk: Some(server.handshake.clone()),
@@ -119,7 +122,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
             .await
         }) => result,
     };
-    let (session, principal, leftover) = match handshake {
+    let (session, principal, enrolling, leftover) = match handshake {
         Ok(Ok(done)) => done,
         Ok(Err(error)) => {
             // Wrong keys and scanners are the peer's problem, not ours.
@@ -178,6 +181,12 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         chunk,
         page_bytes,
         uploads: Default::default(),
+        enrol: match (enrolling, &server.enrolment) {
+            (Some(binding), Some(enrolment)) => Some(Arc::new(
+                crate::service::enrol::EnrolSession::new(binding, enrolment.clone()),
+            )),
+            _ => None,
+        },
     };
     let mut reader = Reader::new(
         limits.clone(),

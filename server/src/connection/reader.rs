@@ -135,7 +135,15 @@ impl Reader {
                 }
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     last_activity = Instant::now();
-                    if let Some((id, service)) = self.finished(joined) {
+                    let panicked = self.finished(joined);
+                    // An enrolment session ends with its enrolment (spec §13.11.4).
+                    if let Some(outcome) = self.services.enrol.as_ref().and_then(|s| s.outcome()) {
+                        return match outcome {
+                            Ok(()) => Close::Eof,
+                            Err(message) => Close::Fatal(ErrorCode::ENROLMENT_FAILED, message),
+                        };
+                    }
+                    if let Some((id, service)) = panicked {
                         let internal = (
                             id,
                             Message::Error {
@@ -160,6 +168,9 @@ impl Reader {
                         eof = true;
                         // Uploads waiting for data will get none.
                         service::put::connection_ended(&self.services);
+                        if let Some(session) = &self.services.enrol {
+                            session.connection_ended();
+                        }
                     }
                     Err(ReadEnd::Truncated) => return Close::Truncated,
                     Err(ReadEnd::Stalled(limit)) => {
@@ -287,6 +298,22 @@ impl Reader {
                 service::put::deliver(&self.services, id, message);
                 return None;
             }
+            Message::EnrolRequest(r) => Request::Enrol(r),
+            // The client's confirmation, to the enrolment waiting for it (spec §13.11.4).
+            Message::EnrolConfirm(confirm) => {
+                let delivered = self
+                    .services
+                    .enrol
+                    .as_ref()
+                    .is_some_and(|session| session.deliver(id, confirm));
+                if delivered {
+                    return None;
+                }
+                return Some(Close::Fatal(
+                    ErrorCode::UNEXPECTED_MESSAGE,
+                    format!("request {id}: no enrolment waits for a confirmation"),
+                ));
+            }
             other => {
                 let text = format!("{:?} is not something a client sends", other.kind().0);
                 if id == RequestId::CONNECTION {
@@ -297,6 +324,28 @@ impl Reader {
                     .await;
             }
         };
+        // An enrolment session allows one ENROL and nothing else; ENROL is allowed nowhere
+        // else (spec §13.11.2).
+        let enrolment = self.services.enrol.as_ref();
+        let refusal = match (&request, enrolment) {
+            (Request::Enrol(_), Some(session)) if session.start() => None,
+            (Request::Enrol(_), Some(_)) => Some((
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "an enrolment session enrols once".to_owned(),
+            )),
+            (Request::Enrol(_), None) => Some((
+                ErrorCode::UNEXPECTED_MESSAGE,
+                "enrol is only allowed in an enrolment session".to_owned(),
+            )),
+            (_, Some(_)) => Some((
+                ErrorCode::PERMISSION_DENIED,
+                "an enrolment session may only enrol".to_owned(),
+            )),
+            (_, None) => None,
+        };
+        if let Some((code, message)) = refusal {
+            return self.refuse(id, service, code, message).await;
+        }
         self.start(id, service, request, stopping).await
     }
 

@@ -15,6 +15,7 @@
 
 mod burst;
 pub(crate) mod digest;
+pub(crate) mod enrol;
 pub(crate) mod echo;
 pub(crate) mod fetch;
 pub(crate) mod list;
@@ -23,7 +24,9 @@ pub(crate) mod stat;
 
 use std::sync::Arc;
 
-use ferry_protocol::message::{DigestRequest, FetchRequest, ListRequest, PutRequest, StatRequest};
+use ferry_protocol::message::{
+    DigestRequest, EnrolRequest, FetchRequest, ListRequest, PutRequest, StatRequest,
+};
 use ferry_protocol::{ErrorBody, ErrorCode, Message, Principal, RequestId, Service};
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
@@ -88,6 +91,8 @@ pub(crate) struct Context {
     pub page_bytes: usize,
     /// This connection's uploads in flight, where the reader hands their frames.
     pub uploads: Arc<put::Routes>,
+    /// `Some` in an enrolment session (spec §13.11.2), whose only request is ENROL.
+    pub enrol: Option<Arc<enrol::EnrolSession>>,
 }
 
 impl Context {
@@ -132,6 +137,7 @@ pub(crate) enum Request {
     Fetch(FetchRequest),
     Digest(DigestRequest),
     Put(PutRequest),
+    Enrol(EnrolRequest),
 }
 
 impl Request {
@@ -142,6 +148,7 @@ impl Request {
             Self::Fetch(r) => &r.path,
             Self::Digest(r) => &r.path,
             Self::Put(r) => &r.path,
+            Self::Enrol(_) => "",
         }
     }
 }
@@ -155,6 +162,7 @@ pub(crate) fn name(service: Service) -> &'static str {
         Service::ECHO => "echo",
         Service::DIGEST => "digest",
         Service::PUT => "put",
+        Service::ENROL => "enrol",
         _ => "other",
     }
 }
@@ -193,6 +201,11 @@ impl From<crate::fs::PathError> for ServiceError {
 pub(crate) async fn run(ctx: Context, sink: Sink, service: Service, request: Request) {
     let started = Instant::now();
     let id = sink.id;
+    let request = match request {
+        // Its own log line and outcome: the session ends with it (spec §13.11.4).
+        Request::Enrol(r) => return enrol::run(&ctx, r, &sink, id).await,
+        other => other,
+    };
     let path = request.path().to_owned();
     let result = match request {
         Request::List(r) => list::list(&ctx, r, &sink).await,
@@ -200,6 +213,7 @@ pub(crate) async fn run(ctx: Context, sink: Sink, service: Service, request: Req
         Request::Fetch(r) => fetch::fetch(&ctx, r, &sink).await,
         Request::Digest(r) => digest::digest(&ctx, r, &sink).await,
         Request::Put(r) => put::put(&ctx, r, &sink).await,
+        Request::Enrol(_) => return,
     };
     // Whole microseconds, so logs show 774.536, not 774.5355099999999.
     let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
@@ -258,6 +272,7 @@ pub(crate) mod testing {
             chunk: 4,
             page_bytes: 4096,
             uploads: Arc::default(),
+            enrol: None,
         }
     }
 
