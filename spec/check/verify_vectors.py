@@ -1268,6 +1268,121 @@ def check_identity_handshake(v):
         check(hmac256(prk, label + b"\x01")[:length] == v.hex(name), name)
 
 
+# --------------------------------------------------------------------------------------------
+# Fleet updates (P2P.md §8): channel ids, release records, gossip datagrams
+
+CHANNEL_CHECK_LABEL = b"ferry channel id check v1"
+RELEASE_CONTEXT = b"ferry fleet release v1"
+FLEET_SERVICES = {"status": 0x70, "record": 0x71, "manifest": 0x72}
+FLEET_MIN_REQUEST_BODY = 512
+
+
+def channel_check(public):
+    d = hashlib.sha256(CHANNEL_CHECK_LABEL + public).digest()
+    return struct.unpack(">H", d[:2])[0] >> 2
+
+
+def channel_id_text(public):
+    bits = int.from_bytes(public, "big") << 14 | channel_check(public)  # 270 bits
+    return "".join(B32[(bits >> (5 * (53 - i))) & 31] for i in range(54))
+
+
+def parse_channel_id(text):
+    text = text.strip().lower()
+    if len(text) != 54:
+        return "length"
+    if any(c not in B32 for c in text):
+        return "character"
+    bits = 0
+    for c in text:
+        bits = bits << 5 | B32.index(c)
+    public = (bits >> 14).to_bytes(32, "big")
+    if bits & 0x3FFF != channel_check(public):
+        return "checksum"
+    return public
+
+
+def fleet_str(s):
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def fleet_addr(text):
+    import ipaddress
+
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        return b"\x06" + ipaddress.IPv6Address(host[1:-1]).packed + struct.pack(">H", int(port))
+    return b"\x04" + ipaddress.IPv4Address(host).packed + struct.pack(">H", int(port))
+
+
+def check_fleet(v):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    kind = v.raw("kind")
+    if kind == "channel":
+        if v.has("invalid"):
+            check(parse_channel_id(v.str("text")) == v.raw("reason"), "refused for the reason")
+            return
+        key = Ed25519PrivateKey.from_private_bytes(v.hex("seed"))
+        public = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                               serialization.PublicFormat.Raw)
+        check(public == v.hex("public"), "public key")
+        check(channel_id_text(public) == v.str("id"), "channel id text")
+        check(parse_channel_id(v.str("id").upper()) == public, "id parses back, any case")
+    elif kind == "record":
+        signed = (b"FERRYREL" + b"\x01" + v.hex("channel") + struct.pack(">Q", v.int("version"))
+                  + v.hex("content_id") + struct.pack(">Q", v.int("time_ms"))
+                  + fleet_str(v.str("notes")) + fleet_str(v.str("source")))
+        check(signed == v.hex("signed"), "signed part from the fields")
+        key = Ed25519PrivateKey.from_private_bytes(v.hex("seed"))
+        public = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                               serialization.PublicFormat.Raw)
+        check(public == v.hex("channel"), "the channel is the seed's public key")
+        signature = key.sign(RELEASE_CONTEXT + signed)  # Ed25519 is deterministic
+        check(signature == v.hex("signature"), "signature over context || signed")
+        key.public_key().verify(signature, RELEASE_CONTEXT + signed)
+        check(signed + signature == v.hex("record"), "record = signed || signature")
+    elif kind == "datagram":
+        name = v.raw("message")
+        if name in ("StatusRequest", "StatusResponse"):
+            members = v.all("member")
+            body = (v.hex("channel") + bytes([v.int("role")])
+                    + struct.pack(">QQQH", v.int("latest"), v.int("running"), v.int("failed"),
+                                  v.int("swarm_port"))
+                    + fleet_str(v.str("name")) + bytes([len(members)]))
+            for m in members:
+                addr, _, age = m.rpartition(" ")
+                body += fleet_addr(parse_string(addr)) + struct.pack(">I", int(age))
+            if name == "StatusRequest":
+                body += bytes(max(0, FLEET_MIN_REQUEST_BODY - len(body)))
+            kind_byte, service = (T_REQUEST if name == "StatusRequest" else T_RESPONSE), 0x70
+        elif name == "Record":
+            body, kind_byte, service = v.hex("record"), T_REQUEST, 0x71
+        elif name == "ManifestRequest":
+            body = v.hex("content_id") + struct.pack(">I", v.int("offset"))
+            body += bytes(FLEET_MIN_REQUEST_BODY - len(body))
+            kind_byte, service = T_REQUEST, 0x72
+        elif name == "ManifestChunk":
+            data = v.hex("data")
+            check(v.int("offset") + len(data) <= v.int("total"), "chunk inside the manifest")
+            body = (v.hex("content_id") + struct.pack(">II", v.int("offset"), v.int("total"))
+                    + data)
+            kind_byte, service = T_RESPONSE, 0x72
+        elif name == "ManifestError":
+            code = v.int("code")
+            text = v.str("text").encode()
+            body = bytes([code >> 8]) + struct.pack(">HH", code, len(text)) + text
+            kind_byte, service = T_ERROR, 0x72
+        else:
+            raise ValueError(f"unknown fleet message {name}")
+        datagram = frame(kind_byte, service, v.int("id"), body)
+        check(len(datagram) <= 1400, "at most 1400 bytes")
+        check(datagram == v.hex("datagram"), "datagram from the fields")
+    else:
+        raise ValueError(f"unknown kind {kind}")
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -1281,6 +1396,7 @@ CHECKS = {
     "digests.txt": check_digests,
     "identities.txt": check_identities,
     "identity-handshake.txt": check_identity_handshake,
+    "fleet.txt": check_fleet,
 }
 
 
