@@ -164,6 +164,21 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry forget files.example.org          (port 6789)\n  ferry forget 10.0.0.5:7000 '[::1]:7000'\nAn address without ID@ reached with the identity handshake (--identity FILE, or a server\nalready pinned) is pinned on first contact in ~/.config/ferry/known_servers (HOST:PORT ID per\nline); a different id there later is refused with exit 3 until you run ferry forget.\n\n{EXIT_CODES}")
     )]
     Forget(ForgetArgs),
+    /// Enrol this machine on a server with a one-time code from `ferry-server invite`.
+    #[command(
+        after_help = format!("Examples:\n  ferry join 7-crossover-clockwork ferry://ID@files.lan:6789/\nThe code proves, with SPAKE2, that this machine is the one the server's owner invited, and\nthat the server is the one that issued it: the server adds this machine's id (ferry id) to\nits authorised clients, and this machine pins the server's id in\n~/.config/ferry/known_servers, so later commands need no key: ferry ls ferry://files.lan/.\nA code works once: a wrong one is used up too; ask for a new one.\n\n{EXIT_CODES}")
+    )]
+    Join(JoinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The code `ferry-server invite` printed, e.g. 7-crossover-clockwork.
+    #[arg(value_name = "CODE")]
+    pub code: String,
+    /// The server, ideally with its id as the invite printed it: ferry://ID@HOST[:PORT]/.
+    #[arg(value_name = "ADDRESS")]
+    pub url: FerryUrl,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod forget;
 pub mod get;
 pub mod id;
+pub mod join;
 pub mod ls;
 pub mod ping;
 pub mod put;
@@ -117,6 +118,7 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Demo(args) => demo::run(&ctx, args, runtime),
         Command::Id(args) => id::run(&ctx, args),
         Command::Forget(args) => forget::run(&ctx, args),
+        Command::Join(args) => runtime.block_on(interruptible(join::run(&ctx, args))),
     }
 }
 
