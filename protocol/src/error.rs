@@ -32,6 +32,8 @@ impl Category {
     pub const SERVER: Self = Self(0x05);
     /// Reserved for the peer-wire and tracker services.
     pub const PEER: Self = Self(0x06);
+    /// Fleet updates (P2P.md §8).
+    pub const FLEET: Self = Self(0x08);
 
     fn name(self) -> Option<&'static str> {
         Some(match self {
@@ -41,6 +43,7 @@ impl Category {
             Self::LIMIT => "limit",
             Self::SERVER => "server",
             Self::PEER => "peer",
+            Self::FLEET => "fleet",
             _ => return None,
         })
     }
@@ -123,6 +126,7 @@ error_codes! {
     INTERNAL = 0x0501, "internal error";
     SHUTTING_DOWN = 0x0502, "server is shutting down";
     BANNED = 0x0601, "banned: repeatedly sent data that failed verification";
+    UNKNOWN_RELEASE = 0x0801, "unknown release: no manifest for this content id here";
 }
 
 impl ErrorCode {

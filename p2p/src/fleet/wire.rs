@@ -40,7 +40,7 @@ pub const MAX_MEMBERS: usize = 16;
 pub const MAX_NAME: usize = 64;
 
 /// Error codes of the fleet category (0x08, PROTOCOL.md §6.2).
-pub const UNKNOWN_RELEASE: ErrorCode = ErrorCode(0x0801);
+pub const UNKNOWN_RELEASE: ErrorCode = ErrorCode::UNKNOWN_RELEASE;
 /// `age_s` of a member never heard from (only listed by others).
 pub const NEVER: u32 = u32::MAX;
 
