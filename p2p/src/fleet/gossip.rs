@@ -461,6 +461,51 @@ impl Gossip {
     }
 }
 
+/// Fuzzing entry for the fleet (fuzz target `fleet`): the record and datagram decoders round
+/// trip, and the whole core takes any datagram without a panic, answering within the
+/// amplification bound of spec/P2P.md §8.3.
+#[cfg(any(fuzzing, test))]
+pub fn fuzz_fleet(data: &[u8]) {
+    super::record::fuzz_record(data);
+    super::wire::fuzz_gossip(data);
+    let now = Instant::now();
+    let key = super::channel::ChannelKey::from_seed([7; 32]);
+    let mut core = Gossip::new(
+        key.id(),
+        Role::Follower,
+        "fuzz",
+        GossipConfig::default(),
+        1,
+        now,
+    );
+    let record = super::record::Release {
+        channel: key.id(),
+        version: 2,
+        content_id: ContentId([1; 32]),
+        time_ms: 0,
+        notes: String::new(),
+        source: String::new(),
+    }
+    .sign(&key);
+    if let Ok(record) = record {
+        let _ = core.offer(record, now);
+    }
+    core.set_manifest(ContentId([1; 32]), Bytes::from(vec![0u8; 3000]));
+    let from = SocketAddr::from(([192, 0, 2, 1], 7070));
+    core.handle_datagram(from, data, now);
+    let mut sent = 0;
+    while let Some((_, datagram)) = core.poll_transmit() {
+        assert!(datagram.len() <= wire::MAX_DATAGRAM);
+        sent += datagram.len();
+    }
+    assert!(
+        sent <= 4 * data.len(),
+        "{sent} bytes sent for {} received",
+        data.len()
+    );
+    while core.poll_event().is_some() {}
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -674,6 +719,21 @@ mod tests {
             Message::from_datagram(&reply).unwrap().unwrap(),
             (5, Message::ManifestError(_))
         ));
+    }
+
+    #[test]
+    fn the_fuzz_entry_takes_every_example_datagram() {
+        let mut status = crate::fleet::wire::tests::status(vec![]);
+        status.channel = ChannelKey::from_seed([7; 32]).id();
+        status.latest = 1;
+        for datagram in [
+            Message::status_request(status.clone()).to_datagram(1),
+            Message::StatusResponse(status).to_datagram(1),
+            Message::manifest_request(ContentId([1; 32]), 1024).to_datagram(2),
+            Message::Record(release(&test_key(), 3)).to_datagram(3),
+        ] {
+            fuzz_fleet(&datagram);
+        }
     }
 
     #[test]
