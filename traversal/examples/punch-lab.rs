@@ -37,6 +37,9 @@ use tokio::time::Instant;
 
 const KINDS: [&str; 4] = ["fullcone", "restricted", "portrestricted", "symmetric"];
 const RENDEZVOUS: &str = "198.51.100.130:3478";
+/// Each punch gives up this long after its start in `pair`: 1 s plus 3 RTT is the issue's
+/// target for the time to first byte, so 3 s leaves room at any lab delay.
+const PAIR_DEADLINE_MS: &str = "3000";
 /// When both peers are to start, after the GO: the hub's job in Ferry proper (from RTTs).
 const START_IN: Duration = Duration::from_millis(100);
 
@@ -80,6 +83,9 @@ enum Cmd {
         attempts: u32,
         #[arg(long, env = "NETLAB", default_value = "../shared/netlab/netlab")]
         netlab: PathBuf,
+        /// One-way delay across the lab's switch (netlab --delay), e.g. 20ms: RTT 40 ms.
+        #[arg(long)]
+        delay: Option<String>,
     },
     /// Every ordered pair, each pair under `flock /tmp/netlab.lock`; prints the table. Root.
     Matrix {
@@ -90,6 +96,9 @@ enum Cmd {
         /// Only these kinds (comma-separated), e.g. fullcone,symmetric.
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
+        /// One-way delay across the lab's switch (netlab --delay), e.g. 20ms: RTT 40 ms.
+        #[arg(long)]
+        delay: Option<String>,
     },
 }
 
@@ -146,12 +155,14 @@ fn main() -> ExitCode {
             kind2,
             attempts,
             netlab,
-        } => pair(&netlab, &kind1, &kind2, attempts),
+            delay,
+        } => pair(&netlab, &kind1, &kind2, attempts, delay.as_deref()),
         Cmd::Matrix {
             attempts,
             netlab,
             kinds,
-        } => matrix(&netlab, attempts, kinds),
+            delay,
+        } => matrix(&netlab, attempts, kinds, delay.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -430,12 +441,20 @@ fn netlab(netlab: &PathBuf) -> Command {
 }
 
 /// One ordered pair; prints one JSON line per attempt and transport. The caller holds the lock.
-fn pair(lab: &PathBuf, kind1: &str, kind2: &str, attempts: u32) -> anyhow::Result<()> {
+fn pair(
+    lab: &PathBuf,
+    kind1: &str,
+    kind2: &str,
+    attempts: u32,
+    delay: Option<&str>,
+) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
-    let status = netlab(lab)
-        .args(["up-nat", kind1, kind2])
-        .stdout(Stdio::null())
-        .status()?;
+    let mut up = netlab(lab);
+    up.args(["up-nat", kind1, kind2]);
+    if let Some(delay) = delay {
+        up.args(["--delay", delay]);
+    }
+    let status = up.stdout(Stdio::null()).status()?;
     if !status.success() {
         bail!("netlab up-nat {kind1} {kind2} failed");
     }
@@ -468,6 +487,8 @@ fn pair(lab: &PathBuf, kind1: &str, kind2: &str, attempts: u32) -> anyhow::Resul
                             transport,
                             "--role",
                             role,
+                            "--deadline-ms",
+                            PAIR_DEADLINE_MS,
                         ])
                         .stdout(Stdio::piped())
                         .spawn()
@@ -495,7 +516,12 @@ fn pair(lab: &PathBuf, kind1: &str, kind2: &str, attempts: u32) -> anyhow::Resul
     result
 }
 
-fn matrix(lab: &PathBuf, attempts: u32, kinds: Vec<String>) -> anyhow::Result<()> {
+fn matrix(
+    lab: &PathBuf,
+    attempts: u32,
+    kinds: Vec<String>,
+    delay: Option<&str>,
+) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     let kinds: Vec<String> = if kinds.is_empty() {
         KINDS.iter().map(|k| k.to_string()).collect()
@@ -506,7 +532,8 @@ fn matrix(lab: &PathBuf, attempts: u32, kinds: Vec<String>) -> anyhow::Result<()
     for k1 in &kinds {
         for k2 in &kinds {
             // The lock covers up, every attempt and down (common.md: one lab user at a time).
-            let output = Command::new("flock")
+            let mut command = Command::new("flock");
+            command
                 .args(["/tmp/netlab.lock"])
                 .arg(&me)
                 .args([
@@ -517,9 +544,11 @@ fn matrix(lab: &PathBuf, attempts: u32, kinds: Vec<String>) -> anyhow::Result<()
                     &attempts.to_string(),
                     "--netlab",
                 ])
-                .arg(lab)
-                .stderr(Stdio::inherit())
-                .output()?;
+                .arg(lab);
+            if let Some(delay) = delay {
+                command.args(["--delay", delay]);
+            }
+            let output = command.stderr(Stdio::inherit()).output()?;
             if !output.status.success() {
                 bail!("pair {k1} {k2} failed");
             }
@@ -533,7 +562,8 @@ fn matrix(lab: &PathBuf, attempts: u32, kinds: Vec<String>) -> anyhow::Result<()
             rows.push((k1.clone(), k2.clone(), lines));
         }
     }
-    println!("\nNAT matrix: {attempts} attempts per pair and transport; peer1 (behind KIND1) dials, peer2 (behind KIND2) listens");
+    let delay = delay.map_or("no added delay".to_owned(), |d| format!("--delay {d}"));
+    println!("\nNAT matrix ({delay}): {attempts} attempts per pair and transport; peer1 (behind KIND1) dials, peer2 (behind KIND2) listens");
     println!("ttfb: median ms from the punch start to the first byte back at the dialer; session: to a Ferry PSK ping's answer\n");
     println!("| KIND1 | KIND2 | expected | TCP direct | TCP ttfb | TCP session | QUIC direct | QUIC ttfb | QUIC session |");
     println!("|---|---|---|---|---|---|---|---|---|");
