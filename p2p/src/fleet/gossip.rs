@@ -439,17 +439,17 @@ impl Gossip {
             }
         }
         let listed: Vec<SocketAddr> = status.members.iter().map(|m| m.addr).collect();
-        if status.role != Role::Observer {
-            if self.members.len() < self.config.max_members || self.members.contains_key(&from) {
-                self.members.insert(
-                    from,
-                    Member {
-                        addr: from,
-                        status: Some(status),
-                        last_heard: Some(now),
-                    },
-                );
-            }
+        let room =
+            self.members.len() < self.config.max_members || self.members.contains_key(&from);
+        if status.role != Role::Observer && room {
+            self.members.insert(
+                from,
+                Member {
+                    addr: from,
+                    status: Some(status),
+                    last_heard: Some(now),
+                },
+            );
         }
         for addr in listed {
             self.add_seed(addr);
