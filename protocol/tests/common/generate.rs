@@ -326,6 +326,14 @@ fn message_fields(w: &mut Writer, message: &Message) {
             w.int("bytes", m.bytes);
             w.hex("digest", &m.digest);
         }
+        // Enrolment bodies have their own file, enrol.txt (spec §13.11.6), and are not
+        // among messages.txt's examples.
+        Message::EnrolRequest(_)
+        | Message::EnrolResponse(_)
+        | Message::EnrolConfirm(_)
+        | Message::EnrolEnd(_) => {
+            w.field("message", "Enrol");
+        }
         Message::Error { service, body } => {
             w.field("message", "Error");
             w.hexint("error_service", service.0.into(), 2);
