@@ -178,6 +178,21 @@ struct SwarmArgs {
         value_parser = ["gcm", "cbc-hmac"]
     )]
     suite: String,
+    /// Prove this node identity to peers: peers know it by its node id, so a ban outlives a
+    /// reconnection from another port or address (spec/P2P.md §3.3). --identity alone uses
+    /// ~/.config/ferry/identity (shared with ferry and ferry-server), created on first start;
+    /// --identity=FILE another file. Default: a fresh identity for this run.
+    /// E.g. --identity=/etc/ferry/identity
+    // The empty default marks "the default file", as ferry-server's flag does.
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), std::path::PathBuf::from)
+    )]
+    identity: Option<std::path::PathBuf>,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -550,8 +565,12 @@ async fn stop_dht(
     }
 }
 
-fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) -> NodeConfig {
-    NodeConfig {
+fn node_config(
+    args: &SwarmArgs,
+    trackers: Vec<SocketAddr>,
+    seed_after: bool,
+) -> anyhow::Result<NodeConfig> {
+    Ok(NodeConfig {
         listen: args.listen,
         peers: args.peers.clone(),
         trackers,
@@ -560,8 +579,30 @@ fn node_config(args: &SwarmArgs, trackers: Vec<SocketAddr>, seed_after: bool) ->
         // clap admits only the names parse_selection knows.
         suites: ferry_protocol::crypto::RecordSuite::parse_selection(&args.suite)
             .unwrap_or_else(|_| ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec()),
+        identity: load_identity(args.identity.as_deref())?,
         ..Default::default()
+    })
+}
+
+/// The identity of `--identity[=FILE]` (the default file when empty), created on first use;
+/// `None` without the flag.
+fn load_identity(
+    flag: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ferry_protocol::identity::Identity>> {
+    use ferry_common::identity;
+    let Some(flag) = flag else {
+        return Ok(None);
+    };
+    let path = identity::path_or_default((!flag.as_os_str().is_empty()).then_some(flag))?;
+    let (found, origin) = identity::load_or_create(&path)?;
+    if origin == identity::IdentityOrigin::Created {
+        eprintln!(
+            "ferry-peer: created a new identity in {} (id {})",
+            path.display(),
+            found.id()
+        );
     }
+    Ok(Some(found))
 }
 
 async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
@@ -604,7 +645,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     };
     // One manifest listens on its own; several share one port through a host, which tells
     // their connections apart by the key each hello names.
-    let host_config = node_config(&args.swarm, Vec::new(), true);
+    let host_config = node_config(&args.swarm, Vec::new(), true)?;
     let host = if swarms.len() > 1 {
         match node::Host::bind(&host_config).await {
             Ok(host) => Some(host),
@@ -619,7 +660,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let mut handles = Vec::new();
     for (manifest, storage, have) in swarms {
         let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
-        let mut config = node_config(&args.swarm, trackers, true);
+        let mut config = node_config(&args.swarm, trackers, true)?;
         config.dht = dht.clone();
         let started = match &host {
             Some(host) => node::start_on(host, manifest.clone(), Arc::new(storage), have, config),
@@ -666,7 +707,7 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Whatever is already on disk and matches is kept: this is how `get` resumes.
     let have = verify_bar(&storage, &manifest, args.swarm.no_progress);
     let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
-    let mut config = node_config(&args.swarm, trackers, !args.no_seed);
+    let mut config = node_config(&args.swarm, trackers, !args.no_seed)?;
     let dht_cancel = tokio_util::sync::CancellationToken::new();
     // Dropped on every return: the DHT node stops with `get`.
     let _dht_guard = dht_cancel.clone().drop_guard();

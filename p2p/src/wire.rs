@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  type  message        body
-//!  0x30  HANDSHAKE      content_id[32] | peer_id[20] | listen_port u16
+//!  0x30  HANDSHAKE      content_id[32] | listen_port u16 | noise (32 or 96 bytes)
 //!  0x31  BITFIELD       ceil(pieces/8) bytes, piece 0 = MSB of byte 0, spare bits zero
 //!  0x32  HAVE           piece u32
 //!  0x33  INTERESTED     (empty)
@@ -18,15 +18,21 @@
 //!  0x37  REQUEST        piece u32 | offset u32 | length u32      (1 <= length <= 16384)
 //!  0x38  PIECE          piece u32 | offset u32 | data            (1 <= len(data) <= 16384)
 //!  0x39  CANCEL         piece u32 | offset u32 | length u32
+//!  0x3B  IDENTITY       noise (64 bytes)
 //!  0x3A  PEX            count u8 (<= 50) | count × ( family u8 (4|6) | addr[4|16] | port u16 )
 //!  0x14  ERROR          ferry error body (category u8 | code u16 | message str); then close
 //!  0x20  PING           keep-alive, empty
 //! ```
+//!
+//! A peer's id is its node id (PROTOCOL.md §13.1), proven by a Noise XX handshake carried in
+//! HANDSHAKE and IDENTITY and bound to the session ([`Greeter`], spec/P2P.md §3.3).
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes};
+use ferry_protocol::identity::{Identity, NodeId};
+use ferry_protocol::noise::bound::{BoundXx, MESSAGE_LENS};
 use ferry_protocol::{ErrorBody, ErrorCode, FrameType, Header, Key, RequestId, Service};
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -61,13 +67,26 @@ pub fn swarm_key(content_id: &ContentId) -> Key {
     Key::from_bytes(okm)
 }
 
-/// A peer's self-chosen random id, sent in the handshake.
+/// A peer's id: the 160-bit hash of its node id (PROTOCOL.md §13.1), proven in the peer
+/// handshake (spec/P2P.md §3.3). Tracker announcements carry it unproven.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub [u8; 20]);
 
 impl PeerId {
+    /// A random id, for what is not a node (e.g. a ferry-server source).
     pub fn generate() -> Self {
         Self(rand::random())
+    }
+
+    /// The node id this peer id is the hash of.
+    pub fn node_id(&self) -> NodeId {
+        NodeId::from_bytes(self.0)
+    }
+}
+
+impl From<NodeId> for PeerId {
+    fn from(id: NodeId) -> Self {
+        Self(*id.as_bytes())
     }
 }
 
@@ -97,6 +116,7 @@ pub mod kind {
     pub const PIECE: FrameType = FrameType(0x38);
     pub const CANCEL: FrameType = FrameType(0x39);
     pub const PEX: FrameType = FrameType(0x3A);
+    pub const IDENTITY: FrameType = FrameType(0x3B);
     pub const ERROR: FrameType = FrameType::ERROR;
     pub const PING: FrameType = FrameType::PING;
 }
@@ -113,11 +133,15 @@ pub struct BlockRef {
 /// One peer-wire message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
+    /// The first message each way: the dialer's carries Noise message 1 (32 bytes), the
+    /// listener's answer message 2 (96 bytes).
     Handshake {
         content_id: ContentId,
-        peer_id: PeerId,
         listen_port: u16,
+        noise: Bytes,
     },
+    /// The dialer's Noise message 3 (64 bytes), after the listener's HANDSHAKE.
+    Identity(Bytes),
     Bitfield(Bytes),
     Have(u32),
     Interested,
@@ -159,6 +183,17 @@ pub enum WireError {
     BadFamily(u8),
     #[error("malformed error body")]
     BadErrorBody,
+    #[error(
+        "a {0}-byte peer handshake without a node identity: the peer speaks the peer wire from \
+         before identities, which this one no longer accepts (spec/P2P.md §3.3)"
+    )]
+    WithoutIdentity(usize),
+    #[error("noise message of {got} bytes in a {kind:?}, not one of {allowed:?}")]
+    NoiseLength {
+        kind: FrameType,
+        got: usize,
+        allowed: &'static [usize],
+    },
 }
 
 impl WireError {
@@ -169,12 +204,14 @@ impl WireError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::UnknownType(_) | Self::WrongService(_) => ErrorCode::UNKNOWN_REQUEST,
+            Self::WithoutIdentity(_) => ErrorCode::UNSUPPORTED_VERSION,
             Self::BadBlockLength(0) => ErrorCode::MALFORMED_MESSAGE,
             Self::BadBlockLength(_) | Self::TooManyAddresses(_) => ErrorCode::TOO_LARGE,
             Self::Truncated { .. }
             | Self::TrailingBytes(_)
             | Self::BadFamily(_)
-            | Self::BadErrorBody => ErrorCode::MALFORMED_MESSAGE,
+            | Self::BadErrorBody
+            | Self::NoiseLength { .. } => ErrorCode::MALFORMED_MESSAGE,
         }
     }
 }
@@ -190,6 +227,24 @@ fn need(kind: FrameType, src: &Bytes, n: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// The body length of a HANDSHAKE before identities; refused with its own message.
+const OLD_HANDSHAKE_LEN: usize = 54;
+/// Noise messages a HANDSHAKE may carry: message 1 (the dialer's) or 2 (the listener's).
+const HANDSHAKE_NOISE_LENS: [usize; 2] = [MESSAGE_LENS[0], MESSAGE_LENS[1]];
+/// The Noise message an IDENTITY carries: message 3.
+const IDENTITY_NOISE_LENS: [usize; 1] = [MESSAGE_LENS[2]];
+
+fn noise_len(kind: FrameType, body: &Bytes, allowed: &'static [usize]) -> Result<(), WireError> {
+    if allowed.contains(&body.len()) {
+        return Ok(());
+    }
+    Err(WireError::NoiseLength {
+        kind,
+        got: body.len(),
+        allowed,
+    })
+}
+
 fn block_len_ok(len: u32) -> Result<(), WireError> {
     if len == 0 || len > MAX_BLOCK {
         return Err(WireError::BadBlockLength(len));
@@ -202,6 +257,7 @@ impl PeerMessage {
     pub fn kind(&self) -> FrameType {
         match self {
             Self::Handshake { .. } => kind::HANDSHAKE,
+            Self::Identity(_) => kind::IDENTITY,
             Self::Bitfield(_) => kind::BITFIELD,
             Self::Have(_) => kind::HAVE,
             Self::Interested => kind::INTERESTED,
@@ -232,16 +288,24 @@ impl PeerMessage {
         };
         let msg = match kind {
             kind::HANDSHAKE => {
-                fixed(54, &body)?;
+                // The layout before identities (content id, a 20-byte claimed id, port).
+                if body.len() == OLD_HANDSHAKE_LEN {
+                    return Err(WireError::WithoutIdentity(body.len()));
+                }
+                need(kind, &body, 34)?;
                 let mut content_id = [0u8; 32];
                 body.copy_to_slice(&mut content_id);
-                let mut peer_id = [0u8; 20];
-                body.copy_to_slice(&mut peer_id);
+                let listen_port = body.get_u16();
+                noise_len(kind, &body, &HANDSHAKE_NOISE_LENS)?;
                 Self::Handshake {
                     content_id: ContentId(content_id),
-                    peer_id: PeerId(peer_id),
-                    listen_port: body.get_u16(),
+                    listen_port,
+                    noise: body,
                 }
+            }
+            kind::IDENTITY => {
+                noise_len(kind, &body, &IDENTITY_NOISE_LENS)?;
+                Self::Identity(body)
             }
             kind::BITFIELD => Self::Bitfield(body),
             kind::HAVE => {
@@ -316,13 +380,14 @@ impl PeerMessage {
         match self {
             Self::Handshake {
                 content_id,
-                peer_id,
                 listen_port,
+                noise,
             } => {
                 dst.put_slice(&content_id.0);
-                dst.put_slice(&peer_id.0);
                 dst.put_u16(*listen_port);
+                dst.put_slice(noise);
             }
+            Self::Identity(noise) => dst.put_slice(noise),
             Self::Bitfield(bits) => dst.put_slice(bits),
             Self::Have(piece) => dst.put_u32(*piece),
             Self::Interested
@@ -359,7 +424,8 @@ impl PeerMessage {
     /// Exact length of [`PeerMessage::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Self::Handshake { .. } => 54,
+            Self::Handshake { noise, .. } => 34 + noise.len(),
+            Self::Identity(noise) => noise.len(),
             Self::Bitfield(bits) => bits.len(),
             Self::Have(_) => 4,
             Self::Interested
@@ -442,6 +508,197 @@ pub fn frame_error(e: &ferry_protocol::Error) -> ErrorBody {
     ErrorBody::new(e.code(), e.to_string())
 }
 
+/// The Noise prologue of the peer handshake (spec/P2P.md §3.3): a label, the content id and the
+/// session's channel binding (PROTOCOL.md §5.7), so that the proof is valid only inside this
+/// one session: relayed into another session, it fails.
+pub fn identity_prologue(content_id: &ContentId, binding: &[u8; 32]) -> Vec<u8> {
+    let mut prologue = Vec::with_capacity(IDENTITY_LABEL.len() + 64);
+    prologue.extend_from_slice(IDENTITY_LABEL);
+    prologue.extend_from_slice(&content_id.0);
+    prologue.extend_from_slice(binding);
+    prologue
+}
+
+/// The label that opens [`identity_prologue`].
+pub const IDENTITY_LABEL: &[u8] = b"ferry p2p identity v1";
+
+/// What the peer handshake proved about the other end (spec/P2P.md §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Greeted {
+    /// The peer's node id, proven by its static key.
+    pub peer_id: PeerId,
+    pub listen_port: u16,
+    /// Noise's handshake hash: the same at both ends and unique to this connection; of two
+    /// connections between the same two nodes, both keep the one whose hash is smaller.
+    pub tiebreak: [u8; 32],
+}
+
+/// Why the peer handshake failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GreetError {
+    #[error("the session has no channel binding to prove identities in")]
+    NoBinding,
+    #[error("the peer is in a different swarm")]
+    WrongContent,
+    #[error("expected {expected} from the peer, got type 0x{got:02x}")]
+    Unexpected { expected: &'static str, got: u8 },
+    #[error("the peer did not prove a node identity bound to this session")]
+    Identity,
+    #[error("peer handshake: {0}")]
+    Wire(#[from] WireError),
+    #[error("the peer refused the handshake: {0}")]
+    Refused(ErrorBody),
+}
+
+impl GreetError {
+    /// The `ERROR` to send before closing; `None` answers nothing (the peer's own `ERROR`).
+    pub fn error_body(&self) -> Option<ErrorBody> {
+        match self {
+            Self::Refused(_) => None,
+            Self::Wire(e) => Some(ErrorBody::new(e.code(), e.to_string())),
+            Self::Unexpected { .. } => Some(ErrorBody::new(
+                ErrorCode::UNEXPECTED_MESSAGE,
+                self.to_string(),
+            )),
+            Self::WrongContent | Self::NoBinding | Self::Identity => {
+                Some(ErrorBody::from_code(ErrorCode::AUTHENTICATION_FAILED))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum GreetState {
+    AwaitHandshake,
+    /// The listener answered; the dialer's message 3 proves who it is.
+    AwaitIdentity {
+        listen_port: u16,
+    },
+    Done,
+}
+
+/// The peer handshake of spec/P2P.md §3.3, sans-IO: the dialer's HANDSHAKE carries Noise XX
+/// message 1, the listener's answer message 2 (which proves the listener's node id), the
+/// dialer's IDENTITY message 3 (which proves the dialer's), all under a prologue bound to the
+/// session ([`identity_prologue`]).
+#[derive(Debug)]
+pub struct Greeter {
+    noise: BoundXx,
+    content_id: ContentId,
+    listen_port: u16,
+    state: GreetState,
+}
+
+impl Greeter {
+    /// The dialing side, and the HANDSHAKE it sends first. `binding` is the session's
+    /// [`channel_binding`](ferry_protocol::Session::channel_binding).
+    pub fn dial(
+        identity: &Identity,
+        content_id: ContentId,
+        binding: Option<&[u8; 32]>,
+        listen_port: u16,
+    ) -> Result<(Self, PeerMessage), GreetError> {
+        let binding = binding.ok_or(GreetError::NoBinding)?;
+        let prologue = identity_prologue(&content_id, binding);
+        let mut noise =
+            BoundXx::initiator(identity, &prologue).map_err(|_| GreetError::Identity)?;
+        let first = noise.write().map_err(|_| GreetError::Identity)?;
+        let hello = PeerMessage::Handshake {
+            content_id,
+            listen_port,
+            noise: first.into(),
+        };
+        Ok((
+            Self {
+                noise,
+                content_id,
+                listen_port,
+                state: GreetState::AwaitHandshake,
+            },
+            hello,
+        ))
+    }
+
+    /// The accepting side: it speaks once the dialer's HANDSHAKE has arrived.
+    pub fn accept(
+        identity: &Identity,
+        content_id: ContentId,
+        binding: Option<&[u8; 32]>,
+        listen_port: u16,
+    ) -> Result<Self, GreetError> {
+        let binding = binding.ok_or(GreetError::NoBinding)?;
+        let prologue = identity_prologue(&content_id, binding);
+        Ok(Self {
+            noise: BoundXx::responder(identity, &prologue).map_err(|_| GreetError::Identity)?,
+            content_id,
+            listen_port,
+            state: GreetState::AwaitHandshake,
+        })
+    }
+
+    /// Takes the peer's next message. Returns what to send (if anything) and, once the peer's
+    /// identity is proven, what was proven; after that, the caller sends its BITFIELD.
+    pub fn handle(
+        &mut self,
+        msg: PeerMessage,
+    ) -> Result<(Option<PeerMessage>, Option<Greeted>), GreetError> {
+        let dialer = self.noise.is_initiator();
+        match (std::mem::replace(&mut self.state, GreetState::Done), msg) {
+            (_, PeerMessage::Error(body)) => Err(GreetError::Refused(body)),
+            (
+                GreetState::AwaitHandshake,
+                PeerMessage::Handshake {
+                    content_id,
+                    listen_port,
+                    noise,
+                },
+            ) => {
+                if content_id != self.content_id {
+                    return Err(GreetError::WrongContent);
+                }
+                self.noise.read(&noise).map_err(|_| GreetError::Identity)?;
+                if dialer {
+                    // Message 2 proved the listener; message 3 proves us.
+                    let third = self.noise.write().map_err(|_| GreetError::Identity)?;
+                    let greeted = self.greeted(listen_port)?;
+                    Ok((Some(PeerMessage::Identity(third.into())), Some(greeted)))
+                } else {
+                    let second = self.noise.write().map_err(|_| GreetError::Identity)?;
+                    self.state = GreetState::AwaitIdentity { listen_port };
+                    let answer = PeerMessage::Handshake {
+                        content_id: self.content_id,
+                        listen_port: self.listen_port,
+                        noise: second.into(),
+                    };
+                    Ok((Some(answer), None))
+                }
+            }
+            (GreetState::AwaitIdentity { listen_port }, PeerMessage::Identity(noise)) => {
+                self.noise.read(&noise).map_err(|_| GreetError::Identity)?;
+                Ok((None, Some(self.greeted(listen_port)?)))
+            }
+            (state, other) => Err(GreetError::Unexpected {
+                expected: match state {
+                    GreetState::AwaitIdentity { .. } => "IDENTITY",
+                    _ => "HANDSHAKE",
+                },
+                got: other.kind().0,
+            }),
+        }
+    }
+
+    fn greeted(&self, listen_port: u16) -> Result<Greeted, GreetError> {
+        let (Some(id), Some(hash)) = (self.noise.remote_id(), self.noise.handshake_hash()) else {
+            return Err(GreetError::Identity);
+        };
+        Ok(Greeted {
+            peer_id: id.into(),
+            listen_port,
+            tiebreak: *hash,
+        })
+    }
+}
+
 /// Fuzz helper for the session's classification: `data` is kind, service, a 4-byte id and the
 /// body. Every outcome must be one the spec lists, with a code from §3.2.
 #[cfg(any(fuzzing, test))]
@@ -476,7 +733,8 @@ pub fn fuzz_inbound(data: &[u8]) {
                 [
                     ErrorCode::MALFORMED_MESSAGE,
                     ErrorCode::TOO_LARGE,
-                    ErrorCode::UNKNOWN_REQUEST
+                    ErrorCode::UNKNOWN_REQUEST,
+                    ErrorCode::UNSUPPORTED_VERSION
                 ]
                 .contains(&error.code),
                 "{error}"
@@ -520,9 +778,15 @@ mod tests {
         vec![
             PeerMessage::Handshake {
                 content_id: ContentId([7; 32]),
-                peer_id: PeerId([9; 20]),
                 listen_port: 6881,
+                noise: Bytes::from(vec![9; 32]),
             },
+            PeerMessage::Handshake {
+                content_id: ContentId([7; 32]),
+                listen_port: 0,
+                noise: Bytes::from(vec![8; 96]),
+            },
+            PeerMessage::Identity(Bytes::from(vec![6; 64])),
             PeerMessage::Bitfield(Bytes::from_static(&[0xff, 0x80])),
             PeerMessage::Have(12),
             PeerMessage::Interested,
@@ -592,6 +856,53 @@ mod tests {
         }
     }
 
+    /// spec/P2P.md §3.3: both ends learn the other's node id and the same tiebreak; a proof
+    /// made under another session's binding, or for another swarm, fails.
+    #[test]
+    fn the_greeting_proves_both_node_ids_in_one_session_only() {
+        let cid = ContentId([5; 32]);
+        let (a, b) = (
+            Identity::from_secret([0xa0; 32]),
+            Identity::from_secret([0xb0; 32]),
+        );
+        let run = |dial_binding: [u8; 32], accept_binding: [u8; 32], accept_cid: ContentId| {
+            let (mut dialer, hello) = Greeter::dial(&a, cid, Some(&dial_binding), 7000).unwrap();
+            let mut acceptor = Greeter::accept(&b, accept_cid, Some(&accept_binding), 0).unwrap();
+            let (answer, none) = acceptor.handle(hello)?;
+            assert_eq!(none, None);
+            let (third, by_dialer) = dialer.handle(answer.unwrap())?;
+            let (nothing, by_acceptor) = acceptor.handle(third.unwrap())?;
+            assert_eq!(nothing, None);
+            Ok::<_, GreetError>((by_dialer.unwrap(), by_acceptor.unwrap()))
+        };
+        let (by_dialer, by_acceptor) = run([1; 32], [1; 32], cid).unwrap();
+        assert_eq!(by_dialer.peer_id, PeerId::from(b.id()));
+        assert_eq!(by_acceptor.peer_id, PeerId::from(a.id()));
+        assert_eq!((by_dialer.listen_port, by_acceptor.listen_port), (0, 7000));
+        assert_eq!(by_dialer.tiebreak, by_acceptor.tiebreak);
+        assert_eq!(
+            run([1; 32], [2; 32], cid).unwrap_err(),
+            GreetError::Identity
+        );
+        assert_eq!(
+            run([1; 32], [1; 32], ContentId([6; 32])).unwrap_err(),
+            GreetError::WrongContent
+        );
+        assert_eq!(
+            Greeter::accept(&b, cid, None, 0).unwrap_err(),
+            GreetError::NoBinding
+        );
+        // Out of order: a BITFIELD where the HANDSHAKE belongs.
+        let mut acceptor = Greeter::accept(&b, cid, Some(&[1; 32]), 0).unwrap();
+        let err = acceptor
+            .handle(PeerMessage::Bitfield(Bytes::new()))
+            .unwrap_err();
+        assert_eq!(
+            err.error_body().unwrap().code,
+            ErrorCode::UNEXPECTED_MESSAGE
+        );
+    }
+
     #[test]
     fn malformed_bodies_are_errors() {
         let d = |k: FrameType, b: &[u8]| PeerMessage::decode(k, SERVICE, Bytes::copy_from_slice(b));
@@ -624,6 +935,26 @@ mod tests {
             })
         );
         assert_eq!(d(kind::PEX, &[51]), Err(WireError::TooManyAddresses(51)));
+        // spec/P2P.md §3.3: the layout from before identities is named as such; a noise
+        // message of another length is malformed.
+        let old = d(kind::HANDSHAKE, &[0; 54]);
+        assert_eq!(old, Err(WireError::WithoutIdentity(54)));
+        assert_eq!(old.unwrap_err().code(), ErrorCode::UNSUPPORTED_VERSION);
+        for len in [33, 34 + 31, 34 + 33, 34 + 64, 34 + 97] {
+            let got = d(kind::HANDSHAKE, &vec![0; len]);
+            assert!(
+                got.as_ref()
+                    .is_err_and(|e| e.code() == ErrorCode::MALFORMED_MESSAGE),
+                "{len}: {got:?}"
+            );
+        }
+        for len in [0, 63, 65, 96] {
+            let got = d(kind::IDENTITY, &vec![0; len]);
+            assert!(
+                matches!(got, Err(WireError::NoiseLength { got, .. }) if got == len),
+                "{len}"
+            );
+        }
         assert_eq!(d(kind::PEX, &[1, 5]), Err(WireError::BadFamily(5)));
         assert_eq!(d(FrameType(0x3F), &[]), Err(WireError::UnknownType(0x3F)));
         assert_eq!(
@@ -791,6 +1122,10 @@ mod tests {
                     PeerMessage::decode(msg.kind(), SERVICE, Bytes::copy_from_slice(&bytes[..cut]));
                 // A shorter piece payload is still a valid piece message.
                 if matches!(msg, PeerMessage::Piece { .. }) && cut > 8 {
+                    continue;
+                }
+                // A listener's HANDSHAKE cut after 32 noise bytes has a dialer's layout.
+                if matches!(msg, PeerMessage::Handshake { .. }) && cut == 34 + 32 {
                     continue;
                 }
                 assert!(r.is_err(), "{msg:?} cut at {cut} decoded as {r:?}");

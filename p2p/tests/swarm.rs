@@ -340,8 +340,8 @@ async fn ferry_server_as_a_source() {
 /// data before its bitfield, are dropped; the seed keeps serving an honest leecher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_dropped_and_others_still_served() {
-    use ferry_p2p::wire::{self, PeerId, PeerMessage};
-    use ferry_protocol::{ClientHandshakeConfig, FrameType, Header, RequestId};
+    use ferry_p2p::wire::{self, PeerMessage};
+    use ferry_protocol::{FrameType, Header, RequestId};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
@@ -351,29 +351,8 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
     let seed = seed(&manifest, &data, config(&[], &[], true)).await;
 
     for attack in 0..2 {
-        let mut stream = tokio::net::TcpStream::connect(seed.listen_addr)
-            .await
-            .unwrap();
-        let mut client = ClientHandshakeConfig::new(wire::swarm_key(&manifest.content_id()));
-        client.max_body = wire::MAX_BODY;
-        let (mut session, _) = ferry_protocol::tokio::client_handshake(&mut stream, client)
-            .await
-            .unwrap();
+        let (reader, mut writer) = raw_greeted(seed.listen_addr, &manifest, 0x42 + attack).await;
         let mut out = bytes::BytesMut::new();
-        let hello = PeerMessage::Handshake {
-            content_id: manifest.content_id(),
-            peer_id: PeerId([0x42 + attack; 20]),
-            listen_port: 0,
-        };
-        session
-            .write_frame(
-                hello.kind(),
-                wire::SERVICE,
-                RequestId(0),
-                &hello.to_bytes(),
-                &mut out,
-            )
-            .unwrap();
         if attack == 0 {
             // A header announcing 200 000 bytes: over the 96 KiB cap.
             let mut header = Header::new(FrameType(0x38), wire::SERVICE, RequestId(0), 200_000);
@@ -387,7 +366,8 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
                 offset: 0,
                 data: vec![1u8; 100].into(),
             };
-            session
+            writer
+                .send
                 .write_frame(
                     piece.kind(),
                     wire::SERVICE,
@@ -397,7 +377,8 @@ async fn hostile_peers_are_dropped_and_others_still_served() {
                 )
                 .unwrap();
         }
-        stream.write_all(&out).await.unwrap();
+        writer.write.write_all(&out).await.unwrap();
+        let mut stream = reader.read;
         // The seed closes the connection: reads end (EOF or reset) within the bound.
         let closed = tokio::time::timeout(Duration::from_secs(10), async {
             let mut buf = [0u8; 4096];
@@ -505,7 +486,18 @@ async fn raw_peer(
     id: u8,
     bitfield: Vec<u8>,
 ) -> (RawReader, RawWriter) {
-    use ferry_p2p::wire::{self, PeerId, PeerMessage};
+    let (reader, mut writer) = raw_greeted(addr, manifest, id).await;
+    writer
+        .msg(&ferry_p2p::wire::PeerMessage::Bitfield(bitfield.into()))
+        .await
+        .unwrap();
+    (reader, writer)
+}
+
+/// Dials a node and completes the session and peer handshakes (spec/P2P.md §3.3) as the node
+/// whose identity secret is `id` repeated.
+async fn raw_greeted(addr: SocketAddr, manifest: &Manifest, id: u8) -> (RawReader, RawWriter) {
+    use ferry_p2p::wire::{self, Greeter, PeerMessage};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut client =
         ferry_protocol::ClientHandshakeConfig::new(wire::swarm_key(&manifest.content_id()));
@@ -513,21 +505,24 @@ async fn raw_peer(
     let (session, buf) = ferry_protocol::tokio::client_handshake(&mut stream, client)
         .await
         .unwrap();
+    let identity = ferry_protocol::identity::Identity::from_secret([id; 32]);
+    let (mut greeter, hello) = Greeter::dial(
+        &identity,
+        manifest.content_id(),
+        session.channel_binding(),
+        0,
+    )
+    .unwrap();
     let (send, recv) = session.into_split();
     let (read, write) = stream.into_split();
     let (mut reader, mut writer) = (RawReader { read, recv, buf }, RawWriter { write, send });
-    let hello = PeerMessage::Handshake {
-        content_id: manifest.content_id(),
-        peer_id: PeerId([id; 20]),
-        listen_port: 0,
-    };
     writer.msg(&hello).await.unwrap();
     let theirs = reader.next().await.unwrap().unwrap();
     assert_eq!(theirs.header.kind, wire::kind::HANDSHAKE);
-    writer
-        .msg(&PeerMessage::Bitfield(bitfield.into()))
-        .await
-        .unwrap();
+    let theirs = PeerMessage::decode(theirs.header.kind, theirs.header.service, theirs.body);
+    let (identity_msg, greeted) = greeter.handle(theirs.unwrap()).unwrap();
+    assert!(greeted.is_some());
+    writer.msg(&identity_msg.unwrap()).await.unwrap();
     (reader, writer)
 }
 

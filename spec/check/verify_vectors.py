@@ -1147,11 +1147,11 @@ def noise_hkdf(ck, ikm):
 class NoiseSymmetric:
     """Noise's SymmetricState with ChaChaPoly and SHA-256 (Noise spec §5.2)."""
 
-    def __init__(self):
+    def __init__(self, prologue=NOISE_PROLOGUE):
         name = NOISE_PARAMS.encode()
         self.h = name.ljust(32, b"\0") if len(name) <= 32 else hashlib.sha256(name).digest()
         self.ck, self.k, self.n = self.h, None, 0
-        self.mix_hash(NOISE_PROLOGUE)
+        self.mix_hash(prologue)
 
     def mix_hash(self, data):
         self.h = hashlib.sha256(self.h + data).digest()
@@ -1383,6 +1383,71 @@ def check_fleet(v):
         raise ValueError(f"unknown kind {kind}")
 
 
+def check_peer_identity(v):
+    """P2P.md §3.3: Noise XX with empty payloads inside a swarm session, bound to it."""
+    check(v.str("noise_params") == NOISE_PARAMS, "Noise name")
+    cid = v.hex("content_id")
+    ds, ls = v.hex("dialer_static_secret"), v.hex("listener_static_secret")
+    de, le = v.hex("dialer_ephemeral_secret"), v.hex("listener_ephemeral_secret")
+    ds_pub, ls_pub = x25519_public(ds), x25519_public(ls)
+    de_pub, le_pub = x25519_public(de), x25519_public(le)
+    for name, pub, e_pub in (("dialer", ds_pub, de_pub), ("listener", ls_pub, le_pub)):
+        check(pub == v.hex(name + "_static_public"), name + " static public")
+        check(e_pub == v.hex(name + "_ephemeral_public"), name + " ephemeral public")
+        check(node_id_hash(pub) == v.hex(name + "_peer_id"), name + " peer id")
+        check(node_id_text(node_id_hash(pub)) == v.str(name + "_id"), name + " id")
+    binding = v.hex("binding")
+    lbinding = v.hex("listener_binding") if v.has("listener_binding") else binding
+    prologue = lambda b: b"ferry p2p identity v1" + cid + b
+    check(prologue(binding) == v.hex("prologue"), "prologue")
+    body = lambda port, noise: cid + struct.pack(">H", port) + noise
+
+    # Message 1, dialer: e.
+    dialer = NoiseSymmetric(prologue(binding))
+    dialer.mix_hash(de_pub)
+    msg1 = de_pub + dialer.encrypt_and_hash(b"")
+    check(body(v.int("dialer_listen_port"), msg1) == v.hex("handshake_1"), "handshake_1")
+
+    # Message 2, listener: e, ee, s, es, in its own session's prologue.
+    listener = NoiseSymmetric(prologue(lbinding))
+    listener.mix_hash(de_pub)
+    check(listener.decrypt_and_hash(b"") == b"", "listener reads message 1")
+    listener.mix_hash(le_pub)
+    listener.mix_key(id_dh(le, de_pub))                 # ee
+    enc_s = listener.encrypt_and_hash(ls_pub)           # s
+    listener.mix_key(id_dh(ls, de_pub))                 # es
+    msg2 = le_pub + enc_s + listener.encrypt_and_hash(b"")
+    check(len(msg2) == 96, "message 2 length")
+    check(body(v.int("listener_listen_port"), msg2) == v.hex("handshake_2"), "handshake_2")
+
+    # Dialer reads message 2: a relayed proof fails here.
+    dialer.mix_hash(le_pub)
+    dialer.mix_key(id_dh(de, le_pub))                   # ee
+    if v.has("expect_name"):
+        check(lbinding != binding, "only another session's proof fails")
+        try:
+            dialer.decrypt_and_hash(msg2[32:80])
+        except ProtocolError as e:
+            check(e.code == CODES["AUTHENTICATION_FAILED"]
+                  and v.raw("expect_name") == "AUTHENTICATION_FAILED", "refusal")
+            return
+        fail("AUTHENTICATION_FAILED", "a relayed message 2 was accepted")
+    rs = dialer.decrypt_and_hash(msg2[32:80])           # s
+    check(rs == ls_pub, "the listener's static key")
+    dialer.mix_key(id_dh(de, rs))                       # es
+    check(dialer.decrypt_and_hash(msg2[80:]) == b"", "empty payload 2")
+
+    # Message 3, dialer: s, se.
+    enc_ds = dialer.encrypt_and_hash(ds_pub)
+    dialer.mix_key(id_dh(ds, le_pub))                   # se
+    msg3 = enc_ds + dialer.encrypt_and_hash(b"")
+    check(msg3 == v.hex("identity_3"), "identity_3")
+    check(listener.decrypt_and_hash(msg3[:48]) == ds_pub, "the dialer's static key")
+    listener.mix_key(id_dh(le, ds_pub))                 # se
+    check(listener.decrypt_and_hash(msg3[48:]) == b"", "empty payload 3")
+    check(dialer.h == listener.h == v.hex("handshake_hash"), "handshake hash")
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -1396,6 +1461,7 @@ CHECKS = {
     "digests.txt": check_digests,
     "identities.txt": check_identities,
     "identity-handshake.txt": check_identity_handshake,
+    "peer-identity.txt": check_peer_identity,
     "fleet.txt": check_fleet,
 }
 

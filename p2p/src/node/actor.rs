@@ -20,12 +20,18 @@ use crate::pieces::sha256;
 use crate::status::Sources;
 use crate::swarm::{Action, ConnId, Stats, Swarm};
 use crate::tracker::client::{announce_loop, AnnounceInfo};
+use ferry_protocol::{ErrorBody, ErrorCode};
+
+/// The message of the BANNED error that refuses a banned node's new connection.
+const BANNED_AGAIN: &str = "banned: repeated pieces failing their hash";
 
 #[derive(Debug)]
 pub(super) struct PeerLink {
     cmds: mpsc::UnboundedSender<PeerCmd>,
     cancel: CancellationToken,
     addr: Option<SocketAddr>,
+    id: crate::wire::PeerId,
+    tiebreak: Option<[u8; 32]>,
 }
 
 /// Where a node's inbound connections come from.
@@ -214,11 +220,17 @@ impl Actor {
                 peer_id,
                 listen_addr,
                 dialed,
+                tiebreak,
                 cmds,
                 cancel,
             } => {
                 if let Some(addr) = dialed {
                     self.dialing.remove(&addr);
+                }
+                if !self.keep_newer_of_two(peer_id, tiebreak, now) {
+                    tracing::debug!(?conn, %peer_id, "closing a second connection to a peer");
+                    cancel.cancel();
+                    return Ok(());
                 }
                 match self.swarm.handle_connected(conn, peer_id, listen_addr, now) {
                     Ok(()) => {
@@ -233,17 +245,32 @@ impl Actor {
                                 cmds,
                                 cancel,
                                 addr: listen_addr,
+                                id: peer_id,
+                                tiebreak,
                             },
                         );
                     }
                     Err(refused) => {
                         tracing::debug!(?conn, %peer_id, %refused, "refusing peer");
-                        if refused == crate::swarm::Refused::SelfConnection {
-                            if let Some(addr) = dialed {
-                                self.self_addrs.insert(addr);
+                        match refused {
+                            crate::swarm::Refused::SelfConnection => {
+                                if let Some(addr) = dialed {
+                                    self.self_addrs.insert(addr);
+                                }
+                                cancel.cancel();
                             }
+                            // spec/P2P.md §4.6: a banned node is told so, from whatever
+                            // address or port it comes back, and closed as §3.10 says.
+                            crate::swarm::Refused::Banned => {
+                                let banned = ErrorBody::new(ErrorCode::BANNED, BANNED_AGAIN);
+                                if cmds.send(PeerCmd::Close(Some(banned))).is_ok() {
+                                    self.closing.insert(conn);
+                                } else {
+                                    cancel.cancel();
+                                }
+                            }
+                            crate::swarm::Refused::Duplicate => cancel.cancel(),
                         }
-                        cancel.cancel();
                     }
                 }
             }
@@ -392,6 +419,36 @@ impl Actor {
                 Ok(None) | Err(_) => break,
             }
         }
+    }
+
+    /// Of two connections to one node, both ends keep the one with the smaller tiebreak (the
+    /// Noise handshake hash, the same at both ends; spec/P2P.md §3.3), whichever completed
+    /// first here. Returns whether the new connection is kept; an older one that loses is
+    /// closed and forgotten by the swarm now, so the new one takes its place.
+    fn keep_newer_of_two(
+        &mut self,
+        id: crate::wire::PeerId,
+        tiebreak: Option<[u8; 32]>,
+        now: std::time::Instant,
+    ) -> bool {
+        let Some((&old, link)) = self.peers.iter().find(|(_, l)| l.id == id) else {
+            return true;
+        };
+        let new_wins = match (tiebreak, link.tiebreak) {
+            (Some(new), Some(old)) => new < old,
+            _ => false,
+        };
+        if new_wins {
+            if let Some(link) = self.peers.remove(&old) {
+                if link.cmds.send(PeerCmd::Close(None)).is_ok() {
+                    self.closing.insert(old);
+                } else {
+                    link.cancel.cancel();
+                }
+            }
+            self.swarm.handle_disconnected(old, now);
+        }
+        new_wins
     }
 
     fn send_to_peer(&mut self, conn: ConnId, cmd: PeerCmd) {

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Connector, TcpAcceptor, TcpConnector};
 use ferry_protocol::ErrorBody;
 use tokio::net::TcpListener;
@@ -71,6 +72,9 @@ pub struct NodeConfig {
     pub servers: Vec<ServerSource>,
     /// A DHT node to find peers through and announce to (spec/P2P.md §7).
     pub dht: Option<crate::dht::shell::DhtHandle>,
+    /// The node identity proven to peers; its node id is our peer id (spec/P2P.md §3.3), so
+    /// bans outlive a reconnection. `None`: a fresh identity for this node's run.
+    pub identity: Option<Identity>,
 }
 
 impl Default for NodeConfig {
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             dangerous_corrupt_uploads: false,
             servers: Vec::new(),
             dht: None,
+            identity: None,
         }
     }
 }
@@ -113,7 +118,10 @@ pub enum NodeError {
 pub struct NodeHandle {
     /// Where peers can reach us.
     pub listen_addr: SocketAddr,
+    /// Our node id as a peer id (spec/P2P.md §3.3).
     pub peer_id: PeerId,
+    /// The node id peers know us by.
+    pub node_id: NodeId,
     /// Latest counters, updated as the swarm works.
     pub stats: watch::Receiver<Stats>,
     /// What the node tried to find peers and what failed.
@@ -177,6 +185,8 @@ enum Event {
         peer_id: PeerId,
         listen_addr: Option<SocketAddr>,
         dialed: Option<SocketAddr>,
+        /// Orders two connections to one node (spec/P2P.md §3.3); `None` for a server source.
+        tiebreak: Option<[u8; 32]>,
         cmds: mpsc::UnboundedSender<PeerCmd>,
         cancel: CancellationToken,
     },
@@ -200,6 +210,7 @@ struct Ctx {
     manifest: Arc<Manifest>,
     storage: Arc<Storage>,
     key: ferry_protocol::Key,
+    identity: Identity,
     peer_id: PeerId,
     listen_port: u16,
     handshake_timeout: Duration,
@@ -257,8 +268,11 @@ fn start_with(
     inbound: Inbound,
     listen_addr: SocketAddr,
 ) -> Result<NodeHandle, NodeError> {
-    let peer_id = PeerId::generate();
+    let identity = config.identity.clone().unwrap_or_else(Identity::generate);
+    let node_id = identity.id();
+    let peer_id = PeerId::from(node_id);
     let ctx = Arc::new(Ctx {
+        identity,
         key: wire::swarm_key(&manifest.content_id()),
         manifest: manifest.clone(),
         storage,
@@ -325,6 +339,7 @@ fn start_with(
     Ok(NodeHandle {
         listen_addr,
         peer_id,
+        node_id,
         stats,
         sources,
         cancel,

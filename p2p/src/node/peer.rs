@@ -21,7 +21,7 @@ use super::host::Accepted;
 use super::{Ctx, Event, PeerCmd};
 use crate::manifest::PieceIndex;
 use crate::swarm::ConnId;
-use crate::wire::{self, PeerId, PeerMessage};
+use crate::wire::{self, PeerMessage};
 
 /// Handshakes, registers with the actor, then runs a reader loop here and a writer task beside
 /// it until either ends or `cancel` fires.
@@ -47,7 +47,7 @@ pub(super) async fn run_peer(
         hello = hello => hello,
     };
     drop(handshake_permit);
-    let (mut reader, frames, peer_id, listen_port) = match hello {
+    let (mut reader, frames, greeted) = match hello {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
@@ -66,6 +66,7 @@ pub(super) async fn run_peer(
             return;
         }
     };
+    let listen_port = greeted.listen_port;
     let listen_addr = dialed.or_else(|| {
         remote
             .filter(|_| listen_port != 0)
@@ -75,9 +76,10 @@ pub(super) async fn run_peer(
     if events
         .send(Event::Connected {
             conn,
-            peer_id,
+            peer_id: greeted.peer_id,
             listen_addr,
             dialed,
+            tiebreak: Some(greeted.tiebreak),
             cmds: cmds_tx.clone(),
             cancel: cancel.clone(),
         })
@@ -166,12 +168,8 @@ async fn drain<R: AsyncRead + Unpin>(read: &mut R) {
 enum HandshakeFailure {
     #[error(transparent)]
     Session(#[from] ferry_protocol::Error),
-    #[error("peer handshake: {0}")]
-    Wire(#[from] wire::WireError),
-    #[error("expected a peer handshake message, got {0:?}")]
-    Unexpected(ferry_protocol::FrameType),
-    #[error("peer is in a different swarm")]
-    WrongContent,
+    #[error(transparent)]
+    Greet(#[from] wire::GreetError),
 }
 
 /// The two halves of an established peer connection.
@@ -205,11 +203,14 @@ async fn session_handshake(
     }
 }
 
+/// The session handshake (unless a host did it), then the peer handshake of spec/P2P.md §3.3:
+/// HANDSHAKE each way and the dialer's IDENTITY, which prove both node identities inside this
+/// session. A failed peer handshake is answered with one ERROR and a close as §3.10 says.
 async fn handshake(
     stream: PeerStream,
     outbound: bool,
     ctx: &Ctx,
-) -> Result<(PeerReader, PeerWriter, PeerId, u16), HandshakeFailure> {
+) -> Result<(PeerReader, PeerWriter, wire::Greeted), HandshakeFailure> {
     let (stream, session, leftover) = match stream {
         PeerStream::Established(accepted) => {
             let Accepted {
@@ -226,6 +227,7 @@ async fn handshake(
         }
     };
     let version = session.version();
+    let binding = session.channel_binding().copied();
     let (send, recv) = session.into_split();
     let (read_half, write_half) = tokio::io::split(stream);
     // No frame deadline: blocks are small, and the swarm's own timers (request timeouts,
@@ -234,36 +236,63 @@ async fn handshake(
         FrameReader::new(read_half, recv, leftover).read_reserve(READ_RESERVE, READ_RESERVE / 4);
     // Blocks are 16 KiB; a swarm holds many connections.
     let mut writer = FrameWriter::new(write_half, send, version).buffer(64 * 1024);
-    let hello = PeerMessage::Handshake {
-        content_id: ctx.manifest.content_id(),
-        peer_id: ctx.peer_id,
-        listen_port: ctx.listen_port,
+    match greet(&mut reader, &mut writer, binding.as_ref(), outbound, ctx).await {
+        Ok(greeted) => Ok((reader, writer, greeted)),
+        Err(HandshakeFailure::Greet(e)) => {
+            if let Some(body) = e.error_body() {
+                let msg = PeerMessage::Error(body);
+                let _ = writer.batch().push_with(|send, out| msg.write(send, out));
+            }
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, writer.shutdown()).await;
+            drain(reader.get_mut()).await;
+            Err(e.into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs the [`wire::Greeter`] over the session until the peer's node id is proven.
+async fn greet(
+    reader: &mut PeerReader,
+    writer: &mut PeerWriter,
+    binding: Option<&[u8; 32]>,
+    outbound: bool,
+    ctx: &Ctx,
+) -> Result<wire::Greeted, HandshakeFailure> {
+    let content_id = ctx.manifest.content_id();
+    let mut greeter = if outbound {
+        let (greeter, hello) =
+            wire::Greeter::dial(&ctx.identity, content_id, binding, ctx.listen_port)?;
+        send(writer, &hello).await?;
+        greeter
+    } else {
+        wire::Greeter::accept(&ctx.identity, content_id, binding, ctx.listen_port)?
     };
-    writer
-        .batch()
-        .push_with(|send, out| hello.write(send, out))?;
+    loop {
+        let frame = reader
+            .next_frame()
+            .await
+            .map_err(ferry_protocol::Error::from)?;
+        let msg = PeerMessage::decode(frame.header.kind, frame.header.service, frame.body)
+            .map_err(wire::GreetError::from)?;
+        let (reply, greeted) = greeter.handle(msg)?;
+        if let Some(reply) = reply {
+            send(writer, &reply).await?;
+        }
+        if let Some(greeted) = greeted {
+            return Ok(greeted);
+        }
+    }
+}
+
+/// Writes one message at once (the handshake waits for the answer).
+async fn send(writer: &mut PeerWriter, msg: &PeerMessage) -> Result<(), ferry_protocol::Error> {
+    writer.batch().push_with(|send, out| msg.write(send, out))?;
     writer.flush().await.map_err(|e| match e {
         WriteError::Encode(e) => e,
         WriteError::Io(e) => ferry_protocol::Error::Io(e),
         WriteError::Timeout(_) => ferry_protocol::Error::Timeout("sending the peer handshake"),
-    })?;
-    let frame = reader
-        .next_frame()
-        .await
-        .map_err(ferry_protocol::Error::from)?;
-    match PeerMessage::decode(frame.header.kind, frame.header.service, frame.body)? {
-        PeerMessage::Handshake {
-            content_id,
-            peer_id,
-            listen_port,
-        } => {
-            if content_id != ctx.manifest.content_id() {
-                return Err(HandshakeFailure::WrongContent);
-            }
-            Ok((reader, writer, peer_id, listen_port))
-        }
-        _ => Err(HandshakeFailure::Unexpected(frame.header.kind)),
-    }
+    })
 }
 
 /// Why [`read_loop`] returned.

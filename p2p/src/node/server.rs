@@ -48,6 +48,7 @@ pub(super) async fn run_server_source(
         peer_id: source.peer_id(),
         listen_addr: None,
         dialed: None,
+        tiebreak: None,
         cmds: cmds_tx,
         cancel: cancel.clone(),
     };

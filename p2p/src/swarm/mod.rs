@@ -403,7 +403,7 @@ impl Swarm {
                 "first message after the handshake must be a bitfield",
                 now,
             ),
-            PeerMessage::Handshake { .. } => {
+            PeerMessage::Handshake { .. } | PeerMessage::Identity(_) => {
                 self.protocol_error(conn, ErrorCode::UNEXPECTED_MESSAGE, "second handshake", now)
             }
             PeerMessage::Have(index) => self.on_have(conn, index, now),
