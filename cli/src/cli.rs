@@ -164,6 +164,11 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry forget files.example.org          (port 6789)\n  ferry forget 10.0.0.5:7000 '[::1]:7000'\nAn address without ID@ reached with the identity handshake (--identity FILE, or a server\nalready pinned) is pinned on first contact in ~/.config/ferry/known_servers (HOST:PORT ID per\nline); a different id there later is refused with exit 3 until you run ferry forget.\n\n{EXIT_CODES}")
     )]
     Forget(ForgetArgs),
+    /// Bind a name at a hub to this machine's id, or release or move it (spec/HUB.md).
+    #[command(
+        after_help = format!("Examples:\n  ferry register alice@hub.example.org:6790\n  ferry register alice@ferry://HUBID@hub.example.org:6790/ --invite CODE\n  ferry register alice@hub.example.org:6790 --release\nA name is 1 to 32 of a-z, 0-9 and '-', starting with a letter. It is bound to this machine's\nid (ferry id); only a request from that id releases or moves it. A hub named without its id is\npinned on first contact in ~/.config/ferry/known_servers. Then serve with\nferry-server ROOT --hub alice@HUB, and clients reach it as ferry://alice@HUB/PATH.\n\n{EXIT_CODES}")
+    )]
+    Register(RegisterArgs),
     /// Enrol this machine on a server with a one-time code from `ferry-server invite`.
     #[command(
         after_help = format!("Examples:\n  ferry join 7-crossover-clockwork ferry://ID@files.lan:6789/\nThe code proves, with SPAKE2, that this machine is the one the server's owner invited, and\nthat the server is the one that issued it: the server adds this machine's id (ferry id) to\nits authorised clients, and this machine pins the server's id in\n~/.config/ferry/known_servers, so later commands need no key: ferry ls ferry://files.lan/.\nA code works once: a wrong one is used up too; ask for a new one.\n\n{EXIT_CODES}")
@@ -179,6 +184,22 @@ pub struct JoinArgs {
     /// The server, ideally with its id as the invite printed it: ferry://ID@HOST[:PORT]/.
     #[arg(value_name = "ADDRESS")]
     pub url: FerryUrl,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// NAME@HUB: the name, then the hub as host[:port] or ferry://HUBID@host:port/.
+    #[arg(value_name = "NAME@HUB", value_parser = crate::commands::register::parse_target)]
+    pub target: FerryUrl,
+    /// The invite code of an --invite-only hub (from ferry-hub invite).
+    #[arg(long, value_name = "CODE")]
+    pub invite: Option<String>,
+    /// Release the name (only its holder may).
+    #[arg(long, conflicts_with_all = ["invite", "move_to"])]
+    pub release: bool,
+    /// Move the name to another node id (only its holder may).
+    #[arg(long, value_name = "ID", conflicts_with = "invite")]
+    pub move_to: Option<ferry_protocol::identity::NodeId>,
 }
 
 #[derive(Debug, Args)]

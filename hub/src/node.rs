@@ -27,6 +27,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone)]
 pub struct PresenceConfig {
     pub hub: Vec<Hint>,
+    /// The hub's id to require; `None` trusts the first hub that answers, for the rest of
+    /// the run.
     pub hub_id: Option<NodeId>,
     pub identity: Identity,
     pub name: String,
@@ -127,14 +129,14 @@ pub fn backoff(attempt: u32, (min, max): (Duration, Duration), jitter: f64) -> D
 }
 
 async fn presence_loop(
-    config: PresenceConfig,
+    mut config: PresenceConfig,
     relays: mpsc::Sender<(BoxedStream, SocketAddr)>,
     status: watch::Sender<Status>,
 ) {
     let mut attempt = 0u32;
     loop {
         let _ = status.send(Status::Connecting);
-        match present(&config, &relays, &status).await {
+        match present(&mut config, &relays, &status).await {
             // It was present: the next failure starts the back-off afresh.
             Ok(()) => attempt = 0,
             Err(e) => {
@@ -151,13 +153,17 @@ async fn presence_loop(
 
 /// One control connection, until it fails. `Ok` if it got as far as being present.
 async fn present(
-    config: &PresenceConfig,
+    config: &mut PresenceConfig,
     relays: &mpsc::Sender<(BoxedStream, SocketAddr)>,
     status: &watch::Sender<Status>,
 ) -> Result<(), HubError> {
     let mut conn = HubConn::connect(&config.hub, config.hub_id, &config.identity).await?;
     let hub_addr = conn.hub_addr();
     let hub_id = conn.hub_id();
+    // A hub named without its id is trusted on first contact for the rest of the run: a later
+    // reconnection must reach the same hub.
+    config.hub_id.get_or_insert(hub_id);
+    let config = &*config;
     let (id, reflected) = conn.presence(&config.name, config.addrs.clone()).await?;
     info!(name = %config.name, %reflected, hub = %hub_addr, "present at the hub");
     let _ = status.send(Status::Present { hub_id, reflected });

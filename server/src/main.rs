@@ -13,6 +13,8 @@ use ferry_common::keys::{KeyOrigin, KeySources};
 use ferry_common::logging;
 use ferry_protocol::Key;
 use ferry_server::{authorized, Config, Limits, Server, DEFAULT_PORT};
+
+mod hub;
 use serde::Deserialize;
 
 /// Serve one directory tree over the Ferry protocol.
@@ -77,6 +79,13 @@ struct Cli {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     identity: Option<PathBuf>,
+
+    /// Stay present at a hub as NAME (registered first with `ferry register NAME@HUB`), so
+    /// clients reach this server as ferry://NAME@HUB/ even behind a NAT: directly when one of
+    /// its addresses can be dialled, else relayed by the hub, which sees only ciphertext. Implies
+    /// --identity. HUB is host[:port] or ferry://HUBID@host:port/. E.g. --hub alice@hub.example.org:6790
+    #[arg(long, value_name = "NAME@HUB", value_parser = hub::parse_hub)]
+    hub: Option<ferry_common::url::FerryUrl>,
 
     /// Allow clients to choose unencrypted sessions (the handshake is still authenticated).
     /// Off by default; only for trusted networks or benchmarks.
@@ -524,7 +533,12 @@ fn run(cli: Cli) -> Result<i32> {
                 .map_err(anyhow::Error::msg)?,
         )
         .limits(limits);
-    let identity = load_identity(cli.identity.as_deref())?;
+    // --hub proves this server's id to its clients, so it needs an identity.
+    let identity = load_identity(
+        cli.identity
+            .as_deref()
+            .or(cli.hub.as_ref().map(|_| Path::new(""))),
+    )?;
     let config = match &identity {
         Some(identity) => {
             let path = authorized_clients_path(&cli)?;
@@ -562,10 +576,18 @@ fn run(cli: Cli) -> Result<i32> {
                 );
             }
         }
+        let (acceptors, _presence) = match (&cli.hub, &identity) {
+            (Some(url), Some(identity)) => {
+                let (acceptor, presence) = hub::start(url, identity.clone(), &addrs);
+                println!("{} shell {url}", client_program());
+                (vec![acceptor], Some(presence))
+            }
+            _ => (Vec::new(), None),
+        };
         let exit = Arc::new(AtomicI32::new(0));
         let signalled = exit.clone();
         server
-            .run(async move {
+            .run_with(acceptors, async move {
                 let code = signals.wait().await;
                 signalled.store(code, Ordering::SeqCst);
             })

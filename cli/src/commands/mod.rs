@@ -10,6 +10,7 @@ pub mod join;
 pub mod ls;
 pub mod ping;
 pub mod put;
+pub mod register;
 pub mod shell;
 pub mod stat;
 pub mod trust;
@@ -60,6 +61,10 @@ impl Context {
 
     /// Connects to the server named by `url`.
     pub async fn connect(&self, url: &FerryUrl) -> Result<Client, ClientError> {
+        if url.name.is_some() {
+            // ferry://NAME@HUB/: through the hub (spec/HUB.md §4).
+            return Ok(register::connect_named(self, url).await?.connected.client);
+        }
         let config = self.client_config_for(url)?;
         trust::connect(self, url, config).await
     }
@@ -118,6 +123,7 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Demo(args) => demo::run(&ctx, args, runtime),
         Command::Id(args) => id::run(&ctx, args),
         Command::Forget(args) => forget::run(&ctx, args),
+        Command::Register(args) => runtime.block_on(interruptible(register::run(&ctx, args))),
         Command::Join(args) => runtime.block_on(interruptible(join::run(&ctx, args))),
     }
 }

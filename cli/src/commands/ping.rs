@@ -10,10 +10,15 @@ use ferry_client::error::ClientError;
 
 pub async fn run(ctx: &Context, args: PingArgs) -> Result<(), ClientError> {
     let started = Instant::now();
-    let client = ctx.connect(&args.url).await?;
+    let (client, route) = if args.url.name.is_some() {
+        let named = super::register::connect_named(ctx, &args.url).await?;
+        (named.connected.client, format!(", {}", named.route))
+    } else {
+        (ctx.connect(&args.url).await?, String::new())
+    };
     let connect_time = started.elapsed();
     ctx.note(&format!(
-        "PING {} ({}): {} bytes, connected in {}",
+        "PING {} ({}{route}): {} bytes, connected in {}",
         args.url.authority(),
         client.peer(),
         args.size,
@@ -27,7 +32,7 @@ pub async fn run(ctx: &Context, args: PingArgs) -> Result<(), ClientError> {
         }
         let rtt = client.ping(payload.clone()).await?;
         print_lines([format!(
-            "pong from {}: seq={seq} time={}",
+            "pong from {}{route}: seq={seq} time={}",
             client.peer(),
             ms(rtt)
         )]);

@@ -81,6 +81,10 @@ impl Client {
         url: &FerryUrl,
         mut config: ClientConfig,
     ) -> Result<Connected, ClientError> {
+        if url.name.is_some() {
+            // Boxed: connect_named races the node's hints through this function again.
+            return Ok(Box::pin(Self::connect_named(url, config)).await?.connected);
+        }
         config.server_id = config.server_id.or(url.server_id);
         let hints = url.hints();
         let addrs = match tokio::time::timeout(config.connect_timeout, resolve_all(&hints)).await {

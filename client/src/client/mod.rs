@@ -16,12 +16,14 @@
 //!
 //! The pieces: this file is the API ([`Client`], [`ClientConfig`]); `connect.rs` resolves,
 //! connects (trying a busy server again), runs the handshake and starts the tasks; `race.rs`
-//! races a URL's hints (Happy Eyeballs, RFC 8305);
+//! races a URL's hints (Happy Eyeballs, RFC 8305); `hub.rs` reaches `ferry://NAME@HUB/`
+//! through a hub (direct hints, else the hub's relay);
 //! `driver.rs` is the reader and writer tasks and the routing table they share with the
 //! request handles; `streams.rs` is the request handles and how they read their frames.
 
 mod connect;
 mod driver;
+pub mod hub;
 mod race;
 mod streams;
 #[cfg(test)]
