@@ -1448,6 +1448,110 @@ def check_peer_identity(v):
     check(dialer.h == listener.h == v.hex("handshake_hash"), "handshake hash")
 
 
+# --- Enrolment (PROTOCOL.md §13.11): the word list is read from the spec's own table. ---
+
+def enrol_words():
+    text = (Path(__file__).resolve().parent.parent / "PROTOCOL.md").read_text()
+    start = text.index("```text\n", text.index("The word list, by byte value")) + len("```text\n")
+    tokens = text[start:text.index("```", start)].split()
+    even, odd = [None] * 256, [None] * 256
+    for i in range(0, len(tokens), 3):
+        b = int(tokens[i], 16)
+        even[b], odd[b] = tokens[i + 1], tokens[i + 2]
+    check(None not in even and None not in odd, "256 words in each list")
+    check(len(set(even + odd)) == 512, "the 512 words are distinct")
+    return even, odd
+
+
+def parse_code(text, even, odd):
+    """(nameplate, w0, w1) of a code text, or None when it is not one (§13.11.1)."""
+    parts = text.strip().lower().split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not 1 <= len(parts[0]) <= 10:
+        return None
+    nameplate = int(parts[0])
+    if not 1 <= nameplate <= 0xFFFFFFFF or parts[1] not in odd or parts[2] not in even:
+        return None
+    return nameplate, odd.index(parts[1]), even.index(parts[2])
+
+
+def canonical_code(nameplate, w0, w1, even, odd):
+    return f"{nameplate}-{odd[w0]}-{even[w1]}"
+
+
+def decode_enrol(kind, body):
+    """The enrolment bodies (§13.11.4); raises on anything a receiver must refuse."""
+    r = Reader(body)
+    if kind == 0x10:
+        nameplate, pake = r.u32(), r.take(33)
+        r.end()
+        check(nameplate != 0 and pake[0] == 0x41, "nameplate and side A")
+        return {"nameplate": nameplate, "pake_a": pake}
+    if kind == 0x11:
+        pake, confirm = r.take(33), r.take(32)
+        r.end()
+        check(pake[0] == 0x42, "side B")
+        return {"pake_b": pake, "confirm_b": confirm}
+    if kind == 0x12:
+        confirm = r.take(32)
+        r.end()
+        return {"confirm_a": confirm}
+    if kind == 0x13:
+        flags, name, root = r.u8(), r.str(), r.str()
+        r.end()
+        check(flags in (0, 1), "flags")
+        return {"flags": flags, "name": name, "root": root}
+    raise ValueError(f"type 0x{kind:02x} is not an enrolment body")
+
+
+def enrol_confirmations(key, h, nameplate, pake_a, pake_b):
+    prk = hmac256(h, key)                                     # HKDF-Extract(salt = h, IKM = K)
+    k_server = hmac256(prk, b"ferry enrol v1 server confirm", b"\x01")
+    k_client = hmac256(prk, b"ferry enrol v1 client confirm", b"\x01")
+    t = nameplate.to_bytes(4, "big") + pake_a + pake_b
+    return hmac256(k_server, t), hmac256(k_client, t)
+
+
+def check_enrol(v):
+    even, odd = enrol_words()
+    if v.name == "word_lists":
+        check(hashlib.sha256(" ".join(even).encode()).digest() == v.hex("even_sha256"), "even list")
+        check(hashlib.sha256(" ".join(odd).encode()).digest() == v.hex("odd_sha256"), "odd list")
+        return
+    if v.has("text"):
+        parsed = parse_code(v.str("text"), even, odd)
+        if v.has("invalid"):
+            check(parsed is None, "an invalid code was accepted")
+            return
+        check(parsed is not None, "a valid code was refused")
+        nameplate, w0, w1 = parsed
+        check(nameplate == v.int("nameplate") and bytes([w0, w1]) == v.hex("words"), "code fields")
+        check(canonical_code(*parsed, even, odd).encode() == v.hex("password"), "password")
+        return
+    if v.has("body"):
+        check(v.int("service") == 0x07, "service ENROL")
+        try:
+            decode_enrol(v.int("type"), v.hex("body"))
+        except Exception:
+            return
+        fail("MALFORMED_MESSAGE", "a refused enrolment body decoded")
+    code = parse_code(v.str("client_code"), even, odd)
+    check(code is not None and parse_code(v.str("server_code"), even, odd) is not None, "codes")
+    request = decode_enrol(0x10, v.hex("enrol_request"))
+    response = decode_enrol(0x11, v.hex("enrol_response"))
+    check(request["nameplate"] == code[0], "the request names the code's invite")
+    confirm_b, confirm_a = enrol_confirmations(
+        v.hex("key"), v.hex("handshake_hash"), request["nameplate"],
+        request["pake_a"], response["pake_b"])
+    check(confirm_b == response["confirm_b"] == v.hex("confirm_b"), "confirm_b")
+    check(confirm_a == v.hex("confirm_a"), "confirm_a")
+    if v.has("client_refuses"):
+        check(v.str("client_code") != v.str("server_code"), "a refusal needs another code")
+        check(not v.has("enrol_confirm"), "a refusing client sends nothing more")
+        return
+    check(decode_enrol(0x12, v.hex("enrol_confirm"))["confirm_a"] == confirm_a, "enrol_confirm")
+    decode_enrol(0x13, v.hex("enrol_end"))
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -1461,6 +1565,7 @@ CHECKS = {
     "digests.txt": check_digests,
     "identities.txt": check_identities,
     "identity-handshake.txt": check_identity_handshake,
+    "enrol.txt": check_enrol,
     "peer-identity.txt": check_peer_identity,
     "fleet.txt": check_fleet,
 }
