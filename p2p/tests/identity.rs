@@ -545,3 +545,110 @@ mod vectors {
         out
     }
 }
+
+/// `ferry-peer --identity=FILE` and bare `--identity` (the default file in the config
+/// directory) create the identity files owner-only on first use, and two nodes proving them
+/// complete a download byte-identical.
+#[test]
+fn ferry_peer_identity_flags_create_and_use_identity_files() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    const BIN: &str = env!("CARGO_BIN_EXE_ferry-peer");
+    /// Kills the child on drop, so a failing test leaves nothing running.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("data.bin"), ferry_testkit::data(500_000, 9)).unwrap();
+    let manifest = dir.path().join("tree.ferry");
+    let made = Command::new(BIN)
+        .args([
+            "make",
+            tree.to_str().unwrap(),
+            "-o",
+            manifest.to_str().unwrap(),
+        ])
+        .args(["--piece-size", "65536", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let seed_identity = dir.path().join("seed-identity");
+    let mut seed = Running(
+        Command::new(BIN)
+            .args(["seed", manifest.to_str().unwrap(), "--data"])
+            .arg(&tree)
+            .args(["--listen", "127.0.0.1:0", "--no-progress"])
+            .arg(format!("--identity={}", seed_identity.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(seed.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+
+    let config = dir.path().join("config");
+    let out = dir.path().join("out");
+    let mut get = Running(
+        Command::new(BIN)
+            .args([
+                "get",
+                manifest.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ])
+            .args(["--listen", "127.0.0.1:0", "--no-progress", "--no-seed"])
+            .args(["--peer", &addr, "--identity"])
+            .env("XDG_CONFIG_HOME", &config)
+            .env("HOME", dir.path().join("home"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = get.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "get did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    get.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    let default_file = config.join("ferry/identity");
+    assert!(
+        stderr.contains(&format!(
+            "created a new identity in {}",
+            default_file.display()
+        )),
+        "{stderr}"
+    );
+    for file in [&seed_identity, &default_file] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{}: {mode:o}", file.display());
+    }
+    assert_eq!(
+        std::fs::read(out.join("tree/data.bin")).unwrap(),
+        std::fs::read(tree.join("data.bin")).unwrap()
+    );
+}
