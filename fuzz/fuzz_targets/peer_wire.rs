@@ -5,4 +5,5 @@
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     ferry_p2p::wire::fuzz_peer_message(data);
     ferry_p2p::wire::fuzz_inbound(data);
+    ferry_p2p::wire::fuzz_greeting(data);
 });
