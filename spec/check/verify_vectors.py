@@ -1552,6 +1552,138 @@ def check_enrol(v):
     decode_enrol(0x13, v.hex("enrol_end"))
 
 
+# --- The hub (HUB.md §3): bodies built from the vector's fields, independently of the Rust code. ---
+
+def hub_addr(text):
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        import ipaddress
+        return bytes([6]) + ipaddress.IPv6Address(host[1:-1]).packed + int(port).to_bytes(2, "big")
+    return bytes([4]) + bytes(int(x) for x in host.split(".")) + int(port).to_bytes(2, "big")
+
+
+def hub_addrs(text):
+    items = text.split()
+    check(len(items) <= 16, "at most 16 addresses")
+    return bytes([len(items)]) + b"".join(hub_addr(a) for a in items)
+
+
+def hub_id(text):
+    h = parse_node_id(text)
+    check(isinstance(h, bytes), f"node id {text!r}")
+    return h
+
+
+def hub_body(v):
+    """The body the vector's fields describe (§3.2-§3.6)."""
+    service, kind, name = v.int("service"), v.int("type"), v.name
+    s = lambda k: put_str(v.str(k))
+    if service == 0x60 and kind == 0x10:
+        out = bytes([v.int("flags")]) + s("name") + s("invite")
+        return out + (hub_id(v.str("to")) if v.int("flags") & 0x02 else b"")
+    if service == 0x60 and kind == 0x11:
+        return s("name") + hub_id(v.str("id"))
+    if service == 0x61 and kind == 0x10:
+        return s("name")
+    if service == 0x61 and kind == 0x11:
+        hints = [(1, a) for a in v.str("reported").split()] + [(2, a) for a in v.str("reflected").split()]
+        return (hub_id(v.str("id")) + bytes([v.int("online"), len(hints)])
+                + b"".join(bytes([src]) + hub_addr(a) for src, a in hints))
+    if service == 0x62 and kind == 0x10:
+        return s("name") + hub_addrs(v.str("addrs"))
+    if service == 0x62 and kind == 0x11:
+        return hub_addr(v.str("reflected"))
+    if service == 0x62 and kind == 0x12 and v.int("event") == 1:
+        return bytes([1]) + v.hex("token") + hub_id(v.str("client"))
+    if service == 0x62 and kind == 0x12 and v.int("event") == 2:
+        return (bytes([2]) + hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big")
+                + hub_addrs(v.str("addrs")))
+    if service == 0x63 and kind == 0x10 and v.int("role") == 1:
+        return bytes([1]) + s("name")
+    if service == 0x63 and kind == 0x10 and v.int("role") == 2:
+        return bytes([2]) + v.hex("token")
+    if service == 0x63 and kind == 0x11:
+        return hub_id(v.str("peer"))
+    if service == 0x64 and kind == 0x10:
+        return s("name") + v.int("rtt_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
+    if service == 0x64 and kind == 0x11:
+        return hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
+    raise ValueError(f"{name}: no hub body for service 0x{service:02x} type 0x{kind:02x}")
+
+
+def hub_decode(service, kind, body):
+    """Reads a hub body, raising on anything a receiver must refuse (§3.1)."""
+    r = Reader(body)
+
+    def addr():
+        fam = r.u8()
+        check(fam in (4, 6), "address family")
+        r.take(4 if fam == 4 else 16)
+        r.u16()
+
+    def addrs():
+        n = r.u8()
+        check(n <= 16, "at most 16 addresses")
+        for _ in range(n):
+            addr()
+
+    if (service, kind) == (0x60, 0x10):
+        flags = r.u8()
+        check(flags in (0, 1, 2), "register flags")
+        r.str(), r.str()
+        if flags & 2:
+            r.take(20)
+    elif (service, kind) == (0x60, 0x11):
+        r.str(), r.take(20)
+    elif (service, kind) == (0x61, 0x10):
+        r.str()
+    elif (service, kind) == (0x61, 0x11):
+        r.take(20)
+        check(r.u8() in (0, 1), "online")
+        n = r.u8()
+        check(n <= 16, "at most 16 hints")
+        for _ in range(n):
+            check(r.u8() in (1, 2), "hint source")
+            addr()
+    elif (service, kind) == (0x62, 0x10):
+        r.str(), addrs()
+    elif (service, kind) == (0x62, 0x11):
+        addr()
+    elif (service, kind) == (0x62, 0x12):
+        event = r.u8()
+        check(event in (1, 2), "event kind")
+        if event == 1:
+            r.take(16), r.take(20)
+        else:
+            r.take(20), r.u32(), addrs()
+    elif (service, kind) == (0x63, 0x10):
+        role = r.u8()
+        check(role in (1, 2), "relay role")
+        r.str() if role == 1 else r.take(16)
+    elif (service, kind) == (0x63, 0x11):
+        r.take(20)
+    elif (service, kind) == (0x64, 0x10):
+        r.str(), r.u32(), addrs()
+    elif (service, kind) == (0x64, 0x11):
+        r.take(20), r.u32(), addrs()
+    else:
+        raise ValueError("not a hub body")
+    r.end()
+
+
+def check_hub(v):
+    service, kind, body = v.int("service"), v.int("type"), v.hex("body")
+    check(0x60 <= service <= 0x6F, "a hub service")
+    if v.has("invalid"):
+        try:
+            hub_decode(service, kind, body)
+        except Exception:
+            return
+        fail("MALFORMED_MESSAGE", f"a refused hub body decoded ({v.str('reason')})")
+    check(hub_body(v) == body, "body built from the fields")
+    hub_decode(service, kind, body)
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -1568,6 +1700,7 @@ CHECKS = {
     "enrol.txt": check_enrol,
     "peer-identity.txt": check_peer_identity,
     "fleet.txt": check_fleet,
+    "hub.txt": check_hub,
 }
 
 
