@@ -385,7 +385,8 @@ def decode_message(kind, service, body):
 
 # Put (§3.12): its own functions, so the upload messages read as one unit.
 
-PUT_FLAGS = 0x07  # OVERWRITE 0x01, PARENTS 0x02, RESTART 0x04
+PUT_FLAGS = 0x0F  # OVERWRITE 0x01, PARENTS 0x02, RESTART 0x04, DIRECTORY 0x08
+PUT_DIRECTORY = 0x08
 PUT_MAX_MODE = 0o7777
 
 
@@ -398,6 +399,9 @@ def decode_put(kind, r, body):
             fail("MALFORMED_MESSAGE", "put mode")
         if m["flags"] & ~PUT_FLAGS:
             fail("MALFORMED_MESSAGE", "put flags")
+        if m["flags"] & PUT_DIRECTORY and (
+                m["flags"] & 0x05 or m["size"] != 0 or m["digest"] != bytes(32)):
+            fail("MALFORMED_MESSAGE", "a put directory carries no content")
         return "PutRequest", m
     if kind == T_RESPONSE:
         m = dict(offset=r.u64(), limit=r.u64(), prefix=r.take(32))

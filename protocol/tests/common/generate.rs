@@ -667,6 +667,15 @@ fn messages() -> String {
              a file there and creating in/ if missing (spec §3.12)",
         ),
         (
+            "put_request_directory",
+            12,
+            Message::PutRequest(
+                PutRequest::directory("in/empty", 0o750, true).expect("short path"),
+            ),
+            "make the directory in/empty (mode 0750) and in/ if missing: size 0, zero digest\n\
+             (spec §3.12, Directories)",
+        ),
+        (
             "put_response_first",
             11,
             Message::PutResponse(PutResponse {
@@ -1898,9 +1907,18 @@ fn negative_messages() -> String {
             "put_request_unknown_flag",
             0x10,
             0x06,
+            with(&put_request, put_request.len() - 33, 0x10),
+            ErrorCode::MALFORMED_MESSAGE,
+            "PutRequest flag 0x10 is undefined",
+        ),
+        (
+            "put_request_directory_with_size",
+            0x10,
+            0x06,
+            // The base request's size is 1.
             with(&put_request, put_request.len() - 33, 0x08),
             ErrorCode::MALFORMED_MESSAGE,
-            "PutRequest flag 0x08 is undefined",
+            "PutRequest DIRECTORY with size 1: a directory carries no content",
         ),
         (
             "put_request_mode_too_large",
