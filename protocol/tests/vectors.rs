@@ -826,6 +826,8 @@ fn every_vector_file_is_checked() {
         // Checked in identity_vectors.rs.
         "identities.txt",
         "identity-handshake.txt",
+        // Checked in enrol_vectors.rs.
+        "enrol.txt",
         "digests.txt",
         "headers.txt",
         "messages.txt",
