@@ -227,8 +227,14 @@ struct Candidate {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    FindNode,
-    GetPeers { announce: Option<u16> },
+    /// `join`: the lookup of our own id that joins the network; when it ends, the buckets
+    /// further than our closest neighbours are refreshed (the paper's join, §7.4).
+    FindNode {
+        join: bool,
+    },
+    GetPeers {
+        announce: Option<u16>,
+    },
 }
 
 #[derive(Debug)]
@@ -443,12 +449,12 @@ impl Dht {
         now: Instant,
     ) -> Result<LookupId, LookupError> {
         let target = self.id;
-        self.start(target, Kind::FindNode, seeds, now)
+        self.start(target, Kind::FindNode { join: true }, seeds, now)
     }
 
     /// Looks for the k nodes closest to `target`.
     pub fn find_node(&mut self, target: NodeId, now: Instant) -> Result<LookupId, LookupError> {
-        self.start(target, Kind::FindNode, &[], now)
+        self.start(target, Kind::FindNode { join: false }, &[], now)
     }
 
     /// Looks for peers under `key`; with `announce`, then announces (our address, that TCP
@@ -563,6 +569,7 @@ impl Dht {
             }
             if !self.table.is_empty() && self.lookups.len() < MAX_LOOKUPS {
                 let _ = self.find_node(self.id, now);
+                self.refresh_buckets(now.checked_sub(REFRESH), now);
             }
         }
         self.step(now);
@@ -699,7 +706,8 @@ impl Dht {
     }
 
     fn offer(&mut self, id: NodeId, addr: SocketAddr, now: Instant) {
-        if let Insert::Full { ping: Some(oldest) } = self.table.insert(id, addr, now) {
+        let inserted = self.table.insert(id, addr, now);
+        if let Insert::Full { ping: Some(oldest) } = inserted {
             if !self.in_flight.values().any(|f| f.to == oldest.addr) {
                 self.send_query(Some(oldest.id), oldest.addr, Query::Ping, None, now);
             }
@@ -803,7 +811,7 @@ impl Dht {
                     break;
                 };
                 let query = match l.kind {
-                    Kind::FindNode => Query::FindNode { target: l.target },
+                    Kind::FindNode { .. } => Query::FindNode { target: l.target },
                     Kind::GetPeers { .. } => Query::GetPeers { key: l.target },
                 };
                 self.send_query(id, addr, query, Some(lid), now);
@@ -814,10 +822,25 @@ impl Dht {
         }
     }
 
+    /// Looks up a random id in each bucket [`RoutingTable::to_refresh`] names, as long as
+    /// lookup slots are free (a quarter of them kept for the shell's own lookups).
+    fn refresh_buckets(&mut self, before: Option<Instant>, now: Instant) {
+        for i in self.table.to_refresh(before) {
+            if self.lookups.len() >= MAX_LOOKUPS - MAX_LOOKUPS / 4 {
+                break;
+            }
+            let target = self.table.id_in_bucket(i, self.rng.gen());
+            let _ = self.find_node(target, now);
+        }
+    }
+
     fn finish(&mut self, lid: LookupId, now: Instant) {
         let Some(l) = self.lookups.remove(&lid) else {
             return;
         };
+        if l.kind == (Kind::FindNode { join: true }) {
+            self.refresh_buckets(None, now);
+        }
         let closest: Vec<&Candidate> = l
             .candidates
             .iter()

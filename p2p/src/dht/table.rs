@@ -30,6 +30,8 @@ struct Bucket {
     nodes: Vec<Entry>,
     /// Newcomers waiting for a slot, most recent last.
     replacements: Vec<Entry>,
+    /// When a node last entered or answered in this bucket; `None`: never.
+    changed: Option<Instant>,
 }
 
 /// What became of a node offered to the table.
@@ -121,6 +123,7 @@ impl RoutingTable {
                 e.last_seen = now;
                 e.failures = 0;
                 bucket.nodes.push(e);
+                bucket.changed = Some(now);
                 return Insert::Added;
             }
             let entry = Entry {
@@ -132,6 +135,7 @@ impl RoutingTable {
             if bucket.nodes.len() < K {
                 bucket.replacements.retain(|e| e.id != id);
                 bucket.nodes.push(entry);
+                bucket.changed = Some(now);
                 return Insert::Added;
             }
             // Only the bucket that holds our own id splits (the paper's relaxed rule keeps
@@ -144,6 +148,7 @@ impl RoutingTable {
             if let Some(pos) = bucket.nodes.iter().position(|e| e.failures >= MAX_FAILURES) {
                 bucket.nodes.remove(pos);
                 bucket.nodes.push(entry);
+                bucket.changed = Some(now);
                 return Insert::Added;
             }
             if let Some(r) = bucket.replacements.iter_mut().find(|e| e.id == id) {
@@ -179,7 +184,38 @@ impl RoutingTable {
         for b in &mut self.buckets[depth..] {
             b.nodes.sort_by_key(|e| e.last_seen);
             b.replacements.sort_by_key(|e| e.last_seen);
+            b.changed = b.nodes.last().map(|e| e.last_seen);
         }
+    }
+
+    /// Buckets to refresh (§7.4): those further than the last (which holds our closest
+    /// neighbours, found by looking up our own id) that are not full, or, with `before`, that
+    /// no node entered or answered in since then (BEP 5's bucket refresh). Without a lookup
+    /// into its range, a bucket is filled only by nodes that happen to query us, and a group of
+    /// nodes whose far buckets stay empty answers every lookup with each other (§7.4).
+    pub fn to_refresh(&self, before: Option<Instant>) -> Vec<usize> {
+        let last = self.buckets.len() - 1;
+        (0..last)
+            .filter(|&i| {
+                let b = &self.buckets[i];
+                b.nodes.len() < K || before.is_some_and(|t| b.changed.is_none_or(|c| c < t))
+            })
+            .collect()
+    }
+
+    /// An id in bucket `i`'s range: sharing exactly `i` leading bits with ours (the last
+    /// bucket: at least `i`), the other bits from `random`.
+    pub fn id_in_bucket(&self, i: usize, random: [u8; 20]) -> NodeId {
+        let i = i.min(159);
+        let mut id = random;
+        for bit in 0..=i {
+            let (byte, mask) = (bit / 8, 0x80u8 >> (bit % 8));
+            let own = self.own.0[byte] & mask;
+            // The first `i` bits equal ours, bit `i` differs.
+            let want = if bit < i { own } else { own ^ mask };
+            id[byte] = (id[byte] & !mask) | want;
+        }
+        NodeId(id)
     }
 
     /// A query to `id` at `addr` went unanswered. After [`MAX_FAILURES`] in a row the node
