@@ -246,6 +246,14 @@ fn interest(s: &Swarm) -> Result<(), String> {
 fn request_limits(s: &Swarm) -> Result<(), String> {
     let (keep, _) = s.given_up_limits();
     for (c, peer) in &s.peers {
+        let floor = s.config.pipeline_min.min(s.config.pipeline);
+        if !(floor..=s.config.pipeline).contains(&peer.depth.target()) {
+            return Err(format!(
+                "{c:?}: depth {} outside {floor}..={}",
+                peer.depth.target(),
+                s.config.pipeline
+            ));
+        }
         if peer.outstanding.len() > s.config.pipeline || peer.given_up.len() > keep {
             return Err(format!(
                 "{c:?}: {} outstanding (pipeline {}), {} given up (keep {keep})",

@@ -18,6 +18,7 @@
 
 mod blame;
 mod choker;
+mod depth;
 #[cfg(test)]
 mod invariants;
 mod peer;
@@ -54,8 +55,16 @@ pub struct ConnId(pub u64);
 /// Tunables. `Default` gives the values in spec/P2P.md §4.
 #[derive(Clone, Debug)]
 pub struct SwarmConfig {
-    /// Block requests kept outstanding per peer (pipelining).
+    /// Most block requests outstanding per peer (pipelining). Each peer's depth follows its
+    /// rate × round trip between `pipeline_min` and this (spec/P2P.md §4.1, `depth.rs`); kept
+    /// below the 512 requests a peer queues for us.
     pub pipeline: usize,
+    /// Fewest block requests outstanding per peer, whatever its rate. Equal to `pipeline`: a
+    /// fixed depth.
+    pub pipeline_min: usize,
+    /// Super-seeding keeps this many blocks' worth of revealed pieces in front of each peer
+    /// (spec/P2P.md §4.4).
+    pub reveal_blocks: usize,
     /// Peers unchoked for their rate, besides the optimistic one.
     pub regular_unchokes: usize,
     /// The same while we have everything: a seed spends nothing on tit-for-tat, and more slots
@@ -84,7 +93,9 @@ pub struct SwarmConfig {
 impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
-            pipeline: 64,
+            pipeline: 500,
+            pipeline_min: 4,
+            reveal_blocks: 64,
             regular_unchokes: 3,
             seed_unchokes: 7,
             rechoke_interval: Duration::from_secs(10),
@@ -293,8 +304,10 @@ impl Swarm {
         }
         let pieces = self.manifest.piece_count();
         let revealed = self.super_seed.on.then(|| Bitfield::new(pieces));
-        self.peers
-            .insert(conn, Peer::new(id, addr, pieces, revealed, now));
+        self.peers.insert(
+            conn,
+            Peer::new(id, addr, pieces, revealed, &self.config, now),
+        );
         // A super-seed starts by claiming nothing and reveals pieces once it knows the peer's.
         let advertised = if self.super_seed.on {
             Bitfield::new(self.manifest.piece_count())

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::ErrorCode;
 
+use super::depth::Depth;
 use super::pex::FIRST_PEX;
 use super::picker::PieceState;
-use super::{ConnId, Swarm};
+use super::{ConnId, Swarm, SwarmConfig};
 use crate::pieces::Bitfield;
 use crate::wire::{PeerId, PeerMessage};
 
@@ -42,6 +43,8 @@ pub(super) struct Peer {
     pub(super) last_recv: Instant,
     pub(super) last_sent: Instant,
     pub(super) next_pex: Instant,
+    /// How many requests to keep outstanding (spec/P2P.md §4.1).
+    pub(super) depth: Depth,
 }
 
 impl Peer {
@@ -51,6 +54,7 @@ impl Peer {
         addr: Option<SocketAddr>,
         pieces: u32,
         revealed: Option<Bitfield>,
+        config: &SwarmConfig,
         now: Instant,
     ) -> Self {
         Self {
@@ -74,6 +78,7 @@ impl Peer {
             last_recv: now,
             last_sent: now,
             next_pex: now + FIRST_PEX,
+            depth: Depth::new(config.pipeline_min, config.pipeline),
         }
     }
 

@@ -146,7 +146,8 @@ impl Swarm {
             return;
         };
         // Only a block we asked this peer for, with exactly the length we asked, is accepted.
-        let requested = peer.outstanding.remove(&(index, offset)).is_some();
+        let sent = peer.outstanding.remove(&(index, offset));
+        let requested = sent.is_some();
         let block_index = (offset / MAX_BLOCK) as usize;
         let expected_len = if offset % MAX_BLOCK == 0 && offset < self.manifest.piece_len(piece) {
             Some(block_len(self.manifest.piece_len(piece), block_index))
@@ -178,6 +179,10 @@ impl Swarm {
             return;
         }
         peer.window_down += len;
+        if let Some(sent) = sent {
+            let (floor, cap) = (self.config.pipeline_min, self.config.pipeline);
+            peer.depth.on_block(len, sent, now, floor, cap);
+        }
         let peer_id = peer.id;
         let PieceState::Active(active) = &mut self.picker.pieces[piece.idx()] else {
             // The piece completed through another peer (endgame duplicate).
@@ -249,7 +254,7 @@ impl Swarm {
         }
     }
 
-    /// Keeps up to `pipeline` requests outstanding with `conn`.
+    /// Keeps as many requests outstanding with `conn` as its depth says (§4.1).
     pub(super) fn fill_requests(&mut self, conn: ConnId, now: Instant) {
         loop {
             let Some(peer) = self.peers.get(&conn) else {
@@ -257,7 +262,7 @@ impl Swarm {
             };
             if peer.peer_choking
                 || !peer.am_interested
-                || peer.outstanding.len() >= self.config.pipeline
+                || peer.outstanding.len() >= peer.depth.target()
             {
                 return;
             }
@@ -459,6 +464,7 @@ mod tests {
         let mut net = Net::new(64 * 16_384, 16_384);
         let leecher = net.add(false, false);
         net.nodes[leecher].config.pipeline = 8;
+        net.nodes[leecher].config.pipeline_min = 8;
         net.nodes[leecher].config.max_unrequested = 2;
         let seed = ConnId(40);
         net.nodes[leecher]

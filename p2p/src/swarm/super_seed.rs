@@ -26,10 +26,10 @@ impl SuperSeed {
         }
     }
 
-    /// Revealed-but-missing pieces kept in front of each peer: enough to fill its pipeline.
+    /// Revealed-but-missing pieces kept in front of each peer: `reveal_blocks` worth, plus one.
     pub(super) fn target(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
-        (config.pipeline * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
+        (config.reveal_blocks * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
     }
 }
 
@@ -94,10 +94,10 @@ mod tests {
 
     #[test]
     fn super_seed_reveals_a_few_pieces_at_a_time() {
-        // 64 pieces of 16 KiB; pipeline 4 → target ceil(4 / 1) + 1 = 5 revealed pieces.
+        // 64 pieces of 16 KiB; 4 blocks → target ceil(4 / 1) + 1 = 5 revealed pieces.
         let mut net = Net::new(64 * 16_384, 16_384);
         let seed = net.add(true, false);
-        net.nodes[seed].config.pipeline = 4;
+        net.nodes[seed].config.reveal_blocks = 4;
         let conn = ConnId(7);
         net.nodes[seed]
             .handle_connected(conn, PeerId([0xaa; 20]), None, net.now)

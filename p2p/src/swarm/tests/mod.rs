@@ -134,6 +134,8 @@ fn malformed_peer_input_is_handled_per_spec() {
 fn sim_config() -> SwarmConfig {
     SwarmConfig {
         pipeline: 4,
+        pipeline_min: 4,
+        reveal_blocks: 4,
         ..SwarmConfig::default()
     }
 }

@@ -1,0 +1,194 @@
+//! How many block requests to keep in flight with one peer (spec/P2P.md §4.1): its measured
+//! download rate × round-trip time, doubled, between a floor and a cap, as libtorrent sizes its
+//! request queue. A fixed depth either leaves a long fat link idle or piles many blocks on a
+//! slow peer, which then holds up the last pieces.
+//!
+//! Round trip: the shortest time from a request to its block seen on this connection (the
+//! first requests on an idle connection wait behind nothing, later ones behind the queue, so
+//! the minimum is the path's). Rate: bytes of requested blocks per window of at least one
+//! round trip (and [`MIN_WINDOW`]); a higher sample is taken at once, a lower one smoothed, so
+//! the queue grows within a round trip and shrinks over a few. The doubling lets the rate grow
+//! (a queue of exactly rate × RTT can only keep today's rate) and keeps the peer's send queue
+//! from running dry while our next requests are on their way: like TCP's slow start, the depth
+//! about doubles every round trip until the link is full, then stays at about twice its
+//! bandwidth-delay product.
+
+use std::time::{Duration, Instant};
+
+use crate::wire::MAX_BLOCK;
+
+/// Depth before the first rate sample: one 256 KiB piece.
+pub const START: usize = 16;
+/// Shortest rate-measuring window, so that a loopback round trip of microseconds does not
+/// turn every block into a sample.
+pub const MIN_WINDOW: Duration = Duration::from_millis(50);
+
+/// One peer's request-queue estimator.
+#[derive(Debug, Clone)]
+pub(super) struct Depth {
+    /// Shortest request-to-block time seen.
+    min_rtt: Option<Duration>,
+    /// Bytes per second of requested blocks.
+    rate: f64,
+    window_start: Option<Instant>,
+    window_bytes: u64,
+    target: usize,
+}
+
+impl Depth {
+    pub(super) fn new(floor: usize, cap: usize) -> Self {
+        Self {
+            min_rtt: None,
+            rate: 0.0,
+            window_start: None,
+            window_bytes: 0,
+            target: START.clamp(floor.min(cap), cap),
+        }
+    }
+
+    /// Requests to keep outstanding now.
+    pub(super) fn target(&self) -> usize {
+        self.target
+    }
+
+    /// The measured rate in bytes per second and the round trip.
+    #[cfg(test)]
+    pub(super) fn measured(&self) -> (f64, Option<Duration>) {
+        (self.rate, self.min_rtt)
+    }
+
+    /// A requested block of `len` bytes arrived at `now`; it was requested at `sent`.
+    pub(super) fn on_block(
+        &mut self,
+        len: u64,
+        sent: Instant,
+        now: Instant,
+        floor: usize,
+        cap: usize,
+    ) {
+        let rtt = now.saturating_duration_since(sent);
+        if self.min_rtt.is_none_or(|m| rtt < m) {
+            self.min_rtt = Some(rtt);
+        }
+        let Some(start) = self.window_start else {
+            // The first block opens the first window; its own bytes were asked for before it.
+            self.window_start = Some(now);
+            return;
+        };
+        self.window_bytes += len;
+        let window = self.min_rtt.unwrap_or_default().max(MIN_WINDOW);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < window {
+            return;
+        }
+        let sample = self.window_bytes as f64 / elapsed.as_secs_f64();
+        self.rate = if sample >= self.rate {
+            sample
+        } else {
+            0.75 * self.rate + 0.25 * sample
+        };
+        self.window_start = Some(now);
+        self.window_bytes = 0;
+        let rtt = self.min_rtt.unwrap_or_default().as_secs_f64();
+        let bdp_blocks = self.rate * rtt / f64::from(MAX_BLOCK);
+        // Saturating float-to-int cast: a huge product lands on the cap.
+        let want = (2.0 * bdp_blocks).ceil() as usize;
+        self.target = want.clamp(floor.min(cap), cap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer behind one link: `rate` bytes/s, `rtt` round trip. Requests are answered in order,
+    /// each block leaving the peer no earlier than its request arrives (rtt / 2) and no earlier
+    /// than the previous block finished sending. Returns the depth and the goodput over the
+    /// last second of `secs`.
+    fn drive(rate: f64, rtt: Duration, secs: u64) -> (usize, f64, Depth) {
+        let (floor, cap) = (4, 500);
+        let mut d = Depth::new(floor, cap);
+        let t0 = Instant::now();
+        let block = f64::from(MAX_BLOCK);
+        let per_block = Duration::from_secs_f64(block / rate);
+        // (arrival time, sent time) of blocks in flight, in order.
+        let mut in_flight: std::collections::VecDeque<(Instant, Instant)> = Default::default();
+        let mut link_free = t0;
+        let mut now = t0;
+        let end = t0 + Duration::from_secs(secs);
+        let mut last_second = 0u64;
+        let request = |sent: Instant, link_free: &mut Instant| {
+            let at_peer = sent + rtt / 2;
+            let leaves = (*link_free).max(at_peer) + per_block;
+            *link_free = leaves;
+            (leaves + rtt / 2, sent)
+        };
+        while in_flight.len() < d.target() {
+            in_flight.push_back(request(now, &mut link_free));
+        }
+        while now < end {
+            let Some((arrives, sent)) = in_flight.pop_front() else {
+                break;
+            };
+            now = arrives;
+            d.on_block(u64::from(MAX_BLOCK), sent, now, floor, cap);
+            if now + Duration::from_secs(1) >= end {
+                last_second += u64::from(MAX_BLOCK);
+            }
+            while in_flight.len() < d.target() {
+                in_flight.push_back(request(now, &mut link_free));
+            }
+        }
+        (d.target(), last_second as f64, d)
+    }
+
+    #[test]
+    fn the_queue_grows_to_fill_a_long_fat_link() {
+        // 20 Mbit/s of payload, 200 ms: a bandwidth-delay product of 500 kB, 31 blocks.
+        let rate = 2_500_000.0;
+        let (depth, goodput, d) = drive(rate, Duration::from_millis(200), 10);
+        assert!(
+            (55..=70).contains(&depth),
+            "depth {depth}, about twice the 31-block product"
+        );
+        assert!(goodput >= 0.98 * rate, "{goodput} of {rate} B/s");
+        let (measured, rtt) = d.measured();
+        assert!(
+            (0.95 * rate..=1.05 * rate).contains(&measured),
+            "{measured}"
+        );
+        assert!(rtt.is_some_and(|r| r >= Duration::from_millis(200)));
+        // A fixed depth of 16 (our start) would have reached 16 blocks per 200 ms: 1.3 MB/s.
+        let fixed = 16.0 * f64::from(MAX_BLOCK) / 0.2;
+        assert!(goodput > 1.8 * fixed, "{goodput} vs {fixed}");
+    }
+
+    #[test]
+    fn the_queue_stays_small_on_a_slow_peer() {
+        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block.
+        let (depth, goodput, _) = drive(200_000.0, Duration::from_millis(20), 10);
+        assert_eq!(depth, 4, "the floor");
+        assert!(goodput >= 0.95 * 200_000.0, "{goodput}");
+        // The same rate far away needs more, still far from a fixed 64.
+        let (depth, _, _) = drive(200_000.0, Duration::from_millis(300), 10);
+        assert!((7..=10).contains(&depth), "{depth}");
+    }
+
+    #[test]
+    fn a_very_fast_long_link_stops_at_the_cap() {
+        let (depth, _, _) = drive(125_000_000.0, Duration::from_millis(200), 5);
+        assert_eq!(depth, 500);
+    }
+
+    #[test]
+    fn floor_above_cap_gives_the_cap() {
+        let d = Depth::new(4, 1);
+        assert_eq!(d.target(), 1);
+        let mut d = Depth::new(4, 8);
+        assert_eq!(d.target(), 8);
+        let t = Instant::now();
+        d.on_block(16_384, t, t, 4, 8);
+        d.on_block(16_384, t, t + Duration::from_secs(1), 4, 8);
+        assert_eq!(d.target(), 4, "no round trip measured: the floor");
+    }
+}
