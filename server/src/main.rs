@@ -95,14 +95,8 @@ struct Cli {
     /// Record suites to accept: gcm (default: AES-256-GCM for clients that offer it, and
     /// AES-256-CBC + HMAC-SHA256 for those that do not) or cbc-hmac (the old suite only, as
     /// servers before protocol version 2). E.g. --suite cbc-hmac
-    #[arg(
-        long,
-        value_name = "SUITE",
-        default_value = "gcm",
-        hide_default_value = true,
-        value_parser = ["gcm", "cbc-hmac"]
-    )]
-    suite: String,
+    #[arg(long, value_name = "SUITE", value_parser = ["gcm", "cbc-hmac"])]
+    suite: Option<String>,
 
     /// Never follow symbolic links, not even those that stay inside ROOT (by default links
     /// inside ROOT are followed and links leaving it are refused).
@@ -289,6 +283,12 @@ enum LogFormat {
 /// plaintext = false                   # default: false
 /// no_symlinks = false                 # default: false (links inside root are followed)
 /// allow_upload = false                # default: false (as --allow-upload)
+/// max_upload_size = "4G"              # default: no limit
+/// upload_quota = "100G"               # default: no limit
+/// suite = "gcm"                       # or "cbc-hmac"; default "gcm"
+/// identity = "/etc/ferry/identity"    # as --identity=FILE; "" is the default file; default: off
+/// authorized_clients = "/etc/ferry/authorized_clients"  # default: beside the default identity
+/// hub = "alice@hub.example.org:6790"  # as --hub; default: none
 /// log_format = "json"                 # default: "text"
 ///
 /// [limits]
@@ -314,6 +314,12 @@ struct FileConfig {
     no_symlinks: Option<bool>,
     read_only: Option<bool>,
     allow_upload: Option<bool>,
+    max_upload_size: Option<String>,
+    upload_quota: Option<String>,
+    suite: Option<String>,
+    identity: Option<PathBuf>,
+    authorized_clients: Option<PathBuf>,
+    hub: Option<String>,
     log_format: Option<LogFormat>,
     limits: FileLimits,
 }
@@ -490,6 +496,26 @@ fn run(cli: Cli) -> Result<i32> {
         Some(path) => load_file_config(path)?,
         None => FileConfig::default(),
     };
+    // What the file says where no flag does: from here on `cli` holds the merged settings.
+    let mut cli = cli;
+    cli.suite = cli.suite.or(file.suite.clone());
+    cli.identity = cli.identity.or(file.identity.clone());
+    cli.authorized_clients = cli.authorized_clients.or(file.authorized_clients.clone());
+    if cli.hub.is_none() {
+        if let Some(text) = &file.hub {
+            cli.hub = Some(hub::parse_hub(text).map_err(|e| anyhow::anyhow!("config hub: {e}"))?);
+        }
+    }
+    let size = |text: &Option<String>, name: &str| -> Result<Option<u64>> {
+        text.as_deref()
+            .map(parse_upload_size)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("config {name}: {e}"))
+    };
+    cli.max_upload_size = cli
+        .max_upload_size
+        .or(size(&file.max_upload_size, "max_upload_size")?);
+    cli.upload_quota = cli.upload_quota.or(size(&file.upload_quota, "upload_quota")?);
     init_logging(&cli, file.log_format.unwrap_or(LogFormat::Text));
     let allow_upload = cli.allow_upload || file.allow_upload.unwrap_or(false);
     if allow_upload && (cli.read_only || file.read_only == Some(true)) {
@@ -529,8 +555,10 @@ fn run(cli: Cli) -> Result<i32> {
         .follow_symlinks(!(cli.no_symlinks || file.no_symlinks.unwrap_or(false)))
         .allow_upload(allow_upload)
         .suites(
-            ferry_protocol::crypto::RecordSuite::parse_selection(&cli.suite)
-                .map_err(anyhow::Error::msg)?,
+            ferry_protocol::crypto::RecordSuite::parse_selection(
+                cli.suite.as_deref().unwrap_or("gcm"),
+            )
+            .map_err(|e| anyhow::anyhow!("suite: {e}"))?,
         )
         .limits(limits);
     // --hub proves this server's id to its clients, so it needs an identity.

@@ -185,3 +185,60 @@ async fn listen_takes_host_names_and_missing_ports_and_says_what_it_expects() {
     let decimals = elapsed.split('.').nth(1).map_or(0, str::len);
     assert!(decimals <= 3, "elapsed_ms={elapsed} is not rounded");
 }
+
+/// The config file carries what the flags do: the identity, the authorised-clients file, the
+/// record suite and the upload limits; a wrong value is said with its key.
+#[tokio::test]
+async fn the_config_file_names_the_identity_suite_and_upload_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("share")).unwrap();
+    let identity_file = dir.path().join("server-identity");
+    let (identity, _) = ferry_common::identity::load_or_create(&identity_file).unwrap();
+    let clients = dir.path().join("clients");
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity = {:?}\nauthorized_clients = {:?}\nsuite = \"cbc-hmac\"\n\
+             allow_upload = true\nmax_upload_size = \"4M\"\nupload_quota = \"1G\"\n",
+            identity_file, clients
+        ),
+    )
+    .unwrap();
+    let mut child = start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("connect lines in time")
+            .unwrap()
+            .expect("a line");
+        printed.push(line);
+    }
+    assert!(
+        printed[1].contains(&format!("ferry://{}@127.0.0.1:", identity.id())),
+        "{printed:?}"
+    );
+    let (code, _) = stop(child, Signal::Term).await;
+    assert_eq!(code, 0);
+
+    std::fs::write(&config, "suite = \"rot13\"\n").unwrap();
+    let output = start(dir.path(), &["--config", config.to_str().unwrap()])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("suite") && stderr.contains("rot13"), "{stderr}");
+
+    std::fs::write(&config, "upload_quota = \"lots\"\n").unwrap();
+    let output = start(dir.path(), &["--config", config.to_str().unwrap()])
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("upload_quota"), "{stderr}");
+}
