@@ -467,6 +467,21 @@ impl Jail {
         self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY, true)
     }
 
+    /// [`Jail::open_dir`] only if it cannot wait for a disk: every step of the path must be
+    /// in the kernel's caches (`RESOLVE_CACHED`); `Ok(None)` otherwise, and always with the
+    /// no-follow resolver. Lets a listing answered from memory skip the blocking pool.
+    pub fn open_dir_cached(&self, path: &RelPath) -> Result<Option<OwnedFd>, FsError> {
+        if self.resolver != Resolver::Openat2 {
+            return Ok(None);
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        match self.resolve_with(path, flags, true, ResolveFlags::CACHED) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::AGAIN) => Ok(None),
+            Err(errno) => Err(self.error(errno, path)),
+        }
+    }
+
     /// A jail whose root is the directory `path` beneath this one (a client confined to a
     /// subtree): it is opened through this jail, and everything later resolves beneath it,
     /// so neither `..` nor a link can leave the subtree.

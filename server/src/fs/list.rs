@@ -80,7 +80,7 @@ const CACHED_BYTES: usize = 16 * 1024;
 pub const RACY: Duration = Duration::from_secs(3);
 
 /// What a directory's metadata said when its names were read.
-type Stamp = (u64, u64, u64, u64, i64, i64, i64, i64);
+pub(crate) type Stamp = (u64, u64, u64, u64, i64, i64, i64, i64);
 
 #[derive(Debug)]
 struct Cached {
@@ -90,7 +90,7 @@ struct Cached {
 
 // Field widths of `struct stat` differ between architectures, hence the casts.
 #[allow(clippy::unnecessary_cast)]
-fn stamp(st: &rustix::fs::Stat) -> Stamp {
+pub(crate) fn stamp(st: &rustix::fs::Stat) -> Stamp {
     (
         st.st_dev as u64,
         st.st_ino as u64,

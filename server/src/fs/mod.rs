@@ -1,12 +1,15 @@
 //! Everything that touches the served tree: request path parsing ([`path`]) and the root jail
 //! ([`jail`]), both from `ferry-jail`, shared with the swarm's storage and the client's
-//! downloads; bounded-memory sorted listings ([`list`]) and byte ranges with the fetch reader
-//! ([`range`]). All of it is blocking and runs on blocking threads.
+//! downloads; bounded-memory sorted listings ([`list`]), described listings kept while inotify
+//! reports no change ([`entries`]) and byte ranges with the fetch reader ([`range`]). All of it
+//! is blocking and runs on blocking threads, except what says it cannot wait for a disk.
 
 pub use ferry_jail::{jail, path};
+pub mod entries;
 pub mod list;
 pub mod range;
 
+pub use entries::EntryCache;
 pub use jail::{FsError, Jail, LinkResolver, Meta, Resolver};
 pub use list::{Lister, NameCache};
 pub use path::{PathError, RelPath};
