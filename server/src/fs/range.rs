@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{FetchEnd, FetchResponse, TO_END};
@@ -43,7 +44,9 @@ pub struct FileReader {
     pos: u64,
     remaining: u64,
     sent: u64,
-    hasher: FetchDigest,
+    /// Boxed: a BLAKE3 state is about 2 KB, and the reader moves in and out of blocking
+    /// tasks and futures, each move a copy.
+    hasher: Box<FetchDigest>,
 }
 
 impl FileReader {
@@ -82,7 +85,7 @@ impl FileReader {
                 pos: offset,
                 remaining: length,
                 sent: 0,
-                hasher: FetchDigest::new(),
+                hasher: Box::new(FetchDigest::new()),
             },
             response,
         ))
@@ -140,23 +143,23 @@ impl FileReader {
             path: self.path.clone(),
             errno,
         };
-        let read = rustix::io::preadv2(
-            &self.file,
-            &mut [std::io::IoSliceMut::new(buf)],
-            self.pos,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        );
+        // tmpfs and ramfs keep file pages in memory and do not implement RWF_NOWAIT: read
+        // them plainly, without first asking (each system call costs a microsecond here).
+        let read = if memory_backed(self.opened.dev, &self.file) {
+            self.file.read_at(buf, self.pos).map_err(|e| errno_of(&e))
+        } else {
+            rustix::io::preadv2(
+                &self.file,
+                &mut [std::io::IoSliceMut::new(buf)],
+                self.pos,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            )
+        };
         let n = match read {
             Ok(n) => n,
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
-            // tmpfs and ramfs keep file pages in memory; they do not implement RWF_NOWAIT.
-            Err(rustix::io::Errno::OPNOTSUPP) if memory_backed(&self.file) => {
-                match self.file.read_at(buf, self.pos) {
-                    Ok(n) => n,
-                    Err(e) => return Err(io(errno_of(&e))),
-                }
-            }
-            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::INTR) => return Ok(None),
+            Err(rustix::io::Errno::AGAIN)
+            | Err(rustix::io::Errno::OPNOTSUPP)
+            | Err(rustix::io::Errno::INTR) => return Ok(None),
             Err(errno) => return Err(io(errno)),
         };
         if n == 0 && want > 0 {
@@ -188,6 +191,21 @@ impl FileReader {
     /// The end frame, after a last check that the file is still as it was when opened.
     pub fn finish(self) -> Result<FetchEnd, FsError> {
         self.check_unchanged()?;
+        self.end()
+    }
+
+    /// [`FileReader::finish`] right after the read that took the range's last bytes, with
+    /// nothing sent in between: that read checked the file after reading them, so the check
+    /// is not repeated (a system call costs a microsecond here). An empty range, which no
+    /// read checked, is checked as by `finish`.
+    pub fn finish_just_read(self) -> Result<FetchEnd, FsError> {
+        if self.remaining > 0 || self.sent == 0 {
+            return self.finish();
+        }
+        self.end()
+    }
+
+    fn end(self) -> Result<FetchEnd, FsError> {
         Ok(FetchEnd {
             bytes: self.sent,
             digest: self.hasher.finalize(),
@@ -197,12 +215,38 @@ impl FileReader {
 
 /// Whether the file's pages live in memory (tmpfs, ramfs): reading them copies, never waits
 /// for a disk (a swapped-out tmpfs page can, like any swapped-out page of this process).
-fn memory_backed(file: &File) -> bool {
+///
+/// The answer is remembered per device (`st_dev`, one per mounted file system), so it costs
+/// one `fstatfs` per file system, not one per read. A device number is only reused after its
+/// file system is unmounted; should a served tree have a tmpfs unmounted and a disk file
+/// system mounted under the same number, a small read could then wait for that disk on the
+/// runtime thread: slower, never wrong.
+fn memory_backed(dev: u64, file: &File) -> bool {
     // statfs(2) magic numbers; `f_type`'s C type differs between targets, hence the cast.
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    /// Devices remembered; past it the list starts over.
+    const KNOWN: usize = 64;
+    static VERDICTS: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let known = VERDICTS
+        .lock()
+        .ok()
+        .and_then(|known| known.iter().find(|(d, _)| *d == dev).map(|&(_, m)| m));
+    if let Some(memory) = known {
+        return memory;
+    }
+    let Ok(fs) = rustix::fs::fstatfs(file) else {
+        return false;
+    };
     #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+    let memory = matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC);
+    if let Ok(mut known) = VERDICTS.lock() {
+        if known.len() >= KNOWN {
+            known.clear();
+        }
+        known.push((dev, memory));
+    }
+    memory
 }
 
 fn errno_of(error: &std::io::Error) -> rustix::io::Errno {
@@ -212,6 +256,23 @@ fn errno_of(error: &std::io::Error) -> rustix::io::Errno {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// tmpfs is recognised, and the answer is then remembered for its device.
+    #[test]
+    fn memory_backing_is_known_per_device() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let file = File::open(dir.path().join("f")).unwrap();
+        let dev = rustix::fs::fstat(&file).unwrap().st_dev as u64;
+        let memory = memory_backed(dev, &file);
+        let fs = rustix::fs::fstatfs(&file).unwrap();
+        #[allow(clippy::unnecessary_cast)]
+        let tmpfs = fs.f_type as i64 == 0x0102_1994;
+        assert_eq!(memory, tmpfs);
+        assert_eq!(memory_backed(dev, &file), memory, "remembered");
+    }
 
     #[test]
     fn ranges_at_the_edges() {

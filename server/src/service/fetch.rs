@@ -146,7 +146,8 @@ async fn send_whole(
     response: FetchResponse,
     first: Option<PooledBuf>,
 ) -> Result<u64, ServiceError> {
-    let end = reader.finish()?;
+    // Nothing was sent since the read that took the last bytes (and checked the file).
+    let end = reader.finish_just_read()?;
     let mut frames = vec![Message::FetchResponse(response)];
     if let Some(batch) = first.filter(|b| !b.as_ref().is_empty()) {
         let batch = Bytes::from_owner(batch);
