@@ -3,11 +3,13 @@
 //!   against an in-process `ferry_server`, with the client's end-to-end digest check on;
 //! - `raw TCP copy`: the same file read and written over a plain loopback socket by a simple
 //!   userspace loop (256 KiB reads), the ceiling for plaintext;
-//! - `cipher+MAC (1 core)`: AES-256-CBC + HMAC-SHA256 seal and open of 64 KiB bodies on one
-//!   core, the ceiling for encrypted.
+//! - each record suite's ceiling, seal and open of 64 KiB bodies on one core, beside the fetch
+//!   that negotiates that suite: `AES-256-GCM (1 core)` (with `ring`, as the record layer) for
+//!   `ferry fetch (GCM)`, the default, and `CBC+HMAC (1 core)` for `ferry fetch (CBC+HMAC)`.
 //!
 //! Runs are interleaved and each case gets a warm-up; medians with min–max are printed, then
-//! the ratios (targets: plaintext ≥ 0.8× raw TCP, encrypted ≥ 0.8× cipher+MAC).
+//! the ratios (targets: plaintext ≥ 0.8× raw TCP, each encrypted fetch ≥ 0.8× its own suite's
+//! ceiling).
 //!
 //!   cargo bench -p ferry-bench --bench fetch                      # 1 GiB, 3 runs
 //!   FERRY_BENCH_MB=256 FERRY_BENCH_RUNS=5 cargo bench -p ferry-bench --bench fetch
@@ -17,8 +19,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_bench::baseline::cipher_mac_rate;
+use ferry_bench::baseline::{cipher_mac_rate, rate};
 use ferry_client::client::{Client, ClientConfig};
+use ferry_protocol::crypto::RecordSuite;
 use ferry_protocol::message::TO_END;
 use ferry_protocol::Key;
 use ferry_server::{Config, Server};
@@ -91,9 +94,36 @@ fn raw_tcp_fetch(addr: SocketAddr, size: u64) -> std::io::Result<f64> {
     Ok(size as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn ferry_fetch(addr: SocketAddr, key: &Key, plaintext: bool, size: u64) -> f64 {
+/// AES-256-GCM seal and open of `chunk`-byte bodies with `ring`, as the record layer does it
+/// (the 12-byte header as associated data), in bytes per second on this thread.
+fn gcm_rate(chunk: usize, duration: Duration) -> f64 {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let key = UnboundKey::new(&AES_256_GCM, &[1; 32])
+        .map(LessSafeKey::new)
+        .unwrap_or_else(|_| unreachable!("a 32-byte key is an AES-256 key"));
+    let mut buf = Vec::with_capacity(chunk);
+    rate(chunk, duration, |body| {
+        buf.clear();
+        buf.extend_from_slice(body);
+        let nonce = || Nonce::assume_unique_for_key([3; 12]);
+        let aad = [7u8; 12];
+        let tag = key
+            .seal_in_place_separate_tag(nonce(), Aad::from(aad), &mut buf)
+            .unwrap_or_else(|_| unreachable!("a 64 KiB body seals"));
+        key.open_in_place_separate_tag(nonce(), Aad::from(aad), tag, &mut buf, 0..)
+            .map(|p| p.len())
+            .unwrap_or(0)
+    })
+}
+
+/// One whole-file fetch; `suite` is the one record suite offered (plaintext or encrypted).
+async fn ferry_fetch(addr: SocketAddr, key: &Key, suite: RecordSuite, size: u64) -> f64 {
     let start = Instant::now();
-    let client = Client::connect(addr, ClientConfig::new(key.clone()).plaintext(plaintext))
+    let config = match suite {
+        RecordSuite::Plaintext => ClientConfig::new(key.clone()).plaintext(true),
+        encrypted => ClientConfig::new(key.clone()).suites(vec![encrypted]),
+    };
+    let client = Client::connect(addr, config)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let mut stream = client
@@ -157,16 +187,25 @@ fn main() -> std::io::Result<()> {
     let cases = [
         "raw TCP copy",
         "ferry fetch (plaintext)",
-        "cipher+MAC (1 core)",
-        "ferry fetch (encrypted)",
+        "AES-256-GCM (1 core)",
+        "ferry fetch (GCM)",
+        "CBC+HMAC (1 core)",
+        "ferry fetch (CBC+HMAC)",
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for run in 0..=runs {
         let rates = [
             raw_tcp_fetch(raw_addr, size)?,
-            rt.block_on(ferry_fetch(ferry_addr, &key, true, size)),
+            rt.block_on(ferry_fetch(ferry_addr, &key, RecordSuite::Plaintext, size)),
+            gcm_rate(64 * 1024, Duration::from_millis(700)),
+            rt.block_on(ferry_fetch(ferry_addr, &key, RecordSuite::Aes256Gcm, size)),
             cipher_mac_rate(64 * 1024, Duration::from_millis(700)),
-            rt.block_on(ferry_fetch(ferry_addr, &key, false, size)),
+            rt.block_on(ferry_fetch(
+                ferry_addr,
+                &key,
+                RecordSuite::Aes256CbcHmacSha256,
+                size,
+            )),
         ];
         if run == 0 {
             continue; // warm-up
@@ -201,5 +240,6 @@ fn main() -> std::io::Result<()> {
     println!();
     ratio(1, 0, 0.8);
     ratio(3, 2, 0.8);
+    ratio(5, 4, 0.8);
     Ok(())
 }

@@ -41,13 +41,24 @@ fn mac(data: &[u8]) -> [u8; 32] {
 /// Bytes per second of [`raw_cipher_mac`] on `chunk`-byte bodies, measured on this thread for
 /// about `duration`.
 pub fn cipher_mac_rate(chunk: usize, duration: std::time::Duration) -> f64 {
-    let body = vec![0xA5u8; chunk];
     let mut buf = Vec::with_capacity(chunk + 32);
+    rate(chunk, duration, |body| raw_cipher_mac(body, &mut buf))
+}
+
+/// Bytes per second of `round_trip` (one seal and open of a `chunk`-byte body, returning
+/// something that depends on the result) on this thread for about `duration`. Lets a bench
+/// measure the baseline of the suite it measures (e.g. AES-256-GCM with the bench's `ring`).
+pub fn rate(
+    chunk: usize,
+    duration: std::time::Duration,
+    mut round_trip: impl FnMut(&[u8]) -> usize,
+) -> f64 {
+    let body = vec![0xA5u8; chunk];
     let start = std::time::Instant::now();
     let mut bytes = 0u64;
     while start.elapsed() < duration {
         for _ in 0..16 {
-            std::hint::black_box(raw_cipher_mac(std::hint::black_box(&body), &mut buf));
+            std::hint::black_box(round_trip(std::hint::black_box(&body)));
             bytes += chunk as u64;
         }
     }
@@ -63,5 +74,11 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(raw_cipher_mac(&[7; 100], &mut buf), 101);
         assert!(cipher_mac_rate(4096, std::time::Duration::from_millis(20)) > 0.0);
+        let mut calls = 0;
+        let r = rate(4096, std::time::Duration::from_millis(5), |body| {
+            calls += 1;
+            body.len()
+        });
+        assert!(r > 0.0 && calls % 16 == 0 && calls > 0, "{r} {calls}");
     }
 }
