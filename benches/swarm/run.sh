@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
 # Swarm benchmark on netlab (run as root from anywhere):
-#   1 seed + N leechers (N = 2, 4, 8) on a switch where every link is shaped to RATE both ways,
-#   distributing one SIZE_MIB file. For each N it prints the time until the last leecher has
-#   the whole file, the time for the same N hosts to fetch it from one ferry-server on the same
-#   links, and the fluid-model bound T* = max(F/u_seed, F/d_min, N*F/(u_seed + sum u_peers)).
+#   1 seed + N leechers (N = 8, 32, 99 by default) on a switch where every link is shaped to
+#   RATE both ways, distributing one SIZE_MIB file. For each N it prints the time until the last
+#   leecher has the whole file, the time for the same N hosts to fetch it from one ferry-server on
+#   the same links (unless SKIP_SERVER=1), and the fluid-model bound
+#   T* = max(F/u_seed, F/d_min, N*F/(u_seed + sum u_peers)).
+#   netlab takes at most 100 hosts, so the largest swarm is 1 seed + 99 leechers.
 #
-#   RATE=40mbit SIZE_MIB=64 NS="2 4 8" benches/swarm/run.sh
+#   RATE=20mbit SIZE_MIB=64 NS="8 32 99" benches/swarm/run.sh
+#   DELAY=100ms ...        every packet crossing the switch waits 100 ms: RTT 200 ms
+#   DISCOVERY=dht ...      no tracker: h1 also runs a DHT node, every peer bootstraps from it
+#                          alone (its --dht-bootstrap) and finds the others by DHT and PEX
+#   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link
+#                          (nlprobe tcp-send/tcp-sink for TCP_SECONDS, default 20)
+#
+# Run it under `flock /tmp/netlab.lock` where others share the lab.
 #
 # Second phase (PHASES="netlab loopback", default both): unshaped on loopback, 1 seed + 4
 # leechers on a LOOP_MIB (256) file, ferry-peer with its tracker against aria2c behind
-# opentracker (Debian packages aria2, opentracker, mktorrent), time until all leechers complete.
+# opentracker (Debian packages aria2, opentracker, mktorrent, installed with apt-get when
+# missing; without an opentracker package the aria2 run is skipped and the script says so),
+# time until all leechers complete.
 #
 # Needs release binaries of ferry-peer, ferry-server and ferry in $CARGO_TARGET_DIR/release
 # (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-client
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NL=${NETLAB:-$PWD/../shared/netlab/netlab}
-RATE=${RATE:-40mbit}
+RATE=${RATE:-20mbit}
 SIZE_MIB=${SIZE_MIB:-64}
-NS=${NS:-"2 4 8"}
+NS=${NS:-"8 32 99"}
+DELAY=${DELAY:-}
+DISCOVERY=${DISCOVERY:-tracker}
+TCP_SECONDS=${TCP_SECONDS:-20}
 SKIP_SERVER=${SKIP_SERVER:-0}
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+BIN=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release}
 PEER=$BIN/ferry-peer SERVER=$BIN/ferry-server CLIENT=$BIN/ferry
 export NETLAB_PREFIX=${NETLAB_PREFIX:-p2pbench}
 for b in "$PEER" "$SERVER" "$CLIENT"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
@@ -51,8 +65,29 @@ wait_complete() {
 }
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 
+# Installs the Debian packages that provide the missing commands; returns 1 if any stays missing.
+need() {
+    local missing=()
+    for t in "$@"; do command -v "$t" >/dev/null || missing+=("$t"); done
+    [ ${#missing[@]} = 0 ] && return 0
+    local pkgs=()
+    for t in "${missing[@]}"; do case $t in aria2c) pkgs+=(aria2) ;; *) pkgs+=("$t") ;; esac; done
+    echo "installing ${pkgs[*]}" >&2
+    apt-get update -qq >/dev/null 2>&1 || true
+    for p in "${pkgs[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null 2>&1 || echo "no package $p here" >&2
+    done
+    local still=0
+    for t in "${missing[@]}"; do command -v "$t" >/dev/null || { echo "still missing: $t" >&2; still=1; }; done
+    return $still
+}
+
 loopback() {
-    for t in aria2c opentracker mktorrent; do command -v $t >/dev/null || { echo "loopback phase needs $t" >&2; return 1; }; done
+    local with_aria=1
+    need aria2c mktorrent opentracker || {
+        echo "aria2c, mktorrent or opentracker is not installable here: the loopback phase runs ferry-peer alone" >&2
+        with_aria=0
+    }
     local L=$WORK/loop; mkdir -p "$L/data"
     head -c "${LOOP_MIB}M" /dev/urandom > "$L/data/file.bin"
     # ---- ferry-peer: tracker, seed, 4 leechers that keep seeding.
@@ -72,6 +107,10 @@ loopback() {
     stop_all
     for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/f$i/file.bin" || { echo "ferry copy $i differs" >&2; return 4; }; done
     rm -rf "$L"/f*
+    if [ $with_aria = 0 ]; then
+        printf "\nloopback, %d MiB, 1 seed + 4 leechers\nferry-peer %.2f s (no aria2c + opentracker to compare)\n" "$LOOP_MIB" "$ferry_s"
+        rm -rf "$L"; return 0
+    fi
     # ---- aria2c behind opentracker, same shape.
     mkdir -p "$L/ot"
     mktorrent -a http://127.0.0.1:16970/announce -l 18 -o "$L/file.torrent" "$L/data/file.bin" >/dev/null
@@ -101,37 +140,58 @@ loopback() {
     printf "%-22s %8.2f\n%-22s %8.2f\nferry/aria2 %.2f\n" ferry-peer "$ferry_s" "aria2c+opentracker" "$aria_s" "$(echo "$ferry_s / $aria_s" | bc -l)"
 }
 
-case " $PHASES " in *" netlab "*) ;; *) loopback; exit 0 ;; esac
+case " $PHASES " in *" netlab "*|*" tcp "*) ;; *) loopback; exit 0 ;; esac
+case " $PHASES " in *" netlab "*) ;; *) NS=1 ;; esac
 
-max_n=0; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
-"$NL" up-swarm $((max_n + 1)) "$RATE" >/dev/null
+max_n=1; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
+[ "$max_n" -le 99 ] || { echo "netlab has at most 100 hosts: N <= 99" >&2; exit 2; }
+"$NL" up-swarm $((max_n + 1)) "$RATE" ${DELAY:+--delay "$DELAY"} >/dev/null
 ip_of() { echo "198.51.100.$1"; }
 SEED_IP=$(ip_of 1)
 
 mkdir -p "$WORK/data"
 head -c "${SIZE_MIB}M" /dev/urandom > "$WORK/data/file.bin"
-"$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --tracker "udp://$SEED_IP:6969" --no-progress >/dev/null
+if [ "$DISCOVERY" = dht ]; then
+    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --no-progress >/dev/null
+else
+    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --tracker "udp://$SEED_IP:6969" --no-progress >/dev/null
+fi
+# Discovery flags of host i: the tracker in the manifest, or the DHT through h1's node only.
+disc() {
+    [ "$DISCOVERY" = dht ] || return 0
+    echo --dht-bootstrap "$SEED_IP:6881" --dht-listen "$(ip_of "$1"):6882" --dht-state "$WORK/dht$1.state"
+}
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"; chmod 600 "$WORK/key"
 
 # Payload rate: HTB counts whole Ethernet frames, TCP payload is 1448/1514 of them (netlab README).
 rate_bits=$(echo "$RATE" | awk '{ v=$1; m=1; if (v ~ /gbit$/) m=1e9; else if (v ~ /mbit$/) m=1e6; else if (v ~ /kbit$/) m=1e3; sub(/[a-z]+$/, "", v); print v*m }')
 F=$((SIZE_MIB * 1048576))
 
+echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB, discovery $DISCOVERY, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
-    # ---- swarm: tracker + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
-    "$NL" exec h1 "$PEER" tracker --listen "$SEED_IP:6969" --interval 5s >/dev/null 2>&1 & PIDS+=($!)
-    "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress >"$WORK/seed.out" 2>/dev/null & PIDS+=($!)
+    # ---- swarm: tracker (or DHT node) + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
+    if [ "$DISCOVERY" = dht ]; then
+        "$NL" exec h1 "$PEER" dht --dht-listen "$SEED_IP:6881" --dht-state "$WORK/dht-boot.state" >/dev/null 2>&1 & PIDS+=($!)
+    else
+        "$NL" exec h1 "$PEER" tracker --listen "$SEED_IP:6969" --interval 5s >/dev/null 2>&1 & PIDS+=($!)
+    fi
+    # shellcheck disable=SC2046
+    "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress $(disc 1) >"$WORK/seed.out" 2>/dev/null & PIDS+=($!)
     for _ in $(seq 100); do grep -q seeding "$WORK/seed.out" 2>/dev/null && break; sleep 0.1; done
     outs=()
     start=$(now)
     for i in $(seq 2 $((N + 1))); do
         d="$WORK/swarm$N/h$i"; mkdir -p "$d"
-        "$NL" exec "h$i" "$PEER" get "$WORK/file.ferry" --out "$d" --listen "$(ip_of "$i"):7000" --no-progress >"$d.out" 2>"$d.err" & PIDS+=($!)
+        # shellcheck disable=SC2046
+        "$NL" exec "h$i" "$PEER" get "$WORK/file.ferry" --out "$d" --listen "$(ip_of "$i"):7000" --no-progress $(disc "$i") >"$d.out" 2>"$d.err" & PIDS+=($!)
         outs+=("$d.out")
     done
     wait_complete "${outs[@]}"
     swarm_s=$(echo "$(now) - $start" | bc -l)
+    # Completion times of each leecher (file mtimes), to see the tail: first, median, last.
+    for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | awk -v s="$start" '{ t[NR] = $1 - s }
+        END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
     stop_all
     for i in $(seq 2 $((N + 1))); do cmp -s "$WORK/data/file.bin" "$WORK/swarm$N/h$i/file.bin" || { echo "h$i: swarm copy differs" >&2; exit 4; }; done
     rm -rf "$WORK/swarm$N"
@@ -161,5 +221,16 @@ for N in $NS; do
         printf "%-3d %12.1f %12s %10.1f %10.2f %10s\n", n, s, (v == "nan" ? "-" : sprintf("%.1f", v)), b, s / b,
             (v == "nan" ? "-" : sprintf("%.2f", v / s)) }'
 done
+
+case " $PHASES " in *" tcp "*)
+    # ---- a plain TCP copy h1 -> h2 over the same link, for the one-leecher row (N = 1).
+    "$NL" exec h2 python3 "$(dirname "$NL")/nlprobe.py" tcp-sink --bind "$(ip_of 2)" --port 5201 --seconds "$TCP_SECONDS" --warmup 2 >"$WORK/tcp.json" & sink=$!
+    sleep 1
+    "$NL" exec h1 python3 "$(dirname "$NL")/nlprobe.py" tcp-send --to "$(ip_of 2)" --port 5201 --seconds $((TCP_SECONDS + 4)) >/dev/null 2>&1 || true
+    wait $sink || true
+    echo "plain TCP h1 -> h2: $(cat "$WORK/tcp.json")"
+    python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["goodput_bps"]; r=float(sys.argv[2])*8/float(sys.argv[3])
+print("one leecher %.2f Mbit/s, plain TCP %.2f Mbit/s: %.2f of TCP" % (r/1e6, g/1e6, r/g))' "$WORK/tcp.json" "$F" "$swarm_s"
+    ;; esac
 
 case " $PHASES " in *" loopback "*) loopback ;; esac
