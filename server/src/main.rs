@@ -233,7 +233,9 @@ enum Command {
     /// running server (started with --identity) reads it at each enrolment, so no restart is
     /// needed. Top-level flags choose the identity and address: ferry-server
     /// --identity[=FILE] [--listen ADDR] invite ...
-    #[command(after_help = "E.g. ferry-server invite --name bob --root team/bob/ --write --expires 1h")]
+    #[command(
+        after_help = "E.g. ferry-server invite --name bob --root team/bob/ --write --expires 1h"
+    )]
     Invite {
         /// The enrolled client's name in logs and for `revoke`. Default: client- and the
         /// first 8 characters of its id.
@@ -515,7 +517,9 @@ fn run(cli: Cli) -> Result<i32> {
     cli.max_upload_size = cli
         .max_upload_size
         .or(size(&file.max_upload_size, "max_upload_size")?);
-    cli.upload_quota = cli.upload_quota.or(size(&file.upload_quota, "upload_quota")?);
+    cli.upload_quota = cli
+        .upload_quota
+        .or(size(&file.upload_quota, "upload_quota")?);
     init_logging(&cli, file.log_format.unwrap_or(LogFormat::Text));
     let allow_upload = cli.allow_upload || file.allow_upload.unwrap_or(false);
     if allow_upload && (cli.read_only || file.read_only == Some(true)) {

@@ -231,7 +231,10 @@ async fn the_config_file_names_the_identity_suite_and_upload_limits() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("suite") && stderr.contains("rot13"), "{stderr}");
+    assert!(
+        stderr.contains("suite") && stderr.contains("rot13"),
+        "{stderr}"
+    );
 
     std::fs::write(&config, "upload_quota = \"lots\"\n").unwrap();
     let output = start(dir.path(), &["--config", config.to_str().unwrap()])
