@@ -145,6 +145,40 @@ async fn an_invite_made_while_the_server_runs_enrols_a_client_and_the_code_is_ne
     assert_eq!(answer, expected.to_vec());
     assert_eq!(ErrorCode::AUTHENTICATION_FAILED.0, 0x0201);
 
+    // An enrolment session may only enrol, and an unknown nameplate ends it with
+    // ENROLMENT_FAILED on id 0 (spec §13.11.2, §13.11.4).
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (session, _, binding, mut rx) = ferry_protocol::tokio::client_enrol_handshake(
+        &mut stream,
+        ClientIdentityConfig::new(stranger.clone(), Some(server)),
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv) = session.into_split();
+    let mut out = BytesMut::new();
+    let stat = ferry_protocol::message::StatRequest::new("a").unwrap();
+    send.write_message(RequestId(5), &Message::StatRequest(stat), &mut out)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    match next(&mut stream, &mut recv, &mut rx).await {
+        Message::Error { body, .. } => assert_eq!(body.code, ErrorCode::PERMISSION_DENIED),
+        other => panic!("{other:?}"),
+    }
+    let unknown: Code = "1000-crossover-clockwork".parse().unwrap();
+    let (_, request) = ClientEnrol::start(&unknown, binding);
+    out.clear();
+    send.write_message(RequestId(6), &Message::EnrolRequest(request), &mut out)
+        .unwrap();
+    stream.write_all(&out).await.unwrap();
+    match next(&mut stream, &mut recv, &mut rx).await {
+        Message::Error { body, .. } => {
+            assert_eq!(body.code, ErrorCode::ENROLMENT_FAILED);
+            assert!(body.message.contains("no invite 1000"), "{body:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(stream);
+
     // The invite, made by a second process while the server runs.
     let port = addr.to_string();
     let (status, printed, err) = ferry_server(
