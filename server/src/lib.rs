@@ -11,6 +11,8 @@
 //! - `service`: list, stat, fetch, digest and echo, one module each, callable without a
 //!   socket; each consults the client's principal before touching the tree.
 //! - [`fs`]: request paths, the root jail, sorted bounded-memory listings, byte ranges.
+//! - [`invite`]: one-time enrolment codes waiting to be used (one owner-only file each); the
+//!   ENROL service (`service/enrol.rs`) claims them in enrolment sessions (spec §13.11).
 //! - `shutdown`: stop/kill signals and the drain.
 //!
 //! ```no_run
