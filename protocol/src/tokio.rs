@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
+use crate::enrol::Binding;
 use crate::error::Error;
 use crate::error::HandshakeError;
 use crate::frame::Frame;
@@ -14,7 +15,6 @@ use crate::handshake::{
     ServerHandshake, ServerHandshakeConfig,
 };
 use crate::header::{FrameType, RequestId};
-use crate::enrol::Binding;
 use crate::identity::NodeId;
 use crate::message::Message;
 use crate::noise::{

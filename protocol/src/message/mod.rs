@@ -16,8 +16,8 @@ mod stat;
 
 pub use digest::{DigestRequest, DigestResponse};
 pub use enrol::{
-    EnrolConfirm, EnrolEnd, EnrolRequest, EnrolResponse, CONFIRM_LEN, ENROL_WRITE, PAKE_LEN, SIDE_A,
-    SIDE_B,
+    EnrolConfirm, EnrolEnd, EnrolRequest, EnrolResponse, CONFIRM_LEN, ENROL_WRITE, PAKE_LEN,
+    SIDE_A, SIDE_B,
 };
 pub use entry::{Entry, EntryKind};
 pub use error::ErrorBody;
