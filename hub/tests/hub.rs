@@ -533,3 +533,48 @@ async fn a_wrong_hub_id_is_refused() {
     assert!(matches!(err, HubError::WrongHub { .. }), "{err}");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_relay_stops_at_the_identity_byte_budget() {
+    use ferry_protocol::transport::Acceptor;
+    let mut config = config(None);
+    config.limits.relay_bytes_per_hour = 64 * 1024;
+    let hub = start_with(config).await;
+    let (alice, client) = (identity(1), identity(2));
+    hub.conn(&alice)
+        .await
+        .register("alice", None)
+        .await
+        .unwrap();
+    let presence = PresenceConfig::new(hub.hint(), Some(hub.id), alice.clone(), "alice".into());
+    let (mut relays, mut presence) = spawn_presence(presence);
+    wait_present(&mut presence).await;
+    // The node side swallows everything it gets and counts it.
+    let node = tokio::spawn(async move {
+        let (mut stream, _) = relays.accept().await.unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got).await;
+        got.len()
+    });
+    let (mut stream, _) = hub.conn(&client).await.relay("alice").await.unwrap();
+    let chunk = vec![7u8; 16 * 1024];
+    let mut sent = 0;
+    // Writing stops being possible once the hub cut the relay; bounded by the deadline.
+    let _ = tokio::time::timeout(LONG, async {
+        while stream.write_all(&chunk).await.is_ok() && sent < 1 << 20 {
+            sent += chunk.len();
+        }
+    })
+    .await;
+    let received = tokio::time::timeout(LONG, node).await.unwrap().unwrap();
+    assert!(
+        received <= 64 * 1024,
+        "{received} bytes crossed a 64 KiB budget"
+    );
+    // The next relay of that identity is refused up front.
+    assert_eq!(
+        refused(hub.conn(&client).await.relay("alice").await),
+        codes::RELAY_LIMIT
+    );
+    hub.stop().await;
+}
