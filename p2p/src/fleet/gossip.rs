@@ -439,8 +439,7 @@ impl Gossip {
             }
         }
         let listed: Vec<SocketAddr> = status.members.iter().map(|m| m.addr).collect();
-        let room =
-            self.members.len() < self.config.max_members || self.members.contains_key(&from);
+        let room = self.members.len() < self.config.max_members || self.members.contains_key(&from);
         if status.role != Role::Observer && room {
             self.members.insert(
                 from,
@@ -469,6 +468,8 @@ pub fn fuzz_fleet(data: &[u8]) {
     super::record::fuzz_record(data);
     super::wire::fuzz_gossip(data);
     let now = Instant::now();
+    // Signing costs more than the rest of a run: one record serves every run.
+    static RECORD: std::sync::OnceLock<Option<SignedRelease>> = std::sync::OnceLock::new();
     let key = super::channel::ChannelKey::from_seed([7; 32]);
     let mut core = Gossip::new(
         key.id(),
@@ -478,17 +479,20 @@ pub fn fuzz_fleet(data: &[u8]) {
         1,
         now,
     );
-    let record = super::record::Release {
-        channel: key.id(),
-        version: 2,
-        content_id: ContentId([1; 32]),
-        time_ms: 0,
-        notes: String::new(),
-        source: String::new(),
-    }
-    .sign(&key);
-    if let Ok(record) = record {
-        let _ = core.offer(record, now);
+    let record = RECORD.get_or_init(|| {
+        super::record::Release {
+            channel: key.id(),
+            version: 2,
+            content_id: ContentId([1; 32]),
+            time_ms: 0,
+            notes: String::new(),
+            source: String::new(),
+        }
+        .sign(&key)
+        .ok()
+    });
+    if let Some(record) = record {
+        let _ = core.offer(record.clone(), now);
     }
     core.set_manifest(ContentId([1; 32]), Bytes::from(vec![0u8; 3000]));
     let from = SocketAddr::from(([192, 0, 2, 1], 7070));
