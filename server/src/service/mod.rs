@@ -15,8 +15,8 @@
 
 mod burst;
 pub(crate) mod digest;
-pub(crate) mod enrol;
 pub(crate) mod echo;
+pub(crate) mod enrol;
 pub(crate) mod fetch;
 pub(crate) mod list;
 pub(crate) mod put;
