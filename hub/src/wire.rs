@@ -5,7 +5,7 @@
 //! nothing padded, and a body must be consumed exactly. Every decoder returns `Err` on short,
 //! long or invalid input and never panics.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferry_protocol::identity::{NodeId, ID_HASH_LEN};
@@ -162,41 +162,18 @@ fn end(src: &Bytes) -> Result<()> {
 
 /// `family: u8 (4 | 6) | ip: 4 or 16 bytes | port: u16`.
 pub fn put_addr(dst: &mut impl BufMut, addr: &SocketAddr) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            dst.put_u8(4);
-            dst.put_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            dst.put_u8(6);
-            dst.put_slice(&ip.octets());
-        }
-    }
-    dst.put_u16(addr.port());
+    ferry_protocol::addr::encode(addr, dst);
 }
 
 pub fn get_addr(src: &mut Bytes) -> Result<SocketAddr> {
-    let ip = match get_u8(src)? {
-        4 => {
-            need(src, 4)?;
-            let mut o = [0u8; 4];
-            src.copy_to_slice(&mut o);
-            IpAddr::V4(Ipv4Addr::from(o))
-        }
-        6 => {
-            need(src, 16)?;
-            let mut o = [0u8; 16];
-            src.copy_to_slice(&mut o);
-            IpAddr::V6(Ipv6Addr::from(o))
-        }
-        value => {
-            return Err(WireError::Undefined {
-                field: "address family",
-                value,
-            })
-        }
-    };
-    Ok(SocketAddr::new(ip, get_u16(src)?))
+    use ferry_protocol::addr::{decode, AddrError};
+    decode(src).map_err(|e| match e {
+        AddrError::Truncated { needed, got } => WireError::Short { need: needed - got },
+        AddrError::BadFamily(value) => WireError::Undefined {
+            field: "address family",
+            value,
+        },
+    })
 }
 
 /// `count: u8 | addr*`.

@@ -15,7 +15,7 @@
 //! - [`fleet`]: fleet updates: channels, signed releases, gossip, atomic installs (§8).
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 //! - [`status`]: what a node tried to find peers and what failed, in words.
-pub mod addr;
+pub use ferry_protocol::addr;
 pub mod dht;
 pub mod fleet;
 pub mod manifest;

@@ -27,6 +27,7 @@
 //! - [`driver`] (feature `tokio`): the one framed connection driver (frame reader, batching
 //!   frame writer) that the server, the client and the peer run over any split stream.
 
+pub mod addr;
 pub mod conn;
 pub mod crypto;
 pub mod digest;

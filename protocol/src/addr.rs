@@ -1,5 +1,6 @@
-//! The one socket-address encoding of the swarm: PEX messages (spec/P2P.md §3.11) and tracker
-//! announce replies (§5.1) both list peers this way.
+//! The one socket-address encoding on the wire: the swarm's PEX messages (spec/P2P.md §3.11)
+//! and tracker announce replies (§5.1), and the hub's hints and reflected addresses
+//! (spec/HUB.md) all carry addresses this way.
 //!
 //! ```text
 //!  family u8 | addr           | port u16
