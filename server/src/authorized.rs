@@ -348,14 +348,9 @@ pub enum EditError {
 const HEADER: &str = "# Ferry authorised clients, one a line: ID NAME [root=DIR/] [write]\n\
                       # (see ferry-server authorize --help; edits apply from the next connection)\n";
 
-/// Writes `text` to `path` atomically: a temporary file beside it (mode 0600), fsync, rename,
-/// then fsync of the directory; the parent directory is created (0700) if missing.
-fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let io = |source| FileError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+/// The directory holding `path`, created (0700) if missing, and the file's name in it.
+fn dir_and_name(path: &Path) -> std::io::Result<(PathBuf, String)> {
+    use std::os::unix::fs::DirBuilderExt;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -363,11 +358,22 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
-        .map_err(io)?;
+        .create(&dir)?;
     let name = path
         .file_name()
         .map_or_else(|| FILE_NAME.into(), |n| n.to_string_lossy().into_owned());
+    Ok((dir, name))
+}
+
+/// Writes `text` to `path` atomically: a temporary file beside it (mode 0600), fsync, rename,
+/// then fsync of the directory; the parent directory is created (0700) if missing.
+fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| FileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let (dir, name) = dir_and_name(path).map_err(io)?;
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -391,23 +397,12 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
 /// `ferry-server authorize`/`revoke`): an exclusive flock on `.NAME.lock` beside it, held
 /// until the returned file is dropped. Without it two read-modify-writes could lose a line.
 fn lock(path: &Path) -> Result<std::fs::File, FileError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| FileError::Io {
         path: path.display().to_string(),
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io)?;
-    let name = path
-        .file_name()
-        .map_or_else(|| FILE_NAME.into(), |n| n.to_string_lossy().into_owned());
+    let (dir, name) = dir_and_name(path).map_err(io)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
