@@ -404,6 +404,7 @@ const UNFIT_DIRS: usize = 4096;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::list::tests::set_mtime;
     use crate::fs::Lister;
     use rustix::fs::{Mode, OFlags};
     use std::io::Write;
@@ -434,23 +435,6 @@ mod tests {
             out.extend(page.entries);
         }
         out
-    }
-
-    fn set_mtime(path: &Path, secs: i64, nanos: i64) {
-        let t = rustix::fs::Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos as _,
-        };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            path,
-            &rustix::fs::Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-            AtFlags::empty(),
-        )
-        .unwrap();
     }
 
     /// A kept listing is never stale: each change below, made after the listing was kept (the

@@ -442,7 +442,7 @@ impl Lister {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn open(path: &std::path::Path) -> OwnedFd {
@@ -476,7 +476,8 @@ mod tests {
         out
     }
 
-    fn set_mtime(path: &std::path::Path, secs: i64, nanos: i64) {
+    /// Sets `path`'s access and modification times to exactly `secs`.`nanos`.
+    pub(crate) fn set_mtime(path: &std::path::Path, secs: i64, nanos: i64) {
         let t = rustix::fs::Timespec {
             tv_sec: secs,
             tv_nsec: nanos as _,
