@@ -9,6 +9,7 @@
 //! - [`client`]: a caller's connection to a hub ([`HubConn`]).
 //! - [`node`]: a node's presence (control connection, keep-alive, reconnection) and the
 //!   [`RelayAcceptor`] that turns relay requests into incoming streams.
+//! - `fuzz`: the fuzzing entry point for the bodies.
 //! - `codec`: raw frames over a session, and a stream that yields bytes already read first.
 //!
 //! Every hub connection runs the Noise XX identity handshake (PROTOCOL.md §13), so the hub knows
@@ -17,6 +18,8 @@
 
 pub mod client;
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod names;
 pub mod node;
 pub mod server;
