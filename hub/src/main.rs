@@ -52,7 +52,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a new one-time invite code (for an --invite-only hub; works while it runs).
-    Invite,
+    Invite {
+        /// How long the code stays good, e.g. 1h, 2d (default 7d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
 }
 
 fn main() {
@@ -71,6 +75,10 @@ fn main() {
     }
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30m, 12h, 7d)"))
+}
+
 fn state_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = flag {
         return Ok(dir);
@@ -83,12 +91,14 @@ fn state_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
 
 fn run(cli: Cli) -> Result<()> {
     let state = state_dir(cli.state)?;
-    if let Some(Command::Invite) = cli.command {
-        let code = ferry_hub::names::issue_invite(&state)
+    if let Some(Command::Invite { expires }) = cli.command {
+        let ttl = expires.unwrap_or(ferry_hub::names::DEFAULT_INVITE_TTL);
+        let code = ferry_hub::names::issue_invite_for(&state, ttl, std::time::SystemTime::now())
             .with_context(|| format!("cannot write {}", state.join("invites").display()))?;
         println!("{code}");
         eprintln!(
-            "ferry-hub: one-time invite; the user runs: ferry register NAME@HUB --invite {code}"
+            "ferry-hub: one-time invite, good for {}; the user runs: ferry register NAME@HUB --invite {code}",
+            humantime::format_duration(ttl)
         );
         return Ok(());
     }

@@ -8,14 +8,15 @@
 //! fsynced before the request that caused it is answered, so a hub killed at any point (even
 //! `kill -9`) restarts with every acknowledged change. A torn last line was never
 //! acknowledged and is dropped. The log is compacted (rewritten beside and renamed) at start.
-//! Invite codes are lines of a separate file (`invites`) that `ferry-hub invite` appends to;
-//! a used code is recorded in the log, so neither writer ever rewrites the other's file.
+//! Invite codes are lines of a separate file (`invites`, `CODE EXPIRES` with the Unix second
+//! it stops being good) that `ferry-hub invite` appends to; a used code is recorded in the log, so neither writer ever rewrites the other's file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_protocol::identity::NodeId;
 
@@ -257,20 +258,37 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Whether `code` is an issued, unused invite. The invites file is read each time, so codes
-    /// that `ferry-hub invite` adds while the hub runs count at once.
+    /// Whether `code` is an issued, unused, unexpired invite. The invites file is read each time,
+    /// so codes that `ferry-hub invite` adds while the hub runs count at once.
     pub fn invite_valid(&self, code: &str) -> io::Result<bool> {
+        self.invite_valid_at(code, SystemTime::now())
+    }
+
+    /// [`Store::invite_valid`] at a given time.
+    pub fn invite_valid_at(&self, code: &str, now: SystemTime) -> io::Result<bool> {
         if !check_invite(code) || self.used_invites.contains(code) {
             return Ok(false);
         }
         let Some(dir) = &self.dir else {
             return Ok(false);
         };
-        match std::fs::read_to_string(dir.join(INVITES)) {
-            Ok(text) => Ok(text.lines().any(|line| line.trim() == code)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        let text = match std::fs::read_to_string(dir.join(INVITES)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let now = unix_seconds(now);
+        Ok(text.lines().any(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next() != Some(code) {
+                return false;
+            }
+            // A line without an expiry was issued before invites expired: it stays good.
+            match fields.next() {
+                None => true,
+                Some(expires) => expires.parse::<u64>().is_ok_and(|expires| now < expires),
+            }
+        }))
     }
 
     /// Marks an invite used, durably.
@@ -281,23 +299,38 @@ impl Store {
     }
 }
 
-/// Issues an invite code: 20 random characters, appended to `dir/invites` (owner-only).
+/// How long an invite lasts unless `ferry-hub invite --expires` says otherwise.
+pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Issues an invite code good for [`DEFAULT_INVITE_TTL`].
 pub fn issue_invite(dir: &Path) -> io::Result<String> {
+    issue_invite_for(dir, DEFAULT_INVITE_TTL, SystemTime::now())
+}
+
+/// Issues an invite code: 20 random characters, appended to `dir/invites` (owner-only) with the
+/// Unix second it expires at (`CODE EXPIRES`), so a code handed out and forgotten does not stay
+/// a way in for ever.
+pub fn issue_invite_for(dir: &Path, ttl: Duration, now: SystemTime) -> io::Result<String> {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut rng = rand::thread_rng();
     let code: String = (0..20)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect();
+    let expires = unix_seconds(now).saturating_add(ttl.as_secs().max(1));
     std::fs::create_dir_all(dir)?;
     let mut file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(dir.join(INVITES))?;
-    file.write_all(format!("{code}\n").as_bytes())?;
+    file.write_all(format!("{code} {expires}\n").as_bytes())?;
     file.sync_all()?;
     Ok(code)
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -380,5 +413,31 @@ mod tests {
             .unwrap()
             .invite_valid(&code)
             .unwrap());
+    }
+
+    #[test]
+    fn an_invite_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let code = issue_invite_for(dir.path(), Duration::from_secs(3600), issued).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let at = |secs| issued + Duration::from_secs(secs);
+        assert!(store.invite_valid_at(&code, at(0)).unwrap());
+        assert!(store.invite_valid_at(&code, at(3599)).unwrap());
+        assert!(!store.invite_valid_at(&code, at(3600)).unwrap());
+        assert!(!store.invite_valid_at(&code, at(86_400)).unwrap());
+    }
+
+    #[test]
+    fn an_invite_from_before_expiry_existed_stays_good_and_a_bad_expiry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(INVITES),
+            "oldstyle-code-0001\nbadexpiry-code-0002 soon\n",
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.invite_valid("oldstyle-code-0001").unwrap());
+        assert!(!store.invite_valid("badexpiry-code-0002").unwrap());
     }
 }
