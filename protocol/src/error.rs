@@ -118,6 +118,9 @@ error_codes! {
     READ_ONLY = 0x030A, "read-only: this client may not upload";
     ALREADY_EXISTS = 0x030B, "the destination already exists";
     DIGEST_MISMATCH = 0x030C, "the uploaded bytes do not match their digest";
+    OFFER_DECLINED = 0x030D, "the receiver declined the offer";
+    NOT_OFFERED = 0x030E, "the receiver accepted no offer of this file";
+    ALREADY_HAVE = 0x030F, "the receiver already has this file";
     TOO_LARGE = 0x0401, "too large";
     BUSY = 0x0402, "busy: limit reached";
     TIMEOUT = 0x0403, "timed out";

@@ -126,6 +126,9 @@ wire_u8! {
         PUT = 0x06,
         /// Enrolment with a one-time code (SPAKE2), only in an enrolment session (spec §13.11).
         ENROL = 0x07,
+        /// An offer of files to a receiver, answered per file, before they go by PUT
+        /// (spec §3.13).
+        OFFER = 0x08,
     }
 }
 

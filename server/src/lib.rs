@@ -13,6 +13,8 @@
 //! - [`fs`]: request paths, the root jail, sorted bounded-memory listings, byte ranges.
 //! - [`invite`]: one-time enrolment codes waiting to be used (one owner-only file each); the
 //!   ENROL service (`service/enrol.rs`) claims them in enrolment sessions (spec §13.11).
+//! - [`receive`]: the receiving end of `ferry send`: offers (spec §3.13) and the uploads they
+//!   accept, into one directory.
 //! - `shutdown`: stop/kill signals and the drain.
 //!
 //! ```no_run
@@ -34,6 +36,7 @@ mod connection;
 pub mod fs;
 pub mod invite;
 mod listener;
+pub mod receive;
 mod service;
 mod shutdown;
 

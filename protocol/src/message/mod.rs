@@ -11,6 +11,7 @@ mod error;
 mod fetch;
 mod hello;
 mod list;
+mod offer;
 mod put;
 mod stat;
 
@@ -24,6 +25,7 @@ pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
 pub use hello::{ClientHello, Finished, KeyHint, Mode, ServerHello, SuiteId, SuiteOffer};
 pub use list::{ListEnd, ListPage, ListRequest};
+pub use offer::{offer_flags, OfferItem, OfferRequest, OfferResponse};
 pub use put::{put_flags, PutEnd, PutRequest, PutResponse, MAX_MODE};
 pub use stat::StatRequest;
 
@@ -62,6 +64,9 @@ pub enum Message {
     EnrolResponse(EnrolResponse),
     EnrolConfirm(EnrolConfirm),
     EnrolEnd(EnrolEnd),
+    /// An offer of files and the receiver's answer (spec §3.13).
+    OfferRequest(OfferRequest),
+    OfferResponse(OfferResponse),
     /// An error; `service` is that of the request it answers.
     Error {
         service: Service,
@@ -105,6 +110,8 @@ impl Message {
             Self::EnrolResponse(_) => (T::RESPONSE, Service::ENROL),
             Self::EnrolConfirm(_) => (T::DATA, Service::ENROL),
             Self::EnrolEnd(_) => (T::END, Service::ENROL),
+            Self::OfferRequest(_) => (T::REQUEST, Service::OFFER),
+            Self::OfferResponse(_) => (T::RESPONSE, Service::OFFER),
             Self::Error { service, .. } => (T::ERROR, *service),
             Self::Cancel { service } => (T::CANCEL, *service),
             Self::Ping(_) => (T::PING, Service::ECHO),
@@ -143,6 +150,8 @@ impl Message {
             (T::RESPONSE, Service::ENROL) => Self::EnrolResponse(EnrolResponse::decode(body)?),
             (T::DATA, Service::ENROL) => Self::EnrolConfirm(EnrolConfirm::decode(body)?),
             (T::END, Service::ENROL) => Self::EnrolEnd(EnrolEnd::decode(body)?),
+            (T::REQUEST, Service::OFFER) => Self::OfferRequest(OfferRequest::decode(body)?),
+            (T::RESPONSE, Service::OFFER) => Self::OfferResponse(OfferResponse::decode(body)?),
             (T::ERROR, service) => Self::Error {
                 service,
                 body: ErrorBody::decode(body)?,
@@ -182,6 +191,8 @@ impl Message {
             Self::EnrolResponse(m) => m.encode(dst),
             Self::EnrolConfirm(m) => m.encode(dst),
             Self::EnrolEnd(m) => m.encode(dst),
+            Self::OfferRequest(m) => m.encode(dst),
+            Self::OfferResponse(m) => m.encode(dst),
             Self::Error { body, .. } => body.encode(dst),
             Self::Cancel { .. } => {}
         }
@@ -212,6 +223,8 @@ impl Message {
             Self::EnrolResponse(_) => EnrolResponse::LEN,
             Self::EnrolConfirm(_) => EnrolConfirm::LEN,
             Self::EnrolEnd(m) => m.encoded_len(),
+            Self::OfferRequest(m) => m.encoded_len(),
+            Self::OfferResponse(m) => m.encoded_len(),
             Self::Error { body, .. } => body.encoded_len(),
             Self::Cancel { .. } => 0,
         }
@@ -239,6 +252,8 @@ impl Message {
             }
             Self::Error { body, .. } => check_str(&body.message),
             Self::EnrolEnd(m) => check_str(&m.name).and_then(|()| check_str(&m.root)),
+            Self::OfferRequest(m) => m.check_encodable(),
+            Self::OfferResponse(m) => m.check_encodable(),
             _ => Ok(()),
         }
     }
@@ -261,6 +276,7 @@ pub fn is_request_service(service: Service) -> bool {
             | Service::DIGEST
             | Service::PUT
             | Service::ENROL
+            | Service::OFFER
     )
 }
 
@@ -471,6 +487,27 @@ pub(crate) mod tests {
                 flags: ENROL_WRITE,
                 name: "bob".into(),
                 root: "team/bob".into(),
+            }),
+            Message::OfferRequest(OfferRequest {
+                items: vec![
+                    OfferItem {
+                        path: "photos/a.jpg".into(),
+                        size: 100,
+                        mode: 0o644,
+                        flags: 0,
+                        digest: [13; 32],
+                    },
+                    OfferItem {
+                        path: "photos/empty".into(),
+                        size: 0,
+                        mode: 0o755,
+                        flags: offer_flags::DIRECTORY,
+                        digest: [0; 32],
+                    },
+                ],
+            }),
+            Message::OfferResponse(OfferResponse {
+                codes: vec![OfferResponse::ACCEPTED, crate::ErrorCode::ALREADY_EXISTS],
             }),
         ]
     }
