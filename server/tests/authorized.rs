@@ -97,7 +97,8 @@ async fn connect(fx: &ServerFixture, n: u8) -> Conn {
     connect_to(fx.addr, server_identity().id(), n).await
 }
 
-async fn connect_to(addr: SocketAddr, server: NodeId, n: u8) -> Conn {
+/// The identity handshake as client `n`, and nothing after it.
+async fn handshake(addr: SocketAddr, server: NodeId, n: u8) -> Conn {
     let mut io = Recording {
         inner: TcpStream::connect(addr).await.unwrap(),
         seen: Vec::new(),
@@ -112,7 +113,11 @@ async fn connect_to(addr: SocketAddr, server: NodeId, n: u8) -> Conn {
     .expect("handshake completes");
     let mut parts = FramedParts::new::<(RequestId, Message)>(io, FerryCodec::new(session));
     parts.read_buf = leftover;
-    let mut conn = Framed::from_parts(parts);
+    Framed::from_parts(parts)
+}
+
+async fn connect_to(addr: SocketAddr, server: NodeId, n: u8) -> Conn {
+    let mut conn = handshake(addr, server, n).await;
     // The server admits the client only after NOISE_3, so an answer proves it did.
     let pong = ask(&mut conn, 9, Message::Ping(Bytes::from_static(b"hi"))).await;
     assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
@@ -284,6 +289,41 @@ async fn a_client_with_a_root_sees_only_its_subtree() {
     }
     drop(bob);
     fx.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_whose_root_is_missing_is_told_why_the_connection_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = file_in(&dir);
+    authorized::authorize(&file, &client(2, "bob", Some("team/bob"), false)).unwrap();
+    let fx = server(&file, |root| {
+        std::fs::create_dir_all(root.join("team")).unwrap()
+    })
+    .await;
+    let mut bob = handshake(fx.addr, server_identity().id(), 2).await;
+    let frame = tokio::time::timeout(REPLY_TIMEOUT, bob.next())
+        .await
+        .expect("a goodbye within the timeout")
+        .expect("an error frame before the close")
+        .expect("frame decodes");
+    assert_eq!(frame.header.id, RequestId::CONNECTION);
+    match frame.message().unwrap() {
+        Message::Error { body, .. } => {
+            assert_eq!(body.code, ErrorCode::INTERNAL);
+            assert!(
+                body.message.contains("team/bob"),
+                "the message names the root: {}",
+                body.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The server goes on serving others.
+    drop(bob);
+    let resolver_ok = client(3, "carol", None, false);
+    authorized::authorize(&file, &resolver_ok).unwrap();
+    let mut carol = connect(&fx, 3).await;
+    assert_eq!(stat(&mut carol, "team").await.map(|_| ()), Ok(()));
 }
 
 #[tokio::test]

@@ -170,6 +170,23 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
             Ok(tree) => Arc::new(tree),
             Err(error) => {
                 tracing::warn!(principal = %principal.name, %subtree, %error, "cannot open the client's root; closing");
+                // The client's entry is wrong on this server, not its request: say so once,
+                // as the connection's goodbye, rather than leave it to guess from a close.
+                let goodbye = ErrorBody::new(
+                    ErrorCode::INTERNAL,
+                    format!("the server cannot open this client's root {subtree}: {error}"),
+                );
+                let goodbye = (
+                    RequestId::CONNECTION,
+                    Message::Error {
+                        service: Service::HANDSHAKE,
+                        body: goodbye,
+                    },
+                );
+                let _ = tokio::time::timeout(FAREWELL_TIMEOUT, data_tx.send(goodbye)).await;
+                drop((data_tx, ctrl_tx));
+                let _ = tokio::time::timeout(limits.write_timeout, &mut writer).await;
+                writer.abort();
                 return;
             }
         },
