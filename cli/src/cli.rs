@@ -174,6 +174,55 @@ pub enum Command {
         after_help = format!("Examples:\n  ferry join 7-crossover-clockwork ferry://ID@files.lan:6789/\nThe code proves, with SPAKE2, that this machine is the one the server's owner invited, and\nthat the server is the one that issued it: the server adds this machine's id (ferry id) to\nits authorised clients, and this machine pins the server's id in\n~/.config/ferry/known_servers, so later commands need no key: ferry ls ferry://files.lan/.\nA code works once: a wrong one is used up too; ask for a new one.\n\n{EXIT_CODES}")
     )]
     Join(JoinArgs),
+    /// Offer files to someone waiting with `ferry receive`, by name at a hub or by address.
+    #[command(
+        after_help = format!("Examples:\n  ferry send report.pdf alice@hub.example.org:6790\n  ferry send -r photos notes.txt alice@hub.example.org:6790\n  ferry send big.iso ferry://ID@10.0.0.5:7000/\nThe receiver sees the names, sizes and digests first and takes the files it wants: at once\nwhen it has authorised this machine's id (ferry id), after asking otherwise. They then go\nas ferry put does: verified end to end, and a send that was interrupted resumes when it runs\nagain. Behind any NAT, through the hub's relay when no direct path works; the receiver's\nid is required on every path, so the hub cannot hand the files to anyone else.\n\n{EXIT_CODES}")
+    )]
+    Send(SendArgs),
+    /// Wait for `ferry send`, at a hub under a registered name and on a local port.
+    #[command(
+        after_help = format!("Examples:\n  ferry receive alice@hub.example.org:6790              (into the current directory)\n  ferry receive alice@hub.example.org:6790 --from bob@hub.example.org:6790 -o ~/in\n  ferry receive --listen 0.0.0.0:7000                   (direct senders only)\nOffers from ids in ~/.config/ferry/authorized_clients (ferry-server authorize) or from\n--from are taken at once; any other offer is shown with a y/N question, and declined without\none when stdin is not a terminal. Nothing is overwritten; an interrupted send resumes when it\nis sent again. Ends after the first offer taken has arrived whole.\n\n{EXIT_CODES}")
+    )]
+    Receive(ReceiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The local files (directories with -r), then who receives them: NAME@HUB (the hub as
+    /// host[:port] or ferry://HUBID@host:port/) or ferry://ID@HOST:PORT/. E.g. a.pdf alice@hub.lan
+    #[arg(value_name = "FILE... RECEIVER", num_args = 2.., required = true)]
+    pub args: Vec<String>,
+    /// Send directory trees (empty directories too). Default: off.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Files in flight at once (1 to 4, the receiver's limit per connection). E.g. -j 2
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Wait at this hub under this name (registered first with ferry register NAME@HUB).
+    /// Default: no hub; only senders that can dial --listen reach this machine.
+    /// E.g. alice@hub.example.org:6790
+    #[arg(value_name = "NAME@HUB", value_parser = crate::commands::register::parse_target)]
+    pub at: Option<FerryUrl>,
+    /// Take offers only from this sender, without asking: NAME@HUB (resolved at the hub) or a
+    /// node id. Default: any sender (authorised ones at once, others after asking).
+    /// E.g. --from bob@hub.example.org:6790
+    #[arg(long, value_name = "SENDER")]
+    pub from: Option<String>,
+    /// The directory the files go into (created if missing). Default: the current directory.
+    /// E.g. -o ~/incoming
+    #[arg(short = 'o', long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// Listen for direct senders here (repeatable); an address that names a host is also
+    /// reported to the hub. Default: 0.0.0.0:0 (any free port). E.g. --listen 192.168.1.5:7000
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Take senders only through the hub's relay: listen on no port. Default: off.
+    #[arg(long, requires = "at")]
+    pub no_listen: bool,
 }
 
 #[derive(Debug, Args)]

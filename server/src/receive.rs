@@ -106,7 +106,7 @@ pub struct Stored {
 pub struct Ended {
     pub sender: NodeId,
     pub addr: SocketAddr,
-    /// An offer was accepted on it.
+    /// An offer was accepted on it (even one with nothing left to send).
     pub accepted: bool,
     /// Accepted items not stored (the sender stopped, or an upload failed).
     pub missing: Vec<OfferItem>,
@@ -387,6 +387,8 @@ struct Conn {
 #[derive(Debug, Default)]
 struct Grants {
     offered: bool,
+    /// The offer was accepted.
+    taken: bool,
     /// The accepted items, each with whether it is stored.
     accepted: Vec<(OfferItem, bool)>,
     /// Uploads in flight: request id → (item index, first offset, once known).
@@ -459,7 +461,7 @@ impl Conn {
 
     fn missing(&self) -> (bool, Vec<OfferItem>) {
         let grants = self.lock();
-        let accepted = !grants.accepted.is_empty();
+        let accepted = grants.taken;
         let missing = grants
             .accepted
             .iter()
@@ -525,6 +527,7 @@ async fn answer_offer(
         }
         Verdict::Accept => {
             let mut grants = conn.lock();
+            grants.taken = true;
             grants.accepted = items
                 .iter()
                 .zip(&checks)

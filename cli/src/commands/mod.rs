@@ -10,7 +10,9 @@ pub mod join;
 pub mod ls;
 pub mod ping;
 pub mod put;
+pub mod receive;
 pub mod register;
+pub mod send;
 pub mod shell;
 pub mod stat;
 pub mod trust;
@@ -125,6 +127,9 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Forget(args) => forget::run(&ctx, args),
         Command::Register(args) => runtime.block_on(interruptible(register::run(&ctx, args))),
         Command::Join(args) => runtime.block_on(interruptible(join::run(&ctx, args))),
+        // Both handle Ctrl-C themselves: the partials stay consistent for a resume.
+        Command::Send(args) => runtime.block_on(send::run(&ctx, args)),
+        Command::Receive(args) => runtime.block_on(receive::run(&ctx, args)),
     }
 }
 

@@ -238,7 +238,12 @@ fn server_sends(kind: FrameType, service: Service) -> bool {
     match kind {
         T::RESPONSE => matches!(
             service,
-            Service::LIST | Service::STAT | Service::FETCH | Service::DIGEST | Service::PUT
+            Service::LIST
+                | Service::STAT
+                | Service::FETCH
+                | Service::DIGEST
+                | Service::PUT
+                | Service::OFFER
         ),
         T::DATA => service == Service::FETCH,
         T::END => matches!(service, Service::LIST | Service::FETCH | Service::PUT),
@@ -297,7 +302,10 @@ async fn dispatch(
     }
     let last = matches!(kind, FrameType::END | FrameType::ERROR | FrameType::PONG)
         || (kind == FrameType::RESPONSE
-            && matches!(frame.header.service, Service::STAT | Service::DIGEST));
+            && matches!(
+                frame.header.service,
+                Service::STAT | Service::DIGEST | Service::OFFER
+            ));
     let route = {
         let mut state = conn.lock();
         match state.routes.get(id) {

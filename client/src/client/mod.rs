@@ -24,6 +24,7 @@
 mod connect;
 mod driver;
 pub mod hub;
+mod offer;
 mod race;
 mod streams;
 #[cfg(test)]
