@@ -22,6 +22,10 @@ use tokio_util::codec::{Framed, FramedParts};
 use tracing::{debug, info, warn};
 
 use crate::codec::{HubCodec, Out, Prefixed};
+
+/// Swarm peers through the hub (HUB.md §3.8, §3.9); a child module so it reads the presences.
+#[path = "content.rs"]
+pub mod content;
 use crate::names::{self, Store};
 use crate::throttle::{Rate, Throttle};
 use crate::wire::{self, codes, Event, HintSource, Punch, TOKEN_LEN};
@@ -160,6 +164,7 @@ struct Shared {
     store: Mutex<Store>,
     online: Mutex<HashMap<String, Online>>,
     relays: Mutex<Relays>,
+    content: Mutex<content::Index>,
     by_id: Mutex<Throttle<NodeId>>,
     by_ip: Mutex<Throttle<IpAddr>>,
     slots: Arc<Semaphore>,
@@ -204,6 +209,7 @@ impl Hub {
                 store: Mutex::new(store),
                 online: Mutex::default(),
                 relays: Mutex::default(),
+                content: Mutex::default(),
                 by_id: Mutex::new(Throttle::new(limits.per_id, 100_000)),
                 by_ip: Mutex::new(Throttle::new(limits.per_ip, 100_000)),
                 slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -557,6 +563,12 @@ impl Conn {
                         .punch(frame.body)
                         .map(|b| Step::Reply(response(service, h.id, b))),
                     wire::RELAY => self.relay(frame.body, h.id),
+                    content::ANNOUNCE => self
+                        .announce(frame.body)
+                        .map(|b| Step::Reply(response(service, h.id, b))),
+                    content::PEERS => self
+                        .peers(frame.body)
+                        .map(|b| Step::Reply(response(service, h.id, b))),
                     _ => Err((
                         ErrorCode::UNKNOWN_REQUEST,
                         format!(
@@ -705,6 +717,8 @@ impl Conn {
                     format!("name {:?} is held by another key", req.name),
                 ))
             }
+            // A node may be present under its id's text, which no name can be (§3.4).
+            None if req.name == self.client.to_string() => {}
             None => {
                 return Err((
                     codes::UNKNOWN_NAME,

@@ -13,11 +13,13 @@
 //! - [`tracker`]: the UDP tracker core, its server and its client.
 //! - [`dht`]: the Kademlia DHT for content ids: sans-IO core, tokio shell (spec/P2P.md §7).
 //! - [`fleet`]: fleet updates: channels, signed releases, gossip, atomic installs (§8).
+//! - [`hubpeer`]: peers announced, found and relayed through a ferry-hub (§3.12, HUB.md).
 //! - [`source`]: a `ferry-server` used as a swarm source (byte-range fetches).
 //! - [`status`]: what a node tried to find peers and what failed, in words.
 pub use ferry_protocol::addr;
 pub mod dht;
 pub mod fleet;
+pub mod hubpeer;
 pub mod manifest;
 pub mod node;
 pub mod pieces;

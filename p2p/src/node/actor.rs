@@ -13,9 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::host::{Accepted, Registration};
-use super::peer::{run_peer, PeerStream, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
+use super::peer::{run_peer, Opened, PeerStream, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
 use super::server::run_server_source;
-use super::{Ctx, Event, NodeConfig, NodeError, PeerCmd};
+use super::{Added, Ctx, Event, NodeConfig, NodeError, PeerCmd};
 use crate::pieces::sha256;
 use crate::status::Sources;
 use crate::swarm::{Action, ConnId, Stats, Swarm};
@@ -98,6 +98,8 @@ pub(super) struct Actor {
     /// Connections told to close whose task has not ended yet.
     pub(super) closing: HashSet<ConnId>,
     pub(super) sources: Arc<Sources>,
+    /// The ids of the connected peers, sorted.
+    pub(super) peer_ids: watch::Sender<Vec<crate::wire::PeerId>>,
 }
 
 impl Actor {
@@ -145,6 +147,7 @@ impl Actor {
                 break Err(e);
             }
             let _ = self.stats_tx.send(self.swarm.stats());
+            self.publish_peer_ids();
             if self.swarm.is_complete() {
                 if let Some(tx) = &self.completed {
                     let _ = tx.send(true);
@@ -309,6 +312,7 @@ impl Actor {
                 }
                 self.swarm.handle_verified(piece, data, ok, now);
             }
+            Event::Add(added) => self.add_peer(*added),
             Event::Discovered(addrs) => {
                 for addr in addrs {
                     if addr != self.listen_addr && !self.self_addrs.contains(&addr) {
@@ -503,6 +507,7 @@ impl Actor {
                             events,
                             cancel,
                             None,
+                            Opened::default(),
                         )
                         .await
                     }
@@ -512,6 +517,60 @@ impl Actor {
                 let _ = events.send(Event::DialFailed(addr, reason)).await;
             });
         }
+    }
+
+    /// A connection opened outside the actor (spec/P2P.md §3.12): a relay we asked the hub for,
+    /// a hint we dialled from the hub's list, or a relay the hub handed us.
+    fn add_peer(&mut self, added: Added) {
+        let Added {
+            stream,
+            dialed,
+            opened,
+        } = added;
+        if self.peers.len() + self.dialing.len() >= self.config.max_peers * 2 {
+            if let Some(done) = opened.done {
+                let _ = done.send(Err(format!(
+                    "at the peer limit ({} connections)",
+                    self.peers.len() + self.dialing.len()
+                )));
+            }
+            return;
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let ctx = self.ctx.clone();
+        let events = self.events_tx.clone();
+        let cancel = self.cancel.child_token();
+        if let Some(addr) = dialed {
+            self.dialing.insert(addr);
+        }
+        tokio::spawn(async move {
+            run_peer(
+                PeerStream::Raw(stream),
+                dialed,
+                dialed,
+                conn,
+                ctx,
+                events,
+                cancel,
+                None,
+                opened,
+            )
+            .await
+        });
+    }
+
+    /// Tells watchers which nodes are connected, when that changed.
+    fn publish_peer_ids(&self) {
+        self.peer_ids.send_if_modified(|ids| {
+            let mut now: Vec<crate::wire::PeerId> = self.peers.values().map(|l| l.id).collect();
+            now.sort_unstable();
+            if *ids == now {
+                return false;
+            }
+            *ids = now;
+            true
+        });
     }
 
     fn spawn_peer(&mut self, stream: PeerStream, remote: SocketAddr, permit: OwnedSemaphorePermit) {
@@ -530,6 +589,7 @@ impl Actor {
                 events,
                 cancel,
                 Some(permit),
+                Opened::default(),
             )
             .await
         });

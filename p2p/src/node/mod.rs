@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::identity::{Identity, NodeId};
-use ferry_protocol::transport::{Connector, TcpAcceptor, TcpConnector};
+use ferry_protocol::transport::{BoxedStream, Connector, TcpAcceptor, TcpConnector};
 use ferry_protocol::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -126,6 +126,12 @@ pub struct NodeHandle {
     pub stats: watch::Receiver<Stats>,
     /// What the node tried to find peers and what failed.
     pub sources: Arc<Sources>,
+    /// The ids of the connected peers, sorted.
+    pub peer_ids: watch::Receiver<Vec<PeerId>>,
+    /// Adds connections opened elsewhere (a hub's relay) to the running node.
+    pub adder: PeerAdder,
+    /// The identity the node proves to peers.
+    pub identity: Identity,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
@@ -202,6 +208,78 @@ enum Event {
         error: Option<StorageError>,
     },
     Discovered(Vec<SocketAddr>),
+    /// A connection opened outside the actor ([`PeerAdder`]); boxed, it is rare and large.
+    Add(Box<Added>),
+}
+
+/// A connection for the actor to run as a peer.
+struct Added {
+    stream: BoxedStream,
+    /// The address we dialled, when we dialled one (not through a relay).
+    dialed: Option<SocketAddr>,
+    opened: peer::Opened,
+}
+
+impl std::fmt::Debug for Added {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Added")
+            .field("dialed", &self.dialed)
+            .field("opened", &self.opened)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hands connections opened elsewhere (a hub's relay, a hint from a hub) to a running node:
+/// the channel of new peer connections into its actor (spec/P2P.md §3.12).
+#[derive(Clone, Debug)]
+pub struct PeerAdder {
+    events: mpsc::Sender<Event>,
+}
+
+impl PeerAdder {
+    /// A connection this node opened, to `dialed` or through a relay (`None`): it runs the
+    /// session handshake as the client and the peer handshake as the dialer. The peer must
+    /// prove `expect` when given. Returns once the peer is handed to the swarm (its id), or
+    /// why not.
+    pub async fn outbound(
+        &self,
+        stream: BoxedStream,
+        dialed: Option<SocketAddr>,
+        expect: Option<NodeId>,
+    ) -> Result<PeerId, String> {
+        self.add(stream, dialed, true, expect.map(PeerId::from))
+            .await
+    }
+
+    /// A connection the other end opened (a relay the hub handed us): we are the listener.
+    pub async fn inbound(&self, stream: BoxedStream) -> Result<PeerId, String> {
+        self.add(stream, None, false, None).await
+    }
+
+    async fn add(
+        &self,
+        stream: BoxedStream,
+        dialed: Option<SocketAddr>,
+        outbound: bool,
+        expect: Option<PeerId>,
+    ) -> Result<PeerId, String> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let added = Added {
+            stream,
+            dialed,
+            opened: peer::Opened {
+                outbound,
+                expect,
+                done: Some(done),
+            },
+        };
+        if self.events.send(Event::Add(Box::new(added))).await.is_err() {
+            return Err("the node has stopped".into());
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err("the node stopped the connection before its handshake".into()))
+    }
 }
 
 /// Shared, read-only context of every peer task.
@@ -293,6 +371,8 @@ fn start_with(
         now,
     );
     let (stats_tx, stats) = watch::channel(swarm.stats());
+    let (peer_ids_tx, peer_ids) = watch::channel(Vec::new());
+    let identity = ctx.identity.clone();
     let sources = Arc::new(Sources::new(&config.trackers));
     sources.heard_of(config.peers.iter().copied());
     for server in &config.servers {
@@ -320,6 +400,10 @@ fn start_with(
         handshaking: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
         closing: HashSet::new(),
         sources: sources.clone(),
+        peer_ids: peer_ids_tx,
+    };
+    let adder = PeerAdder {
+        events: actor.events_tx.clone(),
     };
     if let Some(dht) = actor.config.dht.clone() {
         let events = actor.events_tx.clone();
@@ -342,6 +426,9 @@ fn start_with(
         node_id,
         stats,
         sources,
+        peer_ids,
+        adder,
+        identity,
         cancel,
         task,
     })

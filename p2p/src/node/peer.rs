@@ -13,7 +13,7 @@ use ferry_protocol::transport::BoxedStream;
 use ferry_protocol::{ClientHandshakeConfig, ErrorBody, ServerHandshakeConfig, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,29 @@ use super::host::Accepted;
 use super::{Ctx, Event, PeerCmd};
 use crate::manifest::PieceIndex;
 use crate::swarm::ConnId;
-use crate::wire::{self, PeerMessage};
+use crate::wire::{self, PeerId, PeerMessage};
+
+/// How a connection that did not come from the actor's own dialing or listener was opened
+/// (spec/P2P.md §3.12: a relayed or hub-found peer), and who is told how its handshake ended.
+#[derive(Debug, Default)]
+pub(super) struct Opened {
+    /// We opened it (a relay we asked for): we are the session client and the dialer.
+    pub outbound: bool,
+    /// The node id the peer must prove; another closes the connection.
+    pub expect: Option<PeerId>,
+    /// Told the peer's id once it is handed to the actor, or why the handshake failed.
+    pub done: Option<oneshot::Sender<Result<PeerId, String>>>,
+}
+
+impl Opened {
+    /// Tells whoever waits why the connection failed; returns the reason.
+    fn failed(&mut self, reason: String) -> String {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Err(reason.clone()));
+        }
+        reason
+    }
+}
 
 /// Handshakes, registers with the actor, then runs a reader loop here and a writer task beside
 /// it until either ends or `cancel` fires.
@@ -36,11 +58,10 @@ pub(super) async fn run_peer(
     events: mpsc::Sender<Event>,
     cancel: CancellationToken,
     handshake_permit: Option<OwnedSemaphorePermit>,
+    mut opened: Opened,
 ) {
-    let hello = tokio::time::timeout(
-        ctx.handshake_timeout,
-        handshake(stream, dialed.is_some(), &ctx),
-    );
+    let outbound = dialed.is_some() || opened.outbound;
+    let hello = tokio::time::timeout(ctx.handshake_timeout, handshake(stream, outbound, &ctx));
     let hello = tokio::select! {
         biased;
         _ = cancel.cancelled() => return,
@@ -51,21 +72,37 @@ pub(super) async fn run_peer(
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer handshake failed");
+            let reason = opened.failed(format!("handshake failed: {e}"));
             if let Some(addr) = dialed {
-                let reason = format!("handshake failed: {e}");
                 let _ = events.send(Event::DialFailed(addr, reason)).await;
             }
             return;
         }
         Err(_) => {
             tracing::debug!("peer handshake timed out");
+            let reason = opened.failed(format!(
+                "no handshake in {}s",
+                ctx.handshake_timeout.as_secs()
+            ));
             if let Some(addr) = dialed {
-                let reason = format!("no handshake in {}s", ctx.handshake_timeout.as_secs());
                 let _ = events.send(Event::DialFailed(addr, reason)).await;
             }
             return;
         }
     };
+    if let Some(expected) = opened.expect.filter(|e| *e != greeted.peer_id) {
+        // A hint that leads to another node (a stale address, a hostile relay end) is a dead
+        // hint (HUB.md §4.2): close without a word.
+        let reason = opened.failed(format!(
+            "the peer proved id {}, not {}",
+            greeted.peer_id, expected
+        ));
+        tracing::debug!(%reason, "closing");
+        if let Some(addr) = dialed {
+            let _ = events.send(Event::DialFailed(addr, reason)).await;
+        }
+        return;
+    }
     let listen_port = greeted.listen_port;
     let listen_addr = dialed.or_else(|| {
         remote
@@ -87,6 +124,9 @@ pub(super) async fn run_peer(
         .is_err()
     {
         return;
+    }
+    if let Some(done) = opened.done.take() {
+        let _ = done.send(Ok(greeted.peer_id));
     }
     // Fired by the writer once it has sent its last frame and shut down its side.
     let closing = CancellationToken::new();
