@@ -828,6 +828,8 @@ fn every_vector_file_is_checked() {
         "identity-handshake.txt",
         // Checked in enrol_vectors.rs.
         "enrol.txt",
+        // protocol/tests/offer_vectors.rs.
+        "offer.txt",
         // Checked where their messages live: p2p/tests/fleet_vectors.rs, p2p/tests/identity.rs
         // and hub/tests/vectors.rs.
         "fleet.txt",

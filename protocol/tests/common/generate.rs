@@ -334,6 +334,10 @@ fn message_fields(w: &mut Writer, message: &Message) {
         | Message::EnrolEnd(_) => {
             w.field("message", "Enrol");
         }
+        // Offers have their own file too, offer.txt (spec §3.13).
+        Message::OfferRequest(_) | Message::OfferResponse(_) => {
+            w.field("message", "Offer");
+        }
         Message::Error { service, body } => {
             w.field("message", "Error");
             w.hexint("error_service", service.0.into(), 2);
