@@ -200,8 +200,17 @@ impl LinkResolver {
 #[derive(Debug)]
 pub struct Jail {
     pub(crate) root: OwnedFd,
+    /// The root directory's `(st_dev, st_ino)`: which tree this jail serves.
+    root_id: (u64, u64),
     pub(crate) resolver: Resolver,
     pub(crate) links: Links,
+}
+
+/// A descriptor's `(st_dev, st_ino)`.
+#[allow(clippy::unnecessary_cast)] // field widths differ between architectures
+fn identity(fd: &OwnedFd) -> Result<(u64, u64), Errno> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
 /// How many times to retry an `openat2` that reports `EAGAIN` (a concurrent rename or mount
@@ -233,8 +242,10 @@ impl Jail {
             }
             Err(e) => return Err(e.into()),
         };
+        let root_id = identity(&fd)?;
         Ok(Self {
             root: fd,
+            root_id,
             resolver,
             links: Links::WithinRoot,
         })
@@ -258,6 +269,12 @@ impl Jail {
 
     pub fn links(&self) -> Links {
         self.links
+    }
+
+    /// The root directory's `(st_dev, st_ino)`, read when the jail was opened: two jails with
+    /// the same identity, resolver and links resolve every path alike.
+    pub fn root_id(&self) -> (u64, u64) {
+        self.root_id
     }
 
     /// Maps an errno met while resolving `path` in this jail.
@@ -482,13 +499,45 @@ impl Jail {
         }
     }
 
+    /// The root's descriptor, for watching the root itself (inotify through
+    /// `/proc/self/fd`). Resolving paths goes through the jail's own methods, never this.
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// The directories `path` passes through below the root (not the root, not the final
+    /// component), each opened `O_PATH` one component at a time without following any link,
+    /// so none of them can be outside the root. Lets a cache watch every directory whose
+    /// names decide what `path` names. A link on the way is `ELOOP`.
+    pub fn parents(&self, path: &RelPath) -> Result<Vec<OwnedFd>, Errno> {
+        let components: Vec<&str> = path.components().collect();
+        let Some((_, parents)) = components.split_last() else {
+            return Ok(Vec::new());
+        };
+        let mut dirs: Vec<OwnedFd> = Vec::with_capacity(parents.len());
+        for name in parents {
+            let at: BorrowedFd<'_> = dirs.last().map_or(self.root.as_fd(), |d| d.as_fd());
+            let next = rustix::fs::openat(
+                at,
+                *name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| if e == Errno::NOTDIR { Errno::LOOP } else { e })?;
+            dirs.push(next);
+        }
+        Ok(dirs)
+    }
+
     /// A jail whose root is the directory `path` beneath this one (a client confined to a
     /// subtree): it is opened through this jail, and everything later resolves beneath it,
     /// so neither `..` nor a link can leave the subtree.
     pub fn subtree(&self, path: &RelPath) -> Result<Jail, FsError> {
         let root = self.open_at(path, OFlags::PATH | OFlags::DIRECTORY, true)?;
+        let root_id = identity(&root).map_err(|e| self.error(e, path))?;
         Ok(Self {
             root,
+            root_id,
             resolver: self.resolver,
             links: self.links,
         })

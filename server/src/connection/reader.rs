@@ -243,6 +243,24 @@ impl Reader {
         }
     }
 
+    /// Queues a request's whole answer back to back in the data queue (room for all of it is
+    /// taken first, so no other frame comes between them and the writer finds them together);
+    /// the reader waits for that room like any other sender.
+    async fn enqueue_burst(&self, id: RequestId, frames: Vec<Message>) -> Option<Close> {
+        let permits = tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => return Some(Close::Killed),
+            permits = self.data.reserve_many(frames.len()) => match permits {
+                Ok(permits) => permits,
+                Err(_) => return Some(Close::WriterGone),
+            },
+        };
+        for (permit, message) in permits.zip(frames) {
+            permit.send((id, message));
+        }
+        None
+    }
+
     async fn refuse(
         &self,
         id: RequestId,
@@ -379,6 +397,15 @@ impl Reader {
         };
         if let Some((code, message)) = refusal {
             return self.refuse(id, service, code, message).await;
+        }
+        // A small range of a kept file is answered here, without a task: its final frame is
+        // queued before the next frame is read, so it is never in flight.
+        if let Request::Fetch(fetch) = &request {
+            let room = self.data.max_capacity();
+            if let Some((frames, _)) = service::fetch::answer_kept(&self.services, id, fetch, room)
+            {
+                return self.enqueue_burst(id, frames).await;
+            }
         }
         let generation = self.next_generation;
         self.next_generation += 1;

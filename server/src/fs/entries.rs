@@ -51,7 +51,7 @@ pub const TTL: Duration = Duration::from_secs(1);
 
 /// What every watch asks for: anything that changes an entry's metadata, or a directory's
 /// names (which changes that directory's own mtime, size and link count).
-fn watch_flags() -> WatchFlags {
+pub(super) fn watch_flags() -> WatchFlags {
     WatchFlags::MODIFY
         | WatchFlags::ATTRIB
         | WatchFlags::CREATE
@@ -64,7 +64,7 @@ fn watch_flags() -> WatchFlags {
 }
 
 /// File systems whose every local change reaches inotify (`statfs` magic numbers).
-const TRUSTED_FS: [i64; 6] = [
+pub(super) const TRUSTED_FS: [i64; 6] = [
     0x0102_1994, // tmpfs
     0x8584_58f6, // ramfs
     0xEF53,      // ext2, ext3, ext4
@@ -121,43 +121,48 @@ impl Listing {
 /// through a directory the jail opened, so it serves every tree.
 #[derive(Debug)]
 pub struct EntryCache {
-    inner: Mutex<Inner>,
-    ttl: Duration,
-    hits: AtomicU64,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) ttl: Duration,
+    pub(super) hits: AtomicU64,
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(super) struct Inner {
     /// `None` when inotify is unavailable: nothing is kept.
-    notify: Option<Arc<OwnedFd>>,
+    pub(super) notify: Option<Arc<OwnedFd>>,
     /// Bumped when `notify` is replaced; a fill that started under another is dropped.
-    epoch: u64,
+    pub(super) epoch: u64,
     /// Events read so far.
-    seq: u64,
-    watches: HashMap<i32, Watch>,
+    pub(super) seq: u64,
+    pub(super) watches: HashMap<i32, Watch>,
     /// Kept listings, each with the time it is to be described again.
     dirs: HashMap<(u64, u64), (Arc<Listing>, Instant)>,
     /// Directories found unfit to keep (a symlink, too many entries, an untrusted file
     /// system), with their stamp then: not described again until their names change.
     unfit: HashMap<(u64, u64), Stamp>,
+    /// Open files kept for fetches (`super::files`).
+    pub(super) files: super::files::Kept,
 }
 
 #[derive(Debug, Default)]
-struct Watch {
+pub(super) struct Watch {
     /// `seq` of the last event on this watch.
-    last_event: u64,
+    pub(super) last_event: u64,
     /// Listings that depend on it.
     dirs: Vec<(u64, u64)>,
+    /// Kept files that depend on it (the file itself, or a directory on its path).
+    pub(super) files: std::collections::HashSet<super::files::FileRef>,
 }
 
 impl Inner {
-    /// Reads every queued event and drops the listings they touch.
-    fn drain(&mut self) {
+    /// Reads every queued event and drops the listings and files they touch.
+    pub(super) fn drain(&mut self) {
         let Inner {
             notify,
             seq,
             watches,
             dirs,
+            files,
             ..
         } = self;
         let Some(fd) = notify.as_ref() else { return };
@@ -170,6 +175,7 @@ impl Inner {
                     if event.events().contains(ReadFlags::QUEUE_OVERFLOW) {
                         // Events were lost: nothing kept can be trusted.
                         dirs.clear();
+                        files.clear();
                         for watch in watches.values_mut() {
                             watch.last_event = *seq;
                         }
@@ -180,13 +186,17 @@ impl Inner {
                     for dir in watch.dirs.drain(..) {
                         dirs.remove(&dir);
                     }
+                    for file in watch.files.drain() {
+                        files.forget(&file);
+                    }
                 }
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => continue,
                 Err(error) => {
                     // Cannot read the queue: keep nothing from now on.
-                    tracing::warn!(%error, "cannot read inotify events; listings are no longer cached");
+                    tracing::warn!(%error, "cannot read inotify events; listings and files are no longer cached");
                     dirs.clear();
+                    files.clear();
                     *notify = None;
                     return;
                 }
@@ -195,11 +205,12 @@ impl Inner {
     }
 
     /// Replaces the inotify instance (dropping every watch) and forgets everything.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.notify = new_instance();
         self.epoch += 1;
         self.watches.clear();
         self.dirs.clear();
+        self.files.clear();
     }
 }
 
@@ -223,6 +234,7 @@ impl EntryCache {
                 watches: HashMap::new(),
                 dirs: HashMap::new(),
                 unfit: HashMap::new(),
+                files: Default::default(),
             }),
             ttl,
             hits: AtomicU64::new(0),
@@ -294,7 +306,10 @@ impl EntryCache {
         // The directory is watched before anything in it is read, so any change from here on
         // makes an event (and one between the stamp above and the watch changes the stamp).
         let proc_dir = format!("/proc/self/fd/{}", dir.as_raw_fd());
-        let Ok(dir_wd) = inotify::add_watch(&*notify, proc_dir.as_str(), watch_flags()) else {
+        // `/.`: the directory itself. The bare `/proc/self/fd/N` is the descriptor's magic link,
+        // which `IN_DONT_FOLLOW` would watch instead (and no name change would reach it).
+        let dir_path = format!("{proc_dir}/.");
+        let Ok(dir_wd) = inotify::add_watch(&*notify, dir_path.as_str(), watch_flags()) else {
             return Ok(None);
         };
         let mut names = Vec::new();
@@ -545,6 +560,30 @@ mod tests {
             "a descriptor opened before"
         );
         assert!(cache.hits() > changes.len() as u64);
+    }
+
+    /// The directory's own watch reports a new name by itself (without it, only the
+    /// directory's timestamps would, and those are as coarse as the kernel's clock tick).
+    #[test]
+    fn a_new_name_is_reported_by_the_directory_watch() {
+        if !Path::new("/proc/self/fd").is_dir() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("a"), b"a").unwrap();
+        let cache = EntryCache::new(Duration::from_secs(3600));
+        let fd = open(root.path());
+        if cache.fill(&fd).unwrap().is_none() || cache.lookup(&fd).unwrap().is_none() {
+            return; // an untrusted file system: nothing is kept
+        }
+        std::fs::write(root.path().join("b"), b"b").unwrap();
+        let id = stamp(&rustix::fs::fstat(&fd).unwrap());
+        let mut inner = cache.inner.lock().unwrap();
+        inner.drain();
+        assert!(
+            !inner.dirs.contains_key(&(id.0, id.1)),
+            "the event dropped it"
+        );
     }
 
     /// Directories with a symlink are left to the lister, and a listing past its age is

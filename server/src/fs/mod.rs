@@ -6,6 +6,7 @@
 
 pub use ferry_jail::{jail, path};
 pub mod entries;
+pub mod files;
 pub mod list;
 pub mod range;
 

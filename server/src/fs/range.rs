@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{FetchEnd, FetchResponse, TO_END};
@@ -37,7 +37,9 @@ pub fn resolve(offset: u64, length: u64, size: u64) -> Result<(u64, u64), FsErro
 /// One fetch's file, range and running hash. Blocking: call from a blocking thread.
 #[derive(Debug)]
 pub struct FileReader {
-    file: File,
+    /// Shared with the kept-file cache (`super::files`) when kept there; only positioned
+    /// reads and `fstat` use it, so fetches of one file can share it.
+    file: Arc<File>,
     path: RelPath,
     /// Metadata when the fetch started; every later observation must match it.
     opened: Meta,
@@ -64,6 +66,17 @@ impl FileReader {
     /// A reader over a file already opened through the jail (with `meta` from that open).
     pub fn from_open(
         file: File,
+        meta: Meta,
+        path: RelPath,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Self, FetchResponse), FsError> {
+        Self::from_shared(Arc::new(file), meta, path, offset, length)
+    }
+
+    /// [`FileReader::from_open`] over a descriptor that others may share (a kept file).
+    pub fn from_shared(
+        file: Arc<File>,
         meta: Meta,
         path: RelPath,
         offset: u64,

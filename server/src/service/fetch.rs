@@ -5,13 +5,16 @@
 //! fetch is outstanding. Read buffers come from the connection's pool (buffers.rs); the
 //! deadlock-freedom argument is in connection/STATE.md ("Fetch task").
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use ferry_protocol::message::{FetchRequest, FetchResponse};
-use ferry_protocol::Message;
+use ferry_protocol::message::{FetchEnd, FetchRequest, FetchResponse};
+use ferry_protocol::{Message, RequestId};
 
 use super::{Context, ServiceError, Sink};
 use crate::buffers::PooledBuf;
-use crate::fs::{FileReader, FsError, RelPath};
+use crate::fs::files::{JailKey, Lookup};
+use crate::fs::{EntryCache, FileReader, FsError, RelPath};
 
 /// Largest range served without a trip to the blocking pool, when the file's pages are
 /// already in memory. Why that cannot stall the runtime thread: the open is a `RESOLVE_CACHED`
@@ -40,8 +43,10 @@ pub(crate) async fn fetch(
             let tree = ctx.tree.clone();
             let first_buf = pool.try_get();
             tokio::task::spawn_blocking(move || {
+                // Opens through the jail, and keeps the descriptor when it may be kept.
+                let (file, meta) = EntryCache::shared().fill_file(&tree.jail, &path)?;
                 let (mut reader, response) =
-                    FileReader::open(&tree.jail, path, request.offset, request.length)?;
+                    FileReader::from_shared(file, meta, path, request.offset, request.length)?;
                 let first = match first_buf {
                     Some(mut buf) if reader.remaining() > 0 => {
                         let n = reader.read_batch(buf.space())?;
@@ -115,23 +120,43 @@ pub(crate) async fn fetch(
 type Opened = (FileReader, FetchResponse, Option<PooledBuf>);
 
 /// Opens and reads a small range on this thread if nothing has to wait for a disk; `None`
-/// sends the request to the blocking pool. Confinement is the jail's, as on the slow path.
+/// sends the request to the blocking pool. A kept file ([`EntryCache::lookup_file`]) needs no
+/// open at all; one not yet kept goes to the blocking pool, which keeps it; one that cannot be
+/// kept is opened here with a walk that cannot wait for a disk. Confinement is the jail's, as
+/// on the slow path: a kept descriptor is one the jail opened.
 fn open_inline(
     ctx: &Context,
     path: &RelPath,
     request: &FetchRequest,
 ) -> Result<Option<Opened>, FsError> {
-    let Some((file, meta)) = ctx.tree.jail.open_file_cached(path)? else {
-        return Ok(None);
+    let jail = &ctx.tree.jail;
+    let key = JailKey::of(jail);
+    let (file, meta, kept) = match EntryCache::shared().lookup_file(key, path) {
+        Lookup::Hit(file, meta) => (file, meta, true),
+        Lookup::Miss => return Ok(None),
+        Lookup::Unfit => match jail.open_file_cached(path)? {
+            Some((file, meta)) => (Arc::new(file), meta, false),
+            None => return Ok(None),
+        },
     };
     let (mut reader, response) =
-        FileReader::from_open(file, meta, path.clone(), request.offset, request.length)?;
+        FileReader::from_shared(file, meta, path.clone(), request.offset, request.length)?;
     let mut first = None;
     if (1..=INLINE_MAX).contains(&reader.remaining()) {
         if let Some(mut buf) = ctx.buffers.try_get() {
-            if let Some(n) = reader.read_batch_cached(buf.space())? {
-                buf.set_len(n);
-                first = Some(buf);
+            match reader.read_batch_cached(buf.space()) {
+                Ok(Some(n)) => {
+                    buf.set_len(n);
+                    first = Some(buf);
+                }
+                Ok(None) => {}
+                // A kept file that changed without an event (a store through a shared
+                // `mmap`): open it afresh rather than fail the fetch.
+                Err(FsError::Changed(_)) if kept => {
+                    EntryCache::shared().forget_file(key, path);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -148,19 +173,76 @@ async fn send_whole(
 ) -> Result<u64, ServiceError> {
     // Nothing was sent since the read that took the last bytes (and checked the file).
     let end = reader.finish_just_read()?;
+    sink.send_all(whole_frames(ctx.chunk, response, first, end))
+        .await?;
+    Ok(end.bytes)
+}
+
+/// The response, the data cut into chunks, and the end.
+fn whole_frames(
+    chunk: usize,
+    response: FetchResponse,
+    first: Option<PooledBuf>,
+    end: FetchEnd,
+) -> Vec<Message> {
     let mut frames = vec![Message::FetchResponse(response)];
     if let Some(batch) = first.filter(|b| !b.as_ref().is_empty()) {
         let batch = Bytes::from_owner(batch);
         let mut at = 0;
         while at < batch.len() {
-            let stop = (at + ctx.chunk).min(batch.len());
+            let stop = (at + chunk).min(batch.len());
             frames.push(Message::Data(batch.slice(at..stop)));
             at = stop;
         }
     }
     frames.push(Message::FetchEnd(end));
-    sink.send_all(frames).await?;
-    Ok(end.bytes)
+    frames
+}
+
+/// Answers a fetch of a small range of a kept file on the spot, for the connection's reader
+/// to queue without a task: the lookup, one read and one `fstat`, no wait for a disk, no hop
+/// to the blocking pool. `None` (nothing done, nothing consumed) leaves the request to a task
+/// ([`fetch`]), which also answers every error; so do ranges that need more than
+/// `max_frames` frames. Returns the frames and the data bytes, and logs the request's line
+/// as [`super::run`] does.
+pub(crate) fn answer_kept(
+    ctx: &Context,
+    id: RequestId,
+    request: &FetchRequest,
+    max_frames: usize,
+) -> Option<(Vec<Message>, u64)> {
+    let started = std::time::Instant::now();
+    let path = ctx.readable(&request.path).ok()?;
+    let key = JailKey::of(&ctx.tree.jail);
+    let Lookup::Hit(file, meta) = EntryCache::shared().lookup_file(key, &path) else {
+        return None;
+    };
+    let (mut reader, response) =
+        FileReader::from_shared(file, meta, path.clone(), request.offset, request.length).ok()?;
+    let remaining = reader.remaining();
+    let frames = remaining.div_ceil(ctx.chunk as u64).saturating_add(2);
+    if remaining > INLINE_MAX || frames > max_frames as u64 {
+        return None;
+    }
+    let mut first = None;
+    if remaining > 0 {
+        let mut buf = ctx.buffers.try_get()?;
+        match reader.read_batch_cached(buf.space()) {
+            Ok(Some(n)) => buf.set_len(n),
+            Ok(None) => return None,
+            Err(_) => {
+                // Changed without an event, or unreadable: the task opens it afresh.
+                EntryCache::shared().forget_file(key, &path);
+                return None;
+            }
+        }
+        first = Some(buf);
+    }
+    let end = reader.finish_just_read().ok()?;
+    let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let bytes = end.bytes;
+    tracing::info!(%id, service = "fetch", path = ?request.path, bytes, elapsed_ms, outcome = "ok", "request");
+    Some((whole_frames(ctx.chunk, response, first, end), bytes))
 }
 
 type ReadResult = (FileReader, Result<PooledBuf, FsError>);
@@ -268,6 +350,10 @@ mod tests {
             length: TO_END,
         };
         let path = ctx.readable("f").unwrap();
+        // The first fetch of a file opens it on the blocking pool, and keeps it if it may.
+        let (out, mut rx) = sink();
+        assert_eq!(fetch(&ctx, request.clone(), &out).await.unwrap(), 5);
+        drain(&mut rx);
         if ctx.tree.jail.resolver() == crate::fs::Resolver::Openat2 {
             let (reader, response, first) = open_inline(&ctx, &path, &request)
                 .unwrap()
@@ -321,6 +407,61 @@ mod tests {
             .await;
             assert_eq!(error_code(&frames), ErrorCode::INVALID_PATH, "{name}");
         }
+    }
+
+    /// Once a fetch has kept a small file, the reader's on-the-spot answer is the same frames
+    /// as a task's, digest included; a change shows at once; and when a directory on the path
+    /// is swapped for a link out of the root, nothing is answered on the spot and the task
+    /// refuses the path without sending a byte of the outside file.
+    #[tokio::test]
+    async fn a_kept_file_is_answered_on_the_spot_and_never_stale_or_outside() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir(outer.path().join("outside")).unwrap();
+        std::fs::write(outer.path().join("outside/f"), b"CANARY").unwrap();
+        std::fs::write(root.join("d/f"), b"hello").unwrap();
+        let ctx = Context {
+            chunk: 64,
+            ..context(&root, Principal::key_holder())
+        };
+        let request = || FetchRequest {
+            path: "d/f".into(),
+            offset: 0,
+            length: TO_END,
+        };
+        let (out, mut rx) = sink();
+        fetch(&ctx, request(), &out).await.unwrap();
+        let by_task = drain(&mut rx);
+        let Some((on_the_spot, bytes)) = answer_kept(&ctx, RequestId(7), &request(), 16) else {
+            // Nothing kept: no inotify, or a file system it cannot be trusted on.
+            return;
+        };
+        assert_eq!((on_the_spot, bytes), (by_task, 5));
+        assert!(
+            answer_kept(&ctx, RequestId(7), &request(), 2).is_none(),
+            "no room"
+        );
+
+        std::fs::write(root.join("d/f"), b"changed!").unwrap();
+        // Dropped by the change's event: the next task opens it afresh and keeps it again.
+        assert!(answer_kept(&ctx, RequestId(7), &request(), 16).is_none());
+        let (out, mut rx) = sink();
+        assert_eq!(fetch(&ctx, request(), &out).await.unwrap(), 8);
+        let (frames, _) = answer_kept(&ctx, RequestId(7), &request(), 16).unwrap();
+        assert_eq!(frames, drain(&mut rx));
+        assert!(matches!(&frames[1], Message::Data(d) if d[..] == b"changed!"[..]));
+
+        std::fs::rename(root.join("d"), root.join("d.old")).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("outside"), root.join("d")).unwrap();
+        assert!(answer_kept(&ctx, RequestId(7), &request(), 16).is_none());
+        let frames = answer(
+            &ctx,
+            ferry_protocol::Service::FETCH,
+            super::super::Request::Fetch(request()),
+        )
+        .await;
+        assert_eq!(error_code(&frames), ErrorCode::INVALID_PATH);
     }
 
     #[tokio::test]
