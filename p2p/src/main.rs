@@ -193,6 +193,12 @@ struct SwarmArgs {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), std::path::PathBuf::from)
     )]
     identity: Option<std::path::PathBuf>,
+    /// Find peers and be found through a ferry-hub (spec/P2P.md §3.12): stay present there
+    /// (as NAME, or as this node's id), announce the content and ask it for peers; peers that
+    /// cannot be dialled are reached through the hub's relay. HUB is HOST[:PORT] or
+    /// ferry://HUBID@HOST:PORT/. E.g. --hub 203.0.113.5:6790
+    #[arg(long, value_name = "[NAME@]HUB")]
+    hub: Option<ferry_p2p::hubpeer::HubAddr>,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -605,6 +611,19 @@ fn load_identity(
     Ok(Some(found))
 }
 
+/// Keeps `handle`'s swarm present at the hub (spec/P2P.md §3.12) until the result is dropped.
+async fn start_hub(
+    handle: &node::NodeHandle,
+    manifest: &Manifest,
+    hub: &ferry_p2p::hubpeer::HubAddr,
+) -> ferry_p2p::hubpeer::HubPeer {
+    let config = ferry_p2p::hubpeer::HubPeerConfig::new(hub.clone());
+    let started = ferry_p2p::hubpeer::start(handle, manifest.content_id(), config).await;
+    let key = hub.name.clone().unwrap_or_else(|| handle.node_id.to_string());
+    eprintln!("ferry-peer: announcing through the hub as {key}");
+    started
+}
+
 async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     if args.data.len() != 1 && args.data.len() != args.manifests.len() {
@@ -635,6 +654,13 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
         }
         swarms.push((manifest, storage, have));
     }
+    if args.swarm.hub.is_some() && swarms.len() > 1 {
+        eprintln!(
+            "ferry-peer: --hub seeds one manifest per process; {} were given",
+            swarms.len()
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let dht_cancel = tokio_util::sync::CancellationToken::new();
     let dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
         Ok(dht) => dht,
@@ -658,6 +684,7 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let mut handles = Vec::new();
+    let mut hubs = Vec::new();
     for (manifest, storage, have) in swarms {
         let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
         let mut config = node_config(&args.swarm, trackers, true)?;
@@ -673,6 +700,9 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
                     manifest.content_id(),
                     handle.listen_addr
                 );
+                if let Some(hub) = &args.swarm.hub {
+                    hubs.push(start_hub(&handle, &manifest, hub).await);
+                }
                 handles.push(handle);
             }
             Err(e) => {
@@ -740,8 +770,10 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if trackers_and_peers_empty(&config) && !have.is_full() {
-        eprintln!("ferry-peer: no tracker, --peer, --server or --dht: nowhere to find the data");
+    if trackers_and_peers_empty(&config) && args.swarm.hub.is_none() && !have.is_full() {
+        eprintln!(
+            "ferry-peer: no tracker, --peer, --server, --dht or --hub: nowhere to find the data"
+        );
         return Ok(ExitCode::from(EXIT_CONNECTION));
     }
     let handle = match node::start(manifest.clone(), storage.clone(), have, config).await {
@@ -750,6 +782,10 @@ async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             eprintln!("ferry-peer: {e}");
             return Ok(ExitCode::from(EXIT_CONNECTION));
         }
+    };
+    let _hub = match &args.swarm.hub {
+        Some(hub) => Some(start_hub(&handle, &manifest, hub).await),
+        None => None,
     };
     let bar = ferry_common::progress::stderr_bar(
         manifest.piece_count() as u64,
