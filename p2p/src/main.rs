@@ -619,7 +619,10 @@ async fn start_hub(
 ) -> ferry_p2p::hubpeer::HubPeer {
     let config = ferry_p2p::hubpeer::HubPeerConfig::new(hub.clone());
     let started = ferry_p2p::hubpeer::start(handle, manifest.content_id(), config).await;
-    let key = hub.name.clone().unwrap_or_else(|| handle.node_id.to_string());
+    let key = hub
+        .name
+        .clone()
+        .unwrap_or_else(|| handle.node_id.to_string());
     eprintln!("ferry-peer: announcing through the hub as {key}");
     started
 }
