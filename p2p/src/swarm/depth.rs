@@ -29,19 +29,57 @@ pub(super) struct Depth {
     /// Shortest request-to-block time seen.
     min_rtt: Option<Duration>,
     /// Bytes per second of requested blocks.
+    meter: Meter,
+    target: usize,
+}
+
+/// Bytes per second over windows of at least a given length. A sample at least the current
+/// rate replaces it, a lower one is averaged in with weight 1/4: the rate follows a growing
+/// link within a window and a shrinking one over a few. Also measures the super-seed's upload
+/// to each peer (`super_seed.rs`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Meter {
     rate: f64,
     window_start: Option<Instant>,
     window_bytes: u64,
-    target: usize,
+}
+
+impl Meter {
+    /// Counts `len` bytes at `now`; returns whether a window of at least `window` closed, so
+    /// the rate has a new sample. The first call opens the first window: its bytes were on
+    /// their way before it opened.
+    pub(super) fn add(&mut self, len: u64, now: Instant, window: Duration) -> bool {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            return false;
+        };
+        self.window_bytes += len;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < window {
+            return false;
+        }
+        let sample = self.window_bytes as f64 / elapsed.as_secs_f64();
+        self.rate = if sample >= self.rate {
+            sample
+        } else {
+            0.75 * self.rate + 0.25 * sample
+        };
+        self.window_start = Some(now);
+        self.window_bytes = 0;
+        true
+    }
+
+    /// Bytes per second; 0 before the first sample.
+    pub(super) fn rate(&self) -> f64 {
+        self.rate
+    }
 }
 
 impl Depth {
     pub(super) fn new(floor: usize, cap: usize) -> Self {
         Self {
             min_rtt: None,
-            rate: 0.0,
-            window_start: None,
-            window_bytes: 0,
+            meter: Meter::default(),
             target: START.clamp(floor.min(cap), cap),
         }
     }
@@ -54,7 +92,7 @@ impl Depth {
     /// The measured rate in bytes per second and the round trip.
     #[cfg(test)]
     pub(super) fn measured(&self) -> (f64, Option<Duration>) {
-        (self.rate, self.min_rtt)
+        (self.meter.rate(), self.min_rtt)
     }
 
     /// A requested block of `len` bytes arrived at `now`; it was requested at `sent`.
@@ -70,27 +108,12 @@ impl Depth {
         if self.min_rtt.is_none_or(|m| rtt < m) {
             self.min_rtt = Some(rtt);
         }
-        let Some(start) = self.window_start else {
-            // The first block opens the first window; its own bytes were asked for before it.
-            self.window_start = Some(now);
-            return;
-        };
-        self.window_bytes += len;
         let window = self.min_rtt.unwrap_or_default().max(MIN_WINDOW);
-        let elapsed = now.saturating_duration_since(start);
-        if elapsed < window {
+        if !self.meter.add(len, now, window) {
             return;
         }
-        let sample = self.window_bytes as f64 / elapsed.as_secs_f64();
-        self.rate = if sample >= self.rate {
-            sample
-        } else {
-            0.75 * self.rate + 0.25 * sample
-        };
-        self.window_start = Some(now);
-        self.window_bytes = 0;
         let rtt = self.min_rtt.unwrap_or_default().as_secs_f64();
-        let bdp_blocks = self.rate * rtt / f64::from(MAX_BLOCK);
+        let bdp_blocks = self.meter.rate() * rtt / f64::from(MAX_BLOCK);
         // Saturating float-to-int cast: a huge product lands on the cap.
         let want = (2.0 * bdp_blocks).ceil() as usize;
         self.target = want.clamp(floor.min(cap), cap);

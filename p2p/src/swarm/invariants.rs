@@ -348,10 +348,10 @@ fn unchoke_slots(s: &Swarm) -> Result<(), String> {
 }
 
 /// S1: while super-seeding every peer has `revealed`, else none does; `revealed_pending` counts
-/// revealed pieces the peer lacks and stays within the target; `reveal_count[i]` is at least
+/// revealed pieces the peer lacks and stays within the cap; `reveal_count[i]` is at least
 /// the connected peers piece i was revealed to.
 fn super_seeding(s: &Swarm) -> Result<(), String> {
-    let target = SuperSeed::target(&s.config, s.manifest.piece_size());
+    let cap = SuperSeed::cap(&s.config, s.manifest.piece_size());
     for (c, peer) in &s.peers {
         match (&peer.revealed, s.super_seed.on) {
             (None, false) => {}
@@ -361,9 +361,9 @@ fn super_seeding(s: &Swarm) -> Result<(), String> {
                     .pieces()
                     .filter(|&p| revealed.has(p) && !peer.have.has(p))
                     .count() as u32;
-                if pending != peer.revealed_pending || pending > target {
+                if pending != peer.revealed_pending || pending > cap {
                     return Err(format!(
-                        "{c:?}: revealed_pending {} (really {pending}, target {target})",
+                        "{c:?}: revealed_pending {} (really {pending}, cap {cap})",
                         peer.revealed_pending
                     ));
                 }

@@ -338,6 +338,10 @@ impl Swarm {
             peer.window_up += bytes;
             if bytes > 0 {
                 peer.last_sent = now;
+                if peer.revealed.is_some() {
+                    peer.reveal
+                        .on_uploaded(bytes, now, self.manifest.piece_size());
+                }
             }
         }
         self.stats.uploaded += bytes;
@@ -514,6 +518,22 @@ impl Swarm {
                 released = true;
             }
             let peer = &self.peers[&conn];
+            // What is in flight each way, once a second, for diagnosing a link that is not
+            // filled (RUST_LOG=ferry_p2p::swarm=debug).
+            tracing::debug!(
+                ?conn,
+                outstanding = peer.outstanding.len(),
+                depth = peer.depth.target(),
+                queued_uploads = peer.queued_uploads,
+                revealed_pending = peer.revealed_pending,
+                reveal_target = peer.reveal.target(
+                    SuperSeed::target(&self.config, self.manifest.piece_size()),
+                    SuperSeed::cap(&self.config, self.manifest.piece_size()),
+                ),
+                down = peer.window_down,
+                up = peer.window_up,
+                "flow"
+            );
             if now.saturating_duration_since(peer.last_sent) >= self.config.keepalive {
                 self.send(conn, PeerMessage::KeepAlive, now);
             }

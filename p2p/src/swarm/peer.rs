@@ -10,6 +10,7 @@ use ferry_protocol::ErrorCode;
 use super::depth::Depth;
 use super::pex::FIRST_PEX;
 use super::picker::PieceState;
+use super::super_seed::RevealWindow;
 use super::{ConnId, Swarm, SwarmConfig};
 use crate::pieces::Bitfield;
 use crate::wire::{PeerId, PeerMessage};
@@ -38,6 +39,8 @@ pub(super) struct Peer {
     pub(super) revealed: Option<Bitfield>,
     /// Revealed pieces the peer does not have yet.
     pub(super) revealed_pending: u32,
+    /// Super-seeding: how many pieces to keep revealed in front of this peer.
+    pub(super) reveal: RevealWindow,
     pub(super) window_down: u64,
     pub(super) window_up: u64,
     pub(super) last_recv: Instant,
@@ -73,6 +76,7 @@ impl Peer {
             unrequested: 0,
             revealed,
             revealed_pending: 0,
+            reveal: RevealWindow::default(),
             window_down: 0,
             window_up: 0,
             last_recv: now,
@@ -185,6 +189,7 @@ impl Swarm {
         peer.have.set(piece);
         if peer.revealed.as_ref().is_some_and(|r| r.has(piece)) {
             peer.revealed_pending = peer.revealed_pending.saturating_sub(1);
+            peer.reveal.on_have(index, now, self.manifest.piece_size());
         }
         let a = &mut self.picker.availability[piece.idx()];
         *a = a.saturating_add(1);

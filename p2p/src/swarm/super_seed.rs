@@ -1,10 +1,17 @@
 //! Super-seeding (spec/P2P.md §4.4): a node that starts complete advertises nothing and reveals
 //! pieces a few at a time, least revealed first, so each piece leaves the seed about once.
+//!
+//! How many pieces stay revealed in front of a peer follows that peer's upload rate × the
+//! time from revealing a piece to the peer's HAVE for it ([`RevealWindow`]): a piece is
+//! pending for a whole loop (our HAVE, its REQUESTs, the blocks, its hash, its HAVE), and a
+//! fixed few pieces left a 20 Mbit/s, 200 ms link a quarter idle.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::depth::{Meter, MIN_WINDOW};
 use super::{ConnId, Swarm, SwarmConfig};
 use crate::manifest::PieceIndex;
 use crate::wire::{PeerMessage, MAX_BLOCK};
@@ -26,10 +33,78 @@ impl SuperSeed {
         }
     }
 
-    /// Revealed-but-missing pieces kept in front of each peer: `reveal_blocks` worth, plus one.
+    /// Fewest revealed-but-missing pieces kept in front of each peer: `reveal_blocks` worth,
+    /// plus one.
     pub(super) fn target(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
         (config.reveal_blocks * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
+    }
+
+    /// Most revealed-but-missing pieces in front of one peer: a full request pipeline's worth
+    /// (`pipeline` blocks), plus one, and never below [`SuperSeed::target`].
+    pub(super) fn cap(config: &SwarmConfig, piece_size: u32) -> u32 {
+        let piece_size = piece_size.max(1) as usize;
+        let cap = (config.pipeline * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1;
+        cap.max(Self::target(config, piece_size as u32))
+    }
+}
+
+/// One peer's reveal window: ceil(2 × upload rate to it × shortest reveal-to-HAVE time ÷ piece
+/// size) + 1 pieces, between [`SuperSeed::target`] and [`SuperSeed::cap`]. The doubling lets
+/// the rate grow, as for the request depth (`depth.rs`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct RevealWindow {
+    /// When each revealed piece the peer lacks was revealed; at most [`SuperSeed::cap`].
+    revealed_at: BTreeMap<u32, Instant>,
+    /// Shortest time from revealing a piece to the peer's HAVE for it.
+    min_loop: Option<Duration>,
+    /// Block bytes uploaded to the peer.
+    meter: Meter,
+    /// Pieces to keep revealed; `None` until the first rate sample.
+    target: Option<u32>,
+}
+
+impl RevealWindow {
+    pub(super) fn on_revealed(&mut self, piece: u32, now: Instant) {
+        self.revealed_at.insert(piece, now);
+    }
+
+    /// The peer announced `piece`.
+    pub(super) fn on_have(&mut self, piece: u32, now: Instant, piece_size: u32) {
+        if let Some(at) = self.revealed_at.remove(&piece) {
+            let turn = now.saturating_duration_since(at);
+            if self.min_loop.is_none_or(|m| turn < m) {
+                self.min_loop = Some(turn);
+                // The first loop comes a loop after the start; use the rate measured so far
+                // rather than wait a further loop for a window of that length.
+                self.resize(piece_size);
+            }
+        }
+    }
+
+    /// We sent `bytes` of blocks to the peer.
+    pub(super) fn on_uploaded(&mut self, bytes: u64, now: Instant, piece_size: u32) {
+        let window = self.min_loop.unwrap_or_default().max(MIN_WINDOW);
+        if self.meter.add(bytes, now, window) {
+            self.resize(piece_size);
+        }
+    }
+
+    fn resize(&mut self, piece_size: u32) {
+        let (Some(turn), rate) = (self.min_loop, self.meter.rate()) else {
+            return;
+        };
+        if rate <= 0.0 {
+            return;
+        }
+        let ahead = 2.0 * rate * turn.as_secs_f64() / f64::from(piece_size.max(1));
+        // Saturating float-to-int cast: a huge product lands on the cap.
+        self.target = Some((ahead.ceil() as u32).saturating_add(1));
+    }
+
+    /// Pieces to keep revealed now, within `floor..=cap`.
+    pub(super) fn target(&self, floor: u32, cap: u32) -> u32 {
+        self.target.unwrap_or(floor).clamp(floor.min(cap), cap)
     }
 }
 
@@ -40,7 +115,8 @@ impl Swarm {
         if !self.super_seed.on {
             return;
         }
-        let target = SuperSeed::target(&self.config, self.manifest.piece_size());
+        let floor = SuperSeed::target(&self.config, self.manifest.piece_size());
+        let cap = SuperSeed::cap(&self.config, self.manifest.piece_size());
         let n = self.manifest.piece_count();
         loop {
             let Some(peer) = self.peers.get(&conn) else {
@@ -49,6 +125,7 @@ impl Swarm {
             let Some(revealed) = &peer.revealed else {
                 return;
             };
+            let target = peer.reveal.target(floor, cap);
             if peer.revealed_pending >= target || !peer.got_bitfield {
                 return;
             }
@@ -75,6 +152,7 @@ impl Swarm {
             self.super_seed.reveal_count[piece.idx()] += 1;
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.revealed_pending += 1;
+                peer.reveal.on_revealed(piece.get(), now);
                 if let Some(r) = &mut peer.revealed {
                     r.set(piece);
                 }

@@ -69,7 +69,7 @@ fn handshake(
 }
 
 /// The PIECE message that answers an upload of real content.
-fn upload(
+pub(crate) fn upload(
     content: &[u8],
     manifest: &Manifest,
     piece: PieceIndex,
@@ -123,6 +123,10 @@ impl Net {
     pub(crate) fn new(content_len: usize, piece_size: u32) -> Self {
         let mut rng = StdRng::seed_from_u64(7);
         let content: Vec<u8> = (0..content_len).map(|_| rng.gen()).collect();
+        Self::with_content(content, piece_size)
+    }
+
+    pub(crate) fn with_content(content: Vec<u8>, piece_size: u32) -> Self {
         let manifest = Arc::new(manifest_for(&content, piece_size));
         Self {
             manifest,
