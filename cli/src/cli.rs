@@ -181,7 +181,7 @@ pub enum Command {
     Send(SendArgs),
     /// Wait for `ferry send`, at a hub under a registered name and on a local port.
     #[command(
-        after_help = format!("Examples:\n  ferry receive alice@hub.example.org:6790              (into the current directory)\n  ferry receive alice@hub.example.org:6790 --from bob@hub.example.org:6790 -o ~/in\n  ferry receive --listen 0.0.0.0:7000                   (direct senders only)\nOffers from ids in ~/.config/ferry/authorized_clients (ferry-server authorize) or from\n--from are taken at once; any other offer is shown with a y/N question, and declined without\none when stdin is not a terminal. Nothing is overwritten; an interrupted send resumes when it\nis sent again. Ends after the first offer taken has arrived whole.\n\n{EXIT_CODES}")
+        after_help = format!("Examples:\n  ferry receive alice@hub.example.org:6790              (into the current directory)\n  ferry receive alice@hub.example.org:6790 --from bob@hub.example.org:6790 -o ~/in\n  ferry receive --listen 0.0.0.0:7000                   (direct senders only)\n  ferry receive alice@hub.example.org:6790 --relay-only (through the hub only)\nOffers from ids in ~/.config/ferry/authorized_clients (ferry-server authorize) or from\n--from are taken at once; any other offer is shown with a y/N question, and declined without\none when stdin is not a terminal. Nothing is overwritten; an interrupted send resumes when it\nis sent again. Ends after the first offer taken has arrived whole.\n\n{EXIT_CODES}")
     )]
     Receive(ReceiveArgs),
 }
@@ -220,9 +220,11 @@ pub struct ReceiveArgs {
     /// reported to the hub. Default: 0.0.0.0:0 (any free port). E.g. --listen 192.168.1.5:7000
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
     pub listen: Vec<std::net::SocketAddr>,
-    /// Take senders only through the hub's relay: listen on no port. Default: off.
+    /// Take senders only through the hub's relay: listen on no port and answer no hole punch,
+    /// so a sender never learns this machine's address. Default: off (direct, punched or
+    /// relayed, whichever works first).
     #[arg(long, requires = "at")]
-    pub no_listen: bool,
+    pub relay_only: bool,
 }
 
 #[derive(Debug, Args)]

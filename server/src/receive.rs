@@ -302,7 +302,7 @@ impl Receiver {
                         .await;
                     break;
                 }
-                _ if running.contains_key(&id) => {
+                Message::OfferRequest(_) | Message::PutRequest(_) if running.contains_key(&id) => {
                     let text = format!("request id {} is already in flight", id.0);
                     let _ = queue.send(refuse(ErrorCode::DUPLICATE_ID, text)).await;
                 }

@@ -1,4 +1,4 @@
-//! `ferry receive [NAME@HUB] [--from SENDER] [-o DIR] [--listen ADDR | --no-listen]`: waits for
+//! `ferry receive [NAME@HUB] [--from SENDER] [-o DIR] [--listen ADDR | --relay-only]`: waits for
 //! `ferry send` (spec §3.13). Senders reach this machine directly on `--listen` or, at a hub,
 //! through its relay (this machine stays present there under NAME, as `ferry-server --hub`
 //! does). Who may send: `--from`'s sender, and ids in authorized_clients, at once; anyone else
@@ -27,9 +27,9 @@ use ferry_server::receive::{Event, Offer, Receiver};
 const PRESENT_WITHIN: Duration = Duration::from_secs(20);
 
 pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
-    if args.at.is_none() && args.no_listen {
+    if args.at.is_none() && args.relay_only {
         return Err(ClientError::Usage(
-            "--no-listen needs NAME@HUB: otherwise no sender can reach this machine".into(),
+            "--relay-only needs NAME@HUB: otherwise no sender can reach this machine".into(),
         ));
     }
     let identity = identity(ctx)?;
@@ -44,7 +44,7 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
     };
 
     let mut listening = Vec::new();
-    if !args.no_listen {
+    if !args.relay_only {
         for addr in &args.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -74,7 +74,16 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
     let me = identity.id();
     // Kept alive for the whole wait: dropping it leaves the hub.
     let _presence = match &args.at {
-        Some(at) => Some(present(at, &identity, &listening, receiver.clone()).await?),
+        Some(at) => Some(
+            present(
+                at,
+                &identity,
+                &listening,
+                !args.relay_only,
+                receiver.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let out = args.out.display().to_string();
@@ -295,6 +304,7 @@ async fn present(
     at: &FerryUrl,
     identity: &Identity,
     listening: &[SocketAddr],
+    punch: bool,
     receiver: Arc<Receiver>,
 ) -> Result<ferry_hub::Presence, ClientError> {
     let name = at.name.clone().unwrap_or_default();
@@ -305,6 +315,7 @@ async fn present(
         .filter(|a| !a.ip().is_unspecified())
         .copied()
         .collect();
+    config.punch = punch;
     let (mut acceptor, presence) = ferry_hub::spawn_presence(config);
     tokio::spawn(async move {
         while let Ok((stream, hub)) = acceptor.accept().await {
