@@ -12,6 +12,9 @@ use ferry_hub::wire::{
     Event, HintSource, NameRequest, PresenceRequest, PresenceResponse, Punch, PunchRequest,
     RegisterRequest, RegisterResponse, RelayRequest, RelayResponse, ResolveResponse,
 };
+use ferry_hub::server::content::{
+    AnnounceRequest, AnnounceResponse, PeerEntry, PeersRequest, PeersResponse,
+};
 use ferry_protocol::identity::{Identity, NodeId};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/hub.txt");
@@ -298,6 +301,66 @@ fn vectors() -> (
             }
             .to_bytes(),
         ),
+        (
+            "announce_request",
+            0x68,
+            0x10,
+            vec![
+                ("flags", "0".into()),
+                ("content", s(&format!("{} {}", "11".repeat(32), "22".repeat(32)))),
+            ],
+            AnnounceRequest {
+                withdraw: false,
+                content: vec![[0x11; 32], [0x22; 32]],
+            }
+            .to_bytes(),
+        ),
+        (
+            "announce_withdraw",
+            0x68,
+            0x10,
+            vec![("flags", "1".into()), ("content", s(&"22".repeat(32)))],
+            AnnounceRequest {
+                withdraw: true,
+                content: vec![[0x22; 32]],
+            }
+            .to_bytes(),
+        ),
+        (
+            "announce_response",
+            0x68,
+            0x11,
+            vec![("held", "2".into())],
+            AnnounceResponse { held: 2 }.to_bytes(),
+        ),
+        (
+            "peers_request",
+            0x69,
+            0x10,
+            vec![("content", "11".repeat(32))],
+            PeersRequest {
+                content: [0x11; 32],
+            }
+            .to_bytes(),
+        ),
+        (
+            "peers_response",
+            0x69,
+            0x11,
+            vec![
+                ("id", s(&alice.to_string())),
+                ("via", s(&alice.to_string())),
+                ("addrs", addrs_text(&[v4, refl])),
+            ],
+            PeersResponse {
+                peers: vec![PeerEntry {
+                    id: alice,
+                    via: alice.to_string(),
+                    addrs: vec![v4, refl],
+                }],
+            }
+            .to_bytes(),
+        ),
     ];
     let invalid = vec![
         (
@@ -370,6 +433,34 @@ fn vectors() -> (
             0x10,
             vec![2, 1, 2, 3],
             "truncated token",
+        ),
+        (
+            "announce_undefined_flag",
+            0x68,
+            0x10,
+            vec![0x02, 0],
+            "announce flag",
+        ),
+        (
+            "announce_33_ids",
+            0x68,
+            0x10,
+            vec![0, 33],
+            "more than 32 content ids",
+        ),
+        (
+            "announce_truncated_id",
+            0x68,
+            0x10,
+            [vec![0, 1], vec![0x11; 31]].concat(),
+            "truncated content id",
+        ),
+        (
+            "peers_51",
+            0x69,
+            0x11,
+            vec![51],
+            "more than 50 peers",
         ),
     ];
     (valid, invalid)
@@ -456,6 +547,10 @@ fn decodes(service: u8, kind: u8, body: Bytes) -> bool {
         (0x63, 0x11) => RelayResponse::decode(body).is_ok(),
         (0x64, 0x10) => PunchRequest::decode(body).is_ok(),
         (0x64, 0x11) => Punch::decode(body).is_ok(),
+        (0x68, 0x10) => AnnounceRequest::decode(body).is_ok(),
+        (0x68, 0x11) => AnnounceResponse::decode(body).is_ok(),
+        (0x69, 0x10) => PeersRequest::decode(body).is_ok(),
+        (0x69, 0x11) => PeersResponse::decode(body).is_ok(),
         _ => false,
     }
 }

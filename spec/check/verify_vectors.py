@@ -1612,6 +1612,16 @@ def hub_body(v):
         return s("name") + v.int("rtt_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
     if service == 0x64 and kind == 0x11:
         return hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
+    if service == 0x68 and kind == 0x10:
+        ids = [bytes.fromhex(c) for c in v.str("content").split()]
+        check(all(len(c) == 32 for c in ids), "content ids of 32 bytes")
+        return bytes([v.int("flags"), len(ids)]) + b"".join(ids)
+    if service == 0x68 and kind == 0x11:
+        return v.int("held").to_bytes(2, "big")
+    if service == 0x69 and kind == 0x10:
+        return v.hex("content")
+    if service == 0x69 and kind == 0x11:
+        return bytes([1]) + hub_id(v.str("id")) + s("via") + hub_addrs(v.str("addrs"))
     raise ValueError(f"{name}: no hub body for service 0x{service:02x} type 0x{kind:02x}")
 
 
@@ -1670,6 +1680,22 @@ def hub_decode(service, kind, body):
         r.str(), r.u32(), addrs()
     elif (service, kind) == (0x64, 0x11):
         r.take(20), r.u32(), addrs()
+    elif (service, kind) == (0x68, 0x10):
+        check(r.u8() in (0, 1), "announce flags")
+        n = r.u8()
+        check(n <= 32, "at most 32 content ids")
+        r.take(32 * n)
+    elif (service, kind) == (0x68, 0x11):
+        r.u16()
+    elif (service, kind) == (0x69, 0x10):
+        r.take(32)
+    elif (service, kind) == (0x69, 0x11):
+        n = r.u8()
+        check(n <= 50, "at most 50 peers")
+        for _ in range(n):
+            r.take(20)
+            check(len(r.str()) <= 64, "via of at most 64 bytes")
+            addrs()
     else:
         raise ValueError("not a hub body")
     r.end()
