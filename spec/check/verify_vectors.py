@@ -149,6 +149,10 @@ CODES = {
     "DIGEST_MISMATCH": 0x030C,
     "QUOTA_EXCEEDED": 0x0404,
     "NO_SPACE": 0x0405,
+    # offers (§3.13)
+    "OFFER_DECLINED": 0x030D,
+    "NOT_OFFERED": 0x030E,
+    "ALREADY_HAVE": 0x030F,
 }
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -1277,7 +1281,7 @@ def check_identity_handshake(v):
 
 CHANNEL_CHECK_LABEL = b"ferry channel id check v1"
 RELEASE_CONTEXT = b"ferry fleet release v1"
-FLEET_SERVICES = {"status": 0x70, "record": 0x71, "manifest": 0x72}
+FLEET_SERVICES = {"status": 0x70, "record": 0x71, "manifest": 0x72, "announce": 0x73}
 FLEET_MIN_REQUEST_BODY = 512
 
 
@@ -1378,6 +1382,11 @@ def check_fleet(v):
             text = v.str("text").encode()
             body = bytes([code >> 8]) + struct.pack(">HH", code, len(text)) + text
             kind_byte, service = T_ERROR, 0x72
+        elif name == "Announce":  # §8.8: channel | role (1 or 2) | zero padding to 512
+            check(v.int("role") in (1, 2), "an observer never announces")
+            body = v.hex("channel") + bytes([v.int("role")])
+            body += bytes(FLEET_MIN_REQUEST_BODY - len(body))
+            kind_byte, service = T_REQUEST, 0x73
         else:
             raise ValueError(f"unknown fleet message {name}")
         datagram = frame(kind_byte, service, v.int("id"), body)
@@ -1578,8 +1587,14 @@ def hub_id(text):
     return h
 
 
+def hub_punch(v):
+    """A punch instruction (§3.6): peer | delay_ms | role | addrs (TCP) | udp addrs."""
+    return (hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big") + bytes([v.int("role")])
+            + hub_addrs(v.str("addrs")) + hub_addrs(v.str("udp")))
+
+
 def hub_body(v):
-    """The body the vector's fields describe (§3.2-§3.6)."""
+    """The body the vector's fields describe (§3.2-§3.7)."""
     service, kind, name = v.int("service"), v.int("type"), v.name
     s = lambda k: put_str(v.str(k))
     if service == 0x60 and kind == 0x10:
@@ -1600,8 +1615,7 @@ def hub_body(v):
     if service == 0x62 and kind == 0x12 and v.int("event") == 1:
         return bytes([1]) + v.hex("token") + hub_id(v.str("client"))
     if service == 0x62 and kind == 0x12 and v.int("event") == 2:
-        return (bytes([2]) + hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big")
-                + hub_addrs(v.str("addrs")))
+        return bytes([2]) + hub_punch(v)
     if service == 0x63 and kind == 0x10 and v.int("role") == 1:
         return bytes([1]) + s("name")
     if service == 0x63 and kind == 0x10 and v.int("role") == 2:
@@ -1611,7 +1625,9 @@ def hub_body(v):
     if service == 0x64 and kind == 0x10:
         return s("name") + v.int("rtt_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
     if service == 0x64 and kind == 0x11:
-        return hub_id(v.str("peer")) + v.int("delay_ms").to_bytes(4, "big") + hub_addrs(v.str("addrs"))
+        return hub_punch(v)
+    if service == 0x65 and kind == 0x11:
+        return v.hex("token")
     if service == 0x68 and kind == 0x10:
         ids = [bytes.fromhex(c) for c in v.str("content").split()]
         check(all(len(c) == 32 for c in ids), "content ids of 32 bytes")
@@ -1641,6 +1657,11 @@ def hub_decode(service, kind, body):
         for _ in range(n):
             addr()
 
+    def punch():
+        r.take(20), r.u32()
+        check(r.u8() in (1, 2), "punch role")
+        addrs(), addrs()
+
     if (service, kind) == (0x60, 0x10):
         flags = r.u8()
         check(flags in (0, 1, 2), "register flags")
@@ -1669,7 +1690,7 @@ def hub_decode(service, kind, body):
         if event == 1:
             r.take(16), r.take(20)
         else:
-            r.take(20), r.u32(), addrs()
+            punch()
     elif (service, kind) == (0x63, 0x10):
         role = r.u8()
         check(role in (1, 2), "relay role")
@@ -1679,7 +1700,9 @@ def hub_decode(service, kind, body):
     elif (service, kind) == (0x64, 0x10):
         r.str(), r.u32(), addrs()
     elif (service, kind) == (0x64, 0x11):
-        r.take(20), r.u32(), addrs()
+        punch()
+    elif (service, kind) == (0x65, 0x11):
+        r.take(16)
     elif (service, kind) == (0x68, 0x10):
         check(r.u8() in (0, 1), "announce flags")
         n = r.u8()
@@ -1714,6 +1737,71 @@ def check_hub(v):
     hub_decode(service, kind, body)
 
 
+# --- Offers (PROTOCOL.md §3.13): bodies built from the fields and read back. ---
+
+S_OFFER = 0x08
+OFFER_DIRECTORY = 0x01  # the one defined item flag
+
+
+def encode_offer(v):
+    if v.raw("message") == "OfferRequest":
+        body = struct.pack(">H", v.int("count"))
+        for i in range(v.int("count")):
+            p = f"item{i}."
+            body += put_str(v.str(p + "path")) + struct.pack(
+                ">QIB", v.int(p + "size"), v.int(p + "mode"), v.int(p + "flags")) + v.hex(p + "digest")
+        return T_REQUEST, body
+    return T_RESPONSE, struct.pack(">H", v.int("count")) + b"".join(
+        struct.pack(">H", v.int(f"code{i}")) for i in range(v.int("count")))
+
+
+def decode_offer(kind, body):
+    """An offer body as a list of fields; raises MALFORMED_MESSAGE as §3.13 and §3.1 say."""
+    r = Reader(body)
+    count = r.u16()
+    if kind == T_REQUEST:
+        if count == 0:
+            fail("MALFORMED_MESSAGE", "an offer of nothing")
+        items = []
+        for _ in range(count):
+            item = dict(path=r.str(), size=r.u64(), mode=r.u32(), flags=r.u8(), digest=r.take(32))
+            if item["mode"] > 0o7777:
+                fail("MALFORMED_MESSAGE", "offer mode")
+            if item["flags"] & ~OFFER_DIRECTORY:
+                fail("MALFORMED_MESSAGE", "offer flags")
+            if item["flags"] & OFFER_DIRECTORY and (item["size"] or item["digest"] != bytes(32)):
+                fail("MALFORMED_MESSAGE", "an offered directory carries no content")
+            items.append(item)
+        r.end()
+        return items
+    if kind == T_RESPONSE:
+        codes = [r.u16() for _ in range(count)]
+        r.end()
+        return codes
+    fail("UNKNOWN_REQUEST", "no offer body of this type")
+
+
+def check_offer(v):
+    check(v.int("service") == S_OFFER, "service OFFER")
+    kind, body = v.int("type"), v.hex("body")
+    if v.has("expect_code"):
+        expect(v, lambda: decode_offer(kind, body))
+        return
+    built_kind, built = encode_offer(v)
+    check(built_kind == kind and built == body, "body built from the fields")
+    decoded = decode_offer(kind, body)
+    if kind == T_REQUEST:
+        for i, item in enumerate(decoded):
+            p = f"item{i}."
+            check(item == dict(path=v.str(p + "path"), size=v.int(p + "size"),
+                               mode=v.int(p + "mode"), flags=v.int(p + "flags"),
+                               digest=v.hex(p + "digest")), f"item {i} read back")
+    else:
+        check(decoded == [v.int(f"code{i}") for i in range(v.int("count"))], "codes read back")
+        known = set(CODES.values()) | {0}
+        check(all(c in known for c in decoded), "every code is taken (0) or in the table")
+
+
 CHECKS = {
     "headers.txt": check_headers,
     "messages.txt": check_messages,
@@ -1731,6 +1819,7 @@ CHECKS = {
     "peer-identity.txt": check_peer_identity,
     "fleet.txt": check_fleet,
     "hub.txt": check_hub,
+    "offer.txt": check_offer,
 }
 
 
