@@ -346,7 +346,8 @@ mod tests {
         let items: Vec<_> = collect(&files, true)
             .unwrap()
             .into_iter()
-            .map(|l| (l.item.path, l.item.size, l.item.is_directory()))
+            .map(|l| (l.item.is_directory(), l.item))
+            .map(|(dir, item)| (item.path, item.size, dir))
             .collect();
         assert_eq!(
             items,
