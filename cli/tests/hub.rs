@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{data, Env};
 use ferry_common::url::Hint;
-use ferry_hub::{Hub, HubConfig, HubConn, PresenceConfig};
+use ferry_hub::{Hub, HubConfig, HubConn, HubLimits, PresenceConfig};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::Key;
 
@@ -30,15 +30,20 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_limits(HubLimits::default())
+    }
+
+    fn with_limits(limits: HubLimits) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = HubConfig::new(
+        let mut config = HubConfig::new(
             Identity::from_secret([200; 32]),
             "127.0.0.1:0".parse().unwrap(),
         );
+        config.limits = limits;
         let hub = runtime.block_on(Hub::bind(config)).unwrap();
         let addr = hub.local_addr().unwrap();
         let hub_id = hub.id();
@@ -76,6 +81,18 @@ impl World {
         name: &str,
         hints: Option<Vec<SocketAddr>>,
     ) {
+        self.serve_punching(root, identity, name, hints, true);
+    }
+
+    /// [`World::serve`]; `punch` false makes the node ignore the hub's punch instructions.
+    fn serve_punching(
+        &mut self,
+        root: &Path,
+        identity: &Identity,
+        name: &str,
+        hints: Option<Vec<SocketAddr>>,
+        punch: bool,
+    ) {
         let mut config = ferry_testkit::test_config(root, &Key::generate());
         config.identity = Some(identity.clone());
         let server = self
@@ -90,6 +107,7 @@ impl World {
         let mut presence =
             PresenceConfig::new(hub, Some(self.hub_id), identity.clone(), name.into());
         presence.addrs = hints.unwrap_or(listening);
+        presence.punch = punch;
         let _guard = self.runtime.enter();
         let (acceptor, presence) = ferry_hub::spawn_presence(presence);
         self.runtime
@@ -158,11 +176,15 @@ fn a_server_whose_hints_are_all_dead_is_reached_through_the_relay_and_the_hub_se
     let root = tempfile::tempdir().unwrap();
     let content = data(300_000, 12);
     std::fs::write(root.path().join("file.bin"), &content).unwrap();
-    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+    // The node does not punch, so the client's punch fails and the relay carries it; a short
+    // connect timeout makes the punch give up after 1 s.
+    world.serve_punching(root.path(), &alice, "alice", Some(vec![dead_addr()]), false);
 
     let client = Env::new();
     let out = client.home.path().join("got.bin");
     let run = client.run(&[
+        "--connect-timeout",
+        "3s",
         "get",
         &world.url("alice", "file.bin"),
         out.to_str().unwrap(),
@@ -182,11 +204,64 @@ fn a_server_whose_hints_are_all_dead_is_reached_through_the_relay_and_the_hub_se
         );
     }
 
-    let ping = client.run(&["-v", "ping", "-c", "1", &world.url("alice", "")]);
+    let ping = client.run(&[
+        "-v",
+        "--connect-timeout",
+        "3s",
+        "ping",
+        "-c",
+        "1",
+        &world.url("alice", ""),
+    ]);
     ping.ok();
     assert!(ping.stdout.contains("relayed"), "{ping:?}");
     assert!(ping.stderr.contains("no direct path"), "{ping:?}");
+    assert!(
+        ping.stderr.contains("asking the hub to coordinate a punch"),
+        "{ping:?}"
+    );
+    assert!(ping.stderr.contains("no punched path"), "{ping:?}");
     assert!(ping.stderr.contains("asking the hub to relay"), "{ping:?}");
+}
+
+#[test]
+fn dead_hints_and_no_relay_still_reach_the_node_by_a_hub_coordinated_punch() {
+    // The hub relays nothing here, so only a punch can reach alice: the test fails if the
+    // client goes from the hints to the relay without punching.
+    let limits = HubLimits {
+        max_relays: 0,
+        ..HubLimits::default()
+    };
+    let mut world = World::with_limits(limits);
+    let alice_env = Env::new();
+    let alice = register(&world, &alice_env, "alice");
+    let root = tempfile::tempdir().unwrap();
+    let content = data(300_000, 13);
+    std::fs::write(root.path().join("file.bin"), &content).unwrap();
+    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+
+    let client = Env::new();
+    let out = client.home.path().join("got.bin");
+    let run = client.run(&[
+        "-v",
+        "get",
+        &world.url("alice", "file.bin"),
+        out.to_str().unwrap(),
+    ]);
+    run.ok();
+    assert_eq!(std::fs::read(&out).unwrap(), content, "byte-identical");
+    assert!(run.stderr.contains("punched path"), "{run:?}");
+
+    // The ping punches again, unless the get's punch left alice's punch listener up (it runs
+    // to its deadline when the get kept QUIC): the ping's direct race then reaches alice on
+    // 127.0.0.1 through it, which is as good a proof of alice. Either way, never the relay.
+    let ping = client.run(&["-v", "ping", "-c", "1", &world.url("alice", "")]);
+    ping.ok();
+    assert!(
+        ping.stdout.contains("punched (") || ping.stdout.contains(", direct"),
+        "{ping:?}"
+    );
+    assert!(world.relayed().is_empty(), "nothing went through the relay");
 }
 
 #[test]
@@ -261,4 +336,104 @@ fn register_refuses_a_taken_name_and_only_the_holder_releases_it() {
     mallory.run(&["register", &world.at("alice")]).ok();
     let bad = mallory.run(&["register", &world.at("Bad_Name")]);
     bad.code(2);
+}
+
+#[test]
+fn a_relayed_session_moves_to_a_punched_path_without_breaking_the_fetch_in_flight() {
+    use ferry_client::client::hub::{NamedOptions, NamedSession, Route};
+    use ferry_client::{ClientConfig, FerryUrl};
+
+    let mut world = World::new();
+    let alice = Identity::from_secret([31; 32]);
+    let (hub, hub_id) = (world.hub, world.hub_id);
+    world.runtime.block_on(async {
+        let mut conn = HubConn::connect_addr(hub, Some(hub_id), &alice)
+            .await
+            .unwrap();
+        conn.register("alice", None).await.unwrap();
+    });
+    let root = tempfile::tempdir().unwrap();
+    let content = data(4 << 20, 14);
+    std::fs::write(root.path().join("big.bin"), &content).unwrap();
+    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+    // Alice ignores punches for now, so the session starts on the relay.
+    let presence = world.keep.last().unwrap();
+    let presence = presence.downcast_ref::<ferry_hub::Presence>().unwrap();
+    presence.pause_punching(true);
+
+    let url: FerryUrl = world.url("alice", "").parse().unwrap();
+    let config = ClientConfig::new(Key::generate())
+        .identity(Identity::from_secret([32; 32]))
+        .server_id(hub_id);
+    let options = NamedOptions {
+        punch_budget: Some(Duration::from_millis(500)),
+        upgrade_backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+        ..NamedOptions::default()
+    };
+    let session = world
+        .runtime
+        .block_on(NamedSession::connect(&url, config, options))
+        .unwrap();
+    assert_eq!(session.route(), Route::Relayed);
+
+    // A fetch under way on the relay: its first chunk is in.
+    let relayed_client = session.client();
+    let mut fetch = world
+        .runtime
+        .block_on(relayed_client.fetch("big.bin", 0, ferry_protocol::message::TO_END))
+        .unwrap();
+    let mut got = world
+        .runtime
+        .block_on(fetch.chunk())
+        .unwrap()
+        .unwrap()
+        .to_vec();
+
+    // Alice punches again: the session moves on its next attempt.
+    presence.pause_punching(false);
+    let mut routes = session.routes();
+    let route = world.runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            routes.wait_for(|r| *r != Route::Relayed),
+        )
+        .await
+        .expect("the session moved off the relay within 10 s")
+        .map(|r| *r)
+        .unwrap()
+    });
+    assert!(
+        matches!(route, Route::PunchedTcp | Route::PunchedQuic),
+        "{route}"
+    );
+    assert_eq!(session.route(), route);
+
+    // The fetch in flight finishes on the relay, whole and verified.
+    world.runtime.block_on(async {
+        while let Some(chunk) = fetch.chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+    });
+    assert_eq!(got.len(), content.len());
+    assert!(got == content, "the relayed fetch is byte-identical");
+    let relayed_before = world.relayed().len();
+    assert!(
+        relayed_before > content.len(),
+        "{relayed_before} bytes relayed"
+    );
+
+    // A new request takes the punched path: the relay carries (almost) nothing more.
+    let (_, again) = world
+        .runtime
+        .block_on(session.client().fetch_all("big.bin"))
+        .unwrap();
+    assert!(again == content, "the punched fetch is byte-identical");
+    let relayed_after = world.relayed().len();
+    assert!(
+        relayed_after < 64 * 1024,
+        "{relayed_after} more bytes went through the relay"
+    );
+    drop(fetch);
+    drop(relayed_client);
+    drop(session);
 }

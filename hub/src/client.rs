@@ -110,13 +110,19 @@ impl HubConn {
         identity: &Identity,
     ) -> Result<HubConn, HubError> {
         let attempt = async {
-            let mut stream =
-                TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| HubError::Connect {
-                        addr: addr.to_string(),
-                        source,
-                    })?;
+            // A reusable socket, so that a punch can leave from this connection's port, the one
+            // the hub observed (PROTOCOL.md §14.3).
+            let any = if addr.is_ipv4() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                SocketAddr::from(([0u16; 8], 0))
+            };
+            let mut stream = ferry_traversal::tcp::connect_reusable(any, addr)
+                .await
+                .map_err(|source| HubError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().map_err(|source| HubError::Connect {
                 addr: addr.to_string(),
@@ -323,6 +329,16 @@ impl HubConn {
         };
         let (_, body) = self.request(wire::PUNCH, req.to_bytes()).await?;
         Punch::decode(body).map_err(|e| HubError::Protocol(e.to_string()))
+    }
+
+    /// A token for this connection's UDP reflect requests (HUB.md §3.7): the hub then takes the
+    /// source of a request carrying it as this connection's UDP address, and gives it to the
+    /// other side of a punch.
+    pub async fn udp_token(&mut self) -> Result<[u8; wire::TOKEN_LEN], HubError> {
+        let (_, body) = self.request(wire::UDP_TOKEN, Bytes::new()).await?;
+        let resp =
+            wire::UdpTokenResponse::decode(body).map_err(|e| HubError::Protocol(e.to_string()))?;
+        Ok(resp.token)
     }
 
     /// Asks to be relayed to `name`. The connection becomes the relayed stream; the returned id

@@ -10,6 +10,8 @@
 //! - [`node`]: a node's presence (control connection, keep-alive, reconnection) and the
 //!   [`RelayAcceptor`] that turns relay requests into incoming streams.
 //! - `fuzz`: the fuzzing entry point for the bodies.
+//! - [`punch`]: one side of a hub-coordinated punch (TCP simultaneous open and QUIC raced)
+//!   and the UDP reflect exchange.
 //! - `codec`: raw frames over a session, and a stream that yields bytes already read first.
 //!
 //! Every hub connection runs the Noise XX identity handshake (PROTOCOL.md §13), so the hub knows
@@ -22,9 +24,12 @@ pub mod codec;
 pub mod fuzz;
 pub mod names;
 pub mod node;
+pub mod punch;
 pub mod server;
 pub mod throttle;
 pub mod wire;
+
+pub use ferry_traversal as traversal;
 
 pub use client::{HubConn, HubError, RelayStream};
 pub use node::{spawn_presence, Presence, PresenceConfig, RelayAcceptor, Status};

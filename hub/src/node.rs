@@ -3,6 +3,8 @@
 //! [`RelayAcceptor`], so a server serves relayed clients exactly like direct ones.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,13 +12,19 @@ use ferry_common::url::Hint;
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Acceptor, BoxedStream};
 use ferry_protocol::{ErrorBody, FrameType, RequestId, Service};
+use ferry_traversal::QuicEndpoint;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::client::{HubConn, HubError};
 use crate::codec::Out;
-use crate::wire::{codes, Event};
+use crate::punch::{self, PUNCH_BUDGET, REFLECT_WAIT};
+use crate::wire::{codes, Event, Punch, PunchRole};
+
+/// Punches a node runs at once; more are ignored (the client falls back to the relay), so a
+/// flood of instructions cannot make the node a packet cannon.
+pub const MAX_PUNCHES: usize = 4;
 
 /// Keep-alive of the control connection: well under the 30 s that the shortest common NAT
 /// mapping timeouts allow for UDP and far under TCP's (RFC 5382 asks ≥ 2 h 4 min, many home
@@ -37,6 +45,9 @@ pub struct PresenceConfig {
     pub keepalive: Duration,
     /// First and largest reconnection delay.
     pub backoff: (Duration, Duration),
+    /// Answer the hub's punch instructions (HUB.md §3.6) and keep a UDP address at the hub
+    /// (§3.7) for QUIC punches. Off, the node is reachable directly or through the relay only.
+    pub punch: bool,
 }
 
 impl PresenceConfig {
@@ -49,6 +60,7 @@ impl PresenceConfig {
             addrs: Vec::new(),
             keepalive: KEEPALIVE,
             backoff: (Duration::from_millis(500), Duration::from_secs(60)),
+            punch: true,
         }
     }
 }
@@ -98,12 +110,14 @@ pub fn spawn_presence(config: PresenceConfig) -> (RelayAcceptor, Presence) {
         .first()
         .and_then(|h| h.ip().map(|ip| SocketAddr::new(ip, h.port)))
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let task = tokio::spawn(presence_loop(config, tx, status_tx));
+    let paused = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(presence_loop(config, tx, status_tx, paused.clone()));
     (
         RelayAcceptor { rx, hub },
         Presence {
             status,
             task: task.abort_handle(),
+            paused,
         },
     )
 }
@@ -113,6 +127,16 @@ pub fn spawn_presence(config: PresenceConfig) -> (RelayAcceptor, Presence) {
 pub struct Presence {
     pub status: watch::Receiver<Status>,
     task: tokio::task::AbortHandle,
+    paused: Arc<AtomicBool>,
+}
+
+impl Presence {
+    /// Stops (or resumes) answering punch instructions, without touching the control
+    /// connection: while paused, clients fall back to the relay. For tests and operators who
+    /// want to force the relay for a while.
+    pub fn pause_punching(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Presence {
@@ -132,11 +156,12 @@ async fn presence_loop(
     mut config: PresenceConfig,
     relays: mpsc::Sender<(BoxedStream, SocketAddr)>,
     status: watch::Sender<Status>,
+    paused: Arc<AtomicBool>,
 ) {
     let mut attempt = 0u32;
     loop {
         let _ = status.send(Status::Connecting);
-        match present(&mut config, &relays, &status).await {
+        match present(&mut config, &relays, &status, &paused).await {
             // It was present: the next failure starts the back-off afresh.
             Ok(()) => attempt = 0,
             Err(e) => {
@@ -156,6 +181,7 @@ async fn present(
     config: &mut PresenceConfig,
     relays: &mpsc::Sender<(BoxedStream, SocketAddr)>,
     status: &watch::Sender<Status>,
+    paused: &AtomicBool,
 ) -> Result<(), HubError> {
     let mut conn = HubConn::connect(&config.hub, config.hub_id, &config.identity).await?;
     let hub_addr = conn.hub_addr();
@@ -164,7 +190,19 @@ async fn present(
     // reconnection must reach the same hub.
     config.hub_id.get_or_insert(hub_id);
     let config = &*config;
-    let (id, reflected) = conn.presence(&config.name, config.addrs.clone()).await?;
+    // The punch's local TCP port is this connection's (PROTOCOL.md §14.3), and the UDP token
+    // is asked for before the presence, whose events would otherwise interleave with it.
+    let local_tcp = conn.local_addr();
+    let udp = if config.punch {
+        udp_presence(&mut conn, hub_addr, config.keepalive).await
+    } else {
+        None
+    };
+    let quic = udp.as_ref().map(|(endpoint, _)| endpoint.clone());
+    let punches = Arc::new(Semaphore::new(MAX_PUNCHES));
+    let (id, reflected) = conn
+        .presence(&config.name, reported(&config.addrs, local_tcp))
+        .await?;
     info!(name = %config.name, %reflected, hub = %hub_addr, "present at the hub");
     let _ = status.send(Status::Present { hub_id, reflected });
     let mut tick = tokio::time::interval(config.keepalive);
@@ -202,9 +240,22 @@ async fn present(
                             });
                         }
                         Ok(Event::Punch(punch)) => {
-                            // The mechanics live in ferry-traversal, whose API is not there
-                            // yet: the client falls back to the relay (HUB.md §3.6).
-                            debug!(peer = %punch.peer, delay_ms = punch.delay_ms, addrs = ?punch.addrs, "punch requested; no traversal transport in this build");
+                            debug!(peer = %punch.peer, delay_ms = punch.delay_ms, role = ?punch.role, addrs = ?punch.addrs, udp = ?punch.udp, "punch requested");
+                            if !config.punch || paused.load(Ordering::SeqCst) {
+                                debug!("punching is off at this node; the client will use the relay");
+                            } else if punch.role != PunchRole::Listen {
+                                // The node is the Ferry server: it never dials (§3.6).
+                                warn!(peer = %punch.peer, "a punch event named this node the dialer; ignored");
+                            } else if let Ok(permit) = punches.clone().try_acquire_owned() {
+                                let relays = relays.clone();
+                                let quic = quic.clone();
+                                tokio::spawn(async move {
+                                    listen_punch(punch, local_tcp, quic, relays).await;
+                                    drop(permit);
+                                });
+                            } else {
+                                debug!(max = MAX_PUNCHES, "punch ignored: this node runs its maximum of punches");
+                            }
                         }
                         Err(e) => return Err(HubError::Protocol(e.to_string())),
                     },
@@ -230,6 +281,132 @@ async fn present(
     }
 }
 
+/// The addresses to report (HUB.md §3.4): a listening address with an unspecified IP
+/// (`0.0.0.0:6789`, `[::]:6789`) becomes this host's address on the route to the hub, the local
+/// address of the control connection, with the listening port; duplicates go.
+pub fn reported(addrs: &[SocketAddr], control_local: SocketAddr) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let addr = if addr.ip().is_unspecified() {
+            if addr.is_ipv4() != control_local.is_ipv4() || addr.port() == 0 {
+                continue;
+            }
+            SocketAddr::new(control_local.ip(), addr.port())
+        } else {
+            *addr
+        };
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    out.truncate(crate::wire::MAX_ADDRS - 1);
+    out
+}
+
+/// The node's UDP side (HUB.md §3.7): a QUIC endpoint on a socket of its own whose public
+/// address the hub learns from token-bound reflect requests, repeated every keep-alive period
+/// so the NAT keeps the mapping. `None` when the hub or the socket does not allow it (the node
+/// then punches over TCP only). The refresh task ends when the returned guard drops.
+async fn udp_presence(
+    conn: &mut HubConn,
+    hub: SocketAddr,
+    keepalive: Duration,
+) -> Option<(QuicEndpoint, AbortOnDrop)> {
+    let token = match conn.udp_token().await {
+        Ok(token) => token,
+        Err(e) => {
+            debug!("no udp token from the hub: {e}");
+            return None;
+        }
+    };
+    let any = if hub.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let endpoint = match QuicEndpoint::bind(any) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            warn!("cannot open a udp socket for punching: {e}");
+            return None;
+        }
+    };
+    match punch::reflect(&endpoint, hub, token, REFLECT_WAIT).await {
+        Some(seen) => debug!(%seen, "the hub sees this node's udp socket"),
+        None => debug!(%hub, "no udp reflect answer from the hub; quic punches may fail"),
+    }
+    let refresh = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(keepalive).await;
+                let _ = punch::reflect(&endpoint, hub, token, REFLECT_WAIT).await;
+            }
+        })
+    };
+    Some((endpoint, AbortOnDrop(refresh.abort_handle())))
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The listener's side of a punch (the node is the Ferry server): TCP simultaneous open and
+/// QUIC at once; every connection either produces goes to the server like a relayed one. The
+/// client keeps only one of them and closes the other, which then ends at its handshake.
+async fn listen_punch(
+    punch: Punch,
+    local_tcp: SocketAddr,
+    quic: Option<QuicEndpoint>,
+    relays: mpsc::Sender<(BoxedStream, SocketAddr)>,
+) {
+    let start = tokio::time::Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
+    let deadline = start + PUNCH_BUDGET;
+    let peer = punch.peer;
+    let tcp = async {
+        let Some(remote) = punch::tcp_target(&punch) else {
+            return;
+        };
+        match ferry_traversal::tcp::simultaneous_open_as(
+            local_tcp,
+            remote,
+            start,
+            deadline,
+            ferry_traversal::Role::Listener,
+        )
+        .await
+        {
+            Ok(stream) => {
+                info!(%peer, %remote, "punched (tcp)");
+                let _ = relays.send((Box::new(stream), remote)).await;
+            }
+            Err(e) => debug!(%peer, "tcp punch: {e}"),
+        }
+    };
+    let udp = async {
+        let (Some(endpoint), Some(&remote)) = (quic.as_ref(), punch.udp.first()) else {
+            return;
+        };
+        match endpoint
+            .punch_and_connect(remote, ferry_traversal::Role::Listener, start, deadline)
+            .await
+        {
+            Ok(stream) => {
+                info!(%peer, %remote, "punched (quic)");
+                let _ = relays.send((Box::new(stream), remote)).await;
+            }
+            Err(e) => debug!(%peer, "quic punch: {e}"),
+        }
+    };
+    tokio::join!(tcp, udp);
+}
+
 async fn open_relay(
     config: &PresenceConfig,
     hub: SocketAddr,
@@ -245,6 +422,25 @@ async fn open_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unspecified_listening_address_is_reported_as_the_address_towards_the_hub() {
+        let local: SocketAddr = "192.0.2.10:40000".parse().unwrap();
+        let addrs: Vec<SocketAddr> = [
+            "0.0.0.0:6789",
+            "[::]:6789",
+            "198.51.100.1:7000",
+            "192.0.2.10:6789",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let want: Vec<SocketAddr> = ["192.0.2.10:6789", "198.51.100.1:7000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(reported(&addrs, local), want);
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_down_to_half() {

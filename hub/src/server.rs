@@ -16,7 +16,7 @@ use ferry_protocol::noise::{AcceptConfig, ServerIdentityConfig};
 use ferry_protocol::{ErrorBody, ErrorCode, Frame, FrameType, RequestId, Service};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{Framed, FramedParts};
 use tracing::{debug, info, warn};
@@ -172,12 +172,20 @@ struct Shared {
     stats: Arc<HubStats>,
     /// Every relayed chunk is copied here when set (tests check the hub sees no plaintext).
     tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// UDP reflect (HUB.md §3.7): each connection's token, and the UDP address its reflect
+    /// datagrams last came from, by connection.
+    udp_tokens: Mutex<HashMap<[u8; TOKEN_LEN], u64>>,
+    udp_seen: Mutex<HashMap<u64, SocketAddr>>,
+    /// Reflect datagrams per source IP address.
+    udp_by_ip: Mutex<Throttle<IpAddr>>,
 }
 
 /// A bound hub, ready to [`run`](Hub::run).
 #[derive(Debug)]
 pub struct Hub {
     listener: TcpListener,
+    /// The same port over UDP, for the reflect exchange (§3.7).
+    udp: UdpSocket,
     shared: Arc<Shared>,
 }
 
@@ -199,9 +207,16 @@ impl Hub {
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
+        // TCP and UDP on the same port (port 0 picks the TCP port, then takes it for UDP too).
+        let port = listener.local_addr()?.port();
+        let udp_addr = SocketAddr::new(config.listen.ip(), port);
+        let udp = UdpSocket::bind(udp_addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {udp_addr} (udp): {e}"))
+        })?;
         let limits = config.limits.clone();
         Ok(Hub {
             listener,
+            udp,
             shared: Arc::new(Shared {
                 id: config.identity.id(),
                 identity: ServerIdentityConfig::new(config.identity),
@@ -217,6 +232,9 @@ impl Hub {
                 next_conn: AtomicU64::new(1),
                 stats: Arc::default(),
                 tap: Mutex::new(None),
+                udp_tokens: Mutex::default(),
+                udp_seen: Mutex::default(),
+                udp_by_ip: Mutex::new(Throttle::new(config.limits.per_ip, 100_000)),
             }),
         })
     }
@@ -247,6 +265,7 @@ impl Hub {
         let addr = self.listener.local_addr()?;
         info!(%addr, id = %self.shared.id, "hub listening");
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(reflect_loop(self.shared.clone(), Arc::new(self.udp)));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -355,9 +374,11 @@ async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
         presence: None,
         events: None,
         probe: None,
+        udp_token: None,
     };
     let next = c.frames(&mut framed).await;
     c.leave();
+    c.forget_udp();
     match next {
         Next::Close => {}
         Next::RelayNode { deliver } => {
@@ -421,6 +442,8 @@ struct Conn {
     events: Option<mpsc::Receiver<Event>>,
     /// The RTT probe in flight: its payload and when it left.
     probe: Option<(u64, Instant)>,
+    /// This connection's UDP reflect token (§3.7), once asked for.
+    udp_token: Option<[u8; TOKEN_LEN]>,
 }
 
 impl Conn {
@@ -498,6 +521,33 @@ impl Conn {
         }
     }
 
+    /// Drops this connection's UDP token and reflected address.
+    fn forget_udp(&mut self) {
+        if let Some(token) = self.udp_token.take() {
+            lock(&self.shared.udp_tokens).remove(&token);
+        }
+        lock(&self.shared.udp_seen).remove(&self.conn);
+    }
+
+    /// The UDP address this connection's reflect datagrams came from, if any arrived.
+    fn udp_of(&self, conn: u64) -> Vec<SocketAddr> {
+        lock(&self.shared.udp_seen)
+            .get(&conn)
+            .copied()
+            .into_iter()
+            .collect()
+    }
+
+    fn udp_token(&mut self, id: RequestId) -> Step {
+        let token = *self.udp_token.get_or_insert_with(rand::random);
+        lock(&self.shared.udp_tokens).insert(token, self.conn);
+        Step::Reply(response(
+            wire::UDP_TOKEN,
+            id,
+            wire::UdpTokenResponse { token }.to_bytes(),
+        ))
+    }
+
     /// Removes this connection's presence, unless a newer one replaced it.
     fn leave(&mut self) {
         if let Some((name, _)) = self.presence.take() {
@@ -569,6 +619,14 @@ impl Conn {
                     content::PEERS => self
                         .peers(frame.body)
                         .map(|b| Step::Reply(response(service, h.id, b))),
+                    wire::UDP_TOKEN if frame.body.is_empty() => Ok(self.udp_token(h.id)),
+                    wire::UDP_TOKEN => Err((
+                        ErrorCode::MALFORMED_MESSAGE,
+                        format!(
+                            "a UDP_TOKEN request has an empty body, not {} bytes",
+                            frame.body.len()
+                        ),
+                    )),
                     _ => Err((
                         ErrorCode::UNKNOWN_REQUEST,
                         format!(
@@ -771,10 +829,14 @@ impl Conn {
         let mut client_addrs = req.addrs;
         client_addrs.truncate(wire::MAX_ADDRS - 1);
         client_addrs.push(self.peer);
+        // The caller dials and is the Ferry client; the node listens and is the Ferry server,
+        // so both keep the same connection (§3.6).
         let event = Event::Punch(Punch {
             peer: self.client,
             delay_ms: to_node.as_millis() as u32,
+            role: wire::PunchRole::Listen,
             addrs: client_addrs,
+            udp: self.udp_of(self.conn),
         });
         node.events.try_send(event).map_err(|_| {
             (
@@ -782,11 +844,21 @@ impl Conn {
                 format!("name {:?} is not reading its control connection", req.name),
             )
         })?;
-        let addrs = hints_of(node).into_iter().map(|(_, a)| a).collect();
+        // The observed address last, always (§3.6): the peer punches towards it.
+        let mut addrs: Vec<SocketAddr> = node
+            .addrs
+            .iter()
+            .filter(|a| **a != node.reflected)
+            .take(wire::MAX_ADDRS - 1)
+            .copied()
+            .collect();
+        addrs.push(node.reflected);
         Ok(Punch {
             peer: node.id,
             delay_ms: to_client.as_millis() as u32,
+            role: wire::PunchRole::Dial,
             addrs,
+            udp: self.udp_of(node.conn),
         }
         .to_bytes())
     }
@@ -941,6 +1013,40 @@ fn hints_of(o: &Online) -> Vec<(HintSource, SocketAddr)> {
         hints.push((HintSource::Reflected, o.reflected));
     }
     hints
+}
+
+/// Answers UDP reflect requests (HUB.md §3.7): a request with a live connection's token records
+/// where it came from as that connection's UDP address and is answered with it; anything else
+/// is dropped unanswered. The reply is never larger than the request, and each source address
+/// is throttled, so the port cannot be used to amplify or flood.
+async fn reflect_loop(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
+    let mut buf = [0u8; 64];
+    loop {
+        let (n, from) = match udp.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                // ICMP errors surface here on some platforms; they say nothing about the hub.
+                debug!("udp receive failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(token) = wire::reflect::parse_request(&buf[..n]) else {
+            continue;
+        };
+        if lock(&shared.udp_by_ip)
+            .check(&from.ip(), Instant::now())
+            .is_err()
+        {
+            continue;
+        }
+        let Some(conn) = lock(&shared.udp_tokens).get(&token).copied() else {
+            continue;
+        };
+        lock(&shared.udp_seen).insert(conn, from);
+        let reply = wire::reflect::reply(&token, &from);
+        let _ = udp.send_to(&reply, from).await;
+    }
 }
 
 /// How long each side waits before dialling so that both dial at the same moment (HUB.md §3.6,

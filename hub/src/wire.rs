@@ -1,4 +1,4 @@
-//! The hub's messages on the Ferry codec (spec/HUB.md §3): services 0x60–0x64, their request
+//! The hub's messages on the Ferry codec (spec/HUB.md §3): services 0x60–0x65, their request
 //! and response bodies, presence events, and the hub's error codes (category 0x07).
 //!
 //! Bodies follow PROTOCOL.md §3.1: big-endian integers, strings as a u16 length then UTF-8,
@@ -21,6 +21,8 @@ pub const PRESENCE: Service = Service(0x62);
 pub const RELAY: Service = Service(0x63);
 /// Hole-punch coordination (§3.6).
 pub const PUNCH: Service = Service(0x64);
+/// A token that binds this connection's UDP reflect datagrams to it (§3.7).
+pub const UDP_TOKEN: Service = Service(0x65);
 
 /// Most addresses one message carries (a node reports at most this many).
 pub const MAX_ADDRS: usize = 16;
@@ -426,34 +428,71 @@ pub enum Event {
         token: [u8; TOKEN_LEN],
         client: NodeId,
     },
-    /// `kind 2 | peer: id | delay_ms: u32 | count: u8 | addr*`: after `delay_ms`, dial `addrs`
-    /// (simultaneous open); the peer proves `peer` in the end-to-end handshake.
+    /// `kind 2 | punch`: after `delay_ms`, punch towards the peer in `role` (§3.6); the
+    /// end-to-end handshake proves who is there.
     Punch(Punch),
 }
 
-/// A punch instruction, to either side (HUB.md §3.6).
+/// Which side of a punch dials (HUB.md §3.6): the hub names exactly one, so both sides agree
+/// which TCP connection (or QUIC connection) is the Ferry connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PunchRole {
+    /// `1`: the Ferry client; keeps only connections its own attempts made.
+    Dial = 1,
+    /// `2`: the Ferry server; keeps the first connection the dialer's first bytes arrive on.
+    Listen = 2,
+}
+
+impl PunchRole {
+    fn get(src: &mut Bytes) -> Result<Self> {
+        match get_u8(src)? {
+            1 => Ok(Self::Dial),
+            2 => Ok(Self::Listen),
+            value => Err(WireError::Undefined {
+                field: "punch role",
+                value,
+            }),
+        }
+    }
+}
+
+/// A punch instruction, to either side (HUB.md §3.6):
+/// `peer: id | delay_ms: u32 | role: u8 | addrs (TCP) | udp: addrs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Punch {
     pub peer: NodeId,
     pub delay_ms: u32,
+    /// This side's role.
+    pub role: PunchRole,
+    /// The peer's TCP candidates: what it reported, then where the hub sees its control
+    /// connection come from.
     pub addrs: Vec<SocketAddr>,
+    /// The peer's UDP addresses as the hub saw its reflect datagrams come from (§3.7); empty
+    /// when the peer sent none.
+    pub udp: Vec<SocketAddr>,
 }
 
 impl Punch {
     fn put(&self, b: &mut BytesMut) {
         b.put_slice(self.peer.as_bytes());
         b.put_u32(self.delay_ms);
+        b.put_u8(self.role as u8);
         put_addrs(b, &self.addrs);
+        put_addrs(b, &self.udp);
     }
 
     fn get(src: &mut Bytes) -> Result<Self> {
         let peer = get_id(src)?;
         let delay_ms = get_u32(src)?;
+        let role = PunchRole::get(src)?;
         let addrs = get_addrs(src)?;
+        let udp = get_addrs(src)?;
         Ok(Self {
             peer,
             delay_ms,
+            role,
             addrs,
+            udp,
         })
     }
 
@@ -466,6 +505,78 @@ impl Punch {
         let punch = Self::get(&mut src)?;
         end(&src)?;
         Ok(punch)
+    }
+}
+
+/// The UDP_TOKEN response (§3.7): `token: 16 bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpTokenResponse {
+    pub token: [u8; TOKEN_LEN],
+}
+
+impl UdpTokenResponse {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.token)
+    }
+
+    pub fn decode(mut src: Bytes) -> Result<Self> {
+        let token = get_token(&mut src)?;
+        end(&src)?;
+        Ok(Self { token })
+    }
+}
+
+/// The UDP reflect exchange on the hub's port (HUB.md §3.7). Every datagram's first byte has
+/// bit 0x40 clear, so a node's QUIC socket tells them from QUIC (PROTOCOL.md §14.2).
+pub mod reflect {
+    use super::*;
+
+    /// First byte of a reflect request.
+    pub const REQUEST: u8 = 0x11;
+    /// First byte of a reflect reply.
+    pub const REPLY: u8 = 0x12;
+    /// A request is exactly this long (kind, token, zero padding), so that the longest reply
+    /// (kind, token, an IPv6 addr: 36 bytes) is never larger than the request.
+    pub const REQUEST_LEN: usize = 36;
+
+    /// The request datagram for `token`.
+    pub fn request(token: &[u8; TOKEN_LEN]) -> [u8; REQUEST_LEN] {
+        let mut out = [0u8; REQUEST_LEN];
+        out[0] = REQUEST;
+        out[1..1 + TOKEN_LEN].copy_from_slice(token);
+        out
+    }
+
+    /// The token of a well-formed request (exact length, kind, zero padding), else `None`.
+    pub fn parse_request(datagram: &[u8]) -> Option<[u8; TOKEN_LEN]> {
+        if datagram.len() != REQUEST_LEN || datagram[0] != REQUEST {
+            return None;
+        }
+        if datagram[1 + TOKEN_LEN..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        datagram[1..1 + TOKEN_LEN].try_into().ok()
+    }
+
+    /// The reply: `0x12 | token | addr` (at most 36 bytes).
+    pub fn reply(token: &[u8; TOKEN_LEN], seen: &SocketAddr) -> Bytes {
+        to_bytes(|b| {
+            b.put_u8(REPLY);
+            b.put_slice(token);
+            put_addr(b, seen);
+        })
+    }
+
+    /// The address of a reply that echoes `token`, else `None` (a reply without the token is
+    /// not from the hub: the token only travelled inside the encrypted session).
+    pub fn parse_reply(datagram: &[u8], token: &[u8; TOKEN_LEN]) -> Option<SocketAddr> {
+        let mut src = Bytes::copy_from_slice(datagram);
+        if get_u8(&mut src).ok()? != REPLY || get_token(&mut src).ok()? != *token {
+            return None;
+        }
+        let addr = get_addr(&mut src).ok()?;
+        end(&src).ok()?;
+        Some(addr)
     }
 }
 
@@ -685,7 +796,9 @@ mod tests {
             Event::Punch(Punch {
                 peer: id(5),
                 delay_ms: 42,
+                role: PunchRole::Listen,
                 addrs: addrs(),
+                udp: vec![addrs()[1]],
             }),
         ] {
             check(event.to_bytes(), |b| {
@@ -723,11 +836,40 @@ mod tests {
         assert!(get_addr(&mut Bytes::from_static(&[5, 1, 2, 3, 4, 0, 1])).is_err());
         assert!(Event::decode(Bytes::from_static(&[3])).is_err());
         assert!(RelayRequest::decode(Bytes::from_static(&[0])).is_err());
+        let mut punch = Punch {
+            peer: id(1),
+            delay_ms: 0,
+            role: PunchRole::Dial,
+            addrs: vec![],
+            udp: vec![],
+        }
+        .to_bytes()
+        .to_vec();
+        punch[24] = 3;
+        assert!(Punch::decode(Bytes::from(punch)).is_err());
         // 17 addresses
         let mut b = BytesMut::new();
         put_str(&mut b, "a");
         b.put_u8(17);
         assert!(PresenceRequest::decode(b.freeze()).is_err());
+    }
+
+    #[test]
+    fn reflect_replies_are_never_larger_than_requests_and_need_the_token() {
+        let token = [5u8; TOKEN_LEN];
+        let request = reflect::request(&token);
+        assert_eq!(reflect::parse_request(&request), Some(token));
+        assert_eq!(reflect::parse_request(&request[..35]), None);
+        let mut padded = request;
+        padded[35] = 1;
+        assert_eq!(reflect::parse_request(&padded), None);
+        for seen in addrs() {
+            let reply = reflect::reply(&token, &seen);
+            assert!(reply.len() <= request.len(), "{} bytes", reply.len());
+            assert_eq!(reply[0] & 0x40, 0);
+            assert_eq!(reflect::parse_reply(&reply, &token), Some(seen));
+            assert_eq!(reflect::parse_reply(&reply, &[6; TOKEN_LEN]), None);
+        }
     }
 
     #[test]

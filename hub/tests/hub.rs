@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_common::url::Hint;
 use ferry_hub::throttle::Rate;
-use ferry_hub::wire::{codes, Event, HintSource};
+use ferry_hub::wire::{codes, reflect, Event, HintSource, PunchRole};
 use ferry_hub::{
     spawn_presence, Hub, HubConfig, HubConn, HubError, PresenceConfig, Registration, Status,
 };
@@ -452,6 +452,11 @@ async fn a_punch_tells_both_sides_where_and_when() {
     };
     assert_eq!(theirs.peer, client.id());
     assert_eq!(theirs.addrs, vec![mine, c.local_addr()]);
+    // The tie-break: exactly one side dials, and it is the one that asked (the Ferry client).
+    assert_eq!(punch.role, PunchRole::Dial);
+    assert_eq!(theirs.role, PunchRole::Listen);
+    // Neither side showed the hub a UDP socket, so no QUIC address is offered.
+    assert!(punch.udp.is_empty() && theirs.udp.is_empty());
     // Both dial at the same moment: the node's instruction arrives after half its RTT (about
     // 0 here), the client's after 100 ms, so the node waits ~100 ms longer.
     assert!(
@@ -576,5 +581,78 @@ async fn a_relay_stops_at_the_identity_byte_budget() {
         refused(hub.conn(&client).await.relay("alice").await),
         codes::RELAY_LIMIT
     );
+    hub.stop().await;
+}
+
+/// Sends one datagram to the hub's UDP port and returns the reply, if one comes within 300 ms.
+async fn udp_exchange(
+    socket: &tokio::net::UdpSocket,
+    hub: SocketAddr,
+    datagram: &[u8],
+) -> Option<Vec<u8>> {
+    socket.send_to(datagram, hub).await.unwrap();
+    let mut buf = [0u8; 128];
+    match tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => {
+            assert_eq!(from, hub);
+            Some(buf[..n].to_vec())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn udp_reflect_is_token_bound_never_amplifies_and_feeds_the_punch() {
+    let hub = start().await;
+    let (alice, client) = (identity(1), identity(2));
+    let mut node = hub.conn(&alice).await;
+    node.register("alice", None).await.unwrap();
+    let token = node.udp_token().await.unwrap();
+    let (id, _) = node.presence("alice", vec![]).await.unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mine = socket.local_addr().unwrap();
+
+    // A forged token and a malformed request get no answer at all.
+    let forged = reflect::request(&[0xAA; 16]);
+    assert_eq!(udp_exchange(&socket, hub.addr, &forged).await, None);
+    let short = &reflect::request(&token)[..20];
+    assert_eq!(udp_exchange(&socket, hub.addr, short).await, None);
+
+    // The connection's own token: the reply names this socket and is no larger than the
+    // request.
+    let request = reflect::request(&token);
+    let reply = udp_exchange(&socket, hub.addr, &request)
+        .await
+        .expect("a reply");
+    assert!(
+        reply.len() <= request.len(),
+        "{} > {}",
+        reply.len(),
+        request.len()
+    );
+    assert_eq!(reflect::parse_reply(&reply, &token), Some(mine));
+
+    // A client that showed no UDP socket punching the node is told the node's UDP address;
+    // the node is told none of the client's.
+    let mut c = hub.conn(&client).await;
+    let punch = c.punch("alice", Duration::ZERO, vec![]).await.unwrap();
+    assert_eq!(punch.udp, vec![mine]);
+    let Event::Punch(theirs) = node.next_event(id).await.unwrap() else {
+        panic!("expected a punch event")
+    };
+    assert!(theirs.udp.is_empty(), "{theirs:?}");
+
+    // The token dies with its connection.
+    drop(node);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if udp_exchange(&socket, hub.addr, &request).await.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token outlived its connection"
+        );
+    }
     hub.stop().await;
 }

@@ -8,12 +8,13 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ferry_hub::wire::{
-    Event, HintSource, NameRequest, PresenceRequest, PresenceResponse, Punch, PunchRequest,
-    RegisterRequest, RegisterResponse, RelayRequest, RelayResponse, ResolveResponse,
-};
 use ferry_hub::server::content::{
     AnnounceRequest, AnnounceResponse, PeerEntry, PeersRequest, PeersResponse,
+};
+use ferry_hub::wire::{
+    Event, HintSource, NameRequest, PresenceRequest, PresenceResponse, Punch, PunchRequest,
+    PunchRole, RegisterRequest, RegisterResponse, RelayRequest, RelayResponse, ResolveResponse,
+    UdpTokenResponse,
 };
 use ferry_protocol::identity::{Identity, NodeId};
 
@@ -59,6 +60,7 @@ fn vectors() -> (
     let v4 = addr("192.0.2.10:6789");
     let v6 = addr("[2001:db8::5]:7000");
     let refl = addr("198.51.100.7:40123");
+    let udp = addr("198.51.100.7:40200");
     let s = |t: &str| format!("\"{t}\"");
     let valid = vec![
         (
@@ -230,12 +232,16 @@ fn vectors() -> (
                 ("event", "2".into()),
                 ("peer", s(&bob.to_string())),
                 ("delay_ms", "60".into()),
+                ("role", "2".into()),
                 ("addrs", addrs_text(&[refl])),
+                ("udp", addrs_text(&[udp])),
             ],
             Event::Punch(Punch {
                 peer: bob,
                 delay_ms: 60,
+                role: PunchRole::Listen,
                 addrs: vec![refl],
+                udp: vec![udp],
             })
             .to_bytes(),
         ),
@@ -292,12 +298,26 @@ fn vectors() -> (
             vec![
                 ("peer", s(&alice.to_string())),
                 ("delay_ms", "20".into()),
+                ("role", "1".into()),
                 ("addrs", addrs_text(&[v4, refl])),
+                ("udp", addrs_text(&[])),
             ],
             Punch {
                 peer: alice,
                 delay_ms: 20,
+                role: PunchRole::Dial,
                 addrs: vec![v4, refl],
+                udp: vec![],
+            }
+            .to_bytes(),
+        ),
+        (
+            "udp_token_response",
+            0x65,
+            0x11,
+            vec![("token", "000102030405060708090a0b0c0d0e0f".into())],
+            UdpTokenResponse {
+                token: std::array::from_fn(|i| i as u8),
             }
             .to_bytes(),
         ),
@@ -307,7 +327,10 @@ fn vectors() -> (
             0x10,
             vec![
                 ("flags", "0".into()),
-                ("content", s(&format!("{} {}", "11".repeat(32), "22".repeat(32)))),
+                (
+                    "content",
+                    s(&format!("{} {}", "11".repeat(32), "22".repeat(32))),
+                ),
             ],
             AnnounceRequest {
                 withdraw: false,
@@ -421,6 +444,13 @@ fn vectors() -> (
         ),
         ("event_kind_3", 0x62, 0x12, vec![3], "event kind"),
         (
+            "punch_role_3",
+            0x64,
+            0x11,
+            [vec![0u8; 24], vec![3, 0, 0]].concat(),
+            "punch role",
+        ),
+        (
             "relay_role_0",
             0x63,
             0x10,
@@ -455,13 +485,7 @@ fn vectors() -> (
             [vec![0, 1], vec![0x11; 31]].concat(),
             "truncated content id",
         ),
-        (
-            "peers_51",
-            0x69,
-            0x11,
-            vec![51],
-            "more than 50 peers",
-        ),
+        ("peers_51", 0x69, 0x11, vec![51], "more than 50 peers"),
     ];
     (valid, invalid)
 }
@@ -547,6 +571,7 @@ fn decodes(service: u8, kind: u8, body: Bytes) -> bool {
         (0x63, 0x11) => RelayResponse::decode(body).is_ok(),
         (0x64, 0x10) => PunchRequest::decode(body).is_ok(),
         (0x64, 0x11) => Punch::decode(body).is_ok(),
+        (0x65, 0x11) => UdpTokenResponse::decode(body).is_ok(),
         (0x68, 0x10) => AnnounceRequest::decode(body).is_ok(),
         (0x68, 0x11) => AnnounceResponse::decode(body).is_ok(),
         (0x69, 0x10) => PeersRequest::decode(body).is_ok(),

@@ -27,8 +27,9 @@ pub fn parse_hub(text: &str) -> Result<FerryUrl, String> {
     Ok(url)
 }
 
-/// Starts the presence for `hub` as `identity`, reporting the listening addresses that name a
-/// host (an unspecified one, 0.0.0.0, is left to the address the hub reflects).
+/// Starts the presence for `hub` as `identity`, reporting the listening addresses; an
+/// unspecified one (0.0.0.0:PORT) is reported as this host's address on the route to the hub
+/// with PORT (`ferry_hub::node::reported`).
 pub fn start(
     hub: &FerryUrl,
     identity: Identity,
@@ -37,11 +38,7 @@ pub fn start(
     // parse_hub admitted only named addresses.
     let name = hub.name.clone().unwrap_or_default();
     let mut config = PresenceConfig::new(hub.hints(), hub.server_id, identity, name);
-    config.addrs = listening
-        .iter()
-        .filter(|a| !a.ip().is_unspecified())
-        .copied()
-        .collect();
+    config.addrs = listening.to_vec();
     spawn_presence(config)
 }
 

@@ -6,16 +6,29 @@ use bytes::Bytes;
 
 use super::{print_lines, Context};
 use crate::cli::PingArgs;
+use ferry_client::client::hub::NamedSession;
 use ferry_client::error::ClientError;
+use ferry_client::Client;
 
 pub async fn run(ctx: &Context, args: PingArgs) -> Result<(), ClientError> {
     let started = Instant::now();
-    let (client, route) = if args.url.name.is_some() {
-        let named = super::register::connect_named(ctx, &args.url).await?;
-        (named.connected.client, format!(", {}", named.route))
-    } else {
-        (ctx.connect(&args.url).await?, String::new())
+    // A named node's session moves from the relay to a punched path when one appears; each
+    // pong says which path it took.
+    let session = match args.url.name.is_some() {
+        true => Some(NamedSession::new(
+            super::register::connect_named(ctx, &args.url).await?,
+        )),
+        false => None,
     };
+    let current = |fallback: &Client| match &session {
+        Some(session) => (session.client(), format!(", {}", session.route())),
+        None => (fallback.clone(), String::new()),
+    };
+    let plain = match &session {
+        Some(session) => session.client(),
+        None => ctx.connect(&args.url).await?,
+    };
+    let (client, route) = current(&plain);
     let connect_time = started.elapsed();
     ctx.note(&format!(
         "PING {} ({}{route}): {} bytes, connected in {}",
@@ -30,6 +43,7 @@ pub async fn run(ctx: &Context, args: PingArgs) -> Result<(), ClientError> {
         if seq > 1 {
             tokio::time::sleep(args.interval).await;
         }
+        let (client, route) = current(&plain);
         let rtt = client.ping(payload.clone()).await?;
         print_lines([format!(
             "pong from {}{route}: seq={seq} time={}",

@@ -1,0 +1,173 @@
+//! Hole punching as the hub coordinates it (HUB.md §3.6, §3.7; PROTOCOL.md §14): learning this
+//! node's UDP address from the hub, and running one side of a punch — TCP simultaneous open and
+//! QUIC raced, in the role the hub named.
+//!
+//! Who is at the other end is never decided here: the caller runs the end-to-end identity
+//! handshake over what this returns, and the dialer (the Ferry client) requires the node id it
+//! resolved, so a lying instruction or a hostile address gains nothing but a failed handshake.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_protocol::transport::BoxedStream;
+use ferry_traversal::{tcp, Path, QuicEndpoint, Role};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::wire::{self, Punch, PunchRole, TOKEN_LEN};
+
+/// How long a punch may take from its start time before the caller falls back (to the relay).
+/// Long enough for a few TCP attempts (250 ms apart) and QUIC's retransmitted Initials.
+pub const PUNCH_BUDGET: Duration = Duration::from_secs(3);
+
+/// How long a reflect exchange waits for the hub's reply; requests repeat every 100 ms.
+pub const REFLECT_WAIT: Duration = Duration::from_millis(500);
+
+/// A punched connection.
+pub struct Punched {
+    pub stream: BoxedStream,
+    pub path: Path,
+    /// Where the peer's packets come from.
+    pub remote: SocketAddr,
+}
+
+impl std::fmt::Debug for Punched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Punched")
+            .field("path", &self.path)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The traversal role for the hub's punch role.
+pub fn role_of(role: PunchRole) -> Role {
+    match role {
+        PunchRole::Dial => Role::Dialer,
+        PunchRole::Listen => Role::Listener,
+    }
+}
+
+/// Sends reflect requests for `token` to the hub's UDP port from `endpoint`'s socket until the
+/// hub answers or `wait` passes (HUB.md §3.7); the hub then knows this socket's public address
+/// and hands it to punch peers. Returns the address the hub saw, when it answered.
+pub async fn reflect(
+    endpoint: &QuicEndpoint,
+    hub: SocketAddr,
+    token: [u8; TOKEN_LEN],
+    wait: Duration,
+) -> Option<SocketAddr> {
+    let request = wire::reflect::request(&token);
+    let until = Instant::now() + wait;
+    let sending = async {
+        loop {
+            if let Err(e) = endpoint.send_raw(hub, &request).await {
+                debug!(%hub, "udp reflect request failed: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let answered = async {
+        loop {
+            let Ok((datagram, from)) = endpoint.recv_raw().await else {
+                return None;
+            };
+            if from != hub {
+                continue;
+            }
+            if let Some(seen) = wire::reflect::parse_reply(&datagram, &token) {
+                return Some(seen);
+            }
+        }
+    };
+    tokio::time::timeout_at(until, async {
+        tokio::select! {
+            seen = answered => seen,
+            () = sending => None,
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The peer's TCP address to punch towards: the last of `addrs`, where the hub saw the peer's
+/// control connection come from (§3.6).
+pub fn tcp_target(punch: &Punch) -> Option<SocketAddr> {
+    punch.addrs.last().copied()
+}
+
+/// The dialer's side of a punch (the Ferry client): TCP simultaneous open from `local_tcp` (the
+/// port of this side's hub connection) and, when both sides have a UDP address, QUIC from
+/// `quic`, both starting `punch.delay_ms` from now; the first to connect wins and the other is
+/// dropped (which closes it, so the listener's copy dies at its handshake timeout).
+pub async fn dial(
+    punch: &Punch,
+    local_tcp: SocketAddr,
+    quic: Option<&QuicEndpoint>,
+    budget: Duration,
+) -> io::Result<Punched> {
+    let start = Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
+    let deadline = start + budget;
+    let tcp = async {
+        let Some(remote) = tcp_target(punch) else {
+            return Err(io::Error::other(
+                "the punch names no TCP address of the peer",
+            ));
+        };
+        debug!(%local_tcp, %remote, "punch: tcp simultaneous open");
+        let stream =
+            tcp::simultaneous_open_as(local_tcp, remote, start, deadline, Role::Dialer).await?;
+        Ok(Punched {
+            stream: Box::new(stream),
+            path: Path::PunchedTcp,
+            remote,
+        })
+    };
+    let quic = async {
+        let (Some(endpoint), Some(&remote)) = (quic, punch.udp.first()) else {
+            return Err(io::Error::other(
+                "no quic punch: one side has no UDP address at the hub",
+            ));
+        };
+        debug!(%remote, "punch: quic");
+        let stream = endpoint
+            .punch_and_connect(remote, Role::Dialer, start, deadline)
+            .await?;
+        Ok(Punched {
+            stream: Box::new(stream),
+            path: Path::PunchedQuic,
+            remote,
+        })
+    };
+    first_ok(tcp, quic).await
+}
+
+/// Returns the first of two attempts to succeed, or both errors when both fail.
+async fn first_ok<A, B>(a: A, b: B) -> io::Result<Punched>
+where
+    A: std::future::Future<Output = io::Result<Punched>>,
+    B: std::future::Future<Output = io::Result<Punched>>,
+{
+    tokio::pin!(a, b);
+    let (mut a_err, mut b_err) = (None, None);
+    loop {
+        tokio::select! {
+            result = &mut a, if a_err.is_none() => match result {
+                Ok(p) => return Ok(p),
+                Err(e) => a_err = Some(e),
+            },
+            result = &mut b, if b_err.is_none() => match result {
+                Ok(p) => return Ok(p),
+                Err(e) => b_err = Some(e),
+            },
+        }
+        if let (Some(a), Some(b)) = (&a_err, &b_err) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the punch failed: tcp: {a}; quic: {b}"),
+            ));
+        }
+    }
+}
