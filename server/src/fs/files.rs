@@ -140,6 +140,47 @@ impl EntryCache {
         }
     }
 
+    /// The kept file at `path`, without reading the event queue: a candidate to read, whose
+    /// bytes may be sent only once [`EntryCache::confirm_file`] says, after the read, that it
+    /// is still kept. Saves a system call: one read of the queue after the file's read both
+    /// validates the kept name and metadata and stands in for the `fstat` that checks that
+    /// nothing changed the file during the read (any change that returned before it made an
+    /// event). `None`: not kept, or due to be opened afresh.
+    pub fn peek_file(&self, jail: JailKey, path: &RelPath) -> Option<(Arc<File>, Meta)> {
+        let mut inner = self.inner.lock().ok()?;
+        let kept = inner
+            .files
+            .by_jail
+            .get_mut(&jail)?
+            .get_mut(path.as_kernel_path())?;
+        let now = Instant::now();
+        if now >= kept.renew {
+            kept.renew = now + self.ttl;
+            return None;
+        }
+        Some((kept.file.clone(), kept.meta))
+    }
+
+    /// Reads the event queue; whether `file` (from [`EntryCache::peek_file`]) is still the kept
+    /// file at `path`, so nothing changed what `path` names or the file's content and
+    /// metadata up to this call.
+    pub fn confirm_file(&self, jail: JailKey, path: &RelPath, file: &Arc<File>) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        inner.drain();
+        let still = inner
+            .files
+            .by_jail
+            .get(&jail)
+            .and_then(|files| files.get(path.as_kernel_path()))
+            .is_some_and(|kept| Arc::ptr_eq(&kept.file, file));
+        if still {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        still
+    }
+
     /// Drops the kept file at `path` (a fetch found it changed in a way no event reported).
     pub fn forget_file(&self, jail: JailKey, path: &RelPath) {
         if let Ok(mut inner) = self.inner.lock() {
@@ -492,7 +533,22 @@ mod tests {
             let (second, hit) = cached(&cache, &jail, path);
             assert!(hit, "{what}: an unchanged file is kept");
             assert_eq!(second, first);
+            let key = JailKey::of(&jail);
+            let rel = RelPath::parse(path, 16).unwrap();
+            let (file, _) = cache.peek_file(key, &rel).expect("kept");
+            assert!(cache.confirm_file(key, &rel, &file), "{what}: confirmed");
             change();
+            // The reader's way: the kept file read first, then confirmed.
+            if let Some((file, meta)) = cache.peek_file(key, &rel) {
+                let seen = read_all(&file, meta);
+                if cache.confirm_file(key, &rel, &file) {
+                    assert_eq!(
+                        Ok(seen),
+                        fresh(&jail, path),
+                        "{what}: stale when read first"
+                    );
+                }
+            }
             let (after, _) = cached(&cache, &jail, path);
             assert_eq!(after, fresh(&jail, path), "{what}: stale");
             assert_ne!(after, first, "{what}: the change shows");

@@ -148,6 +148,18 @@ impl FileReader {
     /// memory-backed. Lets a small, hot read run on an async thread: it is a copy out of
     /// memory, not a wait.
     pub fn read_batch_cached(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FsError> {
+        self.read_cached(buf, true)
+    }
+
+    /// [`FileReader::read_batch_cached`] without the `fstat` after the read, for a kept file
+    /// whose cache confirms after the read that nothing changed it
+    /// ([`EntryCache::confirm_file`](super::EntryCache::confirm_file)); the caller must not
+    /// send the bytes otherwise.
+    pub fn read_batch_kept(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FsError> {
+        self.read_cached(buf, false)
+    }
+
+    fn read_cached(&mut self, buf: &mut [u8], check: bool) -> Result<Option<usize>, FsError> {
         let want = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)
             .min(buf.len());
@@ -181,7 +193,9 @@ impl FileReader {
         if n < want {
             return Ok(None);
         }
-        self.check_unchanged()?;
+        if check {
+            self.check_unchanged()?;
+        }
         self.hasher.update(&buf[..]);
         self.pos += want as u64;
         self.remaining -= want as u64;

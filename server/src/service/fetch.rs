@@ -200,8 +200,8 @@ fn whole_frames(
 }
 
 /// Answers a fetch of a small range of a kept file on the spot, for the connection's reader
-/// to queue without a task: the lookup, one read and one `fstat`, no wait for a disk, no hop
-/// to the blocking pool. `None` (nothing done, nothing consumed) leaves the request to a task
+/// to queue without a task: one read of the file and one of the event queue after it
+/// ([`EntryCache::peek_file`]), no wait for a disk, no hop to the blocking pool. `None` (nothing done, nothing consumed) leaves the request to a task
 /// ([`fetch`]), which also answers every error; so do ranges that need more than
 /// `max_frames` frames. Returns the frames and the data bytes, and logs the request's line
 /// as [`super::run`] does.
@@ -214,11 +214,16 @@ pub(crate) fn answer_kept(
     let started = std::time::Instant::now();
     let path = ctx.readable(&request.path).ok()?;
     let key = JailKey::of(&ctx.tree.jail);
-    let Lookup::Hit(file, meta) = EntryCache::shared().lookup_file(key, &path) else {
-        return None;
-    };
-    let (mut reader, response) =
-        FileReader::from_shared(file, meta, path.clone(), request.offset, request.length).ok()?;
+    let cache = EntryCache::shared();
+    let (file, meta) = cache.peek_file(key, &path)?;
+    let (mut reader, response) = FileReader::from_shared(
+        file.clone(),
+        meta,
+        path.clone(),
+        request.offset,
+        request.length,
+    )
+    .ok()?;
     let remaining = reader.remaining();
     let frames = remaining.div_ceil(ctx.chunk as u64).saturating_add(2);
     if remaining > INLINE_MAX || frames > max_frames as u64 {
@@ -227,16 +232,20 @@ pub(crate) fn answer_kept(
     let mut first = None;
     if remaining > 0 {
         let mut buf = ctx.buffers.try_get()?;
-        match reader.read_batch_cached(buf.space()) {
+        match reader.read_batch_kept(buf.space()) {
             Ok(Some(n)) => buf.set_len(n),
             Ok(None) => return None,
             Err(_) => {
                 // Changed without an event, or unreadable: the task opens it afresh.
-                EntryCache::shared().forget_file(key, &path);
+                cache.forget_file(key, &path);
                 return None;
             }
         }
         first = Some(buf);
+    }
+    // After the read: nothing changed the name, the metadata or the bytes up to now.
+    if !cache.confirm_file(key, &path, &file) {
+        return None;
     }
     let end = reader.finish_just_read().ok()?;
     let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
