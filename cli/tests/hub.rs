@@ -437,3 +437,52 @@ fn a_relayed_session_moves_to_a_punched_path_without_breaking_the_fetch_in_fligh
     drop(relayed_client);
     drop(session);
 }
+
+/// The NAT lab through the real binaries (benches/nat/fullstack.sh): a punch where the NATs
+/// allow one, the relay where they do not, every attempt connected and a 1 MiB get
+/// byte-identical. Needs root and ../shared/netlab; run it with
+/// `cargo test -p ferry-cli --test hub -- --ignored nat_lab`.
+#[test]
+#[ignore = "needs root and the network lab (../shared/netlab); builds release binaries; about 1 minute"]
+fn nat_lab_punches_where_the_nats_allow_and_relays_elsewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("benches/nat/fullstack.sh");
+    let run = std::process::Command::new("bash")
+        .arg(&script)
+        .env("KINDS", "fullcone,symmetric")
+        .env("ATTEMPTS", "2")
+        .env("PHASES", "matrix")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    if stderr.contains("skipped") {
+        eprintln!("nat lab test skipped: {}", stderr.trim());
+        return;
+    }
+    let row = |k1: &str, k2: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {k1} | {k2} |")))
+            .unwrap_or_else(|| panic!("no row for {k1}/{k2}:\n{stdout}\n{stderr}"))
+            .to_owned()
+    };
+    for (k1, k2, direct) in [
+        ("fullcone", "fullcone", "| 2/2 |"),
+        ("fullcone", "symmetric", "| 2/2 |"),
+        ("symmetric", "fullcone", "| 2/2 |"),
+        ("symmetric", "symmetric", "| 0/2 |"),
+    ] {
+        let line = row(k1, k2);
+        assert!(
+            line.contains(&format!("| {k1} | {k2} | 2/2 {direct}")),
+            "{line}"
+        );
+        assert!(line.contains("1 MiB get ok"), "{line}");
+    }
+    assert!(
+        row("symmetric", "symmetric").contains("relayed ×2"),
+        "{stdout}"
+    );
+}
