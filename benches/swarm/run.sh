@@ -13,6 +13,10 @@
 #                          alone (its --dht-bootstrap) and finds the others by DHT and PEX
 #   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link
 #                          (nlprobe tcp-send/tcp-sink for TCP_SECONDS, default 20)
+#   LOGS=dir ...           keep every peer's stderr (seed.err, N-hI.err) and `ss -tin` of the
+#                          seed's connections every second (N-ss.txt) in dir; with
+#                          RUST_LOG=ferry_p2p::swarm=debug the cores log what is in flight
+#                          per peer once a second
 #
 # Run it under `flock /tmp/netlab.lock` where others share the lab.
 #
@@ -52,6 +56,9 @@ PHASES=${PHASES:-"netlab loopback"}
 LOOP_MIB=${LOOP_MIB:-256}
 
 now() { date +%s.%N; }
+# Sets CPU to the CPU seconds (user + sys) of this script's waited-for children so far: the
+# peers' own load. `times` must run in this shell, not in a command substitution.
+child_cpu() { times >"$WORK/times"; CPU=$(tail -1 "$WORK/times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }'); }
 # Waits until every file in $@ exists and contains "complete" (bounded by 20 minutes).
 wait_complete() {
     local deadline=$(( $(date +%s) + 1200 ))
@@ -171,16 +178,22 @@ echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB, discovery $DISCOVERY
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
     # ---- swarm: tracker (or DHT node) + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
+    child_cpu; cpu0=$CPU
     if [ "$DISCOVERY" = dht ]; then
         "$NL" exec h1 "$PEER" dht --dht-listen "$SEED_IP:6881" --dht-state "$WORK/dht-boot.state" >/dev/null 2>&1 & PIDS+=($!)
     else
         "$NL" exec h1 "$PEER" tracker --listen "$SEED_IP:6969" --interval 5s >/dev/null 2>&1 & PIDS+=($!)
     fi
     # shellcheck disable=SC2046
-    "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress $(disc 1) >"$WORK/seed.out" 2>/dev/null & PIDS+=($!)
+    "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress $(disc 1) >"$WORK/seed.out" 2>"$WORK/seed.err" & PIDS+=($!)
     for _ in $(seq 100); do grep -q seeding "$WORK/seed.out" 2>/dev/null && break; sleep 0.1; done
     outs=()
+    if [ -n "${LOGS:-}" ]; then
+        mkdir -p "$LOGS"
+        (while :; do date +%s.%N; "$NL" exec h1 ss -tinm 'sport = :7000'; sleep 1; done >"$LOGS/$N-ss.txt" 2>&1) & PIDS+=($!)
+    fi
     start=$(now)
+    [ -n "${LOGS:-}" ] && date -u +%FT%T.%6NZ >"$LOGS/$N-start"
     for i in $(seq 2 $((N + 1))); do
         d="$WORK/swarm$N/h$i"; mkdir -p "$d"
         # shellcheck disable=SC2046
@@ -193,6 +206,12 @@ for N in $NS; do
     for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | awk -v s="$start" '{ t[NR] = $1 - s }
         END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
     stop_all
+    child_cpu
+    echo "    peers' CPU: $(echo "$CPU - $cpu0" | bc -l) s user+sys over $(printf %.1f "$swarm_s") s wall, $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    if [ -n "${LOGS:-}" ]; then
+        cp "$WORK/seed.err" "$LOGS/$N-seed.err"
+        for i in $(seq 2 $((N + 1))); do cp "$WORK/swarm$N/h$i.err" "$LOGS/$N-h$i.err"; done
+    fi
     for i in $(seq 2 $((N + 1))); do cmp -s "$WORK/data/file.bin" "$WORK/swarm$N/h$i/file.bin" || { echo "h$i: swarm copy differs" >&2; exit 4; }; done
     rm -rf "$WORK/swarm$N"
 
