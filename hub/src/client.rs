@@ -68,39 +68,65 @@ pub struct HubConn {
 /// Time allowed for each connection attempt and for each request.
 pub const HUB_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Between the starts of two attempts on the hub's addresses (RFC 8305 §5's recommended
+/// Connection Attempt Delay).
+pub const HUB_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
 impl HubConn {
-    /// Connects to the first hint that answers (in order) and runs the identity handshake;
-    /// `hub_id`, when given, must be proven.
+    /// Connects to the hub's hints and runs the identity handshake; `hub_id`, when given, must
+    /// be proven. The addresses of all hints are raced as Happy Eyeballs does (RFC 8305): one
+    /// attempt starts every [`HUB_ATTEMPT_DELAY`] (at once when one fails), and the first to
+    /// finish its handshake wins, so a hint that accepts and stalls costs one delay, not the
+    /// whole timeout. A hub that proves another id is an answer, not a miss: it ends the race.
     pub async fn connect(
         hints: &[Hint],
         hub_id: Option<NodeId>,
         identity: &Identity,
     ) -> Result<HubConn, HubError> {
         let mut last = None;
+        let mut addrs = Vec::new();
         for hint in hints {
-            let addrs: Vec<SocketAddr> = match hint.ip() {
-                Some(ip) => vec![SocketAddr::new(ip, hint.port)],
+            match hint.ip() {
+                Some(ip) => addrs.push(SocketAddr::new(ip, hint.port)),
                 None => match tokio::net::lookup_host(hint.authority()).await {
-                    Ok(addrs) => addrs.collect(),
+                    Ok(found) => addrs.extend(found),
                     Err(source) => {
                         last = Some(HubError::Connect {
                             addr: hint.authority(),
                             source,
-                        });
-                        continue;
+                        })
                     }
                 },
-            };
-            for addr in addrs {
-                match Self::connect_addr(addr, hub_id, identity).await {
-                    // A hub that proved another id is an answer, not a miss.
-                    Err(e @ HubError::WrongHub { .. }) => return Err(e),
-                    Err(e) => last = Some(e),
+            }
+        }
+        let mut waiting = addrs.into_iter();
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut next_start = tokio::time::Instant::now();
+        loop {
+            let more = waiting.len() > 0;
+            if running.is_empty() && !more {
+                return Err(
+                    last.unwrap_or(HubError::Protocol("the hub address has no hint".into()))
+                );
+            }
+            tokio::select! {
+                biased;
+                Some(result) = running.next(), if !running.is_empty() => match result {
                     Ok(conn) => return Ok(conn),
+                    Err(e @ HubError::WrongHub { .. }) => return Err(e),
+                    Err(e) => {
+                        last = Some(e);
+                        next_start = tokio::time::Instant::now();
+                    }
+                },
+                () = tokio::time::sleep_until(next_start), if more => {
+                    if let Some(addr) = waiting.next() {
+                        running.push(Self::connect_addr(addr, hub_id, identity));
+                    }
+                    next_start = tokio::time::Instant::now() + HUB_ATTEMPT_DELAY;
                 }
             }
         }
-        Err(last.unwrap_or(HubError::Protocol("the hub address has no hint".into())))
     }
 
     /// One address.

@@ -656,3 +656,33 @@ async fn udp_reflect_is_token_bound_never_amplifies_and_feeds_the_punch() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalling_first_hub_hint_loses_the_race_to_the_next_one() {
+    let hub = start().await;
+    // Accepts TCP and never says a word: tried in order, it would hold the client for the
+    // whole 10 s handshake timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hints = vec![
+        Hint {
+            host: "127.0.0.1".into(),
+            port: silent.local_addr().unwrap().port(),
+        },
+        Hint {
+            host: "127.0.0.1".into(),
+            port: hub.addr.port(),
+        },
+    ];
+    let started = tokio::time::Instant::now();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        HubConn::connect(&hints, Some(hub.id), &identity(9)),
+    )
+    .await
+    .expect("the race did not wait for the silent hint")
+    .unwrap();
+    assert_eq!(conn.hub_addr(), hub.addr);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
+    hub.stop().await;
+}
