@@ -308,6 +308,8 @@ impl Swarm {
             conn,
             Peer::new(id, addr, pieces, revealed, &self.config, now),
         );
+        // Timestamped by the subscriber: when discovery (tracker, DHT, PEX) first paid off.
+        tracing::debug!(?conn, ?addr, peers = self.peers.len(), "peer connected");
         // A super-seed starts by claiming nothing and reveals pieces once it knows the peer's.
         let advertised = if self.super_seed.on {
             Bitfield::new(self.manifest.piece_count())
