@@ -166,17 +166,49 @@ EOF
     sleep 0.5
     lab exec peer2 python3 "$PR" tcp-send --to "$HUB_IP" --port 5001 --seconds 15 >/dev/null 2>&1 || true
     wait "$sink" || true
-    python3 - "$RELAY_MB" "$start" "$end" "$connect" "$dir/tcp.json" "$same" "$path" "$RATE" "$k1/$k2" <<'EOF'
+    # The same file by plain TCP, timed as the ferry get is (first byte to end of file).
+    lab exec pub python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5002)); s.listen(1); s.settimeout(60)
+c, _ = s.accept(); c.settimeout(60)
+n, start = 0, None
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    start = start or time.monotonic()
+    n += len(b)
+print(n, time.monotonic() - start)
+' "$HUB_IP" >"$dir/tcpcopy.out" 2>"$dir/tcpcopy.err" &
+    copy=$!
+    sleep 0.5
+    lab exec peer2 python3 -c '
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5002), timeout=60)
+with open(sys.argv[2], "rb") as f:
+    c.sendfile(f)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+' "$HUB_IP" "$dir/root/file.bin" >/dev/null 2>&1 || true
+    wait "$copy" || true
+    python3 - "$RELAY_MB" "$start" "$end" "$connect" "$dir/tcp.json" "$same" "$path" "$RATE" "$k1/$k2" "$dir/tcpcopy.out" <<'EOF'
 import json, sys
-mb, start, end, connect, tcp_file, same, path, rate, kinds = sys.argv[1:]
+mb, start, end, connect, tcp_file, same, path, rate, kinds, copy_file = sys.argv[1:]
 seconds = float(end) - float(start) - float(connect)
 relay = int(mb) * 8 * 2**20 / seconds
 tcp = json.load(open(tcp_file))
 tcp_bps = next(v for k, v in tcp.items() if "bps" in k or "goodput" in k) if isinstance(tcp, dict) else float(tcp)
 tcp_bps = float(tcp_bps)
-print(f"| link | path | bytes | relay goodput | plain TCP copy | ratio | byte-identical |")
-print(f"|---|---|---|---|---|---|---|")
+try:
+    copied, copy_s = open(copy_file).read().split()
+    copy_bps = int(copied) * 8 / float(copy_s)
+    copy = f"{copy_bps / 1e6:.2f} Mbit/s | {relay / copy_bps:.2f}"
+except Exception:
+    copy = "— | —"
+print(f"| link | path | bytes | ferry goodput | TCP, steady state | ratio | TCP, same file timed alike | ratio | byte-identical |")
+print(f"|---|---|---|---|---|---|---|---|---|")
 print(f"| {rate}, {kinds} | {path} | {mb} MiB in {seconds:.1f} s (+{float(connect):.2f} s connect) | "
-      f"{relay / 1e6:.2f} Mbit/s | {tcp_bps / 1e6:.2f} Mbit/s | {relay / tcp_bps:.2f} | {same} |")
+      f"{relay / 1e6:.2f} Mbit/s | {tcp_bps / 1e6:.2f} Mbit/s | {relay / tcp_bps:.2f} | {copy} | {same} |")
 EOF
 fi
