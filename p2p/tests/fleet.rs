@@ -36,13 +36,17 @@ fn make_release(dir: &Path, version: u64) -> PathBuf {
 }
 
 fn sign(version: u64, manifest: &Manifest) -> SignedRelease {
+    sign_with_source(version, manifest, "")
+}
+
+fn sign_with_source(version: u64, manifest: &Manifest, source: &str) -> SignedRelease {
     Release {
         channel: key().id(),
         version,
         content_id: manifest.content_id(),
         time_ms: 1_767_225_600_000 + version,
         notes: format!("release {version}"),
-        source: String::new(),
+        source: source.to_owned(),
     }
     .sign(&key())
     .unwrap()
@@ -67,12 +71,22 @@ async fn publisher(
     peers: &[SocketAddr],
     corrupt: bool,
 ) -> (FleetHandle, PathBuf) {
-    let root = make_release(dir, version);
-    let manifest = Arc::new(make_manifest(&root, Some(65_536), vec![], vec![], &|_| {}).unwrap());
     let mut config = config("publisher", peers);
     config.node.dangerous_corrupt_uploads = corrupt;
+    publisher_with(dir, version, config, "").await
+}
+
+/// A publisher of release `version` run with `config`, its record naming `source`.
+async fn publisher_with(
+    dir: &Path,
+    version: u64,
+    config: FleetConfig,
+    source: &str,
+) -> (FleetHandle, PathBuf) {
+    let root = make_release(dir, version);
+    let manifest = Arc::new(make_manifest(&root, Some(65_536), vec![], vec![], &|_| {}).unwrap());
     let published = Published {
-        record: sign(version, &manifest),
+        record: sign_with_source(version, &manifest, source),
         manifest,
         data_root: root.parent().unwrap().to_path_buf(),
     };
@@ -85,14 +99,18 @@ async fn follower(
     peers: &[SocketAddr],
     apply: Option<&str>,
 ) -> FleetHandle {
-    follower::follow(
-        config(name, peers),
-        dir.join(name),
-        apply.map(str::to_owned),
-        2,
-    )
-    .await
-    .unwrap()
+    follower_with(dir, name, config(name, peers), apply).await
+}
+
+async fn follower_with(
+    dir: &Path,
+    name: &str,
+    config: FleetConfig,
+    apply: Option<&str>,
+) -> FleetHandle {
+    follower::follow(config, dir.join(name), apply.map(str::to_owned), 2)
+        .await
+        .unwrap()
 }
 
 /// Waits for the first event `pick` accepts, returning what it made of it.
@@ -392,4 +410,132 @@ async fn a_follower_killed_mid_download_resumes_and_never_half_installs() {
     assert!(!b.join("versions/.1.partial").exists());
     a.shutdown().await;
     b_node.shutdown().await;
+}
+
+/// A release that names a ferry-server as its source: the only member holding it uploads
+/// nothing but corrupt blocks, so every verified byte comes from the server (§8.5 step 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_fetches_from_the_releases_ferry_server_when_no_member_has_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The server holds the directory above the release's top-level entry, as publish does.
+    let served_dir = tmp.path().join("src-1");
+    make_release(tmp.path(), 1);
+    let server_key = ferry_protocol::Key::generate();
+    let server = ferry_server::Server::bind(
+        ferry_server::Config::new(&served_dir, server_key.clone())
+            .listen(["127.0.0.1:0".parse().unwrap()]),
+    )
+    .await
+    .unwrap();
+    let server_addr = server.local_addrs()[0];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let served = tokio::spawn(server.run(async move { stopped.cancelled().await }));
+
+    let mut follower_config = config("a", &[]);
+    follower_config.server_key = Some(server_key);
+    let mut a = follower_with(tmp.path(), "a", follower_config, None).await;
+    let mut publisher_config = config("publisher", &[a.gossip_addr]);
+    publisher_config.node.dangerous_corrupt_uploads = true;
+    let (publisher, source) = publisher_with(
+        tmp.path(),
+        1,
+        publisher_config,
+        &format!("ferry://{server_addr}/"),
+    )
+    .await;
+    let path = wait_for(&mut a, |e| match e {
+        FleetEvent::Installed { version: 1, path } => Some(path.clone()),
+        _ => None,
+    })
+    .await;
+    same_tree(&path, &source);
+    publisher.shutdown().await;
+    a.shutdown().await;
+    stop.cancel();
+    served.await.unwrap().unwrap();
+}
+
+/// A free UDP port for a test's LAN group, so that concurrent runs do not hear each other.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether IPv4 multicast sent from 127.0.0.1 comes back on the loopback interface here
+/// (some sandboxes and kernels refuse it).
+async fn loopback_multicast_works(group: SocketAddr) -> Result<(), String> {
+    use ferry_p2p::fleet::lan;
+    let receiver = lan::open(group, "127.0.0.1".parse().unwrap())
+        .map_err(|e| format!("cannot join {group} on 127.0.0.1: {e}"))?;
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    lan::prepare_sender(&sender, group).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    for _ in 0..3 {
+        sender
+            .send_to(b"probe", group)
+            .await
+            .map_err(|e| format!("cannot send to {group}: {e}"))?;
+        let got = tokio::time::timeout(Duration::from_millis(500), receiver.recv_from(&mut buf));
+        if let Ok(Ok((len, _))) = got.await {
+            if &buf[..len] == b"probe" {
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("nothing sent to {group} came back within 1.5 s"))
+}
+
+/// No --peer anywhere: two followers and a publisher on one (loopback) link find each other by
+/// their multicast announcements (§8.8), and the release reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_with_no_peers_find_the_publisher_and_each_other_on_the_lan() {
+    use ferry_p2p::fleet::lan::{LanConfig, GROUP_V4};
+    let group = SocketAddr::from((GROUP_V4, free_udp_port()));
+    if let Err(why) = loopback_multicast_works(group).await {
+        eprintln!("skipped: multicast is not available on loopback here: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let with_lan = |name: &str| {
+        let mut config = config(name, &[]);
+        config.lan = Some(LanConfig {
+            group,
+            interval: Duration::from_millis(300),
+        });
+        config
+    };
+    let mut a = follower_with(tmp.path(), "a", with_lan("a"), None).await;
+    let mut b = follower_with(tmp.path(), "b", with_lan("b"), None).await;
+    let (publisher, source) = publisher_with(tmp.path(), 1, with_lan("publisher"), "").await;
+    for f in [&mut a, &mut b] {
+        let path = installed(f, 1).await;
+        same_tree(&path, &source);
+    }
+    // Each follower learnt both others by itself: their members files name them.
+    for (me, others) in [
+        ("a", [b.gossip_addr, publisher.gossip_addr]),
+        ("b", [a.gossip_addr, publisher.gossip_addr]),
+    ] {
+        let file = tmp.path().join(me).join(".fleet/members");
+        tokio::time::timeout(WITHIN, async {
+            loop {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                if others.iter().all(|o| text.contains(&o.to_string())) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{me} did not learn {others:?}"));
+    }
+    publisher.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }

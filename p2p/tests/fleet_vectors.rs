@@ -167,6 +167,11 @@ fn generate() -> String {
             0x0000_0004,
             Message::ManifestError(ErrorBody::new(UNKNOWN_RELEASE, "unknown release")),
         ),
+        (
+            "announce",
+            0x0000_0000,
+            Message::announce(counting_key().id(), Role::Follower),
+        ),
     ];
     for (name, tx, message) in datagrams {
         writeln!(out, "\nvector: {name}\nkind: datagram\nid: 0x{tx:08x}").unwrap();
@@ -216,6 +221,11 @@ fn generate() -> String {
                 writeln!(out, "message: ManifestError").unwrap();
                 writeln!(out, "code: 0x{:04x}", e.code.0).unwrap();
                 writeln!(out, "text: \"{}\"", e.message).unwrap();
+            }
+            Message::Announce { channel, role, .. } => {
+                writeln!(out, "message: Announce").unwrap();
+                writeln!(out, "channel: {}", hex(&channel.0)).unwrap();
+                writeln!(out, "role: {}", *role as u8).unwrap();
             }
         }
         let datagram = message.to_datagram(tx);

@@ -12,6 +12,7 @@ use anyhow::Context;
 use super::channel::{self, ChannelId, ChannelKey};
 use super::follower::{self, FleetConfig, FleetEvent, Published};
 use super::install::InstallDir;
+use super::lan::LanConfig;
 use super::record::{Release, SignedRelease};
 use crate::pieces::{data_root, make_manifest};
 use ferry_common::exit::{CONNECTION, USAGE};
@@ -28,7 +29,8 @@ Examples:
   ferry-peer publish ./build --channel app --version 12 --notes 'fix the fan curve'
 
 Hashes DIR into a manifest, signs a release record (the next version unless --version says
-otherwise; versions only go up), tells the followers given by --peer (they tell the rest) and
+otherwise; versions only go up), tells the followers given by --peer or found on the LAN by
+multicast (they tell the rest) and
 seeds the data until Ctrl-C, SIGTERM or --seed-time. Followers fetch from each other, so the
 publisher can leave once about one copy has gone out.
 
@@ -40,6 +42,7 @@ Exit codes:
 
 pub const FOLLOW_HELP: &str = "\
 Examples:
+  ferry-peer follow CHANNEL_ID --dir /opt/app          finds the others on the LAN by multicast
   ferry-peer follow CHANNEL_ID --dir /opt/app --peer 10.0.0.5:7070
   ferry-peer follow CHANNEL_ID --dir /opt/app --apply 'systemctl restart app' --keep 3
 
@@ -47,7 +50,8 @@ Runs in the foreground (see the README for a systemd unit). Each release is down
 the other followers into DIR/versions/V, verified piece by piece, and DIR/current is switched
 to it in one rename; then the --apply command runs with the new path as $1 (and in
 FERRY_RELEASE_PATH, the version in FERRY_VERSION). If it fails, DIR/current goes back to the
-previous version and the failure is shown by `fleet status`. Killed at any point, it resumes.
+previous version and the failure is shown by `fleet status`; so does a hook still running after
+--apply-timeout, which is killed. Killed at any point, the follower resumes.
 
 Exit codes:
   0    stopped by Ctrl-C or SIGTERM
@@ -137,6 +141,8 @@ pub struct PublishArgs {
     /// TCP address the data is seeded on. Default: 0.0.0.0:0. E.g. 0.0.0.0:7000
     #[arg(long, default_value = "0.0.0.0:0", hide_default_value = true)]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub lan: LanArgs,
     /// Stop seeding after this long. Default: until Ctrl-C. E.g. 30m
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub seed_time: Option<Duration>,
@@ -157,6 +163,10 @@ pub struct FollowArgs {
     /// Versions kept on disk (the current one always). Default: 3
     #[arg(long, default_value_t = 3, hide_default_value = true)]
     pub keep: usize,
+    /// A hook still running after this long is killed (with what it started) and counts as
+    /// failed. Default: 5m. E.g. 30s
+    #[arg(long, value_name = "DURATION", default_value = "5m", hide_default_value = true, value_parser = humantime::parse_duration)]
+    pub apply_timeout: Duration,
     /// Another follower's gossip address, repeatable, e.g. 10.0.0.5:7070
     #[arg(long = "peer")]
     pub peers: Vec<SocketAddr>,
@@ -171,6 +181,8 @@ pub struct FollowArgs {
     /// TCP address releases are fetched and seeded on. Default: 0.0.0.0:0 (a free port).
     #[arg(long, default_value = "0.0.0.0:0", hide_default_value = true)]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub lan: LanArgs,
     /// Name shown by `fleet status`. Default: the host name.
     #[arg(long)]
     pub name: Option<String>,
@@ -181,6 +193,32 @@ pub struct FollowArgs {
     /// File holding that key, e.g. ~/ferry.key
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+}
+
+/// LAN discovery (spec/P2P.md §8.9), on unless turned off.
+#[derive(Debug, clap::Args)]
+pub struct LanArgs {
+    /// Do not announce this member to the LAN's multicast group nor listen for others there
+    /// (then only --peer and remembered members are contacted).
+    #[arg(long)]
+    pub no_lan_discovery: bool,
+    /// Multicast group and port of LAN discovery. Default: 239.255.70.77:7077 (IPv4 gossip),
+    /// [ff02::f1ee:7077]:7077 (IPv6). E.g. 239.255.70.77:7177
+    #[arg(long, value_name = "GROUP:PORT")]
+    pub lan_group: Option<SocketAddr>,
+}
+
+impl LanArgs {
+    fn config(&self, gossip: SocketAddr) -> Option<LanConfig> {
+        if self.no_lan_discovery {
+            return None;
+        }
+        let mut config = LanConfig::for_gossip(gossip);
+        if let Some(group) = self.lan_group {
+            config.group = group;
+        }
+        Some(config)
+    }
 }
 
 /// `ferry-peer rollback ...`
@@ -295,6 +333,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     config.gossip_listen = args.gossip_listen;
     config.peers = args.peers.clone();
     config.node.listen = args.listen;
+    config.lan = args.lan.config(args.gossip_listen);
     let published = Published {
         record,
         data_root: data_root(&args.path, &manifest),
@@ -337,6 +376,8 @@ pub async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
     config.gossip_listen = args.gossip_listen;
     config.peers = args.peers.clone();
     config.node.listen = args.listen;
+    config.hook_timeout = args.apply_timeout;
+    config.lan = args.lan.config(args.gossip_listen);
     config.server_key = ferry_common::KeySources::from_env(args.key.clone(), args.key_file.clone())
         .resolve()
         .ok();

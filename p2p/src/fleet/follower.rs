@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::channel::ChannelId;
 use super::gossip::{Gossip, GossipConfig, GossipEvent};
 use super::install::{Applied, InstallDir, InstallError};
+use super::lan::{self, LanConfig};
 use super::record::SignedRelease;
-use super::wire::{self, Role};
+use super::wire::{self, Message, Role};
 use crate::manifest::{ContentId, Manifest};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::pieces::{Bitfield, Storage};
@@ -53,6 +54,10 @@ pub struct FleetConfig {
     pub server_key: Option<ferry_protocol::Key>,
     /// A swarm with no peer for this long is restarted with every peer gossip knows.
     pub swarm_retry: Duration,
+    /// An apply hook still running after this long is killed and counts as failed.
+    pub hook_timeout: Duration,
+    /// LAN discovery (§8.9): announce to and listen on this multicast group. None: off.
+    pub lan: Option<LanConfig>,
 }
 
 impl FleetConfig {
@@ -66,6 +71,8 @@ impl FleetConfig {
             node: NodeConfig::default(),
             server_key: None,
             swarm_retry: Duration::from_secs(3),
+            hook_timeout: super::install::DEFAULT_HOOK_TIMEOUT,
+            lan: None,
         }
     }
 }
@@ -196,6 +203,8 @@ enum Job {
         started: Instant,
         alone_since: Option<Instant>,
         failures: u32,
+        /// Swarm addresses the node was given or has been handed a connection to.
+        dialed: HashSet<SocketAddr>,
     },
     Installing {
         version: u64,
@@ -207,10 +216,19 @@ enum Job {
     },
 }
 
+/// The LAN discovery socket and when to announce next.
+struct Lan {
+    socket: UdpSocket,
+    group: SocketAddr,
+    announcement: Vec<u8>,
+    interval: Duration,
+}
+
 struct Actor {
     config: FleetConfig,
     gossip: Gossip,
     socket: Arc<UdpSocket>,
+    lan: Option<Lan>,
     installer: Option<Installer>,
     job: Job,
     events: mpsc::UnboundedSender<FleetEvent>,
@@ -239,11 +257,32 @@ async fn start(
         gossip.add_seed(peer);
     }
     let (events_tx, events) = mpsc::unbounded_channel();
+    let lan = config.lan.as_ref().and_then(|cfg| {
+        let opened = lan::open(cfg.group, gossip_addr.ip())
+            .and_then(|s| lan::prepare_sender(&socket, cfg.group).map(|()| s));
+        match opened {
+            Ok(lan_socket) => Some(Lan {
+                socket: lan_socket,
+                group: cfg.group,
+                announcement: Message::announce(config.channel, role).to_datagram(0),
+                interval: cfg.interval,
+            }),
+            Err(e) => {
+                // Seeds and remembered members still work; the LAN is a convenience.
+                let _ = events_tx.send(FleetEvent::Error(format!(
+                    "LAN discovery on {} is off: {e}",
+                    cfg.group
+                )));
+                None
+            }
+        }
+    });
     let cancel = CancellationToken::new();
     let mut actor = Actor {
         config,
         gossip,
         socket,
+        lan,
         installer,
         job: Job::Idle,
         events: events_tx,
@@ -343,6 +382,9 @@ impl Actor {
                     asked: None,
                     failed: HashSet::new(),
                 };
+                // Asked now rather than at the next tick: this is on the path from publish to
+                // the first download.
+                self.step().await;
             }
         }
     }
@@ -483,10 +525,11 @@ impl Actor {
         }
         self.gossip
             .set_local(self.running(), self.failed(), node.listen_addr.port());
-        self.emit(FleetEvent::Downloading {
-            version,
-            peers: self.gossip.swarm_peers(version).len(),
-        });
+        let peers = self.gossip.swarm_peers(version).len();
+        // Timestamped in the log: the fleet bench measures publish-to-first-download from it.
+        tracing::info!(version, peers, "download started");
+        self.emit(FleetEvent::Downloading { version, peers });
+        let dialed = self.gossip.swarm_peers(version).into_iter().collect();
         self.job = Job::Downloading {
             version,
             manifest,
@@ -494,6 +537,7 @@ impl Actor {
             started: Instant::now(),
             alone_since: None,
             failures: 0,
+            dialed,
         };
     }
 
@@ -504,6 +548,7 @@ impl Actor {
         };
         let dir = installer.dir.clone();
         let apply = installer.apply.clone();
+        let hook_timeout = self.config.hook_timeout;
         let top = top_entry(&manifest);
         let task = tokio::task::spawn_blocking(move || {
             if !dir.has_version(version) {
@@ -513,7 +558,8 @@ impl Actor {
                 Some(top) => dir.version_dir(version).join(top),
                 None => dir.version_dir(version),
             };
-            let applied = dir.apply(version, top.as_deref(), apply.as_deref())?;
+            let applied =
+                dir.apply_with_timeout(version, top.as_deref(), apply.as_deref(), hook_timeout)?;
             Ok((path, applied))
         });
         self.job = Job::Installing {
@@ -525,8 +571,10 @@ impl Actor {
 
     async fn run(mut self) {
         let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
+        let mut lan_buf = vec![0u8; wire::MAX_DATAGRAM + 1];
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_announce = Instant::now();
         loop {
             self.flush().await;
             let deadline = Instant::from_std(self.gossip.poll_timeout());
@@ -545,6 +593,24 @@ impl Actor {
                 _ = tokio::time::sleep_until(deadline) => {
                     self.gossip.handle_timeout(Instant::now().into_std());
                     self.save_members();
+                }
+                received = async {
+                    match &self.lan {
+                        Some(lan) => lan.socket.recv_from(&mut lan_buf).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((len, from)) = received {
+                        self.gossip.handle_announce(from, &lan_buf[..len], Instant::now().into_std());
+                    }
+                }
+                _ = tokio::time::sleep_until(next_announce), if self.lan.is_some() => {
+                    if let Some(lan) = &self.lan {
+                        if let Err(e) = self.socket.send_to(&lan.announcement, lan.group).await {
+                            tracing::debug!(group = %lan.group, error = %e, "announcement not sent");
+                        }
+                        next_announce = Instant::now() + lan.interval;
+                    }
                 }
                 _ = tick.tick() => self.step().await,
             }
@@ -643,6 +709,11 @@ impl Actor {
         buf.extend_from_slice(&data);
         *asked = None;
         if buf.len() < total as usize {
+            // The next chunk at once from the same holder: a manifest of N chunks then takes
+            // N round trips, not N ticks.
+            *asked = Some((from, Instant::now()));
+            self.gossip
+                .request_manifest(from, content_id, buf.len() as u32);
             return;
         }
         let version = *version;
@@ -708,6 +779,7 @@ impl Actor {
                 failures,
                 manifest,
                 started,
+                dialed,
             } => {
                 let stats = *node.stats.borrow();
                 if stats.hash_failures > *failures {
@@ -728,6 +800,27 @@ impl Actor {
                         self.install(version, manifest, node);
                     }
                     return;
+                }
+                // Members that started serving this version since the node started: the node
+                // takes its peers at start, so connections to the new ones are handed to it.
+                for addr in self.gossip.swarm_peers(*version) {
+                    if dialed.insert(addr) {
+                        let connector = self.config.node.connector.clone();
+                        let adder = node.adder.clone();
+                        let limit = self.config.node.handshake_timeout;
+                        tokio::spawn(async move {
+                            let added = match tokio::time::timeout(limit, connector.connect(addr))
+                                .await
+                            {
+                                Ok(Ok(stream)) => adder.outbound(stream, Some(addr), None).await,
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err(format!("no answer in {} s", limit.as_secs())),
+                            };
+                            if let Err(e) = added {
+                                tracing::debug!(%addr, "swarm peer from gossip not added: {e}");
+                            }
+                        });
+                    }
                 }
                 if stats.peers > 0 {
                     *alone_since = None;
@@ -807,6 +900,14 @@ impl Actor {
         if let Err(e) = installer.dir.write_atomic("members", text.as_bytes()) {
             tracing::warn!(error = %e, "cannot save the members");
         }
+    }
+}
+
+impl std::fmt::Debug for Lan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lan")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
     }
 }
 

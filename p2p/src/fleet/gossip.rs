@@ -13,7 +13,7 @@
 //! to every member it knows, so a node that returns catches up in one round trip.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +38,12 @@ pub struct GossipConfig {
     pub max_members: usize,
     /// A STATUS response is taken only this long after its request. Default 5 s.
     pub response_timeout: Duration,
+    /// Datagrams per second taken from one source IP address; more are dropped unread.
+    /// Default 100.
+    pub source_rate: u32,
+    /// Datagrams one source IP address may send at once before `source_rate` applies.
+    /// Default 200.
+    pub source_burst: u32,
 }
 
 impl Default for GossipConfig {
@@ -47,6 +53,8 @@ impl Default for GossipConfig {
             fanout: 3,
             max_members: 1024,
             response_timeout: Duration::from_secs(5),
+            source_rate: 100,
+            source_burst: 200,
         }
     }
 }
@@ -118,6 +126,59 @@ pub struct Gossip {
     rng: StdRng,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<GossipEvent>,
+    limiter: SourceLimiter,
+}
+
+/// Source addresses with a bucket of their own; beyond it new ones share one bucket.
+const MAX_SOURCES: usize = 4096;
+
+/// A token bucket per source IP address (spec §8.4 "Rate limit"). The key is the address
+/// without the port: a sender gains nothing by changing ports. A flood from one address is
+/// dropped before it is decoded, so it costs no signature checks and no answers, and the
+/// datagrams of every other address are still read.
+#[derive(Debug)]
+struct SourceLimiter {
+    rate: f64,
+    burst: f64,
+    /// Tokens left and when they were counted.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    dropped: u64,
+}
+
+impl SourceLimiter {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            buckets: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        let refill = |(tokens, at): (f64, Instant)| {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            (tokens + secs * rate).min(burst)
+        };
+        let mut key = ip;
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
+            // A full bucket holds nothing worth keeping.
+            self.buckets.retain(|_, b| refill(*b) < burst);
+            if self.buckets.len() >= MAX_SOURCES {
+                key = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            }
+        }
+        let bucket = self.buckets.entry(key).or_insert((burst, now));
+        let tokens = refill(*bucket);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            self.dropped += 1;
+            return false;
+        }
+        *bucket = (tokens - 1.0, now);
+        true
+    }
 }
 
 impl Gossip {
@@ -130,7 +191,6 @@ impl Gossip {
         now: Instant,
     ) -> Self {
         Self {
-            config,
             channel,
             role,
             name: wire::clean_name(name),
@@ -147,6 +207,8 @@ impl Gossip {
             rng: StdRng::seed_from_u64(seed),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            limiter: SourceLimiter::new(config.source_rate, config.source_burst),
+            config,
         }
     }
 
@@ -158,6 +220,11 @@ impl Gossip {
 
     pub fn latest(&self) -> Option<&SignedRelease> {
         self.latest.as_ref()
+    }
+
+    /// Datagrams dropped so far by the per-source rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.limiter.dropped
     }
 
     pub fn members(&self) -> impl Iterator<Item = &Member> {
@@ -236,6 +303,9 @@ impl Gossip {
     // ---- inputs
 
     pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        if !self.limiter.allow(from.ip(), now) {
+            return;
+        }
         let (tx, message) = match Message::from_datagram(datagram) {
             None => return,
             Some(Err(e)) => {
@@ -316,6 +386,8 @@ impl Gossip {
                 total,
                 data,
             }),
+            // Announcements come through `handle_announce`, from the LAN group only.
+            Message::Announce { .. } => {}
             Message::ManifestError(e) => {
                 tracing::debug!(%from, error = %e.message, "manifest refused");
                 if let Some((id, _)) = &self.latest_manifest_wanted() {
@@ -325,6 +397,40 @@ impl Gossip {
                     });
                 }
             }
+        }
+    }
+
+    /// A datagram received on the LAN discovery socket (§8.9): an ANNOUNCE of this channel
+    /// makes its source a member, asked for its STATUS at once unless a request to it is
+    /// already out or it was heard from within the last interval. Anything else is dropped.
+    pub fn handle_announce(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        if !self.limiter.allow(from.ip(), now) {
+            return;
+        }
+        let Some(Ok((_, Message::Announce { channel, .. }))) = Message::from_datagram(datagram)
+        else {
+            return;
+        };
+        if channel != self.channel || self.selves.contains(&from) || from.port() == 0 {
+            return;
+        }
+        let interval = self.config.interval;
+        let recent = self.members.get(&from).is_some_and(|m| {
+            m.last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        });
+        if recent || self.outstanding.values().any(|(to, _)| *to == from) {
+            return;
+        }
+        if !self.members.contains_key(&from) {
+            tracing::debug!(%from, "member found on the LAN");
+        }
+        self.add_seed(from);
+        if self.members.contains_key(&from) {
+            let tx = self.rng.gen();
+            self.outstanding.insert(tx, (from, now));
+            let request = Message::status_request(self.status());
+            self.send(from, request, tx);
         }
     }
 
@@ -577,6 +683,46 @@ mod tests {
         for (_, g) in &nodes {
             assert_eq!(g.latest().unwrap().version(), 1);
         }
+    }
+
+    #[test]
+    fn a_flood_from_one_address_is_cut_to_its_bucket_and_another_is_still_answered() {
+        let now = Instant::now();
+        let (_, mut target) = node(1, now);
+        target.offer(release(&test_key(), 3), now).unwrap();
+        let (_, mut other) = node(2, now);
+        let request = Message::status_request(other.status()).to_datagram(77);
+        // 10 000 STATUS requests, each asking for a record too (latest 0), from one address
+        // on ever-changing ports; then an honest member from another address.
+        let flooder = IpAddr::from([192, 0, 2, 66]);
+        for i in 0..10_000u16 {
+            target.handle_datagram(SocketAddr::new(flooder, 1024 + i % 5000), &request, now);
+        }
+        let honest: SocketAddr = "192.0.2.7:7070".parse().unwrap();
+        target.handle_datagram(honest, &request, now);
+        let (mut to_flooder, mut to_honest) = (0, 0);
+        while let Some((to, _)) = target.poll_transmit() {
+            if to.ip() == flooder {
+                to_flooder += 1;
+            } else if to == honest {
+                to_honest += 1;
+            }
+        }
+        // A STATUS response and a RECORD per request taken: the burst, and no more.
+        let burst = GossipConfig::default().source_burst as usize;
+        assert_eq!(to_flooder, 2 * burst);
+        assert_eq!(
+            to_honest, 2,
+            "the honest member got its STATUS and the record"
+        );
+        assert_eq!(target.rate_limited(), 10_000 - burst as u64);
+        // A second later the flooder has `source_rate` more, no more.
+        let later = now + Duration::from_secs(1);
+        for i in 0..1000u16 {
+            target.handle_datagram(SocketAddr::new(flooder, 1024 + i), &request, later);
+        }
+        let taken = std::iter::from_fn(|| target.poll_transmit()).count();
+        assert_eq!(taken, 2 * GossipConfig::default().source_rate as usize);
     }
 
     #[test]

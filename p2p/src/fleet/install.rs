@@ -18,7 +18,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the apply hook may run before it is killed and counted as failed (as long as
+/// Puppet gives an `exec`): long enough for a service restart, short enough that a hook that
+/// hangs does not stop the follower from installing the next release.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// An install directory that cannot be used; each message names the path.
 #[derive(Debug, thiserror::Error)]
@@ -173,52 +179,46 @@ impl InstallDir {
         (names.len() == 1).then(|| names.remove(0))
     }
 
-    /// Switches to version `v` and runs `hook` (`sh -c HOOK ferry-apply PATH`, with
-    /// FERRY_VERSION and FERRY_RELEASE_PATH set); if it fails, `current` goes back to what it
-    /// was. The outcome is recorded in `.fleet/state`.
+    /// `apply_with_timeout` with [`DEFAULT_HOOK_TIMEOUT`].
     pub fn apply(
         &self,
         version: u64,
         top: Option<&str>,
         hook: Option<&str>,
     ) -> Result<Applied, InstallError> {
+        self.apply_with_timeout(version, top, hook, DEFAULT_HOOK_TIMEOUT)
+    }
+
+    /// Switches to version `v` and runs `hook` (`sh -c HOOK ferry-apply PATH`, with
+    /// FERRY_VERSION and FERRY_RELEASE_PATH set); if it fails, or is still running after
+    /// `timeout` (it is then killed with its whole process group), `current` goes back to what
+    /// it was. The outcome is recorded in `.fleet/state`.
+    pub fn apply_with_timeout(
+        &self,
+        version: u64,
+        top: Option<&str>,
+        hook: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Applied, InstallError> {
         let previous = self.current();
         let path = self.switch(version, top)?;
-        let outcome = match hook {
-            None => Applied::Ok,
-            Some(hook) => {
-                let result = Command::new("sh")
-                    .arg("-c")
-                    .arg(hook)
-                    .arg("ferry-apply")
-                    .arg(&path)
-                    .env("FERRY_VERSION", version.to_string())
-                    .env("FERRY_RELEASE_PATH", &path)
-                    .current_dir(&self.dir)
-                    .status();
-                match result {
-                    Ok(status) if status.success() => Applied::Ok,
-                    other => {
-                        let status = match other {
-                            Ok(status) => status.to_string(),
-                            Err(e) => format!("cannot run sh: {e}"),
-                        };
-                        let restored = match &previous {
-                            Some((v, _)) => {
-                                let top = self.top_of(*v);
-                                self.switch(*v, top.as_deref())?;
-                                Some(*v)
-                            }
-                            None => {
-                                let link = self.dir.join("current");
-                                std::fs::remove_file(&link).map_err(io(&link))?;
-                                sync_dir(&self.dir)?;
-                                None
-                            }
-                        };
-                        Applied::HookFailed { status, restored }
+        let outcome = match hook.map(|hook| self.run_hook(hook, version, &path, timeout)) {
+            None | Some(Ok(())) => Applied::Ok,
+            Some(Err(status)) => {
+                let restored = match &previous {
+                    Some((v, _)) => {
+                        let top = self.top_of(*v);
+                        self.switch(*v, top.as_deref())?;
+                        Some(*v)
                     }
-                }
+                    None => {
+                        let link = self.dir.join("current");
+                        std::fs::remove_file(&link).map_err(io(&link))?;
+                        sync_dir(&self.dir)?;
+                        None
+                    }
+                };
+                Applied::HookFailed { status, restored }
             }
         };
         let failed = match outcome {
@@ -230,6 +230,52 @@ impl InstallDir {
             failed,
         })?;
         Ok(outcome)
+    }
+
+    /// Runs the hook to its end or to `timeout`; `Err` holds why it failed, for people.
+    fn run_hook(
+        &self,
+        hook: &str,
+        version: u64,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(hook)
+            .arg("ferry-apply")
+            .arg(path)
+            .env("FERRY_VERSION", version.to_string())
+            .env("FERRY_RELEASE_PATH", path)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            // Its own process group, so that a timeout kills what the hook started too.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run sh: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(status.to_string()),
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot wait for the hook: {e}")),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                kill_group(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "timed out after {}; killed",
+                    humantime::format_duration(timeout)
+                ));
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Switches back to the newest complete version older than the current one.
@@ -309,6 +355,16 @@ impl InstallDir {
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&self.dir.join(".fleet"))
+    }
+}
+
+/// SIGKILL to the hook's process group: the shell and whatever it started.
+fn kill_group(pgid: u32) {
+    let pid = i32::try_from(pgid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::Kill);
     }
 }
 
@@ -409,6 +465,53 @@ mod tests {
                 failed: 2
             }
         );
+    }
+
+    #[test]
+    fn a_hook_that_hangs_is_killed_with_its_children_and_counts_as_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = InstallDir::open(tmp.path()).unwrap();
+        install(&dir, 1);
+        dir.apply(1, Some("app"), None).unwrap();
+        install(&dir, 2);
+        // The hook starts a child that would outlive it, records its pid, then hangs.
+        let pid_file = tmp.path().join("child.pid");
+        let hook = format!("sleep 1000 & echo $! > {}; wait", pid_file.display());
+        let started = Instant::now();
+        let outcome = dir
+            .apply_with_timeout(2, Some("app"), Some(&hook), Duration::from_millis(300))
+            .unwrap();
+        // Bounds a failure only: the hook would run for 1000 s.
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(
+            matches!(&outcome, Applied::HookFailed { restored: Some(1), status } if status.contains("timed out after 300ms")),
+            "{outcome:?}"
+        );
+        assert_eq!(running(&dir), "1");
+        assert_eq!(
+            dir.load_state(),
+            ApplyState {
+                applied: 2,
+                failed: 2
+            }
+        );
+        // The child got SIGKILL with its group: gone, or a zombie awaiting its new parent.
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let gone = || {
+            std::fs::read_to_string(&stat).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(), "the hook's child {} still runs", pid.trim());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `wire.rs` (gossip datagrams, services 0x70-0x72), `gossip.rs` (the sans-IO anti-entropy
 //! core), `install.rs` (versions, the `current` link, the apply hook, rollback),
 //! `follower.rs` (the tokio shell: socket, manifest fetch, swarm, installs; also what a
-//! publisher runs), `status.rs` (the `fleet status` crawl), `cli.rs` (the commands).
+//! publisher runs), `lan.rs` (multicast discovery on the local link, §8.9), `status.rs` (the
+//! `fleet status` crawl), `cli.rs` (the commands).
 //!
 //! Membership is this module's own small push-pull protocol rather than `foca`'s SWIM: SWIM
 //! disseminates an update a bounded number of times, so a follower offline during a publish
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod follower;
 pub mod gossip;
 pub mod install;
+pub mod lan;
 pub mod record;
 pub mod status;
 pub mod wire;

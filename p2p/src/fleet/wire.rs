@@ -1,5 +1,5 @@
-//! Gossip datagrams (spec/P2P.md §8.3): one plaintext Ferry frame per UDP datagram, services
-//! 0x70-0x72, request id = transaction id.
+//! Gossip datagrams (spec/P2P.md §8.3, §8.9): one plaintext Ferry frame per UDP datagram,
+//! services 0x70-0x73, request id = transaction id.
 //!
 //! ```text
 //!  0x70 STATUS    REQUEST / RESPONSE  status | zero padding (request only, body >= 512 bytes)
@@ -7,6 +7,8 @@
 //!  0x72 MANIFEST  REQUEST             content_id[32] | offset u32 | zero padding (body >= 512)
 //!                 RESPONSE            content_id[32] | offset u32 | total u32 | data (1..=1024)
 //!                 ERROR               Ferry error body (UNKNOWN_RELEASE)
+//!  0x73 ANNOUNCE  REQUEST             channel[32] | role u8 | zero padding (body >= 512);
+//!                                     never answered; sent to the LAN group (§8.9)
 //!  status = channel[32] | role u8 | latest u64 | running u64 | failed u64 | swarm_port u16
 //!           | name str (<= 64 bytes) | count u8 (<= 16) | count x member
 //!  member = family u8 | addr[4 or 16] | port u16 | age_s u32 (0xffffffff: never heard)
@@ -25,6 +27,7 @@ use crate::manifest::ContentId;
 pub const STATUS: Service = Service(0x70);
 pub const RECORD: Service = Service(0x71);
 pub const MANIFEST: Service = Service(0x72);
+pub const ANNOUNCE: Service = Service(0x73);
 /// The header's version byte in every gossip datagram, fixed like the DHT's (§7.2).
 pub const DATAGRAM_VERSION: u8 = 1;
 /// Largest datagram read or sent.
@@ -113,6 +116,12 @@ pub enum Message {
         data: Bytes,
     },
     ManifestError(ErrorBody),
+    /// "A member of `channel` gossips at this datagram's source address" (LAN discovery).
+    Announce {
+        channel: ChannelId,
+        role: Role,
+        padding: usize,
+    },
 }
 
 impl Status {
@@ -232,6 +241,15 @@ impl Message {
         }
     }
 
+    /// An ANNOUNCE padded to the minimum body, as large as the STATUS request it causes.
+    pub fn announce(channel: ChannelId, role: Role) -> Self {
+        Self::Announce {
+            channel,
+            role,
+            padding: MIN_REQUEST_BODY - 33,
+        }
+    }
+
     fn kind_and_service(&self) -> (FrameType, Service) {
         match self {
             Message::StatusRequest { .. } => (FrameType::REQUEST, STATUS),
@@ -240,6 +258,7 @@ impl Message {
             Message::ManifestRequest { .. } => (FrameType::REQUEST, MANIFEST),
             Message::ManifestChunk { .. } => (FrameType::RESPONSE, MANIFEST),
             Message::ManifestError(_) => (FrameType::ERROR, MANIFEST),
+            Message::Announce { .. } => (FrameType::REQUEST, ANNOUNCE),
         }
     }
 
@@ -274,6 +293,15 @@ impl Message {
                 body.put_slice(data);
             }
             Message::ManifestError(e) => e.encode(&mut body),
+            Message::Announce {
+                channel,
+                role,
+                padding,
+            } => {
+                body.put_slice(&channel.0);
+                body.put_u8(*role as u8);
+                body.put_bytes(0, *padding);
+            }
         }
         let (kind, service) = self.kind_and_service();
         let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
@@ -365,6 +393,24 @@ impl Message {
             (FrameType::ERROR, MANIFEST) => {
                 Message::ManifestError(ErrorBody::decode(Bytes::copy_from_slice(body)).ok()?)
             }
+            (FrameType::REQUEST, ANNOUNCE) => {
+                if body.len() < MIN_REQUEST_BODY {
+                    return None;
+                }
+                let mut channel = [0u8; 32];
+                body.copy_to_slice(&mut channel);
+                // Observers only ask; they never announce themselves.
+                let role = match Role::from_u8(body.get_u8())? {
+                    Role::Observer => return None,
+                    role => role,
+                };
+                let padding = take_padding(body)?;
+                Message::Announce {
+                    channel: ChannelId(channel),
+                    role,
+                    padding,
+                }
+            }
             _ => return None,
         };
         Some(Ok((transaction, message)))
@@ -425,6 +471,7 @@ pub(crate) mod tests {
                 data: Bytes::from(vec![5u8; 976]),
             },
             Message::ManifestError(ErrorBody::new(UNKNOWN_RELEASE, "no such release here")),
+            Message::announce(test_key().id(), Role::Follower),
         ]
     }
 
@@ -483,6 +530,30 @@ pub(crate) mod tests {
         });
         let datagram = Message::StatusResponse(many).to_datagram(1);
         assert!(Message::from_datagram(&datagram).is_none());
+    }
+
+    #[test]
+    fn an_announce_is_512_bytes_of_body_and_an_observer_or_short_one_is_dropped() {
+        let channel = test_key().id();
+        let datagram = Message::announce(channel, Role::Publisher).to_datagram(0);
+        assert_eq!(datagram.len(), HEADER_LEN + MIN_REQUEST_BODY);
+        assert_eq!(&datagram[HEADER_LEN..HEADER_LEN + 32], &channel.0);
+        assert_eq!(datagram[HEADER_LEN + 32], 2);
+        let observer = Message::Announce {
+            channel,
+            role: Role::Observer,
+            padding: MIN_REQUEST_BODY - 33,
+        };
+        assert!(Message::from_datagram(&observer.to_datagram(0)).is_none());
+        let short = Message::Announce {
+            channel,
+            role: Role::Follower,
+            padding: 10,
+        };
+        assert!(Message::from_datagram(&short.to_datagram(0)).is_none());
+        let mut dirty = datagram.clone();
+        *dirty.last_mut().unwrap() = 1;
+        assert!(Message::from_datagram(&dirty).is_none());
     }
 
     #[test]
