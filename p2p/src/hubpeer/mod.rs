@@ -28,7 +28,7 @@ use ferry_hub::{spawn_presence, HubConn, HubError, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Acceptor, BoxedStream};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -263,12 +263,15 @@ impl Finder {
         let mut attempts: JoinSet<(NodeId, Option<Path>)> = JoinSet::new();
         let mut trying: HashSet<NodeId> = HashSet::new();
         let mut not_before: HashMap<NodeId, Instant> = HashMap::new();
-        let (wake_tx, mut wake) = mpsc::channel::<()>(1);
         let tick = self.config.lookup.min(Duration::from_millis(500));
         loop {
             // Announce on every new presence, and now and then.
             let status = self.status.borrow().clone();
             let present = matches!(status, Status::Present { .. });
+            if !present {
+                // The next presence, even one that looks the same, is announced afresh.
+                announced_for = None;
+            }
             let due = announced_for.as_ref() != Some(&status)
                 || last_announce.elapsed() >= self.config.reannounce;
             if present && due {
@@ -283,7 +286,7 @@ impl Finder {
                     }
                 }
             }
-            let swarm = self.swarm.borrow().clone();
+            let swarm = *self.swarm.borrow();
             let complete = swarm.pieces > 0 && swarm.have == swarm.pieces;
             let connected: HashSet<NodeId> =
                 self.peer_ids.borrow().iter().map(|p| p.node_id()).collect();
@@ -317,12 +320,9 @@ impl Finder {
                                 adder: self.adder.clone(),
                                 peer_ids: self.peer_ids.clone(),
                             };
-                            let wake = wake_tx.clone();
                             attempts.spawn(async move {
                                 let id = peer.id;
-                                let path = reach.reach(peer).await;
-                                let _ = wake.try_send(());
-                                (id, path)
+                                (id, reach.reach(peer).await)
                             });
                         }
                     }
@@ -332,23 +332,22 @@ impl Finder {
                     }
                 }
             }
-            while let Some(done) = attempts.try_join_next() {
-                let Ok((id, path)) = done else { continue };
-                trying.remove(&id);
-                match path {
-                    Some(Path::Direct) => self.stats.send_modify(|s| s.direct += 1),
-                    Some(Path::Relayed) => self.stats.send_modify(|s| s.relayed_out += 1),
-                    None => {
-                        not_before.insert(id, Instant::now() + self.config.retry);
-                    }
-                }
-            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 _ = self.status.changed() => {}
                 _ = self.peer_ids.changed() => {}
-                _ = wake.recv() => {}
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    let Ok((id, path)) = done else { continue };
+                    trying.remove(&id);
+                    match path {
+                        Some(Path::Direct) => self.stats.send_modify(|s| s.direct += 1),
+                        Some(Path::Relayed) => self.stats.send_modify(|s| s.relayed_out += 1),
+                        None => {
+                            not_before.insert(id, Instant::now() + self.config.retry);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep(tick) => {}
             }
         }
