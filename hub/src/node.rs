@@ -241,11 +241,9 @@ async fn present(
                         }
                         Ok(Event::Punch(punch)) => {
                             debug!(peer = %punch.peer, delay_ms = punch.delay_ms, role = ?punch.role, addrs = ?punch.addrs, udp = ?punch.udp, "punch requested");
-                            if !config.punch || paused.load(Ordering::SeqCst) {
-                                debug!("punching is off at this node; the client will use the relay");
-                            } else if punch.role != PunchRole::Listen {
-                                // The node is the Ferry server: it never dials (§3.6).
-                                warn!(peer = %punch.peer, "a punch event named this node the dialer; ignored");
+                            let enabled = config.punch && !paused.load(Ordering::SeqCst);
+                            if let Some(why) = punch_refusal(&punch, enabled) {
+                                warn!(peer = %punch.peer, "punch ignored: {why}");
                             } else if let Ok(permit) = punches.clone().try_acquire_owned() {
                                 let relays = relays.clone();
                                 let quic = quic.clone();
@@ -278,6 +276,21 @@ async fn present(
                 conn.send(Out::new(FrameType::PING, Service::ECHO, RequestId(0), Bytes::from_static(b"ka"))).await?;
             }
         }
+    }
+}
+
+/// Why a node does not act on a punch event, if it does not (HUB.md §3.6): punching is off,
+/// the event makes the node the dialer (a node is the Ferry server and never speaks first), or
+/// it gives no address to punch towards.
+pub fn punch_refusal(punch: &Punch, enabled: bool) -> Option<&'static str> {
+    if !enabled {
+        Some("punching is off at this node; the client will use the relay")
+    } else if punch.role != PunchRole::Listen {
+        Some("the event names this node the dialer, which a node never is")
+    } else if punch.addrs.is_empty() && punch.udp.is_empty() {
+        Some("the event gives no address of the peer")
+    } else {
+        None
     }
 }
 
@@ -440,6 +453,30 @@ mod tests {
             .map(|a| a.parse().unwrap())
             .collect();
         assert_eq!(reported(&addrs, local), want);
+    }
+
+    #[test]
+    fn a_punch_event_that_makes_the_node_dial_or_names_no_address_is_ignored() {
+        let peer = ferry_protocol::identity::Identity::from_secret([3; 32]).id();
+        let good = Punch {
+            peer,
+            delay_ms: 20,
+            role: PunchRole::Listen,
+            addrs: vec!["198.51.100.7:40000".parse().unwrap()],
+            udp: vec![],
+        };
+        assert_eq!(punch_refusal(&good, true), None);
+        assert!(punch_refusal(&good, false).is_some());
+        let dial = Punch {
+            role: PunchRole::Dial,
+            ..good.clone()
+        };
+        assert!(punch_refusal(&dial, true).unwrap().contains("dialer"));
+        let nowhere = Punch {
+            addrs: vec![],
+            ..good
+        };
+        assert!(punch_refusal(&nowhere, true).is_some());
     }
 
     #[test]
