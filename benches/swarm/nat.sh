@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The swarm behind NATs (issue 12, "The swarm behind NATs"), run as root on netlab's building
+# blocks: ferry-hub on a public host `pub`; the seed behind a NAT of kind SEED_KIND (peer1); four
+# leechers behind one NAT each, of the four kinds (peer2..peer5: fullcone, restricted,
+# portrestricted, symmetric). Every public link (pub and each NAT's WAN side) is shaped to RATE
+# both ways, as netlab shapes its hosts. All five nodes run `ferry-peer … --hub HUB` and know
+# nothing else: they find each other through the hub and, with no direct path (nothing is
+# forwarded, and the reference peer does not punch yet), are relayed by it.
+#
+# Prints the time until every leecher holds the file beside the fluid bound
+# T_min = max(F/u_s, F/min d_i, n·F/(u_s + Σu_i)) at the payload rate (RATE × 0.956), each
+# leecher's completion time, and the seed's upload (bytes on its LAN interface, so headers
+# included) against the file size.
+#
+#   benches/swarm/nat.sh                       # 32 MiB, 20mbit, seed behind portrestricted
+#   SIZE_MB=16 RATE=20mbit SEED_KIND=symmetric benches/swarm/nat.sh
+#
+# netlab's up-nat builds two NATs; this script sources netlab's functions (namespaces, veth,
+# HTB shaping, the nftables NAT rulesets) and builds five, under the namespace prefix
+# "ferryswnat", holding `flock /tmp/netlab.lock` from build to `down`. BIN= picks the binaries'
+# directory (default target/release, built first unless NOBUILD=1). Logs stay in $WORK.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT_DIR=$PWD
+NL=${NETLAB:-$ROOT_DIR/../shared/netlab/netlab}
+BIN=${BIN:-$ROOT_DIR/target/release}
+SIZE_MB=${SIZE_MB:-32}
+RATE=${RATE:-20mbit}
+SEED_KIND=${SEED_KIND:-portrestricted}
+LEECH_KINDS=(fullcone restricted portrestricted symmetric)
+export NETLAB_PREFIX=ferryswnat
+
+if [ "${1:-}" != "--locked" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "nat.sh: netlab needs root; skipped" >&2
+        exit 0
+    fi
+    if [ ! -x "$NL" ]; then
+        echo "nat.sh: no netlab at $NL; skipped" >&2
+        exit 0
+    fi
+    if [ "${NOBUILD:-0}" != 1 ]; then
+        cargo build --release -q -p ferry-hub -p ferry-p2p
+    fi
+    exec flock /tmp/netlab.lock "$0" --locked
+fi
+
+WORK=${WORK:-$(mktemp -d /tmp/ferry-swnat.XXXXXX)}
+mkdir -p "$WORK"
+echo "logs in $WORK; load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# netlab's functions without its main.
+LIB=$WORK/netlab-lib.sh
+sed '$d' "$NL" >"$LIB"
+# shellcheck disable=SC1090
+source "$LIB"
+P=$NETLAB_PREFIX
+need_root
+ensure_tools
+
+down_all() { "$NL" down all >/dev/null 2>&1 || true; }
+trap down_all EXIT
+down_all
+
+HUB_IP=198.51.100.130
+lan_base() { echo $((16 * $1)); }              # LAN i: 192.0.2.(16i)/28
+host_ip() { echo "192.0.2.$(($(lan_base "$1") + 10))"; }
+
+split_rate "$RATE"
+qup=$(queue_bytes "$UP" 0); qdown=$(queue_bytes "$DOWN" 0)
+segs=$(gso_segs "$(min_rate "$UP" "$DOWN")")
+
+ns_add inet
+add_bridge inet
+ns_add pub
+switch_port inet pub pub eth0
+run ip -n "$(nsname pub)" addr add "$HUB_IP/25" dev eth0
+run ip -n "$(nsname pub)" link set eth0 up
+set_gso pub "$segs"
+shape pub eth0 "$UP" "$qup" 0
+shape inet pub "$DOWN" "$qdown" 0
+kinds=("$SEED_KIND" "${LEECH_KINDS[@]}")
+for i in 1 2 3 4 5; do
+    nat=nat$i peer=peer$i base=$(lan_base $i)
+    ns_add "$nat"; ns_add "$peer"
+    switch_port inet "$nat" "$nat" wan
+    run ip -n "$(nsname "$nat")" addr add "198.51.100.$((130 + i))/25" dev wan
+    run ip -n "$(nsname "$nat")" link set wan up
+    veth "$nat" lan "$peer" eth0
+    run ip -n "$(nsname "$nat")" addr add "192.0.2.$((base + 1))/28" dev lan
+    run ip -n "$(nsname "$nat")" link set lan up
+    run ip -n "$(nsname "$peer")" addr add "$(host_ip $i)/28" dev eth0
+    run ip -n "$(nsname "$peer")" link set eth0 up
+    set_gso "$peer" "$segs"
+    run ip -n "$(nsname "$peer")" route add 198.51.100.0/24 via "192.0.2.$((base + 1))"
+    run ip netns exec "$(nsname "$nat")" sysctl -qw net.ipv4.ip_forward=1
+    nat_ruleset "${kinds[$((i - 1))]}" | ip netns exec "$(nsname "$nat")" nft -f -
+    shape "$nat" wan "$UP" "$qup" 0
+    shape inet "$nat" "$DOWN" "$qdown" 0
+done
+echo "lab: hub $HUB_IP; seed behind ${kinds[0]}; leechers behind ${LEECH_KINDS[*]}; every public link $RATE"
+
+inns() { local h=$1; shift; ip netns exec "$(nsname "$h")" "$@"; }
+now() { date +%s.%N; }
+
+mkdir -p "$WORK/data" "$WORK/hub"
+head -c "${SIZE_MB}M" /dev/urandom >"$WORK/data/file.bin"
+"$BIN/ferry-peer" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --no-progress >/dev/null
+F=$(stat -c %s "$WORK/data/file.bin")
+
+PIDS=()
+inns pub "$BIN/ferry-hub" --listen "$HUB_IP:6790" --state "$WORK/hub" >"$WORK/hub.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do inns pub ss -ltn | grep -q ":6790" && break; sleep 0.1; done
+HUB="$HUB_IP:6790"
+inns peer1 "$BIN/ferry-peer" seed "$WORK/file.ferry" --data "$WORK/data" --listen 0.0.0.0:7000 \
+    --hub "$HUB" --no-progress >"$WORK/seed.out" 2>"$WORK/seed.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q seeding "$WORK/seed.out" 2>/dev/null && break; sleep 0.1; done
+sleep 1   # the seed's presence and announce
+seed_tx0=$(inns peer1 cat /sys/class/net/eth0/statistics/tx_bytes)
+hub_tx0=$(inns pub cat /sys/class/net/eth0/statistics/tx_bytes)
+start=$(now)
+for i in 2 3 4 5; do
+    mkdir -p "$WORK/l$i"
+    inns "peer$i" "$BIN/ferry-peer" get "$WORK/file.ferry" --out "$WORK/l$i" --listen 0.0.0.0:7000 \
+        --hub "$HUB" --no-progress >"$WORK/l$i.out" 2>"$WORK/l$i.err" &
+    PIDS+=($!)
+done
+declare -A done_at=()
+deadline=$(( $(date +%s) + 900 ))
+while [ ${#done_at[@]} -lt 4 ]; do
+    for i in 2 3 4 5; do
+        [ -n "${done_at[$i]:-}" ] && continue
+        if grep -q '^complete' "$WORK/l$i.out" 2>/dev/null; then
+            done_at[$i]=$(echo "$(now) - $start" | bc -l)
+        fi
+    done
+    [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout: not every leecher completed in 900 s" >&2; break; }
+    sleep 0.05
+done
+total=$(echo "$(now) - $start" | bc -l)
+seed_tx=$(( $(inns peer1 cat /sys/class/net/eth0/statistics/tx_bytes) - seed_tx0 ))
+hub_tx=$(( $(inns pub cat /sys/class/net/eth0/statistics/tx_bytes) - hub_tx0 ))
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+for i in 2 3 4 5; do
+    cmp -s "$WORK/data/file.bin" "$WORK/l$i/file.bin" || echo "leecher $i (${LEECH_KINDS[$((i - 2))]}): copy differs or is missing" >&2
+done
+
+# Payload rate: HTB counts whole frames, a TCP bulk flow gets 1448/1514 of RATE (netlab README).
+rate_bps=$(rate_bps "$UP")
+bound=$(echo "$F * 8 / ($rate_bps * 0.956)" | bc -l)
+printf "\nswarm behind NATs: %d MiB, %s links, seed behind %s\n" "$SIZE_MB" "$RATE" "${kinds[0]}"
+for i in 2 3 4 5; do
+    printf "  leecher behind %-15s %7.2f s\n" "${LEECH_KINDS[$((i - 2))]}" "${done_at[$i]:-nan}"
+done
+printf "all complete after %.2f s; fluid bound %.2f s; ratio %.2f (target <= 1.3)\n" "$total" "$bound" "$(echo "$total / $bound" | bc -l)"
+printf "seed sent %.2f x the file (%d bytes on its link; target <= 1.3)\n" "$(echo "$seed_tx / $F" | bc -l)" "$seed_tx"
+printf "hub sent %.2f x the file (relayed bytes on its link)\n" "$(echo "$hub_tx / $F" | bc -l)"
+grep -h "reached" "$WORK"/l*.err 2>/dev/null | sed 's/.*\(peer reached [a-z ]*\).*/\1/' | sort | uniq -c || true
