@@ -43,8 +43,20 @@ use super::entries::{watch_flags, EntryCache, MAX_WATCHES, TRUSTED_FS};
 use super::jail::{FsError, Jail, Links, Meta};
 use super::path::RelPath;
 
-/// Most descriptors kept open at once.
+/// Most descriptors kept open at once; fewer where the process may open few (see
+/// [`max_files`]).
 pub const MAX_FILES: usize = 1024;
+
+/// Descriptors the cache may hold: [`MAX_FILES`], or a quarter of the process's descriptor
+/// limit if that is less, so that kept files never starve accepts and fetches.
+fn max_files() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let quarter = limit.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
+        MAX_FILES.min(quarter)
+    })
+}
 /// Paths found unfit to keep, remembered; past it the list starts over.
 const UNFIT_FILES: usize = 4096;
 
@@ -147,15 +159,10 @@ impl EntryCache {
     /// nothing changed the file during the read (any change that returned before it made an
     /// event). `None`: not kept, or due to be opened afresh.
     pub fn peek_file(&self, jail: JailKey, path: &RelPath) -> Option<(Arc<File>, Meta)> {
-        let mut inner = self.inner.lock().ok()?;
-        let kept = inner
-            .files
-            .by_jail
-            .get_mut(&jail)?
-            .get_mut(path.as_kernel_path())?;
-        let now = Instant::now();
-        if now >= kept.renew {
-            kept.renew = now + self.ttl;
+        let inner = self.inner.lock().ok()?;
+        let kept = inner.files.by_jail.get(&jail)?.get(path.as_kernel_path())?;
+        // Due: left to a task, whose lookup opens it afresh.
+        if Instant::now() >= kept.renew {
             return None;
         }
         Some((kept.file.clone(), kept.meta))
@@ -264,7 +271,7 @@ impl EntryCache {
         };
         match files.insert(name.clone(), fresh) {
             Some(_) => {}
-            None if kept.count < MAX_FILES => kept.count += 1,
+            None if kept.count < max_files() => kept.count += 1,
             None => {
                 // Full: keep what is kept; this one is served, not kept, until it is due.
                 files.remove(&name);
@@ -586,6 +593,19 @@ mod tests {
         }
         let cache = EntryCache::new(Duration::ZERO);
         assert!(!cached(&cache, &jail, "d/f").1);
+        let rel = RelPath::parse("d/f", 16).unwrap();
+        assert!(cache.peek_file(JailKey::of(&jail), &rel).is_none(), "due");
         assert!(!cached(&cache, &jail, "d/f").1, "zero ttl: opened again");
+        // Once due, the reader's peek leaves it alone, and the next lookup opens it afresh
+        // (a sleep past the age only makes it due; nothing races).
+        let ttl = Duration::from_millis(20);
+        let cache = EntryCache::new(ttl);
+        assert!(!cached(&cache, &jail, "d/f").1);
+        if cache.peek_file(JailKey::of(&jail), &rel).is_some() {
+            std::thread::sleep(ttl * 2);
+            assert!(cache.peek_file(JailKey::of(&jail), &rel).is_none(), "due");
+            let due = cache.lookup_file(JailKey::of(&jail), &rel);
+            assert!(matches!(due, Lookup::Miss), "{due:?}");
+        }
     }
 }
