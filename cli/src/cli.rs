@@ -212,8 +212,7 @@ pub struct ReceiveArgs {
     /// E.g. --from bob@hub.example.org:6790
     #[arg(long, value_name = "SENDER")]
     pub from: Option<String>,
-    /// The directory the files go into (created if missing). Default: the current directory.
-    /// E.g. -o ~/incoming
+    /// The directory the files go into (created if missing). E.g. -o ~/incoming
     #[arg(short = 'o', long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
     /// Listen for direct senders here (repeatable); an address that names a host is also

@@ -7,12 +7,14 @@
 
 use bytes::Bytes;
 
+use crate::server::content::{AnnounceRequest, AnnounceResponse, PeersRequest, PeersResponse};
 use crate::wire::{
-    Event, NameRequest, PresenceRequest, PresenceResponse, PunchRequest, RegisterRequest,
-    RegisterResponse, RelayRequest, RelayResponse, ResolveResponse,
+    reflect, Event, NameRequest, PresenceRequest, PresenceResponse, PunchRequest, RegisterRequest,
+    RegisterResponse, RelayRequest, RelayResponse, ResolveResponse, UdpTokenResponse, TOKEN_LEN,
 };
 
-/// Decodes `data[1..]` as the body type `data[0]` selects and checks the round trip.
+/// Decodes `data[1..]` as the body type `data[0]` selects and checks the round trip; the
+/// last selectors treat it as a UDP datagram on the hub's port (HUB.md §3.7).
 pub fn fuzz_wire(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else {
         return;
@@ -26,7 +28,7 @@ pub fn fuzz_wire(data: &[u8]) {
             }
         };
     }
-    match selector % 10 {
+    match selector % 17 {
         0 => round_trip!(RegisterRequest),
         1 => round_trip!(RegisterResponse),
         2 => round_trip!(NameRequest),
@@ -36,7 +38,30 @@ pub fn fuzz_wire(data: &[u8]) {
         6 => round_trip!(Event),
         7 => round_trip!(RelayRequest),
         8 => round_trip!(RelayResponse),
-        _ => round_trip!(PunchRequest),
+        9 => round_trip!(PunchRequest),
+        10 => round_trip!(UdpTokenResponse),
+        11 => round_trip!(AnnounceRequest),
+        12 => round_trip!(AnnounceResponse),
+        13 => round_trip!(PeersRequest),
+        14 => round_trip!(PeersResponse),
+        15 => {
+            // A request the hub accepts is answered by a reply never larger than it.
+            if let Some(token) = reflect::parse_request(&body) {
+                let seen = "[2001:db8::1]:65535".parse().expect("a literal address");
+                let reply = reflect::reply(&token, &seen);
+                assert!(reply.len() <= body.len(), "the reflect reply amplifies");
+                assert_eq!(reflect::parse_reply(&reply, &token), Some(seen));
+            }
+        }
+        _ => {
+            let token = [0x5a; TOKEN_LEN];
+            if let Some(addr) = reflect::parse_reply(&body, &token) {
+                assert_eq!(
+                    reflect::parse_reply(&reflect::reply(&token, &addr), &token),
+                    Some(addr)
+                );
+            }
+        }
     }
 }
 

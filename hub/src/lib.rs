@@ -2,10 +2,11 @@
 //! dialled directly, specified in `spec/HUB.md`.
 //!
 //! Modules:
-//! - [`wire`]: the hub's services (0x60–0x64) on the Ferry codec, their bodies and error codes.
+//! - [`wire`]: the hub's services (0x60–0x69) on the Ferry codec, their bodies and error codes.
 //! - [`names`]: name syntax and the durable store (an fsynced append-only log).
 //! - [`throttle`]: token buckets per identity and per address.
 //! - [`server`]: the hub itself ([`Hub`]): the identity handshake, the services, relay splicing.
+//! - [`content`]: content ids announced through the hub, for swarms (ANNOUNCE, PEERS).
 //! - [`client`]: a caller's connection to a hub ([`HubConn`]).
 //! - [`node`]: a node's presence (control connection, keep-alive, reconnection) and the
 //!   [`RelayAcceptor`] that turns relay requests into incoming streams.
@@ -33,4 +34,7 @@ pub use ferry_traversal as traversal;
 
 pub use client::{HubConn, HubError, RelayStream};
 pub use node::{spawn_presence, Presence, PresenceConfig, RelayAcceptor, Status};
+/// Content ids announced through the hub (HUB.md §3.8, §3.9); it lives inside [`server`],
+/// whose presences it reads.
+pub use server::content;
 pub use server::{Hub, HubConfig, HubLimits, HubStats, Registration};

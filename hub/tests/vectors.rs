@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ferry_hub::server::content::{
+use ferry_hub::content::{
     AnnounceRequest, AnnounceResponse, PeerEntry, PeersRequest, PeersResponse,
 };
 use ferry_hub::wire::{

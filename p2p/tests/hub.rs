@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_common::url::Hint;
-use ferry_hub::server::content::codes;
+use ferry_hub::content::codes;
 use ferry_hub::{spawn_presence, Hub, HubConfig, HubConn, HubStats, PresenceConfig, Status};
 use ferry_p2p::hubpeer::{self, HubAddr, HubPeer, HubPeerConfig};
 use ferry_p2p::manifest::Manifest;

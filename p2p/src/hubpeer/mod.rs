@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_common::url::{FerryUrl, Hint};
-use ferry_hub::server::content::{ContentId, PeerEntry};
+use ferry_hub::content::{ContentId, PeerEntry};
 use ferry_hub::{spawn_presence, HubConn, HubError, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Acceptor, BoxedStream};
