@@ -216,7 +216,7 @@ pub struct ReceiveArgs {
     #[arg(short = 'o', long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
     /// Listen for direct senders here (repeatable); an address that names a host is also
-    /// reported to the hub. Default: 0.0.0.0:0 (any free port). E.g. --listen 192.168.1.5:7000
+    /// reported to the hub (the default is any free port). E.g. --listen 192.168.1.5:7000
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
     pub listen: Vec<std::net::SocketAddr>,
     /// Take senders only through the hub's relay: listen on no port and answer no hole punch,
