@@ -82,16 +82,7 @@ pub async fn simultaneous_open(
         loop {
             attempts.set(attempts.get() + 1);
             let next = Instant::now() + ATTEMPT;
-            let result = match reusable_socket(local) {
-                Ok(socket) => match timeout_at(next, socket.connect(remote)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer within {} ms", ATTEMPT.as_millis()),
-                    )),
-                },
-                Err(error) => Err(error),
-            };
+            let result = attempt(local, remote, next).await;
             match result {
                 Ok(stream) => {
                     tracing::debug!(%local, %remote, attempt = attempts.get(), "tcp punch: connected");
@@ -133,6 +124,18 @@ pub async fn simultaneous_open(
                 ),
             ))
         }
+    }
+}
+
+/// One connect from `local` to `remote`, given up at `until`.
+async fn attempt(local: SocketAddr, remote: SocketAddr, until: Instant) -> io::Result<TcpStream> {
+    let socket = reusable_socket(local)?;
+    match timeout_at(until, socket.connect(remote)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {} ms", ATTEMPT.as_millis()),
+        )),
     }
 }
 
@@ -188,16 +191,7 @@ pub async fn simultaneous_open_as(
         loop {
             attempts.fetch_add(1, Ordering::Relaxed);
             let next = Instant::now() + ATTEMPT;
-            let result = match reusable_socket(local) {
-                Ok(socket) => match timeout_at(next, socket.connect(remote)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer within {} ms", ATTEMPT.as_millis()),
-                    )),
-                },
-                Err(error) => Err(error),
-            };
+            let result = attempt(local, remote, next).await;
             match result {
                 Ok(stream) => {
                     tracing::debug!(%local, %remote, attempt = attempts.load(Ordering::Relaxed), ?role, "tcp punch: connected");
