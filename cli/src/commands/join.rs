@@ -36,10 +36,7 @@ pub async fn run(ctx: &Context, args: JoinArgs) -> Result<(), ClientError> {
         .code
         .parse()
         .map_err(|e: ferry_protocol::enrol::CodeError| ClientError::Usage(e.to_string()))?;
-    let path = ferry_common::identity::path_or_default(ctx.global.identity.as_deref())
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let (identity, _) = ferry_common::identity::load_or_create(&path)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let identity = ctx.identity()?;
     // An id in the address, or a pin, must answer; otherwise the code itself proves the server.
     let server_id = match args.url.server_id {
         Some(id) => Some(id),

@@ -75,6 +75,15 @@ impl Context {
     /// reached with the identity handshake and this node's identity, and needs no key; so is
     /// one without an id when `trust` says (`--identity`, or a pinned hint, whose id is then
     /// required).
+    /// This machine's identity (`--identity FILE` or the default file, created on first use).
+    pub fn identity(&self) -> Result<ferry_protocol::identity::Identity, ClientError> {
+        let path = ferry_common::identity::path_or_default(self.global.identity.as_deref())
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let (identity, _) = ferry_common::identity::load_or_create(&path)
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        Ok(identity)
+    }
+
     pub fn client_config_for(&self, url: &FerryUrl) -> Result<ClientConfig, ClientError> {
         if !trust::uses_identity(self, url)? {
             return self.client_config();
@@ -83,10 +92,7 @@ impl Context {
             Some(id) => Some(id),
             None => trust::pin_for(url)?.map(|pin| pin.id),
         };
-        let path = ferry_common::identity::path_or_default(self.global.identity.as_deref())
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let (identity, _) = ferry_common::identity::load_or_create(&path)
-            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let identity = self.identity()?;
         // The PSK is unused by the identity handshake; a random one keeps ClientConfig whole.
         let config = self
             .client_config_with_key(ferry_protocol::Key::generate())

@@ -32,7 +32,7 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
             "--relay-only needs NAME@HUB: otherwise no sender can reach this machine".into(),
         ));
     }
-    let identity = identity(ctx)?;
+    let identity = ctx.identity()?;
     std::fs::create_dir_all(&args.out).map_err(|e| ClientError::io(&args.out, e))?;
     let (receiver, mut events) =
         Receiver::open(&args.out, identity.clone(), ferry_server::Limits::default())
@@ -353,13 +353,4 @@ async fn present(
             secs: PRESENT_WITHIN.as_secs(),
         }),
     }
-}
-
-/// This machine's identity (`--identity FILE` or the default file, created on first use).
-fn identity(ctx: &Context) -> Result<Identity, ClientError> {
-    let path = ferry_common::identity::path_or_default(ctx.global.identity.as_deref())
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let (identity, _) = ferry_common::identity::load_or_create(&path)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    Ok(identity)
 }

@@ -11,7 +11,7 @@ use ferry_client::error::ClientError;
 use ferry_common::known_servers::{self, KnownServers};
 use ferry_common::url::FerryUrl;
 use ferry_hub::{HubConn, HubError};
-use ferry_protocol::identity::{Identity, NodeId};
+use ferry_protocol::identity::NodeId;
 
 /// `NAME@HUB` as `ferry register` takes it: HUB is a `ferry://` address of the hub
 /// (`ferry://HUBID@host:port/`) or `host[:port]`; `ferry://NAME@HUB/` is accepted too.
@@ -31,15 +31,6 @@ pub fn parse_target(text: &str) -> Result<FerryUrl, String> {
         ));
     }
     Ok(url)
-}
-
-/// This machine's identity (`--identity FILE` or the default file, created on first use).
-fn identity(ctx: &Context) -> Result<Identity, ClientError> {
-    let path = ferry_common::identity::path_or_default(ctx.global.identity.as_deref())
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let (identity, _) = ferry_common::identity::load_or_create(&path)
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    Ok(identity)
 }
 
 /// The hub's id to require: the address's, else a pinned one.
@@ -93,7 +84,7 @@ pub async fn connect_named(ctx: &Context, url: &FerryUrl) -> Result<NamedConnect
     let pin = hub_pin(url)?;
     let mut config = ctx
         .client_config_with_key(ferry_protocol::Key::generate())
-        .identity(identity(ctx)?);
+        .identity(ctx.identity()?);
     if let Some(id) = url.server_id.or(pin.as_ref().map(|p| p.id)) {
         config = config.server_id(id);
     }
@@ -117,7 +108,7 @@ pub async fn run(ctx: &Context, args: RegisterArgs) -> Result<(), ClientError> {
     let url = &args.target;
     // Validated by parse_target.
     let name = url.name.clone().unwrap_or_default();
-    let me = identity(ctx)?;
+    let me = ctx.identity()?;
     let pin = hub_pin(url)?;
     let hub_id = url.server_id.or(pin.as_ref().map(|p| p.id));
     let mut hub = HubConn::connect(&url.hints(), hub_id, &me)
@@ -150,6 +141,7 @@ pub async fn run(ctx: &Context, args: RegisterArgs) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_protocol::identity::Identity;
 
     #[test]
     fn targets_take_a_hub_address_in_every_form() {
