@@ -122,6 +122,10 @@ impl Listing {
 #[derive(Debug)]
 pub struct EntryCache {
     pub(super) inner: Mutex<Inner>,
+    /// Open files kept for fetches (`super::files`), under a lock of their own: a fetch's
+    /// look-up takes only this one, and its confirmation takes `inner` once (to read the event
+    /// queue). Lock order: `inner`, then `files`.
+    pub(super) files: Mutex<super::files::Kept>,
     pub(super) ttl: Duration,
     pub(super) hits: AtomicU64,
 }
@@ -140,8 +144,6 @@ pub(super) struct Inner {
     /// Directories found unfit to keep (a symlink, too many entries, an untrusted file
     /// system), with their stamp then: not described again until their names change.
     unfit: HashMap<(u64, u64), Stamp>,
-    /// Open files kept for fetches (`super::files`).
-    pub(super) files: super::files::Kept,
 }
 
 #[derive(Debug, Default)]
@@ -150,19 +152,21 @@ pub(super) struct Watch {
     pub(super) last_event: u64,
     /// Listings that depend on it.
     dirs: Vec<(u64, u64)>,
-    /// Kept files that depend on it (the file itself, or a directory on its path).
-    pub(super) files: std::collections::HashSet<super::files::FileRef>,
+    /// Kept files that depend on it: the file itself (`None`: any event drops it), or a
+    /// directory on its path (`Some(k)`: the path's component `k` is the name in it that the
+    /// path goes through, so only an event naming that entry, or the directory itself, drops
+    /// it).
+    pub(super) files: HashMap<super::files::FileRef, Option<usize>>,
 }
 
 impl Inner {
     /// Reads every queued event and drops the listings and files they touch.
-    pub(super) fn drain(&mut self) {
+    pub(super) fn drain(&mut self, files: &Mutex<super::files::Kept>) {
         let Inner {
             notify,
             seq,
             watches,
             dirs,
-            files,
             ..
         } = self;
         let Some(fd) = notify.as_ref() else { return };
@@ -175,7 +179,7 @@ impl Inner {
                     if event.events().contains(ReadFlags::QUEUE_OVERFLOW) {
                         // Events were lost: nothing kept can be trusted.
                         dirs.clear();
-                        files.clear();
+                        super::files::Kept::clear_in(files);
                         for watch in watches.values_mut() {
                             watch.last_event = *seq;
                         }
@@ -186,8 +190,9 @@ impl Inner {
                     for dir in watch.dirs.drain(..) {
                         dirs.remove(&dir);
                     }
-                    for file in watch.files.drain() {
-                        files.forget(&file);
+                    if !watch.files.is_empty() {
+                        let named = event.file_name().map(|n| n.to_bytes()).unwrap_or_default();
+                        super::files::Kept::forget_named(files, &mut watch.files, named);
                     }
                 }
                 Err(Errno::AGAIN) => return,
@@ -196,7 +201,7 @@ impl Inner {
                     // Cannot read the queue: keep nothing from now on.
                     tracing::warn!(%error, "cannot read inotify events; listings and files are no longer cached");
                     dirs.clear();
-                    files.clear();
+                    super::files::Kept::clear_in(files);
                     *notify = None;
                     return;
                 }
@@ -205,12 +210,12 @@ impl Inner {
     }
 
     /// Replaces the inotify instance (dropping every watch) and forgets everything.
-    pub(super) fn reset(&mut self) {
+    pub(super) fn reset(&mut self, files: &Mutex<super::files::Kept>) {
         self.notify = new_instance();
         self.epoch += 1;
         self.watches.clear();
         self.dirs.clear();
-        self.files.clear();
+        super::files::Kept::clear_in(files);
     }
 }
 
@@ -234,8 +239,8 @@ impl EntryCache {
                 watches: HashMap::new(),
                 dirs: HashMap::new(),
                 unfit: HashMap::new(),
-                files: Default::default(),
             }),
+            files: Default::default(),
             ttl,
             hits: AtomicU64::new(0),
         }
@@ -260,7 +265,7 @@ impl EntryCache {
         let Ok(mut inner) = self.inner.lock() else {
             return Ok(None);
         };
-        inner.drain();
+        inner.drain(&self.files);
         let id = (now.0, now.1);
         let Some((listing, renew)) = inner.dirs.get_mut(&id) else {
             return Ok(None);
@@ -288,7 +293,7 @@ impl EntryCache {
             let Ok(mut inner) = self.inner.lock() else {
                 return Ok(None);
             };
-            inner.drain();
+            inner.drain(&self.files);
             let Some(notify) = inner.notify.clone() else {
                 return Ok(None);
             };
@@ -367,12 +372,12 @@ impl EntryCache {
         let Ok(mut inner) = self.inner.lock() else {
             return Ok(Some(listing));
         };
-        inner.drain();
+        inner.drain(&self.files);
         if inner.epoch != epoch {
             return Ok(Some(listing));
         }
         if inner.watches.len() + wds.len() > MAX_WATCHES {
-            inner.reset();
+            inner.reset(&self.files);
             return Ok(Some(listing));
         }
         // Something changed while it was being described: serve it once, do not keep it.
@@ -579,7 +584,7 @@ mod tests {
         std::fs::write(root.path().join("b"), b"b").unwrap();
         let id = stamp(&rustix::fs::fstat(&fd).unwrap());
         let mut inner = cache.inner.lock().unwrap();
-        inner.drain();
+        inner.drain(&cache.files);
         assert!(
             !inner.dirs.contains_key(&(id.0, id.1)),
             "the event dropped it"

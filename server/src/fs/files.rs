@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ferry_protocol::message::EntryKind;
@@ -87,7 +87,7 @@ struct KeptFile {
     renew: Instant,
 }
 
-/// The kept files, inside the entry cache's lock.
+/// The kept files, under the entry cache's `files` lock.
 #[derive(Debug, Default)]
 pub(super) struct Kept {
     by_jail: HashMap<JailKey, HashMap<Arc<str>, KeptFile>>,
@@ -108,6 +108,39 @@ impl Kept {
     pub(super) fn clear(&mut self) {
         self.by_jail.clear();
         self.count = 0;
+    }
+
+    /// Clears the kept files behind `lock`.
+    pub(super) fn clear_in(lock: &Mutex<Kept>) {
+        if let Ok(mut kept) = lock.lock() {
+            kept.clear();
+        }
+    }
+
+    /// One event on a watch that `dependents` depend on: drops the kept files it may touch
+    /// and stops tracking them there. `named` is the entry the event names in a watched
+    /// directory (empty: the watched inode itself), so a new name, or a sibling written,
+    /// drops only the files whose path goes through that name.
+    pub(super) fn forget_named(
+        lock: &Mutex<Kept>,
+        dependents: &mut HashMap<FileRef, Option<usize>>,
+        named: &[u8],
+    ) {
+        let Ok(mut kept) = lock.lock() else {
+            return;
+        };
+        dependents.retain(|file, component| {
+            let touched = match component {
+                Some(k) if !named.is_empty() => {
+                    file.1.split('/').nth(*k).map(str::as_bytes) == Some(named)
+                }
+                _ => true,
+            };
+            if touched {
+                kept.forget(file);
+            }
+            !touched
+        });
     }
 }
 
@@ -130,13 +163,15 @@ impl EntryCache {
         let Ok(mut inner) = self.inner.lock() else {
             return Lookup::Unfit;
         };
-        inner.drain();
+        inner.drain(&self.files);
         if inner.notify.is_none() {
             return Lookup::Unfit;
         }
         let key = path.as_kernel_path();
         let now = Instant::now();
-        let kept = &mut inner.files;
+        let Ok(mut kept) = self.files.lock() else {
+            return Lookup::Unfit;
+        };
         if let Some(kept) = kept.by_jail.get_mut(&jail).and_then(|f| f.get_mut(key)) {
             if now >= kept.renew {
                 // This caller opens it again; the others keep using it meanwhile.
@@ -159,8 +194,9 @@ impl EntryCache {
     /// nothing changed the file during the read (any change that returned before it made an
     /// event). `None`: not kept, or due to be opened afresh.
     pub fn peek_file(&self, jail: JailKey, path: &RelPath) -> Option<(Arc<File>, Meta)> {
-        let inner = self.inner.lock().ok()?;
-        let kept = inner.files.by_jail.get(&jail)?.get(path.as_kernel_path())?;
+        // The files' own lock only: the event queue is read once, by the confirmation.
+        let kept = self.files.lock().ok()?;
+        let kept = kept.by_jail.get(&jail)?.get(path.as_kernel_path())?;
         // Due: left to a task, whose lookup opens it afresh.
         if Instant::now() >= kept.renew {
             return None;
@@ -175,9 +211,12 @@ impl EntryCache {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
-        inner.drain();
-        let still = inner
-            .files
+        inner.drain(&self.files);
+        drop(inner);
+        let Ok(kept) = self.files.lock() else {
+            return false;
+        };
+        let still = kept
             .by_jail
             .get(&jail)
             .and_then(|files| files.get(path.as_kernel_path()))
@@ -190,10 +229,8 @@ impl EntryCache {
 
     /// Drops the kept file at `path` (a fetch found it changed in a way no event reported).
     pub fn forget_file(&self, jail: JailKey, path: &RelPath) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner
-                .files
-                .forget(&(jail, Arc::from(path.as_kernel_path())));
+        if let Ok(mut kept) = self.files.lock() {
+            kept.forget(&(jail, Arc::from(path.as_kernel_path())));
         }
     }
 
@@ -204,7 +241,7 @@ impl EntryCache {
         let key = JailKey::of(jail);
         let started = Instant::now();
         let begun = self.inner.lock().ok().and_then(|mut inner| {
-            inner.drain();
+            inner.drain(&self.files);
             let notify = inner.notify.clone()?;
             Some((notify, inner.epoch, inner.seq))
         });
@@ -245,12 +282,12 @@ impl EntryCache {
         let Ok(mut inner) = self.inner.lock() else {
             return Ok((file, meta));
         };
-        inner.drain();
+        inner.drain(&self.files);
         if inner.epoch != epoch {
             return Ok((file, meta));
         }
         if inner.watches.len() + wds.len() > MAX_WATCHES {
-            inner.reset();
+            inner.reset(&self.files);
             return Ok((file, meta));
         }
         // Something changed while it was being opened: serve it once, do not keep it.
@@ -261,7 +298,10 @@ impl EntryCache {
             return Ok((file, meta));
         }
         let name: Arc<str> = Arc::from(path.as_kernel_path());
-        let kept = &mut inner.files;
+        let Ok(mut guard) = self.files.lock() else {
+            return Ok((file, meta));
+        };
+        let kept = &mut *guard;
         kept.unfit.remove(&(key, name.clone()));
         let files = kept.by_jail.entry(key).or_default();
         let fresh = KeptFile {
@@ -275,26 +315,36 @@ impl EntryCache {
             None => {
                 // Full: keep what is kept; this one is served, not kept, until it is due.
                 files.remove(&name);
-                drop(inner);
+                drop((guard, inner));
                 self.unfit_file(key, path, started);
                 return Ok((file, meta));
             }
         }
-        for wd in wds {
-            inner
-                .watches
-                .entry(wd)
-                .or_default()
+        drop(guard);
+        // Watch `k` (the root, then each directory on the path) holds component `k`; the last
+        // one is the file itself.
+        let last = wds.len() - 1;
+        for (k, wd) in wds.into_iter().enumerate() {
+            let component = (k < last).then_some(k);
+            let watch = inner.watches.entry(wd).or_default();
+            watch
                 .files
-                .insert((key, name.clone()));
+                .entry((key, name.clone()))
+                // The same directory twice on one path (a bind mount): any event drops it.
+                .and_modify(|seen| {
+                    if *seen != component {
+                        *seen = None;
+                    }
+                })
+                .or_insert(component);
         }
         Ok((file, meta))
     }
 
     fn unfit_file(&self, jail: JailKey, path: &RelPath, started: Instant) {
-        if let Ok(mut inner) = self.inner.lock() {
+        if let Ok(mut kept) = self.files.lock() {
             let ttl = self.ttl;
-            let unfit = &mut inner.files.unfit;
+            let unfit = &mut kept.unfit;
             if unfit.len() >= UNFIT_FILES {
                 unfit.clear();
             }
@@ -563,6 +613,64 @@ mod tests {
         assert!(cache.hits() >= hits + count);
         let (escaped, _) = cached(&cache, &jail, "d/out/o");
         assert_eq!(escaped, Err(ErrorCode::INVALID_PATH));
+    }
+
+    /// An event that names an entry drops only the kept files whose path goes through that
+    /// name: a new name, a sibling written or removed, leave the others in the directory (and
+    /// below it) kept; a name on the path changed still drops what is below it.
+    #[test]
+    fn an_event_drops_only_the_kept_files_it_names() {
+        if !Path::new("/proc/self/fd").is_dir() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("d");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        for name in ["a", "b", "sub/s", "sub/t"] {
+            std::fs::write(d.join(name), format!("content of {name}")).unwrap();
+        }
+        let jail = Jail::open(root.path()).unwrap();
+        let cache = EntryCache::new(Duration::from_secs(3600));
+        let paths = ["d/a", "d/b", "d/sub/s", "d/sub/t"];
+        for path in paths {
+            cached(&cache, &jail, path);
+        }
+        if !cached(&cache, &jail, "d/a").1 {
+            assert!(!trusted(&File::open(d.join("a")).unwrap()));
+            return;
+        }
+        let kept = |path: &str| {
+            let rel = RelPath::parse(path, 16).unwrap();
+            matches!(cache.lookup_file(JailKey::of(&jail), &rel), Lookup::Hit(..))
+        };
+        assert!(paths.iter().all(|p| kept(p)), "all kept to begin with");
+        // New names in `d` and in `d/sub`, and a name removed: nothing kept is named.
+        std::fs::write(d.join("new"), b"new").unwrap();
+        std::fs::write(d.join("sub/new"), b"new").unwrap();
+        std::fs::remove_file(d.join("new")).unwrap();
+        assert!(
+            paths.iter().all(|p| kept(p)),
+            "unrelated names drop nothing"
+        );
+        // A sibling written: only it is dropped, and it is never stale.
+        std::fs::write(d.join("b"), b"B!").unwrap();
+        assert!(kept("d/a") && kept("d/sub/s") && kept("d/sub/t"));
+        assert!(!kept("d/b"));
+        assert_eq!(cached(&cache, &jail, "d/b").0, fresh(&jail, "d/b"));
+        // A directory on the path renamed: everything below it goes, the rest stays.
+        std::fs::rename(d.join("sub"), d.join("sub.old")).unwrap();
+        assert!(!kept("d/sub/s") && !kept("d/sub/t"));
+        assert!(kept("d/a"));
+        assert_eq!(cached(&cache, &jail, "d/sub/s").0, fresh(&jail, "d/sub/s"));
+        // A name made again in the place of one on the path.
+        for path in ["d/a", "d/b"] {
+            cached(&cache, &jail, path);
+        }
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/s"), b"a new s").unwrap();
+        let (after, _) = cached(&cache, &jail, "d/sub/s");
+        assert_eq!(after, fresh(&jail, "d/sub/s"));
+        assert!(kept("d/a") && kept("d/b"));
     }
 
     /// Paths through a link are opened through the jail every time, never kept; a kept file
