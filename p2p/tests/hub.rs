@@ -1,6 +1,8 @@
-//! The swarm through a hub on 127.0.0.1 (spec/P2P.md §3.12, HUB.md §3.8–§3.9): an in-process
-//! hub, real nodes, real TCP. "Unreachable" nodes report dead addresses to the hub, so the
-//! only path to them is the hub's relay.
+//! The swarm through a hub on 127.0.0.1 (spec/P2P.md §3.12, HUB.md §3.6, §3.8–§3.9): an
+//! in-process hub, real nodes, real TCP. "Unreachable" nodes report dead addresses to the hub
+//! and neither punch nor answer punches, so the only path to them is the hub's relay;
+//! "punchable" ones report dead addresses too, and are reached by a hub-coordinated punch
+//! (on 127.0.0.1 a TCP simultaneous open or QUIC to the port the hub saw always works).
 
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_common::url::Hint;
 use ferry_hub::content::codes;
-use ferry_hub::{spawn_presence, Hub, HubConfig, HubConn, HubStats, PresenceConfig, Status};
+use ferry_hub::{
+    spawn_presence, Hub, HubConfig, HubConn, HubLimits, HubStats, PresenceConfig, Status,
+};
 use ferry_p2p::hubpeer::{self, HubAddr, HubPeer, HubPeerConfig};
 use ferry_p2p::manifest::Manifest;
 use ferry_p2p::node::{self, NodeConfig, NodeHandle};
@@ -39,7 +43,12 @@ struct RunningHub {
 
 impl RunningHub {
     async fn start() -> Self {
-        let config = HubConfig::new(identity(200), "127.0.0.1:0".parse().unwrap());
+        Self::with_limits(HubLimits::default()).await
+    }
+
+    async fn with_limits(limits: HubLimits) -> Self {
+        let mut config = HubConfig::new(identity(200), "127.0.0.1:0".parse().unwrap());
+        config.limits = limits;
         let hub = Hub::bind(config).await.unwrap();
         let addr = hub.local_addr().unwrap();
         let id = hub.id();
@@ -69,16 +78,26 @@ impl RunningHub {
         }]
     }
 
-    /// A hub config for a node; `reachable: false` reports only a dead address.
+    /// A hub config for a node; `reachable: false` reports only a dead address and punches
+    /// nothing, so the relay is the only path.
     async fn peer_config(&self, reachable: bool) -> HubPeerConfig {
+        let mut config = self.punchable_config().await;
+        if reachable {
+            config.addrs = None;
+        } else {
+            config.punch = false;
+        }
+        config
+    }
+
+    /// A node that reports only a dead address but punches and answers punches.
+    async fn punchable_config(&self) -> HubPeerConfig {
         let mut config = HubPeerConfig::new(HubAddr {
             name: None,
             hints: self.hints(),
             hub_id: Some(self.id),
         });
-        if !reachable {
-            config.addrs = Some(vec![dead_addr().await]);
-        }
+        config.addrs = Some(vec![dead_addr().await]);
         config.lookup = Duration::from_millis(100);
         config.refresh = Duration::from_millis(500);
         config.retry = Duration::from_millis(200);
@@ -356,5 +375,101 @@ async fn the_hub_index_refuses_an_absent_identity_and_bounds_each_one() {
     })
     .await;
     assert!(gone.is_ok(), "a node that left is still listed");
+    let _ = hub.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leechers_with_dead_hints_trade_directly_through_a_hub_coordinated_punch() {
+    // The hub relays nothing and every hint is dead, so only a punch lets them trade: this
+    // fails if hubpeer goes from the hints to the relay without punching.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let manifest = manifest_for(&tree);
+    let mut hub = RunningHub::with_limits(HubLimits {
+        max_relays: 0,
+        ..HubLimits::default()
+    })
+    .await;
+    let pieces = manifest.piece_count();
+    let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with(&manifest, &tree, &out_a, 1, |i| i % 2 == 0).await;
+    let mut b = node_with(&manifest, &tree, &out_b, 2, |i| i % 2 == 1).await;
+    let a_hub = through(&a, &manifest, hub.punchable_config().await).await;
+    let b_hub = through(&b, &manifest, hub.punchable_config().await).await;
+
+    until_have(&mut a, pieces).await;
+    until_have(&mut b, pieces).await;
+    assert_identical(&manifest, tree.parent().unwrap(), &out_a);
+    assert_identical(&manifest, tree.parent().unwrap(), &out_b);
+    let punched = |s: &hubpeer::HubPeerStats| s.punched_tcp + s.punched_quic;
+    let (sa, sb) = (a_hub.stats.borrow().clone(), b_hub.stats.borrow().clone());
+    assert!(punched(&sa) + punched(&sb) >= 1, "{sa:?} {sb:?}");
+    assert!(sa.punched_in + sb.punched_in >= 1, "{sa:?} {sb:?}");
+    assert_eq!(sa.direct + sb.direct + sa.relayed_out + sb.relayed_out, 0);
+    assert!(hub.tapped().is_empty(), "nothing went through the relay");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let _ = hub.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_peer_moves_to_a_punched_path_and_keeps_its_pieces() {
+    // Both answer no punch at first, so they meet through the relay, which the hub holds to
+    // 100 kB/s: the 1 MiB they trade would take ten seconds there. Once they answer punches
+    // again, the next upgrade punch replaces the relayed connection and the rest goes direct.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let manifest = manifest_for(&tree);
+    let mut hub = RunningHub::with_limits(HubLimits {
+        relay_rate: 100_000,
+        ..HubLimits::default()
+    })
+    .await;
+    let pieces = manifest.piece_count();
+    let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = node_with(&manifest, &tree, &out_a, 1, |i| i % 2 == 0).await;
+    let mut b = node_with(&manifest, &tree, &out_b, 2, |i| i % 2 == 1).await;
+    let a_held = a.stats.borrow().have;
+    let config = || async {
+        let mut config = hub.punchable_config().await;
+        config.punch_budget = Duration::from_millis(300);
+        config.upgrade_backoff = (Duration::from_millis(100), Duration::from_millis(200));
+        config
+    };
+    let (config_a, config_b) = (config().await, config().await);
+    let a_hub = through(&a, &manifest, config_a).await;
+    let b_hub = through(&b, &manifest, config_b).await;
+    a_hub.pause_punching(true);
+    b_hub.pause_punching(true);
+
+    until_stats(&a_hub, |s| s.relayed_out + s.relayed_in >= 1).await;
+    until_have(&mut a, a_held + 1).await;
+    let upgraded = |s: &hubpeer::HubPeerStats| s.upgraded >= 1;
+    assert!(
+        !upgraded(&a_hub.stats.borrow()) && !upgraded(&b_hub.stats.borrow()),
+        "no punch can succeed yet"
+    );
+    a_hub.pause_punching(false);
+    b_hub.pause_punching(false);
+
+    until_have(&mut a, pieces).await;
+    until_have(&mut b, pieces).await;
+    assert_identical(&manifest, tree.parent().unwrap(), &out_a);
+    assert_identical(&manifest, tree.parent().unwrap(), &out_b);
+    let (sa, sb) = (a_hub.stats.borrow().clone(), b_hub.stats.borrow().clone());
+    assert!(upgraded(&sa) || upgraded(&sb), "{sa:?} {sb:?}");
+    // Most of the content went over the punched path; nothing verified was fetched twice.
+    let relayed = hub.tapped().len() as u64;
+    assert!(
+        relayed < manifest.total_size() / 2,
+        "{relayed} bytes relayed of {}",
+        manifest.total_size()
+    );
+    assert_eq!(
+        a.stats.borrow().hash_failures + b.stats.borrow().hash_failures,
+        0
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     let _ = hub.stop.send(());
 }

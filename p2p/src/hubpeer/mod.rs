@@ -9,21 +9,34 @@
 //! - **Find.** While incomplete it asks the hub which present nodes serve the content id: at
 //!   once, every `lookup` while it has no peer, every `refresh` otherwise. For each node it is
 //!   not connected to it dials the node's hints directly (the peer must prove the node id the
-//!   hub gave), and only when none answers, and the node has fewer than `relay_below` peers,
-//!   asks the hub to relay: relayed bytes count against the hub's budgets, so direct peers are
-//!   preferred. Seeds wait to be reached, as on the open internet.
+//!   hub gave); once the hints failed, or [`HubPeerConfig::punch_after`] into them, it asks the
+//!   hub to coordinate a hole punch beside them (HUB.md §3.6: TCP simultaneous open raced
+//!   against QUIC, as `ferry` does, with `ferry_hub::punch`). Only when neither path answers,
+//!   and the node has fewer than `relay_below` peers, it asks the hub to relay: relayed bytes
+//!   count against the hub's budgets, so direct peers are preferred. Seeds wait to be reached,
+//!   as on the open internet.
+//! - **Upgrade.** A peer reached through the relay is punched again in the background, backing
+//!   off from 1 s to 30 s; a punched connection replaces the relayed one (P2P.md §3.3: a
+//!   relayed connection loses to any other to the same node), its requests go back to the
+//!   pool and every verified piece stays.
+//! - **Listen.** The presence answers the hub's punch events (`ferry_hub::node`); a punched
+//!   stream reaches the running node through [`PeerAdder::inbound`] exactly like an accepted
+//!   TCP connection, a relayed one through [`PeerAdder::inbound_relayed`].
 //!
-//! The relayed stream carries the ordinary peer wire: its session has its own ephemeral X25519
+//! Every path carries the ordinary peer wire: its session has its own ephemeral X25519
 //! exchange (PROTOCOL.md §5.1) and the peers prove their node ids in Noise XX bound to that
-//! session (P2P.md §3.3), so the hub sees only ciphertext and cannot stand in for either end.
-//! Hub-coordinated hole punching is not used here yet: a node without a direct path is relayed.
+//! session (P2P.md §3.3), so the hub sees only ciphertext and cannot stand in for either end;
+//! the side that dialled, punched or asked for the relay requires the node id the hub gave.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_common::url::{FerryUrl, Hint};
 use ferry_hub::content::{ContentId, PeerEntry};
+use ferry_hub::punch::REFLECT_WAIT;
+use ferry_hub::traversal::QuicEndpoint;
 use ferry_hub::{spawn_presence, HubConn, HubError, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Acceptor, BoxedStream};
@@ -89,6 +102,14 @@ pub struct HubPeerConfig {
     pub retry: Duration,
     /// Relay only while the node has fewer peers than this.
     pub relay_below: usize,
+    /// Ask the hub to coordinate hole punches, and answer its punch events (HUB.md §3.6).
+    pub punch: bool,
+    /// When the punch starts beside direct hints that have not failed yet.
+    pub punch_after: Duration,
+    /// Bound on one punch from its start time.
+    pub punch_budget: Duration,
+    /// A relayed peer is punched again after the first delay, doubling to the second.
+    pub upgrade_backoff: (Duration, Duration),
 }
 
 impl HubPeerConfig {
@@ -102,6 +123,12 @@ impl HubPeerConfig {
             direct_timeout: Duration::from_secs(2),
             retry: Duration::from_secs(5),
             relay_below: 8,
+            punch: true,
+            // As the client does (ferry_client::client::hub): a silent hint must not hold up
+            // the punch, and punches that work at all work within a few round trips.
+            punch_after: Duration::from_millis(250),
+            punch_budget: Duration::from_secs(1),
+            upgrade_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
         }
     }
 }
@@ -110,6 +137,10 @@ impl HubPeerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     Direct,
+    /// TCP simultaneous open, coordinated by the hub (PROTOCOL.md §14.3).
+    PunchedTcp,
+    /// QUIC over a punched UDP path, coordinated by the hub (PROTOCOL.md §14.4).
+    PunchedQuic,
     Relayed,
 }
 
@@ -120,6 +151,13 @@ pub struct HubPeerStats {
     pub lookups: u64,
     /// Peers reached by dialling a hint from the hub.
     pub direct: u64,
+    /// Peers reached by a punch we asked the hub for (first try or upgrade), by TCP and QUIC.
+    pub punched_tcp: u64,
+    pub punched_quic: u64,
+    /// Punched connections the other side asked for (our presence listened).
+    pub punched_in: u64,
+    /// Relayed peers later reached by a punch (the punched connection replaced the relay).
+    pub upgraded: u64,
     /// Peers reached through the hub's relay, our request.
     pub relayed_out: u64,
     /// Relays the hub handed us.
@@ -132,7 +170,15 @@ pub struct HubPeer {
     pub status: watch::Receiver<Status>,
     pub stats: watch::Receiver<HubPeerStats>,
     cancel: CancellationToken,
-    _presence: ferry_hub::Presence,
+    presence: ferry_hub::Presence,
+}
+
+impl HubPeer {
+    /// Stops (or resumes) answering the hub's punch events, so peers fall back to the relay
+    /// meanwhile (for tests, and operators who want to force the relay for a while).
+    pub fn pause_punching(&self, paused: bool) {
+        self.presence.pause_punching(paused);
+    }
 }
 
 impl Drop for HubPeer {
@@ -165,13 +211,18 @@ pub async fn start(
         key,
     );
     presence.addrs = addrs;
+    presence.punch = config.punch;
+    let hub_addrs = hub_addrs(&config.hub).await;
     let (acceptor, presence) = spawn_presence(presence);
     let cancel = CancellationToken::new();
     let (stats_tx, stats) = watch::channel(HubPeerStats::default());
+    let unrelayed = Unrelayed::default();
     tokio::spawn(accept_relays(
         acceptor,
+        hub_addrs,
         node.adder.clone(),
         stats_tx.clone(),
+        unrelayed.clone(),
         cancel.clone(),
     ));
     let finder = Finder {
@@ -184,14 +235,56 @@ pub async fn start(
         status: presence.status.clone(),
         stats: stats_tx,
         me: node.node_id,
+        unrelayed,
     };
     tokio::spawn(finder.run(cancel.clone()));
     HubPeer {
         status: presence.status.clone(),
         stats,
         cancel,
-        _presence: presence,
+        presence,
     }
+}
+
+/// The nodes this node has a connection to that is not relayed (direct or punched): a relayed
+/// connection to one of them is replaced already, so its upgrade stops.
+#[derive(Debug, Clone, Default)]
+struct Unrelayed(Arc<Mutex<HashSet<NodeId>>>);
+
+impl Unrelayed {
+    fn set(&self, id: NodeId, unrelayed: bool) {
+        // Every update is one insert or remove, so a poisoned lock still holds a valid set.
+        let mut ids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if unrelayed {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
+        }
+    }
+
+    fn contains(&self, id: &NodeId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+}
+
+/// The hub's addresses: a stream the presence hands over from one of them is a relay, from
+/// anywhere else a punch (the punched peer's address).
+async fn hub_addrs(hub: &HubAddr) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for hint in &hub.hints {
+        match hint.ip() {
+            Some(ip) => addrs.push(SocketAddr::new(ip, hint.port)),
+            None => {
+                if let Ok(found) = tokio::net::lookup_host((hint.host.as_str(), hint.port)).await {
+                    addrs.extend(found);
+                }
+            }
+        }
+    }
+    addrs
 }
 
 /// The node's listening address as a hint: an unspecified IP is replaced by the address this
@@ -215,28 +308,49 @@ async fn reported_addrs(listen: SocketAddr, hub: &HubAddr) -> Vec<SocketAddr> {
     Vec::new()
 }
 
+/// Hands the presence's relayed and punched streams to the node, as inbound peers.
 async fn accept_relays(
     mut acceptor: ferry_hub::RelayAcceptor,
+    mut hub_addrs: Vec<SocketAddr>,
     adder: PeerAdder,
     stats: watch::Sender<HubPeerStats>,
+    unrelayed: Unrelayed,
     cancel: CancellationToken,
 ) {
+    if let Ok(addr) = acceptor.local_addr() {
+        hub_addrs.push(addr);
+    }
     loop {
         let accepted = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             accepted = acceptor.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, from)) = accepted else {
+            continue;
+        };
+        let relayed = hub_addrs.contains(&from);
         let adder = adder.clone();
         let stats = stats.clone();
+        let unrelayed = unrelayed.clone();
         tokio::spawn(async move {
-            match adder.inbound(stream).await {
-                Ok(peer) => {
+            let added = if relayed {
+                adder.inbound_relayed(stream).await
+            } else {
+                adder.inbound(stream).await
+            };
+            match added {
+                Ok(peer) if relayed => {
                     debug!(%peer, "relayed peer connected to us");
                     stats.send_modify(|s| s.relayed_in += 1);
                 }
-                Err(e) => debug!("relayed connection: {e}"),
+                Ok(peer) => {
+                    info!(%peer, %from, "punched peer connected to us");
+                    unrelayed.set(peer.node_id(), true);
+                    stats.send_modify(|s| s.punched_in += 1);
+                }
+                // A punch's losing copy (the dialer kept the other transport) ends here.
+                Err(e) => debug!(%from, relayed, "connection from the hub's presence: {e}"),
             }
         });
     }
@@ -252,6 +366,7 @@ struct Finder {
     status: watch::Receiver<Status>,
     stats: watch::Sender<HubPeerStats>,
     me: NodeId,
+    unrelayed: Unrelayed,
 }
 
 impl Finder {
@@ -260,7 +375,7 @@ impl Finder {
         let mut announced_for: Option<Status> = None;
         let mut last_announce = Instant::now();
         let mut last_lookup: Option<Instant> = None;
-        let mut attempts: JoinSet<(NodeId, Option<Path>)> = JoinSet::new();
+        let mut attempts: JoinSet<(NodeId, bool)> = JoinSet::new();
         let mut trying: HashSet<NodeId> = HashSet::new();
         let mut not_before: HashMap<NodeId, Instant> = HashMap::new();
         let tick = self.config.lookup.min(Duration::from_millis(500));
@@ -319,6 +434,8 @@ impl Finder {
                                 identity: self.identity.clone(),
                                 adder: self.adder.clone(),
                                 peer_ids: self.peer_ids.clone(),
+                                stats: self.stats.clone(),
+                                unrelayed: self.unrelayed.clone(),
                             };
                             attempts.spawn(async move {
                                 let id = peer.id;
@@ -338,14 +455,10 @@ impl Finder {
                 _ = self.status.changed() => {}
                 _ = self.peer_ids.changed() => {}
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    let Ok((id, path)) = done else { continue };
+                    let Ok((id, reached)) = done else { continue };
                     trying.remove(&id);
-                    match path {
-                        Some(Path::Direct) => self.stats.send_modify(|s| s.direct += 1),
-                        Some(Path::Relayed) => self.stats.send_modify(|s| s.relayed_out += 1),
-                        None => {
-                            not_before.insert(id, Instant::now() + self.config.retry);
-                        }
+                    if !reached {
+                        not_before.insert(id, Instant::now() + self.config.retry);
                     }
                 }
                 _ = tokio::time::sleep(tick) => {}
@@ -393,11 +506,91 @@ struct Reach {
     identity: Identity,
     adder: PeerAdder,
     peer_ids: watch::Receiver<Vec<PeerId>>,
+    stats: watch::Sender<HubPeerStats>,
+    unrelayed: Unrelayed,
 }
 
 impl Reach {
-    /// Direct hints first, then (while the node has few peers) the hub's relay.
-    async fn reach(&self, peer: PeerEntry) -> Option<Path> {
+    /// Direct hints, the punch beside them once they failed or ran `punch_after`, then (while
+    /// the node has few peers) the hub's relay, which is upgraded to a punched path when a
+    /// later punch succeeds. Whether the node was reached; a relayed attempt returns once the
+    /// relay is replaced or gone.
+    async fn reach(&self, peer: PeerEntry) -> bool {
+        if let Some(path) = self.direct_or_punch(&peer).await {
+            self.count(path);
+            self.unrelayed.set(peer.id, true);
+            return true;
+        }
+        let ids = self.peer_ids.borrow().clone();
+        // It may have reached us meanwhile; and relays are for nodes with few peers.
+        if ids.contains(&PeerId::from(peer.id)) || ids.len() >= self.config.relay_below {
+            return false;
+        }
+        if let Err(e) = self.relay(&peer).await {
+            debug!(peer = %peer.id, "relay failed: {e}");
+            return false;
+        }
+        info!(peer = %peer.id, via = %peer.via, "peer reached through the hub's relay");
+        self.unrelayed.set(peer.id, false);
+        self.count(Path::Relayed);
+        if self.config.punch {
+            self.upgrade(&peer).await;
+        }
+        true
+    }
+
+    fn count(&self, path: Path) {
+        self.stats.send_modify(|s| match path {
+            Path::Direct => s.direct += 1,
+            Path::PunchedTcp => s.punched_tcp += 1,
+            Path::PunchedQuic => s.punched_quic += 1,
+            Path::Relayed => s.relayed_out += 1,
+        });
+    }
+
+    /// The node's hints, and the punch beside them (as the client's `direct_or_punch`); the
+    /// first path whose handshake proves the node's id wins.
+    async fn direct_or_punch(&self, peer: &PeerEntry) -> Option<Path> {
+        let direct = self.direct(peer);
+        tokio::pin!(direct);
+        let mut direct_done = false;
+        tokio::select! {
+            found = &mut direct => {
+                if found {
+                    return Some(Path::Direct);
+                }
+                direct_done = true;
+            }
+            () = tokio::time::sleep(self.config.punch_after), if self.config.punch => {}
+        }
+        if !self.config.punch {
+            return None;
+        }
+        let punch = self.punch(peer);
+        tokio::pin!(punch);
+        let mut punch_done = false;
+        while !(direct_done && punch_done) {
+            tokio::select! {
+                found = &mut direct, if !direct_done => {
+                    if found {
+                        return Some(Path::Direct);
+                    }
+                    direct_done = true;
+                }
+                punched = &mut punch, if !punch_done => match punched {
+                    Ok(path) => return Some(path),
+                    Err(e) => {
+                        debug!(peer = %peer.id, "no punched path: {e}");
+                        punch_done = true;
+                    }
+                },
+            }
+        }
+        None
+    }
+
+    /// The hints one after another, each bounded by `direct_timeout`.
+    async fn direct(&self, peer: &PeerEntry) -> bool {
         for addr in &peer.addrs {
             let dial = async {
                 let stream = TcpStream::connect(addr)
@@ -412,27 +605,66 @@ impl Reach {
             match tokio::time::timeout(self.config.direct_timeout, dial).await {
                 Ok(Ok(_)) => {
                     info!(peer = %peer.id, %addr, "peer reached directly");
-                    return Some(Path::Direct);
+                    return true;
                 }
                 Ok(Err(e)) => debug!(peer = %peer.id, %addr, "direct hint failed: {e}"),
                 Err(_) => debug!(peer = %peer.id, %addr, "direct hint timed out"),
             }
         }
-        let ids = self.peer_ids.borrow().clone();
-        // It may have reached us meanwhile; and relays are for nodes with few peers.
-        if ids.contains(&PeerId::from(peer.id)) || ids.len() >= self.config.relay_below {
-            return None;
-        }
-        match self.relay(&peer).await {
-            Ok(()) => {
-                info!(peer = %peer.id, via = %peer.via, "peer reached through the hub's relay");
-                Some(Path::Relayed)
-            }
-            Err(e) => {
-                debug!(peer = %peer.id, "relay failed: {e}");
-                None
-            }
-        }
+        false
+    }
+
+    /// The dialer's side of a hub-coordinated punch (HUB.md §3.6), as `ferry` runs it: the RTT
+    /// to the hub, this side's UDP socket shown to the hub (§3.7), the instruction checked,
+    /// TCP simultaneous open raced against QUIC (`ferry_hub::punch::dial`), and the peer
+    /// handshake over the winner with the node's id required.
+    async fn punch(&self, peer: &PeerEntry) -> Result<Path, String> {
+        let hub = &self.config.hub;
+        let mut conn = HubConn::connect(&hub.hints, hub.hub_id, &self.identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rtt = conn.rtt().await.map_err(|e| e.to_string())?;
+        let quic = udp_endpoint(&mut conn).await;
+        let instruction = conn
+            .punch(&peer.via, rtt, Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        ferry_client::client::hub::check_punch(&instruction, peer.id)?;
+        debug!(
+            peer = %peer.id,
+            rtt_ms = rtt.as_millis() as u64,
+            delay_ms = instruction.delay_ms,
+            tcp = ?ferry_hub::punch::tcp_target(&instruction),
+            udp = ?instruction.udp,
+            "punching"
+        );
+        let punched = ferry_hub::punch::dial(
+            &instruction,
+            conn.local_addr(),
+            quic.as_ref(),
+            self.config.punch_budget,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let path = match punched.path {
+            ferry_hub::traversal::Path::PunchedQuic => Path::PunchedQuic,
+            _ => Path::PunchedTcp,
+        };
+        let remote = punched.remote;
+        let added = tokio::time::timeout(
+            self.config.direct_timeout,
+            self.adder.outbound(punched.stream, None, Some(peer.id)),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the handshake over the punched path to {remote} took over {} ms",
+                self.config.direct_timeout.as_millis()
+            )
+        })?;
+        added.map_err(|e| format!("the punched path to {remote}: {e}"))?;
+        info!(peer = %peer.id, %remote, ?path, "peer reached by a punch");
+        Ok(path)
     }
 
     async fn relay(&self, peer: &PeerEntry) -> Result<(), String> {
@@ -442,9 +674,73 @@ impl Reach {
             .map_err(|e| e.to_string())?;
         let (stream, _) = conn.relay(&peer.via).await.map_err(|e| e.to_string())?;
         self.adder
-            .outbound(Box::new(stream), None, Some(peer.id))
+            .outbound_relayed(Box::new(stream), peer.id)
             .await
             .map(|_| ())
+    }
+
+    /// Punches a relayed peer again, backing off, until a punch succeeds (the punched
+    /// connection then replaces the relayed one), another connection that is not relayed
+    /// did, or the peer is gone.
+    async fn upgrade(&self, peer: &PeerEntry) {
+        let (mut delay, max) = self.config.upgrade_backoff;
+        let mut attempt = 1u32;
+        loop {
+            tokio::time::sleep(delay).await;
+            if !self.peer_ids.borrow().contains(&PeerId::from(peer.id)) {
+                debug!(peer = %peer.id, "the relayed peer is gone; no upgrade");
+                return;
+            }
+            if self.unrelayed.contains(&peer.id) {
+                self.stats.send_modify(|s| s.upgraded += 1);
+                info!(peer = %peer.id, "the relayed peer was reached by a punch from its side");
+                return;
+            }
+            match self.punch(peer).await {
+                Ok(path) => {
+                    info!(peer = %peer.id, attempt, ?path, "moved the peer from the relay to a punched path");
+                    self.count(path);
+                    self.unrelayed.set(peer.id, true);
+                    self.stats.send_modify(|s| s.upgraded += 1);
+                    return;
+                }
+                Err(e) => debug!(peer = %peer.id, attempt, "still relayed: {e}"),
+            }
+            delay = (delay * 2).min(max);
+            attempt += 1;
+        }
+    }
+}
+
+/// A QUIC endpoint whose UDP address the hub knows for `conn` (HUB.md §3.7), or `None`: the
+/// punch then runs over TCP only.
+async fn udp_endpoint(conn: &mut HubConn) -> Option<QuicEndpoint> {
+    let hub = conn.hub_addr();
+    let any = if hub.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let endpoint = match QuicEndpoint::bind(any) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            debug!("no udp socket ({e}); punching over tcp only");
+            return None;
+        }
+    };
+    let token = match conn.udp_token().await {
+        Ok(token) => token,
+        Err(e) => {
+            debug!("no udp token from the hub ({e}); punching over tcp only");
+            return None;
+        }
+    };
+    match ferry_hub::punch::reflect(&endpoint, hub, token, REFLECT_WAIT).await {
+        Some(_) => Some(endpoint),
+        None => {
+            debug!("no udp reflect answer from the hub; punching over tcp only");
+            None
+        }
     }
 }
 

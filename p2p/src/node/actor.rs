@@ -32,6 +32,7 @@ pub(super) struct PeerLink {
     addr: Option<SocketAddr>,
     id: crate::wire::PeerId,
     tiebreak: Option<[u8; 32]>,
+    relayed: bool,
 }
 
 /// Where a node's inbound connections come from.
@@ -224,13 +225,14 @@ impl Actor {
                 listen_addr,
                 dialed,
                 tiebreak,
+                relayed,
                 cmds,
                 cancel,
             } => {
                 if let Some(addr) = dialed {
                     self.dialing.remove(&addr);
                 }
-                if !self.keep_newer_of_two(peer_id, tiebreak, now) {
+                if !self.keep_newer_of_two(peer_id, tiebreak, relayed, now) {
                     tracing::debug!(?conn, %peer_id, "closing a second connection to a peer");
                     cancel.cancel();
                     return Ok(());
@@ -250,6 +252,7 @@ impl Actor {
                                 addr: listen_addr,
                                 id: peer_id,
                                 tiebreak,
+                                relayed,
                             },
                         );
                     }
@@ -425,20 +428,24 @@ impl Actor {
         }
     }
 
-    /// Of two connections to one node, both ends keep the one with the smaller tiebreak (the
-    /// Noise handshake hash, the same at both ends; spec/P2P.md §3.3), whichever completed
-    /// first here. Returns whether the new connection is kept; an older one that loses is
-    /// closed and forgotten by the swarm now, so the new one takes its place.
+    /// Of two connections to one node, both ends keep the one not through a hub's relay, and
+    /// of two alike the one with the smaller tiebreak (the Noise handshake hash, the same at
+    /// both ends; spec/P2P.md §3.3), whichever completed first here. Returns whether the new
+    /// connection is kept; an older one that loses is closed and forgotten by the swarm now,
+    /// so the new one takes its place (its requests go back to the pool; verified pieces stay).
     fn keep_newer_of_two(
         &mut self,
         id: crate::wire::PeerId,
         tiebreak: Option<[u8; 32]>,
+        relayed: bool,
         now: std::time::Instant,
     ) -> bool {
         let Some((&old, link)) = self.peers.iter().find(|(_, l)| l.id == id) else {
             return true;
         };
         let new_wins = match (tiebreak, link.tiebreak) {
+            // Both ends know which connection is relayed, so they agree without a word.
+            _ if relayed != link.relayed => !relayed,
             (Some(new), Some(old)) => new < old,
             _ => false,
         };

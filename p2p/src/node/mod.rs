@@ -193,6 +193,9 @@ enum Event {
         dialed: Option<SocketAddr>,
         /// Orders two connections to one node (spec/P2P.md §3.3); `None` for a server source.
         tiebreak: Option<[u8; 32]>,
+        /// Through a hub's relay: loses to any connection to the same node that is not
+        /// (spec/P2P.md §3.3), so a punched path replaces a relayed one.
+        relayed: bool,
         cmds: mpsc::UnboundedSender<PeerCmd>,
         cancel: CancellationToken,
     },
@@ -247,13 +250,31 @@ impl PeerAdder {
         dialed: Option<SocketAddr>,
         expect: Option<NodeId>,
     ) -> Result<PeerId, String> {
-        self.add(stream, dialed, true, expect.map(PeerId::from))
+        self.add(stream, dialed, true, expect.map(PeerId::from), false)
             .await
     }
 
-    /// A connection the other end opened (a relay the hub handed us): we are the listener.
+    /// [`PeerAdder::outbound`] for a connection through a hub's relay: any later connection to
+    /// the same node that is not relayed (a punched one) replaces it (spec/P2P.md §3.3).
+    pub async fn outbound_relayed(
+        &self,
+        stream: BoxedStream,
+        expect: NodeId,
+    ) -> Result<PeerId, String> {
+        self.add(stream, None, true, Some(PeerId::from(expect)), true)
+            .await
+    }
+
+    /// A connection the other end opened (a punched stream, as an accepted TCP connection):
+    /// we are the listener.
     pub async fn inbound(&self, stream: BoxedStream) -> Result<PeerId, String> {
-        self.add(stream, None, false, None).await
+        self.add(stream, None, false, None, false).await
+    }
+
+    /// [`PeerAdder::inbound`] for a relay the hub handed us; it loses to a connection to the
+    /// same node that is not relayed, as in [`PeerAdder::outbound_relayed`].
+    pub async fn inbound_relayed(&self, stream: BoxedStream) -> Result<PeerId, String> {
+        self.add(stream, None, false, None, true).await
     }
 
     async fn add(
@@ -262,6 +283,7 @@ impl PeerAdder {
         dialed: Option<SocketAddr>,
         outbound: bool,
         expect: Option<PeerId>,
+        relayed: bool,
     ) -> Result<PeerId, String> {
         let (done, result) = tokio::sync::oneshot::channel();
         let added = Added {
@@ -270,6 +292,7 @@ impl PeerAdder {
             opened: peer::Opened {
                 outbound,
                 expect,
+                relayed,
                 done: Some(done),
             },
         };

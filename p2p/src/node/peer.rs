@@ -31,6 +31,8 @@ pub(super) struct Opened {
     pub outbound: bool,
     /// The node id the peer must prove; another closes the connection.
     pub expect: Option<PeerId>,
+    /// Through a hub's relay (see `Event::Connected`).
+    pub relayed: bool,
     /// Told the peer's id once it is handed to the actor, or why the handshake failed.
     pub done: Option<oneshot::Sender<Result<PeerId, String>>>,
 }
@@ -117,6 +119,7 @@ pub(super) async fn run_peer(
             listen_addr,
             dialed,
             tiebreak: Some(greeted.tiebreak),
+            relayed: opened.relayed,
             cmds: cmds_tx.clone(),
             cancel: cancel.clone(),
         })

@@ -49,6 +49,7 @@ pub(super) async fn run_server_source(
         listen_addr: None,
         dialed: None,
         tiebreak: None,
+        relayed: false,
         cmds: cmds_tx,
         cancel: cancel.clone(),
     };
