@@ -7,14 +7,15 @@
 //! This module is a child of `server` (wired there with `#[path]`) so that it reads the hub's
 //! presence table directly; the client's side is an `impl` of [`HubConn`] below.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ferry_protocol::identity::{NodeId, ID_HASH_LEN};
 use ferry_protocol::{ErrorCode, Service};
 
-use super::{hints_of, lock, malformed, Conn, Online, Refusal};
+use super::{hints_of, lock, malformed, Conn, Refusal};
 use crate::client::{HubConn, HubError};
 use crate::wire::{self, WireError, MAX_ADDRS};
 
@@ -236,7 +237,7 @@ fn end(src: &Bytes) -> Result<(), WireError> {
 }
 
 /// Bounds of the index (HUB.md §7).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexLimits {
     /// Content ids one identity may announce at once.
     pub per_node: usize,
@@ -253,21 +254,58 @@ impl Default for IndexLimits {
     }
 }
 
-/// Content id → the nodes that announced it, and back. Entries of nodes that are no longer
-/// present are dropped when the index is full and skipped by lookups.
-#[derive(Debug, Default)]
+/// Content id → the nodes that announced it, and back, with which nodes are present now.
+///
+/// The hub tells the index when a node's presence starts ([`Index::arrive`]) and ends
+/// ([`Index::depart`]), so the presence check is one lookup. A node's entries stay for a grace
+/// period after its last presence ends (a node reconnecting on a new port keeps them without
+/// announcing again) and are then dropped; lookups never list a node that is not present.
+/// Every call costs the entries it touches (plus nodes whose grace ran out), never a scan of
+/// the table.
+#[derive(Debug)]
 pub struct Index {
     limits: IndexLimits,
-    by_content: HashMap<ContentId, Vec<NodeId>>,
-    by_node: HashMap<NodeId, HashSet<ContentId>>,
+    grace: Duration,
+    /// Per content id, its nodes by announce order (the key is a sequence number).
+    by_content: HashMap<ContentId, BTreeMap<u64, NodeId>>,
+    by_node: HashMap<NodeId, Held>,
     entries: usize,
+    next_seq: u64,
+    /// Present nodes: the keys each is present under (§3.4), latest last.
+    present: HashMap<NodeId, Vec<String>>,
+    /// Nodes whose last presence ended, with when their entries go, oldest first. An item is
+    /// stale once the node came back or left again (its `Held::gone` no longer matches).
+    leaving: VecDeque<(Instant, NodeId)>,
 }
 
+/// One node's entries: content id → its sequence number in `by_content`.
+#[derive(Debug, Default)]
+struct Held {
+    content: HashMap<ContentId, u64>,
+    /// When the entries go, while the node has no presence.
+    gone: Option<Instant>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new(IndexLimits::default(), DEFAULT_GRACE)
+    }
+}
+
+/// How long a node's entries outlive its last presence by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 impl Index {
-    pub fn new(limits: IndexLimits) -> Self {
+    pub fn new(limits: IndexLimits, grace: Duration) -> Self {
         Self {
             limits,
-            ..Self::default()
+            grace,
+            by_content: HashMap::new(),
+            by_node: HashMap::new(),
+            entries: 0,
+            next_seq: 0,
+            present: HashMap::new(),
+            leaving: VecDeque::new(),
         }
     }
 
@@ -280,24 +318,88 @@ impl Index {
         self.entries == 0
     }
 
-    /// Adds `content` for `node`, which is present; `present` says which other nodes still
-    /// are (to make room). Returns how many content ids `node` announces now.
+    /// Whether `node` has a presence now.
+    pub fn is_present(&self, node: &NodeId) -> bool {
+        self.present.contains_key(node)
+    }
+
+    /// `node` became present under `key`; its entries, if any, stay.
+    pub fn arrive(&mut self, node: NodeId, key: &str) {
+        let keys = self.present.entry(node).or_default();
+        keys.retain(|k| k != key);
+        keys.push(key.to_owned());
+        if let Some(held) = self.by_node.get_mut(&node) {
+            held.gone = None;
+        }
+    }
+
+    /// `node`'s presence under `key` ended; when it was its last, its entries go after the grace.
+    pub fn depart(&mut self, node: NodeId, key: &str, now: Instant) {
+        let Some(keys) = self.present.get_mut(&node) else {
+            return;
+        };
+        keys.retain(|k| k != key);
+        if !keys.is_empty() {
+            return;
+        }
+        self.present.remove(&node);
+        if let Some(held) = self.by_node.get_mut(&node) {
+            let at = now + self.grace;
+            held.gone = Some(at);
+            self.leaving.push_back((at, node));
+        }
+        self.expire(now);
+    }
+
+    /// Drops the entries of nodes whose grace ran out by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(at, node)) = self.leaving.front() {
+            if at > now {
+                break;
+            }
+            self.leaving.pop_front();
+            self.drop_if_gone(node, Some(at));
+        }
+    }
+
+    /// Drops `node`'s entries if it is still gone (at `at`, or at any time for `None`).
+    fn drop_if_gone(&mut self, node: NodeId, at: Option<Instant>) {
+        let gone = self
+            .by_node
+            .get(&node)
+            .and_then(|h| h.gone)
+            .is_some_and(|g| at.is_none_or(|at| at == g));
+        if gone {
+            let content: Vec<ContentId> = self.by_node[&node].content.keys().copied().collect();
+            self.withdraw(node, &content);
+        }
+    }
+
+    /// Adds `content` for `node`, which must be present (`NOT_PRESENT` otherwise). Returns how
+    /// many content ids `node` announces now.
     pub fn announce(
         &mut self,
         node: NodeId,
         content: &[ContentId],
-        present: impl Fn(&NodeId) -> bool,
+        now: Instant,
     ) -> Result<usize, Refusal> {
+        self.expire(now);
+        if !self.is_present(&node) {
+            return Err((
+                codes::NOT_PRESENT,
+                "this identity has no presence at the hub; send PRESENCE first".into(),
+            ));
+        }
         let held = self.by_node.get(&node);
         let new: Vec<ContentId> = {
             let mut seen = HashSet::new();
             content
                 .iter()
-                .filter(|c| held.is_none_or(|h| !h.contains(*c)) && seen.insert(**c))
+                .filter(|c| held.is_none_or(|h| !h.content.contains_key(*c)) && seen.insert(**c))
                 .copied()
                 .collect()
         };
-        let count = held.map_or(0, HashSet::len);
+        let count = held.map_or(0, |h| h.content.len());
         if count + new.len() > self.limits.per_node {
             return Err((
                 codes::ANNOUNCE_LIMIT,
@@ -309,7 +411,13 @@ impl Index {
             ));
         }
         if self.entries + new.len() > self.limits.entries {
-            self.prune(&present);
+            // Make room from the nodes that left, before their grace runs out.
+            while let Some((_, gone)) = self.leaving.pop_front() {
+                self.drop_if_gone(gone, None);
+                if self.entries + new.len() <= self.limits.entries {
+                    break;
+                }
+            }
             if self.entries + new.len() > self.limits.entries {
                 return Err((
                     codes::INDEX_FULL,
@@ -320,13 +428,15 @@ impl Index {
                 ));
             }
         }
-        for c in &new {
-            self.by_content.entry(*c).or_default().push(node);
-        }
-        self.entries += new.len();
         let held = self.by_node.entry(node).or_default();
-        held.extend(new);
-        Ok(held.len())
+        for c in new {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.by_content.entry(c).or_default().insert(seq, node);
+            held.content.insert(c, seq);
+            self.entries += 1;
+        }
+        Ok(held.content.len())
     }
 
     /// Removes `content` for `node`; returns how many it announces now.
@@ -335,49 +445,53 @@ impl Index {
             return 0;
         };
         for c in content {
-            if held.remove(c) {
+            if let Some(seq) = held.content.remove(c) {
                 self.entries -= 1;
                 if let Some(nodes) = self.by_content.get_mut(c) {
-                    nodes.retain(|n| *n != node);
+                    nodes.remove(&seq);
                     if nodes.is_empty() {
                         self.by_content.remove(c);
                     }
                 }
             }
         }
-        let left = held.len();
+        let left = held.content.len();
         if left == 0 {
             self.by_node.remove(&node);
         }
         left
     }
 
-    /// Drops every entry of nodes that are not present.
-    pub fn prune(&mut self, present: impl Fn(&NodeId) -> bool) {
-        let gone: Vec<NodeId> = self
-            .by_node
-            .keys()
-            .filter(|n| !present(n))
-            .copied()
-            .collect();
-        for node in gone {
-            let content: Vec<ContentId> = self.by_node[&node].iter().copied().collect();
-            self.withdraw(node, &content);
-        }
+    /// The present nodes that announced `content`, other than `except`, latest announce first,
+    /// each with the key it is present under (its latest).
+    pub fn peers(
+        &mut self,
+        content: &ContentId,
+        except: &NodeId,
+        now: Instant,
+    ) -> Vec<(NodeId, &str)> {
+        self.expire(now);
+        let Some(nodes) = self.by_content.get(content) else {
+            return Vec::new();
+        };
+        nodes
+            .values()
+            .rev()
+            .filter(|n| *n != except)
+            .filter_map(|n| {
+                let key = self.present.get(n)?.last()?;
+                Some((*n, key.as_str()))
+            })
+            .take(MAX_PEERS)
+            .collect()
     }
 
-    /// The nodes that announced `content`, newest last.
-    pub fn nodes(&self, content: &ContentId) -> &[NodeId] {
-        self.by_content.get(content).map_or(&[], Vec::as_slice)
+    /// The nodes that announced `content`, present or not, oldest first.
+    pub fn nodes(&self, content: &ContentId) -> Vec<NodeId> {
+        self.by_content
+            .get(content)
+            .map_or_else(Vec::new, |m| m.values().copied().collect())
     }
-}
-
-/// Present nodes by id: the key each is present under, and its entry.
-fn present_by_id(online: &HashMap<String, Online>) -> HashMap<NodeId, (&str, &Online)> {
-    online
-        .iter()
-        .map(|(key, o)| (o.id, (key.as_str(), o)))
-        .collect()
 }
 
 impl Conn {
@@ -385,23 +499,12 @@ impl Conn {
     pub(super) fn announce(&mut self, body: Bytes) -> Result<Bytes, Refusal> {
         let req = AnnounceRequest::decode(body).map_err(malformed)?;
         self.throttle()?;
-        if req.withdraw {
-            let held = lock(&self.shared.content).withdraw(self.client, &req.content);
-            return Ok(AnnounceResponse {
-                held: held.min(usize::from(u16::MAX)) as u16,
-            }
-            .to_bytes());
-        }
-        let online = lock(&self.shared.online);
-        if !online.values().any(|o| o.id == self.client) {
-            return Err((
-                codes::NOT_PRESENT,
-                "this identity has no presence at the hub; send PRESENCE first".into(),
-            ));
-        }
-        let present = present_by_id(&online);
-        let held = lock(&self.shared.content)
-            .announce(self.client, &req.content, |n| present.contains_key(n))?;
+        let mut index = lock(&self.shared.content);
+        let held = if req.withdraw {
+            index.withdraw(self.client, &req.content)
+        } else {
+            index.announce(self.client, &req.content, Instant::now())?
+        };
         Ok(AnnounceResponse {
             held: held.min(usize::from(u16::MAX)) as u16,
         }
@@ -412,20 +515,19 @@ impl Conn {
     pub(super) fn peers(&mut self, body: Bytes) -> Result<Bytes, Refusal> {
         let req = PeersRequest::decode(body).map_err(malformed)?;
         self.throttle()?;
+        // Lock order: presences, then the index (as the presence changes take them).
         let online = lock(&self.shared.online);
-        let present = present_by_id(&online);
-        let index = lock(&self.shared.content);
+        let mut index = lock(&self.shared.content);
         let peers = index
-            .nodes(&req.content)
-            .iter()
-            .rev()
-            .filter(|n| **n != self.client)
-            .filter_map(|n| present.get(n).map(|(via, o)| (n, via, o)))
-            .take(MAX_PEERS)
-            .map(|(id, via, o)| PeerEntry {
-                id: *id,
-                via: via.to_string(),
-                addrs: hints_of(o).into_iter().map(|(_, a)| a).collect(),
+            .peers(&req.content, &self.client, Instant::now())
+            .into_iter()
+            .filter_map(|(id, via)| {
+                let o = online.get(via).filter(|o| o.id == id)?;
+                Some(PeerEntry {
+                    id,
+                    via: via.to_string(),
+                    addrs: hints_of(o).into_iter().map(|(_, a)| a).collect(),
+                })
             })
             .collect();
         Ok(PeersResponse { peers }.to_bytes())
@@ -484,36 +586,117 @@ mod tests {
         NodeId::from_bytes([n; ID_HASH_LEN])
     }
 
+    fn index(per_node: usize, entries: usize) -> Index {
+        Index::new(IndexLimits { per_node, entries }, Duration::from_secs(30))
+    }
+
+    fn listed(index: &mut Index, content: u8, except: u8, now: Instant) -> Vec<NodeId> {
+        index
+            .peers(&[content; 32], &node(except), now)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     #[test]
     fn the_index_is_bounded_per_node_and_in_all() {
-        let mut index = Index::new(IndexLimits {
-            per_node: 3,
-            entries: 5,
-        });
-        let all = |_: &NodeId| true;
-        assert_eq!(index.announce(node(1), &[[1; 32], [2; 32]], all), Ok(2));
+        let mut index = index(3, 5);
+        let now = Instant::now();
+        for n in 1..=3 {
+            index.arrive(node(n), &format!("n{n}"));
+        }
+        assert_eq!(index.announce(node(1), &[[1; 32], [2; 32]], now), Ok(2));
         // Announcing again changes nothing.
-        assert_eq!(index.announce(node(1), &[[1; 32], [1; 32]], all), Ok(2));
+        assert_eq!(index.announce(node(1), &[[1; 32], [1; 32]], now), Ok(2));
         let over = index
-            .announce(node(1), &[[3; 32], [4; 32]], all)
+            .announce(node(1), &[[3; 32], [4; 32]], now)
             .unwrap_err();
         assert_eq!(over.0, codes::ANNOUNCE_LIMIT);
         assert_eq!(
-            index.announce(node(2), &[[1; 32], [2; 32], [3; 32]], all),
+            index.announce(node(2), &[[1; 32], [2; 32], [3; 32]], now),
             Ok(3)
         );
         assert_eq!(index.len(), 5);
-        let full = index.announce(node(3), &[[1; 32]], all).unwrap_err();
+        let full = index.announce(node(3), &[[1; 32]], now).unwrap_err();
         assert_eq!(full.0, codes::INDEX_FULL);
-        // Node 2 left: its entries make room.
-        assert_eq!(
-            index.announce(node(3), &[[1; 32]], |n| *n != node(2)),
-            Ok(1)
-        );
+        // Node 2 left: its entries make room, even within its grace.
+        index.depart(node(2), "n2", now);
+        assert_eq!(index.len(), 5);
+        assert_eq!(index.announce(node(3), &[[1; 32]], now), Ok(1));
         assert_eq!(index.len(), 3);
-        assert_eq!(index.nodes(&[1; 32]), &[node(1), node(3)]);
+        assert_eq!(index.nodes(&[1; 32]), vec![node(1), node(3)]);
         assert_eq!(index.withdraw(node(1), &[[1; 32], [9; 32]]), 1);
-        assert_eq!(index.nodes(&[1; 32]), &[node(3)]);
+        assert_eq!(index.nodes(&[1; 32]), vec![node(3)]);
+        assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn only_a_present_node_announces_and_only_present_nodes_are_listed() {
+        let mut index = index(64, 100);
+        let now = Instant::now();
+        let refused = index.announce(node(1), &[[1; 32]], now).unwrap_err();
+        assert_eq!(refused.0, codes::NOT_PRESENT);
+        index.arrive(node(1), "alice");
+        index.arrive(node(2), &node(2).to_string());
+        index.announce(node(1), &[[1; 32]], now).unwrap();
+        index.announce(node(2), &[[1; 32]], now).unwrap();
+        // Latest announce first, never the caller, each with the key it is present under.
+        assert_eq!(
+            index.peers(&[1; 32], &node(9), now),
+            vec![(node(2), node(2).to_string().as_str()), (node(1), "alice")]
+        );
+        assert_eq!(listed(&mut index, 1, 2, now), vec![node(1)]);
+        // Present under two keys: it stays present until both end.
+        index.arrive(node(1), "alice2");
+        index.depart(node(1), "alice", now);
+        assert_eq!(
+            index.peers(&[1; 32], &node(2), now),
+            vec![(node(1), "alice2")]
+        );
+        index.depart(node(1), "alice2", now);
+        assert_eq!(listed(&mut index, 1, 2, now), vec![]);
+        assert!(!index.is_present(&node(1)));
+        assert_eq!(
+            index.announce(node(1), &[[2; 32]], now).unwrap_err().0,
+            codes::NOT_PRESENT
+        );
+    }
+
+    #[test]
+    fn entries_of_a_node_that_left_go_after_the_grace_unless_it_came_back() {
+        let mut index = index(64, 100);
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        for n in 1..=3 {
+            index.arrive(node(n), &format!("n{n}"));
+            index.announce(node(n), &[[1; 32], [n + 10; 32]], t0).unwrap();
+        }
+        assert_eq!(index.len(), 6);
+        // Node 1 reconnects (a new port) within the grace: its entries stay and it is listed.
+        index.depart(node(1), "n1", t0);
+        index.depart(node(2), "n2", t0);
+        index.arrive(node(1), "n1");
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(listed(&mut index, 1, 9, later), vec![node(3), node(1)]);
+        assert_eq!(index.len(), 6);
+        // Past the grace node 2's entries are gone, the others' stay.
+        let past = t0 + grace;
+        assert_eq!(listed(&mut index, 1, 9, past), vec![node(3), node(1)]);
+        assert_eq!(index.len(), 4);
+        assert_eq!(index.nodes(&[12; 32]), vec![]);
+        assert_eq!(index.nodes(&[1; 32]), vec![node(1), node(3)]);
+        // Node 2 coming back after that announces afresh.
+        index.arrive(node(2), "n2");
+        assert_eq!(listed(&mut index, 1, 9, past), vec![node(3), node(1)]);
+        // A node that leaves, returns and leaves again goes one grace after its last leave.
+        index.depart(node(3), "n3", past);
+        index.arrive(node(3), "n3");
+        let again = past + Duration::from_secs(20);
+        index.depart(node(3), "n3", again);
+        index.expire(past + grace);
+        assert_eq!(index.nodes(&[13; 32]), vec![node(3)]);
+        index.expire(again + grace);
+        assert_eq!(index.nodes(&[13; 32]), vec![]);
         assert_eq!(index.len(), 2);
     }
 

@@ -55,6 +55,8 @@ pub struct HubLimits {
     pub relay_wait: Duration,
     /// How often the hub measures a present node's RTT.
     pub rtt_interval: Duration,
+    /// How long a node's content index entries outlive its last presence (§3.8).
+    pub index_grace: Duration,
 }
 
 impl Default for HubLimits {
@@ -77,6 +79,7 @@ impl Default for HubLimits {
             relay_rate: 25_000_000,
             relay_wait: Duration::from_secs(10),
             rtt_interval: Duration::from_secs(60),
+            index_grace: content::DEFAULT_GRACE,
         }
     }
 }
@@ -224,7 +227,10 @@ impl Hub {
                 store: Mutex::new(store),
                 online: Mutex::default(),
                 relays: Mutex::default(),
-                content: Mutex::default(),
+                content: Mutex::new(content::Index::new(
+                    content::IndexLimits::default(),
+                    limits.index_grace,
+                )),
                 by_id: Mutex::new(Throttle::new(limits.per_id, 100_000)),
                 by_ip: Mutex::new(Throttle::new(limits.per_ip, 100_000)),
                 slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -553,7 +559,9 @@ impl Conn {
         if let Some((name, _)) = self.presence.take() {
             let mut online = lock(&self.shared.online);
             if online.get(&name).map(|o| o.conn) == Some(self.conn) {
-                online.remove(&name);
+                if let Some(o) = online.remove(&name) {
+                    lock(&self.shared.content).depart(o.id, &name, Instant::now());
+                }
                 debug!(%name, "node left");
             }
         }
@@ -683,7 +691,7 @@ impl Conn {
                 .map_err(|h| not_holder(&req.name, h))?;
             info!(name = %req.name, id = %self.client, "name released");
             drop(store);
-            lock(&self.shared.online).retain(|name, _| name != &req.name);
+            forget_presence(&self.shared, &req.name);
             return Ok(wire::RegisterResponse {
                 name: req.name,
                 id: self.client,
@@ -697,7 +705,7 @@ impl Conn {
                 .map_err(|h| not_holder(&req.name, h))?;
             info!(name = %req.name, from = %self.client, %to, "name moved");
             drop(store);
-            lock(&self.shared.online).retain(|name, _| name != &req.name);
+            forget_presence(&self.shared, &req.name);
             return Ok(wire::RegisterResponse {
                 name: req.name,
                 id: to,
@@ -791,7 +799,8 @@ impl Conn {
         // A small queue: events are rare, and a node that does not read them is dropped
         // rather than buffered for.
         let (tx, rx) = mpsc::channel(16);
-        let previous = lock(&self.shared.online).insert(
+        let mut online = lock(&self.shared.online);
+        let previous = online.insert(
             req.name.clone(),
             Online {
                 conn: self.conn,
@@ -802,6 +811,15 @@ impl Conn {
                 rtt: Duration::ZERO,
             },
         );
+        {
+            // Lock order: presences, then the index.
+            let mut index = lock(&self.shared.content);
+            if let Some(p) = &previous {
+                index.depart(p.id, &req.name, Instant::now());
+            }
+            index.arrive(self.client, &req.name);
+        }
+        drop(online);
         // Dropping the previous entry's sender ends its connection with SUPERSEDED.
         drop(previous);
         info!(name = %req.name, id = %self.client, reflected = %self.peer, "node present");
@@ -980,6 +998,14 @@ async fn recv_event(events: &mut Option<mpsc::Receiver<Event>>) -> Option<Event>
     match events {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Ends whatever presence `name` has (its name was released or moved).
+fn forget_presence(shared: &Shared, name: &str) {
+    let mut online = lock(&shared.online);
+    if let Some(o) = online.remove(name) {
+        lock(&shared.content).depart(o.id, name, Instant::now());
     }
 }
 

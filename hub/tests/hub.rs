@@ -686,3 +686,54 @@ async fn a_stalling_first_hub_hint_loses_the_race_to_the_next_one() {
     drop(silent);
     hub.stop().await;
 }
+
+/// Waits until the hub holds `n` connections (so a dropped one's presence has ended).
+async fn wait_connections(hub: &Running, n: u64) {
+    let stats = hub.stats.clone();
+    tokio::time::timeout(LONG, async move {
+        while stats.connections.load(std::sync::atomic::Ordering::Relaxed) != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the hub saw the connection close in time");
+}
+
+#[tokio::test]
+async fn a_node_that_left_is_never_listed_and_its_entries_go_after_the_grace() {
+    // (grace, whether a node back on a new connection is listed without announcing again)
+    for (grace, kept) in [(Duration::from_secs(600), true), (Duration::ZERO, false)] {
+        let mut config = config(None);
+        config.limits.index_grace = grace;
+        let hub = start_with(config).await;
+        let seed = identity(7);
+        let key = seed.id().to_string();
+        let mut other = hub.conn(&identity(8)).await;
+        let mut first = hub.conn(&seed).await;
+        first.presence(&key, vec![]).await.unwrap();
+        assert_eq!(first.announce(&[[1; 32]], false).await.unwrap(), 1);
+        let ids = |peers: Vec<ferry_hub::content::PeerEntry>| -> Vec<NodeId> {
+            peers.into_iter().map(|p| p.id).collect()
+        };
+        assert_eq!(ids(other.peers(&[1; 32]).await.unwrap()), vec![seed.id()]);
+
+        drop(first);
+        wait_connections(&hub, 1).await;
+        assert_eq!(
+            ids(other.peers(&[1; 32]).await.unwrap()),
+            vec![],
+            "grace {grace:?}"
+        );
+
+        // Back on a new connection (a new port), not announcing again.
+        let mut second = hub.conn(&seed).await;
+        second.presence(&key, vec![]).await.unwrap();
+        let listed = ids(other.peers(&[1; 32]).await.unwrap());
+        assert_eq!(
+            listed == vec![seed.id()],
+            kept,
+            "grace {grace:?}: {listed:?}"
+        );
+        hub.stop().await;
+    }
+}
