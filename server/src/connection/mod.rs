@@ -153,12 +153,10 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     let (rd, wr) = stream.split();
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
+    let link =
+        writer::Link::new(FrameWriter::new(wr, send, version).write_timeout(limits.write_timeout));
     let mut writer = tokio::spawn(
-        writer::run(
-            FrameWriter::new(wr, send, version).write_timeout(limits.write_timeout),
-            Queues::new(ctrl_rx, data_rx),
-        )
-        .in_current_span(),
+        writer::run_shared(link.clone(), Queues::new(ctrl_rx, data_rx)).in_current_span(),
     );
     let frames = FrameReader::new(rd, recv, leftover)
         .frame_read_timeout(limits.frame_read_timeout)
@@ -211,6 +209,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         data_tx,
         ctrl_tx,
         signals.kill.clone(),
+        Some(link),
     );
     let close = reader.read_loop(frames, &signals, &mut writer).await;
     let writer_done = matches!(close, Close::WriterGone);
@@ -266,7 +265,10 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     }
     // Dropping every sender lets the writer flush what is queued and shut the socket down.
     drop(reader);
-    if !writer_done {
+    if writer_done {
+        // The reader's own write failed (the writer task may still wait for its queues).
+        writer.abort();
+    } else {
         let patience = if kill_now {
             Duration::from_millis(100)
         } else {

@@ -10,7 +10,9 @@
 use ferry_protocol::conn::{Refusal, RequestTable};
 use ferry_protocol::driver::{FrameReader, ReadEnd};
 use ferry_protocol::{DecodeError, ErrorBody, ErrorCode, Frame, Message, RequestId, Service};
-use tokio::io::AsyncRead;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -20,6 +22,8 @@ use tracing::Instrument;
 use crate::config::Limits;
 use crate::service::{self, Context, Out, Request, Sink};
 use crate::shutdown::Signals;
+
+use super::writer::{self, Link};
 
 /// Why the reader stopped.
 #[derive(Debug)]
@@ -53,7 +57,7 @@ struct InFlight {
 
 /// The reader's state.
 #[derive(Debug)]
-pub(super) struct Reader {
+pub(super) struct Reader<W> {
     limits: Limits,
     /// What every request task gets.
     services: Context,
@@ -68,15 +72,19 @@ pub(super) struct Reader {
     in_flight: RequestTable<InFlight>,
     /// Tells a finished task from a newer request that reused its id after a cancel.
     next_generation: u64,
+    /// The writer, for answers the reader writes itself while the writer task is idle
+    /// (`None`: every answer is queued).
+    link: Option<Arc<Link<W>>>,
 }
 
-impl Reader {
+impl<W: AsyncWrite + Unpin + Send> Reader<W> {
     pub fn new(
         limits: Limits,
         services: Context,
         data: mpsc::Sender<Out>,
         ctrl: mpsc::Sender<Out>,
         kill: CancellationToken,
+        link: Option<Arc<Link<W>>>,
     ) -> Self {
         Self {
             limits,
@@ -87,6 +95,7 @@ impl Reader {
             tasks: JoinSet::new(),
             in_flight: RequestTable::default(),
             next_generation: 0,
+            link,
         }
     }
 
@@ -225,9 +234,37 @@ impl Reader {
         }
     }
 
-    /// Sends a reply that does not belong to a running request's stream.
+    /// Sends a reply that does not belong to a running request's stream: written at once if
+    /// the writer is idle, else through the control queue.
     async fn reply(&self, id: RequestId, message: Message) -> Option<Close> {
+        let mut frames = vec![message];
+        if let Some(close) = self.write_now(id, &mut frames).await {
+            return close;
+        }
+        let message = frames.pop()?;
         self.enqueue(&self.ctrl, (id, message)).await
+    }
+
+    /// Writes `frames` of request `id` in the reader's own task, when the writer task is idle
+    /// (nothing queued or being written, so the order on the wire is the order queued):
+    /// `Some` once written (`Some(Some(close))` if that ended the connection), `None` with
+    /// `frames` untouched when they must be queued instead. Waits while the client is slow to
+    /// read, as a full queue would make it wait (that is the backpressure), within the write
+    /// timeout.
+    async fn write_now(&self, id: RequestId, frames: &mut Vec<Message>) -> Option<Option<Close>> {
+        let link = self.link.as_ref()?;
+        let written = tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => return Some(Some(Close::Killed)),
+            written = link.write_now([&self.data, &self.ctrl], id, frames) => written?,
+        };
+        match written {
+            Ok(()) => Some(None),
+            Err(error) => {
+                writer::ended(Err(error));
+                Some(Some(Close::WriterGone))
+            }
+        }
     }
 
     /// Waits for room in a queue; the reader stalls meanwhile (that is the backpressure), but
@@ -246,7 +283,10 @@ impl Reader {
     /// Queues a request's whole answer back to back in the data queue (room for all of it is
     /// taken first, so no other frame comes between them and the writer finds them together);
     /// the reader waits for that room like any other sender.
-    async fn enqueue_burst(&self, id: RequestId, frames: Vec<Message>) -> Option<Close> {
+    async fn enqueue_burst(&self, id: RequestId, mut frames: Vec<Message>) -> Option<Close> {
+        if let Some(close) = self.write_now(id, &mut frames).await {
+            return close;
+        }
         let permits = tokio::select! {
             biased;
             _ = self.kill.cancelled() => return Some(Close::Killed),
@@ -484,12 +524,13 @@ mod tests {
         let (data_tx, mut data_rx) = mpsc::channel(16);
         let (ctrl_tx, mut ctrl_rx) = mpsc::channel(16);
         let signals = Signals::default();
-        let mut reader = Reader::new(
+        let mut reader = Reader::<tokio::io::DuplexStream>::new(
             Limits::default(),
             context(dir.path(), Principal::key_holder()),
             data_tx,
             ctrl_tx,
             signals.kill.clone(),
+            None,
         );
         let mut writer = tokio::spawn(std::future::pending::<()>());
         let (_, recv) = server.into_split();

@@ -1,9 +1,20 @@
 //! The writer task: the server's two queues as the driver's [`Outbox`]. The
 //! [`FrameWriter`] is the only holder of the socket's write half and the `SendHalf`, since
-//! sealing assigns the implicit sequence numbers (spec §5.5), so exactly one task may seal, in
-//! wire order.
+//! sealing assigns the implicit sequence numbers (spec §5.5), so only one holder of it may
+//! seal at a time, in wire order.
+//!
+//! The [`FrameWriter`] sits in a [`Link`], behind a lock that the writer task holds while it
+//! writes. The reader may take it when the writer is idle (nothing queued, nothing taken from
+//! a queue and not yet written) and write a small answer itself, in the reader's own task:
+//! waking the writer task on another worker for one `writev` costs a futex per request.
+
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use ferry_protocol::driver::{Batch, FrameWriter, Outbox, WriteError};
+use ferry_protocol::Message;
+use ferry_protocol::RequestId;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
@@ -26,6 +37,32 @@ impl Queues {
             data,
             ctrl_open: true,
             data_open: true,
+        }
+    }
+}
+
+impl Queues {
+    /// The next item, control first, as [`Outbox::recv`] but by polling, so that the caller
+    /// can mark it taken in the same step.
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        if self.ctrl_open {
+            match self.ctrl.poll_recv(cx) {
+                Poll::Ready(Some(out)) => return Poll::Ready(Some(out)),
+                Poll::Ready(None) => self.ctrl_open = false,
+                Poll::Pending => {}
+            }
+        }
+        if self.data_open {
+            match self.data.poll_recv(cx) {
+                Poll::Ready(Some(out)) => return Poll::Ready(Some(out)),
+                Poll::Ready(None) => self.data_open = false,
+                Poll::Pending => {}
+            }
+        }
+        if self.ctrl_open || self.data_open {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
         }
     }
 }
@@ -63,10 +100,105 @@ impl Outbox for Queues {
     }
 }
 
+/// The connection's [`FrameWriter`], shared by the writer task and the reader.
+pub(super) struct Link<W> {
+    /// Whether the writer task holds an item it took from a queue and has not written yet.
+    /// Set in the same step as the item is taken, so that "queues empty and not busy" means
+    /// nothing the reader or a request queued before now is still unwritten.
+    busy: Mutex<bool>,
+    writer: tokio::sync::Mutex<FrameWriter<W>>,
+}
+
+impl<W> std::fmt::Debug for Link<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Link<W> {
+    pub fn new(writer: FrameWriter<W>) -> Arc<Self> {
+        Arc::new(Self {
+            busy: Mutex::new(false),
+            writer: tokio::sync::Mutex::new(writer),
+        })
+    }
+
+    /// The writer, if nothing queued waits for it: `queues` are the senders of both queues,
+    /// checked empty under the same lock that the writer task marks an item taken. Frames
+    /// then written through it reach the wire after everything queued before this call, and
+    /// before whatever is queued after (which the writer task writes once the lock is free).
+    pub fn idle_writer(
+        &self,
+        queues: [&mpsc::Sender<Out>; 2],
+    ) -> Option<tokio::sync::MutexGuard<'_, FrameWriter<W>>> {
+        let busy = self.busy.lock().ok()?;
+        if *busy || queues.iter().any(|q| q.capacity() != q.max_capacity()) {
+            return None;
+        }
+        self.writer.try_lock().ok()
+    }
+
+    /// Writes `frames` of request `id` through an idle writer (see [`Link::idle_writer`]),
+    /// in one `writev`: `None` if the writer is not idle (queue them instead).
+    pub async fn write_now(
+        &self,
+        queues: [&mpsc::Sender<Out>; 2],
+        id: RequestId,
+        frames: &mut Vec<Message>,
+    ) -> Option<Result<(), WriteError>> {
+        let mut writer = self.idle_writer(queues)?;
+        for message in frames.drain(..) {
+            if let Err(error) = writer.batch().push(id, message) {
+                return Some(Err(error.into()));
+            }
+        }
+        Some(writer.flush().await)
+    }
+
+    /// Takes the next queued item and marks the writer busy in one step; marks it idle when
+    /// nothing is queued.
+    fn poll_take(&self, queues: &mut Queues, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let taken = queues.poll_take(cx);
+        *busy = matches!(taken, Poll::Ready(Some(_)));
+        taken
+    }
+}
+
 /// Writes what both queues carry until every sender is gone, then shuts the write half down;
-/// a client that takes nothing for the write timeout ends it early.
-pub(super) async fn run<W: AsyncWrite + Unpin>(mut writer: FrameWriter<W>, queues: Queues) {
-    match writer.run(queues).await {
+/// a client that takes nothing for the write timeout ends it early. Holds the writer only
+/// while it writes, so that the reader may write through it meanwhile.
+pub(super) async fn run_shared<W: AsyncWrite + Unpin + Send>(
+    link: Arc<Link<W>>,
+    mut queues: Queues,
+) {
+    let result = async {
+        loop {
+            let first = poll_fn(|cx| link.poll_take(&mut queues, cx)).await;
+            let mut writer = link.writer.lock().await;
+            let Some(first) = first else {
+                return writer.shutdown().await;
+            };
+            queues.encode(first, writer.batch())?;
+            while !writer.batch().is_full() {
+                let Some(next) = queues.try_recv() else {
+                    break;
+                };
+                queues.encode(next, writer.batch())?;
+            }
+            writer.flush().await?;
+        }
+    }
+    .await;
+    ended(result);
+}
+
+/// Says why a writer stopped.
+pub(super) fn ended(result: Result<(), WriteError>) {
+    match result {
         Ok(()) => {}
         Err(WriteError::Encode(error)) => tracing::warn!(%error, "cannot encode a frame; closing"),
         Err(WriteError::Io(error)) => tracing::debug!(%error, "write failed"),
@@ -113,7 +245,7 @@ mod tests {
                 .unwrap();
             drop((ctrl_tx, data_tx));
             let writer = FrameWriter::new(ours, send, 1).write_timeout(Duration::from_secs(60));
-            run(writer, Queues::new(ctrl_rx, data_rx)).await;
+            run_shared(Link::new(writer), Queues::new(ctrl_rx, data_rx)).await;
             let mut wire = Vec::new();
             theirs.read_to_end(&mut wire).await.unwrap();
             let mut wire = BytesMut::from(&wire[..]);
@@ -132,5 +264,75 @@ mod tests {
                 "encrypted: {encrypted}"
             );
         }
+    }
+
+    /// The reader writes through the writer only while it is idle: not while anything waits
+    /// in either queue, and not while the writer task holds an item it has taken but not
+    /// written (queues empty, but the item still owed to the wire first). What it writes
+    /// leaves in one write, and later queued frames follow it.
+    #[tokio::test]
+    async fn the_reader_writes_only_through_an_idle_writer() {
+        let (client, server) = Session::dangerous_pair_with_fixed_keys(true);
+        let (mut client_recv, (send, _)) = (client.into_split().1, server.into_split());
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(4);
+        let (data_tx, data_rx) = mpsc::channel(4);
+        let mut queues = Queues::new(ctrl_rx, data_rx);
+        let link = Link::new(FrameWriter::new(ours, send, 1));
+        let ping = |n: u8| Message::Ping(Bytes::from(vec![n]));
+        let now = |frames: Vec<Message>| {
+            let link = link.clone();
+            let (ctrl, data) = (ctrl_tx.clone(), data_tx.clone());
+            async move {
+                let mut frames = frames;
+                let written = link.write_now([&data, &ctrl], RequestId(1), &mut frames);
+                written.await.map(|r| r.unwrap())
+            }
+        };
+        // Idle: written at once, both frames together.
+        assert_eq!(now(vec![ping(1), ping(2)]).await, Some(()));
+        // Something queued (either queue): not idle.
+        data_tx.send((RequestId(2), ping(3))).await.unwrap();
+        assert_eq!(now(vec![ping(9)]).await, None);
+        // Taken by the writer, not yet written: still not idle.
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let taken = link.poll_take(&mut queues, &mut cx);
+        assert!(matches!(taken, Poll::Ready(Some((RequestId(2), _)))));
+        assert_eq!(now(vec![ping(9)]).await, None);
+        ctrl_tx.send((RequestId(3), ping(4))).await.unwrap();
+        // The writer task writes what it took and what is queued, then is idle again.
+        let Poll::Ready(Some(item)) = taken else {
+            unreachable!()
+        };
+        {
+            let mut writer = link.writer.lock().await;
+            queues.encode(item, writer.batch()).unwrap();
+            while let Some(next) = queues.try_recv() {
+                queues.encode(next, writer.batch()).unwrap();
+            }
+            writer.flush().await.unwrap();
+        }
+        assert!(link.poll_take(&mut queues, &mut cx).is_pending());
+        assert_eq!(now(vec![ping(5)]).await, Some(()));
+        drop((ctrl_tx, data_tx));
+        run_shared(link, queues).await;
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).await.unwrap();
+        let mut wire = BytesMut::from(&wire[..]);
+        let mut got = Vec::new();
+        while let Some(frame) = client_recv.read_frame(&mut wire).unwrap() {
+            got.push((frame.header.id.0, frame.message().unwrap()));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (1, ping(1)),
+                (1, ping(2)),
+                (2, ping(3)),
+                (3, ping(4)),
+                (1, ping(5))
+            ]
+        );
     }
 }
