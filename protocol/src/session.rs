@@ -267,6 +267,14 @@ impl SendHalf {
         self.close_soon
     }
 
+    /// Tests only: counts `blocks` as already sealed under the key, so that a connection
+    /// reaches its usage limit's close-soon point (spec §5.5) after a few records instead of
+    /// 1 TiB. Never lowers the limit itself; a connection that uses it is still safe.
+    #[doc(hidden)]
+    pub fn assume_blocks_used(&mut self, blocks: u64) {
+        self.records.set_blocks_used(blocks);
+    }
+
     /// Acts on what the record layer says about sealing `records` more records.
     #[inline]
     fn pre_seal(&mut self, records: usize) -> Result<(), Error> {

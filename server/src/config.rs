@@ -185,6 +185,11 @@ pub struct Limits {
     /// Uploads in flight on one connection; more get `BUSY`. With the 4 MiB window each may
     /// buffer, this bounds a connection's upload memory. Default 4.
     pub max_uploads_per_connection: usize,
+    /// Tests only: each connection's send direction starts as if this many AES blocks had
+    /// been sealed under its key, to reach the GCM usage limit's close-soon point (spec §5.5)
+    /// without sending 1 TiB. Default 0.
+    #[doc(hidden)]
+    pub assume_blocks_used: u64,
 }
 
 impl Default for Limits {
@@ -210,6 +215,7 @@ impl Default for Limits {
             max_upload_size: u64::MAX,
             upload_quota: u64::MAX,
             max_uploads_per_connection: 4,
+            assume_blocks_used: 0,
         }
     }
 }

@@ -379,3 +379,47 @@ fn seal_raw(
     *codec = FerryCodec::new(session);
     dst
 }
+
+/// Spec §5.5: a connection whose send key nears its GCM usage limit finishes the requests in
+/// flight, starts no more (`SHUTTING_DOWN`) and closes with a `SHUTTING_DOWN` goodbye; a new
+/// connection (new keys) continues. The test-only `assume_blocks_used` puts the close-soon
+/// point 100 blocks (1.6 KB) into each connection, so a 70,000-byte fetch crosses it midway.
+#[tokio::test]
+async fn a_connection_near_its_key_usage_limit_finishes_its_requests_then_closes() {
+    let blocks = (1u64 << 36) - ferry_protocol::crypto::CLOSE_SOON_BLOCKS - 100;
+    let server = ServerFixture::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            assume_blocks_used: blocks,
+            ..Default::default()
+        })
+    })
+    .await;
+    let want = pattern(70_000, 1);
+    for _ in 0..2 {
+        let mut client = server.client().await;
+        // In flight when the point is crossed: finished, whole and verified.
+        let fetched = client.fetch("small.bin", 0, TO_END).await.unwrap();
+        assert_eq!(fetched.data, want);
+        // Sent after its end was seen: refused, and the connection closes.
+        let id = client.id();
+        let stat = Message::StatRequest(ferry_protocol::message::StatRequest {
+            path: "small.bin".into(),
+        });
+        client.send(id, stat).await;
+        let (got, reply) = client.recv().await;
+        match reply {
+            Message::Error { body, .. } if got == id || got == RequestId::CONNECTION => {
+                assert_eq!(body.code, ErrorCode::SHUTTING_DOWN, "{body:?}");
+                assert!(body.message.contains("usage limit"), "{body:?}");
+            }
+            other => panic!("{got}: {other:?}"),
+        }
+        if got == id {
+            assert_eq!(
+                closing_code(&mut client).await,
+                Some(ErrorCode::SHUTTING_DOWN)
+            );
+        }
+    }
+    server.shutdown().await;
+}

@@ -275,6 +275,13 @@ impl RecordSealer {
         self
     }
 
+    /// Counts `blocks` as sealed under the key so far (tests of the usage limit through a
+    /// whole connection: see [`crate::SendHalf::assume_blocks_used`]).
+    #[doc(hidden)]
+    pub fn set_blocks_used(&mut self, blocks: u64) {
+        self.blocks = blocks;
+    }
+
     #[inline]
     pub fn suite(&self) -> RecordSuite {
         self.keyed.suite()

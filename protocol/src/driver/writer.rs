@@ -159,6 +159,12 @@ impl Batch {
         result
     }
 
+    /// Seals everything batched now (a flush would), so that [`SendHalf::close_soon`] says
+    /// whether these records crossed the key's close-soon point before they are written.
+    pub fn seal(&mut self) -> Result<(), Error> {
+        self.finish()
+    }
+
     /// Seals what waits and closes the batch into segments for writing.
     fn finish(&mut self) -> Result<(), Error> {
         self.seal_unsealed()?;

@@ -145,7 +145,10 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     tracing::Span::current().record("client", tracing::field::display(&principal.name));
     tracing::debug!(mode = ?session.mode(), principal = %principal.name, "session established");
     let version = session.version();
-    let (send, recv) = session.into_split();
+    let (mut send, recv) = session.into_split();
+    if limits.assume_blocks_used > 0 {
+        send.assume_blocks_used(limits.assume_blocks_used);
+    }
     let chunk = limits.chunk_size.min(send.max_payload()).max(1);
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
     // Whole chunks per read, so only a file's last frame is short.

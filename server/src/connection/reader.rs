@@ -25,6 +25,10 @@ use crate::shutdown::Signals;
 
 use super::writer::{self, Link};
 
+/// Why a connection near its key's usage limit takes no more requests and closes.
+const RETIRING: &str =
+    "this connection's key is near its usage limit (spec 5.5); continue on a new connection";
+
 /// Why the reader stopped.
 #[derive(Debug)]
 pub(super) enum Close {
@@ -99,6 +103,11 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         }
     }
 
+    /// Whether the send key is near its usage limit (spec §5.5).
+    fn closing_soon(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| link.closing_soon())
+    }
+
     /// The data queue, for the goodbye after the loop.
     pub fn data(&self) -> &mpsc::Sender<Out> {
         &self.data
@@ -120,9 +129,13 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         let mut eof = false;
         let mut last_activity = Instant::now();
         loop {
+            let retiring = self.closing_soon();
             if self.in_flight.is_empty() {
                 if eof {
                     return Close::Eof;
+                }
+                if retiring {
+                    return Close::Fatal(ErrorCode::SHUTTING_DOWN, RETIRING.into());
                 }
                 if stopping {
                     return Close::Shutdown;
@@ -414,6 +427,10 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         request: Request,
         stopping: bool,
     ) -> Option<Close> {
+        // Near the key's usage limit: no new requests, as when stopping (spec §5.5). Read
+        // now, not at the top of the loop: the writer may have crossed it since.
+        let retiring = self.closing_soon();
+        let stopping = stopping || retiring;
         // Spec §8.2's order: id 0 is fatal, then a duplicate, then (when stopping) shutting
         // down, then the in-flight limit.
         let max = self.limits.max_in_flight_per_connection;
@@ -428,6 +445,7 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
                 ErrorCode::DUPLICATE_ID,
                 format!("request id {} is already in flight", id.0),
             )),
+            _ if retiring => Some((ErrorCode::SHUTTING_DOWN, RETIRING.into())),
             _ if stopping => Some((ErrorCode::SHUTTING_DOWN, "server is shutting down".into())),
             Err(Refusal::Full { limit }) => Some((
                 ErrorCode::BUSY,

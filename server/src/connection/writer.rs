@@ -9,6 +9,7 @@
 //! waking the writer task on another worker for one `writev` costs a futex per request.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -107,6 +108,9 @@ pub(super) struct Link<W> {
     /// nothing the reader or a request queued before now is still unwritten.
     busy: Mutex<bool>,
     writer: tokio::sync::Mutex<FrameWriter<W>>,
+    /// The record layer said the key is near its usage limit (spec §5.5): the reader starts
+    /// no more requests and closes once those in flight are done.
+    closing: AtomicBool,
 }
 
 impl<W> std::fmt::Debug for Link<W> {
@@ -120,7 +124,23 @@ impl<W: AsyncWrite + Unpin + Send> Link<W> {
         Arc::new(Self {
             busy: Mutex::new(false),
             writer: tokio::sync::Mutex::new(writer),
+            closing: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the connection's send key is near its usage limit (spec §5.5).
+    pub fn closing_soon(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Writes what is batched, noting first whether sealing it crossed the key's close-soon
+    /// point: before the client can see these frames and send its next request.
+    async fn flush(&self, writer: &mut FrameWriter<W>) -> Result<(), WriteError> {
+        writer.batch().seal()?;
+        if writer.batch().send_half().close_soon() {
+            self.closing.store(true, Ordering::Release);
+        }
+        writer.flush().await
     }
 
     /// The writer, if nothing queued waits for it: `queues` are the senders of both queues,
@@ -152,7 +172,7 @@ impl<W: AsyncWrite + Unpin + Send> Link<W> {
                 return Some(Err(error.into()));
             }
         }
-        Some(writer.flush().await)
+        Some(self.flush(&mut writer).await)
     }
 
     /// Takes the next queued item and marks the writer busy in one step; marks it idle when
@@ -189,7 +209,7 @@ pub(super) async fn run_shared<W: AsyncWrite + Unpin + Send>(
                 };
                 queues.encode(next, writer.batch())?;
             }
-            writer.flush().await?;
+            link.flush(&mut writer).await?;
         }
     }
     .await;
