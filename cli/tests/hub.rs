@@ -176,8 +176,8 @@ fn a_server_whose_hints_are_all_dead_is_reached_through_the_relay_and_the_hub_se
     let root = tempfile::tempdir().unwrap();
     let content = data(300_000, 12);
     std::fs::write(root.path().join("file.bin"), &content).unwrap();
-    // The node does not punch, so the client's punch fails and the relay carries it; a short
-    // connect timeout makes the punch give up after 1 s.
+    // The node does not punch, so the client's punch cannot succeed and the relay, asked for
+    // beside it, carries the connection once the punch's grace is over.
     world.serve_punching(root.path(), &alice, "alice", Some(vec![dead_addr()]), false);
 
     let client = Env::new();
@@ -220,8 +220,12 @@ fn a_server_whose_hints_are_all_dead_is_reached_through_the_relay_and_the_hub_se
         ping.stderr.contains("asking the hub to coordinate a punch"),
         "{ping:?}"
     );
-    assert!(ping.stderr.contains("no punched path"), "{ping:?}");
     assert!(ping.stderr.contains("asking the hub to relay"), "{ping:?}");
+    assert!(
+        ping.stderr
+            .contains("relayed path; the punch goes on beside it"),
+        "{ping:?}"
+    );
 }
 
 #[test]
@@ -436,6 +440,175 @@ fn a_relayed_session_moves_to_a_punched_path_without_breaking_the_fetch_in_fligh
     drop(fetch);
     drop(relayed_client);
     drop(session);
+}
+
+/// Registers `name` for `identity` at the world's hub, through the library.
+fn register_as(world: &World, identity: &Identity, name: &str) {
+    let (hub, hub_id) = (world.hub, world.hub_id);
+    world.runtime.block_on(async {
+        let mut conn = HubConn::connect_addr(hub, Some(hub_id), identity)
+            .await
+            .unwrap();
+        conn.register(name, None).await.unwrap();
+    });
+}
+
+#[test]
+fn a_node_that_never_answers_the_punch_is_relayed_long_before_the_punch_gives_up() {
+    use ferry_client::client::hub::{NamedOptions, NamedSession, Route};
+    use ferry_client::{ClientConfig, FerryUrl};
+
+    let mut world = World::new();
+    let alice = Identity::from_secret([33; 32]);
+    register_as(&world, &alice, "alice");
+    let root = tempfile::tempdir().unwrap();
+    let content = data(200_000, 15);
+    std::fs::write(root.path().join("file.bin"), &content).unwrap();
+    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+    // Alice never answers a punch, and the client's punch may run a minute: a client that
+    // waits for the punch to fail before it relays cannot connect within the 20 s below.
+    let presence = world.keep.last().unwrap();
+    let presence = presence.downcast_ref::<ferry_hub::Presence>().unwrap();
+    presence.pause_punching(true);
+
+    let url: FerryUrl = world.url("alice", "").parse().unwrap();
+    let config = ClientConfig::new(Key::generate())
+        .identity(Identity::from_secret([34; 32]))
+        .server_id(world.hub_id);
+    let options = NamedOptions {
+        punch_budget: Some(Duration::from_secs(60)),
+        upgrade_backoff: (Duration::from_secs(60), Duration::from_secs(60)),
+        ..NamedOptions::default()
+    };
+    let session = world
+        .runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                NamedSession::connect(&url, config, options),
+            )
+            .await
+        })
+        .expect("connected within 20 s, while the punch still had most of its minute")
+        .unwrap();
+    assert_eq!(session.route(), Route::Relayed);
+    let (_, got) = world
+        .runtime
+        .block_on(session.client().fetch_all("file.bin"))
+        .unwrap();
+    assert!(got == content, "the relayed fetch is byte-identical");
+    assert!(world.relayed().len() > content.len());
+    drop(session);
+}
+
+#[test]
+fn a_punch_under_way_is_not_beaten_by_a_relay_that_is_ready_first() {
+    use ferry_client::client::hub::{NamedOptions, NamedSession, Route};
+    use ferry_client::{ClientConfig, FerryUrl};
+
+    let mut world = World::new();
+    let alice = Identity::from_secret([35; 32]);
+    register_as(&world, &alice, "alice");
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("a.txt"), b"punched").unwrap();
+    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+
+    let url: FerryUrl = world.url("alice", "").parse().unwrap();
+    let config = ClientConfig::new(Key::generate())
+        .identity(Identity::from_secret([36; 32]))
+        .server_id(world.hub_id);
+    // On 127.0.0.1 the relay is up within milliseconds, before the punch's start time; a
+    // grace longer than any punch here takes timing out of the outcome.
+    let options = NamedOptions {
+        relay_grace: Duration::from_secs(20),
+        punch_budget: Some(Duration::from_secs(10)),
+        ..NamedOptions::default()
+    };
+    let session = world
+        .runtime
+        .block_on(NamedSession::connect(&url, config, options))
+        .unwrap();
+    assert!(
+        matches!(session.route(), Route::PunchedTcp | Route::PunchedQuic),
+        "{}",
+        session.route()
+    );
+    let (_, got) = world
+        .runtime
+        .block_on(session.client().fetch_all("a.txt"))
+        .unwrap();
+    assert_eq!(got, b"punched");
+    drop(session);
+}
+
+#[test]
+fn a_relayed_get_moves_to_the_punched_path_mid_file_and_is_byte_identical() {
+    // 1 MB/s through the relay: the 8 MiB file cannot finish there in the ~2 s the session
+    // takes to punch once alice answers again.
+    let limits = HubLimits {
+        relay_rate: 1_000_000,
+        ..HubLimits::default()
+    };
+    let mut world = World::with_limits(limits);
+    let alice_env = Env::new();
+    let alice = register(&world, &alice_env, "alice");
+    let root = tempfile::tempdir().unwrap();
+    let content = data(8 << 20, 16);
+    std::fs::write(root.path().join("big.bin"), &content).unwrap();
+    world.serve(root.path(), &alice, "alice", Some(vec![dead_addr()]));
+    let mut tap = world.tap.take().unwrap();
+    let mut drain = move || {
+        let mut n = 0;
+        while let Ok(chunk) = tap.try_recv() {
+            n += chunk.len();
+        }
+        n
+    };
+    let presence = world.keep.last().unwrap();
+    let presence = presence.downcast_ref::<ferry_hub::Presence>().unwrap();
+    presence.pause_punching(true);
+
+    let client = Env::new();
+    let out = client.home.path().join("got.bin");
+    let child = client
+        .command()
+        .args(["-v", "get", &world.url("alice", "big.bin")])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the file is coming through the relay, alice answers punches again.
+    let mut relayed = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while relayed < 256 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "nothing relayed");
+        std::thread::sleep(Duration::from_millis(20));
+        relayed += drain();
+    }
+    presence.pause_punching(false);
+    let run = common::Run::from(child.wait_with_output().unwrap());
+    run.ok();
+    relayed += drain();
+    assert!(std::fs::read(&out).unwrap() == content, "byte-identical");
+    let moved = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("moved from the relayed path to the punched"))
+        .unwrap_or_else(|| panic!("the get never moved: {run:?}"));
+    let at: u64 = moved
+        .split("at byte ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte offset in {moved:?}"));
+    assert!(0 < at && at < content.len() as u64, "moved at byte {at}");
+    // The relay carried the file up to the move and what was in flight, never the rest.
+    assert!(
+        (relayed as u64) < at + (2 << 20),
+        "{relayed} bytes relayed for a move at byte {at}"
+    );
+    assert!(run.stderr.contains("resuming"), "{run:?}");
 }
 
 /// The NAT lab through the real binaries (benches/nat/fullstack.sh): a punch where the NATs

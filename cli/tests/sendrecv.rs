@@ -32,15 +32,20 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_limits(ferry_hub::HubLimits::default())
+    }
+
+    fn with_limits(limits: ferry_hub::HubLimits) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = HubConfig::new(
+        let mut config = HubConfig::new(
             Identity::from_secret([210; 32]),
             "127.0.0.1:0".parse().unwrap(),
         );
+        config.limits = limits;
         let hub = runtime.block_on(Hub::bind(config)).unwrap();
         let addr = hub.local_addr().unwrap();
         let hub_id = hub.id();
@@ -387,6 +392,7 @@ fn hostile_names_are_refused_and_only_accepted_items_may_be_uploaded() {
                 item("mine.txt"),
                 item("ok.txt"),
             ],
+            set: None,
         };
         let answer = client.offer(offer, DEADLINE).await.unwrap();
         assert_eq!(
@@ -649,4 +655,143 @@ async fn lying_hub(identity: Identity, claims: NodeId, to: SocketAddr) -> Socket
         }
     });
     addr
+}
+
+/// A receiver in this process (so that its punching can be paused), present at the hub as
+/// `name` with a dead hint: it takes every offer and reports what it was offered and stored.
+struct InProcess {
+    presence: ferry_hub::Presence,
+    events: mpsc::Receiver<String>,
+}
+
+fn receive_in_process(world: &World, name: &str, dir: &Path) -> InProcess {
+    use ferry_server::receive::{Event, Receiver};
+    let identity = Identity::from_secret([211; 32]);
+    let (hub, hub_id) = (world.hub, world.hub_id);
+    let runtime = &world._runtime;
+    runtime.block_on(async {
+        let mut conn = ferry_hub::HubConn::connect_addr(hub, Some(hub_id), &identity)
+            .await
+            .unwrap();
+        conn.register(name, None).await.unwrap();
+    });
+    let (receiver, mut events) =
+        Receiver::open(dir, identity.clone(), ferry_server::Limits::default()).unwrap();
+    let receiver = std::sync::Arc::new(receiver);
+    let hints = vec![ferry_common::url::Hint {
+        host: "127.0.0.1".into(),
+        port: hub.port(),
+    }];
+    let mut config = ferry_hub::PresenceConfig::new(hints, Some(hub_id), identity, name.into());
+    // Nothing listens there: only a punch or the relay reaches this receiver.
+    config.addrs = vec![TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()];
+    let _guard = runtime.enter();
+    let (mut acceptor, presence) = ferry_hub::spawn_presence(config);
+    presence.pause_punching(true);
+    runtime.spawn(async move {
+        use ferry_protocol::transport::Acceptor;
+        while let Ok((stream, from)) = acceptor.accept().await {
+            let receiver = receiver.clone();
+            tokio::spawn(async move { receiver.serve(stream, from).await });
+        }
+    });
+    let (tx, seen) = mpsc::channel();
+    runtime.spawn(async move {
+        while let Some(event) = events.recv().await {
+            let line = match event {
+                Event::Offer(offer) => {
+                    let line = format!("offer of {} items", offer.items.len());
+                    offer.accept();
+                    line
+                }
+                Event::Stored(stored) => format!("stored {}", stored.item.path),
+                Event::Ended(_) => "ended".to_owned(),
+            };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    runtime.block_on(async {
+        let asker = Identity::from_secret([212; 32]);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let mut conn = ferry_hub::HubConn::connect_addr(hub, Some(hub_id), &asker)
+                .await
+                .unwrap();
+            if conn.resolve(name).await.map(|r| r.online).unwrap_or(false) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    InProcess {
+        presence,
+        events: seen,
+    }
+}
+
+#[test]
+fn a_relayed_send_moves_to_the_punched_path_mid_file_and_is_byte_identical() {
+    // 1 MB/s through the relay: the 8 MiB file cannot finish there in the ~2 s the sender's
+    // session takes to punch once the receiver answers again.
+    let limits = ferry_hub::HubLimits {
+        relay_rate: 1_000_000,
+        ..ferry_hub::HubLimits::default()
+    };
+    let mut world = World::with_limits(limits);
+    let inbox = tempfile::tempdir().unwrap();
+    let carol = receive_in_process(&world, "carol", inbox.path());
+
+    let bob = Env::new();
+    let content = data(8 << 20, 31);
+    let file = bob.home.path().join("big.bin");
+    std::fs::write(&file, &content).unwrap();
+    let child = bob
+        .command()
+        .args(["-v", "send", file.to_str().unwrap(), &world.at("carol")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the file is going through the relay, the receiver answers punches again.
+    let mut relayed = 0;
+    assert!(
+        wait_for(DEADLINE, || {
+            relayed += world.relayed().len();
+            relayed > 256 * 1024
+        }),
+        "nothing relayed"
+    );
+    carol.presence.pause_punching(false);
+    let run = Run::from(child.wait_with_output().unwrap());
+    run.ok();
+    relayed += world.relayed().len();
+    assert!(
+        std::fs::read(inbox.path().join("big.bin")).unwrap() == content,
+        "byte-identical"
+    );
+    assert!(
+        run.stderr
+            .contains("moved from the relayed path to the punched"),
+        "{run:?}"
+    );
+    // The receiver was offered the file twice (once per path) and stored it once.
+    let mut seen = Vec::new();
+    while let Ok(line) = carol.events.recv_timeout(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    let offers = seen.iter().filter(|l| l.starts_with("offer")).count();
+    let stored = seen.iter().filter(|l| l.starts_with("stored")).count();
+    assert_eq!((offers, stored), (2, 1), "{seen:?}");
+    // The relay carried part of the file, never all of it: the rest went punched.
+    assert!(
+        relayed < content.len(),
+        "{relayed} bytes relayed for a {} byte file",
+        content.len()
+    );
 }

@@ -1,21 +1,26 @@
 //! `ferry get URL [DEST] [-r] [--resume | --no-resume] [-j N] [--force]`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use super::Context;
+use super::{register, Context};
 use crate::cli::GetArgs;
 use crate::progress::{self, Progress};
+use ferry_client::client::hub::NamedSession;
 use ferry_client::error::ClientError;
 use ferry_client::transfer::{
     self, cancel_pair, part_path, remote_name, Cancel, Downloaded, GetOptions, TreeReport,
 };
+use ferry_client::Client;
+use ferry_common::FerryUrl;
 
 pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
     let (urls, dest) = args.targets().map_err(ClientError::Usage)?;
     if urls.len() > 1 {
         return run_many(ctx, &args, urls, dest).await;
     }
-    let client = ctx.connect(&args.url).await?;
+    let (client, session) = open(ctx, &args.url).await?;
     let options = get_options(&args);
     let progress = ctx.progress();
     let (watcher, cancel) = cancel_on_ctrl_c();
@@ -36,7 +41,13 @@ pub async fn run(ctx: &Context, args: GetArgs) -> Result<(), ClientError> {
             .map(|done| ctx.note(&file_summary(&done)))
     } else {
         match transfer::resolve_dest(path, args.dest().as_deref()) {
-            Ok(dest) => fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await,
+            Ok(dest) => {
+                let on = On {
+                    client: &client,
+                    session: session.as_ref(),
+                };
+                fetch_one(ctx, on, path, &dest, &options, &progress, &cancel).await
+            }
             Err(e) => Err(e),
         }
     };
@@ -98,16 +109,20 @@ async fn run_many(
     let mut failed: Vec<(String, ClientError)> = Vec::new();
     for url in &urls {
         let path = &url.path;
-        let result = match ctx.connect(url).await {
-            Ok(client) if args.recursive => {
+        let result = match open(ctx, url).await {
+            Ok((client, _)) if args.recursive => {
                 let tree = dir.join(remote_name(path).unwrap_or(url.host.as_str()));
                 transfer::download_tree(&client, path, &tree, &options, &progress, &cancel)
                     .await
                     .and_then(|report| tree_summary(ctx, &progress, &tree, report))
             }
-            Ok(client) => match transfer::resolve_dest(path, Some(&dir.join(""))) {
+            Ok((client, session)) => match transfer::resolve_dest(path, Some(&dir.join(""))) {
                 Ok(dest) => {
-                    fetch_one(ctx, &client, path, &dest, &options, &progress, &cancel).await
+                    let on = On {
+                        client: &client,
+                        session: session.as_ref(),
+                    };
+                    fetch_one(ctx, on, path, &dest, &options, &progress, &cancel).await
                 }
                 Err(e) => Err(e),
             },
@@ -142,16 +157,44 @@ async fn run_many(
     }
 }
 
+/// Connects to `url`: a named node (`ferry://NAME@HUB/`) through a [`NamedSession`], which
+/// moves from the relay to a punched path when one appears; any other address plainly.
+async fn open(
+    ctx: &Context,
+    url: &FerryUrl,
+) -> Result<(Client, Option<NamedSession>), ClientError> {
+    if url.name.is_none() {
+        return Ok((ctx.connect(url).await?, None));
+    }
+    let session = NamedSession::new(register::connect_named(ctx, url).await?);
+    Ok((session.client(), Some(session)))
+}
+
+/// Where a file is fetched from: the connection, and the session it came from when the node
+/// was named at a hub.
+#[derive(Clone, Copy)]
+struct On<'a> {
+    client: &'a Client,
+    session: Option<&'a NamedSession>,
+}
+
 async fn fetch_one(
     ctx: &Context,
-    client: &ferry_client::Client,
+    on: On<'_>,
     path: &str,
     dest: &std::path::Path,
     options: &GetOptions,
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<(), ClientError> {
-    match transfer::download_file(client, path, dest, options, progress, cancel).await {
+    let result = match on.session {
+        // Without resume the rest could not continue from the byte reached: stay on the path.
+        Some(session) if options.resume => {
+            fetch_moving(ctx, session, path, dest, options, progress, cancel).await
+        }
+        _ => transfer::download_file(on.client, path, dest, options, progress, cancel).await,
+    };
+    match result {
         Ok(done) => {
             ctx.note(&file_summary(&done));
             Ok(())
@@ -168,6 +211,60 @@ async fn fetch_one(
                 ));
             }
             Err(e)
+        }
+    }
+}
+
+/// [`transfer::download_file`] over a [`NamedSession`], in legs: each runs on the session's
+/// path of the moment, and when the session moves (relay to punched, HUB.md §4.3) the leg is
+/// stopped as Ctrl-C would stop it (what arrived is flushed and recorded in the partial file)
+/// and the next leg resumes from the byte reached on the new path. Nothing is fetched twice but
+/// what was in flight on the old path; the whole file's digest is still checked at the end.
+async fn fetch_moving(
+    ctx: &Context,
+    session: &NamedSession,
+    path: &str,
+    dest: &std::path::Path,
+    options: &GetOptions,
+    progress: &Progress,
+    cancel: &Cancel,
+) -> Result<Downloaded, ClientError> {
+    let started = std::time::Instant::now();
+    loop {
+        let route = session.route();
+        let (stop, leg) = cancel_pair();
+        let moved = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let mut user = cancel.clone();
+            let mut routes = session.routes();
+            let moved = moved.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = user.cancelled() => {}
+                    Ok(_) = routes.wait_for(|r| *r != route) => moved.store(true, Ordering::SeqCst),
+                }
+                stop.cancel();
+            })
+        };
+        let client = session.client();
+        let result = transfer::download_file(&client, path, dest, options, progress, &leg).await;
+        watcher.abort();
+        match result {
+            Err(ClientError::Interrupted)
+                if moved.load(Ordering::SeqCst) && !cancel.is_cancelled() =>
+            {
+                progress.clear();
+                let reached = std::fs::metadata(part_path(dest)).map_or(0, |m| m.len());
+                ctx.note(&format!(
+                    "ferry: {path}: moved from the {route} path to the {} one at byte {reached}; the rest continues there",
+                    session.route()
+                ));
+            }
+            Ok(mut done) => {
+                done.elapsed = started.elapsed();
+                return Ok(done);
+            }
+            Err(e) => return Err(e),
         }
     }
 }

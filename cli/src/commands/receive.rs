@@ -19,7 +19,7 @@ use ferry_client::error::ClientError;
 use ferry_common::url::FerryUrl;
 use ferry_hub::{HubConn, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
-use ferry_protocol::message::OfferResponse;
+use ferry_protocol::message::{OfferItem, OfferResponse};
 use ferry_protocol::transport::Acceptor;
 use ferry_server::receive::{Event, Offer, Receiver};
 
@@ -107,6 +107,9 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
     ctx.note("ferry: waiting for an offer (Ctrl-C to stop)");
 
     let authorised = authorised_ids();
+    // Items accepted in this run, per sender: a sender whose connection moved (relay to
+    // punched) offers the rest again, and is not asked about twice (spec §3.13).
+    let mut taken = HashSet::new();
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
@@ -116,7 +119,7 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
             return Err(ClientError::Local("the receiver stopped".into()));
         };
         match event {
-            Event::Offer(offer) => decide(ctx, offer, from, &authorised, &out).await,
+            Event::Offer(offer) => decide(ctx, offer, from, &authorised, &mut taken, &out).await,
             Event::Stored(stored) => {
                 let item = &stored.item;
                 let kind = if item.is_directory() {
@@ -168,11 +171,18 @@ async fn decide(
     offer: Offer,
     from: Option<NodeId>,
     authorised: &HashSet<NodeId>,
+    taken: &mut HashSet<Taken>,
     out: &str,
 ) {
     let sender = offer.sender;
     let summary = describe(&offer);
+    let again = !offer.items.is_empty()
+        && offer
+            .items
+            .iter()
+            .all(|item| taken.contains(&taken_key(sender, item)));
     let why_not = match from {
+        _ if again => None,
         Some(expected) if expected == sender => None,
         Some(expected) => Some(format!(
             "this receiver takes offers from {expected} only"
@@ -196,8 +206,12 @@ async fn decide(
     };
     match why_not {
         None => {
-            let asked = from.is_none() && !authorised.contains(&sender);
-            if !asked {
+            let asked = from.is_none() && !authorised.contains(&sender) && !again;
+            if again {
+                ctx.note(&format!(
+                    "ferry: accepted automatically from {sender}, who offers again what was accepted before: {summary}"
+                ));
+            } else if !asked {
                 ctx.note(&format!(
                     "ferry: accepted automatically from {sender}: {summary}"
                 ));
@@ -211,6 +225,7 @@ async fn decide(
                     ));
                 }
             }
+            taken.extend(offer.items.iter().map(|item| taken_key(sender, item)));
             offer.accept();
         }
         Some(why) => {
@@ -218,6 +233,21 @@ async fn decide(
             offer.decline(why);
         }
     }
+}
+
+/// An item accepted from a sender: who, and the item as offered (path, size, mode, flags,
+/// digest).
+type Taken = (NodeId, String, u64, u32, u8, [u8; 32]);
+
+fn taken_key(sender: NodeId, item: &OfferItem) -> Taken {
+    (
+        sender,
+        item.path.clone(),
+        item.size,
+        item.mode,
+        item.flags,
+        item.digest,
+    )
 }
 
 /// `3 files (64.0 MiB): a.bin, b.bin, c.txt`.

@@ -5,6 +5,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,6 +15,7 @@ use super::put::file_summary;
 use super::{register, Context};
 use crate::cli::SendArgs;
 use crate::progress::Progress;
+use ferry_client::client::hub::NamedSession;
 use ferry_client::client::Client;
 use ferry_client::error::ClientError;
 use ferry_client::transfer::{self, cancel_pair, Cancel, PutOptions, Uploaded};
@@ -84,9 +87,10 @@ async fn send(
         Some(name) => name.clone(),
         None => target.authority(),
     };
-    let client = cancel.guard(connect(ctx, target)).await?;
+    let (client, session) = cancel.guard(connect(ctx, target)).await?;
     let request = OfferRequest {
         items: locals.iter().map(|l| l.item.clone()).collect(),
+        set: None,
     };
     let bytes: u64 = request.items.iter().map(|i| i.size).sum();
     ctx.note(&format!(
@@ -118,7 +122,22 @@ async fn send(
             code => refused.push((local.item.path, code)),
         }
     }
-    let result = upload(&client, &wanted, args.jobs, &progress, cancel).await;
+    let result = match &session {
+        Some(session) => {
+            let moving = Moving {
+                ctx,
+                session,
+                who: &who,
+                jobs: args.jobs,
+                progress: &progress,
+            };
+            moving.upload(client, wanted, cancel).await
+        }
+        None => {
+            let (done, failed) = upload(&client, &wanted, args.jobs, &progress, cancel).await;
+            failed.map_or(Ok(done), Err)
+        }
+    };
     progress.clear();
     let sent = result?;
     for done in &sent {
@@ -147,28 +166,136 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-/// Connects requiring the receiver's id: the one the hub resolves, or the one in the address.
-async fn connect(ctx: &Context, target: &FerryUrl) -> Result<Client, ClientError> {
+/// Connects requiring the receiver's id: the one the hub resolves (through a
+/// [`NamedSession`], which moves from the relay to a punched path when one appears), or the
+/// one in the address.
+async fn connect(
+    ctx: &Context,
+    target: &FerryUrl,
+) -> Result<(Client, Option<NamedSession>), ClientError> {
     if target.name.is_some() {
         let named = register::connect_named(ctx, target).await?;
         tracing::info!(route = %named.route, node = %named.node, "connected to the receiver");
-        return Ok(named.connected.client);
+        let session = NamedSession::new(named);
+        return Ok((session.client(), Some(session)));
     }
-    ctx.connect(target).await
+    Ok((ctx.connect(target).await?, None))
+}
+
+/// Uploads over a [`NamedSession`] that may move (relay to punched, HUB.md §4.1): the
+/// uploads run on the path of the moment, and when the session moves they are stopped as
+/// Ctrl-C would stop them, the old connection is closed (the receiver then keeps the partials
+/// and waits for this sender, as after a broken connection), the items not yet stored are
+/// offered again on the new path (a receiver takes them without asking again, §3.13), and
+/// their uploads resume there from the bytes the receiver holds, checked end to end as ever.
+struct Moving<'a> {
+    ctx: &'a Context,
+    session: &'a NamedSession,
+    who: &'a str,
+    jobs: u16,
+    progress: &'a Progress,
+}
+
+impl Moving<'_> {
+    async fn upload(
+        &self,
+        first: Client,
+        wanted: Vec<Local>,
+        cancel: &Cancel,
+    ) -> Result<Vec<Uploaded>, ClientError> {
+        let mut client = first;
+        let mut left = wanted;
+        let mut sent = Vec::new();
+        loop {
+            let route = self.session.route();
+            let (stop, leg) = cancel_pair();
+            let moved = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let mut user = cancel.clone();
+                let mut routes = self.session.routes();
+                let moved = moved.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = user.cancelled() => {}
+                        Ok(_) = routes.wait_for(|r| *r != route) => moved.store(true, Ordering::SeqCst),
+                    }
+                    stop.cancel();
+                })
+            };
+            let (done, failed) = upload(&client, &left, self.jobs, self.progress, &leg).await;
+            watcher.abort();
+            let stored: Vec<String> = done.iter().map(|d| d.remote.clone()).collect();
+            sent.extend(done);
+            let moving = moved.load(Ordering::SeqCst) && !cancel.is_cancelled();
+            match failed {
+                None => {
+                    sent.sort_by(|a, b| a.remote.cmp(&b.remote));
+                    return Ok(sent);
+                }
+                Some(e) if !moving || !is_interrupted(&e) => return Err(e),
+                Some(_) => {}
+            }
+            // Directories were made on the old path; only files are left to send.
+            left.retain(|l| !l.item.is_directory() && !stored.contains(&l.item.path));
+            self.progress.clear();
+            let to = self.session.route();
+            self.ctx.note(&format!(
+                "ferry: moved from the {route} path to the {to} one with {} left to send; offering them again there",
+                plural(left.len(), "item")
+            ));
+            drop(client);
+            client = self.session.client();
+            let request = OfferRequest {
+                items: left.iter().map(|l| l.item.clone()).collect(),
+                set: None,
+            };
+            let answer = cancel.guard(client.offer(request, ANSWER_WAIT)).await?;
+            let mut again = Vec::new();
+            for (local, code) in left.into_iter().zip(answer.codes) {
+                match code {
+                    OfferResponse::ACCEPTED => again.push(local),
+                    // Stored by the old connection after all.
+                    ErrorCode::ALREADY_HAVE => {}
+                    code => {
+                        return Err(ClientError::Local(format!(
+                            "{} refused {} when it was offered again on the new path: {} ({code})",
+                            self.who,
+                            local.item.path,
+                            code.description()
+                        )))
+                    }
+                }
+            }
+            left = again;
+        }
+    }
+}
+
+/// A stop asked for by the leg's cancel, as `upload` reports it (the error may name its item).
+fn is_interrupted(error: &ClientError) -> bool {
+    match error {
+        ClientError::Interrupted => true,
+        ClientError::About { source, .. } => is_interrupted(source),
+        _ => false,
+    }
 }
 
 /// Uploads the accepted items, `jobs` at a time; directories first (their files need them).
+/// Returns what was stored, and the first failure, after which nothing more starts.
 async fn upload(
     client: &Client,
     wanted: &[Local],
     jobs: u16,
     progress: &Progress,
     cancel: &Cancel,
-) -> Result<Vec<Uploaded>, ClientError> {
+) -> (Vec<Uploaded>, Option<ClientError>) {
     for dir in wanted.iter().filter(|l| l.item.is_directory()) {
-        cancel
+        if let Err(e) = cancel
             .guard(client.make_dir(&dir.item.path, dir.item.mode, true))
-            .await?;
+            .await
+        {
+            return (Vec::new(), Some(e));
+        }
     }
     // Never -f: a receiver overwrites nothing (spec §3.13).
     let options = PutOptions {
@@ -192,10 +319,13 @@ async fn upload(
     .buffer_unordered(usize::from(jobs.max(1)));
     let mut done = Vec::new();
     while let Some(result) = results.next().await {
-        done.push(result?);
+        match result {
+            Ok(uploaded) => done.push(uploaded),
+            Err(e) => return (done, Some(e)),
+        }
     }
     done.sort_by(|a, b| a.remote.cmp(&b.remote));
-    Ok(done)
+    (done, None)
 }
 
 /// Everything offered: each file under its own name, each tree (with -r) under its
