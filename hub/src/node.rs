@@ -370,54 +370,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The listener's side of a punch (the node is the Ferry server): TCP simultaneous open and
-/// QUIC at once; every connection either produces goes to the server like a relayed one. The
-/// client keeps only one of them and closes the other, which then ends at its handshake.
+/// The listener's side of a punch (the node is the Ferry server): [`punch::listen`] keeps the
+/// one path the client speaks on and closes the other transport's punch at once; that path
+/// goes to the server like a relayed connection.
 async fn listen_punch(
     punch: Punch,
     local_tcp: SocketAddr,
     quic: Option<QuicEndpoint>,
     relays: mpsc::Sender<(BoxedStream, SocketAddr)>,
 ) {
-    let start = tokio::time::Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
-    let deadline = start + PUNCH_BUDGET;
     let peer = punch.peer;
-    let tcp = async {
-        let Some(remote) = punch::tcp_target(&punch) else {
-            return;
-        };
-        match ferry_traversal::tcp::simultaneous_open_as(
-            local_tcp,
-            remote,
-            start,
-            deadline,
-            ferry_traversal::Role::Listener,
-        )
-        .await
-        {
-            Ok(stream) => {
-                info!(%peer, %remote, "punched (tcp)");
-                let _ = relays.send((Box::new(stream), remote)).await;
-            }
-            Err(e) => debug!(%peer, "tcp punch: {e}"),
+    match punch::listen(&punch, local_tcp, quic.as_ref(), PUNCH_BUDGET).await {
+        Ok(punched) => {
+            info!(%peer, remote = %punched.remote, "{}", punched.path);
+            let _ = relays.send((punched.stream, punched.remote)).await;
         }
-    };
-    let udp = async {
-        let (Some(endpoint), Some(&remote)) = (quic.as_ref(), punch.udp.first()) else {
-            return;
-        };
-        match endpoint
-            .punch_and_connect(remote, ferry_traversal::Role::Listener, start, deadline)
-            .await
-        {
-            Ok(stream) => {
-                info!(%peer, %remote, "punched (quic)");
-                let _ = relays.send((Box::new(stream), remote)).await;
-            }
-            Err(e) => debug!(%peer, "quic punch: {e}"),
-        }
-    };
-    tokio::join!(tcp, udp);
+        Err(e) => debug!(%peer, "punch: {e}"),
+    }
 }
 
 async fn open_relay(

@@ -144,6 +144,65 @@ pub async fn dial(
     first_ok(tcp, quic).await
 }
 
+/// The listener's side of a punch (the node): TCP simultaneous open and QUIC towards the
+/// dialer, both starting `punch.delay_ms` from now, each keeping only what the dialer speaks
+/// on (the dialer keeps one path and its first bytes go there, PROTOCOL.md §14.3-14.4). The
+/// first such path settles the punch: the other side is dropped at once, which closes the TCP
+/// punch listener and stops the QUIC accept, so nothing else reaches the node through them
+/// for the rest of `budget`.
+pub async fn listen(
+    punch: &Punch,
+    local_tcp: SocketAddr,
+    quic: Option<&QuicEndpoint>,
+    budget: Duration,
+) -> io::Result<Punched> {
+    let start = Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
+    let deadline = start + budget;
+    let tcp = async {
+        let Some(remote) = tcp_target(punch) else {
+            return Err(io::Error::other(
+                "the punch names no TCP address of the peer",
+            ));
+        };
+        debug!(%local_tcp, %remote, "punch: tcp simultaneous open (listener)");
+        // Returns only a connection the dialer's first bytes arrived on.
+        let stream =
+            tcp::simultaneous_open_as(local_tcp, remote, start, deadline, Role::Listener).await?;
+        Ok(Punched {
+            stream: Box::new(stream),
+            path: Path::PunchedTcp,
+            remote,
+        })
+    };
+    let quic = async {
+        let (Some(endpoint), Some(&remote)) = (quic, punch.udp.first()) else {
+            return Err(io::Error::other(
+                "no quic punch: one side has no UDP address at the hub",
+            ));
+        };
+        debug!(%remote, "punch: quic (listener)");
+        let mut stream = endpoint
+            .punch_and_connect(remote, Role::Listener, start, deadline)
+            .await?;
+        // The handshake completes for a connection the dialer then drops for TCP: only its
+        // opening the stream (with its first bytes) says the dialer kept this one.
+        tokio::time::timeout_at(deadline, stream.wait_open())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the quic connection from {remote} opened no stream before the punch's deadline"),
+                )
+            })??;
+        Ok(Punched {
+            stream: Box::new(stream),
+            path: Path::PunchedQuic,
+            remote,
+        })
+    };
+    first_ok(tcp, quic).await
+}
+
 /// Returns the first of two attempts to succeed, or both errors when both fail.
 async fn first_ok<A, B>(a: A, b: B) -> io::Result<Punched>
 where
@@ -169,5 +228,76 @@ where
                 format!("the punch failed: tcp: {a}; quic: {b}"),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::identity::Identity;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    /// The dialer keeps QUIC (it has no TCP address to punch), so the listener's TCP side
+    /// must close the moment the QUIC stream opens, not at the punch's deadline: a second
+    /// connection to the node's port in that window would otherwise be taken for the punch.
+    #[tokio::test]
+    async fn the_listener_closes_its_tcp_side_as_soon_as_the_dialer_keeps_quic() {
+        let peer = Identity::from_secret([9; 32]).id();
+        let dialer_udp = QuicEndpoint::bind(loopback()).unwrap();
+        let listener_udp = QuicEndpoint::bind(loopback()).unwrap();
+        // The node's TCP port, held (bound, not listening) the way its hub connection holds it.
+        let held = tcp::reusable_socket(loopback()).unwrap();
+        let node_tcp = held.local_addr().unwrap();
+        // Where the listener's own SYNs go: nothing listens there.
+        let nowhere = std::net::TcpListener::bind(loopback())
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let to_listener = Punch {
+            peer,
+            delay_ms: 0,
+            role: PunchRole::Listen,
+            addrs: vec![nowhere],
+            udp: vec![dialer_udp.local_addr().unwrap()],
+        };
+        let to_dialer = Punch {
+            role: PunchRole::Dial,
+            addrs: vec![],
+            udp: vec![listener_udp.local_addr().unwrap()],
+            ..to_listener.clone()
+        };
+        let budget = Duration::from_secs(20);
+        let dialing = async {
+            let mut punched = dial(&to_dialer, nowhere, Some(&dialer_udp), budget)
+                .await
+                .unwrap();
+            // The dialer speaks first on the path it kept.
+            punched.stream.write_all(b"x").await.unwrap();
+            punched
+        };
+        let (listened, dialed) = tokio::join!(
+            listen(&to_listener, node_tcp, Some(&listener_udp), budget),
+            dialing
+        );
+        let mut listened = listened.unwrap();
+        assert_eq!(
+            (listened.path, dialed.path),
+            (Path::PunchedQuic, Path::PunchedQuic)
+        );
+        let mut first = [0u8; 1];
+        listened.stream.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"x", "the dialer's first byte is still there");
+
+        // Settled: the node's port no longer accepts anything.
+        let second = tokio::net::TcpStream::connect(node_tcp).await;
+        assert!(
+            second.is_err(),
+            "a second connection reached the punch listener after the punch settled"
+        );
+        drop(held);
     }
 }

@@ -91,6 +91,14 @@ impl QuicStream {
         Poll::Ready(Ok(()))
     }
 
+    /// Waits until the stream is open: at once on the dialer's side; on the listener's, until
+    /// the dialer opened it, which it does with its first bytes (§14.2). A listener settles a
+    /// punch with it: a QUIC connection the dialer dropped for another path never opens its
+    /// stream, and fails here when the dialer closes it.
+    pub async fn wait_open(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_open(cx)).await
+    }
+
     /// The peer's address as this side sees it (after its NAT).
     pub fn remote_address(&self) -> SocketAddr {
         self.connection.remote_address()
