@@ -657,13 +657,6 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
         }
         swarms.push((manifest, storage, have));
     }
-    if args.swarm.hub.is_some() && swarms.len() > 1 {
-        eprintln!(
-            "ferry-peer: --hub seeds one manifest per process; {} were given",
-            swarms.len()
-        );
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
     let dht_cancel = tokio_util::sync::CancellationToken::new();
     let dht = match start_dht(&args.swarm.dht, false, &dht_cancel).await {
         Ok(dht) => dht,
@@ -688,10 +681,17 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
     };
     let mut handles = Vec::new();
     let mut hubs = Vec::new();
+    // Behind one presence at the hub the swarms are one node: one identity for them all.
+    let shared_identity = match (&args.swarm.hub, &host_config.identity) {
+        (Some(_), None) if host.is_some() => Some(ferry_protocol::identity::Identity::generate()),
+        (_, identity) => identity.clone(),
+    };
+    let mut contents = Vec::new();
     for (manifest, storage, have) in swarms {
         let trackers = resolve_trackers(&manifest, &args.swarm.trackers).await;
         let mut config = node_config(&args.swarm, trackers, true)?;
         config.dht = dht.clone();
+        config.identity = shared_identity.clone();
         let started = match &host {
             Some(host) => node::start_on(host, manifest.clone(), Arc::new(storage), have, config),
             None => node::start(manifest.clone(), Arc::new(storage), have, config).await,
@@ -703,10 +703,39 @@ async fn seed(args: SeedArgs) -> anyhow::Result<ExitCode> {
                     manifest.content_id(),
                     handle.listen_addr
                 );
-                if let Some(hub) = &args.swarm.hub {
-                    hubs.push(start_hub(&handle, &manifest, hub).await);
+                match &args.swarm.hub {
+                    Some(hub) if host.is_none() => {
+                        hubs.push(start_hub(&handle, &manifest, hub).await);
+                    }
+                    _ => {}
                 }
+                contents.push(manifest.content_id());
                 handles.push(handle);
+            }
+            Err(e) => {
+                eprintln!("ferry-peer: {e}");
+                for handle in handles {
+                    let _ = handle.shutdown().await;
+                }
+                return Ok(ExitCode::from(EXIT_CONNECTION));
+            }
+        }
+    }
+    if let (Some(hub), Some(host)) = (&args.swarm.hub, &host) {
+        // Several manifests: one presence and one announce for all of them.
+        let nodes: Vec<_> = handles.iter().zip(contents.iter().copied()).collect();
+        let config = ferry_p2p::hubpeer::HubPeerConfig::new(hub.clone());
+        match ferry_p2p::hubpeer::start_hosted(host, &nodes, config).await {
+            Ok(started) => {
+                let key = hub
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| handles[0].node_id.to_string());
+                eprintln!(
+                    "ferry-peer: announcing {} manifests through the hub as {key}",
+                    nodes.len()
+                );
+                hubs.push(started);
             }
             Err(e) => {
                 eprintln!("ferry-peer: {e}");

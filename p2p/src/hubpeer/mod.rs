@@ -5,7 +5,9 @@
 //!   `ferry-server --hub` does) under NAME, or under its node id's text when no name is given.
 //!   Relays the hub hands it become inbound peers of the running swarm ([`PeerAdder::inbound`]).
 //! - **Announce.** On every new presence (a hub restart, a reconnection) and every
-//!   `reannounce`, it announces the swarm's content id on a second connection.
+//!   `reannounce`, it announces the swarm's content id on a second connection. Several swarms
+//!   on one [`Host`] share one presence and announce all their content ids together
+//!   ([`start_hosted`]).
 //! - **Find.** While incomplete it asks the hub which present nodes serve the content id: at
 //!   once, every `lookup` while it has no peer, every `refresh` otherwise. For each node it is
 //!   not connected to it dials the node's hints directly (the peer must prove the node id the
@@ -47,7 +49,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::node::{NodeHandle, PeerAdder};
+use crate::node::{Host, HostAdder, NodeHandle, PeerAdder};
 use crate::swarm::Stats;
 use crate::wire::PeerId;
 
@@ -193,8 +195,79 @@ pub async fn start(
     content: crate::manifest::ContentId,
     config: HubPeerConfig,
 ) -> HubPeer {
-    let content: ContentId = content.0;
-    let identity = node.identity.clone();
+    let served = vec![Served::of(node, content)];
+    let entry = Entry::Node(node.adder.clone());
+    start_with(
+        served,
+        entry,
+        node.listen_addr,
+        node.identity.clone(),
+        config,
+    )
+    .await
+}
+
+/// Starts ONE presence for every swarm `nodes` runs on `host`: one control connection at the
+/// hub, all their content ids announced together, the hub's relayed and punched streams
+/// routed to the swarm their hello names (as the host's own port does). The nodes must share
+/// one identity, which peers are told to expect.
+pub async fn start_hosted(
+    host: &Host,
+    nodes: &[(&NodeHandle, crate::manifest::ContentId)],
+    config: HubPeerConfig,
+) -> Result<HubPeer, String> {
+    let Some((first, _)) = nodes.first() else {
+        return Err("no swarm to keep present at the hub".into());
+    };
+    if let Some((other, _)) = nodes.iter().find(|(n, _)| n.node_id != first.node_id) {
+        return Err(format!(
+            "the swarms behind one presence must share one identity, but {} and {} differ",
+            first.node_id, other.node_id
+        ));
+    }
+    let served = nodes.iter().map(|(n, c)| Served::of(n, *c)).collect();
+    let entry = Entry::Host(host.adder());
+    let identity = first.identity.clone();
+    Ok(start_with(served, entry, host.listen_addr(), identity, config).await)
+}
+
+/// Where the presence's relayed and punched streams go.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Straight to the one node (its peer handshake, with the session handshake in its task).
+    Node(PeerAdder),
+    /// Through the host, which routes each by the key its hello names.
+    Host(HostAdder),
+}
+
+/// One swarm behind the presence.
+#[derive(Debug, Clone)]
+struct Served {
+    content: ContentId,
+    adder: PeerAdder,
+    peer_ids: watch::Receiver<Vec<PeerId>>,
+    swarm: watch::Receiver<Stats>,
+}
+
+impl Served {
+    fn of(node: &NodeHandle, content: crate::manifest::ContentId) -> Self {
+        Self {
+            content: content.0,
+            adder: node.adder.clone(),
+            peer_ids: node.peer_ids.clone(),
+            swarm: node.stats.clone(),
+        }
+    }
+}
+
+async fn start_with(
+    served: Vec<Served>,
+    entry: Entry,
+    listen: SocketAddr,
+    identity: Identity,
+    config: HubPeerConfig,
+) -> HubPeer {
+    let me = identity.id();
     let key = config
         .hub
         .name
@@ -202,7 +275,7 @@ pub async fn start(
         .unwrap_or_else(|| identity.id().to_string());
     let addrs = match &config.addrs {
         Some(addrs) => addrs.clone(),
-        None => reported_addrs(node.listen_addr, &config.hub).await,
+        None => reported_addrs(listen, &config.hub).await,
     };
     let mut presence = PresenceConfig::new(
         config.hub.hints.clone(),
@@ -220,7 +293,7 @@ pub async fn start(
     tokio::spawn(accept_relays(
         acceptor,
         hub_addrs,
-        node.adder.clone(),
+        entry,
         stats_tx.clone(),
         unrelayed.clone(),
         cancel.clone(),
@@ -228,13 +301,10 @@ pub async fn start(
     let finder = Finder {
         config,
         identity,
-        content,
-        adder: node.adder.clone(),
-        peer_ids: node.peer_ids.clone(),
-        swarm: node.stats.clone(),
+        served,
         status: presence.status.clone(),
         stats: stats_tx,
-        me: node.node_id,
+        me,
         unrelayed,
     };
     tokio::spawn(finder.run(cancel.clone()));
@@ -312,7 +382,7 @@ async fn reported_addrs(listen: SocketAddr, hub: &HubAddr) -> Vec<SocketAddr> {
 async fn accept_relays(
     mut acceptor: ferry_hub::RelayAcceptor,
     mut hub_addrs: Vec<SocketAddr>,
-    adder: PeerAdder,
+    entry: Entry,
     stats: watch::Sender<HubPeerStats>,
     unrelayed: Unrelayed,
     cancel: CancellationToken,
@@ -330,7 +400,21 @@ async fn accept_relays(
             continue;
         };
         let relayed = hub_addrs.contains(&from);
-        let adder = adder.clone();
+        let adder = match &entry {
+            Entry::Node(adder) => adder.clone(),
+            Entry::Host(host) => {
+                // The host runs the handshakes and routes the stream; it is counted on arrival.
+                host.inbound(stream, from, relayed);
+                stats.send_modify(|s| {
+                    if relayed {
+                        s.relayed_in += 1;
+                    } else {
+                        s.punched_in += 1;
+                    }
+                });
+                continue;
+            }
+        };
         let stats = stats.clone();
         let unrelayed = unrelayed.clone();
         tokio::spawn(async move {
@@ -341,7 +425,7 @@ async fn accept_relays(
             };
             match added {
                 Ok(peer) if relayed => {
-                    debug!(%peer, "relayed peer connected to us");
+                    info!(%peer, "relayed peer connected to us");
                     stats.send_modify(|s| s.relayed_in += 1);
                 }
                 Ok(peer) => {
@@ -359,10 +443,7 @@ async fn accept_relays(
 struct Finder {
     config: HubPeerConfig,
     identity: Identity,
-    content: ContentId,
-    adder: PeerAdder,
-    peer_ids: watch::Receiver<Vec<PeerId>>,
-    swarm: watch::Receiver<Stats>,
+    served: Vec<Served>,
     status: watch::Receiver<Status>,
     stats: watch::Sender<HubPeerStats>,
     me: NodeId,
@@ -374,10 +455,14 @@ impl Finder {
         let mut conn: Option<HubConn> = None;
         let mut announced_for: Option<Status> = None;
         let mut last_announce = Instant::now();
-        let mut last_lookup: Option<Instant> = None;
-        let mut attempts: JoinSet<(NodeId, bool)> = JoinSet::new();
-        let mut trying: HashSet<NodeId> = HashSet::new();
-        let mut not_before: HashMap<NodeId, Instant> = HashMap::new();
+        let mut last_lookup: Vec<Option<Instant>> = vec![None; self.served.len()];
+        // Attempts and back-offs are per swarm (its index in `served`) and node.
+        let mut attempts: JoinSet<((usize, NodeId), bool)> = JoinSet::new();
+        let mut trying: HashSet<(usize, NodeId)> = HashSet::new();
+        let mut not_before: HashMap<(usize, NodeId), Instant> = HashMap::new();
+        // Woken by the first swarm's peers (the only one, but for a host's seeds, which look
+        // up no one); the others are seen on the tick.
+        let mut first_peers = self.served.first().map(|s| s.peer_ids.clone());
         let tick = self.config.lookup.min(Duration::from_millis(500));
         loop {
             // Announce on every new presence, and now and then.
@@ -401,30 +486,39 @@ impl Finder {
                     }
                 }
             }
-            let swarm = *self.swarm.borrow();
-            let complete = swarm.pieces > 0 && swarm.have == swarm.pieces;
-            let connected: HashSet<NodeId> =
-                self.peer_ids.borrow().iter().map(|p| p.node_id()).collect();
-            let interval = if connected.is_empty() {
-                self.config.lookup
-            } else {
-                self.config.refresh
-            };
-            let lookup_due = last_lookup.is_none_or(|at| at.elapsed() >= interval);
-            if present && !complete && lookup_due {
-                last_lookup = Some(Instant::now());
-                match self.lookup(&mut conn).await {
+            for (index, served) in self.served.iter().enumerate() {
+                let swarm = *served.swarm.borrow();
+                let complete = swarm.pieces > 0 && swarm.have == swarm.pieces;
+                let connected: HashSet<NodeId> = served
+                    .peer_ids
+                    .borrow()
+                    .iter()
+                    .map(|p| p.node_id())
+                    .collect();
+                let interval = if connected.is_empty() {
+                    self.config.lookup
+                } else {
+                    self.config.refresh
+                };
+                let lookup_due = last_lookup[index].is_none_or(|at| at.elapsed() >= interval);
+                if !present || complete || !lookup_due {
+                    continue;
+                }
+                last_lookup[index] = Some(Instant::now());
+                let content = served.content;
+                match self.lookup(&mut conn, &content).await {
                     Ok(peers) => {
                         let now = Instant::now();
                         for peer in peers {
+                            let key = (index, peer.id);
                             if peer.id == self.me
                                 || connected.contains(&peer.id)
-                                || trying.contains(&peer.id)
-                                || not_before.get(&peer.id).is_some_and(|at| *at > now)
+                                || trying.contains(&key)
+                                || not_before.get(&key).is_some_and(|at| *at > now)
                             {
                                 continue;
                             }
-                            trying.insert(peer.id);
+                            trying.insert(key);
                             let mut config = self.config.clone();
                             if let Status::Present { hub_id, .. } = &*self.status.borrow() {
                                 config.hub.hub_id = Some(*hub_id);
@@ -432,15 +526,12 @@ impl Finder {
                             let reach = Reach {
                                 config,
                                 identity: self.identity.clone(),
-                                adder: self.adder.clone(),
-                                peer_ids: self.peer_ids.clone(),
+                                adder: served.adder.clone(),
+                                peer_ids: served.peer_ids.clone(),
                                 stats: self.stats.clone(),
                                 unrelayed: self.unrelayed.clone(),
                             };
-                            attempts.spawn(async move {
-                                let id = peer.id;
-                                (id, reach.reach(peer).await)
-                            });
+                            attempts.spawn(async move { (key, reach.reach(peer).await) });
                         }
                     }
                     Err(e) => {
@@ -453,12 +544,12 @@ impl Finder {
                 biased;
                 _ = cancel.cancelled() => return,
                 _ = self.status.changed() => {}
-                _ = self.peer_ids.changed() => {}
+                Ok(()) = async { first_peers.as_mut().expect("guarded").changed().await }, if first_peers.is_some() => {}
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    let Ok((id, reached)) = done else { continue };
-                    trying.remove(&id);
+                    let Ok((key, reached)) = done else { continue };
+                    trying.remove(&key);
                     if !reached {
-                        not_before.insert(id, Instant::now() + self.config.retry);
+                        not_before.insert(key, Instant::now() + self.config.retry);
                     }
                 }
                 _ = tokio::time::sleep(tick) => {}
@@ -481,19 +572,25 @@ impl Finder {
         Ok(conn.as_mut().expect("set above"))
     }
 
+    /// Announces every swarm's content id in one request.
     async fn announce(&self, conn: &mut Option<HubConn>) -> Result<(), HubError> {
+        let contents: Vec<ContentId> = self.served.iter().map(|s| s.content).collect();
         let held = self
             .connection(conn)
             .await?
-            .announce(&[self.content], false)
+            .announce(&contents, false)
             .await?;
         debug!(held, "announced to the hub");
         self.stats.send_modify(|s| s.announces += 1);
         Ok(())
     }
 
-    async fn lookup(&self, conn: &mut Option<HubConn>) -> Result<Vec<PeerEntry>, HubError> {
-        let peers = self.connection(conn).await?.peers(&self.content).await?;
+    async fn lookup(
+        &self,
+        conn: &mut Option<HubConn>,
+        content: &ContentId,
+    ) -> Result<Vec<PeerEntry>, HubError> {
+        let peers = self.connection(conn).await?.peers(content).await?;
         debug!(count = peers.len(), "peers from the hub");
         self.stats.send_modify(|s| s.lookups += 1);
         Ok(peers)

@@ -451,7 +451,11 @@ impl Actor {
         };
         if new_wins {
             if let Some(link) = self.peers.remove(&old) {
-                if link.cmds.send(PeerCmd::Close(None)).is_ok() {
+                // A relay is cut at once: what is queued for it would cross the hub at the
+                // relay's pace and against its budgets, and is asked for again on the new path.
+                if link.relayed {
+                    link.cancel.cancel();
+                } else if link.cmds.send(PeerCmd::Close(None)).is_ok() {
                     self.closing.insert(old);
                 } else {
                     link.cancel.cancel();
@@ -581,6 +585,13 @@ impl Actor {
     }
 
     fn spawn_peer(&mut self, stream: PeerStream, remote: SocketAddr, permit: OwnedSemaphorePermit) {
+        // A host's stream from a hub's relay: its address is the hub's, no peer's (§3.12).
+        let relayed = matches!(&stream, PeerStream::Established(a) if a.relayed);
+        let remote = (!relayed).then_some(remote);
+        let opened = Opened {
+            relayed,
+            ..Opened::default()
+        };
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let ctx = self.ctx.clone();
@@ -589,14 +600,14 @@ impl Actor {
         tokio::spawn(async move {
             run_peer(
                 stream,
-                Some(remote),
+                remote,
                 None,
                 conn,
                 ctx,
                 events,
                 cancel,
                 Some(permit),
-                Opened::default(),
+                opened,
             )
             .await
         });

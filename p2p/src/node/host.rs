@@ -40,6 +40,8 @@ pub(super) struct Accepted {
     /// Bytes that arrived after the handshake; they belong to the session.
     pub leftover: BytesMut,
     pub remote: SocketAddr,
+    /// Handed over by a hub's relay ([`HostAdder::inbound`]); spec/P2P.md §3.3.
+    pub relayed: bool,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -103,9 +105,42 @@ fn principal_name(content_id: &ContentId) -> String {
 pub struct Host {
     listen_addr: SocketAddr,
     routes: Arc<Routes>,
+    handshakes: Handshakes,
+    pending: Arc<Semaphore>,
     cancel: CancellationToken,
     /// Taken by [`Host::shutdown`]; dropping the host cancels the loop without waiting.
     task: Option<JoinHandle<()>>,
+}
+
+/// Hands connections opened elsewhere (a hub's relay or punch, spec/P2P.md §3.12) to a host,
+/// which answers each like one accepted on its port and routes it to the swarm its hello names.
+#[derive(Debug, Clone)]
+pub struct HostAdder {
+    routes: Arc<Routes>,
+    handshakes: Handshakes,
+    pending: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl HostAdder {
+    /// Runs the session handshake on `stream` (from `remote`) in a task of its own, as the
+    /// host's listener does, and hands it to its swarm's node; `relayed`: it came through a
+    /// hub's relay, so a connection to the same node that is not replaces it (§3.3).
+    pub fn inbound(&self, stream: BoxedStream, remote: SocketAddr, relayed: bool) {
+        let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "refusing a peer connection: too many handshakes pending");
+            return;
+        };
+        tokio::spawn(serve(
+            stream,
+            remote,
+            relayed,
+            self.routes.clone(),
+            self.handshakes.clone(),
+            self.cancel.clone(),
+            permit,
+        ));
+    }
 }
 
 impl Host {
@@ -122,21 +157,36 @@ impl Host {
             .map_err(|source| NodeError::Listen { addr, source })?;
         let routes = Arc::new(Routes::default());
         let cancel = CancellationToken::new();
+        let handshakes = Handshakes {
+            timeout: config.handshake_timeout,
+            suites: config.suites.clone(),
+        };
+        let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
         let task = tokio::spawn(accept_loop(
             TcpAcceptor::new(listener),
             routes.clone(),
-            Handshakes {
-                timeout: config.handshake_timeout,
-                suites: config.suites.clone(),
-            },
+            handshakes.clone(),
+            pending.clone(),
             cancel.clone(),
         ));
         Ok(Self {
             listen_addr,
             routes,
+            handshakes,
+            pending,
             cancel,
             task: Some(task),
         })
+    }
+
+    /// Where connections opened elsewhere enter this host.
+    pub fn adder(&self) -> HostAdder {
+        HostAdder {
+            routes: self.routes.clone(),
+            handshakes: self.handshakes.clone(),
+            pending: self.pending.clone(),
+            cancel: self.cancel.clone(),
+        }
     }
 
     /// Where peers reach every swarm on this host.
@@ -212,9 +262,9 @@ async fn accept_loop(
     mut listener: TcpAcceptor,
     routes: Arc<Routes>,
     handshakes: Handshakes,
+    pending: Arc<Semaphore>,
     cancel: CancellationToken,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -234,50 +284,69 @@ async fn accept_loop(
             tracing::debug!(%remote, "refusing a peer connection: too many handshakes pending");
             continue;
         };
-        let (routes, cancel, handshakes) = (routes.clone(), cancel.clone(), handshakes.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut stream: BoxedStream = Box::new(stream);
-            let mut config = ServerHandshakeConfig::with_resolver(routes.clone());
-            config.max_body = wire::MAX_BODY;
-            config.suites = handshakes.suites;
-            let handshake = tokio::time::timeout(
-                handshakes.timeout,
-                ferry_protocol::tokio::server_handshake_principal(&mut stream, config),
-            );
-            let (session, principal, leftover) = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                done = handshake => match done {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%remote, %error, "peer session handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "peer session handshake timed out");
-                        return;
-                    }
-                },
-            };
-            let route = {
-                let routes = routes.lock();
-                routes
-                    .values()
-                    .find(|route| principal_name(&route.content_id) == principal.name)
-                    .cloned()
-            };
-            // The swarm may have stopped during the handshake; then the connection just ends.
-            let Some(route) = route else { return };
-            let accepted = Accepted {
-                stream,
-                session,
-                leftover,
-                remote,
-            };
-            if route.inbound.try_send(accepted).is_err() {
-                tracing::debug!(%remote, "refusing a peer connection: its swarm is not keeping up");
+        tokio::spawn(serve(
+            Box::new(stream),
+            remote,
+            false,
+            routes.clone(),
+            handshakes.clone(),
+            cancel.clone(),
+            permit,
+        ));
+    }
+}
+
+/// One inbound connection: the session handshake with the key its hello names, then to that
+/// swarm's node.
+async fn serve(
+    mut stream: BoxedStream,
+    remote: SocketAddr,
+    relayed: bool,
+    routes: Arc<Routes>,
+    handshakes: Handshakes,
+    cancel: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let mut config = ServerHandshakeConfig::with_resolver(routes.clone());
+    config.max_body = wire::MAX_BODY;
+    config.suites = handshakes.suites;
+    let handshake = tokio::time::timeout(
+        handshakes.timeout,
+        ferry_protocol::tokio::server_handshake_principal(&mut stream, config),
+    );
+    let (session, principal, leftover) = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => {
+                tracing::debug!(%remote, %error, "peer session handshake failed");
+                return;
             }
-        });
+            Err(_) => {
+                tracing::debug!(%remote, "peer session handshake timed out");
+                return;
+            }
+        },
+    };
+    let route = {
+        let routes = routes.lock();
+        routes
+            .values()
+            .find(|route| principal_name(&route.content_id) == principal.name)
+            .cloned()
+    };
+    // The swarm may have stopped during the handshake; then the connection just ends.
+    let Some(route) = route else { return };
+    let accepted = Accepted {
+        stream,
+        session,
+        leftover,
+        remote,
+        relayed,
+    };
+    if route.inbound.try_send(accepted).is_err() {
+        tracing::debug!(%remote, "refusing a peer connection: its swarm is not keeping up");
     }
 }

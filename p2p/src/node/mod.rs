@@ -17,7 +17,7 @@ mod host;
 mod peer;
 mod server;
 
-pub use host::Host;
+pub use host::{Host, HostAdder};
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
