@@ -4,13 +4,15 @@
 # leechers behind one NAT each, of the four kinds (peer2..peer5: fullcone, restricted,
 # portrestricted, symmetric). Every public link (pub and each NAT's WAN side) is shaped to RATE
 # both ways, as netlab shapes its hosts. All five nodes run `ferry-peer … --hub HUB` and know
-# nothing else: they find each other through the hub and, with no direct path (nothing is
-# forwarded, and the reference peer does not punch yet), are relayed by it.
+# nothing else: they find each other through the hub; with no direct path (nothing is
+# forwarded) they ask the hub to coordinate a punch (TCP simultaneous open raced against QUIC),
+# and only where the NATs defeat it (symmetric with port-restricted or symmetric) are relayed.
 #
 # Prints the time until every leecher holds the file beside the fluid bound
 # T_min = max(F/u_s, F/min d_i, n·F/(u_s + Σu_i)) at the payload rate (RATE × 0.956), each
-# leecher's completion time, and the seed's upload (bytes on its LAN interface, so headers
-# included) against the file size.
+# leecher's completion time, the seed's upload (bytes on its LAN interface, so headers
+# included) and the hub's (nearly all relayed bytes) against the file size, and how each of the
+# ten peer paths ended: direct, punched (tcp or quic), or relayed (from the peers' logs).
 #
 #   benches/swarm/nat.sh                       # 32 MiB, 20mbit, seed behind portrestricted
 #   SIZE_MB=16 RATE=20mbit SEED_KIND=symmetric benches/swarm/nat.sh
@@ -20,11 +22,14 @@
 # "ferryswnat", holding `flock /tmp/netlab.lock` from build to `down`. BIN= picks the binaries'
 # directory (default target/release, built first unless NOBUILD=1). Logs stay in $WORK.
 #
-# Measured 2026-12-01 (release, 32 MiB, 20mbit, seed behind portrestricted, machine load ~8-38):
-# all four leechers complete after 62.3 s against a fluid bound of 14.0 s (4.44x); the seed sent
-# 1.18x the file. Every path was relayed, so the hub's own 20 Mbit/s link carried 4.38x the
-# file: relay-only, no run can beat 4 F / 19.1 Mbit/s = 56 s (4x the bound). The 1.3x target
-# needs direct (punched) paths between the peers.
+# Measured 2026-12-01 (release, 32 MiB, 20mbit, seed behind portrestricted):
+# - before hubpeer punched (load ~8-38): all four complete after 62.3 s against a fluid bound of
+#   14.0 s (4.44x); the seed sent 1.18x the file; every path was relayed, so the hub's own
+#   20 Mbit/s link carried 4.38x the file (relay-only, no run can beat 4x the bound).
+# - with the hub-coordinated punch (load ~5-6): all four complete after 16.50 s (1.18x the bound,
+#   target 1.3x); the seed sent 1.16x the file; 8 of the 10 peer paths punched (all TCP
+#   simultaneous open), 2 relayed (symmetric with port-restricted, as the NAT matrix predicts);
+#   the hub's link carried 0.55x the file.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT_DIR=$PWD
@@ -119,6 +124,7 @@ inns pub "$BIN/ferry-hub" --listen "$HUB_IP:6790" --state "$WORK/hub" >"$WORK/hu
 PIDS+=($!)
 for _ in $(seq 100); do inns pub ss -ltn | grep -q ":6790" && break; sleep 0.1; done
 HUB="$HUB_IP:6790"
+export RUST_LOG=${RUST_LOG:-warn,ferry_p2p::hubpeer=info}
 inns peer1 "$BIN/ferry-peer" seed "$WORK/file.ferry" --data "$WORK/data" --listen 0.0.0.0:7000 \
     --hub "$HUB" --no-progress >"$WORK/seed.out" 2>"$WORK/seed.err" &
 PIDS+=($!)
@@ -164,4 +170,52 @@ done
 printf "all complete after %.2f s; fluid bound %.2f s; ratio %.2f (target <= 1.3)\n" "$total" "$bound" "$(echo "$total / $bound" | bc -l)"
 printf "seed sent %.2f x the file (%d bytes on its link; target <= 1.3)\n" "$(echo "$seed_tx / $F" | bc -l)" "$seed_tx"
 printf "hub sent %.2f x the file (relayed bytes on its link)\n" "$(echo "$hub_tx / $F" | bc -l)"
-grep -h "reached" "$WORK"/l*.err 2>/dev/null | sed 's/.*\(peer reached [a-z ]*\).*/\1/' | sort | uniq -c || true
+# How each pair's path ended, from the dialling side's log lines (seeds never dial): a pair
+# counts as punched or direct if any connection between them was, since a connection that is
+# not relayed replaces a relayed one (spec/P2P.md §3.3).
+python3 - "$WORK" <<'PY'
+import os, re, sys
+work = sys.argv[1]
+names = {"seed.err": "seed"}
+names.update({f"l{i}.err": f"l{i}:{k}" for i, k in zip(range(2, 6), ["fullcone", "restricted", "portrestricted", "symmetric"])})
+ansi = re.compile(r"\x1b\[[0-9;]*m")
+ids, lines = {}, {}
+for f, who in names.items():
+    try:
+        text = ansi.sub("", open(os.path.join(work, f)).read())
+    except OSError:
+        continue
+    m = re.search(r"announcing through the hub as (\S+)", text)
+    if m:
+        ids[m.group(1)] = who
+    lines[who] = text.splitlines()
+paths, attempts = {}, {}
+for who, ls in lines.items():
+    for line in ls:
+        m = re.search(r"peer=(\S+)", line)
+        if not m:
+            continue
+        if "peer reached directly" in line:
+            kind = "direct"
+        elif "peer reached by a punch" in line or "moved the peer from the relay" in line:
+            kind = "punched (quic)" if "PunchedQuic" in line else "punched (tcp)"
+        elif "was reached by a punch from its side" in line:
+            kind = "punched"
+        elif "peer reached through the hub's relay" in line:
+            kind = "relayed"
+        else:
+            continue
+        attempts[kind] = attempts.get(kind, 0) + 1
+        pair = tuple(sorted([who, ids.get(m.group(1), m.group(1)[:12])]))
+        paths.setdefault(pair, []).append(kind)
+final = {}
+for pair, kinds in sorted(paths.items()):
+    better = [k for k in kinds if k != "relayed"]
+    final[pair] = better[-1] if better else "relayed"
+    print(f"  {pair[0]:>18} - {pair[1]:<18} {final[pair]}")
+tally = {}
+for k in final.values():
+    tally[k] = tally.get(k, 0) + 1
+print("peer paths:", ", ".join(f"{n} {k}" for k, n in sorted(tally.items())), f"(of {len(final)} pairs)")
+print("connections made by the dialling side:", ", ".join(f"{n} {k}" for k, n in sorted(attempts.items())))
+PY
