@@ -89,6 +89,19 @@ impl Progress {
         bar
     }
 
+    /// A bar for a whole transfer of `total` bytes (it may grow), below the files' bars, with
+    /// their rate and ETA. It is not one of [`Progress::bars`], so totals do not count it twice.
+    pub fn overall(&self, label: &str, total: u64) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+        bar.set_style(file_style());
+        bar.set_message(shorten(label, 32));
+        if self.visible {
+            self.multi.add(bar)
+        } else {
+            bar
+        }
+    }
+
     /// Every bar handed out so far (clones share state with the originals).
     pub fn bars(&self) -> Vec<ProgressBar> {
         self.bars
@@ -382,6 +395,28 @@ mod tests {
             eta == "-" || eta.ends_with('s') && !eta.ends_with("ms") && !eta.starts_with("0"),
             "{text:?}"
         );
+    }
+
+    /// The overall bar draws with the files' bars and stays out of their totals.
+    #[test]
+    fn the_overall_bar_shows_with_the_files_and_counts_once() {
+        let screen = Screen::default();
+        let progress =
+            Progress::with_target(ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        let total = progress.overall("total (2 files)", 3000);
+        let a = progress.file("a.bin", 1000, 0);
+        a.set_position(500);
+        total.set_position(500);
+        total.tick();
+        let text = screen.text();
+        assert!(
+            text.contains("a.bin") && text.contains("total (2 files)"),
+            "{text}"
+        );
+        assert!(text.contains("ETA"), "{text}");
+        assert_eq!(progress.totals().total, 1000);
+        progress.clear();
+        total.finish_and_clear();
     }
 
     #[test]

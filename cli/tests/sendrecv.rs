@@ -709,6 +709,7 @@ fn receive_in_process(world: &World, name: &str, dir: &Path) -> InProcess {
                 }
                 Event::Stored(stored) => format!("stored {}", stored.item.path),
                 Event::Ended(_) => "ended".to_owned(),
+                Event::Continued(_) | Event::Receiving(_) => continue,
             };
             if tx.send(line).is_err() {
                 break;
@@ -794,4 +795,53 @@ fn a_relayed_send_moves_to_the_punched_path_mid_file_and_is_byte_identical() {
         "{relayed} bytes relayed for a {} byte file",
         content.len()
     );
+}
+
+#[test]
+fn a_tree_too_large_for_one_offer_goes_as_a_set_with_one_decision() {
+    // 300 files under a deep directory of long names: each item is about 3.6 KB of offer, so
+    // the tree needs two offers of at most 1 MiB (spec §3.13 rule 4) on one connection. Few
+    // files with long paths keep the test fast.
+    let (alice, bob) = (Env::new(), Env::new());
+    let out = alice.home.path().join("in");
+    let mut receiving = Receiving::start(
+        &alice,
+        &[
+            "--from",
+            &id_of(&bob).to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let url = receiving.direct();
+    let tree = bob.home.path().join("tree");
+    let deep: PathBuf = (0..14)
+        .map(|level| format!("{}{level:03}", "n".repeat(247)))
+        .collect();
+    std::fs::create_dir_all(tree.join(&deep)).unwrap();
+    let files = 300;
+    for i in 0..files {
+        std::fs::write(tree.join(&deep).join(format!("f{i:04}")), i.to_string()).unwrap();
+    }
+    let send = bob.run(&["send", "-r", tree.to_str().unwrap(), &url]);
+    send.ok();
+    let received = receiving.finish();
+    received.ok();
+    // One decision, shown with the whole set's totals, not one per offer.
+    assert_eq!(
+        received.stderr.matches("accepted automatically").count(),
+        1,
+        "{received:?}"
+    );
+    assert!(
+        received.stderr.contains(&format!("{files} items")),
+        "{received:?}"
+    );
+    assert_eq!(received.stdout.lines().count(), files, "{received:?}");
+    for i in 0..files {
+        let got = std::fs::read(out.join("tree").join(&deep).join(format!("f{i:04}"))).unwrap();
+        assert_eq!(got, i.to_string().into_bytes(), "file {i}");
+    }
 }

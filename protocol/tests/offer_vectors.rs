@@ -11,7 +11,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Vector, Writer};
-use ferry_protocol::message::{offer_flags, OfferItem, OfferRequest, OfferResponse};
+use ferry_protocol::message::{offer_flags, OfferItem, OfferRequest, OfferResponse, OfferSet};
 use ferry_protocol::{DecodeError, ErrorCode, FrameType, Message, Service};
 
 /// Regenerates the file. Run only on purpose and review the diff.
@@ -67,6 +67,10 @@ fn from_fields(v: &Vector) -> Message {
                     digest: v.array(&format!("item{i}.digest")),
                 })
                 .collect(),
+            set: v.has("set.items").then(|| OfferSet {
+                items: v.u32("set.items"),
+                bytes: v.u64("set.bytes"),
+            }),
         }),
         "OfferResponse" => Message::OfferResponse(OfferResponse {
             codes: (0..v.u16("count"))
@@ -88,7 +92,8 @@ fn file() -> String {
          Format: spec/vectors/README.md. Generated from the reference implementation, then frozen.\n\
          Each vector: `type` and `service` of the frame, `message`, the fields, and `body`.\n\
          OfferRequest: `count`, then per item i `itemI.path`, `.size`, `.mode`, `.flags`,\n\
-         `.digest`. OfferResponse: `count`, then `codeI` per item (0x0000 = taken).\n\
+         `.digest`, then `set.items` and `set.bytes` for an offer of a set (rule 4).\n\
+         OfferResponse: `count`, then `codeI` per item (0x0000 = taken).\n\
          A vector with `expect_code` is a body a receiver must refuse with that code.",
     );
     let file = OfferItem {
@@ -121,13 +126,19 @@ fn file() -> String {
             digest: counting(0xf0),
         },
     ];
+    let set = OfferSet {
+        items: 40_000,
+        bytes: 5_368_709_120,
+    };
     let requests = [
-        ("offer_one_file", vec![file.clone()]),
-        ("offer_tree", tree.to_vec()),
+        ("offer_one_file", vec![file.clone()], None),
+        ("offer_tree", tree.to_vec(), None),
+        ("offer_part_of_a_set", vec![file.clone()], Some(set)),
     ];
-    for (name, items) in requests {
+    for (name, items, set) in requests {
         let message = Message::OfferRequest(OfferRequest {
             items: items.clone(),
+            set,
         });
         w.vector(name)
             .hexint("type", FrameType::REQUEST.0.into(), 2)
@@ -140,6 +151,9 @@ fn file() -> String {
                 .hexint(&format!("item{i}.mode"), item.mode.into(), 4)
                 .hexint(&format!("item{i}.flags"), item.flags.into(), 2)
                 .hex(&format!("item{i}.digest"), &item.digest);
+        }
+        if let Some(set) = set {
+            w.int("set.items", set.items).int("set.bytes", set.bytes);
         }
         w.hex("body", &message.to_bytes());
     }
@@ -175,6 +189,7 @@ fn file() -> String {
     // Refused: each breaks one rule of §3.13 (or §3.1's exact consumption).
     let good = Message::OfferRequest(OfferRequest {
         items: vec![file.clone()],
+        set: None,
     })
     .to_bytes()
     .to_vec();
@@ -195,7 +210,7 @@ fn file() -> String {
         b[14..22].fill(0);
         b
     };
-    let refused: [(&str, FrameType, Vec<u8>); 9] = [
+    let refused: [(&str, FrameType, Vec<u8>); 12] = [
         ("refused_no_items", FrameType::REQUEST, vec![0, 0]),
         (
             "refused_mode",
@@ -224,6 +239,24 @@ fn file() -> String {
             "refused_answer_short",
             FrameType::RESPONSE,
             vec![0, 2, 0, 0, 0x03],
+        ),
+        // A set of fewer items than this offer alone carries.
+        (
+            "refused_set_smaller_than_offer",
+            FrameType::REQUEST,
+            [vec![0; 14], good.clone()].concat(),
+        ),
+        // The set's totals cut short.
+        (
+            "refused_set_short",
+            FrameType::REQUEST,
+            vec![0, 0, 0, 0, 0x9c, 0x40, 0, 0],
+        ),
+        // A set marker where the offer's count belongs: a set of nothing.
+        (
+            "refused_set_of_nothing",
+            FrameType::REQUEST,
+            [vec![0, 0, 0, 0, 0, 1], vec![0; 8], vec![0, 0]].concat(),
         ),
     ];
     for (name, kind, bytes) in refused {

@@ -17,11 +17,14 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_protocol::identity::{Identity, NodeId};
-use ferry_protocol::message::{EntryKind, OfferItem, OfferRequest, OfferResponse, PutRequest};
+use ferry_protocol::message::{
+    EntryKind, OfferItem, OfferRequest, OfferResponse, OfferSet, PutRequest,
+};
 use ferry_protocol::noise::{AcceptConfig, ServerIdentityConfig};
 use ferry_protocol::{
     DecodeError, ErrorBody, ErrorCode, Message, Permissions, Principal, RequestId, Service,
@@ -41,12 +44,20 @@ use crate::service::{self, put, Context, Out, Request, Sink, Tree};
 /// declined.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Most items of one offer set this receiver keeps grants for (spec §3.13 rule 4).
+pub const MAX_SET_ITEMS: u32 = 262_144;
+
 /// What a receiver tells its owner.
 #[derive(Debug)]
 pub enum Event {
     /// A sender offers files; answer through [`Offer::accept`] or [`Offer::decline`] (dropping
     /// it declines).
     Offer(Offer),
+    /// A later offer of a set whose first was accepted: taken as the first was, without
+    /// asking (spec §3.13 rule 4).
+    Continued(Continued),
+    /// An accepted file's upload started (at `offset`, past a resumed partial).
+    Receiving(Receiving),
     /// An accepted file (or directory) is stored under its final name.
     Stored(Stored),
     /// A sender's connection ended.
@@ -62,7 +73,29 @@ pub struct Offer {
     /// Per item, what the checks found: [`OfferResponse::ACCEPTED`] if it may be taken, else
     /// why not (`INVALID_PATH`, `ALREADY_EXISTS`, `ALREADY_HAVE`, ...).
     pub checks: Vec<ErrorCode>,
+    /// The whole set's totals when this is the first offer of a set (rule 4).
+    pub set: Option<OfferSet>,
     reply: oneshot::Sender<Verdict>,
+}
+
+/// A later offer of an accepted set, already taken.
+#[derive(Debug, Clone)]
+pub struct Continued {
+    pub sender: NodeId,
+    pub items: Vec<OfferItem>,
+    /// Per item, as in [`Offer::checks`].
+    pub checks: Vec<ErrorCode>,
+}
+
+/// An upload under way.
+#[derive(Debug, Clone)]
+pub struct Receiving {
+    pub sender: NodeId,
+    pub item: OfferItem,
+    /// Bytes of the file the receiver held when the upload started (a resumed partial).
+    pub offset: u64,
+    /// Bytes of the file held now: `offset` plus what arrived since; it stops at the size.
+    pub held: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -192,8 +225,8 @@ impl Receiver {
             let events = self.events.clone();
             tokio::spawn(async move {
                 while let Some((id, message)) = outgoing.recv().await {
-                    if let Some(stored) = conn.observe(id, &message) {
-                        let _ = events.send(Event::Stored(stored)).await;
+                    if let Some(event) = conn.observe(id, &message) {
+                        let _ = events.send(event).await;
                     }
                     if wire.send((id, message)).await.is_err() {
                         break;
@@ -307,18 +340,21 @@ impl Receiver {
                     let _ = queue.send(refuse(ErrorCode::DUPLICATE_ID, text)).await;
                 }
                 Message::OfferRequest(offer) => {
-                    if !conn.start_offer() {
-                        let text = "one offer per connection".to_owned();
-                        let _ = queue
-                            .send(refuse(ErrorCode::UNEXPECTED_MESSAGE, text))
-                            .await;
-                        continue;
-                    }
+                    let first = match conn.start_offer(&offer) {
+                        Ok(first) => first,
+                        Err(text) => {
+                            let _ = queue
+                                .send(refuse(ErrorCode::UNEXPECTED_MESSAGE, text))
+                                .await;
+                            continue;
+                        }
+                    };
                     let task = tasks.spawn(answer_offer(
                         self.tree.clone(),
                         conn.clone(),
                         self.events.clone(),
                         offer,
+                        first,
                         Sink::new(id, queue.clone()),
                     ));
                     running.insert(id, task);
@@ -334,6 +370,9 @@ impl Receiver {
                     running.insert(id, task);
                 }
                 message @ (Message::PutData(_) | Message::PutEnd(_)) => {
+                    if let Message::PutData(data) = &message {
+                        conn.arrived(id, data.len());
+                    }
                     put::deliver(&ctx, id, message)
                 }
                 Message::ListRequest(_)
@@ -389,10 +428,26 @@ struct Grants {
     offered: bool,
     /// The offer was accepted.
     taken: bool,
-    /// The accepted items, each with whether it is stored.
+    /// An offer is waiting for its answer.
+    answering: bool,
+    /// The set's totals, when the first offer was of a set, and the items offered so far.
+    set: Option<OfferSet>,
+    offered_items: u64,
+    /// Paths offered on this connection (a repeat is refused, over the whole set).
+    seen: HashSet<String>,
+    /// The accepted items, each with whether it is stored, and their index by path.
     accepted: Vec<(OfferItem, bool)>,
-    /// Uploads in flight: request id → (item index, first offset, once known).
-    uploads: HashMap<RequestId, (usize, Option<u64>)>,
+    by_path: HashMap<String, usize>,
+    /// Uploads in flight, by request id.
+    uploads: HashMap<RequestId, Upload>,
+}
+
+/// An upload: its item's index, and once it started, its first offset and the bytes held.
+#[derive(Debug)]
+struct Upload {
+    index: usize,
+    held: Option<Arc<AtomicU64>>,
+    first: Option<u64>,
 }
 
 impl Conn {
@@ -401,17 +456,58 @@ impl Conn {
         self.grants.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn start_offer(&self) -> bool {
-        !std::mem::replace(&mut self.lock().offered, true)
+    /// Admits an offer on this connection (rule 4): the first, or the next of an accepted
+    /// set. Returns whether it is the first.
+    fn start_offer(&self, offer: &OfferRequest) -> Result<bool, String> {
+        let mut grants = self.lock();
+        if grants.answering {
+            return Err("an offer on this connection is still waiting for its answer".into());
+        }
+        let count = offer.items.len() as u64;
+        if !grants.offered {
+            grants.offered = true;
+            grants.answering = true;
+            grants.set = offer.set;
+            grants.offered_items = count;
+            return Ok(true);
+        }
+        let Some(set) = grants.set else {
+            return Err("one offer per connection, unless it is split as a set".into());
+        };
+        if !grants.taken {
+            return Err("the set's first offer was declined".into());
+        }
+        if offer.set != Some(set) {
+            return Err(format!(
+                "an offer of this set must carry its totals ({} items, {} bytes)",
+                set.items, set.bytes
+            ));
+        }
+        if grants.offered_items + count > u64::from(set.items) {
+            return Err(format!(
+                "the set has {} items and {} were offered already; this offer has {count}",
+                set.items, grants.offered_items
+            ));
+        }
+        grants.answering = true;
+        grants.offered_items += count;
+        Ok(false)
+    }
+
+    /// Counts an upload's data as it arrives.
+    fn arrived(&self, id: RequestId, len: usize) {
+        if let Some(held) = self.lock().uploads.get(&id).and_then(|u| u.held.as_ref()) {
+            held.fetch_add(len as u64, Ordering::Relaxed);
+        }
     }
 
     /// An upload may go ahead only for an accepted item, exactly as offered and never over
     /// an existing file.
     fn grant(&self, id: RequestId, request: &PutRequest) -> Result<(), String> {
         let mut grants = self.lock();
-        let found = grants.accepted.iter().position(|(item, _)| {
-            item.path == request.path
-                && item.size == request.size
+        let found = grants.by_path.get(&request.path).copied().filter(|&index| {
+            let item = &grants.accepted[index].0;
+            item.size == request.size
                 && item.digest == request.digest
                 && item.is_directory() == request.is_directory()
         });
@@ -421,7 +517,14 @@ impl Conn {
                 request.path
             )),
             Some(index) => {
-                grants.uploads.insert(id, (index, None));
+                grants.uploads.insert(
+                    id,
+                    Upload {
+                        index,
+                        held: None,
+                        first: None,
+                    },
+                );
                 Ok(())
             }
             None => Err(format!(
@@ -431,25 +534,37 @@ impl Conn {
         }
     }
 
-    /// Notes what an upload's frames say: its first offset, and its end (the file stored).
-    fn observe(&self, id: RequestId, message: &Message) -> Option<Stored> {
+    /// Notes what an upload's frames say: its first offset (the upload starts), and its end
+    /// (the file stored).
+    fn observe(&self, id: RequestId, message: &Message) -> Option<Event> {
         let mut grants = self.lock();
         match message {
             Message::PutResponse(r) => {
-                if let Some((_, first @ None)) = grants.uploads.get_mut(&id) {
-                    *first = Some(r.offset);
+                let upload = grants.uploads.get_mut(&id)?;
+                if upload.first.is_some() {
+                    return None;
                 }
-                None
+                let held = Arc::new(AtomicU64::new(r.offset));
+                upload.first = Some(r.offset);
+                upload.held = Some(held.clone());
+                let index = upload.index;
+                let item = grants.accepted.get(index)?.0.clone();
+                Some(Event::Receiving(Receiving {
+                    sender: self.sender,
+                    item,
+                    offset: r.offset,
+                    held,
+                }))
             }
             Message::PutEnd(_) => {
-                let (index, first) = grants.uploads.remove(&id)?;
-                let (item, stored) = grants.accepted.get_mut(index)?;
+                let upload = grants.uploads.remove(&id)?;
+                let (item, stored) = grants.accepted.get_mut(upload.index)?;
                 *stored = true;
-                Some(Stored {
+                Some(Event::Stored(Stored {
                     sender: self.sender,
                     item: item.clone(),
-                    received: item.size - first.unwrap_or(0).min(item.size),
-                })
+                    received: item.size - upload.first.unwrap_or(0).min(item.size),
+                }))
             }
             Message::Error { .. } => {
                 grants.uploads.remove(&id);
@@ -478,13 +593,23 @@ async fn answer_offer(
     conn: Arc<Conn>,
     events: mpsc::Sender<Event>,
     offer: OfferRequest,
+    first: bool,
     sink: Sink,
 ) {
     let items = offer.items;
     let checks = {
         let (tree, items) = (tree.clone(), items.clone());
-        match tokio::task::spawn_blocking(move || check_items(&tree, &items)).await {
-            Ok(checks) => checks,
+        let mut seen = std::mem::take(&mut conn.lock().seen);
+        let checked = tokio::task::spawn_blocking(move || {
+            let checks = check_items(&tree, &items, &mut seen);
+            (checks, seen)
+        })
+        .await;
+        match checked {
+            Ok((checks, seen)) => {
+                conn.lock().seen = seen;
+                checks
+            }
             Err(error) => {
                 tracing::error!(%error, "checking an offer failed");
                 let body = ErrorBody::from_code(ErrorCode::INTERNAL);
@@ -503,9 +628,25 @@ async fn answer_offer(
         sender: conn.sender,
         items: items.clone(),
         checks: checks.clone(),
+        set: offer.set,
         reply,
     };
-    let verdict = if events.send(Event::Offer(offer)).await.is_err() {
+    let too_many = offer.set.filter(|s| s.items > MAX_SET_ITEMS);
+    let verdict = if let Some(set) = too_many {
+        Verdict::Decline(format!(
+            "the set of {} items is more than this receiver takes at once ({MAX_SET_ITEMS})",
+            set.items
+        ))
+    } else if !first {
+        // A later offer of a set taken as its first was (rule 4).
+        let continued = Continued {
+            sender: conn.sender,
+            items: items.clone(),
+            checks: checks.clone(),
+        };
+        let _ = events.send(Event::Continued(continued)).await;
+        Verdict::Accept
+    } else if events.send(Event::Offer(offer)).await.is_err() {
         Verdict::Decline("the receiver is shutting down".into())
     } else {
         match tokio::time::timeout(ANSWER_TIMEOUT, verdict).await {
@@ -520,6 +661,8 @@ async fn answer_offer(
     let message = match verdict {
         Verdict::Decline(why) => {
             tracing::info!(sender = %conn.sender, items = items.len(), %why, "offer declined");
+            let mut grants = conn.lock();
+            grants.answering = false;
             Message::Error {
                 service: Service::OFFER,
                 body: ErrorBody::new(ErrorCode::OFFER_DECLINED, why),
@@ -528,12 +671,16 @@ async fn answer_offer(
         Verdict::Accept => {
             let mut grants = conn.lock();
             grants.taken = true;
-            grants.accepted = items
+            grants.answering = false;
+            let taken = items
                 .iter()
                 .zip(&checks)
-                .filter(|(_, c)| **c == OfferResponse::ACCEPTED)
-                .map(|(item, _)| (item.clone(), false))
-                .collect();
+                .filter(|(_, c)| **c == OfferResponse::ACCEPTED);
+            for (item, _) in taken {
+                let index = grants.accepted.len();
+                grants.by_path.insert(item.path.clone(), index);
+                grants.accepted.push((item.clone(), false));
+            }
             tracing::info!(sender = %conn.sender, items = items.len(), accepted = grants.accepted.len(), "offer accepted");
             Message::OfferResponse(OfferResponse { codes: checks })
         }
@@ -543,11 +690,10 @@ async fn answer_offer(
 
 /// Each item's fate before anyone is asked: a name a PUT would refuse is refused here with the
 /// same code; an existing file is never replaced.
-fn check_items(tree: &Tree, items: &[OfferItem]) -> Vec<ErrorCode> {
-    let mut seen = HashSet::new();
+fn check_items(tree: &Tree, items: &[OfferItem], seen: &mut HashSet<String>) -> Vec<ErrorCode> {
     items
         .iter()
-        .map(|item| match check_item(tree, item, &mut seen) {
+        .map(|item| match check_item(tree, item, seen) {
             Ok(()) => OfferResponse::ACCEPTED,
             Err(code) => code,
         })
@@ -623,7 +769,7 @@ mod tests {
             item("", b"x"),
             item("dir/sub/new.bin", b"x"),
         ];
-        let codes = check_items(&tree, &items);
+        let codes = check_items(&tree, &items, &mut HashSet::new());
         assert_eq!(
             codes,
             [

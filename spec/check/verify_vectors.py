@@ -1745,7 +1745,10 @@ OFFER_DIRECTORY = 0x01  # the one defined item flag
 
 def encode_offer(v):
     if v.raw("message") == "OfferRequest":
-        body = struct.pack(">H", v.int("count"))
+        body = b""
+        if v.has("set.items"):  # rule 4: a zero marker and the set's totals come first
+            body += struct.pack(">HIQ", 0, v.int("set.items"), v.int("set.bytes"))
+        body += struct.pack(">H", v.int("count"))
         for i in range(v.int("count")):
             p = f"item{i}."
             body += put_str(v.str(p + "path")) + struct.pack(
@@ -1760,6 +1763,12 @@ def decode_offer(kind, body):
     r = Reader(body)
     count = r.u16()
     if kind == T_REQUEST:
+        set_ = None
+        if count == 0 and r.pos < len(r.data):  # rule 4: a set's totals, then the offer
+            set_ = dict(items=r.u32(), bytes=r.u64())
+            count = r.u16()
+            if count and set_["items"] < count:
+                fail("MALFORMED_MESSAGE", "a set of fewer items than the offer")
         if count == 0:
             fail("MALFORMED_MESSAGE", "an offer of nothing")
         items = []
@@ -1773,7 +1782,7 @@ def decode_offer(kind, body):
                 fail("MALFORMED_MESSAGE", "an offered directory carries no content")
             items.append(item)
         r.end()
-        return items
+        return items, set_
     if kind == T_RESPONSE:
         codes = [r.u16() for _ in range(count)]
         r.end()
@@ -1791,6 +1800,9 @@ def check_offer(v):
     check(built_kind == kind and built == body, "body built from the fields")
     decoded = decode_offer(kind, body)
     if kind == T_REQUEST:
+        decoded, set_ = decoded
+        want = dict(items=v.int("set.items"), bytes=v.int("set.bytes")) if v.has("set.items") else None
+        check(set_ == want, "set totals read back")
         for i, item in enumerate(decoded):
             p = f"item{i}."
             check(item == dict(path=v.str(p + "path"), size=v.int(p + "size"),

@@ -9,11 +9,13 @@
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{register, trust, Context};
 use crate::cli::ReceiveArgs;
+use crate::progress::{self, Progress};
 use ferry_client::client::hub::hub_error;
 use ferry_client::error::ClientError;
 use ferry_common::url::FerryUrl;
@@ -21,7 +23,9 @@ use ferry_hub::{HubConn, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::message::{OfferItem, OfferResponse};
 use ferry_protocol::transport::Acceptor;
-use ferry_server::receive::{Event, Offer, Receiver};
+use ferry_protocol::ErrorCode;
+use ferry_server::receive::{Event, Offer, Receiver, Receiving, Stored};
+use indicatif::ProgressBar;
 
 /// How long the hub may take to acknowledge the presence before `receive` gives up.
 const PRESENT_WITHIN: Duration = Duration::from_secs(20);
@@ -110,17 +114,54 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
     // Items accepted in this run, per sender: a sender whose connection moved (relay to
     // punched) offers the rest again, and is not asked about twice (spec §3.13).
     let mut taken = HashSet::new();
+    let mut shown = Shown::new(ctx);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
-            _ = tokio::signal::ctrl_c() => return Err(ClientError::Interrupted),
+            _ = tick.tick(), if !shown.files.is_empty() => {
+                shown.update();
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                shown.progress.clear();
+                return Err(ClientError::Interrupted);
+            }
         };
         let Some(event) = event else {
+            shown.progress.clear();
             return Err(ClientError::Local("the receiver stopped".into()));
         };
         match event {
-            Event::Offer(offer) => decide(ctx, offer, from, &authorised, &mut taken, &out).await,
+            Event::Offer(offer) => {
+                let refused = refused_bytes(&offer.items, &offer.checks);
+                let all = match offer.set {
+                    Some(set) => set.bytes,
+                    None => offer.items.iter().map(|i| i.size).sum(),
+                };
+                let count = offer
+                    .set
+                    .map_or(offer.items.len() as u64, |s| u64::from(s.items));
+                if decide(ctx, offer, from, &authorised, &mut taken, &out).await {
+                    shown.expect(count, all.saturating_sub(refused));
+                }
+            }
+            Event::Continued(more) => {
+                // Items of the set refused now no longer count towards the total.
+                shown.refuse(refused_bytes(&more.items, &more.checks));
+                for (item, code) in more.items.iter().zip(&more.checks) {
+                    if *code != OfferResponse::ACCEPTED {
+                        shown.progress.println(&format!(
+                            "ferry: not taking {}: {} ({code})",
+                            item.path,
+                            code.description()
+                        ));
+                    }
+                }
+            }
+            Event::Receiving(receiving) => shown.start(receiving),
             Event::Stored(stored) => {
+                shown.stored(&stored);
                 let item = &stored.item;
                 let kind = if item.is_directory() {
                     "directory".to_owned()
@@ -136,19 +177,23 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
                 } else {
                     String::new()
                 };
-                super::print_lines([format!(
+                let line = format!(
                     "received {} ({kind}{resumed}) from {}, blake3 {}",
                     item.path,
                     stored.sender,
                     &hex::encode(item.digest)[..16]
-                )]);
+                );
+                shown.progress.suspend(|| super::print_lines([line]));
             }
             // A connection whose offer was taken: whole, the wait is over.
             Event::Ended(ended) if ended.accepted => {
+                shown.update();
+                shown.clear();
                 if ended.missing.is_empty() {
                     ctx.note(&format!(
-                        "ferry: everything {} sent has arrived in {out}",
-                        ended.sender
+                        "ferry: everything {} sent has arrived in {out}{}",
+                        ended.sender,
+                        shown.summary()
                     ));
                     return Ok(());
                 }
@@ -165,7 +210,7 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
     }
 }
 
-/// Accepts or declines one offer; says which, and why, on stderr.
+/// Accepts or declines one offer; says which, and why, on stderr. Returns whether it accepted.
 async fn decide(
     ctx: &Context,
     offer: Offer,
@@ -173,7 +218,7 @@ async fn decide(
     authorised: &HashSet<NodeId>,
     taken: &mut HashSet<Taken>,
     out: &str,
-) {
+) -> bool {
     let sender = offer.sender;
     let summary = describe(&offer);
     let again = !offer.items.is_empty()
@@ -227,10 +272,12 @@ async fn decide(
             }
             taken.extend(offer.items.iter().map(|item| taken_key(sender, item)));
             offer.accept();
+            true
         }
         Some(why) => {
             ctx.note(&format!("ferry: declined an offer of {summary}: {why}"));
             offer.decline(why);
+            false
         }
     }
 }
@@ -250,6 +297,113 @@ fn taken_key(sender: NodeId, item: &OfferItem) -> Taken {
     )
 }
 
+/// The bars of the uploads under way, and a total over every accepted offer.
+struct Shown {
+    progress: Progress,
+    /// Under way: each file's bar and the bytes it holds.
+    files: Vec<(ProgressBar, Arc<AtomicU64>, OfferItem)>,
+    total: Option<ProgressBar>,
+    /// Bytes of the files stored, and of their parts that came in this run.
+    stored: u64,
+    received: u64,
+    started: Option<Instant>,
+}
+
+impl Shown {
+    fn new(ctx: &Context) -> Self {
+        Self {
+            progress: ctx.progress(),
+            files: Vec::new(),
+            total: None,
+            stored: 0,
+            received: 0,
+            started: None,
+        }
+    }
+
+    /// An accepted offer (or set) of `count` items, `bytes` of which are to come.
+    fn expect(&mut self, count: u64, bytes: u64) {
+        match &self.total {
+            Some(total) => total.inc_length(bytes),
+            None => {
+                let label = format!("total ({count} items)");
+                self.total = Some(self.progress.overall(&label, bytes));
+            }
+        }
+    }
+
+    /// Bytes of a set that will not come after all.
+    fn refuse(&mut self, bytes: u64) {
+        if let Some(total) = &self.total {
+            let length = total.length().unwrap_or(0);
+            total.set_length(length.saturating_sub(bytes));
+        }
+    }
+
+    fn start(&mut self, receiving: Receiving) {
+        self.started.get_or_insert_with(Instant::now);
+        let bar = self
+            .progress
+            .file(&receiving.item.path, receiving.item.size, receiving.offset);
+        self.files.push((bar, receiving.held, receiving.item));
+    }
+
+    fn stored(&mut self, stored: &Stored) {
+        self.stored += stored.item.size;
+        self.received += stored.received;
+        if let Some(at) = self
+            .files
+            .iter()
+            .position(|(_, _, item)| item.path == stored.item.path)
+        {
+            let (bar, _, _) = self.files.swap_remove(at);
+            bar.finish_and_clear();
+        }
+        self.update();
+    }
+
+    /// Copies the bytes held to the bars.
+    fn update(&self) {
+        let mut held = self.stored;
+        for (bar, bytes, item) in &self.files {
+            let now = bytes.load(Ordering::Relaxed).min(item.size);
+            bar.set_position(now);
+            held += now;
+        }
+        if let Some(total) = &self.total {
+            total.set_position(held.min(total.length().unwrap_or(held)));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.files.clear();
+        if let Some(total) = self.total.take() {
+            total.finish_and_clear();
+        }
+        self.progress.clear();
+    }
+
+    /// `: 12.0 MiB in 1.2s (10.0 MiB/s)`, over what came in this run.
+    fn summary(&self) -> String {
+        match self.started {
+            Some(started) if self.received > 0 => {
+                format!(": {}", progress::summary(self.received, started.elapsed()))
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Bytes of the items the checks refuse (they will not come).
+fn refused_bytes(items: &[OfferItem], checks: &[ErrorCode]) -> u64 {
+    items
+        .iter()
+        .zip(checks)
+        .filter(|(_, c)| **c != OfferResponse::ACCEPTED)
+        .map(|(i, _)| i.size)
+        .sum()
+}
+
 /// `3 files (64.0 MiB): a.bin, b.bin, c.txt`.
 fn describe(offer: &Offer) -> String {
     let files = offer.items.iter().filter(|i| !i.is_directory()).count();
@@ -263,9 +417,18 @@ fn describe(offer: &Offer) -> String {
     if offer.items.len() > 5 {
         names.push("...");
     }
+    // The first offer of a set (spec §3.13 rule 4) speaks for all of it.
+    let (files, bytes, what) = match offer.set {
+        Some(set) => (set.items as usize, set.bytes, "items"),
+        None => (files, bytes, "file"),
+    };
+    let plural = if files == 1 || what == "items" {
+        ""
+    } else {
+        "s"
+    };
     format!(
-        "{files} file{} ({}): {}",
-        if files == 1 { "" } else { "s" },
+        "{files} {what}{plural} ({}): {}",
         indicatif::HumanBytes(bytes),
         names.join(", ")
     )

@@ -25,7 +25,7 @@ pub use error::ErrorBody;
 pub use fetch::{FetchEnd, FetchRequest, FetchResponse, TO_END};
 pub use hello::{ClientHello, Finished, KeyHint, Mode, ServerHello, SuiteId, SuiteOffer};
 pub use list::{ListEnd, ListPage, ListRequest};
-pub use offer::{offer_flags, OfferItem, OfferRequest, OfferResponse};
+pub use offer::{offer_flags, OfferItem, OfferRequest, OfferResponse, OfferSet};
 pub use put::{put_flags, PutEnd, PutRequest, PutResponse, MAX_MODE};
 pub use stat::StatRequest;
 
@@ -505,6 +505,20 @@ pub(crate) mod tests {
                         digest: [0; 32],
                     },
                 ],
+                set: None,
+            }),
+            Message::OfferRequest(OfferRequest {
+                items: vec![OfferItem {
+                    path: "b.bin".into(),
+                    size: 7,
+                    mode: 0o600,
+                    flags: 0,
+                    digest: [14; 32],
+                }],
+                set: Some(OfferSet {
+                    items: 40_000,
+                    bytes: 1 << 33,
+                }),
             }),
             Message::OfferResponse(OfferResponse {
                 codes: vec![OfferResponse::ACCEPTED, crate::ErrorCode::ALREADY_EXISTS],

@@ -92,19 +92,44 @@ impl OfferItem {
 }
 
 /// ```text
-/// count: u16 (1..) | item * count
+/// [0x0000 | set_items: u32 | set_bytes: u64] | count: u16 (1..) | item * count
 /// ```
+/// An offer of a set (spec §3.13 rule 4) starts with a zero count, which no offer has, and the
+/// set's totals; the ordinary body follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferRequest {
     pub items: Vec<OfferItem>,
+    /// Present when this offer is one of a set split over several offers on one connection
+    /// (spec §3.13 rule 4): the whole set's totals, the same in each of its offers.
+    pub set: Option<OfferSet>,
+}
+
+/// The totals of an offer set (spec §3.13 rule 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferSet {
+    /// Items in all of the set's offers.
+    pub items: u32,
+    /// Their sizes summed.
+    pub bytes: u64,
+}
+
+impl OfferSet {
+    /// Bytes of the prefix that carries it (the zero marker and the totals).
+    pub const LEN: usize = 2 + 4 + 8;
 }
 
 impl OfferRequest {
     pub fn encoded_len(&self) -> usize {
         2 + self.items.iter().map(OfferItem::encoded_len).sum::<usize>()
+            + self.set.map_or(0, |_| OfferSet::LEN)
     }
 
     pub fn encode(&self, dst: &mut impl BufMut) {
+        if let Some(set) = self.set {
+            dst.put_u16(0);
+            dst.put_u32(set.items);
+            dst.put_u64(set.bytes);
+        }
         // `Message::check_encodable` bounds the count before anything reaches the wire.
         dst.put_u16(self.items.len() as u16);
         for item in &self.items {
@@ -113,7 +138,23 @@ impl OfferRequest {
     }
 
     pub fn decode(mut src: Bytes) -> Result<Self, DecodeError> {
-        let count = get_u16(&mut src)?;
+        let mut count = get_u16(&mut src)?;
+        // A zero count marks an offer of a set: its totals, then the offer (rule 4).
+        let mut set = None;
+        if count == 0 && !src.is_empty() {
+            let totals = OfferSet {
+                items: get_u32(&mut src)?,
+                bytes: get_u64(&mut src)?,
+            };
+            count = get_u16(&mut src)?;
+            if count != 0 && totals.items < u32::from(count) {
+                return Err(DecodeError::InvalidValue {
+                    field: "offer set item count",
+                    value: totals.items.into(),
+                });
+            }
+            set = Some(totals);
+        }
         if count == 0 {
             return Err(DecodeError::InvalidValue {
                 field: "offer item count",
@@ -127,7 +168,7 @@ impl OfferRequest {
             items.push(OfferItem::decode(&mut src)?);
         }
         expect_empty(&src)?;
-        Ok(Self { items })
+        Ok(Self { items, set })
     }
 
     /// Fits the wire: 1 to 65 535 items, paths of at most 65 535 bytes.
@@ -137,6 +178,14 @@ impl OfferRequest {
                 field: "offer item count",
                 value: self.items.len() as u64,
             });
+        }
+        if let Some(set) = self.set {
+            if (set.items as usize) < self.items.len() {
+                return Err(DecodeError::InvalidValue {
+                    field: "offer set item count",
+                    value: set.items.into(),
+                });
+            }
         }
         self.items.iter().try_for_each(|i| check_str(&i.path))
     }
