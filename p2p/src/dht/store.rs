@@ -156,47 +156,111 @@ pub const RATE_BURST: f64 = 50.0;
 /// Most source addresses tracked; beyond that they share one bucket.
 pub const MAX_SOURCES: usize = 8192;
 
+/// Slots the clock hand looks at for a reusable one when a new source finds the table full.
+pub const EVICT_SCAN: usize = 8;
+
 /// A token bucket per source IP, plus one shared by the sources that did not fit.
+///
+/// The buckets live in at most [`MAX_SOURCES`] slots, found through an index by address. A new
+/// source in a full table takes the first of the next [`EVICT_SCAN`] slots after a clock hand
+/// whose bucket has refilled (a source idle that long is indistinguishable from a new one), or
+/// else shares the overflow bucket. So each request costs O(1), whatever a flood of spoofed
+/// addresses does; a full scan of the table per new address did not.
 #[derive(Debug)]
 pub struct RateLimiter {
-    sources: HashMap<IpAddr, (f64, Instant)>,
+    index: HashMap<IpAddr, usize>,
+    slots: Vec<Bucket>,
+    /// The next slot the clock hand looks at.
+    hand: usize,
     overflow: (f64, Instant),
+    /// Slots looked at to find a reusable one, for the tests' bound on work.
+    #[cfg(test)]
+    pub(crate) scanned: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    ip: IpAddr,
+    tokens: f64,
+    at: Instant,
 }
 
 impl RateLimiter {
     pub fn new(now: Instant) -> Self {
         Self {
-            sources: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            hand: 0,
             overflow: (RATE_BURST, now),
+            #[cfg(test)]
+            scanned: 0,
         }
     }
 
     /// Whether a request from `ip` at `now` may be answered (and counts it).
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_SOURCES {
-            // A source idle long enough to have refilled is indistinguishable from a new one.
-            let full = Duration::from_secs_f64(RATE_BURST / RATE_PER_SEC);
-            self.sources
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < full);
-        }
-        let bucket = if self.sources.len() < MAX_SOURCES || self.sources.contains_key(&ip) {
-            self.sources.entry(ip).or_insert((RATE_BURST, now))
-        } else {
-            &mut self.overflow
+        let slot = match self.index.get(&ip) {
+            Some(&i) => Some(i),
+            None => self.claim(ip, now),
         };
-        let elapsed = now.saturating_duration_since(bucket.1).as_secs_f64();
-        bucket.0 = (bucket.0 + elapsed * RATE_PER_SEC).min(RATE_BURST);
-        bucket.1 = now;
-        if bucket.0 >= 1.0 {
-            bucket.0 -= 1.0;
+        let (tokens, at) = match slot {
+            Some(i) => {
+                let b = &mut self.slots[i];
+                (&mut b.tokens, &mut b.at)
+            }
+            None => (&mut self.overflow.0, &mut self.overflow.1),
+        };
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
             true
         } else {
             false
         }
     }
 
+    /// A slot with a full bucket for a new source: a fresh one while the table has room, else
+    /// one of the next [`EVICT_SCAN`] after the hand whose source has been idle long enough to
+    /// refill. `None`: the source shares the overflow bucket.
+    fn claim(&mut self, ip: IpAddr, now: Instant) -> Option<usize> {
+        let fresh = Bucket {
+            ip,
+            tokens: RATE_BURST,
+            at: now,
+        };
+        if self.slots.len() < MAX_SOURCES {
+            self.slots.push(fresh);
+            self.index.insert(ip, self.slots.len() - 1);
+            return Some(self.slots.len() - 1);
+        }
+        let full = Duration::from_secs_f64(RATE_BURST / RATE_PER_SEC);
+        for _ in 0..EVICT_SCAN {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            #[cfg(test)]
+            {
+                self.scanned += 1;
+            }
+            if now.saturating_duration_since(self.slots[i].at) >= full {
+                let old = std::mem::replace(&mut self.slots[i], fresh);
+                self.index.remove(&old.ip);
+                self.index.insert(ip, i);
+                return Some(i);
+            }
+        }
+        None
+    }
+
     pub fn sources(&self) -> usize {
-        self.sources.len()
+        self.index.len()
+    }
+
+    /// Whether `ip` has a bucket of its own.
+    #[cfg(test)]
+    pub(crate) fn tracks(&self, ip: IpAddr) -> bool {
+        self.index.contains_key(&ip)
     }
 }
 

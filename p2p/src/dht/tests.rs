@@ -435,6 +435,60 @@ fn a_flood_from_one_address_is_cut_and_others_still_answered() {
     assert!(d.in_flight() <= MAX_IN_FLIGHT / 2 + 1);
 }
 
+/// issue 14: a flood of spoofed source addresses, each sending one request. The limiter's
+/// table stays at its bound, each new address costs a few slots of work (a full scan of the
+/// table per address once it was full did not), a source known before the flood keeps being
+/// answered during it, and once the spoofed sources have been idle long enough to refill,
+/// a new source gets a bucket of its own again.
+#[test]
+fn a_flood_of_spoofed_sources_stays_bounded_and_others_still_answered() {
+    let now = Instant::now();
+    let mut d = lone(now);
+    let ping = |from: SocketAddr, key| {
+        Message::Request(Request {
+            id: id_for(from.ip(), [key; 20]),
+            query: Query::Ping,
+            padding: 0,
+        })
+        .to_datagram(1)
+    };
+    let known = public(6);
+    let answered = |d: &mut Dht, from: SocketAddr, now| {
+        d.handle_datagram(&ping(from, 2), from, now);
+        let mut got = false;
+        while let Some((to, _)) = d.poll_transmit() {
+            got |= to == from;
+        }
+        got
+    };
+    assert!(answered(&mut d, known, now));
+    let spoofed = store::MAX_SOURCES + 20_000;
+    for i in 0..spoofed {
+        let from = public(100_000 + i);
+        d.handle_datagram(&ping(from, 1), from, now);
+        while d.poll_transmit().is_some() {}
+        if i % 1000 == 0 {
+            assert!(answered(&mut d, known, now), "after {i} spoofed sources");
+        }
+    }
+    assert!(d.limiter.sources() <= store::MAX_SOURCES);
+    // The known source holds one slot.
+    let extra = (spoofed + 1 - store::MAX_SOURCES) as u64;
+    assert!(
+        d.limiter.scanned <= extra * store::EVICT_SCAN as u64,
+        "{} slots looked at for {extra} sources beyond the table",
+        d.limiter.scanned
+    );
+    // The spoofed buckets have refilled: a new source takes one of their slots.
+    let later = now + Duration::from_secs(3);
+    let newcomer = public(7);
+    for _ in 0..store::RATE_BURST as usize {
+        assert!(answered(&mut d, newcomer, later));
+    }
+    assert!(d.limiter.tracks(newcomer.ip()));
+    assert!(d.limiter.sources() <= store::MAX_SOURCES);
+}
+
 #[test]
 fn node_ids_are_tied_to_addresses() {
     let mut rng = StdRng::seed_from_u64(4);
