@@ -1,5 +1,6 @@
 //! Tests of the whole core: several cores driven against each other, and malformed input.
 
+mod leave;
 mod link;
 pub(super) mod util;
 

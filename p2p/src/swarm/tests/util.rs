@@ -380,6 +380,10 @@ pub(crate) struct Sim {
     pub(crate) trace: Vec<(usize, u64, u8)>,
     /// Pieces each super-seed announced with HAVE, per connection.
     haves: BTreeMap<(usize, ConnId), BTreeSet<u32>>,
+    /// Block bytes each node uploaded, per (node, piece).
+    pub(crate) uploads: BTreeMap<(usize, u32), u64>,
+    /// Slow nodes: a queue to or from one is passed over three times in four when chosen.
+    pub(crate) slow: BTreeSet<usize>,
 }
 
 impl Sim {
@@ -399,6 +403,8 @@ impl Sim {
             steps: 0,
             trace: Vec::new(),
             haves: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            slow: BTreeSet::new(),
         }
     }
 
@@ -459,7 +465,15 @@ impl Sim {
         if busy.is_empty() {
             return false;
         }
-        let (to, conn) = busy[self.rng.gen_range(0..busy.len())];
+        let mut pick = busy[self.rng.gen_range(0..busy.len())];
+        for _ in 0..3 {
+            let from = self.links.get(&pick).map(|l| l.0);
+            if !self.slow.contains(&pick.0) && !from.is_some_and(|f| self.slow.contains(&f)) {
+                break;
+            }
+            pick = busy[self.rng.gen_range(0..busy.len())];
+        }
+        let (to, conn) = pick;
         let Some(msg) = self.queues.get_mut(&(to, conn)).and_then(|q| q.pop_front()) else {
             return false;
         };
@@ -524,6 +538,37 @@ impl Sim {
         done(self)
     }
 
+    /// `node` vanishes: what it already sent arrives (it has left the node), then every
+    /// connection to it closes; it hears nothing more.
+    pub(crate) fn depart(&mut self, node: usize) {
+        let conns: Vec<(ConnId, (usize, ConnId))> = self
+            .links
+            .iter()
+            .filter(|((i, _), _)| *i == node)
+            .map(|((_, c), to)| (*c, *to))
+            .collect();
+        for (_, (j, cj)) in &conns {
+            while let Some(msg) = self.queues.get_mut(&(*j, *cj)).and_then(|q| q.pop_front()) {
+                self.steps += 1;
+                let now = self.now;
+                self.nodes[*j].swarm.handle_message(*cj, msg, now);
+                self.drain();
+                self.check();
+            }
+        }
+        for (c, (j, cj)) in conns {
+            if self.links.remove(&(node, c)).is_some() {
+                self.links.remove(&(j, cj));
+                self.queues.remove(&(node, c));
+                self.queues.remove(&(j, cj));
+                let now = self.now;
+                self.nodes[j].swarm.handle_disconnected(cj, now);
+                self.drain();
+                self.check();
+            }
+        }
+    }
+
     /// Queues `msg` from `from` on its connection `conn`, if it is still open.
     fn send_raw(&mut self, from: usize, conn: ConnId, msg: PeerMessage) {
         if let Some(&to) = self.links.get(&(from, conn)) {
@@ -584,6 +629,7 @@ impl Sim {
                 self.nodes[i]
                     .swarm
                     .handle_uploaded(conn, length as u64, now);
+                *self.uploads.entry((i, piece.get())).or_default() += u64::from(length);
                 self.send_raw(i, conn, msg);
             }
             // Uploads are queued at once, so there is nothing left to cancel.
