@@ -29,7 +29,8 @@
 # - with the hub-coordinated punch (load ~5-6): all four complete after 16.50 s (1.18x the bound,
 #   target 1.3x); the seed sent 1.16x the file; 8 of the 10 peer paths punched (all TCP
 #   simultaneous open), 2 relayed (symmetric with port-restricted, as the NAT matrix predicts);
-#   the hub's link carried 0.55x the file.
+#   the hub's link carried 0.55x the file. A second run (load ~8): 16.86 s (1.20x), seed 1.12x,
+#   hub 0.44x, 7 paths punched over TCP and 1 over QUIC (restricted-symmetric), the same 2 relayed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT_DIR=$PWD
