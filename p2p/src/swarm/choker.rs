@@ -80,6 +80,7 @@ impl Swarm {
                 self.send(conn, PeerMessage::Unchoke, now);
             } else if !want && !peer.am_choking {
                 peer.am_choking = true;
+                peer.unchoked_early = false;
                 self.send(conn, PeerMessage::Choke, now);
             }
         }
@@ -88,15 +89,37 @@ impl Swarm {
     /// A newly interested peer is unchoked at once while slots are free, rather than waiting
     /// up to a rechoke interval.
     pub(super) fn maybe_unchoke_now(&mut self, conn: ConnId, now: Instant) {
-        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-        if unchoked < self.slots() + 1 {
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.unchoked_early = false;
+        }
+        self.unchoke_if_free(conn, now);
+    }
+
+    /// A peer whose BITFIELD lacks pieces we can give it is unchoked before it says it is
+    /// interested, while slots are free (spec/P2P.md §4.3).
+    pub(super) fn unchoke_early(&mut self, conn: ConnId, now: Instant) {
+        if self.unchoke_if_free(conn, now) {
             if let Some(peer) = self.peers.get_mut(&conn) {
-                if peer.am_choking {
-                    peer.am_choking = false;
-                    self.send(conn, PeerMessage::Unchoke, now);
-                }
+                peer.unchoked_early = !peer.peer_interested;
             }
         }
+    }
+
+    /// Unchokes `conn` if fewer than `slots() + 1` peers are; returns whether it sent UNCHOKE.
+    fn unchoke_if_free(&mut self, conn: ConnId, now: Instant) -> bool {
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        if unchoked >= self.slots() + 1 {
+            return false;
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return false;
+        };
+        if !peer.am_choking {
+            return false;
+        }
+        peer.am_choking = false;
+        self.send(conn, PeerMessage::Unchoke, now);
+        true
     }
 
     /// Regular unchoke slots: more while seeding.

@@ -12,6 +12,11 @@
 //! from running dry while our next requests are on their way: like TCP's slow start, the depth
 //! about doubles every round trip until the link is full, then stays at about twice its
 //! bandwidth-delay product.
+//!
+//! Start: the depth begins at [`START`] and, until a rate sample is less than [`GROWING`] × the
+//! one before (the link is full), also grows by one request per block received, as TCP's
+//! slow start does: the depth doubles within the first round trip instead of holding its
+//! start until a whole window has been measured.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,9 @@ pub const START: usize = 16;
 /// Shortest rate-measuring window, so that a loopback round trip of microseconds does not
 /// turn every block into a sample.
 pub const MIN_WINDOW: Duration = Duration::from_millis(50);
+/// A rate sample at least this many times the previous one means the link is not full yet,
+/// so the slow start goes on.
+pub const GROWING: f64 = 1.25;
 
 /// One peer's request-queue estimator.
 #[derive(Debug, Clone)]
@@ -31,6 +39,10 @@ pub(super) struct Depth {
     /// Bytes per second of requested blocks.
     meter: Meter,
     target: usize,
+    /// Growing by one request per block: no rate sample has yet failed to grow.
+    slow_start: bool,
+    /// The rate after the previous sample.
+    last_rate: f64,
 }
 
 /// Bytes per second over windows of at least a given length. A sample at least the current
@@ -81,6 +93,8 @@ impl Depth {
             min_rtt: None,
             meter: Meter::default(),
             target: START.clamp(floor.min(cap), cap),
+            slow_start: true,
+            last_rate: 0.0,
         }
     }
 
@@ -108,15 +122,26 @@ impl Depth {
         if self.min_rtt.is_none_or(|m| rtt < m) {
             self.min_rtt = Some(rtt);
         }
+        let floor = floor.min(cap);
+        if self.slow_start {
+            self.target = (self.target + 1).clamp(floor, cap);
+        }
         let window = self.min_rtt.unwrap_or_default().max(MIN_WINDOW);
         if !self.meter.add(len, now, window) {
             return;
         }
+        let rate = self.meter.rate();
         let rtt = self.min_rtt.unwrap_or_default().as_secs_f64();
-        let bdp_blocks = self.meter.rate() * rtt / f64::from(MAX_BLOCK);
+        let bdp_blocks = rate * rtt / f64::from(MAX_BLOCK);
         // Saturating float-to-int cast: a huge product lands on the cap.
-        let want = (2.0 * bdp_blocks).ceil() as usize;
-        self.target = want.clamp(floor.min(cap), cap);
+        let want = ((2.0 * bdp_blocks).ceil() as usize).clamp(floor, cap);
+        if self.slow_start && rate >= GROWING * self.last_rate {
+            self.target = self.target.max(want);
+        } else {
+            self.slow_start = false;
+            self.target = want;
+        }
+        self.last_rate = rate;
     }
 }
 
@@ -129,6 +154,12 @@ mod tests {
     /// than the previous block finished sending. Returns the depth and the goodput over the
     /// last second of `secs`.
     fn drive(rate: f64, rtt: Duration, secs: u64) -> (usize, f64, Depth) {
+        let (depth, last_second, d, _) = drive_timed(rate, rtt, secs);
+        (depth, last_second, d)
+    }
+
+    /// [`drive`], also returning when each block arrived, after the start.
+    fn drive_timed(rate: f64, rtt: Duration, secs: u64) -> (usize, f64, Depth, Vec<Duration>) {
         let (floor, cap) = (4, 500);
         let mut d = Depth::new(floor, cap);
         let t0 = Instant::now();
@@ -140,6 +171,7 @@ mod tests {
         let mut now = t0;
         let end = t0 + Duration::from_secs(secs);
         let mut last_second = 0u64;
+        let mut arrivals = Vec::new();
         let request = |sent: Instant, link_free: &mut Instant| {
             let at_peer = sent + rtt / 2;
             let leaves = (*link_free).max(at_peer) + per_block;
@@ -154,6 +186,7 @@ mod tests {
                 break;
             };
             now = arrives;
+            arrivals.push(now - t0);
             d.on_block(u64::from(MAX_BLOCK), sent, now, floor, cap);
             if now + Duration::from_secs(1) >= end {
                 last_second += u64::from(MAX_BLOCK);
@@ -162,7 +195,7 @@ mod tests {
                 in_flight.push_back(request(now, &mut link_free));
             }
         }
-        (d.target(), last_second as f64, d)
+        (d.target(), last_second as f64, d, arrivals)
     }
 
     #[test]
@@ -184,6 +217,29 @@ mod tests {
         // A fixed depth of 16 (our start) would have reached 16 blocks per 200 ms: 1.3 MB/s.
         let fixed = 16.0 * f64::from(MAX_BLOCK) / 0.2;
         assert!(goodput > 1.8 * fixed, "{goodput} vs {fixed}");
+    }
+
+    /// issue 14: the first round trips of a long fat link. Holding the starting 16 requests
+    /// until the first rate sample left it half idle for two round trips; growing by one
+    /// request per block until the rate stops growing (TCP's slow start) fills it within about
+    /// one.
+    #[test]
+    fn the_queue_fills_a_long_fat_link_within_a_few_round_trips() {
+        let rate = 2_500_000.0;
+        let rtt = Duration::from_millis(200);
+        let (_, _, _, arrivals) = drive_timed(rate, rtt, 3);
+        // The first block cannot come before one round trip and one block's sending time;
+        // from then on a full link delivers `rate`.
+        let first = arrivals[0];
+        let by = |t: Duration| arrivals.iter().filter(|a| **a <= t).count() as f64;
+        let window = 3 * rtt;
+        let got = by(first + window) * f64::from(MAX_BLOCK);
+        let full = rate * window.as_secs_f64();
+        assert!(
+            got >= 0.8 * full,
+            "{:.2} of the link in the first three round trips",
+            got / full
+        );
     }
 
     #[test]
@@ -212,6 +268,12 @@ mod tests {
         let t = Instant::now();
         d.on_block(16_384, t, t, 4, 8);
         d.on_block(16_384, t, t + Duration::from_secs(1), 4, 8);
+        assert_eq!(
+            d.target(),
+            8,
+            "the slow start holds until the rate stops growing"
+        );
+        d.on_block(16_384, t, t + Duration::from_secs(2), 4, 8);
         assert_eq!(d.target(), 4, "no round trip measured: the floor");
     }
 }

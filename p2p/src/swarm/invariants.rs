@@ -325,8 +325,8 @@ fn before_bitfield(s: &Swarm) -> Result<(), String> {
     Ok(())
 }
 
-/// R6: at most `slots() + 1` peers are unchoked, each interested in us; the optimistic peer is
-/// connected.
+/// R6: at most `slots() + 1` peers are unchoked, each interested in us or unchoked early (on its
+/// BITFIELD, its INTERESTED still to come); the optimistic peer is connected.
 fn unchoke_slots(s: &Swarm) -> Result<(), String> {
     let unchoked: Vec<_> = s.peers.iter().filter(|(_, p)| !p.am_choking).collect();
     if unchoked.len() > s.slots() + 1 {
@@ -336,7 +336,10 @@ fn unchoke_slots(s: &Swarm) -> Result<(), String> {
             s.slots()
         ));
     }
-    if let Some((c, _)) = unchoked.iter().find(|(_, p)| !p.peer_interested) {
+    if let Some((c, _)) = unchoked
+        .iter()
+        .find(|(_, p)| !p.peer_interested && !p.unchoked_early)
+    {
         return Err(format!("{c:?} unchoked but not interested"));
     }
     if let Some(o) = s.choker.optimistic {

@@ -27,6 +27,9 @@ pub(super) struct Peer {
     pub(super) am_interested: bool,
     pub(super) peer_choking: bool,
     pub(super) peer_interested: bool,
+    /// Unchoked on its BITFIELD, before its INTERESTED (spec/P2P.md §4.3): it lacked a piece we
+    /// have, so its interest is on the way. Cleared by its INTERESTED or our next CHOKE.
+    pub(super) unchoked_early: bool,
     /// Our requests to this peer: (piece, offset) → when sent. Ordered, so the requests given up
     /// together (a CHOKE, a timeout) are remembered in the same order on every run.
     pub(super) outstanding: BTreeMap<(u32, u32), Instant>,
@@ -70,6 +73,7 @@ impl Peer {
             am_interested: false,
             peer_choking: true,
             peer_interested: false,
+            unchoked_early: false,
             outstanding: BTreeMap::new(),
             given_up: VecDeque::new(),
             queued_uploads: 0,
@@ -144,6 +148,7 @@ impl Swarm {
             }
         };
         let mut wanted = 0;
+        let mut lacks = false;
         for piece in self.manifest.pieces() {
             if bits.has(piece) {
                 let a = &mut self.picker.availability[piece.idx()];
@@ -151,6 +156,8 @@ impl Swarm {
                 if !self.picker.have.has(piece) {
                     wanted += 1;
                 }
+            } else if self.picker.have.has(piece) {
+                lacks = true;
             }
         }
         let seed_to_seed = bits.is_full() && self.is_complete();
@@ -165,6 +172,16 @@ impl Swarm {
         }
         self.update_interest(conn, now);
         self.reveal(conn, now);
+        // A peer lacking what we have (a super-seed: what we revealed) will ask for it: unchoke
+        // now, so the UNCHOKE travels with our BITFIELD's answer instead of a round trip after
+        // its INTERESTED (spec/P2P.md §4.3).
+        let revealed = self.peers.get(&conn).map(|p| match p.revealed {
+            Some(_) => p.revealed_pending > 0,
+            None => lacks,
+        });
+        if revealed == Some(true) {
+            self.unchoke_early(conn, now);
+        }
     }
 
     pub(super) fn on_have(&mut self, conn: ConnId, index: u32, now: Instant) {

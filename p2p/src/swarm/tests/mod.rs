@@ -2,6 +2,7 @@
 
 mod leave;
 mod link;
+mod tail;
 pub(super) mod util;
 
 use bytes::Bytes;
