@@ -323,6 +323,8 @@ impl Actor {
                         self.sources.heard_of([addr]);
                     }
                 }
+                // Dial now rather than at the next maintenance tick: up to 500 ms of the start.
+                self.dial_more();
             }
         }
         Ok(())
@@ -611,5 +613,98 @@ impl Actor {
             )
             .await
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::node::{self, NodeConfig};
+    use crate::pieces::{make_manifest, Storage};
+    use crate::tracker::client::{Backoff, TrackerClient};
+    use crate::tracker::{server, AnnounceEvent, TrackerConfig};
+    use crate::wire::PeerId;
+
+    /// issue 14: a peer the tracker names is dialled as soon as the answer arrives, not at
+    /// the next half-second maintenance tick (on a 200 ms link that tick cost 0-500 ms of the
+    /// start). The first tick runs before any tracker answers, so the old code always dialled
+    /// at the second one, 500 ms after the start; loopback needs a few milliseconds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_named_by_the_tracker_is_dialled_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), ferry_testkit::data(100_000, 1)).unwrap();
+        let manifest =
+            Arc::new(make_manifest(&src.join("f"), Some(16_384), vec![], vec![], &|_| {}).unwrap());
+        let cancel = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(server::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            TrackerConfig::default(),
+            cancel.clone(),
+            move |a| {
+                let _ = tx.send(a);
+            },
+        ));
+        let tracker = rx.await.unwrap();
+        let config = NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            trackers: vec![tracker],
+            seed_after_complete: true,
+            ..Default::default()
+        };
+        let storage = Storage::open_existing(&src, &manifest).unwrap();
+        let have = storage.verify(&manifest, &|| {});
+        let seed = node::start(manifest.clone(), Arc::new(storage), have, config.clone())
+            .await
+            .unwrap();
+        // Wait until the tracker lists the seed, so the leecher's first announce finds it.
+        let mut client = TrackerClient::new(tracker, Backoff::default()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = client
+                .announce(
+                    manifest.content_id(),
+                    PeerId([0x77; 20]),
+                    // Port 0: asks without being listed.
+                    0,
+                    0,
+                    0,
+                    1,
+                    AnnounceEvent::None,
+                    50,
+                )
+                .await
+                .unwrap();
+            if reply.peers.iter().any(|p| p.port() == seed.listen_addr.port()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the seed never announced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = dir.path().join("out");
+        let storage = Storage::create(&out, &manifest).unwrap();
+        let have = storage.verify(&manifest, &|| {});
+        let started = Instant::now();
+        let mut leecher = node::start(manifest.clone(), Arc::new(storage), have, config)
+            .await
+            .unwrap();
+        while leecher.peer_ids.borrow().is_empty() {
+            leecher.peer_ids.changed().await.unwrap();
+        }
+        let took = started.elapsed();
+        leecher.shutdown().await.unwrap();
+        seed.shutdown().await.unwrap();
+        cancel.cancel();
+        assert!(
+            took < Duration::from_millis(400),
+            "connected {took:?} after the start"
+        );
     }
 }
