@@ -36,6 +36,7 @@ fn leave_at(seed: u64, shape: Shape, at: f64) -> Result<f64, String> {
         sim.slow.insert(*leechers.last().unwrap());
     }
     mesh(&mut sim);
+    let start = sim.now;
     let limit = (at * len as f64) as u64;
     let all_done = |s: &Sim| leechers.iter().all(|&l| s.nodes[l].swarm.is_complete());
     let deadline = sim.now + Duration::from_secs(600);
@@ -68,8 +69,22 @@ fn leave_at(seed: u64, shape: Shape, at: f64) -> Result<f64, String> {
         .map(|p| p.get())
         .collect();
     if !unsent.is_empty() {
+        let twice = sim
+            .manifest
+            .pieces()
+            .filter(|&p| {
+                let sent = sim.uploads.get(&(publisher, p.get())).copied();
+                sent.unwrap_or(0) > u64::from(sim.manifest.piece_len(p))
+            })
+            .count();
+        let wasted: u64 = leechers
+            .iter()
+            .map(|&l| sim.nodes[l].swarm.stats().wasted)
+            .sum();
         return Err(format!(
-            "at {ratio:.2} × pieces {unsent:?} never left the seed whole"
+            "at {ratio:.2} × pieces {unsent:?} never left the seed whole; {twice} pieces left it \
+             more than once; leechers wasted {wasted} bytes; {} s of sim time",
+            sim.now.duration_since(start).as_secs()
         ));
     }
     sim.depart(publisher);
