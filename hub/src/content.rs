@@ -669,7 +669,9 @@ mod tests {
         let grace = Duration::from_secs(30);
         for n in 1..=3 {
             index.arrive(node(n), &format!("n{n}"));
-            index.announce(node(n), &[[1; 32], [n + 10; 32]], t0).unwrap();
+            index
+                .announce(node(n), &[[1; 32], [n + 10; 32]], t0)
+                .unwrap();
         }
         assert_eq!(index.len(), 6);
         // Node 1 reconnects (a new port) within the grace: its entries stay and it is listed.

@@ -470,7 +470,10 @@ async fn a_relayed_peer_moves_to_a_punched_path_and_keeps_its_pieces() {
     // Not everything they traded crossed the relay (it would have taken ten seconds there).
     let relayed = hub.tapped().len() as u64;
     let traded = a.stats.borrow().downloaded + b.stats.borrow().downloaded;
-    assert!(relayed < traded, "{relayed} bytes relayed of {traded} traded");
+    assert!(
+        relayed < traded,
+        "{relayed} bytes relayed of {traded} traded"
+    );
     assert_eq!(
         a.stats.borrow().hash_failures + b.stats.borrow().hash_failures,
         0

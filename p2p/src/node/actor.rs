@@ -665,7 +665,9 @@ mod tests {
             .await
             .unwrap();
         // Wait until the tracker lists the seed, so the leecher's first announce finds it.
-        let mut client = TrackerClient::new(tracker, Backoff::default()).await.unwrap();
+        let mut client = TrackerClient::new(tracker, Backoff::default())
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let reply = client
@@ -682,7 +684,11 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            if reply.peers.iter().any(|p| p.port() == seed.listen_addr.port()) {
+            if reply
+                .peers
+                .iter()
+                .any(|p| p.port() == seed.listen_addr.port())
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "the seed never announced");
