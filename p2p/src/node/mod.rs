@@ -75,6 +75,9 @@ pub struct NodeConfig {
     /// The node identity proven to peers; its node id is our peer id (spec/P2P.md §3.3), so
     /// bans outlive a reconnection. `None`: a fresh identity for this node's run.
     pub identity: Option<Identity>,
+    /// How often the node dials more of the peers it knows (PEX, earlier failures) and
+    /// re-checks its connections. Peers that discovery names are dialled at once regardless.
+    pub maintenance_interval: Duration,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +96,7 @@ impl Default for NodeConfig {
             servers: Vec::new(),
             dht: None,
             identity: None,
+            maintenance_interval: Duration::from_millis(500),
         }
     }
 }
