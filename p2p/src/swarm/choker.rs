@@ -108,7 +108,7 @@ impl Swarm {
     /// Unchokes `conn` if fewer than `slots() + 1` peers are; returns whether it sent UNCHOKE.
     fn unchoke_if_free(&mut self, conn: ConnId, now: Instant) -> bool {
         let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-        if unchoked >= self.slots() + 1 {
+        if unchoked > self.slots() {
             return false;
         }
         let Some(peer) = self.peers.get_mut(&conn) else {
