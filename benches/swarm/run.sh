@@ -202,6 +202,7 @@ for N in $NS; do
     done
     wait_complete "${outs[@]}"
     swarm_s=$(echo "$(now) - $start" | bc -l)
+    [ "$N" = 1 ] && one_s=$swarm_s   # the TCP row compares against the one-leecher run
     # Completion times of each leecher (file mtimes), to see the tail: first, median, last.
     for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | awk -v s="$start" '{ t[NR] = $1 - s }
         END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
@@ -249,7 +250,7 @@ case " $PHASES " in *" tcp "*)
     wait $sink || true
     echo "plain TCP h1 -> h2: $(cat "$WORK/tcp.json")"
     python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["goodput_bps"]; r=float(sys.argv[2])*8/float(sys.argv[3])
-print("one leecher %.2f Mbit/s, plain TCP %.2f Mbit/s: %.2f of TCP" % (r/1e6, g/1e6, r/g))' "$WORK/tcp.json" "$F" "$swarm_s"
+print("one leecher %.2f Mbit/s, plain TCP %.2f Mbit/s: %.2f of TCP" % (r/1e6, g/1e6, r/g))' "$WORK/tcp.json" "$F" "${one_s:?PHASES=tcp needs N = 1 in NS}"
     ;; esac
 
 case " $PHASES " in *" loopback "*) loopback ;; esac
