@@ -332,12 +332,7 @@ async fn udp_presence(
             return None;
         }
     };
-    let any = if hub.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let endpoint = match QuicEndpoint::bind(any) {
+    let endpoint = match QuicEndpoint::bind(punch::unspecified_like(hub)) {
         Ok(endpoint) => endpoint,
         Err(e) => {
             warn!("cannot open a udp socket for punching: {e}");

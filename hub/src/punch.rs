@@ -13,8 +13,9 @@ use std::time::Duration;
 use ferry_protocol::transport::BoxedStream;
 use ferry_traversal::{tcp, Path, QuicEndpoint, Role};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::client::HubConn;
 use crate::wire::{self, Punch, PunchRole, TOKEN_LEN};
 
 /// How long a punch may take from its start time before the caller falls back (to the relay).
@@ -46,6 +47,47 @@ pub fn role_of(role: PunchRole) -> Role {
     match role {
         PunchRole::Dial => Role::Dialer,
         PunchRole::Listen => Role::Listener,
+    }
+}
+
+/// A QUIC endpoint for punching whose UDP address the hub has seen (HUB.md §3.7): bound on
+/// the hub's address family, given a token by `conn` and reflected once. `None`, with the reason
+/// logged, when any step fails; the punch then runs over TCP only.
+pub async fn udp_endpoint(conn: &mut HubConn) -> Option<QuicEndpoint> {
+    let hub = conn.hub_addr();
+    let endpoint = match QuicEndpoint::bind(unspecified_like(hub)) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            info!("no udp socket ({e}); punching over tcp only");
+            return None;
+        }
+    };
+    let token = match conn.udp_token().await {
+        Ok(token) => token,
+        Err(e) => {
+            info!("no udp token from the hub ({e}); punching over tcp only");
+            return None;
+        }
+    };
+    match reflect(&endpoint, hub, token, REFLECT_WAIT).await {
+        Some(seen) => {
+            info!(%seen, "the hub sees this side's udp socket");
+            Some(endpoint)
+        }
+        None => {
+            info!("no udp reflect answer from the hub; punching over tcp only");
+            None
+        }
+    }
+}
+
+/// The unspecified address of `addr`'s family, port 0: where a socket that talks to `addr`
+/// binds.
+pub fn unspecified_like(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
     }
 }
 
@@ -108,40 +150,7 @@ pub async fn dial(
     quic: Option<&QuicEndpoint>,
     budget: Duration,
 ) -> io::Result<Punched> {
-    let start = Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
-    let deadline = start + budget;
-    let tcp = async {
-        let Some(remote) = tcp_target(punch) else {
-            return Err(io::Error::other(
-                "the punch names no TCP address of the peer",
-            ));
-        };
-        debug!(%local_tcp, %remote, "punch: tcp simultaneous open");
-        let stream =
-            tcp::simultaneous_open_as(local_tcp, remote, start, deadline, Role::Dialer).await?;
-        Ok(Punched {
-            stream: Box::new(stream),
-            path: Path::PunchedTcp,
-            remote,
-        })
-    };
-    let quic = async {
-        let (Some(endpoint), Some(&remote)) = (quic, punch.udp.first()) else {
-            return Err(io::Error::other(
-                "no quic punch: one side has no UDP address at the hub",
-            ));
-        };
-        debug!(%remote, "punch: quic");
-        let stream = endpoint
-            .punch_and_connect(remote, Role::Dialer, start, deadline)
-            .await?;
-        Ok(Punched {
-            stream: Box::new(stream),
-            path: Path::PunchedQuic,
-            remote,
-        })
-    };
-    first_ok(tcp, quic).await
+    punch_as(Role::Dialer, punch, local_tcp, quic, budget).await
 }
 
 /// The listener's side of a punch (the node): TCP simultaneous open and QUIC towards the
@@ -156,6 +165,17 @@ pub async fn listen(
     quic: Option<&QuicEndpoint>,
     budget: Duration,
 ) -> io::Result<Punched> {
+    punch_as(Role::Listener, punch, local_tcp, quic, budget).await
+}
+
+/// Both transports of a punch in `role`, the first to succeed kept (see [`dial`], [`listen`]).
+async fn punch_as(
+    role: Role,
+    punch: &Punch,
+    local_tcp: SocketAddr,
+    quic: Option<&QuicEndpoint>,
+    budget: Duration,
+) -> io::Result<Punched> {
     let start = Instant::now() + Duration::from_millis(u64::from(punch.delay_ms));
     let deadline = start + budget;
     let tcp = async {
@@ -164,10 +184,9 @@ pub async fn listen(
                 "the punch names no TCP address of the peer",
             ));
         };
-        debug!(%local_tcp, %remote, "punch: tcp simultaneous open (listener)");
-        // Returns only a connection the dialer's first bytes arrived on.
-        let stream =
-            tcp::simultaneous_open_as(local_tcp, remote, start, deadline, Role::Listener).await?;
+        debug!(%local_tcp, %remote, ?role, "punch: tcp simultaneous open");
+        // As the listener, returns only a connection the dialer's first bytes arrived on.
+        let stream = tcp::simultaneous_open_as(local_tcp, remote, start, deadline, role).await?;
         Ok(Punched {
             stream: Box::new(stream),
             path: Path::PunchedTcp,
@@ -180,20 +199,22 @@ pub async fn listen(
                 "no quic punch: one side has no UDP address at the hub",
             ));
         };
-        debug!(%remote, "punch: quic (listener)");
+        debug!(%remote, ?role, "punch: quic");
         let mut stream = endpoint
-            .punch_and_connect(remote, Role::Listener, start, deadline)
+            .punch_and_connect(remote, role, start, deadline)
             .await?;
-        // The handshake completes for a connection the dialer then drops for TCP: only its
-        // opening the stream (with its first bytes) says the dialer kept this one.
-        tokio::time::timeout_at(deadline, stream.wait_open())
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the quic connection from {remote} opened no stream before the punch's deadline"),
-                )
-            })??;
+        if role == Role::Listener {
+            // The handshake completes for a connection the dialer then drops for TCP: only
+            // its opening the stream (with its first bytes) says the dialer kept this one.
+            tokio::time::timeout_at(deadline, stream.wait_open())
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the quic connection from {remote} opened no stream before the punch's deadline"),
+                    )
+                })??;
+        }
         Ok(Punched {
             stream: Box::new(stream),
             path: Path::PunchedQuic,

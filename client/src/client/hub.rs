@@ -9,14 +9,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_common::url::{FerryUrl, Hint};
-use ferry_hub::punch::REFLECT_WAIT;
-use ferry_hub::traversal::{Path, QuicEndpoint};
+use ferry_hub::traversal::Path;
 use ferry_hub::wire::{HintSource, Punch, PunchRole};
 use ferry_hub::{HubConn, HubError};
 use ferry_protocol::identity::{Identity, NodeId};
@@ -650,36 +648,7 @@ async fn punch(
 ) -> Result<(Connected, Route), String> {
     info!("asking the hub to coordinate a punch");
     let rtt = hub.rtt().await.map_err(|e| e.to_string())?;
-    let hub_addr = hub.hub_addr();
-    let any = if hub_addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let quic = match QuicEndpoint::bind(any) {
-        Ok(endpoint) => match hub.udp_token().await {
-            Ok(token) => {
-                match ferry_hub::punch::reflect(&endpoint, hub_addr, token, REFLECT_WAIT).await {
-                    Some(seen) => {
-                        info!(%seen, "the hub sees this client's udp socket");
-                        Some(endpoint)
-                    }
-                    None => {
-                        info!("no udp reflect answer from the hub; punching over tcp only");
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                info!("no udp token from the hub ({e}); punching over tcp only");
-                None
-            }
-        },
-        Err(e) => {
-            info!("no udp socket ({e}); punching over tcp only");
-            None
-        }
-    };
+    let quic = ferry_hub::punch::udp_endpoint(hub).await;
     let instruction = hub
         .punch(name, rtt, Vec::new())
         .await

@@ -37,8 +37,6 @@ use std::time::Duration;
 
 use ferry_common::url::{FerryUrl, Hint};
 use ferry_hub::content::{ContentId, PeerEntry};
-use ferry_hub::punch::REFLECT_WAIT;
-use ferry_hub::traversal::QuicEndpoint;
 use ferry_hub::{spawn_presence, HubConn, HubError, PresenceConfig, Status};
 use ferry_protocol::identity::{Identity, NodeId};
 use ferry_protocol::transport::{Acceptor, BoxedStream};
@@ -721,7 +719,7 @@ impl Reach {
             .await
             .map_err(|e| e.to_string())?;
         let rtt = conn.rtt().await.map_err(|e| e.to_string())?;
-        let quic = udp_endpoint(&mut conn).await;
+        let quic = ferry_hub::punch::udp_endpoint(&mut conn).await;
         let instruction = conn
             .punch(&peer.via, rtt, Vec::new())
             .await
@@ -805,38 +803,6 @@ impl Reach {
             }
             delay = (delay * 2).min(max);
             attempt += 1;
-        }
-    }
-}
-
-/// A QUIC endpoint whose UDP address the hub knows for `conn` (HUB.md §3.7), or `None`: the
-/// punch then runs over TCP only.
-async fn udp_endpoint(conn: &mut HubConn) -> Option<QuicEndpoint> {
-    let hub = conn.hub_addr();
-    let any = if hub.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let endpoint = match QuicEndpoint::bind(any) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            debug!("no udp socket ({e}); punching over tcp only");
-            return None;
-        }
-    };
-    let token = match conn.udp_token().await {
-        Ok(token) => token,
-        Err(e) => {
-            debug!("no udp token from the hub ({e}); punching over tcp only");
-            return None;
-        }
-    };
-    match ferry_hub::punch::reflect(&endpoint, hub, token, REFLECT_WAIT).await {
-        Some(_) => Some(endpoint),
-        None => {
-            debug!("no udp reflect answer from the hub; punching over tcp only");
-            None
         }
     }
 }
