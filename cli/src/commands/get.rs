@@ -1,10 +1,8 @@
 //! `ferry get URL [DEST] [-r] [--resume | --no-resume] [-j N] [--force]`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use super::{register, Context};
+use super::{register, Context, Leg};
 use crate::cli::GetArgs;
 use crate::progress::{self, Progress};
 use ferry_client::client::hub::NamedSession;
@@ -231,28 +229,15 @@ async fn fetch_moving(
 ) -> Result<Downloaded, ClientError> {
     let started = std::time::Instant::now();
     loop {
-        let route = session.route();
-        let (stop, leg) = cancel_pair();
-        let moved = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let mut user = cancel.clone();
-            let mut routes = session.routes();
-            let moved = moved.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = user.cancelled() => {}
-                    Ok(_) = routes.wait_for(|r| *r != route) => moved.store(true, Ordering::SeqCst),
-                }
-                stop.cancel();
-            })
-        };
+        let leg = Leg::start(session, cancel);
+        let route = leg.route;
         let client = session.client();
-        let result = transfer::download_file(&client, path, dest, options, progress, &leg).await;
-        watcher.abort();
+        let result =
+            transfer::download_file(&client, path, dest, options, progress, &leg.cancel).await;
+        let moved = leg.moved(cancel);
+        drop(leg);
         match result {
-            Err(ClientError::Interrupted)
-                if moved.load(Ordering::SeqCst) && !cancel.is_cancelled() =>
-            {
+            Err(ClientError::Interrupted) if moved => {
                 progress.clear();
                 let reached = std::fs::metadata(part_path(dest)).map_or(0, |m| m.len());
                 ctx.note(&format!(

@@ -172,3 +172,55 @@ pub fn print_text(text: &str) {
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
+
+/// One leg of a transfer over a named session: its `cancel` fires when the user cancels or the
+/// session's route changes (`get` and `send` then continue on the new path). The watcher stops
+/// with the leg.
+pub(crate) struct Leg {
+    pub cancel: ferry_client::transfer::Cancel,
+    /// The route the leg started on.
+    pub route: ferry_client::client::hub::Route,
+    moved: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Leg {
+    pub fn start(
+        session: &ferry_client::client::hub::NamedSession,
+        user: &ferry_client::transfer::Cancel,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let route = session.route();
+        let (stop, cancel) = ferry_client::transfer::cancel_pair();
+        let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let mut user = user.clone();
+            let mut routes = session.routes();
+            let moved = moved.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = user.cancelled() => {}
+                    Ok(_) = routes.wait_for(|r| *r != route) => moved.store(true, Ordering::SeqCst),
+                }
+                stop.cancel();
+            })
+        };
+        Self {
+            cancel,
+            route,
+            moved,
+            watcher,
+        }
+    }
+
+    /// Whether the leg stopped because the route changed (not because the user cancelled).
+    pub fn moved(&self, user: &ferry_client::transfer::Cancel) -> bool {
+        self.moved.load(std::sync::atomic::Ordering::SeqCst) && !user.is_cancelled()
+    }
+}
+
+impl Drop for Leg {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}

@@ -5,14 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::put::file_summary;
-use super::{register, Context};
+use super::{register, Context, Leg};
 use crate::cli::SendArgs;
 use crate::progress::Progress;
 use ferry_client::client::hub::NamedSession;
@@ -207,26 +205,14 @@ impl Moving<'_> {
         let mut left = wanted;
         let mut sent = Vec::new();
         loop {
-            let route = self.session.route();
-            let (stop, leg) = cancel_pair();
-            let moved = Arc::new(AtomicBool::new(false));
-            let watcher = {
-                let mut user = cancel.clone();
-                let mut routes = self.session.routes();
-                let moved = moved.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        () = user.cancelled() => {}
-                        Ok(_) = routes.wait_for(|r| *r != route) => moved.store(true, Ordering::SeqCst),
-                    }
-                    stop.cancel();
-                })
-            };
-            let (done, failed) = upload(&client, &left, self.jobs, self.progress, &leg).await;
-            watcher.abort();
+            let leg = Leg::start(self.session, cancel);
+            let route = leg.route;
+            let (done, failed) =
+                upload(&client, &left, self.jobs, self.progress, &leg.cancel).await;
+            let moving = leg.moved(cancel);
+            drop(leg);
             let stored: Vec<String> = done.iter().map(|d| d.remote.clone()).collect();
             sent.extend(done);
-            let moving = moved.load(Ordering::SeqCst) && !cancel.is_cancelled();
             match failed {
                 None => {
                     sent.sort_by(|a, b| a.remote.cmp(&b.remote));
