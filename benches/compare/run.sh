@@ -7,6 +7,8 @@
 #     same connection count and duration, one request in flight per connection (ferry-load
 #     opens every record and checks every list entry but builds no entry values, as wrk
 #     counts nginx's HTML without parsing it), with each tool's p99 latency beside its rate;
+#     each rate row also gets the server process's CPU time per request (user + system), which
+#     separates the server's cost from the load generator's on the same cores;
 #   - ceilings: iperf3 over loopback, and a tmpfs-to-tmpfs copy.
 # Every case gets a warm-up run; runs are interleaved across tools (memory and loopback figures
 # move ±15% between separate runs); medians of RUNS runs are printed with min–max.
@@ -87,10 +89,12 @@ key=$work/ferry.key
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key"; chmod 600 "$key"
 "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
 pids+=($!)
+FERRY_PID=$!
 if [ -n "$BASE_BIN" ]; then
   BASE_PORT=$(free_port)
   "$BASE_BIN/ferry-server" "$data" --listen 127.0.0.1:"$BASE_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-base.log" &
   pids+=($!)
+  BASE_PID=$!
 fi
 
 # --- sshd for scp, sftp and rsync
@@ -142,6 +146,7 @@ http {
 CONF
 /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
+NGINX_PID=$!
 
 # --- iperf3
 IPERF_PORT=$(free_port)
@@ -184,12 +189,33 @@ run_fetches() {
     | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
 }
 
-load_rate() { # name, url path, mix[, bin dir, port]
+# Server CPU time (user + system, in clock ticks) of a process and its children's threads:
+# the request rate alone mixes the server's cost with the load generator's on the same cores
+# (ferry-load opens and checks every record; wrk parses no body), so each rate row also gets
+# the server's CPU microseconds per request.
+server_ticks() { # pid...: the sum over these processes and their direct children
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+cpu_per_request() { # name, ticks before, ticks after, req/s
+  python3 -c "print('$1 server CPU,us/req,%.2f' % (($3 - $2) / $CLK_TCK * 1e6 / ($4 * $SECONDS_PER_RUN)))" >> "$results"
+}
+
+load_rate() { # name, url path, mix[, bin dir, port, server pid]
+  local before rate; before=$(server_ticks "${6:-$FERRY_PID}")
   "${4:-$BIN}/ferry-load" server "ferry://127.0.0.1:${5:-$FERRY_PORT}/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
     --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads 2 --json 2>>"$work/errors.log" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('$1,req/s,%.0f' % r['requests_per_s']); print('$1 p99,us,%.0f' % r['latency_us']['p99'])" >> "$results"
+  rate=$(grep "^$1,req/s," "$results" | tail -1 | cut -d, -f3)
+  cpu_per_request "$1" "$before" "$(server_ticks "${6:-$FERRY_PID}")" "$rate"
 }
 wrk_rate() { # name, url
+  local before rate; before=$(server_ticks "$NGINX_PID")
   wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$2" 2>>"$work/errors.log" \
     | python3 -c "
 import sys, re
@@ -201,6 +227,8 @@ p = re.search(r'99%\s+([0-9.]+)(us|ms|s)\b', t)
 if p:
     print('$1 p99,us,%.0f' % (float(p.group(1)) * {'us': 1, 'ms': 1e3, 's': 1e6}[p.group(2)]))
 " >> "$results"
+  rate=$(grep "^$1,req/s," "$results" | tail -1 | cut -d, -f3)
+  cpu_per_request "$1" "$before" "$(server_ticks "$NGINX_PID")" "$rate"
 }
 run_rates() {
   load_rate "ferry-load 1 KiB fetch" "" "fetch-small=1"
@@ -208,8 +236,8 @@ run_rates() {
   load_rate "ferry-load list 100" "dir100" "list=1"
   wrk_rate "wrk+nginx autoindex 100" "http://127.0.0.1:$HTTP_PORT/dir100/"
   if [ -n "$BASE_BIN" ]; then
-    load_rate "ferry-load 1 KiB (base)" "" "fetch-small=1" "$BASE_BIN" "$BASE_PORT"
-    load_rate "ferry-load list 100 (base)" "dir100" "list=1" "$BASE_BIN" "$BASE_PORT"
+    load_rate "ferry-load 1 KiB (base)" "" "fetch-small=1" "$BASE_BIN" "$BASE_PORT" "$BASE_PID"
+    load_rate "ferry-load list 100 (base)" "dir100" "list=1" "$BASE_BIN" "$BASE_PORT" "$BASE_PID"
   fi
 }
 
@@ -231,9 +259,9 @@ for name, unit, value in rows:
     by.setdefault(name, (unit, []))[1].append(float(value))
 med = {k: statistics.median(v) for k, (_, v) in by.items()}
 print(f"\nFerry vs the alternatives — medians of {runs} interleaved runs, min–max in brackets, {conns} connections for request rates\n")
-print(f"{'case':<28} {'median':>12} {'unit':<6} {'min–max':>22}")
+print(f"{'case':<36} {'median':>12} {'unit':<6} {'min–max':>22}")
 for name, (unit, values) in by.items():
-    print(f"{name:<28} {med[name]:>12.1f} {unit:<6} {f'[{min(values):.1f}–{max(values):.1f}]':>22}")
+    print(f"{name:<36} {med[name]:>12.1f} {unit:<6} {f'[{min(values):.1f}–{max(values):.1f}]':>22}")
 # (candidate, baseline, target): a target of None is a comparison without a goal; "ceiling"
 # rows say how close Ferry comes to what the machine can do at all.
 targets = [
@@ -254,8 +282,12 @@ targets = [
     ("ferry-load list 100", "ferry-load list 100 (base)", None),
     # Latency: nginx's p99 over Ferry's, so 1.0 or more means Ferry's p99 is no worse.
     ("wrk+nginx 1 KiB p99", "ferry-load 1 KiB fetch p99", 1.0),
+    # Server CPU per request: nginx's over Ferry's, so above 1.0 means the Ferry server spends
+    # less CPU on a request (encrypted and hashed) than nginx does on a plaintext one.
+    ("wrk+nginx 1 KiB server CPU", "ferry-load 1 KiB fetch server CPU", None),
+    ("wrk+nginx autoindex 100 server CPU", "ferry-load list 100 server CPU", None),
 ]
-print(f"\n{'ratio':<56} {'value':>7} {'target':>7}  verdict")
+print(f"\n{'ratio':<72} {'value':>7} {'target':>7}  verdict")
 for a, b, target in targets:
     if a in med and b in med and med[b] > 0:
         r = med[a] / med[b]
@@ -265,5 +297,5 @@ for a, b, target in targets:
             t, verdict = "-", "(no target)"
         else:
             t, verdict = f"{target:.1f}", "meets" if r >= target else "BELOW"
-        print(f"{a + ' / ' + b:<56} {r:>7.2f} {t:>7}  {verdict}")
+        print(f"{a + ' / ' + b:<72} {r:>7.2f} {t:>7}  {verdict}")
 PY
