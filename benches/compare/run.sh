@@ -38,6 +38,7 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v curl >/dev/null || need+=(curl)
 command -v wrk >/dev/null || need+=(wrk)
 command -v iperf3 >/dev/null || need+=(iperf3)
+[ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "run as root to install: ${need[*]}" >&2; exit 1; fi
@@ -118,6 +119,7 @@ Subsystem sftp internal-sftp
 CONF
 /usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/sshd.log" &
 pids+=($!)
+SSHD_PID=$!
 SSH_OPTS=(-i "$work/ssh/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
 user=$(id -un)
 
@@ -161,35 +163,8 @@ results=$work/results.csv
 now() { date +%s.%N; }
 
 # One timed fetch: name, output file, command... Records MB/s (10^6 bytes per second).
-fetch() {
-  local name=$1 dest=$2; shift 2
-  rm -f "$dest" "$dest.part"
-  local t0 t1
-  t0=$(now)
-  "$@" >/dev/null 2>>"$work/errors.log" || { echo "$name failed, see $work/errors.log" >&2; tail -5 "$work/errors.log" >&2; exit 1; }
-  t1=$(now)
-  local size; size=$(stat -c %s "$dest")
-  [ "$size" = "$(stat -c %s "$data/big.bin")" ] || { echo "$name wrote $size bytes" >&2; exit 1; }
-  python3 -c "print('$name,MB/s,%.1f' % ($size / ($t1 - $t0) / 1e6))" >> "$results"
-  rm -f "$dest"
-}
-
-ferry_get() { "$BIN/ferry" get --no-progress --force --key-file "$key" "$@"; }
-run_fetches() {
-  fetch "ferry get (encrypted)" "$out/ferry.bin" ferry_get "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferry.bin"
-  fetch "ferry get (CBC+HMAC)" "$out/ferryc.bin" ferry_get --suite cbc-hmac "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferryc.bin"
-  fetch "ferry get (plaintext)" "$out/ferryp.bin" ferry_get --plaintext "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferryp.bin"
-  fetch "scp (default cipher)" "$out/scp.bin" scp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scp.bin"
-  fetch "scp (aes128-gcm)" "$out/scpg.bin" scp -q -c aes128-gcm@openssh.com -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scpg.bin"
-  fetch "sftp" "$out/sftp.bin" sftp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" -b <(echo "get $data/big.bin $out/sftp.bin") "$user@127.0.0.1"
-  fetch "rsync (over ssh)" "$out/rsync.bin" rsync -q -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$user@127.0.0.1:$data/big.bin" "$out/rsync.bin"
-  fetch "curl from nginx" "$out/curl.bin" curl -fsS -o "$out/curl.bin" "http://127.0.0.1:$HTTP_PORT/big.bin"
-  fetch "tmpfs copy (ceiling)" "$out/cp.bin" cp "$data/big.bin" "$out/cp.bin"
-  iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
-    | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
-}
-
-# Server CPU time (user + system, in clock ticks) of a process and its children's threads:
+# Server CPU time (user + system, in clock ticks, with reaped children's) of a process and its
+# direct children:
 # the request rate alone mixes the server's cost with the load generator's on the same cores
 # (ferry-load opens and checks every record; wrk parses no body), so each rate row also gets
 # the server's CPU microseconds per request.
@@ -197,13 +172,55 @@ server_ticks() { # pid...: the sum over these processes and their direct childre
   local total=0 p
   for p in "$@" $(pgrep -P "$1" 2>/dev/null || true); do
     [ -r "/proc/$p/stat" ] || continue
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+    total=$(( total + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat") ))
   done
   echo "$total"
 }
 CLK_TCK=$(getconf CLK_TCK)
 cpu_per_request() { # name, ticks before, ticks after, req/s
   python3 -c "print('$1 server CPU,us/req,%.2f' % (($3 - $2) / $CLK_TCK * 1e6 / ($4 * $SECONDS_PER_RUN)))" >> "$results"
+}
+
+# Besides MB/s, a fetch from a server records the CPU both ends spent per GB (the client's from
+# /usr/bin/time, the server's from /proc, with the children it has reaped: sshd forks per
+# session): on 2 shared cores a loopback fetch is CPU-bound, so this says where the rate goes.
+fetch() { # name, output file, server pid ("" for none), command...
+  local name=$1 dest=$2 server=$3; shift 3
+  rm -f "$dest" "$dest.part"
+  local t0 t1 before=0
+  [ -n "$server" ] && before=$(server_ticks "$server")
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/time.txt" "$@" >/dev/null 2>>"$work/errors.log" \
+    || { echo "$name failed, see $work/errors.log" >&2; tail -5 "$work/errors.log" >&2; exit 1; }
+  t1=$(now)
+  local size; size=$(stat -c %s "$dest")
+  [ "$size" = "$(stat -c %s "$data/big.bin")" ] || { echo "$name wrote $size bytes" >&2; exit 1; }
+  python3 -c "print('$name,MB/s,%.1f' % ($size / ($t1 - $t0) / 1e6))" >> "$results"
+  if [ -n "$server" ]; then
+    # sshd reaps the session child a moment after scp exits.
+    sleep 0.2
+    local client; client=$(tail -1 "$work/time.txt")
+    python3 -c "
+u, s = map(float, '$client'.split())
+srv = ($(server_ticks "$server") - $before) / $CLK_TCK
+print('$name CPU,ms/GB,%.0f' % ((u + s + srv) * 1e3 / ($size / 1e9)))" >> "$results"
+  fi
+  rm -f "$dest"
+}
+
+ferry_get=("$BIN/ferry" get --no-progress --force --key-file "$key")
+run_fetches() {
+  fetch "ferry get (encrypted)" "$out/ferry.bin" "$FERRY_PID" "${ferry_get[@]}" "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferry.bin"
+  fetch "ferry get (CBC+HMAC)" "$out/ferryc.bin" "$FERRY_PID" "${ferry_get[@]}" --suite cbc-hmac "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferryc.bin"
+  fetch "ferry get (plaintext)" "$out/ferryp.bin" "$FERRY_PID" "${ferry_get[@]}" --plaintext "ferry://127.0.0.1:$FERRY_PORT/big.bin" "$out/ferryp.bin"
+  fetch "scp (default cipher)" "$out/scp.bin" "$SSHD_PID" scp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scp.bin"
+  fetch "scp (aes128-gcm)" "$out/scpg.bin" "$SSHD_PID" scp -q -c aes128-gcm@openssh.com -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scpg.bin"
+  fetch "sftp" "$out/sftp.bin" "$SSHD_PID" sftp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" -b <(echo "get $data/big.bin $out/sftp.bin") "$user@127.0.0.1"
+  fetch "rsync (over ssh)" "$out/rsync.bin" "$SSHD_PID" rsync -q -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$user@127.0.0.1:$data/big.bin" "$out/rsync.bin"
+  fetch "curl from nginx" "$out/curl.bin" "$NGINX_PID" curl -fsS -o "$out/curl.bin" "http://127.0.0.1:$HTTP_PORT/big.bin"
+  fetch "tmpfs copy (ceiling)" "$out/cp.bin" "" cp "$data/big.bin" "$out/cp.bin"
+  iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
+    | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
 }
 
 load_rate() { # name, url path, mix[, bin dir, port, server pid]
@@ -274,6 +291,10 @@ targets = [
     ("ferry get (plaintext)", "curl from nginx", 1.3),
     ("ferry get (plaintext)", "iperf3 loopback (ceiling)", 0.8),
     ("ferry get (plaintext)", "tmpfs copy (ceiling)", "ceiling"),
+    # CPU both ends spent per GB: the alternative's over Ferry's, so above 1.0 means Ferry spent less.
+    ("curl from nginx CPU", "ferry get (encrypted) CPU", None),
+    ("scp (aes128-gcm) CPU", "ferry get (encrypted) CPU", None),
+    ("curl from nginx CPU", "ferry get (plaintext) CPU", None),
     ("ferry-load 1 KiB fetch", "wrk+nginx 1 KiB", 1.0),
     ("ferry-load list 100", "wrk+nginx autoindex 100", 2.0),
     ("ferry-load 1 KiB (base)", "wrk+nginx 1 KiB", None),
