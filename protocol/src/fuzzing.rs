@@ -112,6 +112,21 @@ pub fn records(data: &[u8]) {
             )
             .expect("a body within max_payload seals");
         let sealed = wire.clone();
+        if suite.in_place_room().is_some() {
+            // Sealed where it lies (issue 10): the same record, byte for byte.
+            let (mut send, _) = Session::dangerous_pair_with_suite(suite).0.into_split();
+            let (mut slot, mut head) = (BytesMut::from(body), BytesMut::new());
+            send.write_in_place(
+                FrameType::DATA,
+                Service::FETCH,
+                RequestId(1),
+                &mut slot,
+                &mut head,
+            )
+            .expect("a body within max_payload seals in place");
+            head.extend_from_slice(&slot);
+            assert_eq!(head, sealed, "sealing in place changed the record");
+        }
         let frame = receiver
             .read_frame(&mut wire)
             .expect("a sealed record opens")

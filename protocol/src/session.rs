@@ -302,13 +302,7 @@ impl SendHalf {
         body: &[u8],
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        if body.len() > self.max_payload {
-            return Err(DecodeError::TooLarge {
-                length: u32::try_from(body.len()).unwrap_or(u32::MAX),
-                max: self.max_payload as u32,
-            }
-            .into());
-        }
+        self.check_payload(body.len())?;
         self.pre_seal(1)?;
         let header = Header {
             kind,
@@ -318,6 +312,49 @@ impl SendHalf {
             length: 0,
         };
         self.records.seal(header, body, dst)?;
+        Ok(())
+    }
+
+    /// How many bytes a body needs free after it for [`SendHalf::write_in_place`] to seal it
+    /// without a copy; `None` where the suite gains nothing by it
+    /// ([`RecordSuite::in_place_room`]).
+    pub fn in_place_room(&self) -> Option<usize> {
+        self.records.suite().in_place_room()
+    }
+
+    /// [`SendHalf::write_frame`] of `body` where it lies: appends the frame's header to `dst`
+    /// and turns `body` into the rest of the frame ([`RecordSealer::seal_in_place`]), so that
+    /// `dst`'s new bytes and then `body` are exactly what `write_frame` would append.
+    pub fn write_in_place(
+        &mut self,
+        kind: FrameType,
+        service: Service,
+        id: RequestId,
+        body: &mut BytesMut,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        self.check_payload(body.len())?;
+        self.pre_seal(1)?;
+        let header = Header {
+            kind,
+            version: self.version,
+            service,
+            id,
+            length: 0,
+        };
+        self.records.seal_in_place(header, body, dst)?;
+        Ok(())
+    }
+
+    /// Refuses a body longer than [`SendHalf::max_payload`].
+    fn check_payload(&self, len: usize) -> Result<(), Error> {
+        if len > self.max_payload {
+            return Err(DecodeError::TooLarge {
+                length: u32::try_from(len).unwrap_or(u32::MAX),
+                max: self.max_payload as u32,
+            }
+            .into());
+        }
         Ok(())
     }
 

@@ -45,6 +45,13 @@ pub const fn blocks(len: usize) -> u64 {
     (len as u64).div_ceil(16) + 1
 }
 
+/// The header bytes of a record with `len` plaintext bytes: `header` with its `length` set to the
+/// sealed length. They are the record's associated data.
+fn sealed_header(mut header: Header, len: usize) -> Result<[u8; HEADER_LEN], CryptoError> {
+    header.length = u32::try_from(sealed_len(len)).map_err(|_| CryptoError::TooLarge(len))?;
+    Ok(header.to_bytes())
+}
+
 /// The keyed AEAD and the IV of one direction; seals or opens, never both.
 pub(super) struct Gcm {
     aead: LessSafeKey,
@@ -98,24 +105,47 @@ impl Gcm {
     pub(super) fn seal(
         &self,
         seq: u64,
-        mut header: Header,
+        header: Header,
         plaintext: &[u8],
         dst: &mut BytesMut,
     ) -> Result<(), CryptoError> {
-        let wire_len = sealed_len(plaintext.len());
-        header.length =
-            u32::try_from(wire_len).map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
-        dst.reserve(HEADER_LEN + wire_len);
-        let aad = header.to_bytes();
+        let aad = sealed_header(header, plaintext.len())?;
+        dst.reserve(HEADER_LEN + sealed_len(plaintext.len()));
         dst.put_slice(&aad);
         let ct = dst.len();
         dst.put_slice(plaintext);
-        let tag = self
-            .aead
-            .seal_in_place_separate_tag(self.nonce(seq), Aad::from(aad), &mut dst[ct..])
-            .map_err(|_| CryptoError::TooLarge(plaintext.len()))?;
+        let tag = self.encrypt(seq, aad, &mut dst[ct..])?;
         dst.put_slice(tag.as_ref());
         Ok(())
+    }
+
+    /// [`Gcm::seal`] of `body` where it lies: appends the header to `dst`, encrypts `body` in
+    /// place and appends the tag to it, so that `dst`'s new bytes and then `body` are exactly
+    /// what `seal` appends. Nothing is copied if `body` has room for the tag.
+    pub(super) fn seal_in_place(
+        &self,
+        seq: u64,
+        header: Header,
+        body: &mut BytesMut,
+        dst: &mut BytesMut,
+    ) -> Result<(), CryptoError> {
+        let aad = sealed_header(header, body.len())?;
+        let tag = self.encrypt(seq, aad, &mut body[..])?;
+        dst.put_slice(&aad);
+        body.put_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Encrypts `in_out` in place as record `seq` with the header bytes `aad`; returns the tag.
+    fn encrypt(
+        &self,
+        seq: u64,
+        aad: [u8; HEADER_LEN],
+        in_out: &mut [u8],
+    ) -> Result<Tag, CryptoError> {
+        self.aead
+            .seal_in_place_separate_tag(self.nonce(seq), Aad::from(aad), in_out)
+            .map_err(|_| CryptoError::TooLarge(in_out.len()))
     }
 
     /// Verifies and decrypts one body, record `seq`, in place; returns the plaintext. Nothing

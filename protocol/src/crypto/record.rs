@@ -98,6 +98,18 @@ impl RecordSuite {
         }
     }
 
+    /// How many bytes a body needs free after it to be sealed where it lies
+    /// ([`RecordSealer::seal_in_place`]), for the suites where that saves a copy: GCM (room for
+    /// its tag). `None` for the others: plaintext is never copied to be sealed, and CBC + HMAC
+    /// records are faster sealed together, by copying ([`RecordSealer::seal_many`]), than one
+    /// at a time in place.
+    pub fn in_place_room(self) -> Option<usize> {
+        match self {
+            Self::Aes256Gcm => Some(gcm::TAG_LEN),
+            Self::Plaintext | Self::Aes256CbcHmacSha256 => None,
+        }
+    }
+
     /// Largest plaintext whose body fits in `max_body` wire bytes.
     pub fn max_plaintext(self, max_body: usize) -> usize {
         match self {
@@ -396,6 +408,48 @@ impl RecordSealer {
                     unreachable!("matched above")
                 };
                 suite.seal(self.seq, header, plaintext, dst)?;
+                self.seq += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`RecordSealer::seal`] of `body` where it lies: appends the record's header to `dst` and
+    /// turns `body` into the rest of the record, so that `dst`'s new bytes and then `body` are
+    /// exactly what `seal` would append. With GCM the body is encrypted in place and its tag
+    /// appended, so nothing is copied if `body` has [`RecordSuite::in_place_room`] free after
+    /// it (else appending the tag grows it); plaintext leaves the body as it is. CBC + HMAC,
+    /// which has no in-place form worth its cost, is sealed by copying: the whole record goes
+    /// to `dst` and `body` is left empty. `header.length` is overwritten as by `seal`.
+    pub fn seal_in_place(
+        &mut self,
+        header: Header,
+        body: &mut BytesMut,
+        dst: &mut BytesMut,
+    ) -> Result<(), CryptoError> {
+        match &self.keyed {
+            Keyed::Plaintext => {
+                let header = Header {
+                    length: u32::try_from(body.len())
+                        .map_err(|_| CryptoError::TooLarge(body.len()))?,
+                    ..header
+                };
+                header.encode(dst);
+            }
+            Keyed::Aes256CbcHmacSha256(_) => {
+                self.seal(header, body, dst)?;
+                body.clear();
+            }
+            Keyed::Aes256Gcm(_) => {
+                // As in `seal_with_iv`: never a reused nonce, never past the key's limit.
+                if self.pre_seal_action(1) == PreSealAction::Refuse {
+                    return Err(CryptoError::SequenceExhausted);
+                }
+                self.charge_blocks(std::iter::once(&body[..]))?;
+                let Keyed::Aes256Gcm(suite) = &self.keyed else {
+                    unreachable!("matched above")
+                };
+                suite.seal_in_place(self.seq, header, body, dst)?;
                 self.seq += 1;
             }
         }
@@ -949,6 +1003,81 @@ mod tests {
         assert_eq!(
             sealer.seal_many(&frames, &mut BytesMut::new()),
             Err(CryptoError::SequenceExhausted)
+        );
+    }
+
+    /// Issue 10: sealing a body where it lies gives the bytes of sealing it by copying, in
+    /// every suite, at every length around the block and chunk edges and at the first and last
+    /// sequence numbers; with the tag's room free after the body, GCM moves nothing.
+    #[test]
+    fn sealing_in_place_is_byte_identical_to_sealing_by_copying() {
+        for suite in [RecordSuite::Plaintext, CBC, GCM] {
+            for seq in [0, 7, LAST] {
+                for len in [0usize, 1, 15, 16, 17, 100, 4095, 4096, 65_535, 65_536] {
+                    let plaintext: Vec<u8> = (0..len).map(|i| (i * 31) as u8 ^ seq as u8).collect();
+                    let sealer = || {
+                        RecordSealer::new(suite, &keys())
+                            .with_sequence(seq)
+                            .with_ivs(seeded(len as u64))
+                    };
+                    let mut copied = BytesMut::from(&b"earlier"[..]);
+                    let mut by_copy = sealer();
+                    by_copy.seal(header(), &plaintext, &mut copied).unwrap();
+
+                    let room = suite.in_place_room().unwrap_or(0);
+                    let mut body = BytesMut::with_capacity(len + room);
+                    body.extend_from_slice(&plaintext);
+                    let (at, capacity) = (body.as_ptr(), body.capacity());
+                    let mut dst = BytesMut::from(&b"earlier"[..]);
+                    let mut in_place = sealer();
+                    in_place
+                        .seal_in_place(header(), &mut body, &mut dst)
+                        .unwrap();
+                    dst.extend_from_slice(&body);
+                    assert_eq!(dst, copied, "{suite:?} seq {seq} len {len}");
+                    assert_eq!(in_place.sequence(), by_copy.sequence());
+                    assert_eq!(in_place.blocks, by_copy.blocks);
+                    if suite == GCM {
+                        assert_eq!(
+                            (body.as_ptr(), body.capacity()),
+                            (at, capacity),
+                            "sealed where it lay, len {len}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(GCM.in_place_room(), Some(16));
+        assert_eq!(CBC.in_place_room(), None);
+        assert_eq!(RecordSuite::Plaintext.in_place_room(), None);
+    }
+
+    /// The limits hold in place as when copying: no record past the last sequence number or
+    /// the key's block limit, and a refusal leaves the body and the output as they were.
+    #[test]
+    fn sealing_in_place_keeps_the_sequence_and_block_limits() {
+        let mut body = BytesMut::from(&b"last"[..]);
+        let mut dst = BytesMut::new();
+        let mut sealer = RecordSealer::new(GCM, &keys()).with_sequence(u64::MAX);
+        assert_eq!(
+            sealer.seal_in_place(header(), &mut body, &mut dst),
+            Err(CryptoError::SequenceExhausted)
+        );
+        assert_eq!((&body[..], dst.len()), (&b"last"[..], 0));
+
+        let mut sealer = RecordSealer::new(GCM, &keys()).with_blocks_used(gcm::BLOCK_LIMIT - 2);
+        let mut body = BytesMut::from(&[0u8; 17][..]);
+        assert_eq!(
+            sealer.seal_in_place(header(), &mut body, &mut dst),
+            Err(CryptoError::SequenceExhausted),
+            "17 bytes are 3 blocks"
+        );
+        assert_eq!((body.len(), dst.len(), sealer.sequence()), (17, 0, 0));
+        body.truncate(16);
+        sealer.seal_in_place(header(), &mut body, &mut dst).unwrap();
+        assert_eq!(
+            (body.len(), dst.len(), sealer.sequence()),
+            (32, HEADER_LEN, 1)
         );
     }
 

@@ -29,10 +29,15 @@ const MAX_SEGMENTS: usize = 64;
 /// Frames sealed (or, plaintext data, framed) in wire order, waiting for one write.
 ///
 /// In plaintext mode a large data chunk is not copied: the batch holds its 12-byte header and
-/// the chunk's own `Bytes` (e.g. a slice of a file read buffer) side by side. Encrypted frames
-/// are sealed into the batch buffer, the one copy encryption needs anyway; data chunks wait in
-/// `unsealed` and are sealed together (interleaved CBC chains, several times faster than one
-/// record at a time), always before any later frame, so wire order is kept.
+/// the chunk's own `Bytes` (e.g. a slice of a file read buffer) side by side. With a suite
+/// that seals in place ([`SendHalf::in_place_room`], AES-256-GCM), a data chunk that no one
+/// else holds and that has room for the tag after it is sealed where it lies: the batch holds
+/// its header and the sealed chunk side by side, and hands the chunk's buffer back once it is
+/// written ([`FrameWriter::recycle`]), so a reader can read the next chunk into it. Other
+/// encrypted frames are sealed into the batch buffer, the one copy encryption then needs;
+/// data chunks wait in `unsealed` and are sealed together (interleaved CBC chains, several
+/// times faster than one record at a time), always before any later frame, so wire order is
+/// kept.
 #[derive(Debug)]
 pub struct Batch {
     send: SendHalf,
@@ -42,7 +47,9 @@ pub struct Batch {
     /// Encoded bytes not yet moved into `segments`.
     scratch: BytesMut,
     /// What the next write sends, in order.
-    segments: VecDeque<Bytes>,
+    segments: VecDeque<Segment>,
+    /// Bytes of the first segment already written (a write may take part of one).
+    written: usize,
     /// Wire bytes batched (sealed or not) since the last write.
     len: usize,
     /// Encrypted mode: data chunks waiting to be sealed together, in order.
@@ -60,6 +67,7 @@ impl Batch {
             plaintext,
             scratch: BytesMut::with_capacity(BUFFER),
             segments: VecDeque::new(),
+            written: 0,
             len: 0,
             unsealed: Vec::new(),
             reclaim: WRITE_BATCH,
@@ -85,19 +93,55 @@ impl Batch {
                     length: u32::try_from(body.len()).unwrap_or(u32::MAX),
                 };
                 header.encode(&mut self.scratch);
-                self.segments.push_back(self.scratch.split().freeze());
+                self.segments
+                    .push_back(Segment::Shared(self.scratch.split().freeze()));
                 self.len += HEADER_LEN + body.len();
-                self.segments.push_back(body);
+                self.segments.push_back(Segment::Shared(body));
                 Ok(())
             }
-            Message::Data(body) if !self.plaintext => {
-                self.len += self.send.frame_len(body.len());
-                let service = Message::Data(Bytes::new()).kind().1;
-                self.unsealed.push((service, id, body));
-                Ok(())
-            }
+            Message::Data(body) if !self.plaintext => match self.sealable(body) {
+                Ok(body) => self.seal_in_place(id, body),
+                Err(body) => {
+                    self.len += self.send.frame_len(body.len());
+                    let service = Message::Data(Bytes::new()).kind().1;
+                    self.unsealed.push((service, id, body));
+                    Ok(())
+                }
+            },
             message => self.push_with(|send, out| send.write_message(id, &message, out)),
         }
+    }
+
+    /// `body` as a buffer to seal where it lies, if the suite seals in place, no one else
+    /// holds the buffer (so no one sees it change) and the tag fits after it; else `body` as
+    /// it was, to be sealed by copying.
+    fn sealable(&self, body: Bytes) -> Result<BytesMut, Bytes> {
+        let Some(room) = self.send.in_place_room() else {
+            return Err(body);
+        };
+        if body.is_empty() || body.len() > self.send.max_payload() {
+            // Nothing to save, or too large: the session says why when it is sealed.
+            return Err(body);
+        }
+        let buf = body.try_into_mut()?;
+        if buf.capacity() - buf.len() < room {
+            return Err(buf.freeze());
+        }
+        Ok(buf)
+    }
+
+    /// Seals one data chunk where it lies and batches its header and the sealed chunk, after
+    /// everything batched before it.
+    fn seal_in_place(&mut self, id: RequestId, mut body: BytesMut) -> Result<(), Error> {
+        self.seal_unsealed()?;
+        let service = Message::Data(Bytes::new()).kind().1;
+        self.send
+            .write_in_place(FrameType::DATA, service, id, &mut body, &mut self.scratch)?;
+        self.segments
+            .push_back(Segment::Shared(self.scratch.split().freeze()));
+        self.len += HEADER_LEN + body.len();
+        self.segments.push_back(Segment::Sealed(body));
+        Ok(())
     }
 
     /// Adds one frame with a raw body.
@@ -169,9 +213,39 @@ impl Batch {
     fn finish(&mut self) -> Result<(), Error> {
         self.seal_unsealed()?;
         if !self.scratch.is_empty() {
-            self.segments.push_back(self.scratch.split().freeze());
+            self.segments
+                .push_back(Segment::Shared(self.scratch.split().freeze()));
         }
         Ok(())
+    }
+}
+
+/// One piece of a batch's next write.
+#[derive(Debug)]
+enum Segment {
+    /// Encoded frames, or a plaintext chunk's own bytes.
+    Shared(Bytes),
+    /// A data chunk sealed where it lay, handed back once written.
+    Sealed(BytesMut),
+}
+
+impl std::ops::Deref for Segment {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Shared(bytes) => bytes,
+            Self::Sealed(buf) => buf,
+        }
+    }
+}
+
+/// Where a [`FrameWriter`] hands the buffers it sealed in place once they are written.
+struct Recycle(Box<dyn FnMut(BytesMut) + Send>);
+
+impl std::fmt::Debug for Recycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recycle")
     }
 }
 
@@ -213,6 +287,7 @@ pub struct FrameWriter<W> {
     io: W,
     batch: Batch,
     write_timeout: Option<Duration>,
+    recycle: Option<Recycle>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -222,6 +297,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             io,
             batch: Batch::new(send, version),
             write_timeout: None,
+            recycle: None,
         }
     }
 
@@ -238,6 +314,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn buffer(mut self, capacity: usize) -> Self {
         self.batch.scratch = BytesMut::with_capacity(capacity);
         self.batch.reclaim = capacity.min(WRITE_BATCH);
+        self
+    }
+
+    /// Hands each data chunk sealed in place ([`Batch`]) to `hook` once it is written: the
+    /// buffer, now holding the sealed record body, with its capacity, for a reader to fill
+    /// again. Without a hook such buffers are freed.
+    pub fn recycle(mut self, hook: impl FnMut(BytesMut) + Send + 'static) -> Self {
+        self.recycle = Some(Recycle(Box::new(hook)));
         self
     }
 
@@ -297,33 +381,38 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn write_segments(&mut self) -> io::Result<()> {
-        let segments = &mut self.batch.segments;
-        while !segments.is_empty() {
-            let slices: Vec<io::IoSlice<'_>> = segments
+        let batch = &mut self.batch;
+        while !batch.segments.is_empty() {
+            let slices: Vec<io::IoSlice<'_>> = batch
+                .segments
                 .iter()
                 .take(MAX_SEGMENTS)
-                .map(|b| io::IoSlice::new(b))
+                .enumerate()
+                .map(|(i, s)| io::IoSlice::new(if i == 0 { &s[batch.written..] } else { s }))
                 .collect();
             let mut written = self.io.write_vectored(&slices).await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            while written > 0 {
-                let Some(front) = segments.front_mut() else {
+            // Drop what is written whole; remember how much of a segment written in part.
+            while let Some(front) = batch.segments.front() {
+                let left = front.len() - batch.written;
+                if written < left {
+                    batch.written += written;
                     break;
-                };
-                if written >= front.len() {
-                    written -= front.len();
-                    segments.pop_front();
-                } else {
-                    bytes::Buf::advance(front, written);
-                    written = 0;
+                }
+                written -= left;
+                batch.written = 0;
+                if let (Some(Segment::Sealed(buf)), Some(Recycle(hook))) =
+                    (batch.segments.pop_front(), &mut self.recycle)
+                {
+                    hook(buf);
                 }
             }
         }
-        self.batch.len = 0;
+        batch.len = 0;
         // Reclaim the scratch allocation once every frozen piece of it has been written.
-        self.batch.scratch.reserve(self.batch.reclaim);
+        batch.scratch.reserve(batch.reclaim);
         Ok(())
     }
 }
@@ -373,11 +462,13 @@ mod tests {
     use crate::message::{FetchEnd, FetchResponse};
     use crate::session::{RecvHalf, Session};
 
-    /// Collects what is written and counts the write calls that reach the stream.
+    /// Collects what is written and counts the write calls that reach the stream; with
+    /// `take`, each call takes at most that many bytes, as a socket with a full buffer does.
     #[derive(Default)]
     struct CountingWriter {
         wire: Vec<u8>,
         writes: Arc<AtomicUsize>,
+        take: Option<usize>,
     }
 
     impl AsyncWrite for CountingWriter {
@@ -400,9 +491,12 @@ mod tests {
             let this = self.get_mut();
             this.writes.fetch_add(1, Ordering::Relaxed);
             let mut n = 0;
+            let mut room = this.take.unwrap_or(usize::MAX);
             for buf in bufs {
-                this.wire.extend_from_slice(buf);
-                n += buf.len();
+                let part = &buf[..buf.len().min(room)];
+                this.wire.extend_from_slice(part);
+                n += part.len();
+                room -= part.len();
             }
             Poll::Ready(Ok(n))
         }
@@ -444,8 +538,8 @@ mod tests {
                 let (send, recv) = halves(encrypted);
                 let writes = Arc::new(AtomicUsize::new(0));
                 let io = CountingWriter {
-                    wire: Vec::new(),
                     writes: writes.clone(),
+                    ..CountingWriter::default()
                 };
                 let (tx, rx) = mpsc::channel(8);
                 let id = RequestId(5);
@@ -492,6 +586,85 @@ mod tests {
         }
     }
 
+    /// Issue 10: with AES-256-GCM a data chunk that no one else holds and that has room for
+    /// the tag is sealed where it lies. The wire is byte for byte what sealing by copying
+    /// gives, in order among copied chunks and other frames, also when the socket takes a few
+    /// bytes at a time; each such buffer comes back to the recycle hook once written (the same
+    /// allocation); a chunk held elsewhere or without room is copied.
+    #[tokio::test]
+    async fn chunks_sealed_in_place_give_the_same_bytes_and_come_back() {
+        use crate::crypto::RecordSuite;
+        use std::sync::Mutex;
+
+        let lens = [65_536usize, 1, 17, 4096, 65_536, 100];
+        let data: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (0..len).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        // Chunk 1 is also held elsewhere, chunk 3 has no room after it: both are copied.
+        let chunk = |i: usize| -> Bytes {
+            let mut buf = BytesMut::with_capacity(data[i].len() + if i == 3 { 0 } else { 16 });
+            buf.extend_from_slice(&data[i]);
+            buf.freeze()
+        };
+        let frames = |chunks: Vec<Bytes>| -> Vec<(RequestId, Message)> {
+            let mut frames = vec![(RequestId(1), Message::Ping(Bytes::from_static(b"p")))];
+            frames.extend(chunks.into_iter().map(|c| (RequestId(2), Message::Data(c))));
+            frames.insert(4, (RequestId(3), Message::Pong(Bytes::from_static(b"q"))));
+            frames.push((
+                RequestId(2),
+                Message::FetchEnd(FetchEnd {
+                    bytes: 7,
+                    digest: [1; 32],
+                }),
+            ));
+            frames
+        };
+        let write = |frames: Vec<(RequestId, Message)>, take: Option<usize>| async move {
+            let (ours, _) = Session::dangerous_pair_with_suite(RecordSuite::Aes256Gcm);
+            let back = Arc::new(Mutex::new(Vec::new()));
+            let hook = back.clone();
+            let io = CountingWriter {
+                take,
+                ..CountingWriter::default()
+            };
+            let mut writer = FrameWriter::new(io, ours.into_split().0, 2)
+                .recycle(move |buf: BytesMut| hook.lock().unwrap().push(buf.as_ptr() as usize));
+            for (id, message) in frames {
+                writer.batch().push(id, message).unwrap();
+            }
+            writer.flush().await.unwrap();
+            let wire = std::mem::take(&mut writer.get_mut().wire);
+            let back = std::mem::take(&mut *back.lock().unwrap());
+            (wire, back)
+        };
+
+        // Every chunk held elsewhere too: all sealed by copying.
+        let copied: Vec<Bytes> = data.iter().map(|d| Bytes::copy_from_slice(d)).collect();
+        let (by_copy, none) = write(frames(copied.clone()), None).await;
+        assert!(none.is_empty());
+        let (_, theirs) = Session::dangerous_pair_with_suite(RecordSuite::Aes256Gcm);
+        assert_eq!(open(theirs.into_split().1, &by_copy), frames(copied));
+
+        for take in [None, Some(1000), Some(7)] {
+            let chunks: Vec<Bytes> = (0..lens.len()).map(chunk).collect();
+            let held = chunks[1].clone();
+            let in_place: Vec<usize> = [0, 2, 4, 5]
+                .iter()
+                .map(|&i| chunks[i].as_ptr() as usize)
+                .collect();
+            let (wire, back) = write(frames(chunks), take).await;
+            assert_eq!(wire, by_copy, "take {take:?}");
+            assert_eq!(back, in_place, "take {take:?}");
+            assert_eq!(
+                held[..],
+                data[1][..],
+                "a chunk held elsewhere is not touched"
+            );
+        }
+    }
+
     /// Items queued apart (the writer woke between them) are separate writes: the test above
     /// counts what it claims to.
     #[tokio::test]
@@ -499,8 +672,8 @@ mod tests {
         let (send, recv) = halves(true);
         let writes = Arc::new(AtomicUsize::new(0));
         let io = CountingWriter {
-            wire: Vec::new(),
             writes: writes.clone(),
+            ..CountingWriter::default()
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let mut writer = FrameWriter::new(io, send, crate::VERSION);
