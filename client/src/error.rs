@@ -56,6 +56,11 @@ pub enum ClientError {
     /// The connection ended while a request was in flight.
     #[error("connection lost: {}", printable(.0))]
     ConnectionLost(String),
+    /// The connection's keys are near their usage limit (spec §5.5): this side starts no new
+    /// requests on it, or the server closed it once its own key was spent. A transfer
+    /// continues on a new connection ([`ClientError::is_retired`]).
+    #[error("{}", printable(.0))]
+    Retired(String),
     /// The server sent something this client cannot make sense of.
     #[error("protocol error: {}", printable(.0))]
     Protocol(String),
@@ -108,6 +113,7 @@ impl ClientError {
             | Self::Handshake { .. }
             | Self::Timeout { .. }
             | Self::ConnectionLost(_)
+            | Self::Retired(_)
             | Self::Protocol(_) => exit::CONNECTION,
             Self::Integrity(_) => exit::INTEGRITY,
             Self::About { source, .. } => source.exit_code(),
@@ -121,6 +127,17 @@ impl ClientError {
         match self {
             Self::Remote(body) | Self::RemoteClosed(body) => Some(body.code),
             _ => None,
+        }
+    }
+
+    /// Whether the server (or this side's own key) retired the connection (spec §5.5): a
+    /// `SHUTTING_DOWN` refusal or goodbye, or [`ClientError::Retired`]. The request, or the
+    /// rest of a transfer, goes on a new connection.
+    pub fn is_retired(&self) -> bool {
+        match self {
+            Self::Retired(_) => true,
+            Self::Remote(body) | Self::RemoteClosed(body) => body.code == ErrorCode::SHUTTING_DOWN,
+            _ => false,
         }
     }
 
@@ -239,6 +256,19 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn shutting_down_in_any_form_retires_the_connection() {
+        let body = ErrorBody::from_code(ErrorCode::SHUTTING_DOWN);
+        assert!(ClientError::Remote(body.clone()).is_retired());
+        assert!(ClientError::RemoteClosed(body).is_retired());
+        let retired = ClientError::Retired("x".into());
+        assert!(retired.is_retired());
+        assert_eq!(retired.exit_code(), exit::CONNECTION);
+        let busy = ClientError::Remote(ErrorBody::from_code(ErrorCode::BUSY));
+        assert!(!busy.is_retired());
+        assert!(!ClientError::ConnectionLost("eof".into()).is_retired());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::driver::{now, read_loop, write_loop, RouteTable};
+use super::driver::{now, read_loop, write_loop, KeyUse, RouteTable};
 use super::{race, Client, ClientConfig, ClientInner};
 use crate::error::ClientError;
 use ferry_common::url::{FerryUrl, Hint};
@@ -116,7 +116,7 @@ impl Client {
     }
 
     /// One address: connect and handshake, again after a pause while the server is full.
-    async fn connect_addr(
+    pub(super) async fn connect_addr(
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<(Client, Option<NodeId>), ClientError> {
@@ -134,7 +134,14 @@ impl Client {
                     );
                     tokio::time::sleep(delay).await;
                 }
-                other => return other,
+                Ok((client, proven)) => {
+                    // The same server must answer a new connection: the id it proved here.
+                    let mut again = config;
+                    again.server_id = again.server_id.or(proven);
+                    let _ = client.shared.redial.set((addr, again));
+                    return Ok((client, proven));
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -200,7 +207,11 @@ impl Client {
         };
         debug!(%peer, version = session.version(), mode = ?session.mode(), "connected");
         let version = session.version();
-        let (send, recv) = session.into_split();
+        let (mut send, recv) = session.into_split();
+        if config.assume_blocks_used > 0 {
+            send.assume_blocks_used(config.assume_blocks_used);
+        }
+        let server_key = KeyUse::new(send.suite(), config.assume_server_blocks_used);
         let max_payload = send.max_payload();
         let (read, write) = tokio::io::split(io);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -215,6 +226,7 @@ impl Client {
             conn.clone(),
             tx.downgrade(),
             KeepAlive::new(config.keepalive_interval, config.keepalive_timeout, now()),
+            server_key,
         ));
         tokio::spawn(write_loop(
             // Requests are small.
@@ -231,6 +243,7 @@ impl Client {
                 max_payload,
                 request_timeout: config.request_timeout,
                 request_buffer: config.request_buffer.max(1),
+                redial: std::sync::OnceLock::new(),
             }),
         };
         Ok((client, proven))

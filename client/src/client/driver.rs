@@ -3,7 +3,7 @@
 //! the byte stream, answers keep-alive traffic and routes every other frame by request id; the
 //! writer seals and writes what the handles queue, batching whatever is ready.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,48 @@ pub(super) struct RouteTable {
     /// Payload bytes of pongs queued for the writer and not yet written. A server that pings
     /// without reading would otherwise grow the queue without bound (spec §3.8).
     pong_bytes: AtomicUsize,
+    /// Frames routed to requests other than errors and fetch headers: whether the server
+    /// answered anything on this connection that a retried request would not ask again.
+    pub(super) answered: AtomicU64,
+    /// Our send key passed its close-soon point (spec §5.5): no new requests start here.
+    pub(super) retiring: AtomicBool,
+}
+
+/// Why a connection whose key nears its usage limit takes no new requests.
+pub(super) const RETIRING: &str =
+    "this connection's key is near its usage limit (spec 5.5); continue on a new connection";
+
+/// The server's send key as the records we open count against its usage limit (spec §5.5):
+/// the blocks the server sealed are the blocks we open, so a close once they have passed the
+/// close-soon point is the server retiring a spent key, not a fault.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyUse {
+    /// The suite's limit; `None` where it has none (plaintext, CBC + HMAC).
+    limit: Option<u64>,
+    used: u64,
+}
+
+impl KeyUse {
+    pub(super) fn new(suite: ferry_protocol::crypto::RecordSuite, assumed: u64) -> Self {
+        Self {
+            limit: suite.block_limit(),
+            used: assumed,
+        }
+    }
+
+    /// Counts one record of `len` plaintext bytes: its counter blocks and the tag's.
+    fn opened(&mut self, len: usize) {
+        if self.limit.is_some() {
+            self.used = self.used.saturating_add((len as u64).div_ceil(16) + 1);
+        }
+    }
+
+    /// Whether the server's key has passed the point where it starts no new requests.
+    fn past_close_soon(&self) -> bool {
+        self.limit.is_some_and(|limit| {
+            self.used > limit.saturating_sub(ferry_protocol::crypto::CLOSE_SOON_BLOCKS)
+        })
+    }
 }
 
 /// Body bytes one request may have waiting for its caller. The channel also bounds frames,
@@ -63,6 +105,8 @@ pub(super) enum CloseReason {
     Protocol(String),
     /// The server stopped in the middle of a frame for longer than the frame-read deadline.
     Stalled(Duration),
+    /// The server closed the connection after its key passed the close-soon point (spec §5.5).
+    Retired,
 }
 
 impl CloseReason {
@@ -71,6 +115,10 @@ impl CloseReason {
             Self::Lost(why) => ClientError::ConnectionLost(why.clone()),
             Self::Remote(body) => ClientError::RemoteClosed(body.clone()),
             Self::Protocol(why) => ClientError::Protocol(why.clone()),
+            Self::Retired => ClientError::Retired(
+                "the server closed the connection once its key neared its usage limit (spec 5.5); continue on a new connection"
+                    .into(),
+            ),
             Self::Stalled(limit) => ClientError::Protocol(format!(
                 "the server started a frame and did not finish it within {}s (a corrupted or stalled connection)",
                 limit.as_secs()
@@ -123,6 +171,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
     conn: Arc<RouteTable>,
     outgoing: mpsc::WeakUnboundedSender<Outgoing>,
     mut keepalive: KeepAlive,
+    mut server_key: KeyUse,
 ) {
     let send = |id: RequestId, message: Message| {
         if let Some(tx) = outgoing.upgrade() {
@@ -163,11 +212,19 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
         tokio::select! {
             frame = reader.next_frame() => match frame {
                 Ok(frame) => {
+                    server_key.opened(frame.body.len());
                     if let Err(reason) = dispatch(frame, &conn, &mut keepalive, &send, &pong).await
                     {
                         conn.fail(reason);
                         return;
                     }
+                }
+                Err(end @ (ReadEnd::Eof | ReadEnd::Truncated | ReadEnd::Io(_)))
+                    if server_key.past_close_soon() =>
+                {
+                    debug!(?end, "the server retired the connection");
+                    conn.fail(CloseReason::Retired);
+                    return;
                 }
                 Err(end) => {
                     conn.fail(closed(end, &send));
@@ -318,6 +375,13 @@ async fn dispatch(
     };
     match route {
         Some((tx, budget)) => {
+            // A fetch's header alone moves no data: a connection retired right after it
+            // must count as one that answered nothing, or a transfer could dial for ever.
+            let fetch_header =
+                kind == FrameType::RESPONSE && frame.header.service == Service::FETCH;
+            if kind != FrameType::ERROR && !fetch_header {
+                conn.answered.fetch_add(1, Ordering::Relaxed);
+            }
             // Waits while the caller has REQUEST_BYTES unread: the reader stops, TCP fills,
             // the server slows down (the connection's backpressure).
             let cost = (frame.body.len() as u32).clamp(1, REQUEST_BYTES);
@@ -357,13 +421,21 @@ impl Outbox for Queue {
     }
 
     fn encode(&mut self, out: Outgoing, batch: &mut Batch) -> Result<(), ProtoError> {
-        match out {
+        let pushed = match out {
             Outgoing::Message(id, message) => batch.push(id, message),
             Outgoing::Pong(id, payload) => {
                 self.pongs += payload.len();
                 batch.push(id, Message::Pong(payload))
             }
+        };
+        // Spec §5.5: past the close-soon point, requests already started finish here and new
+        // ones go to a new connection. Seen here, before this record reaches the server and
+        // so before its answer can come back.
+        if batch.send_half().close_soon() && !self.conn.retiring.load(Ordering::SeqCst) {
+            debug!("our send key is near its usage limit: no new requests on this connection");
+            self.conn.retiring.store(true, Ordering::SeqCst);
         }
+        pushed
     }
 
     fn written(&mut self) {

@@ -100,6 +100,16 @@ pub struct ClientConfig {
     /// the identity handshake runs and accepts whichever id the server proves
     /// ([`Connected::server_id`]; the caller pins it, trust on first use).
     pub identity: Option<ferry_protocol::identity::Identity>,
+    /// Tests only: our send key starts as if this many AES blocks had been sealed under it, so
+    /// that its usage limit's close-soon point (spec §5.5) is within a test's reach (the
+    /// server's `Limits::assume_blocks_used`). Default 0.
+    #[doc(hidden)]
+    pub assume_blocks_used: u64,
+    /// Tests only: the server's send key is taken to start this many blocks into its usage
+    /// limit, mirroring the server's `Limits::assume_blocks_used`, so that a close after its
+    /// close-soon point is known for what it is. Default 0.
+    #[doc(hidden)]
+    pub assume_server_blocks_used: u64,
 }
 
 impl ClientConfig {
@@ -118,6 +128,8 @@ impl ClientConfig {
             connector: Arc::new(TcpConnector),
             server_id: None,
             identity: None,
+            assume_blocks_used: 0,
+            assume_server_blocks_used: 0,
         }
     }
 
@@ -199,6 +211,9 @@ struct ClientInner {
     max_payload: usize,
     request_timeout: Duration,
     request_buffer: usize,
+    /// How to open another connection to the same server (spec §5.5: a retired connection
+    /// continues on a new one); set when the connection was made by address.
+    redial: std::sync::OnceLock<(std::net::SocketAddr, ClientConfig)>,
 }
 
 impl Drop for ClientInner {
@@ -222,6 +237,34 @@ impl Client {
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.conn.lock().closed.is_some()
+    }
+
+    /// Opens a new connection to the same server: the same address and settings (key, our
+    /// identity, suites), and the server must prove the id it proved on this one. A transfer
+    /// goes on through it when the server retires this connection (spec §5.5). Fails for a
+    /// connection not made by address (over a relay or a given stream).
+    pub async fn reconnect(&self) -> Result<Client, ClientError> {
+        let Some((addr, config)) = self.shared.redial.get().cloned() else {
+            return Err(ClientError::Local(format!(
+                "the connection to {} was not made by address, so it cannot be opened again",
+                self.shared.peer
+            )));
+        };
+        Ok(Self::connect_addr(addr, config).await?.0)
+    }
+
+    /// Whether both handles are on the same connection.
+    pub fn same_connection(&self, other: &Client) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Frames that reached a request on this connection, other than errors and fetch
+    /// headers (which move no data): whether the server answered anything on it.
+    pub fn answered(&self) -> u64 {
+        self.shared
+            .conn
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lists `path` (`""` is the root). Recursive listings descend `max_depth` levels and name

@@ -15,13 +15,22 @@ use ferry_protocol::{ErrorBody, Frame, FrameType, Message, RequestId, Service};
 use tokio::sync::mpsc;
 use tracing::trace;
 
-use super::driver::{CloseReason, Outgoing, Route, Routed, REQUEST_BYTES};
+use super::driver::{CloseReason, Outgoing, Route, Routed, REQUEST_BYTES, RETIRING};
 use super::{unexpected, Client};
 use crate::error::ClientError;
 
 impl Client {
     /// Registers a fresh request id, then queues the request.
     pub(super) fn start(&self, service: Service, message: Message) -> Result<Pending, ClientError> {
+        // Spec §5.5: our key is near its usage limit, so the request goes on a new connection.
+        if self
+            .shared
+            .conn
+            .retiring
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ClientError::Retired(RETIRING.into()));
+        }
         let (tx, rx) = mpsc::channel(self.shared.request_buffer);
         let id = {
             let mut state = self.shared.conn.lock();

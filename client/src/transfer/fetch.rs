@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use ferry_jail::{Jail, RelPath};
 use ferry_protocol::digest::FetchDigest;
-use ferry_protocol::message::{Entry, TO_END};
+use ferry_protocol::message::{DigestResponse, Entry, TO_END};
 use tracing::debug;
 
+use super::conn::Conn;
 use super::part::{
     claim_part, keep_partial, meta_path, part_path, sibling_rel, write_error, write_meta, PartMeta,
     PartWriter, META_SUFFIX, PART_SUFFIX,
@@ -29,19 +30,28 @@ pub(super) struct Target<'a> {
     pub(super) dest: &'a Path,
 }
 
-/// What the downloads of one command share: the connection, the options, where progress goes
-/// and the token that stops them.
+/// What the downloads of one command share: the connection, the options, where progress goes,
+/// the token that stops them, and the whole-file digests already asked for.
 #[derive(Clone, Copy)]
 pub(super) struct Fetcher<'a> {
-    pub(super) client: &'a Client,
+    pub(super) conn: &'a Conn,
     pub(super) options: &'a GetOptions,
     pub(super) progress: &'a dyn TransferProgress,
     pub(super) cancel: &'a Cancel,
+    pub(super) digests: &'a Digests,
 }
+
+/// Whole-file digests (spec §3.11) by remote path, asked for once per download: a resume on a
+/// new connection does not ask again (a server retiring connections fast may answer one
+/// request on each).
+pub(super) type Digests = std::sync::Mutex<std::collections::HashMap<String, DigestResponse>>;
 
 impl Fetcher<'_> {
     /// Downloads `remote` (described by `entry`) to `target` through its partial file, resuming
-    /// it when it checks out; `label` names the file on its progress bar.
+    /// it when it checks out; `label` names the file on its progress bar. When the connection
+    /// is retired on the way (spec §5.5), the download goes on over a new one from the bytes
+    /// in the partial file (the same resume as a second run of the command), and the whole
+    /// file is still checked against the server's digest.
     pub(super) async fn fetch_to(
         &self,
         remote: &str,
@@ -50,11 +60,62 @@ impl Fetcher<'_> {
         label: &str,
     ) -> Result<Downloaded, ClientError> {
         let started = Instant::now();
+        let mut options = self.options.clone();
+        let mut first_offset = None;
+        let result = loop {
+            let client = self.conn.current().await;
+            let leg = self
+                .fetch_leg(
+                    &client,
+                    &options,
+                    remote,
+                    entry,
+                    target,
+                    label,
+                    &mut first_offset,
+                )
+                .await;
+            match leg {
+                Err(e) if e.is_retired() => {
+                    if let Err(e) = self.conn.renew(&client, e).await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
+            }
+            // The part holds what this download fetched: it continues, whatever --no-resume
+            // said about a part found at the start.
+            options.resume = true;
+        };
+        if let Ok(mut map) = self.digests.lock() {
+            map.remove(remote);
+        }
+        result.map(|mut done| {
+            let from = first_offset.unwrap_or(done.resumed_from);
+            done.resumed_from = from;
+            done.fetched = done.size - from;
+            done.elapsed = started.elapsed();
+            done
+        })
+    }
+
+    /// One leg of [`Fetcher::fetch_to`], on `client`: from the partial file's end (when it
+    /// checks out) to the end of the file, or until the connection is retired. The first leg
+    /// notes where it started in `first_offset`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_leg(
+        &self,
+        client: &Client,
+        options: &GetOptions,
+        remote: &str,
+        entry: &Entry,
+        target: Target<'_>,
+        label: &str,
+        first_offset: &mut Option<u64>,
+    ) -> Result<Downloaded, ClientError> {
+        let started = Instant::now();
         let Fetcher {
-            client,
-            options,
-            progress,
-            cancel,
+            progress, cancel, ..
         } = *self;
         let Target { jail, rel, dest } = target;
         let part = part_path(dest);
@@ -76,10 +137,12 @@ impl Fetcher<'_> {
             hasher,
             whole_digest,
         } = if options.resume && had_part {
-            self.resume_from(remote, &wanted, dest, label).await?
+            self.resume_from(client, remote, &wanted, dest, label)
+                .await?
         } else {
             Start::fresh()
         };
+        first_offset.get_or_insert(offset);
 
         // A server cannot fill the disk by stating a huge size: say what is needed up front.
         let needed = entry.size - offset;

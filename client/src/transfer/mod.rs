@@ -33,10 +33,16 @@
 //! size the server stated is written. The executable bit of the remote mode is kept (like
 //! `cp`); other permission bits follow the local umask.
 //!
+//! A connection retired on the way (spec §5.5: the server's or our key near its usage limit)
+//! is replaced by a new one to the same server; refused requests run again there and a file
+//! continues from its partial file through the same resume (`conn.rs`, `fetch.rs`).
+//!
 //! Files: `part.rs` (the partial file's name, record, lock and writer), `resume.rs` (whether a
 //! part continues, and from where), `fetch.rs` (one file onto disk, and the minimum-progress
-//! watch), `tree.rs` (whole trees); this file holds the public API.
+//! watch), `tree.rs` (whole trees), `conn.rs` (the connection of the moment, renewed when
+//! retired); this file holds the public API.
 
+mod conn;
 mod fetch;
 mod part;
 mod put;
@@ -58,8 +64,10 @@ use tracing::debug;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::progress::TransferProgress;
-use fetch::{Fetcher, ProgressWatch, Target};
+use conn::Conn;
+use fetch::{Digests, Fetcher, ProgressWatch, Target};
 
+pub use conn::MAX_IDLE_CONNECTIONS;
 pub use part::{is_reserved_name, meta_path, part_path, PartMeta, META_SUFFIX, PART_SUFFIX};
 pub use put::{remote_join, upload_file, upload_tree, PutOptions, PutTreeReport, Uploaded};
 pub use tree::{download_tree, MAX_FRONTIER, MAX_REPORTED_FAILURES};
@@ -347,8 +355,11 @@ pub async fn download_file(
     cancel: &Cancel,
 ) -> Result<Downloaded, ClientError> {
     let started = Instant::now();
+    let conn = Conn::new(client);
     // Ask first: a remote directory is a usage problem whatever exists locally.
-    let entry = cancel.guard(when_not_busy(|| client.stat(remote))).await?;
+    let entry = cancel
+        .guard(conn.run(|c| async move { when_not_busy(|| c.stat(remote)).await }))
+        .await?;
     if entry.kind == EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is a directory; use get -r"
@@ -378,11 +389,13 @@ pub async fn download_file(
     })?;
     let rel = RelPath::parse_strict(name)
         .map_err(|e| ClientError::Local(format!("{}: {e}", dest.display())))?;
+    let digests = Digests::default();
     let fetcher = Fetcher {
-        client,
+        conn: &conn,
         options,
         progress,
         cancel,
+        digests: &digests,
     };
     let target = Target {
         jail: &jail,
@@ -411,8 +424,11 @@ pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
 ) -> Result<Downloaded, ClientError> {
     use tokio::io::AsyncWriteExt;
     let started = Instant::now();
+    // A connection retired before the data starts is replaced; one retired in the middle ends
+    // this download, as nothing here keeps the bytes to resume from.
+    let conn = Conn::new(client);
     let mut stream = cancel
-        .guard(when_not_busy(|| client.fetch(remote, 0, TO_END)))
+        .guard(conn.run(|c| async move { when_not_busy(|| c.fetch(remote, 0, TO_END)).await }))
         .await?;
     let size = stream.response().size;
     let bar = progress.file(remote_name(remote).unwrap_or(remote), size, 0);

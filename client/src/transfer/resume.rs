@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::fetch::Fetcher;
 use super::part::{meta_path, part_path, PartMeta};
 use super::when_not_busy;
+use crate::client::Client;
 use crate::error::ClientError;
 
 /// Where a download starts: byte 0, or the end of a part that checked out.
@@ -40,6 +41,7 @@ impl Fetcher<'_> {
     /// part when it checks out and the server states the whole file's digest, else at 0.
     pub(super) async fn resume_from(
         &self,
+        client: &Client,
         remote: &str,
         wanted: &PartMeta,
         dest: &Path,
@@ -48,14 +50,26 @@ impl Fetcher<'_> {
         let part = part_path(dest);
         match resume_point(&part, &meta_path(dest), wanted, self.options.force).await? {
             Some((len, prefix)) if len > 0 => {
-                match self
-                    .cancel
-                    .guard(when_not_busy(|| {
-                        self.client.digest(remote, digest_timeout(wanted.size))
-                    }))
-                    .await
-                {
+                let known = self
+                    .digests
+                    .lock()
+                    .ok()
+                    .and_then(|map| map.get(remote).copied());
+                let asked = match known {
+                    Some(d) => Ok(d),
+                    None => {
+                        self.cancel
+                            .guard(when_not_busy(|| {
+                                client.digest(remote, digest_timeout(wanted.size))
+                            }))
+                            .await
+                    }
+                };
+                match asked {
                     Ok(d) => {
+                        if let Ok(mut map) = self.digests.lock() {
+                            map.insert(remote.to_string(), d);
+                        }
                         if (d.size, d.mtime_secs, d.mtime_nanos)
                             != (wanted.size, wanted.mtime_secs, wanted.mtime_nanos)
                         {

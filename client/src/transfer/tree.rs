@@ -11,7 +11,8 @@ use ferry_protocol::message::{Entry, EntryKind};
 use futures::StreamExt;
 use tracing::{debug, warn};
 
-use super::fetch::{Fetcher, Target};
+use super::conn::Conn;
+use super::fetch::{Digests, Fetcher, Target};
 use super::{
     local_error, safe_relative, when_not_busy, Cancel, Downloaded, GetOptions, TreeReport,
 };
@@ -42,7 +43,10 @@ pub async fn download_tree(
     cancel: &Cancel,
 ) -> Result<TreeReport, ClientError> {
     let started = Instant::now();
-    let root = cancel.guard(when_not_busy(|| client.stat(remote))).await?;
+    let conn = &Conn::new(client);
+    let root = cancel
+        .guard(conn.run(|c| async move { when_not_busy(|| c.stat(remote)).await }))
+        .await?;
     if root.kind != EntryKind::DIRECTORY {
         return Err(ClientError::Local(format!(
             "{remote} is not a directory; use get without -r"
@@ -53,11 +57,13 @@ pub async fn download_tree(
         .map_err(|e| ClientError::io(dest, e))?;
     // Every file and directory of the tree is written beneath this root.
     let jail = &Jail::open(dest).map_err(|e| ClientError::io(dest, e))?;
+    let digests = Digests::default();
     let fetcher = Fetcher {
-        client,
+        conn,
         options,
         progress,
         cancel,
+        digests: &digests,
     };
     let mut report = TreeReport::default();
     let failed = |report: &mut TreeReport, path: &str, e: ClientError| {
@@ -80,7 +86,10 @@ pub async fn download_tree(
         let mut entries = match cancel
             // Links marked, so a directory link is not walked (spec §3.4: the server's own
             // recursive listings do not descend through them either).
-            .guard(when_not_busy(|| client.list_with(&dir, false, 0, true)))
+            .guard(conn.run(|c| {
+                let dir = &dir;
+                async move { when_not_busy(|| c.list_with(dir, false, 0, true)).await }
+            }))
             .await
         {
             Ok(entries) => entries,

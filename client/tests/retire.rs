@@ -1,0 +1,216 @@
+//! Spec §5.5 from the client's side: a connection whose key nears its GCM usage limit is
+//! retired (the server refuses new requests `SHUTTING_DOWN`, says a `SHUTTING_DOWN` goodbye, or
+//! closes once its key is spent), and a download goes on over new connections to the same
+//! server, resuming from the bytes it has and checking the whole file's digest at the end.
+//!
+//! The server's test-only `Limits::assume_blocks_used` starts each connection's key near its
+//! limit, so a few hundred kilobytes spend it; the client's `assume_server_blocks_used` mirrors
+//! it (a real client counts the server's 1 TiB itself). Connections are counted where they
+//! are dialled. Nothing depends on timing: which request a retiring server still takes may
+//! vary, the bytes and the bounds do not.
+
+// Helpers outside #[test] fns unwrap too: a failed setup step should fail the test.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ferry_client::transfer::{self, Cancel, GetOptions, MAX_IDLE_CONNECTIONS};
+use ferry_client::{Client, ClientConfig, NoProgress};
+use ferry_protocol::transport::{Connecting, Connector, TcpConnector};
+use ferry_protocol::Key;
+use ferry_testkit::{block_on, data, TestServer};
+
+/// The blocks a GCM key may protect (spec §5.5).
+const LIMIT: u64 = 1 << 36;
+/// What one connection may carry before its key is spent: 1 MiB of blocks.
+const ROOM: u64 = (1 << 20) / 16;
+
+/// Dials TCP and counts the connections.
+#[derive(Debug, Default)]
+struct Counting {
+    tcp: TcpConnector,
+    dials: AtomicUsize,
+}
+
+impl Connector for Counting {
+    fn connect(&self, addr: SocketAddr) -> Connecting<'_> {
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        self.tcp.connect(addr)
+    }
+}
+
+/// A server whose connections' keys start `LIMIT - room` blocks in, serving `files`.
+fn server(room: u64, files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let key = Key::generate();
+    let server = TestServer::start_with(dir.path(), &key, "127.0.0.1:0".parse().unwrap(), |c| {
+        let limits = ferry_server::Limits {
+            assume_blocks_used: LIMIT - room,
+            ..ferry_server::Limits::default()
+        };
+        *c = c.clone().limits(limits);
+    });
+    (dir, server)
+}
+
+/// A client for `server` that knows where its keys start, and counts its connections.
+fn config(server: &TestServer, room: u64) -> (ClientConfig, Arc<Counting>) {
+    let dials = Arc::new(Counting::default());
+    let mut config = ClientConfig::new(server.key.clone()).connector(dials.clone());
+    config.assume_server_blocks_used = LIMIT - room;
+    (config, dials)
+}
+
+#[test]
+fn a_get_five_times_a_connections_key_allowance_completes_over_several_connections() {
+    let want = data(5 << 20, 11);
+    let (_dir, server) = server(ROOM, &[("big.bin", want.clone())]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("big.bin");
+    block_on(async {
+        let (config, dials) = config(&server, ROOM);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let done = transfer::download_file(
+            &client,
+            "big.bin",
+            &dest,
+            &GetOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.digest, ferry_protocol::digest::fetch_digest(&want));
+        assert_eq!(
+            (done.size, done.fetched, done.resumed_from),
+            (5 << 20, 5 << 20, 0)
+        );
+        let dials = dials.dials.load(Ordering::SeqCst);
+        // At most 1 MiB a connection: at least five carried data; some only refused or stated
+        // the digest.
+        eprintln!("whole file: {dials} connections");
+        assert!((6..=20).contains(&dials), "{dials} connections");
+    });
+    assert!(std::fs::read(&dest).unwrap() == want, "the file differs");
+}
+
+#[test]
+fn a_parallel_get_of_a_tree_completes_over_several_connections() {
+    let files: Vec<(String, Vec<u8>)> = (0..3u64)
+        .map(|i| {
+            (
+                format!("t/f{i}.bin"),
+                data((2 << 20) + 1000 * i as usize, 20 + i),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (_dir, server) = server(ROOM, &named);
+    let out = tempfile::tempdir().unwrap();
+    block_on(async {
+        let (config, dials) = config(&server, ROOM);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let options = GetOptions {
+            jobs: 3,
+            ..GetOptions::default()
+        };
+        let report = transfer::download_tree(
+            &client,
+            "t",
+            &out.path().join("t"),
+            &options,
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.files.len(), 3);
+        let dials = dials.dials.load(Ordering::SeqCst);
+        eprintln!("tree: {dials} connections");
+        assert!((6..=60).contains(&dials), "{dials} connections");
+    });
+    for (name, bytes) in &files {
+        let got = std::fs::read(out.path().join(name)).unwrap();
+        assert!(got == *bytes, "{name} differs");
+    }
+}
+
+/// A server that retires every connection before it can answer anything (its key is spent by
+/// the first answer) is dialled a bounded number of times, and the error says so.
+#[test]
+fn reconnects_stop_after_connections_that_answer_nothing() {
+    let (_dir, server) = server(1, &[("a.bin", data(1000, 1))]);
+    let out = tempfile::tempdir().unwrap();
+    block_on(async {
+        let (config, dials) = config(&server, 1);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let err = transfer::download_file(
+            &client,
+            "a.bin",
+            &out.path().join("a.bin"),
+            &GetOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_connection_error(), "{err}");
+        let said = err.to_string();
+        assert!(
+            said.contains(&format!(
+                "retired {MAX_IDLE_CONNECTIONS} connections in a row without answering anything"
+            )),
+            "{said}"
+        );
+        assert_eq!(
+            dials.dials.load(Ordering::SeqCst),
+            MAX_IDLE_CONNECTIONS as usize
+        );
+    });
+}
+
+/// Spec §5.5 for our own key: once our send direction passes its close-soon point, no new
+/// request starts on the connection (it is refused here, unsent), and a download goes on over a
+/// new connection.
+#[test]
+fn a_client_whose_own_key_nears_its_limit_starts_no_new_requests_there() {
+    let want = data(300_000, 5);
+    let (_dir, server) = server(LIMIT, &[("f.bin", want.clone())]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("f.bin");
+    block_on(async {
+        let (mut config, dials) = config(&server, LIMIT);
+        // The first record we seal crosses the point.
+        config.assume_blocks_used = LIMIT - ferry_protocol::crypto::CLOSE_SOON_BLOCKS;
+        let client = Client::connect(server.addr, config.clone()).await.unwrap();
+        client.stat("f.bin").await.unwrap();
+        let err = client.stat("f.bin").await.unwrap_err();
+        assert!(err.is_retired(), "{err}");
+        assert!(err.to_string().contains("near its usage limit"), "{err}");
+        assert!(!client.is_closed());
+
+        let dials_before = dials.dials.load(Ordering::SeqCst);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        transfer::download_file(
+            &client,
+            "f.bin",
+            &dest,
+            &GetOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        // The stat on the first connection, the fetch on a second.
+        assert_eq!(dials.dials.load(Ordering::SeqCst) - dials_before, 2);
+    });
+    assert!(std::fs::read(&dest).unwrap() == want, "the file differs");
+}
