@@ -2,8 +2,11 @@
 //! node's uplink sends at `rate` bytes per second, sharing it among its connections in turn
 //! (one message at a time, as fair queueing shares a shaped link among TCP flows), and every
 //! message then takes `rtt / 2` and queues for the receiver's downlink, also at `rate` (netlab
-//! shapes both directions, so the fluid bound is content / rate). Pieces are checked by comparing
-//! bytes, which is what the hash would say, at a fraction of a debug build's SHA-256 cost.
+//! shapes both directions, so the fluid bound is content / rate). As the shell does
+//! (`node/peer.rs`), a block is reported uploaded once sent, and a CANCEL or CHOKE drops the
+//! blocks still queued for that peer (a real sender's socket buffer holds a few more that no
+//! CANCEL reaches). Pieces are checked by comparing bytes, which is what the hash would say, at
+//! a fraction of a debug build's SHA-256 cost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use rand::{RngCore, SeedableRng};
 
 use crate::manifest::Manifest;
 use crate::pieces::Bitfield;
+use crate::swarm::picker::{BlockState, PieceState};
 use crate::swarm::{Action, ConnId, Swarm, SwarmConfig};
 use crate::wire::{PeerId, PeerMessage, SERVICE};
 
@@ -31,6 +35,9 @@ struct Uplink {
     /// The connection served last: the next turn starts after it.
     last: Option<ConnId>,
     busy: bool,
+    /// The block being sent, if the message on the wire is one: reported to the core once
+    /// sent, as the shell reports a written upload.
+    sending: Option<(ConnId, u64)>,
 }
 
 pub(crate) struct Swarmnet {
@@ -47,9 +54,54 @@ pub(crate) struct Swarmnet {
     events: BTreeMap<(Instant, u64), Event>,
     seq: u64,
     pub(crate) completed: Vec<Option<Instant>>,
-    /// Sum over samples of leechers' peers that had wanted pieces, unchoked us, and had
-    /// nothing in flight; and the number of samples.
-    pub(crate) idle_peers: (u64, u64),
+    /// Why leechers' peers were or were not sending to them, sampled every 50 ms: before the
+    /// endgame and in it.
+    pub(crate) reasons: [Reasons; 2],
+    /// When each leecher first had a piece.
+    pub(crate) first_piece: Vec<Option<Instant>>,
+    /// Block bytes each node's uplink sent.
+    pub(crate) sent: Vec<u64>,
+}
+
+/// Per sampled (leecher, peer) pair, what held the peer: counts summed over samples.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Reasons {
+    /// Leecher samples taken.
+    pub(crate) samples: u64,
+    /// Requests in flight at the peer.
+    pub(crate) busy: u64,
+    /// The peer has something we want but chokes us.
+    pub(crate) choked: u64,
+    /// The peer has nothing we want.
+    pub(crate) nothing: u64,
+    /// Idle: it unchoked us and has a piece we want, yet nothing is asked of it, although it
+    /// has an open block or an unstarted piece we want (the picker missed it).
+    pub(crate) idle_open: u64,
+    /// Idle: every block of its pieces we want is asked of someone else.
+    pub(crate) idle_taken: u64,
+    /// Of `idle_taken`: some of those blocks wait at the seed.
+    pub(crate) idle_taken_at_seed: u64,
+}
+
+impl Reasons {
+    pub(crate) fn idle(&self) -> u64 {
+        self.idle_open + self.idle_taken
+    }
+
+    pub(crate) fn line(&self) -> String {
+        let n = self.samples.max(1) as f64;
+        format!(
+            "per leecher: busy {:.2}, choked {:.2}, nothing wanted {:.2}, idle {:.2} (open {:.2}, all taken {:.2}, of which at the seed {:.2}); {} samples",
+            self.busy as f64 / n,
+            self.choked as f64 / n,
+            self.nothing as f64 / n,
+            self.idle() as f64 / n,
+            self.idle_open as f64 / n,
+            self.idle_taken as f64 / n,
+            self.idle_taken_at_seed as f64 / n,
+            self.samples
+        )
+    }
 }
 
 impl Swarmnet {
@@ -88,6 +140,7 @@ impl Swarmnet {
                     queues: BTreeMap::new(),
                     last: None,
                     busy: false,
+                    sending: None,
                 })
                 .collect(),
             downlinks: vec![now; count],
@@ -97,7 +150,9 @@ impl Swarmnet {
             events: BTreeMap::new(),
             seq: 0,
             completed: vec![None; count],
-            idle_peers: (0, 0),
+            reasons: Default::default(),
+            first_piece: vec![None; count],
+            sent: vec![0; count],
         };
         let mut next = 1;
         for a in 0..count {
@@ -141,6 +196,12 @@ impl Swarmnet {
         };
         up.last = Some(conn);
         up.busy = true;
+        if let PeerMessage::Piece { data, .. } = &msg {
+            up.sending = Some((conn, data.len() as u64));
+        }
+        if let PeerMessage::Piece { data, .. } = &msg {
+            self.sent[i] += data.len() as u64;
+        }
         let send = Duration::from_secs_f64(msg.to_bytes().len() as f64 / self.rate);
         let done = self.now + send;
         self.schedule(done, Event::Free(i));
@@ -155,7 +216,18 @@ impl Swarmnet {
         while let Some(action) = self.nodes[i].poll_action() {
             let now = self.now;
             match action {
-                Action::Send { conn, msg } => self.enqueue(i, conn, msg),
+                Action::Send { conn, msg } => {
+                    if matches!(msg, PeerMessage::Choke) {
+                        // A choke drops the blocks queued for the peer (node/peer.rs).
+                        let queue = self.uplinks[i].queues.entry(conn).or_default();
+                        let before = queue.len();
+                        queue.retain(|m| !matches!(m, PeerMessage::Piece { .. }));
+                        for _ in queue.len()..before {
+                            self.nodes[i].handle_uploaded(conn, 0, now);
+                        }
+                    }
+                    self.enqueue(i, conn, msg);
+                }
                 Action::Upload {
                     conn,
                     piece,
@@ -163,8 +235,24 @@ impl Swarmnet {
                     length,
                 } => {
                     let msg = upload(&self.content, &self.manifest, piece, offset, length);
-                    self.nodes[i].handle_uploaded(conn, u64::from(length), now);
                     self.enqueue(i, conn, msg);
+                }
+                // The shell drops a block not yet written (node/peer.rs); one on the wire goes.
+                Action::CancelUpload {
+                    conn,
+                    piece,
+                    offset,
+                    length,
+                } => {
+                    let queue = self.uplinks[i].queues.entry(conn).or_default();
+                    let found = queue.iter().position(|m| {
+                        matches!(m, PeerMessage::Piece { piece: p, offset: o, data }
+                            if *p == piece.get() && *o == offset && data.len() == length as usize)
+                    });
+                    if let Some(k) = found {
+                        queue.remove(k);
+                        self.nodes[i].handle_uploaded(conn, 0, now);
+                    }
                 }
                 Action::Verify { piece, data } => {
                     let start = self.manifest.piece_start(piece) as usize;
@@ -179,7 +267,7 @@ impl Swarmnet {
                         self.drain(j);
                     }
                 }
-                Action::CancelUpload { .. } | Action::Discovered(_) => {}
+                Action::Discovered(_) => {}
             }
         }
         if let Err(e) = self.nodes[i].check_invariants() {
@@ -196,20 +284,72 @@ impl Swarmnet {
             .push_back(msg);
     }
 
-    /// Leechers' peers that have pieces they want and unchoked them but have nothing asked.
-    fn sample_idle(&mut self) {
-        for node in &self.nodes[1..] {
-            if node.is_complete() || node.picker.missing > 0 {
+    /// Classifies every incomplete leecher's peers (see [`Reasons`]).
+    fn sample(&mut self) {
+        for i in 1..self.nodes.len() {
+            let node = &self.nodes[i];
+            if self.first_piece[i].is_none() && node.picker.have.count() > 0 {
+                self.first_piece[i] = Some(self.now);
+            }
+            if node.is_complete() {
                 continue;
             }
-            let idle = node
-                .peers
-                .values()
-                .filter(|p| p.wanted > 0 && !p.peer_choking && p.outstanding.is_empty())
-                .count();
-            self.idle_peers.0 += idle as u64;
-            self.idle_peers.1 += 1;
+            let phase = usize::from(node.picker.missing == 0);
+            let mut r = std::mem::take(&mut self.reasons[phase]);
+            r.samples += 1;
+            for (conn, peer) in &node.peers {
+                if !peer.outstanding.is_empty() {
+                    r.busy += 1;
+                } else if peer.wanted == 0 {
+                    r.nothing += 1;
+                } else if peer.peer_choking {
+                    r.choked += 1;
+                } else {
+                    let (open, at_seed) = self.idle_cause(i, *conn);
+                    if open {
+                        r.idle_open += 1;
+                    } else {
+                        r.idle_taken += 1;
+                        r.idle_taken_at_seed += u64::from(at_seed);
+                    }
+                }
+            }
+            self.reasons[phase] = r;
         }
+    }
+
+    /// For an idle peer of leecher `i`: whether it has an open block or an unstarted piece we
+    /// want, and whether blocks of its pieces we want are asked of the seed.
+    fn idle_cause(&self, i: usize, conn: ConnId) -> (bool, bool) {
+        let node = &self.nodes[i];
+        let peer = &node.peers[&conn];
+        let seed_conn = node
+            .peers
+            .keys()
+            .copied()
+            .find(|c| self.links.get(&(i, *c)).is_some_and(|(j, _)| *j == 0));
+        let (mut open, mut at_seed) = (false, false);
+        for (p, state) in node.picker.pieces.iter().enumerate() {
+            if !peer.have.has_index(p as u32) {
+                continue;
+            }
+            match state {
+                PieceState::Missing => open = true,
+                PieceState::Active(a) => {
+                    for b in &a.blocks {
+                        match &b.state {
+                            BlockState::Open => open = true,
+                            BlockState::Requested(list) => {
+                                at_seed |= seed_conn.is_some_and(|s| list.contains(&s));
+                            }
+                            BlockState::Done => {}
+                        }
+                    }
+                }
+                PieceState::Verifying(_) | PieceState::Have => {}
+            }
+        }
+        (open, at_seed)
     }
 
     /// Runs until every leecher completes or `limit` passes; returns when the last finished.
@@ -229,7 +369,7 @@ impl Swarmnet {
             let event = self.events.keys().next().map(|k| k.0);
             self.now = self.now.max(event.map_or(timer, |e| e.min(timer)));
             if self.now >= next_sample {
-                self.sample_idle();
+                self.sample();
                 next_sample = self.now + Duration::from_millis(50);
             }
             let now = self.now;
@@ -240,6 +380,9 @@ impl Swarmnet {
                 match event {
                     Event::Free(i) => {
                         self.uplinks[i].busy = false;
+                        if let Some((conn, len)) = self.uplinks[i].sending.take() {
+                            self.nodes[i].handle_uploaded(conn, len, now);
+                        }
                         self.kick(i);
                     }
                     Event::Deliver(to, conn, msg) => {
@@ -269,34 +412,104 @@ impl Swarmnet {
 /// 20 Mbit/s of TCP payload, as netlab's shaper gives a 20mbit link.
 const RATE: f64 = 19.1e6 / 8.0;
 
-/// One seed and `leechers` on equal links: when the last leecher finished, and the mean
-/// number of a leecher's peers (sampled every 50 ms during its endgame) that had pieces it
-/// wanted and unchoked it but had nothing asked.
-fn tail(leechers: usize) -> (Duration, f64) {
+/// What one run of [`tail`] measured.
+struct Tail {
+    /// When the last leecher finished, over the fluid bound.
+    ratio: f64,
+    reasons: [Reasons; 2],
+    /// When leechers first had a piece, and finished, over the bound: (earliest, latest).
+    first_piece: (f64, f64),
+    finished: (f64, f64),
+    /// Bytes the seed uploaded, over the content's size.
+    seed_upload: f64,
+    /// Bytes leechers received twice or unasked, over the content's size, summed.
+    wasted: f64,
+    /// The share of the run's time the seed's uplink, and leechers' on average, sent blocks.
+    upload_use: (f64, f64),
+}
+
+impl Tail {
+    fn print(&self, leechers: usize) {
+        eprintln!(
+            "1 seed + {leechers}: {:.2}x the bound; first piece {:.2}..{:.2}, finished {:.2}..{:.2} (x bound); seed sent {:.2}x the content; wasted {:.2}x; uplinks busy: seed {:.2}, leechers {:.2}",
+            self.ratio,
+            self.first_piece.0,
+            self.first_piece.1,
+            self.finished.0,
+            self.finished.1,
+            self.seed_upload,
+            self.wasted,
+            self.upload_use.0,
+            self.upload_use.1
+        );
+        eprintln!("  before endgame, {}", self.reasons[0].line());
+        eprintln!("  in endgame,     {}", self.reasons[1].line());
+    }
+}
+
+/// One seed and `leechers` on equal links, every pair connected.
+fn tail(leechers: usize, content_len: usize, piece_size: u32) -> Tail {
     let mut net = Swarmnet::new(
         leechers,
-        4 << 20,
-        256 << 10,
+        content_len,
+        piece_size,
         RATE,
         Duration::from_millis(2),
         SwarmConfig::default(),
     );
+    let start = net.now;
     let took = net.run(Duration::from_secs(300)).expect("all complete");
-    let idle = net.idle_peers.0 as f64 / net.idle_peers.1.max(1) as f64;
-    (took, idle)
+    let bound = content_len as f64 / RATE;
+    let x = |t: Option<Instant>| t.map_or(f64::NAN, |t| (t - start).as_secs_f64() / bound);
+    let range = |v: &[Option<Instant>]| {
+        v.iter()
+            .map(|t| x(*t))
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
+                (lo.min(t), hi.max(t))
+            })
+    };
+    let content = content_len as f64;
+    let capacity = RATE * took.as_secs_f64();
+    let leechers_sent: u64 = net.sent[1..].iter().sum();
+    Tail {
+        upload_use: (
+            net.sent[0] as f64 / capacity,
+            leechers_sent as f64 / capacity / leechers as f64,
+        ),
+        ratio: took.as_secs_f64() / bound,
+        reasons: net.reasons.clone(),
+        first_piece: range(&net.first_piece[1..]),
+        finished: range(&net.completed[1..]),
+        seed_upload: net.nodes[0].stats().uploaded as f64 / content,
+        wasted: net.nodes[1..]
+            .iter()
+            .map(|n| n.stats().wasted as f64)
+            .sum::<f64>()
+            / content,
+    }
 }
 
 /// issue 14: the tail of a swarm of one seed and eight leechers, against the fluid bound
 /// (every byte leaves the seed once and enters each leecher once: content / rate). A
-/// measurement more than a check (about 15 s in a debug build): on this model the swarm takes
-/// about 1.9x the bound, and filling freed unchoke slots at once instead of at the next
-/// rechoke made it 2.0x, so that was not kept. The bound here only catches a regression.
+/// measurement more than a check; it prints what held each leecher's peers. On 16 pieces the
+/// start alone costs half the bound (the seed shares its uplink among all eight until each has
+/// a piece), and the seed sends each piece about twice, so this shape is far from the bench's.
+/// The bound here only catches a regression.
 #[test]
-#[ignore = "a measurement, about 15 s in a debug build: cargo test -p ferry-p2p --lib eight_leechers -- --ignored --nocapture"]
+#[ignore = "a measurement, about 3 s in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
 fn eight_leechers_finish_near_the_fluid_bound() {
-    let bound = (4 << 20) as f64 / RATE;
-    let (took, idle) = tail(8);
-    let ratio = took.as_secs_f64() / bound;
-    eprintln!("bound {bound:.2} s: {ratio:.2}x; idle peers at the tail {idle:.2}");
-    assert!(ratio <= 2.2, "{ratio:.2}x the bound {bound:.2} s");
+    let t = tail(8, 4 << 20, 256 << 10);
+    t.print(8);
+    assert!(t.ratio <= 2.2, "{:.2}x the bound", t.ratio);
+}
+
+/// The same on the netlab bench's shape (benches/swarm/run.sh: 64 MiB, 256 KiB pieces, so 256
+/// pieces): the start (the seed sharing its uplink among every leecher until each has a piece)
+/// and the seed's reveals weigh 16 times less than on 16 pieces.
+#[test]
+#[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
+fn eight_leechers_on_the_bench_shape() {
+    let t = tail(8, 64 << 20, 256 << 10);
+    t.print(8);
+    assert!(t.ratio <= 2.2, "{:.2}x the bound", t.ratio);
 }
