@@ -156,8 +156,20 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     let (rd, wr) = stream.split();
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
-    let link =
-        writer::Link::new(FrameWriter::new(wr, send, version).write_timeout(limits.write_timeout));
+    // Read into slots that the writer seals where they lie and hands back, where the suite
+    // saves a copy that way (AES-256-GCM; buffers.rs).
+    let buffers = BufferPool::sealing_in_place(
+        read_size,
+        limits.read_buffers_per_connection,
+        chunk,
+        send.in_place_room(),
+    );
+    let recycled = buffers.clone();
+    let link = writer::Link::new(
+        FrameWriter::new(wr, send, version)
+            .write_timeout(limits.write_timeout)
+            .recycle(move |slot| recycled.recycle(slot)),
+    );
     let mut writer = tokio::spawn(
         writer::run_shared(link.clone(), Queues::new(ctrl_rx, data_rx)).in_current_span(),
     );
@@ -195,7 +207,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     let services = Context {
         tree,
         principal: Arc::new(principal),
-        buffers: BufferPool::new(read_size, limits.read_buffers_per_connection),
+        buffers,
         chunk,
         page_bytes,
         uploads: Default::default(),

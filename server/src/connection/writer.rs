@@ -286,6 +286,61 @@ mod tests {
         }
     }
 
+    /// Issue 10: on an AES-256-GCM connection a fetch's chunks, read into the pool's slots,
+    /// are sealed where they lie by the writer task and handed back to the pool once written;
+    /// the client opens exactly the data, and the next read gets the same allocations back.
+    #[tokio::test]
+    async fn slots_are_sealed_in_place_and_come_back_to_the_pool() {
+        use crate::buffers::BufferPool;
+        use ferry_protocol::crypto::RecordSuite;
+
+        let (client, server) = Session::dangerous_pair_with_suite(RecordSuite::Aes256Gcm);
+        let (mut client_recv, (send, _)) = (client.into_split().1, server.into_split());
+        let pool = BufferPool::sealing_in_place(4096, 2, 1024, send.in_place_room());
+        let mut buf = pool.get().await;
+        let mut content = Vec::new();
+        for (i, space) in buf.spaces().into_iter().enumerate() {
+            space.fill(i as u8 + 1);
+            content.extend_from_slice(space);
+        }
+        content.truncate(3000);
+        buf.set_len(3000);
+        let (chunks, held) = buf.into_chunks(1024);
+        let sealed: Vec<usize> = chunks.iter().map(|c| c.as_ptr() as usize).collect();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(4);
+        let (data_tx, data_rx) = mpsc::channel(4);
+        for chunk in chunks {
+            data_tx
+                .send((RequestId(1), Message::Data(chunk)))
+                .await
+                .unwrap();
+        }
+        drop((held, ctrl_tx, data_tx));
+        assert_eq!(pool.kept_slots(), 1, "the slot that took no bytes");
+        let recycled = pool.clone();
+        let writer = FrameWriter::new(ours, send, 2).recycle(move |slot| recycled.recycle(slot));
+        run_shared(Link::new(writer), Queues::new(ctrl_rx, data_rx)).await;
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).await.unwrap();
+        let mut wire = BytesMut::from(&wire[..]);
+        let mut got = Vec::new();
+        while let Some(frame) = client_recv.read_frame(&mut wire).unwrap() {
+            match frame.message().unwrap() {
+                Message::Data(data) => got.extend_from_slice(&data),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, content);
+        assert_eq!(pool.kept_slots(), 4, "the empty slot and the three written");
+        let mut again = pool.get().await;
+        let reused: Vec<usize> = again.spaces().iter().map(|s| s.as_ptr() as usize).collect();
+        assert!(
+            sealed.iter().all(|p| reused.contains(p)),
+            "handed back: {sealed:?} {reused:?}"
+        );
+    }
+
     /// The reader writes through the writer only while it is idle: not while anything waits
     /// in either queue, and not while the writer task holds an item it has taken but not
     /// written (queues empty, but the item still owed to the wire first). What it writes

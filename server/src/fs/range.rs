@@ -2,7 +2,7 @@
 //! after every read that the file has not changed under us.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::IoSliceMut;
 use std::sync::{Arc, Mutex};
 
 use ferry_protocol::digest::FetchDigest;
@@ -109,36 +109,28 @@ impl FileReader {
         self.remaining
     }
 
-    /// Reads the next bytes of the range into `buf`, as many as fit, and hashes them. Returns
-    /// how many. A short read or changed metadata ends the fetch with [`FsError::Changed`].
-    pub fn read_batch(&mut self, buf: &mut [u8]) -> Result<usize, FsError> {
-        let want = usize::try_from(self.remaining)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let buf = &mut buf[..want];
+    /// Reads the next bytes of the range into `bufs`, filling them in order, as many as fit,
+    /// in one `preadv` (more only if the kernel reads short), and hashes them. Returns how
+    /// many. A short read or changed metadata ends the fetch with [`FsError::Changed`].
+    pub fn read_batch(&mut self, bufs: &mut [&mut [u8]]) -> Result<usize, FsError> {
+        let want = self.want(bufs);
         let mut filled = 0;
         while filled < want {
-            match self
-                .file
-                .read_at(&mut buf[filled..], self.pos + filled as u64)
-            {
+            let mut iov = io_slices(bufs, filled, want);
+            match rustix::io::preadv(&*self.file, &mut iov, self.pos + filled as u64) {
                 Ok(0) => return Err(FsError::Changed(self.path.clone())),
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => {
                     return Err(FsError::Io {
                         path: self.path.clone(),
-                        errno: rustix::io::Errno::from_io_error(&e)
-                            .unwrap_or(rustix::io::Errno::IO),
+                        errno,
                     })
                 }
             }
         }
         self.check_unchanged()?;
-        self.hasher.update(&buf[..]);
-        self.pos += want as u64;
-        self.remaining -= want as u64;
-        self.sent += want as u64;
+        self.consume(bufs, want);
         Ok(want)
     }
 
@@ -147,35 +139,37 @@ impl FileReader {
     /// `EAGAIN` or reads short) or when the file system cannot tell (`EOPNOTSUPP`) and is not
     /// memory-backed. Lets a small, hot read run on an async thread: it is a copy out of
     /// memory, not a wait.
-    pub fn read_batch_cached(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FsError> {
-        self.read_cached(buf, true)
+    pub fn read_batch_cached(&mut self, bufs: &mut [&mut [u8]]) -> Result<Option<usize>, FsError> {
+        self.read_cached(bufs, true)
     }
 
     /// [`FileReader::read_batch_cached`] without the `fstat` after the read, for a kept file
     /// whose cache confirms after the read that nothing changed it
     /// ([`EntryCache::confirm_file`](super::EntryCache::confirm_file)); the caller must not
     /// send the bytes otherwise.
-    pub fn read_batch_kept(&mut self, buf: &mut [u8]) -> Result<Option<usize>, FsError> {
-        self.read_cached(buf, false)
+    pub fn read_batch_kept(&mut self, bufs: &mut [&mut [u8]]) -> Result<Option<usize>, FsError> {
+        self.read_cached(bufs, false)
     }
 
-    fn read_cached(&mut self, buf: &mut [u8], check: bool) -> Result<Option<usize>, FsError> {
-        let want = usize::try_from(self.remaining)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let buf = &mut buf[..want];
+    fn read_cached(
+        &mut self,
+        bufs: &mut [&mut [u8]],
+        check: bool,
+    ) -> Result<Option<usize>, FsError> {
+        let want = self.want(bufs);
         let io = |errno| FsError::Io {
             path: self.path.clone(),
             errno,
         };
+        let mut iov = io_slices(bufs, 0, want);
         // tmpfs and ramfs keep file pages in memory and do not implement RWF_NOWAIT: read
         // them plainly, without first asking (each system call costs a microsecond here).
         let read = if memory_backed(self.opened.dev, &self.file) {
-            self.file.read_at(buf, self.pos).map_err(|e| errno_of(&e))
+            rustix::io::preadv(&*self.file, &mut iov, self.pos)
         } else {
             rustix::io::preadv2(
-                &self.file,
-                &mut [std::io::IoSliceMut::new(buf)],
+                &*self.file,
+                &mut iov,
                 self.pos,
                 rustix::io::ReadWriteFlags::NOWAIT,
             )
@@ -196,11 +190,29 @@ impl FileReader {
         if check {
             self.check_unchanged()?;
         }
-        self.hasher.update(&buf[..]);
-        self.pos += want as u64;
-        self.remaining -= want as u64;
-        self.sent += want as u64;
+        self.consume(bufs, want);
         Ok(Some(want))
+    }
+
+    /// How many bytes the next read takes: the rest of the range, or as many as `bufs` hold.
+    fn want(&self, bufs: &[&mut [u8]]) -> usize {
+        let room: usize = bufs.iter().map(|b| b.len()).sum();
+        usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(room)
+    }
+
+    /// Hashes the `len` bytes just read into `bufs` and moves past them.
+    fn consume(&mut self, bufs: &[&mut [u8]], len: usize) {
+        let mut left = len;
+        for buf in bufs {
+            let n = left.min(buf.len());
+            self.hasher.update(&buf[..n]);
+            left -= n;
+        }
+        self.pos += len as u64;
+        self.remaining -= len as u64;
+        self.sent += len as u64;
     }
 
     fn check_unchanged(&self) -> Result<(), FsError> {
@@ -240,6 +252,22 @@ impl FileReader {
     }
 }
 
+/// The parts of `bufs` from byte `skip` up to byte `end`, counted across them in order, for
+/// one vectored read.
+fn io_slices<'a>(bufs: &'a mut [&mut [u8]], skip: usize, end: usize) -> Vec<IoSliceMut<'a>> {
+    let mut start = 0;
+    let mut slices = Vec::with_capacity(bufs.len());
+    for buf in bufs.iter_mut() {
+        let (from, to) = (start, start + buf.len());
+        start = to;
+        let (a, b) = (skip.max(from), end.min(to));
+        if a < b {
+            slices.push(IoSliceMut::new(&mut buf[a - from..b - from]));
+        }
+    }
+    slices
+}
+
 /// Whether the file's pages live in memory (tmpfs, ramfs): reading them copies, never waits
 /// for a disk (a swapped-out tmpfs page can, like any swapped-out page of this process).
 ///
@@ -274,10 +302,6 @@ fn memory_backed(dev: u64, file: &File) -> bool {
         known.push((dev, memory));
     }
     memory
-}
-
-fn errno_of(error: &std::io::Error) -> rustix::io::Errno {
-    rustix::io::Errno::from_io_error(error).unwrap_or(rustix::io::Errno::IO)
 }
 
 #[cfg(test)]
@@ -331,7 +355,7 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 16_384];
         while reader.remaining() > 0 {
-            let n = reader.read_batch(&mut buf).unwrap();
+            let n = reader.read_batch(&mut [&mut buf[..]]).unwrap();
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, &data[10..50_010]);
@@ -343,13 +367,71 @@ mod tests {
         );
 
         let (mut reader, _) = FileReader::open(&jail, path, 0, TO_END).unwrap();
-        reader.read_batch(&mut buf).unwrap();
+        reader.read_batch(&mut [&mut buf[..]]).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("f"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
             .unwrap();
-        let err = reader.read_batch(&mut buf).unwrap_err();
+        let err = reader.read_batch(&mut [&mut buf[..]]).unwrap_err();
         assert_eq!(err.code(), ferry_protocol::ErrorCode::FILE_CHANGED);
+    }
+
+    /// Issue 10: a read into several buffers (a fetch's slots) fills them in order, skips an
+    /// empty one, stops at the range's end, and hashes exactly the range, by both the plain
+    /// and the cached read.
+    #[test]
+    fn a_read_into_several_buffers_fills_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let jail = Jail::open(dir.path()).unwrap();
+        let path = RelPath::parse("f", 8).unwrap();
+        for cached in [false, true] {
+            let (mut reader, _) = FileReader::open(&jail, path.clone(), 3, 990).unwrap();
+            let mut got = Vec::new();
+            while reader.remaining() > 0 {
+                let (mut a, mut b, mut c) = ([0u8; 5], [0u8; 0], [0u8; 300]);
+                let mut bufs = [&mut a[..], &mut b[..], &mut c[..]];
+                let n = if cached {
+                    match reader.read_batch_cached(&mut bufs).unwrap() {
+                        Some(n) => n,
+                        None => return, // a file system that cannot say; nothing to check
+                    }
+                } else {
+                    reader.read_batch(&mut bufs).unwrap()
+                };
+                // 990 bytes, 305 a read: three full reads and 75.
+                assert!(n == 305 || n == 75, "{n}");
+                let mut left = n;
+                for buf in &bufs {
+                    let take = left.min(buf.len());
+                    got.extend_from_slice(&buf[..take]);
+                    left -= take;
+                }
+            }
+            assert_eq!(got, &data[3..993]);
+            let end = reader.finish().unwrap();
+            assert_eq!(
+                end.digest,
+                ferry_protocol::digest::fetch_digest(&data[3..993])
+            );
+        }
+    }
+
+    #[test]
+    fn io_slices_cover_the_asked_bytes_across_buffers() {
+        let lens = |skip, end| -> Vec<usize> {
+            let mut bufs = [&mut [0u8; 4][..], &mut [0u8; 0][..], &mut [0u8; 6][..]];
+            io_slices(&mut bufs, skip, end)
+                .iter()
+                .map(|s| s.len())
+                .collect()
+        };
+        assert_eq!(lens(0, 10), [4, 6]);
+        assert_eq!(lens(0, 3), [3]);
+        assert_eq!(lens(3, 10), [1, 6]);
+        assert_eq!(lens(4, 7), [3]);
+        assert_eq!(lens(10, 10), Vec::<usize>::new());
     }
 }

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferry_protocol::message::{FetchEnd, FetchRequest, FetchResponse};
 use ferry_protocol::{Message, RequestId};
 
@@ -49,7 +48,7 @@ pub(crate) async fn fetch(
                     FileReader::from_shared(file, meta, path, request.offset, request.length)?;
                 let first = match first_buf {
                     Some(mut buf) if reader.remaining() > 0 => {
-                        let n = reader.read_batch(buf.space())?;
+                        let n = reader.read_batch(&mut buf.spaces())?;
                         buf.set_len(n);
                         Some(buf)
                     }
@@ -101,13 +100,12 @@ pub(crate) async fn fetch(
                 None => reader = Some(r),
             }
         }
-        let batch = Bytes::from_owner(batch);
-        let mut at = 0;
-        while at < batch.len() {
-            let end = (at + chunk).min(batch.len());
-            sink.send(Message::Data(batch.slice(at..end))).await?;
-            at = end;
+        let (chunks, held) = batch.into_chunks(chunk);
+        for data in chunks {
+            sink.send(Message::Data(data)).await?;
         }
+        // Queued: the buffer's place in the pool is free (slots are handed back as written).
+        drop(held);
     }
     let Some(reader) = reader else {
         return Err(ServiceError::Internal("fetch lost its reader".into()));
@@ -144,7 +142,7 @@ fn open_inline(
     let mut first = None;
     if (1..=INLINE_MAX).contains(&reader.remaining()) {
         if let Some(mut buf) = ctx.buffers.try_get() {
-            match reader.read_batch_cached(buf.space()) {
+            match reader.read_batch_cached(&mut buf.spaces()) {
                 Ok(Some(n)) => {
                     buf.set_len(n);
                     first = Some(buf);
@@ -173,30 +171,29 @@ async fn send_whole(
 ) -> Result<u64, ServiceError> {
     // Nothing was sent since the read that took the last bytes (and checked the file).
     let end = reader.finish_just_read()?;
-    sink.send_all(whole_frames(ctx.chunk, response, first, end))
-        .await?;
+    let (frames, held) = whole_frames(ctx.chunk, response, first, end);
+    sink.send_all(frames).await?;
+    drop(held);
     Ok(end.bytes)
 }
 
-/// The response, the data cut into chunks, and the end.
+/// The response, the data cut into chunks, and the end; and what holds the read buffer's
+/// place in the pool until they are queued ([`PooledBuf::into_chunks`]).
 fn whole_frames(
     chunk: usize,
     response: FetchResponse,
     first: Option<PooledBuf>,
     end: FetchEnd,
-) -> Vec<Message> {
+) -> (Vec<Message>, Option<PooledBuf>) {
     let mut frames = vec![Message::FetchResponse(response)];
-    if let Some(batch) = first.filter(|b| !b.as_ref().is_empty()) {
-        let batch = Bytes::from_owner(batch);
-        let mut at = 0;
-        while at < batch.len() {
-            let stop = (at + chunk).min(batch.len());
-            frames.push(Message::Data(batch.slice(at..stop)));
-            at = stop;
-        }
+    let mut held = None;
+    if let Some(batch) = first {
+        let (chunks, place) = batch.into_chunks(chunk);
+        frames.extend(chunks.into_iter().map(Message::Data));
+        held = place;
     }
     frames.push(Message::FetchEnd(end));
-    frames
+    (frames, held)
 }
 
 /// Answers a fetch of a small range of a kept file on the spot, for the connection's reader
@@ -232,7 +229,7 @@ pub(crate) fn answer_kept(
     let mut first = None;
     if remaining > 0 {
         let mut buf = ctx.buffers.try_get()?;
-        match reader.read_batch_kept(buf.space()) {
+        match reader.read_batch_kept(&mut buf.spaces()) {
             Ok(Some(n)) => buf.set_len(n),
             Ok(None) => return None,
             Err(_) => {
@@ -251,14 +248,17 @@ pub(crate) fn answer_kept(
     let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let bytes = end.bytes;
     tracing::info!(%id, service = "fetch", path = ?request.path, bytes, elapsed_ms, outcome = "ok", "request");
-    Some((whole_frames(ctx.chunk, response, first, end), bytes))
+    // At most 64 KiB, queued by the reader one answer at a time: its buffer's place may be
+    // freed before it is queued.
+    let (frames, _) = whole_frames(ctx.chunk, response, first, end);
+    Some((frames, bytes))
 }
 
 type ReadResult = (FileReader, Result<PooledBuf, FsError>);
 
 fn spawn_read(mut reader: FileReader, mut buf: PooledBuf) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
-        let result = reader.read_batch(buf.space()).map(|n| {
+        let result = reader.read_batch(&mut buf.spaces()).map(|n| {
             buf.set_len(n);
             buf
         });
@@ -270,6 +270,8 @@ fn spawn_read(mut reader: FileReader, mut buf: PooledBuf) -> tokio::task::JoinHa
 mod tests {
     use super::super::testing::*;
     use super::*;
+    use crate::buffers::BufferPool;
+    use bytes::Bytes;
     use ferry_protocol::message::TO_END;
     use ferry_protocol::{ErrorCode, Principal};
 
@@ -343,6 +345,52 @@ mod tests {
         }
     }
 
+    /// Issue 10: on a connection that seals in place, a fetch reads straight into the pool's
+    /// slots and queues each as a chunk that no one else holds, with room for the tag after
+    /// it, so that the writer seals it where it lies: in order, with the range's digest, on the
+    /// task's path (several reads, read-ahead, the pool's wait) and the whole-range one.
+    #[tokio::test]
+    async fn chunks_read_into_slots_can_be_sealed_where_they_lie() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..30u8).collect();
+        std::fs::write(dir.path().join("f"), &content).unwrap();
+        let ctx = Context {
+            buffers: BufferPool::sealing_in_place(8, 2, 4, Some(16)),
+            ..context(dir.path(), Principal::key_holder())
+        };
+        for length in [TO_END, 5] {
+            let request = FetchRequest {
+                path: "f".into(),
+                offset: 1,
+                length,
+            };
+            let (sink, mut rx) = sink();
+            let task = {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { fetch(&ctx, request, &sink).await })
+            };
+            let (mut data, mut end) = (Vec::new(), None);
+            while let Some((_, message)) = rx.recv().await {
+                match message {
+                    Message::Data(chunk) => {
+                        let slot = chunk.try_into_mut().expect("held by no one else");
+                        assert!(slot.len() <= 4 && slot.capacity() - slot.len() >= 16);
+                        data.extend_from_slice(&slot);
+                    }
+                    Message::FetchEnd(e) => end = Some(e),
+                    _ => {}
+                }
+            }
+            let want = &content[1..][..length.min(29) as usize];
+            assert_eq!(task.await.unwrap().unwrap(), want.len() as u64);
+            assert_eq!(data, want);
+            assert_eq!(
+                end.unwrap().digest,
+                ferry_protocol::digest::fetch_digest(want)
+            );
+        }
+    }
+
     /// A small file whose path and pages are cached is opened, read and hashed without the
     /// blocking pool, and its frames are queued as one burst.
     #[tokio::test]
@@ -368,7 +416,8 @@ mod tests {
                 .unwrap()
                 .expect("a cached path opens inline");
             assert_eq!((response.size, reader.remaining()), (5, 0));
-            assert_eq!(first.expect("cached pages read inline").as_ref(), b"hello");
+            let first = first.expect("cached pages read inline");
+            assert_eq!(first.into_chunks(64).0, [&b"hello"[..]]);
         }
         let (sink, mut rx) = sink();
         assert_eq!(fetch(&ctx, request, &sink).await.unwrap(), 5);
