@@ -55,10 +55,13 @@ impl KeyUse {
         }
     }
 
-    /// Counts one record of `len` plaintext bytes: its counter blocks and the tag's.
+    /// Counts one record of `len` plaintext bytes as its sealer did: its counter blocks and
+    /// the tag's.
     fn opened(&mut self, len: usize) {
         if self.limit.is_some() {
-            self.used = self.used.saturating_add((len as u64).div_ceil(16) + 1);
+            self.used = self
+                .used
+                .saturating_add(ferry_protocol::crypto::gcm::blocks(len));
         }
     }
 
@@ -474,6 +477,27 @@ mod tests {
     use super::*;
     use ferry_protocol::{Key, ServerHandshakeConfig};
     use std::net::SocketAddr;
+
+    #[test]
+    fn the_servers_key_is_past_close_soon_once_its_records_cross_the_point() {
+        use ferry_protocol::crypto::{RecordSuite, CLOSE_SOON_BLOCKS};
+        let suite = RecordSuite::Aes256Gcm;
+        let point = suite.block_limit().unwrap() - CLOSE_SOON_BLOCKS;
+        // A 64 KiB record costs 4097 blocks; an empty one, 1 (the tag's).
+        let mut key = KeyUse::new(suite, point - 4098);
+        key.opened(65_536);
+        assert!(!key.past_close_soon());
+        key.opened(0);
+        assert!(!key.past_close_soon(), "exactly at the point");
+        key.opened(0);
+        assert!(key.past_close_soon());
+        // Suites without a usage limit never retire a connection this way.
+        for suite in [RecordSuite::Aes256CbcHmacSha256, RecordSuite::Plaintext] {
+            let mut key = KeyUse::new(suite, u64::MAX - 1);
+            key.opened(65_536);
+            assert!(!key.past_close_soon(), "{suite:?}");
+        }
+    }
 
     #[tokio::test]
     async fn requests_fail_cleanly_when_the_server_goes_away() {
