@@ -119,7 +119,7 @@ impl CloseReason {
             Self::Remote(body) => ClientError::RemoteClosed(body.clone()),
             Self::Protocol(why) => ClientError::Protocol(why.clone()),
             Self::Retired => ClientError::Retired(
-                "the server closed the connection once its key neared its usage limit (spec 5.5); continue on a new connection"
+                "the server closed the connection once its key neared its usage limit (spec 5.5)"
                     .into(),
             ),
             Self::Stalled(limit) => ClientError::Protocol(format!(
