@@ -127,9 +127,8 @@ impl BufferPool {
                 let recycled = self.free.lock().ok().and_then(|mut free| free.pop());
                 Storage::Flat(recycled.unwrap_or_else(|| vec![0; self.size]))
             }
-            Some(shape) => {
-                Storage::Slots((0..shape.per_buffer).map(|_| self.slot(shape)).collect())
-            }
+            // Taken as a read needs them ([`PooledBuf::spaces`]): a small read takes one.
+            Some(_) => Storage::Slots(Vec::new()),
         };
         PooledBuf {
             storage,
@@ -173,11 +172,22 @@ enum Storage {
 }
 
 impl PooledBuf {
-    /// Where a read goes, in order: the whole buffer, or each slot.
-    pub fn spaces(&mut self) -> Vec<&mut [u8]> {
+    /// Where a read of up to `want` bytes goes, in order: the whole buffer, or as many slots
+    /// as `want` fills (at least one, at most a buffer's worth).
+    pub fn spaces(&mut self, want: u64) -> Vec<&mut [u8]> {
         match &mut self.storage {
             Storage::Flat(buf) => vec![&mut buf[..]],
-            Storage::Slots(slots) => slots.iter_mut().map(|slot| &mut slot[..]).collect(),
+            Storage::Slots(slots) => {
+                if let Some(shape) = self.pool.slots {
+                    let needed = usize::try_from(want.div_ceil(shape.chunk as u64))
+                        .unwrap_or(usize::MAX)
+                        .clamp(1, shape.per_buffer);
+                    while slots.len() < needed {
+                        slots.push(self.pool.slot(shape));
+                    }
+                }
+                slots.iter_mut().map(|slot| &mut slot[..]).collect()
+            }
         }
     }
 
@@ -260,7 +270,7 @@ mod tests {
     async fn buffers_come_back_when_the_last_slice_is_dropped() {
         let pool = BufferPool::new(1024, 2);
         let mut a = pool.get().await;
-        a.spaces()[0][..3].copy_from_slice(b"abc");
+        a.spaces(3)[0][..3].copy_from_slice(b"abc");
         a.set_len(3);
         let (chunks, held) = a.into_chunks(2);
         assert!(held.is_none(), "flat chunks hold their buffer");
@@ -272,7 +282,7 @@ mod tests {
         assert!(pool.try_get().is_none(), "a chunk still holds the first");
         drop(last);
         let mut again = pool.try_get().expect("returned");
-        assert_eq!(again.spaces()[0].len(), 1024);
+        assert_eq!(again.spaces(1)[0].len(), 1024);
         assert_eq!(
             pool.free.lock().unwrap().len(),
             0,
@@ -289,7 +299,7 @@ mod tests {
         let pool = BufferPool::sealing_in_place(32, 2, 8, Some(16));
         let mut a = pool.get().await;
         let mut at = 0;
-        for space in a.spaces() {
+        for space in a.spaces(u64::MAX) {
             assert_eq!(space.len(), 8);
             for byte in space.iter_mut() {
                 *byte = b'a' + at;
@@ -321,12 +331,15 @@ mod tests {
         assert_eq!(pool.kept_slots(), kept + 2, "handed back");
         // The writer's hand-back, then the next read gets those very allocations back.
         let mut c = pool.get().await;
-        let reused: Vec<usize> = c.spaces().iter().map(|s| s.as_ptr() as usize).collect();
+        let reused: Vec<usize> = c.spaces(32).iter().map(|s| s.as_ptr() as usize).collect();
         assert!(
             sealed.iter().all(|p| reused.contains(p)),
             "{sealed:?} {reused:?}"
         );
-        assert!(c.spaces().iter().all(|s| s.len() == 8));
+        assert!(c.spaces(32).iter().all(|s| s.len() == 8));
+        // A small read takes one slot, not a buffer's worth.
+        let small = BufferPool::sealing_in_place(32, 1, 8, Some(16));
+        assert_eq!(small.get().await.spaces(5).len(), 1);
         // A flat pool keeps no slots, nor does a pool of slots keep one too small.
         let flat = BufferPool::new(32, 1);
         flat.recycle(BytesMut::with_capacity(64));

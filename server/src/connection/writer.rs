@@ -299,7 +299,7 @@ mod tests {
         let pool = BufferPool::sealing_in_place(4096, 2, 1024, send.in_place_room());
         let mut buf = pool.get().await;
         let mut content = Vec::new();
-        for (i, space) in buf.spaces().into_iter().enumerate() {
+        for (i, space) in buf.spaces(4096).into_iter().enumerate() {
             space.fill(i as u8 + 1);
             content.extend_from_slice(space);
         }
@@ -334,7 +334,11 @@ mod tests {
         assert_eq!(got, content);
         assert_eq!(pool.kept_slots(), 4, "the empty slot and the three written");
         let mut again = pool.get().await;
-        let reused: Vec<usize> = again.spaces().iter().map(|s| s.as_ptr() as usize).collect();
+        let reused: Vec<usize> = again
+            .spaces(4096)
+            .iter()
+            .map(|s| s.as_ptr() as usize)
+            .collect();
         assert!(
             sealed.iter().all(|p| reused.contains(p)),
             "handed back: {sealed:?} {reused:?}"

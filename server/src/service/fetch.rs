@@ -48,7 +48,7 @@ pub(crate) async fn fetch(
                     FileReader::from_shared(file, meta, path, request.offset, request.length)?;
                 let first = match first_buf {
                     Some(mut buf) if reader.remaining() > 0 => {
-                        let n = reader.read_batch(&mut buf.spaces())?;
+                        let n = reader.read_batch(&mut buf.spaces(reader.remaining()))?;
                         buf.set_len(n);
                         Some(buf)
                     }
@@ -142,7 +142,7 @@ fn open_inline(
     let mut first = None;
     if (1..=INLINE_MAX).contains(&reader.remaining()) {
         if let Some(mut buf) = ctx.buffers.try_get() {
-            match reader.read_batch_cached(&mut buf.spaces()) {
+            match reader.read_batch_cached(&mut buf.spaces(reader.remaining())) {
                 Ok(Some(n)) => {
                     buf.set_len(n);
                     first = Some(buf);
@@ -229,7 +229,7 @@ pub(crate) fn answer_kept(
     let mut first = None;
     if remaining > 0 {
         let mut buf = ctx.buffers.try_get()?;
-        match reader.read_batch_kept(&mut buf.spaces()) {
+        match reader.read_batch_kept(&mut buf.spaces(remaining)) {
             Ok(Some(n)) => buf.set_len(n),
             Ok(None) => return None,
             Err(_) => {
@@ -258,10 +258,12 @@ type ReadResult = (FileReader, Result<PooledBuf, FsError>);
 
 fn spawn_read(mut reader: FileReader, mut buf: PooledBuf) -> tokio::task::JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
-        let result = reader.read_batch(&mut buf.spaces()).map(|n| {
-            buf.set_len(n);
-            buf
-        });
+        let result = reader
+            .read_batch(&mut buf.spaces(reader.remaining()))
+            .map(|n| {
+                buf.set_len(n);
+                buf
+            });
         (reader, result)
     })
 }
