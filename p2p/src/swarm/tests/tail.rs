@@ -61,6 +61,10 @@ pub(crate) struct Swarmnet {
     pub(crate) first_piece: Vec<Option<Instant>>,
     /// Block bytes each node's uplink sent.
     pub(crate) sent: Vec<u64>,
+    /// Invariants are checked after every `check_every`-th drain: every one up to 8 leechers;
+    /// beyond, HAVEs alone (pieces × nodes²) make checking each too slow for a debug build.
+    check_every: u64,
+    drains: u64,
 }
 
 /// Per sampled (leecher, peer) pair, what held the peer: counts summed over samples.
@@ -153,6 +157,8 @@ impl Swarmnet {
             reasons: Default::default(),
             first_piece: vec![None; count],
             sent: vec![0; count],
+            check_every: if leechers <= 8 { 1 } else { 101 },
+            drains: 0,
         };
         let mut next = 1;
         for a in 0..count {
@@ -270,8 +276,11 @@ impl Swarmnet {
                 Action::Discovered(_) => {}
             }
         }
-        if let Err(e) = self.nodes[i].check_invariants() {
-            panic!("node {i}: {e}");
+        self.drains += 1;
+        if self.drains % self.check_every == 0 {
+            if let Err(e) = self.nodes[i].check_invariants() {
+                panic!("node {i}: {e}");
+            }
         }
         self.kick(i);
     }
@@ -449,13 +458,18 @@ impl Tail {
 
 /// One seed and `leechers` on equal links, every pair connected.
 fn tail(leechers: usize, content_len: usize, piece_size: u32) -> Tail {
+    tail_with(leechers, content_len, piece_size, SwarmConfig::default())
+}
+
+/// [`tail`] with every node on `config`.
+fn tail_with(leechers: usize, content_len: usize, piece_size: u32, config: SwarmConfig) -> Tail {
     let mut net = Swarmnet::new(
         leechers,
         content_len,
         piece_size,
         RATE,
         Duration::from_millis(2),
-        SwarmConfig::default(),
+        config,
     );
     let start = net.now;
     let took = net.run(Duration::from_secs(300)).expect("all complete");
@@ -505,11 +519,43 @@ fn eight_leechers_finish_near_the_fluid_bound() {
 
 /// The same on the netlab bench's shape (benches/swarm/run.sh: 64 MiB, 256 KiB pieces, so 256
 /// pieces): the start (the seed sharing its uplink among every leecher until each has a piece)
-/// and the seed's reveals weigh 16 times less than on 16 pieces.
+/// and the seed's reveals weigh 16 times less than on 16 pieces. Measured 1.29x: about 2.9 of a
+/// leecher's 8 peers have pieces it wants but choke it (3 regular slots and 1 optimistic,
+/// between rechokes 10 s apart), leechers' uplinks are 0.68 busy, and the seed sends 1.15x the
+/// content.
 #[test]
 #[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
 fn eight_leechers_on_the_bench_shape() {
     let t = tail(8, 64 << 20, 256 << 10);
     t.print(8);
-    assert!(t.ratio <= 2.2, "{:.2}x the bound", t.ratio);
+    assert!(t.ratio <= 1.4, "{:.2}x the bound", t.ratio);
+}
+
+/// What the choker costs on the bench's shape: with 7 regular slots (every other leecher
+/// unchoked) instead of 3, the same swarm measured 1.09x, bound by the seed's uplink (busy
+/// 0.99, sending 1.09x the content), with 0.12 of a leecher's peers choking it instead of 2.9.
+/// The choker is not changed here (issue 14: another change owns it); this keeps the evidence.
+#[test]
+#[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
+fn eight_leechers_on_the_bench_shape_with_every_peer_unchoked() {
+    let config = SwarmConfig {
+        regular_unchokes: 7,
+        ..SwarmConfig::default()
+    };
+    let t = tail_with(8, 64 << 20, 256 << 10, config);
+    t.print(8);
+    assert!(t.ratio <= 1.15, "{:.2}x the bound", t.ratio);
+}
+
+/// 1 seed + 32 on 256 pieces (16 MiB of 64 KiB pieces, to stay within a few minutes in a debug
+/// build; invariants checked every 101st step). Measured 1.88x: about 20 of a leecher's 32 peers
+/// have pieces it wants but choke it, the seed's uplink is 0.81 busy and sends 1.53x the
+/// content; 7 regular slots gave 1.78x. With the choker's and super-seed's changes of the same
+/// session (not yet committed when measured) it took 2.25x, its first leecher done at 1.17x.
+#[test]
+#[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
+fn thirty_two_leechers_on_256_pieces() {
+    let t = tail(32, 16 << 20, 64 << 10);
+    t.print(32);
+    assert!(t.ratio <= 2.4, "{:.2}x the bound", t.ratio);
 }
