@@ -138,19 +138,21 @@ impl BufferPool {
         }
     }
 
-    /// One slot, `chunk` bytes long with `room` free after them: a recycled one if any (its
-    /// old bytes are overwritten by the read, and only what was read is ever sent).
+    /// An empty slot with room for a chunk and the tag: a recycled one if any.
     fn slot(&self, shape: SlotShape) -> BytesMut {
         let recycled = self.free_slots.lock().ok().and_then(|mut free| free.pop());
-        let mut slot =
-            recycled.unwrap_or_else(|| BytesMut::with_capacity(shape.chunk + shape.room));
-        if slot.len() >= shape.chunk {
-            slot.truncate(shape.chunk);
-        } else {
-            // A new slot, or one whose last chunk was short: zero what was never written.
-            slot.resize(shape.chunk, 0);
-        }
-        slot
+        recycled.unwrap_or_else(|| BytesMut::with_capacity(shape.chunk + shape.room))
+    }
+}
+
+/// Makes `slot` `len` bytes long to read into. A recycled slot keeps the bytes it held (they
+/// are overwritten by the read, and only what was read is ever sent), so only bytes it never
+/// held are zeroed: a slot reused at the same length costs nothing.
+fn fit(slot: &mut BytesMut, len: usize) {
+    if slot.len() >= len {
+        slot.truncate(len);
+    } else {
+        slot.resize(len, 0);
     }
 }
 
@@ -179,11 +181,17 @@ impl PooledBuf {
             Storage::Flat(buf) => vec![&mut buf[..]],
             Storage::Slots(slots) => {
                 if let Some(shape) = self.pool.slots {
-                    let needed = usize::try_from(want.div_ceil(shape.chunk as u64))
+                    let want = usize::try_from(want)
                         .unwrap_or(usize::MAX)
-                        .clamp(1, shape.per_buffer);
+                        .clamp(1, shape.chunk * shape.per_buffer);
+                    let needed = want.div_ceil(shape.chunk);
                     while slots.len() < needed {
                         slots.push(self.pool.slot(shape));
+                    }
+                    // Each slot as long as the part of the read it takes: a small read of a
+                    // slot last filled whole zeroes nothing, and the reverse zeroes once.
+                    for (i, slot) in slots.iter_mut().enumerate() {
+                        fit(slot, want.saturating_sub(i * shape.chunk).min(shape.chunk));
                     }
                 }
                 slots.iter_mut().map(|slot| &mut slot[..]).collect()
