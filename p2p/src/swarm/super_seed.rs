@@ -1,7 +1,5 @@
 //! Super-seeding (spec/P2P.md §4.4): a node that starts complete advertises nothing and reveals
-//! pieces a few at a time, so that each piece leaves the seed once before any leaves it twice:
-//! first copies go only to unchoked peers, one peer each, and a peer fetching one keeps its
-//! unchoke slot (`choker.rs`).
+//! pieces a few at a time, least revealed first, so each piece leaves the seed about once.
 //!
 //! How many pieces stay revealed in front of a peer follows that peer's upload rate × the
 //! time from revealing a piece to the peer's HAVE for it ([`RevealWindow`]): a piece is
@@ -25,10 +23,6 @@ pub(super) struct SuperSeed {
     pub(super) on: bool,
     /// Per piece, how many peers it was revealed to (departed peers included).
     pub(super) reveal_count: Vec<u32>,
-    /// An unchoked peer's window was left short: no piece could be shown to it then.
-    pub(super) starved: bool,
-    /// Pieces no connected peer held at the last [`Swarm::reveal`].
-    pub(super) unheld: usize,
 }
 
 impl SuperSeed {
@@ -36,8 +30,6 @@ impl SuperSeed {
         Self {
             on: config.super_seed && missing == 0 && pieces > 0,
             reveal_count: vec![0; pieces as usize],
-            starved: false,
-            unheld: pieces as usize,
         }
     }
 
@@ -110,11 +102,6 @@ impl RevealWindow {
         self.target = Some((ahead.ceil() as u32).saturating_add(1));
     }
 
-    /// The revealed pieces the peer does not have yet.
-    pub(super) fn pending(&self) -> impl Iterator<Item = u32> + '_ {
-        self.revealed_at.keys().copied()
-    }
-
     /// Pieces to keep revealed now, within `floor..=cap`.
     pub(super) fn target(&self, floor: u32, cap: u32) -> u32 {
         self.target.unwrap_or(floor).clamp(floor.min(cap), cap)
@@ -122,83 +109,15 @@ impl RevealWindow {
 }
 
 impl Swarm {
-    /// Super-seeding (spec/P2P.md §4.4): tops up `conn`'s window. Every other peer's is
-    /// topped up too when a first copy has landed since the last call, or when an unchoked
-    /// peer was left short for want of a piece it could be shown: what called this (a HAVE,
-    /// an unchoke) may have made one showable.
+    /// Super-seeding: keeps a few revealed-but-missing pieces in front of `conn`, choosing
+    /// those revealed least often, then those fewest peers have, from a random start.
     pub(super) fn reveal(&mut self, conn: ConnId, now: Instant) {
         if !self.super_seed.on {
             return;
         }
-        let unheld = self.picker.availability.iter().filter(|&&a| a == 0).count();
-        let landed = unheld < self.super_seed.unheld;
-        self.super_seed.unheld = unheld;
-        let starved = std::mem::take(&mut self.super_seed.starved);
-        self.top_up(conn, now);
-        if starved || landed {
-            let others: Vec<ConnId> = self.peers.keys().copied().filter(|&c| c != conn).collect();
-            for c in others {
-                self.top_up(c, now);
-            }
-        }
-    }
-
-    /// Tops up every peer's window: after a rechoke.
-    pub(super) fn reveal_all(&mut self, now: Instant) {
-        if !self.super_seed.on {
-            return;
-        }
-        self.super_seed.starved = false;
-        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
-        for conn in conns {
-            self.top_up(conn, now);
-        }
-    }
-
-    /// Whether `conn` is unchoked and fetching a *first copy*: a piece revealed to it that no
-    /// connected peer holds. Such a peer keeps its unchoke slot (`rechoke`): choked, it could
-    /// not fetch the piece, and showing it to another would send it twice.
-    pub(super) fn fetching_first_copy(&self, conn: ConnId) -> bool {
-        self.peers.get(&conn).is_some_and(|p| {
-            !p.am_choking
-                && p.revealed.is_some()
-                && p.reveal
-                    .pending()
-                    .any(|i| self.picker.availability.get(i as usize) == Some(&0))
-        })
-    }
-
-    /// Per piece, how many unchoked peers it is revealed to that lack it: copies on their way.
-    /// A choked peer cannot ask for what it was shown, so its reveals do not count.
-    fn in_flight(&self) -> Vec<u16> {
-        let mut in_flight = vec![0u16; self.manifest.piece_count() as usize];
-        for peer in self.peers.values().filter(|p| !p.am_choking) {
-            for piece in peer.reveal.pending() {
-                if let Some(n) = in_flight.get_mut(piece as usize) {
-                    *n = n.saturating_add(1);
-                }
-            }
-        }
-        in_flight
-    }
-
-    /// Keeps `conn`'s window of revealed-but-missing pieces full, so that each piece leaves
-    /// the seed once before any leaves it twice:
-    /// - While some piece is held by no connected peer, an unchoked peer is shown only pieces
-    ///   no peer holds or is fetching (revealed to no unchoked peer lacking it), least revealed
-    ///   first. With none left it waits (`starved`) for the first copies on their way.
-    /// - Once every piece is held, the piece fewest peers hold, then the least revealed.
-    /// - A choked peer is unchoked first if a slot is free and there is a piece to show it.
-    ///   Otherwise, once every piece is held, it is shown one piece (it can fetch it from
-    ///   others) so that it is interested and rechokes consider it; before that, nothing.
-    ///
-    /// Ties go to the first piece from a random start.
-    fn top_up(&mut self, conn: ConnId, now: Instant) {
         let floor = SuperSeed::target(&self.config, self.manifest.piece_size());
         let cap = SuperSeed::cap(&self.config, self.manifest.piece_size());
         let n = self.manifest.piece_count();
-        let all_held = self.picker.availability.iter().all(|&a| a > 0);
-        let mut in_flight = self.in_flight();
         loop {
             let Some(peer) = self.peers.get(&conn) else {
                 return;
@@ -206,23 +125,12 @@ impl Swarm {
             let Some(revealed) = &peer.revealed else {
                 return;
             };
-            if !peer.got_bitfield {
-                return;
-            }
-            let choked = peer.am_choking;
-            let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-            let fetching = !choked || unchoked <= self.slots();
-            let target = if fetching {
-                peer.reveal.target(floor, cap)
-            } else {
-                1
-            };
-            if peer.revealed_pending >= target {
+            let target = peer.reveal.target(floor, cap);
+            if peer.revealed_pending >= target || !peer.got_bitfield {
                 return;
             }
             let start = self.rng.gen_range(0..n);
-            // Lower is better.
-            let mut best: Option<(PieceIndex, (u32, u32))> = None;
+            let mut best: Option<(PieceIndex, (u32, u16))> = None;
             for i in 0..n {
                 let Some(piece) = self.manifest.piece((start + i) % n) else {
                     continue;
@@ -230,39 +138,17 @@ impl Swarm {
                 if peer.have.has(piece) || revealed.has(piece) {
                     continue;
                 }
-                let count = self.super_seed.reveal_count[piece.idx()];
-                let held = u32::from(self.picker.availability[piece.idx()]);
-                let key = if all_held {
-                    (held, count)
-                } else if fetching && held == 0 && in_flight[piece.idx()] == 0 {
-                    (count, 0)
-                } else {
-                    continue;
-                };
+                let key = (
+                    self.super_seed.reveal_count[piece.idx()],
+                    self.picker.availability[piece.idx()],
+                );
                 if best.is_none_or(|(_, b)| key < b) {
                     best = Some((piece, key));
                 }
             }
             let Some((piece, _)) = best else {
-                // Only a first copy landing can give it more (every piece is showable once
-                // all are held).
-                if fetching && !choked && !all_held {
-                    self.super_seed.starved = true;
-                }
                 return;
             };
-            if choked && fetching {
-                // Unchoked before it is shown anything, so what it is shown it can fetch
-                // (spec/P2P.md §4.3: its INTERESTED is on the way).
-                if let Some(peer) = self.peers.get_mut(&conn) {
-                    peer.am_choking = false;
-                    peer.unchoked_early = !peer.peer_interested;
-                }
-                self.send(conn, PeerMessage::Unchoke, now);
-            }
-            if fetching {
-                in_flight[piece.idx()] = in_flight[piece.idx()].saturating_add(1);
-            }
             self.super_seed.reveal_count[piece.idx()] += 1;
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.revealed_pending += 1;
@@ -283,57 +169,6 @@ mod tests {
     use crate::swarm::tests::util::*;
     use crate::swarm::{Action, ConnId};
     use crate::wire::{PeerId, PeerMessage};
-
-    /// The pieces `node` revealed with HAVE to `to` since the last call (other actions are
-    /// dropped).
-    fn haves(net: &mut Net, node: usize, to: ConnId) -> Vec<u32> {
-        std::iter::from_fn(|| net.nodes[node].poll_action())
-            .filter_map(|a| match a {
-                Action::Send {
-                    conn,
-                    msg: PeerMessage::Have(p),
-                } if conn == to => Some(p),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn super_seed_shows_no_second_copy_while_a_first_copy_is_on_its_way() {
-        // 6 pieces of 16 KiB, windows of 5, four unchoke slots.
-        let mut net = Net::new(6 * 16_384, 16_384);
-        let seed = net.add(true, false);
-        net.nodes[seed].config.reveal_blocks = 4;
-        let join = |net: &mut Net, conn: ConnId, id: u8| {
-            net.nodes[seed]
-                .handle_connected(conn, PeerId([id; 20]), None, net.now)
-                .unwrap();
-            let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; 1]));
-            net.nodes[seed].handle_message(conn, empty, net.now);
-        };
-        let (a, b) = (ConnId(7), ConnId(8));
-        join(&mut net, a, 0xaa);
-        let to_a = haves(&mut net, seed, a);
-        assert_eq!(to_a.len(), 5);
-        // b is shown the one piece no one has or fetches, and none of a's.
-        join(&mut net, b, 0xbb);
-        let to_b = haves(&mut net, seed, b);
-        assert_eq!(to_b.len(), 1, "{to_b:?}");
-        assert!(!to_a.contains(&to_b[0]));
-        // While one of a's is still on its way, b is shown nothing.
-        for &p in &to_a[..4] {
-            net.nodes[seed].handle_message(a, PeerMessage::Have(p), net.now);
-        }
-        net.nodes[seed].handle_message(b, PeerMessage::Have(to_b[0]), net.now);
-        assert_eq!(haves(&mut net, seed, b), Vec::<u32>::new());
-        // The last first copy lands: every piece is held, and b is shown a's.
-        net.nodes[seed].handle_message(a, PeerMessage::Have(to_a[4]), net.now);
-        let mut more = haves(&mut net, seed, b);
-        more.sort_unstable();
-        let mut all_of_a = to_a.clone();
-        all_of_a.sort_unstable();
-        assert_eq!(more, all_of_a);
-    }
 
     #[test]
     fn super_seed_reveals_a_few_pieces_at_a_time() {

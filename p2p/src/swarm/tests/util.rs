@@ -361,7 +361,7 @@ pub(crate) struct SimNode {
 /// [`Sim::step`] delivers the head of one queue chosen by a seeded RNG, so runs interleave
 /// differently per seed and identically per seed. Time is a variable advanced when the
 /// network is quiet (and now and then while it is not, so requests time out with blocks in
-/// flight). After every step every called core's invariants (`STATE.md`) are checked, plus what only
+/// flight). After every step every core's invariants (`STATE.md`) are checked, plus what only
 /// the harness sees (H1-H3): honest nodes send nothing they have not verified, never blame each
 /// other, and a super-seed announces exactly what it revealed.
 pub(crate) struct Sim {
@@ -384,9 +384,6 @@ pub(crate) struct Sim {
     pub(crate) uploads: BTreeMap<(usize, u32), u64>,
     /// Slow nodes: a queue to or from one is passed over three times in four when chosen.
     pub(crate) slow: BTreeSet<usize>,
-    /// Nodes called since the last [`Sim::check`]: only a call changes a core's state, so only
-    /// these can have broken an invariant.
-    touched: BTreeSet<usize>,
 }
 
 impl Sim {
@@ -408,7 +405,6 @@ impl Sim {
             haves: BTreeMap::new(),
             uploads: BTreeMap::new(),
             slow: BTreeSet::new(),
-            touched: BTreeSet::new(),
         }
     }
 
@@ -435,7 +431,6 @@ impl Sim {
             completed: false,
             closed: Vec::new(),
         });
-        self.touched.insert(i);
         self.drain();
         i
     }
@@ -454,7 +449,6 @@ impl Sim {
         }
         self.links.insert((a, ca), (b, cb));
         self.links.insert((b, cb), (a, ca));
-        self.touched.extend([a, b]);
         self.drain();
         self.check();
         true
@@ -484,7 +478,6 @@ impl Sim {
             return false;
         };
         self.steps += 1;
-        self.touched.insert(to);
         self.trace.push((to, conn.0, msg.kind().0));
         // Through the codec, as on the wire.
         let msg = PeerMessage::decode(msg.kind(), SERVICE, msg.to_bytes().into()).unwrap();
@@ -522,10 +515,9 @@ impl Sim {
     pub(crate) fn advance(&mut self, by: Duration) {
         self.now += by;
         let now = self.now;
-        for (i, node) in self.nodes.iter_mut().enumerate() {
+        for node in &mut self.nodes {
             if node.swarm.poll_timeout() <= now {
                 node.swarm.handle_timeout(now);
-                self.touched.insert(i);
             }
         }
         self.drain();
@@ -559,7 +551,6 @@ impl Sim {
             while let Some(msg) = self.queues.get_mut(&(*j, *cj)).and_then(|q| q.pop_front()) {
                 self.steps += 1;
                 let now = self.now;
-                self.touched.insert(*j);
                 self.nodes[*j].swarm.handle_message(*cj, msg, now);
                 self.drain();
                 self.check();
@@ -571,7 +562,6 @@ impl Sim {
                 self.queues.remove(&(node, c));
                 self.queues.remove(&(j, cj));
                 let now = self.now;
-                self.touched.insert(j);
                 self.nodes[j].swarm.handle_disconnected(cj, now);
                 self.drain();
                 self.check();
@@ -605,7 +595,6 @@ impl Sim {
     fn apply(&mut self, i: usize, action: Action) {
         let behaviour = self.nodes[i].behaviour;
         let now = self.now;
-        self.touched.insert(i);
         match action {
             Action::Send { conn, msg } => {
                 if behaviour == Behaviour::Honest {
@@ -655,7 +644,6 @@ impl Sim {
                     self.links.remove(&(j, cj));
                     self.queues.remove(&(i, conn));
                     self.queues.remove(&(j, cj));
-                    self.touched.insert(j);
                     self.nodes[j].swarm.handle_disconnected(cj, now);
                 }
             }
@@ -698,11 +686,9 @@ impl Sim {
         }
     }
 
-    /// The invariants of every core called since the last check, H2 (honest nodes never
-    /// strike honest ones) and H3.
-    fn check(&mut self) {
-        for i in std::mem::take(&mut self.touched) {
-            let node = &self.nodes[i];
+    /// Every core's invariants, H2 (honest nodes never strike honest ones) and H3.
+    fn check(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
             if let Err(e) = node.swarm.check_invariants() {
                 panic!("step {}: node {i}: {e}", self.steps);
             }
@@ -718,10 +704,9 @@ impl Sim {
                         .filter(|p| peer.revealed.as_ref().is_some_and(|r| r.has(*p)))
                         .map(|p| p.get())
                         .collect();
-                    let none = BTreeSet::new();
-                    let sent = self.haves.get(&(i, *conn)).unwrap_or(&none);
+                    let sent = self.haves.get(&(i, *conn)).cloned().unwrap_or_default();
                     assert_eq!(
-                        &revealed, sent,
+                        revealed, sent,
                         "step {}: super-seed {i} revealed to {conn:?} other than it sent",
                         self.steps
                     );
