@@ -31,6 +31,8 @@ pub(super) struct RouteTable {
     pub(super) answered: AtomicU64,
     /// Our send key passed its close-soon point (spec §5.5): no new requests start here.
     pub(super) retiring: AtomicBool,
+    /// Woken when [`RouteTable::fail`] records why the connection ended.
+    closed_signal: tokio::sync::Notify,
 }
 
 /// Why a connection whose key nears its usage limit takes no new requests.
@@ -153,6 +155,8 @@ impl RouteTable {
             state.closed = Some(reason);
         }
         state.routes.clear();
+        drop(state);
+        self.closed_signal.notify_waiters();
     }
 
     pub(super) fn closed_error(&self) -> ClientError {
@@ -466,10 +470,23 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             warn!(error = %e, "cannot encode request");
             conn.fail(CloseReason::Protocol(format!("cannot encode request: {e}")));
         }
-        Err(WriteError::Io(e)) => conn.fail(CloseReason::Lost(e.to_string())),
+        Err(WriteError::Io(e)) => {
+            // A write fails once the server has closed or reset the connection, and only the
+            // read half knows why: a goodbye it read, or a key past its close-soon point (a
+            // retired connection, spec §5.5) rather than a lost one. So the reader gives the
+            // verdict; the bound only ends a connection whose read half never sees the close.
+            let verdict = conn.closed_signal.notified();
+            if conn.lock().closed.is_none() {
+                let _ = tokio::time::timeout(WRITE_FAILED_VERDICT, verdict).await;
+            }
+            conn.fail(CloseReason::Lost(e.to_string()));
+        }
         Err(e @ WriteError::Timeout(_)) => conn.fail(CloseReason::Lost(e.to_string())),
     }
 }
+
+/// How long a failed write waits for the read half to say why the connection ended.
+const WRITE_FAILED_VERDICT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -46,10 +46,10 @@ impl Client {
             })
         };
         trace!(%id, ?service, "request");
-        self.shared
-            .outgoing
-            .send(Outgoing::Message(id, message))
-            .map_err(|_| self.shared.conn.closed_error())?;
+        // The writer has stopped only on a failed write, and then the route just registered is
+        // failed with the connection's verdict (driver::write_loop), which the request returns:
+        // answering "abandoned" here would hide a retired connection (spec §5.5) as a lost one.
+        let _ = self.shared.outgoing.send(Outgoing::Message(id, message));
         Ok(Pending {
             client: self.clone(),
             id,
