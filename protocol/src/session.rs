@@ -304,14 +304,8 @@ impl SendHalf {
     ) -> Result<(), Error> {
         self.check_payload(body.len())?;
         self.pre_seal(1)?;
-        let header = Header {
-            kind,
-            version: self.version,
-            service,
-            id,
-            length: 0,
-        };
-        self.records.seal(header, body, dst)?;
+        self.records
+            .seal(self.header(kind, service, id), body, dst)?;
         Ok(())
     }
 
@@ -335,15 +329,20 @@ impl SendHalf {
     ) -> Result<(), Error> {
         self.check_payload(body.len())?;
         self.pre_seal(1)?;
-        let header = Header {
+        let header = self.header(kind, service, id);
+        self.records.seal_in_place(header, body, dst)?;
+        Ok(())
+    }
+
+    /// The header of a frame this half sends; sealing sets its length.
+    fn header(&self, kind: FrameType, service: Service, id: RequestId) -> Header {
+        Header {
             kind,
             version: self.version,
             service,
             id,
             length: 0,
-        };
-        self.records.seal_in_place(header, body, dst)?;
-        Ok(())
+        }
     }
 
     /// Refuses a body longer than [`SendHalf::max_payload`].
@@ -374,19 +373,9 @@ impl SendHalf {
             .into());
         }
         self.pre_seal(frames.len())?;
-        let version = self.version;
         let headers: Vec<(Header, &[u8])> = frames
             .iter()
-            .map(|&(kind, service, id, body)| {
-                let header = Header {
-                    kind,
-                    version,
-                    service,
-                    id,
-                    length: 0,
-                };
-                (header, body)
-            })
+            .map(|&(kind, service, id, body)| (self.header(kind, service, id), body))
             .collect();
         self.records.seal_many(&headers, dst)?;
         Ok(())
