@@ -423,3 +423,68 @@ async fn a_connection_near_its_key_usage_limit_finishes_its_requests_then_closes
     }
     server.shutdown().await;
 }
+
+/// Spec §5.5: a fetch still in flight when the key reaches its hard usage limit ends with a
+/// `SHUTTING_DOWN` error on its own id that gives the numbers, then the `SHUTTING_DOWN`
+/// goodbye, then the close; both are sealed from room the server keeps for them, so no record
+/// takes the key past the limit. The key starts `ROOM` blocks (1.6 MB) short of its limit,
+/// and the 16 MiB fetch is cut by the key alone, wherever the chunks fall.
+#[tokio::test]
+async fn a_fetch_cut_at_the_key_usage_limit_ends_with_shutting_down_then_the_goodbye() {
+    use ferry_protocol::crypto::gcm;
+    const ROOM: u64 = 100_000;
+    let server = ServerFixture::start_with(tree, |c| {
+        c.limits(ferry_server::Limits {
+            assume_blocks_used: gcm::BLOCK_LIMIT - ROOM,
+            ..Default::default()
+        })
+    })
+    .await;
+    let want = pattern(16 << 20, 2);
+    let mut client = server.client().await;
+    let id = client.id();
+    let fetch = FetchRequest::new("large.bin", 0, TO_END).unwrap();
+    client.send(id, Message::FetchRequest(fetch)).await;
+    // Every record the server sealed, counted as it counts them: the blocks its key spent.
+    let mut blocks = 0u64;
+    let mut data = 0usize;
+    let (mut cut, mut goodbye) = (None, None);
+    while let Some(frame) = client.try_recv().await {
+        let frame = frame.expect("every record opens");
+        blocks += gcm::blocks(frame.body.len());
+        match (frame.header.id, frame.message().unwrap()) {
+            (got, Message::FetchResponse(_)) if got == id && data == 0 => {}
+            (got, Message::Data(chunk)) if got == id && cut.is_none() => {
+                assert!(chunk[..] == want[data..data + chunk.len()], "bytes differ");
+                data += chunk.len();
+            }
+            (got, Message::Error { body, .. }) if got == id && cut.is_none() => cut = Some(body),
+            (got, Message::Error { body, .. })
+                if got == RequestId::CONNECTION && cut.is_some() && goodbye.is_none() =>
+            {
+                goodbye = Some(body)
+            }
+            (got, other) => panic!("{got}: {other:?} (cut: {cut:?}, goodbye: {goodbye:?})"),
+        }
+    }
+    assert!(
+        blocks <= ROOM,
+        "{blocks} blocks sealed, {ROOM} left under the key"
+    );
+    // Cut near the end of the room: the server keeps a little for the final frames.
+    assert!(
+        ROOM - blocks < 10_000,
+        "{blocks} blocks sealed, {ROOM} left"
+    );
+    assert!(data > 0 && data < want.len(), "{data} bytes");
+    let cut = cut.expect("the fetch ends with an error frame");
+    assert_eq!(cut.code, ErrorCode::SHUTTING_DOWN, "{cut:?}");
+    let limit = gcm::BLOCK_LIMIT.to_string();
+    assert!(
+        cut.message.contains("usage limit") && cut.message.contains(&limit),
+        "{cut:?}"
+    );
+    let goodbye = goodbye.expect("a goodbye after the error");
+    assert_eq!(goodbye.code, ErrorCode::SHUTTING_DOWN, "{goodbye:?}");
+    server.shutdown().await;
+}

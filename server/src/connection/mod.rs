@@ -149,6 +149,13 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     if limits.assume_blocks_used > 0 {
         send.assume_blocks_used(limits.assume_blocks_used);
     }
+    // Room for a final error for each request in flight, each refusal that may race the
+    // close, and a kept-file answer (spec §5.5).
+    let budget = writer::KeyBudget::new(
+        send.suite(),
+        limits.assume_blocks_used,
+        limits.max_in_flight_per_connection + CTRL_QUEUE + 1,
+    );
     let chunk = limits.chunk_size.min(send.max_payload()).max(1);
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
     // Whole chunks per read, so only a file's last frame is short.
@@ -165,10 +172,11 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         send.in_place_room(),
     );
     let recycled = buffers.clone();
-    let link = writer::Link::new(
+    let link = writer::Link::with_budget(
         FrameWriter::new(wr, send, version)
             .write_timeout(limits.write_timeout)
             .recycle(move |slot| recycled.recycle(slot)),
+        budget,
     );
     let mut writer = tokio::spawn(
         writer::run_shared(link.clone(), Queues::new(ctrl_rx, data_rx)).in_current_span(),
@@ -241,6 +249,8 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
             ),
         )),
         Close::Shutdown => Some(ErrorBody::from_code(ErrorCode::SHUTTING_DOWN)),
+        // The writer seals its own goodbye with the numbers (writer::KeyBudget).
+        Close::Spent => Some(ErrorBody::from_code(ErrorCode::SHUTTING_DOWN)),
         Close::Killed => Some(ErrorBody::new(
             ErrorCode::SHUTTING_DOWN,
             "server shut down before the request finished",
@@ -260,6 +270,11 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         }
     };
     reader.abort_all();
+    if matches!(close, Close::Spent) {
+        // Each request still open ends with its own SHUTTING_DOWN error, after the frames it
+        // queued, before the goodbye (spec §5.5).
+        reader.end_in_flight(FAREWELL_TIMEOUT).await;
+    }
     let kill_now = matches!(close, Close::Killed);
     if let Some(body) = farewell {
         // Through the data queue, so it follows every frame already queued (a fetch's end

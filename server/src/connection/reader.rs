@@ -46,6 +46,8 @@ pub(super) enum Close {
     Shutdown,
     /// Grace period over.
     Killed,
+    /// The send key reached its usage limit (spec §5.5): only final frames are sealed now.
+    Spent,
     /// The writer ended (client gone or write deadline).
     WriterGone,
     /// Reading from the socket failed.
@@ -118,6 +120,30 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         self.tasks.abort_all();
     }
 
+    /// Queues a `SHUTTING_DOWN` error for every request in flight, through the data queue so
+    /// that it follows what the request queued, each waiting at most `patience` for room.
+    pub async fn end_in_flight(&mut self, patience: std::time::Duration) {
+        let open: Vec<(RequestId, Service)> = self
+            .in_flight
+            .iter()
+            .map(|(id, flight)| (id, flight.service))
+            .collect();
+        for (id, service) in open {
+            self.in_flight.finish(id);
+            let ended = (
+                id,
+                Message::Error {
+                    service,
+                    body: ErrorBody::from_code(ErrorCode::SHUTTING_DOWN),
+                },
+            );
+            let sent = tokio::time::timeout(patience, self.data.send(ended)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+
     pub async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
         mut frames: FrameReader<R>,
@@ -128,6 +154,12 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         let mut stopping = false;
         let mut eof = false;
         let mut last_activity = Instant::now();
+        // Never cancelled without a writer to spend the key.
+        let spent = self
+            .link
+            .as_ref()
+            .map(|link| link.spent().clone())
+            .unwrap_or_default();
         loop {
             let retiring = self.closing_soon();
             if self.in_flight.is_empty() {
@@ -148,6 +180,7 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
             tokio::select! {
                 biased;
                 _ = signals.kill.cancelled() => return Close::Killed,
+                _ = spent.cancelled() => return Close::Spent,
                 _ = signals.stop.cancelled(), if !stopping => stopping = true,
                 result = &mut *writer => {
                     if let Err(error) = result {

@@ -8,16 +8,18 @@
 //! a queue and not yet written) and write a small answer itself, in the reader's own task:
 //! waking the writer task on another worker for one `writev` costs a futex per request.
 
+use std::collections::HashSet;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use ferry_protocol::crypto::{gcm, RecordSuite};
 use ferry_protocol::driver::{Batch, FrameWriter, Outbox, WriteError};
-use ferry_protocol::Message;
-use ferry_protocol::RequestId;
+use ferry_protocol::{ErrorBody, ErrorCode, Message, RequestId, Service};
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::service::Out;
 
@@ -107,10 +109,12 @@ pub(super) struct Link<W> {
     /// Set in the same step as the item is taken, so that "queues empty and not busy" means
     /// nothing the reader or a request queued before now is still unwritten.
     busy: Mutex<bool>,
-    writer: tokio::sync::Mutex<FrameWriter<W>>,
+    writer: tokio::sync::Mutex<Sealing<W>>,
     /// The record layer said the key is near its usage limit (spec §5.5): the reader starts
     /// no more requests and closes once those in flight are done.
     closing: AtomicBool,
+    /// The key's usage limit is reached ([`KeyBudget`]): the reader closes now.
+    spent: CancellationToken,
 }
 
 impl<W> std::fmt::Debug for Link<W> {
@@ -120,17 +124,52 @@ impl<W> std::fmt::Debug for Link<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> Link<W> {
-    pub fn new(writer: FrameWriter<W>) -> Arc<Self> {
+    /// A link whose key starts unused (tests).
+    #[cfg(test)]
+    pub fn new(mut writer: FrameWriter<W>) -> Arc<Self> {
+        let budget = KeyBudget::new(writer.batch().send_half().suite(), 0, 0);
+        Self::with_budget(writer, budget)
+    }
+
+    /// A link that seals at most what `budget` allows.
+    pub fn with_budget(writer: FrameWriter<W>, budget: KeyBudget) -> Arc<Self> {
         Arc::new(Self {
             busy: Mutex::new(false),
-            writer: tokio::sync::Mutex::new(writer),
+            writer: tokio::sync::Mutex::new(Sealing {
+                frames: writer,
+                budget,
+            }),
             closing: AtomicBool::new(false),
+            spent: CancellationToken::new(),
         })
     }
 
     /// Whether the connection's send key is near its usage limit (spec §5.5).
     pub fn closing_soon(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Cancelled once the key's usage limit is reached: only the final frames are sealed.
+    pub fn spent(&self) -> &CancellationToken {
+        &self.spent
+    }
+
+    /// Batches one item, as the key's budget lets it through (spec §5.5).
+    fn push(
+        &self,
+        writer: &mut Sealing<W>,
+        (id, message): Out,
+    ) -> Result<(), ferry_protocol::Error> {
+        let admitted = writer.budget.admit(id, message);
+        if writer.budget.is_spent() && !self.spent.is_cancelled() {
+            // Spent implies past the close-soon point: no new request starts meanwhile.
+            self.closing.store(true, Ordering::Release);
+            self.spent.cancel();
+        }
+        match admitted {
+            Some(message) => writer.frames.batch().push(id, message),
+            None => Ok(()),
+        }
     }
 
     /// Writes what is batched, noting first whether sealing it crossed the key's close-soon
@@ -150,7 +189,7 @@ impl<W: AsyncWrite + Unpin + Send> Link<W> {
     pub fn idle_writer(
         &self,
         queues: [&mpsc::Sender<Out>; 2],
-    ) -> Option<tokio::sync::MutexGuard<'_, FrameWriter<W>>> {
+    ) -> Option<tokio::sync::MutexGuard<'_, Sealing<W>>> {
         let busy = self.busy.lock().ok()?;
         if *busy || queues.iter().any(|q| q.capacity() != q.max_capacity()) {
             return None;
@@ -168,11 +207,11 @@ impl<W: AsyncWrite + Unpin + Send> Link<W> {
     ) -> Option<Result<(), WriteError>> {
         let mut writer = self.idle_writer(queues)?;
         for message in frames.drain(..) {
-            if let Err(error) = writer.batch().push(id, message) {
+            if let Err(error) = self.push(&mut writer, (id, message)) {
                 return Some(Err(error.into()));
             }
         }
-        Some(self.flush(&mut writer).await)
+        Some(self.flush(&mut writer.frames).await)
     }
 
     /// Takes the next queued item and marks the writer busy in one step; marks it idle when
@@ -202,18 +241,143 @@ pub(super) async fn run_shared<W: AsyncWrite + Unpin + Send>(
             let Some(first) = first else {
                 return writer.shutdown().await;
             };
-            queues.encode(first, writer.batch())?;
+            link.push(&mut writer, first)?;
             while !writer.batch().is_full() {
                 let Some(next) = queues.try_recv() else {
                     break;
                 };
-                queues.encode(next, writer.batch())?;
+                link.push(&mut writer, next)?;
             }
-            link.flush(&mut writer).await?;
+            link.flush(&mut writer.frames).await?;
         }
     }
     .await;
     ended(result);
+}
+
+/// The connection's [`FrameWriter`] with what its key may still seal.
+#[derive(Debug)]
+pub(super) struct Sealing<W> {
+    frames: FrameWriter<W>,
+    budget: KeyBudget,
+}
+
+impl<W> std::ops::Deref for Sealing<W> {
+    type Target = FrameWriter<W>;
+
+    fn deref(&self) -> &FrameWriter<W> {
+        &self.frames
+    }
+}
+
+impl<W> std::ops::DerefMut for Sealing<W> {
+    fn deref_mut(&mut self) -> &mut FrameWriter<W> {
+        &mut self.frames
+    }
+}
+
+/// The send key's usage limit as the writer spends it (spec §5.5), counted as the record layer
+/// counts it (`gcm::blocks` of each record's plaintext). Frames are sealed only while they
+/// leave room for the final ones: a `SHUTTING_DOWN` error for each request still open and the
+/// goodbye. The first frame that would eat into that room spends the key: from then on each
+/// request's next frame becomes its `SHUTTING_DOWN` error (later ones are dropped), the next
+/// id-0 error becomes the goodbye, and nothing else is sealed. The record layer still refuses
+/// any record past the limit; this only makes sure the final frames fit below it.
+#[derive(Debug)]
+pub(super) struct KeyBudget {
+    /// The suite's limit in blocks; `None` where it has none (plaintext, CBC + HMAC).
+    limit: Option<u64>,
+    /// Blocks sealed under the key, or batched to be.
+    used: u64,
+    /// Blocks kept for the final frames while the key is not spent.
+    reserve: u64,
+    /// Blocks one final frame costs at most.
+    final_blocks: u64,
+    spent: Option<Spent>,
+}
+
+/// What a spent key still owes.
+#[derive(Debug)]
+struct Spent {
+    /// The body of every final frame.
+    body: ErrorBody,
+    /// Requests already given their final frame, whose later frames are dropped.
+    ended: HashSet<RequestId>,
+    goodbye: bool,
+}
+
+impl KeyBudget {
+    /// A budget for a key of `suite` that has already sealed `used` blocks, keeping room for
+    /// `finals` request errors and the goodbye.
+    pub fn new(suite: RecordSuite, used: u64, finals: usize) -> Self {
+        let final_blocks = gcm::blocks(final_body(u64::MAX, u64::MAX).encoded_len());
+        Self {
+            limit: suite.block_limit(),
+            used,
+            reserve: final_blocks.saturating_mul(finals as u64 + 1),
+            final_blocks,
+            spent: None,
+        }
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.spent.is_some()
+    }
+
+    /// `message` of request `id` as it may be sealed now, or `None` to drop it.
+    fn admit(&mut self, id: RequestId, message: Message) -> Option<Message> {
+        let Some(limit) = self.limit else {
+            return Some(message);
+        };
+        if self.spent.is_none() {
+            let cost = gcm::blocks(message.encoded_len());
+            let after = self.used.saturating_add(cost);
+            if after.saturating_add(self.reserve) <= limit {
+                self.used = after;
+                return Some(message);
+            }
+            tracing::debug!(used = self.used, limit, "key usage limit reached; closing");
+            self.spent = Some(Spent {
+                body: final_body(self.used, limit),
+                ended: HashSet::new(),
+                goodbye: false,
+            });
+        }
+        let spent = self.spent.as_mut()?;
+        let room = limit.saturating_sub(self.used);
+        let (service, keep) = if id == RequestId::CONNECTION {
+            // Only the goodbye, once; pongs and the like are dropped.
+            if !matches!(message, Message::Error { .. }) || spent.goodbye {
+                return None;
+            }
+            spent.goodbye = true;
+            (Service::HANDSHAKE, 0)
+        } else if spent.ended.insert(id) {
+            // The goodbye's share stays.
+            (message.kind().1, self.final_blocks)
+        } else {
+            return None;
+        };
+        let cost = gcm::blocks(spent.body.encoded_len());
+        if cost.saturating_add(keep) > room {
+            return None;
+        }
+        self.used += cost;
+        Some(Message::Error {
+            service,
+            body: spent.body.clone(),
+        })
+    }
+}
+
+/// The final frames' body once the key has sealed `used` of its `limit` blocks.
+fn final_body(used: u64, limit: u64) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::SHUTTING_DOWN,
+        format!(
+            "this connection's key reached its usage limit (spec 5.5): {used} of {limit} blocks sealed, the rest kept to close; continue on a new connection"
+        ),
+    )
 }
 
 /// Says why a writer stopped.
@@ -237,6 +401,81 @@ mod tests {
     use ferry_protocol::{Message, RequestId, Session};
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
+
+    /// Spec §5.5: once a frame would eat into the room kept for the final frames, each request
+    /// gets one `SHUTTING_DOWN` error (its later frames are dropped), id 0 gets one goodbye
+    /// (pongs are dropped), and a real GCM sealer that starts as near its limit takes every
+    /// admitted record: as many errors as the budget was sized for, and the goodbye, fit.
+    #[test]
+    fn a_spent_key_seals_one_error_per_request_and_one_goodbye_below_its_limit() {
+        const FINALS: usize = 4;
+        let gcm_suite = RecordSuite::Aes256Gcm;
+        let reserve = KeyBudget::new(gcm_suite, 0, FINALS).reserve;
+        // Room for six 301-block chunks beyond the reserve, not seven.
+        let room = reserve + 2000;
+        let start = gcm::BLOCK_LIMIT - room;
+        let mut budget = KeyBudget::new(gcm_suite, start, FINALS);
+        let (_, server) = Session::dangerous_pair_with_suite(gcm_suite);
+        let mut send = server.into_split().0;
+        send.assume_blocks_used(start);
+        let mut wire = BytesMut::new();
+        let mut admit = |id: u32, message: Message| {
+            let message = budget.admit(RequestId(id), message)?;
+            // The record layer refuses anything past the limit: every admitted frame seals.
+            send.write_message(RequestId(id), &message, &mut wire)
+                .expect("sealed below the limit");
+            Some(message)
+        };
+        let chunk = || Message::Data(Bytes::from(vec![0u8; 16 * 300]));
+        let shutting_down = |m: Option<Message>| match m {
+            Some(Message::Error { body, .. }) => body.code == ErrorCode::SHUTTING_DOWN,
+            _ => false,
+        };
+        for i in 0..6 {
+            assert!(matches!(admit(1 + i % 2, chunk()), Some(Message::Data(_))));
+        }
+        // The seventh chunk spends the key: it becomes request 1's error, with the numbers.
+        match admit(1, chunk()) {
+            Some(Message::Error { service, body }) => {
+                assert_eq!(
+                    (service, body.code),
+                    (Service::FETCH, ErrorCode::SHUTTING_DOWN)
+                );
+                let used = (start + 6 * 301).to_string();
+                let limit = gcm::BLOCK_LIMIT.to_string();
+                assert!(
+                    body.message.contains(&used) && body.message.contains(&limit),
+                    "{body:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(admit(1, chunk()).is_none(), "request 1 has ended");
+        assert!(admit(0, Message::Pong(Bytes::from_static(b"p"))).is_none());
+        // Request 2's next frame, whatever it is, becomes its error.
+        let end = Message::FetchEnd(ferry_protocol::message::FetchEnd {
+            bytes: 0,
+            digest: [0; 32],
+        });
+        assert!(shutting_down(admit(2, end)));
+        // Up to FINALS errors in all, then the goodbye, once.
+        for id in 3..=FINALS as u32 {
+            assert!(shutting_down(admit(id, chunk())), "request {id}");
+        }
+        let goodbye = Message::Error {
+            service: Service::HANDSHAKE,
+            body: ErrorBody::from_code(ErrorCode::SHUTTING_DOWN),
+        };
+        match admit(0, goodbye.clone()) {
+            Some(Message::Error { service, body }) => {
+                assert_eq!(service, Service::HANDSHAKE);
+                assert!(body.message.contains("usage limit"), "{body:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(admit(0, goodbye).is_none(), "one goodbye");
+        assert!(budget.used <= gcm::BLOCK_LIMIT);
+    }
 
     /// Control frames go first, data frames keep their order, large plaintext chunks take the
     /// zero-copy path and small ones the batch, encrypted chunks are sealed together, and the
