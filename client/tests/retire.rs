@@ -214,3 +214,104 @@ fn a_client_whose_own_key_nears_its_limit_starts_no_new_requests_there() {
     });
     assert!(std::fs::read(&dest).unwrap() == want, "the file differs");
 }
+
+/// A server that serves `files` and takes uploads, with its keys starting `LIMIT - room`
+/// blocks in; what it stores lands in the returned directory.
+fn upload_server(room: u64, files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let server = TestServer::start_with(
+        dir.path(),
+        &Key::generate(),
+        "127.0.0.1:0".parse().unwrap(),
+        |c| {
+            c.allow_upload = true;
+            let limits = ferry_server::Limits {
+                assume_blocks_used: LIMIT - room,
+                ..ferry_server::Limits::default()
+            };
+            *c = c.clone().limits(limits);
+        },
+    );
+    (dir, server)
+}
+
+/// A put on a connection the server has retired (its key passed the close-soon point after a
+/// stat, so the put is refused `SHUTTING_DOWN` or meets the goodbye) goes on over a new
+/// connection, where it runs whole.
+#[test]
+fn a_put_on_a_connection_the_server_retired_continues_on_a_new_one() {
+    let want = data(3 << 20, 31);
+    let room = ferry_protocol::crypto::CLOSE_SOON_BLOCKS;
+    let (dir, server) = upload_server(room, &[("seed.txt", b"seed".to_vec())]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("up.bin");
+    std::fs::write(&src, &want).unwrap();
+    block_on(async {
+        let (config, dials) = config(&server, room);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        // The answer crosses the server's close-soon point: it takes nothing new here.
+        client.stat("seed.txt").await.unwrap();
+        let done = transfer::upload_file(
+            &client,
+            &src,
+            "up.bin",
+            &transfer::PutOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (done.size, done.sent, done.resumed_from),
+            (3 << 20, 3 << 20, 0)
+        );
+        assert_eq!(dials.dials.load(Ordering::SeqCst), 2);
+    });
+    assert!(
+        std::fs::read(dir.path().join("up.bin")).unwrap() == want,
+        "the file differs"
+    );
+}
+
+/// Spec §5.5 for our own key during an upload: once our send direction passes its close-soon
+/// point the upload stops sending there (the server keeps what it has), and goes on over a
+/// new connection from the server's partial, checked against its prefix digest, until the
+/// file is stored byte for byte. Each connection's key starts 1 MiB short of the point.
+#[test]
+fn a_put_longer_than_a_connections_key_allowance_continues_on_new_connections() {
+    let want = data(4 << 20, 32);
+    let (dir, server) = upload_server(LIMIT, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("up.bin");
+    std::fs::write(&src, &want).unwrap();
+    block_on(async {
+        let (mut config, dials) = config(&server, LIMIT);
+        config.assume_blocks_used = LIMIT - ferry_protocol::crypto::CLOSE_SOON_BLOCKS - ROOM;
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let done = transfer::upload_file(
+            &client,
+            &src,
+            "up.bin",
+            &transfer::PutOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (done.size, done.sent, done.resumed_from),
+            (4 << 20, 4 << 20, 0)
+        );
+        let dials = dials.dials.load(Ordering::SeqCst);
+        eprintln!("put: {dials} connections");
+        // At most about 1 MiB a connection (plus what was queued when the point was seen).
+        assert!((4..=12).contains(&dials), "{dials} connections");
+    });
+    assert!(
+        std::fs::read(dir.path().join("up.bin")).unwrap() == want,
+        "the file differs"
+    );
+}

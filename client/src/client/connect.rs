@@ -215,7 +215,11 @@ impl Client {
         let max_payload = send.max_payload();
         let (read, write) = tokio::io::split(io);
         let (tx, rx) = mpsc::unbounded_channel();
-        let conn = Arc::new(RouteTable::default());
+        let conn = RouteTable::default();
+        if let Ok(mut uploads) = conn.uploads.lock() {
+            *uploads = Some(KeyUse::new(send.suite(), config.assume_blocks_used));
+        }
+        let conn = Arc::new(conn);
         // Fetch data is split off the read buffer without copying, so one read may take many
         // frames: keep a quarter megabyte of room.
         let frames = FrameReader::new(read, recv, leftover)

@@ -31,6 +31,10 @@ pub(super) struct RouteTable {
     pub(super) answered: AtomicU64,
     /// Our send key passed its close-soon point (spec §5.5): no new requests start here.
     pub(super) retiring: AtomicBool,
+    /// Our send key as upload data is queued for it (spec §5.5): counted when queued, not when
+    /// sealed, so an upload stops at the close-soon point however far the writer lags.
+    /// `None` until the connection knows its suite.
+    pub(super) uploads: Mutex<Option<KeyUse>>,
     /// Woken when [`RouteTable::fail`] records why the connection ended.
     closed_signal: tokio::sync::Notify,
 }
@@ -59,7 +63,7 @@ impl KeyUse {
 
     /// Counts one record of `len` plaintext bytes as its sealer did: its counter blocks and
     /// the tag's.
-    fn opened(&mut self, len: usize) {
+    pub(super) fn opened(&mut self, len: usize) {
         if self.limit.is_some() {
             self.used = self
                 .used
@@ -68,7 +72,7 @@ impl KeyUse {
     }
 
     /// Whether the server's key has passed the point where it starts no new requests.
-    fn past_close_soon(&self) -> bool {
+    pub(super) fn past_close_soon(&self) -> bool {
         self.limit.is_some_and(|limit| {
             self.used > limit.saturating_sub(ferry_protocol::crypto::CLOSE_SOON_BLOCKS)
         })

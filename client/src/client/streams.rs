@@ -101,6 +101,28 @@ impl Pending {
         }
     }
 
+    /// Counts `len` bytes of upload data against our send key, unless the key has already
+    /// passed its close-soon point (spec §5.5): `false` then, and the data should go on a new
+    /// connection. Seen by the writer once sealed, or by the upload data queued so far.
+    pub(super) fn charge_upload(&self, len: usize) -> bool {
+        let conn = &self.client.shared.conn;
+        if conn.retiring.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let mut uploads = conn
+            .uploads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match uploads.as_mut() {
+            Some(key) if key.past_close_soon() => false,
+            Some(key) => {
+                key.opened(len);
+                true
+            }
+            None => true,
+        }
+    }
+
     /// Queues another frame of this request (an upload's data and end, spec §3.12).
     pub(super) fn send(&self, message: Message) -> Result<(), ClientError> {
         let shared = &self.client.shared;

@@ -15,6 +15,10 @@ use super::streams::Pending;
 use super::{unexpected, Client};
 use crate::error::ClientError;
 
+/// Why an upload stops on a connection whose own key passed its close-soon point.
+const RETIRING_UPLOAD: &str =
+    "this connection's key is near its usage limit (spec 5.5), so the upload continues on a new connection";
+
 /// One upload, from the server's first answer to its end. Dropping it before
 /// [`Upload::finish`] cancels it; the server keeps what it received for a resume.
 #[derive(Debug)]
@@ -107,6 +111,15 @@ impl Upload {
                 "{} bytes past the announced size of {}",
                 end - self.size,
                 self.size
+            )));
+        }
+        // Spec §5.5: past our key's close-soon point the upload stops here, its bytes kept in
+        // the server's partial, and goes on over a new connection (the 1 GiB left to the hard
+        // limit is never needed).
+        if !self.pending.charge_upload(data.len()) {
+            return Err(ClientError::Retired(format!(
+                "{RETIRING_UPLOAD} after byte {} of {}",
+                self.sent, self.size
             )));
         }
         // Take the answers that are already here, then wait only while out of credit.

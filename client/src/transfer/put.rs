@@ -21,6 +21,7 @@ use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{put_flags, PutEnd, PutRequest};
 use futures::StreamExt;
 
+use super::conn::Conn;
 use super::{is_reserved_name, when_not_busy, Cancel};
 use crate::client::{Client, Upload};
 use crate::error::ClientError;
@@ -94,8 +95,23 @@ pub fn remote_join(dir: &str, name: &str) -> String {
 }
 
 /// Uploads the local file `local` to the remote path `remote` (a file name, not a directory).
+/// When the connection is retired on the way (spec §5.5: the server's key or ours near its
+/// usage limit), the upload goes on over a new connection to the same server from the partial
+/// the server kept, checked against its prefix digest as any resume (spec §3.12).
 pub async fn upload_file(
     client: &Client,
+    local: &Path,
+    remote: &str,
+    options: &PutOptions,
+    progress: &dyn TransferProgress,
+    cancel: &Cancel,
+) -> Result<Uploaded, ClientError> {
+    upload_on(&Conn::new(client), local, remote, options, progress, cancel).await
+}
+
+/// [`upload_file`] on the transfer's connection of the moment, renewed when it is retired.
+async fn upload_on(
+    conn: &Conn,
     local: &Path,
     remote: &str,
     options: &PutOptions,
@@ -119,75 +135,28 @@ pub async fn upload_file(
     if !options.resume {
         flags |= put_flags::RESTART;
     }
-    let request = PutRequest::new(remote, size, mode, flags, digest)
+    let mut request = PutRequest::new(remote, size, mode, flags, digest)
         .map_err(|e| ClientError::Local(format!("path too long: {e}")))?;
     let label = super::remote_name(remote).unwrap_or(remote).to_owned();
-
-    let mut upload = start(client, &request, cancel).await?;
-    let mut hasher = FetchDigest::new();
-    if upload.offset() > 0 {
-        let offset = upload.offset();
-        let (held, prefix) = {
-            let local = local.to_path_buf();
-            tokio::task::spawn_blocking(move || hash_prefix(&local, offset))
-                .await
-                .map_err(|e| ClientError::Local(format!("hashing task failed: {e}")))??
-        };
-        if prefix.finalize() == upload.prefix() && held == offset {
-            hasher = prefix;
-        } else {
-            progress.println(&format!(
-                "{label}: the server's partial upload ({offset} bytes) does not match this file; starting over"
-            ));
-            drop(upload);
-            let mut again = request.clone();
-            again.flags |= put_flags::RESTART;
-            upload = start(client, &again, cancel).await?;
-            if upload.offset() != 0 {
-                return Err(ClientError::Protocol(format!(
-                    "the server continued a restarted upload at byte {}",
-                    upload.offset()
-                )));
-            }
-        }
-    }
-    let resumed_from = upload.offset();
-    let bar = progress.file(&label, size, resumed_from);
-    let sent = send_from(local, &mut upload, &mut hasher, size, &*bar, cancel).await;
-    if let Err(error) = sent {
-        bar.abandon();
-        return Err(error);
-    }
-    if hasher.finalize() != digest {
-        bar.abandon();
-        // Dropping the upload cancels it: the server never gets an end for bytes that do not
-        // match the digest it was promised.
-        return Err(ClientError::Local(format!(
-            "{} changed while it was being uploaded; run put again",
-            local.display()
-        )));
-    }
-    let stored = cancel
-        .guard(upload.finish(PutEnd {
-            bytes: size,
-            digest,
-        }))
-        .await;
-    let stored = match stored {
-        Ok(stored) => stored,
-        Err(error) => {
-            bar.abandon();
-            return Err(error);
-        }
+    let leg = Leg {
+        local,
+        label: &label,
+        progress,
+        cancel,
     };
-    if stored.bytes != size || stored.digest != digest {
-        bar.abandon();
-        return Err(ClientError::Integrity(format!(
-            "the server stored {} bytes with another digest than the {size} bytes sent",
-            stored.bytes
-        )));
+    let mut first_offset = None;
+    loop {
+        let client = conn.current().await;
+        match leg.run(&client, &request, &mut first_offset).await {
+            Err(e) if e.is_retired() => conn.renew(&client, e).await?,
+            Err(e) => return Err(e),
+            Ok(()) => break,
+        }
+        // The server's partial holds what this upload sent: it continues, whatever
+        // --no-resume said about a partial found at the start.
+        request.flags &= !put_flags::RESTART;
     }
-    bar.finish();
+    let resumed_from = first_offset.unwrap_or(0);
     Ok(Uploaded {
         local: local.to_path_buf(),
         remote: remote.to_owned(),
@@ -197,6 +166,100 @@ pub async fn upload_file(
         digest,
         elapsed: started.elapsed(),
     })
+}
+
+/// One connection's part of an upload.
+struct Leg<'a> {
+    local: &'a Path,
+    label: &'a str,
+    progress: &'a dyn TransferProgress,
+    cancel: &'a Cancel,
+}
+
+impl Leg<'_> {
+    /// Sends `request`'s file on `client` from where the server's partial ends (when it checks
+    /// out) and ends it, or stops where the connection is retired. The first leg notes where
+    /// it started in `first_offset`.
+    async fn run(
+        &self,
+        client: &Client,
+        request: &PutRequest,
+        first_offset: &mut Option<u64>,
+    ) -> Result<(), ClientError> {
+        let Leg {
+            local,
+            label,
+            progress,
+            cancel,
+        } = *self;
+        let (size, digest) = (request.size, request.digest);
+        let mut upload = start(client, request, cancel).await?;
+        let mut hasher = FetchDigest::new();
+        if upload.offset() > 0 {
+            let offset = upload.offset();
+            let (held, prefix) = {
+                let local = local.to_path_buf();
+                tokio::task::spawn_blocking(move || hash_prefix(&local, offset))
+                    .await
+                    .map_err(|e| ClientError::Local(format!("hashing task failed: {e}")))??
+            };
+            if prefix.finalize() == upload.prefix() && held == offset {
+                hasher = prefix;
+            } else {
+                progress.println(&format!(
+                    "{label}: the server's partial upload ({offset} bytes) does not match this file; starting over"
+                ));
+                drop(upload);
+                let mut again = request.clone();
+                again.flags |= put_flags::RESTART;
+                upload = start(client, &again, cancel).await?;
+                if upload.offset() != 0 {
+                    return Err(ClientError::Protocol(format!(
+                        "the server continued a restarted upload at byte {}",
+                        upload.offset()
+                    )));
+                }
+            }
+        }
+        first_offset.get_or_insert(upload.offset());
+        let bar = progress.file(label, size, upload.offset());
+        let sent = send_from(local, &mut upload, &mut hasher, size, &*bar, cancel).await;
+        if let Err(error) = sent {
+            bar.abandon();
+            return Err(error);
+        }
+        if hasher.finalize() != digest {
+            bar.abandon();
+            // Dropping the upload cancels it: the server never gets an end for bytes that do
+            // not match the digest it was promised.
+            return Err(ClientError::Local(format!(
+                "{} changed while it was being uploaded; run put again",
+                local.display()
+            )));
+        }
+        let stored = cancel
+            .guard(upload.finish(PutEnd {
+                bytes: size,
+                digest,
+            }))
+            .await;
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                bar.abandon();
+                return Err(error);
+            }
+        };
+        if stored.bytes != size || stored.digest != digest {
+            bar.abandon();
+            return Err(ClientError::Integrity(format!(
+                "the server stored {} bytes with another digest than the {size} bytes sent",
+                stored.bytes
+            )));
+        }
+        bar.finish();
+        Ok(())
+    }
 }
 
 async fn start(
@@ -330,6 +393,8 @@ pub async fn upload_tree(
             .map_err(|e| ClientError::Local(format!("walking task failed: {e}")))??
     };
     let mut report = PutTreeReport::default();
+    // One connection of the moment for every file, renewed when it is retired (spec §5.5).
+    let conn = &Conn::new(client);
     // Few and cheap (one round trip each), so one at a time, before the files.
     for (rel, mode) in empty_dirs {
         let target = if rel.is_empty() {
@@ -337,7 +402,11 @@ pub async fn upload_tree(
         } else {
             remote_join(remote, &rel)
         };
-        match cancel.guard(client.make_dir(&target, mode, true)).await {
+        let made = conn.run(|client| {
+            let target = target.clone();
+            async move { client.make_dir(&target, mode, true).await }
+        });
+        match cancel.guard(made).await {
             Ok(()) => report.empty_dirs += 1,
             Err(error) => {
                 let stop = matches!(error, ClientError::Interrupted) || error.is_connection_error();
@@ -356,7 +425,7 @@ pub async fn upload_tree(
         let result = match found {
             Ok(path) if !cancel.is_cancelled() => {
                 let target = remote_join(remote, &rel);
-                upload_file(client, &path, &target, options, progress, cancel).await
+                upload_on(conn, &path, &target, options, progress, cancel).await
             }
             Ok(_) => Err(ClientError::Interrupted),
             Err(why) => Err(ClientError::Local(why)),
