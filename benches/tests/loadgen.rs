@@ -89,7 +89,7 @@ async fn closed_loop_runs_every_request_kind_and_verifies_data() {
             stop: Stop::Requests(400),
             rate: None,
             targets,
-            verify: true,
+            threads: 2,
             live: false,
         })
         .await;
@@ -123,7 +123,7 @@ async fn open_loop_holds_the_rate_and_counts_errors_by_code() {
         stop: Stop::After(Duration::from_secs(2)),
         rate: Some(200.0),
         targets,
-        verify: false,
+        threads: 2,
         live: false,
     })
     .await;

@@ -18,8 +18,9 @@ use ferry_common::KeySources;
 #[command(
     name = "ferry-load",
     version,
-    after_help = "Exit codes: 0 the run completed; 1 it could not start or connect, or (hostile) \
-                  a violation was seen or the server died; 2 usage."
+    after_help = "Exit codes: 0 the run completed; 1 it could not start or connect, an answer \
+                  failed an integrity check (record authentication, data length or end-to-end \
+                  digest), or (hostile) a violation was seen or the server died; 2 usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,7 +101,8 @@ struct Connect {
     /// Ask for a plaintext session (the server must allow it).
     #[arg(long)]
     plaintext: bool,
-    /// Runtime worker threads of the load generator [default: number of cores].
+    /// Threads of the load generator, each with its own runtime and share of the connections
+    /// [default: number of cores].
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -137,8 +139,8 @@ struct ServerArgs {
     /// Path for stat [default: the small file].
     #[arg(long)]
     stat: Option<String>,
-    /// Hash every fetched byte and compare with the server's digest (costs client CPU).
-    #[arg(long)]
+    /// Accepted for old scripts: every fetch is now always checked against its digest.
+    #[arg(long, hide = true)]
     verify: bool,
     #[command(flatten)]
     output: Output,
@@ -208,8 +210,14 @@ fn main() -> Result<()> {
             }
         }
         Mode::Server(args) => {
-            let rt = runtime(args.connect.threads)?;
-            rt.block_on(async {
+            // The load runs on threads of its own (`server::run`); this runtime only discovers
+            // the targets and waits.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let _ = args.verify;
+            let failed = rt.block_on(async {
                 let dial = dial_for(&args.connect).await?;
                 let targets = server::discover(
                     &dial,
@@ -244,7 +252,9 @@ fn main() -> Result<()> {
                     stop,
                     rate: args.rate,
                     targets,
-                    verify: args.verify,
+                    threads: args.connect.threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
                     live: !args.output.json,
                 })
                 .await;
@@ -261,8 +271,19 @@ fn main() -> Result<()> {
                         .map_err(anyhow::Error::msg)?;
                     eprintln!("ferry-load: wrote the plot to {}", path.display());
                 }
-                Ok(())
+                let (failed, kinds) = server::integrity_failures(&summary);
+                anyhow::Ok((failed > 0).then(|| {
+                    format!(
+                        "{failed} of {} requests failed an integrity check: {}",
+                        summary.requests,
+                        kinds.join("; ")
+                    )
+                }))
             })?;
+            if let Some(failed) = failed {
+                eprintln!("ferry-load: {failed}");
+                std::process::exit(1);
+            }
         }
         Mode::Hostile(args) => {
             let rt = runtime(args.connect.threads)?;

@@ -109,7 +109,7 @@ fn honest(options: &HostileOptions, duration: Duration) -> ServerOptions {
         stop: Stop::After(duration),
         rate: None,
         targets: options.targets.clone(),
-        verify: true,
+        threads: 1,
         live: options.live,
     }
 }

@@ -2,15 +2,25 @@
 //! issuing at a fixed total rate R (open loop). In open loop every request has an intended send
 //! time on a fixed schedule and its latency is measured from that time, so a server stall shows
 //! up as latency instead of silently lowering the offered load (coordinated omission).
+//!
+//! Every answer is checked: records are opened and authenticated by the session, a fetch's data
+//! must add up to the length its response announced and its end counted, and to the BLAKE3
+//! digest its end carries. A failed check is counted as an error and makes the binary exit 1.
+//!
+//! The load generator shares the machine with the server it measures, so it is built to cost
+//! little per request, as wrk does: one single-threaded runtime per thread with its share of
+//! the connections (no work stealing, no cross-thread wake-ups), one recorder per thread, each
+//! connection's requests in a fixed table indexed by id, and requests encoded from messages
+//! built once.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use ferry_protocol::conn::RequestIds;
-use ferry_protocol::digest::FetchDigest;
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::digest::{fetch_digest, FetchDigest};
 use ferry_protocol::message::{EntryKind, ListRequest};
 use ferry_protocol::{FrameType, Message, RequestId, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,24 +47,40 @@ pub struct ServerOptions {
     /// Total requests per second across connections (open loop); `None` = closed loop.
     pub rate: Option<f64>,
     pub targets: Targets,
-    /// Hash fetched data and compare with the server's digest (costs load-generator CPU).
-    pub verify: bool,
+    /// Threads, each running its share of the connections on its own single-threaded
+    /// runtime (at least 1, at most one per connection).
+    pub threads: usize,
     /// Print one line per second to stderr.
     pub live: bool,
 }
 
-struct Pending {
-    op: Op,
-    started: Instant,
-    bytes: u64,
-    hasher: Option<FetchDigest>,
+/// The start of every error name that means an answer failed a check (as opposed to the
+/// server refusing a request, e.g. `NOT_FOUND`): the data did not match the digest or length
+/// the server announced, or a record failed to open (the session reports it as a connection
+/// error, and every request then in flight fails with it).
+const INTEGRITY: &str = "integrity: ";
+const CONNECTION_ERROR: &str = "connection error: ";
+
+/// How many of the run's requests failed an integrity check, and their error names.
+pub fn integrity_failures(summary: &Summary) -> (u64, Vec<&str>) {
+    let failed: Vec<(&str, u64)> = summary
+        .errors
+        .iter()
+        .filter(|(what, _)| what.contains(INTEGRITY) || what.starts_with(CONNECTION_ERROR))
+        .map(|(what, n)| (what.as_str(), *n))
+        .collect();
+    (
+        failed.iter().map(|(_, n)| n).sum(),
+        failed.into_iter().map(|(what, _)| what).collect(),
+    )
 }
 
 /// Upper bound on how long a run may go on after its stop condition, waiting for answers.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Runs the load and returns the summary.
+/// Runs the load on `options.threads` threads of its own and returns the summary.
 pub async fn run(options: ServerOptions) -> Summary {
+    let threads = options.threads.clamp(1, options.connections.max(1));
     let options = Arc::new(options);
     let (tx, rx) = crossbeam_channel::unbounded();
     let start = Instant::now();
@@ -69,29 +95,68 @@ pub async fn run(options: ServerOptions) -> Summary {
         // A request-count run still ends eventually if the server stops answering.
         Stop::Requests(_) => start + Duration::from_secs(24 * 3600),
     };
-    let mut tasks = Vec::new();
-    for index in 0..options.connections {
-        let recorder = Recorder::new(tx.clone());
+    let mut handles = Vec::new();
+    for thread in 0..threads {
         let options = options.clone();
         let budget = budget.clone();
-        tasks.push(tokio::spawn(async move {
-            worker(index, &options, recorder, &budget, start, deadline).await
-        }));
+        let thread_tx = tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ferry-load-{thread}"))
+            .spawn(move || {
+                let recorder = Rc::new(RefCell::new(Recorder::new(thread_tx)));
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        recorder
+                            .borrow_mut()
+                            .error(Duration::ZERO, format!("starting a runtime: {e}"));
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async {
+                    let mut tasks = Vec::new();
+                    for index in (thread..options.connections).step_by(threads) {
+                        let options = options.clone();
+                        let recorder = recorder.clone();
+                        let budget = budget.clone();
+                        tasks.push(tokio::task::spawn_local(async move {
+                            worker(index, &options, &recorder, &budget, start, deadline).await
+                        }));
+                    }
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                });
+            });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => Recorder::new(tx.clone())
+                .error(Duration::ZERO, format!("starting a load thread: {e}")),
+        }
     }
     drop(tx);
-    for task in tasks {
-        let _ = task.await;
-    }
-    collector
-        .join()
-        .unwrap_or_else(|_| panic!("the stats collector thread panicked"))
+    // The load threads and the collector block; wait for them off this runtime's threads.
+    tokio::task::spawn_blocking(move || {
+        for handle in handles {
+            let _ = handle.join();
+        }
+        collector
+            .join()
+            .unwrap_or_else(|_| panic!("the stats collector thread panicked"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("waiting for the load threads: {e}"))
 }
 
 /// One connection's loop; reconnects after failures until the run ends.
 async fn worker(
     index: usize,
     options: &ServerOptions,
-    mut recorder: Recorder,
+    recorder: &RefCell<Recorder>,
     budget: &AtomicI64,
     start: Instant,
     deadline: Instant,
@@ -101,40 +166,161 @@ async fn worker(
         .rate
         .map(|r| Duration::from_secs_f64(options.connections as f64 / r.max(1e-9)));
     let mut next_due = period.map(|p| start + p.mul_f64(index as f64 / options.connections as f64));
+    // Built once: every request of a kind is the same message.
+    let requests = Op::ALL.map(|op| options.targets.request(op));
     while Instant::now() < deadline && budget.load(Ordering::Relaxed) > 0 {
         let attempt = Instant::now();
         match dial(&options.dial).await {
             Ok(conn) => {
-                if let Err(what) = drive(
+                let driven = drive(
                     conn,
                     options,
-                    &mut recorder,
+                    &requests,
+                    recorder,
                     budget,
                     deadline,
                     period,
                     &mut next_due,
                 )
-                .await
-                {
-                    recorder.error(attempt.elapsed(), what);
-                } else {
-                    return;
+                .await;
+                match driven {
+                    Err(what) => recorder.borrow_mut().error(attempt.elapsed(), what),
+                    Ok(()) => return,
                 }
             }
             Err(what) => {
-                recorder.error(attempt.elapsed(), what);
+                recorder.borrow_mut().error(attempt.elapsed(), what);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
+/// A fetch's data so far, kept for its digest. Most small fetches arrive as one data frame,
+/// which is hashed in one call at the end; a hasher (~2 KB of state) is set up only when a
+/// second frame arrives.
+#[derive(Debug, Default)]
+enum Received {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Streaming(Box<FetchDigest>),
+}
+
+impl Received {
+    fn add(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Received::Nothing => Received::One(data),
+            Received::One(first) => {
+                let mut hasher = Box::new(FetchDigest::new());
+                hasher.update(&first).update(&data);
+                Received::Streaming(hasher)
+            }
+            Received::Streaming(mut hasher) => {
+                hasher.update(&data);
+                Received::Streaming(hasher)
+            }
+        };
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        match self {
+            Received::Nothing => fetch_digest(&[]),
+            Received::One(data) => fetch_digest(data),
+            Received::Streaming(hasher) => hasher.finalize(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: RequestId,
+    op: Op,
+    started: Instant,
+    bytes: u64,
+    /// The length a fetch's response announced.
+    announced: Option<u64>,
+    received: Received,
+}
+
+/// A connection's requests in flight: slot `s` of `k` only ever uses ids `1 + s + n·k`, so an
+/// answer finds its request by arithmetic, without hashing.
+struct InFlight {
+    slots: Vec<Option<Pending>>,
+    rounds: Vec<u32>,
+    free: Vec<usize>,
+}
+
+impl InFlight {
+    fn new(capacity: usize) -> Self {
+        Self {
+            slots: (0..capacity).map(|_| None).collect(),
+            rounds: vec![0; capacity],
+            free: (0..capacity).rev().collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// A fresh id for a new request, or `None` when all slots are taken.
+    fn next_id(&mut self) -> Option<RequestId> {
+        let slot = *self.free.last()?;
+        let k = self.slots.len() as u64;
+        let mut id = 1 + slot as u64 + u64::from(self.rounds[slot]) * k;
+        if id > u64::from(u32::MAX) {
+            self.rounds[slot] = 0;
+            id = 1 + slot as u64;
+        }
+        self.rounds[slot] += 1;
+        Some(RequestId(id as u32))
+    }
+
+    fn insert(&mut self, pending: Pending) {
+        if let Some(slot) = self.free.pop() {
+            self.slots[slot] = Some(pending);
+        }
+    }
+
+    fn slot(&self, id: RequestId) -> Option<usize> {
+        let slot = (id.0 as usize).checked_sub(1)? % self.slots.len();
+        self.slots[slot]
+            .as_ref()
+            .is_some_and(|p| p.id == id)
+            .then_some(slot)
+    }
+
+    fn get_mut(&mut self, id: RequestId) -> Option<&mut Pending> {
+        let slot = self.slot(id)?;
+        self.slots[slot].as_mut()
+    }
+
+    fn remove(&mut self, id: RequestId) -> Option<Pending> {
+        let slot = self.slot(id)?;
+        self.free.push(slot);
+        self.slots[slot].take()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Pending> + '_ {
+        self.free.clear();
+        self.free.extend((0..self.slots.len()).rev());
+        self.slots.iter_mut().filter_map(Option::take)
+    }
+}
+
 /// Drives one connection. `Ok` when the run ended normally; `Err` names what broke it (the
 /// requests then in flight have been counted as failed).
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut conn: LoadConn,
     options: &ServerOptions,
-    recorder: &mut Recorder,
+    requests: &[Option<Message>; Op::ALL.len()],
+    recorder: &RefCell<Recorder>,
     budget: &AtomicI64,
     deadline: Instant,
     period: Option<Duration>,
@@ -142,22 +328,26 @@ async fn drive(
 ) -> Result<(), String> {
     // A per-connection generator: `thread_rng` is not `Send` across awaits.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-    let mut ids = RequestIds::default();
-    let mut pending: HashMap<RequestId, Pending> = HashMap::new();
+    let mut pending = InFlight::new(options.in_flight);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut issuing = true;
-    let fail_all =
-        |pending: &mut HashMap<RequestId, Pending>, recorder: &mut Recorder, what: &str| {
-            for (_, p) in pending.drain() {
-                recorder.error(p.started.elapsed(), what.to_string());
-            }
-        };
+    let fail_all = |pending: &mut InFlight, what: &str| {
+        let mut recorder = recorder.borrow_mut();
+        for p in pending.drain() {
+            recorder.error(p.started.elapsed(), what.to_string());
+        }
+    };
+    // One timer for the connection, moved only when the time to wake changes (in closed loop,
+    // never until the run ends).
+    let mut armed = deadline;
+    let sleep = tokio::time::sleep_until(armed.into());
+    tokio::pin!(sleep);
     loop {
         let now = Instant::now();
         if now >= deadline {
             issuing = false;
         }
-        while issuing && pending.len() < options.in_flight {
+        while issuing && !pending.is_full() {
             let started = match (period, next_due.as_mut()) {
                 (Some(p), Some(due)) if *due <= now => {
                     let intended = *due;
@@ -172,34 +362,31 @@ async fn drive(
                 break;
             }
             let op = options.mix.pick(&mut rng);
-            let Some(message) = options.targets.request(op) else {
-                recorder.error(Duration::ZERO, format!("no target for {}", op.name()));
+            let Some(message) = &requests[op.index()] else {
+                recorder
+                    .borrow_mut()
+                    .error(Duration::ZERO, format!("no target for {}", op.name()));
                 continue;
             };
-            let mut id = ids.next_id();
-            while pending.contains_key(&id) {
-                id = ids.next_id();
-            }
+            let Some(id) = pending.next_id() else { break };
             conn.send
-                .write_message(id, &message, &mut out)
+                .write_message(id, message, &mut out)
                 .map_err(|e| format!("encode: {e}"))?;
-            pending.insert(
+            pending.insert(Pending {
                 id,
-                Pending {
-                    op,
-                    started,
-                    bytes: 0,
-                    hasher: (options.verify && matches!(op, Op::FetchSmall | Op::FetchLarge))
-                        .then(FetchDigest::new),
-                },
-            );
+                op,
+                started,
+                bytes: 0,
+                announced: None,
+                received: Received::Nothing,
+            });
         }
         if !issuing && pending.is_empty() {
             return Ok(());
         }
         if !out.is_empty() {
             if let Err(e) = conn.writer.write_all(&out).await {
-                fail_all(&mut pending, recorder, "connection closed");
+                fail_all(&mut pending, "connection closed");
                 return Err(format!("write: {e}"));
             }
             out.clear();
@@ -210,17 +397,27 @@ async fn drive(
             _ if issuing => deadline,
             _ => deadline.max(Instant::now()) + DRAIN,
         };
+        if wake != armed {
+            armed = wake;
+            sleep.as_mut().reset(wake.into());
+        }
+        // Room for a whole burst of answers in one read; `reserve` takes the buffer's memory
+        // back once the frames cut from it are gone, so this rarely allocates.
+        if conn.read_buf.capacity() - conn.read_buf.len() < 4096 {
+            conn.read_buf.reserve(64 * 1024);
+        }
         tokio::select! {
+            biased;
             read = conn.reader.read_buf(&mut conn.read_buf) => match read {
                 Ok(0) | Err(_) => {
-                    fail_all(&mut pending, recorder, "connection closed");
+                    fail_all(&mut pending, "connection closed");
                     return Err("connection closed by server".into());
                 }
                 Ok(_) => {}
             },
-            _ = tokio::time::sleep_until(wake.into()) => {
+            () = &mut sleep => {
                 if !issuing && Instant::now() >= wake {
-                    fail_all(&mut pending, recorder, "no answer before the run ended");
+                    fail_all(&mut pending, "no answer before the run ended");
                     return Ok(());
                 }
             }
@@ -230,8 +427,8 @@ async fn drive(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    let what = format!("connection error: {} ({})", e, e.code());
-                    fail_all(&mut pending, recorder, &what);
+                    let what = format!("{CONNECTION_ERROR}{} ({})", e, e.code());
+                    fail_all(&mut pending, &what);
                     return Err(what);
                 }
             };
@@ -239,21 +436,25 @@ async fn drive(
                 // A page is checked entry by entry without being built into `Entry` values
                 // (100 strings a page): the load generator measures the server, and wrk, the
                 // baseline, does not parse nginx's HTML either.
-                let Some(p) = pending.get_mut(&frame.header.id) else {
+                let Some(p) = pending.get_mut(frame.header.id) else {
                     continue;
                 };
                 if walk_list_page(&frame.body).is_some() {
                     p.bytes += frame.body.len() as u64;
-                } else if let Some(p) = pending.remove(&frame.header.id) {
-                    recorder.error(p.started.elapsed(), "malformed list page".to_string());
+                } else if let Some(p) = pending.remove(frame.header.id) {
+                    recorder
+                        .borrow_mut()
+                        .error(p.started.elapsed(), "malformed list page".to_string());
                 }
                 continue;
             }
             let message = match frame.message() {
                 Ok(message) => message,
                 Err(e) => {
-                    if let Some(p) = pending.remove(&frame.header.id) {
-                        recorder.error(p.started.elapsed(), format!("malformed reply: {e}"));
+                    if let Some(p) = pending.remove(frame.header.id) {
+                        recorder
+                            .borrow_mut()
+                            .error(p.started.elapsed(), format!("malformed reply: {e}"));
                     }
                     continue;
                 }
@@ -267,7 +468,7 @@ async fn drive(
                 }
                 continue;
             }
-            let Some(p) = pending.get_mut(&frame.header.id) else {
+            let Some(p) = pending.get_mut(frame.header.id) else {
                 continue;
             };
             let done = match message {
@@ -275,39 +476,51 @@ async fn drive(
                     p.bytes += frame.body.len() as u64;
                     None
                 }
-                Message::FetchResponse(_) => None,
-                Message::Data(data) => {
-                    p.bytes += data.len() as u64;
-                    if let Some(h) = p.hasher.as_mut() {
-                        h.update(&data);
-                    }
+                Message::FetchResponse(response) => {
+                    p.announced = Some(response.length);
                     None
                 }
-                Message::FetchEnd(end) => {
-                    let digest = p.hasher.take().map(|h| h.finalize());
-                    Some(if end.bytes != p.bytes {
-                        Err("integrity: byte count mismatch".to_string())
-                    } else if digest.is_some_and(|d| d != end.digest) {
-                        Err("integrity: digest mismatch".to_string())
-                    } else {
-                        Ok(())
-                    })
+                Message::Data(data) => {
+                    p.bytes += data.len() as u64;
+                    p.received.add(data);
+                    None
                 }
+                Message::FetchEnd(end) => Some(check_fetch(p, &end)),
                 Message::ListEnd(_) | Message::StatResponse(_) | Message::Pong(_) => Some(Ok(())),
                 Message::Error { body, .. } => Some(Err(body.code.to_string())),
                 other => Some(Err(format!("unexpected {:?}", other.kind()))),
             };
             if let Some(result) = done {
-                if let Some(p) = pending.remove(&frame.header.id) {
+                if let Some(p) = pending.remove(frame.header.id) {
                     let latency = p.started.elapsed();
                     match result {
-                        Ok(()) => recorder.ok(latency, p.bytes),
-                        Err(what) => recorder.error(latency, format!("{}: {what}", p.op.name())),
+                        Ok(()) => recorder.borrow_mut().ok(latency, p.bytes),
+                        Err(what) => recorder
+                            .borrow_mut()
+                            .error(latency, format!("{}: {what}", p.op.name())),
                     }
                 }
             }
         }
     }
+}
+
+/// A fetch's end against what arrived: the data frames must add up to the length the response
+/// announced and the end counted, and hash to the end's digest.
+fn check_fetch(p: &Pending, end: &ferry_protocol::message::FetchEnd) -> Result<(), String> {
+    if end.bytes != p.bytes || p.announced.is_some_and(|n| n != p.bytes) {
+        return Err(format!(
+            "{INTEGRITY}byte count mismatch: {} data bytes arrived, the response announced {}, \
+             the end counted {}",
+            p.bytes,
+            p.announced.map_or("nothing".to_string(), |n| n.to_string()),
+            end.bytes
+        ));
+    }
+    if p.received.digest() != end.digest {
+        return Err(format!("{INTEGRITY}digest mismatch over {} bytes", p.bytes));
+    }
+    Ok(())
 }
 
 /// Checks a list page body (spec §3.5, entries §3.4) as `ListPage::decode` does, without
