@@ -315,3 +315,38 @@ fn a_put_longer_than_a_connections_key_allowance_continues_on_new_connections() 
         "the file differs"
     );
 }
+
+/// `get URL -`: a download to a writer (stdout) has no partial file, so when its connection is
+/// retired mid-stream it goes on over a new connection with a range fetch from the bytes
+/// already written, and the bytes written, hashed as they went, are checked against the
+/// server's digest of the whole file.
+#[test]
+fn a_get_to_a_writer_continues_over_new_connections_from_the_bytes_written() {
+    let want = data(3 << 20, 41);
+    let (_dir, server) = server(ROOM, &[("big.bin", want.clone())]);
+    let mut out = Vec::new();
+    block_on(async {
+        let (config, dials) = config(&server, ROOM);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let done = transfer::download_to_writer(
+            &client,
+            "big.bin",
+            &mut out,
+            &GetOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.digest, ferry_protocol::digest::fetch_digest(&want));
+        assert_eq!(
+            (done.size, done.fetched, done.resumed_from),
+            (3 << 20, 3 << 20, 0)
+        );
+        let dials = dials.dials.load(Ordering::SeqCst);
+        eprintln!("to a writer: {dials} connections");
+        // At most 1 MiB a connection.
+        assert!((4..=14).contains(&dials), "{dials} connections");
+    });
+    assert!(out == want, "the bytes written differ");
+}

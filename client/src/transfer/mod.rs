@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 
 use ferry_common::text::printable;
 use ferry_jail::{FsError, Jail, RelPath};
-use ferry_protocol::message::{EntryKind, TO_END};
+use ferry_protocol::digest::FetchDigest;
+use ferry_protocol::message::{EntryKind, FetchResponse, TO_END};
 use ferry_protocol::ErrorCode;
 use tokio::sync::watch;
 use tracing::debug;
@@ -411,9 +412,12 @@ pub async fn download_file(
         })
 }
 
-/// Downloads one file to `out` (e.g. stdout, for `get URL -`): nothing is kept on disk and
-/// nothing resumes. The data is written as it arrives, so a failed check (exit 4) comes after
-/// the bytes were written, as with `curl`; the caller must say so.
+/// Downloads one file to `out` (e.g. stdout, for `get URL -`): nothing is kept on disk. The
+/// data is written as it arrives, so a failed check (exit 4) comes after the bytes were
+/// written, as with `curl`; the caller must say so. When the connection is retired on the way
+/// (spec §5.5) the download goes on over a new one with a range fetch from the bytes already
+/// written; those are hashed as they are written, and the whole is then checked against the
+/// server's digest of the whole file (spec §3.11), as a resumed download is.
 pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
     client: &Client,
     remote: &str,
@@ -424,45 +428,138 @@ pub async fn download_to_writer<W: tokio::io::AsyncWrite + Unpin>(
 ) -> Result<Downloaded, ClientError> {
     use tokio::io::AsyncWriteExt;
     let started = Instant::now();
-    // A connection retired before the data starts is replaced; one retired in the middle ends
-    // this download, as nothing here keeps the bytes to resume from.
     let conn = Conn::new(client);
-    let mut stream = cancel
-        .guard(conn.run(|c| async move { when_not_busy(|| c.fetch(remote, 0, TO_END)).await }))
-        .await?;
-    let size = stream.response().size;
-    let bar = progress.file(remote_name(remote).unwrap_or(remote), size, 0);
-    let mut watch = ProgressWatch::new(options.min_progress);
-    let mut cancel = cancel.clone();
-    while let Some(chunk) = watch.next_chunk(&mut stream, &mut cancel, remote).await? {
-        bar.inc(chunk.len() as u64);
-        out.write_all(&chunk).await.map_err(|e| {
-            ClientError::Local(format!(
-                "writing the output: {}",
-                crate::error::os_error(&e)
-            ))
-        })?;
-    }
-    out.flush().await.map_err(|e| {
+    let writing = |e: std::io::Error| {
         ClientError::Local(format!(
             "writing the output: {}",
             crate::error::os_error(&e)
         ))
-    })?;
-    bar.finish();
-    let digest = stream.digest().ok_or_else(|| {
-        ClientError::Integrity(format!("{remote}: the transfer ended without its digest"))
-    })?;
+    };
+    // What every leg must describe (size and mtime), from the first answer.
+    let mut first: Option<FetchResponse> = None;
+    let mut bar: Option<Box<dyn crate::progress::FileProgress>> = None;
+    // Every byte written to `out`, in order.
+    let mut written = 0u64;
+    let mut whole = FetchDigest::new();
+    // The server's digest of the whole file, asked for once a leg starts past byte 0.
+    let mut whole_digest: Option<[u8; 32]> = None;
+    let mut cancel = cancel.clone();
+    let result = loop {
+        let client = conn.current().await;
+        let offset = written;
+        let leg = async {
+            let mut stream = cancel
+                .guard(when_not_busy(|| client.fetch(remote, offset, TO_END)))
+                .await?;
+            let response = *stream.response();
+            let same = |f: &FetchResponse| {
+                (f.size, f.mtime_secs, f.mtime_nanos)
+                    == (response.size, response.mtime_secs, response.mtime_nanos)
+            };
+            if !first.as_ref().is_none_or(same) {
+                return Err(ClientError::Integrity(format!(
+                    "{remote} changed on the server after {written} bytes were written"
+                )));
+            }
+            first.get_or_insert(response);
+            let bar = bar.get_or_insert_with(|| {
+                progress.file(remote_name(remote).unwrap_or(remote), response.size, 0)
+            });
+            let mut watch = ProgressWatch::new(options.min_progress);
+            while let Some(chunk) = watch.next_chunk(&mut stream, &mut cancel, remote).await? {
+                out.write_all(&chunk).await.map_err(writing)?;
+                whole.update(&chunk);
+                written += chunk.len() as u64;
+                bar.inc(chunk.len() as u64);
+            }
+            out.flush().await.map_err(writing)?;
+            stream.digest().ok_or_else(|| {
+                ClientError::Integrity(format!("{remote}: the transfer ended without its digest"))
+            })
+        };
+        match leg.await {
+            // A leg from byte 0 is the whole file: the stream checked its digest.
+            Ok(digest) if offset == 0 => break Ok(digest),
+            Ok(_) => break Ok(whole.clone().finalize()),
+            Err(e) if e.is_retired() => {
+                if let Err(e) = conn.renew(&client, e).await {
+                    break Err(e);
+                }
+                if written > 0 && whole_digest.is_none() {
+                    match whole_file_digest(&conn, remote, first.as_ref(), written, &cancel).await {
+                        Ok(digest) => whole_digest = Some(digest),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let digest = match result {
+        Ok(digest) => digest,
+        Err(e) => {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            return Err(e);
+        }
+    };
+    if let Some(expected) = whole_digest {
+        if digest != expected {
+            return Err(ClientError::Integrity(format!(
+                "{remote}: the {written} bytes written, continued over a new connection, do not match the server's digest of the whole file"
+            )));
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
     Ok(Downloaded {
         remote: remote.to_string(),
         dest: PathBuf::from("-"),
-        size,
-        fetched: stream.received(),
+        size: first.map_or(written, |f| f.size),
+        fetched: written,
         resumed_from: 0,
         digest,
         elapsed: started.elapsed(),
         skipped: false,
     })
+}
+
+/// The server's digest of the whole of `remote` (spec §3.11), for a download to a writer that
+/// goes on after `written` bytes: it must describe the file the first leg described.
+async fn whole_file_digest(
+    conn: &Conn,
+    remote: &str,
+    first: Option<&FetchResponse>,
+    written: u64,
+    cancel: &Cancel,
+) -> Result<[u8; 32], ClientError> {
+    let size = first.map_or(0, |f| f.size);
+    let asked = cancel
+        .guard(conn.run(|c| async move {
+            when_not_busy(|| c.digest(remote, resume::digest_timeout(size))).await
+        }))
+        .await;
+    let stated = match asked {
+        Ok(stated) => stated,
+        Err(e) if e.remote_code() == Some(ErrorCode::UNKNOWN_REQUEST) => {
+            return Err(ClientError::Retired(format!(
+                "the server retired the connection after {written} bytes were written and cannot state the whole file's digest (an older server), so the download cannot continue; run get again"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let same = first.is_some_and(|f| {
+        (f.size, f.mtime_secs, f.mtime_nanos)
+            == (stated.size, stated.mtime_secs, stated.mtime_nanos)
+    });
+    if !same {
+        return Err(ClientError::Integrity(format!(
+            "{remote} changed on the server after {written} bytes were written"
+        )));
+    }
+    Ok(stated.digest)
 }
 
 /// A write the jail refused or the system failed, for the user: a link that would lead out is

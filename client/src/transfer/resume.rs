@@ -102,7 +102,7 @@ impl Fetcher<'_> {
 
 /// How long the server may take to hash a whole file for the digest service: a minute, plus
 /// the file at 20 MB/s (a slow disk).
-fn digest_timeout(size: u64) -> Duration {
+pub(super) fn digest_timeout(size: u64) -> Duration {
     Duration::from_secs(60 + size / 20_000_000)
 }
 
