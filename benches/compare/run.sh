@@ -8,7 +8,8 @@
 #     opens every record and checks every list entry but builds no entry values, as wrk
 #     counts nginx's HTML without parsing it), with each tool's p99 latency beside its rate;
 #     each rate row also gets the server process's CPU time per request (user + system), which
-#     separates the server's cost from the load generator's on the same cores;
+#     separates the server's cost from the load generator's on the same cores, and the load
+#     generator's own (ferry-load or wrk, from /usr/bin/time);
 #   - ceilings: iperf3 over loopback, and a tmpfs-to-tmpfs copy.
 # Every case gets a warm-up run; runs are interleaved across tools (memory and loopback figures
 # move ±15% between separate runs); medians of RUNS runs are printed with min–max.
@@ -180,6 +181,14 @@ CLK_TCK=$(getconf CLK_TCK)
 cpu_per_request() { # name, ticks before, ticks after, req/s
   python3 -c "print('$1 server CPU,us/req,%.2f' % (($3 - $2) / $CLK_TCK * 1e6 / ($4 * $SECONDS_PER_RUN)))" >> "$results"
 }
+# The load generator's CPU per request (user + system from /usr/bin/time): on 2 shared cores
+# every microsecond it spends is one the server does not get, so this row says how much of the
+# rate gap is the generator's (ferry-load opens, authenticates and digests every answer).
+client_cpu_per_request() { # name, req/s
+  python3 -c "
+u, s = map(float, open('$work/load-time.txt').read().split()[-2:])
+print('$1 client CPU,us/req,%.2f' % ((u + s) * 1e6 / ($2 * $SECONDS_PER_RUN)))" >> "$results"
+}
 
 # Besides MB/s, a fetch from a server records the CPU both ends spent per GB (the client's from
 # /usr/bin/time, the server's from /proc, with the children it has reaped: sshd forks per
@@ -225,15 +234,17 @@ run_fetches() {
 
 load_rate() { # name, url path, mix[, bin dir, port, server pid]
   local before rate; before=$(server_ticks "${6:-$FERRY_PID}")
-  "${4:-$BIN}/ferry-load" server "ferry://127.0.0.1:${5:-$FERRY_PORT}/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
+  /usr/bin/time -f "%U %S" -o "$work/load-time.txt" \
+    "${4:-$BIN}/ferry-load" server "ferry://127.0.0.1:${5:-$FERRY_PORT}/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
     --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads 2 --json 2>>"$work/errors.log" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('$1,req/s,%.0f' % r['requests_per_s']); print('$1 p99,us,%.0f' % r['latency_us']['p99'])" >> "$results"
   rate=$(grep "^$1,req/s," "$results" | tail -1 | cut -d, -f3)
   cpu_per_request "$1" "$before" "$(server_ticks "${6:-$FERRY_PID}")" "$rate"
+  client_cpu_per_request "$1" "$rate"
 }
 wrk_rate() { # name, url
   local before rate; before=$(server_ticks "$NGINX_PID")
-  wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$2" 2>>"$work/errors.log" \
+  /usr/bin/time -f "%U %S" -o "$work/load-time.txt" wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$2" 2>>"$work/errors.log" \
     | python3 -c "
 import sys, re
 t = sys.stdin.read()
@@ -246,6 +257,7 @@ if p:
 " >> "$results"
   rate=$(grep "^$1,req/s," "$results" | tail -1 | cut -d, -f3)
   cpu_per_request "$1" "$before" "$(server_ticks "$NGINX_PID")" "$rate"
+  client_cpu_per_request "$1" "$rate"
 }
 run_rates() {
   load_rate "ferry-load 1 KiB fetch" "" "fetch-small=1"
@@ -307,6 +319,10 @@ targets = [
     # less CPU on a request (encrypted and hashed) than nginx does on a plaintext one.
     ("wrk+nginx 1 KiB server CPU", "ferry-load 1 KiB fetch server CPU", None),
     ("wrk+nginx autoindex 100 server CPU", "ferry-load list 100 server CPU", None),
+    # Load generator CPU per request: wrk's over ferry-load's, so below 1.0 means ferry-load
+    # (which checks every answer) costs more per request than wrk (which parses no body).
+    ("wrk+nginx 1 KiB client CPU", "ferry-load 1 KiB fetch client CPU", None),
+    ("ferry-load 1 KiB (base) client CPU", "ferry-load 1 KiB fetch client CPU", None),
 ]
 print(f"\n{'ratio':<72} {'value':>7} {'target':>7}  verdict")
 for a, b, target in targets:

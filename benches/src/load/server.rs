@@ -634,6 +634,73 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use ferry_protocol::message::{Entry, ListPage};
 
+    fn pending(id: RequestId) -> Pending {
+        Pending {
+            id,
+            op: Op::Echo,
+            started: Instant::now(),
+            bytes: 0,
+            announced: None,
+            received: Received::Nothing,
+        }
+    }
+
+    /// Ids in flight are distinct and never 0, an answer finds its own request and nothing
+    /// else (a finished request's id, an id of another slot, 0), and ids wrap before `u32::MAX`.
+    #[test]
+    fn in_flight_requests_are_found_by_id_and_only_by_their_own() {
+        let mut table = InFlight::new(3);
+        let ids: Vec<RequestId> = (0..3)
+            .map(|_| {
+                let id = table.next_id().unwrap();
+                table.insert(pending(id));
+                id
+            })
+            .collect();
+        assert!(table.is_full() && table.next_id().is_none());
+        assert_eq!(ids, [RequestId(1), RequestId(2), RequestId(3)]);
+        assert!(table.get_mut(RequestId::CONNECTION).is_none());
+        assert_eq!(table.remove(ids[1]).unwrap().id, ids[1]);
+        assert!(table.remove(ids[1]).is_none(), "a finished request is gone");
+        let reused = table.next_id().unwrap();
+        assert_eq!(reused, RequestId(5), "the freed slot's next id");
+        table.insert(pending(reused));
+        assert!(
+            table.get_mut(ids[1]).is_none(),
+            "the old id of a reused slot"
+        );
+        assert_eq!(table.get_mut(reused).unwrap().id, reused);
+        assert_eq!(table.drain().count(), 3);
+        assert!(table.is_empty());
+
+        // Near the top of the id space a slot starts again from its first id.
+        let mut table = InFlight::new(2);
+        table.rounds[0] = (u32::MAX - 1) / 2;
+        let high = table.next_id().unwrap();
+        assert_eq!(high, RequestId(u32::MAX));
+        table.insert(pending(high));
+        assert_eq!(table.remove(high).unwrap().id, high);
+        assert_eq!(table.next_id(), Some(RequestId(1)));
+    }
+
+    /// One data frame is hashed in one call at the end, more go through a hasher: both give
+    /// the digest of all the bytes.
+    #[test]
+    fn received_data_hashes_to_the_digest_of_all_of_it() {
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut one = Received::default();
+        one.add(Bytes::copy_from_slice(&data));
+        assert!(matches!(one, Received::One(_)));
+        assert_eq!(one.digest(), fetch_digest(&data));
+        let mut many = Received::default();
+        for chunk in data.chunks(1700) {
+            many.add(Bytes::copy_from_slice(chunk));
+        }
+        assert!(matches!(many, Received::Streaming(_)));
+        assert_eq!(many.digest(), fetch_digest(&data));
+        assert_eq!(Received::default().digest(), fetch_digest(&[]));
+    }
+
     /// The walk accepts what `ListPage::decode` accepts and refuses what it refuses: every
     /// truncation, a bad UTF-8 name, nanoseconds out of range, trailing bytes.
     #[test]
