@@ -130,6 +130,14 @@ impl Recorder {
         self.maybe_flush();
     }
 
+    /// [`Recorder::ok`] for a caller that has just read the clock (`now`).
+    pub fn ok_at(&mut self, now: Instant, latency: Duration, bytes: u64) {
+        self.current.record_ok(latency, bytes);
+        if now.saturating_duration_since(self.last_flush) >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
     pub fn error(&mut self, latency: Duration, what: impl Into<String>) {
         self.current.record_error(latency, what);
         self.maybe_flush();
