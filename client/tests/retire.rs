@@ -350,3 +350,42 @@ fn a_get_to_a_writer_continues_over_new_connections_from_the_bytes_written() {
     });
     assert!(out == want, "the bytes written differ");
 }
+
+/// A put whose end the server carried out (the file took its name) but whose answer was cut
+/// by the key's limit: on the next connection the server says the file exists, and the client
+/// finds it is this file (the whole-file digest, spec §3.11) rather than failing. The server's
+/// key has room for exactly the first answer, not the end, beyond what it keeps to close.
+#[test]
+fn a_put_whose_end_was_cut_by_the_key_limit_finds_its_file_stored() {
+    let want = data(100_000, 33);
+    // A 48-byte PutResponse costs 4 blocks and so does the 40-byte PutEnd; the 76-byte
+    // ALREADY_EXISTS refusal costs 6 and a 52-byte digest answer 5: 7 takes each of those
+    // but not the answer and the end together.
+    let reserve = ferry_server::key_reserve_blocks(&ferry_server::Limits::default());
+    let room = reserve + 7;
+    let (dir, server) = upload_server(room, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("up.bin");
+    std::fs::write(&src, &want).unwrap();
+    block_on(async {
+        let (config, dials) = config(&server, room);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let done = transfer::upload_file(
+            &client,
+            &src,
+            "up.bin",
+            &transfer::PutOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.digest, ferry_protocol::digest::fetch_digest(&want));
+        // The upload, the refusal, the digest.
+        assert_eq!(dials.dials.load(Ordering::SeqCst), 3);
+    });
+    assert!(
+        std::fs::read(dir.path().join("up.bin")).unwrap() == want,
+        "the file differs"
+    );
+}

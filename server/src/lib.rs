@@ -49,6 +49,8 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, Limits, DEFAULT_PORT};
+#[doc(hidden)]
+pub use connection::key_reserve_blocks;
 pub use listener::AdmissionPeek;
 
 use connection::ServerContext;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_protocol::digest::FetchDigest;
 use ferry_protocol::message::{put_flags, PutEnd, PutRequest};
+use ferry_protocol::ErrorCode;
 use futures::StreamExt;
 
 use super::conn::Conn;
@@ -145,13 +146,23 @@ async fn upload_on(
         cancel,
     };
     let mut first_offset = None;
+    let mut retired = false;
     loop {
         let client = conn.current().await;
         match leg.run(&client, &request, &mut first_offset).await {
             Err(e) if e.is_retired() => conn.renew(&client, e).await?,
+            Err(e) if retired && e.remote_code() == Some(ErrorCode::ALREADY_EXISTS) => {
+                // The retired leg may have ended the upload, and its answer was cut: what is
+                // there now is this upload if it is this file.
+                if stored_there(conn, remote, size, digest, cancel).await? {
+                    break;
+                }
+                return Err(e);
+            }
             Err(e) => return Err(e),
             Ok(()) => break,
         }
+        retired = true;
         // The server's partial holds what this upload sent: it continues, whatever
         // --no-resume said about a partial found at the start.
         request.flags &= !put_flags::RESTART;
@@ -166,6 +177,21 @@ async fn upload_on(
         digest,
         elapsed: started.elapsed(),
     })
+}
+
+/// Whether the server holds `remote` as exactly `size` bytes hashing to `digest` (spec §3.11).
+async fn stored_there(
+    conn: &Conn,
+    remote: &str,
+    size: u64,
+    digest: [u8; 32],
+    cancel: &Cancel,
+) -> Result<bool, ClientError> {
+    let timeout = Duration::from_secs(60 + size / 20_000_000);
+    let stated = cancel
+        .guard(conn.run(|c| async move { when_not_busy(|| c.digest(remote, timeout)).await }))
+        .await?;
+    Ok(stated.size == size && stated.digest == digest)
 }
 
 /// One connection's part of an upload.

@@ -149,13 +149,7 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
     if limits.assume_blocks_used > 0 {
         send.assume_blocks_used(limits.assume_blocks_used);
     }
-    // Room for a final error for each request in flight, each refusal that may race the
-    // close, and a kept-file answer (spec §5.5).
-    let budget = writer::KeyBudget::new(
-        send.suite(),
-        limits.assume_blocks_used,
-        limits.max_in_flight_per_connection + CTRL_QUEUE + 1,
-    );
+    let budget = writer::KeyBudget::new(send.suite(), limits.assume_blocks_used, finals(limits));
     let chunk = limits.chunk_size.min(send.max_payload()).max(1);
     let page_bytes = limits.list_page_bytes.min(send.max_payload()).max(4096);
     // Whole chunks per read, so only a file's last frame is short.
@@ -312,6 +306,24 @@ pub(crate) async fn serve<S: Split + AdmissionPeek>(
         }
     }
     tracing::debug!("connection closed");
+}
+
+/// The final errors a connection keeps room for under its key (spec §5.5): one for each
+/// request in flight, each refusal that may race the close, and a kept-file answer.
+fn finals(limits: &Limits) -> usize {
+    limits.max_in_flight_per_connection + CTRL_QUEUE + 1
+}
+
+/// The blocks a GCM connection keeps below its key's usage limit for its final frames (spec
+/// §5.5), for tests that place the limit exactly.
+#[doc(hidden)]
+pub fn key_reserve_blocks(limits: &Limits) -> u64 {
+    writer::KeyBudget::new(
+        ferry_protocol::crypto::RecordSuite::Aes256Gcm,
+        0,
+        finals(limits),
+    )
+    .reserve()
 }
 
 /// A plaintext connection-level `BUSY` error frame, as sent before the handshake completes

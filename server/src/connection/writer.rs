@@ -320,6 +320,11 @@ impl KeyBudget {
         }
     }
 
+    /// Blocks kept for the final frames.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
     pub fn is_spent(&self) -> bool {
         self.spent.is_some()
     }
