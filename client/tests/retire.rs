@@ -389,3 +389,97 @@ fn a_put_whose_end_was_cut_by_the_key_limit_finds_its_file_stored() {
         "the file differs"
     );
 }
+
+/// A writer that runs `swap` once, before it takes its first bytes.
+struct SwapOnFirstWrite {
+    out: Vec<u8>,
+    swap: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl tokio::io::AsyncWrite for SwapOnFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(swap) = self.swap.take() {
+            swap();
+        }
+        self.out.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `get URL -` continued over a new connection checks the bytes it wrote against the whole
+/// file's digest, not only each range's: here the file is replaced (same size, same mtime)
+/// once the first chunk is written, so every range checks out but the whole does not. Each
+/// connection's key has room for one 64 KiB chunk beyond what the server keeps to close, so the
+/// first connection is cut after exactly that chunk, whenever the swap lands.
+#[test]
+fn a_get_to_a_writer_continued_over_a_replaced_file_fails_the_whole_file_check() {
+    use ferry_protocol::crypto::gcm;
+    let old = data(256 << 10, 42);
+    // Seeds differ above the lowest bit (`data` sets it).
+    let new = data(256 << 10, 44);
+    let reserve = ferry_server::key_reserve_blocks(&ferry_server::Limits::default());
+    // The fetch's 36-byte header, one chunk, and less than another.
+    let room = reserve + gcm::blocks(36) + gcm::blocks(64 << 10) + 100;
+    let (dir, server) = server(room, &[("f.bin", old.clone())]);
+    let path = dir.path().join("f.bin");
+    let staged = dir.path().join("staged");
+    let new2 = new.clone();
+    let swap = move || {
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&staged, &new2).unwrap();
+        let file = std::fs::File::options().write(true).open(&staged).unwrap();
+        file.set_modified(mtime).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+    };
+    let mut out = SwapOnFirstWrite {
+        out: Vec::new(),
+        swap: Some(Box::new(swap)),
+    };
+    block_on(async {
+        let (config, dials) = config(&server, room);
+        let client = Client::connect(server.addr, config).await.unwrap();
+        let err = transfer::download_to_writer(
+            &client,
+            "f.bin",
+            &mut out,
+            &GetOptions::default(),
+            &NoProgress,
+            &Cancel::never(),
+        )
+        .await
+        .unwrap_err();
+        // The first connection took the chunk, three more one each, one the digest.
+        assert_eq!(dials.dials.load(Ordering::SeqCst), 5);
+        assert!(
+            matches!(err, ferry_client::ClientError::Integrity(_))
+                && err.to_string().contains("do not match the server's digest"),
+            "{err}"
+        );
+    });
+    assert!(
+        out.out[..64 << 10] == old[..64 << 10],
+        "the first chunk is the old file's"
+    );
+    assert!(
+        out.out[64 << 10..] == new[64 << 10..],
+        "the rest is the new file's"
+    );
+}
