@@ -34,8 +34,10 @@
 //! `cp`); other permission bits follow the local umask.
 //!
 //! A connection retired on the way (spec §5.5: the server's or our key near its usage limit)
-//! is replaced by a new one to the same server; refused requests run again there and a file
-//! continues from its partial file through the same resume (`conn.rs`, `fetch.rs`).
+//! is replaced by a new one to the same server; refused requests run again there, a file
+//! continues from its partial file through the same resume (`conn.rs`, `fetch.rs`), a download
+//! to a writer from the bytes written (hashed as written, then checked against the whole
+//! file's digest), and an upload from the server's partial (`put.rs`).
 //!
 //! Files: `part.rs` (the partial file's name, record, lock and writer), `resume.rs` (whether a
 //! part continues, and from where), `fetch.rs` (one file onto disk, and the minimum-progress
