@@ -30,14 +30,21 @@ impl Choker {
 
 impl Swarm {
     /// Recomputes the unchoke set: `slots()` fastest interested peers plus the optimistic one,
-    /// and starts a new rate window.
+    /// and starts a new rate window. While super-seeding, a peer fetching a first copy keeps
+    /// its slot (spec/P2P.md §4.4) and the others share the rest.
     pub(super) fn rechoke(&mut self, now: Instant) {
         self.choker.next_rechoke = now + self.config.rechoke_interval;
         let seeding = self.is_complete();
+        let kept: Vec<ConnId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|&c| self.super_seed.on && self.fetching_first_copy(c, now))
+            .collect();
         let mut candidates: Vec<(ConnId, u64)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.peer_interested && p.got_bitfield)
+            .filter(|(c, p)| p.peer_interested && p.got_bitfield && !kept.contains(*c))
             .map(|(c, p)| (*c, if seeding { p.window_up } else { p.window_down }))
             .collect();
         // Random order first so equal rates do not always favour the same peers.
@@ -47,12 +54,19 @@ impl Swarm {
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
         let slots = self.slots();
-        let mut unchoke: HashSet<ConnId> = candidates.iter().take(slots).map(|(c, _)| *c).collect();
+        let mut unchoke: HashSet<ConnId> = candidates
+            .iter()
+            .take(slots.saturating_sub(kept.len()))
+            .map(|(c, _)| *c)
+            .collect();
         let optimistic_valid = self
             .choker
             .optimistic
             .is_some_and(|c| candidates.iter().any(|(x, _)| *x == c) && !unchoke.contains(&c));
-        if !optimistic_valid {
+        if kept.len() > slots {
+            // Every slot, the optimistic one included, is kept.
+            self.choker.optimistic = None;
+        } else if !optimistic_valid {
             let rest: Vec<ConnId> = candidates
                 .iter()
                 .map(|(c, _)| *c)
@@ -67,6 +81,7 @@ impl Swarm {
         if let Some(c) = self.choker.optimistic {
             unchoke.insert(c);
         }
+        unchoke.extend(kept);
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
         for conn in conns {
             let Some(peer) = self.peers.get_mut(&conn) else {
@@ -84,6 +99,8 @@ impl Swarm {
                 self.send(conn, PeerMessage::Choke, now);
             }
         }
+        // The newly unchoked are shown their windows.
+        self.reveal_all(now);
     }
 
     /// A newly interested peer is unchoked at once while slots are free, rather than waiting
@@ -93,6 +110,27 @@ impl Swarm {
             peer.unchoked_early = false;
         }
         self.unchoke_if_free(conn, now);
+    }
+
+    /// A peer that is not interested is choked at once (spec/P2P.md §4.3), except by a
+    /// super-seed while a piece it revealed to the peer is still missing there: the
+    /// NOT_INTERESTED crossed that HAVE, the peer's INTERESTED is on its way, and choking it
+    /// would strand the piece (a second copy shown to another, or the peer's request given up
+    /// on the CHOKE and sent again after the next UNCHOKE, served twice).
+    pub(super) fn on_not_interested(&mut self, conn: ConnId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        peer.peer_interested = false;
+        if peer.am_choking {
+            return;
+        }
+        if peer.revealed_pending > 0 {
+            peer.unchoked_early = true;
+            return;
+        }
+        peer.am_choking = true;
+        self.send(conn, PeerMessage::Choke, now);
     }
 
     /// A peer whose BITFIELD lacks pieces we can give it is unchoked before it says it is
@@ -119,6 +157,8 @@ impl Swarm {
         }
         peer.am_choking = false;
         self.send(conn, PeerMessage::Unchoke, now);
+        // A super-seed's newly unchoked peer is shown its whole window.
+        self.reveal(conn, now);
         true
     }
 
@@ -171,6 +211,8 @@ impl Swarm {
             return;
         }
         peer.queued_uploads += 1;
+        // Progress: a super-seed keeps holding the peer's first copies (`super_seed.rs`).
+        peer.reveal.on_request(now);
         self.actions.push_back(Action::Upload {
             conn,
             piece,
@@ -239,5 +281,89 @@ mod tests {
             net.nodes[seed].handle_timeout(net.now);
         }
         assert!(optimistic_seen.len() >= 2, "optimistic slot never rotated");
+    }
+
+    /// Carries out `node`'s actions: tracks whom it unchokes and what it reveals to whom.
+    fn run(
+        net: &mut Net,
+        node: usize,
+        unchoked: &mut HashSet<ConnId>,
+        shown: &mut Vec<(ConnId, u32)>,
+    ) {
+        for action in std::iter::from_fn(|| net.nodes[node].poll_action()) {
+            match action {
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Unchoke,
+                } => assert!(unchoked.insert(conn)),
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Choke,
+                } => assert!(unchoked.remove(&conn)),
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Have(p),
+                } => shown.push((conn, p)),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_super_seed_keeps_peers_fetching_first_copies_unchoked() {
+        // 10 pieces of 16 KiB and windows of 5: a and b, first in, are shown every piece's
+        // first copy. Then come more faster peers than any slot count unchokes.
+        let mut net = Net::new(10 * 16_384, 16_384);
+        let seed = net.add(true, false);
+        net.nodes[seed].config.reveal_blocks = 4;
+        let (a, b) = (ConnId(1), ConnId(2));
+        let fast: Vec<ConnId> = (10..30).map(ConnId).collect();
+        let mut unchoked: HashSet<ConnId> = HashSet::new();
+        let mut shown: Vec<(ConnId, u32)> = Vec::new();
+        for (i, &conn) in [a, b].iter().chain(&fast).enumerate() {
+            net.nodes[seed]
+                .handle_connected(conn, PeerId([0x80 + i as u8; 20]), None, net.now)
+                .unwrap();
+            net.nodes[seed].handle_message(
+                conn,
+                PeerMessage::Bitfield(Bytes::from_static(&[0, 0])),
+                net.now,
+            );
+            net.nodes[seed].handle_message(conn, PeerMessage::Interested, net.now);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(shown.iter().all(|(c, _)| *c == a || *c == b), "{shown:?}");
+        assert!(unchoked.contains(&a) && unchoked.contains(&b));
+        // Rates do not take a fetching peer's slot (80 s: two optimistic rotations, within the
+        // idle timeout; a and b are slow but not stalled).
+        for _ in 0..8 {
+            for (k, &conn) in fast.iter().enumerate() {
+                net.nodes[seed].handle_uploaded(conn, (1 << 20) + k as u64, net.now);
+            }
+            net.nodes[seed].handle_uploaded(b, 1 << 16, net.now);
+            net.nodes[seed].handle_uploaded(a, 1 << 12, net.now);
+            net.now += Duration::from_secs(10);
+            net.nodes[seed].handle_timeout(net.now);
+            run(&mut net, seed, &mut unchoked, &mut shown);
+            assert!(
+                unchoked.contains(&a) && unchoked.contains(&b),
+                "{unchoked:?}"
+            );
+        }
+        // Every first copy landed: rates decide again, and the fastest peer is unchoked.
+        let pieces: Vec<(ConnId, u32)> = std::mem::take(&mut shown);
+        assert_eq!(pieces.len(), 10);
+        for (conn, p) in pieces {
+            net.nodes[seed].handle_message(conn, PeerMessage::Have(p), net.now);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        for (k, &conn) in fast.iter().enumerate() {
+            net.nodes[seed].handle_uploaded(conn, (1 << 20) + k as u64, net.now);
+        }
+        net.now += Duration::from_secs(10);
+        net.nodes[seed].handle_timeout(net.now);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        let fastest = *fast.last().unwrap();
+        assert!(unchoked.contains(&fastest), "{unchoked:?}");
     }
 }

@@ -85,8 +85,8 @@ pub struct SwarmConfig {
     pub max_queued_uploads: usize,
     /// Unrequested blocks tolerated from one peer before it is dropped.
     pub max_unrequested: u32,
-    /// A node that starts complete reveals pieces a few at a time, least-revealed first, so
-    /// each piece leaves the seed about once (spec/P2P.md §4.4).
+    /// A node that starts complete reveals pieces a few at a time, so that each piece leaves
+    /// the seed once before any leaves it twice (spec/P2P.md §4.4).
     pub super_seed: bool,
 }
 
@@ -329,6 +329,8 @@ impl Swarm {
     pub fn handle_disconnected(&mut self, conn: ConnId, now: Instant) {
         if self.forget(conn) {
             self.refill_all(now);
+            // Its first copies go to others at once (spec/P2P.md §4.4).
+            self.reveal_all(now);
         }
     }
 
@@ -430,13 +432,7 @@ impl Swarm {
                 peer.peer_interested = true;
                 self.maybe_unchoke_now(conn, now);
             }
-            PeerMessage::NotInterested => {
-                peer.peer_interested = false;
-                if !peer.am_choking {
-                    peer.am_choking = true;
-                    self.send(conn, PeerMessage::Choke, now);
-                }
-            }
+            PeerMessage::NotInterested => self.on_not_interested(conn, now),
             PeerMessage::Choke => {
                 peer.peer_choking = true;
                 // A choke discards all of our requests to that peer (spec/P2P.md §3.6). The
@@ -488,6 +484,7 @@ impl Swarm {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + Duration::from_secs(1);
             self.housekeeping(now);
+            self.reveal_tick(now);
         }
     }
 
@@ -550,6 +547,8 @@ impl Swarm {
         if self.forget(conn) {
             self.actions.push_back(Action::Close { conn, error });
             self.refill_all(now);
+            // Its first copies go to others at once (spec/P2P.md §4.4).
+            self.reveal_all(now);
         }
     }
 

@@ -1,5 +1,7 @@
 //! Super-seeding (spec/P2P.md §4.4): a node that starts complete advertises nothing and reveals
-//! pieces a few at a time, least revealed first, so each piece leaves the seed about once.
+//! pieces a few at a time, so that each piece leaves the seed once before any leaves it twice:
+//! first copies go only to unchoked peers, one peer each, and a peer fetching one keeps its
+//! unchoke slot (`choker.rs`).
 //!
 //! How many pieces stay revealed in front of a peer follows that peer's upload rate × the
 //! time from revealing a piece to the peer's HAVE for it ([`RevealWindow`]): a piece is
@@ -23,6 +25,10 @@ pub(super) struct SuperSeed {
     pub(super) on: bool,
     /// Per piece, how many peers it was revealed to (departed peers included).
     pub(super) reveal_count: Vec<u32>,
+    /// An unchoked peer's window was left short: no piece could be shown to it then.
+    pub(super) starved: bool,
+    /// Pieces no connected peer held at the last [`Swarm::reveal`].
+    pub(super) unheld: usize,
 }
 
 impl SuperSeed {
@@ -30,6 +36,8 @@ impl SuperSeed {
         Self {
             on: config.super_seed && missing == 0 && pieces > 0,
             reveal_count: vec![0; pieces as usize],
+            starved: false,
+            unheld: pieces as usize,
         }
     }
 
@@ -38,6 +46,13 @@ impl SuperSeed {
     pub(super) fn target(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
         (config.reveal_blocks * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
+    }
+
+    /// How long a first copy stays held back for the peer it was revealed to while that peer
+    /// makes no progress (no REQUEST of ours served or accepted, no block sent to it): the
+    /// request timeout, the time a downloader waits for a block before asking elsewhere.
+    pub(super) fn stall(config: &SwarmConfig) -> Duration {
+        config.request_timeout
     }
 
     /// Most revealed-but-missing pieces in front of one peer: a full request pipeline's worth
@@ -62,6 +77,8 @@ pub(super) struct RevealWindow {
     meter: Meter,
     /// Pieces to keep revealed; `None` until the first rate sample.
     target: Option<u32>,
+    /// When the peer last made progress: a REQUEST accepted or a block sent to it.
+    progress: Option<Instant>,
 }
 
 impl RevealWindow {
@@ -82,8 +99,14 @@ impl RevealWindow {
         }
     }
 
+    /// We accepted a REQUEST from the peer.
+    pub(super) fn on_request(&mut self, now: Instant) {
+        self.progress = Some(now);
+    }
+
     /// We sent `bytes` of blocks to the peer.
     pub(super) fn on_uploaded(&mut self, bytes: u64, now: Instant, piece_size: u32) {
+        self.progress = Some(now);
         let window = self.min_loop.unwrap_or_default().max(MIN_WINDOW);
         if self.meter.add(bytes, now, window) {
             self.resize(piece_size);
@@ -102,6 +125,15 @@ impl RevealWindow {
         self.target = Some((ahead.ceil() as u32).saturating_add(1));
     }
 
+    /// The revealed pieces the peer does not have yet and is still taken to be fetching at
+    /// `now`: revealed, or progress made, less than `stall` ago ([`SuperSeed::stall`]).
+    pub(super) fn fetching(&self, now: Instant, stall: Duration) -> impl Iterator<Item = u32> + '_ {
+        self.revealed_at.iter().filter_map(move |(&piece, &at)| {
+            let since = self.progress.map_or(at, |p| p.max(at));
+            (now.saturating_duration_since(since) < stall).then_some(piece)
+        })
+    }
+
     /// Pieces to keep revealed now, within `floor..=cap`.
     pub(super) fn target(&self, floor: u32, cap: u32) -> u32 {
         self.target.unwrap_or(floor).clamp(floor.min(cap), cap)
@@ -109,15 +141,97 @@ impl RevealWindow {
 }
 
 impl Swarm {
-    /// Super-seeding: keeps a few revealed-but-missing pieces in front of `conn`, choosing
-    /// those revealed least often, then those fewest peers have, from a random start.
+    /// Super-seeding (spec/P2P.md §4.4): tops up `conn`'s window. Every other peer's is
+    /// topped up too when a first copy has landed since the last call, or when an unchoked
+    /// peer was left short for want of a piece it could be shown: what called this (a HAVE,
+    /// an unchoke) may have made one showable.
     pub(super) fn reveal(&mut self, conn: ConnId, now: Instant) {
         if !self.super_seed.on {
             return;
         }
+        let unheld = self.picker.availability.iter().filter(|&&a| a == 0).count();
+        let landed = unheld < self.super_seed.unheld;
+        self.super_seed.unheld = unheld;
+        let starved = std::mem::take(&mut self.super_seed.starved);
+        self.top_up(conn, now);
+        if starved || landed {
+            let others: Vec<ConnId> = self.peers.keys().copied().filter(|&c| c != conn).collect();
+            for c in others {
+                self.top_up(c, now);
+            }
+        }
+    }
+
+    /// Tops up every peer's window: after a rechoke.
+    pub(super) fn reveal_all(&mut self, now: Instant) {
+        if !self.super_seed.on {
+            return;
+        }
+        self.super_seed.starved = false;
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            self.top_up(conn, now);
+        }
+    }
+
+    /// Time-driven: while some piece is held by no one, tops up every window once a second, so
+    /// that a first copy whose peer stalled ([`SuperSeed::stall`]) is shown to another peer
+    /// within a second of the bound.
+    pub(super) fn reveal_tick(&mut self, now: Instant) {
+        if self.super_seed.on && self.picker.availability.contains(&0) {
+            self.reveal_all(now);
+        }
+    }
+
+    /// Whether `conn` is unchoked and fetching a *first copy*: a piece revealed to it that no
+    /// connected peer holds, on which it has not stalled. Such a peer keeps its unchoke slot
+    /// (`rechoke`): choked, it could not fetch the piece, and showing it to another would send
+    /// it twice.
+    pub(super) fn fetching_first_copy(&self, conn: ConnId, now: Instant) -> bool {
+        let stall = SuperSeed::stall(&self.config);
+        self.peers.get(&conn).is_some_and(|p| {
+            !p.am_choking
+                && p.revealed.is_some()
+                && p.reveal
+                    .fetching(now, stall)
+                    .any(|i| self.picker.availability.get(i as usize) == Some(&0))
+        })
+    }
+
+    /// Per piece, how many unchoked peers it is revealed to that lack it and have not stalled:
+    /// copies on their way. A choked peer cannot ask for what it was shown, and a stalled one
+    /// (nothing asked or sent for [`SuperSeed::stall`]) is not asking, so their reveals do not
+    /// count: a peer that leaves, is banned, is choked or stalls releases its first copies.
+    fn in_flight(&self, now: Instant) -> Vec<u16> {
+        let stall = SuperSeed::stall(&self.config);
+        let mut in_flight = vec![0u16; self.manifest.piece_count() as usize];
+        for peer in self.peers.values().filter(|p| !p.am_choking) {
+            for piece in peer.reveal.fetching(now, stall) {
+                if let Some(n) = in_flight.get_mut(piece as usize) {
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+        in_flight
+    }
+
+    /// Keeps `conn`'s window of revealed-but-missing pieces full, so that each piece leaves
+    /// the seed once before any leaves it twice:
+    /// - While some piece is held by no connected peer, an unchoked peer is shown only pieces
+    ///   no peer holds or is fetching (revealed to no unchoked peer lacking it), least revealed
+    ///   first. With none left it waits (`starved`) for the first copies on their way.
+    /// - Once every piece is held, the piece fewest peers hold, then the least revealed.
+    /// - A choked peer is unchoked first if a slot is free and there is a piece to show it.
+    ///   Otherwise, once every piece is held, it is shown one piece (it can fetch it from
+    ///   others) so that it is interested and rechokes consider it; before that, nothing.
+    ///
+    /// Ties go to the first piece from a random start.
+    fn top_up(&mut self, conn: ConnId, now: Instant) {
         let floor = SuperSeed::target(&self.config, self.manifest.piece_size());
         let cap = SuperSeed::cap(&self.config, self.manifest.piece_size());
         let n = self.manifest.piece_count();
+        let all_held = self.picker.availability.iter().all(|&a| a > 0);
+        let mut in_flight = self.in_flight(now);
         loop {
             let Some(peer) = self.peers.get(&conn) else {
                 return;
@@ -125,12 +239,23 @@ impl Swarm {
             let Some(revealed) = &peer.revealed else {
                 return;
             };
-            let target = peer.reveal.target(floor, cap);
-            if peer.revealed_pending >= target || !peer.got_bitfield {
+            if !peer.got_bitfield {
+                return;
+            }
+            let choked = peer.am_choking;
+            let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+            let fetching = !choked || unchoked <= self.slots();
+            let target = if fetching {
+                peer.reveal.target(floor, cap)
+            } else {
+                1
+            };
+            if peer.revealed_pending >= target {
                 return;
             }
             let start = self.rng.gen_range(0..n);
-            let mut best: Option<(PieceIndex, (u32, u16))> = None;
+            // Lower is better.
+            let mut best: Option<(PieceIndex, (u32, u32))> = None;
             for i in 0..n {
                 let Some(piece) = self.manifest.piece((start + i) % n) else {
                     continue;
@@ -138,17 +263,39 @@ impl Swarm {
                 if peer.have.has(piece) || revealed.has(piece) {
                     continue;
                 }
-                let key = (
-                    self.super_seed.reveal_count[piece.idx()],
-                    self.picker.availability[piece.idx()],
-                );
+                let count = self.super_seed.reveal_count[piece.idx()];
+                let held = u32::from(self.picker.availability[piece.idx()]);
+                let key = if all_held {
+                    (held, count)
+                } else if fetching && held == 0 && in_flight[piece.idx()] == 0 {
+                    (count, 0)
+                } else {
+                    continue;
+                };
                 if best.is_none_or(|(_, b)| key < b) {
                     best = Some((piece, key));
                 }
             }
             let Some((piece, _)) = best else {
+                // Only a first copy landing can give it more (every piece is showable once
+                // all are held).
+                if fetching && !choked && !all_held {
+                    self.super_seed.starved = true;
+                }
                 return;
             };
+            if choked && fetching {
+                // Unchoked before it is shown anything, so what it is shown it can fetch
+                // (spec/P2P.md §4.3: its INTERESTED is on the way).
+                if let Some(peer) = self.peers.get_mut(&conn) {
+                    peer.am_choking = false;
+                    peer.unchoked_early = !peer.peer_interested;
+                }
+                self.send(conn, PeerMessage::Unchoke, now);
+            }
+            if fetching {
+                in_flight[piece.idx()] = in_flight[piece.idx()].saturating_add(1);
+            }
             self.super_seed.reveal_count[piece.idx()] += 1;
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.revealed_pending += 1;
@@ -164,11 +311,162 @@ impl Swarm {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use crate::swarm::tests::util::*;
     use crate::swarm::{Action, ConnId};
-    use crate::wire::{PeerId, PeerMessage};
+    use crate::wire::{BlockRef, PeerId, PeerMessage};
+
+    /// The pieces `node` revealed with HAVE to `to` since the last call (other actions are
+    /// dropped).
+    fn haves(net: &mut Net, node: usize, to: ConnId) -> Vec<u32> {
+        std::iter::from_fn(|| net.nodes[node].poll_action())
+            .filter_map(|a| match a {
+                Action::Send {
+                    conn,
+                    msg: PeerMessage::Have(p),
+                } if conn == to => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn super_seed_shows_no_second_copy_while_a_first_copy_is_on_its_way() {
+        // 6 pieces of 16 KiB, windows of 5, four unchoke slots.
+        let mut net = Net::new(6 * 16_384, 16_384);
+        let seed = net.add(true, false);
+        net.nodes[seed].config.reveal_blocks = 4;
+        let join = |net: &mut Net, conn: ConnId, id: u8| {
+            net.nodes[seed]
+                .handle_connected(conn, PeerId([id; 20]), None, net.now)
+                .unwrap();
+            let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; 1]));
+            net.nodes[seed].handle_message(conn, empty, net.now);
+        };
+        let (a, b) = (ConnId(7), ConnId(8));
+        join(&mut net, a, 0xaa);
+        let to_a = haves(&mut net, seed, a);
+        assert_eq!(to_a.len(), 5);
+        // b is shown the one piece no one has or fetches, and none of a's.
+        join(&mut net, b, 0xbb);
+        let to_b = haves(&mut net, seed, b);
+        assert_eq!(to_b.len(), 1, "{to_b:?}");
+        assert!(!to_a.contains(&to_b[0]));
+        // While one of a's is still on its way, b is shown nothing.
+        for &p in &to_a[..4] {
+            net.nodes[seed].handle_message(a, PeerMessage::Have(p), net.now);
+        }
+        net.nodes[seed].handle_message(b, PeerMessage::Have(to_b[0]), net.now);
+        assert_eq!(haves(&mut net, seed, b), Vec::<u32>::new());
+        // The last first copy lands: every piece is held, and b is shown a's.
+        net.nodes[seed].handle_message(a, PeerMessage::Have(to_a[4]), net.now);
+        let mut more = haves(&mut net, seed, b);
+        more.sort_unstable();
+        let mut all_of_a = to_a.clone();
+        all_of_a.sort_unstable();
+        assert_eq!(more, all_of_a);
+    }
+
+    /// A seed with 10 pieces of 16 KiB and windows of 5; `a` joins first and is shown five
+    /// first copies, then `b` joins, is shown the other five and fetches them. Returns the
+    /// seed, a, b and the pieces shown to a.
+    fn a_holds_five_first_copies(net: &mut Net) -> (usize, ConnId, ConnId, Vec<u32>) {
+        let seed = net.add(true, false);
+        net.nodes[seed].config.reveal_blocks = 4;
+        let join = |net: &mut Net, conn: ConnId, id: u8| {
+            net.nodes[seed]
+                .handle_connected(conn, PeerId([id; 20]), None, net.now)
+                .unwrap();
+            let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; 2]));
+            net.nodes[seed].handle_message(conn, empty, net.now);
+        };
+        let (a, b) = (ConnId(7), ConnId(8));
+        join(net, a, 0xaa);
+        let to_a = haves(net, seed, a);
+        assert_eq!(to_a.len(), 5);
+        join(net, b, 0xbb);
+        net.nodes[seed].handle_message(b, PeerMessage::Interested, net.now);
+        let to_b = haves(net, seed, b);
+        assert_eq!(to_b.len(), 5, "{to_b:?}");
+        for p in to_b {
+            net.nodes[seed].handle_message(b, PeerMessage::Have(p), net.now);
+        }
+        // Every piece left is a first copy reserved for a.
+        assert_eq!(haves(net, seed, b), Vec::<u32>::new());
+        (seed, a, b, to_a)
+    }
+
+    /// Advances the clock a second at a time for `secs` seconds; both peers stay alive (a
+    /// keep-alive each second) and `a` asks for nothing. Returns what `b` was shown.
+    fn wait(net: &mut Net, seed: usize, (a, b): (ConnId, ConnId), secs: u64) -> Vec<u32> {
+        let mut shown = Vec::new();
+        for _ in 0..secs {
+            net.now += Duration::from_secs(1);
+            for conn in [a, b] {
+                net.nodes[seed].handle_message(conn, PeerMessage::KeepAlive, net.now);
+            }
+            net.nodes[seed].handle_timeout(net.now);
+            shown.extend(haves(net, seed, b));
+        }
+        shown
+    }
+
+    #[test]
+    fn a_first_copy_held_for_a_peer_that_never_fetches_it_is_released_after_the_stall_bound() {
+        // a is, say, another complete node that super-seeds too: it never asks for what it is
+        // shown (the hostile-seed simulation stalled on exactly this).
+        let mut net = Net::new(10 * 16_384, 16_384);
+        let (seed, a, b, to_a) = a_holds_five_first_copies(&mut net);
+        let stall = net.nodes[seed].config.request_timeout.as_secs();
+        assert_eq!(wait(&mut net, seed, (a, b), stall - 1), Vec::<u32>::new());
+        let mut shown = wait(&mut net, seed, (a, b), 2);
+        shown.sort_unstable();
+        let mut expected = to_a.clone();
+        expected.sort_unstable();
+        assert_eq!(shown, expected, "a's first copies were not released");
+    }
+
+    #[test]
+    fn a_first_copy_held_for_a_peer_that_leaves_is_released_at_once() {
+        let mut net = Net::new(10 * 16_384, 16_384);
+        let (seed, a, b, to_a) = a_holds_five_first_copies(&mut net);
+        // A ban closes the connection through the same path.
+        net.nodes[seed].handle_disconnected(a, net.now);
+        let mut shown = haves(&mut net, seed, b);
+        shown.sort_unstable();
+        let mut expected = to_a.clone();
+        expected.sort_unstable();
+        assert_eq!(shown, expected, "a's first copies were not released");
+    }
+
+    #[test]
+    fn a_first_copy_stays_held_while_its_peer_makes_progress() {
+        // a is slow, not stuck: it asks for a block of its first copies every 20 s.
+        let mut net = Net::new(10 * 16_384, 16_384);
+        let (seed, a, b, to_a) = a_holds_five_first_copies(&mut net);
+        net.nodes[seed].handle_message(a, PeerMessage::Interested, net.now);
+        for &p in &to_a[..4] {
+            assert_eq!(wait(&mut net, seed, (a, b), 20), Vec::<u32>::new());
+            let block = BlockRef {
+                piece: p,
+                offset: 0,
+                length: 16_384,
+            };
+            net.nodes[seed].handle_message(a, PeerMessage::Request(block), net.now);
+            let uploads = settle(&mut net, seed)
+                .into_iter()
+                .filter(|x| matches!(x, Action::Upload { .. }))
+                .count();
+            assert_eq!(uploads, 1);
+            net.nodes[seed].handle_uploaded(a, 16_384, net.now);
+            net.nodes[seed].handle_message(a, PeerMessage::Have(p), net.now);
+        }
+        // Only a's fifth piece is still a first copy; it stays a's while a keeps fetching.
+        assert_eq!(wait(&mut net, seed, (a, b), 20), Vec::<u32>::new());
+    }
 
     #[test]
     fn super_seed_reveals_a_few_pieces_at_a_time() {

@@ -241,3 +241,23 @@ fn sim_is_deterministic() {
     assert_eq!(a.1, b.1);
     assert!(run(10).0 != a.0, "another seed gives the same run");
 }
+
+/// Two complete nodes that both super-seed (two publishers of one release) and three leechers.
+/// Each seed sees the other as a peer with nothing that asks for nothing: the first copies
+/// revealed to it must go to the leechers once it has stalled on them (spec/P2P.md §4.4).
+#[test]
+fn sim_two_super_seeds_and_leechers_complete() {
+    for seed in 1..=2 {
+        let mut sim = Sim::new(seed, SIM_LEN, SIM_PIECE);
+        sim.add(true, Behaviour::Honest, sim_config());
+        sim.add(true, Behaviour::Honest, sim_config());
+        let leechers: Vec<usize> = (0..3)
+            .map(|_| sim.add(false, Behaviour::Honest, sim_config()))
+            .collect();
+        mesh(&mut sim);
+        let done = sim.drive(200_000, |s| {
+            leechers.iter().all(|&l| s.nodes[l].swarm.is_complete())
+        });
+        assert!(done, "seed {seed}: incomplete after {} steps", sim.steps);
+    }
+}
