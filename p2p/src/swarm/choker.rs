@@ -164,11 +164,13 @@ impl Swarm {
 
     /// Regular unchoke slots: more while seeding.
     pub(super) fn slots(&self) -> usize {
-        if self.is_complete() {
+        // The floor, raised while the uplink has idle time (spec/P2P.md §4.3, `slots.rs`).
+        let floor = if self.is_complete() {
             self.config.seed_unchokes
         } else {
             self.config.regular_unchokes
-        }
+        };
+        self.slots.get(floor, self.config.max_unchokes)
     }
 
     pub(super) fn on_request(&mut self, conn: ConnId, block: BlockRef, now: Instant) {

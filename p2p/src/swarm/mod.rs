@@ -9,6 +9,7 @@
 //!   and accepting blocks (spec/P2P.md §4.1, §4.2).
 //! - `peer`: per-peer state (bitfield, interest, requests, given-up requests), BITFIELD and HAVE.
 //! - `choker`: unchoke slots, the optimistic unchoke, and serving requests (§4.3).
+//! - `slots`: how many unchoke slots, from how busy the uplink was (§4.3).
 //! - `blame`: hash-failure blame, strikes and bans (§4.6).
 //! - `super_seed`: revealing pieces a few at a time while seeding (§4.4).
 //! - `pex`: peer exchange (§3.11).
@@ -24,6 +25,7 @@ mod invariants;
 mod peer;
 mod pex;
 mod picker;
+mod slots;
 mod super_seed;
 #[cfg(test)]
 mod tests;
@@ -46,6 +48,7 @@ use blame::Blame;
 use choker::Choker;
 use peer::Peer;
 use picker::{Picker, PieceState};
+use slots::Slots;
 use super_seed::SuperSeed;
 
 /// The shell's handle for one connection.
@@ -70,6 +73,10 @@ pub struct SwarmConfig {
     /// The same while we have everything: a seed spends nothing on tit-for-tat, and more slots
     /// spread (super-seeded) pieces to more peers at once.
     pub seed_unchokes: usize,
+    /// Most regular slots: above the floor (`regular_unchokes`, `seed_unchokes`), the count
+    /// follows what the uplink carries (spec/P2P.md §4.3, `slots.rs`). At or below the floor,
+    /// the count is fixed at the floor.
+    pub max_unchokes: usize,
     pub rechoke_interval: Duration,
     pub optimistic_interval: Duration,
     /// A request unanswered this long is given back to the picker.
@@ -98,6 +105,7 @@ impl Default for SwarmConfig {
             reveal_blocks: 64,
             regular_unchokes: 3,
             seed_unchokes: 7,
+            max_unchokes: 16,
             rechoke_interval: Duration::from_secs(10),
             optimistic_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
@@ -200,6 +208,8 @@ pub struct Swarm {
     /// choices on every run.
     peers: BTreeMap<ConnId, Peer>,
     choker: Choker,
+    /// How many regular unchoke slots the uplink's use calls for.
+    slots: Slots,
     blame: Blame,
     super_seed: SuperSeed,
     actions: VecDeque<Action>,
@@ -228,6 +238,7 @@ impl Swarm {
             picker,
             peers: BTreeMap::new(),
             choker: Choker::new(&config, now),
+            slots: Slots::new(&config, now),
             blame: Blame::default(),
             actions: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -349,6 +360,7 @@ impl Swarm {
             }
         }
         self.stats.uploaded += bytes;
+        self.count_upload(bytes > 0, now);
     }
 
     /// The result of an [`Action::Verify`]: `ok` if the hash matched and the piece was written.
@@ -474,6 +486,9 @@ impl Swarm {
     /// Time-driven work: rechoke, optimistic rotation, request timeouts, idle peers,
     /// keep-alives and peer exchange.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.choker.next_optimistic || now >= self.choker.next_rechoke {
+            self.resize_slots(now);
+        }
         if now >= self.choker.next_optimistic {
             self.choker.next_optimistic = now + self.config.optimistic_interval;
             self.choker.optimistic = None;
