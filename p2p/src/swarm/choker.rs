@@ -144,7 +144,7 @@ impl Swarm {
     }
 
     /// Unchokes `conn` if fewer than `slots() + 1` peers are; returns whether it sent UNCHOKE.
-    fn unchoke_if_free(&mut self, conn: ConnId, now: Instant) -> bool {
+    pub(super) fn unchoke_if_free(&mut self, conn: ConnId, now: Instant) -> bool {
         let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
         if unchoked > self.slots() {
             return false;

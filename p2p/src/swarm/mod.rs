@@ -500,6 +500,7 @@ impl Swarm {
             self.next_housekeeping = now + Duration::from_secs(1);
             self.housekeeping(now);
             self.reveal_tick(now);
+            self.grow_slots(now);
         }
     }
 

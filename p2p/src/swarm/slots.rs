@@ -25,12 +25,22 @@
 //! window's noise does not move it back and forth at every rechoke. A window with no block
 //! sent, or shorter than half a rechoke interval, changes nothing.
 //!
+//! Between rechokes the count only grows ([`Slots::grow`], [`Swarm::grow_slots`]): on the 1 s
+//! tick, once a quarter of the rechoke interval has passed since the last re-size, if choked
+//! peers are interested and the uplink had idle time since that re-size, the count opens by the
+//! same rule and the best-ranked of them are unchoked at once. A download of a few rechoke
+//! intervals otherwise spends most of its time at the first count; opening a slot on an idle
+//! uplink chokes nobody, so it need not wait for the rechoke, whose interval bounds choking
+//! churn. Closing stays at the rechoke.
+//!
 //! The count stays between a floor (`regular_unchokes` while leeching, `seed_unchokes` while
 //! complete) and a cap (`max_unchokes`); a cap at or below the floor is a fixed count, the
 //! choker before this module.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+
+use rand::Rng;
 
 use super::{ConnId, Swarm, SwarmConfig};
 
@@ -40,6 +50,11 @@ pub const OPEN_BELOW: f64 = 0.85;
 pub const CLOSE_FROM: f64 = 0.95;
 /// The busy share an opening aims at.
 pub const TARGET: f64 = 0.9;
+/// Between rechokes the count may grow once a rechoke interval over this has passed since the
+/// last re-size. A quarter (2.5 s of 10) spans about 20 blocks of 16 KiB even on a 1 Mbit/s
+/// uplink, so the busy share is not one block's noise, and still lets the count open up to
+/// three times before the next rechoke.
+pub const GROW_EVERY: u32 = 4;
 
 /// The rate-based slot count and the measurements of the current window.
 #[derive(Debug)]
@@ -56,6 +71,14 @@ pub(super) struct Slots {
     /// first window, where every peer unchoked at its end was unchoked within its first
     /// moments (on its INTERESTED or BITFIELD), so each counts.
     unchoked_before: Option<BTreeSet<ConnId>>,
+    /// Busy time and blocks sent since the slots started, never reset: a growth window's share
+    /// is the difference from its start (see [`Slots::grow`]).
+    total_busy: Duration,
+    total_sent: u64,
+    /// The last re-size (a rechoke or a growth between rechokes): when, and the totals then.
+    resized: Instant,
+    resized_busy: Duration,
+    resized_sent: u64,
 }
 
 /// One window's measurements, for [`resize`].
@@ -81,7 +104,68 @@ impl Slots {
             mark: now,
             waiting: false,
             unchoked_before: None,
+            total_busy: Duration::ZERO,
+            total_sent: 0,
+            resized: now,
+            resized_busy: Duration::ZERO,
+            resized_sent: 0,
         }
+    }
+
+    /// Busy time so far, counting a stretch still under way (blocks waiting) up to `now`.
+    fn busy_until(&self, now: Instant) -> Duration {
+        let pending = if self.waiting {
+            now.saturating_duration_since(self.mark)
+        } else {
+            Duration::ZERO
+        };
+        self.total_busy + pending
+    }
+
+    /// Starts a growth window at `now`.
+    fn mark_resized(&mut self, now: Instant) {
+        self.resized = now;
+        self.resized_busy = self.busy_until(now);
+        self.resized_sent = self.total_sent;
+    }
+
+    /// Between rechokes, opens the count by the rechoke's rule (never closes it) once at least
+    /// `min_window` has passed since the last re-size and the uplink had idle time since then;
+    /// `unchoked` peers are unchoked now. Returns whether the count grew.
+    pub(super) fn grow(
+        &mut self,
+        floor: usize,
+        cap: usize,
+        unchoked: usize,
+        min_window: Duration,
+        now: Instant,
+    ) -> bool {
+        let length = now.saturating_duration_since(self.resized);
+        if length.is_zero() || length < min_window {
+            return false;
+        }
+        let busy = self.busy_until(now).saturating_sub(self.resized_busy);
+        let window = Window {
+            busy: (busy.as_secs_f64() / length.as_secs_f64()).min(1.0),
+            // Blocks, not bytes: opening looks only at whether anything was sent.
+            sent: self.total_sent - self.resized_sent,
+            unchoked,
+            least: None,
+        };
+        let before = self.get(floor, cap);
+        let after = resize(before, floor, cap, window);
+        if after <= before {
+            return false;
+        }
+        tracing::debug!(
+            before,
+            after,
+            ?window,
+            "unchoke slots grown between rechokes"
+        );
+        self.count = after;
+        self.mark_resized(now);
+        true
     }
 
     /// Regular slots now: the count between `floor` and `cap` (a cap at or below the floor
@@ -97,7 +181,12 @@ impl Slots {
         // core does not see when a block starts waiting on an idle uplink (the request's
         // arrival), so such a stretch counts from this report: the share is a lower bound.
         if sent && self.waiting {
-            self.busy += now.saturating_duration_since(self.mark);
+            let stretch = now.saturating_duration_since(self.mark);
+            self.busy += stretch;
+            self.total_busy += stretch;
+        }
+        if sent {
+            self.total_sent += 1;
         }
         // A dropped block leaves the uplink sending what it was sending.
         if sent || !self.waiting {
@@ -139,7 +228,9 @@ impl Slots {
                 .min(),
         };
         if self.waiting {
-            self.busy += now.saturating_duration_since(self.mark);
+            let stretch = now.saturating_duration_since(self.mark);
+            self.busy += stretch;
+            self.total_busy += stretch;
             self.mark = now;
         }
         if length >= min_window {
@@ -152,6 +243,7 @@ impl Slots {
         self.window_start = now;
         self.busy = Duration::ZERO;
         self.unchoked_before = Some(unchoked);
+        self.mark_resized(now);
     }
 }
 
@@ -196,6 +288,48 @@ impl Swarm {
         let min_window = self.config.rechoke_interval / 2;
         self.slots
             .end_window(&peers, floor, self.config.max_unchokes, min_window, now);
+    }
+
+    /// Between rechokes (on the 1 s housekeeping tick), grows the count while the uplink had
+    /// idle time since the last re-size and choked peers want to be served, and unchokes at
+    /// once the best of them, ranked as the rechoke ranks, up to the new count. Opening a slot
+    /// on an idle uplink chokes nobody, so it need not wait for the rechoke, whose interval
+    /// bounds choking churn; closing stays at the rechoke.
+    pub(super) fn grow_slots(&mut self, now: Instant) {
+        let seeding = self.is_complete();
+        let mut candidates: Vec<(ConnId, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.am_choking && p.peer_interested && p.got_bitfield)
+            .map(|(c, p)| (*c, if seeding { p.window_up } else { p.window_down }))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let floor = if seeding {
+            self.config.seed_unchokes
+        } else {
+            self.config.regular_unchokes
+        };
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        let min_window = self.config.rechoke_interval / GROW_EVERY;
+        if !self
+            .slots
+            .grow(floor, self.config.max_unchokes, unchoked, min_window, now)
+        {
+            return;
+        }
+        // As the rechoke: random order first so equal rates do not always favour the same peers.
+        for i in (1..candidates.len()).rev() {
+            let j = self.rng.gen_range(0..=i);
+            candidates.swap(i, j);
+        }
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
+        for (conn, _) in candidates {
+            if !self.unchoke_if_free(conn, now) {
+                break;
+            }
+        }
     }
 
     /// Feeds the busy share: called for every upload report.
@@ -286,6 +420,7 @@ mod tests {
         // For 10 s, each unchoked peer asks for a block every second and it leaves at once:
         // blocks never wait, the uplink is idle nearly all the time.
         let mut next = 0;
+        let mut seen = Vec::new();
         for _ in 0..10 {
             request(&mut net, seed, &unchoked, 1, &mut next);
             for (conn, len) in uploads(&mut net, seed, &mut unchoked) {
@@ -294,23 +429,105 @@ mod tests {
             net.now += Duration::from_secs(1);
             net.nodes[seed].handle_timeout(net.now);
             uploads(&mut net, seed, &mut unchoked);
+            seen.push(net.nodes[seed].slots());
         }
-        // The rechoke at 10 s doubled the regular slots: 6 and the optimistic one.
-        assert_eq!(net.nodes[seed].slots(), 6);
-        assert_eq!(unchoked.len(), 7);
+        // Grown between rechokes at 3 s (to 6) and 6 s (to 12, the last choked peer
+        // unchoked; none waits at 9 s), then the rechoke at 10 s opened it again, to the cap.
+        assert_eq!(seen, [3, 3, 6, 6, 6, 12, 12, 12, 12, 16]);
+        assert_eq!(unchoked.len(), 8);
+    }
+
+    #[test]
+    fn an_idle_uplink_unchokes_more_peers_before_the_next_rechoke() {
+        let (mut net, seed, _, mut unchoked) = seed_with_eight_peers();
+        assert_eq!(unchoked.len(), 4, "3 regular slots and the optimistic one");
+        // Each unchoked peer asks for a block every second and it leaves at once: the uplink
+        // is idle nearly all the time, and 4 peers wait choked.
+        let mut next = 0;
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            request(&mut net, seed, &unchoked, 1, &mut next);
+            for (conn, len) in uploads(&mut net, seed, &mut unchoked) {
+                net.nodes[seed].handle_uploaded(conn, len, net.now);
+            }
+            net.now += Duration::from_secs(1);
+            net.nodes[seed].handle_timeout(net.now);
+            uploads(&mut net, seed, &mut unchoked);
+            seen.push((net.nodes[seed].slots(), unchoked.len()));
+        }
+        // Nothing moves before a quarter of the rechoke interval (2.5 s); at the 3 s tick the
+        // count doubles and three more peers are unchoked at once, 7 s before the rechoke;
+        // the next growth waits another 2.5 s.
+        assert_eq!(seen, [(3, 4), (3, 4), (6, 7), (6, 7), (6, 7)]);
+    }
+
+    #[test]
+    fn a_busy_uplink_does_not_grow_between_rechokes() {
+        let (mut net, seed, _, mut unchoked) = seed_with_eight_peers();
+        // Each unchoked peer asks for 10 blocks at once; they leave one every 250 ms, the
+        // others still queued: from the first report on, the uplink is busy (0.92 of the
+        // first 3 s, more after), while 4 interested peers wait choked.
+        let mut next = 0;
+        request(&mut net, seed, &unchoked, 10, &mut next);
+        let queued = uploads(&mut net, seed, &mut unchoked);
+        assert_eq!(queued.len(), 40);
+        for (conn, len) in queued.into_iter().take(39) {
+            net.now += Duration::from_millis(250);
+            net.nodes[seed].handle_uploaded(conn, len, net.now);
+            net.nodes[seed].handle_timeout(net.now);
+            uploads(&mut net, seed, &mut unchoked);
+            assert_eq!(net.nodes[seed].slots(), 3);
+            assert_eq!(unchoked.len(), 4);
+        }
+    }
+
+    #[test]
+    fn growth_between_rechokes_only_opens() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let quarter = ms(2500);
+        let mut slots = Slots::new(&SwarmConfig::default(), t0);
+        let (a, b) = (ConnId(1), ConnId(2));
+        // A rechoke after an idle window opens the count to 6.
+        slots.on_uploaded(true, 0, t0 + ms(1000));
+        slots.end_window(
+            &[(a, true, 100), (b, true, 0)],
+            3,
+            16,
+            ms(5000),
+            t0 + ms(10_000),
+        );
+        assert_eq!(slots.get(3, 16), 6);
+        // 10.25..13 s: full, and peer b took nothing; the rechoke would close one, growth
+        // does not (0.92 busy since the rechoke).
+        for t in (10_250..=13_000).step_by(250) {
+            slots.on_uploaded(true, usize::from(t < 13_000), t0 + ms(t));
+        }
+        assert!(!slots.grow(3, 16, 7, quarter, t0 + ms(13_000)));
+        assert_eq!(slots.get(3, 16), 6);
+        // Idle from 13 s: by 16 s the share since the rechoke is 2.75 / 6, so it opens in
+        // proportion (6 × 0.9 / 0.46 → 12) and starts a new growth window.
+        slots.on_uploaded(true, 0, t0 + ms(15_000));
+        assert!(slots.grow(3, 16, 7, quarter, t0 + ms(16_000)));
+        assert_eq!(slots.get(3, 16), 12);
+        // Idle still, but less than a quarter of a rechoke interval since the growth.
+        slots.on_uploaded(true, 0, t0 + ms(17_000));
+        assert!(!slots.grow(3, 16, 13, quarter, t0 + ms(18_000)));
+        assert_eq!(slots.get(3, 16), 12);
     }
 
     #[test]
     fn a_full_uplink_keeps_the_slots() {
         let (mut net, seed, _, mut unchoked) = seed_with_eight_peers();
-        // Each unchoked peer asks for 4 blocks at once; they leave one every 625 ms, the
-        // others still queued: the uplink is busy from the first to the last, 9.4 s of 10.
+        // Each unchoked peer asks for 8 blocks at once; they leave one every 312.5 ms, the
+        // others still queued: the uplink is busy from the first to the last, 9.7 s of 10
+        // (and 0.9 of the first 3.1 s, so it does not grow between rechokes either).
         let mut next = 0;
-        request(&mut net, seed, &unchoked, 4, &mut next);
+        request(&mut net, seed, &unchoked, 8, &mut next);
         let queued = uploads(&mut net, seed, &mut unchoked);
-        assert_eq!(queued.len(), 16);
+        assert_eq!(queued.len(), 32);
         for (conn, len) in queued {
-            net.now += Duration::from_millis(625);
+            net.now += Duration::from_micros(312_500);
             net.nodes[seed].handle_uploaded(conn, len, net.now);
             net.nodes[seed].handle_timeout(net.now);
             uploads(&mut net, seed, &mut unchoked);

@@ -541,14 +541,16 @@ fn eight_leechers_finish_near_the_fluid_bound() {
 /// leecher's 8 peers have pieces it wants but choke it (3 regular slots and 1 optimistic,
 /// between rechokes 10 s apart), leechers' uplinks are 0.68 busy, and the seed sends 1.15x the
 /// content. With the super-seed's first copies (issue 13) 1.21x, and the same with the
-/// rate-based slot count: it opens leechers to 5 or 6 slots at the first rechoke (10 s, a third
-/// of the run), too late to matter here (see `unchoke_slot_rules_on_every_shape`).
+/// rate-based slot count re-sized only at rechokes: it opened leechers to 5 or 6 slots at the
+/// first rechoke (10 s, a third of the run), too late to matter. Grown between rechokes too
+/// (every 2.5 s while the uplink has idle time): 1.10x, leechers at 8.5 slots on average
+/// (see `unchoke_slot_rules_on_every_shape`).
 #[test]
 #[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
 fn eight_leechers_on_the_bench_shape() {
     let t = tail(8, 64 << 20, 256 << 10);
     t.print(8);
-    assert!(t.ratio <= 1.3, "{:.2}x the bound", t.ratio);
+    assert!(t.ratio <= 1.2, "{:.2}x the bound", t.ratio);
 }
 
 /// What the choker costs on the bench's shape: with 7 regular slots (every other leecher
@@ -573,31 +575,34 @@ fn eight_leechers_on_the_bench_shape_with_every_peer_unchoked() {
 /// build; invariants checked every 101st step). Measured 1.88x: about 20 of a leecher's 32 peers
 /// have pieces it wants but choke it, the seed's uplink is 0.81 busy and sends 1.53x the
 /// content; 7 regular slots gave 1.78x. With the super-seed's first copies (issue 13) it took
-/// 2.25x, its first leecher done at 1.17x; with the rate-based slot count 2.27x: the run ends
-/// at 1.6 rechoke intervals, so the count moves once, near the end.
+/// 2.25x, its first leecher done at 1.17x; with the rate-based slot count re-sized only at
+/// rechokes 2.27x (the run ended at 1.6 rechoke intervals, so the count moved once, near the
+/// end); grown between rechokes too, 1.54x.
 #[test]
 #[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
 fn thirty_two_leechers_on_256_pieces() {
     let t = tail(32, 16 << 20, 64 << 10);
     t.print(32);
-    assert!(t.ratio <= 2.4, "{:.2}x the bound", t.ratio);
+    assert!(t.ratio <= 1.7, "{:.2}x the bound", t.ratio);
 }
 
 /// The unchoke slot rules side by side on every shape above: the fixed slots (3 regular while
 /// leeching, 7 while seeding: `max_unchokes: 0`, the choker before `slots.rs`), 7 regular
 /// (every other leecher at N = 8), the rate-based count (`slots.rs`, the default), and both
 /// again with rechokes every 5 s instead of 10 s. Prints one table; the runs go on parallel
-/// threads. Measured (release build, 2 cores shared):
+/// threads. Measured (release build, 2 cores shared), the rate-based count re-sized only at
+/// rechokes (before) and also grown between them (after, the default):
 ///
-/// | shape | fixed 3 | fixed 7 | rate-based | fixed 3, 5 s | rate-based, 5 s |
+/// | shape | fixed 3 | fixed 7 | rate-based before / after | fixed 3, 5 s | rate-based, 5 s, before / after |
 /// |---|---|---|---|---|---|
-/// | 1 + 8, 16 pieces | 1.81x | 2.43x | 1.81x | 1.81x | 1.81x |
-/// | 1 + 8, 256 pieces (bench) | 1.21x | 1.08x | 1.21x | 1.25x | 1.11x |
-/// | 1 + 32, 256 pieces | 2.25x | 1.81x | 2.27x | 1.92x | 1.63x |
+/// | 1 + 8, 16 pieces | 1.81x | 2.43x | 1.81x / 1.81x | 1.81x | 1.81x / 1.79x |
+/// | 1 + 8, 256 pieces (bench) | 1.21x | 1.08x | 1.21x / 1.10x | 1.25x | 1.11x / 1.07x |
+/// | 1 + 32, 256 pieces | 2.25x | 1.81x | 2.27x / 1.54x | 1.92x | 1.63x / 1.40x |
 ///
-/// At 10 s rechokes these runs (2 to 16 s) see one or two rechokes, and a slot count can act
-/// only at one; with rechokes every 5 s the rate-based count reaches 7 at N = 8 and beats a
-/// fixed 7 at N = 32.
+/// At 10 s rechokes these runs (2 to 16 s) see one or two rechokes; re-sized only there, the
+/// count could act at one at most. Grown every 2.5 s while the uplink has idle time, leechers
+/// average 8.5 slots at N = 8 and 5.0 at N = 32 with the 10 s rhythm kept, and the rate-based
+/// count beats a fixed 7 at N = 32.
 #[test]
 #[ignore = "a measurement, about 25 minutes of CPU in a debug build, 2 in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::unchoke -- --ignored --nocapture"]
 fn unchoke_slot_rules_on_every_shape() {
