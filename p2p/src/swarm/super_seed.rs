@@ -321,6 +321,16 @@ mod tests {
 
     /// The pieces `node` revealed with HAVE to `to` since the last call (other actions are
     /// dropped).
+    /// `conn` (peer id all `id`) connects to `seed` and sends an empty BITFIELD.
+    fn join_empty(net: &mut Net, seed: usize, conn: ConnId, id: u8) {
+        net.nodes[seed]
+            .handle_connected(conn, PeerId([id; 20]), None, net.now)
+            .unwrap();
+        let pieces = net.nodes[seed].manifest.piece_count() as usize;
+        let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; pieces.div_ceil(8)]));
+        net.nodes[seed].handle_message(conn, empty, net.now);
+    }
+
     fn haves(net: &mut Net, node: usize, to: ConnId) -> Vec<u32> {
         std::iter::from_fn(|| net.nodes[node].poll_action())
             .filter_map(|a| match a {
@@ -339,19 +349,12 @@ mod tests {
         let mut net = Net::new(6 * 16_384, 16_384);
         let seed = net.add(true, false);
         net.nodes[seed].config.reveal_blocks = 4;
-        let join = |net: &mut Net, conn: ConnId, id: u8| {
-            net.nodes[seed]
-                .handle_connected(conn, PeerId([id; 20]), None, net.now)
-                .unwrap();
-            let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; 1]));
-            net.nodes[seed].handle_message(conn, empty, net.now);
-        };
         let (a, b) = (ConnId(7), ConnId(8));
-        join(&mut net, a, 0xaa);
+        join_empty(&mut net, seed, a, 0xaa);
         let to_a = haves(&mut net, seed, a);
         assert_eq!(to_a.len(), 5);
         // b is shown the one piece no one has or fetches, and none of a's.
-        join(&mut net, b, 0xbb);
+        join_empty(&mut net, seed, b, 0xbb);
         let to_b = haves(&mut net, seed, b);
         assert_eq!(to_b.len(), 1, "{to_b:?}");
         assert!(!to_a.contains(&to_b[0]));
@@ -376,18 +379,11 @@ mod tests {
     fn a_holds_five_first_copies(net: &mut Net) -> (usize, ConnId, ConnId, Vec<u32>) {
         let seed = net.add(true, false);
         net.nodes[seed].config.reveal_blocks = 4;
-        let join = |net: &mut Net, conn: ConnId, id: u8| {
-            net.nodes[seed]
-                .handle_connected(conn, PeerId([id; 20]), None, net.now)
-                .unwrap();
-            let empty = PeerMessage::Bitfield(Bytes::from(vec![0u8; 2]));
-            net.nodes[seed].handle_message(conn, empty, net.now);
-        };
         let (a, b) = (ConnId(7), ConnId(8));
-        join(net, a, 0xaa);
+        join_empty(net, seed, a, 0xaa);
         let to_a = haves(net, seed, a);
         assert_eq!(to_a.len(), 5);
-        join(net, b, 0xbb);
+        join_empty(net, seed, b, 0xbb);
         net.nodes[seed].handle_message(b, PeerMessage::Interested, net.now);
         let to_b = haves(net, seed, b);
         assert_eq!(to_b.len(), 5, "{to_b:?}");
