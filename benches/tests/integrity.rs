@@ -166,41 +166,41 @@ async fn answers_from_a_correct_server_pass() {
     );
 }
 
-#[tokio::test]
-async fn a_wrong_digest_fails_the_run() {
-    let out = load(Fault::WrongDigest).await;
+/// The run against `fault` exits 1 and its stderr says `count` and `detail`.
+async fn fails_with(fault: Fault, count: &str, detail: &str) {
+    let out = load(fault).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("6 of 6 requests failed an integrity check"),
-        "{}",
-        describe(&out)
-    );
-    assert!(stderr.contains("digest mismatch"), "{}", describe(&out));
+    assert!(stderr.contains(count), "{}", describe(&out));
+    assert!(stderr.contains(detail), "{}", describe(&out));
+}
+
+#[tokio::test]
+async fn a_wrong_digest_fails_the_run() {
+    fails_with(
+        Fault::WrongDigest,
+        "6 of 6 requests failed an integrity check",
+        "digest mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_wrong_length_fails_the_run() {
-    let out = load(Fault::WrongLength).await;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("6 of 6 requests failed an integrity check"),
-        "{}",
-        describe(&out)
-    );
-    assert!(stderr.contains("byte count mismatch"), "{}", describe(&out));
+    fails_with(
+        Fault::WrongLength,
+        "6 of 6 requests failed an integrity check",
+        "byte count mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_record_that_fails_authentication_fails_the_run() {
-    let out = load(Fault::CorruptRecord).await;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("requests failed an integrity check"),
-        "{}",
-        describe(&out)
-    );
-    assert!(stderr.contains("connection error"), "{}", describe(&out));
+    fails_with(
+        Fault::CorruptRecord,
+        "requests failed an integrity check",
+        "connection error",
+    )
+    .await;
 }

@@ -413,6 +413,18 @@ mod tests {
         }
     }
 
+    /// One second on an idle uplink: each unchoked peer asks for one block, it leaves at once,
+    /// then the 1 s tick runs (and whatever it unchoked is taken into `unchoked`).
+    fn idle_second(net: &mut Net, seed: usize, unchoked: &mut HashSet<ConnId>, next: &mut u32) {
+        request(net, seed, unchoked, 1, next);
+        for (conn, len) in uploads(net, seed, unchoked) {
+            net.nodes[seed].handle_uploaded(conn, len, net.now);
+        }
+        net.now += Duration::from_secs(1);
+        net.nodes[seed].handle_timeout(net.now);
+        uploads(net, seed, unchoked);
+    }
+
     #[test]
     fn an_idle_uplink_unchokes_more_peers_at_the_next_rechoke() {
         let (mut net, seed, _, mut unchoked) = seed_with_eight_peers();
@@ -422,13 +434,7 @@ mod tests {
         let mut next = 0;
         let mut seen = Vec::new();
         for _ in 0..10 {
-            request(&mut net, seed, &unchoked, 1, &mut next);
-            for (conn, len) in uploads(&mut net, seed, &mut unchoked) {
-                net.nodes[seed].handle_uploaded(conn, len, net.now);
-            }
-            net.now += Duration::from_secs(1);
-            net.nodes[seed].handle_timeout(net.now);
-            uploads(&mut net, seed, &mut unchoked);
+            idle_second(&mut net, seed, &mut unchoked, &mut next);
             seen.push(net.nodes[seed].slots());
         }
         // Grown between rechokes at 3 s (to 6) and 6 s (to 12, the last choked peer
@@ -446,13 +452,7 @@ mod tests {
         let mut next = 0;
         let mut seen = Vec::new();
         for _ in 0..5 {
-            request(&mut net, seed, &unchoked, 1, &mut next);
-            for (conn, len) in uploads(&mut net, seed, &mut unchoked) {
-                net.nodes[seed].handle_uploaded(conn, len, net.now);
-            }
-            net.now += Duration::from_secs(1);
-            net.nodes[seed].handle_timeout(net.now);
-            uploads(&mut net, seed, &mut unchoked);
+            idle_second(&mut net, seed, &mut unchoked, &mut next);
             seen.push((net.nodes[seed].slots(), unchoked.len()));
         }
         // Nothing moves before a quarter of the rechoke interval (2.5 s); at the 3 s tick the
