@@ -231,14 +231,17 @@ async fn concurrent_fetches_on_one_connection_interleave() {
         }
     }
     assert_eq!((got_a, got_b), (total, total));
-    // Whichever finished first, the other had received a fair share by then.
+    // Whichever finished first, the other was already under way: the two streams share the
+    // connection rather than queue behind each other. How evenly they share it depends on when
+    // the OS runs each fetch's blocking reads (on a loaded machine one lagged to 7 of 32 MiB),
+    // so the test asks for interleaving, not for an even split.
     let other_progress = b_when_a_ended
         .filter(|_| a_when_b_ended == Some(total))
         .or(a_when_b_ended)
         .unwrap();
     assert!(
-        other_progress >= total / 2,
-        "the other fetch had only {other_progress} of {total} bytes"
+        other_progress > 0,
+        "the other fetch had {other_progress} of {total} bytes when the first ended"
     );
     server.shutdown().await;
 }
