@@ -20,6 +20,14 @@
 #   BASE_BIN=/saved/release benches/compare/run.sh   # also a baseline ferry-server/ferry-load
 #                                             # (e.g. a build from before a change), interleaved
 #   BIN=/prebuilt/release benches/compare/run.sh     # use these binaries instead of building
+#   PIN=1 CASES=rates benches/compare/run.sh  # pinned: every server on cpu 0 (nginx with one
+#                                             # worker, ferry-server with a one-thread runtime),
+#                                             # every client and load generator on the cores after
+#                                             # it (the scaling script's 1-core point)
+#
+# Unpinned (the default), server and load generator share every core, so on a 2-core machine
+# a rate row measures the scheduler's placement as much as either program (runs spread 3x);
+# pinned, each row measures one server core against a load generator that has its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-3}
@@ -28,6 +36,7 @@ CONNS=${CONNS:-64}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 CASES=${CASES:-all}
 BASE_BIN=${BASE_BIN:-}
+PIN=${PIN:-0}
 
 log() { echo "[compare] $*" >&2; }
 
@@ -53,6 +62,18 @@ if [ -z "${BIN:-}" ]; then
   log "building release binaries"
   cargo build --release -q -p ferry-server -p ferry-client -p ferry-bench
   BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+fi
+
+# SERVE and LOAD prefix every server and every client command: empty unpinned.
+SERVE=() LOAD=() LOAD_THREADS=2 NGINX_WORKERS=auto
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; exit 1; }
+  source benches/scaling/pin.sh
+  pin_plan 1
+  [ -z "$PIN_NOTE" ] || { echo "PIN=1 needs at least 2 cores" >&2; exit 1; }
+  SERVE=("${PIN_SERVER[@]}") LOAD=("${PIN_LOAD[@]}")
+  LOAD_THREADS=$PIN_LOAD_THREADS NGINX_WORKERS=$PIN_SERVER_THREADS
+  log "pinned: servers on cpu $PIN_SERVER_CPUS, clients on cpu $PIN_LOAD_CPUS ($LOAD_THREADS threads)"
 fi
 
 work=$(mktemp -d /tmp/ferry-compare.XXXXXX)
@@ -89,12 +110,12 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 FERRY_PORT=$(free_port)
 key=$work/ferry.key
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key"; chmod 600 "$key"
-"$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
+"${SERVE[@]}" "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
 pids+=($!)
 FERRY_PID=$!
 if [ -n "$BASE_BIN" ]; then
   BASE_PORT=$(free_port)
-  "$BASE_BIN/ferry-server" "$data" --listen 127.0.0.1:"$BASE_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-base.log" &
+  "${SERVE[@]}" "$BASE_BIN/ferry-server" "$data" --listen 127.0.0.1:"$BASE_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-base.log" &
   pids+=($!)
   BASE_PID=$!
 fi
@@ -118,7 +139,7 @@ StrictModes no
 UsePAM no
 Subsystem sftp internal-sftp
 CONF
-/usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/sshd.log" &
+"${SERVE[@]}" /usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/sshd.log" &
 pids+=($!)
 SSHD_PID=$!
 SSH_OPTS=(-i "$work/ssh/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
@@ -128,7 +149,7 @@ user=$(id -un)
 HTTP_PORT=$(free_port)
 mkdir -p "$work/nginx/tmp"
 cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
+worker_processes $NGINX_WORKERS;
 pid $work/nginx/nginx.pid;
 error_log $work/nginx/error.log;
 daemon off;
@@ -147,13 +168,13 @@ http {
   server { listen 127.0.0.1:$HTTP_PORT; root $data; autoindex on; }
 }
 CONF
-/usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+"${SERVE[@]}" /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 pids+=($!)
 NGINX_PID=$!
 
 # --- iperf3
 IPERF_PORT=$(free_port)
-iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
+"${SERVE[@]}" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" >/dev/null 2>&1 &
 pids+=($!)
 
 for p in "$FERRY_PORT" "$SSH_PORT" "$HTTP_PORT" "$IPERF_PORT" ${BASE_PORT:-}; do wait_port "$p"; done
@@ -199,7 +220,7 @@ fetch() { # name, output file, server pid ("" for none), command...
   local t0 t1 before=0
   [ -n "$server" ] && before=$(server_ticks "$server")
   t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/time.txt" "$@" >/dev/null 2>>"$work/errors.log" \
+  "${LOAD[@]}" /usr/bin/time -f "%U %S" -o "$work/time.txt" "$@" >/dev/null 2>>"$work/errors.log" \
     || { echo "$name failed, see $work/errors.log" >&2; tail -5 "$work/errors.log" >&2; exit 1; }
   t1=$(now)
   local size; size=$(stat -c %s "$dest")
@@ -228,15 +249,15 @@ run_fetches() {
   fetch "rsync (over ssh)" "$out/rsync.bin" "$SSHD_PID" rsync -q -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$user@127.0.0.1:$data/big.bin" "$out/rsync.bin"
   fetch "curl from nginx" "$out/curl.bin" "$NGINX_PID" curl -fsS -o "$out/curl.bin" "http://127.0.0.1:$HTTP_PORT/big.bin"
   fetch "tmpfs copy (ceiling)" "$out/cp.bin" "" cp "$data/big.bin" "$out/cp.bin"
-  iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
+  "${LOAD[@]}" iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
     | python3 -c 'import json,sys; print("iperf3 loopback (ceiling),MB/s,%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6))' >> "$results"
 }
 
 load_rate() { # name, url path, mix[, bin dir, port, server pid]
   local before rate; before=$(server_ticks "${6:-$FERRY_PID}")
-  /usr/bin/time -f "%U %S" -o "$work/load-time.txt" \
+  "${LOAD[@]}" /usr/bin/time -f "%U %S" -o "$work/load-time.txt" \
     "${4:-$BIN}/ferry-load" server "ferry://127.0.0.1:${5:-$FERRY_PORT}/$2" --key-file "$key" -c "$CONNS" --in-flight 1 \
-    --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads 2 --json 2>>"$work/errors.log" \
+    --mix "$3" --small small.bin --duration "${SECONDS_PER_RUN}s" --threads "$LOAD_THREADS" --json 2>>"$work/errors.log" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('$1,req/s,%.0f' % r['requests_per_s']); print('$1 p99,us,%.0f' % r['latency_us']['p99'])" >> "$results"
   rate=$(grep "^$1,req/s," "$results" | tail -1 | cut -d, -f3)
   cpu_per_request "$1" "$before" "$(server_ticks "${6:-$FERRY_PID}")" "$rate"
@@ -244,7 +265,7 @@ load_rate() { # name, url path, mix[, bin dir, port, server pid]
 }
 wrk_rate() { # name, url
   local before rate; before=$(server_ticks "$NGINX_PID")
-  /usr/bin/time -f "%U %S" -o "$work/load-time.txt" wrk -t2 -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$2" 2>>"$work/errors.log" \
+  "${LOAD[@]}" /usr/bin/time -f "%U %S" -o "$work/load-time.txt" wrk -t"$LOAD_THREADS" -c"$CONNS" -d"${SECONDS_PER_RUN}s" --latency "$2" 2>>"$work/errors.log" \
     | python3 -c "
 import sys, re
 t = sys.stdin.read()
@@ -279,15 +300,17 @@ for round in $(seq 1 "$RUNS"); do
   run_round
 done
 
-python3 - "$results" "$RUNS" "$CONNS" <<'PY'
+mode="unpinned: servers and clients share all $(nproc) cores"
+[ "$PIN" = 1 ] && mode="pinned: servers on cpu $PIN_SERVER_CPUS, clients on cpu $PIN_LOAD_CPUS"
+python3 - "$results" "$RUNS" "$CONNS" "$mode" <<'PY'
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))
-runs, conns = sys.argv[2], sys.argv[3]
+runs, conns, mode = sys.argv[2], sys.argv[3], sys.argv[4]
 by = {}
 for name, unit, value in rows:
     by.setdefault(name, (unit, []))[1].append(float(value))
 med = {k: statistics.median(v) for k, (_, v) in by.items()}
-print(f"\nFerry vs the alternatives — medians of {runs} interleaved runs, min–max in brackets, {conns} connections for request rates\n")
+print(f"\nFerry vs the alternatives — medians of {runs} interleaved runs, min–max in brackets, {conns} connections for request rates; {mode}\n")
 print(f"{'case':<36} {'median':>12} {'unit':<6} {'min–max':>22}")
 for name, (unit, values) in by.items():
     print(f"{name:<36} {med[name]:>12.1f} {unit:<6} {f'[{min(values):.1f}–{max(values):.1f}]':>22}")

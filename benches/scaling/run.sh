@@ -21,6 +21,7 @@ BULK_MB=${BULK_MB:-32}
 
 log() { echo "[scaling] $*" >&2; }
 command -v taskset >/dev/null || { echo "taskset is missing (util-linux)" >&2; exit 1; }
+source benches/scaling/pin.sh
 
 if [ -z "${BIN:-}" ]; then
   log "building release binaries"
@@ -51,7 +52,7 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 # load CPUS THREADS PORT URLPATH FIELD ARGS...: one ferry-load run, prints FIELD of its report.
 load() {
   local cpus=$1 threads=$2 port=$3 path=$4 field=$5; shift 5
-  taskset -c "$cpus" "$BIN/ferry-load" server "ferry://127.0.0.1:$port/$path" --key-file "$key" \
+  env TOKIO_WORKER_THREADS="$threads" taskset -c "$cpus" "$BIN/ferry-load" server "ferry://127.0.0.1:$port/$path" --key-file "$key" \
     --duration "${SECONDS_PER_RUN}s" --threads "$threads" --json "$@" 2>>"$work/errors.log" \
     | python3 -c "import json,sys; r=json.load(sys.stdin); e=sum(r['errors'].values()); assert e==0, r['errors']; print('%.1f' % r['$field'])"
 }
@@ -62,15 +63,10 @@ for n in $POINTS; do
     log "skipping $n cores: this machine has $cores"
     continue
   fi
-  server_cpus="0-$(( n - 1 ))"
-  if [ "$cores" -gt "$n" ]; then
-    last=$(( cores - 1 )); [ $(( last - n + 1 )) -gt 8 ] && last=$(( n + 7 ))
-    load_cpus="$n-$last"; load_threads=$(( last - n + 1 )); note=""
-  else
-    load_cpus="0-$(( cores - 1 ))"; load_threads=$cores; note="shared"
-  fi
+  pin_plan "$n"
+  server_cpus=$PIN_SERVER_CPUS load_cpus=$PIN_LOAD_CPUS load_threads=$PIN_LOAD_THREADS note=$PIN_NOTE
   port=$(free_port)
-  taskset -c "$server_cpus" "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$port" --key-file "$key" -q \
+  "${PIN_SERVER[@]}" "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$port" --key-file "$key" -q \
     >/dev/null 2>>"$work/server.log" &
   server_pid=$!
   wait_port "$port"
