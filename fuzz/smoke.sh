@@ -3,6 +3,7 @@
 # cargo-fuzz would pass, minus the nightly-only sanitizer) and runs each for a few seconds.
 #   fuzz/smoke.sh            # every target, 20 s each
 #   fuzz/smoke.sh decoder 600
+#   FUZZ_BUILD_ONLY=1 fuzz/smoke.sh   # build every target, run none (CI builds ahead this way)
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${2:-${FUZZ_SECONDS:-20}}
@@ -15,6 +16,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 host=$(rustc -vV | sed -n 's/^host: //p')
 # --locked: fuzz/Cargo.lock is tracked and must match, so CI never rewrites it.
 cargo build --release --locked --bins --target "$host"
+[ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 for target in $targets; do
   mkdir -p "corpus/$target"
   echo "== fuzz $target for ${seconds}s"
