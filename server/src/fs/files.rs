@@ -12,9 +12,12 @@
 //! any name or descriptor. Every lookup reads the queue first and drops what an event touches,
 //! so a change whose call returned before the fetch request was read is never served stale.
 //!
-//! Contents are never kept: every fetch reads the file (`pread`) and checks its metadata
-//! after the read, as an uncached fetch does, so even a change that makes no event (a store
-//! through a shared `mmap`) shows in the bytes, or fails the fetch as changed.
+//! Contents are never served from the cache: every fetch reads the file (`pread`) and checks
+//! its metadata after the read, as an uncached fetch does, so even a change that makes no event
+//! (a store through a shared `mmap`) shows in the bytes, or fails the fetch as changed. A kept
+//! file may hold one [`DigestMemo`] (a small range's bytes and their digest, at most
+//! [`DigestMemo::MAX`]): a fetch on the spot that reads exactly those bytes again sends the
+//! memo's digest instead of hashing them, so the digest is still that of the bytes sent.
 //!
 //! Not kept, so every fetch opens the file through the jail: paths through a symbolic link,
 //! paths that cross a mount point, file systems whose changes may not reach inotify (as for
@@ -42,6 +45,7 @@ use rustix::io::Errno;
 use super::entries::{watch_flags, EntryCache, MAX_WATCHES, TRUSTED_FS};
 use super::jail::{FsError, Jail, Links, Meta};
 use super::path::RelPath;
+use super::range::DigestMemo;
 
 /// Most descriptors kept open at once; fewer where the process may open few (see
 /// [`max_files`]).
@@ -85,6 +89,8 @@ struct KeptFile {
     meta: Meta,
     /// When it is to be opened afresh (see the module doc: mounts).
     renew: Instant,
+    /// The last small range fetched on the spot, with its digest.
+    memo: Option<Arc<DigestMemo>>,
 }
 
 /// The kept files, under the entry cache's `files` lock.
@@ -144,6 +150,9 @@ impl Kept {
     }
 }
 
+/// A kept file as [`EntryCache::peek_file`] finds it: descriptor, metadata, digest memo.
+pub type Peeked = (Arc<File>, Meta, Option<Arc<DigestMemo>>);
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -193,7 +202,8 @@ impl EntryCache {
     /// validates the kept name and metadata and stands in for the `fstat` that checks that
     /// nothing changed the file during the read (any change that returned before it made an
     /// event). `None`: not kept, or due to be opened afresh.
-    pub fn peek_file(&self, jail: JailKey, path: &RelPath) -> Option<(Arc<File>, Meta)> {
+    /// Also the kept file's [`DigestMemo`], if it has one.
+    pub fn peek_file(&self, jail: JailKey, path: &RelPath) -> Option<Peeked> {
         // The files' own lock only: the event queue is read once, by the confirmation.
         let kept = self.files.lock().ok()?;
         let kept = kept.by_jail.get(&jail)?.get(path.as_kernel_path())?;
@@ -201,30 +211,40 @@ impl EntryCache {
         if Instant::now() >= kept.renew {
             return None;
         }
-        Some((kept.file.clone(), kept.meta))
+        Some((kept.file.clone(), kept.meta, kept.memo.clone()))
     }
 
     /// Reads the event queue; whether `file` (from [`EntryCache::peek_file`]) is still the kept
     /// file at `path`, so nothing changed what `path` names or the file's content and
-    /// metadata up to this call.
-    pub fn confirm_file(&self, jail: JailKey, path: &RelPath, file: &Arc<File>) -> bool {
+    /// metadata up to this call. If so, a `memo` of what was just read replaces the file's.
+    pub fn confirm_file(
+        &self,
+        jail: JailKey,
+        path: &RelPath,
+        file: &Arc<File>,
+        memo: Option<DigestMemo>,
+    ) -> bool {
         let Ok(mut inner) = self.inner.lock() else {
             return false;
         };
         inner.drain(&self.files);
         drop(inner);
-        let Ok(kept) = self.files.lock() else {
+        let Ok(mut kept) = self.files.lock() else {
             return false;
         };
-        let still = kept
+        let Some(kept) = kept
             .by_jail
-            .get(&jail)
-            .and_then(|files| files.get(path.as_kernel_path()))
-            .is_some_and(|kept| Arc::ptr_eq(&kept.file, file));
-        if still {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            .get_mut(&jail)
+            .and_then(|files| files.get_mut(path.as_kernel_path()))
+            .filter(|kept| Arc::ptr_eq(&kept.file, file))
+        else {
+            return false;
+        };
+        if let Some(memo) = memo {
+            kept.memo = Some(Arc::new(memo));
         }
-        still
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Drops the kept file at `path` (a fetch found it changed in a way no event reported).
@@ -308,6 +328,7 @@ impl EntryCache {
             file: file.clone(),
             meta,
             renew: started + self.ttl,
+            memo: None,
         };
         match files.insert(name.clone(), fresh) {
             Some(_) => {}
@@ -592,13 +613,16 @@ mod tests {
             assert_eq!(second, first);
             let key = JailKey::of(&jail);
             let rel = RelPath::parse(path, 16).unwrap();
-            let (file, _) = cache.peek_file(key, &rel).expect("kept");
-            assert!(cache.confirm_file(key, &rel, &file), "{what}: confirmed");
+            let (file, _, _) = cache.peek_file(key, &rel).expect("kept");
+            assert!(
+                cache.confirm_file(key, &rel, &file, None),
+                "{what}: confirmed"
+            );
             change();
             // The reader's way: the kept file read first, then confirmed.
-            if let Some((file, meta)) = cache.peek_file(key, &rel) {
+            if let Some((file, meta, _)) = cache.peek_file(key, &rel) {
                 let seen = read_all(&file, meta);
-                if cache.confirm_file(key, &rel, &file) {
+                if cache.confirm_file(key, &rel, &file, None) {
                     assert_eq!(
                         Ok(seen),
                         fresh(&jail, path),

@@ -34,6 +34,51 @@ pub fn resolve(offset: u64, length: u64, size: u64) -> Result<(u64, u64), FsErro
     }
 }
 
+/// Bytes of a kept file's range and their digest, kept with the file
+/// ([`EntryCache::confirm_file`](super::EntryCache::confirm_file)) so that a fetch that reads
+/// exactly these bytes again need not hash them again
+/// ([`FileReader::read_whole_kept`]). The bytes are still read every time and compared with
+/// these byte for byte, so the digest sent is always the digest of the bytes sent: a memo can
+/// only spare work, never change an answer. Built only from bytes just hashed, so `digest` is
+/// always `fetch_digest(bytes)`.
+#[derive(Debug, Clone)]
+pub struct DigestMemo {
+    bytes: Box<[u8]>,
+    digest: [u8; 32],
+}
+
+impl DigestMemo {
+    /// Longest range remembered: what a kept file may hold beside its descriptor (at most
+    /// `MAX_FILES` x 16 KiB in all).
+    pub const MAX: usize = 16 * 1024;
+
+    /// A memo whose digest need not be its bytes': only for tests that show which digest is
+    /// sent.
+    #[cfg(test)]
+    pub(crate) fn planted(bytes: &[u8], digest: [u8; 32]) -> Self {
+        Self {
+            bytes: bytes.into(),
+            digest,
+        }
+    }
+
+    /// Whether `bufs`' first `len` bytes, counted across them in order, are this memo's bytes.
+    fn holds(&self, bufs: &[&mut [u8]], len: usize) -> bool {
+        if self.bytes.len() != len {
+            return false;
+        }
+        let mut rest = &self.bytes[..];
+        for buf in bufs {
+            let n = rest.len().min(buf.len());
+            if buf[..n] != rest[..n] {
+                return false;
+            }
+            rest = &rest[n..];
+        }
+        rest.is_empty()
+    }
+}
+
 /// One fetch's file, range and running hash. Blocking: call from a blocking thread.
 #[derive(Debug)]
 pub struct FileReader {
@@ -47,8 +92,11 @@ pub struct FileReader {
     remaining: u64,
     sent: u64,
     /// Boxed: a BLAKE3 state is about 2 KB, and the reader moves in and out of blocking
-    /// tasks and futures, each move a copy.
-    hasher: Box<FetchDigest>,
+    /// tasks and futures, each move a copy. Made at the first bytes hashed, so a range whose
+    /// digest comes from a memo never makes one.
+    hasher: Option<Box<FetchDigest>>,
+    /// The whole range's digest, once known without the hasher (a memo's).
+    known: Option<[u8; 32]>,
 }
 
 impl FileReader {
@@ -98,7 +146,8 @@ impl FileReader {
                 pos: offset,
                 remaining: length,
                 sent: 0,
-                hasher: Box::new(FetchDigest::new()),
+                hasher: None,
+                known: None,
             },
             response,
         ))
@@ -140,23 +189,64 @@ impl FileReader {
     /// memory-backed. Lets a small, hot read run on an async thread: it is a copy out of
     /// memory, not a wait.
     pub fn read_batch_cached(&mut self, bufs: &mut [&mut [u8]]) -> Result<Option<usize>, FsError> {
-        self.read_cached(bufs, true)
+        let want = self.want(bufs);
+        if self.read_into(bufs, want)?.is_none() {
+            return Ok(None);
+        }
+        self.check_unchanged()?;
+        self.consume(bufs, want);
+        Ok(Some(want))
     }
 
-    /// [`FileReader::read_batch_cached`] without the `fstat` after the read, for a kept file
-    /// whose cache confirms after the read that nothing changed it
+    /// [`FileReader::read_batch_cached`] of the whole range at once, without the `fstat` after
+    /// the read, for a kept file whose cache confirms after the read that nothing changed it
     /// ([`EntryCache::confirm_file`](super::EntryCache::confirm_file)); the caller must not
-    /// send the bytes otherwise.
-    pub fn read_batch_kept(&mut self, bufs: &mut [&mut [u8]]) -> Result<Option<usize>, FsError> {
-        self.read_cached(bufs, false)
-    }
-
-    fn read_cached(
+    /// send the bytes otherwise. When the bytes read are `memo`'s bytes, its digest is the
+    /// range's and they are not hashed. Otherwise they are hashed, and a range of at most
+    /// [`DigestMemo::MAX`] comes back with a memo of them, for the kept file to hold.
+    /// `Ok(None)` as for `read_batch_cached`, and also, with nothing read, when some of the
+    /// range was read before or `bufs` cannot hold it all.
+    pub fn read_whole_kept(
         &mut self,
         bufs: &mut [&mut [u8]],
-        check: bool,
-    ) -> Result<Option<usize>, FsError> {
+        memo: Option<&DigestMemo>,
+    ) -> Result<Option<(usize, Option<DigestMemo>)>, FsError> {
         let want = self.want(bufs);
+        if self.sent > 0 || want as u64 != self.remaining {
+            return Ok(None);
+        }
+        if self.read_into(bufs, want)?.is_none() {
+            return Ok(None);
+        }
+        if let Some(memo) = memo.filter(|memo| memo.holds(bufs, want)) {
+            self.known = Some(memo.digest);
+            self.advance(want);
+            return Ok(Some((want, None)));
+        }
+        self.consume(bufs, want);
+        if want > DigestMemo::MAX {
+            return Ok(Some((want, None)));
+        }
+        let mut bytes = Vec::with_capacity(want);
+        let mut left = want;
+        for buf in bufs.iter() {
+            let n = left.min(buf.len());
+            bytes.extend_from_slice(&buf[..n]);
+            left -= n;
+        }
+        let digest = self.digest();
+        self.known = Some(digest);
+        let memo = DigestMemo {
+            bytes: bytes.into_boxed_slice(),
+            digest,
+        };
+        Ok(Some((want, Some(memo))))
+    }
+
+    /// Reads `want` bytes at the reader's position into `bufs` if no byte has to come from a
+    /// disk, without hashing them or moving past them; `Ok(None)` as for
+    /// [`FileReader::read_batch_cached`].
+    fn read_into(&self, bufs: &mut [&mut [u8]], want: usize) -> Result<Option<()>, FsError> {
         let io = |errno| FsError::Io {
             path: self.path.clone(),
             errno,
@@ -187,11 +277,7 @@ impl FileReader {
         if n < want {
             return Ok(None);
         }
-        if check {
-            self.check_unchanged()?;
-        }
-        self.consume(bufs, want);
-        Ok(Some(want))
+        Ok(Some(()))
     }
 
     /// How many bytes the next read takes: the rest of the range, or as many as `bufs` hold.
@@ -204,12 +290,18 @@ impl FileReader {
 
     /// Hashes the `len` bytes just read into `bufs` and moves past them.
     fn consume(&mut self, bufs: &[&mut [u8]], len: usize) {
+        let hasher = self.hasher.get_or_insert_with(Default::default);
         let mut left = len;
         for buf in bufs {
             let n = left.min(buf.len());
-            self.hasher.update(&buf[..n]);
+            hasher.update(&buf[..n]);
             left -= n;
         }
+        self.advance(len);
+    }
+
+    /// Moves past `len` bytes read (and hashed, or matched by a memo).
+    fn advance(&mut self, len: usize) {
         self.pos += len as u64;
         self.remaining -= len as u64;
         self.sent += len as u64;
@@ -247,8 +339,16 @@ impl FileReader {
     fn end(self) -> Result<FetchEnd, FsError> {
         Ok(FetchEnd {
             bytes: self.sent,
-            digest: self.hasher.finalize(),
+            digest: self.known.unwrap_or_else(|| self.digest()),
         })
+    }
+
+    /// The digest of the bytes hashed so far.
+    fn digest(&self) -> [u8; 32] {
+        match &self.hasher {
+            Some(hasher) => hasher.finalize(),
+            None => FetchDigest::new().finalize(),
+        }
     }
 }
 
@@ -307,6 +407,7 @@ fn memory_backed(dev: u64, file: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_protocol::digest::fetch_digest;
 
     /// tmpfs is recognised, and the answer is then remembered for its device.
     #[test]
@@ -417,6 +518,61 @@ mod tests {
                 ferry_protocol::digest::fetch_digest(&data[3..993])
             );
         }
+    }
+
+    /// Issue 10: a kept file's range read whole reuses the digest remembered with the same
+    /// bytes instead of hashing them again (the second read makes no new memo, and a memo
+    /// whose digest was planted wrong shows that its digest is the one sent); bytes that
+    /// differ from the memo's (a change no event reported, e.g. a store through a shared
+    /// `mmap`) are hashed afresh, so the digest is always the digest of the bytes read.
+    #[test]
+    fn a_digest_memo_is_used_only_for_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("f"), &old).unwrap();
+        let jail = Jail::open(dir.path()).unwrap();
+        let path = RelPath::parse("f", 8).unwrap();
+        // One read of the whole range [3, 993) into two buffers, as into a fetch's slots.
+        let read = |memo: Option<&DigestMemo>| {
+            let (mut reader, _) = FileReader::open(&jail, path.clone(), 3, 990).unwrap();
+            let (mut a, mut b) = ([0u8; 500], [0u8; 490]);
+            let got = reader.read_whole_kept(&mut [&mut a[..], &mut b[..]], memo);
+            let (n, fresh) = got.unwrap()?;
+            assert_eq!(n, 990);
+            let bytes = [&a[..], &b[..]].concat();
+            Some((bytes, reader.finish_just_read().unwrap(), fresh))
+        };
+        let Some((bytes, end, memo)) = read(None) else {
+            return; // a file system that cannot say whether the pages are in memory
+        };
+        assert_eq!((bytes.as_slice(), end.bytes), (&old[3..993], 990));
+        assert_eq!(end.digest, fetch_digest(&old[3..993]));
+        let memo = memo.expect("a memo of the bytes read");
+
+        let (_, again, fresh) = read(Some(&memo)).unwrap();
+        assert_eq!(again.digest, end.digest);
+        assert!(fresh.is_none(), "the memo's digest was reused");
+        let planted = DigestMemo {
+            digest: [0xAA; 32],
+            ..memo.clone()
+        };
+        let (_, reused, _) = read(Some(&planted)).unwrap();
+        assert_eq!(
+            reused.digest, [0xAA; 32],
+            "the memo's digest is the one used"
+        );
+
+        // Same size, other bytes: the memo no longer matches them.
+        let new: Vec<u8> = old.iter().map(|b| b ^ 0x5A).collect();
+        std::fs::write(dir.path().join("f"), &new).unwrap();
+        let (bytes, end, fresh) = read(Some(&memo)).unwrap();
+        assert_eq!(bytes, &new[3..993]);
+        assert_eq!(
+            end.digest,
+            fetch_digest(&new[3..993]),
+            "not the memo's digest"
+        );
+        assert_eq!(fresh.expect("a memo of the new bytes").digest, end.digest);
     }
 
     #[test]

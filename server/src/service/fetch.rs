@@ -198,7 +198,9 @@ fn whole_frames(
 
 /// Answers a fetch of a small range of a kept file on the spot, for the connection's reader
 /// to queue without a task: one read of the file and one of the event queue after it
-/// ([`EntryCache::peek_file`]), no wait for a disk, no hop to the blocking pool. `None` (nothing done, nothing consumed) leaves the request to a task
+/// ([`EntryCache::peek_file`]), no wait for a disk, no hop to the blocking pool; the bytes are
+/// hashed only if they are not the kept file's digest memo. `None` (nothing done, nothing
+/// consumed) leaves the request to a task
 /// ([`fetch`]), which also answers every error; so do ranges that need more than
 /// `max_frames` frames. Returns the frames and the data bytes, and logs the request's line
 /// as [`super::run`] does.
@@ -208,11 +210,12 @@ pub(crate) fn answer_kept(
     request: &FetchRequest,
     max_frames: usize,
 ) -> Option<(Vec<Message>, u64)> {
-    let started = std::time::Instant::now();
+    // The clock is read only for the request's log line (two reads a request otherwise).
+    let started = tracing::enabled!(tracing::Level::INFO).then(std::time::Instant::now);
     let path = ctx.readable(&request.path).ok()?;
     let key = JailKey::of(&ctx.tree.jail);
     let cache = EntryCache::shared();
-    let (file, meta) = cache.peek_file(key, &path)?;
+    let (file, meta, memo) = cache.peek_file(key, &path)?;
     let (mut reader, response) = FileReader::from_shared(
         file.clone(),
         meta,
@@ -227,10 +230,15 @@ pub(crate) fn answer_kept(
         return None;
     }
     let mut first = None;
+    let mut fresh_memo = None;
     if remaining > 0 {
         let mut buf = ctx.buffers.try_get()?;
-        match reader.read_batch_kept(&mut buf.spaces(remaining)) {
-            Ok(Some(n)) => buf.set_len(n),
+        // A hot file is read again every time; only hashing the same bytes again is spared.
+        match reader.read_whole_kept(&mut buf.spaces(remaining), memo.as_deref()) {
+            Ok(Some((n, fresh))) => {
+                buf.set_len(n);
+                fresh_memo = fresh;
+            }
             Ok(None) => return None,
             Err(_) => {
                 // Changed without an event, or unreadable: the task opens it afresh.
@@ -241,11 +249,11 @@ pub(crate) fn answer_kept(
         first = Some(buf);
     }
     // After the read: nothing changed the name, the metadata or the bytes up to now.
-    if !cache.confirm_file(key, &path, &file) {
+    if !cache.confirm_file(key, &path, &file, fresh_memo) {
         return None;
     }
     let end = reader.finish_just_read().ok()?;
-    let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let elapsed_ms = started.map_or(0.0, |t| t.elapsed().as_micros() as f64 / 1000.0);
     let bytes = end.bytes;
     tracing::info!(%id, service = "fetch", path = ?request.path, bytes, elapsed_ms, outcome = "ok", "request");
     // At most 64 KiB, queued by the reader one answer at a time: its buffer's place may be
@@ -522,6 +530,88 @@ mod tests {
         )
         .await;
         assert_eq!(error_code(&frames), ErrorCode::INVALID_PATH);
+    }
+
+    /// Issue 10: the answer on the spot takes a kept file's digest memo only for the bytes it
+    /// holds. A memo planted with a wrong digest shows which digest is sent: the memo's when
+    /// the bytes read are its bytes (the hash was spared), the bytes' own when they differ,
+    /// as after a store through a shared `mmap`, which makes no event and leaves the file and
+    /// its memo kept.
+    #[tokio::test]
+    async fn a_kept_files_digest_memo_is_used_only_for_its_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"hello").unwrap();
+        let ctx = Context {
+            chunk: 64,
+            ..context(dir.path(), Principal::key_holder())
+        };
+        let request = FetchRequest {
+            path: "f".into(),
+            offset: 0,
+            length: TO_END,
+        };
+        let (out, mut rx) = sink();
+        fetch(&ctx, request.clone(), &out).await.unwrap();
+        drain(&mut rx);
+        let digest_sent = || {
+            let (frames, _) = answer_kept(&ctx, RequestId(7), &request, 16)?;
+            match &frames[..] {
+                [_, Message::Data(d), Message::FetchEnd(e)] if d[..] == b"hello"[..] => {
+                    Some(e.digest)
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let Some(first) = digest_sent() else {
+            return; // nothing kept: no inotify, or a file system it cannot be trusted on
+        };
+        assert_eq!(first, ferry_protocol::digest::fetch_digest(b"hello"));
+
+        let (key, path) = (JailKey::of(&ctx.tree.jail), ctx.readable("f").unwrap());
+        let plant = |bytes: &[u8]| {
+            let cache = EntryCache::shared();
+            let (file, _, _) = cache.peek_file(key, &path).expect("kept");
+            let memo = crate::fs::range::DigestMemo::planted(bytes, [0xAA; 32]);
+            assert!(cache.confirm_file(key, &path, &file, Some(memo)));
+        };
+        plant(b"hello");
+        assert_eq!(
+            digest_sent(),
+            Some([0xAA; 32]),
+            "the memo's digest, not hashed"
+        );
+        plant(b"HELLO");
+        assert_eq!(
+            digest_sent(),
+            Some(ferry_protocol::digest::fetch_digest(b"hello")),
+            "other bytes than the memo's: hashed"
+        );
+    }
+
+    /// A kept range larger than one read buffer (the test context's are 8 bytes) is left to a
+    /// task, which reads it in several batches; answered on the spot, its end would count
+    /// only the first buffer's bytes.
+    #[tokio::test]
+    async fn a_kept_range_larger_than_a_read_buffer_is_left_to_a_task() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"hello, world").unwrap();
+        let ctx = Context {
+            chunk: 64,
+            ..context(dir.path(), Principal::key_holder())
+        };
+        let request = FetchRequest {
+            path: "f".into(),
+            offset: 0,
+            length: TO_END,
+        };
+        let (out, mut rx) = sink();
+        assert_eq!(fetch(&ctx, request.clone(), &out).await.unwrap(), 12);
+        drain(&mut rx);
+        let (key, path) = (JailKey::of(&ctx.tree.jail), ctx.readable("f").unwrap());
+        if EntryCache::shared().peek_file(key, &path).is_none() {
+            return; // nothing kept: no inotify, or a file system it cannot be trusted on
+        }
+        assert_eq!(answer_kept(&ctx, RequestId(7), &request, 16), None);
     }
 
     #[tokio::test]
