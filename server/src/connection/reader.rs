@@ -160,6 +160,16 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
             .as_ref()
             .map(|link| link.spent().clone())
             .unwrap_or_default();
+        // Made once and polled again on every turn: a cancellation future made afresh per
+        // turn adds and removes a waiter (a lock each) per frame, and a fresh idle timer
+        // enters and leaves the timer wheel per frame, where moving a registered deadline
+        // later is one atomic update.
+        let mut killed = std::pin::pin!(signals.kill.cancelled());
+        let mut key_spent = std::pin::pin!(spent.cancelled());
+        let mut stop_asked = std::pin::pin!(signals.stop.cancelled());
+        let mut idle = std::pin::pin!(tokio::time::sleep_until(
+            last_activity + limits.idle_timeout
+        ));
         loop {
             let retiring = self.closing_soon();
             if self.in_flight.is_empty() {
@@ -177,11 +187,14 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
             // deadline covers that one).
             let idle_armed = self.in_flight.is_empty() && !frames.is_mid_frame();
             let idle_deadline = last_activity + limits.idle_timeout;
+            if idle_armed && idle.deadline() != idle_deadline {
+                idle.as_mut().reset(idle_deadline);
+            }
             tokio::select! {
                 biased;
-                _ = signals.kill.cancelled() => return Close::Killed,
-                _ = spent.cancelled() => return Close::Spent,
-                _ = signals.stop.cancelled(), if !stopping => stopping = true,
+                _ = &mut killed => return Close::Killed,
+                _ = &mut key_spent => return Close::Spent,
+                _ = &mut stop_asked, if !stopping => stopping = true,
                 result = &mut *writer => {
                     if let Err(error) = result {
                         tracing::warn!(%error, "writer task failed");
@@ -211,7 +224,7 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(idle_deadline), if idle_armed => return Close::Idle,
+                _ = &mut idle, if idle_armed => return Close::Idle,
                 frame = frames.next_frame(), if !eof => match frame {
                     Ok(frame) => {
                         last_activity = Instant::now();
@@ -299,10 +312,12 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
     /// timeout.
     async fn write_now(&self, id: RequestId, frames: &mut Vec<Message>) -> Option<Option<Close>> {
         let link = self.link.as_ref()?;
+        // The write first: the grace period's end is only waited for (a waiter added and
+        // removed under a lock) while the write waits.
         let written = tokio::select! {
             biased;
-            _ = self.kill.cancelled() => return Some(Some(Close::Killed)),
             written = link.write_now([&self.data, &self.ctrl], id, frames) => written?,
+            _ = self.kill.cancelled() => return Some(Some(Close::Killed)),
         };
         match written {
             Ok(()) => Some(None),
@@ -316,13 +331,14 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
     /// Waits for room in a queue; the reader stalls meanwhile (that is the backpressure), but
     /// still ends at once when the grace period is over.
     async fn enqueue(&self, queue: &mpsc::Sender<Out>, out: Out) -> Option<Close> {
+        // The send first, as in `write_now`.
         tokio::select! {
             biased;
-            _ = self.kill.cancelled() => Some(Close::Killed),
             sent = queue.send(out) => match sent {
                 Ok(()) => None,
                 Err(_) => Some(Close::WriterGone),
             },
+            _ = self.kill.cancelled() => Some(Close::Killed),
         }
     }
 
@@ -335,11 +351,11 @@ impl<W: AsyncWrite + Unpin + Send> Reader<W> {
         }
         let permits = tokio::select! {
             biased;
-            _ = self.kill.cancelled() => return Some(Close::Killed),
             permits = self.data.reserve_many(frames.len()) => match permits {
                 Ok(permits) => permits,
                 Err(_) => return Some(Close::WriterGone),
             },
+            _ = self.kill.cancelled() => return Some(Close::Killed),
         };
         for (permit, message) in permits.zip(frames) {
             permit.send((id, message));
