@@ -19,8 +19,12 @@ use crate::error::ClientError;
 use ferry_common::url::{FerryUrl, Hint};
 use ferry_protocol::identity::NodeId;
 
-/// Spare room in the read buffer before each read.
-const READ_RESERVE: usize = 256 * 1024;
+/// The size of a read buffer, and the room below which a read moves to another.
+const READ_BUFFER: usize = 512 * 1024;
+const READ_LOW_WATER: usize = 128 * 1024;
+/// Read buffers kept for reuse: with REQUEST_BYTES queued for a fetch and a part writer's
+/// batches, about as many as a bulk fetch keeps alive (12 MiB at most).
+const READ_SPARES: usize = 24;
 
 /// Where to connect: an address, or a URL whose host is resolved first.
 #[derive(Debug, Clone)]
@@ -221,10 +225,13 @@ impl Client {
         }
         let conn = Arc::new(conn);
         // Fetch data is split off the read buffer without copying, so one read may take many
-        // frames: keep a quarter megabyte of room.
+        // frames: reads of up to READ_BUFFER - 64 KiB, at least READ_LOW_WATER. A bulk fetch
+        // keeps megabytes of frames alive (queued for its handle, gathered for the disk), so
+        // their buffers are reused once those frames are gone rather than allocated afresh.
         let frames = FrameReader::new(read, recv, leftover)
             .frame_read_timeout(config.frame_read_timeout)
-            .read_reserve(READ_RESERVE, READ_RESERVE);
+            .read_reserve(READ_BUFFER, READ_LOW_WATER)
+            .recycle_buffers(READ_SPARES);
         let reader = tokio::spawn(read_loop(
             frames,
             conn.clone(),
