@@ -217,9 +217,17 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
             keepalive.handle_received(heard.into_std());
         }
     };
+    // One timer, moved as the deadline moves: a new one per frame took the runtime's timer
+    // lock twice per frame (issue 10); moving a registered timer later takes none.
+    let keepalive_timer =
+        tokio::time::sleep_until(tokio::time::Instant::from_std(keepalive.poll_timeout()));
+    tokio::pin!(keepalive_timer);
     loop {
         hear(&reader, &mut keepalive);
         let keepalive_at = tokio::time::Instant::from_std(keepalive.poll_timeout());
+        if keepalive_timer.deadline() != keepalive_at {
+            keepalive_timer.as_mut().reset(keepalive_at);
+        }
         tokio::select! {
             frame = reader.next_frame() => match frame {
                 Ok(frame) => {
@@ -242,7 +250,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
                     return;
                 }
             },
-            () = tokio::time::sleep_until(keepalive_at) => {
+            () = &mut keepalive_timer => {
                 hear(&reader, &mut keepalive);
                 match keepalive.poll(now()) {
                     KeepAliveAction::SendPing(payload) => {

@@ -405,6 +405,7 @@ impl Client {
             received: 0,
             hasher: FetchDigest::new(),
             digest: None,
+            data_timer: None,
         })
     }
 

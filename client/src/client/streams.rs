@@ -3,6 +3,7 @@
 //! [`FetchStream`] chunks, each checked against its end frame.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -233,6 +234,8 @@ pub struct FetchStream {
     pub(super) received: u64,
     pub(super) hasher: FetchDigest,
     pub(super) digest: Option<[u8; 32]>,
+    /// The wait for the next chunk times out here ([`FetchStream::chunk`]).
+    pub(super) data_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FetchStream {
@@ -260,13 +263,30 @@ impl FetchStream {
     /// [`ClientError::Integrity`] error means the data must not be trusted.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
         let timeout = self.pending.client.shared.request_timeout;
-        match tokio::time::timeout(timeout, std::future::poll_fn(|cx| self.poll_chunk(cx))).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
-                what: format!("waiting for data of request {}", self.pending.id),
-                secs: timeout.as_secs(),
-            }),
-        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = self.poll_chunk(cx) {
+                return Poll::Ready(result);
+            }
+            // One timer for the whole stream, armed only when a chunk is not already here: a
+            // timeout per chunk took the runtime's timer lock twice per 64 KiB (issue 10).
+            let timer = self
+                .data_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if !armed {
+                timer.as_mut().reset(deadline);
+                armed = true;
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(ClientError::Timeout {
+                    what: format!("waiting for data of request {}", self.pending.id),
+                    secs: timeout.as_secs(),
+                })),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Poll form of [`FetchStream::chunk`].
@@ -338,6 +358,64 @@ mod tests {
     use super::super::test_support::pair;
     use super::*;
     use ferry_protocol::ErrorCode;
+
+    /// The wait for data times out chunk by chunk, not over the whole stream: chunks that
+    /// each come just inside the request timeout keep a fetch going however long it runs, and
+    /// a stall ends it once the timeout has passed since the last chunk.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_times_out_between_chunks_not_over_the_whole_stream() {
+        use super::super::ClientConfig;
+        use ferry_protocol::message::TO_END;
+        use ferry_protocol::{Key, ServerHandshakeConfig};
+        use futures::{SinkExt, StreamExt};
+
+        let key = Key::generate();
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server_key = key.clone();
+        let timeout = Duration::from_secs(30);
+        let server = tokio::spawn(async move {
+            let mut conn =
+                ferry_protocol::tokio::accept(theirs, ServerHandshakeConfig::new(server_key))
+                    .await
+                    .unwrap();
+            let id = conn.next().await.unwrap().unwrap().header.id;
+            let response = FetchResponse {
+                size: 60,
+                mtime_secs: 1,
+                mtime_nanos: 0,
+                offset: 0,
+                length: 60,
+            };
+            conn.send((id, Message::FetchResponse(response)))
+                .await
+                .unwrap();
+            for i in 0..5u8 {
+                tokio::time::sleep(timeout - Duration::from_secs(1)).await;
+                let chunk = Bytes::from(vec![i; 10]);
+                conn.send((id, Message::Data(chunk))).await.unwrap();
+            }
+            std::future::pending::<()>().await;
+        });
+        let hour = Duration::from_secs(3600);
+        let config = ClientConfig::new(key)
+            .keepalive(hour, hour)
+            .request_timeout(timeout);
+        let peer = "127.0.0.1:9".parse().unwrap();
+        let client = Client::handshake(ours, peer, config).await.unwrap();
+        let mut stream = client.fetch("f", 0, TO_END).await.unwrap();
+        for i in 0..5u8 {
+            assert_eq!(stream.chunk().await.unwrap().unwrap(), vec![i; 10]);
+        }
+        let last = tokio::time::Instant::now();
+        let err = stream.chunk().await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        let waited = last.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        server.abort();
+    }
 
     #[tokio::test]
     async fn remote_errors_and_integrity_failures_are_distinct() {

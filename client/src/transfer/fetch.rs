@@ -3,6 +3,7 @@
 //! the remote mtime and executable bits.
 
 use std::path::Path;
+use std::pin::Pin;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -291,14 +292,22 @@ pub(super) struct ProgressWatch {
     min: MinProgress,
     since: tokio::time::Instant,
     bytes: u64,
+    /// Fires when the window ends. One timer for the whole fetch, moved when the window
+    /// restarts: a timer per chunk took the runtime's timer lock twice per 64 KiB (issue 10).
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl ProgressWatch {
     pub(super) fn new(min: MinProgress) -> Self {
+        let since = tokio::time::Instant::now();
         Self {
             min,
-            since: tokio::time::Instant::now(),
+            since,
             bytes: 0,
+            // Armed for real in `expired`; never awaited while the rule is off.
+            timer: Box::pin(tokio::time::sleep_until(
+                since.checked_add(min.window).unwrap_or(since),
+            )),
         }
     }
 
@@ -332,11 +341,15 @@ impl ProgressWatch {
     }
 
     /// Resolves when the window ran out short of the minimum; never when the rule is off.
-    async fn expired(&self) {
+    async fn expired(&mut self) {
         if self.min.is_off() {
             return std::future::pending().await;
         }
-        tokio::time::sleep_until(self.since + self.min.window).await;
+        let end = self.since + self.min.window;
+        if self.timer.deadline() != end {
+            self.timer.as_mut().reset(end);
+        }
+        self.timer.as_mut().await;
     }
 
     fn error(&self, remote: &str) -> ClientError {
