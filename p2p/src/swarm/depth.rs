@@ -1,7 +1,8 @@
 //! How many block requests to keep in flight with one peer (spec/P2P.md §4.1): its measured
-//! download rate × round-trip time, doubled, between a floor and a cap, as libtorrent sizes its
-//! request queue. A fixed depth either leaves a long fat link idle or piles many blocks on a
-//! slow peer, which then holds up the last pieces.
+//! download rate × round-trip time, doubled, and at least a second of that rate
+//! ([`QUEUE_TIME`]), between a floor and a cap, as libtorrent sizes its request queue. A fixed
+//! depth either leaves a long fat link idle or piles many blocks on a slow peer, which then
+//! holds up the last pieces.
 //!
 //! Round trip: the shortest time from a request to its block seen on this connection (the
 //! first requests on an idle connection wait behind nothing, later ones behind the queue, so
@@ -11,7 +12,8 @@
 //! (a queue of exactly rate × RTT can only keep today's rate) and keeps the peer's send queue
 //! from running dry while our next requests are on their way: like TCP's slow start, the depth
 //! about doubles every round trip until the link is full, then stays at about twice its
-//! bandwidth-delay product.
+//! bandwidth-delay product, or a second of its rate where that is more ([`QUEUE_TIME`]: a
+//! request's trip can be much longer than the shortest round trip).
 //!
 //! Start: the depth begins at [`START`] and, until a rate sample is less than [`GROWING`] × the
 //! one before (the link is full), also grows by one request per block received, as TCP's
@@ -30,6 +32,12 @@ pub const MIN_WINDOW: Duration = Duration::from_millis(50);
 /// A rate sample at least this many times the previous one means the link is not full yet,
 /// so the slow start goes on.
 pub const GROWING: f64 = 1.25;
+/// Least time the depth covers at the measured rate, whatever the round trip: a request can
+/// wait far longer than the path's round trip on its way (behind our own blocks to that peer
+/// on the same connection, in a queue shared with other traffic), and a depth of twice rate ×
+/// the shortest round trip then asks for fewer blocks than today's rate keeps in flight, so
+/// the rate falls with the depth down to the floor and stays there. libtorrent keeps 3 s.
+pub const QUEUE_TIME: Duration = Duration::from_secs(1);
 
 /// One peer's request-queue estimator.
 #[derive(Debug, Clone)]
@@ -132,9 +140,9 @@ impl Depth {
         }
         let rate = self.meter.rate();
         let rtt = self.min_rtt.unwrap_or_default().as_secs_f64();
-        let bdp_blocks = rate * rtt / f64::from(MAX_BLOCK);
+        let cover = (2.0 * rtt).max(QUEUE_TIME.as_secs_f64());
         // Saturating float-to-int cast: a huge product lands on the cap.
-        let want = ((2.0 * bdp_blocks).ceil() as usize).clamp(floor, cap);
+        let want = ((rate * cover / f64::from(MAX_BLOCK)).ceil() as usize).clamp(floor, cap);
         if self.slow_start && rate >= GROWING * self.last_rate {
             self.target = self.target.max(want);
         } else {
@@ -160,6 +168,18 @@ mod tests {
 
     /// [`drive`], also returning when each block arrived, after the start.
     fn drive_timed(rate: f64, rtt: Duration, secs: u64) -> (usize, f64, Depth, Vec<Duration>) {
+        drive_delayed(rate, rtt, secs, |_| Duration::ZERO)
+    }
+
+    /// [`drive_timed`] where request number `k` (from 0) also waits `extra(k)` on its way to
+    /// the peer: behind our own blocks to that peer on the same connection, or in a queue
+    /// shared with other traffic.
+    fn drive_delayed(
+        rate: f64,
+        rtt: Duration,
+        secs: u64,
+        extra: impl Fn(usize) -> Duration,
+    ) -> (usize, f64, Depth, Vec<Duration>) {
         let (floor, cap) = (4, 500);
         let mut d = Depth::new(floor, cap);
         let t0 = Instant::now();
@@ -172,8 +192,10 @@ mod tests {
         let end = t0 + Duration::from_secs(secs);
         let mut last_second = 0u64;
         let mut arrivals = Vec::new();
-        let request = |sent: Instant, link_free: &mut Instant| {
-            let at_peer = sent + rtt / 2;
+        let mut requests = 0;
+        let mut request = |sent: Instant, link_free: &mut Instant| {
+            let at_peer = sent + rtt / 2 + extra(requests);
+            requests += 1;
             let leaves = (*link_free).max(at_peer) + per_block;
             *link_free = leaves;
             (leaves + rtt / 2, sent)
@@ -203,9 +225,10 @@ mod tests {
         // 20 Mbit/s of payload, 200 ms: a bandwidth-delay product of 500 kB, 31 blocks.
         let rate = 2_500_000.0;
         let (depth, goodput, d) = drive(rate, Duration::from_millis(200), 10);
+        // A second at the link's rate (152 blocks): more than twice the 31-block product.
         assert!(
-            (55..=70).contains(&depth),
-            "depth {depth}, about twice the 31-block product"
+            (145..=165).contains(&depth),
+            "depth {depth}, about one second of the link"
         );
         assert!(goodput >= 0.98 * rate, "{goodput} of {rate} B/s");
         let (measured, rtt) = d.measured();
@@ -242,15 +265,41 @@ mod tests {
         );
     }
 
+    /// issue 14 (netlab, 1 seed + 3 at 200 ms): once the requests' trips are longer than
+    /// twice the shortest round trip counted, twice rate × that round trip asks for fewer
+    /// blocks than today's rate keeps in flight, and the rate falls with the depth. There,
+    /// leecher-to-leecher depths sank to the floor after a lull and stayed (4 blocks, about
+    /// 2.5 Mbit/s of a 20 Mbit/s link, in 5 of 6 runs); here, with requests queued 300 ms
+    /// behind other traffic, 0.74 of the link.
+    #[test]
+    fn requests_that_queue_on_their_way_still_fill_the_link() {
+        let rate = 2_500_000.0;
+        let rtt = Duration::from_millis(200);
+        // The first 40 requests travel on an idle connection; every later one waits 300 ms.
+        let (depth, goodput, _, _) = drive_delayed(rate, rtt, 20, |k| {
+            if k < 40 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(300)
+            }
+        });
+        assert!(
+            goodput >= 0.95 * rate,
+            "{:.2} of the link at depth {depth}",
+            goodput / rate
+        );
+    }
+
     #[test]
     fn the_queue_stays_small_on_a_slow_peer() {
-        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block.
+        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block; a second of it is
+        // 12.2 blocks, far from the cap of 500.
         let (depth, goodput, _) = drive(200_000.0, Duration::from_millis(20), 10);
-        assert_eq!(depth, 4, "the floor");
+        assert_eq!(depth, 13, "one second of the peer's rate");
         assert!(goodput >= 0.95 * 200_000.0, "{goodput}");
-        // The same rate far away needs more, still far from a fixed 64.
-        let (depth, _, _) = drive(200_000.0, Duration::from_millis(300), 10);
-        assert!((7..=10).contains(&depth), "{depth}");
+        // The same rate 700 ms away: twice its product (17.1 blocks) is more than a second.
+        let (depth, _, _) = drive(200_000.0, Duration::from_millis(700), 10);
+        assert!((17..=21).contains(&depth), "{depth}");
     }
 
     #[test]
