@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::host::{Accepted, Registration};
 use super::peer::{run_peer, Opened, PeerStream, CLOSE_WRITE_TIMEOUT, LINGER_TIME};
 use super::server::run_server_source;
+use super::stats_pace::StatsPace;
 use super::{Added, Ctx, Event, NodeConfig, NodeError, PeerCmd};
 use crate::pieces::sha256;
 use crate::status::Sources;
@@ -101,6 +102,8 @@ pub(super) struct Actor {
     pub(super) sources: Arc<Sources>,
     /// The ids of the connected peers, sorted.
     pub(super) peer_ids: watch::Sender<Vec<crate::wire::PeerId>>,
+    /// When a refresh of the counters wakes their watchers.
+    pub(super) stats_pace: StatsPace,
 }
 
 impl Actor {
@@ -147,11 +150,12 @@ impl Actor {
             if let Err(e) = self.drain_actions() {
                 break Err(e);
             }
-            let _ = self.stats_tx.send(self.swarm.stats());
+            self.publish_stats();
             self.publish_peer_ids();
             if self.swarm.is_complete() {
                 if let Some(tx) = &self.completed {
-                    let _ = tx.send(true);
+                    // Once: every later event would wake the tracker tasks for nothing.
+                    tx.send_if_modified(|done| !std::mem::replace(done, true));
                 }
                 if !self.config.seed_after_complete {
                     // Peers get what is queued for them (the HAVE for the last piece) first.
@@ -160,6 +164,7 @@ impl Actor {
                 }
             }
             let deadline = Instant::from_std(self.swarm.poll_timeout());
+            let stats_due = self.stats_pace.deadline().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break Ok(()),
@@ -188,6 +193,11 @@ impl Actor {
                     self.swarm.handle_timeout(Instant::now().into_std());
                 }
                 _ = maintenance.tick() => self.dial_more(),
+                _ = async { tokio::time::sleep_until(stats_due.unwrap_or_else(Instant::now)).await }, if stats_due.is_some() => {
+                    // Counters refreshed without waking anyone since the last wake-up.
+                    self.stats_tx.send_modify(|_| {});
+                    self.stats_pace.woken(self.now());
+                }
             }
         };
         let stats = self.swarm.stats();
@@ -570,6 +580,18 @@ impl Actor {
                 opened,
             )
             .await
+        });
+    }
+
+    /// Refreshes the counters every watcher reads; wakes the watchers as [`StatsPace`] says.
+    fn publish_stats(&mut self) {
+        let new = self.swarm.stats();
+        let now = self.now();
+        let pace = &mut self.stats_pace;
+        self.stats_tx.send_if_modified(|stats| {
+            let wake = pace.on_refresh(stats, &new, now);
+            *stats = new;
+            wake
         });
     }
 

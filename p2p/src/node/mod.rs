@@ -10,12 +10,14 @@
 //! share (the commands to a peer, the events into the actor); `actor.rs` is the swarm actor
 //! (events, actions, dialing); `peer.rs` is one peer connection (handshake, reader, writer,
 //! close and drain); `server.rs` runs a ferry-server as a peer; `host.rs` is one listener
-//! shared by several swarms, routing each connection by the key its hello names.
+//! shared by several swarms, routing each connection by the key its hello names;
+//! `stats_pace.rs` decides when a refresh of the counters wakes their watchers.
 
 mod actor;
 mod host;
 mod peer;
 mod server;
+mod stats_pace;
 
 pub use host::{Host, HostAdder};
 
@@ -428,6 +430,7 @@ fn start_with(
         closing: HashSet::new(),
         sources: sources.clone(),
         peer_ids: peer_ids_tx,
+        stats_pace: stats_pace::StatsPace::default(),
     };
     let adder = PeerAdder {
         events: actor.events_tx.clone(),
