@@ -343,7 +343,36 @@ impl Storage {
         len: u32,
     ) -> Result<Vec<u8>, StorageError> {
         let mut out = vec![0u8; len as usize];
-        let end = offset + len;
+        self.read_into(manifest, piece, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Fills `out` with the bytes at `offset` inside `piece` (e.g. straight into a frame body
+    /// being built); the range must lie inside the piece.
+    pub fn read_into(
+        &self,
+        manifest: &Manifest,
+        piece: PieceIndex,
+        offset: u32,
+        out: &mut [u8],
+    ) -> Result<(), StorageError> {
+        // A range past the piece would leave part of `out` unread: refuse it.
+        let end = u32::try_from(out.len())
+            .ok()
+            .and_then(|len| offset.checked_add(len))
+            .filter(|end| *end <= manifest.piece_len(piece))
+            .ok_or_else(|| StorageError::Io {
+                path: self.root.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} bytes at offset {offset} lie outside piece {} of {} bytes",
+                        out.len(),
+                        piece.get(),
+                        manifest.piece_len(piece)
+                    ),
+                ),
+            })?;
         for span in manifest.spans(piece) {
             let s_end = span.piece_offset + span.len;
             let lo = offset.max(span.piece_offset);
@@ -356,7 +385,7 @@ impl Storage {
             file.read_exact_at(&mut out[(lo - offset) as usize..(hi - offset) as usize], at)
                 .map_err(io_err(&self.files[span.file].0))?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Reads a whole piece.
@@ -631,6 +660,23 @@ mod tests {
         let last = m.piece(m.piece_count() - 1).unwrap();
         let tail = seed.read(&m, last, 0, m.piece_len(last)).unwrap();
         assert!(tail.ends_with(b"hello"));
+    }
+
+    /// A block range past its piece (or overflowing u32) is an error, not zeros from beyond
+    /// the piece's spans, and never a panic.
+    #[test]
+    fn a_read_past_the_piece_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("f");
+        std::fs::write(&src, vec![7u8; 40_000]).unwrap();
+        let m = make_manifest(&src, Some(16_384), vec![], vec![], &|_| {}).unwrap();
+        let seed = Storage::open_existing(dir.path(), &m).unwrap();
+        let last = m.piece(2).unwrap();
+        assert_eq!(m.piece_len(last), 40_000 - 2 * 16_384);
+        assert_eq!(seed.read(&m, last, 0, 7_232).unwrap(), vec![7u8; 7_232]);
+        assert!(seed.read(&m, last, 0, 7_233).is_err());
+        assert!(seed.read(&m, last, 7_000, 16_384).is_err());
+        assert!(seed.read(&m, last, u32::MAX, 2).is_err());
     }
 
     #[test]

@@ -469,6 +469,42 @@ impl PeerMessage {
     }
 }
 
+/// A `PIECE` body built where the block is read: the caller reads the block straight into
+/// [`PieceBody::start`]'s slice and [`PieceBody::write`] seals the frame from this buffer, the
+/// frame [`PeerMessage::Piece`] would give, without that message's two copies and two
+/// allocations of the block. One per connection: its buffer serves every block.
+#[derive(Debug, Default)]
+pub struct PieceBody {
+    /// The piece index and offset (big-endian), then the block.
+    buf: Vec<u8>,
+}
+
+impl PieceBody {
+    /// Starts the body of block (`piece`, `offset`) of `len` bytes; returns the block's bytes
+    /// to fill (what they held before is not cleared: the caller overwrites all of them).
+    pub fn start(&mut self, piece: u32, offset: u32, len: usize) -> &mut [u8] {
+        self.buf.resize(8 + len, 0);
+        self.buf[..4].copy_from_slice(&piece.to_be_bytes());
+        self.buf[4..8].copy_from_slice(&offset.to_be_bytes());
+        &mut self.buf[8..]
+    }
+
+    /// Appends the `PIECE` frame on the connection id, sealed by `send`.
+    pub fn write(
+        &self,
+        send: &mut ferry_protocol::SendHalf,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), ferry_protocol::Error> {
+        send.write_frame(
+            kind::PIECE,
+            SERVICE,
+            ferry_protocol::RequestId::CONNECTION,
+            &self.buf,
+            dst,
+        )
+    }
+}
+
 /// What one received frame asks of a peer session (spec/P2P.md §3.1, §3.2, §3.10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -893,6 +929,33 @@ mod tests {
             let frame = b.read_frame(&mut wire).unwrap().unwrap();
             let got = PeerMessage::decode(frame.header.kind, frame.header.service, frame.body);
             assert_eq!(got, Ok(msg));
+        }
+    }
+
+    /// The uploader builds PIECE bodies in place; the frames must be byte for byte those of
+    /// `PeerMessage::Piece`, a reused buffer included (a longer block before a shorter one).
+    #[test]
+    fn a_piece_body_seals_to_the_frame_of_a_piece_message() {
+        // Two GCM sessions keyed alike seal alike (CBC draws a random IV per record).
+        let gcm = || {
+            Session::dangerous_pair_with_suite(ferry_protocol::crypto::RecordSuite::Aes256Gcm)
+                .0
+                .into_split()
+                .0
+        };
+        let (mut by_message, mut in_place) = (gcm(), gcm());
+        let mut body = PieceBody::default();
+        for (piece, offset, len, fill) in [(3, 16_384, 16_384, 0xab), (9, 0, 100, 0x01)] {
+            let msg = PeerMessage::Piece {
+                piece,
+                offset,
+                data: Bytes::from(vec![fill; len]),
+            };
+            let (mut want, mut got) = (BytesMut::new(), BytesMut::new());
+            msg.write(&mut by_message, &mut want).unwrap();
+            body.start(piece, offset, len).fill(fill);
+            body.write(&mut in_place, &mut got).unwrap();
+            assert_eq!(got, want, "piece {piece}");
         }
     }
 
