@@ -98,6 +98,7 @@ loopback() {
     local L=$WORK/loop; mkdir -p "$L/data"
     head -c "${LOOP_MIB}M" /dev/urandom > "$L/data/file.bin"
     # ---- ferry-peer: tracker, seed, 4 leechers that keep seeding.
+    child_cpu; local cpu0=$CPU
     "$PEER" make "$L/data/file.bin" -o "$L/file.ferry" --tracker udp://127.0.0.1:16969 --no-progress >/dev/null
     "$PEER" tracker --listen 127.0.0.1:16969 --interval 5s >/dev/null 2>&1 & PIDS+=($!)
     "$PEER" seed "$L/file.ferry" --data "$L/data" --listen 127.0.0.1:17000 --no-progress >"$L/seed.out" 2>/dev/null & PIDS+=($!)
@@ -112,14 +113,16 @@ loopback() {
     wait_complete "${outs[@]}"
     local ferry_s; ferry_s=$(echo "$(now) - $start" | bc -l)
     stop_all
+    child_cpu; local ferry_cpu; ferry_cpu=$(echo "$CPU - $cpu0" | bc -l)
     for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/f$i/file.bin" || { echo "ferry copy $i differs" >&2; return 4; }; done
     rm -rf "$L"/f*
     if [ $with_aria = 0 ]; then
-        printf "\nloopback, %d MiB, 1 seed + 4 leechers\nferry-peer %.2f s (no aria2c + opentracker to compare)\n" "$LOOP_MIB" "$ferry_s"
+        printf "\nloopback, %d MiB, 1 seed + 4 leechers\nferry-peer %.2f s, CPU %.2f s (no aria2c + opentracker to compare)\n" "$LOOP_MIB" "$ferry_s" "$ferry_cpu"
         rm -rf "$L"; return 0
     fi
     # ---- aria2c behind opentracker, same shape.
     mkdir -p "$L/ot"
+    child_cpu; cpu0=$CPU
     mktorrent -a http://127.0.0.1:16970/announce -l 18 -o "$L/file.torrent" "$L/data/file.bin" >/dev/null
     # Debian's opentracker only serves whitelisted info hashes; the list is read inside its chroot.
     python3 -c 'import hashlib,sys; b=open(sys.argv[1],"rb").read(); i=b.index(b"4:info")+6; print(hashlib.sha1(b[i:-1]).hexdigest())' \
@@ -141,10 +144,17 @@ loopback() {
     wait_complete "${outs[@]}"
     local aria_s; aria_s=$(echo "$(now) - $start" | bc -l)
     stop_all
+    child_cpu; local aria_cpu; aria_cpu=$(echo "$CPU - $cpu0" | bc -l)
     for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/a$i/file.bin" || { echo "aria2 copy $i differs" >&2; return 4; }; done
     rm -rf "$L"
-    printf "\nloopback, %d MiB, 1 seed + 4 leechers\n%-22s %8s\n" "$LOOP_MIB" tool all_done_s
-    printf "%-22s %8.2f\n%-22s %8.2f\nferry/aria2 %.2f\n" ferry-peer "$ferry_s" "aria2c+opentracker" "$aria_s" "$(echo "$ferry_s / $aria_s" | bc -l)"
+    # CPU: user+sys of every process of the run (make/mktorrent, tracker, seed with its start-up
+    # hashing, leechers until stopped), per MiB delivered (4 copies).
+    local mib4=$((4 * LOOP_MIB))
+    printf "\nloopback, %d MiB, 1 seed + 4 leechers, %d cores, load %s\n%-22s %8s %8s %12s\n" "$LOOP_MIB" "$(nproc)" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" tool all_done_s cpu_s cpu_ms/MiB
+    printf "%-22s %8.2f %8.2f %12.2f\n" ferry-peer "$ferry_s" "$ferry_cpu" "$(echo "$ferry_cpu * 1000 / $mib4" | bc -l)" \
+        "aria2c+opentracker" "$aria_s" "$aria_cpu" "$(echo "$aria_cpu * 1000 / $mib4" | bc -l)"
+    printf "ferry/aria2 %.2f (time), %.2f (CPU)\n" "$(echo "$ferry_s / $aria_s" | bc -l)" "$(echo "$ferry_cpu / $aria_cpu" | bc -l)"
 }
 
 case " $PHASES " in *" netlab "*|*" tcp "*) ;; *) loopback; exit 0 ;; esac
