@@ -2,7 +2,7 @@
 //! minimum-progress rule, checked against the server's digest, then renamed into place with
 //! the remote mtime and executable bits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use super::resume::Start;
 use super::{local_error, when_not_busy, Cancel, Downloaded, GetOptions, MinProgress};
 use crate::client::{Client, FetchStream};
 use crate::error::ClientError;
-use crate::progress::TransferProgress;
+use crate::progress::{FileProgress, TransferProgress};
 
 /// Where one download lands: `rel` beneath `jail`, shown to the user as `dest`.
 #[derive(Debug, Clone, Copy)]
@@ -171,21 +171,22 @@ impl Fetcher<'_> {
                 .map_err(|e| ClientError::io(&part, e))?;
         }
         write_meta(jail, &meta_rel, &meta_file, &wanted)?;
-        let mut writer = PartWriter::new(file);
-
         let bar = progress.file(label, entry.size, offset);
-        let mut written = offset;
         // A fresh download's whole-file hash is the stream's own running hash (checked against the
         // server's at the end); only a resume needs a second hash that starts with the part.
-        let mut whole: Option<FetchDigest> = (offset > 0).then_some(hasher);
+        let mut sink = Some(Sink {
+            writer: PartWriter::new(file),
+            whole: (offset > 0).then_some(hasher),
+            bar,
+            written: offset,
+        });
         let mut fetch: Option<FetchStream> = None;
         let result = async {
-            let stream = fetch.insert(
-                cancel
-                    .guard(when_not_busy(|| client.fetch(remote, offset, TO_END)))
-                    .await?,
-            );
+            let stream = cancel
+                .guard(when_not_busy(|| client.fetch(remote, offset, TO_END)))
+                .await?;
             let response = *stream.response();
+            fetch = Some(stream);
             if response.size != wanted.size
                 || response.mtime_secs != wanted.mtime_secs
                 || response.mtime_nanos != wanted.mtime_nanos
@@ -194,31 +195,38 @@ impl Fetcher<'_> {
                     "{remote} changed on the server while the download started"
                 )));
             }
-            let mut cancel = cancel.clone();
-            let mut watch = ProgressWatch::new(options.min_progress);
-            while let Some(chunk) = watch.next_chunk(stream, &mut cancel, remote).await? {
-                // The stream refuses data past the length it announced, and that was checked
-                // against the stated size; this keeps the disk bound local and obvious.
-                if written + chunk.len() as u64 > entry.size {
-                    return Err(ClientError::Integrity(format!(
-                        "{remote}: the server sent more than the {} bytes it stated",
-                        entry.size
-                    )));
+            let (Some(stream), Some(taken)) = (fetch.take(), sink.take()) else {
+                return Err(ClientError::Local("the download lost its stream".into()));
+            };
+            let pump = Pump {
+                stream,
+                sink: taken,
+                remote: remote.to_string(),
+                size: entry.size,
+                part: part.clone(),
+            };
+            let mut task =
+                AbortOnDrop(tokio::spawn(pump.run(cancel.clone(), options.min_progress)));
+            match (&mut task.0).await {
+                Ok((pump, result)) => {
+                    fetch = Some(pump.stream);
+                    sink = Some(pump.sink);
+                    result
                 }
-                if let Some(whole) = whole.as_mut() {
-                    whole.update(&chunk);
-                }
-                let len = chunk.len() as u64;
-                writer
-                    .write(chunk)
-                    .await
-                    .map_err(|e| write_error(&part, e, written, entry.size))?;
-                written += len;
-                bar.inc(len);
+                Err(e) => Err(ClientError::Local(format!("the download task failed: {e}"))),
             }
-            Ok(())
         }
         .await;
+        let Some(Sink {
+            writer,
+            whole,
+            bar,
+            written,
+        }) = sink
+        else {
+            // Only a panic in the data loop loses it; the part keeps what reached it.
+            return result.and(Err(ClientError::Local("the download task failed".into())));
+        };
 
         // The hash of exactly the bytes in the part, if known: the resume hash, or the stream's
         // when every chunk it hashed was also written.
@@ -283,6 +291,78 @@ impl Fetcher<'_> {
                 Err(e)
             }
         }
+    }
+}
+
+/// Where a fetch's data goes: the part file's writer, the resume hash, the progress bar and
+/// the count of bytes handed to the writer (the part's length once it is flushed).
+struct Sink {
+    writer: PartWriter,
+    whole: Option<FetchDigest>,
+    bar: Box<dyn FileProgress>,
+    written: u64,
+}
+
+/// The data loop of one fetch, run as a task of its own that hands everything back. Awaited
+/// inline under `block_on` (as the `ferry` command runs), every frame the connection's reader
+/// queued had to wake the blocking thread through a futex, two system calls and two context
+/// switches per 64 KiB (issue 10); on a worker the wake-up stays within the runtime.
+struct Pump {
+    stream: FetchStream,
+    sink: Sink,
+    remote: String,
+    /// The size the listing stated: no more than this is written.
+    size: u64,
+    part: PathBuf,
+}
+
+impl Pump {
+    async fn run(
+        mut self,
+        mut cancel: Cancel,
+        min: MinProgress,
+    ) -> (Self, Result<(), ClientError>) {
+        let result = self.pump(&mut cancel, min).await;
+        (self, result)
+    }
+
+    async fn pump(&mut self, cancel: &mut Cancel, min: MinProgress) -> Result<(), ClientError> {
+        let mut watch = ProgressWatch::new(min);
+        let sink = &mut self.sink;
+        while let Some(chunk) = watch
+            .next_chunk(&mut self.stream, cancel, &self.remote)
+            .await?
+        {
+            // The stream refuses data past the length it announced, and that was checked
+            // against the stated size; this keeps the disk bound local and obvious.
+            if sink.written + chunk.len() as u64 > self.size {
+                return Err(ClientError::Integrity(format!(
+                    "{}: the server sent more than the {} bytes it stated",
+                    self.remote, self.size
+                )));
+            }
+            if let Some(whole) = sink.whole.as_mut() {
+                whole.update(&chunk);
+            }
+            let len = chunk.len() as u64;
+            sink.writer
+                .write(chunk)
+                .await
+                .map_err(|e| write_error(&self.part, e, sink.written, self.size))?;
+            sink.written += len;
+            sink.bar.inc(len);
+        }
+        Ok(())
+    }
+}
+
+/// A task that is aborted when the future waiting for it is dropped, as the inline loop it
+/// replaces stopped when its future was.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
