@@ -11,8 +11,10 @@
 #   DELAY=100ms ...        every packet crossing the switch waits 100 ms: RTT 200 ms
 #   DISCOVERY=dht ...      no tracker: h1 also runs a DHT node, every peer bootstraps from it
 #                          alone (its --dht-bootstrap) and finds the others by DHT and PEX
-#   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link
-#                          (nlprobe tcp-send/tcp-sink for TCP_SECONDS, default 20)
+#   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link:
+#                          its steady rate (nlprobe tcp-send/tcp-sink for TCP_SECONDS, default
+#                          20, after 2 s of warm-up) and the file copied whole, timed as the
+#                          leecher is (set-up and slow start included)
 #   LOGS=dir ...           keep every peer's stderr (seed.err, N-hI.err) and `ss -tin` of the
 #                          seed's connections every second (N-ss.txt) in dir; with
 #                          RUST_LOG=ferry_p2p::swarm=debug the cores log what is in flight
@@ -260,7 +262,34 @@ case " $PHASES " in *" tcp "*)
     wait $sink || true
     echo "plain TCP h1 -> h2: $(cat "$WORK/tcp.json")"
     python3 -c 'import json,sys; g=json.load(open(sys.argv[1]))["goodput_bps"]; r=float(sys.argv[2])*8/float(sys.argv[3])
-print("one leecher %.2f Mbit/s, plain TCP %.2f Mbit/s: %.2f of TCP" % (r/1e6, g/1e6, r/g))' "$WORK/tcp.json" "$F" "${one_s:?PHASES=tcp needs N = 1 in NS}"
+print("one leecher %.2f Mbit/s, plain TCP %.2f Mbit/s: %.2f of TCP (its steady rate)" % (r/1e6, g/1e6, r/g))' "$WORK/tcp.json" "$F" "${one_s:?PHASES=tcp needs N = 1 in NS}"
+    # ---- the same file copied whole over one TCP connection, timed as the leecher is: from
+    # starting the sender to the receiver's end of file, so connection set-up and slow start
+    # count on both sides (the steady rate above leaves out TCP's first seconds, the leecher's
+    # time does not).
+    "$NL" exec h2 python3 -c 'import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5202)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    n += len(b)
+print(n, time.time(), flush=True)' "$(ip_of 2)" >"$WORK/copy.out" & sink=$!
+    for _ in $(seq 50); do grep -q ready "$WORK/copy.out" 2>/dev/null && break; sleep 0.1; done
+    start=$(now)
+    "$NL" exec h1 python3 -c 'import socket, sys
+s = socket.create_connection((sys.argv[1], 5202)); f = open(sys.argv[2], "rb")
+while True:
+    b = f.read(1 << 20)
+    if not b: break
+    s.sendall(b)
+s.shutdown(socket.SHUT_WR); s.recv(1)' "$(ip_of 2)" "$WORK/data/file.bin"
+    wait $sink
+    read -r got end < <(tail -n 1 "$WORK/copy.out")
+    [ "$got" = "$F" ] || { echo "TCP copy: $got of $F bytes arrived" >&2; exit 4; }
+    awk -v c="$(echo "$end - $start" | bc -l)" -v s="$one_s" 'BEGIN {
+        printf "one leecher %.2f s, the file copied whole over TCP %.2f s: %.2f of TCP (whole copy)\n", s, c, c / s }'
     ;; esac
 
 case " $PHASES " in *" loopback "*) loopback ;; esac
