@@ -452,13 +452,7 @@ impl PeerMessage {
         send: &mut ferry_protocol::SendHalf,
         dst: &mut bytes::BytesMut,
     ) -> Result<(), ferry_protocol::Error> {
-        send.write_frame(
-            self.kind(),
-            SERVICE,
-            ferry_protocol::RequestId::CONNECTION,
-            &self.to_bytes(),
-            dst,
-        )
+        seal(send, self.kind(), &self.to_bytes(), dst)
     }
 
     /// The body as bytes.
@@ -495,14 +489,24 @@ impl PieceBody {
         send: &mut ferry_protocol::SendHalf,
         dst: &mut bytes::BytesMut,
     ) -> Result<(), ferry_protocol::Error> {
-        send.write_frame(
-            kind::PIECE,
-            SERVICE,
-            ferry_protocol::RequestId::CONNECTION,
-            &self.buf,
-            dst,
-        )
+        seal(send, kind::PIECE, &self.buf, dst)
     }
+}
+
+/// Appends one peer-wire frame of `kind` with `body` on the connection id, sealed by `send`.
+fn seal(
+    send: &mut ferry_protocol::SendHalf,
+    kind: FrameType,
+    body: &[u8],
+    dst: &mut bytes::BytesMut,
+) -> Result<(), ferry_protocol::Error> {
+    send.write_frame(
+        kind,
+        SERVICE,
+        ferry_protocol::RequestId::CONNECTION,
+        body,
+        dst,
+    )
 }
 
 /// What one received frame asks of a peer session (spec/P2P.md §3.1, §3.2, §3.10).
