@@ -532,6 +532,26 @@ mod tests {
         assert_eq!(error_code(&frames), ErrorCode::INVALID_PATH);
     }
 
+    /// A file `f` holding `content` in `root`, fetched whole once through a task (which is
+    /// what keeps it open, where the cache may), with the context and request that did it.
+    async fn fetched_once(root: &std::path::Path, content: &[u8]) -> (Context, FetchRequest) {
+        std::fs::write(root.join("f"), content).unwrap();
+        let ctx = Context {
+            chunk: 64,
+            ..context(root, Principal::key_holder())
+        };
+        let request = FetchRequest {
+            path: "f".into(),
+            offset: 0,
+            length: TO_END,
+        };
+        let (out, mut rx) = sink();
+        let sent = fetch(&ctx, request.clone(), &out).await.unwrap();
+        assert_eq!(sent, content.len() as u64);
+        drain(&mut rx);
+        (ctx, request)
+    }
+
     /// Issue 10: the answer on the spot takes a kept file's digest memo only for the bytes it
     /// holds. A memo planted with a wrong digest shows which digest is sent: the memo's when
     /// the bytes read are its bytes (the hash was spared), the bytes' own when they differ,
@@ -540,19 +560,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_files_digest_memo_is_used_only_for_its_own_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), b"hello").unwrap();
-        let ctx = Context {
-            chunk: 64,
-            ..context(dir.path(), Principal::key_holder())
-        };
-        let request = FetchRequest {
-            path: "f".into(),
-            offset: 0,
-            length: TO_END,
-        };
-        let (out, mut rx) = sink();
-        fetch(&ctx, request.clone(), &out).await.unwrap();
-        drain(&mut rx);
+        let (ctx, request) = fetched_once(dir.path(), b"hello").await;
         let digest_sent = || {
             let (frames, _) = answer_kept(&ctx, RequestId(7), &request, 16)?;
             match &frames[..] {
@@ -594,19 +602,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_range_larger_than_a_read_buffer_is_left_to_a_task() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), b"hello, world").unwrap();
-        let ctx = Context {
-            chunk: 64,
-            ..context(dir.path(), Principal::key_holder())
-        };
-        let request = FetchRequest {
-            path: "f".into(),
-            offset: 0,
-            length: TO_END,
-        };
-        let (out, mut rx) = sink();
-        assert_eq!(fetch(&ctx, request.clone(), &out).await.unwrap(), 12);
-        drain(&mut rx);
+        let (ctx, request) = fetched_once(dir.path(), b"hello, world").await;
         let (key, path) = (JailKey::of(&ctx.tree.jail), ctx.readable("f").unwrap());
         if EntryCache::shared().peek_file(key, &path).is_none() {
             return; // nothing kept: no inotify, or a file system it cannot be trusted on
