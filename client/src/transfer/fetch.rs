@@ -487,3 +487,32 @@ fn set_mode(file: &std::fs::File, entry: &Entry) {
         debug!(error = %e, "could not set the mode");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AbortOnDrop;
+    use std::time::Duration;
+
+    /// Dropping the wait for a download's data loop ends the loop too, as the inline loop it
+    /// replaced ended with its future: a caller that gives up (Ctrl-C, a leg cancelled when the
+    /// route changes) leaves no task writing to the part behind it.
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_wait_for_a_task_aborts_it() {
+        let (held, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _held_until_the_task_ends = held;
+            started.send(()).unwrap();
+            std::future::pending::<()>().await;
+        }));
+        running.await.unwrap();
+        drop(task);
+        // Paused time: the timeout only fires once nothing else can run, so this does not
+        // depend on how fast the abort is.
+        let ended = tokio::time::timeout(Duration::from_secs(60), released).await;
+        assert!(
+            matches!(ended, Ok(Err(_))),
+            "the task outlived the wait for it"
+        );
+    }
+}
