@@ -124,9 +124,9 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         Command::Stat(args) => runtime.block_on(interruptible(stat::run(&ctx, args))),
         Command::Ping(args) => runtime.block_on(interruptible(ping::run(&ctx, args))),
         // `get` handles Ctrl-C itself, to keep the partial file consistent.
-        Command::Get(args) => runtime.block_on(get::run(&ctx, args)),
+        Command::Get(args) => on_a_worker(runtime, async move { get::run(&ctx, args).await }),
         // `put` handles Ctrl-C itself, so the server keeps a clean partial to resume.
-        Command::Put(args) => runtime.block_on(put::run(&ctx, args)),
+        Command::Put(args) => on_a_worker(runtime, async move { put::run(&ctx, args).await }),
         Command::Shell(args) => shell::run(&ctx, args, runtime),
         Command::Demo(args) => demo::run(&ctx, args, runtime),
         Command::Id(args) => id::run(&ctx, args),
@@ -136,6 +136,22 @@ pub fn run(cli: Cli, runtime: &Runtime) -> Result<(), ClientError> {
         // Both handle Ctrl-C themselves: the partials stay consistent for a resume.
         Command::Send(args) => runtime.block_on(send::run(&ctx, args)),
         Command::Receive(args) => runtime.block_on(receive::run(&ctx, args)),
+    }
+}
+
+/// Runs a transfer command as a task on the runtime's worker threads instead of under
+/// `block_on` on the main thread: every frame its connection's reader task queues for it then
+/// wakes a worker that is already running, not the parked main thread through a futex
+/// (issue 10: a 1 GiB get awaited on the main thread made 11k futex calls). A panic in the
+/// command is raised again here, as if it had run on this thread.
+fn on_a_worker<T: Send + 'static>(
+    runtime: &Runtime,
+    command: impl std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+) -> Result<T, ClientError> {
+    match runtime.block_on(runtime.spawn(command)) {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(ClientError::Local(format!("the command was stopped: {e}"))),
     }
 }
 

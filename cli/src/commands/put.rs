@@ -78,7 +78,7 @@ pub async fn put_paths(
     options: &PutOptions,
     progress: &Progress,
     cancel: &Cancel,
-    note: &dyn Fn(&str),
+    note: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ClientError> {
     let into_dir = cancel.guard(remote_is_dir(client, dest)).await?;
     // A destination ending in / is a directory to create, as the usage says.
@@ -125,7 +125,7 @@ async fn put_one(
     options: &PutOptions,
     progress: &Progress,
     cancel: &Cancel,
-    note: &dyn Fn(&str),
+    note: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ClientError> {
     let meta = std::fs::metadata(local).map_err(|e| ClientError::io(local, e))?;
     let name = || {
@@ -204,7 +204,7 @@ fn tree_summary(
     target: &str,
     report: PutTreeReport,
     progress: &Progress,
-    note: &dyn Fn(&str),
+    note: &(dyn Fn(&str) + Sync),
 ) -> Result<(), ClientError> {
     progress.clear();
     let failures = report.failed.len();
