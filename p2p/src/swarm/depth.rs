@@ -111,8 +111,7 @@ impl Depth {
         self.target
     }
 
-    /// The measured rate in bytes per second and the round trip.
-    #[cfg(test)]
+    /// The measured rate in bytes per second (0 before the first sample) and the round trip.
     pub(super) fn measured(&self) -> (f64, Option<Duration>) {
         (self.meter.rate(), self.min_rtt)
     }

@@ -554,7 +554,8 @@ impl Swarm {
             }
             self.maybe_pex(conn, now);
         }
-        if released {
+        // In endgame a request can become late (§4.2) with nothing else happening.
+        if released || (self.picker.missing == 0 && !self.picker.is_complete()) {
             self.refill_all(now);
         }
     }

@@ -2,12 +2,13 @@
 //! request from whom (an open block of a started piece, else a new piece, random first and
 //! rarest after, else an endgame duplicate), and accepting the blocks that arrive.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_protocol::ErrorCode;
 use rand::Rng;
 
+use super::depth::QUEUE_TIME;
 use super::{Action, ConnId, Swarm};
 use crate::manifest::{Manifest, PieceIndex};
 use crate::pieces::Bitfield;
@@ -266,7 +267,7 @@ impl Swarm {
             {
                 return;
             }
-            let Some((piece, block)) = self.pick(conn) else {
+            let Some((piece, block)) = self.pick(conn, now) else {
                 return;
             };
             let PieceState::Active(active) = &mut self.picker.pieces[piece as usize] else {
@@ -297,8 +298,9 @@ impl Swarm {
 
     /// The next block to request from `conn`: an open block of a started piece, else a new piece
     /// (random while we have none, rarest first after), else in endgame a block already asked
-    /// of one other peer.
-    fn pick(&mut self, conn: ConnId) -> Option<(u32, usize)> {
+    /// of one other peer that is late there ([`Swarm::late`]), at most `pipeline_min` such
+    /// duplicates outstanding with `conn`.
+    fn pick(&mut self, conn: ConnId, now: Instant) -> Option<(u32, usize)> {
         let peer = self.peers.get(&conn)?;
         for &p in &self.picker.active {
             if !PieceIndexRaw(p).in_bits(&peer.have) || self.avoided(p, conn) {
@@ -343,8 +345,17 @@ impl Swarm {
         if self.picker.missing > 0 {
             return None;
         }
-        // Endgame (spec/P2P.md §4.2): every missing block is requested somewhere.
+        // Endgame (spec/P2P.md §4.2): every missing block is requested somewhere. A duplicate
+        // of a block that is still on its way on time only wastes the second peer's uplink.
         let peer = self.peers.get(&conn)?;
+        let duplicates = peer
+            .outstanding
+            .keys()
+            .filter(|&&key| self.requesters(key) > 1)
+            .count();
+        if duplicates >= self.config.pipeline_min {
+            return None;
+        }
         for &p in &self.picker.active {
             if !PieceIndexRaw(p).in_bits(&peer.have) {
                 continue;
@@ -353,8 +364,10 @@ impl Swarm {
                 if active.exclusive {
                     continue;
                 }
-                let found = active.blocks.iter().position(|b| {
-                    matches!(&b.state, BlockState::Requested(list) if list.len() < 2 && !list.contains(&conn))
+                let found = active.blocks.iter().enumerate().position(|(i, b)| {
+                    matches!(&b.state, BlockState::Requested(list)
+                        if list.len() == 1 && list[0] != conn
+                            && self.late(list[0], (p, i as u32 * MAX_BLOCK), now))
                 });
                 if let Some(b) = found {
                     return Some((p, b));
@@ -362,6 +375,41 @@ impl Swarm {
             }
         }
         None
+    }
+
+    /// How many connections `key` is requested from.
+    fn requesters(&self, (piece, offset): (u32, u32)) -> usize {
+        match &self.picker.pieces[piece as usize] {
+            PieceState::Active(active) => match &active.blocks[(offset / MAX_BLOCK) as usize].state
+            {
+                BlockState::Requested(list) => list.len(),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Whether the request for `key` outstanding with `conn` has waited more than twice what
+    /// that peer should need to deliver it (spec/P2P.md §4.2): its measured round trip plus, at
+    /// its measured rate, the blocks it was asked for at or before `key` and still owes (it
+    /// serves them in order); a peer with no rate sample yet is given [`QUEUE_TIME`] for its
+    /// queue. Twice, because the rate is a recent best, not a promise; once gave the same tail
+    /// with slightly more duplicates in `tests/tail.rs`.
+    fn late(&self, conn: ConnId, key: (u32, u32), now: Instant) -> bool {
+        let Some(peer) = self.peers.get(&conn) else {
+            return false;
+        };
+        let Some(&sent) = peer.outstanding.get(&key) else {
+            return false;
+        };
+        let (rate, rtt) = peer.depth.measured();
+        let queue = if rate > 0.0 {
+            let ahead = peer.outstanding.values().filter(|&&at| at <= sent).count();
+            Duration::from_secs_f64(ahead as f64 * f64::from(MAX_BLOCK) / rate)
+        } else {
+            QUEUE_TIME
+        };
+        now.saturating_duration_since(sent) > 2 * (rtt.unwrap_or_default() + queue)
     }
 
     fn choose_new(&mut self, conn: ConnId) -> Option<PieceIndex> {
@@ -521,6 +569,12 @@ mod tests {
         actions.extend(settle(&mut net, leecher));
         let mut from_seed = requests_to(&actions, seed);
         let mut from_other = requests_to(&actions, other);
+        // The other peer's requests become late (no rate measured: a second for its queue,
+        // twice), so the seed is asked for them too.
+        net.now += Duration::from_secs(3);
+        net.nodes[leecher].handle_timeout(net.now);
+        let actions = settle(&mut net, leecher);
+        from_seed.extend(requests_to(&actions, seed));
         let mut cancelled = Vec::new();
         for _ in 0..64 {
             if net.nodes[leecher].is_complete() {
@@ -635,5 +689,59 @@ mod tests {
             net.tick(10);
         }
         assert!(net.nodes[leecher].is_complete());
+    }
+
+    /// issue 14: in endgame a block is asked of a second peer only once its first request has
+    /// waited past what that peer's measured round trip and rate say (its place in the peer's
+    /// queue ÷ rate), and a connection holds at most `pipeline_min` such duplicates at once.
+    #[test]
+    fn endgame_duplicates_only_requests_that_have_waited() {
+        let mut net = Net::new(256 << 10, 256 << 10);
+        let leecher = net.add(false, false);
+        let (fast, second) = (ConnId(1), ConnId(2));
+        let full = Bytes::from_static(&[0x80]);
+        let t0 = net.now;
+        net.nodes[leecher]
+            .handle_connected(fast, PeerId([0xa1; 20]), None, t0)
+            .unwrap();
+        net.nodes[leecher].handle_message(fast, PeerMessage::Bitfield(full.clone()), t0);
+        net.nodes[leecher].handle_message(fast, PeerMessage::Unchoke, t0);
+        let actions: Vec<Action> =
+            std::iter::from_fn(|| net.nodes[leecher].poll_action()).collect();
+        let asked = requests_to(&actions, fast);
+        assert_eq!(
+            asked.len(),
+            16,
+            "the whole piece is asked of the first peer"
+        );
+        // Half arrives, one block every 10 ms after a 20 ms round trip: 1.6 MB/s measured.
+        for (i, b) in asked[..8].iter().enumerate() {
+            let at = t0 + Duration::from_millis(20 + 10 * i as u64);
+            let msg = block_msg(&net, *b);
+            net.nodes[leecher].handle_message(fast, msg, at);
+        }
+        let now = t0 + Duration::from_millis(90);
+        while net.nodes[leecher].poll_action().is_some() {}
+        net.nodes[leecher]
+            .handle_connected(second, PeerId([0xb2; 20]), None, now)
+            .unwrap();
+        net.nodes[leecher].handle_message(second, PeerMessage::Bitfield(full), now);
+        net.nodes[leecher].handle_message(second, PeerMessage::Unchoke, now);
+        let actions: Vec<Action> =
+            std::iter::from_fn(|| net.nodes[leecher].poll_action()).collect();
+        assert_eq!(
+            requests_to(&actions, second),
+            vec![],
+            "8 blocks queued 90 ms ago at ~10 ms each after a 20 ms round trip are not late yet"
+        );
+        // A second later nothing more came: they are late, and the idle peer asks again for
+        // at most its depth floor of them.
+        let later = t0 + Duration::from_millis(1090);
+        net.nodes[leecher].handle_timeout(later);
+        let actions: Vec<Action> =
+            std::iter::from_fn(|| net.nodes[leecher].poll_action()).collect();
+        let again = requests_to(&actions, second);
+        assert_eq!(again.len(), 4, "{again:?}");
+        assert!(again.iter().all(|b| asked[8..].contains(b)));
     }
 }
