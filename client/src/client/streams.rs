@@ -87,6 +87,20 @@ impl Pending {
         self.next_within(self.client.shared.request_timeout).await
     }
 
+    /// The next frame if one has already arrived, without waiting: a zero timeout would still
+    /// wait for the timer wheel's next tick, up to a millisecond.
+    pub(super) fn try_next(&mut self) -> Result<Option<Frame>, ClientError> {
+        match self.rx.try_recv() {
+            // The frame leaves the channel: its bytes no longer count against the budget.
+            Ok((frame, _permit)) => Ok(Some(frame)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.done = true;
+                Err(self.client.shared.conn.closed_error())
+            }
+        }
+    }
+
     pub(super) async fn next_within(&mut self, timeout: Duration) -> Result<Frame, ClientError> {
         match tokio::time::timeout(timeout, self.rx.recv()).await {
             // The frame leaves the channel: its bytes no longer count against the budget.
