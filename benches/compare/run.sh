@@ -3,6 +3,7 @@
 # machine (everything on 127.0.0.1; outputs written into a tmpfs):
 #   - a 1 GiB fetch: ferry get (encrypted with the default suite, AES-256-GCM; with CBC+HMAC;
 #     plaintext) vs scp (default cipher, aes128-gcm), sftp, rsync over ssh, curl from nginx;
+#     and the same file uploaded: ferry put (encrypted) vs scp (default cipher);
 #   - many small requests: ferry-load vs wrk on nginx, a 1 KiB file and a 100-entry listing,
 #     same connection count and duration, one request in flight per connection (ferry-load
 #     opens every record and checks every list entry but builds no entry values, as wrk
@@ -95,7 +96,7 @@ else
   base=$(mktemp -d /dev/shm/ferry-compare.XXXXXX)
 fi
 data=$base/data; out=$base/out
-mkdir -p "$data/dir100" "$out"
+mkdir -p "$data/dir100" "$data/up" "$out"
 # nginx's workers run as an unprivileged user and must reach the data.
 chmod 755 "$work" "$base" "$data" "$data/dir100"
 log "making test data: $([ "$CASES" = all ] && echo "${SIZE_MB} MiB file, ")1 KiB file, 100-entry directory"
@@ -110,7 +111,7 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 FERRY_PORT=$(free_port)
 key=$work/ferry.key
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key"; chmod 600 "$key"
-"${SERVE[@]}" "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext -q >/dev/null 2>"$work/ferry-server.log" &
+"${SERVE[@]}" "$BIN/ferry-server" "$data" --listen 127.0.0.1:"$FERRY_PORT" --key-file "$key" --plaintext --allow-upload -q >/dev/null 2>"$work/ferry-server.log" &
 pids+=($!)
 FERRY_PID=$!
 if [ -n "$BASE_BIN" ]; then
@@ -247,6 +248,9 @@ run_fetches() {
   fetch "scp (aes128-gcm)" "$out/scpg.bin" "$SSHD_PID" scp -q -c aes128-gcm@openssh.com -P "$SSH_PORT" "${SSH_OPTS[@]}" "$user@127.0.0.1:$data/big.bin" "$out/scpg.bin"
   fetch "sftp" "$out/sftp.bin" "$SSHD_PID" sftp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" -b <(echo "get $data/big.bin $out/sftp.bin") "$user@127.0.0.1"
   fetch "rsync (over ssh)" "$out/rsync.bin" "$SSHD_PID" rsync -q -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$user@127.0.0.1:$data/big.bin" "$out/rsync.bin"
+  # Uploads: the same file the other way, into the server's tree and sshd's.
+  fetch "ferry put (encrypted)" "$data/up/big.bin" "$FERRY_PID" "$BIN/ferry" put --no-progress --force --key-file "$key" "$data/big.bin" "ferry://127.0.0.1:$FERRY_PORT/up/big.bin"
+  fetch "scp upload (default cipher)" "$out/scpup.bin" "$SSHD_PID" scp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" "$data/big.bin" "$user@127.0.0.1:$out/scpup.bin"
   fetch "curl from nginx" "$out/curl.bin" "$NGINX_PID" curl -fsS -o "$out/curl.bin" "http://127.0.0.1:$HTTP_PORT/big.bin"
   fetch "tmpfs copy (ceiling)" "$out/cp.bin" "" cp "$data/big.bin" "$out/cp.bin"
   "${LOAD[@]}" iperf3 -c 127.0.0.1 -p "$IPERF_PORT" -t 3 -J 2>>"$work/errors.log" \
@@ -326,6 +330,7 @@ targets = [
     ("ferry get (plaintext)", "curl from nginx", 1.3),
     ("ferry get (plaintext)", "iperf3 loopback (ceiling)", 0.8),
     ("ferry get (plaintext)", "tmpfs copy (ceiling)", "ceiling"),
+    ("ferry put (encrypted)", "scp upload (default cipher)", None),
     # CPU both ends spent per GB: the alternative's over Ferry's, so above 1.0 means Ferry spent less.
     ("curl from nginx CPU", "ferry get (encrypted) CPU", None),
     ("scp (aes128-gcm) CPU", "ferry get (encrypted) CPU", None),
