@@ -405,11 +405,17 @@ impl Swarm {
         let (rate, rtt) = peer.depth.measured();
         let queue = if rate > 0.0 {
             let ahead = peer.outstanding.values().filter(|&&at| at <= sent).count();
-            Duration::from_secs_f64(ahead as f64 * f64::from(MAX_BLOCK) / rate)
+            // A rate near zero makes this huge: never late, rather than a panic.
+            Duration::try_from_secs_f64(ahead as f64 * f64::from(MAX_BLOCK) / rate)
+                .unwrap_or(Duration::MAX)
         } else {
             QUEUE_TIME
         };
-        now.saturating_duration_since(sent) > 2 * (rtt.unwrap_or_default() + queue)
+        let due = rtt
+            .unwrap_or_default()
+            .saturating_add(queue)
+            .saturating_mul(2);
+        now.saturating_duration_since(sent) > due
     }
 
     fn choose_new(&mut self, conn: ConnId) -> Option<PieceIndex> {
