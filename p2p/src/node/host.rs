@@ -285,7 +285,7 @@ async fn accept_loop(
             continue;
         };
         tokio::spawn(serve(
-            Box::new(stream),
+            super::lowat::peer_stream(stream),
             remote,
             false,
             routes.clone(),
