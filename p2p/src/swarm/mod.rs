@@ -177,6 +177,9 @@ pub struct Stats {
     pub uploaded: u64,
     /// Bytes received that were unrequested or duplicates.
     pub wasted: u64,
+    /// Of `wasted`, bytes of blocks that arrived after we had given their request up (an
+    /// endgame CANCEL, a request timeout, a CHOKE: spec/P2P.md §3.8).
+    pub late: u64,
     pub hash_failures: u32,
     pub banned: usize,
 }

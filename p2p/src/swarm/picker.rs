@@ -159,6 +159,7 @@ impl Swarm {
         if !requested && length_ok && peer.take_given_up((index, offset), now, window) {
             // A block we asked for and then gave up: an honest race (spec/P2P.md §3.8).
             self.stats.wasted += len;
+            self.stats.late += len;
             return;
         }
         if !requested || !length_ok {
@@ -544,6 +545,9 @@ mod tests {
             actions.extend(settle(&mut net, leecher));
         }
         assert_eq!(drops(&actions), vec![], "dropped after a choke race");
+        // The second copies are the late ones, counted as such.
+        let stats = net.nodes[leecher].stats();
+        assert_eq!((stats.late, stats.wasted), (8 * 16_384, 8 * 16_384));
 
         // A request timeout: asked again, then both the late answer and the new one arrive.
         let pending = requests_to(&actions, seed);
@@ -560,6 +564,8 @@ mod tests {
             actions.extend(settle(&mut net, leecher));
         }
         assert_eq!(drops(&actions), vec![], "dropped after a request timeout");
+        let stats = net.nodes[leecher].stats();
+        assert_eq!((stats.late, stats.wasted), (16 * 16_384, 16 * 16_384));
 
         // Endgame: a second peer (lacking piece 0, so it stays connected once we are complete)
         // is asked for blocks the seed is asked for too; when the seed's copy arrives first we

@@ -129,6 +129,12 @@ impl Swarmnet {
         let manifest = Arc::new(manifest_for(&content, piece_size));
         let now = Instant::now();
         let n = manifest.piece_count();
+        // One deterministic run is one sample of a chaotic process: TAIL_SEED=k gives every
+        // node another rng seed, so a change can be compared over several.
+        let run: u64 = std::env::var("TAIL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let nodes: Vec<Swarm> = (0..=leechers)
             .map(|i| {
                 let have = if i == 0 {
@@ -137,7 +143,8 @@ impl Swarmnet {
                     Bitfield::new(n)
                 };
                 let id = PeerId([i as u8 + 1; 20]);
-                Swarm::new(manifest.clone(), have, id, config.clone(), i as u64, now)
+                let seed = run * 1000 + i as u64;
+                Swarm::new(manifest.clone(), have, id, config.clone(), seed, now)
             })
             .collect();
         let count = nodes.len();
@@ -496,6 +503,8 @@ struct Tail {
     seed_upload: f64,
     /// Bytes leechers received twice or unasked, over the content's size, summed.
     wasted: f64,
+    /// Of `wasted`, blocks that came for requests given up (spec/P2P.md §3.8).
+    late: f64,
     /// The share of the run's time the seed's uplink, and leechers' on average, sent blocks.
     upload_use: (f64, f64),
     /// Incomplete leechers' regular unchoke slots: mean over samples, and the most.
@@ -510,7 +519,7 @@ struct Tail {
 impl Tail {
     fn print(&self, leechers: usize) {
         eprintln!(
-            "1 seed + {leechers}: {:.2}x the bound; first piece {:.2}..{:.2}, finished {:.2}..{:.2} (x bound); seed sent {:.2}x the content; wasted {:.2}x; uplinks busy: seed {:.2}, leechers {:.2}; slots: leechers {:.1} (at most {}), seed {}",
+            "1 seed + {leechers}: {:.2}x the bound; first piece {:.2}..{:.2}, finished {:.2}..{:.2} (x bound); seed sent {:.2}x the content; wasted {:.2}x (late for a given-up request {:.2}x); uplinks busy: seed {:.2}, leechers {:.2}; slots: leechers {:.1} (at most {}), seed {}",
             self.ratio,
             self.first_piece.0,
             self.first_piece.1,
@@ -518,6 +527,7 @@ impl Tail {
             self.finished.1,
             self.seed_upload,
             self.wasted,
+            self.late,
             self.upload_use.0,
             self.upload_use.1,
             self.slots.0,
@@ -600,6 +610,11 @@ fn tail_on(
         wasted: net.nodes[1..]
             .iter()
             .map(|n| n.stats().wasted as f64)
+            .sum::<f64>()
+            / content,
+        late: net.nodes[1..]
+            .iter()
+            .map(|n| n.stats().late as f64)
             .sum::<f64>()
             / content,
     }
