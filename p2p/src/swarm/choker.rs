@@ -82,6 +82,20 @@ impl Swarm {
             unchoke.insert(c);
         }
         unchoke.extend(kept);
+        // Regular slots no interested peer took stay with the unchoked peers that are not
+        // interested now (spec/P2P.md §4.3): choking them only costs their next request a
+        // round trip.
+        let mut idle: Vec<ConnId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|c| !unchoke.contains(c))
+            .filter(|c| self.peers[c].got_bitfield && !self.peers[c].am_choking)
+            .filter(|c| !self.peers[c].peer_interested)
+            .collect();
+        idle.sort_unstable();
+        let free = (slots + 1).saturating_sub(unchoke.len());
+        unchoke.extend(idle.into_iter().take(free));
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
         for conn in conns {
             let Some(peer) = self.peers.get_mut(&conn) else {
@@ -112,25 +126,39 @@ impl Swarm {
         self.unchoke_if_free(conn, now);
     }
 
-    /// A peer that is not interested is choked at once (spec/P2P.md §4.3), except by a
-    /// super-seed while a piece it revealed to the peer is still missing there: the
-    /// NOT_INTERESTED crossed that HAVE, the peer's INTERESTED is on its way, and choking it
-    /// would strand the piece (a second copy shown to another, or the peer's request given up
-    /// on the CHOKE and sent again after the next UNCHOKE, served twice).
-    pub(super) fn on_not_interested(&mut self, conn: ConnId, now: Instant) {
+    /// A peer that is not interested keeps its unchoke until its slot is wanted (spec/P2P.md
+    /// §4.3): by a choked interested peer (`unchoke_if_free`) or at a rechoke that fills every
+    /// slot. A peer that caught up with us says NOT_INTERESTED, and INTERESTED again on our
+    /// next HAVE; choked in between, it could ask for that piece only after our UNCHOKE, a
+    /// round trip later, and a CHOKE crossing its INTERESTED and REQUESTs made it give those
+    /// up. A super-seed's peer with a revealed piece still missing is kept too: the
+    /// NOT_INTERESTED crossed that HAVE.
+    pub(super) fn on_not_interested(&mut self, conn: ConnId, _now: Instant) {
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
         };
         peer.peer_interested = false;
-        if peer.am_choking {
-            return;
-        }
-        if peer.revealed_pending > 0 {
+        if !peer.am_choking {
             peer.unchoked_early = true;
-            return;
         }
-        peer.am_choking = true;
-        self.send(conn, PeerMessage::Choke, now);
+    }
+
+    /// Whether `conn` holds an unchoke it has no use for: unchoked, not interested, and we
+    /// have nothing it lacks (while super-seeding: no revealed piece it lacks). A peer
+    /// unchoked on a BITFIELD that lacks a piece we have is not idle: its INTERESTED is on
+    /// the way.
+    fn idle_unchoked(&self, conn: ConnId) -> bool {
+        let Some(p) = self.peers.get(&conn) else {
+            return false;
+        };
+        if p.am_choking || p.peer_interested || !p.got_bitfield {
+            return false;
+        }
+        if p.revealed.is_some() {
+            return p.revealed_pending == 0;
+        }
+        let (ours, theirs) = (self.picker.have.as_bytes(), p.have.as_bytes());
+        ours.iter().zip(theirs).all(|(o, t)| o & !t == 0)
     }
 
     /// A peer whose BITFIELD lacks pieces we can give it is unchoked before it says it is
@@ -143,22 +171,57 @@ impl Swarm {
         }
     }
 
-    /// Unchokes `conn` if fewer than `slots() + 1` peers are; returns whether it sent UNCHOKE.
+    /// Unchokes `conn` if a slot is free for it (`make_room`); returns whether it sent UNCHOKE.
     pub(super) fn unchoke_if_free(&mut self, conn: ConnId, now: Instant) -> bool {
-        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-        if unchoked > self.slots() {
+        if !self.peers.get(&conn).is_some_and(|p| p.am_choking) || !self.make_room(conn, now) {
             return false;
         }
         let Some(peer) = self.peers.get_mut(&conn) else {
             return false;
         };
-        if !peer.am_choking {
-            return false;
-        }
         peer.am_choking = false;
         self.send(conn, PeerMessage::Unchoke, now);
         // A super-seed's newly unchoked peer is shown its whole window.
         self.reveal(conn, now);
+        true
+    }
+
+    /// The unchoked peer, other than `conn`, whose slot `conn` may take when none is free: one
+    /// that is not interested (`idle_unchoked`), lowest connection first.
+    fn idle_slot(&self, conn: ConnId) -> Option<ConnId> {
+        self.peers
+            .keys()
+            .copied()
+            .find(|&c| c != conn && self.idle_unchoked(c))
+    }
+
+    /// Whether `conn` could be unchoked now: fewer than `slots() + 1` peers are unchoked, or
+    /// one of them holds its slot without using it (spec/P2P.md §4.3).
+    pub(super) fn has_room(&self, conn: ConnId) -> bool {
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        unchoked <= self.slots() || self.idle_slot(conn).is_some()
+    }
+
+    /// Frees a slot for `conn` if none is: the peer of `idle_slot` is choked. Every caller
+    /// unchokes a peer with a use for the slot (it said INTERESTED, its BITFIELD lacks a piece
+    /// we have, or a super-seed has a piece to show it), which the idle one has not. Returns
+    /// whether a slot is free.
+    pub(super) fn make_room(&mut self, conn: ConnId, now: Instant) -> bool {
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        if unchoked <= self.slots() {
+            return true;
+        }
+        let Some(idle) = self.idle_slot(conn) else {
+            return false;
+        };
+        if let Some(peer) = self.peers.get_mut(&idle) {
+            peer.am_choking = true;
+            peer.unchoked_early = false;
+        }
+        if self.choker.optimistic == Some(idle) {
+            self.choker.optimistic = None;
+        }
+        self.send(idle, PeerMessage::Choke, now);
         true
     }
 

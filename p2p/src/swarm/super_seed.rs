@@ -243,8 +243,7 @@ impl Swarm {
                 return;
             }
             let choked = peer.am_choking;
-            let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
-            let fetching = !choked || unchoked <= self.slots();
+            let fetching = !choked || self.has_room(conn);
             let target = if fetching {
                 peer.reveal.target(floor, cap)
             } else {
@@ -286,7 +285,9 @@ impl Swarm {
             };
             if choked && fetching {
                 // Unchoked before it is shown anything, so what it is shown it can fetch
-                // (spec/P2P.md §4.3: its INTERESTED is on the way).
+                // (spec/P2P.md §4.3: its INTERESTED is on the way), in the slot of a peer
+                // that is not interested if none is free.
+                self.make_room(conn, now);
                 if let Some(peer) = self.peers.get_mut(&conn) {
                     peer.am_choking = false;
                     peer.unchoked_early = !peer.peer_interested;

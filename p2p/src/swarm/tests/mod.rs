@@ -1,5 +1,6 @@
 //! Tests of the whole core: several cores driven against each other, and malformed input.
 
+mod catch_up;
 mod leave;
 mod link;
 mod tail;
