@@ -58,6 +58,8 @@ PHASES=${PHASES:-"netlab loopback"}
 LOOP_MIB=${LOOP_MIB:-256}
 
 now() { date +%s.%N; }
+# Ticks (1/100 s) all CPUs spent in interrupts and softirqs so far.
+softirq_ticks() { awk '/^cpu / { print $7 + $8 }' /proc/stat; }
 # Sets CPU to the CPU seconds (user + sys) of this script's waited-for children so far: the
 # peers' own load. `times` must run in this shell, not in a command substitution.
 child_cpu() { times >"$WORK/times"; CPU=$(tail -1 "$WORK/times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }'); }
@@ -190,7 +192,7 @@ echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB, discovery $DISCOVERY
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
     # ---- swarm: tracker (or DHT node) + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
-    child_cpu; cpu0=$CPU
+    child_cpu; cpu0=$CPU; sirq0=$(softirq_ticks)
     if [ "$DISCOVERY" = dht ]; then
         "$NL" exec h1 "$PEER" dht --dht-listen "$SEED_IP:6881" --dht-state "$WORK/dht-boot.state" >/dev/null 2>&1 & PIDS+=($!)
     else
@@ -220,7 +222,13 @@ for N in $NS; do
         END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
     stop_all
     child_cpu
-    echo "    peers' CPU: $(echo "$CPU - $cpu0" | bc -l) s user+sys over $(printf %.1f "$swarm_s") s wall, $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    # The lab's kernel work (veth, bridge, shaping, TCP) runs largely as softirq: /proc/stat
+    # counts it for the whole machine (mostly the lab during the run); the share that ran while
+    # a peer was on the CPU is also in that peer's user+sys, so the two do not add up.
+    awk -v c="$(echo "$CPU - $cpu0" | bc -l)" -v w="$swarm_s" -v m="$((N * SIZE_MIB))" -v s="$(( $(softirq_ticks) - sirq0 ))" \
+        -v k="$(nproc)" -v l="$(cut -d' ' -f1-3 /proc/loadavg)" 'BEGIN {
+        printf "    peers\047 CPU: %.2f s user+sys over %.1f s wall, %.1f ms per MiB delivered (%d MiB); softirq %.2f s (%.1f ms/MiB); %d cores; load %s\n",
+            c, w, c * 1000 / m, m, s / 100, s * 10 / m, k, l }' >&2
     if [ -n "${LOGS:-}" ]; then
         cp "$WORK/seed.err" "$LOGS/$N-seed.err"
         for i in $(seq 2 $((N + 1))); do cp "$WORK/swarm$N/h$i.err" "$LOGS/$N-h$i.err"; done
