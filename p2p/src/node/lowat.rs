@@ -25,9 +25,12 @@ use tokio::net::TcpStream;
 /// Below this many missing bytes the mark stays at 1: raising it would cost a system call to
 /// save at most one wake-up.
 const WORTH_RAISING: usize = 4096;
-/// The highest mark asked for; frames are at most `wire::MAX_BODY` plus a header, and the
-/// kernel grows the receive buffer to hold the mark.
-const MAX_MARK: usize = 128 * 1024;
+/// The highest mark asked for: two 16 KiB blocks. A mark whose window does not fit the receive
+/// buffer makes the kernel grow the buffer, and older kernels then also clamp the advertised
+/// window to the mark, which would cap a long link's rate; 32 KiB needs about 64 KiB of buffer,
+/// under the 128 KiB a TCP socket starts with (`tcp_rmem`). A longer frame wakes the reader
+/// once per 32 KiB.
+const MAX_MARK: usize = 32 * 1024;
 
 /// Where the byte stream stands in its sequence of frames (PROTOCOL.md §2: a 12-byte header
 /// whose last four bytes are the body length, then the body, then the next header).
@@ -347,6 +350,11 @@ mod tests {
             let lacks = frame_end - at;
             let mark = cursor.mark();
             assert!(mark >= 1);
+            // 32 KiB of mark needs ~64 KiB of buffer: below the 128 KiB a socket starts with.
+            assert!(
+                mark <= 32 * 1024,
+                "mark {mark} would grow the receive buffer"
+            );
             assert!(
                 mark <= lacks.max(1),
                 "mark {mark} with {lacks} bytes to come"
