@@ -8,7 +8,7 @@
 //! CANCEL reaches). Pieces are checked by comparing bytes, which is what the hash would say, at
 //! a fraction of a debug build's SHA-256 cost.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,22 @@ pub(crate) struct Swarmnet {
     pub(crate) timeline: Vec<Vec<String>>,
     pub(crate) trace: bool,
     start: Instant,
+    /// One line a second (kept when `TAIL_SECONDS` is set in the environment): see
+    /// [`Swarmnet::second`].
+    pub(crate) seconds: Vec<String>,
+    per_second: bool,
+    /// Blocks the seed has sent at least once, and block bytes it sent again.
+    seed_sent_blocks: HashSet<(u32, u32)>,
+    seed_resent: u64,
+    /// Totals at the last per-second line: seed's first-copy bytes, seed's repeats, leechers'
+    /// sent, leechers' wasted, leechers' late.
+    last_second: (Instant, [u64; 5]),
+    /// Incomplete leechers' uplinks, sampled: [samples, idle, idle while an unchoked peer
+    /// wants one of its pieces (asked elsewhere), idle while only choked peers want one, idle
+    /// while no incomplete peer wants any].
+    pub(crate) uplink_idle: [u64; 5],
+    /// Each leecher's downloaded bytes at the last per-second line.
+    last_downloaded: Vec<u64>,
 }
 
 /// Per sampled (leecher, peer) pair, what held the peer: counts summed over samples.
@@ -177,6 +193,13 @@ impl Swarmnet {
             timeline: vec![Vec::new(); count],
             trace: false,
             start: now,
+            seconds: Vec::new(),
+            per_second: std::env::var_os("TAIL_SECONDS").is_some(),
+            seed_sent_blocks: HashSet::new(),
+            seed_resent: 0,
+            last_second: (now, [0; 5]),
+            last_downloaded: vec![0; count],
+            uplink_idle: [0; 5],
         };
         let mut next = 1;
         for a in 0..count {
@@ -223,8 +246,16 @@ impl Swarmnet {
         if let PeerMessage::Piece { data, .. } = &msg {
             up.sending = Some((conn, data.len() as u64));
         }
-        if let PeerMessage::Piece { data, .. } = &msg {
+        if let PeerMessage::Piece {
+            data,
+            piece,
+            offset,
+        } = &msg
+        {
             self.sent[i] += data.len() as u64;
+            if i == 0 && !self.seed_sent_blocks.insert((*piece, *offset)) {
+                self.seed_resent += data.len() as u64;
+            }
         }
         let send = Duration::from_secs_f64(msg.to_bytes().len() as f64 / self.rate);
         let done = self.now + send;
@@ -311,8 +342,84 @@ impl Swarmnet {
             .push_back(msg);
     }
 
+    /// Totals as in `last_second`.
+    fn totals(&self) -> [u64; 5] {
+        let stats: Vec<_> = self.nodes[1..].iter().map(Swarm::stats).collect();
+        [
+            self.sent[0] - self.seed_resent,
+            self.seed_resent,
+            self.sent[1..].iter().sum(),
+            stats.iter().map(|s| s.wasted).sum(),
+            stats.iter().map(|s| s.late).sum(),
+        ]
+    }
+
+    /// One line for the second just past, each as a share of what one uplink sends in it:
+    /// the seed's uplink sending first copies of blocks and blocks it sent before, leechers'
+    /// uplinks on average, blocks leechers received twice (late ones among them); then pieces
+    /// no leecher holds yet, leechers' pieces (least, median, most) and how many are done.
+    fn second(&mut self) {
+        let totals = self.totals();
+        let (then, last) = self.last_second;
+        let span = (self.now - then).as_secs_f64().max(1e-9) * self.rate;
+        let d = |k: usize| (totals[k] - last[k]) as f64 / span;
+        let leechers = self.nodes.len() - 1;
+        let pieces = self.manifest.piece_count();
+        let unheld = (0..pieces)
+            .filter(|&p| self.nodes[1..].iter().all(|n| !n.picker.have.has_index(p)))
+            .count();
+        let mut have: Vec<u32> = self.nodes[1..]
+            .iter()
+            .map(|n| n.picker.have.count())
+            .collect();
+        have.sort_unstable();
+        let done = self.completed[1..].iter().flatten().count();
+        // Incomplete leechers' downlinks, least used first.
+        let mut down: Vec<f64> = (1..self.nodes.len())
+            .filter(|&i| self.completed[i].is_none_or(|t| t > then))
+            .map(|i| {
+                let got = self.nodes[i].stats().downloaded;
+                (got - self.last_downloaded[i]) as f64 / span
+            })
+            .collect();
+        down.sort_by(f64::total_cmp);
+        for i in 1..self.nodes.len() {
+            self.last_downloaded[i] = self.nodes[i].stats().downloaded;
+        }
+        let starved = down.iter().filter(|&&d| d < 0.5).count();
+        // The leecher with fewest pieces: peers unchoking it, those with a piece it wants.
+        let least = (1..self.nodes.len())
+            .filter(|&i| self.completed[i].is_none())
+            .min_by_key(|&i| self.nodes[i].picker.have.count());
+        let least = least.map_or(String::new(), |i| {
+            let peers = self.nodes[i].peers.values();
+            let unchoking = peers.clone().filter(|p| !p.peer_choking).count();
+            let useful = peers.filter(|p| !p.peer_choking && p.wanted > 0).count();
+            format!(" (n{i}: unchoked by {unchoking}, {useful} with a piece it wants)")
+        });
+        let lowest: Vec<String> = down.iter().take(3).map(|d| format!("{d:.2}")).collect();
+        self.seconds.push(format!(
+            "{:6.2}s seed first {:.2} again {:.2} | leechers up {:.2} | twice {:.2} (late {:.2}) | unheld {:3} | have {}/{}/{} of {pieces}, done {done}/{leechers} | down < 0.5: {starved}, least {}{least}",
+            (self.now - self.start).as_secs_f64(),
+            d(0),
+            d(1),
+            d(2) / leechers as f64,
+            d(3),
+            d(4),
+            unheld,
+            have[0],
+            have[have.len() / 2],
+            have[have.len() - 1],
+            lowest.join(" "),
+        ));
+        self.last_second = (self.now, totals);
+    }
+
     /// Classifies every incomplete leecher's peers (see [`Reasons`]).
     fn sample(&mut self) {
+        if self.per_second && self.now - self.last_second.0 >= Duration::from_secs(1) {
+            self.second();
+        }
         for i in 1..self.nodes.len() {
             let node = &self.nodes[i];
             if self.first_piece[i].is_none() && node.picker.have.count() > 0 {
@@ -321,6 +428,8 @@ impl Swarmnet {
             if node.is_complete() {
                 continue;
             }
+            self.sample_uplink(i);
+            let node = &self.nodes[i];
             let slots = node.slots();
             self.slots = (
                 self.slots.0 + slots as u64,
@@ -354,6 +463,36 @@ impl Swarmnet {
             }
             self.reasons[phase] = r;
         }
+    }
+
+    /// Whether leecher `i`'s uplink is idle now, and why (see `uplink_idle`).
+    fn sample_uplink(&mut self, i: usize) {
+        self.uplink_idle[0] += 1;
+        let up = &self.uplinks[i];
+        if up.busy || up.queues.values().any(|q| !q.is_empty()) {
+            return;
+        }
+        self.uplink_idle[1] += 1;
+        let (mut unchoked, mut choked) = (false, false);
+        for (conn, peer) in &self.nodes[i].peers {
+            let Some(&(j, cj)) = self.links.get(&(i, *conn)) else {
+                continue;
+            };
+            let wants = self.nodes[j].peers.get(&cj).is_some_and(|p| p.wanted > 0);
+            if wants && !peer.am_choking {
+                unchoked = true;
+            } else if wants {
+                choked = true;
+            }
+        }
+        let k = if unchoked {
+            2
+        } else if choked {
+            3
+        } else {
+            4
+        };
+        self.uplink_idle[k] += 1;
     }
 
     /// Leecher `i` now: pieces had, missing, started, verifying; then per peer (by node
@@ -480,6 +619,9 @@ impl Swarmnet {
                 }
             }
         }
+        if self.per_second {
+            self.second();
+        }
         self.completed[1..]
             .iter()
             .map(|c| c.map(|t| t - start))
@@ -514,6 +656,9 @@ struct Tail {
     /// The last leecher's last fifth of samples (when traced), and its node number.
     trace: Vec<String>,
     last: usize,
+    /// One line a second when `TAIL_SECONDS` is set.
+    seconds: Vec<String>,
+    uplink_idle: [u64; 5],
 }
 
 impl Tail {
@@ -536,6 +681,18 @@ impl Tail {
         );
         eprintln!("  before endgame, {}", self.reasons[0].line());
         eprintln!("  in endgame,     {}", self.reasons[1].line());
+        let u = self.uplink_idle;
+        let n = u[0].max(1) as f64;
+        eprintln!(
+            "  incomplete leechers' uplinks idle {:.2} of samples: an unchoked peer wants a piece (asked elsewhere) {:.2}, only choked peers want one {:.2}, nobody wants any {:.2}",
+            u[1] as f64 / n,
+            u[2] as f64 / n,
+            u[3] as f64 / n,
+            u[4] as f64 / n
+        );
+        for line in &self.seconds {
+            eprintln!("    {line}");
+        }
         if !self.trace.is_empty() {
             eprintln!("  the last leecher (n{}), its last fifth:", self.last);
             for line in &self.trace {
@@ -596,6 +753,8 @@ fn tail_on(
     Tail {
         trace,
         last,
+        seconds: std::mem::take(&mut net.seconds),
+        uplink_idle: net.uplink_idle,
         upload_use: (
             net.sent[0] as f64 / capacity,
             leechers_sent as f64 / capacity / leechers as f64,
