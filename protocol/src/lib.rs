@@ -24,6 +24,8 @@
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
 //! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
 //! - [`transport`] (feature `tokio`): where streams come from (TCP today; relays, QUIC later).
+//! - [`frame_wake`] (feature `tokio`): every TCP stream's reader is woken once per frame, not
+//!   per segment (`SO_RCVLOWAT` follows the clear-text headers; nothing changes on the wire).
 //! - [`driver`] (feature `tokio`): the one framed connection driver (frame reader, batching
 //!   frame writer) that the server, the client and the peer run over any split stream.
 
@@ -36,6 +38,8 @@ pub mod driver;
 pub mod enrol;
 pub mod error;
 pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod frame_wake;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod handshake;

@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_protocol::frame_wake::FrameWake;
 use ferry_protocol::transport::{Acceptor, BoxedStream, Split};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -72,6 +73,17 @@ impl AdmissionPeek for TcpStream {
 
     async fn readable(&self) -> std::io::Result<bool> {
         TcpStream::readable(self).await.map(|()| true)
+    }
+}
+
+/// TCP as `TcpAcceptor` hands it out: the socket under the per-frame wake-up.
+impl AdmissionPeek for FrameWake<TcpStream> {
+    fn peek_handle(&self) -> Option<std::os::fd::OwnedFd> {
+        self.get_ref().peek_handle()
+    }
+
+    async fn readable(&self) -> std::io::Result<bool> {
+        AdmissionPeek::readable(self.get_ref()).await
     }
 }
 

@@ -15,6 +15,7 @@ use ferry_client::error::ClientError;
 use ferry_common::known_servers;
 use ferry_common::url::Hint;
 use ferry_protocol::enrol::{ClientEnrol, Code};
+use ferry_protocol::frame_wake::FrameWake;
 use ferry_protocol::identity::NodeId;
 use ferry_protocol::message::{EnrolEnd, ENROL_WRITE};
 use ferry_protocol::noise::{ClientIdentityConfig, ClientIdentityError};
@@ -79,7 +80,7 @@ pub async fn run(ctx: &Context, args: JoinArgs) -> Result<(), ClientError> {
 }
 
 type Connected = (
-    TcpStream,
+    FrameWake<TcpStream>,
     Session,
     NodeId,
     ferry_protocol::enrol::Binding,
@@ -97,7 +98,7 @@ async fn connect(
         what: format!("connecting to {} ({what})", hint.authority()),
         secs,
     };
-    let mut stream = tokio::time::timeout(
+    let stream = tokio::time::timeout(
         ctx.global.connect_timeout,
         TcpStream::connect(hint.authority()),
     )
@@ -111,7 +112,7 @@ async fn connect(
         host: hint.authority(),
         reason: source.to_string(),
     })?;
-    let _ = stream.set_nodelay(true);
+    let mut stream = ferry_protocol::transport::tcp_stream(stream);
     let handshake = tokio::time::timeout(
         ctx.global.connect_timeout,
         ferry_protocol::tokio::client_enrol_handshake(&mut stream, config),
@@ -138,7 +139,7 @@ async fn connect(
 
 /// The ENROL exchange over an established enrolment session.
 async fn exchange(
-    mut stream: TcpStream,
+    mut stream: FrameWake<TcpStream>,
     session: Session,
     code: &Code,
     binding: ferry_protocol::enrol::Binding,
@@ -206,7 +207,7 @@ fn unexpected(message: Message) -> ClientError {
 /// The next message for the enrolment (or the connection), reading as needed; pings are
 /// answered by nobody, since the exchange is short.
 async fn next(
-    stream: &mut TcpStream,
+    stream: &mut FrameWake<TcpStream>,
     recv: &mut ferry_protocol::RecvHalf,
     rx: &mut BytesMut,
 ) -> Result<Message, ClientError> {

@@ -62,7 +62,7 @@ pub async fn run(ctx: &Context, args: ReceiveArgs) -> Result<(), ClientError> {
                 loop {
                     match listener.accept().await {
                         Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
+                            let stream = ferry_protocol::transport::tcp_stream(stream);
                             let receiver = receiver.clone();
                             tokio::spawn(async move { receiver.serve(stream, peer).await });
                         }

@@ -55,9 +55,7 @@ impl Inbound {
     async fn next(&mut self) -> Option<(PeerStream, SocketAddr)> {
         match self {
             Self::Listener(listener) => match listener.accept().await {
-                Ok((stream, remote)) => {
-                    Some((PeerStream::Raw(super::lowat::peer_stream(stream)), remote))
-                }
+                Ok((stream, remote)) => Some((PeerStream::Raw(Box::new(stream)), remote)),
                 Err(error) => {
                     // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(%error, "cannot accept a peer connection");

@@ -285,7 +285,7 @@ async fn accept_loop(
             continue;
         };
         tokio::spawn(serve(
-            super::lowat::peer_stream(stream),
+            Box::new(stream),
             remote,
             false,
             routes.clone(),

@@ -11,12 +11,10 @@
 //! (events, actions, dialing); `peer.rs` is one peer connection (handshake, reader, writer,
 //! close and drain); `server.rs` runs a ferry-server as a peer; `host.rs` is one listener
 //! shared by several swarms, routing each connection by the key its hello names;
-//! `stats_pace.rs` decides when a refresh of the counters wakes their watchers; `lowat.rs`
-//! wakes a peer's reader once per frame instead of once per TCP segment.
+//! `stats_pace.rs` decides when a refresh of the counters wakes their watchers.
 
 mod actor;
 mod host;
-mod lowat;
 mod peer;
 mod server;
 mod stats_pace;
@@ -29,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::identity::{Identity, NodeId};
-use ferry_protocol::transport::{BoxedStream, Connector, TcpAcceptor};
+use ferry_protocol::transport::{BoxedStream, Connector, TcpAcceptor, TcpConnector};
 use ferry_protocol::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -53,8 +51,8 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 pub struct NodeConfig {
     /// TCP address to accept peers on; port 0 picks one.
     pub listen: SocketAddr,
-    /// How peers are dialled. Default TCP, each connection's reader woken per frame; a relayed
-    /// or QUIC transport can stand in.
+    /// How peers are dialled. Default TCP (each connection's reader woken per frame, see
+    /// `ferry_protocol::frame_wake`); a relayed or QUIC transport can stand in.
     pub connector: Arc<dyn Connector>,
     /// Peers to dial at start.
     pub peers: Vec<SocketAddr>,
@@ -89,7 +87,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            connector: Arc::new(lowat::FrameWakeTcp),
+            connector: Arc::new(TcpConnector),
             peers: Vec::new(),
             trackers: Vec::new(),
             seed_after_complete: true,

@@ -1,9 +1,11 @@
-//! Wake the reader once per frame, not once per TCP segment.
+//! Wake the reader once per frame, not once per TCP segment. Every Ferry TCP stream gets this
+//! from [`TcpConnector`](crate::transport::TcpConnector) and
+//! [`TcpAcceptor`](crate::transport::TcpAcceptor): client, server and peers alike.
 //!
 //! On a slow link a 16 KiB block arrives as about 11 segments spread over milliseconds, and a
 //! reader woken for each one (epoll, a context switch, a `recv` of 1448 bytes, the frame still
 //! incomplete) paid for that per segment: on netlab's 20 Mbit/s links ~720 wake-ups and `recv`s
-//! per MiB received, the largest share of a leecher's own CPU (issue 14). Frame headers travel
+//! per MiB received, the largest share of a leecher's (and a `ferry get`'s) own CPU (issue 14). Frame headers travel
 //! in clear (PROTOCOL.md §2.1), so this wrapper follows the frame boundaries in the bytes it
 //! passes up and sets the socket's `SO_RCVLOWAT` to the bytes the current frame still lacks:
 //! the kernel then wakes the reader when the frame can be completed.
@@ -11,16 +13,18 @@
 //! Never more than those bytes: the peer has committed to sending them (it writes whole
 //! frames), so the reader cannot wait for data that is not coming; between frames the mark is
 //! 1, as without this wrapper. End of stream and errors wake the reader whatever the mark, and
-//! the kernel also wakes it when the receive window is nearly full.
+//! the kernel also wakes it when the receive window is nearly full. It changes nothing on the
+//! wire. Off unix the wrapper only follows the frames and never touches the socket.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use ferry_protocol::transport::{BoxedStream, Connecting, Connector};
-use ferry_protocol::HEADER_LEN;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+
+use crate::HEADER_LEN;
 
 /// Below this many missing bytes the mark stays at 1: raising it would cost a system call to
 /// save at most one wake-up.
@@ -35,7 +39,7 @@ const MAX_MARK: usize = 32 * 1024;
 /// Where the byte stream stands in its sequence of frames (PROTOCOL.md §2: a 12-byte header
 /// whose last four bytes are the body length, then the body, then the next header).
 #[derive(Debug, Default)]
-pub(super) struct FrameCursor {
+pub(crate) struct FrameCursor {
     header: [u8; HEADER_LEN],
     /// Header bytes seen of the current frame (`HEADER_LEN` once its body has started).
     header_seen: usize,
@@ -45,7 +49,7 @@ pub(super) struct FrameCursor {
 
 impl FrameCursor {
     /// Follows `bytes`, the next bytes of the stream.
-    pub(super) fn advance(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn advance(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.header_seen < HEADER_LEN {
                 let take = (HEADER_LEN - self.header_seen).min(bytes.len());
@@ -74,7 +78,7 @@ impl FrameCursor {
 
     /// Bytes the peer must still send to finish the frame it has started; 0 between frames.
     /// Until the header is whole only its own missing bytes count.
-    pub(super) fn missing(&self) -> u64 {
+    pub(crate) fn missing(&self) -> u64 {
         match self.header_seen {
             0 => 0,
             seen if seen < HEADER_LEN => (HEADER_LEN - seen) as u64,
@@ -84,7 +88,7 @@ impl FrameCursor {
 
     /// The receive low-water mark for what is missing: 1 (wake on any byte) unless enough is
     /// missing to be worth a system call, never more than is missing.
-    pub(super) fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         let missing = usize::try_from(self.missing()).unwrap_or(usize::MAX);
         if missing < WORTH_RAISING {
             1
@@ -95,7 +99,7 @@ impl FrameCursor {
 }
 
 /// A socket whose receive low-water mark can be set.
-pub(super) trait LowWater {
+pub trait LowWater {
     fn set_low_water(&self, bytes: usize) -> io::Result<()>;
 }
 
@@ -105,9 +109,16 @@ impl LowWater for TcpStream {
     }
 }
 
-/// A peer stream that keeps its socket's `SO_RCVLOWAT` at what the current frame lacks.
+/// The read half of a split TCP stream: the option is the socket's, shared by both halves.
+impl LowWater for OwnedReadHalf {
+    fn set_low_water(&self, bytes: usize) -> io::Result<()> {
+        sockopt::set_rcvlowat(self.as_ref(), bytes)
+    }
+}
+
+/// A stream that keeps its socket's `SO_RCVLOWAT` at what the current frame lacks.
 #[derive(Debug)]
-pub(super) struct FrameWake<S> {
+pub struct FrameWake<S> {
     inner: S,
     cursor: FrameCursor,
     /// The mark the socket has now.
@@ -117,8 +128,15 @@ pub(super) struct FrameWake<S> {
     broken: bool,
 }
 
+impl<S> FrameWake<S> {
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl<S: LowWater> FrameWake<S> {
-    pub(super) fn new(inner: S) -> Self {
+    pub fn new(inner: S) -> Self {
         Self {
             inner,
             cursor: FrameCursor::default(),
@@ -135,10 +153,7 @@ impl<S: LowWater> FrameWake<S> {
         }
         match self.inner.set_low_water(mark) {
             Ok(()) => self.mark = mark,
-            Err(error) => {
-                tracing::debug!(%error, "cannot set SO_RCVLOWAT; waking per segment");
-                self.broken = true;
-            }
+            Err(_) => self.broken = true,
         }
     }
 }
@@ -187,25 +202,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameWake<S> {
     }
 }
 
-/// A TCP stream for a peer connection: Nagle off (requests are small and must not wait for an
-/// ACK), woken per frame.
-pub(super) fn peer_stream(stream: TcpStream) -> BoxedStream {
-    let _ = stream.set_nodelay(true);
-    Box::new(FrameWake::new(stream))
-}
+/// Split for two tasks without a lock, the read half still following the frames (it is the
+/// only half that reads, so it keeps the cursor).
+impl crate::transport::Split for FrameWake<TcpStream> {
+    type Read = FrameWake<OwnedReadHalf>;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
 
-/// Dials peers over TCP, each connection woken per frame ([`FrameWake`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct FrameWakeTcp;
-
-impl Connector for FrameWakeTcp {
-    fn connect(&self, addr: std::net::SocketAddr) -> Connecting<'_> {
-        Box::pin(async move { Ok(peer_stream(TcpStream::connect(addr).await?)) })
+    fn split(self) -> (Self::Read, Self::Write) {
+        let (read, write) = self.inner.into_split();
+        let read = FrameWake {
+            inner: read,
+            cursor: self.cursor,
+            mark: self.mark,
+            broken: self.broken,
+        };
+        (read, write)
     }
 }
 
 /// The one system call the workspace has no safe binding for (rustix, socket2 and nix lack
 /// `SO_RCVLOWAT`).
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod sockopt {
     use std::io;
@@ -251,6 +268,19 @@ mod sockopt {
             Err(io::Error::last_os_error())
         }
     }
+}
+
+/// Elsewhere the mark is never set: the reader wakes per segment, as before.
+#[cfg(not(unix))]
+mod sockopt {
+    pub(super) fn set_rcvlowat<S>(_socket: &S, _bytes: usize) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(all(test, unix))]
+pub(crate) fn rcvlowat(socket: &TcpStream) -> io::Result<usize> {
+    sockopt::rcvlowat(socket)
 }
 
 #[cfg(test)]
@@ -388,6 +418,7 @@ mod tests {
     }
 
     /// The mark reaches the socket.
+    #[cfg(unix)]
     #[tokio::test]
     async fn the_mark_is_set_on_a_tcp_socket() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -413,6 +444,7 @@ mod tests {
 
     /// A peer that stops mid-frame (closes, or dies) still wakes the reader: the mark never
     /// holds back the end of the stream.
+    #[cfg(unix)]
     #[tokio::test]
     async fn the_end_of_the_stream_wakes_a_reader_waiting_for_a_frame() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
