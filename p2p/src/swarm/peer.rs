@@ -27,10 +27,9 @@ pub(super) struct Peer {
     pub(super) am_interested: bool,
     pub(super) peer_choking: bool,
     pub(super) peer_interested: bool,
-    /// Unchoked before its INTERESTED (spec/P2P.md §4.3), its interest on the way: on its
-    /// BITFIELD, which lacked a piece we have; or kept unchoked by a super-seed through a
-    /// NOT_INTERESTED that crossed a HAVE revealing a piece it still lacks (`on_not_interested`).
-    /// Cleared by its INTERESTED or our next CHOKE.
+    /// Unchoked while not interested (spec/P2P.md §4.3): on its BITFIELD, which lacked a piece
+    /// we have, its INTERESTED on the way; or kept unchoked through a NOT_INTERESTED until its
+    /// slot is wanted (`on_not_interested`). Cleared by its INTERESTED or our next CHOKE.
     pub(super) unchoked_early: bool,
     /// Our requests to this peer: (piece, offset) → when sent. Ordered, so the requests given up
     /// together (a CHOKE, a timeout) are remembered in the same order on every run.
