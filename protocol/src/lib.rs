@@ -7,7 +7,7 @@
 //! description; this crate is its reference implementation.
 //!
 //! The core is sans-IO: it takes bytes and returns frames, takes messages and returns bytes, and
-//! never touches a socket or the clock. The [`tokio`](crate::tokio) module is a thin adapter.
+//! never touches a socket or the clock. The [`tokio`] module is a thin adapter.
 //!
 //! Modules, bottom up:
 //! - [`header`]: the 12-byte header and the wire-number newtypes (type, service, id).
@@ -22,7 +22,7 @@
 //!   handshake (Noise XX) and the server's accept that serves both handshakes on one port.
 //! - [`session`]: an established connection's framing and record protection.
 //! - [`conn`]: keep-alive and request-id bookkeeping, driven by a caller-supplied clock.
-//! - [`tokio`](crate::tokio) (feature `tokio`): async handshake and a `tokio_util` codec.
+//! - [`tokio`] (feature `tokio`): async handshake and a `tokio_util` codec.
 //! - [`transport`] (feature `tokio`): where streams come from (TCP today; relays, QUIC later).
 //! - [`frame_wake`] (feature `tokio`): every TCP stream's reader is woken once per frame, not
 //!   per segment (`SO_RCVLOWAT` follows the clear-text headers; nothing changes on the wire).

@@ -3,7 +3,7 @@
 //! Each sealed body is `C || TAG`, the AEAD's ciphertext and 16-byte tag, with the frame's 12
 //! header bytes as associated data and the nonce `IV XOR (0^32 || seq_u64_be)` (RFC 8446 §5.3),
 //! so every record of a direction has its own nonce and nothing but the body travels. The IV
-//! comes from the key schedule, the sequence number from the record layer ([`super::record`]),
+//! comes from the key schedule, the sequence number from the record layer (`super::record`),
 //! which also enforces the key's usage limit ([`BLOCK_LIMIT`]).
 //!
 //! The AEAD is `ring`'s (BoringSSL's assembly, CPU features detected at run time): in the codec

@@ -116,7 +116,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// allocator had just handed back to the kernel, so every 4 KiB of it cost a page fault and
     /// a page clear (issue 10). Memory: at most `spares` buffers of `reserve` bytes beyond the
     /// frames themselves. A buffer is reused when it has room for a read of `low_water` bytes
-    /// after the frame still arriving, plus [`DECODER_ROOM`]: so `reserve` should exceed
+    /// after the frame still arriving, plus `DECODER_ROOM`: so `reserve` should exceed
     /// `low_water` + 64 KiB by at least a typical frame.
     pub fn recycle_buffers(mut self, spares: usize) -> Self {
         self.max_spares = spares;
