@@ -967,7 +967,7 @@ fn unchoke_slot_rules_on_every_shape() {
 /// `depth.rs`): it has no socket buffers, CPU contention or lab delay line, and none of its
 /// depths sank to the floor as netlab's leecher-to-leecher ones did.
 #[test]
-#[ignore = "a measurement, about a minute in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::three -- --ignored --nocapture"]
+#[ignore = "a measurement, about a second in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::three -- --ignored --nocapture"]
 fn three_leechers_on_a_long_link() {
     let t = tail_on(
         3,
