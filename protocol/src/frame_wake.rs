@@ -417,15 +417,20 @@ mod tests {
         assert_eq!(*marks.lock().unwrap(), vec![block.len() - 1460, 1]);
     }
 
+    /// A loopback connection: the dialling end as it is, the accepting end wrapped.
+    #[cfg(unix)]
+    async fn tcp_pair() -> (TcpStream, FrameWake<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (dialled.unwrap(), FrameWake::new(accepted.unwrap().0))
+    }
+
     /// The mark reaches the socket.
     #[cfg(unix)]
     #[tokio::test]
     async fn the_mark_is_set_on_a_tcp_socket() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut theirs = dialled.unwrap();
-        let mut ours = FrameWake::new(accepted.unwrap().0);
+        let (mut theirs, mut ours) = tcp_pair().await;
         let block = frame(16_412);
         theirs.write_all(&block[..12 + 100]).await.unwrap();
         let mut buf = vec![0u8; 64 * 1024];
@@ -447,11 +452,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn the_end_of_the_stream_wakes_a_reader_waiting_for_a_frame() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialled, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let mut theirs = dialled.unwrap();
-        let mut ours = FrameWake::new(accepted.unwrap().0);
+        let (mut theirs, mut ours) = tcp_pair().await;
         let block = frame(16_412);
         theirs.write_all(&block[..112]).await.unwrap();
         let mut buf = vec![0u8; 64 * 1024];

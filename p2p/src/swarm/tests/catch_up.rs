@@ -92,6 +92,15 @@ impl Relay {
         self.queue.insert((when, self.seq), (to, conn, msg));
     }
 
+    /// The node and connection at the other end of node `i`'s link to its neighbour.
+    fn other_end(i: usize) -> (usize, ConnId) {
+        if i == 0 {
+            (1, B_TO_A)
+        } else {
+            (0, A_TO_B)
+        }
+    }
+
     /// Carries out node `i`'s actions: messages to the other node take [`ONE_WAY`]; the
     /// source answers the REQUEST for piece p only at p + 1 seconds, so `a` gets one piece a
     /// second.
@@ -111,8 +120,8 @@ impl Relay {
                     if let (0, PeerMessage::Have(p)) = (i, &msg) {
                         self.have_sent[*p as usize].get_or_insert(now);
                     }
-                    let (to, to_conn) = if i == 0 { (1, B_TO_A) } else { (0, A_TO_B) };
                     debug_assert_eq!(conn, if i == 0 { A_TO_B } else { B_TO_A });
+                    let (to, to_conn) = Self::other_end(i);
                     self.at(now + ONE_WAY, to, to_conn, msg);
                 }
                 Action::Upload {
@@ -123,7 +132,8 @@ impl Relay {
                 } => {
                     let data = upload(&self.content, &self.manifest, piece, offset, length);
                     self.nodes[i].handle_uploaded(conn, u64::from(length), now);
-                    self.at(now + ONE_WAY, 1 - i, B_TO_A, data);
+                    let (to, to_conn) = Self::other_end(i);
+                    self.at(now + ONE_WAY, to, to_conn, data);
                 }
                 Action::Verify { piece, data } => {
                     let ok = sha256(&data) == *self.manifest.hash(piece);
