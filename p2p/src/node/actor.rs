@@ -725,10 +725,20 @@ mod tests {
         let mut leecher = node::start(manifest.clone(), Arc::new(storage), have, config)
             .await
             .unwrap();
-        while leecher.peer_ids.borrow().is_empty() {
-            leecher.peer_ids.changed().await.unwrap();
-        }
+        // Bytes downloaded, not `peer_ids`: the file is small, and the two complete nodes may
+        // leave each other before this task looks, so a connected peer can come and go unseen.
+        let downloaded = tokio::time::timeout(
+            Duration::from_secs(30),
+            leecher.stats.wait_for(|s| s.downloaded > 0),
+        )
+        .await
+        // Drop the borrow at once: a held `Ref` would block the node's next stats update.
+        .is_ok_and(|seen| seen.is_ok());
         let took = started.elapsed();
+        assert!(
+            downloaded,
+            "nothing downloaded {took:?} after the start: the dial waited for the maintenance tick"
+        );
         leecher.shutdown().await.unwrap();
         seed.shutdown().await.unwrap();
         cancel.cancel();
