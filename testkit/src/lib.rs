@@ -64,10 +64,13 @@ impl TestServer {
         }
     }
 
-    /// Stops the server at once, connections and all, as if the process died.
+    /// Stops the server at once, connections and all, as if the process died. Returns once
+    /// its tasks are dropped, so the listening port is free again: `shutdown_background`
+    /// returned before that, and a restart on the same port (`start_on`) could then fail with
+    /// AddrInUse on a loaded machine.
     pub fn kill(mut self) {
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            runtime.shutdown_timeout(Duration::from_secs(10));
         }
     }
 
