@@ -495,6 +495,9 @@ impl FileProgress for KillerFile {
         if self.chunks.fetch_add(1, Ordering::SeqCst) + 1 == self.kill_after {
             if let Some(kill) = self.kill.lock().unwrap().take() {
                 let _ = kill.send(());
+                // Die here, as kill -9 would: without this the task went on sending until the
+                // abort reached it and, on a fast run, could finish the file before it did.
+                std::panic::resume_unwind(Box::new("killed at the kill point"));
             }
         }
     }
@@ -542,6 +545,7 @@ fn an_upload_killed_at_random_points_resumes_and_ends_byte_identical() {
             });
             let abort = task.abort_handle();
             tokio::select! {
+                biased;
                 _ = rx => abort.abort(),
                 done = task => panic!("the upload ended before its kill point: {done:?}"),
             }
