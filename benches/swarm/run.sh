@@ -9,6 +9,10 @@
 #
 #   RATE=20mbit SIZE_MIB=64 NS="8 32 99" benches/swarm/run.sh
 #   DELAY=100ms ...        every packet crossing the switch waits 100 ms: RTT 200 ms
+#   PIECE_KIB=64 ...       piece size of the manifest (default: ferry-peer make's choice, 256 KiB
+#                          for 64 MiB); a run scaled down in rate and size keeps the piece count
+#                          (RATE=5mbit SIZE_MIB=16 PIECE_KIB=64: 256 pieces, T* 28.1 s as at
+#                          20 Mbit/s and 64 MiB) so that N = 32 and 99 fit this machine's CPU
 #   DISCOVERY=dht ...      no tracker: h1 also runs a DHT node, every peer bootstraps from it
 #                          alone (its --dht-bootstrap) and finds the others by DHT and PEX
 #   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link:
@@ -38,6 +42,7 @@ SIZE_MIB=${SIZE_MIB:-64}
 NS=${NS:-"8 32 99"}
 DELAY=${DELAY:-}
 DISCOVERY=${DISCOVERY:-tracker}
+PIECE_KIB=${PIECE_KIB:-}
 TCP_SECONDS=${TCP_SECONDS:-20}
 SKIP_SERVER=${SKIP_SERVER:-0}
 BIN=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release}
@@ -172,10 +177,13 @@ SEED_IP=$(ip_of 1)
 
 mkdir -p "$WORK/data"
 head -c "${SIZE_MIB}M" /dev/urandom > "$WORK/data/file.bin"
+piece=${PIECE_KIB:+--piece-size $((PIECE_KIB * 1024))}
 if [ "$DISCOVERY" = dht ]; then
-    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --no-progress >/dev/null
+    # shellcheck disable=SC2086
+    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" $piece --no-progress >/dev/null
 else
-    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" --tracker "udp://$SEED_IP:6969" --no-progress >/dev/null
+    # shellcheck disable=SC2086
+    "$PEER" make "$WORK/data/file.bin" -o "$WORK/file.ferry" $piece --tracker "udp://$SEED_IP:6969" --no-progress >/dev/null
 fi
 # Discovery flags of host i: the tracker in the manifest, or the DHT through h1's node only.
 disc() {
@@ -188,7 +196,7 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"; chmod 600 "$W
 rate_bits=$(echo "$RATE" | awk '{ v=$1; m=1; if (v ~ /gbit$/) m=1e9; else if (v ~ /mbit$/) m=1e6; else if (v ~ /kbit$/) m=1e3; sub(/[a-z]+$/, "", v); print v*m }')
 F=$((SIZE_MIB * 1048576))
 
-echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB, discovery $DISCOVERY, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB${PIECE_KIB:+ in $PIECE_KIB KiB pieces}, discovery $DISCOVERY, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
     # ---- swarm: tracker (or DHT node) + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
