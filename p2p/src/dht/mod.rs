@@ -3,8 +3,10 @@
 //!
 //! [`Dht`] is the sans-IO core: datagrams and `now` in (`handle_*`), datagrams, events and a
 //! deadline out (`poll_*`); randomness comes from a seed. It owns the routing table
-//! ([`table`]), the iterative lookups (α = 3 in flight, ending when the k closest answered),
-//! and what it keeps for others ([`store`]: announced peers, token secrets, rate limits).
+//! ([`table`]), the iterative lookups (α = 3 in flight, ending when the k closest answered; a
+//! query unanswered at its short timeout frees its slot, or is sent again when the lookup has
+//! no one else to ask), and what it keeps for others ([`store`]: announced peers, token
+//! secrets, rate limits).
 //! [`shell`] runs it on one tokio UDP socket and persists the routing table.
 //!
 //! Hardening (§7.5–§7.8): node ids are tied to addresses ([`id_matches`], after BEP 42), a
@@ -52,6 +54,8 @@ pub const MAX_CANDIDATES: usize = 8 * K;
 pub const MAX_SEEDS: usize = 64;
 /// Nodes not heard from this long are pinged, and our own id looked up, this often.
 pub const REFRESH: Duration = Duration::from_secs(15 * 60);
+/// Times one lookup query is sent again after its short timeout ([`DhtConfig::retry_after`]).
+pub const MAX_RETRANSMITS: u8 = 2;
 /// Distinct responders that must report the same public address before we take an id for it.
 pub const ID_VOTES: usize = 3;
 
@@ -213,6 +217,9 @@ pub enum LookupError {
 enum State {
     New,
     Asked,
+    /// Asked, and unanswered past the short timeout: still awaited until the hard one, but no
+    /// longer holding one of the lookup's α slots.
+    Slow,
     Answered,
     Failed,
 }
@@ -286,6 +293,7 @@ impl Lookup {
             .take(K)
     }
 
+    /// Queries that hold one of the α slots: asked, and not past their short timeout.
     fn in_flight(&self) -> usize {
         self.seeds.iter().filter(|s| s.1 == State::Asked).count()
             + self
@@ -293,6 +301,38 @@ impl Lookup {
                 .iter()
                 .filter(|c| c.state == State::Asked)
                 .count()
+    }
+
+    /// Whether [`next`](Self::next) has someone to ask.
+    fn has_next(&self) -> bool {
+        self.seeds.iter().any(|s| s.1 == State::New)
+            || self.top().any(|i| self.candidates[i].state == State::New)
+    }
+
+    /// Nobody has answered yet and nobody is left to ask: all the lookup can do is wait.
+    fn starving(&self) -> bool {
+        !self.has_next()
+            && !self.seeds.iter().any(|s| s.1 == State::Answered)
+            && !self.candidates.iter().any(|c| c.state == State::Answered)
+    }
+
+    /// Marks a query past its short timeout, if it is still only asked.
+    fn slow(&mut self, id: Option<NodeId>, addr: SocketAddr) {
+        let state = match id {
+            None => self
+                .seeds
+                .iter_mut()
+                .find(|s| s.0 == addr)
+                .map(|s| &mut s.1),
+            Some(id) => self
+                .candidates
+                .iter_mut()
+                .find(|c| c.id == id && c.addr == addr)
+                .map(|c| &mut c.state),
+        };
+        if let Some(state) = state.filter(|s| **s == State::Asked) {
+            *state = State::Slow;
+        }
     }
 
     /// The next address to ask, marked asked; `None` if nothing is due.
@@ -338,27 +378,39 @@ impl Lookup {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct InFlight {
     to: SocketAddr,
     /// The id we expect to answer; `None` for a bootstrap address.
     id: Option<NodeId>,
     method: Method,
+    /// The hard timeout: unanswered by then, the query failed.
     deadline: Instant,
     lookup: Option<LookupId>,
+    /// A lookup's query: its short timeout, when it is next looked at ([`Dht::short_timeout`]).
+    retry_at: Option<Instant>,
+    /// Times it was sent again; a repeat is the same datagram (same transaction id), so an
+    /// answer to any of them counts and the query holds one in-flight slot throughout.
+    retransmits: u8,
+    /// The datagram, kept for a lookup's query only.
+    datagram: Vec<u8>,
 }
 
 /// Core settings.
 #[derive(Clone, Debug)]
 pub struct DhtConfig {
-    /// A query unanswered this long counts as a failure.
+    /// A query unanswered this long counts as a failure (the hard timeout).
     pub query_timeout: Duration,
+    /// A lookup's query unanswered this long (the short timeout) stops holding one of the
+    /// lookup's α slots; if the lookup has no one else to ask, the query is sent again.
+    pub retry_after: Duration,
 }
 
 impl Default for DhtConfig {
     fn default() -> Self {
         Self {
             query_timeout: Duration::from_secs(2),
+            retry_after: Duration::from_millis(500),
         }
     }
 }
@@ -532,7 +584,7 @@ impl Dht {
     pub fn poll_timeout(&self) -> Instant {
         self.in_flight
             .values()
-            .map(|f| f.deadline)
+            .map(|f| f.retry_at.map_or(f.deadline, |r| r.min(f.deadline)))
             .chain([self.next_refresh, self.tokens.next_rotation()])
             .min()
             .unwrap_or(self.next_refresh)
@@ -557,6 +609,15 @@ impl Dht {
                 }
             }
         }
+        let slow: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.retry_at.is_some_and(|r| r <= now))
+            .map(|(tx, _)| *tx)
+            .collect();
+        for tx in slow {
+            self.short_timeout(tx, now);
+        }
         if now >= self.next_refresh {
             self.next_refresh = now + REFRESH;
             self.store.expire(now);
@@ -573,6 +634,29 @@ impl Dht {
             }
         }
         self.step(now);
+    }
+
+    /// A lookup's query unanswered for [`DhtConfig::retry_after`] (§7.4): it frees its α slot, so
+    /// the lookup asks its next candidate; a lookup with no one else to ask (a bootstrap through
+    /// one node) sends it again instead, at most [`MAX_RETRANSMITS`] times. Both follow timers
+    /// only, never a received datagram, so nobody can make us send more.
+    fn short_timeout(&mut self, tx: u32, now: Instant) {
+        let Some(f) = self.in_flight.get_mut(&tx) else {
+            return;
+        };
+        f.retry_at = None;
+        let Some(l) = f.lookup.and_then(|l| self.lookups.get_mut(&l)) else {
+            return;
+        };
+        l.slow(f.id, f.to);
+        if f.retransmits < MAX_RETRANSMITS && !l.has_next() {
+            f.retransmits += 1;
+            self.outbox.push_back((f.to, f.datagram.clone()));
+        }
+        let next = now + self.config.retry_after;
+        if f.retransmits < MAX_RETRANSMITS && next < f.deadline {
+            f.retry_at = Some(next);
+        }
     }
 
     /// Handles one datagram from `from`. Anything malformed or unexpected is dropped.
@@ -616,16 +700,19 @@ impl Dht {
                     self.offer(response.id, from, now);
                 }
                 if let Some(lid) = f.lookup {
-                    self.lookup_answered(lid, f, &response);
+                    self.lookup_answered(lid, &f, &response);
                 }
+                self.feed_starving(f.lookup, &response.answer);
                 self.step(now);
             }
             Message::Error(error) => {
                 // Only an error for a query we sent, from where we sent it, counts.
-                let Some(f) = self.in_flight.get(&tx).filter(|f| f.to == from).copied() else {
+                if self.in_flight.get(&tx).is_none_or(|f| f.to != from) {
+                    return;
+                }
+                let Some(f) = self.in_flight.remove(&tx) else {
                     return;
                 };
-                self.in_flight.remove(&tx);
                 tracing::debug!(%from, code = %error.code, "dht query refused");
                 if let Some(l) = f.lookup.and_then(|l| self.lookups.get_mut(&l)) {
                     l.set(f.id, f.to, State::Failed);
@@ -744,7 +831,27 @@ impl Dht {
         }
     }
 
-    fn lookup_answered(&mut self, lid: LookupId, f: InFlight, response: &Response) {
+    /// Gives the nodes of an answer to every other lookup that is [starving](Lookup::starving):
+    /// a swarm's GET_PEERS that started with the bootstrap node alone goes on through the nodes
+    /// the concurrent join learns while its own query waits (§7.4). Any node is a sound
+    /// candidate: candidates are ordered by distance, so far ones are asked only while nothing
+    /// closer is known.
+    fn feed_starving(&mut self, from: Option<LookupId>, answer: &Answer) {
+        let nodes = match answer {
+            Answer::FindNode { nodes } | Answer::GetPeers { nodes, .. } => nodes,
+            _ => return,
+        };
+        let own = self.id;
+        for (lid, l) in &mut self.lookups {
+            if Some(*lid) != from && l.starving() {
+                for n in nodes {
+                    l.add(*n, &own);
+                }
+            }
+        }
+    }
+
+    fn lookup_answered(&mut self, lid: LookupId, f: &InFlight, response: &Response) {
         let own = self.id;
         let Some(l) = self.lookups.get_mut(&lid) else {
             return;
@@ -900,6 +1007,7 @@ impl Dht {
             }
         };
         let method = query.method();
+        let lookup_query = lookup.is_some();
         let mut request = Request {
             id: self.id,
             query,
@@ -908,6 +1016,7 @@ impl Dht {
         if matches!(method, Method::FindNode | Method::GetPeers) {
             request.padding = REQUEST_PAD_TO - HEADER_LEN - request.encoded_len();
         }
+        let datagram = Message::Request(request).to_datagram(tx);
         self.in_flight.insert(
             tx,
             InFlight {
@@ -916,10 +1025,16 @@ impl Dht {
                 method,
                 deadline: now + self.config.query_timeout,
                 lookup,
+                retry_at: lookup_query.then(|| now + self.config.retry_after),
+                retransmits: 0,
+                datagram: if lookup_query {
+                    datagram.clone()
+                } else {
+                    Vec::new()
+                },
             },
         );
-        self.outbox
-            .push_back((to, Message::Request(request).to_datagram(tx)));
+        self.outbox.push_back((to, datagram));
         true
     }
 }

@@ -130,8 +130,12 @@ pub fn lonely_wait(n: u32) -> Duration {
 pub const REANNOUNCE: Duration = Duration::from_secs(5 * 60);
 
 /// A swarm's use of the DHT: look up `key` and announce `port`, at once and then every
-/// [`REANNOUNCE`], or after [`lonely_wait`] while `lonely()` says no peer is connected.
+/// [`REANNOUNCE`], or every [`lonely_wait`] while `lonely()` says no peer is connected.
 /// Found peers go to `found`. Runs until `cancel` or until the DHT node stops.
+///
+/// Waits count from the start of the lookup before: they bound how often a lonely swarm asks
+/// the network, and a lookup that reached nobody has already spent the hard timeout (2 s)
+/// trying, so the next one starts at once rather than 2 s later.
 pub async fn discover(
     dht: DhtHandle,
     key: NodeId,
@@ -142,6 +146,7 @@ pub async fn discover(
 ) {
     let mut lonely_rounds = 0;
     loop {
+        let began = Instant::now();
         let looked = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
@@ -162,7 +167,7 @@ pub async fn discover(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(began + wait) => {}
         }
     }
 }
@@ -364,6 +369,44 @@ pub fn load_state(path: &Path) -> Option<(NodeId, Vec<NodeInfo>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// issue 14: a lookup that reaches nobody ends at the hard timeout (2 s), and the swarm then
+    /// waited its lonely wait (2 s) on top. The wait now counts from the lookup's start: a
+    /// failed lookup is followed by the next one at once, while lookups that end quickly (and
+    /// empty) still come one per wait, the wait doubling.
+    #[tokio::test(start_paused = true)]
+    async fn a_lonely_swarm_looks_again_a_wait_after_its_last_lookup_began() {
+        let (cmds, mut rx) = mpsc::channel(4);
+        let dht = DhtHandle {
+            local_addr: "127.0.0.1:1".parse().unwrap(),
+            cmds,
+        };
+        let cancel = CancellationToken::new();
+        let start = Instant::now();
+        tokio::spawn(discover(
+            dht,
+            NodeId([1; 20]),
+            7000,
+            cancel.clone(),
+            || true,
+            |_| {},
+        ));
+        let mut began = Vec::new();
+        for i in 0..4 {
+            let Some(Cmd::GetPeers { peers, done, .. }) = rx.recv().await else {
+                panic!("no lookup")
+            };
+            began.push(start.elapsed().as_secs_f64());
+            // The first two reach nobody until the hard timeout; the others answer at once.
+            if i < 2 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            drop(peers);
+            done.send(Ok(0)).unwrap();
+        }
+        cancel.cancel();
+        assert_eq!(began, [0.0, 2.0, 6.0, 14.0]);
+    }
 
     #[test]
     fn state_roundtrips_and_damage_is_refused() {

@@ -18,6 +18,9 @@ fn public(i: usize) -> SocketAddr {
     SocketAddr::from(([44, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6881))
 }
 
+/// Says whether the network loses a datagram (from, to, message) instead of delivering it.
+type Loss = Box<dyn FnMut(SocketAddr, SocketAddr, &Message) -> bool>;
+
 struct Net {
     nodes: Vec<Dht>,
     addrs: Vec<SocketAddr>,
@@ -25,7 +28,16 @@ struct Net {
     dead: HashSet<usize>,
     now: Instant,
     queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Datagrams on a link with a latency, waiting for their delivery time.
+    held: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// One-way latency of a link (from, to); links not named deliver at once.
+    latency: HashMap<(SocketAddr, SocketAddr), Duration>,
+    lose: Option<Loss>,
     events: Vec<(usize, Event)>,
+    /// When each of `events` was emitted.
+    event_at: Vec<Instant>,
+    /// Every datagram handed to the network, lost or not: (when, from, to, a request?).
+    sent: Vec<(Instant, SocketAddr, SocketAddr, bool)>,
     rng: StdRng,
     delivered: usize,
 }
@@ -54,7 +66,12 @@ impl Net {
             dead: HashSet::new(),
             now,
             queue: VecDeque::new(),
+            held: Vec::new(),
+            latency: HashMap::new(),
+            lose: None,
             events: Vec::new(),
+            event_at: Vec::new(),
+            sent: Vec::new(),
             rng,
             delivered: 0,
         }
@@ -62,9 +79,14 @@ impl Net {
 
     /// Bootstraps every node through node 0, one a second.
     fn grown(n: usize, seed: u64) -> Self {
+        Self::growing(n, seed, n)
+    }
+
+    /// [`grown`](Self::grown) for the first `joined` of `n` nodes; the others know nobody yet.
+    fn growing(n: usize, seed: u64, joined: usize) -> Self {
         let mut net = Self::new(n, seed);
         let boot = net.addrs[0];
-        for i in 1..n {
+        for i in 1..joined {
             net.nodes[i].bootstrap(&[boot], net.now).unwrap();
             net.run();
             net.now += Duration::from_secs(1);
@@ -87,10 +109,20 @@ impl Net {
                     }
                 }
             }
-            self.queue.push_back((self.addrs[i], to, bytes));
+            let from = self.addrs[i];
+            let request = matches!(
+                Message::from_datagram(&bytes),
+                Some((_, Message::Request(_)))
+            );
+            self.sent.push((self.now, from, to, request));
+            match self.latency.get(&(from, to)) {
+                Some(d) => self.held.push((self.now + *d, from, to, bytes)),
+                None => self.queue.push_back((from, to, bytes)),
+            }
         }
         while let Some(e) = self.nodes[i].poll_event() {
             self.events.push((i, e));
+            self.event_at.push(self.now);
         }
     }
 
@@ -108,6 +140,12 @@ impl Net {
                 if self.dead.contains(&j) {
                     continue;
                 }
+                if let Some(lose) = &mut self.lose {
+                    let (_, m) = Message::from_datagram(&bytes).unwrap();
+                    if lose(from, to, &m) {
+                        continue;
+                    }
+                }
                 self.delivered += 1;
                 self.nodes[j].handle_datagram(&bytes, from, self.now);
                 self.collect(j, Some((from, bytes.len())));
@@ -120,6 +158,16 @@ impl Net {
                 .filter(|(i, n)| n.in_flight() > 0 && !self.dead.contains(i))
                 .map(|(_, n)| n.poll_timeout())
                 .min();
+            let arrival = self.held.iter().map(|h| h.0).min();
+            if let Some(at) = arrival.filter(|at| next.is_none_or(|next| *at <= next)) {
+                self.now = self.now.max(at);
+                self.held.sort_by_key(|h| h.0);
+                let due = self.held.partition_point(|h| h.0 <= self.now);
+                for (_, from, to, bytes) in self.held.drain(..due) {
+                    self.queue.push_back((from, to, bytes));
+                }
+                continue;
+            }
             let Some(next) = next else { break };
             self.now = self.now.max(next);
             for i in 0..self.nodes.len() {
@@ -163,6 +211,266 @@ impl Net {
         ids.truncate(K);
         ids
     }
+
+    /// When `node`'s lookup first reported peers, and all it reported.
+    fn peers_found(&self, node: usize, lookup: LookupId) -> (Option<Instant>, Vec<SocketAddr>) {
+        let mut first = None;
+        let mut all = Vec::new();
+        for ((i, e), at) in self.events.iter().zip(&self.event_at) {
+            if let Event::Peers { lookup: l, peers } = e {
+                if *i == node && *l == lookup {
+                    first = first.or(Some(*at));
+                    all.extend(peers);
+                }
+            }
+        }
+        (first, all)
+    }
+
+    /// When `node`'s lookup ended.
+    fn done_at(&self, node: usize, lookup: LookupId) -> Instant {
+        self.events
+            .iter()
+            .zip(&self.event_at)
+            .find_map(|((i, e), at)| {
+                matches!(e, Event::Done { lookup: l, .. } if *i == node && *l == lookup)
+                    .then_some(*at)
+            })
+            .expect("the lookup finished")
+    }
+}
+
+/// A network of `n` nodes whose last one has not joined yet, and a key under which node 10
+/// announced port 7000. Returns the net, the key and the newcomer.
+fn swarm_and_newcomer(n: usize, seed: u64) -> (Net, NodeId, usize) {
+    let mut net = Net::growing(n, seed, n - 1);
+    let key = key_for(&crate::manifest::ContentId([5; 32]));
+    let lookup = net.nodes[10].get_peers(key, Some(7000), net.now).unwrap();
+    net.run();
+    assert_eq!(net.done(10, lookup).1, K);
+    (net, key, n - 1)
+}
+
+/// What a peer's shell does on a first start: join through node 0 and, at the same moment, look
+/// the swarm up through node 0 too (the table is still empty). Returns the GET_PEERS lookup.
+fn join_and_look_up(net: &mut Net, x: usize, key: NodeId) -> LookupId {
+    let boot = net.addrs[0];
+    let now = net.now;
+    net.nodes[x].bootstrap(&[boot], now).unwrap();
+    net.nodes[x]
+        .get_peers_via(key, Some(7001), &[boot], now)
+        .unwrap()
+}
+
+/// Loses the first `n` datagrams from `from` to `to` that `pick` chooses.
+fn lose_first(from: SocketAddr, to: SocketAddr, n: usize, pick: Pick) -> Loss {
+    let mut left = n;
+    Box::new(move |f, t, m| {
+        let hit = left > 0 && f == from && t == to && pick(m);
+        left -= hit as usize;
+        hit
+    })
+}
+
+/// Picks datagrams for [`lose_first`].
+type Pick = fn(&Message) -> bool;
+
+fn is_request(m: &Message) -> bool {
+    matches!(m, Message::Request(_))
+}
+
+fn is_response(m: &Message) -> bool {
+    matches!(m, Message::Response(_))
+}
+
+fn is_get_peers_request(m: &Message) -> bool {
+    matches!(m, Message::Request(r) if r.query.method() == Method::GetPeers)
+}
+
+fn is_get_peers_response(m: &Message) -> bool {
+    matches!(m, Message::Response(r) if r.answer.method() == Method::GetPeers)
+}
+
+/// issue 14 (netlab, trackerless N = 32): every leecher bootstraps from the seed's host alone,
+/// whose uplink queue is full of TCP, so a datagram to or from it can be lost. With one known
+/// node, one lost datagram was a failed lookup (2 s) and then the swarm's lonely wait (2 s). Now
+/// an unanswered query is sent again after the short timeout, and a starving lookup takes the
+/// nodes the concurrent join learns: the peer is found by the short timeout at the latest.
+#[test]
+fn a_lost_datagram_to_or_from_the_bootstrap_node_costs_a_short_timeout() {
+    let retry = DhtConfig::default().retry_after;
+    let cases: [(&str, bool, usize, Pick); 4] = [
+        ("the GET_PEERS request", true, 1, is_get_peers_request),
+        ("the GET_PEERS answer", false, 1, is_get_peers_response),
+        ("both lookups' first requests", true, 2, is_request),
+        ("both lookups' first answers", false, 2, is_response),
+    ];
+    for (what, outbound, n, pick) in cases {
+        let (mut net, key, x) = swarm_and_newcomer(60, 5);
+        let (xa, boot) = (net.addrs[x], net.addrs[0]);
+        let (from, to) = if outbound { (xa, boot) } else { (boot, xa) };
+        net.lose = Some(lose_first(from, to, n, pick));
+        let start = net.now;
+        let lookup = join_and_look_up(&mut net, x, key);
+        net.run();
+        let (at, peers) = net.peers_found(x, lookup);
+        assert_eq!(
+            peers,
+            vec![SocketAddr::new(net.addrs[10].ip(), 7000)],
+            "{what} lost"
+        );
+        let after = at.unwrap() - start;
+        assert!(after <= retry, "{what} lost: peer found after {after:?}");
+        assert_eq!(
+            net.done(x, lookup).1,
+            K,
+            "{what} lost: announced to the k closest"
+        );
+        let done = net.done_at(x, lookup) - start;
+        assert!(done <= retry, "{what} lost: lookup done after {done:?}");
+    }
+}
+
+/// The join's FIND_NODE and the swarm's GET_PEERS both start with node 0 alone. When every
+/// GET_PEERS answer of node 0 is lost but its FIND_NODE answer arrives, the nodes it names feed
+/// the starving GET_PEERS lookup, which goes on through them at once.
+#[test]
+fn a_starving_lookup_takes_the_nodes_a_concurrent_one_learns() {
+    let (mut net, key, x) = swarm_and_newcomer(60, 6);
+    let (xa, boot) = (net.addrs[x], net.addrs[0]);
+    net.lose = Some(lose_first(boot, xa, usize::MAX, is_get_peers_response));
+    let start = net.now;
+    let lookup = join_and_look_up(&mut net, x, key);
+    net.run();
+    let (at, peers) = net.peers_found(x, lookup);
+    assert_eq!(peers, vec![SocketAddr::new(net.addrs[10].ip(), 7000)]);
+    assert_eq!(
+        at,
+        Some(start),
+        "found through the join's nodes, without waiting"
+    );
+}
+
+/// A reply after the short timeout (0.8 s here, the request having been sent again at 0.5 s)
+/// but before the hard one still counts; the answer to the repeat, later still, is ignored.
+#[test]
+fn a_late_reply_still_counts() {
+    let config = DhtConfig::default();
+    let late = Duration::from_millis(800);
+    assert!(config.retry_after < late && late < config.query_timeout);
+    let (mut net, key, x) = swarm_and_newcomer(60, 7);
+    let (xa, boot) = (net.addrs[x], net.addrs[0]);
+    net.latency.insert((boot, xa), late);
+    let start = net.now;
+    let lookup = join_and_look_up(&mut net, x, key);
+    net.run();
+    let (at, peers) = net.peers_found(x, lookup);
+    assert_eq!(peers, vec![SocketAddr::new(net.addrs[10].ip(), 7000)]);
+    assert_eq!(at, Some(start + late));
+    // Each of the two lookups asked node 0 twice before the first answer came back.
+    let asked = |until: Instant| {
+        net.sent
+            .iter()
+            .filter(|s| s.1 == xa && s.2 == boot && s.3 && s.0 < until)
+            .count()
+    };
+    assert_eq!(asked(start + late), 4);
+    assert!(net.nodes[x].table().contains(&net.nodes[0].id()));
+    assert_eq!(net.nodes[x].in_flight(), 0);
+    net.nodes[x].table().check().unwrap();
+}
+
+/// Against a node that never answers, each query goes out 1 + MAX_RETRANSMITS times (with its
+/// first transaction id, a short timeout apart), the lookup fails at the hard timeout, and
+/// nothing stays in flight.
+#[test]
+fn retransmits_to_a_dead_node_are_bounded() {
+    let config = DhtConfig::default();
+    let start = Instant::now();
+    let mut d = Dht::new(config.clone(), NodeId([1; 20]), 1, start);
+    let dead = public(7);
+    let key = NodeId([9; 20]);
+    let join = d.bootstrap(&[dead], start).unwrap();
+    let look = d.get_peers_via(key, Some(7000), &[dead], start).unwrap();
+    let mut now = start;
+    let mut sent: Vec<(Duration, u32, Method)> = Vec::new();
+    let mut done = Vec::new();
+    loop {
+        while let Some((to, bytes)) = d.poll_transmit() {
+            assert_eq!(to, dead);
+            let Some((tx, Message::Request(r))) = Message::from_datagram(&bytes) else {
+                panic!("not a request")
+            };
+            sent.push((now - start, tx, r.query.method()));
+        }
+        while let Some(e) = d.poll_event() {
+            if let Event::Done {
+                lookup,
+                closest,
+                announced,
+            } = e
+            {
+                assert!(closest.is_empty() && announced == 0);
+                done.push((lookup, now - start));
+            }
+        }
+        if d.in_flight() == 0 {
+            break;
+        }
+        now = d.poll_timeout();
+        assert!(now - start <= config.query_timeout, "{:?}", now - start);
+        d.handle_timeout(now);
+    }
+    for method in [Method::FindNode, Method::GetPeers] {
+        let of: Vec<&(Duration, u32, Method)> = sent.iter().filter(|s| s.2 == method).collect();
+        assert_eq!(
+            of.len(),
+            1 + MAX_RETRANSMITS as usize,
+            "{method:?}: {sent:?}"
+        );
+        for (n, s) in of.iter().enumerate() {
+            assert_eq!(s.0, config.retry_after * n as u32);
+            assert_eq!(s.1, of[0].1, "a repeat keeps its transaction id");
+        }
+    }
+    assert_eq!(
+        done,
+        vec![(join, config.query_timeout), (look, config.query_timeout)]
+    );
+}
+
+/// Retransmits do not trip the receiving node's per-source rate limit: a newcomer whose every
+/// answer from node 0 is lost keeps looking the swarm up (as a lonely peer does, a lookup every
+/// 2 s), and node 0 answers each of its requests.
+#[test]
+fn retransmits_stay_under_the_receivers_rate_limit() {
+    let (mut net, key, x) = swarm_and_newcomer(30, 8);
+    let (xa, boot) = (net.addrs[x], net.addrs[0]);
+    net.lose = Some(lose_first(boot, xa, usize::MAX, |_| true));
+    let start = net.now;
+    join_and_look_up(&mut net, x, key);
+    net.run();
+    for _ in 0..5 {
+        net.now += Duration::from_millis(10);
+        let now = net.now;
+        net.nodes[x]
+            .get_peers_via(key, Some(7001), &[boot], now)
+            .unwrap();
+        net.run();
+    }
+    let requests = net
+        .sent
+        .iter()
+        .filter(|s| s.1 == xa && s.2 == boot && s.3)
+        .count();
+    let answers = net
+        .sent
+        .iter()
+        .filter(|s| s.1 == boot && s.2 == xa && !s.3)
+        .count();
+    assert_eq!(requests, 7 * (1 + MAX_RETRANSMITS as usize));
+    assert_eq!(answers, requests, "node 0 answered every request");
+    assert!(net.now - start >= Duration::from_secs(10));
 }
 
 #[test]
