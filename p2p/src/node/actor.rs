@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::transport::{Acceptor, TcpAcceptor};
+use ferry_protocol::transport::Acceptor;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ pub(super) struct PeerLink {
 #[derive(Debug)]
 pub(super) enum Inbound {
     /// Its own listener: connections arrive raw and handshake in their peer task.
-    Listener(TcpAcceptor),
+    Listener(super::unsent::PeerAcceptor),
     /// A [`Host`](super::host::Host)'s: connections arrive with their session established.
     /// The registration routes them here until the node drops it.
     Hosted {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_protocol::crypto::RecordSuite;
 use ferry_protocol::message::{ClientHello, KeyHint};
-use ferry_protocol::transport::{Acceptor, BoxedStream, TcpAcceptor};
+use ferry_protocol::transport::{Acceptor, BoxedStream};
 use ferry_protocol::{Key, KeyResolver, Permissions, Principal, ServerHandshakeConfig, Session};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -163,7 +163,7 @@ impl Host {
         };
         let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
         let task = tokio::spawn(accept_loop(
-            TcpAcceptor::new(listener),
+            super::unsent::PeerAcceptor::new(listener),
             routes.clone(),
             handshakes.clone(),
             pending.clone(),
@@ -259,7 +259,7 @@ struct Handshakes {
 }
 
 async fn accept_loop(
-    mut listener: TcpAcceptor,
+    mut listener: super::unsent::PeerAcceptor,
     routes: Arc<Routes>,
     handshakes: Handshakes,
     pending: Arc<Semaphore>,

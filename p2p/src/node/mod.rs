@@ -11,15 +11,18 @@
 //! (events, actions, dialing); `peer.rs` is one peer connection (handshake, reader, writer,
 //! close and drain); `server.rs` runs a ferry-server as a peer; `host.rs` is one listener
 //! shared by several swarms, routing each connection by the key its hello names;
-//! `stats_pace.rs` decides when a refresh of the counters wakes their watchers.
+//! `stats_pace.rs` decides when a refresh of the counters wakes their watchers; `unsent.rs`
+//! limits the data a peer socket holds unsent, so our messages do not queue behind it.
 
 mod actor;
 mod host;
 mod peer;
 mod server;
 mod stats_pace;
+mod unsent;
 
 pub use host::{Host, HostAdder};
+pub use unsent::PeerTcpConnector;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -27,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::identity::{Identity, NodeId};
-use ferry_protocol::transport::{BoxedStream, Connector, TcpAcceptor, TcpConnector};
+use ferry_protocol::transport::{BoxedStream, Connector};
 use ferry_protocol::ErrorBody;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -52,7 +55,8 @@ pub struct NodeConfig {
     /// TCP address to accept peers on; port 0 picks one.
     pub listen: SocketAddr,
     /// How peers are dialled. Default TCP (each connection's reader woken per frame, see
-    /// `ferry_protocol::frame_wake`); a relayed or QUIC transport can stand in.
+    /// `ferry_protocol::frame_wake`, and its unsent data limited, [`PeerTcpConnector`]); a
+    /// relayed or QUIC transport can stand in.
     pub connector: Arc<dyn Connector>,
     /// Peers to dial at start.
     pub peers: Vec<SocketAddr>,
@@ -87,7 +91,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            connector: Arc::new(TcpConnector),
+            connector: Arc::new(PeerTcpConnector),
             peers: Vec::new(),
             trackers: Vec::new(),
             seed_after_complete: true,
@@ -344,7 +348,7 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
-    let inbound = Inbound::Listener(TcpAcceptor::new(listener));
+    let inbound = Inbound::Listener(unsent::PeerAcceptor::new(listener));
     start_with(manifest, storage, have, config, inbound, listen_addr)
 }
 
