@@ -27,6 +27,8 @@ enum Event {
     Deliver(usize, ConnId, PeerMessage),
     /// Node's uplink finished its last message.
     Free(usize),
+    /// A late node starts and connects to every other node.
+    Join(usize),
 }
 
 struct Uplink {
@@ -57,8 +59,9 @@ pub(crate) struct Swarmnet {
     /// Why leechers' peers were or were not sending to them, sampled every 50 ms: before the
     /// endgame and in it.
     pub(crate) reasons: [Reasons; 2],
-    /// When each leecher first had a piece.
+    /// When each leecher first had a piece, and first had a block (sampled).
     pub(crate) first_piece: Vec<Option<Instant>>,
+    pub(crate) first_block: Vec<Option<Instant>>,
     /// Block bytes each node's uplink sent.
     pub(crate) sent: Vec<u64>,
     /// Invariants are checked after every `check_every`-th drain: every one up to 8 leechers;
@@ -88,6 +91,11 @@ pub(crate) struct Swarmnet {
     pub(crate) uplink_idle: [u64; 5],
     /// Each leecher's downloaded bytes at the last per-second line.
     last_downloaded: Vec<u64>,
+    /// What a late node is started with when it joins (`Swarmnet::join_late`).
+    config: SwarmConfig,
+    run_seed: u64,
+    /// When each node joined: the start, or later for a late one.
+    pub(crate) joined: Vec<Instant>,
 }
 
 /// Per sampled (leecher, peer) pair, what held the peer: counts summed over samples.
@@ -140,6 +148,21 @@ impl Swarmnet {
         rtt: Duration,
         config: SwarmConfig,
     ) -> Self {
+        Self::with_late(leechers, content_len, piece_size, rate, rtt, config, None)
+    }
+
+    /// [`Swarmnet::new`] where leecher `late.0` joins `late.1` after the start, as a machine
+    /// coming online later: it connects to every other node only then, and starts afresh (its
+    /// clock too) when it joins.
+    pub(crate) fn with_late(
+        leechers: usize,
+        content_len: usize,
+        piece_size: u32,
+        rate: f64,
+        rtt: Duration,
+        config: SwarmConfig,
+        late: Option<(usize, Duration)>,
+    ) -> Self {
         let mut content = vec![0; content_len];
         StdRng::seed_from_u64(11).fill_bytes(&mut content);
         let manifest = Arc::new(manifest_for(&content, piece_size));
@@ -159,8 +182,14 @@ impl Swarmnet {
                     Bitfield::new(n)
                 };
                 let id = PeerId([i as u8 + 1; 20]);
-                let seed = run * 1000 + i as u64;
-                Swarm::new(manifest.clone(), have, id, config.clone(), seed, now)
+                Swarm::new(
+                    manifest.clone(),
+                    have,
+                    id,
+                    config.clone(),
+                    run * 1000 + i as u64,
+                    now,
+                )
             })
             .collect();
         let count = nodes.len();
@@ -186,6 +215,7 @@ impl Swarmnet {
             completed: vec![None; count],
             reasons: Default::default(),
             first_piece: vec![None; count],
+            first_block: vec![None; count],
             sent: vec![0; count],
             check_every: if leechers <= 8 { 1 } else { 101 },
             drains: 0,
@@ -200,20 +230,37 @@ impl Swarmnet {
             last_second: (now, [0; 5]),
             last_downloaded: vec![0; count],
             uplink_idle: [0; 5],
+            config,
+            run_seed: run,
+            joined: vec![now; count],
         };
-        let mut next = 1;
         for a in 0..count {
             for b in a + 1..count {
-                let (ca, cb) = (ConnId(next), ConnId(next + 1));
-                next += 2;
-                let (ida, idb) = (net.nodes[a].our_id(), net.nodes[b].our_id());
-                net.nodes[a].handle_connected(ca, idb, None, now).unwrap();
-                net.nodes[b].handle_connected(cb, ida, None, now).unwrap();
-                net.links.insert((a, ca), (b, cb));
-                net.links.insert((b, cb), (a, ca));
+                if late.is_none_or(|(l, _)| a != l && b != l) {
+                    net.link(a, b);
+                }
             }
         }
+        if let Some((node, after)) = late {
+            net.joined[node] = now + after;
+            net.schedule(now + after, Event::Join(node));
+        }
         net
+    }
+
+    /// Connects nodes `a` and `b` now; connection ids are unique per pair.
+    fn link(&mut self, a: usize, b: usize) {
+        let n = self.nodes.len() as u64;
+        let (ca, cb) = (
+            ConnId(a as u64 * n + b as u64),
+            ConnId(b as u64 * n + a as u64),
+        );
+        let (ida, idb) = (self.nodes[a].our_id(), self.nodes[b].our_id());
+        let now = self.now;
+        self.nodes[a].handle_connected(ca, idb, None, now).unwrap();
+        self.nodes[b].handle_connected(cb, ida, None, now).unwrap();
+        self.links.insert((a, ca), (b, cb));
+        self.links.insert((b, cb), (a, ca));
     }
 
     fn schedule(&mut self, at: Instant, event: Event) {
@@ -425,6 +472,9 @@ impl Swarmnet {
             if self.first_piece[i].is_none() && node.picker.have.count() > 0 {
                 self.first_piece[i] = Some(self.now);
             }
+            if self.first_block[i].is_none() && node.stats().downloaded > 0 {
+                self.first_block[i] = Some(self.now);
+            }
             if node.is_complete() {
                 continue;
             }
@@ -603,6 +653,26 @@ impl Swarmnet {
                         }
                         self.kick(i);
                     }
+                    Event::Join(i) => {
+                        let n = self.manifest.piece_count();
+                        let id = self.nodes[i].our_id();
+                        self.nodes[i] = Swarm::new(
+                            self.manifest.clone(),
+                            Bitfield::new(n),
+                            id,
+                            self.config.clone(),
+                            self.run_seed * 1000 + i as u64,
+                            now,
+                        );
+                        for j in 0..self.nodes.len() {
+                            if j != i {
+                                self.link(i.min(j), i.max(j));
+                            }
+                        }
+                        for j in 0..self.nodes.len() {
+                            self.drain(j);
+                        }
+                    }
                     Event::Deliver(to, conn, msg) => {
                         let msg = PeerMessage::decode(msg.kind(), SERVICE, msg.to_bytes().into())
                             .expect("own encoding");
@@ -631,7 +701,7 @@ impl Swarmnet {
 }
 
 /// 20 Mbit/s of TCP payload, as netlab's shaper gives a 20mbit link.
-const RATE: f64 = 19.1e6 / 8.0;
+pub(crate) const RATE: f64 = 19.1e6 / 8.0;
 
 /// What one run of [`tail`] measured.
 struct Tail {
