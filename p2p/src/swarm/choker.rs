@@ -1,21 +1,47 @@
 //! Choking (spec/P2P.md §4.3): whom we serve. A few unchoke slots go to the fastest peers of the
-//! last window, one optimistic slot rotates, and only unchoked peers' requests are served.
+//! last window, one optimistic slot rotates, one welcome slot serves a peer we never served,
+//! and only unchoked peers' requests are served.
+//!
+//! The welcome slot: a peer that joins after the others finds every slot held by the peers that
+//! came first, has nothing to trade, ranks last by rate, and would wait for the optimistic
+//! rotation (30 s). The reference client weights newly connected peers three times in that
+//! rotation, libtorrent gives the optimistic slots to the peers that waited longest since their
+//! last one; both act only at the rotation. Here a peer we never unchoked (by node id, so a
+//! reconnection gains nothing) that wants what we have is unchoked at once in one slot of its
+//! own, beside the others, choking nobody; it holds it until the first rechoke at least
+//! [`WELCOME_TERM`] later, where it competes like any peer and the slot goes to another never
+//! served. A newcomer holding fewer pieces than the welcome holder takes the slot from it once
+//! the holder has had it for [`WELCOME_TERM`].
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use ferry_protocol::ErrorCode;
 use rand::Rng;
 
 use super::{Action, ConnId, Swarm, SwarmConfig};
-use crate::wire::{BlockRef, PeerMessage};
+use crate::wire::{BlockRef, PeerId, PeerMessage};
 
-/// When the unchoke set is next recomputed, and who holds the optimistic slot.
+/// The least a welcomed peer holds its slot: about 10 blocks of 16 KiB at a sixth of a 1 Mbit/s
+/// uplink, so it leaves with pieces to trade.
+pub const WELCOME_TERM: Duration = Duration::from_millis(2500);
+/// Node ids remembered as served: a bound on memory, far above any swarm's peer count.
+const SERVED_CAP: usize = 4096;
+
+/// When the unchoke set is next recomputed, and who holds the optimistic and welcome slots.
 #[derive(Debug)]
 pub(super) struct Choker {
     pub(super) next_rechoke: Instant,
     pub(super) next_optimistic: Instant,
     pub(super) optimistic: Option<ConnId>,
+    /// The peer in the welcome slot, and since when.
+    pub(super) welcome: Option<(ConnId, Instant)>,
+    /// Node ids we ever unchoked, oldest first (at most `SERVED_CAP`).
+    served: HashSet<PeerId>,
+    /// When we started: the peers that come in the first [`WELCOME_TERM`] are the swarm's
+    /// start, not newcomers to it.
+    started: Instant,
+    served_order: VecDeque<PeerId>,
 }
 
 impl Choker {
@@ -24,7 +50,27 @@ impl Choker {
             next_rechoke: now + config.rechoke_interval,
             next_optimistic: now + config.optimistic_interval,
             optimistic: None,
+            welcome: None,
+            served: HashSet::new(),
+            served_order: VecDeque::new(),
+            started: now,
         }
+    }
+
+    fn mark_served(&mut self, id: PeerId) {
+        if self.served.insert(id) {
+            self.served_order.push_back(id);
+            if self.served_order.len() > SERVED_CAP {
+                if let Some(old) = self.served_order.pop_front() {
+                    self.served.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The welcome holder, if it still holds the slot (connected and unchoked).
+    pub(super) fn welcomed(&self) -> Option<ConnId> {
+        self.welcome.map(|(c, _)| c)
     }
 }
 
@@ -34,6 +80,13 @@ impl Swarm {
     /// its slot (spec/P2P.md §4.4) and the others share the rest.
     pub(super) fn rechoke(&mut self, now: Instant) {
         self.choker.next_rechoke = now + self.config.rechoke_interval;
+        self.check_welcome();
+        // A welcome ends at the first rechoke after its term: the peer competes like any other.
+        let welcome_kept = self
+            .choker
+            .welcome
+            .filter(|(_, since)| now.saturating_duration_since(*since) < WELCOME_TERM);
+        self.choker.welcome = welcome_kept;
         let seeding = self.is_complete();
         let kept: Vec<ConnId> = self
             .peers
@@ -45,6 +98,7 @@ impl Swarm {
             .peers
             .iter()
             .filter(|(c, p)| p.peer_interested && p.got_bitfield && !kept.contains(*c))
+            .filter(|(c, _)| welcome_kept.is_none_or(|(w, _)| w != **c))
             .map(|(c, p)| (*c, if seeding { p.window_up } else { p.window_down }))
             .collect();
         // Random order first so equal rates do not always favour the same peers.
@@ -96,6 +150,10 @@ impl Swarm {
         idle.sort_unstable();
         let free = (slots + 1).saturating_sub(unchoke.len());
         unchoke.extend(idle.into_iter().take(free));
+        // A welcome still in its term is kept; the next is given on the 1 s tick.
+        if let Some((w, _)) = welcome_kept {
+            unchoke.insert(w);
+        }
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
         for conn in conns {
             let Some(peer) = self.peers.get_mut(&conn) else {
@@ -106,6 +164,8 @@ impl Swarm {
             let want = unchoke.contains(&conn);
             if want && peer.am_choking {
                 peer.am_choking = false;
+                let id = peer.id;
+                self.choker.mark_served(id);
                 self.send(conn, PeerMessage::Unchoke, now);
             } else if !want && !peer.am_choking {
                 peer.am_choking = true;
@@ -123,7 +183,9 @@ impl Swarm {
         if let Some(peer) = self.peers.get_mut(&conn) {
             peer.unchoked_early = false;
         }
-        self.unchoke_if_free(conn, now);
+        if !self.unchoke_if_free(conn, now) {
+            self.welcome_now(conn, now);
+        }
     }
 
     /// A peer that is not interested keeps its unchoke until its slot is wanted (spec/P2P.md
@@ -164,7 +226,7 @@ impl Swarm {
     /// A peer whose BITFIELD lacks pieces we can give it is unchoked before it says it is
     /// interested, while slots are free (spec/P2P.md §4.3).
     pub(super) fn unchoke_early(&mut self, conn: ConnId, now: Instant) {
-        if self.unchoke_if_free(conn, now) {
+        if self.unchoke_if_free(conn, now) || self.welcome_now(conn, now) {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.unchoked_early = !peer.peer_interested;
             }
@@ -180,8 +242,83 @@ impl Swarm {
             return false;
         };
         peer.am_choking = false;
+        let id = peer.id;
+        self.choker.mark_served(id);
         self.send(conn, PeerMessage::Unchoke, now);
         // A super-seed's newly unchoked peer is shown its whole window.
+        self.reveal(conn, now);
+        true
+    }
+
+    /// On the 1 s tick: a newcomer that came while the welcome slot was in its term, or before
+    /// we had run for [`WELCOME_TERM`], gets it now if `welcome_now` allows.
+    pub(super) fn welcome_tick(&mut self, now: Instant) {
+        self.check_welcome();
+        let neediest = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.am_choking && p.peer_interested && p.have.count() == 0)
+            .map(|(c, _)| *c)
+            .find(|c| !self.choker.served.contains(&self.peers[c].id));
+        if let Some(conn) = neediest {
+            self.welcome_now(conn, now);
+        }
+    }
+
+    /// Clears the welcome slot if its holder left or was choked.
+    fn check_welcome(&mut self) {
+        if let Some((w, _)) = self.choker.welcome {
+            if self.peers.get(&w).is_none_or(|p| p.am_choking) {
+                self.choker.welcome = None;
+            }
+        }
+    }
+
+    /// Unchokes `conn`, choked with no slot free, in the welcome slot if it is a newcomer: it
+    /// holds no piece (nothing to trade, so tit-for-tat never picks it), we never served it (by
+    /// node id), and we have run for [`WELCOME_TERM`] (before that every peer is new and the
+    /// slots are being handed out). The slot must be free, or held for [`WELCOME_TERM`] by a
+    /// peer that now holds pieces, which is choked then (while super-seeding, not while it
+    /// fetches a first copy). Returns whether it sent UNCHOKE.
+    fn welcome_now(&mut self, conn: ConnId, now: Instant) -> bool {
+        self.check_welcome();
+        let Some(peer) = self.peers.get(&conn) else {
+            return false;
+        };
+        if !peer.am_choking
+            || !peer.got_bitfield
+            || peer.have.count() > 0
+            || self.choker.served.contains(&peer.id)
+            || now.saturating_duration_since(self.choker.started) < WELCOME_TERM
+        {
+            return false;
+        }
+        if let Some((w, since)) = self.choker.welcome {
+            let holder = &self.peers[&w];
+            if now.saturating_duration_since(since) < WELCOME_TERM
+                || holder.have.count() == 0
+                || (self.super_seed.on && self.fetching_first_copy(w, now))
+            {
+                return false;
+            }
+            if let Some(holder) = self.peers.get_mut(&w) {
+                holder.am_choking = true;
+                holder.unchoked_early = false;
+            }
+            if self.choker.optimistic == Some(w) {
+                self.choker.optimistic = None;
+            }
+            self.send(w, PeerMessage::Choke, now);
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return false;
+        };
+        peer.am_choking = false;
+        let id = peer.id;
+        tracing::debug!(?conn, "welcome unchoke");
+        self.choker.mark_served(id);
+        self.choker.welcome = Some((conn, now));
+        self.send(conn, PeerMessage::Unchoke, now);
         self.reveal(conn, now);
         true
     }
@@ -192,13 +329,13 @@ impl Swarm {
         self.peers
             .keys()
             .copied()
-            .find(|&c| c != conn && self.idle_unchoked(c))
+            .find(|&c| c != conn && Some(c) != self.choker.welcomed() && self.idle_unchoked(c))
     }
 
     /// Whether `conn` could be unchoked now: fewer than `slots() + 1` peers are unchoked, or
     /// one of them holds its slot without using it (spec/P2P.md §4.3).
     pub(super) fn has_room(&self, conn: ConnId) -> bool {
-        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        let unchoked = self.unchoked_in_slots();
         unchoked <= self.slots() || self.idle_slot(conn).is_some()
     }
 
@@ -207,7 +344,8 @@ impl Swarm {
     /// we have, or a super-seed has a piece to show it), which the idle one has not. Returns
     /// whether a slot is free.
     pub(super) fn make_room(&mut self, conn: ConnId, now: Instant) -> bool {
-        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        self.check_welcome();
+        let unchoked = self.unchoked_in_slots();
         if unchoked <= self.slots() {
             return true;
         }
@@ -223,6 +361,15 @@ impl Swarm {
         }
         self.send(idle, PeerMessage::Choke, now);
         true
+    }
+
+    /// Unchoked peers in the regular and optimistic slots: all but the welcome holder.
+    fn unchoked_in_slots(&self) -> usize {
+        let welcomed = self.choker.welcomed();
+        self.peers
+            .iter()
+            .filter(|(c, p)| !p.am_choking && Some(**c) != welcomed)
+            .count()
     }
 
     /// Regular unchoke slots: more while seeding.
@@ -294,8 +441,9 @@ mod tests {
 
     use bytes::Bytes;
 
+    use crate::pieces::Bitfield;
     use crate::swarm::tests::util::*;
-    use crate::swarm::{Action, ConnId};
+    use crate::swarm::{Action, ConnId, Swarm, SwarmConfig};
     use crate::wire::{PeerId, PeerMessage};
 
     #[test]
@@ -307,9 +455,10 @@ mod tests {
             net.nodes[seed]
                 .handle_connected(c, PeerId([0x80 + i as u8; 20]), None, net.now)
                 .unwrap();
+            // Each holds piece 0: none is a newcomer for the welcome slot.
             net.nodes[seed].handle_message(
                 c,
-                PeerMessage::Bitfield(Bytes::from_static(&[0])),
+                PeerMessage::Bitfield(Bytes::from_static(&[0x80])),
                 net.now,
             );
             net.nodes[seed].handle_message(c, PeerMessage::Interested, net.now);
@@ -430,5 +579,91 @@ mod tests {
         run(&mut net, seed, &mut unchoked, &mut shown);
         let fastest = *fast.last().unwrap();
         assert!(unchoked.contains(&fastest), "{unchoked:?}");
+    }
+
+    /// Connects `conn` (node id `id`) to `node` with `bitfield`, interested.
+    fn join(net: &mut Net, node: usize, conn: ConnId, id: u8, bitfield: &'static [u8]) {
+        net.nodes[node]
+            .handle_connected(conn, PeerId([id; 20]), None, net.now)
+            .unwrap();
+        net.nodes[node].handle_message(
+            conn,
+            PeerMessage::Bitfield(Bytes::from_static(bitfield)),
+            net.now,
+        );
+        net.nodes[node].handle_message(conn, PeerMessage::Interested, net.now);
+    }
+
+    /// Advances `net` by `ms` and runs `node`'s timers.
+    fn wait(net: &mut Net, node: usize, ms: u64) {
+        net.now += Duration::from_millis(ms);
+        net.nodes[node].handle_timeout(net.now);
+    }
+
+    #[test]
+    fn a_newcomer_with_nothing_is_welcomed_at_once_and_once() {
+        // 64 pieces; a seed that does not super-seed, with a fixed 7 regular slots + 1
+        // optimistic, and 12 interested peers each holding piece 0: 8 unchoked, 4 wait.
+        let mut net = Net::new(64 * 16_384, 16_384);
+        let seed = net.add(true, false);
+        let config = SwarmConfig {
+            super_seed: false,
+            seed_unchokes: 7,
+            max_unchokes: 0,
+            ..SwarmConfig::default()
+        };
+        let full = Bitfield::full(net.manifest.piece_count());
+        net.nodes[seed] = Swarm::new(
+            net.manifest.clone(),
+            full,
+            PeerId([1; 20]),
+            config,
+            0,
+            net.now,
+        );
+        let (mut unchoked, mut shown) = (HashSet::new(), Vec::new());
+        for i in 0..12u8 {
+            join(
+                &mut net,
+                seed,
+                ConnId(100 + u64::from(i)),
+                0x80 + i,
+                &[0x80, 0, 0, 0, 0, 0, 0, 0],
+            );
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert_eq!(unchoked.len(), 8);
+        // A peer with nothing in the first 2.5 s is part of the swarm's start: no welcome.
+        join(&mut net, seed, ConnId(1), 0x41, &[0; 8]);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(!unchoked.contains(&ConnId(1)));
+        // After it, a newcomer with nothing is unchoked at once, beside the 8 (and the one that
+        // came early, on the next tick).
+        wait(&mut net, seed, 3000);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(unchoked.contains(&ConnId(1)), "{unchoked:?}");
+        assert_eq!(unchoked.len(), 9);
+        // A second newcomer waits: the slot is in its term.
+        join(&mut net, seed, ConnId(2), 0x42, &[0; 8]);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(!unchoked.contains(&ConnId(2)));
+        // Past the term the holder has a piece: the slot passes to the newcomer on a tick.
+        net.nodes[seed].handle_message(ConnId(1), PeerMessage::Have(5), net.now);
+        wait(&mut net, seed, 2000);
+        wait(&mut net, seed, 1000);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(
+            unchoked.contains(&ConnId(2)) && !unchoked.contains(&ConnId(1)),
+            "{unchoked:?}"
+        );
+        assert_eq!(unchoked.len(), 9);
+        // The same node reconnecting is not welcomed again: it was served.
+        net.nodes[seed].handle_disconnected(ConnId(2), net.now);
+        unchoked.remove(&ConnId(2));
+        wait(&mut net, seed, 2000);
+        join(&mut net, seed, ConnId(3), 0x42, &[0; 8]);
+        wait(&mut net, seed, 1000);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(!unchoked.contains(&ConnId(3)), "{unchoked:?}");
     }
 }

@@ -325,13 +325,19 @@ fn before_bitfield(s: &Swarm) -> Result<(), String> {
     Ok(())
 }
 
-/// R6: at most `slots() + 1` peers are unchoked, each interested in us or unchoked early (on its
-/// BITFIELD, its INTERESTED still to come); the optimistic peer is connected.
+/// R6: at most `slots() + 1` peers are unchoked, and the welcome holder besides, each
+/// interested in us or unchoked early (on its BITFIELD, its INTERESTED still to come); the
+/// optimistic peer is connected.
 fn unchoke_slots(s: &Swarm) -> Result<(), String> {
     let unchoked: Vec<_> = s.peers.iter().filter(|(_, p)| !p.am_choking).collect();
-    if unchoked.len() > s.slots() + 1 {
+    let welcome = usize::from(
+        s.choker
+            .welcomed()
+            .is_some_and(|w| s.peers.get(&w).is_some_and(|p| !p.am_choking)),
+    );
+    if unchoked.len() > s.slots() + 1 + welcome {
         return Err(format!(
-            "{} unchoked, slots {} + 1",
+            "{} unchoked, slots {} + 1 + welcome {welcome}",
             unchoked.len(),
             s.slots()
         ));

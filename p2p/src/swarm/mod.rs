@@ -504,6 +504,7 @@ impl Swarm {
             self.housekeeping(now);
             self.reveal_tick(now);
             self.grow_slots(now);
+            self.welcome_tick(now);
         }
     }
 

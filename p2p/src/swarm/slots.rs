@@ -350,8 +350,9 @@ mod tests {
     use crate::swarm::Action;
     use crate::wire::{BlockRef, PeerId, PeerMessage};
 
-    /// A complete node (3 regular slots as floor) with 8 interested peers; returns it and the
-    /// peers it unchoked.
+    /// A complete node (3 regular slots as floor) with 8 interested peers, each holding piece 0
+    /// (so none is a newcomer for the welcome slot, `choker.rs`); returns it and the peers it
+    /// unchoked.
     fn seed_with_eight_peers() -> (Net, usize, Vec<ConnId>, HashSet<ConnId>) {
         let mut net = Net::new(64 * 16_384, 16_384);
         let seed = net.add(true, false);
@@ -362,7 +363,7 @@ mod tests {
                 .unwrap();
             net.nodes[seed].handle_message(
                 c,
-                PeerMessage::Bitfield(Bytes::from_static(&[0; 8])),
+                PeerMessage::Bitfield(Bytes::from_static(&[0x80, 0, 0, 0, 0, 0, 0, 0])),
                 net.now,
             );
             net.nodes[seed].handle_message(c, PeerMessage::Interested, net.now);
