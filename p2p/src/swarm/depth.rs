@@ -1,6 +1,7 @@
 //! How many block requests to keep in flight with one peer (spec/P2P.md §4.1): its measured
-//! download rate × round-trip time, doubled, and at least a second of that rate
-//! ([`QUEUE_TIME`]), between a floor and a cap, as libtorrent sizes its request queue. A fixed
+//! download rate × round-trip time, doubled, and at least three round trips of that rate
+//! between a quarter second and a second ([`QUEUE_ROUND_TRIPS`], [`MIN_QUEUE_TIME`],
+//! [`QUEUE_TIME`]), between a floor and a cap, as libtorrent sizes its request queue. A fixed
 //! depth either leaves a long fat link idle or piles many blocks on a slow peer, which then
 //! holds up the last pieces.
 //!
@@ -12,8 +13,10 @@
 //! (a queue of exactly rate × RTT can only keep today's rate) and keeps the peer's send queue
 //! from running dry while our next requests are on their way: like TCP's slow start, the depth
 //! about doubles every round trip until the link is full, then stays at about twice its
-//! bandwidth-delay product, or a second of its rate where that is more ([`QUEUE_TIME`]: a
-//! request's trip can be much longer than the shortest round trip).
+//! bandwidth-delay product, or three round trips (a quarter second to a second) of its rate
+//! where that is more: a request's trip can be much longer than the shortest round trip, and
+//! a long link has more room for that, while on a short one blocks queued at one peer are
+//! blocks other peers could have sent.
 //!
 //! Start: the depth begins at [`START`] and, until a rate sample is less than [`GROWING`] × the
 //! one before (the link is full), also grows by one request per block received, as TCP's
@@ -32,12 +35,19 @@ pub const MIN_WINDOW: Duration = Duration::from_millis(50);
 /// A rate sample at least this many times the previous one means the link is not full yet,
 /// so the slow start goes on.
 pub const GROWING: f64 = 1.25;
-/// Least time the depth covers at the measured rate, whatever the round trip: a request can
-/// wait far longer than the path's round trip on its way (behind our own blocks to that peer
-/// on the same connection, in a queue shared with other traffic), and a depth of twice rate ×
-/// the shortest round trip then asks for fewer blocks than today's rate keeps in flight, so
-/// the rate falls with the depth down to the floor and stays there. libtorrent keeps 3 s.
+/// Most time the queue covers at the measured rate beyond twice the round trip, and the queue
+/// time assumed for a peer with no rate sample yet. A request can wait far longer than the
+/// path's round trip on its way (behind our own blocks to that peer on the same connection, in
+/// a queue shared with other traffic), and a depth of twice rate × the shortest round trip then
+/// asks for fewer blocks than today's rate keeps in flight, so the rate falls with the depth
+/// down to the floor and stays there. libtorrent keeps 3 s.
 pub const QUEUE_TIME: Duration = Duration::from_secs(1);
+/// The queue covers this many shortest round trips at the measured rate, between
+/// [`MIN_QUEUE_TIME`] and [`QUEUE_TIME`]: a long link keeps room for waits beyond its path,
+/// while a short one does not hold a second of blocks that other peers could have sent.
+pub const QUEUE_ROUND_TRIPS: u32 = 3;
+/// Least time the queue covers, whatever the round trip.
+pub const MIN_QUEUE_TIME: Duration = Duration::from_millis(250);
 
 /// One peer's request-queue estimator.
 #[derive(Debug, Clone)]
@@ -138,8 +148,11 @@ impl Depth {
             return;
         }
         let rate = self.meter.rate();
-        let rtt = self.min_rtt.unwrap_or_default().as_secs_f64();
-        let cover = (2.0 * rtt).max(QUEUE_TIME.as_secs_f64());
+        let rtt = self.min_rtt.unwrap_or_default();
+        let queue = rtt
+            .saturating_mul(QUEUE_ROUND_TRIPS)
+            .clamp(MIN_QUEUE_TIME, QUEUE_TIME);
+        let cover = rtt.saturating_mul(2).max(queue).as_secs_f64();
         // Saturating float-to-int cast: a huge product lands on the cap.
         let want = ((rate * cover / f64::from(MAX_BLOCK)).ceil() as usize).clamp(floor, cap);
         if self.slow_start && rate >= GROWING * self.last_rate {
@@ -224,10 +237,11 @@ mod tests {
         // 20 Mbit/s of payload, 200 ms: a bandwidth-delay product of 500 kB, 31 blocks.
         let rate = 2_500_000.0;
         let (depth, goodput, d) = drive(rate, Duration::from_millis(200), 10);
-        // A second at the link's rate (152 blocks): more than twice the 31-block product.
+        // Three round trips (0.6 s) at the link's rate, 92 blocks: three times the 31-block
+        // product.
         assert!(
-            (145..=165).contains(&depth),
-            "depth {depth}, about one second of the link"
+            (88..=100).contains(&depth),
+            "depth {depth}, about three round trips of the link"
         );
         assert!(goodput >= 0.98 * rate, "{goodput} of {rate} B/s");
         let (measured, rtt) = d.measured();
@@ -289,12 +303,24 @@ mod tests {
         );
     }
 
+    /// issue 14 (1 + 32 in the tail harness): a second of the rate on a short link queues
+    /// many pieces at one peer that others could have sent; three round trips, at least a
+    /// quarter second, still fill the link.
+    #[test]
+    fn a_short_fast_link_queues_a_quarter_second_not_a_whole_one() {
+        // 20 Mbit/s of payload at 20 ms: a quarter second is 38.1 blocks, a second 152.6.
+        let rate = 2_500_000.0;
+        let (depth, goodput, _) = drive(rate, Duration::from_millis(20), 10);
+        assert!((37..=42).contains(&depth), "depth {depth}");
+        assert!(goodput >= 0.98 * rate, "{goodput} of {rate} B/s");
+    }
+
     #[test]
     fn the_queue_stays_small_on_a_slow_peer() {
-        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block; a second of it is
-        // 12.2 blocks, far from the cap of 500.
+        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block; a quarter second of it
+        // is 3.1 blocks, under the floor of 4.
         let (depth, goodput, _) = drive(200_000.0, Duration::from_millis(20), 10);
-        assert_eq!(depth, 13, "one second of the peer's rate");
+        assert_eq!(depth, 4, "the floor");
         assert!(goodput >= 0.95 * 200_000.0, "{goodput}");
         // The same rate 700 ms away: twice its product (17.1 blocks) is more than a second.
         let (depth, _, _) = drive(200_000.0, Duration::from_millis(700), 10);
