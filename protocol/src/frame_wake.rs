@@ -105,14 +105,18 @@ pub trait LowWater {
 
 impl LowWater for TcpStream {
     fn set_low_water(&self, bytes: usize) -> io::Result<()> {
-        sockopt::set_rcvlowat(self, bytes)
+        crate::sockopt::set(self, crate::sockopt::IntOption::ReceiveLowWater, bytes)
     }
 }
 
 /// The read half of a split TCP stream: the option is the socket's, shared by both halves.
 impl LowWater for OwnedReadHalf {
     fn set_low_water(&self, bytes: usize) -> io::Result<()> {
-        sockopt::set_rcvlowat(self.as_ref(), bytes)
+        crate::sockopt::set(
+            self.as_ref(),
+            crate::sockopt::IntOption::ReceiveLowWater,
+            bytes,
+        )
     }
 }
 
@@ -220,67 +224,9 @@ impl crate::transport::Split for FrameWake<TcpStream> {
     }
 }
 
-/// The one system call the workspace has no safe binding for (rustix, socket2 and nix lack
-/// `SO_RCVLOWAT`).
-#[cfg(unix)]
-#[allow(unsafe_code)]
-mod sockopt {
-    use std::io;
-    use std::os::fd::{AsFd, AsRawFd};
-
-    pub(super) fn set_rcvlowat(socket: &impl AsFd, bytes: usize) -> io::Result<()> {
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is borrowed from a live socket for the length of the call, and
-        // the option value is a c_int on our stack whose size is passed with it.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                std::ptr::from_ref(&value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    #[cfg(test)]
-    pub(super) fn rcvlowat(socket: &impl AsFd) -> io::Result<usize> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as above; the kernel writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                std::ptr::from_mut(&mut value).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(usize::try_from(value).unwrap_or(0))
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-}
-
-/// Elsewhere the mark is never set: the reader wakes per segment, as before.
-#[cfg(not(unix))]
-mod sockopt {
-    pub(super) fn set_rcvlowat<S>(_socket: &S, _bytes: usize) -> std::io::Result<()> {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
 #[cfg(all(test, unix))]
 pub(crate) fn rcvlowat(socket: &TcpStream) -> io::Result<usize> {
-    sockopt::rcvlowat(socket)
+    crate::sockopt::get(socket, crate::sockopt::IntOption::ReceiveLowWater)
 }
 
 #[cfg(test)]
@@ -439,12 +385,12 @@ mod tests {
             got += ours.read(&mut buf).await.unwrap();
         }
         assert_eq!(got, 112);
-        assert_eq!(sockopt::rcvlowat(&ours.inner).unwrap(), 16_312);
+        assert_eq!(rcvlowat(&ours.inner).unwrap(), 16_312);
         theirs.write_all(&block[112..]).await.unwrap();
         while got < block.len() {
             got += ours.read(&mut buf).await.unwrap();
         }
-        assert_eq!(sockopt::rcvlowat(&ours.inner).unwrap(), 1);
+        assert_eq!(rcvlowat(&ours.inner).unwrap(), 1);
     }
 
     /// A peer that stops mid-frame (closes, or dies) still wakes the reader: the mark never
@@ -457,7 +403,7 @@ mod tests {
         theirs.write_all(&block[..112]).await.unwrap();
         let mut buf = vec![0u8; 64 * 1024];
         assert_eq!(ours.read(&mut buf).await.unwrap(), 112);
-        assert_eq!(sockopt::rcvlowat(&ours.inner).unwrap(), 16_312);
+        assert_eq!(rcvlowat(&ours.inner).unwrap(), 16_312);
         theirs.write_all(&block[112..1000]).await.unwrap();
         theirs.shutdown().await.unwrap();
         let mut got = 112;

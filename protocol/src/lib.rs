@@ -49,6 +49,8 @@ pub mod message;
 pub mod noise;
 pub mod session;
 #[cfg(feature = "tokio")]
+pub mod sockopt;
+#[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(feature = "tokio")]
 pub mod transport;

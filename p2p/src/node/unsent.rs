@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use ferry_protocol::frame_wake::FrameWake;
+use ferry_protocol::sockopt::{self, IntOption};
 use ferry_protocol::transport::{
     Acceptor, BoxedStream, Connecting, Connector, TcpAcceptor, TcpConnector,
 };
@@ -20,12 +21,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// Unsent bytes past which a peer socket stops taking writes: one 16 KiB block. The link stays
 /// full as long as the writer refills within a block's sending time (26 ms at 5 Mbit/s); what
 /// is in flight is TCP's congestion window's business, not limited by this.
-pub(crate) const UNSENT_LOWAT: u32 = 16 * 1024;
+pub(crate) const UNSENT_LOWAT: usize = 16 * 1024;
 
 /// Applies [`UNSENT_LOWAT`] to a peer connection's socket. A kernel without the option (before
 /// Linux 3.12, other systems) keeps its default: the peer works, its requests may wait longer.
 pub(crate) fn limit_unsent(stream: &TcpStream) {
-    if let Err(error) = sockopt::set_notsent_lowat(stream, UNSENT_LOWAT) {
+    if let Err(error) = sockopt::set(stream, IntOption::NotSentLowWater, UNSENT_LOWAT) {
         tracing::debug!(%error, "cannot limit a peer socket's unsent data");
     }
 }
@@ -73,66 +74,6 @@ impl Acceptor for PeerAcceptor {
     }
 }
 
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-mod sockopt {
-    use std::io;
-    use std::os::fd::{AsFd, AsRawFd};
-
-    pub(super) fn set_notsent_lowat(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is borrowed from a live socket for the length of the call, and
-        // the option value is a c_int on our stack whose size is passed with it.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                std::ptr::from_ref(&value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    #[cfg(test)]
-    pub(super) fn notsent_lowat(socket: &impl AsFd) -> io::Result<u32> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: as above; the kernel writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                std::ptr::from_mut(&mut value).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(u32::try_from(value).unwrap_or(0))
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod sockopt {
-    use std::io;
-
-    pub(super) fn set_notsent_lowat<T>(_: &T, _: u32) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "TCP_NOTSENT_LOWAT is only set on Linux",
-        ))
-    }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -148,7 +89,7 @@ mod tests {
         let (dialled, accepted) = (dialled.unwrap(), accepted.unwrap().0);
         for (end, stream) in [("dialled", &dialled), ("accepted", &accepted)] {
             assert_eq!(
-                sockopt::notsent_lowat(stream.get_ref()).unwrap(),
+                sockopt::get(stream.get_ref(), IntOption::NotSentLowWater).unwrap(),
                 UNSENT_LOWAT,
                 "{end}"
             );
