@@ -61,7 +61,7 @@ fi
 
 if [ -z "${BIN:-}" ]; then
   log "building release binaries"
-  cargo build --release -q -p ferry-server -p ferry-client -p ferry-bench
+  cargo build --release -q -p ferry-server -p ferry-cli -p ferry-bench
   BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 fi
 

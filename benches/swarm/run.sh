@@ -33,7 +33,7 @@
 # time until all leechers complete.
 #
 # Needs release binaries of ferry-peer, ferry-server and ferry in $CARGO_TARGET_DIR/release
-# (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-client
+# (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-cli
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NL=${NETLAB:-$PWD/../shared/netlab/netlab}
