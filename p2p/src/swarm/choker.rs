@@ -301,14 +301,7 @@ impl Swarm {
             {
                 return false;
             }
-            if let Some(holder) = self.peers.get_mut(&w) {
-                holder.am_choking = true;
-                holder.unchoked_early = false;
-            }
-            if self.choker.optimistic == Some(w) {
-                self.choker.optimistic = None;
-            }
-            self.send(w, PeerMessage::Choke, now);
+            self.choke_to_free_slot(w, now);
         }
         let Some(peer) = self.peers.get_mut(&conn) else {
             return false;
@@ -352,15 +345,21 @@ impl Swarm {
         let Some(idle) = self.idle_slot(conn) else {
             return false;
         };
-        if let Some(peer) = self.peers.get_mut(&idle) {
+        self.choke_to_free_slot(idle, now);
+        true
+    }
+
+    /// Chokes `conn` so that another peer can have its slot (the optimistic one too, if it
+    /// held that).
+    fn choke_to_free_slot(&mut self, conn: ConnId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&conn) {
             peer.am_choking = true;
             peer.unchoked_early = false;
         }
-        if self.choker.optimistic == Some(idle) {
+        if self.choker.optimistic == Some(conn) {
             self.choker.optimistic = None;
         }
-        self.send(idle, PeerMessage::Choke, now);
-        true
+        self.send(conn, PeerMessage::Choke, now);
     }
 
     /// Unchoked peers in the regular and optimistic slots: all but the welcome holder.
