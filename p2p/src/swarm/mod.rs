@@ -95,6 +95,10 @@ pub struct SwarmConfig {
     /// A node that starts complete reveals pieces a few at a time, so that each piece leaves
     /// the seed once before any leaves it twice (spec/P2P.md §4.4).
     pub super_seed: bool,
+    /// HAVEs to a peer that we choke and that chokes us wait for the next 1 s tick, or for
+    /// anything else going to that peer, and then leave together (spec/P2P.md §3.5). Off: every
+    /// HAVE leaves at once.
+    pub hold_haves: bool,
 }
 
 impl Default for SwarmConfig {
@@ -116,6 +120,7 @@ impl Default for SwarmConfig {
             max_queued_uploads: 512,
             max_unrequested: 1024,
             super_seed: true,
+            hold_haves: true,
         }
     }
 }
@@ -383,7 +388,7 @@ impl Swarm {
             }
             let conns: Vec<ConnId> = self.peers.keys().copied().collect();
             for conn in conns {
-                self.send(conn, PeerMessage::Have(p), now);
+                self.send_have(conn, p, now);
                 let Some(peer) = self.peers.get_mut(&conn) else {
                     continue;
                 };
@@ -391,6 +396,11 @@ impl Swarm {
                     peer.wanted = peer.wanted.saturating_sub(1);
                 }
                 self.update_interest(conn, now);
+            }
+            if self.is_complete() {
+                // A download that stops now closes every connection after its last HAVE
+                // (spec/P2P.md §3.10): nothing may stay held.
+                self.flush_all_haves(now);
             }
             self.check_complete();
             // We may now finish with seeds; close seed-to-seed connections.
@@ -464,6 +474,8 @@ impl Swarm {
             }
             PeerMessage::Unchoke => {
                 peer.peer_choking = false;
+                // It may ask for what we have now: no HAVE to it is held any longer (§3.5).
+                self.flush_haves(conn, now);
                 self.fill_requests(conn, now);
             }
             PeerMessage::Request(block) => self.on_request(conn, block, now),
@@ -486,8 +498,8 @@ impl Swarm {
         }
     }
 
-    /// Time-driven work: rechoke, optimistic rotation, request timeouts, idle peers,
-    /// keep-alives and peer exchange.
+    /// Time-driven work: rechoke, optimistic rotation, request timeouts, idle peers, held
+    /// HAVEs, keep-alives and peer exchange.
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.choker.next_optimistic || now >= self.choker.next_rechoke {
             self.resize_slots(now);
@@ -553,6 +565,9 @@ impl Swarm {
                 up = peer.window_up,
                 "flow"
             );
+            // Held HAVEs leave within a tick of their piece (spec/P2P.md §3.5).
+            self.flush_haves(conn, now);
+            let peer = &self.peers[&conn];
             if now.saturating_duration_since(peer.last_sent) >= self.config.keepalive {
                 self.send(conn, PeerMessage::KeepAlive, now);
             }
@@ -578,9 +593,17 @@ impl Swarm {
         self.close(conn, Some(ErrorBody::new(code, message)), now);
     }
 
+    /// Queues `msg` for `conn`, after the HAVEs held for it (`send_have`): they share its
+    /// write, and no message overtakes a HAVE queued before it.
     fn send(&mut self, conn: ConnId, msg: PeerMessage, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&conn) {
             peer.last_sent = now;
+            for p in peer.held_haves.drain(..) {
+                self.actions.push_back(Action::Send {
+                    conn,
+                    msg: PeerMessage::Have(p),
+                });
+            }
             self.actions.push_back(Action::Send { conn, msg });
         }
     }

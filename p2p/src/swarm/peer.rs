@@ -52,6 +52,10 @@ pub(super) struct Peer {
     pub(super) next_pex: Instant,
     /// How many requests to keep outstanding (spec/P2P.md §4.1).
     pub(super) depth: Depth,
+    /// HAVEs not sent yet, oldest first: held while we choke the peer and it chokes us, until
+    /// the next tick, the next message to it, an UNCHOKE either way, or our completion
+    /// (`send_have`, spec/P2P.md §3.5).
+    pub(super) held_haves: Vec<u32>,
 }
 
 impl Peer {
@@ -88,6 +92,7 @@ impl Peer {
             last_sent: now,
             next_pex: now + FIRST_PEX,
             depth: Depth::new(config.pipeline_min, config.pipeline),
+            held_haves: Vec::new(),
         }
     }
 
@@ -222,6 +227,46 @@ impl Swarm {
         self.update_interest(conn, now);
         self.fill_requests(conn, now);
         self.reveal(conn, now);
+    }
+
+    /// Announces our verified piece `p` to `conn`. No block flows either way on a connection
+    /// where both sides choke, so nothing there waits on the HAVE: it is held and leaves with
+    /// the next message to that peer or on the next tick (at most ~1 s later), several in one
+    /// write, instead of one small packet (and its ACK) per piece (spec/P2P.md §3.5). A peer
+    /// that unchoked us, or that we unchoked, may request from it: it goes at once.
+    pub(super) fn send_have(&mut self, conn: ConnId, p: u32, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        if self.config.hold_haves && peer.am_choking && peer.peer_choking {
+            peer.held_haves.push(p);
+        } else {
+            self.send(conn, PeerMessage::Have(p), now);
+        }
+    }
+
+    /// Sends the HAVEs held for `conn`, if any.
+    pub(super) fn flush_haves(&mut self, conn: ConnId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        if let Some(last) = peer.held_haves.pop() {
+            // `send` puts the others first, in order.
+            self.send(conn, PeerMessage::Have(last), now);
+        }
+    }
+
+    /// Sends every HAVE held for any peer.
+    pub(super) fn flush_all_haves(&mut self, now: Instant) {
+        let conns: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.held_haves.is_empty())
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in conns {
+            self.flush_haves(conn, now);
+        }
     }
 
     pub(super) fn update_interest(&mut self, conn: ConnId, now: Instant) {

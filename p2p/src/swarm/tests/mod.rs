@@ -1,6 +1,7 @@
 //! Tests of the whole core: several cores driven against each other, and malformed input.
 
 mod catch_up;
+mod have;
 mod late;
 mod leave;
 mod link;
