@@ -4,9 +4,9 @@
 //! [`Dht`] is the sans-IO core: datagrams and `now` in (`handle_*`), datagrams, events and a
 //! deadline out (`poll_*`); randomness comes from a seed. It owns the routing table
 //! ([`table`]), the iterative lookups (α = 3 in flight, ending when the k closest answered; a
-//! query unanswered at its short timeout frees its slot, or is sent again when the lookup has
-//! no one else to ask), and what it keeps for others ([`store`]: announced peers, token
-//! secrets, rate limits).
+//! query unanswered at its short timeout frees its slot and its place among the k closest, or
+//! is sent again when the lookup has no one else to ask; an unanswered ANNOUNCE is sent again),
+//! and what it keeps for others ([`store`]: announced peers, token secrets, rate limits).
 //! [`shell`] runs it on one tokio UDP socket and persists the routing table.
 //!
 //! Hardening (§7.5–§7.8): node ids are tied to addresses ([`id_matches`], after BEP 42), a
@@ -196,7 +196,8 @@ pub enum Event {
         lookup: LookupId,
         peers: Vec<SocketAddr>,
     },
-    /// A lookup ended: the k closest nodes that answered, and how many announces were sent.
+    /// A lookup ended: the k closest nodes that answered, and how many announces were sent
+    /// then (not counting those sent later to closer nodes that answer late, §7.4).
     Done {
         lookup: LookupId,
         closest: Vec<NodeInfo>,
@@ -283,12 +284,14 @@ impl Lookup {
         self.candidates.truncate(MAX_CANDIDATES);
     }
 
-    /// Indices of the k closest candidates that have not failed.
+    /// Indices of the k closest candidates that have neither failed nor gone past their short
+    /// timeout: the ones the lookup asks, and waits for (§7.4). A slow node's place goes to the
+    /// next candidate; it comes back in if it answers.
     fn top(&self) -> impl Iterator<Item = usize> + '_ {
         self.candidates
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.state != State::Failed)
+            .filter(|(_, c)| !matches!(c.state, State::Failed | State::Slow))
             .map(|(i, _)| i)
             .take(K)
     }
@@ -349,13 +352,28 @@ impl Lookup {
         Some((Some(c.id), c.addr))
     }
 
+    /// Settled (L3): no seed is new or asked, the [`top`](Self::top) k have all answered, and
+    /// either someone answered or nobody is still awaited. Queries past their short timeout do
+    /// not hold it back once it has an answer; with none yet, it waits for them (they may be
+    /// sent again, L5) until they answer or fail.
     fn done(&self) -> bool {
-        self.seeds
+        let asking = self
+            .seeds
             .iter()
-            .all(|s| matches!(s.1, State::Answered | State::Failed))
-            && self
+            .any(|s| matches!(s.1, State::New | State::Asked))
+            || self
                 .top()
-                .all(|i| self.candidates[i].state == State::Answered)
+                .any(|i| self.candidates[i].state != State::Answered);
+        if asking {
+            return false;
+        }
+        let states = || {
+            self.seeds
+                .iter()
+                .map(|s| s.1)
+                .chain(self.candidates.iter().map(|c| c.state))
+        };
+        states().any(|s| s == State::Answered) || !states().any(|s| s == State::Slow)
     }
 
     fn set(&mut self, id: Option<NodeId>, addr: SocketAddr, state: State) {
@@ -392,8 +410,11 @@ struct InFlight {
     /// Times it was sent again; a repeat is the same datagram (same transaction id), so an
     /// answer to any of them counts and the query holds one in-flight slot throughout.
     retransmits: u8,
-    /// The datagram, kept for a lookup's query only.
+    /// The datagram, kept for the queries that are sent again (a lookup's, an ANNOUNCE).
     datagram: Vec<u8>,
+    /// A `GET_PEERS` to one of the closest nodes of a lookup that ended without its answer
+    /// (§7.4): the key and port to announce once it answers with a token.
+    announce: Option<(NodeId, u16)>,
 }
 
 /// Core settings.
@@ -402,7 +423,8 @@ pub struct DhtConfig {
     /// A query unanswered this long counts as a failure (the hard timeout).
     pub query_timeout: Duration,
     /// A lookup's query unanswered this long (the short timeout) stops holding one of the
-    /// lookup's α slots; if the lookup has no one else to ask, the query is sent again.
+    /// lookup's α slots and its place among the k closest; if the lookup has no one else to
+    /// ask, the query is sent again. An unanswered ANNOUNCE is sent again after it too.
     pub retry_after: Duration,
 }
 
@@ -615,6 +637,15 @@ impl Dht {
             .filter(|(_, f)| f.retry_at.is_some_and(|r| r <= now))
             .map(|(tx, _)| *tx)
             .collect();
+        // All of them are slow before any is sent again: a lookup that they settle (L3) sends
+        // none of them again.
+        for tx in &slow {
+            if let Some(f) = self.in_flight.get(tx) {
+                if let Some(l) = f.lookup.and_then(|l| self.lookups.get_mut(&l)) {
+                    l.slow(f.id, f.to);
+                }
+            }
+        }
         for tx in slow {
             self.short_timeout(tx, now);
         }
@@ -636,21 +667,33 @@ impl Dht {
         self.step(now);
     }
 
-    /// A lookup's query unanswered for [`DhtConfig::retry_after`] (§7.4): it frees its α slot, so
-    /// the lookup asks its next candidate; a lookup with no one else to ask (a bootstrap through
-    /// one node) sends it again instead, at most [`MAX_RETRANSMITS`] times. Both follow timers
-    /// only, never a received datagram, so nobody can make us send more.
+    /// A query unanswered for [`DhtConfig::retry_after`] (§7.4), already marked slow in its
+    /// lookup: it freed its α slot and its place among the k closest, so the lookup asks its next
+    /// candidate; a lookup with no one else to ask (a bootstrap through one node) sends it again
+    /// instead, unless the lookup has settled. An ANNOUNCE is sent again. At most
+    /// [`MAX_RETRANSMITS`] times, following timers only, never a received datagram, so nobody
+    /// can make us send more.
     fn short_timeout(&mut self, tx: u32, now: Instant) {
         let Some(f) = self.in_flight.get_mut(&tx) else {
             return;
         };
         f.retry_at = None;
-        let Some(l) = f.lookup.and_then(|l| self.lookups.get_mut(&l)) else {
-            return;
+        let again = match f.lookup.and_then(|l| self.lookups.get(&l)) {
+            Some(l) => !l.has_next() && !l.done(),
+            None if f.method == Method::AnnouncePeer => true,
+            // Neither a lookup's nor an ANNOUNCE: awaited until its hard timeout, not repeated.
+            None => return,
         };
-        l.slow(f.id, f.to);
-        if f.retransmits < MAX_RETRANSMITS && !l.has_next() {
+        if again && f.retransmits < MAX_RETRANSMITS {
             f.retransmits += 1;
+            tracing::debug!(
+                to = %f.to,
+                tx,
+                method = ?f.method,
+                lookup = f.lookup.map(|l| l.0),
+                repeat = f.retransmits,
+                "dht query sent again"
+            );
             self.outbox.push_back((f.to, f.datagram.clone()));
         }
         let next = now + self.config.retry_after;
@@ -701,6 +744,21 @@ impl Dht {
                 }
                 if let Some(lid) = f.lookup {
                     self.lookup_answered(lid, &f, &response);
+                }
+                if let (Some((key, port)), Some(id), Answer::GetPeers { token, .. }) =
+                    (f.announce, f.id, &response.answer)
+                {
+                    // One of the closest nodes, answering after its lookup ended (§7.4).
+                    let token = *token;
+                    if self.send_query(
+                        Some(id),
+                        from,
+                        Query::AnnouncePeer { key, port, token },
+                        None,
+                        now,
+                    ) {
+                        tracing::debug!(to = %from, "dht late announce");
+                    }
                 }
                 self.feed_starving(f.lookup, &response.answer);
                 self.step(now);
@@ -954,11 +1012,12 @@ impl Dht {
             .filter(|c| c.state == State::Answered)
             .take(K)
             .collect();
+        let announce = match l.kind {
+            Kind::GetPeers { announce } => announce,
+            Kind::FindNode { .. } => None,
+        };
         let mut announced = 0;
-        if let Kind::GetPeers {
-            announce: Some(port),
-        } = l.kind
-        {
+        if let Some(port) = announce {
             for c in &closest {
                 if let Some(token) = c.token {
                     let query = Query::AnnouncePeer {
@@ -968,6 +1027,29 @@ impl Dht {
                     };
                     if self.send_query(Some(c.id), c.addr, query, None, now) {
                         announced += 1;
+                    }
+                }
+            }
+        }
+        // Queries still out are the lookup's no more: not sent again, their nodes not followed.
+        // One to a node closer than the farthest announced to (any, if fewer than k were) gets
+        // its ANNOUNCE if it answers with a token before its hard timeout (§7.4).
+        let farthest = (closest.len() == K).then(|| closest[K - 1].id.distance(&l.target));
+        let late = |id: NodeId, to: SocketAddr| {
+            l.candidates.iter().any(|c| {
+                c.id == id
+                    && c.addr == to
+                    && c.state == State::Slow
+                    && farthest.is_none_or(|d| c.id.distance(&l.target) < d)
+            })
+        };
+        for f in self.in_flight.values_mut() {
+            if f.lookup == Some(lid) {
+                f.lookup = None;
+                f.retry_at = None;
+                if let (Some(port), Some(id)) = (announce, f.id) {
+                    if late(id, f.to) {
+                        f.announce = Some((l.target, port));
                     }
                 }
             }
@@ -1007,7 +1089,7 @@ impl Dht {
             }
         };
         let method = query.method();
-        let lookup_query = lookup.is_some();
+        let resent = lookup.is_some() || method == Method::AnnouncePeer;
         let mut request = Request {
             id: self.id,
             query,
@@ -1025,13 +1107,10 @@ impl Dht {
                 method,
                 deadline: now + self.config.query_timeout,
                 lookup,
-                retry_at: lookup_query.then(|| now + self.config.retry_after),
+                retry_at: resent.then(|| now + self.config.retry_after),
                 retransmits: 0,
-                datagram: if lookup_query {
-                    datagram.clone()
-                } else {
-                    Vec::new()
-                },
+                datagram: if resent { datagram.clone() } else { Vec::new() },
+                announce: None,
             },
         );
         self.outbox.push_back((to, datagram));

@@ -380,6 +380,171 @@ fn a_late_reply_still_counts() {
     net.nodes[x].table().check().unwrap();
 }
 
+/// A network of `n` nodes, node 10 about to announce port 7000 under a key, and the node
+/// closest to that key (not node 10). Returns the net, the key and that node.
+fn announcer_and_closest(n: usize, seed: u64) -> (Net, NodeId, usize) {
+    let net = Net::grown(n, seed);
+    let key = key_for(&crate::manifest::ContentId([5; 32]));
+    let closest = net.truth(&key, 10)[0];
+    let c = net.nodes.iter().position(|d| d.id() == closest).unwrap();
+    (net, key, c)
+}
+
+fn is_announce(m: &Message) -> bool {
+    matches!(m, Message::Request(r) if r.query.method() == Method::AnnouncePeer)
+}
+
+/// issue 14: a GET_PEERS lookup announced only once the k closest candidates that had not
+/// failed had all answered, so one silent node among them (failed only at the 2 s hard timeout)
+/// held the ANNOUNCEs back 2 s. Now a node past its short timeout stops counting among the k
+/// closest: the next candidate is asked in its place, and the lookup ends and announces to the
+/// k closest that answered, at the short timeout.
+#[test]
+fn a_silent_node_among_the_closest_does_not_delay_the_announce_past_the_short_timeout() {
+    let retry = DhtConfig::default().retry_after;
+    let (mut net, key, silent) = announcer_and_closest(60, 12);
+    net.dead.insert(silent);
+    let start = net.now;
+    let lookup = net.nodes[10].get_peers(key, Some(7000), start).unwrap();
+    net.run();
+    let (a, s) = (net.addrs[10], net.addrs[silent]);
+    assert!(
+        net.sent.iter().any(|x| x.1 == a && x.2 == s && x.3),
+        "the silent node was asked"
+    );
+    let done = net.done_at(10, lookup) - start;
+    assert!(done <= retry, "lookup done after {done:?}");
+    let (closest, announced) = net.done(10, lookup);
+    let got: Vec<NodeId> = closest.iter().map(|n| n.id).collect();
+    assert_eq!(got, net.truth(&key, 10), "the k closest live nodes");
+    assert_eq!(announced, K);
+    let stored = net.nodes.iter().filter(|n| n.store().size().1 > 0).count();
+    assert_eq!(stored, K);
+}
+
+/// One of the k closest answers after the short timeout (0.8 s), when the lookup has already
+/// ended and announced to the k closest that answered. Its answer carries a token, so it gets
+/// its own ANNOUNCE: the k + 1 nodes nearest the key that are alive all hold the peer.
+#[test]
+fn a_late_answer_from_one_of_the_closest_gets_its_own_announce() {
+    let config = DhtConfig::default();
+    let late = Duration::from_millis(800);
+    assert!(config.retry_after < late && late < config.query_timeout);
+    let (mut net, key, slow) = announcer_and_closest(60, 12);
+    net.latency.insert((net.addrs[slow], net.addrs[10]), late);
+    let start = net.now;
+    let lookup = net.nodes[10].get_peers(key, Some(7000), start).unwrap();
+    net.run();
+    let done = net.done_at(10, lookup) - start;
+    assert!(done <= config.retry_after, "lookup done after {done:?}");
+    let (closest, announced) = net.done(10, lookup);
+    assert!(!closest.iter().any(|n| n.id == net.nodes[slow].id()));
+    assert_eq!(announced, K);
+    assert_eq!(
+        net.nodes[slow].store().size(),
+        (1, 1),
+        "the late node holds the peer"
+    );
+    let stored = net.nodes.iter().filter(|n| n.store().size().1 > 0).count();
+    assert_eq!(stored, K + 1);
+    assert_eq!(net.nodes[10].in_flight(), 0);
+}
+
+/// An ANNOUNCE datagram lost on its way is sent again after the short timeout: the node still
+/// gets the peer.
+#[test]
+fn a_lost_announce_is_sent_again() {
+    let (mut net, key, c) = announcer_and_closest(60, 13);
+    net.lose = Some(lose_first(net.addrs[10], net.addrs[c], 1, is_announce));
+    let lookup = net.nodes[10].get_peers(key, Some(7000), net.now).unwrap();
+    net.run();
+    assert_eq!(net.done(10, lookup).1, K);
+    assert_eq!(
+        net.nodes[c].store().size(),
+        (1, 1),
+        "announced on the repeat"
+    );
+    let stored = net.nodes.iter().filter(|n| n.store().size().1 > 0).count();
+    assert_eq!(stored, K);
+}
+
+/// An ANNOUNCE nobody answers goes out 1 + MAX_RETRANSMITS times, as the same datagram (same
+/// transaction id) a short timeout apart, holding one in-flight slot, and is given up at the
+/// hard timeout.
+#[test]
+fn a_lost_announce_is_sent_again_boundedly() {
+    let config = DhtConfig::default();
+    let start = Instant::now();
+    let mut d = Dht::new(config.clone(), NodeId([1; 20]), 1, start);
+    let node = public(7);
+    let node_id = id_for(node.ip(), [2; 20]);
+    let key = NodeId([9; 20]);
+    let lookup = d.get_peers_via(key, Some(7000), &[node], start).unwrap();
+    let mut now = start;
+    let mut announces: Vec<(Duration, Vec<u8>)> = Vec::new();
+    let mut done = None;
+    loop {
+        while let Some((to, bytes)) = d.poll_transmit() {
+            assert_eq!(to, node);
+            let Some((tx, Message::Request(r))) = Message::from_datagram(&bytes) else {
+                panic!("not a request")
+            };
+            match r.query {
+                Query::GetPeers { .. } => {
+                    let reply = Message::Response(Response {
+                        id: node_id,
+                        you: public(1),
+                        answer: Answer::GetPeers {
+                            token: [3; 8],
+                            nodes: vec![],
+                            peers: vec![],
+                        },
+                    });
+                    d.handle_datagram(&reply.to_datagram(tx), node, now);
+                }
+                Query::AnnouncePeer { token, port, .. } => {
+                    assert_eq!((token, port), ([3; 8], 7000));
+                    assert_eq!(d.in_flight(), 1, "one outstanding request");
+                    announces.push((now - start, bytes));
+                }
+                q => panic!("{q:?}"),
+            }
+        }
+        while let Some(e) = d.poll_event() {
+            if let Event::Done {
+                lookup: l,
+                announced,
+                ..
+            } = e
+            {
+                assert_eq!((l, announced), (lookup, 1));
+                done = Some(now - start);
+            }
+        }
+        if d.in_flight() == 0 {
+            break;
+        }
+        now = d.poll_timeout();
+        assert!(now - start <= config.query_timeout, "{:?}", now - start);
+        d.handle_timeout(now);
+    }
+    assert_eq!(done, Some(Duration::ZERO));
+    let times: Vec<Duration> = announces.iter().map(|a| a.0).collect();
+    let want: Vec<Duration> = (0..=MAX_RETRANSMITS as u32)
+        .map(|n| config.retry_after * n)
+        .collect();
+    assert_eq!(times, want);
+    assert!(
+        announces.iter().all(|a| a.1 == announces[0].1),
+        "the same datagram each time"
+    );
+    assert_eq!(
+        now - start,
+        config.query_timeout,
+        "given up at the hard timeout"
+    );
+}
+
 /// Against a node that never answers, each query goes out 1 + MAX_RETRANSMITS times (with its
 /// first transaction id, a short timeout apart), the lookup fails at the hard timeout, and
 /// nothing stays in flight.
