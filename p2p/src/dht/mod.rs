@@ -231,6 +231,8 @@ struct Candidate {
     addr: SocketAddr,
     state: State,
     token: Option<Token>,
+    /// When it was asked, as the lookup counts its queries ([`Lookup::asked`]); 0 if not yet.
+    asked: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,9 +253,15 @@ struct Lookup {
     kind: Kind,
     /// Closest first; at most [`MAX_CANDIDATES`].
     candidates: Vec<Candidate>,
-    /// Addresses of unknown id (bootstrap), asked before the candidates.
-    seeds: Vec<(SocketAddr, State)>,
+    /// Addresses of unknown id (bootstrap), asked before the candidates, and when each was
+    /// asked (as in [`Candidate::asked`]).
+    seeds: Vec<(SocketAddr, State, u32)>,
     peers: HashSet<SocketAddr>,
+    /// Queries sent so far (repeats not counted): numbers them in the order they were sent.
+    asked: u32,
+    /// The number of the latest-sent query that has been answered: a slow query sent before it
+    /// has been *overtaken* (L3).
+    answered: u32,
 }
 
 impl Lookup {
@@ -279,6 +287,7 @@ impl Lookup {
                 addr: node.addr,
                 state: State::New,
                 token: None,
+                asked: 0,
             },
         );
         self.candidates.truncate(MAX_CANDIDATES);
@@ -341,39 +350,47 @@ impl Lookup {
     /// The next address to ask, marked asked; `None` if nothing is due.
     fn next(&mut self) -> Option<(Option<NodeId>, SocketAddr)> {
         if let Some(s) = self.seeds.iter_mut().find(|s| s.1 == State::New) {
+            self.asked += 1;
             s.1 = State::Asked;
+            s.2 = self.asked;
             return Some((None, s.0));
         }
         let i = self
             .top()
             .find(|&i| self.candidates[i].state == State::New)?;
+        self.asked += 1;
         let c = &mut self.candidates[i];
         c.state = State::Asked;
+        c.asked = self.asked;
         Some((Some(c.id), c.addr))
     }
 
     /// Settled (L3): no seed is new or asked, the [`top`](Self::top) k have all answered, and
-    /// either someone answered or nobody is still awaited. Queries past their short timeout do
-    /// not hold it back once it has an answer; with none yet, it waits for them (they may be
-    /// sent again, L5) until they answer or fail.
+    /// every slow seed, and every slow candidate closer than the farthest of those k (any, if
+    /// fewer), has been overtaken: a query sent after it was answered. A silent node is passed
+    /// over once the lookup has heard from a node asked after it (at the latest, the one asked
+    /// in its place at its short timeout); where every answer is slow (long links) the lookup
+    /// still waits for them, so it converges as if no query were slow.
     fn done(&self) -> bool {
-        let asking = self
-            .seeds
-            .iter()
-            .any(|s| matches!(s.1, State::New | State::Asked))
-            || self
-                .top()
-                .any(|i| self.candidates[i].state != State::Answered);
-        if asking {
+        let waited = |state: State, asked: u32| {
+            matches!(state, State::New | State::Asked)
+                || (state == State::Slow && asked >= self.answered)
+        };
+        if self.seeds.iter().any(|s| waited(s.1, s.2)) {
             return false;
         }
-        let states = || {
-            self.seeds
-                .iter()
-                .map(|s| s.1)
-                .chain(self.candidates.iter().map(|c| c.state))
-        };
-        states().any(|s| s == State::Answered) || !states().any(|s| s == State::Slow)
+        let mut end = self.candidates.len();
+        for (n, i) in self.top().enumerate() {
+            if self.candidates[i].state != State::Answered {
+                return false;
+            }
+            if n == K - 1 {
+                end = i;
+            }
+        }
+        !self.candidates[..end]
+            .iter()
+            .any(|c| c.state == State::Slow && waited(c.state, c.asked))
     }
 
     fn set(&mut self, id: Option<NodeId>, addr: SocketAddr, state: State) {
@@ -572,6 +589,8 @@ impl Dht {
             candidates: Vec::new(),
             seeds: Vec::new(),
             peers: HashSet::new(),
+            asked: 0,
+            answered: 0,
         };
         for e in self.table.closest(&target, K) {
             lookup.add(
@@ -585,7 +604,7 @@ impl Dht {
         let mut seen = HashSet::new();
         for s in seeds.iter().take(MAX_SEEDS) {
             if seen.insert(*s) {
-                lookup.seeds.push((*s, State::New));
+                lookup.seeds.push((*s, State::New, 0));
             }
         }
         self.lookups.insert(id, lookup);
@@ -914,9 +933,13 @@ impl Dht {
         let Some(l) = self.lookups.get_mut(&lid) else {
             return;
         };
+        let mut asked = None;
         if f.id.is_none() {
             // A bootstrap address: now we know its id, it competes like any candidate.
-            l.set(None, f.to, State::Answered);
+            if let Some(s) = l.seeds.iter_mut().find(|s| s.0 == f.to) {
+                s.1 = State::Answered;
+                asked = Some(s.2);
+            }
             l.add(
                 NodeInfo {
                     id: response.id,
@@ -931,10 +954,12 @@ impl Dht {
             .find(|c| c.id == response.id && c.addr == f.to)
         {
             c.state = State::Answered;
+            c.asked = *asked.get_or_insert(c.asked);
             if let Answer::GetPeers { token, .. } = &response.answer {
                 c.token = Some(*token);
             }
         }
+        l.answered = l.answered.max(asked.unwrap_or(0));
         let (nodes, peers) = match &response.answer {
             Answer::FindNode { nodes } => (nodes.as_slice(), &[][..]),
             Answer::GetPeers { nodes, peers, .. } => (nodes.as_slice(), peers.as_slice()),

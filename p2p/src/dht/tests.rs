@@ -1198,3 +1198,41 @@ fn thousand_node_lookups_are_exact() {
         misses.len()
     );
 }
+
+/// Every round trip longer than the short timeout (0.3 s each way): every query goes slow before
+/// its answer, and the lookup asks further candidates meanwhile. A slow query that no later one
+/// has overtaken still holds the lookup, so the late answers bring it to the k closest nodes (a
+/// lookup that passed over every slow node ended on 6 of the 8); the announced peer is found.
+#[test]
+fn lookups_converge_when_every_round_trip_exceeds_the_short_timeout() {
+    let mut net = Net::grown(150, 3);
+    let one_way = Duration::from_millis(300);
+    assert!(2 * one_way > DhtConfig::default().retry_after);
+    for a in &net.addrs {
+        for b in &net.addrs {
+            net.latency.insert((*a, *b), one_way);
+        }
+    }
+    let mut exact = 0;
+    let trials = 20;
+    for _ in 0..trials {
+        let from = net.rng.gen_range(0..net.nodes.len());
+        let target = NodeId(net.rng.gen());
+        let lookup = net.nodes[from].find_node(target, net.now).unwrap();
+        net.run();
+        let got: Vec<NodeId> = net.done(from, lookup).0.iter().map(|n| n.id).collect();
+        let want = net.truth(&target, from);
+        let overlap = got.iter().filter(|id| want.contains(id)).count();
+        assert!(overlap >= K - 1, "found {overlap} of the {K} closest");
+        exact += (got == want) as usize;
+    }
+    assert!(exact >= trials - 1, "{exact} of {trials} lookups exact");
+    let key = key_for(&crate::manifest::ContentId([5; 32]));
+    let lookup = net.nodes[10].get_peers(key, Some(7000), net.now).unwrap();
+    net.run();
+    assert!(net.done(10, lookup).1 >= K - 1);
+    let lookup = net.nodes[77].get_peers(key, None, net.now).unwrap();
+    net.run();
+    let (_, peers) = net.peers_found(77, lookup);
+    assert_eq!(peers, vec![SocketAddr::new(net.addrs[10].ip(), 7000)]);
+}
