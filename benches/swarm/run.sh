@@ -69,15 +69,36 @@ softirq_ticks() { awk '/^cpu / { print $7 + $8 }' /proc/stat; }
 # peers' own load. `times` must run in this shell, not in a command substitution.
 child_cpu() { times >"$WORK/times"; CPU=$(tail -1 "$WORK/times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }'); }
 # Waits until every file in $@ exists and contains "complete" (bounded by 20 minutes).
+# Waits until every output file says complete. WAIT_PIDS, when set, holds the process of each
+# file in the same order: one that exits before its file says complete (a full disk, a crash)
+# ends the wait with its stderr, rather than waiting out the deadline.
+WAIT_PIDS=()
 wait_complete() {
     local deadline=$(( $(date +%s) + 1200 ))
     while :; do
-        local done=1
-        for f in "$@"; do grep -q '^complete' "$f" 2>/dev/null || { done=0; break; }; done
+        local done=1 k=0
+        for f in "$@"; do
+            if ! grep -q '^complete' "$f" 2>/dev/null; then
+                done=0
+                local pid=${WAIT_PIDS[$k]:-}
+                if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && ! grep -q '^complete' "$f" 2>/dev/null; then
+                    echo "${f%.out}: exited before completing; its stderr ends:" >&2
+                    tail -5 "${f%.out}.err" >&2 2>/dev/null || true
+                    return 1
+                fi
+            fi
+            k=$((k + 1))
+        done
         [ $done = 1 ] && return 0
         [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
         sleep 0.05
     done
+}
+# Fails early when `dir` has less than `mib` MiB free: a full disk midway fails a leecher.
+need_space() {
+    local dir=$1 mib=$2 free
+    free=$(df -Pm "$dir" | awk 'NR == 2 { print $4 }')
+    [ "$free" -ge "$mib" ] || { echo "needs $mib MiB free in $dir, has $free MiB" >&2; exit 2; }
 }
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; PIDS=(); }
 
@@ -105,6 +126,8 @@ loopback() {
         with_aria=0
     }
     local L=$WORK/loop; mkdir -p "$L/data"
+    # The file and four copies (ferry's are removed before aria2c's are written).
+    need_space "$WORK" $((LOOP_MIB * 5 + 64))
     head -c "${LOOP_MIB}M" /dev/urandom > "$L/data/file.bin"
     # ---- ferry-peer: tracker, seed, 4 leechers that keep seeding.
     child_cpu; local cpu0=$CPU
@@ -113,13 +136,15 @@ loopback() {
     "$PEER" seed "$L/file.ferry" --data "$L/data" --listen 127.0.0.1:17000 --no-progress >"$L/seed.out" 2>/dev/null & PIDS+=($!)
     for _ in $(seq 300); do grep -q seeding "$L/seed.out" 2>/dev/null && break; sleep 0.1; done
     local outs=() start
+    WAIT_PIDS=()
     start=$(now)
     for i in 1 2 3 4; do
         mkdir -p "$L/f$i"
-        "$PEER" get "$L/file.ferry" --out "$L/f$i" --listen "127.0.0.1:$((17000 + i))" --no-progress >"$L/f$i.out" 2>/dev/null & PIDS+=($!)
-        outs+=("$L/f$i.out")
+        "$PEER" get "$L/file.ferry" --out "$L/f$i" --listen "127.0.0.1:$((17000 + i))" --no-progress >"$L/f$i.out" 2>"$L/f$i.err" & PIDS+=($!)
+        outs+=("$L/f$i.out"); WAIT_PIDS+=($!)
     done
-    wait_complete "${outs[@]}"
+    wait_complete "${outs[@]}" || return 3
+    WAIT_PIDS=()
     local ferry_s; ferry_s=$(echo "$(now) - $start" | bc -l)
     stop_all
     child_cpu; local ferry_cpu; ferry_cpu=$(echo "$CPU - $cpu0" | bc -l)
@@ -175,6 +200,8 @@ max_n=1; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 ip_of() { echo "198.51.100.$1"; }
 SEED_IP=$(ip_of 1)
 
+# The seed's file, one copy per leecher, and (without SKIP_SERVER) the same again from the server.
+need_space "$WORK" $((SIZE_MIB * (max_n + 1) * (SKIP_SERVER == 1 ? 1 : 2) + 64))
 mkdir -p "$WORK/data"
 head -c "${SIZE_MIB}M" /dev/urandom > "$WORK/data/file.bin"
 piece=${PIECE_KIB:+--piece-size $((PIECE_KIB * 1024))}
@@ -209,7 +236,7 @@ for N in $NS; do
     # shellcheck disable=SC2046
     "$NL" exec h1 "$PEER" seed "$WORK/file.ferry" --data "$WORK/data" --listen "$SEED_IP:7000" --no-progress $(disc 1) >"$WORK/seed.out" 2>"$WORK/seed.err" & PIDS+=($!)
     for _ in $(seq 100); do grep -q seeding "$WORK/seed.out" 2>/dev/null && break; sleep 0.1; done
-    outs=()
+    outs=(); WAIT_PIDS=()
     if [ -n "${LOGS:-}" ]; then
         mkdir -p "$LOGS"
         (while :; do date +%s.%N; "$NL" exec h1 ss -tinm 'sport = :7000'; sleep 1; done >"$LOGS/$N-ss.txt" 2>&1) & PIDS+=($!)
@@ -220,9 +247,10 @@ for N in $NS; do
         d="$WORK/swarm$N/h$i"; mkdir -p "$d"
         # shellcheck disable=SC2046
         "$NL" exec "h$i" "$PEER" get "$WORK/file.ferry" --out "$d" --listen "$(ip_of "$i"):7000" --no-progress $(disc "$i") >"$d.out" 2>"$d.err" & PIDS+=($!)
-        outs+=("$d.out")
+        outs+=("$d.out"); WAIT_PIDS+=($!)
     done
-    wait_complete "${outs[@]}"
+    wait_complete "${outs[@]}" || exit 3
+    WAIT_PIDS=()
     swarm_s=$(echo "$(now) - $start" | bc -l)
     [ "$N" = 1 ] && one_s=$swarm_s   # the TCP row compares against the one-leecher run
     # Completion times of each leecher (file mtimes), to see the tail: first, median, last.
