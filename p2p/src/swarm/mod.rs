@@ -95,9 +95,9 @@ pub struct SwarmConfig {
     /// A node that starts complete reveals pieces a few at a time, so that each piece leaves
     /// the seed once before any leaves it twice (spec/P2P.md §4.4).
     pub super_seed: bool,
-    /// HAVEs to a peer that we choke and that chokes us wait for the next 1 s tick, or for
-    /// anything else going to that peer, and then leave together (spec/P2P.md §3.5). Off: every
-    /// HAVE leaves at once.
+    /// HAVEs to a peer that we choke and that chokes us, for pieces it has or while it is
+    /// interested in us, wait for the next 1 s tick, or for anything else going to that peer,
+    /// and then leave together (spec/P2P.md §3.5). Off: every HAVE leaves at once.
     pub hold_haves: bool,
 }
 

@@ -10,29 +10,37 @@ use crate::wire::{PeerId, PeerMessage};
 /// 100_000 bytes in 16 KiB pieces: 7 pieces of one block each.
 const PIECES: u32 = 7;
 const SOURCE: ConnId = ConnId(1);
-/// Chokes us and we choke it: no block flows either way.
+/// Has every piece but chokes us, and we choke it: no block flows either way, and our HAVEs
+/// tell it nothing it could act on.
 const CHOKED: ConnId = ConnId(2);
 /// A peer that said INTERESTED, which we unchoked; it chokes us.
 const UNCHOKED: ConnId = ConnId(3);
+/// Has nothing, is not interested, chokes us and we choke it: our HAVEs make it interested.
+const LACKING: ConnId = ConnId(4);
 
-/// A leecher connected to a seed that unchoked it (SOURCE), a peer with nothing that chokes it
-/// (CHOKED) and an interested peer with nothing that it unchoked (UNCHOKED). Returns the net,
-/// the leecher and the blocks it requested from the seed, one per piece.
+/// A leecher connected to a seed that unchoked it (SOURCE), a peer with everything that chokes
+/// it (CHOKED), an interested peer with nothing that it unchoked (UNCHOKED) and a peer with
+/// nothing that chokes it (LACKING). Returns the net, the leecher and the blocks it requested
+/// from the seed, one per piece.
 fn leecher() -> (Net, usize, Vec<PeerMessage>) {
     let mut net = Net::new(100_000, 16_384);
     let a = net.add(false, false);
     let now = net.now;
-    for (conn, id) in [(SOURCE, 0xe1), (CHOKED, 0xe2), (UNCHOKED, 0xe3)] {
+    for (conn, id) in [
+        (SOURCE, 0xe1),
+        (CHOKED, 0xe2),
+        (UNCHOKED, 0xe3),
+        (LACKING, 0xe4),
+    ] {
         net.nodes[a]
             .handle_connected(conn, PeerId([id; 20]), None, now)
             .unwrap();
     }
-    net.nodes[a].handle_message(
-        SOURCE,
-        PeerMessage::Bitfield(Bytes::from_static(&[0xfe])),
-        now,
-    );
-    for conn in [CHOKED, UNCHOKED] {
+    for conn in [SOURCE, CHOKED] {
+        let all = PeerMessage::Bitfield(Bytes::from_static(&[0xfe]));
+        net.nodes[a].handle_message(conn, all, now);
+    }
+    for conn in [UNCHOKED, LACKING] {
         net.nodes[a].handle_message(conn, PeerMessage::Bitfield(Bytes::from_static(&[0])), now);
     }
     net.nodes[a].handle_message(UNCHOKED, PeerMessage::Interested, now);
@@ -79,8 +87,9 @@ fn piece_of(block: &PeerMessage) -> u32 {
     }
 }
 
-/// HAVEs to a peer that chokes us and that we choke wait for the 1 s tick and leave together,
-/// in order; HAVEs to the seed that unchoked us and to the peer we unchoked leave at once.
+/// HAVEs to a peer that chokes us and that we choke, for pieces it has, wait for the 1 s tick
+/// and leave together, in order; HAVEs to the seed that unchoked us, to the peer we unchoked
+/// and to a choked peer that lacks the piece leave at once.
 #[test]
 fn haves_to_a_mutually_choked_peer_wait_for_the_tick_together() {
     let (mut net, a, blocks) = leecher();
@@ -92,6 +101,7 @@ fn haves_to_a_mutually_choked_peer_wait_for_the_tick_together() {
         let p = *pieces.last().unwrap();
         assert_eq!(haves(&actions, SOURCE), [p], "{actions:?}");
         assert_eq!(haves(&actions, UNCHOKED), [p], "{actions:?}");
+        assert_eq!(haves(&actions, LACKING), [p], "{actions:?}");
         assert_eq!(haves(&actions, CHOKED), [] as [u32; 0], "{actions:?}");
     }
     net.now += std::time::Duration::from_secs(1);
