@@ -291,6 +291,7 @@ impl Actor {
                 }
             }
             Event::DialFailed(addr, reason) => {
+                tracing::debug!(%addr, %reason, "dial failed");
                 self.dialing.remove(&addr);
                 self.sources.dial_failed(addr, reason);
                 let entry = self.retry.entry(addr).or_insert((0, Instant::now()));
