@@ -196,6 +196,17 @@ case " $PHASES " in *" netlab "*) ;; *) NS=1 ;; esac
 
 max_n=1; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 [ "$max_n" -le 99 ] || { echo "netlab has at most 100 hosts: N <= 99" >&2; exit 2; }
+# Every host's ARP entries count against one kernel-wide neighbour table (gc_thresh3, 1024 by
+# default): a full mesh of 33 hosts is at that limit and 100 far over it ("neighbor table
+# overflow" in dmesg), so SYNs to peers not yet resolved never leave and those dials time out.
+# Raised for the run, restored after.
+NEIGH=/proc/sys/net/ipv4/neigh/default
+neigh_saved=$(cat "$NEIGH/gc_thresh1" "$NEIGH/gc_thresh2" "$NEIGH/gc_thresh3" | tr '\n' ' ')
+need_neigh=$(( (max_n + 1) * (max_n + 1) * 2 ))
+if [ "$(cat "$NEIGH/gc_thresh3")" -lt "$need_neigh" ]; then
+    echo $((need_neigh / 4)) > "$NEIGH/gc_thresh1"; echo $((need_neigh / 2)) > "$NEIGH/gc_thresh2"; echo "$need_neigh" > "$NEIGH/gc_thresh3"
+    trap 'cleanup; set -- $neigh_saved; echo "$1" > "$NEIGH/gc_thresh1"; echo "$2" > "$NEIGH/gc_thresh2"; echo "$3" > "$NEIGH/gc_thresh3"' EXIT
+fi
 "$NL" up-swarm $((max_n + 1)) "$RATE" ${DELAY:+--delay "$DELAY"} >/dev/null
 ip_of() { echo "198.51.100.$1"; }
 SEED_IP=$(ip_of 1)
