@@ -212,6 +212,23 @@ impl Net {
         ids
     }
 
+    /// Runs `trials` FIND_NODE lookups of random ids from random nodes, each to its end; every
+    /// one must find at least K - 1 of the K closest. Returns how many found exactly them.
+    fn exact_lookups(&mut self, trials: usize) -> usize {
+        let mut exact = 0;
+        for _ in 0..trials {
+            let from = self.rng.gen_range(0..self.nodes.len());
+            let target = NodeId(self.rng.gen());
+            let lookup = self.nodes[from].find_node(target, self.now).unwrap();
+            self.run();
+            let got: Vec<NodeId> = self.done(from, lookup).0.iter().map(|n| n.id).collect();
+            let want = self.truth(&target, from);
+            let overlap = got.iter().filter(|id| want.contains(id)).count();
+            assert!(overlap >= K - 1, "found {overlap} of the {K} closest");
+            exact += usize::from(got == want);
+        }
+        exact
+    }
     /// When `node`'s lookup first reported peers, and all it reported.
     fn peers_found(&self, node: usize, lookup: LookupId) -> (Option<Instant>, Vec<SocketAddr>) {
         let mut first = None;
@@ -645,20 +662,8 @@ fn lookups_converge_on_the_k_closest_in_a_simulated_network() {
     let mut net = Net::grown(300, 7);
     // Every node knows some others; nobody's table is over its bounds (checked in `run`).
     assert!(net.nodes.iter().all(|n| n.table().len() >= K));
-    let mut exact = 0;
     let trials = 40;
-    for _ in 0..trials {
-        let from = net.rng.gen_range(0..net.nodes.len());
-        let target = NodeId(net.rng.gen());
-        let lookup = net.nodes[from].find_node(target, net.now).unwrap();
-        net.run();
-        let (closest, _) = net.done(from, lookup);
-        let got: Vec<NodeId> = closest.iter().map(|n| n.id).collect();
-        let want = net.truth(&target, from);
-        let overlap = got.iter().filter(|id| want.contains(id)).count();
-        assert!(overlap >= K - 1, "found {overlap} of the {K} closest");
-        exact += (got == want) as usize;
-    }
+    let exact = net.exact_lookups(trials);
     assert!(exact >= trials - 2, "{exact} of {trials} lookups exact");
     // α = 3 in flight, a handful of rounds: a lookup costs tens of datagrams, not hundreds.
     let before = net.delivered;
@@ -1213,19 +1218,8 @@ fn lookups_converge_when_every_round_trip_exceeds_the_short_timeout() {
             net.latency.insert((*a, *b), one_way);
         }
     }
-    let mut exact = 0;
     let trials = 20;
-    for _ in 0..trials {
-        let from = net.rng.gen_range(0..net.nodes.len());
-        let target = NodeId(net.rng.gen());
-        let lookup = net.nodes[from].find_node(target, net.now).unwrap();
-        net.run();
-        let got: Vec<NodeId> = net.done(from, lookup).0.iter().map(|n| n.id).collect();
-        let want = net.truth(&target, from);
-        let overlap = got.iter().filter(|id| want.contains(id)).count();
-        assert!(overlap >= K - 1, "found {overlap} of the {K} closest");
-        exact += (got == want) as usize;
-    }
+    let exact = net.exact_lookups(trials);
     assert!(exact >= trials - 1, "{exact} of {trials} lookups exact");
     let key = key_for(&crate::manifest::ContentId([5; 32]));
     let lookup = net.nodes[10].get_peers(key, Some(7000), net.now).unwrap();
