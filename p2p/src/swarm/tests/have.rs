@@ -443,7 +443,7 @@ fn flow_holds_haves_within_a_tick_and_saves_writes() {
 /// of 8 peers are unchoked). Slow in a debug build:
 /// `cargo test -p ferry-p2p --release --lib have::flow_figures -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, slow in a debug build: cargo test -p ferry-p2p --release --lib have::flow_figures -- --ignored --nocapture"]
 fn flow_figures() {
     for (n, pieces, piece) in [(32, 256, 65_536), (8, 256, 65_536)] {
         for hold in [false, true] {
