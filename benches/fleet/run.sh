@@ -27,6 +27,7 @@
 # Needs a release ferry-peer in $BIN (default ./target/release): cargo build --release -p ferry-p2p
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib/neighbours.sh
 NL=${NETLAB:-$PWD/../shared/netlab/netlab}
 N=${N:-20}
 RATE=${RATE:-20mbit}
@@ -49,6 +50,7 @@ PUB=
 cleanup() {
     for p in "${FPID[@]}" $PUB; do kill -9 "$p" 2>/dev/null || true; done
     "$NL" down swarm >/dev/null 2>&1 || true
+    restore_neighbours
     if [ "$KEEP" = 1 ]; then rm -rf "$WORK"/rel* "$WORK"/f*/versions; echo "logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -88,6 +90,8 @@ wait_applied() {
 }
 
 FOLLOWERS=$(seq 2 $((N + 1)))
+# The lab's kernel-wide ARP table must hold a full mesh (benches/lib/neighbours.sh).
+raise_neighbours $((N + 1))
 "$NL" up-swarm $((N + 1)) "$RATE" >/dev/null
 mkdir -p "$WORK/ch" "$WORK/applied"
 CH=$("$PEER" channel new bench --channel-dir "$WORK/ch" 2>/dev/null)

@@ -36,6 +36,7 @@
 # (default ./target/release): cargo build --release -p ferry-p2p -p ferry-server -p ferry-cli
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/lib/neighbours.sh
 NL=${NETLAB:-$PWD/../shared/netlab/netlab}
 RATE=${RATE:-20mbit}
 SIZE_MIB=${SIZE_MIB:-64}
@@ -55,6 +56,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     "$NL" down swarm >/dev/null 2>&1 || true
+    restore_neighbours
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -196,17 +198,8 @@ case " $PHASES " in *" netlab "*) ;; *) NS=1 ;; esac
 
 max_n=1; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 [ "$max_n" -le 99 ] || { echo "netlab has at most 100 hosts: N <= 99" >&2; exit 2; }
-# Every host's ARP entries count against one kernel-wide neighbour table (gc_thresh3, 1024 by
-# default): a full mesh of 33 hosts is at that limit and 100 far over it ("neighbor table
-# overflow" in dmesg), so SYNs to peers not yet resolved never leave and those dials time out.
-# Raised for the run, restored after.
-NEIGH=/proc/sys/net/ipv4/neigh/default
-neigh_saved=$(cat "$NEIGH/gc_thresh1" "$NEIGH/gc_thresh2" "$NEIGH/gc_thresh3" | tr '\n' ' ')
-need_neigh=$(( (max_n + 1) * (max_n + 1) * 2 ))
-if [ "$(cat "$NEIGH/gc_thresh3")" -lt "$need_neigh" ]; then
-    echo $((need_neigh / 4)) > "$NEIGH/gc_thresh1"; echo $((need_neigh / 2)) > "$NEIGH/gc_thresh2"; echo "$need_neigh" > "$NEIGH/gc_thresh3"
-    trap 'cleanup; set -- $neigh_saved; echo "$1" > "$NEIGH/gc_thresh1"; echo "$2" > "$NEIGH/gc_thresh2"; echo "$3" > "$NEIGH/gc_thresh3"' EXIT
-fi
+# The lab's kernel-wide ARP table must hold a full mesh (benches/lib/neighbours.sh).
+raise_neighbours $((max_n + 1))
 "$NL" up-swarm $((max_n + 1)) "$RATE" ${DELAY:+--delay "$DELAY"} >/dev/null
 ip_of() { echo "198.51.100.$1"; }
 SEED_IP=$(ip_of 1)
