@@ -142,6 +142,17 @@ impl Net {
     }
 
     pub(crate) fn add(&mut self, seed: bool, corrupt: bool) -> usize {
+        // In memory a seed serves instantly; with a slot for everyone the leechers would
+        // never need each other, so keep the classic four slots here.
+        let config = SwarmConfig {
+            seed_unchokes: 3,
+            ..SwarmConfig::default()
+        };
+        self.add_with(seed, corrupt, config)
+    }
+
+    /// [`Net::add`] with its own config.
+    pub(crate) fn add_with(&mut self, seed: bool, corrupt: bool, config: SwarmConfig) -> usize {
         let n = self.manifest.piece_count();
         let have = if seed {
             Bitfield::full(n)
@@ -153,12 +164,7 @@ impl Net {
             self.manifest.clone(),
             have,
             PeerId([i as u8 + 1; 20]),
-            // In memory a seed serves instantly; with a slot for everyone the leechers would
-            // never need each other, so keep the classic four slots here.
-            SwarmConfig {
-                seed_unchokes: 3,
-                ..SwarmConfig::default()
-            },
+            config,
             i as u64,
             self.now,
         ));
