@@ -993,3 +993,46 @@ async fn a_host_routes_by_key_hint_and_is_no_oracle_for_its_swarms() {
     seed_a.shutdown().await.unwrap();
     host.shutdown().await;
 }
+
+/// Waits (bounded) until the node's published peer ids are `want`, sorted.
+async fn until_peer_ids(handle: &mut NodeHandle, mut want: Vec<ferry_p2p::wire::PeerId>) {
+    want.sort_unstable();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if *handle.peer_ids.borrow() == want {
+                return;
+            }
+            if handle.peer_ids.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok() && *handle.peer_ids.borrow() == want,
+        "peer ids {:?}, want {want:?}",
+        *handle.peer_ids.borrow()
+    );
+}
+
+/// The connected peers' ids (what the hub's presence reports) follow connections and
+/// departures, although they are republished only when the peer set changes. Three leechers
+/// with nothing, so that no one completes and closes: B and C dial A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_ids_follow_joins_and_departures() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 1 << 20);
+    let manifest = manifest_for(&tree, 32 * 1024, vec![]);
+    let (mut a, _) = leech(&manifest, &dir.path().join("a"), config(&[], &[], true)).await;
+    let at_a = [a.listen_addr];
+    let (mut b, _) = leech(&manifest, &dir.path().join("b"), config(&[], &at_a, true)).await;
+    until_peer_ids(&mut a, vec![b.peer_id]).await;
+    until_peer_ids(&mut b, vec![a.peer_id]).await;
+    let (c, _) = leech(&manifest, &dir.path().join("c"), config(&[], &at_a, true)).await;
+    until_peer_ids(&mut a, vec![b.peer_id, c.peer_id]).await;
+    c.abort();
+    until_peer_ids(&mut a, vec![b.peer_id]).await;
+    b.shutdown().await.unwrap();
+    until_peer_ids(&mut a, vec![]).await;
+    a.shutdown().await.unwrap();
+}

@@ -435,6 +435,7 @@ fn start_with(
         closing: HashSet::new(),
         sources: sources.clone(),
         peer_ids: peer_ids_tx,
+        peer_ids_stale: false,
         stats_pace: stats_pace::StatsPace::default(),
     };
     let adder = PeerAdder {
