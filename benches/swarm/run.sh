@@ -26,8 +26,8 @@
 #
 # Run it under `flock /tmp/netlab.lock` where others share the lab.
 #
-# Second phase (PHASES="netlab loopback", default both): unshaped on loopback, 1 seed + 4
-# leechers on a LOOP_MIB (256) file, ferry-peer with its tracker against aria2c behind
+# Second phase (PHASES="netlab loopback", default both): unshaped on loopback, 1 seed + LOOP_N
+# (4) leechers on a LOOP_MIB (256) file, ferry-peer with its tracker against aria2c behind
 # opentracker (Debian packages aria2, opentracker, mktorrent, installed with apt-get when
 # missing; without an opentracker package the aria2 run is skipped and the script says so),
 # time until all leechers complete.
@@ -63,6 +63,7 @@ trap cleanup EXIT
 
 PHASES=${PHASES:-"netlab loopback"}
 LOOP_MIB=${LOOP_MIB:-256}
+LOOP_N=${LOOP_N:-4}
 
 now() { date +%s.%N; }
 # Ticks (1/100 s) all CPUs spent in interrupts and softirqs so far.
@@ -128,8 +129,8 @@ loopback() {
         with_aria=0
     }
     local L=$WORK/loop; mkdir -p "$L/data"
-    # The file and four copies (ferry's are removed before aria2c's are written).
-    need_space "$WORK" $((LOOP_MIB * 5 + 64))
+    # The file and LOOP_N copies (ferry's are removed before aria2c's are written).
+    need_space "$WORK" $((LOOP_MIB * (LOOP_N + 1) + 64))
     head -c "${LOOP_MIB}M" /dev/urandom > "$L/data/file.bin"
     # ---- ferry-peer: tracker, seed, 4 leechers that keep seeding.
     child_cpu; local cpu0=$CPU
@@ -140,7 +141,7 @@ loopback() {
     local outs=() start
     WAIT_PIDS=()
     start=$(now)
-    for i in 1 2 3 4; do
+    for i in $(seq "$LOOP_N"); do
         mkdir -p "$L/f$i"
         "$PEER" get "$L/file.ferry" --out "$L/f$i" --listen "127.0.0.1:$((17000 + i))" --no-progress >"$L/f$i.out" 2>"$L/f$i.err" & PIDS+=($!)
         outs+=("$L/f$i.out"); WAIT_PIDS+=($!)
@@ -150,10 +151,11 @@ loopback() {
     local ferry_s; ferry_s=$(echo "$(now) - $start" | bc -l)
     stop_all
     child_cpu; local ferry_cpu; ferry_cpu=$(echo "$CPU - $cpu0" | bc -l)
-    for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/f$i/file.bin" || { echo "ferry copy $i differs" >&2; return 4; }; done
+    for i in $(seq "$LOOP_N"); do cmp -s "$L/data/file.bin" "$L/f$i/file.bin" || { echo "ferry copy $i differs" >&2; return 4; }; done
     rm -rf "$L"/f*
     if [ $with_aria = 0 ]; then
-        printf "\nloopback, %d MiB, 1 seed + 4 leechers\nferry-peer %.2f s, CPU %.2f s (no aria2c + opentracker to compare)\n" "$LOOP_MIB" "$ferry_s" "$ferry_cpu"
+        printf "\nloopback, %d MiB, 1 seed + %d leechers\nferry-peer %.2f s, CPU %.2f s, %.2f ms per MiB delivered (no aria2c + opentracker to compare)\n" \
+            "$LOOP_MIB" "$LOOP_N" "$ferry_s" "$ferry_cpu" "$(echo "$ferry_cpu * 1000 / ($LOOP_N * $LOOP_MIB)" | bc -l)"
         rm -rf "$L"; return 0
     fi
     # ---- aria2c behind opentracker, same shape.
@@ -172,7 +174,7 @@ loopback() {
     printf '#!/bin/sh\necho complete > "$3.done"\n' > "$L/hook.sh"; chmod +x "$L/hook.sh"
     outs=()
     start=$(now)
-    for i in 1 2 3 4; do
+    for i in $(seq "$LOOP_N"); do
         mkdir -p "$L/a$i"
         aria2c "${common[@]}" --dir="$L/a$i" --listen-port=$((18000 + i)) --on-bt-download-complete="$L/hook.sh" "$L/file.torrent" >/dev/null 2>&1 & PIDS+=($!)
         outs+=("$L/a$i/file.bin.done")
@@ -181,15 +183,15 @@ loopback() {
     local aria_s; aria_s=$(echo "$(now) - $start" | bc -l)
     stop_all
     child_cpu; local aria_cpu; aria_cpu=$(echo "$CPU - $cpu0" | bc -l)
-    for i in 1 2 3 4; do cmp -s "$L/data/file.bin" "$L/a$i/file.bin" || { echo "aria2 copy $i differs" >&2; return 4; }; done
+    for i in $(seq "$LOOP_N"); do cmp -s "$L/data/file.bin" "$L/a$i/file.bin" || { echo "aria2 copy $i differs" >&2; return 4; }; done
     rm -rf "$L"
     # CPU: user+sys of every process of the run (make/mktorrent, tracker, seed with its start-up
-    # hashing, leechers until stopped), per MiB delivered (4 copies).
-    local mib4=$((4 * LOOP_MIB))
-    printf "\nloopback, %d MiB, 1 seed + 4 leechers, %d cores, load %s\n%-22s %8s %8s %12s\n" "$LOOP_MIB" "$(nproc)" \
+    # hashing, leechers until stopped), per MiB delivered (LOOP_N copies).
+    local mib_all=$((LOOP_N * LOOP_MIB))
+    printf "\nloopback, %d MiB, 1 seed + %d leechers, %d cores, load %s\n%-22s %8s %8s %12s\n" "$LOOP_MIB" "$LOOP_N" "$(nproc)" \
         "$(cut -d' ' -f1-3 /proc/loadavg)" tool all_done_s cpu_s cpu_ms/MiB
-    printf "%-22s %8.2f %8.2f %12.2f\n" ferry-peer "$ferry_s" "$ferry_cpu" "$(echo "$ferry_cpu * 1000 / $mib4" | bc -l)" \
-        "aria2c+opentracker" "$aria_s" "$aria_cpu" "$(echo "$aria_cpu * 1000 / $mib4" | bc -l)"
+    printf "%-22s %8.2f %8.2f %12.2f\n" ferry-peer "$ferry_s" "$ferry_cpu" "$(echo "$ferry_cpu * 1000 / $mib_all" | bc -l)" \
+        "aria2c+opentracker" "$aria_s" "$aria_cpu" "$(echo "$aria_cpu * 1000 / $mib_all" | bc -l)"
     printf "ferry/aria2 %.2f (time), %.2f (CPU)\n" "$(echo "$ferry_s / $aria_s" | bc -l)" "$(echo "$ferry_cpu / $aria_cpu" | bc -l)"
 }
 
