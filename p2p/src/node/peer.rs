@@ -358,11 +358,16 @@ async fn read_loop(
     closing: &CancellationToken,
     cmds: &mpsc::UnboundedSender<PeerCmd>,
 ) -> ReadEnd {
+    // Made once: a `cancelled()` made in each `select!` registers with the token and
+    // unregisters again, two locks per future per message.
+    let gone = cancel.cancelled();
+    let closed = closing.cancelled();
+    tokio::pin!(gone, closed);
     loop {
         let frame = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return ReadEnd::Gone,
-            _ = closing.cancelled() => return ReadEnd::Closing,
+            _ = &mut gone => return ReadEnd::Gone,
+            _ = &mut closed => return ReadEnd::Closing,
             frame = reader.next_frame() => match frame {
                 Ok(frame) => frame,
                 Err(ferry_protocol::driver::ReadEnd::Frame(e)) => {
@@ -387,11 +392,17 @@ async fn read_loop(
                 return ReadEnd::Violation(error);
             }
         };
+        // The actor usually has room: then the message goes without a wait.
+        let msg = match events.try_send(Event::Message(conn, msg)) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return ReadEnd::Gone,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return ReadEnd::Gone,
-            _ = closing.cancelled() => return ReadEnd::Closing,
-            sent = events.send(Event::Message(conn, msg)) => {
+            _ = &mut gone => return ReadEnd::Gone,
+            _ = &mut closed => return ReadEnd::Closing,
+            sent = events.send(msg) => {
                 if sent.is_err() {
                     return ReadEnd::Gone;
                 }
@@ -422,11 +433,14 @@ async fn write_loop(
     // Lengths of the blocks in the batch, reported to the swarm once written.
     let mut batched: Vec<u32> = Vec::new();
     let mut body = wire::PieceBody::default();
+    // Made once, as in `read_loop`.
+    let gone = cancel.cancelled();
+    tokio::pin!(gone);
     loop {
         let cmd = if uploads.is_empty() && writer.batch().is_empty() {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return,
+                _ = &mut gone => return,
                 cmd = cmds.recv() => match cmd { Some(cmd) => Some(cmd), None => return },
             }
         } else if writer.batch().is_full() {
@@ -509,7 +523,7 @@ async fn write_loop(
                 }
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return,
+                    _ = &mut gone => return,
                     r = writer.flush() => if r.is_err() { return },
                 }
                 for length in batched.drain(..) {
