@@ -421,6 +421,7 @@ impl Swarm {
             self.picker.missing += 1;
             self.record_failure(piece, &data, sources, now);
         }
+        self.picker.recycle(data);
         self.refill_all(now);
     }
 
