@@ -310,8 +310,7 @@ impl Actor {
             Event::Uploaded(conn, bytes) => self.swarm.handle_uploaded(conn, bytes, now),
             Event::Disconnected(conn) => {
                 self.closing.remove(&conn);
-                if let Some(link) = self.peers.remove(&conn) {
-                    self.peer_ids_stale = true;
+                if let Some(link) = self.take_link(conn) {
                     link.cancel.cancel();
                     if let Some(addr) = link.addr {
                         // Reconnect later if it comes back; not immediately.
@@ -396,8 +395,7 @@ impl Actor {
                     });
                 }
                 Action::Close { conn, error } => {
-                    if let Some(link) = self.peers.remove(&conn) {
-                        self.peer_ids_stale = true;
+                    if let Some(link) = self.take_link(conn) {
                         if link.cmds.send(PeerCmd::Close(error)).is_err() {
                             link.cancel.cancel();
                         } else {
@@ -471,8 +469,7 @@ impl Actor {
             _ => false,
         };
         if new_wins {
-            if let Some(link) = self.peers.remove(&old) {
-                self.peer_ids_stale = true;
+            if let Some(link) = self.take_link(old) {
                 // A relay is cut at once: what is queued for it would cross the hub at the
                 // relay's pace and against its budgets, and is asked for again on the new path.
                 if link.relayed {
@@ -603,6 +600,13 @@ impl Actor {
             *stats = new;
             wake
         });
+    }
+
+    /// Removes a connection's link; `peer_ids` is republished after the event.
+    fn take_link(&mut self, conn: ConnId) -> Option<PeerLink> {
+        let link = self.peers.remove(&conn);
+        self.peer_ids_stale |= link.is_some();
+        link
     }
 
     /// Tells watchers which nodes are connected, when that changed.
