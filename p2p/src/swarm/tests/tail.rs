@@ -381,12 +381,20 @@ impl Swarmnet {
         self.kick(i);
     }
 
+    /// Queues `msg` on `conn`: a block behind everything, any other message ahead of the
+    /// blocks, as the node's writer sends them (`write_loop` in node/peer.rs). Queued behind
+    /// blocks, a REQUEST or CANCEL waited for every block this node owed that peer.
     fn enqueue(&mut self, i: usize, conn: ConnId, msg: PeerMessage) {
-        self.uplinks[i]
-            .queues
-            .entry(conn)
-            .or_default()
-            .push_back(msg);
+        let queue = self.uplinks[i].queues.entry(conn).or_default();
+        let at = if matches!(msg, PeerMessage::Piece { .. }) {
+            queue.len()
+        } else {
+            queue
+                .iter()
+                .position(|m| matches!(m, PeerMessage::Piece { .. }))
+                .unwrap_or(queue.len())
+        };
+        queue.insert(at, msg);
     }
 
     /// Totals as in `last_second`.
