@@ -9,10 +9,10 @@
 #
 #   RATE=20mbit SIZE_MIB=64 NS="8 32 99" benches/swarm/run.sh
 #   DELAY=100ms ...        every packet crossing the switch waits 100 ms: RTT 200 ms
-#   PIECE_KIB=64 ...       piece size of the manifest (default: ferry-peer make's choice, 256 KiB
-#                          for 64 MiB); a run scaled down in rate and size keeps the piece count
-#                          (RATE=5mbit SIZE_MIB=16 PIECE_KIB=64: 256 pieces, T* 28.1 s as at
-#                          20 Mbit/s and 64 MiB) so that N = 32 and 99 fit this machine's CPU
+#   PIECE_KIB=256 ...      piece size of the manifest (default: ferry-peer make's choice, 64 KiB
+#                          for 64 MiB; 256 KiB before 2026-12); a run scaled down in rate keeps
+#                          the file (RATE=5mbit SIZE_MIB=64: T* 112.3 s) so that N = 32 and 99
+#                          fit this machine's CPU
 #   DISCOVERY=dht ...      no tracker: h1 also runs a DHT node, every peer bootstraps from it
 #                          alone (its --dht-bootstrap) and finds the others by DHT and PEX
 #   PHASES=tcp ...         one leecher (N = 1) against a plain TCP copy over the same link:

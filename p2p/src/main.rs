@@ -308,7 +308,7 @@ struct MakeArgs {
     #[arg(long = "server")]
     servers: Vec<String>,
     /// Piece size in bytes, a power of two in 16384..=16777216. Default: chosen from the total
-    /// size (256 KiB to 4 MiB), e.g. 1048576
+    /// size (64 KiB to 4 MiB), e.g. 1048576
     #[arg(long)]
     piece_size: Option<u32>,
     /// Hide the progress bar (it is also hidden when stderr is not a terminal).

@@ -45,7 +45,7 @@ pub const MIN_PIECE_SIZE: u32 = 16 * 1024;
 /// Largest allowed piece size: pieces are assembled in memory before hashing.
 pub const MAX_PIECE_SIZE: u32 = 16 * 1024 * 1024;
 /// Piece sizes [`choose_piece_size`] picks from.
-pub const AUTO_PIECE_RANGE: (u32, u32) = (256 * 1024, 4 * 1024 * 1024);
+pub const AUTO_PIECE_RANGE: (u32, u32) = (64 * 1024, 4 * 1024 * 1024);
 /// Most files one manifest may list.
 pub const MAX_FILES: u32 = 1 << 20;
 /// Most components one path may have.
@@ -539,7 +539,7 @@ pub enum LoadError {
     Manifest(#[from] ManifestError),
 }
 
-/// Piece size for `total` bytes: about 1000–2000 pieces, a power of two in 256 KiB..=4 MiB.
+/// Piece size for `total` bytes: about 1000–2000 pieces, a power of two in 64 KiB..=4 MiB.
 pub fn choose_piece_size(total: u64) -> u32 {
     let target = (total / 1024).max(1).next_power_of_two();
     target.clamp(AUTO_PIECE_RANGE.0 as u64, AUTO_PIECE_RANGE.1 as u64) as u32
@@ -837,8 +837,9 @@ pub(crate) mod tests {
 
     #[test]
     fn piece_size_choice_is_bounded() {
-        assert_eq!(choose_piece_size(0), 256 * 1024);
-        assert_eq!(choose_piece_size(64 << 20), 256 * 1024);
+        assert_eq!(choose_piece_size(0), 64 * 1024);
+        assert_eq!(choose_piece_size(64 << 20), 64 * 1024);
+        assert_eq!(choose_piece_size(256 << 20), 256 * 1024);
         assert_eq!(choose_piece_size(1 << 30), 1 << 20);
         assert_eq!(choose_piece_size(1 << 40), 4 << 20);
     }

@@ -870,7 +870,7 @@ fn make_lists_paths_from_the_top_name_in_byte_order_and_refuses_symlinks() {
         .collect();
     // '-' (0x2D) < '.' (0x2E) < '/' (0x2F); a per-component sort would put t/a/z first.
     assert_eq!(paths, ["t/a-b", "t/a.b", "t/a/z"]);
-    assert_eq!(manifest.piece_size(), 256 * 1024);
+    assert_eq!(manifest.piece_size(), 64 * 1024);
 
     let single = make_manifest(&top.join("a.b"), None, vec![], vec![], &|_| {}).unwrap();
     assert_eq!(single.files()[0].path.to_string(), "a.b");
