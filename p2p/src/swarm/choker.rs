@@ -12,13 +12,6 @@
 //! [`WELCOME_TERM`] later, where it competes like any peer and the slot goes to another never
 //! served. A newcomer holding fewer pieces than the welcome holder takes the slot from it once
 //! the holder has had it for [`WELCOME_TERM`].
-//!
-//! The same slot serves a peer that tit-for-tat leaves behind while holding pieces: the peers
-//! that have what it lacks rank it by what it gives them, which is little, so it gains pieces
-//! slowly and falls further behind (in `tests/tail.rs`, one such leecher of 32 set the finish at
-//! 1.3-1.4x the bound while the others were done at 1.05-1.2x). Every peer's piece count is
-//! sampled on the 1 s tick; a choked, interested peer gaining at under half the median pace over
-//! [`PROGRESS_TICKS`] ticks is *starving* and takes the slot when no newcomer does.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -26,17 +19,12 @@ use std::time::{Duration, Instant};
 use ferry_protocol::ErrorCode;
 use rand::Rng;
 
-use super::peer::PROGRESS_TICKS;
 use super::{Action, ConnId, Swarm, SwarmConfig};
 use crate::wire::{BlockRef, PeerId, PeerMessage};
 
 /// The least a welcomed peer holds its slot: about 10 blocks of 16 KiB at a sixth of a 1 Mbit/s
 /// uplink, so it leaves with pieces to trade.
 pub const WELCOME_TERM: Duration = Duration::from_millis(2500);
-
-/// The fewest incomplete peers whose median pace makes another peer starving: below it, every
-/// peer is unchoked anyway, or a median says little.
-const STARVING_MIN_PEERS: usize = 4;
 /// Node ids remembered as served: a bound on memory, far above any swarm's peer count.
 const SERVED_CAP: usize = 4096;
 
@@ -264,10 +252,8 @@ impl Swarm {
 
     /// On the 1 s tick: a newcomer that came while the welcome slot was in its term, or before
     /// we had run for [`WELCOME_TERM`], gets it now if `welcome_now` allows.
-    /// Failing a newcomer, the slot goes to a starving peer ([`Swarm::welcome_starving`]).
     pub(super) fn welcome_tick(&mut self, now: Instant) {
         self.check_welcome();
-        let median = self.mark_progress();
         let neediest = self
             .peers
             .iter()
@@ -275,90 +261,8 @@ impl Swarm {
             .map(|(c, _)| *c)
             .find(|c| !self.choker.served.contains(&self.peers[c].id));
         if let Some(conn) = neediest {
-            if self.welcome_now(conn, now) {
-                return;
-            }
+            self.welcome_now(conn, now);
         }
-        if let Some(median) = median {
-            self.welcome_starving(median, now);
-        }
-    }
-
-    /// Pieces `conn` gained over the last [`PROGRESS_TICKS`] ticks; `None` before it has been
-    /// watched that long.
-    fn gained(&self, conn: ConnId) -> Option<u32> {
-        let peer = self.peers.get(&conn)?;
-        let oldest = *peer.progress.front()?;
-        (peer.progress.len() == PROGRESS_TICKS).then(|| peer.have.count().saturating_sub(oldest))
-    }
-
-    /// Whether `conn` gains pieces at under half the `median` pace of the incomplete peers.
-    fn starving(&self, conn: ConnId, median: u32) -> bool {
-        self.peers.get(&conn).is_some_and(|p| !p.have.is_full())
-            && self
-                .gained(conn)
-                .is_some_and(|g| g.saturating_mul(2) < median)
-    }
-
-    /// On the tick: the median of the incomplete peers' gains (at least
-    /// [`STARVING_MIN_PEERS`] of them watched long enough, median above 0), then this tick's
-    /// piece count recorded for every peer.
-    fn mark_progress(&mut self) -> Option<u32> {
-        let mut gains: Vec<u32> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.got_bitfield && !p.have.is_full())
-            .filter_map(|(c, _)| self.gained(*c))
-            .collect();
-        for peer in self.peers.values_mut() {
-            if peer.progress.len() == PROGRESS_TICKS {
-                peer.progress.pop_front();
-            }
-            peer.progress.push_back(peer.have.count());
-        }
-        if gains.len() < STARVING_MIN_PEERS {
-            return None;
-        }
-        gains.sort_unstable();
-        let median = gains[gains.len() / 2];
-        (median > 0).then_some(median)
-    }
-
-    /// Gives the welcome slot to the choked, interested peer gaining pieces slowest, if it
-    /// gains at under half the median pace (`starving`): tit-for-tat left it behind, since
-    /// those who have what it lacks rank it by what it gives them, and it has little to give.
-    /// The slot must be free, or its holder past its term and no longer starving (choked then;
-    /// while super-seeding, not while it fetches a first copy).
-    fn welcome_starving(&mut self, median: u32, now: Instant) {
-        let neediest = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.am_choking && p.peer_interested && p.got_bitfield)
-            .map(|(c, _)| *c)
-            .filter(|&c| self.starving(c, median))
-            .min_by_key(|&c| (self.gained(c), self.peers[&c].have.count(), c));
-        let Some(conn) = neediest else {
-            return;
-        };
-        if let Some((w, since)) = self.choker.welcome {
-            if now.saturating_duration_since(since) < WELCOME_TERM
-                || self.starving(w, median)
-                || (self.super_seed.on && self.fetching_first_copy(w, now))
-            {
-                return;
-            }
-            self.choke_to_free_slot(w, now);
-        }
-        let Some(peer) = self.peers.get_mut(&conn) else {
-            return;
-        };
-        peer.am_choking = false;
-        let id = peer.id;
-        tracing::debug!(?conn, "welcome unchoke of a starving peer");
-        self.choker.mark_served(id);
-        self.choker.welcome = Some((conn, now));
-        self.send(conn, PeerMessage::Unchoke, now);
-        self.reveal(conn, now);
     }
 
     /// Clears the welcome slot if its holder left or was choked.
@@ -760,82 +664,5 @@ mod tests {
         wait(&mut net, seed, 1000);
         run(&mut net, seed, &mut unchoked, &mut shown);
         assert!(!unchoked.contains(&ConnId(3)), "{unchoked:?}");
-    }
-
-    #[test]
-    fn a_peer_left_behind_gets_the_welcome_slot() {
-        // 64 pieces; a seed that does not super-seed, with a fixed 7 regular slots + 1
-        // optimistic, and 12 interested peers each holding piece 0: 8 unchoked, 4 wait.
-        let mut net = Net::new(64 * 16_384, 16_384);
-        let seed = net.add(true, false);
-        let config = SwarmConfig {
-            super_seed: false,
-            seed_unchokes: 7,
-            max_unchokes: 0,
-            ..SwarmConfig::default()
-        };
-        let full = Bitfield::full(net.manifest.piece_count());
-        net.nodes[seed] = Swarm::new(
-            net.manifest.clone(),
-            full,
-            PeerId([1; 20]),
-            config,
-            0,
-            net.now,
-        );
-        let (mut unchoked, mut shown) = (HashSet::new(), Vec::new());
-        let conns: Vec<ConnId> = (0..12u8).map(|i| ConnId(100 + u64::from(i))).collect();
-        for (i, &conn) in conns.iter().enumerate() {
-            join(
-                &mut net,
-                seed,
-                conn,
-                0x80 + i as u8,
-                &[0x80, 0, 0, 0, 0, 0, 0, 0],
-            );
-        }
-        run(&mut net, seed, &mut unchoked, &mut shown);
-        assert_eq!(unchoked.len(), 8);
-        let choked: Vec<ConnId> = conns
-            .iter()
-            .copied()
-            .filter(|c| !unchoked.contains(c))
-            .collect();
-        let (behind, later) = (choked[0], choked[1]);
-        // One second: every peer but those in `stalled` gains a piece (from others).
-        let mut next = vec![1u32; conns.len()];
-        let mut second = |net: &mut Net, stalled: &[ConnId]| {
-            for (i, &conn) in conns.iter().enumerate() {
-                if !stalled.contains(&conn) {
-                    net.nodes[seed].handle_message(conn, PeerMessage::Have(next[i]), net.now);
-                    next[i] += 1;
-                }
-            }
-            wait(net, seed, 1000);
-        };
-        // All at the same pace: nobody is behind, no extra unchoke.
-        for _ in 0..4 {
-            second(&mut net, &[]);
-        }
-        run(&mut net, seed, &mut unchoked, &mut shown);
-        assert_eq!(unchoked.len(), 8, "{unchoked:?}");
-        // `behind` stops gaining: within three seconds it is unchoked beside the 8.
-        for _ in 0..3 {
-            second(&mut net, &[behind]);
-        }
-        run(&mut net, seed, &mut unchoked, &mut shown);
-        assert!(unchoked.contains(&behind), "{unchoked:?}");
-        assert_eq!(unchoked.len(), 9);
-        // `behind` catches up and `later` stalls: once the holder's term is over and it keeps
-        // pace again, the slot passes to `later` (before the first rechoke, at 10 s).
-        for _ in 0..2 {
-            second(&mut net, &[later]);
-        }
-        run(&mut net, seed, &mut unchoked, &mut shown);
-        assert!(
-            unchoked.contains(&later) && !unchoked.contains(&behind),
-            "{unchoked:?}"
-        );
-        assert_eq!(unchoked.len(), 9);
     }
 }
