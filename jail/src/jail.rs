@@ -620,9 +620,18 @@ mod tests {
         let _ = jail.open_file(&p("inner_link")).unwrap();
         // A cached walk also says "not cached" when any rename on the machine raced it (the
         // kernel's global rename sequence), as other tests' renames do in a suite run: a path
-        // just opened must open cached within a few tries, not on the first.
-        let (_, meta) = (0..1000)
-            .find_map(|_| jail.open_file_cached(&p("inner_link")).unwrap())
+        // just opened must open cached within a few tries, not on the first. The tries are
+        // spaced (1 ms, the blocking open again between them to refill the cache): 1000 tries
+        // back to back took microseconds and all fell inside one burst of renames.
+        let (_, meta) = (0..5000)
+            .find_map(|_| {
+                let cached = jail.open_file_cached(&p("inner_link")).unwrap();
+                if cached.is_none() {
+                    let _ = jail.open_file(&p("inner_link")).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                cached
+            })
             .expect("a path just opened is cached");
         assert_eq!(meta.size, 6);
         // The no-follow resolver never takes the cached path.
