@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::swarm::SwarmConfig;
 
-use super::tail::{Swarmnet, RATE};
+use super::tail::{bench_piece, Swarmnet, BENCH_LEN, RATE};
 
 /// What one run measured, in seconds.
 struct Late {
@@ -146,7 +146,7 @@ fn a_late_leecher_on_the_bench_shape() {
     ] {
         for n in [8, 32] {
             eprintln!("{name}:");
-            let t = late(n, 64 << 20, 256 << 10, join, config.clone());
+            let t = late(n, BENCH_LEN, bench_piece(), join, config.clone());
             t.print(n, join);
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::manifest::Manifest;
+use crate::manifest::{choose_piece_size, Manifest};
 use crate::pieces::Bitfield;
 use crate::swarm::picker::{BlockState, PieceState};
 use crate::swarm::{Action, ConnId, Swarm, SwarmConfig};
@@ -780,6 +780,18 @@ impl Tail {
     }
 }
 
+/// The netlab bench's content length (benches/swarm/run.sh SIZE_MIB=64).
+pub(crate) const BENCH_LEN: usize = 64 << 20;
+
+/// The bench's piece size: what `ferry-peer make` picks for [`BENCH_LEN`] (spec/P2P.md §2.3:
+/// 64 KiB, 1024 pieces, since stop 31; 256 KiB before), or `TAIL_PIECE_KIB` to compare.
+pub(crate) fn bench_piece() -> u32 {
+    std::env::var("TAIL_PIECE_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or_else(|| choose_piece_size(BENCH_LEN as u64), |kib| kib << 10)
+}
+
 /// One seed and `leechers` on equal links, every pair connected.
 fn tail(leechers: usize, content_len: usize, piece_size: u32) -> Tail {
     tail_with(leechers, content_len, piece_size, SwarmConfig::default())
@@ -888,7 +900,7 @@ fn eight_leechers_finish_near_the_fluid_bound() {
 #[test]
 #[ignore = "a measurement, about 2 minutes in a debug build: cargo test -p ferry-p2p --lib swarm::tests::tail -- --ignored --nocapture"]
 fn eight_leechers_on_the_bench_shape() {
-    let t = tail(8, 64 << 20, 256 << 10);
+    let t = tail(8, BENCH_LEN, bench_piece());
     t.print(8);
     assert!(t.ratio <= 1.2, "{:.2}x the bound", t.ratio);
 }
@@ -909,7 +921,7 @@ fn eight_leechers_on_the_bench_shape_with_every_peer_unchoked() {
         max_unchokes: 0,
         ..SwarmConfig::default()
     };
-    let t = tail_with(8, 64 << 20, 256 << 10, config);
+    let t = tail_with(8, BENCH_LEN, bench_piece(), config);
     t.print(8);
     assert!(t.ratio <= 1.2, "{:.2}x the bound", t.ratio);
 }
@@ -936,7 +948,7 @@ fn thirty_two_leechers_on_256_pieces() {
 #[test]
 #[ignore = "a measurement, about 5 s in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::thirty_two -- --ignored --nocapture"]
 fn thirty_two_leechers_on_the_bench_shape() {
-    let t = tail(32, 64 << 20, 256 << 10);
+    let t = tail(32, BENCH_LEN, bench_piece());
     t.print(32);
     assert!(t.ratio <= 1.7, "{:.2}x the bound", t.ratio);
 }
@@ -949,7 +961,7 @@ fn thirty_two_leechers_on_the_bench_shape() {
 #[test]
 #[ignore = "a measurement, about 80 s in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::ninety_nine -- --ignored --nocapture"]
 fn ninety_nine_leechers_on_the_bench_shape() {
-    let t = tail(99, 64 << 20, 256 << 10);
+    let t = tail(99, BENCH_LEN, bench_piece());
     t.print(99);
     assert!(t.ratio <= 2.0, "{:.2}x the bound", t.ratio);
 }
@@ -1062,8 +1074,8 @@ fn unchoke_slot_rules_on_every_shape() {
 fn three_leechers_on_a_long_link() {
     let t = tail_on(
         3,
-        64 << 20,
-        256 << 10,
+        BENCH_LEN,
+        bench_piece(),
         Duration::from_millis(200),
         SwarmConfig::default(),
         true,
