@@ -12,6 +12,15 @@
 //! [`WELCOME_TERM`] later, where it competes like any peer and the slot goes to another never
 //! served. A newcomer holding fewer pieces than the welcome holder takes the slot from it once
 //! the holder has had it for [`WELCOME_TERM`].
+//!
+//! The same slot serves a peer that tit-for-tat leaves behind while holding pieces: the peers
+//! that have what it lacks rank it by what it gives them, which is little, so it gains pieces
+//! slowly and falls further behind (in `tests/tail.rs`, one such leecher of 32 set the finish at
+//! 1.3-1.4x the bound while the others were done at 1.05-1.2x). Every peer's piece count is
+//! sampled on the 1 s tick; a choked, interested peer gaining at under half the median pace over
+//! [`PROGRESS_TICKS`] ticks is *starving* and takes the slot when no newcomer wants it. A
+//! newcomer still comes first: it takes the slot from a starving holder at once, term or not,
+//! since it has nothing to trade at all (`tests/late.rs`).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -19,12 +28,17 @@ use std::time::{Duration, Instant};
 use ferry_protocol::ErrorCode;
 use rand::Rng;
 
+use super::peer::PROGRESS_TICKS;
 use super::{Action, ConnId, Swarm, SwarmConfig};
 use crate::wire::{BlockRef, PeerId, PeerMessage};
 
 /// The least a welcomed peer holds its slot: about 10 blocks of 16 KiB at a sixth of a 1 Mbit/s
 /// uplink, so it leaves with pieces to trade.
 pub const WELCOME_TERM: Duration = Duration::from_millis(2500);
+
+/// The fewest incomplete peers whose median pace makes another peer starving: below it, every
+/// peer is unchoked anyway, or a median says little.
+const STARVING_MIN_PEERS: usize = 4;
 /// Node ids remembered as served: a bound on memory, far above any swarm's peer count.
 const SERVED_CAP: usize = 4096;
 
@@ -36,6 +50,9 @@ pub(super) struct Choker {
     pub(super) optimistic: Option<ConnId>,
     /// The peer in the welcome slot, and since when.
     pub(super) welcome: Option<(ConnId, Instant)>,
+    /// Whether the welcome holder was let in as a starving peer, not as a newcomer: a newcomer
+    /// may take the slot from it within its term.
+    welcome_for_starving: bool,
     /// Node ids we ever unchoked, oldest first (at most `SERVED_CAP`).
     served: HashSet<PeerId>,
     /// When we started: the peers that come in the first [`WELCOME_TERM`] are the swarm's
@@ -51,6 +68,7 @@ impl Choker {
             next_optimistic: now + config.optimistic_interval,
             optimistic: None,
             welcome: None,
+            welcome_for_starving: false,
             served: HashSet::new(),
             served_order: VecDeque::new(),
             started: now,
@@ -252,8 +270,10 @@ impl Swarm {
 
     /// On the 1 s tick: a newcomer that came while the welcome slot was in its term, or before
     /// we had run for [`WELCOME_TERM`], gets it now if `welcome_now` allows.
+    /// Failing a newcomer, the slot goes to a starving peer ([`Swarm::welcome_starving`]).
     pub(super) fn welcome_tick(&mut self, now: Instant) {
         self.check_welcome();
+        let median = self.mark_progress();
         let neediest = self
             .peers
             .iter()
@@ -261,8 +281,97 @@ impl Swarm {
             .map(|(c, _)| *c)
             .find(|c| !self.choker.served.contains(&self.peers[c].id));
         if let Some(conn) = neediest {
-            self.welcome_now(conn, now);
+            if self.welcome_now(conn, now) {
+                return;
+            }
         }
+        if let Some(median) = median {
+            self.welcome_starving(median, now);
+        }
+    }
+
+    /// Pieces `conn` gained over the last [`PROGRESS_TICKS`] ticks; `None` before it has been
+    /// watched that long.
+    fn gained(&self, conn: ConnId) -> Option<u32> {
+        let peer = self.peers.get(&conn)?;
+        let oldest = *peer.progress.front()?;
+        (peer.progress.len() == PROGRESS_TICKS).then(|| peer.have.count().saturating_sub(oldest))
+    }
+
+    /// Whether `conn` gains pieces at under half the `median` pace of the incomplete peers.
+    fn starving(&self, conn: ConnId, median: u32) -> bool {
+        self.peers.get(&conn).is_some_and(|p| !p.have.is_full())
+            && self
+                .gained(conn)
+                .is_some_and(|g| g.saturating_mul(2) < median)
+    }
+
+    /// On the tick: the median of the incomplete peers' gains (at least
+    /// [`STARVING_MIN_PEERS`] of them watched long enough, median above 0), then this tick's
+    /// piece count recorded for every peer.
+    fn mark_progress(&mut self) -> Option<u32> {
+        let mut gains: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.got_bitfield && !p.have.is_full())
+            .filter_map(|(c, _)| self.gained(*c))
+            .collect();
+        for peer in self.peers.values_mut() {
+            if peer.progress.len() == PROGRESS_TICKS {
+                peer.progress.pop_front();
+            }
+            peer.progress.push_back(peer.have.count());
+        }
+        if gains.len() < STARVING_MIN_PEERS {
+            return None;
+        }
+        gains.sort_unstable();
+        let median = gains[gains.len() / 2];
+        (median > 0).then_some(median)
+    }
+
+    /// Gives the welcome slot to a choked, interested peer gaining pieces at under half the
+    /// median pace (`starving`), at random among several: tit-for-tat left it behind, since
+    /// those who have what it lacks rank it by what it gives them, and it has little to give.
+    /// The slot must be free, or held by a starving peer past its term that no longer starves
+    /// (choked then; while super-seeding, not while it fetches a first copy): a newcomer keeps
+    /// it to the rechoke.
+    fn welcome_starving(&mut self, median: u32, now: Instant) {
+        let starving: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.am_choking && p.peer_interested && p.got_bitfield)
+            .map(|(c, _)| *c)
+            .filter(|&c| self.starving(c, median))
+            .collect();
+        if starving.is_empty() {
+            return;
+        }
+        // At random: the peers that see the same starving peers would otherwise all pick the
+        // same one, filling its downlink while the others wait a term longer.
+        let conn = starving[self.rng.gen_range(0..starving.len())];
+        if let Some((w, since)) = self.choker.welcome {
+            // A newcomer keeps the slot to the rechoke, as before starving peers shared it.
+            if !self.choker.welcome_for_starving
+                || now.saturating_duration_since(since) < WELCOME_TERM
+                || self.starving(w, median)
+                || (self.super_seed.on && self.fetching_first_copy(w, now))
+            {
+                return;
+            }
+            self.choke_to_free_slot(w, now);
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        peer.am_choking = false;
+        let id = peer.id;
+        tracing::debug!(?conn, "welcome unchoke of a starving peer");
+        self.choker.mark_served(id);
+        self.choker.welcome = Some((conn, now));
+        self.choker.welcome_for_starving = true;
+        self.send(conn, PeerMessage::Unchoke, now);
+        self.reveal(conn, now);
     }
 
     /// Clears the welcome slot if its holder left or was choked.
@@ -277,9 +386,10 @@ impl Swarm {
     /// Unchokes `conn`, choked with no slot free, in the welcome slot if it is a newcomer: it
     /// holds no piece (nothing to trade, so tit-for-tat never picks it), we never served it (by
     /// node id), and we have run for [`WELCOME_TERM`] (before that every peer is new and the
-    /// slots are being handed out). The slot must be free, or held for [`WELCOME_TERM`] by a
-    /// peer that now holds pieces, which is choked then (while super-seeding, not while it
-    /// fetches a first copy). Returns whether it sent UNCHOKE.
+    /// slots are being handed out). The slot must be free, held by a starving peer
+    /// (`welcome_starving`), or held for [`WELCOME_TERM`] by a peer that now holds pieces; the
+    /// holder is choked then (while super-seeding, not while it fetches a first copy). Returns
+    /// whether it sent UNCHOKE.
     fn welcome_now(&mut self, conn: ConnId, now: Instant) -> bool {
         self.check_welcome();
         let Some(peer) = self.peers.get(&conn) else {
@@ -295,7 +405,8 @@ impl Swarm {
         }
         if let Some((w, since)) = self.choker.welcome {
             let holder = &self.peers[&w];
-            if now.saturating_duration_since(since) < WELCOME_TERM
+            let in_term = now.saturating_duration_since(since) < WELCOME_TERM;
+            if (in_term && !self.choker.welcome_for_starving)
                 || holder.have.count() == 0
                 || (self.super_seed.on && self.fetching_first_copy(w, now))
             {
@@ -311,6 +422,7 @@ impl Swarm {
         tracing::debug!(?conn, "welcome unchoke");
         self.choker.mark_served(id);
         self.choker.welcome = Some((conn, now));
+        self.choker.welcome_for_starving = false;
         self.send(conn, PeerMessage::Unchoke, now);
         self.reveal(conn, now);
         true
@@ -664,5 +776,134 @@ mod tests {
         wait(&mut net, seed, 1000);
         run(&mut net, seed, &mut unchoked, &mut shown);
         assert!(!unchoked.contains(&ConnId(3)), "{unchoked:?}");
+    }
+
+    /// A seed that does not super-seed, with a fixed 7 regular slots + 1 optimistic, on 64
+    /// pieces, and 12 interested peers each holding piece 0: 8 unchoked, 4 wait. Returns the
+    /// seed's index, the 12 connections, and those it unchoked.
+    fn seed_with_twelve_peers(net: &mut Net) -> (usize, Vec<ConnId>, HashSet<ConnId>) {
+        let seed = net.add(true, false);
+        let config = SwarmConfig {
+            super_seed: false,
+            seed_unchokes: 7,
+            max_unchokes: 0,
+            ..SwarmConfig::default()
+        };
+        let full = Bitfield::full(net.manifest.piece_count());
+        net.nodes[seed] = Swarm::new(
+            net.manifest.clone(),
+            full,
+            PeerId([1; 20]),
+            config,
+            0,
+            net.now,
+        );
+        let conns: Vec<ConnId> = (0..12u8).map(|i| ConnId(100 + u64::from(i))).collect();
+        for (i, &conn) in conns.iter().enumerate() {
+            join(
+                net,
+                seed,
+                conn,
+                0x80 + i as u8,
+                &[0x80, 0, 0, 0, 0, 0, 0, 0],
+            );
+        }
+        let mut unchoked = HashSet::new();
+        run(net, seed, &mut unchoked, &mut Vec::new());
+        assert_eq!(unchoked.len(), 8);
+        (seed, conns, unchoked)
+    }
+
+    /// One second at the seed: each of `conns` but those in `stalled` gains a piece (from
+    /// others; `next[i]` is the next piece of `conns[i]`), then the tick.
+    fn one_second(
+        net: &mut Net,
+        seed: usize,
+        conns: &[ConnId],
+        next: &mut [u32],
+        stalled: &[ConnId],
+    ) {
+        for (i, &conn) in conns.iter().enumerate() {
+            if !stalled.contains(&conn) {
+                net.nodes[seed].handle_message(conn, PeerMessage::Have(next[i]), net.now);
+                next[i] += 1;
+            }
+        }
+        wait(net, seed, 1000);
+    }
+
+    #[test]
+    fn a_peer_left_behind_gets_the_welcome_slot() {
+        let mut net = Net::new(64 * 16_384, 16_384);
+        let (seed, conns, mut unchoked) = seed_with_twelve_peers(&mut net);
+        let mut shown = Vec::new();
+        let choked: Vec<ConnId> = conns
+            .iter()
+            .copied()
+            .filter(|c| !unchoked.contains(c))
+            .collect();
+        let (behind, later) = (choked[0], choked[1]);
+        let mut next = vec![1u32; conns.len()];
+        // All at the same pace: nobody is behind, no extra unchoke.
+        for _ in 0..4 {
+            one_second(&mut net, seed, &conns, &mut next, &[]);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert_eq!(unchoked.len(), 8, "{unchoked:?}");
+        // `behind` stops gaining: within two seconds it is unchoked beside the 8.
+        for _ in 0..2 {
+            one_second(&mut net, seed, &conns, &mut next, &[behind]);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(unchoked.contains(&behind), "{unchoked:?}");
+        assert_eq!(unchoked.len(), 9);
+        // `behind` keeps pace again and `later` stalls: once the holder's term is over, the
+        // slot passes to `later` (before the first rechoke, at 10 s).
+        for _ in 0..3 {
+            one_second(&mut net, seed, &conns, &mut next, &[later]);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(
+            unchoked.contains(&later) && !unchoked.contains(&behind),
+            "{unchoked:?}"
+        );
+        assert_eq!(unchoked.len(), 9);
+    }
+
+    #[test]
+    fn a_newcomer_comes_before_a_starving_peer() {
+        let mut net = Net::new(64 * 16_384, 16_384);
+        let (seed, conns, mut unchoked) = seed_with_twelve_peers(&mut net);
+        let mut shown = Vec::new();
+        let behind = *conns
+            .iter()
+            .find(|c| !unchoked.contains(c))
+            .expect("a choked peer");
+        let mut next = vec![1u32; conns.len()];
+        for _ in 0..4 {
+            one_second(&mut net, seed, &conns, &mut next, &[]);
+        }
+        for _ in 0..2 {
+            one_second(&mut net, seed, &conns, &mut next, &[behind]);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(unchoked.contains(&behind), "{unchoked:?}");
+        // A newcomer with nothing takes the slot at once, within the starving holder's term.
+        join(&mut net, seed, ConnId(1), 0x41, &[0; 8]);
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(
+            unchoked.contains(&ConnId(1)) && !unchoked.contains(&behind),
+            "{unchoked:?}"
+        );
+        assert_eq!(unchoked.len(), 9);
+        // The newcomer keeps it through its own term, however far behind the other falls.
+        for _ in 0..2 {
+            one_second(&mut net, seed, &conns, &mut next, &[behind]);
+        }
+        run(&mut net, seed, &mut unchoked, &mut shown);
+        assert!(
+            unchoked.contains(&ConnId(1)) && !unchoked.contains(&behind),
+            "{unchoked:?}"
+        );
     }
 }

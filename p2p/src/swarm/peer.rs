@@ -56,7 +56,13 @@ pub(super) struct Peer {
     /// pieces it has or while it is interested in us, until the next tick, the next message to
     /// it, an UNCHOKE either way, or our completion (`send_have`, spec/P2P.md §3.5).
     pub(super) held_haves: Vec<u32>,
+    /// The peer's piece count at each of the last [`PROGRESS_TICKS`] ticks, oldest first: how
+    /// fast it gains pieces, from anyone (the starving check of `choker.rs`).
+    pub(super) progress: VecDeque<u32>,
 }
+
+/// Over how many 1 s ticks a peer's gain of pieces is measured (spec/P2P.md §4.3).
+pub(super) const PROGRESS_TICKS: usize = 2;
 
 impl Peer {
     /// A peer that just finished its handshake; `revealed` is `Some` while we super-seed.
@@ -93,6 +99,7 @@ impl Peer {
             next_pex: now + FIRST_PEX,
             depth: Depth::new(config.pipeline_min, config.pipeline),
             held_haves: Vec::new(),
+            progress: VecDeque::with_capacity(PROGRESS_TICKS),
         }
     }
 
