@@ -713,37 +713,9 @@ mod tests {
 
     #[test]
     fn a_newcomer_with_nothing_is_welcomed_at_once_and_once() {
-        // 64 pieces; a seed that does not super-seed, with a fixed 7 regular slots + 1
-        // optimistic, and 12 interested peers each holding piece 0: 8 unchoked, 4 wait.
         let mut net = Net::new(64 * 16_384, 16_384);
-        let seed = net.add(true, false);
-        let config = SwarmConfig {
-            super_seed: false,
-            seed_unchokes: 7,
-            max_unchokes: 0,
-            ..SwarmConfig::default()
-        };
-        let full = Bitfield::full(net.manifest.piece_count());
-        net.nodes[seed] = Swarm::new(
-            net.manifest.clone(),
-            full,
-            PeerId([1; 20]),
-            config,
-            0,
-            net.now,
-        );
-        let (mut unchoked, mut shown) = (HashSet::new(), Vec::new());
-        for i in 0..12u8 {
-            join(
-                &mut net,
-                seed,
-                ConnId(100 + u64::from(i)),
-                0x80 + i,
-                &[0x80, 0, 0, 0, 0, 0, 0, 0],
-            );
-        }
-        run(&mut net, seed, &mut unchoked, &mut shown);
-        assert_eq!(unchoked.len(), 8);
+        let (seed, _, mut unchoked) = seed_with_twelve_peers(&mut net);
+        let mut shown = Vec::new();
         // A peer with nothing in the first 2.5 s is part of the swarm's start: no welcome.
         join(&mut net, seed, ConnId(1), 0x41, &[0; 8]);
         run(&mut net, seed, &mut unchoked, &mut shown);
