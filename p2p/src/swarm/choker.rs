@@ -361,17 +361,24 @@ impl Swarm {
             }
             self.choke_to_free_slot(w, now);
         }
+        self.unchoke_in_welcome(conn, true, now);
+    }
+
+    /// Unchokes `conn` in the welcome slot, as a starving peer or as a newcomer; returns
+    /// whether it did (`conn` is connected).
+    fn unchoke_in_welcome(&mut self, conn: ConnId, for_starving: bool, now: Instant) -> bool {
         let Some(peer) = self.peers.get_mut(&conn) else {
-            return;
+            return false;
         };
         peer.am_choking = false;
         let id = peer.id;
-        tracing::debug!(?conn, "welcome unchoke of a starving peer");
+        tracing::debug!(?conn, for_starving, "welcome unchoke");
         self.choker.mark_served(id);
         self.choker.welcome = Some((conn, now));
-        self.choker.welcome_for_starving = true;
+        self.choker.welcome_for_starving = for_starving;
         self.send(conn, PeerMessage::Unchoke, now);
         self.reveal(conn, now);
+        true
     }
 
     /// Clears the welcome slot if its holder left or was choked.
@@ -414,18 +421,7 @@ impl Swarm {
             }
             self.choke_to_free_slot(w, now);
         }
-        let Some(peer) = self.peers.get_mut(&conn) else {
-            return false;
-        };
-        peer.am_choking = false;
-        let id = peer.id;
-        tracing::debug!(?conn, "welcome unchoke");
-        self.choker.mark_served(id);
-        self.choker.welcome = Some((conn, now));
-        self.choker.welcome_for_starving = false;
-        self.send(conn, PeerMessage::Unchoke, now);
-        self.reveal(conn, now);
-        true
+        self.unchoke_in_welcome(conn, false, now)
     }
 
     /// The unchoked peer, other than `conn`, whose slot `conn` may take when none is free: one
