@@ -18,6 +18,11 @@ use super::{ConnId, Swarm, SwarmConfig};
 use crate::manifest::PieceIndex;
 use crate::wire::{PeerMessage, MAX_BLOCK};
 
+/// Fewest pieces in a window once the peer's rate and loop are measured: one it fetches, one
+/// it asks for next and one to spare. The larger first window ([`SuperSeed::target`]) is only
+/// a start: kept for a slow peer, it holds first copies the others then wait for.
+pub(super) const MEASURED_FLOOR: u32 = 3;
+
 /// Whether we super-seed, and how often each piece was revealed.
 #[derive(Debug)]
 pub(super) struct SuperSeed {
@@ -41,8 +46,8 @@ impl SuperSeed {
         }
     }
 
-    /// Fewest revealed-but-missing pieces kept in front of each peer: `reveal_blocks` worth,
-    /// plus one.
+    /// Revealed-but-missing pieces kept in front of a peer before its rate and loop are
+    /// measured: `reveal_blocks` worth, plus one.
     pub(super) fn target(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
         (config.reveal_blocks * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
@@ -64,9 +69,10 @@ impl SuperSeed {
     }
 }
 
-/// One peer's reveal window: ceil(2 × upload rate to it × shortest reveal-to-HAVE time ÷ piece
-/// size) + 1 pieces, between [`SuperSeed::target`] and [`SuperSeed::cap`]. The doubling lets
-/// the rate grow, as for the request depth (`depth.rs`).
+/// One peer's reveal window: [`SuperSeed::target`] pieces until measured, then ceil(2 × upload
+/// rate to it × shortest reveal-to-HAVE time ÷ piece size) + 1 pieces, between
+/// [`MEASURED_FLOOR`] and [`SuperSeed::cap`]. The doubling lets the rate grow, as for the
+/// request depth (`depth.rs`).
 #[derive(Debug, Clone, Default)]
 pub(super) struct RevealWindow {
     /// When each revealed piece the peer lacks was revealed; at most [`SuperSeed::cap`].
@@ -134,9 +140,13 @@ impl RevealWindow {
         })
     }
 
-    /// Pieces to keep revealed now, within `floor..=cap`.
+    /// Pieces to keep revealed now: `floor` before the first sample, then the measured
+    /// window within [`MEASURED_FLOOR`]`..=cap`.
     pub(super) fn target(&self, floor: u32, cap: u32) -> u32 {
-        self.target.unwrap_or(floor).clamp(floor.min(cap), cap)
+        match self.target {
+            Some(measured) => measured.clamp(MEASURED_FLOOR.min(cap), cap),
+            None => floor.min(cap),
+        }
     }
 }
 
@@ -312,12 +322,13 @@ impl Swarm {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
 
+    use super::{RevealWindow, SuperSeed};
     use crate::swarm::tests::util::*;
-    use crate::swarm::{Action, ConnId};
+    use crate::swarm::{Action, ConnId, SwarmConfig};
     use crate::wire::{BlockRef, PeerId, PeerMessage};
 
     /// The pieces `node` revealed with HAVE to `to` since the last call (other actions are
@@ -342,6 +353,39 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_slow_peers_window_shrinks_below_the_first_one() {
+        // 64 KiB pieces and the default 64 blocks: 17 pieces before the first sample. A peer
+        // that then fetches at 64 KiB/s with a 1 s loop needs ceil(2 × 64 KiB/s × 1 s ÷
+        // 64 KiB) + 1 = 3: kept at 17 it would hold 17 first copies, a quarter of a minute of
+        // its rate, while the others wait for them (the 1 + 32 tail harness, seed 9).
+        let config = SwarmConfig::default();
+        let piece = 65_536;
+        let (floor, cap) = (
+            SuperSeed::target(&config, piece),
+            SuperSeed::cap(&config, piece),
+        );
+        assert_eq!(floor, 17);
+        let mut window = RevealWindow::default();
+        assert_eq!(window.target(floor, cap), floor);
+        let start = Instant::now();
+        window.on_revealed(0, start);
+        for quarter in 1..=4 {
+            window.on_uploaded(16_384, start + Duration::from_millis(250 * quarter), piece);
+        }
+        window.on_have(0, start + Duration::from_secs(1), piece);
+        assert_eq!(window.target(floor, cap), 3);
+        // Slower still, it keeps the least window: a piece to fetch, one to ask for next and
+        // one to spare.
+        let mut slower = RevealWindow::default();
+        slower.on_revealed(0, start);
+        for second in 1..=4 {
+            slower.on_uploaded(4_096, start + Duration::from_secs(second), piece);
+        }
+        slower.on_have(0, start + Duration::from_secs(4), piece);
+        assert_eq!(slower.target(floor, cap), super::MEASURED_FLOOR);
     }
 
     #[test]
