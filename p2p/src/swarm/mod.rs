@@ -559,7 +559,7 @@ impl Swarm {
                 queued_uploads = peer.queued_uploads,
                 revealed_pending = peer.revealed_pending,
                 reveal_target = peer.reveal.target(
-                    SuperSeed::target(&self.config, self.manifest.piece_size()),
+                    SuperSeed::first_window(&self.config, self.manifest.piece_size()),
                     SuperSeed::cap(&self.config, self.manifest.piece_size()),
                 ),
                 down = peer.window_down,

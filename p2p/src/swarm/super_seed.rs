@@ -19,8 +19,8 @@ use crate::manifest::PieceIndex;
 use crate::wire::{PeerMessage, MAX_BLOCK};
 
 /// Fewest pieces in a window once the peer's rate and loop are measured: one it fetches, one
-/// it asks for next and one to spare. The larger first window ([`SuperSeed::target`]) is only
-/// a start: kept for a slow peer, it holds first copies the others then wait for.
+/// it asks for next and one to spare. The larger first window ([`SuperSeed::first_window`])
+/// is only a start: kept for a slow peer, it holds first copies the others then wait for.
 pub(super) const MEASURED_FLOOR: u32 = 3;
 
 /// Whether we super-seed, and how often each piece was revealed.
@@ -48,7 +48,7 @@ impl SuperSeed {
 
     /// Revealed-but-missing pieces kept in front of a peer before its rate and loop are
     /// measured: `reveal_blocks` worth, plus one.
-    pub(super) fn target(config: &SwarmConfig, piece_size: u32) -> u32 {
+    pub(super) fn first_window(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
         (config.reveal_blocks * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1
     }
@@ -61,16 +61,16 @@ impl SuperSeed {
     }
 
     /// Most revealed-but-missing pieces in front of one peer: a full request pipeline's worth
-    /// (`pipeline` blocks), plus one, and never below [`SuperSeed::target`].
+    /// (`pipeline` blocks), plus one, and never below [`SuperSeed::first_window`].
     pub(super) fn cap(config: &SwarmConfig, piece_size: u32) -> u32 {
         let piece_size = piece_size.max(1) as usize;
         let cap = (config.pipeline * MAX_BLOCK as usize).div_ceil(piece_size) as u32 + 1;
-        cap.max(Self::target(config, piece_size as u32))
+        cap.max(Self::first_window(config, piece_size as u32))
     }
 }
 
-/// One peer's reveal window: [`SuperSeed::target`] pieces until measured, then ceil(2 × upload
-/// rate to it × shortest reveal-to-HAVE time ÷ piece size) + 1 pieces, between
+/// One peer's reveal window: [`SuperSeed::first_window`] pieces until measured, then ceil(2 ×
+/// upload rate to it × shortest reveal-to-HAVE time ÷ piece size) + 1 pieces, between
 /// [`MEASURED_FLOOR`] and [`SuperSeed::cap`]. The doubling lets the rate grow, as for the
 /// request depth (`depth.rs`).
 #[derive(Debug, Clone, Default)]
@@ -140,12 +140,12 @@ impl RevealWindow {
         })
     }
 
-    /// Pieces to keep revealed now: `floor` before the first sample, then the measured
+    /// Pieces to keep revealed now: `first` before the first sample, then the measured
     /// window within [`MEASURED_FLOOR`]`..=cap`.
-    pub(super) fn target(&self, floor: u32, cap: u32) -> u32 {
+    pub(super) fn target(&self, first: u32, cap: u32) -> u32 {
         match self.target {
             Some(measured) => measured.clamp(MEASURED_FLOOR.min(cap), cap),
-            None => floor.min(cap),
+            None => first.min(cap),
         }
     }
 }
@@ -237,7 +237,7 @@ impl Swarm {
     ///
     /// Ties go to the first piece from a random start.
     fn top_up(&mut self, conn: ConnId, now: Instant) {
-        let floor = SuperSeed::target(&self.config, self.manifest.piece_size());
+        let first = SuperSeed::first_window(&self.config, self.manifest.piece_size());
         let cap = SuperSeed::cap(&self.config, self.manifest.piece_size());
         let n = self.manifest.piece_count();
         let all_held = self.picker.availability.iter().all(|&a| a > 0);
@@ -255,7 +255,7 @@ impl Swarm {
             let choked = peer.am_choking;
             let fetching = !choked || self.has_room(conn);
             let target = if fetching {
-                peer.reveal.target(floor, cap)
+                peer.reveal.target(first, cap)
             } else {
                 1
             };
@@ -363,20 +363,20 @@ mod tests {
         // its rate, while the others wait for them (the 1 + 32 tail harness, seed 9).
         let config = SwarmConfig::default();
         let piece = 65_536;
-        let (floor, cap) = (
-            SuperSeed::target(&config, piece),
+        let (first, cap) = (
+            SuperSeed::first_window(&config, piece),
             SuperSeed::cap(&config, piece),
         );
-        assert_eq!(floor, 17);
+        assert_eq!(first, 17);
         let mut window = RevealWindow::default();
-        assert_eq!(window.target(floor, cap), floor);
+        assert_eq!(window.target(first, cap), first);
         let start = Instant::now();
         window.on_revealed(0, start);
         for quarter in 1..=4 {
             window.on_uploaded(16_384, start + Duration::from_millis(250 * quarter), piece);
         }
         window.on_have(0, start + Duration::from_secs(1), piece);
-        assert_eq!(window.target(floor, cap), 3);
+        assert_eq!(window.target(first, cap), 3);
         // Slower still, it keeps the least window: a piece to fetch, one to ask for next and
         // one to spare.
         let mut slower = RevealWindow::default();
@@ -385,7 +385,7 @@ mod tests {
             slower.on_uploaded(4_096, start + Duration::from_secs(second), piece);
         }
         slower.on_have(0, start + Duration::from_secs(4), piece);
-        assert_eq!(slower.target(floor, cap), super::MEASURED_FLOOR);
+        assert_eq!(slower.target(first, cap), super::MEASURED_FLOOR);
     }
 
     #[test]
