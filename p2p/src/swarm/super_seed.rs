@@ -326,7 +326,7 @@ mod tests {
 
     use bytes::Bytes;
 
-    use super::{RevealWindow, SuperSeed};
+    use super::{RevealWindow, SuperSeed, MEASURED_FLOOR};
     use crate::swarm::tests::util::*;
     use crate::swarm::{Action, ConnId, SwarmConfig};
     use crate::wire::{BlockRef, PeerId, PeerMessage};
@@ -385,7 +385,7 @@ mod tests {
             slower.on_uploaded(4_096, start + Duration::from_secs(second), piece);
         }
         slower.on_have(0, start + Duration::from_secs(4), piece);
-        assert_eq!(slower.target(first, cap), super::MEASURED_FLOOR);
+        assert_eq!(slower.target(first, cap), MEASURED_FLOOR);
     }
 
     #[test]

@@ -884,8 +884,9 @@ fn eight_leechers_finish_near_the_fluid_bound() {
 }
 
 /// The same on the netlab bench's shape (benches/swarm/run.sh: 64 MiB; the figures below are
-/// of 256 KiB pieces, so 256 pieces; at [`bench_piece`]'s 64 KiB it measured 1.02x): the start (the seed sharing its uplink among every leecher until each has a piece)
-/// and the seed's reveals weigh 16 times less than on 16 pieces. Measured 1.29x: about 2.9 of a
+/// of 256 KiB pieces, so 256 pieces; at [`bench_piece`]'s 64 KiB it measured 1.02x): the start
+/// (the seed sharing its uplink among every leecher until each has a piece) and the seed's
+/// reveals weigh 16 times less than on 16 pieces. Measured 1.29x: about 2.9 of a
 /// leecher's 8 peers have pieces it wants but choke it (3 regular slots and 1 optimistic,
 /// between rechokes 10 s apart), leechers' uplinks are 0.68 busy, and the seed sends 1.15x the
 /// content. With the super-seed's first copies (issue 13) 1.21x, and the same with the
@@ -942,10 +943,12 @@ fn thirty_two_leechers_on_256_pieces() {
 }
 
 /// 1 + 32 on the netlab bench's shape (64 MiB of [`bench_piece`] pieces, as
-/// `benches/swarm/run.sh` NS=32; measured 1.225x over seeds 0-11 at 64 KiB, 1.157x with the
-/// starving-peer welcome slot, benches/swarm/README.md): the bound is 28 s instead of 7, so the start (leechers with nothing to trade yet)
-/// and the catch-up after the last first copy (pieces crossing queues a second deep at each
-/// hop) weigh a quarter as much as on 16 MiB. About 5 s in release.
+/// `benches/swarm/run.sh` NS=32; measured over seeds 0-11 at 64 KiB: 1.225x, 1.157x with the
+/// starving-peer welcome slot, 1.126x with a slow peer's reveal window shrinking below the
+/// first one; benches/swarm/README.md): the bound is 28 s instead of 7, so the start (leechers
+/// with nothing to trade yet) and the catch-up after the last first copy (pieces crossing
+/// queues a second deep at each hop) weigh a quarter as much as on 16 MiB. About 5 s in
+/// release.
 #[test]
 #[ignore = "a measurement, about 5 s in release: cargo test --release -p ferry-p2p --lib swarm::tests::tail::thirty_two -- --ignored --nocapture"]
 fn thirty_two_leechers_on_the_bench_shape() {
