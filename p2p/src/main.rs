@@ -164,8 +164,9 @@ struct SwarmArgs {
     /// Peer to connect to directly, repeatable, e.g. 10.0.0.2:7000
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// Most simultaneous peer connections. Default: 40. E.g. 100
-    #[arg(long, default_value_t = 40, hide_default_value = true)]
+    /// Most simultaneous peer connections; ferry-peer dials up to half of them and keeps the
+    /// rest for peers that dial it. Default: 50. E.g. 100
+    #[arg(long, default_value_t = ferry_p2p::node::DEFAULT_MAX_PEERS, hide_default_value = true)]
     max_peers: usize,
     /// Record suites to offer and accept: gcm (default: AES-256-GCM, then AES-256-CBC +
     /// HMAC-SHA256) or cbc-hmac (the old suite only, for peers from before protocol version 2).

@@ -1036,3 +1036,79 @@ async fn peer_ids_follow_joins_and_departures() {
     until_peer_ids(&mut a, vec![]).await;
     a.shutdown().await.unwrap();
 }
+
+/// Issue 14: `max_peers` bounds dialled and accepted connections together, and a node dials
+/// only up to half of it, keeping the rest for peers that dial it. (Before, it dialled up to
+/// `max_peers` and accepted up to twice that: a hundred-peer swarm settled at 60-80
+/// connections a peer, each carrying a HAVE per piece.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_peers_bounds_all_connections_and_a_node_dials_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path(), 1 << 20);
+    let manifest = manifest_for(&tree, 32 * 1024, vec![]);
+    let limited = |peers: &[SocketAddr]| NodeConfig {
+        max_peers: 4,
+        maintenance_interval: Duration::from_millis(50),
+        handshake_timeout: Duration::from_secs(60),
+        ..config(&[], peers, true)
+    };
+
+    // Accepting: four peers get in, the fifth is closed before its session handshake ends.
+    let (mut a, _) = leech(&manifest, &dir.path().join("a"), limited(&[])).await;
+    let mut raws = Vec::new();
+    let mut ids = Vec::new();
+    for id in 1..=4u8 {
+        raws.push(raw_greeted(a.listen_addr, &manifest, id).await);
+        let identity = ferry_protocol::identity::Identity::from_secret([id; 32]);
+        ids.push(ferry_p2p::wire::PeerId::from(identity.id()));
+        until_peer_ids(&mut a, ids.clone()).await;
+    }
+    let mut stream = tokio::net::TcpStream::connect(a.listen_addr).await.unwrap();
+    let mut client = ferry_protocol::ClientHandshakeConfig::new(ferry_p2p::wire::swarm_key(
+        &manifest.content_id(),
+    ));
+    client.max_body = ferry_p2p::wire::MAX_BODY;
+    let fifth = tokio::time::timeout(
+        Duration::from_secs(30),
+        ferry_protocol::tokio::client_handshake(&mut stream, client),
+    )
+    .await
+    .expect("the node answers or closes");
+    assert!(fifth.is_err(), "a fifth connection was accepted");
+    drop(raws);
+    a.shutdown().await.unwrap();
+
+    // Dialling: of four listeners that never answer the handshake, the node dials two, and
+    // keeps to two over many maintenance rounds while those dials are pending.
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (z, _) = leech(&manifest, &dir.path().join("z"), limited(&addrs)).await;
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    for listener in listeners {
+        let accepted_tx = accepted_tx.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                // Held open and silent: the dial stays pending.
+                let _ = accepted_tx.send(stream);
+            }
+        });
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+            .await
+            .expect("the node dials")
+            .unwrap();
+        held.push(stream);
+    }
+    // Twenty maintenance rounds: a node allowed to dial more would have dialled at the first.
+    let third = tokio::time::timeout(Duration::from_secs(1), accepted.recv()).await;
+    assert!(
+        third.is_err(),
+        "the node dialled a third peer with max_peers 4"
+    );
+    z.abort();
+}

@@ -185,7 +185,7 @@ impl Actor {
                         match permit {
                             Ok(permit)
                                 if self.peers.len() + self.dialing.len()
-                                    < self.config.max_peers * 2 =>
+                                    < self.config.max_peers =>
                             {
                                 self.spawn_peer(stream, remote, permit);
                             }
@@ -492,8 +492,8 @@ impl Actor {
         }
     }
 
-    /// Dials known peers while below the connection limit, skipping connected, banned, our own
-    /// and backing-off addresses.
+    /// Dials known peers while below the dial limit (half the connection limit), skipping
+    /// connected, banned, our own and backing-off addresses.
     fn dial_more(&mut self) {
         if self.swarm.is_complete() {
             // Seeds wait to be dialled; leechers find them.
@@ -515,7 +515,7 @@ impl Actor {
             })
             .collect();
         for addr in candidates {
-            if self.peers.len() + self.dialing.len() >= self.config.max_peers {
+            if self.peers.len() + self.dialing.len() >= self.config.dial_limit() {
                 break;
             }
             self.dialing.insert(addr);
@@ -557,7 +557,7 @@ impl Actor {
             dialed,
             opened,
         } = added;
-        if self.peers.len() + self.dialing.len() >= self.config.max_peers * 2 {
+        if self.peers.len() + self.dialing.len() >= self.config.max_peers {
             if let Some(done) = opened.done {
                 let _ = done.send(Err(format!(
                     "at the peer limit ({} connections)",

@@ -49,6 +49,10 @@ use actor::{Actor, Inbound};
 /// Most inbound connections allowed to be mid-handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
+/// [`NodeConfig::max_peers`] unless set: with half of it dialled, a peer in a swarm of a
+/// hundred keeps 25-50 connections (spec/P2P.md §4.7).
+pub const DEFAULT_MAX_PEERS: usize = 50;
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -64,7 +68,11 @@ pub struct NodeConfig {
     pub trackers: Vec<SocketAddr>,
     /// Keep serving after the download completes.
     pub seed_after_complete: bool,
-    /// Most simultaneous peer connections.
+    /// Most simultaneous peer connections, dialled and accepted together. The node dials only
+    /// up to [`NodeConfig::dial_limit`] (half), so the rest stays open to peers that dial it:
+    /// a newcomer finds room, and in a large swarm each peer keeps between half and all of
+    /// this many, not every peer it hears of (spec/P2P.md §4.7: each connection carries a HAVE
+    /// for every piece).
     pub max_peers: usize,
     pub swarm: SwarmConfig,
     /// Deadline for the session handshake plus the peer handshake message.
@@ -95,7 +103,7 @@ impl Default for NodeConfig {
             peers: Vec::new(),
             trackers: Vec::new(),
             seed_after_complete: true,
-            max_peers: 40,
+            max_peers: DEFAULT_MAX_PEERS,
             swarm: SwarmConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             suites: ferry_protocol::crypto::RecordSuite::DEFAULT_SUITES.to_vec(),
@@ -105,6 +113,13 @@ impl Default for NodeConfig {
             identity: None,
             maintenance_interval: Duration::from_millis(500),
         }
+    }
+}
+
+impl NodeConfig {
+    /// Connections the node dials up to: half of [`NodeConfig::max_peers`] (at least one).
+    pub fn dial_limit(&self) -> usize {
+        (self.max_peers / 2).max(1)
     }
 }
 
