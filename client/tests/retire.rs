@@ -307,8 +307,11 @@ fn a_put_longer_than_a_connections_key_allowance_continues_on_new_connections() 
         );
         let dials = dials.dials.load(Ordering::SeqCst);
         eprintln!("put: {dials} connections");
-        // At most about 1 MiB a connection (plus what was queued when the point was seen).
-        assert!((4..=12).contains(&dials), "{dials} connections");
+        // Each connection carries at most 1 MiB, so at least 4. Each new one re-sends what the
+        // server had not stored when the last retired, which on a loaded machine can be most of
+        // the socket buffers (13 connections seen once in a full suite run on 2 cores), so the
+        // upper bound only catches churn: a connection per few blocks would be hundreds.
+        assert!((4..=64).contains(&dials), "{dials} connections");
     });
     assert!(
         std::fs::read(dir.path().join("up.bin")).unwrap() == want,
