@@ -184,8 +184,7 @@ impl Actor {
                         let permit = self.handshaking.clone().try_acquire_owned();
                         match permit {
                             Ok(permit)
-                                if self.peers.len() + self.dialing.len()
-                                    < self.config.max_peers =>
+                                if self.connection_count() < self.config.max_peers =>
                             {
                                 self.spawn_peer(stream, remote, permit);
                             }
@@ -492,6 +491,11 @@ impl Actor {
         }
     }
 
+    /// Connections held or being dialled: what `max_peers` and the dial limit bound.
+    fn connection_count(&self) -> usize {
+        self.peers.len() + self.dialing.len()
+    }
+
     /// Dials known peers while below the dial limit (half the connection limit), skipping
     /// connected, banned, our own and backing-off addresses.
     fn dial_more(&mut self) {
@@ -515,7 +519,7 @@ impl Actor {
             })
             .collect();
         for addr in candidates {
-            if self.peers.len() + self.dialing.len() >= self.config.dial_limit() {
+            if self.connection_count() >= self.config.dial_limit() {
                 break;
             }
             self.dialing.insert(addr);
@@ -557,11 +561,11 @@ impl Actor {
             dialed,
             opened,
         } = added;
-        if self.peers.len() + self.dialing.len() >= self.config.max_peers {
+        if self.connection_count() >= self.config.max_peers {
             if let Some(done) = opened.done {
                 let _ = done.send(Err(format!(
                     "at the peer limit ({} connections)",
-                    self.peers.len() + self.dialing.len()
+                    self.connection_count()
                 )));
             }
             return;
