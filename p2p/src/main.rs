@@ -166,7 +166,12 @@ struct SwarmArgs {
     peers: Vec<SocketAddr>,
     /// Most simultaneous peer connections; ferry-peer dials up to half of them and keeps the
     /// rest for peers that dial it. Default: 50. E.g. 100
-    #[arg(long, default_value_t = ferry_p2p::node::DEFAULT_MAX_PEERS, hide_default_value = true)]
+    #[arg(
+        long,
+        default_value_t = ferry_p2p::node::DEFAULT_MAX_PEERS,
+        hide_default_value = true,
+        value_parser = parse_max_peers
+    )]
     max_peers: usize,
     /// Record suites to offer and accept: gcm (default: AES-256-GCM, then AES-256-CBC +
     /// HMAC-SHA256) or cbc-hmac (the old suite only, for peers from before protocol version 2).
@@ -321,6 +326,15 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
         _ => Err(format!("{text:?} is not a ratio like 1.5")),
+    }
+}
+
+/// A connection limit: a node that may hold none could never download or upload.
+fn parse_max_peers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("{text:?} is not a number of connections like 50")),
     }
 }
 

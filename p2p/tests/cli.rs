@@ -3,7 +3,7 @@
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -506,6 +506,47 @@ fn make_refuses_to_overwrite_a_manifest_without_force() {
         .unwrap();
     assert!(forced.status.success(), "{forced:?}");
     assert_ne!(std::fs::read(&manifest).unwrap(), before);
+}
+
+/// A node that may hold no connection can never download or upload: `--max-peers 0` is a
+/// usage error (exit 2) naming the flag, before a port is bound or a file touched.
+#[test]
+fn max_peers_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tree, manifest) = tree_and_manifest(dir.path(), &[]);
+    let out = dir.path().join("out");
+    // A peer to dial, so that nothing but the flag stops the download from starting.
+    let (_held, peer) = refusing_port();
+    let mut get = Command::new(BIN)
+        .args([
+            "get",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-progress",
+            "--max-peers",
+            "0",
+        ])
+        .args(["--peer", &peer.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut get, Duration::from_secs(20));
+    let mut stderr = String::new();
+    get.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-peers"), "{stderr}");
+    assert!(stderr.contains("at least 1"), "{stderr}");
+    assert!(!out.exists());
 }
 
 /// An interrupted download never carries the final name; the next `get` resumes the `.part`
