@@ -24,6 +24,10 @@
 #                          RUST_LOG=ferry_p2p::swarm=debug the cores log what is in flight
 #                          per peer once a second
 #
+# Besides the times, each swarm row prints what crossed the links (bytes per payload byte, and
+# the frames beyond full-size ones: ACKs, HAVEs, requests) and the share of all hosts' upload
+# capacity used in each tenth of the run, read from the switch's port counters.
+#
 # Run it under `flock /tmp/netlab.lock` where others share the lab.
 #
 # Second phase (PHASES="netlab loopback", default both): unshaped on loopback, 1 seed + LOOP_N
@@ -68,21 +72,34 @@ LOOP_N=${LOOP_N:-4}
 now() { date +%s.%N; }
 # Ticks (1/100 s) all CPUs spent in interrupts and softirqs so far.
 softirq_ticks() { awk '/^cpu / { print $7 + $8 }' /proc/stat; }
+# "bytes frames" every host has sent so far: what the switch's ports received (whole Ethernet
+# frames, as the shapers count them), in one call for all hosts.
+wire_sent() {
+    ip -n "$NETLAB_PREFIX-sw" -s -j link show | python3 -c '
+import json, sys
+ports = [l for l in json.load(sys.stdin) if l["ifname"].startswith("h")]
+print(sum(l["stats64"]["rx"]["bytes"] for l in ports), sum(l["stats64"]["rx"]["packets"] for l in ports))'
+}
 # Sets CPU to the CPU seconds (user + sys) of this script's waited-for children so far: the
 # peers' own load. `times` must run in this shell, not in a command substitution.
 child_cpu() { times >"$WORK/times"; CPU=$(tail -1 "$WORK/times" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%.2f", t }'); }
-# Waits until every file in $@ exists and contains "complete" (bounded by 20 minutes).
-# Waits until every output file says complete. WAIT_PIDS, when set, holds the process of each
-# file in the same order: one that exits before its file says complete (a full disk, a crash)
-# ends the wait with its stderr, rather than waiting out the deadline.
+# Waits until every output file in $@ says complete (bounded by 20 minutes). WAIT_PIDS, when
+# set, holds the process of each file in the same order: one that exits before its file says
+# complete (a full disk, a crash) ends the wait with its stderr, rather than waiting out the
+# deadline. One grep per round for all files, and no other fork but the sleep: a grep per file
+# every 50 ms was 99 forks per round at N = 99, a third of this 2-core machine's CPU taken
+# from the peers it measures (and counted in their CPU by `times`).
 WAIT_PIDS=()
 wait_complete() {
-    local deadline=$(( $(date +%s) + 1200 ))
+    local deadline=$((SECONDS + 1200)) k f
+    local -A complete
     while :; do
-        local done=1 k=0
+        complete=()
+        while IFS= read -r f; do complete[$f]=1; done < <(grep -l '^complete' -- "$@" 2>/dev/null || true)
+        [ ${#complete[@]} -ge $# ] && return 0
+        k=0
         for f in "$@"; do
-            if ! grep -q '^complete' "$f" 2>/dev/null; then
-                done=0
+            if [ -z "${complete[$f]:-}" ]; then
                 local pid=${WAIT_PIDS[$k]:-}
                 if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && ! grep -q '^complete' "$f" 2>/dev/null; then
                     echo "${f%.out}: exited before completing; its stderr ends:" >&2
@@ -92,8 +109,7 @@ wait_complete() {
             fi
             k=$((k + 1))
         done
-        [ $done = 1 ] && return 0
-        [ "$(date +%s)" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
+        [ "$SECONDS" -gt "$deadline" ] && { echo "timeout" >&2; return 1; }
         sleep 0.05
     done
 }
@@ -247,7 +263,12 @@ for N in $NS; do
         mkdir -p "$LOGS"
         (while :; do date +%s.%N; "$NL" exec h1 ss -tinm 'sport = :7000'; sleep 1; done >"$LOGS/$N-ss.txt" 2>&1) & PIDS+=($!)
     fi
+    read -r wire_b0 wire_f0 < <(wire_sent)
     start=$(now)
+    # The links' load over the run: bytes sent by all hosts, about 40 times in one link's copy
+    # time of the file (each sample forks `ip` and python), at least 1 s apart.
+    period=$(awk -v F="$F" -v r="$rate_bits" 'BEGIN { p = F * 8 / r / 40; printf "%.1f", p < 1 ? 1 : p }')
+    (while :; do echo "$(now) $(wire_sent)"; sleep "$period"; done >"$WORK/load.txt" 2>/dev/null) & LOAD_PID=$!; PIDS+=($LOAD_PID)
     [ -n "${LOGS:-}" ] && date -u +%FT%T.%6NZ >"$LOGS/$N-start"
     for i in $(seq 2 $((N + 1))); do
         d="$WORK/swarm$N/h$i"; mkdir -p "$d"
@@ -258,10 +279,34 @@ for N in $NS; do
     wait_complete "${outs[@]}" || exit 3
     WAIT_PIDS=()
     swarm_s=$(echo "$(now) - $start" | bc -l)
+    read -r wire_b wire_f < <(wire_sent)
+    kill "$LOAD_PID" 2>/dev/null || true
     [ "$N" = 1 ] && one_s=$swarm_s   # the TCP row compares against the one-leecher run
     # Completion times of each leecher (file mtimes), to see the tail: first, median, last.
     for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | awk -v s="$start" '{ t[NR] = $1 - s }
         END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
+    # What crossed the links for each payload byte delivered: the bound assumes only full
+    # 1514-byte frames of 1448 payload bytes (1.046); HAVEs, requests and ACKs add to it.
+    awk -v b="$((wire_b - wire_b0))" -v f="$((wire_f - wire_f0))" -v p="$((N * F))" 'BEGIN {
+        printf "    wire: %.1f MiB in %d frames sent by all hosts, %.3f bytes per payload byte delivered; frames beyond one per 1448 payload bytes: %d (%.2f per 16 KiB delivered)\n",
+            b / 1048576, f, b / p, f - p / 1448, (f - p / 1448) * 16384 / p }' >&2
+    # Where the links idled: the share of all hosts' upload capacity used in each tenth of the
+    # run (the bound needs every uplink busy from start to end, less the seed's first pieces).
+    awk -v s="$start" -v b0="$wire_b0" -v end="$(echo "$start + $swarm_s" | bc -l)" -v b1="$wire_b" \
+        -v cap="$(echo "$rate_bits * ($N + 1) / 8" | bc -l)" '
+        $1 > s && $1 < end { n++; t[n] = $1; b[n] = $2 }
+        END { t[0] = s; b[0] = b0; t[n + 1] = end; b[n + 1] = b1
+              out = "    uplinks busy by tenth of the run:"
+              for (k = 1; k <= 10; k++) {
+                  lo = s + (end - s) * (k - 1) / 10; hi = s + (end - s) * k / 10
+                  out = out sprintf(" %.0f%%", 100 * (at(hi) - at(lo)) / ((hi - lo) * cap)) }
+              print out }
+        # Bytes sent by time x, interpolated between samples.
+        function at(x,   i) {
+            for (i = 0; i <= n; i++)
+                if (t[i + 1] >= x) return t[i + 1] > t[i] ? b[i] + (b[i + 1] - b[i]) * (x - t[i]) / (t[i + 1] - t[i]) : b[i + 1]
+            return b[n + 1] }' \
+        "$WORK/load.txt" >&2
     stop_all
     child_cpu
     # The lab's kernel work (veth, bridge, shaping, TCP) runs largely as softirq: /proc/stat
