@@ -517,28 +517,12 @@ fn max_peers_zero_is_refused() {
     let out = dir.path().join("out");
     // A peer to dial, so that nothing but the flag stops the download from starting.
     let (_held, peer) = refusing_port();
-    let mut get = Command::new(BIN)
-        .args([
-            "get",
-            manifest.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-progress",
-            "--max-peers",
-            "0",
-        ])
-        .args(["--peer", &peer.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut get, Duration::from_secs(20));
+    let peer = peer.to_string();
+    let mut get = spawn_get(&manifest, &out, &["--max-peers", "0", "--peer", &peer]);
+    let status = wait_exit(&mut get.0, Duration::from_secs(20));
     let mut stderr = String::new();
-    get.stderr
+    get.0
+        .stderr
         .take()
         .unwrap()
         .read_to_string(&mut stderr)
