@@ -3,7 +3,7 @@
 // Test helpers panic on setup failures by design.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -520,13 +520,7 @@ fn max_peers_zero_is_refused() {
     let peer = peer.to_string();
     let mut get = spawn_get(&manifest, &out, &["--max-peers", "0", "--peer", &peer]);
     let status = wait_exit(&mut get.0, Duration::from_secs(20));
-    let mut stderr = String::new();
-    get.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = std::io::read_to_string(get.0.stderr.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--max-peers"), "{stderr}");
     assert!(stderr.contains("at least 1"), "{stderr}");
