@@ -30,6 +30,7 @@ pub(super) const CHECKS: &[(&str, Check)] = &[
     ),
     ("R5 before the bitfield", before_bitfield),
     ("R6 unchoke slots", unchoke_slots),
+    ("R7 held HAVEs", held_haves),
     ("S1 super-seeding", super_seeding),
     ("B1 blame tables", blame_tables),
     ("B2 bans", bans),
@@ -351,6 +352,29 @@ fn unchoke_slots(s: &Swarm) -> Result<(), String> {
     if let Some(o) = s.choker.optimistic {
         if !s.peers.contains_key(&o) {
             return Err(format!("optimistic {o:?} is not connected"));
+        }
+    }
+    Ok(())
+}
+
+/// R7: HAVEs are held only for a peer interested in us, and each names a piece we have, once.
+fn held_haves(s: &Swarm) -> Result<(), String> {
+    for (c, p) in &s.peers {
+        if !p.held_haves.is_empty() && !p.peer_interested {
+            return Err(format!(
+                "{c:?} not interested, HAVEs held: {:?}",
+                p.held_haves
+            ));
+        }
+        let mut seen = HashSet::new();
+        for &piece in &p.held_haves {
+            let ours = s
+                .manifest
+                .piece(piece)
+                .is_some_and(|i| s.picker.have.has(i));
+            if !ours || !seen.insert(piece) {
+                return Err(format!("{c:?} HAVE {piece} held: not ours, or twice"));
+            }
         }
     }
     Ok(())

@@ -458,7 +458,11 @@ impl Swarm {
                 peer.peer_interested = true;
                 self.maybe_unchoke_now(conn, now);
             }
-            PeerMessage::NotInterested => self.on_not_interested(conn, now),
+            PeerMessage::NotInterested => {
+                self.on_not_interested(conn, now);
+                // Our held HAVEs may name pieces it lacks, and would make it interested (§3.5).
+                self.flush_haves(conn, now);
+            }
             PeerMessage::Choke => {
                 peer.peer_choking = true;
                 // A choke discards all of our requests to that peer (spec/P2P.md §3.6). The

@@ -1,5 +1,5 @@
-//! HAVEs held for mutually choked peers (spec/P2P.md §3.5): a leecher fed by a scripted seed,
-//! with scripted peers that choke it or that it unchoked.
+//! HAVEs held while they change nothing the peer can do (spec/P2P.md §3.5): a leecher fed by
+//! a scripted seed, with scripted peers that choke it or that it unchoked.
 
 use bytes::Bytes;
 
@@ -190,12 +190,58 @@ fn held_haves_leave_with_the_next_message_or_an_unchoke() {
         [piece_of(&blocks[0])],
         "{actions:?}"
     );
-    // Unchoked by it: the next HAVE goes at once.
+    // Unchoked by it while we still choke it: it cannot request the next piece from us, so
+    // that HAVE is held again, and leaves on the tick.
     net.nodes[a].handle_message(SOURCE, blocks[1].clone(), now);
+    let actions = settle(&mut net, a);
+    assert_eq!(haves(&actions, WANTING), [] as [u32; 0], "{actions:?}");
+    net.now += std::time::Duration::from_secs(1);
+    let now = net.now;
+    net.nodes[a].handle_timeout(now);
     let actions = settle(&mut net, a);
     assert_eq!(
         haves(&actions, WANTING),
         [piece_of(&blocks[1])],
+        "{actions:?}"
+    );
+}
+
+/// A HAVE for a piece the peer has changes nothing it can do, even on a connection where we
+/// unchoked it: it waits for the next message to that peer and goes ahead of it, in order.
+#[test]
+fn a_have_for_a_piece_the_peer_has_waits_for_the_next_message() {
+    let (mut net, a, blocks) = leecher();
+    let now = net.now;
+    let (first, second) = (piece_of(&blocks[0]), piece_of(&blocks[1]));
+    // It has the first piece and the last, so we stay interested in it (no NOT_INTERESTED
+    // of ours carries the held HAVE).
+    for p in [first, LAST] {
+        net.nodes[a].handle_message(UNCHOKED, PeerMessage::Have(p), now);
+    }
+    settle(&mut net, a);
+    net.nodes[a].handle_message(SOURCE, blocks[0].clone(), now);
+    let actions = settle(&mut net, a);
+    assert_eq!(haves(&actions, UNCHOKED), [] as [u32; 0], "{actions:?}");
+    // It lacks the next one and may request it from us: that HAVE goes at once, the held
+    // one ahead of it.
+    net.nodes[a].handle_message(SOURCE, blocks[1].clone(), now);
+    let actions = settle(&mut net, a);
+    assert_eq!(haves(&actions, UNCHOKED), [first, second], "{actions:?}");
+}
+
+/// A peer that says NOT_INTERESTED gets our held HAVEs at once: they may name pieces it
+/// lacks, which would make it interested again.
+#[test]
+fn not_interested_sends_the_held_haves_at_once() {
+    let (mut net, a, blocks) = leecher();
+    let now = net.now;
+    net.nodes[a].handle_message(SOURCE, blocks[0].clone(), now);
+    assert_eq!(haves(&settle(&mut net, a), WANTING), [] as [u32; 0]);
+    net.nodes[a].handle_message(WANTING, PeerMessage::NotInterested, now);
+    let actions = settle(&mut net, a);
+    assert_eq!(
+        haves(&actions, WANTING),
+        [piece_of(&blocks[0])],
         "{actions:?}"
     );
 }
