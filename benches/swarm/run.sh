@@ -87,9 +87,11 @@ child_cpu() { times >"$WORK/times"; CPU=$(tail -1 "$WORK/times" | awk '{ t = 0; 
 # set, holds the process of each file in the same order: one that exits before its file says
 # complete (a full disk, a crash) ends the wait with its stderr, rather than waiting out the
 # deadline. A round forks nothing: the files are read and the processes checked by builtins,
-# and the pause is a `read -t` on a pipe nobody writes. At N = 99 a grep per file every 50 ms
-# took a third of this 2-core machine's CPU from the peers it measures (and `times` counted it
-# as theirs); one grep and one subshell a round still took a sixth (`perf record -a`).
+# and the pause between rounds (WAIT_PAUSE seconds, default 0.05) is a `read -t` on a pipe
+# nobody writes. At N = 99 a grep per file every 50 ms took a third of this 2-core machine's CPU
+# from the peers it measures (and `times` counted it as theirs); the builtin reads every 50 ms
+# still took 8 % (`perf record -a`), so a file is read only once it is not empty, and the swarm
+# rows, which time the leechers by their files' mtimes, poll every 0.25 s.
 WAIT_PIDS=()
 wait_complete() {
     local deadline=$((SECONDS + 1200)) k f text pause left
@@ -100,7 +102,8 @@ wait_complete() {
         for f in "$@"; do
             if [ -z "${complete[$f]:-}" ]; then
                 text=
-                IFS= read -r -d '' text <"$f" 2>/dev/null || true
+                # Empty until the leecher has something to say: a stat, no open, per round.
+                [ -s "$f" ] && { IFS= read -r -d '' text <"$f" 2>/dev/null || true; }
                 if [[ $'\n'$text == *$'\n'complete* ]]; then
                     complete[$f]=1
                 else
@@ -124,7 +127,7 @@ wait_complete() {
         done
         [ "$left" -eq 0 ] && { exec {pause}<&-; return 0; }
         [ "$SECONDS" -gt "$deadline" ] && { echo "timeout" >&2; exec {pause}<&-; return 1; }
-        read -r -t 0.05 -u "$pause" _ || true
+        read -r -t "${WAIT_PAUSE:-0.05}" -u "$pause" _ || true
     done
 }
 # Fails early when `dir` has less than `mib` MiB free: a full disk midway fails a leecher.
@@ -290,9 +293,10 @@ for N in $NS; do
         "$NL" exec "h$i" "$PEER" get "$WORK/file.ferry" --out "$d" --listen "$(ip_of "$i"):7000" --no-progress $(disc "$i") >"$d.out" 2>"$d.err" & PIDS+=($!)
         outs+=("$d.out"); WAIT_PIDS+=($!)
     done
-    wait_complete "${outs[@]}" || exit 3
+    WAIT_PAUSE=0.25 wait_complete "${outs[@]}" || exit 3
     WAIT_PIDS=()
-    swarm_s=$(echo "$(now) - $start" | bc -l)
+    # Until the last leecher wrote its completion line, not until the poll saw it.
+    swarm_s=$(for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | tail -1 | awk -v s="$start" '{ printf "%.3f", $1 - s }')
     read -r wire_b wire_f < <(wire_sent)
     kill "$LOAD_PID" 2>/dev/null || true
     [ "$N" = 1 ] && one_s=$swarm_s   # the TCP row compares against the one-leecher run
