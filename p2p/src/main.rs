@@ -165,7 +165,7 @@ struct SwarmArgs {
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
     /// Most simultaneous peer connections; ferry-peer dials up to half of them and keeps the
-    /// rest for peers that dial it. Default: 50. E.g. 100
+    /// rest for peers that dial it. Default: 40. E.g. 100
     #[arg(
         long,
         default_value_t = ferry_p2p::node::DEFAULT_MAX_PEERS,

@@ -1037,10 +1037,13 @@ async fn peer_ids_follow_joins_and_departures() {
     a.shutdown().await.unwrap();
 }
 
-/// Issue 14: `max_peers` bounds dialled and accepted connections together, and a node dials
-/// only up to half of it, keeping the rest for peers that dial it. (Before, it dialled up to
-/// `max_peers` and accepted up to twice that: a hundred-peer swarm settled at 60-80
-/// connections a peer, each carrying a HAVE per piece.)
+/// Issue 14: `max_peers` bounds dialled and accepted connections together; a leecher dials up
+/// to half of it and takes diallers up to the other half, a seed (which dials nobody) takes
+/// diallers up to all of it. (Before, it dialled up to `max_peers` and accepted up to twice
+/// that: a hundred-peer swarm settled at 60-80 connections a peer, each carrying a HAVE per
+/// piece; then a leecher took diallers up to `max_peers`, so the first peers of a swarm filled
+/// up with the dials of all that came after, and the last found them full: 50 connections
+/// against 29.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_peers_bounds_all_connections_and_a_node_dials_half() {
     let dir = tempfile::tempdir().unwrap();
@@ -1053,30 +1056,12 @@ async fn max_peers_bounds_all_connections_and_a_node_dials_half() {
         ..config(&[], peers, true)
     };
 
-    // Accepting: four peers get in, the fifth is closed before its session handshake ends.
-    let (mut a, _) = leech(&manifest, &dir.path().join("a"), limited(&[])).await;
-    let mut raws = Vec::new();
-    let mut ids = Vec::new();
-    for id in 1..=4u8 {
-        raws.push(raw_greeted(a.listen_addr, &manifest, id).await);
-        let identity = ferry_protocol::identity::Identity::from_secret([id; 32]);
-        ids.push(ferry_p2p::wire::PeerId::from(identity.id()));
-        until_peer_ids(&mut a, ids.clone()).await;
-    }
-    let mut stream = tokio::net::TcpStream::connect(a.listen_addr).await.unwrap();
-    let mut client = ferry_protocol::ClientHandshakeConfig::new(ferry_p2p::wire::swarm_key(
-        &manifest.content_id(),
-    ));
-    client.max_body = ferry_p2p::wire::MAX_BODY;
-    let fifth = tokio::time::timeout(
-        Duration::from_secs(30),
-        ferry_protocol::tokio::client_handshake(&mut stream, client),
-    )
-    .await
-    .expect("the node answers or closes");
-    assert!(fifth.is_err(), "a fifth connection was accepted");
-    drop(raws);
-    a.shutdown().await.unwrap();
+    // Accepting: a leecher takes two diallers and closes the third before its session
+    // handshake ends; a seed takes four and closes the fifth.
+    let (a, _) = leech(&manifest, &dir.path().join("a"), limited(&[])).await;
+    assert_takes_diallers(a, &manifest, 2).await;
+    let s = seed(&manifest, &dir.path().join("src"), limited(&[])).await;
+    assert_takes_diallers(s, &manifest, 4).await;
 
     // Dialling: of four listeners that never answer the handshake, the node dials two, and
     // keeps to two over many maintenance rounds while those dials are pending.
@@ -1111,4 +1096,33 @@ async fn max_peers_bounds_all_connections_and_a_node_dials_half() {
         "the node dialled a third peer with max_peers 4"
     );
     z.abort();
+}
+
+/// Dials `node` as `taken` peers, each let in, then once more: that one is closed before its
+/// session handshake ends. Shuts the node down.
+async fn assert_takes_diallers(mut node: NodeHandle, manifest: &Manifest, taken: u8) {
+    let mut raws = Vec::new();
+    let mut ids = Vec::new();
+    for id in 1..=taken {
+        raws.push(raw_greeted(node.listen_addr, manifest, id).await);
+        let identity = ferry_protocol::identity::Identity::from_secret([id; 32]);
+        ids.push(ferry_p2p::wire::PeerId::from(identity.id()));
+        until_peer_ids(&mut node, ids.clone()).await;
+    }
+    let mut stream = tokio::net::TcpStream::connect(node.listen_addr)
+        .await
+        .unwrap();
+    let mut client = ferry_protocol::ClientHandshakeConfig::new(ferry_p2p::wire::swarm_key(
+        &manifest.content_id(),
+    ));
+    client.max_body = ferry_p2p::wire::MAX_BODY;
+    let next = tokio::time::timeout(
+        Duration::from_secs(30),
+        ferry_protocol::tokio::client_handshake(&mut stream, client),
+    )
+    .await
+    .expect("the node answers or closes");
+    assert!(next.is_err(), "dialler {} was let in", taken + 1);
+    drop(raws);
+    node.shutdown().await.unwrap();
 }

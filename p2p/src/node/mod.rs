@@ -49,9 +49,9 @@ use actor::{Actor, Inbound};
 /// Most inbound connections allowed to be mid-handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
-/// [`NodeConfig::max_peers`] unless set: with half of it dialled, a peer in a swarm of a
-/// hundred keeps 25-50 connections (spec/P2P.md §4.7).
-pub const DEFAULT_MAX_PEERS: usize = 50;
+/// [`NodeConfig::max_peers`] unless set: with half of it dialled and half accepted, a peer in
+/// a swarm of a hundred keeps 30-40 connections, 40 on average (spec/P2P.md §4.7).
+pub const DEFAULT_MAX_PEERS: usize = 40;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -69,10 +69,12 @@ pub struct NodeConfig {
     /// Keep serving after the download completes.
     pub seed_after_complete: bool,
     /// Most simultaneous peer connections, dialled and accepted together. The node dials only
-    /// up to [`NodeConfig::dial_limit`] (half), so the rest stays open to peers that dial it:
-    /// a newcomer finds room, and in a large swarm each peer keeps between half and all of
-    /// this many, not every peer it hears of (spec/P2P.md §4.7: each connection carries a HAVE
-    /// for every piece).
+    /// up to [`NodeConfig::dial_limit`] (half), so the rest stays open to peers that dial it,
+    /// and while it downloads accepts only up to the rest (a seed, which dials nobody, up to
+    /// all of it): a newcomer finds room, the peers that start a swarm do not fill up with the
+    /// dials of all that come after, and in a large swarm each peer keeps most of this many,
+    /// not every peer it hears of (spec/P2P.md §4.7: each connection carries a HAVE for every
+    /// piece).
     pub max_peers: usize,
     pub swarm: SwarmConfig,
     /// Deadline for the session handshake plus the peer handshake message.
