@@ -518,7 +518,9 @@ fn flow_holds_haves_within_a_tick_and_saves_writes() {
 /// against 44.4 without); 185_717 holding also those for pieces the peer had (0.71x, 41.3 s),
 /// which left a super-seed showing pieces its peers had (`send_have`); 177_238 holding every
 /// HAVE to a mutually choked peer, but done at 53.7 s. 1 + 8: 16_454 and 16_344 (most of 8
-/// peers are unchoked). Slow in a debug build:
+/// peers are unchoked). Holding every HAVE that changes nothing the peer can do (to a peer
+/// interested in us, for a piece it has or while we choke it): 117_837 of 262_383 (0.45x,
+/// done at 44.1 s against 50.1), 1 + 8 12_633 of 16_442 (0.77x). Slow in a debug build:
 /// `cargo test -p ferry-p2p --release --lib have::flow_figures -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, slow in a debug build: cargo test -p ferry-p2p --release --lib have::flow_figures -- --ignored --nocapture"]
