@@ -158,13 +158,20 @@ fn haves_to_a_mutually_choked_peer_wait_for_the_tick_together() {
     assert_eq!(haves(&settle(&mut net, a), WANTING), [] as [u32; 0]);
 }
 
-/// Held HAVEs go ahead of the next message to that peer, and at once when it unchokes us.
-#[test]
-fn held_haves_leave_with_the_next_message_or_an_unchoke() {
+/// [`leecher`] after the first block: the HAVE for its piece is held for WANTING.
+fn holding_the_first() -> (Net, usize, Vec<PeerMessage>) {
     let (mut net, a, blocks) = leecher();
     let now = net.now;
     net.nodes[a].handle_message(SOURCE, blocks[0].clone(), now);
     assert_eq!(haves(&settle(&mut net, a), WANTING), [] as [u32; 0]);
+    (net, a, blocks)
+}
+
+/// Held HAVEs go ahead of the next message to that peer, and at once when it unchokes us.
+#[test]
+fn held_haves_leave_with_the_next_message_or_an_unchoke() {
+    let (mut net, a, blocks) = holding_the_first();
+    let now = net.now;
     // The last piece ends our interest in WANTING: the held HAVE goes ahead of NOT_INTERESTED.
     let last = blocks.last().unwrap();
     net.nodes[a].handle_message(SOURCE, last.clone(), now);
@@ -179,10 +186,8 @@ fn held_haves_leave_with_the_next_message_or_an_unchoke() {
         "{actions:?}"
     );
 
-    let (mut net, a, blocks) = leecher();
+    let (mut net, a, blocks) = holding_the_first();
     let now = net.now;
-    net.nodes[a].handle_message(SOURCE, blocks[0].clone(), now);
-    settle(&mut net, a);
     net.nodes[a].handle_message(WANTING, PeerMessage::Unchoke, now);
     let actions = settle(&mut net, a);
     assert_eq!(
@@ -204,10 +209,8 @@ fn held_haves_leave_with_the_next_message_or_an_unchoke() {
 /// lacks, which would make it interested again.
 #[test]
 fn not_interested_sends_the_held_haves_at_once() {
-    let (mut net, a, blocks) = leecher();
+    let (mut net, a, blocks) = holding_the_first();
     let now = net.now;
-    net.nodes[a].handle_message(SOURCE, blocks[0].clone(), now);
-    assert_eq!(haves(&settle(&mut net, a), WANTING), [] as [u32; 0]);
     net.nodes[a].handle_message(WANTING, PeerMessage::NotInterested, now);
     let actions = settle(&mut net, a);
     assert_eq!(
