@@ -510,7 +510,7 @@ impl Actor {
     /// the last leechers, with the fewest sources, finished last. A seed dials nobody, so it
     /// takes diallers up to `max_peers`.
     fn may_accept(&self) -> bool {
-        let accepted = self.peers.len() - self.peers.values().filter(|l| l.dialed_by_us).count();
+        let accepted = self.peers.values().filter(|l| !l.dialed_by_us).count();
         let ours_to_dial = self.config.dial_limit();
         self.connection_count() < self.config.max_peers
             && (self.swarm.is_complete()

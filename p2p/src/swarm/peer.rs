@@ -251,8 +251,8 @@ impl Swarm {
     /// wanted, so were unchoked late. Holding also those for a piece the peer has, where blocks
     /// flow, cut a 1 + 99 netlab run's small frames by 9 %, but took `tests/tail.rs`'s 1 + 99
     /// bench shape, seed 1, from 1.19x to 1.28x the bound; 1.29x holding also those to a peer
-    /// that unchoked us while we choke it.)
-    /// Held HAVEs also leave on the peer's NOT_INTERESTED: they may name pieces it lacks.
+    /// that unchoked us while we choke it.) Held HAVEs also leave on the peer's NOT_INTERESTED:
+    /// they may name pieces it lacks.
     pub(super) fn send_have(&mut self, conn: ConnId, p: u32, now: Instant) {
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
