@@ -1042,8 +1042,8 @@ async fn peer_ids_follow_joins_and_departures() {
 /// diallers up to all of it. (Before, it dialled up to `max_peers` and accepted up to twice
 /// that: a hundred-peer swarm settled at 60-80 connections a peer, each carrying a HAVE per
 /// piece; then a leecher took diallers up to `max_peers`, so the first peers of a swarm filled
-/// up with the dials of all that came after, and the last found them full: 50 connections
-/// against 29.)
+/// up with the dials of all that came after, and the last found them full: 48 connections on
+/// average against 29.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_peers_bounds_all_connections_and_a_node_dials_half() {
     let dir = tempfile::tempdir().unwrap();
