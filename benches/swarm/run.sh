@@ -19,6 +19,9 @@
 #                          its steady rate (nlprobe tcp-send/tcp-sink for TCP_SECONDS, default
 #                          20, after 2 s of warm-up) and the file copied whole, timed as the
 #                          leecher is (set-up and slow start included)
+#   TCP_CC=cubic ...       every lab host's TCP congestion control (default: what the machine's
+#                          kernel gives new namespaces, printed in the header; Linux's default
+#                          is cubic, this machine's bbr)
 #   LOGS=dir ...           keep every peer's stderr (seed.err, N-hI.err) and `ss -tin` of the
 #                          seed's connections every second (N-ss.txt) in dir; with
 #                          RUST_LOG=ferry_p2p::swarm=debug the cores log what is in flight
@@ -61,6 +64,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     "$NL" down swarm >/dev/null 2>&1 || true
     restore_neighbours
+    [ -z "${ALLOWED_CC:-}" ] || sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED_CC"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -236,6 +240,18 @@ max_n=1; for n in $NS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 # The lab's kernel-wide ARP table must hold a full mesh (benches/lib/neighbours.sh).
 raise_neighbours $((max_n + 1))
 "$NL" up-swarm $((max_n + 1)) "$RATE" ${DELAY:+--delay "$DELAY"} >/dev/null
+# Each host's TCP congestion control decides how its many flows share its one queue each way.
+# A namespace may only pick one the host allows unprivileged sockets (the kernel's rule), so
+# the host's list takes it for the run and gets its old value back at the end.
+if [ -n "${TCP_CC:-}" ]; then
+    ALLOWED_CC=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+    case " $ALLOWED_CC " in
+        *" $TCP_CC "*) ALLOWED_CC="" ;;
+        *) sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED_CC $TCP_CC" ;;
+    esac
+    for i in $(seq 1 $((max_n + 1))); do "$NL" exec "h$i" sysctl -qw net.ipv4.tcp_congestion_control="$TCP_CC"; done
+fi
+cc=$("$NL" exec h1 sysctl -n net.ipv4.tcp_congestion_control)
 ip_of() { echo "198.51.100.$1"; }
 SEED_IP=$(ip_of 1)
 
@@ -262,7 +278,7 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/key"; chmod 600 "$W
 rate_bits=$(echo "$RATE" | awk '{ v=$1; m=1; if (v ~ /gbit$/) m=1e9; else if (v ~ /mbit$/) m=1e6; else if (v ~ /kbit$/) m=1e3; sub(/[a-z]+$/, "", v); print v*m }')
 F=$((SIZE_MIB * 1048576))
 
-echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB${PIECE_KIB:+ in $PIECE_KIB KiB pieces}, discovery $DISCOVERY, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "rate $RATE, delay ${DELAY:-0} one way, $SIZE_MIB MiB${PIECE_KIB:+ in $PIECE_KIB KiB pieces}, discovery $DISCOVERY, tcp $cc, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-3s %12s %12s %10s %10s %10s\n" N swarm_s server_s bound_s swarm/T* server/swarm
 for N in $NS; do
     # ---- swarm: tracker (or DHT node) + seed on h1, leechers on h2..h(N+1), leechers keep seeding.
