@@ -430,6 +430,8 @@ mod tests {
     fn an_idle_uplink_unchokes_more_peers_at_the_next_rechoke() {
         let (mut net, seed, _, mut unchoked) = seed_with_eight_peers();
         assert_eq!(unchoked.len(), 4, "3 regular slots and the optimistic one");
+        // Above the default cap (8), which the growth between rechokes reaches by itself.
+        net.nodes[seed].config.max_unchokes = 16;
         // For 10 s, each unchoked peer asks for a block every second and it leaves at once:
         // blocks never wait, the uplink is idle nearly all the time.
         let mut next = 0;
