@@ -319,6 +319,9 @@ for N in $NS; do
     # Completion times of each leecher (file mtimes), to see the tail: first, median, last.
     for f in "${outs[@]}"; do stat -c %.9Y "$f"; done | sort -n | awk -v s="$start" '{ t[NR] = $1 - s }
         END { printf "    leechers done: first %.1f s, median %.1f s, last %.1f s\n", t[1], t[int((NR + 1) / 2)], t[NR] }' >&2
+    # Who the tail is: the last three to finish (hosts launched in order h2, h3, ...).
+    for f in "${outs[@]}"; do echo "$(stat -c %.9Y "$f") $(basename "$f" .out)"; done | sort -n | tail -3 |
+        awk -v s="$start" '{ printf "%s%s %.1f s", (NR > 1 ? ", " : "    last three: "), $2, $1 - s } END { print "" }' >&2
     # What crossed the links for each payload byte delivered: the bound assumes only full
     # 1514-byte frames of 1448 payload bytes (1.046); HAVEs, requests and ACKs add to it.
     awk -v b="$((wire_b - wire_b0))" -v f="$((wire_f - wire_f0))" -v p="$((N * F))" 'BEGIN {
