@@ -192,7 +192,8 @@ mod tests {
         secs: u64,
         extra: impl Fn(usize) -> Duration,
     ) -> (usize, f64, Depth, Vec<Duration>) {
-        let (floor, cap) = (4, 500);
+        let config = crate::swarm::SwarmConfig::default();
+        let (floor, cap) = (config.pipeline_min, config.pipeline);
         let mut d = Depth::new(floor, cap);
         let t0 = Instant::now();
         let block = f64::from(MAX_BLOCK);
@@ -318,10 +319,15 @@ mod tests {
     #[test]
     fn the_queue_stays_small_on_a_slow_peer() {
         // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block; a quarter second of it
-        // is 3.1 blocks, under the floor of 4.
+        // is 3.1 blocks, so 4.
         let (depth, goodput, _) = drive(200_000.0, Duration::from_millis(20), 10);
-        assert_eq!(depth, 4, "the floor");
+        assert_eq!(depth, 4, "a quarter second");
         assert!(goodput >= 0.95 * 200_000.0, "{goodput}");
+        // 100 kB/s: a quarter second is 1.5 blocks, so the floor of 2, which still keeps the
+        // link busy (the default floor, `SwarmConfig::pipeline_min`).
+        let (depth, goodput, _) = drive(100_000.0, Duration::from_millis(20), 10);
+        assert_eq!(depth, 2, "the floor");
+        assert!(goodput >= 0.95 * 100_000.0, "{goodput}");
         // The same rate 700 ms away: twice its product (17.1 blocks) is more than a second.
         let (depth, _, _) = drive(200_000.0, Duration::from_millis(700), 10);
         assert!((17..=21).contains(&depth), "{depth}");
