@@ -805,7 +805,9 @@ mod tests {
         let actions: Vec<Action> =
             std::iter::from_fn(|| net.nodes[leecher].poll_action()).collect();
         let again = requests_to(&actions, second);
-        assert_eq!(again.len(), 4, "{again:?}");
+        let floor = net.nodes[leecher].config.pipeline_min;
+        assert!(floor < 8, "the test needs more late blocks than the floor");
+        assert_eq!(again.len(), floor, "{again:?}");
         assert!(again.iter().all(|b| asked[8..].contains(b)));
     }
 }
