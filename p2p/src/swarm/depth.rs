@@ -318,8 +318,9 @@ mod tests {
 
     #[test]
     fn the_queue_stays_small_on_a_slow_peer() {
-        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block; a quarter second of it
-        // is 3.1 blocks, so 4.
+        // 200 kB/s at 20 ms: a product of 4 kB, a quarter of one block. Alone on its link, its
+        // round trip includes its block's 82 ms there: three round trips (306 ms) of the rate
+        // are 3.7 blocks, so 4.
         let (depth, goodput, _) = drive(200_000.0, Duration::from_millis(20), 10);
         assert_eq!(depth, 4, "a quarter second");
         assert!(goodput >= 0.95 * 200_000.0, "{goodput}");
