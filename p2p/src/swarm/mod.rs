@@ -66,7 +66,7 @@ pub struct SwarmConfig {
     /// fixed depth), and the most endgame duplicates one peer holds (spec/P2P.md §4.2). 2, not
     /// 4: a flow that gets a block a second or less, one of 8 sharing a slow uplink, is held at
     /// the floor, and every block of that floor waits in the sender's queue; with 4, a slow
-    /// leecher's last pieces waited behind them. Netlab 1 + 99 at 1 Mbit/s, six runs with 2
+    /// leecher's last pieces waited behind them. Netlab 1 + 99 at 1 Mbit/s, seven runs with 2
     /// against five with 4: the last leecher 6-11 s after the median against 12-63 s, at
     /// 716-739 s against 717-776 s; the median 12 s later on average.
     pub pipeline_min: usize,
