@@ -178,6 +178,12 @@ mod tests {
         (depth, last_second, d)
     }
 
+    /// The floor and cap a peer's depth gets by default (`SwarmConfig`).
+    fn default_bounds() -> (usize, usize) {
+        let config = crate::swarm::SwarmConfig::default();
+        (config.pipeline_min, config.pipeline)
+    }
+
     /// [`drive`], also returning when each block arrived, after the start.
     fn drive_timed(rate: f64, rtt: Duration, secs: u64) -> (usize, f64, Depth, Vec<Duration>) {
         drive_delayed(rate, rtt, secs, |_| Duration::ZERO)
@@ -192,8 +198,7 @@ mod tests {
         secs: u64,
         extra: impl Fn(usize) -> Duration,
     ) -> (usize, f64, Depth, Vec<Duration>) {
-        let config = crate::swarm::SwarmConfig::default();
-        let (floor, cap) = (config.pipeline_min, config.pipeline);
+        let (floor, cap) = default_bounds();
         let mut d = Depth::new(floor, cap);
         let t0 = Instant::now();
         let block = f64::from(MAX_BLOCK);
@@ -327,14 +332,14 @@ mod tests {
         // One of 8 flows sharing a 1 Mbit/s uplink: its first block came alone, 150 ms after
         // its request (the shortest round trip), and then a block a second. Three round trips
         // of that rate are under one block: the default floor.
-        let config = crate::swarm::SwarmConfig::default();
-        let (floor, cap) = (config.pipeline_min, config.pipeline);
+        let (floor, cap) = default_bounds();
         let mut d = Depth::new(floor, cap);
         let t0 = Instant::now();
-        d.on_block(16_384, t0, t0 + Duration::from_millis(150), floor, cap);
+        let block = u64::from(MAX_BLOCK);
+        d.on_block(block, t0, t0 + Duration::from_millis(150), floor, cap);
         for k in 1..30u64 {
             let now = t0 + Duration::from_secs(k);
-            d.on_block(16_384, now - Duration::from_millis(1500), now, floor, cap);
+            d.on_block(block, now - Duration::from_millis(1500), now, floor, cap);
         }
         assert_eq!(d.target(), floor, "the floor");
         assert_eq!(floor, 2);
