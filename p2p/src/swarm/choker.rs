@@ -126,16 +126,19 @@ impl Swarm {
         }
         candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
         let slots = self.slots();
+        // A peer finishing its stint's last piece holds no slot (spec/P2P.md §4.4).
+        let draining = kept.iter().filter(|&&c| self.draining(c)).count();
+        let kept_in_slots = kept.len() - draining;
         let mut unchoke: HashSet<ConnId> = candidates
             .iter()
-            .take(slots.saturating_sub(kept.len()))
+            .take(slots.saturating_sub(kept_in_slots))
             .map(|(c, _)| *c)
             .collect();
         let optimistic_valid = self
             .choker
             .optimistic
             .is_some_and(|c| candidates.iter().any(|(x, _)| *x == c) && !unchoke.contains(&c));
-        if kept.len() > slots {
+        if kept_in_slots > slots {
             // Every slot, the optimistic one included, is kept.
             self.choker.optimistic = None;
         } else if !optimistic_valid {
@@ -166,7 +169,7 @@ impl Swarm {
             .filter(|c| !self.peers[c].peer_interested)
             .collect();
         idle.sort_unstable();
-        let free = (slots + 1).saturating_sub(unchoke.len());
+        let free = (slots + 1).saturating_sub(unchoke.len() - draining);
         unchoke.extend(idle.into_iter().take(free));
         // A welcome still in its term is kept; the next is given on the 1 s tick.
         if let Some((w, _)) = welcome_kept {
@@ -188,6 +191,9 @@ impl Swarm {
             } else if !want && !peer.am_choking {
                 peer.am_choking = true;
                 peer.unchoked_early = false;
+                peer.stint = 0;
+                peer.stint_closed = false;
+                peer.choked_at = Some(now);
                 self.send(conn, PeerMessage::Choke, now);
             }
         }
@@ -272,6 +278,10 @@ impl Swarm {
     /// we had run for [`WELCOME_TERM`], gets it now if `welcome_now` allows.
     /// Failing a newcomer, the slot goes to a starving peer ([`Swarm::welcome_starving`]).
     pub(super) fn welcome_tick(&mut self, now: Instant) {
+        if self.rotates_seed_slots() {
+            // Its slots go round every peer, the never unchoked first: no welcome needed.
+            return;
+        }
         self.check_welcome();
         let median = self.mark_progress();
         let neediest = self
@@ -381,6 +391,11 @@ impl Swarm {
         true
     }
 
+    /// Whether we super-seed in stints (spec/P2P.md §4.4): slots pass from peer to peer.
+    pub(super) fn rotates_seed_slots(&self) -> bool {
+        self.super_seed.on && self.config.seed_stint > 0
+    }
+
     /// Clears the welcome slot if its holder left or was choked.
     fn check_welcome(&mut self) {
         if let Some((w, _)) = self.choker.welcome {
@@ -399,6 +414,9 @@ impl Swarm {
     /// whether it sent UNCHOKE.
     fn welcome_now(&mut self, conn: ConnId, now: Instant) -> bool {
         self.check_welcome();
+        if self.rotates_seed_slots() {
+            return false;
+        }
         let Some(peer) = self.peers.get(&conn) else {
             return false;
         };
@@ -459,10 +477,13 @@ impl Swarm {
 
     /// Chokes `conn` so that another peer can have its slot (the optimistic one too, if it
     /// held that).
-    fn choke_to_free_slot(&mut self, conn: ConnId, now: Instant) {
+    pub(super) fn choke_to_free_slot(&mut self, conn: ConnId, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&conn) {
             peer.am_choking = true;
             peer.unchoked_early = false;
+            peer.stint = 0;
+            peer.stint_closed = false;
+            peer.choked_at = Some(now);
         }
         if self.choker.optimistic == Some(conn) {
             self.choker.optimistic = None;
@@ -475,7 +496,7 @@ impl Swarm {
         let welcomed = self.choker.welcomed();
         self.peers
             .iter()
-            .filter(|(c, p)| !p.am_choking && Some(**c) != welcomed)
+            .filter(|(c, p)| !p.am_choking && Some(**c) != welcomed && !self.draining(**c))
             .count()
     }
 

@@ -59,6 +59,12 @@ pub(super) struct Peer {
     /// The peer's piece count at each of the last [`PROGRESS_TICKS`] ticks, oldest first: how
     /// fast it gains pieces, from anyone (the starving check of `choker.rs`).
     pub(super) progress: VecDeque<u32>,
+    /// Super-seeding: pieces shown to this peer since we last unchoked it, and whether its
+    /// stint is closed: nothing more is shown to it until it is choked and unchoked again.
+    pub(super) stint: u32,
+    pub(super) stint_closed: bool,
+    /// When we last choked it; `None` if never: whose turn a freed slot is.
+    pub(super) choked_at: Option<Instant>,
 }
 
 /// Over how many 1 s ticks a peer's gain of pieces is measured (spec/P2P.md §4.3).
@@ -100,6 +106,9 @@ impl Peer {
             depth: Depth::new(config.pipeline_min, config.pipeline),
             held_haves: Vec::new(),
             progress: VecDeque::with_capacity(PROGRESS_TICKS),
+            stint: 0,
+            stint_closed: false,
+            choked_at: None,
         }
     }
 
@@ -226,6 +235,7 @@ impl Swarm {
         if !we_have {
             peer.wanted += 1;
         }
+        let stint_over = peer.stint_closed && !peer.am_choking && peer.revealed_pending == 0;
         let seed_to_seed = peer.have.is_full() && self.is_complete();
         if seed_to_seed {
             self.close(conn, None, now);
@@ -233,7 +243,17 @@ impl Swarm {
         }
         self.update_interest(conn, now);
         self.fill_requests(conn, now);
-        self.reveal(conn, now);
+        if stint_over {
+            // Its stint's pieces are in: choked (its slot passed on while it drained).
+            self.choke_to_free_slot(conn, now);
+            self.reveal_all(now);
+        } else {
+            self.reveal(conn, now);
+            if self.draining(conn) {
+                // Its stint's last piece is on its way: its slot passes on now (§4.4).
+                self.reveal_all(now);
+            }
+        }
     }
 
     /// Announces our verified piece `p` to `conn`. No block flows either way on a connection

@@ -114,21 +114,30 @@ fn full_slots(regular: usize) -> SwarmConfig {
 
 /// 1 + 8 on 256 pieces of 64 KiB (bound 7 s), 3 regular slots each, the last leecher joining
 /// at 2 s: it is served within about a second (by a welcome slot once its holder's term is
-/// over), and finishes no later after the others than it joined after them. HEAD before the
-/// welcome slot: first block 5.97 s after joining, finished 6.91 s after the others.
+/// over, or the seed's next turn, spec/P2P.md §4.4), and finishes within 1.5 s of its own
+/// bound (its join plus the content at its link's rate: 9.03 s). HEAD before the welcome
+/// slot: first block 5.97 s after joining, finished 6.91 s after the others (who finish at
+/// about 8 s: some 6 s over its bound). Before the seed's stints: first block 1.05 s after
+/// joining, finished 1.66 s after the others (10.07 s, 1.04 s over its bound); with them
+/// 0.10 s and 2.02 s, the others finishing 0.5 s sooner (9.90 s, 0.87 s over its bound).
+/// (Until the stints this test asked it to finish no more than its 2 s of lateness after the
+/// others, which their faster finish now fails.)
 #[test]
 fn a_late_leecher_is_served_soon() {
     let join = Duration::from_secs(2);
-    let t = late(8, 16 << 20, 64 << 10, join, full_slots(3));
+    let content = 16 << 20;
+    let t = late(8, content, 64 << 10, join, full_slots(3));
     t.print(8, join);
     assert!(
         t.first_block <= 1.5,
         "first block {:.2} s after joining",
         t.first_block
     );
+    let own_bound = join.as_secs_f64() + content as f64 / RATE;
     assert!(
-        t.finish_after_others <= join.as_secs_f64(),
-        "finished {:.2} s after the others",
+        t.newcomer - own_bound <= 1.5,
+        "finished {:.2} s after its own bound ({:.2} s after the others)",
+        t.newcomer - own_bound,
         t.finish_after_others
     );
 }
