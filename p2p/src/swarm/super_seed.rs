@@ -473,19 +473,31 @@ mod tests {
         panic!("stint of {} pieces, not {len}", stint.len());
     }
 
+    /// Windows of 3 pieces of 16 KiB, stints of 4.
+    fn stints_of_4() -> SwarmConfig {
+        SwarmConfig {
+            reveal_blocks: 2,
+            seed_stint: 4,
+            ..SwarmConfig::default()
+        }
+    }
+
+    /// A super-seed of 32 pieces of 16 KiB on `config`.
+    fn stint_seed(config: SwarmConfig) -> (Net, usize) {
+        let mut net = Net::new(32 * 16_384, 16_384);
+        let seed = net.add_with(true, false, config);
+        (net, seed)
+    }
+
     #[test]
     fn a_super_seed_passes_each_slot_on_after_a_stint_to_a_peer_that_waited() {
         // 32 pieces of 16 KiB, windows of 3, stints of 4, one regular slot (+ the optimistic):
         // a and b are unchoked and shown first copies; c and d wait.
-        let mut net = Net::new(32 * 16_384, 16_384);
-        let config = SwarmConfig {
-            reveal_blocks: 2,
-            seed_stint: 4,
+        let (mut net, seed) = stint_seed(SwarmConfig {
             seed_unchokes: 1,
             max_unchokes: 1,
-            ..SwarmConfig::default()
-        };
-        let seed = net.add_with(true, false, config);
+            ..stints_of_4()
+        });
         let (a, b, c, d) = (ConnId(1), ConnId(2), ConnId(3), ConnId(4));
         for (conn, id) in [(a, 0xaa), (b, 0xbb), (c, 0xcc), (d, 0xdd)] {
             join_empty(&mut net, seed, conn, id);
@@ -524,13 +536,7 @@ mod tests {
     fn a_stint_goes_on_while_no_peer_waits_for_a_turn() {
         // A lone peer is kept topped up past its stint of 4: choking it would only drain its
         // window and leave the seed idle for a round trip.
-        let mut net = Net::new(32 * 16_384, 16_384);
-        let config = SwarmConfig {
-            reveal_blocks: 2,
-            seed_stint: 4,
-            ..SwarmConfig::default()
-        };
-        let seed = net.add_with(true, false, config);
+        let (mut net, seed) = stint_seed(stints_of_4());
         let a = ConnId(1);
         join_empty(&mut net, seed, a, 0xaa);
         let mut pending = shown(&sent(&mut net, seed), a);
