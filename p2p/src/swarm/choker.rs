@@ -189,11 +189,7 @@ impl Swarm {
                 self.choker.mark_served(id);
                 self.send(conn, PeerMessage::Unchoke, now);
             } else if !want && !peer.am_choking {
-                peer.am_choking = true;
-                peer.unchoked_early = false;
-                peer.stint = 0;
-                peer.stint_closed = false;
-                peer.choked_at = Some(now);
+                peer.choke(now);
                 self.send(conn, PeerMessage::Choke, now);
             }
         }
@@ -479,11 +475,7 @@ impl Swarm {
     /// held that).
     pub(super) fn choke_to_free_slot(&mut self, conn: ConnId, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&conn) {
-            peer.am_choking = true;
-            peer.unchoked_early = false;
-            peer.stint = 0;
-            peer.stint_closed = false;
-            peer.choked_at = Some(now);
+            peer.choke(now);
         }
         if self.choker.optimistic == Some(conn) {
             self.choker.optimistic = None;
@@ -496,7 +488,7 @@ impl Swarm {
         let welcomed = self.choker.welcomed();
         self.peers
             .iter()
-            .filter(|(c, p)| !p.am_choking && Some(**c) != welcomed && !self.draining(**c))
+            .filter(|(c, p)| !p.am_choking && Some(**c) != welcomed && !p.draining())
             .count()
     }
 

@@ -327,14 +327,14 @@ fn before_bitfield(s: &Swarm) -> Result<(), String> {
 }
 
 /// R6: at most `slots() + 1` peers are unchoked, and the welcome holder and a super-seed's
-/// draining peers (`Swarm::draining`) besides, each
+/// draining peers (`Peer::draining`) besides, each
 /// interested in us or unchoked early (on its BITFIELD, its INTERESTED still to come); the
 /// optimistic peer is connected.
 fn unchoke_slots(s: &Swarm) -> Result<(), String> {
     let unchoked: Vec<_> = s
         .peers
         .iter()
-        .filter(|(c, p)| !p.am_choking && !s.draining(**c))
+        .filter(|(_, p)| !p.am_choking && !p.draining())
         .collect();
     let welcome = usize::from(
         s.choker

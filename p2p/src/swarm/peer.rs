@@ -112,6 +112,22 @@ impl Peer {
         }
     }
 
+    /// We choke it: its early unchoke and its stint end (spec/P2P.md §4.4), and it waits for
+    /// a turn from `now`.
+    pub(super) fn choke(&mut self, now: Instant) {
+        self.am_choking = true;
+        self.unchoked_early = false;
+        self.stint = 0;
+        self.stint_closed = false;
+        self.choked_at = Some(now);
+    }
+
+    /// Unchoked with its stint closed and at most one piece of it still pending: it holds no
+    /// slot, so its successor starts while it finishes (spec/P2P.md §4.4).
+    pub(super) fn draining(&self) -> bool {
+        self.stint_closed && !self.am_choking && self.revealed_pending <= 1
+    }
+
     /// Forgets an outstanding request whose block may still arrive, so that block is not taken
     /// for misbehaviour. Keeps at most `keep` entries, each for at most `window`.
     pub(super) fn give_up(&mut self, key: (u32, u32), now: Instant, keep: usize, window: Duration) {

@@ -183,7 +183,7 @@ impl Swarm {
     /// the leechers, and finished 3.4 s after the others, `tests/late.rs`.)
     fn reveal_order(&self) -> Vec<ConnId> {
         let mut conns: Vec<ConnId> = self.peers.keys().copied().collect();
-        if self.config.seed_stint > 0 {
+        if self.rotates_seed_slots() {
             conns.sort_by_key(|c| {
                 let p = &self.peers[c];
                 (p.am_choking, p.have.count(), p.choked_at)
@@ -192,12 +192,9 @@ impl Swarm {
         conns
     }
 
-    /// Whether `conn` is unchoked with its stint closed and at most one piece of it still
-    /// pending: it holds no slot, so its successor starts while it finishes (spec/P2P.md §4.4).
+    /// Whether `conn` is draining its stint (`Peer::draining`).
     pub(super) fn draining(&self, conn: ConnId) -> bool {
-        self.peers
-            .get(&conn)
-            .is_some_and(|p| p.stint_closed && !p.am_choking && p.revealed_pending <= 1)
+        self.peers.get(&conn).is_some_and(|p| p.draining())
     }
 
     /// Whether a choked peer that lacks a piece could take a slot when a stint ends.
